@@ -1,0 +1,208 @@
+"""The `loader` command line. Heavy modules (pyarrow, deltalake, ray) are imported inside commands so
+`loader --help` and `loader status` stay fast."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from loader.errors import EXIT_FAILED, EXIT_LEASE_HELD, EXIT_OK, EXIT_USAGE, LoaderError
+
+EXIT_CODES_HELP = f"""\b
+Exit codes:
+  {EXIT_OK}  success (also: nothing new to load)
+  {EXIT_FAILED}  the run failed; checkpoints did not move, the next run replays it
+  {EXIT_USAGE}  usage or configuration error; nothing ran
+  {EXIT_LEASE_HELD}  another live run of this pipeline holds the lease; nothing ran
+"""
+
+log = logging.getLogger("loader")
+
+
+class _Context:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+
+    def config(self) -> Any:
+        from loader.config import load_config
+
+        return load_config(self.config_path)
+
+
+def _fail(error: LoaderError) -> None:
+    click.echo(f"error: {error.message}", err=True)
+    sys.exit(error.exit_code)
+
+
+def _emit(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+@click.group(epilog=EXIT_CODES_HELP)
+@click.option("--config", "config_path", envvar="LOADER_CONFIG", type=click.Path(dir_okay=False),
+              help="Config file (default: $LOADER_CONFIG, else configs/local.yaml).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.version_option(package_name="loader")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, log_level: str) -> None:
+    """Incremental, exactly-once loader: landing zone -> Parquet, Delta Lake (and Snowflake).
+
+    \b
+    Typical use:
+      loader demo-data init          make a small TPC-H-style landing zone
+      loader plan                    what the next run would read
+      loader run --incremental       load what is new, then advance checkpoints
+      loader status                  checkpoints, lag and the last run
+    Logs go to stderr; --json output goes to stdout.
+    """
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = _Context(config_path)
+
+
+@cli.command("run", epilog=EXIT_CODES_HELP)
+@click.option("--incremental", is_flag=True, required=True,
+              help="Load only what is new since the last committed run (the only mode of `run`; see `backfill`).")
+@click.option("--engine", type=click.Choice(["auto", "local", "ray"]), default=None,
+              help="Override ray.mode: local runs in this process, ray uses Ray Data, auto picks by size.")
+@click.option("--json", "as_json", is_flag=True, help="Print one summary object on stdout.")
+@click.pass_obj
+def run_command(obj: _Context, incremental: bool, engine: str | None, as_json: bool) -> None:
+    """Run one incremental load: plan, read, transform, write every sink, commit checkpoints."""
+    try:
+        config = obj.config()
+        from loader.runner import run_incremental
+
+        summary = run_incremental(config, engine=engine)
+    except LoaderError as error:
+        _fail(error)
+        return
+    if as_json:
+        _emit(summary.to_json())
+    else:
+        from loader.report import print_run_summary
+
+        print_run_summary(summary)
+
+
+@cli.command("plan")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON on stdout.")
+@click.pass_obj
+def plan_command(obj: _Context, as_json: bool) -> None:
+    """Show what the next incremental run would read (windows, files, row groups, rows). Starts no Ray."""
+    try:
+        config = obj.config()
+        from loader.report import plan_payload, print_plan
+        from state import StateStore
+
+        store = StateStore.open(config.state.url)
+        try:
+            from loader.planning import plan_run
+
+            unfinished = store.unfinished_run(config.pipeline)
+            checkpoints = store.checkpoints(config.pipeline)
+            windows = unfinished.windows if unfinished else None
+            plan = plan_run(config, checkpoints, windows=windows)
+        finally:
+            store.close()
+    except LoaderError as error:
+        _fail(error)
+        return
+    payload = plan_payload(plan, replay_of=unfinished.run_number if unfinished else None)
+    _emit(payload) if as_json else print_plan(payload)
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print status as JSON on stdout.")
+@click.pass_obj
+def status_command(obj: _Context, as_json: bool) -> None:
+    """Per source: checkpoint, lag, last run and its rows; plus any unfinished run and the lease."""
+    try:
+        config = obj.config()
+        from loader.report import print_status, status_payload
+
+        payload = status_payload(config)
+    except LoaderError as error:
+        _fail(error)
+        return
+    _emit(payload) if as_json else print_status(payload)
+
+
+@cli.command("validate-config")
+@click.pass_obj
+def validate_config_command(obj: _Context) -> None:
+    """Check the config file and report every problem at once, each with its key path."""
+    try:
+        config = obj.config()
+    except LoaderError as error:
+        _fail(error)
+        return
+    click.echo(f"{config.config_path}: OK (pipeline {config.pipeline}, sources: {', '.join(config.sources)})")
+
+
+@cli.group("demo-data")
+def demo_data() -> None:
+    """Make and grow a TPC-H-style landing zone (the one named by landing_zone in the config)."""
+
+
+@demo_data.command("init")
+@click.option("--scale", type=click.FloatRange(min=0.001), default=0.1, show_default=True, help="TPC-H scale factor (1 = 1.5M orders).")
+@click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same data.")
+@click.option("--days", type=click.IntRange(min=1), default=30, show_default=True, help="Ingest days the history is spread over.")
+@click.option("--if-missing", is_flag=True, help="Do nothing (exit 0) when a landing zone is already there.")
+@click.pass_obj
+def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: bool) -> None:
+    """Generate the landing zone: orders and lineitem by ingest day, and the dimensions."""
+    try:
+        config = obj.config()
+        from loader import demo_data as generator
+
+        root = Path(config.landing_zone)
+        if if_missing and (root / "_demo_state.json").exists():
+            click.echo(f"landing zone already at {root}: left as it is", err=True)
+            return
+        summary = generator.init_landing_zone(root, scale=scale, seed=seed, days=days)
+    except LoaderError as error:
+        _fail(error)
+        return
+    click.echo(f"landing zone ready at {root}: {summary}")
+
+
+@demo_data.command("append")
+@click.option("--orders", type=click.IntRange(min=0), default=1000, show_default=True, help="New orders (with their lineitems).")
+@click.option("--updates", type=click.IntRange(min=0), default=200, show_default=True, help="Re-sent existing orders with a new status and price.")
+@click.option("--late", type=click.IntRange(min=0), default=20, show_default=True, help="New orders whose cursor is older than the newest landed (inside the lookback).")
+@click.pass_obj
+def demo_append(obj: _Context, orders: int, updates: int, late: int) -> None:
+    """Add one batch (one new ingest day) to the landing zone."""
+    try:
+        config = obj.config()
+        from loader import demo_data as generator
+
+        summary = generator.append_batch(Path(config.landing_zone), orders=orders, updates=updates, late=late)
+    except LoaderError as error:
+        _fail(error)
+        return
+    click.echo(f"appended: {summary}")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(EXIT_FAILED)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(EXIT_USAGE)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+
+
+if __name__ == "__main__":
+    main()

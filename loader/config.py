@@ -1,0 +1,256 @@
+"""Configuration: YAML parsed once at the CLI edge into frozen, typed objects.
+
+- `${ENV_VAR}` (or `${ENV_VAR:-default}`) is replaced from the environment before parsing, so secrets
+  never have to sit in the file.
+- Relative paths resolve against the config file's folder: a config copied into an empty folder keeps
+  its landing zone, state and warehouse beside it.
+- Every problem is reported at once, each with its key path (`sources.orders.cursor: ...`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from loader.errors import ConfigError
+
+CONFIG_ENV = "LOADER_CONFIG"
+DEFAULT_CONFIG = Path("configs/local.yaml")
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'90s', '30m', '1h', '1d', '1.5h' or a number of seconds -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=float(value))
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration: write e.g. 90s, 30m, 1h, 1d")
+    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceConfig(_Frozen):
+    """One incremental fact source of the landing zone."""
+
+    kind: Literal["orders", "lineitem"]
+    path: str
+    format: Literal["parquet"] = "parquet"
+    cursor: str
+    primary_key: tuple[str, ...]
+    lookback: timedelta = timedelta(hours=1)
+    safety_lag: timedelta = timedelta(0)
+    partition_column: str = "ingest_date"
+
+    _durations = field_validator("lookback", "safety_lag", mode="before")(parse_duration)
+
+    @field_validator("primary_key", mode="before")
+    @classmethod
+    def _key_list(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("primary_key")
+    @classmethod
+    def _key_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one primary key column")
+        return value
+
+
+class DimensionsConfig(_Frozen):
+    """The small tables of the region lookup, read whole each run."""
+
+    customer: str = "customer"
+    supplier: str = "supplier"
+    nation: str = "nation"
+    region: str = "region"
+
+
+class RegionRuleConfig(_Frozen):
+    currency: str
+    fx_rate: Decimal = Field(gt=0)
+    vat_rate: Decimal = Field(ge=0, lt=1)
+    mask: tuple[str, ...] = ()
+
+
+class ParquetSinkConfig(_Frozen):
+    enabled: bool = True
+    path: str = "parquet"
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+class DeltaSinkConfig(_Frozen):
+    enabled: bool = True
+    path: str = "delta"
+    # Rows per data file written by one commit: bounded files keep scoped merges cheap.
+    max_rows_per_file: int = Field(default=1_000_000, gt=0)
+
+
+class SinksConfig(_Frozen):
+    parquet: ParquetSinkConfig = ParquetSinkConfig()
+    delta: DeltaSinkConfig = DeltaSinkConfig()
+
+    @model_validator(mode="after")
+    def _one_enabled(self) -> SinksConfig:
+        if not (self.parquet.enabled or self.delta.enabled):
+            raise ValueError("enable at least one sink")
+        return self
+
+
+class RayConfig(_Frozen):
+    """How a run executes. `auto`: in-process below `local_max_rows` estimated rows, Ray above it."""
+
+    mode: Literal["auto", "local", "ray"] = "auto"
+    address: str | None = None
+    local_max_rows: int = Field(default=2_000_000, ge=0)
+    num_cpus: int | None = Field(default=None, gt=0)
+
+
+class StateConfig(_Frozen):
+    url: str = "sqlite:///state/loader.db"
+    lease_ttl: timedelta = timedelta(seconds=60)
+
+    _durations = field_validator("lease_ttl", mode="before")(parse_duration)
+
+
+class LoaderConfig(_Frozen):
+    pipeline: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    landing_zone: str
+    warehouse: str
+    state: StateConfig = StateConfig()
+    sources: dict[str, SourceConfig]
+    dimensions: DimensionsConfig = DimensionsConfig()
+    regions: dict[str, RegionRuleConfig] = Field(default_factory=dict)
+    sinks: SinksConfig = SinksConfig()
+    ray: RayConfig = RayConfig()
+    config_path: str | None = None
+
+    @field_validator("sources")
+    @classmethod
+    def _sources_not_empty(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        if not value:
+            raise ValueError("configure at least one source")
+        return value
+
+    def source_path(self, name: str) -> str:
+        return _join(self.landing_zone, self.sources[name].path)
+
+    def dimension_path(self, table: str) -> str:
+        return _join(self.landing_zone, getattr(self.dimensions, table))
+
+    def sink_path(self, relative: str) -> str:
+        return _join(self.warehouse, relative)
+
+
+def _join(root: str, path: str) -> str:
+    if is_remote(path) or os.path.isabs(path):
+        return path
+    return root.rstrip("/") + "/" + path
+
+
+def _interpolate(value: Any, source: str) -> Any:
+    """Replace ${VAR} in every string value of the parsed YAML (comments are never touched)."""
+    missing: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        missing.append(name)
+        return ""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            return _ENV_REF.sub(replace, node)
+        if isinstance(node, dict):
+            return {key: walk(item) for key, item in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    result = walk(value)
+    if missing:
+        names = ", ".join(sorted(set(missing)))
+        raise ConfigError(f"{source}: environment variable(s) {names} not set: export them or give a default as ${{NAME:-value}}")
+    return result
+
+
+def _resolve(base: Path, path: str) -> str:
+    if is_remote(path) or os.path.isabs(path):
+        return path
+    return str((base / path).resolve())
+
+
+def _resolve_state_url(base: Path, url: str) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + _resolve(base, url[len(prefix):])
+    return url
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: {error.error_count()} problem(s) in the configuration:"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (a typo?): see configs/local.yaml for the keys"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"  - {where}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], *, base_dir: Path, source: str = "<config>") -> LoaderConfig:
+    """Validate a config mapping, resolving relative paths against `base_dir`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, see configs/local.yaml")
+    data = dict(raw)
+    for key in ("landing_zone", "warehouse"):
+        if isinstance(data.get(key), str):
+            data[key] = _resolve(base_dir, data[key])
+    state = dict(data.get("state") or {})
+    state["url"] = _resolve_state_url(base_dir, state.get("url", StateConfig().url))
+    data["state"] = state
+    data["config_path"] = source
+    try:
+        return LoaderConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(source, error)) from None
+
+
+def load_config(path: str | Path | None = None) -> LoaderConfig:
+    """Read the config named by `path`, else $LOADER_CONFIG, else configs/local.yaml."""
+    chosen = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    if not chosen.is_file():
+        raise ConfigError(
+            f"config file {chosen} not found: pass --config FILE or set {CONFIG_ENV} "
+            f"(configs/local.yaml is the embedded default, run from the project folder)"
+        )
+    try:
+        raw = yaml.safe_load(chosen.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{chosen}: not valid YAML: {error}") from None
+    raw = _interpolate(raw, str(chosen))
+    return parse_config(raw, base_dir=chosen.resolve().parent, source=str(chosen))

@@ -1,0 +1,677 @@
+"""Demo landing zone: TPC-H-shaped tables that grow like a real one (new, changed and late records).
+
+`loader demo-data init` / `append` call this module; it has no CLI of its own and never reads the wall
+clock, so the same calls with the same seed give byte-identical files.
+
+Landing-zone layout (a contract: sources, planner and tests rely on it)::
+
+    <root>/orders/ingest_date=YYYY-MM-DD/part-<batch:05d>.parquet     TPC-H orders columns + o_updated_at
+    <root>/lineitem/ingest_date=YYYY-MM-DD/part-<batch:05d>.parquet   TPC-H lineitem columns + l_updated_at
+    <root>/customer/customer.parquet
+    <root>/supplier/supplier.parquet
+    <root>/nation/nation.parquet
+    <root>/region/region.parquet
+    <root>/_demo_state.json     generator bookkeeping (next batch, max order key, max cursor, last ingest
+                                date, seed); the leading underscore keeps Parquet readers away from it
+
+- Keys: orders `o_orderkey`; lineitem `(l_orderkey, l_linenumber)`. An order key may appear in several
+  files (re-sent versions): the version with the latest cursor wins. Lineitems are never re-sent.
+- Cursors `o_updated_at` / `l_updated_at` are `timestamp[us, tz=UTC]`, never null. A lineitem carries the
+  cursor of the order version it was written with.
+- `ingest_date` is the day a batch arrived. It is a hive folder only, never a column in the files.
+  Every record's cursor is earlier than the end of its ingest day (late records are older still), so a
+  planner may skip folders with `ingest_date < date(window lower bound)`.
+- Inside each fact file rows are sorted by cursor (then key) and written in row groups of 64,000 rows,
+  so Parquet min/max statistics let a reader skip row groups outside its window. zstd compression.
+- Column types follow TPC-H: int64 keys, int32 line numbers and ship priority, decimal128(15, 2) money
+  and quantities, date32 dates, plain `string` text (tpchgen's string_view is cast away). All fields
+  are written as nullable in the Parquet schema but hold no nulls.
+- Files appear atomically: each is written under a dot-prefixed temporary name (ignored by Parquet
+  dataset readers) and renamed. One writer at a time: nothing locks the folder.
+
+History: `init_landing_zone` spreads the TPC-H orders over `days` ingest days starting at `start`
+(default 2024-01-01 UTC, midnight), earlier order keys on earlier days, one batch per day (batches 1 to
+`days`). Each `append_batch` adds one batch in the folder of the next day with:
+
+- new orders (keys above the current maximum), cloned from existing orders with their lineitems;
+- updates: existing orders re-sent with a new `o_orderstatus` and `o_totalprice` (orders only);
+- late orders: new keys (with lineitems) whose cursor is 1 to 30 minutes (strictly less than 30)
+  OLDER than the newest cursor already in the landing zone. A loader whose checkpoint sits at that newest
+  cursor only sees them with a lookback of at least 30 minutes; the demo configuration uses 1 hour.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from loader.errors import BadSourceData, ConfigError, SourceUnavailable
+
+ANCHOR = datetime(2024, 1, 1, tzinfo=UTC)
+STATE_FILE = "_demo_state.json"
+STATE_VERSION = 1
+PARTITION_COLUMN = "ingest_date"
+ROW_GROUP_SIZE = 64_000
+COMPRESSION = "zstd"
+FACT_TABLES = ("orders", "lineitem")
+DIMENSION_TABLES = ("customer", "supplier", "nation", "region")
+CURSOR_COLUMNS = {"orders": "o_updated_at", "lineitem": "l_updated_at"}
+PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
+    "orders": ("o_orderkey",),
+    "lineitem": ("l_orderkey", "l_linenumber"),
+    "customer": ("c_custkey",),
+    "supplier": ("s_suppkey",),
+    "nation": ("n_nationkey",),
+    "region": ("r_regionkey",),
+}
+# Late records are at most this much older than the newest cursor (strictly less): the minimum lookback.
+MAX_LATENESS = timedelta(minutes=30)
+MIN_LATENESS = timedelta(minutes=1)
+UPDATE_PRICE_FACTOR = Decimal("1.05")
+
+CURSOR_TYPE = pa.timestamp("us", tz="UTC")
+MONEY = pa.decimal128(15, 2)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DAY_US = 86_400 * 1_000_000
+_MINUTE_US = 60 * 1_000_000
+_INIT_STREAM = 0  # numpy seed stream of init; append batch b uses stream b (>= 1)
+_NEXT_STATUS = {"O": "P", "P": "F", "F": "O"}  # an update always changes the status
+
+ORDERS_SCHEMA = pa.schema(
+    [
+        ("o_orderkey", pa.int64()),
+        ("o_custkey", pa.int64()),
+        ("o_orderstatus", pa.string()),
+        ("o_totalprice", MONEY),
+        ("o_orderdate", pa.date32()),
+        ("o_orderpriority", pa.string()),
+        ("o_clerk", pa.string()),
+        ("o_shippriority", pa.int32()),
+        ("o_comment", pa.string()),
+        ("o_updated_at", CURSOR_TYPE),
+    ]
+)
+LINEITEM_SCHEMA = pa.schema(
+    [
+        ("l_orderkey", pa.int64()),
+        ("l_partkey", pa.int64()),
+        ("l_suppkey", pa.int64()),
+        ("l_linenumber", pa.int32()),
+        ("l_quantity", MONEY),
+        ("l_extendedprice", MONEY),
+        ("l_discount", MONEY),
+        ("l_tax", MONEY),
+        ("l_returnflag", pa.string()),
+        ("l_linestatus", pa.string()),
+        ("l_shipdate", pa.date32()),
+        ("l_commitdate", pa.date32()),
+        ("l_receiptdate", pa.date32()),
+        ("l_shipinstruct", pa.string()),
+        ("l_shipmode", pa.string()),
+        ("l_comment", pa.string()),
+        ("l_updated_at", CURSOR_TYPE),
+    ]
+)
+CUSTOMER_SCHEMA = pa.schema(
+    [
+        ("c_custkey", pa.int64()),
+        ("c_name", pa.string()),
+        ("c_address", pa.string()),
+        ("c_nationkey", pa.int64()),
+        ("c_phone", pa.string()),
+        ("c_acctbal", MONEY),
+        ("c_mktsegment", pa.string()),
+        ("c_comment", pa.string()),
+    ]
+)
+SUPPLIER_SCHEMA = pa.schema(
+    [
+        ("s_suppkey", pa.int64()),
+        ("s_name", pa.string()),
+        ("s_address", pa.string()),
+        ("s_nationkey", pa.int64()),
+        ("s_phone", pa.string()),
+        ("s_acctbal", MONEY),
+        ("s_comment", pa.string()),
+    ]
+)
+NATION_SCHEMA = pa.schema(
+    [
+        ("n_nationkey", pa.int64()),
+        ("n_name", pa.string()),
+        ("n_regionkey", pa.int64()),
+        ("n_comment", pa.string()),
+    ]
+)
+REGION_SCHEMA = pa.schema(
+    [
+        ("r_regionkey", pa.int64()),
+        ("r_name", pa.string()),
+        ("r_comment", pa.string()),
+    ]
+)
+SCHEMAS: dict[str, pa.Schema] = {
+    "orders": ORDERS_SCHEMA,
+    "lineitem": LINEITEM_SCHEMA,
+    "customer": CUSTOMER_SCHEMA,
+    "supplier": SUPPLIER_SCHEMA,
+    "nation": NATION_SCHEMA,
+    "region": REGION_SCHEMA,
+}
+
+
+@dataclass(frozen=True)
+class DemoState:
+    """Generator bookkeeping kept in `<root>/_demo_state.json`."""
+
+    seed: int
+    scale: float
+    start: datetime
+    next_batch: int
+    max_orderkey: int
+    max_cursor: datetime
+    last_ingest_date: date
+    version: int = STATE_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "seed": self.seed,
+            "scale": self.scale,
+            "start": self.start.isoformat(),
+            "next_batch": self.next_batch,
+            "max_orderkey": self.max_orderkey,
+            "max_cursor": self.max_cursor.isoformat(),
+            "last_ingest_date": self.last_ingest_date.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DemoState:
+        return cls(
+            version=int(data["version"]),
+            seed=int(data["seed"]),
+            scale=float(data["scale"]),
+            start=datetime.fromisoformat(data["start"]).astimezone(UTC),
+            next_batch=int(data["next_batch"]),
+            max_orderkey=int(data["max_orderkey"]),
+            max_cursor=datetime.fromisoformat(data["max_cursor"]).astimezone(UTC),
+            last_ingest_date=date.fromisoformat(data["last_ingest_date"]),
+        )
+
+
+@dataclass(frozen=True)
+class InitSummary:
+    """What `init_landing_zone` wrote."""
+
+    root: Path
+    rows: dict[str, int]  # table -> rows written
+    ingest_days: int
+    first_ingest_date: date
+    last_ingest_date: date
+    max_orderkey: int
+    max_cursor: datetime
+    seed: int
+    scale: float
+
+
+@dataclass(frozen=True)
+class AppendSummary:
+    """What one `append_batch` wrote."""
+
+    root: Path
+    batch: int
+    ingest_date: date
+    new_orders: int
+    updated_orders: int
+    late_orders: int
+    lineitems: int  # lineitems of the new and late orders
+    previous_max_cursor: datetime
+    max_cursor: datetime
+    min_late_cursor: datetime | None  # None when late == 0
+    max_orderkey: int
+    files: tuple[Path, ...]
+
+
+# ---------------------------------------------------------------------------------------------- public
+
+
+def init_landing_zone(
+    root: Path,
+    *,
+    scale: float = 0.1,
+    seed: int = 42,
+    days: int = 30,
+    start: datetime = ANCHOR,
+) -> InitSummary:
+    """Create a landing zone at `root` holding `days` days of TPC-H history (see the module docstring)."""
+    root = Path(root)
+    start = _check_init_args(scale=scale, seed=seed, days=days, start=start)
+    if holds_landing_zone(root):
+        raise ConfigError(
+            f"{root} already holds a landing zone: use a new folder or delete it "
+            "(to add data to it, use `loader demo-data append`)"
+        )
+    exe = find_tpchgen_cli()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        # The temp folder sits in root (same disk as the output; SF1 is ~300 MB); `_` hides it from readers.
+        with tempfile.TemporaryDirectory(prefix="_tpchgen-", dir=root) as tmp:
+            _run_tpchgen(exe, scale=scale, out=Path(tmp))
+            rows, state = _write_initial(root, Path(tmp), seed=seed, scale=scale, days=days, start=start)
+        _write_state(root, state)
+    except OSError as exc:
+        raise SourceUnavailable(
+            f"could not write the landing zone at {root}: {exc}; check the path and free space"
+        ) from exc
+    return InitSummary(
+        root=root,
+        rows=rows,
+        ingest_days=days,
+        first_ingest_date=start.date(),
+        last_ingest_date=state.last_ingest_date,
+        max_orderkey=state.max_orderkey,
+        max_cursor=state.max_cursor,
+        seed=seed,
+        scale=scale,
+    )
+
+
+def append_batch(root: Path, *, orders: int = 1000, updates: int = 200, late: int = 20) -> AppendSummary:
+    """Add one batch (new, updated and late orders) in the folder of the day after the last ingest day.
+
+    Seeded by (seed, batch number): the same sequence of calls on the same initial zone gives
+    byte-identical files. A batch left half-written by a crash is removed and written again.
+    """
+    root = Path(root)
+    for name, value in (("orders", orders), ("updates", updates), ("late", late)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}")
+    orders, updates, late = int(orders), int(updates), int(late)
+    if orders + updates + late == 0:
+        raise ConfigError("nothing to append: give orders, updates or late a count above 0")
+    state = read_demo_state(root)
+    batch = state.next_batch
+    ingest_date = state.last_ingest_date + timedelta(days=1)
+    rng = np.random.default_rng([state.seed, batch])
+    try:
+        for table in FACT_TABLES:  # leftovers of a crashed append of this same batch
+            shutil.rmtree(_partition_dir(root, table, ingest_date), ignore_errors=True)
+        return _append(root, state, batch, ingest_date, rng, orders=orders, updates=updates, late=late)
+    except OSError as exc:
+        raise SourceUnavailable(
+            f"could not append to the landing zone at {root}: {exc}; check the path and free space"
+        ) from exc
+
+
+def read_demo_state(root: Path) -> DemoState:
+    """The generator bookkeeping of the landing zone at `root`."""
+    path = Path(root) / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"{root} is not a demo landing zone (no {STATE_FILE}): run `loader demo-data init` first"
+        )
+    try:
+        data = json.loads(path.read_text())
+        state = DemoState.from_json(data)
+    except OSError as exc:
+        raise SourceUnavailable(f"could not read {path}: {exc}; check permissions and try again") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadSourceData(
+            f"{path} is not valid demo state ({exc}): recreate the landing zone with `loader demo-data init`"
+        ) from exc
+    if state.version > STATE_VERSION:
+        raise BadSourceData(
+            f"{path} has state version {state.version}, newer than this loader's {STATE_VERSION}: upgrade the loader"
+        )
+    return state
+
+
+def holds_landing_zone(root: Path) -> bool:
+    """True when `root` already holds a landing zone (state file or any table folder)."""
+    root = Path(root)
+    return (root / STATE_FILE).exists() or any((root / t).exists() for t in FACT_TABLES + DIMENSION_TABLES)
+
+
+def find_tpchgen_cli() -> Path:
+    """The tpchgen-cli binary: beside this Python (the virtualenv's bin), else on PATH."""
+    beside = Path(sys.executable).parent / "tpchgen-cli"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("tpchgen-cli")
+    if found:
+        return Path(found)
+    raise ConfigError(
+        f"tpchgen-cli not found (looked in {beside.parent} and on PATH): install it with `pip install tpchgen-cli` "
+        "in the loader's environment"
+    )
+
+
+def fact_partition_dir(root: Path, table: str, ingest_date: date) -> Path:
+    """`<root>/<table>/ingest_date=YYYY-MM-DD`."""
+    return _partition_dir(Path(root), table, ingest_date)
+
+
+# -------------------------------------------------------------------------------------------- init
+
+
+def _check_init_args(*, scale: float, seed: int, days: int, start: datetime) -> datetime:
+    problems = []
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+        problems.append(f"scale must be a number > 0, got {scale!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        problems.append(f"seed must be a whole number >= 0, got {seed!r}")
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        problems.append(f"days must be a whole number >= 1, got {days!r}")
+    if not isinstance(start, datetime) or start.tzinfo is None:
+        problems.append(f"start must be a timezone-aware datetime (e.g. 2024-01-01T00:00:00Z), got {start!r}")
+    else:
+        start = start.astimezone(UTC)
+        if start != datetime.combine(start.date(), datetime.min.time(), UTC):
+            problems.append(f"start must be midnight UTC (ingest days are UTC days), got {start.isoformat()}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return start
+
+
+def _run_tpchgen(exe: Path, *, scale: float, out: Path) -> None:
+    tables = ",".join(("region", "nation", "supplier", "customer", "orders", "lineitem"))
+    cmd = [str(exe), "parquet", "-s", repr(float(scale)), "-T", tables, "-o", str(out), "--no-progress", "-q"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise ConfigError(
+            f"could not start {exe}: {exc}; reinstall it with `pip install tpchgen-cli`"
+        ) from exc
+    if done.returncode != 0:
+        raise SourceUnavailable(
+            f"tpchgen-cli failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}; check free space and the scale"
+        )
+
+
+def _write_initial(
+    root: Path, tmp: Path, *, seed: int, scale: float, days: int, start: datetime
+) -> tuple[dict[str, int], DemoState]:
+    rows: dict[str, int] = {}
+    for table in DIMENSION_TABLES:
+        dim = _read_tpch(tmp / f"{table}.parquet", SCHEMAS[table])
+        _write_parquet(dim, root / table / f"{table}.parquet")
+        rows[table] = dim.num_rows
+
+    orders = _read_tpch(tmp / "orders.parquet", ORDERS_SCHEMA)
+    okeys = _np(orders["o_orderkey"])
+    if not bool(np.all(np.diff(okeys) > 0)):  # tpchgen writes key order; make sure of it
+        orders = orders.take(np.argsort(okeys, kind="stable"))
+        okeys = _np(orders["o_orderkey"])
+    n = len(okeys)
+    if n == 0:
+        raise BadSourceData(f"tpchgen-cli wrote no orders at scale {scale}: use a larger scale")
+    # Earlier keys on earlier days; cursor = day start + a seeded offset within the day.
+    day = (np.arange(n, dtype=np.int64) * days) // n
+    rng = np.random.default_rng([seed, _INIT_STREAM])
+    cursor = _to_us(start) + day * _DAY_US + rng.integers(0, _DAY_US, n, dtype=np.int64)
+    orders = orders.append_column(ORDERS_SCHEMA.field("o_updated_at"), pa.array(cursor, CURSOR_TYPE))
+
+    lineitem = _read_tpch(tmp / "lineitem.parquet", LINEITEM_SCHEMA)
+    lkeys = _np(lineitem["l_orderkey"])
+    if not bool(np.all(np.diff(lkeys) >= 0)):
+        lineitem = lineitem.take(np.lexsort((_np(lineitem["l_linenumber"]), lkeys)))
+        lkeys = _np(lineitem["l_orderkey"])
+    pos = np.searchsorted(okeys, lkeys)
+    if len(lkeys) and (pos.max() >= n or not bool(np.all(okeys[pos] == lkeys))):
+        raise BadSourceData("tpchgen-cli wrote lineitems without orders: reinstall tpchgen-cli")
+    lineitem = lineitem.append_column(
+        LINEITEM_SCHEMA.field("l_updated_at"), pa.array(cursor[pos], CURSOR_TYPE)
+    )
+    lday = day[pos]  # monotonic, as both tables are in key order: each day is one slice
+
+    jobs = []
+    for d in range(days):
+        ingest_date = start.date() + timedelta(days=d)
+        batch = d + 1
+        o_lo, o_hi = np.searchsorted(day, [d, d + 1])
+        l_lo, l_hi = np.searchsorted(lday, [d, d + 1])
+        if o_hi > o_lo:
+            jobs.append(("orders", orders.slice(o_lo, o_hi - o_lo), ingest_date, batch))
+        if l_hi > l_lo:
+            jobs.append(("lineitem", lineitem.slice(l_lo, l_hi - l_lo), ingest_date, batch))
+
+    def write(job: tuple[str, pa.Table, date, int]) -> None:
+        table, data, ingest_date, batch = job
+        _write_parquet(_sort_by_cursor(table, data), _part_path(root, table, ingest_date, batch))
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        list(pool.map(write, jobs))
+    rows["orders"] = orders.num_rows
+    rows["lineitem"] = lineitem.num_rows
+
+    state = DemoState(
+        seed=seed,
+        scale=float(scale),
+        start=start,
+        next_batch=days + 1,
+        max_orderkey=int(okeys[-1]),
+        max_cursor=_from_us(int(cursor.max())),
+        last_ingest_date=start.date() + timedelta(days=days - 1),
+    )
+    return rows, state
+
+
+# ------------------------------------------------------------------------------------------ append
+
+
+def _append(
+    root: Path,
+    state: DemoState,
+    batch: int,
+    ingest_date: date,
+    rng: np.random.Generator,
+    *,
+    orders: int,
+    updates: int,
+    late: int,
+) -> AppendSummary:
+    # The latest version of every existing order (row order of the scan does not matter: sorted by key).
+    all_orders = _read_fact(root, "orders", up_to=state.last_ingest_date)
+    keys = _np(all_orders["o_orderkey"])
+    cursors = _np(pc.cast(all_orders["o_updated_at"], pa.int64()))
+    by_key = np.lexsort((cursors, keys))
+    last_of_key = np.append(keys[by_key][1:] != keys[by_key][:-1], True)
+    latest = all_orders.take(by_key[last_of_key])
+    del all_orders
+    n_latest = latest.num_rows
+    if updates > n_latest:
+        raise ConfigError(
+            f"updates={updates} but the landing zone holds only {n_latest} orders: ask for fewer"
+        )
+    if n_latest == 0 and orders + late > 0:
+        raise BadSourceData(f"{root} holds no orders to clone: recreate it with `loader demo-data init`")
+
+    # Every draw happens in this fixed order, whatever the counts: determinism per (seed, batch).
+    n_clone = orders + late
+    clone_idx = rng.integers(0, max(n_latest, 1), n_clone, dtype=np.int64)
+    update_idx = (
+        np.sort(rng.choice(n_latest, size=updates, replace=False)) if updates else np.empty(0, np.int64)
+    )
+    custkeys = _np(pq.read_table(root / "customer" / "customer.parquet", columns=["c_custkey"])["c_custkey"])
+    new_custkeys = rng.choice(custkeys, size=n_clone) if n_clone else np.empty(0, np.int64)
+    day_start = _to_us(datetime.combine(ingest_date, datetime.min.time(), UTC))
+    new_cursor = day_start + rng.integers(0, _DAY_US, orders, dtype=np.int64)
+    update_cursor = day_start + rng.integers(0, _DAY_US, updates, dtype=np.int64)
+    prev_max = _to_us(state.max_cursor)
+    late_cursor = prev_max - rng.integers(
+        MIN_LATENESS // timedelta(microseconds=1),
+        MAX_LATENESS // timedelta(microseconds=1),
+        late,
+        dtype=np.int64,
+    )
+
+    new_keys = state.max_orderkey + 1 + np.arange(n_clone, dtype=np.int64)
+    clone_cursor = np.concatenate([new_cursor, late_cursor])
+    clones = latest.take(clone_idx)
+    source_keys = _np(clones["o_orderkey"])
+    clones = _set(clones, "o_orderkey", pa.array(new_keys, pa.int64()))
+    clones = _set(clones, "o_custkey", pa.array(new_custkeys, pa.int64()))
+    clones = _set(clones, "o_updated_at", pa.array(clone_cursor, CURSOR_TYPE))
+
+    updated = latest.take(update_idx)
+    status = updated["o_orderstatus"]
+    new_status = pc.if_else(
+        pc.equal(status, "O"),
+        _NEXT_STATUS["O"],
+        pc.if_else(pc.equal(status, "P"), _NEXT_STATUS["P"], _NEXT_STATUS["F"]),
+    )
+    factor = pa.scalar(UPDATE_PRICE_FACTOR, pa.decimal128(3, 2))
+    new_price = pc.round(pc.multiply(updated["o_totalprice"], factor), ndigits=2, round_mode="half_up").cast(
+        MONEY
+    )
+    updated = _set(updated, "o_orderstatus", new_status)
+    updated = _set(updated, "o_totalprice", new_price)
+    updated = _set(updated, "o_updated_at", pa.array(update_cursor, CURSOR_TYPE))
+
+    new_lineitems = _clone_lineitems(root, state, source_keys, new_keys, clone_cursor)
+
+    files = []
+    batch_orders = pa.concat_tables([clones, updated])
+    for table, data in (("orders", batch_orders), ("lineitem", new_lineitems)):
+        if data.num_rows:
+            path = _part_path(root, table, ingest_date, batch)
+            _write_parquet(_sort_by_cursor(table, data), path)
+            files.append(path)
+
+    max_cursor = max([prev_max, *(int(c.max()) for c in (new_cursor, update_cursor) if len(c))])
+    new_state = DemoState(
+        seed=state.seed,
+        scale=state.scale,
+        start=state.start,
+        next_batch=batch + 1,
+        max_orderkey=state.max_orderkey + n_clone,
+        max_cursor=_from_us(max_cursor),
+        last_ingest_date=ingest_date,
+        version=STATE_VERSION,
+    )
+    _write_state(root, new_state)
+    return AppendSummary(
+        root=root,
+        batch=batch,
+        ingest_date=ingest_date,
+        new_orders=orders,
+        updated_orders=updates,
+        late_orders=late,
+        lineitems=new_lineitems.num_rows,
+        previous_max_cursor=state.max_cursor,
+        max_cursor=new_state.max_cursor,
+        min_late_cursor=_from_us(int(late_cursor.min())) if late else None,
+        max_orderkey=new_state.max_orderkey,
+        files=tuple(files),
+    )
+
+
+def _clone_lineitems(
+    root: Path, state: DemoState, source_keys: np.ndarray, new_keys: np.ndarray, new_cursor: np.ndarray
+) -> pa.Table:
+    """The lineitems of each source order, copied under its new order key and cursor (vectorized)."""
+    if len(source_keys) == 0:
+        return LINEITEM_SCHEMA.empty_table()
+    wanted = pa.array(np.unique(source_keys), pa.int64())
+    items = _read_fact(
+        root, "lineitem", up_to=state.last_ingest_date, where=pc.field("l_orderkey").isin(wanted)
+    )
+    items = items.take(np.lexsort((_np(items["l_linenumber"]), _np(items["l_orderkey"]))))
+    ikeys = _np(items["l_orderkey"])
+    starts = np.searchsorted(ikeys, source_keys, side="left")
+    counts = np.searchsorted(ikeys, source_keys, side="right") - starts
+    total = int(counts.sum())
+    # Row i of the output: the (i - first row of its order)-th lineitem of its source order.
+    offsets = np.cumsum(counts) - counts
+    take = np.arange(total, dtype=np.int64) + np.repeat(starts - offsets, counts)
+    out = items.take(take)
+    out = _set(out, "l_orderkey", pa.array(np.repeat(new_keys, counts), pa.int64()))
+    return _set(out, "l_updated_at", pa.array(np.repeat(new_cursor, counts), CURSOR_TYPE))
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _read_tpch(path: Path, schema: pa.Schema) -> pa.Table:
+    """A tpchgen file in our schema: plain strings, no field metadata, no cursor yet."""
+    raw = pq.read_table(path)
+    fields = [f for f in schema if f.name not in CURSOR_COLUMNS.values()]
+    try:
+        return pa.Table.from_arrays([raw[f.name].cast(f.type) for f in fields], schema=pa.schema(fields))
+    except (KeyError, pa.ArrowInvalid) as exc:
+        raise BadSourceData(
+            f"tpchgen-cli wrote {path.name} in an unexpected shape ({exc}): install tpchgen-cli >= 2"
+        ) from exc
+
+
+def _read_fact(root: Path, table: str, *, up_to: date, where: pc.Expression | None = None) -> pa.Table:
+    """All files of a fact table with ingest_date <= up_to (later folders are a crashed append's)."""
+    files = sorted(
+        str(p)
+        for d in (root / table).glob(f"{PARTITION_COLUMN}=*")
+        if d.is_dir() and d.name.split("=", 1)[1] <= up_to.isoformat()
+        for p in d.glob("part-*.parquet")
+    )
+    if not files:
+        return SCHEMAS[table].empty_table()
+    return ds.dataset(files, format="parquet", schema=SCHEMAS[table]).to_table(filter=where)
+
+
+def _sort_by_cursor(table: str, data: pa.Table) -> pa.Table:
+    keys = [(CURSOR_COLUMNS[table], "ascending")] + [(k, "ascending") for k in PRIMARY_KEYS[table]]
+    return data.take(pc.sort_indices(data, sort_keys=keys))
+
+
+def _write_parquet(data: pa.Table, path: Path) -> None:
+    """Write under a dot-prefixed name, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(data, tmp, row_group_size=ROW_GROUP_SIZE, compression=COMPRESSION)
+    os.replace(tmp, path)
+
+
+def _write_state(root: Path, state: DemoState) -> None:
+    tmp = root / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, root / STATE_FILE)
+
+
+def _partition_dir(root: Path, table: str, ingest_date: date) -> Path:
+    return root / table / f"{PARTITION_COLUMN}={ingest_date.isoformat()}"
+
+
+def _part_path(root: Path, table: str, ingest_date: date, batch: int) -> Path:
+    return _partition_dir(root, table, ingest_date) / f"part-{batch:05d}.parquet"
+
+
+def _set(data: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:
+    i = data.schema.get_field_index(name)
+    return data.set_column(i, data.schema.field(i), values)
+
+
+def _np(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(values.to_numpy())
+
+
+def _to_us(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_us(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)

@@ -1,0 +1,214 @@
+"""Planning: the window of each source and the files and row groups that can hold rows in it.
+
+Window = (checkpoint - lookback, upper], upper = the largest cursor value actually present, capped at
+now - safety_lag. Pruning uses two facts of the landing-zone layout: a record's cursor is never later
+than the end of its `ingest_date=` folder's day (so older folders cannot hold rows above the lower
+bound), and Parquet row-group statistics of the cursor column. A run reads O(new data), not O(history).
+Planning reads only footers: no Ray, no row data.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from loader.config import LoaderConfig, SourceConfig
+from loader.errors import BadSourceData, SourceUnavailable
+from loader.storage import Location, locate
+from state import Checkpoint, Window
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    path: str  # inside the source's filesystem
+    row_groups: tuple[int, ...]
+    rows: int  # rows in those row groups: an upper bound of what the window selects
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    source: str
+    location: Location
+    window: Window
+    files: tuple[FilePlan, ...]
+    files_seen: int  # files listed before pruning
+    base_run: int | None  # run number of the checkpoint this plan starts from
+
+    @property
+    def estimated_rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    @property
+    def row_groups(self) -> int:
+        return sum(len(f.row_groups) for f in self.files)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.files
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    sources: dict[str, SourcePlan]
+
+    @property
+    def is_empty(self) -> bool:
+        return all(p.is_empty for p in self.sources.values())
+
+    @property
+    def estimated_rows(self) -> int:
+        return sum(p.estimated_rows for p in self.sources.values())
+
+    def windows(self) -> dict[str, Window]:
+        return {name: p.window for name, p in self.sources.items()}
+
+
+@dataclass(frozen=True)
+class _Footer:
+    path: str
+    groups: tuple[tuple[int, int, datetime | None, datetime | None], ...]  # (index, rows, min, max)
+
+
+_PARTITION = re.compile(r"^([A-Za-z0-9_]+)=(\d{4}-\d{2}-\d{2})$")
+
+
+def compute_window(
+    *, checkpoint: datetime | None, lookback: timedelta, max_present: datetime | None,
+    now: datetime, safety_lag: timedelta,
+) -> Window | None:
+    """The next window, or None when there is nothing new to read. Pure: unit-tested on its own."""
+    if max_present is None:
+        return None
+    upper = min(max_present, now - safety_lag)
+    if checkpoint is not None and upper <= checkpoint:
+        return None
+    lower = None if checkpoint is None else checkpoint - lookback
+    return Window(lower=lower, upper=upper)
+
+
+def in_window(window: Window, low: datetime | None, high: datetime | None) -> bool:
+    """Can a row group whose cursor spans [low, high] hold a row of the window? Unknown stats: yes."""
+    if low is None or high is None:
+        return True
+    above_lower = window.lower is None or high > window.lower
+    return above_lower and low <= window.upper
+
+
+def list_files(location: Location, *, partition_column: str, since: date | None) -> tuple[list[str], int]:
+    """Parquet files under the source, skipping `partition_column=` folders older than `since`."""
+    try:
+        info = location.filesystem.get_file_info(location.path)
+    except OSError as error:
+        raise SourceUnavailable(f"cannot reach the landing zone at {location.uri}: {error}. Check the path and credentials, then run again") from error
+    if info.type == pafs.FileType.NotFound:
+        raise BadSourceData(
+            f"landing folder {location.uri} does not exist: create the landing zone "
+            f"(`loader demo-data init`) or fix the source's `path` in the config"
+        )
+    selector = pafs.FileSelector(location.path, recursive=True)
+    files = sorted(
+        f.path for f in location.filesystem.get_file_info(selector)
+        if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+        and not any(part.startswith(("_", ".")) for part in f.path[len(location.path):].split("/"))
+    )
+    if since is None:
+        return files, len(files)
+    kept = [f for f in files if not _older_partition(f, partition_column, since)]
+    return kept, len(files)
+
+
+def _older_partition(path: str, partition_column: str, since: date) -> bool:
+    for part in path.split("/"):
+        match = _PARTITION.match(part)
+        if match and match.group(1) == partition_column:
+            return date.fromisoformat(match.group(2)) < since
+    return False
+
+
+def _as_utc(value: object) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def read_footer(location: Location, path: str, cursor: str, source: str) -> _Footer:
+    try:
+        with location.filesystem.open_input_file(path) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+    except (OSError, pa.ArrowInvalid) as error:
+        raise BadSourceData(
+            f"unreadable Parquet file {path} in source {source!r}: {error}. "
+            f"Replace or remove the file (nothing was loaded from this run)"
+        ) from error
+    names = metadata.schema.names
+    if cursor not in names:
+        raise BadSourceData(
+            f"file {path} of source {source!r} has no cursor column {cursor!r} (columns: {', '.join(names)}). "
+            f"Fix sources.{source}.cursor in the config or the file"
+        )
+    column = names.index(cursor)
+    groups = []
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        stats = group.column(column).statistics
+        low = high = None
+        if stats is not None and stats.has_min_max:
+            low, high = _as_utc(stats.min), _as_utc(stats.max)
+        groups.append((index, group.num_rows, low, high))
+    return _Footer(path, tuple(groups))
+
+
+def plan_source(
+    name: str, source: SourceConfig, location: Location, *, checkpoint: Checkpoint | None,
+    now: datetime, fixed_window: Window | None = None,
+) -> SourcePlan:
+    """Plan one source. `fixed_window` (a replay or a backfill chunk) skips the window arithmetic."""
+    lower = fixed_window.lower if fixed_window else (checkpoint.cursor - source.lookback if checkpoint else None)
+    since = lower.date() if lower is not None else None
+    files, seen = list_files(location, partition_column=source.partition_column, since=since)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        footers = list(pool.map(lambda p: read_footer(location, p, source.cursor, name), files))
+    base_run = checkpoint.run_number if checkpoint else None
+    window = fixed_window
+    if window is None:
+        highs = [g[3] for f in footers for g in f.groups if g[3] is not None and g[1] > 0]
+        window = compute_window(
+            checkpoint=checkpoint.cursor if checkpoint else None, lookback=source.lookback,
+            max_present=max(highs) if highs else None, now=now, safety_lag=source.safety_lag,
+        )
+        if window is None:
+            upper = checkpoint.cursor if checkpoint else now
+            return SourcePlan(name, location, Window(lower=upper, upper=upper), (), seen, base_run)
+    chosen = []
+    for footer in footers:
+        groups = tuple(g[0] for g in footer.groups if g[1] > 0 and in_window(window, g[2], g[3]))
+        if groups:
+            rows = sum(g[1] for g in footer.groups if g[0] in groups)
+            chosen.append(FilePlan(footer.path, groups, rows))
+    return SourcePlan(name, location, window, tuple(chosen), seen, base_run)
+
+
+def plan_run(
+    config: LoaderConfig, checkpoints: dict[str, Checkpoint], *, now: datetime | None = None,
+    windows: dict[str, Window] | None = None, only: tuple[str, ...] | None = None,
+) -> RunPlan:
+    """Plan every source (or `only` these). `windows` replays a recorded plan instead of a new one."""
+    moment = now or datetime.now(UTC)
+    plans = {}
+    for name, source in config.sources.items():
+        if only is not None and name not in only:
+            continue
+        fixed = windows.get(name) if windows is not None else None
+        if windows is not None and fixed is None:
+            continue
+        plans[name] = plan_source(
+            name, source, locate(config.source_path(name)), checkpoint=checkpoints.get(name),
+            now=moment, fixed_window=fixed,
+        )
+    return RunPlan(plans)

@@ -1,0 +1,172 @@
+"""The run protocol (see ../shared/DESIGN.md): lease -> replay or plan -> ledger -> execute -> sinks
+-> one atomic checkpoint commit. A crash anywhere before the commit leaves every checkpoint where it
+was; the next run replays the same run number and windows, and each sink skips what already landed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from loader.config import LoaderConfig
+from loader.errors import LoaderError
+from loader.pipeline import EngineChoice, choose_engine, execute, load_dimensions
+from loader.planning import RunPlan, plan_run
+from loader.sinks import SinkWrite, TableBatch, build_sinks
+from state import RunRecord, StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    pipeline: str
+    status: str  # committed | nothing_new
+    run_number: int | None = None
+    replayed: bool = False
+    engine: str | None = None
+    engine_reason: str | None = None
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline, "status": self.status, "run_number": self.run_number,
+            "replayed": self.replayed, "engine": self.engine, "engine_reason": self.engine_reason,
+            "tables": self.tables, "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+def lease_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def held_lease(store: StateStore, pipeline: str, ttl_seconds: float) -> Iterator[str]:
+    """Hold the pipeline's lease, renewing it from a thread while this process lives."""
+    holder = lease_holder()
+    store.acquire_lease(pipeline, holder=holder, ttl_seconds=ttl_seconds)
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(ttl_seconds / 3):
+            try:
+                if not store.renew_lease(pipeline, holder=holder, ttl_seconds=ttl_seconds):
+                    log.error("lost the lease of pipeline %s (it expired); this run will not commit", pipeline)
+                    return
+            except Exception as error:  # keep beating: a transient state error must not kill the run
+                log.warning("lease renewal failed: %s", error)
+
+    beat = threading.Thread(target=heartbeat, name="lease-heartbeat", daemon=True)
+    beat.start()
+    try:
+        yield holder
+    finally:
+        stop.set()
+        store.release_lease(pipeline, holder=holder)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
+
+
+def run_incremental(config: LoaderConfig, *, engine: str | None = None, now: datetime | None = None) -> RunSummary:
+    store = StateStore.open(config.state.url)
+    try:
+        with held_lease(store, config.pipeline, config.state.lease_ttl.total_seconds()):
+            return _run_with_lease(config, store, engine=engine, now=now)
+    finally:
+        store.close()
+
+
+def _run_with_lease(config: LoaderConfig, store: StateStore, *, engine: str | None, now: datetime | None) -> RunSummary:
+    timer = _Timer()
+    pipeline = config.pipeline
+    summary = RunSummary(pipeline=pipeline, status="nothing_new")
+    with timer.stage("plan"):
+        checkpoints = store.checkpoints(pipeline)
+        unfinished = store.unfinished_run(pipeline)
+        if unfinished is not None:
+            record = store.record_attempt(pipeline, unfinished.run_number)
+            log.warning("run %d did not finish (attempt %d): replaying it with the same windows", record.run_number, record.attempts)
+            plan = plan_run(config, checkpoints, windows=record.windows)
+            summary.replayed = True
+        else:
+            plan = plan_run(config, checkpoints, now=now or datetime.now(UTC))
+            if plan.is_empty:
+                summary.timings = timer.timings
+                log.info("nothing new in any source: no run recorded, Ray not started")
+                return summary
+            active = {name: p for name, p in plan.sources.items() if not p.is_empty}
+            plan = RunPlan(active)
+            record = store.begin_run(
+                pipeline, mode="incremental", windows=plan.windows(),
+                base_checkpoints={name: p.base_run for name, p in active.items()},
+            )
+    summary.run_number = record.run_number
+    try:
+        _execute_run(config, store, record, plan, summary, timer, engine)
+    except LoaderError as error:
+        store.fail_run(pipeline, record.run_number, error=str(error))
+        raise
+    except Exception as error:
+        store.fail_run(pipeline, record.run_number, error=f"{type(error).__name__}: {error}")
+        raise
+    summary.status = "committed"
+    summary.timings = timer.timings
+    return summary
+
+
+def _execute_run(
+    config: LoaderConfig, store: StateStore, record: RunRecord, plan: RunPlan, summary: RunSummary,
+    timer: _Timer, engine: str | None,
+) -> None:
+    choice: EngineChoice = choose_engine(config, plan, engine)
+    summary.engine, summary.engine_reason = choice.engine, choice.reason
+    log.info("run %d: engine %s (%s)", record.run_number, choice.engine, choice.reason)
+    with timer.stage("execute"):
+        dims = load_dimensions(config)
+        tables = execute(config, plan, choice.engine, dims)
+    sinks = build_sinks(config)
+    checkpoints = store.checkpoints(config.pipeline)
+    with timer.stage("sinks"):
+        for name, data in tables.items():
+            source = config.sources[name]
+            base = record.base_checkpoints.get(name)
+            previous = checkpoints.get(name)
+            batch = TableBatch(
+                pipeline=config.pipeline, table=name, run_number=record.run_number, data=data,
+                key=source.primary_key, cursor=source.cursor, window=plan.sources[name].window,
+                overlap_until=previous.cursor if previous is not None and base is not None else None,
+                replay=record.attempts > 1,
+            )
+            writes: list[SinkWrite] = [sink.write(batch) for sink in sinks]
+            summary.tables[name] = {
+                "rows": data.num_rows,
+                "window": plan.sources[name].window.to_json(),
+                "files_read": len(plan.sources[name].files),
+                "sinks": {w.sink: {"rows": w.rows, "location": w.location, "skipped": w.skipped, "regions": w.regions} for w in writes},
+            }
+    with timer.stage("commit"):
+        store.commit_run(
+            config.pipeline, record.run_number,
+            checkpoints={name: p.window.upper for name, p in plan.sources.items()},
+            metrics={"tables": summary.tables, "engine": choice.engine, "timings_s": dict(timer.timings)},
+        )

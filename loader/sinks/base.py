@@ -1,0 +1,53 @@
+"""The shape every sink shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import pyarrow as pa
+
+from state import Window
+
+
+@dataclass(frozen=True)
+class TableBatch:
+    """One table's rows of one run: deduplicated, transformed, with a `region` column."""
+
+    pipeline: str
+    table: str
+    run_number: int
+    data: pa.Table
+    key: tuple[str, ...]
+    cursor: str
+    window: Window
+    # Rows at or below this cursor may have been loaded by an earlier run (lookback, backfill):
+    # sinks that append versions must skip those already present.
+    overlap_until: datetime | None
+    replay: bool  # an earlier attempt of this run may have written part of it
+
+
+@dataclass(frozen=True)
+class SinkWrite:
+    sink: str
+    table: str
+    rows: int
+    location: str
+    skipped: bool = False  # the run had already landed in this sink
+    regions: dict[str, int] = field(default_factory=dict)
+
+
+class Sink(Protocol):
+    name: str
+
+    def write(self, batch: TableBatch) -> SinkWrite:
+        """Write and commit `batch`; a second call with the same run number changes nothing."""
+        ...
+
+
+def region_counts(data: pa.Table) -> dict[str, int]:
+    if data.num_rows == 0:
+        return {}
+    counts = data.group_by("region").aggregate([("region", "count")])
+    return dict(zip(counts["region"].to_pylist(), counts["region_count"].to_pylist(), strict=True))

@@ -1,0 +1,123 @@
+"""Partitioned Parquet: an append-only log of record versions, `<table>/region=R/date=D/run-<n>-<i>.parquet`.
+
+`date` is the UTC day of the record's cursor, so the newest version of a key is the one with the
+greatest cursor across files (the Delta table holds only the latest). Idempotence:
+- file names carry the run number; a replay first deletes that run's files, then writes them again;
+- a file is written under a hidden name and renamed, so readers never see half a file;
+- a version (key, cursor) that an earlier run already wrote (the lookback re-reads it, or a backfill
+  overlaps) is skipped by an anti-join against the files of the days the overlap can touch.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from loader.config import LoaderConfig
+from loader.errors import SinkUnavailable
+from loader.sinks.base import SinkWrite, TableBatch, region_counts
+from loader.storage import Location, locate
+
+DATE_COLUMN = "__date"
+
+
+def run_prefix(run_number: int) -> str:
+    return f"run-{run_number:08d}-"
+
+
+class ParquetSink:
+    name = "parquet"
+
+    def __init__(self, config: LoaderConfig) -> None:
+        self.root = locate(config.sink_path(config.sinks.parquet.path))
+        codec = config.sinks.parquet.compression
+        self.compression = None if codec == "none" else codec
+
+    def table_location(self, table: str) -> Location:
+        return self.root.child(table)
+
+    def write(self, batch: TableBatch) -> SinkWrite:
+        where = self.table_location(batch.table)
+        try:
+            if batch.replay:
+                self._remove_run(where, batch.run_number)
+            data = self._new_versions(where, batch)
+            counts = region_counts(data)
+            if data.num_rows:
+                self._write_partitions(where, batch.run_number, data, batch.cursor)
+        except OSError as error:
+            raise SinkUnavailable(f"writing Parquet under {where.uri} failed: {error}. Run again: the run replays safely") from error
+        return SinkWrite(self.name, batch.table, data.num_rows, where.uri, regions=counts)
+
+    def _files(self, where: Location, subdir: str = "") -> list[pafs.FileInfo]:
+        base = where.path + ("/" + subdir if subdir else "")
+        if where.filesystem.get_file_info(base).type == pafs.FileType.NotFound:
+            return []
+        selector = pafs.FileSelector(base, recursive=True)
+        return [f for f in where.filesystem.get_file_info(selector) if f.type == pafs.FileType.File]
+
+    def _remove_run(self, where: Location, run_number: int) -> None:
+        prefixes = (run_prefix(run_number), "." + run_prefix(run_number))
+        for info in self._files(where):
+            if info.base_name.startswith(prefixes):
+                where.filesystem.delete_file(info.path)
+
+    def _new_versions(self, where: Location, batch: TableBatch) -> pa.Table:
+        """Drop versions (key, cursor) an earlier run already wrote."""
+        data = batch.data
+        if batch.overlap_until is None or data.num_rows == 0:
+            return data
+        maybe_old = pc.less_equal(data[batch.cursor], pa.scalar(batch.overlap_until, type=data[batch.cursor].type))
+        if not pc.any(maybe_old).as_py():
+            return data
+        lowest = pc.min(data[batch.cursor]).as_py()
+        existing = self._existing_versions(where, batch, lowest, batch.overlap_until)
+        if existing.num_rows == 0:
+            return data
+        columns = [*batch.key, batch.cursor]
+        marked = existing.select(columns).append_column("__seen", pa.array([True] * existing.num_rows))
+        joined = data.join(marked, keys=columns, join_type="left outer")
+        return joined.filter(pc.is_null(joined["__seen"])).drop_columns(["__seen"]).sort_by(
+            [(k, "ascending") for k in batch.key]
+        )
+
+    def _existing_versions(self, where: Location, batch: TableBatch, low: datetime, high: datetime) -> pa.Table:
+        days = {(low + timedelta(days=i)).date().isoformat() for i in range((high.date() - low.date()).days + 1)}
+        own = run_prefix(batch.run_number)
+        paths = [
+            f.path for f in self._files(where)
+            if f.base_name.endswith(".parquet") and not f.base_name.startswith((own, "."))
+            and any(f"/date={day}/" in f.path for day in days)
+        ]
+        columns = [*batch.key, batch.cursor]
+        parts = []
+        for path in paths:
+            with where.filesystem.open_input_file(path) as handle:
+                parts.append(pq.read_table(handle, columns=columns))
+        if not parts:
+            return pa.table({c: pa.array([], type=batch.data[c].type) for c in columns})
+        return pa.concat_tables(parts).cast(batch.data.select(columns).schema)
+
+    def _write_partitions(self, where: Location, run_number: int, data: pa.Table, cursor: str) -> None:
+        days = pc.strftime(data[cursor], format="%Y-%m-%d")
+        dated = data.append_column(DATE_COLUMN, days)
+        keys = dated.group_by(["region", DATE_COLUMN]).aggregate([]).to_pylist()
+
+        def write_one(part: dict[str, str]) -> None:
+            mask = pc.and_(pc.equal(dated["region"], part["region"]), pc.equal(dated[DATE_COLUMN], part[DATE_COLUMN]))
+            rows = dated.filter(mask).drop_columns([DATE_COLUMN])
+            folder = f"{where.path}/region={part['region']}/date={part[DATE_COLUMN]}"
+            name = f"{run_prefix(run_number)}0.parquet"
+            where.filesystem.create_dir(folder, recursive=True)
+            hidden = f"{folder}/.{name}"
+            with where.filesystem.open_output_stream(hidden) as stream:
+                pq.write_table(rows, stream, compression=self.compression)
+            where.filesystem.move(hidden, f"{folder}/{name}")
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(write_one, keys))

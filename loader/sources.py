@@ -1,0 +1,69 @@
+"""Reading the landing zone: the planned row groups of a source, filtered to the window, and the
+dimension tables. Used by the in-process executor; the Ray executor reads the same planned files."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from loader.config import LoaderConfig
+from loader.errors import BadSourceData, SourceUnavailable
+from loader.planning import FilePlan, SourcePlan
+from loader.storage import locate
+from state import Window
+
+
+def window_mask(table: pa.Table | pa.RecordBatch, cursor: str, window: Window) -> pa.Array:
+    """Rows with lower < cursor <= upper."""
+    values = table.column(cursor)
+    upper = pa.scalar(window.upper, type=values.type)
+    mask = pc.less_equal(values, upper)
+    if window.lower is not None:
+        mask = pc.and_(mask, pc.greater(values, pa.scalar(window.lower, type=values.type)))
+    return mask
+
+
+def _read_file(plan: SourcePlan, file: FilePlan, cursor: str) -> pa.Table:
+    try:
+        with plan.location.filesystem.open_input_file(file.path) as handle:
+            table = pq.ParquetFile(handle).read_row_groups(list(file.row_groups))
+    except OSError as error:
+        raise SourceUnavailable(f"reading {file.path} of source {plan.source!r} failed: {error}. Run again") from error
+    except pa.ArrowInvalid as error:
+        raise BadSourceData(f"unreadable Parquet file {file.path} in source {plan.source!r}: {error}. Replace or remove it") from error
+    return table.filter(window_mask(table, cursor, plan.window))
+
+
+def read_source(plan: SourcePlan, *, cursor: str) -> pa.Table:
+    """Every row of the window from the planned row groups, as one table with plain strings."""
+    from loader.transforms import normalize_strings
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parts = [normalize_strings(t) for t in pool.map(lambda f: _read_file(plan, f, cursor), plan.files)]
+    if not parts:
+        raise BadSourceData(f"source {plan.source!r} has no files planned; nothing to read")
+    try:
+        return pa.concat_tables(parts, promote_options="permissive")
+    except pa.ArrowInvalid as error:
+        raise BadSourceData(f"files of source {plan.source!r} disagree on their schema: {error}. Make them agree or move the odd file away") from error
+
+
+def read_dimension(config: LoaderConfig, table: str) -> pa.Table:
+    location = locate(config.dimension_path(table))
+    from loader.planning import list_files
+    from loader.transforms import normalize_strings
+
+    files, _ = list_files(location, partition_column="", since=None)
+    if not files:
+        raise BadSourceData(f"dimension {table!r} has no Parquet files at {location.uri}: fix dimensions.{table} in the config")
+    parts = []
+    for path in files:
+        try:
+            with location.filesystem.open_input_file(path) as handle:
+                parts.append(normalize_strings(pq.read_table(handle)))
+        except (OSError, pa.ArrowInvalid) as error:
+            raise BadSourceData(f"unreadable dimension file {path}: {error}. Replace it") from error
+    return pa.concat_tables(parts, promote_options="permissive")

@@ -1,0 +1,61 @@
+"""Versioned schema migrations: `migrate(engine)` brings any older state database to SCHEMA_VERSION.
+
+Each step runs in the same transaction as the row it adds to `schema_version`, so a crash leaves the
+database at the old version or the new one, never in between. A database newer than this code is refused
+rather than half-understood. Released steps are frozen: change the schema by appending a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from sqlalchemy import Connection, Engine, func, insert, select, text
+
+from loader.errors import StateCorrupt
+from state import schema
+from state.models import to_iso, utc_now
+
+Step = Callable[[Connection], None]
+
+# Any constant works; it only has to be the same in every loader process (PostgreSQL advisory lock).
+_PG_MIGRATION_LOCK = 0x10ADE5
+
+
+def _v1_initial(conn: Connection) -> None:
+    """Checkpoints, run ledger, leases. (When the schema changes, freeze these definitions here first.)"""
+    schema.metadata.create_all(conn, tables=[schema.checkpoints, schema.runs, schema.leases])
+
+
+MIGRATIONS: dict[int, Step] = {1: _v1_initial}
+
+
+def current_version(conn: Connection) -> int:
+    """0 for an empty database."""
+    if not conn.dialect.has_table(conn, schema.schema_version.name):
+        return 0
+    return int(conn.execute(select(func.coalesce(func.max(schema.schema_version.c.version), 0))).scalar_one())
+
+
+def migrate(
+    engine: Engine, *, steps: Mapping[int, Step] = MIGRATIONS, target: int = schema.SCHEMA_VERSION
+) -> int:
+    """Apply the missing steps up to `target` and return the version found before. Safe to run from many
+    processes at once: SQLite serializes on BEGIN IMMEDIATE (see the store's engine), PostgreSQL on an
+    advisory lock."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        found = current_version(conn)
+        if found > target:
+            url = engine.url.render_as_string(hide_password=True)
+            raise StateCorrupt(
+                f"the state database {url} is at schema version {found}, but this loader only knows "
+                f"versions up to {target}: a newer loader has used it. Upgrade the loader to that newer "
+                "version (do not edit or downgrade the state database by hand)."
+            )
+        if found < target:
+            schema.schema_version.create(conn, checkfirst=True)
+        for version in range(found + 1, target + 1):
+            steps[version](conn)
+            conn.execute(insert(schema.schema_version).values(version=version, applied_at=to_iso(utc_now())))
+        return found

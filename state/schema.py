@@ -1,0 +1,58 @@
+"""The state store's tables at the current SCHEMA_VERSION.
+
+Timestamps and cursors are ISO-8601 UTC strings (see `state.models.to_iso`) and JSON is plain text, so
+the same SQL runs on SQLite and PostgreSQL and a broken value can be reported instead of crashing a driver.
+There are no CHECK constraints on mode/status: the store validates on read and names the broken row.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text
+
+SCHEMA_VERSION = 1
+
+TIMESTAMP = String(40)
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", TIMESTAMP, nullable=False),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("pipeline", String(200), primary_key=True),
+    Column("source", String(200), primary_key=True),
+    Column("cursor", TIMESTAMP, nullable=False),
+    Column("run_number", Integer, nullable=False),
+    Column("updated_at", TIMESTAMP, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("pipeline", String(200), primary_key=True),
+    Column("run_number", Integer, primary_key=True, autoincrement=False),
+    Column("mode", String(20), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("windows", Text, nullable=False),
+    Column("base_checkpoints", Text, nullable=False),
+    Column("started_at", TIMESTAMP, nullable=False),
+    Column("finished_at", TIMESTAMP, nullable=True),
+    Column("metrics", Text, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("pipeline", String(200), primary_key=True),
+    Column("holder", String(300), nullable=False),
+    Column("acquired_at", TIMESTAMP, nullable=False),
+    Column("expires_at", TIMESTAMP, nullable=False),
+)

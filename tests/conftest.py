@@ -1,0 +1,54 @@
+"""Shared fixtures: a config in a temp folder (landing zone, state and warehouse beside it) and a way
+to run the real `loader` CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL_CONFIG = ROOT / "configs" / "local.yaml"
+
+
+def write_config(folder: Path, **overrides: Any) -> Path:
+    """configs/local.yaml with its paths inside `folder`; `overrides` replace top-level keys."""
+    raw = yaml.safe_load(LOCAL_CONFIG.read_text())
+    raw["landing_zone"] = "landing"
+    raw["warehouse"] = "warehouse"
+    raw["state"]["url"] = "sqlite:///state/loader.db"
+    for key, value in overrides.items():
+        raw[key] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "loader.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_cli(config: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real command line in a child process."""
+    full_env = {**os.environ, **(env or {})}
+    result = subprocess.run(
+        [sys.executable, "-m", "loader.cli", "--config", str(config), *args],
+        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"loader {' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+def run_json(config: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = run_cli(config, *args, "--json", env=env)
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "project")

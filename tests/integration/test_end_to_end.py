@@ -1,0 +1,77 @@
+"""init -> run -> append (updates, late records) -> run -> empty run, through the real CLI, with every
+sink compared to an independent DuckDB computation over the landing zone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli, run_json
+from tests.warehouse import assert_warehouse_exact, delta_rows
+
+pytestmark = pytest.mark.integration
+
+
+def _paths(config: Path) -> tuple[Path, Path]:
+    return config.parent / "landing", config.parent / "warehouse"
+
+
+def test_incremental_lifecycle(config_path: Path) -> None:
+    landing, warehouse = _paths(config_path)
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "5")
+
+    first = run_json(config_path, "run", "--incremental")
+    assert first["status"] == "committed" and first["run_number"] == 1
+    assert first["engine"] == "local"
+    assert first["tables"]["orders"]["rows"] == 15000
+    assert first["tables"]["orders"]["sinks"]["delta"]["rows"] == 15000
+    assert_warehouse_exact(warehouse, landing)
+
+    run_cli(config_path, "demo-data", "append", "--orders", "300", "--updates", "100", "--late", "10")
+    plan = run_json(config_path, "plan")
+    orders_plan = plan["sources"]["orders"]
+    # Only the new day's folder (and the lookback's) is read, not the history.
+    assert orders_plan["files"] < orders_plan["files_listed"]
+    second = run_json(config_path, "run", "--incremental")
+    assert second["run_number"] == 2
+    # 300 new + 100 updates + 10 late orders, plus the lookback's re-read of the newest old rows.
+    assert second["tables"]["orders"]["rows"] >= 410
+    assert second["tables"]["orders"]["rows"] < 15000
+    assert_warehouse_exact(warehouse, landing)
+    assert delta_rows(warehouse, "orders").num_rows == 15000 + 300 + 10
+
+    empty = run_json(config_path, "run", "--incremental")
+    assert empty["status"] == "nothing_new"
+    assert empty["run_number"] is None and empty["tables"] == {} and empty["engine"] is None
+    status = run_json(config_path, "status")
+    assert status["last_run"]["run_number"] == 2
+    assert status["sources"]["orders"]["checkpoint_run"] == 2
+
+
+def test_copied_config_keeps_its_data_beside_it(tmp_path: Path, config_path: Path) -> None:
+    """Relative paths resolve against the config file's folder, not the working directory."""
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    assert (config_path.parent / "landing" / "orders").is_dir()
+    run_json(config_path, "run", "--incremental")
+    assert (config_path.parent / "state" / "loader.db").is_file()
+    assert (config_path.parent / "warehouse" / "delta" / "orders" / "_delta_log").is_dir()
+
+
+def test_missing_landing_zone_fails_clearly(config_path: Path) -> None:
+    result = run_cli(config_path, "run", "--incremental", check=False)
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr and "demo-data init" in result.stderr
+    status = run_json(config_path, "status")
+    assert status["sources"]["orders"]["checkpoint"] is None
+
+
+def test_config_typo_reports_key_path(config_path: Path) -> None:
+    raw = yaml.safe_load(config_path.read_text())
+    raw["sources"]["orders"]["cursr"] = raw["sources"]["orders"].pop("cursor")
+    config_path.write_text(yaml.safe_dump(raw))
+    result = run_cli(config_path, "validate-config", check=False)
+    assert result.returncode == 2
+    assert "sources.orders.cursr: unknown key" in result.stderr
+    assert "sources.orders.cursor: required key is missing" in result.stderr

@@ -1,0 +1,344 @@
+"""The demo landing-zone generator: layout contract, determinism, and what each append adds."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from loader import demo_data as dd
+from loader.errors import ConfigError
+
+SCALE = 0.01
+DAYS = 5
+
+
+@pytest.fixture(scope="module")
+def base_zone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("base") / "landing"
+    dd.init_landing_zone(root, scale=SCALE, seed=7, days=DAYS)
+    return root
+
+
+@pytest.fixture
+def zone(base_zone: Path, tmp_path: Path) -> Path:
+    """A private copy of the initialized zone (init runs once per module)."""
+    root = tmp_path / "landing"
+    shutil.copytree(base_zone, root)
+    return root
+
+
+def fact_files(root: Path, table: str) -> list[Path]:
+    return sorted((root / table).glob("ingest_date=*/part-*.parquet"))
+
+
+def read_fact(root: Path, table: str) -> pa.Table:
+    """The whole fact table with its hive column, as a loader would see it."""
+    return ds.dataset(root / table, format="parquet", partitioning="hive").to_table()
+
+
+def latest_orders(root: Path) -> dict[int, dict]:
+    rows = read_fact(root, "orders").sort_by([("o_orderkey", "ascending"), ("o_updated_at", "ascending")])
+    return {r["o_orderkey"]: r for r in rows.to_pylist()}
+
+
+def utc_midnight(day: date) -> datetime:
+    return datetime.combine(day, datetime.min.time(), UTC)
+
+
+# ------------------------------------------------------------------------------------------ layout
+
+
+def test_init_layout_schema_and_summary(tmp_path: Path) -> None:
+    root = tmp_path / "lz"
+    summary = dd.init_landing_zone(root, scale=SCALE, seed=1, days=DAYS)
+
+    assert summary.root == root
+    assert summary.rows == {
+        "customer": 1500,
+        "supplier": 100,
+        "nation": 25,
+        "region": 5,
+        "orders": 15000,
+        "lineitem": 60175,
+    }
+    assert summary.ingest_days == DAYS
+    assert summary.first_ingest_date == date(2024, 1, 1)
+    assert summary.last_ingest_date == date(2024, 1, DAYS)
+    assert not any(p.name.startswith(("_tpchgen", ".")) for p in root.iterdir())  # temp folder cleaned up
+
+    for table in ("orders", "lineitem"):
+        files = fact_files(root, table)
+        assert [f.relative_to(root / table).as_posix() for f in files] == [
+            f"ingest_date=2024-01-0{d}/part-0000{d}.parquet" for d in range(1, DAYS + 1)
+        ]
+        for f in files:
+            meta = pq.ParquetFile(f).metadata
+            assert pq.read_schema(f).remove_metadata().equals(dd.SCHEMAS[table])  # no ingest_date column
+            for i in range(meta.num_row_groups):
+                rg = meta.row_group(i)
+                assert rg.num_rows <= dd.ROW_GROUP_SIZE
+                assert rg.column(0).compression == "ZSTD"
+                cursor = rg.column(dd.SCHEMAS[table].get_field_index(dd.CURSOR_COLUMNS[table]))
+                assert cursor.statistics is not None and cursor.statistics.has_min_max
+    for table in dd.DIMENSION_TABLES:
+        schema = pq.read_schema(root / table / f"{table}.parquet").remove_metadata()
+        assert schema.equals(dd.SCHEMAS[table])
+        assert pa.string_view() not in schema.types
+
+    assert pq.read_table(root / "orders").num_rows == 15000
+    state = dd.read_demo_state(root)
+    assert state.seed == 1 and state.next_batch == DAYS + 1 and state.last_ingest_date == date(2024, 1, DAYS)
+    assert state.max_orderkey == pc.max(pq.read_table(root / "orders")["o_orderkey"]).as_py()
+    assert state.max_cursor == summary.max_cursor
+
+
+def test_init_spreads_orders_by_key_with_cursors_inside_their_day(base_zone: Path) -> None:
+    previous_max_key = 0
+    for f in fact_files(base_zone, "orders"):
+        day = date.fromisoformat(f.parent.name.split("=")[1])
+        t = pq.read_table(f)
+        cursors = t["o_updated_at"].to_pylist()
+        assert cursors == sorted(cursors)  # sorted by cursor inside the file
+        assert min(cursors) >= utc_midnight(day) and max(cursors) < utc_midnight(day + timedelta(days=1))
+        keys = t["o_orderkey"].to_numpy()
+        assert keys.min() > previous_max_key  # earlier keys on earlier days
+        previous_max_key = keys.max()
+    assert (
+        dd.read_demo_state(base_zone).max_cursor
+        == pc.max(read_fact(base_zone, "orders")["o_updated_at"]).as_py()
+    )
+
+
+def test_lineitems_carry_their_order_cursor_and_day(base_zone: Path) -> None:
+    orders = read_fact(base_zone, "orders").select(["o_orderkey", "o_updated_at", "ingest_date"])
+    orders = orders.rename_columns(["o_orderkey", "o_updated_at", "o_ingest_date"])
+    items = read_fact(base_zone, "lineitem")
+    joined = items.join(orders, keys="l_orderkey", right_keys="o_orderkey", join_type="left outer")
+    assert joined.num_rows == items.num_rows == 60175
+    assert pc.all(pc.equal(joined["l_updated_at"], joined["o_updated_at"])).as_py()
+    assert pc.all(pc.equal(joined["ingest_date"], joined["o_ingest_date"])).as_py()
+    for f in fact_files(base_zone, "lineitem"):
+        cursors = pq.read_table(f)["l_updated_at"].to_pylist()
+        assert cursors == sorted(cursors)
+
+
+# ------------------------------------------------------------------------------------ determinism
+
+
+def test_same_seed_and_calls_give_identical_files(tmp_path: Path) -> None:
+    roots = [tmp_path / "a", tmp_path / "b"]
+    for root in roots:
+        dd.init_landing_zone(root, scale=SCALE, seed=3, days=3)
+        dd.append_batch(root, orders=100, updates=50, late=10)
+        dd.append_batch(root, orders=30, updates=20, late=5)
+    files = [sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) for root in roots]
+    assert files[0] == files[1]
+    for rel in files[0]:
+        assert (roots[0] / rel).read_bytes() == (roots[1] / rel).read_bytes(), rel
+    for table in ("orders", "lineitem"):
+        assert read_fact(roots[0], table).equals(read_fact(roots[1], table))
+
+    other = tmp_path / "c"
+    dd.init_landing_zone(other, scale=SCALE, seed=4, days=3)
+    assert not read_fact(other, "orders")["o_updated_at"].equals(
+        pq.read_table(roots[0] / "orders" / "ingest_date=2024-01-01")["o_updated_at"]
+    )
+
+
+def test_append_replaces_leftovers_of_a_crashed_append(zone: Path, tmp_path: Path) -> None:
+    clean = tmp_path / "clean"
+    shutil.copytree(zone, clean)
+    next_day = dd.read_demo_state(zone).last_ingest_date + timedelta(days=1)
+    junk = dd.fact_partition_dir(zone, "orders", next_day)
+    junk.mkdir(parents=True)
+    pq.write_table(pq.read_table(fact_files(zone, "orders")[0]), junk / "part-99999.parquet")
+
+    dd.append_batch(zone, orders=50, updates=10, late=5)
+    dd.append_batch(clean, orders=50, updates=10, late=5)
+    for table in ("orders", "lineitem"):
+        assert [p.name for p in fact_files(zone, table)] == [p.name for p in fact_files(clean, table)]
+        assert read_fact(zone, table).equals(read_fact(clean, table))
+
+
+# ----------------------------------------------------------------------------------------- append
+
+
+def test_append_new_orders_get_new_keys_lineitems_and_the_next_day(zone: Path) -> None:
+    before = dd.read_demo_state(zone)
+    customers = set(pq.read_table(zone / "customer")["c_custkey"].to_pylist())
+
+    summary = dd.append_batch(zone, orders=300, updates=0, late=0)
+
+    assert summary.batch == before.next_batch == DAYS + 1
+    assert summary.ingest_date == before.last_ingest_date + timedelta(days=1)
+    day = f"ingest_date={summary.ingest_date.isoformat()}"
+    assert summary.files == (
+        zone / "orders" / day / f"part-{summary.batch:05d}.parquet",
+        zone / "lineitem" / day / f"part-{summary.batch:05d}.parquet",
+    )
+    new = pq.read_table(summary.files[0])
+    keys = new["o_orderkey"].to_numpy()
+    assert sorted(keys) == list(range(before.max_orderkey + 1, before.max_orderkey + 301))
+    assert set(new["o_custkey"].to_pylist()) <= customers
+    cursors = new["o_updated_at"].to_pylist()
+    assert cursors == sorted(cursors)
+    assert min(cursors) >= utc_midnight(summary.ingest_date) > before.max_cursor
+    assert max(cursors) < utc_midnight(summary.ingest_date + timedelta(days=1))
+    assert new.schema.remove_metadata().equals(dd.ORDERS_SCHEMA)
+
+    items = pq.read_table(summary.files[1])
+    assert items.schema.remove_metadata().equals(dd.LINEITEM_SCHEMA)
+    assert items.num_rows == summary.lineitems > 0
+    assert set(items["l_orderkey"].to_pylist()) == set(keys.tolist())  # every new order has lineitems
+    cursor_of = dict(zip(keys.tolist(), cursors, strict=True))
+    assert all(
+        cursor_of[k] == c
+        for k, c in zip(items["l_orderkey"].to_pylist(), items["l_updated_at"].to_pylist(), strict=True)
+    )
+    pairs = read_fact(zone, "lineitem").select(["l_orderkey", "l_linenumber"]).to_pylist()
+    assert len({(p["l_orderkey"], p["l_linenumber"]) for p in pairs}) == len(pairs)  # lineitem key unique
+
+    after = dd.read_demo_state(zone)
+    assert after.next_batch == before.next_batch + 1
+    assert after.max_orderkey == before.max_orderkey + 300 == summary.max_orderkey
+    assert after.max_cursor == max(cursors) == summary.max_cursor
+    assert after.last_ingest_date == summary.ingest_date
+
+
+def test_append_updates_change_status_and_price_keep_keys_and_move_cursors(zone: Path) -> None:
+    previous = latest_orders(zone)
+    before = dd.read_demo_state(zone)
+
+    summary = dd.append_batch(zone, orders=0, updates=150, late=0)
+
+    assert summary.updated_orders == 150 and summary.lineitems == 0
+    assert summary.files == (summary.files[0],)  # orders only: no lineitem file for this batch
+    assert not dd.fact_partition_dir(zone, "lineitem", summary.ingest_date).exists()
+    updated = pq.read_table(summary.files[0]).to_pylist()
+    assert len({r["o_orderkey"] for r in updated}) == 150
+    for row in updated:
+        old = previous[row["o_orderkey"]]
+        assert row["o_orderstatus"] != old["o_orderstatus"]
+        assert row["o_totalprice"] == (old["o_totalprice"] * Decimal("1.05")).quantize(
+            Decimal("0.01"), ROUND_HALF_UP
+        )
+        assert row["o_updated_at"] > before.max_cursor
+        changed = ("o_orderstatus", "o_totalprice", "o_updated_at", "ingest_date")
+        assert {k: v for k, v in row.items() if k not in changed} == {
+            k: v for k, v in old.items() if k not in changed
+        }
+
+    # A second round of updates starts from the newest version of each order.
+    latest = latest_orders(zone)
+    again = dd.append_batch(zone, orders=0, updates=15000, late=0)  # every order once
+    for row in pq.read_table(again.files[0]).to_pylist():
+        old = latest[row["o_orderkey"]]
+        assert row["o_orderstatus"] != old["o_orderstatus"]
+        assert row["o_totalprice"] == (old["o_totalprice"] * Decimal("1.05")).quantize(
+            Decimal("0.01"), ROUND_HALF_UP
+        )
+
+
+def test_append_late_orders_are_older_than_the_newest_cursor_by_under_30_minutes(zone: Path) -> None:
+    dd.append_batch(zone, orders=20, updates=5, late=0)
+    before = dd.read_demo_state(zone)
+
+    summary = dd.append_batch(zone, orders=100, updates=20, late=40)
+
+    orders = pq.read_table(summary.files[0])
+    late = orders.filter(pc.less(orders["o_updated_at"], pa.scalar(before.max_cursor, dd.CURSOR_TYPE)))
+    assert late.num_rows == summary.late_orders == 40
+    cursors = late["o_updated_at"].to_pylist()
+    assert all(
+        before.max_cursor - dd.MAX_LATENESS < c <= before.max_cursor - timedelta(minutes=1) for c in cursors
+    )
+    assert min(cursors) == summary.min_late_cursor
+    assert summary.previous_max_cursor == before.max_cursor < summary.max_cursor
+    assert min(late["o_orderkey"].to_pylist()) > before.max_orderkey  # new keys, not updates
+
+    items = pq.read_table(summary.files[1])
+    late_items = items.filter(pc.is_in(items["l_orderkey"], late["o_orderkey"]))
+    assert set(late_items["l_orderkey"].to_pylist()) == set(late["o_orderkey"].to_pylist())
+    cursor_of = dict(zip(late["o_orderkey"].to_pylist(), cursors, strict=True))
+    assert all(
+        cursor_of[k] == c
+        for k, c in zip(
+            late_items["l_orderkey"].to_pylist(), late_items["l_updated_at"].to_pylist(), strict=True
+        )
+    )
+    assert dd.read_demo_state(zone).max_orderkey == before.max_orderkey + 140
+
+
+def test_every_record_is_inside_or_before_its_ingest_day(zone: Path) -> None:
+    """The pruning contract: no cursor is later than the end of its ingest day."""
+    for _ in range(3):
+        dd.append_batch(zone, orders=50, updates=50, late=30)
+    for table in ("orders", "lineitem"):
+        t = read_fact(zone, table)
+        end = pc.add(
+            pc.cast(pc.cast(t["ingest_date"], pa.date32()), pa.timestamp("us", tz="UTC")),
+            pa.scalar(timedelta(days=1), pa.duration("us")),
+        )
+        assert pc.all(pc.less(t[dd.CURSOR_COLUMNS[table]], end)).as_py()
+        files = fact_files(zone, table)
+        assert len(files) == DAYS + 3
+        for f in files:
+            c = pq.read_table(f)[dd.CURSOR_COLUMNS[table]].to_numpy()
+            assert bool(np.all(np.diff(c.astype("int64")) >= 0))
+
+
+# ----------------------------------------------------------------------------------------- errors
+
+
+def test_init_refuses_an_existing_landing_zone(base_zone: Path) -> None:
+    with pytest.raises(ConfigError, match="use a new folder or delete it"):
+        dd.init_landing_zone(base_zone, scale=SCALE)
+
+
+def test_append_and_state_refuse_a_folder_that_is_not_a_landing_zone(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="loader demo-data init"):
+        dd.append_batch(tmp_path)
+    with pytest.raises(ConfigError, match="loader demo-data init"):
+        dd.read_demo_state(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"scale": 0},
+        {"days": 0},
+        {"seed": -1},
+        {"start": datetime(2024, 1, 1)},  # naive
+        {"start": datetime(2024, 1, 1, 6, tzinfo=UTC)},  # not midnight
+    ],
+)
+def test_init_rejects_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        dd.init_landing_zone(tmp_path / "lz", **kwargs)
+    assert not (tmp_path / "lz").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"orders": -1}, {"orders": 0, "updates": 0, "late": 0}, {"updates": 10**9}, {"late": 1.5}]
+)
+def test_append_rejects_bad_counts(zone: Path, kwargs: dict) -> None:
+    before = (zone / dd.STATE_FILE).read_text()
+    with pytest.raises(ConfigError):
+        dd.append_batch(zone, **kwargs)
+    assert (zone / dd.STATE_FILE).read_text() == before
+
+
+def test_start_moves_the_history(tmp_path: Path) -> None:
+    start = datetime(2023, 6, 1, tzinfo=UTC)
+    summary = dd.init_landing_zone(tmp_path / "lz", scale=SCALE, days=2, start=start)
+    assert summary.first_ingest_date == date(2023, 6, 1) and summary.last_ingest_date == date(2023, 6, 2)
+    assert start + timedelta(days=1) <= summary.max_cursor < start + timedelta(days=2)

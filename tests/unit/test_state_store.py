@@ -1,0 +1,378 @@
+"""The state store on SQLite files: migrations, ledger, compare-and-set commits, leases across processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, event, inspect
+
+from loader.errors import CheckpointConflict, LeaseHeld, StateCorrupt, StateError, StateUnavailable
+from state import SCHEMA_VERSION, StateStore, Window, cas_conflicts, migrate, next_cursor
+from state.migrations import MIGRATIONS, current_version
+from state.models import from_iso, to_iso
+
+T0 = datetime(2024, 1, 3, 10, 0, 0, 123456, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeClock:
+    def __init__(self, start: datetime = T0) -> None:
+        self.current = start
+
+    def __call__(self) -> datetime:
+        return self.current
+
+    def advance(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)
+
+
+def url_of(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: FakeClock):
+    s = StateStore.open(url_of(tmp_path / "nested" / "state.db"), now=clock)
+    yield s
+    s.close()
+
+
+def windows(*sources: str, lower: datetime | None = None, upper: datetime = T0) -> dict[str, Window]:
+    return {s: Window(lower, upper) for s in sources}
+
+
+def plan(store: StateStore, pipeline: str = "p", *sources: str, upper: datetime = T0):
+    """Begin an incremental run planned from the current checkpoints, as the planner does."""
+    sources = sources or ("orders", "lineitem")
+    current = store.checkpoints(pipeline)
+    base = {s: current[s].run_number if s in current else None for s in sources}
+    return store.begin_run(
+        pipeline, mode="incremental", windows=windows(*sources, upper=upper), base_checkpoints=base
+    )
+
+
+# ---------------------------------------------------------------- models and pure logic
+
+
+def test_timestamps_round_trip_exactly_and_sort_as_text() -> None:
+    text = to_iso(T0)
+    assert text == "2024-01-03T10:00:00.123456+00:00"
+    assert from_iso(text) == T0
+    later = to_iso(datetime(2024, 1, 3, 11, 0, tzinfo=UTC))
+    assert text < later and len(text) == len(later)
+    with pytest.raises(ValueError, match="time zone"):
+        to_iso(datetime(2024, 1, 3))
+
+
+def test_window_json_round_trip() -> None:
+    window = Window(T0 - timedelta(hours=1), T0)
+    assert Window.from_json(window.to_json()) == window
+    assert Window.from_json({"lower": None, "upper": to_iso(T0)}) == Window(None, T0)
+    with pytest.raises(ValueError):
+        Window(T0, T0 - timedelta(seconds=1))
+
+
+def test_cas_conflicts_and_cursor_monotonicity() -> None:
+    base = {"orders": 3, "lineitem": None}
+    assert cas_conflicts(base, {"orders": 3}, ["orders", "lineitem"]) == []
+    [conflict] = cas_conflicts(base, {"orders": 4}, ["orders", "lineitem"])
+    assert (conflict.source, conflict.expected, conflict.found) == ("orders", 3, 4)
+    assert next_cursor(None, T0) == T0
+    assert next_cursor(T0, T0 - timedelta(days=1)) == T0
+    assert next_cursor(T0, T0 + timedelta(days=1)) == T0 + timedelta(days=1)
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def test_open_creates_folder_schema_and_wal(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "state.db"
+    with StateStore.open(url_of(path)) as store:
+        tables = set(inspect(store.engine).get_table_names())
+        assert {"schema_version", "checkpoints", "runs", "leases"} <= tables
+        with store.engine.connect() as conn:
+            assert current_version(conn) == SCHEMA_VERSION
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert migrate(store.engine) == SCHEMA_VERSION  # idempotent
+    with StateStore.open(url_of(path)) as again:
+        assert again.runs("p") == []
+
+
+def test_migrate_applies_missing_steps_in_order(tmp_path: Path) -> None:
+    with StateStore.open(url_of(tmp_path / "state.db")) as store:
+        extra = Table("extra", MetaData(), Column("x", Integer))
+        steps = {**MIGRATIONS, SCHEMA_VERSION + 1: lambda conn: extra.create(conn)}
+        assert migrate(store.engine, steps=steps, target=SCHEMA_VERSION + 1) == SCHEMA_VERSION
+        assert "extra" in inspect(store.engine).get_table_names()
+        with store.engine.connect() as conn:
+            assert current_version(conn) == SCHEMA_VERSION + 1
+
+
+def test_newer_schema_is_refused_with_upgrade_hint(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    StateStore.open(url_of(path)).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("INSERT INTO schema_version VALUES (?, ?)", (SCHEMA_VERSION + 1, to_iso(T0)))
+    with pytest.raises(StateCorrupt, match="[Uu]pgrade the loader") as info:
+        StateStore.open(url_of(path))
+    assert f"version {SCHEMA_VERSION + 1}" in str(info.value)
+
+
+# ---------------------------------------------------------------- ledger and checkpoints
+
+
+def test_run_numbers_count_per_pipeline(store: StateStore) -> None:
+    assert [plan(store, "p").run_number for _ in range(3)] == [1, 2, 3]
+    assert plan(store, "other").run_number == 1
+    assert [r.run_number for r in store.runs("p")] == [3, 2, 1]
+    assert [r.run_number for r in store.runs("p", limit=2)] == [3, 2]
+
+
+def test_begin_then_commit_advances_every_checkpoint(store: StateStore, clock: FakeClock) -> None:
+    run = plan(store)
+    assert (
+        run.status == "planned"
+        and run.attempts == 1
+        and run.base_checkpoints == {"orders": None, "lineitem": None}
+    )
+    assert store.unfinished_run("p") == run
+    clock.advance(5)
+    store.commit_run("p", run.run_number, checkpoints={"orders": T0, "lineitem": T0}, metrics={"rows": 7})
+
+    cps = store.checkpoints("p")
+    assert {s: (c.cursor, c.run_number, c.updated_at) for s, c in cps.items()} == {
+        "orders": (T0, 1, clock()),
+        "lineitem": (T0, 1, clock()),
+    }
+    done = store.run("p", 1)
+    assert done is not None and done.status == "committed" and done.finished_at == clock()
+    assert done.metrics == {"rows": 7} and done.windows == run.windows
+    assert store.unfinished_run("p") is None
+    assert store.last_committed_run("p") == done
+
+    second = plan(store, upper=T0 + timedelta(hours=1))
+    assert second.base_checkpoints == {"orders": 1, "lineitem": 1}
+    store.commit_run("p", 2, checkpoints={"orders": T0 + timedelta(hours=1), "lineitem": T0}, metrics={})
+    assert store.checkpoints("p")["orders"].cursor == T0 + timedelta(hours=1)
+
+
+def test_cas_conflict_changes_nothing(store: StateStore) -> None:
+    first = plan(store)
+    store.commit_run("p", first.run_number, checkpoints={"orders": T0, "lineitem": T0}, metrics={})
+    stale = plan(store)  # planned from run 1
+    winner = plan(store)  # also planned from run 1, commits first
+    later = T0 + timedelta(hours=1)
+    store.commit_run("p", winner.run_number, checkpoints={"orders": later}, metrics={})
+    before = store.checkpoints("p")
+
+    with pytest.raises(CheckpointConflict) as info:
+        store.commit_run("p", stale.run_number, checkpoints={"orders": later, "lineitem": later}, metrics={})
+    message = str(info.value)
+    assert "'orders'" in message and "run 1" in message and "run 3" in message and "'lineitem'" not in message
+    assert f"loader runs abandon {stale.run_number}" in message
+    assert store.checkpoints("p") == before  # lineitem, which had no conflict, did not move either
+    assert store.run("p", stale.run_number) == stale
+
+
+def test_checkpoint_never_moves_backwards(store: StateStore) -> None:
+    store.commit_run("p", plan(store).run_number, checkpoints={"orders": T0, "lineitem": T0}, metrics={})
+    replay = plan(store)
+    store.commit_run("p", replay.run_number, checkpoints={"orders": T0 - timedelta(days=1)}, metrics={})
+    orders = store.checkpoints("p")["orders"]
+    assert (orders.cursor, orders.run_number) == (T0, replay.run_number)
+
+
+def test_failed_run_stays_planned_and_is_replayed(store: StateStore) -> None:
+    run = plan(store)
+    store.fail_run("p", run.run_number, error="sink exploded")
+    unfinished = store.unfinished_run("p")
+    assert unfinished is not None and unfinished.status == "planned" and unfinished.error == "sink exploded"
+    assert unfinished.finished_at is None and unfinished.windows == run.windows
+
+    replay = store.record_attempt("p", run.run_number)
+    assert replay.attempts == 2 and store.run("p", run.run_number) == replay
+    store.commit_run("p", run.run_number, checkpoints={"orders": T0, "lineitem": T0}, metrics={})
+    committed = store.run("p", run.run_number)
+    assert committed is not None and committed.status == "committed" and committed.error is None
+    store.fail_run("p", run.run_number, error="late")  # a committed run is never downgraded
+    assert store.run("p", run.run_number) == committed
+
+
+def test_committed_or_abandoned_run_cannot_be_committed(store: StateStore) -> None:
+    run = plan(store)
+    store.commit_run("p", run.run_number, checkpoints={"orders": T0}, metrics={})
+    with pytest.raises(CheckpointConflict, match="already committed"):
+        store.commit_run("p", run.run_number, checkpoints={"orders": T0}, metrics={})
+    with pytest.raises(StateError, match="committed"):
+        store.abandon_run("p", run.run_number)
+
+    dropped = plan(store)
+    store.abandon_run("p", dropped.run_number, reason="operator gave up")
+    assert store.unfinished_run("p") is None
+    abandoned = store.run("p", dropped.run_number)
+    assert abandoned is not None and abandoned.status == "failed" and abandoned.error == "operator gave up"
+    with pytest.raises(StateError, match="abandoned"):
+        store.commit_run("p", dropped.run_number, checkpoints={"orders": T0}, metrics={})
+    with pytest.raises(StateError, match="no run 99"):
+        store.abandon_run("p", 99)
+
+
+def test_backfill_runs_never_touch_checkpoints(store: StateStore) -> None:
+    store.commit_run("p", plan(store).run_number, checkpoints={"orders": T0}, metrics={})
+    before = store.checkpoints("p")
+    backfill = store.begin_run(
+        "p", mode="backfill", windows={"orders": Window(T0 - timedelta(days=30), T0)}, base_checkpoints={}
+    )
+    assert store.unfinished_run("p") is None
+    assert store.unfinished_run("p", mode="backfill") == backfill
+    with pytest.raises(ValueError, match="commit_backfill_run"):
+        store.commit_run("p", backfill.run_number, checkpoints={"orders": T0}, metrics={})
+    store.commit_backfill_run("p", backfill.run_number, metrics={"rows": 1})
+    assert store.checkpoints("p") == before
+    assert store.last_committed_run("p", mode="backfill") == store.run("p", backfill.run_number)
+    assert store.last_committed_run("p", mode="incremental") == store.run("p", 1)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "problem"),
+    [("windows", "{not json", "windows"), ("status", "exploded", "unknown status 'exploded'")],
+)
+def test_corrupt_ledger_row_is_reported_and_abandon_repairs_it(
+    store: StateStore, tmp_path: Path, column: str, value: str, problem: str
+) -> None:
+    run = plan(store)
+    with sqlite3.connect(tmp_path / "nested" / "state.db") as raw:
+        raw.execute(f"UPDATE runs SET {column} = ? WHERE run_number = ?", (value, run.run_number))
+    for read in (lambda: store.runs("p"), lambda: store.run("p", 1), lambda: store.record_attempt("p", 1)):
+        with pytest.raises(StateCorrupt) as info:
+            read()
+        message = str(info.value)
+        assert "'p'" in message and "run 1" in message and problem in message
+        assert "loader runs abandon 1" in message and "backup" in message
+
+    store.abandon_run("p", 1)
+    [repaired] = store.runs("p")
+    assert repaired.status == "failed"
+    if column == "windows":
+        assert repaired.windows == {} and "{not json" in (repaired.error or "")
+
+
+def test_unreachable_database_is_unavailable_with_masked_password(tmp_path: Path) -> None:
+    with pytest.raises(StateUnavailable, match="writable"):
+        StateStore.open(url_of(tmp_path))  # a folder, not a file
+    with pytest.raises(StateUnavailable) as info:
+        StateStore.open("postgresql://loader:s3cret@127.0.0.1:1/state")
+    assert "s3cret" not in str(info.value) and "***" in str(info.value) and "reachable" in str(info.value)
+
+
+def test_sqlite_writes_begin_immediate_and_reads_do_not(store: StateStore) -> None:
+    seen: list[str] = []
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("BEGIN"):
+            seen.append(statement)
+
+    plan(store)
+    store.runs("p")
+    assert seen[-2:] == ["BEGIN IMMEDIATE", "BEGIN"]
+
+
+# ---------------------------------------------------------------- leases
+
+
+def test_lease_acquire_held_expire_renew_release(store: StateStore, clock: FakeClock) -> None:
+    first = store.acquire_lease("p", holder="host-a:11:aaaa", ttl_seconds=60)
+    assert first.expires_at == clock() + timedelta(seconds=60)
+    assert store.lease("p") == first
+    assert store.acquire_lease("other", holder="host-b:22:bbbb", ttl_seconds=60).pipeline == "other"
+
+    clock.advance(30)
+    with pytest.raises(LeaseHeld) as info:
+        store.acquire_lease("p", holder="host-b:22:bbbb", ttl_seconds=60)
+    message = str(info.value)
+    assert "host-a:11:aaaa" in message and to_iso(first.acquired_at) in message
+    assert to_iso(first.expires_at) in message and "expires by itself" in message
+
+    again = store.acquire_lease("p", holder="host-a:11:aaaa", ttl_seconds=60)  # re-entrant for its holder
+    assert again.expires_at == clock() + timedelta(seconds=60)
+    assert store.renew_lease("p", holder="host-a:11:aaaa", ttl_seconds=60)
+    assert store.lease("p").expires_at == clock() + timedelta(seconds=60)  # type: ignore[union-attr]
+
+    clock.advance(61)  # holder died: the lease expires by itself
+    taken = store.acquire_lease("p", holder="host-b:22:bbbb", ttl_seconds=60)
+    assert taken.holder == "host-b:22:bbbb" and store.lease("p") == taken
+    assert not store.renew_lease("p", holder="host-a:11:aaaa", ttl_seconds=60)  # lost
+    assert not store.release_lease("p", holder="host-a:11:aaaa")
+    assert store.lease("p") == taken
+
+    assert store.release_lease("p", holder="host-b:22:bbbb")
+    assert store.lease("p") is None
+    assert store.acquire_lease("p", holder="host-c:33:cccc", ttl_seconds=1).holder == "host-c:33:cccc"
+
+
+def _race(url: str, holder: str, action: str, barrier: Any, results: Any) -> None:
+    """One competing process (module level so that spawn can import it)."""
+    try:
+        store = StateStore.open(url)
+        barrier.wait(timeout=60)
+        if action == "lease":
+            results.put(("won", store.acquire_lease("p", holder=holder, ttl_seconds=300).holder))
+        else:
+            results.put(("run", plan(store).run_number))
+        store.close()
+    except LeaseHeld as err:
+        results.put(("held", str(err)))
+    except BaseException as err:
+        results.put(("error", repr(err)))
+
+
+@pytest.mark.parametrize("action", ["lease", "begin_run"])
+def test_processes_racing_on_one_sqlite_file(tmp_path: Path, action: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    url = url_of(tmp_path / "state.db")  # not created yet: the migrations race as well
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [
+        ctx.Process(target=_race, args=(url, f"host:{i}:uuid{i}", action, barrier, results)) for i in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+
+    assert not [o for o in outcomes if o[0] == "error"], outcomes
+    with StateStore.open(url) as store:
+        if action == "lease":
+            winners = [o[1] for o in outcomes if o[0] == "won"]
+            assert len(winners) == 1 and sum(o[0] == "held" for o in outcomes) == 3
+            assert store.lease("p").holder == winners[0]  # type: ignore[union-attr]
+            assert all(winners[0] in o[1] for o in outcomes if o[0] == "held")
+        else:
+            assert sorted(o[1] for o in outcomes) == [1, 2, 3, 4]
+            assert [r.run_number for r in store.runs("p")] == [4, 3, 2, 1]
+
+
+def test_importing_state_pulls_in_no_heavy_dependency() -> None:
+    code = "import sys, state; print(sorted({'ray', 'pyarrow', 'deltalake', 'pandas'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_in_memory_database_works() -> None:
+    with StateStore.open("sqlite://") as store:
+        assert plan(store).run_number == 1
