@@ -34,7 +34,8 @@ History: `init_landing_zone` spreads the TPC-H orders over `days` ingest days st
 `days`). Each `append_batch` adds one batch in the folder of the next day with:
 
 - new orders (keys above the current maximum), cloned from existing orders with their lineitems;
-- updates: existing orders re-sent with a new `o_orderstatus` and `o_totalprice` (orders only);
+- updates: recent existing orders (newest tenth of the keys) re-sent with a new `o_orderstatus` and
+  `o_totalprice` (orders only);
 - late orders: new keys (with lineitems) whose cursor is 1 to 30 minutes (strictly less than 30)
   OLDER than the newest cursor already in the landing zone. A loader whose checkpoint sits at that newest
   cursor only sees them with a lookback of at least 30 minutes; the demo configuration uses 1 hour.
@@ -505,8 +506,12 @@ def _append(
     # Every draw happens in this fixed order, whatever the counts: determinism per (seed, batch).
     n_clone = orders + late
     clone_idx = rng.integers(0, max(n_latest, 1), n_clone, dtype=np.int64)
+    # Status changes hit recent orders, as in a real order book: updates come from the newest tenth of
+    # the keys (or more when asked for more). It keeps the warehouse merge's footprint realistic.
+    recent = max(updates, n_latest // 10)
     update_idx = (
-        np.sort(rng.choice(n_latest, size=updates, replace=False)) if updates else np.empty(0, np.int64)
+        np.sort(n_latest - recent + rng.choice(recent, size=updates, replace=False))
+        if updates else np.empty(0, np.int64)
     )
     custkeys = _np(pq.read_table(root / "customer" / "customer.parquet", columns=["c_custkey"])["c_custkey"])
     new_custkeys = rng.choice(custkeys, size=n_clone) if n_clone else np.empty(0, np.int64)

@@ -118,7 +118,8 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> dict[str, 
         )
         staged = dataset.map_batches(
             _RayStage, fn_constructor_kwargs={"source": source, "window": window, "dims": dims_ref, "rules": rules},
-            batch_format="pyarrow", concurrency=(1, max(1, int(ray.available_resources().get("CPU", 1)))),
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(ray.available_resources().get("CPU", 1)))),
         )
         parts = [t for t in ray.get(staged.to_arrow_refs()) if t.num_rows]
         table = pa.concat_tables(parts, promote_options="permissive") if parts else stage_batch(

@@ -484,6 +484,10 @@ DEFAULT_REGION_RULES: dict[str, RegionRule] = {
 }
 
 
+def _combine(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
 def _mask(values: pa.ChunkedArray) -> pa.ChunkedArray:
     """Keep the last 4 characters, replace the others with '*' (same length in characters).
 
@@ -499,6 +503,12 @@ def _integer_digits(value: Decimal) -> int:
     return max(len(str(int(value))), 1)
 
 
+def _decimal_places(value: Decimal) -> int:
+    exponent = value.normalize().as_tuple().exponent
+    assert isinstance(exponent, int)
+    return max(-exponent, 0)
+
+
 def apply_region_rules(
     table: pa.Table, *, kind: Kind, rules: Mapping[str, RegionRule], amount_column: str
 ) -> pa.Table:
@@ -506,8 +516,8 @@ def apply_region_rules(
     amount_local decimal128(24,2) = round_half_even(amount * fx_rate, 2), and mask the rule's columns.
 
     Vectorized without splitting: each row's rule is found by one index_in on `region`, its values
-    gathered with take, so row order is preserved. Masking uses if_else on the rows whose region masks
-    that column; columns named by a rule but absent from the table are ignored (lineitem has no
+    gathered with take, so row order is preserved. Masking computes the masked strings for the rows
+    whose region masks that column only and scatters them back (replace_with_mask); columns named by a rule but absent from the table are ignored (lineitem has no
     c_name). A region without a rule (e.g. UNKNOWN) gets null currency/fx/vat/amount_local and no mask.
     The product is computed exactly: in decimal128 when its precision fits 38 digits (fx_rate is
     narrowed to the digits the rules need), otherwise in decimal256.
@@ -533,14 +543,17 @@ def apply_region_rules(
     fx_rate = pc.take(pa.array(fx_values, FX_RATE), index)
     vat_rate = pc.take(pa.array([rules[n].vat_rate for n in names], VAT_RATE), index)
 
-    fx_precision = max((_integer_digits(v) for v in fx_values), default=1) + _FX_SCALE
+    # Narrow fx_rate to the digits the rules use: the product stays in fast decimal128 and has fewer
+    # digits to round (exact either way: these casts only drop zeros).
+    fx_scale = max((_decimal_places(v) for v in fx_values), default=0)
+    fx_precision = max((_integer_digits(v) for v in fx_values), default=1) + fx_scale
     product_precision = amount.type.precision + fx_precision + 1
     if product_precision <= _MAX_DECIMAL128_PRECISION:
-        product = pc.multiply(amount, fx_rate.cast(pa.decimal128(fx_precision, _FX_SCALE)))
+        product = pc.multiply(amount, fx_rate.cast(pa.decimal128(fx_precision, fx_scale)))
     else:
         product = pc.multiply(
             amount.cast(pa.decimal256(amount.type.precision, amount.type.scale)),
-            fx_rate.cast(pa.decimal256(fx_precision, _FX_SCALE)),
+            fx_rate.cast(pa.decimal256(fx_precision, fx_scale)),
         )
     rounded = pc.round(product, ndigits=2, round_mode="half_to_even")
     amount_local = _safe_cast(rounded, AMOUNT_LOCAL, "amount_local")
@@ -563,7 +576,9 @@ def apply_region_rules(
         rows = pc.is_in(region, value_set=pa.array(regions, pa.string()))
         if not pc.any(rows).as_py():
             continue
-        table = _put(table, column, pc.if_else(rows, _mask(values), values))
+        # mask only the rows that need it, then scatter them back in place (row order kept)
+        rows, values = _combine(rows), _combine(values)
+        table = _put(table, column, pc.replace_with_mask(values, rows, _mask(pc.filter(values, rows))))
 
     table = _put(table, "currency", currency)
     table = _put(table, "fx_rate", fx_rate)
