@@ -1,0 +1,81 @@
+"""Config parsing: typed and frozen, env interpolation, paths relative to the file, all errors at once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loader.config import load_config, parse_duration
+from loader.errors import ConfigError
+from tests.conftest import LOCAL_CONFIG
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "cfg" / "loader.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _local() -> dict:
+    return yaml.safe_load(LOCAL_CONFIG.read_text())
+
+
+def test_embedded_default_parses() -> None:
+    config = load_config(LOCAL_CONFIG)
+    assert config.sources["orders"].primary_key == ("o_orderkey",)
+    assert config.sources["lineitem"].lookback == timedelta(hours=1)
+    assert config.landing_zone == str((LOCAL_CONFIG.parent / "../data/landing").resolve())
+
+
+def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, {**_local(), "landing_zone": "lz"}))
+    assert config.landing_zone == str(tmp_path / "cfg" / "lz")
+    assert config.state.url == f"sqlite:///{(tmp_path / 'data' / 'state' / 'loader.db').resolve()}"
+    assert config.source_path("orders") == str(tmp_path / "cfg" / "lz" / "orders")
+
+
+def test_env_interpolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LZ_ROOT", "/srv/lz")
+    raw = {**_local(), "landing_zone": "${LZ_ROOT}", "warehouse": "${WH_ROOT:-/srv/wh}"}
+    config = load_config(_write(tmp_path, raw))
+    assert (config.landing_zone, config.warehouse) == ("/srv/lz", "/srv/wh")
+
+
+def test_missing_env_var_is_named(tmp_path: Path) -> None:
+    raw = {**_local(), "landing_zone": "${SURELY_NOT_SET_VAR}"}
+    with pytest.raises(ConfigError, match="SURELY_NOT_SET_VAR not set"):
+        load_config(_write(tmp_path, raw))
+
+
+def test_all_problems_reported_with_key_paths(tmp_path: Path) -> None:
+    raw = _local()
+    raw["sources"]["orders"]["lookback"] = "soon"
+    raw["sources"]["lineitem"]["kind"] = "parts"
+    raw["sinks"]["parquet"]["compresion"] = "zstd"
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, raw))
+    message = caught.value.message
+    assert "3 problem(s)" in message
+    assert "sources.orders.lookback" in message and "not a duration" in message
+    assert "sources.lineitem.kind" in message
+    assert "sinks.parquet.compresion: unknown key" in message
+
+
+def test_config_objects_are_frozen() -> None:
+    config = load_config(LOCAL_CONFIG)
+    with pytest.raises(Exception):
+        config.pipeline = "other"  # type: ignore[misc]
+
+
+def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--config FILE or set LOADER_CONFIG"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("30m", 1800), ("1h", 3600), ("1d", 86400), (15, 15), ("1.5h", 5400)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text).total_seconds() == seconds
