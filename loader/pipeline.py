@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from loader.config import LoaderConfig, SourceConfig
 from loader.planning import RunPlan, SourcePlan
-from loader.sources import read_dimension, read_source, window_mask
+from loader.sources import read_dimension, read_source, rows_in_window
 from loader.transforms import Dimensions, RegionRule, dedupe_latest, transform_fact
 from state import Window
 
@@ -65,7 +65,7 @@ def stage_batch(
     batch: pa.Table, *, source: SourceConfig, window: Window, dims: Dimensions, rules: Mapping[str, RegionRule]
 ) -> pa.Table:
     """The row-local stages for one batch: window filter, enrichment, region, regional rules."""
-    batch = batch.filter(window_mask(batch, source.cursor, window))
+    batch = rows_in_window(batch, source=source.path, cursor=source.cursor, window=window)
     return transform_fact(batch, kind=source.kind, dims=dims, rules=rules)
 
 
@@ -136,7 +136,7 @@ class _RayStage:
         import ray
 
         self.source, self.window, self.rules = source, window, rules
-        self.dims = ray.get(dims) if isinstance(dims, ray.ObjectRef) else dims
+        self.dims: Dimensions = ray.get(dims) if isinstance(dims, ray.ObjectRef) else dims  # type: ignore[assignment]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return stage_batch(batch, source=self.source, window=self.window, dims=self.dims, rules=self.rules)

@@ -131,10 +131,19 @@ def _older_partition(path: str, partition_column: str, since: date) -> bool:
     return False
 
 
-def _as_utc(value: object) -> datetime | None:
-    if not isinstance(value, datetime):
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROS_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
+
+
+def _stat_to_datetime(raw: object, unit: str | None) -> datetime | None:
+    """A timestamp statistic from its raw integer (`stats.min` would import pandas: 0.3 s per run)."""
+    if isinstance(raw, datetime):
+        return raw if raw.tzinfo else raw.replace(tzinfo=UTC)
+    if unit is None or not isinstance(raw, int):
         return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    scale = _MICROS_PER_UNIT[unit]
+    micros = raw // 1000 if unit == "ns" else raw * int(scale)
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 def read_footer(location: Location, path: str, cursor: str, source: str) -> _Footer:
@@ -153,13 +162,15 @@ def read_footer(location: Location, path: str, cursor: str, source: str) -> _Foo
             f"Fix sources.{source}.cursor in the config or the file"
         )
     column = names.index(cursor)
+    cursor_type = metadata.schema.to_arrow_schema().field(cursor).type
+    unit = cursor_type.unit if pa.types.is_timestamp(cursor_type) else None
     groups = []
     for index in range(metadata.num_row_groups):
         group = metadata.row_group(index)
         stats = group.column(column).statistics
         low = high = None
         if stats is not None and stats.has_min_max:
-            low, high = _as_utc(stats.min), _as_utc(stats.max)
+            low, high = _stat_to_datetime(stats.min_raw, unit), _stat_to_datetime(stats.max_raw, unit)
         groups.append((index, group.num_rows, low, high))
     return _Footer(path, tuple(groups))
 

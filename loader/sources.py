@@ -26,6 +26,19 @@ def window_mask(table: pa.Table | pa.RecordBatch, cursor: str, window: Window) -
     return mask
 
 
+def rows_in_window(table: pa.Table, *, source: str, cursor: str, window: Window) -> pa.Table:
+    """The rows inside the window; a null cursor fails the run (a filter would drop it silently)."""
+    if cursor not in table.column_names:
+        raise BadSourceData(f"a file of source {source!r} has no cursor column {cursor!r}: fix the file or the config")
+    nulls = table[cursor].null_count
+    if nulls:
+        raise BadSourceData(
+            f"{nulls} row(s) of source {source!r} have a null cursor {cursor!r}: "
+            f"fix or remove those rows in the landing zone, then run again (the run replays)"
+        )
+    return table.filter(window_mask(table, cursor, window))
+
+
 def _read_file(plan: SourcePlan, file: FilePlan, cursor: str) -> pa.Table:
     try:
         with plan.location.filesystem.open_input_file(file.path) as handle:
@@ -34,7 +47,10 @@ def _read_file(plan: SourcePlan, file: FilePlan, cursor: str) -> pa.Table:
         raise SourceUnavailable(f"reading {file.path} of source {plan.source!r} failed: {error}. Run again") from error
     except pa.ArrowInvalid as error:
         raise BadSourceData(f"unreadable Parquet file {file.path} in source {plan.source!r}: {error}. Replace or remove it") from error
-    return table.filter(window_mask(table, cursor, plan.window))
+    try:
+        return rows_in_window(table, source=plan.source, cursor=cursor, window=plan.window)
+    except BadSourceData as error:
+        raise BadSourceData(f"{file.path}: {error.message}") from None
 
 
 def read_source(plan: SourcePlan, *, cursor: str) -> pa.Table:

@@ -75,3 +75,21 @@ def test_config_typo_reports_key_path(config_path: Path) -> None:
     assert result.returncode == 2
     assert "sources.orders.cursr: unknown key" in result.stderr
     assert "sources.orders.cursor: required key is missing" in result.stderr
+
+
+def test_lease_held_exits_with_its_code_and_names_holder(config_path: Path) -> None:
+    from loader.config import load_config
+    from state import StateStore
+
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    config = load_config(config_path)
+    store = StateStore.open(config.state.url)
+    try:
+        store.acquire_lease(config.pipeline, holder="otherhost:4242:abcd", ttl_seconds=600)
+        result = run_cli(config_path, "run", "--incremental", check=False)
+    finally:
+        store.release_lease(config.pipeline, holder="otherhost:4242:abcd")
+        store.close()
+    assert result.returncode == 3
+    assert "otherhost:4242:abcd" in result.stderr
+    assert run_json(config_path, "status")["sources"]["orders"]["checkpoint"] is None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from loader.config import load_config, parse_duration
 from loader.errors import ConfigError
@@ -67,7 +68,7 @@ def test_all_problems_reported_with_key_paths(tmp_path: Path) -> None:
 
 def test_config_objects_are_frozen() -> None:
     config = load_config(LOCAL_CONFIG)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         config.pipeline = "other"  # type: ignore[misc]
 
 

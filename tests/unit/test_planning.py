@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from loader.config import SourceConfig
 from loader.errors import BadSourceData
 from loader.planning import compute_window, in_window, plan_source
-from loader.config import SourceConfig
 from loader.storage import locate
 from state import Checkpoint, Window
 

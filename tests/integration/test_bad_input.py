@@ -1,0 +1,103 @@
+"""Bad input fails the run clearly, moves no checkpoint, and the fixed landing zone then loads exactly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import run_cli, run_json
+from tests.warehouse import assert_warehouse_exact
+
+pytestmark = pytest.mark.integration
+
+
+def _checkpoints(config: Path) -> dict:
+    sources = run_json(config, "status")["sources"]
+    return {name: (s["checkpoint"], s["checkpoint_run"]) for name, s in sources.items()}
+
+
+def _loaded(config: Path) -> dict:
+    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    return run_json(config, "run", "--incremental")
+
+
+def _bad_orders_file(landing: Path, **nulls: bool) -> Path:
+    """A new ingest day holding one order copied from the landing zone, with chosen columns null."""
+    template = pq.read_table(next((landing / "orders").rglob("*.parquet"))).slice(0, 1)
+    columns = {}
+    for name in template.column_names:
+        column = template[name]
+        columns[name] = pa.nulls(1, column.type) if nulls.get(name) else column
+    columns["o_orderkey"] = columns["o_orderkey"] if nulls.get("o_orderkey") else pa.array([10**9])
+    columns["o_updated_at"] = columns["o_updated_at"] if nulls.get("o_updated_at") else pa.array(
+        [datetime(2024, 2, 1, tzinfo=UTC)], pa.timestamp("us", tz="UTC"))
+    folder = landing / "orders" / "ingest_date=2024-02-01"
+    folder.mkdir()
+    path = folder / "part-bad.parquet"
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+@pytest.mark.parametrize("column", ["o_updated_at", "o_orderkey"])
+def test_null_cursor_or_key_fails_without_moving_checkpoint(config_path: Path, column: str) -> None:
+    first = _loaded(config_path)
+    landing, warehouse = config_path.parent / "landing", config_path.parent / "warehouse"
+    before = _checkpoints(config_path)
+    bad = _bad_orders_file(landing, **{column: True})
+    if column == "o_updated_at":
+        # A null cursor has no place in any window: the planner still sees the file's other rows.
+        pq.write_table(pa.concat_tables([pq.read_table(bad), _shifted_valid_row(landing)]), bad)
+    failed = run_cli(config_path, "run", "--incremental", check=False)
+    assert failed.returncode == 1, failed.stderr
+    assert "null" in failed.stderr and column in failed.stderr and "fix or remove" in failed.stderr
+    assert _checkpoints(config_path) == before
+    assert run_json(config_path, "status")["unfinished_run"]["run_number"] == first["run_number"] + 1
+
+    bad.unlink()
+    fixed = run_json(config_path, "run", "--incremental")
+    assert fixed["replayed"] is True and fixed["run_number"] == first["run_number"] + 1
+    assert_warehouse_exact(warehouse, landing)
+
+
+def _shifted_valid_row(landing: Path) -> pa.Table:
+    row = pq.read_table(next((landing / "orders").rglob("*.parquet"))).slice(0, 1)
+    row = row.set_column(row.schema.get_field_index("o_orderkey"), "o_orderkey", pa.array([10**9 + 1]))
+    stamp = pa.array([datetime(2024, 2, 1, tzinfo=UTC)], pa.timestamp("us", tz="UTC"))
+    return row.set_column(row.schema.get_field_index("o_updated_at"), "o_updated_at", stamp)
+
+
+def test_sink_failure_keeps_checkpoint_and_replays_exactly(config_path: Path) -> None:
+    """A run that wrote Parquet, then failed in Delta, is replayed with the same run number and windows."""
+    landing, warehouse = config_path.parent / "landing", config_path.parent / "warehouse"
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    blocker = warehouse / "delta" / "lineitem"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder: the Delta sink cannot create its table here")
+    failed = run_cli(config_path, "run", "--incremental", check=False)
+    assert failed.returncode == 1
+    status = run_json(config_path, "status")
+    assert status["sources"]["orders"]["checkpoint"] is None
+    assert status["unfinished_run"]["run_number"] == 1
+
+    blocker.unlink()
+    run_cli(config_path, "demo-data", "append", "--orders", "50", "--updates", "10", "--late", "2")
+    replay = run_json(config_path, "run", "--incremental")
+    assert replay["run_number"] == 1 and replay["replayed"] is True
+    nxt = run_json(config_path, "run", "--incremental")
+    assert nxt["run_number"] == 2
+    assert_warehouse_exact(warehouse, landing)
+
+
+def test_unreadable_parquet_file_is_named(config_path: Path) -> None:
+    _loaded(config_path)
+    landing = config_path.parent / "landing"
+    folder = landing / "orders" / "ingest_date=2024-03-01"
+    folder.mkdir()
+    (folder / "part-00099.parquet").write_bytes(b"PAR1 truncated garbage")
+    result = run_cli(config_path, "run", "--incremental", check=False)
+    assert result.returncode == 1
+    assert "part-00099.parquet" in result.stderr and "Replace or remove" in result.stderr
