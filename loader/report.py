@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +13,8 @@ from loader.config import LoaderConfig
 from loader.planning import RunPlan
 from loader.runner import RunSummary
 
-_out = Console(soft_wrap=True)
+# Wide when piped (cron logs, CI): a narrow default would cut paths.
+_out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def print_run_summary(summary: RunSummary) -> None:
