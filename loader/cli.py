@@ -171,7 +171,12 @@ def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: boo
     except LoaderError as error:
         _fail(error)
         return
-    click.echo(f"landing zone ready at {root}: {summary}")
+    rows = summary.rows
+    click.echo(
+        f"landing zone ready at {root}: {rows['orders']:,} orders, {rows['lineitem']:,} lineitems over "
+        f"{summary.ingest_days} ingest days ({summary.first_ingest_date} to {summary.last_ingest_date}), "
+        f"newest cursor {summary.max_cursor.isoformat()}"
+    )
 
 
 @demo_data.command("append")
@@ -189,7 +194,11 @@ def demo_append(obj: _Context, orders: int, updates: int, late: int) -> None:
     except LoaderError as error:
         _fail(error)
         return
-    click.echo(f"appended: {summary}")
+    click.echo(
+        f"appended batch {summary.batch} in ingest_date={summary.ingest_date}: {summary.new_orders:,} new orders, "
+        f"{summary.updated_orders:,} updated, {summary.late_orders:,} late, {summary.lineitems:,} lineitems; "
+        f"newest cursor {summary.max_cursor.isoformat()}"
+    )
 
 
 def main() -> None:

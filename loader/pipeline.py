@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -115,7 +115,7 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> dict[str, 
         window = source_plan.window
         dataset = ray.data.read_parquet(
             _ray_paths(source_plan), filesystem=source_plan.location.filesystem, partitioning=None,
-        )
+        ).filter(expr=_window_expression(source.cursor, window))
         staged = dataset.map_batches(
             _RayStage, fn_constructor_kwargs={"source": source, "window": window, "dims": dims_ref, "rules": rules},
             batch_format="pyarrow",
@@ -127,6 +127,16 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> dict[str, 
         )
         results[name] = dedupe_latest(table, key=source.primary_key, cursor=source.cursor)
     return results
+
+
+def _window_expression(cursor: str, window: Window) -> Any:
+    """Pushed into Ray's Parquet scan. Null cursors pass, so the stage can refuse them loudly."""
+    from ray.data.expressions import col, lit
+
+    inside = col(cursor) <= lit(window.upper)
+    if window.lower is not None:
+        inside = inside & (col(cursor) > lit(window.lower))
+    return col(cursor).is_null() | inside
 
 
 class _RayStage:

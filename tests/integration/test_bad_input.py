@@ -42,8 +42,8 @@ def _bad_orders_file(landing: Path, **nulls: bool) -> Path:
     return path
 
 
-@pytest.mark.parametrize("column", ["o_updated_at", "o_orderkey"])
-def test_null_cursor_or_key_fails_without_moving_checkpoint(config_path: Path, column: str) -> None:
+@pytest.mark.parametrize(("column", "engine"), [("o_updated_at", "local"), ("o_orderkey", "local"), ("o_updated_at", "ray")])
+def test_null_cursor_or_key_fails_without_moving_checkpoint(config_path: Path, column: str, engine: str) -> None:
     first = _loaded(config_path)
     landing, warehouse = config_path.parent / "landing", config_path.parent / "warehouse"
     before = _checkpoints(config_path)
@@ -51,7 +51,7 @@ def test_null_cursor_or_key_fails_without_moving_checkpoint(config_path: Path, c
     if column == "o_updated_at":
         # A null cursor has no place in any window: the planner still sees the file's other rows.
         pq.write_table(pa.concat_tables([pq.read_table(bad), _shifted_valid_row(landing)]), bad)
-    failed = run_cli(config_path, "run", "--incremental", check=False)
+    failed = run_cli(config_path, "run", "--incremental", "--engine", engine, check=False)
     assert failed.returncode == 1, failed.stderr
     assert "null" in failed.stderr and column in failed.stderr and "fix or remove" in failed.stderr
     assert _checkpoints(config_path) == before
