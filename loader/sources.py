@@ -13,6 +13,7 @@ from loader.config import LoaderConfig
 from loader.errors import BadSourceData, SourceUnavailable
 from loader.planning import FilePlan, SourcePlan
 from loader.storage import locate
+from loader.transforms import normalize_strings
 from state import Window
 
 
@@ -27,7 +28,8 @@ def window_mask(table: pa.Table | pa.RecordBatch, cursor: str, window: Window) -
 
 
 def rows_in_window(table: pa.Table, *, source: str, cursor: str, window: Window) -> pa.Table:
-    """The rows inside the window; a null cursor fails the run (a filter would drop it silently)."""
+    """The rows inside the window; a null cursor fails the run (a filter would drop it silently).
+    Strings become plain strings first: pyarrow's filter has no kernel for string_view."""
     if cursor not in table.column_names:
         raise BadSourceData(f"a file of source {source!r} has no cursor column {cursor!r}: fix the file or the config")
     nulls = table[cursor].null_count
@@ -36,6 +38,7 @@ def rows_in_window(table: pa.Table, *, source: str, cursor: str, window: Window)
             f"{nulls} row(s) of source {source!r} have a null cursor {cursor!r}: "
             f"fix or remove those rows in the landing zone, then run again (the run replays)"
         )
+    table = normalize_strings(table)
     return table.filter(window_mask(table, cursor, window))
 
 
@@ -55,10 +58,8 @@ def _read_file(plan: SourcePlan, file: FilePlan, cursor: str) -> pa.Table:
 
 def read_source(plan: SourcePlan, *, cursor: str) -> pa.Table:
     """Every row of the window from the planned row groups, as one table with plain strings."""
-    from loader.transforms import normalize_strings
-
     with ThreadPoolExecutor(max_workers=4) as pool:
-        parts = [normalize_strings(t) for t in pool.map(lambda f: _read_file(plan, f, cursor), plan.files)]
+        parts = list(pool.map(lambda f: _read_file(plan, f, cursor), plan.files))
     if not parts:
         raise BadSourceData(f"source {plan.source!r} has no files planned; nothing to read")
     try:
@@ -70,7 +71,6 @@ def read_source(plan: SourcePlan, *, cursor: str) -> pa.Table:
 def read_dimension(config: LoaderConfig, table: str) -> pa.Table:
     location = locate(config.dimension_path(table))
     from loader.planning import list_files
-    from loader.transforms import normalize_strings
 
     files, _ = list_files(location, partition_column="", since=None)
     if not files:
