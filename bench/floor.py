@@ -189,9 +189,9 @@ def load_table(con: duckdb.DuckDBPyConnection, table: str, *, landing: Path, war
     filt = ds.field(cursor) > pa.scalar(lower, pa.timestamp("us", tz="UTC")) if lower else None
     src = dataset.to_table(filter=filt)
     timings["scan"] = time.perf_counter() - started
-    if src.num_rows == 0:
+    upper = pc.max(src[cursor]).as_py() if src.num_rows else None
+    if upper is None or (checkpoint is not None and upper <= checkpoint):  # only the lookback's rows: nothing new
         return {"rows": 0, "upper": checkpoint.isoformat() if checkpoint else None, "timings_s": timings}
-    upper = pc.max(src[cursor]).as_py()
 
     started = time.perf_counter()
     con.register("src", src)

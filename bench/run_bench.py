@@ -59,6 +59,7 @@ class Measured:
     wall_s: float
     peak_tree_mib: float  # max over samples of the summed RSS of the process and its descendants
     peak_main_mib: float  # max RSS of the top process alone
+    peak_tree_pss_mib: float  # same tree, proportional set size (shared pages split), sampled every 0.5 s
     cpu_s: float  # user + sys of the process and every reaped descendant
     max_procs: int  # most processes seen at once in the tree
     returncode: int
@@ -68,7 +69,8 @@ class Measured:
     log: str = ""
 
     def brief(self) -> str:
-        return f"{self.wall_s:.2f}s, peak {self.peak_tree_mib:.0f} MiB ({self.max_procs} procs)"
+        return (f"{self.wall_s:.2f}s, peak RSS {self.peak_tree_mib:.0f} MiB / PSS {self.peak_tree_pss_mib:.0f} MiB "
+                f"({self.max_procs} procs), cpu {self.cpu_s:.1f}s")
 
 
 def _tree(proc: psutil.Process) -> list[psutil.Process]:
@@ -84,7 +86,7 @@ def measure(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float, l
     log.parent.mkdir(parents=True, exist_ok=True)
     before = os.times()
     seen: dict[int, psutil.Process] = {}
-    peak_tree = peak_main = 0
+    peak_tree = peak_main = peak_pss = 0
     max_procs = 0
     stop = threading.Event()
     with open(log.with_suffix(".stdout"), "w") as out, open(log.with_suffix(".stderr"), "w") as err:
@@ -93,13 +95,18 @@ def measure(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float, l
         top = psutil.Process(child.pid)
 
         def sample() -> None:
-            nonlocal peak_tree, peak_main, max_procs
+            nonlocal peak_tree, peak_main, peak_pss, max_procs
+            tick = 0
             while not stop.is_set():
                 procs = _tree(top)
-                total = 0
+                total = pss = 0
+                with_pss = tick % 10 == 0  # smaps is dearer to read than statm: every 10th sample
+                tick += 1
                 for p in procs:
                     try:
                         rss = p.memory_info().rss
+                        if with_pss:
+                            pss += p.memory_full_info().pss
                     except (psutil.NoSuchProcess, psutil.AccessDenied):
                         continue
                     seen.setdefault(p.pid, p)
@@ -107,6 +114,7 @@ def measure(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float, l
                     if p.pid == child.pid:
                         peak_main = max(peak_main, rss)
                 peak_tree = max(peak_tree, total)
+                peak_pss = max(peak_pss, pss)
                 max_procs = max(max_procs, len(procs))
                 stop.wait(poll)
 
@@ -133,7 +141,8 @@ def measure(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float, l
         output = json.loads(stdout) if stdout.strip() else None
     except json.JSONDecodeError:
         output = None
-    return Measured(wall_s=wall, peak_tree_mib=peak_tree / MIB, peak_main_mib=peak_main / MIB, cpu_s=cpu,
+    return Measured(wall_s=wall, peak_tree_mib=peak_tree / MIB, peak_main_mib=peak_main / MIB,
+                    peak_tree_pss_mib=peak_pss / MIB, cpu_s=cpu,
                     max_procs=max_procs, returncode=returncode, timed_out=timed_out, leftovers=len(leftovers),
                     output=output, log=str(log))
 
@@ -397,11 +406,13 @@ class Bench:
         self.extra["landing"][tag] = {"history": str(base), "with_batch": str(inc), **made}
         work = args.out / "work" / f"sf{scale_tag(scale)}"
         reset(work)
+        # Not `state/`: Ray workers put the driver's cwd first on sys.path, and a folder named state there
+        # shadows the loader's `state` package (ImportError in every worker).
         lw, lf = work / "loader", work / "floor"
         lw.mkdir(parents=True)
         lf.mkdir(parents=True)
-        full_cfg = write_config(lw / "full.yaml", landing=base, warehouse=lw / "warehouse", state=lw / "state")
-        inc_cfg = write_config(lw / "increment.yaml", landing=inc, warehouse=lw / "warehouse", state=lw / "state")
+        full_cfg = write_config(lw / "full.yaml", landing=base, warehouse=lw / "warehouse", state=lw / "sqlite-state")
+        inc_cfg = write_config(lw / "increment.yaml", landing=inc, warehouse=lw / "warehouse", state=lw / "sqlite-state")
         floor_wh = lf / "warehouse"
 
         # (a) full initial load ----------------------------------------------------------------------
@@ -415,7 +426,7 @@ class Bench:
         for i in range(repeats):
             for side in (("loader", "floor") if i % 2 == 0 else ("floor", "loader")):
                 if side == "loader":
-                    reset(lw / "warehouse", lw / "state")
+                    reset(lw / "warehouse", lw / "sqlite-state")
                     m = self.run_side(full, "loader", self.loader_cmd(full_cfg), cwd=lw, timeout=limit, index=i)
                 else:
                     reset(floor_wh)
@@ -433,7 +444,7 @@ class Bench:
         # snapshots of the post-initial-load state
         snap = work / "snapshots"
         restore(lw / "warehouse", snap / "loader-warehouse")
-        restore(lw / "state", snap / "loader-state")
+        restore(lw / "sqlite-state", snap / "loader-state")
         restore(floor_wh, snap / "floor-warehouse")
 
         # (b)/(c) incremental run over the history ----------------------------------------------------
@@ -444,7 +455,7 @@ class Bench:
             for side in (("loader", "floor") if i % 2 == 0 else ("floor", "loader")):
                 if side == "loader":
                     restore(snap / "loader-warehouse", lw / "warehouse")
-                    restore(snap / "loader-state", lw / "state")
+                    restore(snap / "loader-state", lw / "sqlite-state")
                     self.run_side(increment, "loader", self.loader_cmd(inc_cfg), cwd=lw, timeout=args.timeout, index=i)
                 else:
                     restore(snap / "floor-warehouse", floor_wh)

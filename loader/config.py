@@ -101,8 +101,8 @@ class ParquetSinkConfig(_Frozen):
 class DeltaSinkConfig(_Frozen):
     enabled: bool = True
     path: str = "delta"
-    # Rows per data file written by one commit: bounded files keep scoped merges cheap.
-    max_rows_per_file: int = Field(default=1_000_000, gt=0)
+    # Size of the data files written: bounded files, clustered by key, keep scoped merges cheap.
+    target_file_mb: int = Field(default=8, gt=0)
 
 
 class SinksConfig(_Frozen):

@@ -55,6 +55,8 @@ class DeltaSink:
     def __init__(self, config: LoaderConfig) -> None:
         self.root = config.sink_path(config.sinks.delta.path)
         self.storage_options = _storage_options(self.root)
+        # Bounded files clustered by key (rows arrive sorted by key): a scoped merge rewrites few of them.
+        self.target_file_size = config.sinks.delta.target_file_mb * 1024 * 1024
 
     def table_uri(self, table: str) -> str:
         location = locate(self.root).child(table)
@@ -78,10 +80,12 @@ class DeltaSink:
             if table is None:
                 write_deltalake(
                     uri, data, partition_by=["region"], mode="append", commit_properties=final,
-                    storage_options=self.storage_options,
+                    storage_options=self.storage_options, target_file_size=self.target_file_size,
+                    configuration={"delta.targetFileSize": str(self.target_file_size)},
                 )
                 return SinkWrite(self.name, batch.table, data.num_rows, uri, regions=region_counts(data))
             new_rows, old_rows = self._split_new_keys(table, data, batch.key[0])
+            old_rows = self._drop_landed_versions(table, old_rows, batch)
             if old_rows.num_rows:
                 merger = table.merge(
                     old_rows, predicate=merge_predicate(old_rows, batch.key), source_alias="s", target_alias="t",
@@ -93,13 +97,37 @@ class DeltaSink:
             if new_rows.num_rows or not old_rows.num_rows:
                 write_deltalake(
                     table, new_rows, mode="append", commit_properties=final,
-                    storage_options=self.storage_options,
+                    storage_options=self.storage_options, target_file_size=self.target_file_size,
                 )
         except DeltaError as error:
             raise SinkUnavailable(f"Delta commit to {uri} failed: {error}. Run again: the run replays safely") from error
         except OSError as error:
             raise SinkUnavailable(f"Delta write to {uri} failed: {error}. Run again: the run replays safely") from error
         return SinkWrite(self.name, batch.table, data.num_rows, uri, regions=region_counts(data))
+
+    @staticmethod
+    def _drop_landed_versions(table: Any, rows: pa.Table, batch: TableBatch) -> pa.Table:
+        """Rows whose key already holds this version or a newer one would change nothing in the merge
+        but make it rewrite their files (the lookback re-reads the newest rows every run): drop them.
+        Reads only the key and cursor columns of files whose region and key range can match."""
+        if rows.num_rows == 0:
+            return rows
+        columns = [*batch.key, batch.cursor]
+        first = pc.field(batch.key[0])
+        scope = None
+        for r in rows.group_by("region").aggregate([(batch.key[0], "min"), (batch.key[0], "max")]).to_pylist():
+            part = (pc.field("region") == r["region"]) & (first >= r[batch.key[0] + "_min"]) & (first <= r[batch.key[0] + "_max"])
+            scope = part if scope is None else scope | part
+        landed = table.to_pyarrow_dataset().to_table(columns=columns, filter=scope)
+        if landed.num_rows == 0:
+            return rows
+        landed = landed.rename_columns([*batch.key, "__landed"]).cast(
+            pa.schema([rows.schema.field(k) for k in batch.key] + [pa.field("__landed", rows[batch.cursor].type)])
+        )
+        joined = rows.join(landed, keys=list(batch.key), join_type="left outer")
+        newer = pc.or_kleene(pc.is_null(joined["__landed"]), pc.greater(joined[batch.cursor], joined["__landed"]))
+        kept = joined.filter(newer).drop_columns(["__landed"])
+        return kept.select(rows.column_names).sort_by([(k, "ascending") for k in batch.key])
 
     @staticmethod
     def _split_new_keys(table: Any, data: pa.Table, first_key: str) -> tuple[pa.Table, pa.Table]:
