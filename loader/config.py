@@ -102,7 +102,7 @@ class DeltaSinkConfig(_Frozen):
     enabled: bool = True
     path: str = "delta"
     # Size of the data files written: bounded files, clustered by key, keep scoped merges cheap.
-    target_file_mb: int = Field(default=8, gt=0)
+    target_file_mb: float = Field(default=8, gt=0)
 
 
 class SinksConfig(_Frozen):

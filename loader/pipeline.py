@@ -79,7 +79,13 @@ def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> dict[str
         rows = read_source(source_plan, cursor=source.cursor)
         staged = stage_batch(rows, source=source, window=source_plan.window, dims=dims, rules=rules)
         results[name] = dedupe_latest(staged, key=source.primary_key, cursor=source.cursor)
+        _log_read(name, source_plan, rows.num_rows, results[name].num_rows)
     return results
+
+
+def _log_read(name: str, plan: SourcePlan, read: int, kept: int) -> None:
+    log.info("%s: read %s rows in the window from %d file(s), %d row group(s); %s after dedupe",
+             name, f"{read:,}", len(plan.files), plan.row_groups, f"{kept:,}")
 
 
 def _ray_paths(source_plan: SourcePlan) -> list[str]:
@@ -126,6 +132,7 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> dict[str, 
             _empty_input(source_plan), source=source, window=window, dims=dims, rules=rules
         )
         results[name] = dedupe_latest(table, key=source.primary_key, cursor=source.cursor)
+        _log_read(name, source_plan, table.num_rows, results[name].num_rows)
     return results
 
 

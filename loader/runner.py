@@ -157,7 +157,13 @@ def _execute_run(
                 overlap_until=previous.cursor if previous is not None and base is not None else None,
                 replay=record.attempts > 1,
             )
-            writes: list[SinkWrite] = [sink.write(batch) for sink in sinks]
+            writes: list[SinkWrite] = []
+            for sink in sinks:
+                started = time.perf_counter()
+                writes.append(sink.write(batch))
+                log.info("run %d: %s -> %s: %s in %.2fs", record.run_number, name, sink.name,
+                         "already landed" if writes[-1].skipped else f"{writes[-1].rows:,} rows",
+                         time.perf_counter() - started)
             summary.tables[name] = {
                 "rows": data.num_rows,
                 "window": plan.sources[name].window.to_json(),

@@ -56,7 +56,7 @@ class DeltaSink:
         self.root = config.sink_path(config.sinks.delta.path)
         self.storage_options = _storage_options(self.root)
         # Bounded files clustered by key (rows arrive sorted by key): a scoped merge rewrites few of them.
-        self.target_file_size = config.sinks.delta.target_file_mb * 1024 * 1024
+        self.target_file_size = int(config.sinks.delta.target_file_mb * 1024 * 1024)
 
     def table_uri(self, table: str) -> str:
         location = locate(self.root).child(table)
