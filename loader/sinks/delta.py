@@ -103,7 +103,8 @@ class DeltaSink:
             raise SinkUnavailable(f"Delta commit to {uri} failed: {error}. Run again: the run replays safely") from error
         except OSError as error:
             raise SinkUnavailable(f"Delta write to {uri} failed: {error}. Run again: the run replays safely") from error
-        return SinkWrite(self.name, batch.table, data.num_rows, uri, regions=region_counts(data))
+        written = pa.concat_tables([new_rows, old_rows])
+        return SinkWrite(self.name, batch.table, written.num_rows, uri, regions=region_counts(written))
 
     @staticmethod
     def _drop_landed_versions(table: Any, rows: pa.Table, batch: TableBatch) -> pa.Table:
