@@ -13,6 +13,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -104,14 +105,24 @@ class ParquetSink:
         return pa.concat_tables(parts).cast(batch.data.select(columns).schema)
 
     def _write_partitions(self, where: Location, run_number: int, data: pa.Table, cursor: str) -> None:
-        days = pc.strftime(data[cursor], format="%Y-%m-%d")
+        """One file per (region, date): sort once, then write contiguous slices in parallel."""
+        utc = data[cursor].type.unit if pa.types.is_timestamp(data[cursor].type) else "us"
+        days = pc.cast(pc.cast(data[cursor], pa.timestamp(utc)), pa.date32())  # the cursor's UTC day
         dated = data.append_column(DATE_COLUMN, days)
-        keys = dated.group_by(["region", DATE_COLUMN]).aggregate([]).to_pylist()
+        order = pc.sort_indices(dated, sort_keys=[("region", "ascending"), (DATE_COLUMN, "ascending")])
+        dated = dated.take(order)
+        regions = dated["region"].combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+        day_numbers = dated[DATE_COLUMN].combine_chunks().cast(pa.int32()).to_numpy(zero_copy_only=False)
+        changes = np.flatnonzero((regions[1:] != regions[:-1]) | (day_numbers[1:] != day_numbers[:-1])) + 1
+        starts = [0, *changes.tolist()]
+        bounds = list(zip(starts, [*starts[1:], dated.num_rows], strict=True))
+        region = dated["region"]
+        day = dated[DATE_COLUMN]
 
-        def write_one(part: dict[str, str]) -> None:
-            mask = pc.and_(pc.equal(dated["region"], part["region"]), pc.equal(dated[DATE_COLUMN], part[DATE_COLUMN]))
-            rows = dated.filter(mask).drop_columns([DATE_COLUMN])
-            folder = f"{where.path}/region={part['region']}/date={part[DATE_COLUMN]}"
+        def write_one(bound: tuple[int, int]) -> None:
+            begin, end = bound
+            rows = dated.slice(begin, end - begin).drop_columns([DATE_COLUMN])
+            folder = f"{where.path}/region={region[begin].as_py()}/date={day[begin].as_py().isoformat()}"
             name = f"{run_prefix(run_number)}0.parquet"
             where.filesystem.create_dir(folder, recursive=True)
             hidden = f"{folder}/.{name}"
@@ -120,4 +131,4 @@ class ParquetSink:
             where.filesystem.move(hidden, f"{folder}/{name}")
 
         with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(write_one, keys))
+            list(pool.map(write_one, bounds))
