@@ -1,7 +1,7 @@
 """The hand-written floor: one process doing the work of one `loader run --incremental` for both facts,
 the way a competent engineer would write it in an afternoon with pyarrow + DuckDB + deltalake.
 
-    python bench/floor.py --landing LANDING --warehouse WAREHOUSE [--since ISO] [--json]
+    python bench/floor.py --landing LANDING --warehouse WAREHOUSE [--since ISO] [--until ISO] [--json]
 
 Per fact table (orders, then lineitem):
 1. window: lower = checkpoint - lookback (1h), from `<warehouse>/_floor_state.json` (or --since, or none);
@@ -179,14 +179,18 @@ def already_written(con: duckdb.DuckDBPyConnection, out: pa.Table, folder: Path,
 
 
 def load_table(con: duckdb.DuckDBPyConnection, table: str, *, landing: Path, warehouse: Path, run: int,
-               lower: datetime | None, checkpoint: datetime | None,
+               lower: datetime | None, checkpoint: datetime | None, until: datetime | None,
                rules: dict[str, tuple[str, str, str, tuple[str, ...]]]) -> dict[str, Any]:
     spec = TABLES[table]
     cursor, key = spec["cursor"], spec["key"]
     timings: dict[str, float] = {}
     started = time.perf_counter()
     dataset = ds.dataset(str(landing / table), format="parquet")  # ignores _ and . prefixed files
-    filt = ds.field(cursor) > pa.scalar(lower, pa.timestamp("us", tz="UTC")) if lower else None
+    ts = pa.timestamp("us", tz="UTC")
+    filt = ds.field(cursor) > pa.scalar(lower, ts) if lower else None
+    if until is not None:
+        capped = ds.field(cursor) <= pa.scalar(until, ts)
+        filt = capped if filt is None else filt & capped
     src = dataset.to_table(filter=filt)
     timings["scan"] = time.perf_counter() - started
     upper = pc.max(src[cursor]).as_py() if src.num_rows else None
@@ -235,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--landing", type=Path, required=True, help="landing zone (orders/, lineitem/, dimensions)")
     parser.add_argument("--warehouse", type=Path, required=True, help="output folder (parquet/, delta/, state file)")
     parser.add_argument("--since", help="cursor lower bound (ISO timestamp), instead of the state's checkpoint - 1h")
+    parser.add_argument("--until", help="cursor upper bound (ISO timestamp): load history in several runs")
     parser.add_argument("--config", type=Path, help="take the regional rules from this loader config")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON (default: one line per table)")
     args = parser.parse_args(argv)
@@ -246,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     state = read_state(warehouse)
     run = int(state["run"]) + 1
     since = datetime.fromisoformat(args.since).astimezone(UTC) if args.since else None
+    until = datetime.fromisoformat(args.until).astimezone(UTC) if args.until else None
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     results: dict[str, Any] = {}
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = datetime.fromisoformat(checkpoints[table]) if table in checkpoints else None
         lower = since if since is not None else (previous - LOOKBACK if previous else None)
         results[table] = load_table(con, table, landing=landing, warehouse=warehouse, run=run, lower=lower,
-                                    checkpoint=previous, rules=rules)
+                                    checkpoint=previous, until=until, rules=rules)
         if results[table]["upper"]:
             checkpoints[table] = results[table]["upper"]
     loaded = any(r["rows"] for r in results.values())

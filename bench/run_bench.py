@@ -23,6 +23,7 @@ everything in <out>/results.json (rewritten after every scenario, so a stopped r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -156,18 +157,19 @@ def _alive(p: psutil.Process) -> bool:
 
 def _kill(procs: list[psutil.Process]) -> None:
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             p.send_signal(signal.SIGKILL)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
     psutil.wait_procs(procs, timeout=10)
 
 
 # ------------------------------------------------------------------------------------------ set-up
 
 
-def write_config(path: Path, *, landing: Path, warehouse: Path, state: Path) -> Path:
+def write_config(path: Path, *, landing: Path, warehouse: Path, state: Path, safety_lag: float | None = None) -> Path:
     raw = yaml.safe_load(BASE_CONFIG.read_text())
+    if safety_lag is not None:  # caps the window's upper at now - safety_lag: loads history in parts
+        for source in raw["sources"].values():
+            source["safety_lag"] = f"{safety_lag:.0f}s"
     raw["landing_zone"] = str(landing)
     raw["warehouse"] = str(warehouse)
     raw["state"]["url"] = f"sqlite:///{state / 'loader.db'}"
@@ -361,9 +363,9 @@ class Bench:
         return [str(LOADER), "--config", str(config), "--log-level", "WARNING", "run", "--incremental", "--json",
                 "--engine", self.args.engine]
 
-    def floor_cmd(self, landing: Path, warehouse: Path) -> list[str]:
+    def floor_cmd(self, landing: Path, warehouse: Path, until: datetime | None = None) -> list[str]:
         return [str(PYTHON), str(FLOOR), "--landing", str(landing), "--warehouse", str(warehouse),
-                "--config", str(BASE_CONFIG), "--json"]
+                "--config", str(BASE_CONFIG), "--json", *(["--until", until.isoformat()] if until else [])]
 
     def run_side(self, scenario: Scenario, side: str, cmd: list[str], *, cwd: Path, timeout: float, index: int) -> Measured:
         log = self.args.out / "logs" / f"{scenario.name.replace(' ', '_')}-{side}-{index}"
@@ -416,6 +418,68 @@ class Bench:
         floor_wh = lf / "warehouse"
 
         # (a) full initial load ----------------------------------------------------------------------
+        chunks = max(1, -(-scale // args.max_full_scale)) if args.max_full_scale else 1
+        if chunks > 1:
+            if not self.chunked_initial_load(scale, tag, int(chunks), base, lw, lf, full_cfg, floor_wh, limit):
+                return
+        else:
+            if not self.full_load(scale, tag, first, base, lw, lf, full_cfg, floor_wh, limit):
+                return
+        self._after_full(scale, tag, work, lw, lf, inc, inc_cfg, floor_wh)
+
+    def chunked_initial_load(self, scale: float, tag: str, chunks: int, base: Path, lw: Path, lf: Path,
+                             full_cfg: Path, floor_wh: Path, limit: float) -> bool:
+        """History in `chunks` runs per side (upper capped by day): one full load of it needs more memory
+        than the machine has. Reported as one row: wall and cpu summed over the runs, peak the largest."""
+        from datetime import timedelta
+
+        demo = json.loads((base / "_demo_state.json").read_text())
+        start = datetime.fromisoformat(demo["start"]).astimezone(UTC)
+        days = (datetime.fromisoformat(demo["last_ingest_date"]).date() - start.date()).days + 1
+        cuts = [start + timedelta(days=round(k * days / chunks)) for k in range(1, chunks)]
+        full = Scenario(f"full {tag}", scale, "full",
+                        note=f"initial load in {chunks} runs per side (upper capped at {', '.join(c.date().isoformat() for c in cuts)}, "
+                             f"then all): wall and cpu summed, peak the largest; one full run does not fit in memory")
+        self.scenarios.append(full)
+        reset(lw / "warehouse", lw / "sqlite-state", floor_wh)
+        parts: dict[str, list[Measured]] = {"loader": [], "floor": []}
+        for k, cut in enumerate([*cuts, None]):
+            for side in ("loader", "floor"):
+                if side == "loader":
+                    cfg = full_cfg if cut is None else write_config(
+                        lw / f"chunk{k}.yaml", landing=base, warehouse=lw / "warehouse", state=lw / "sqlite-state",
+                        safety_lag=(datetime.now(UTC) - cut).total_seconds())
+                    m = self.run_side(full, "loader", self.loader_cmd(cfg), cwd=lw, timeout=limit, index=k)
+                else:
+                    m = self.run_side(full, "floor", self.floor_cmd(base, floor_wh, cut), cwd=lf, timeout=limit, index=k)
+                parts[side].append(m)
+                if m.timed_out or m.returncode:
+                    why = f"{side} initial load, part {k + 1}/{chunks}, {'timed out' if m.timed_out else 'failed'}"
+                    self.extra["gave_up"][tag] = why
+                    say(self.events, f"{tag}: giving up, {why}")
+                    self.save()
+                    return False
+        for side, runs in parts.items():
+            tables: dict[str, dict[str, int]] = {}
+            for m in runs:
+                for t, v in ((m.output or {}).get("tables") or {}).items():
+                    tables.setdefault(t, {"rows": 0})["rows"] += int(v.get("rows", 0))
+            engines = sorted({(m.output or {}).get("engine") or "" for m in runs} - {""})
+            setattr(full, side, [Measured(
+                wall_s=sum(m.wall_s for m in runs), peak_tree_mib=max(m.peak_tree_mib for m in runs),
+                peak_main_mib=max(m.peak_main_mib for m in runs), peak_tree_pss_mib=max(m.peak_tree_pss_mib for m in runs),
+                cpu_s=sum(m.cpu_s for m in runs), max_procs=max(m.max_procs for m in runs), returncode=0,
+                output={"tables": tables, "engine": ",".join(engines) or None, "parts": [_trim(m.output) for m in runs],
+                        "part_wall_s": [round(m.wall_s, 3) for m in runs]},
+            )])
+        full.check = compare(lw / "warehouse", floor_wh)
+        self._report_check(full)
+        self.save()
+        return True
+
+    def full_load(self, scale: float, tag: str, first: bool, base: Path, lw: Path, lf: Path, full_cfg: Path,
+                  floor_wh: Path, limit: float) -> bool:
+        args = self.args
         full = Scenario(f"full {tag}", scale, "full")
         repeats = args.repeat if first and not args.skip_full else 1
         if args.skip_full:
@@ -436,10 +500,15 @@ class Bench:
                     self.extra["gave_up"][tag] = why
                     say(self.events, f"{tag}: giving up, {why}")
                     self.save()
-                    return
+                    return False
         full.check = compare(lw / "warehouse", floor_wh)
         self._report_check(full)
         self.save()
+        return True
+
+    def _after_full(self, scale: float, tag: str, work: Path, lw: Path, lf: Path, inc: Path, inc_cfg: Path,
+                    floor_wh: Path) -> None:
+        args = self.args
 
         # snapshots of the post-initial-load state
         snap = work / "snapshots"
@@ -513,7 +582,9 @@ class Bench:
             if s.note.startswith("not measured"):
                 continue
             lm, fm, rows = s.median("loader"), s.median("floor"), s.rows("loader")
-            rate = (lambda t: f(rows / t, "{:,.0f}") if rows and t else "-")
+            def rate(t: float | None, rows: int | None = rows) -> str:
+                return f(rows / t, "{:,.0f}") if rows and t else "-"
+
             equal = "-" if s.check is None else ("yes" if s.check.get("match") else "NO")
             lines.append(
                 f"| {s.name} | {len(s.ok('loader'))}/{len(s.ok('floor'))} | {f(lm)} | {f(fm)} | {f(_ratio(lm, fm))} | "
@@ -557,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--updates", type=int, default=3000, help="updated orders in the increment")
     parser.add_argument("--late", type=int, default=100, help="late orders in the increment")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before one run is killed")
+    parser.add_argument("--max-full-scale", type=float, default=1.0,
+                        help="a larger scale loads its history in ceil(scale / this) runs per side (0: always one run)")
     parser.add_argument("--give-up", type=float, default=1500,
                         help="beyond the first scale: give the scale up when its generation or full load exceeds this")
     args = parser.parse_args(argv)

@@ -121,7 +121,7 @@ class RayConfig(_Frozen):
 
     mode: Literal["auto", "local", "ray"] = "auto"
     address: str | None = None
-    local_max_rows: int = Field(default=2_000_000, ge=0)
+    local_max_rows: int = Field(default=20_000_000, ge=0)
     num_cpus: int | None = Field(default=None, gt=0)
 
 

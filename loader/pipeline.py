@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -69,18 +69,19 @@ def stage_batch(
     return transform_fact(batch, kind=source.kind, dims=dims, rules=rules)
 
 
-def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> dict[str, pa.Table]:
+def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> Iterator[tuple[str, pa.Table]]:
     rules = region_rules(config)
-    results = {}
     for name, source_plan in plan.sources.items():
         if source_plan.is_empty:
             continue
         source = config.sources[name]
-        rows = read_source(source_plan, cursor=source.cursor)
-        staged = stage_batch(rows, source=source, window=source_plan.window, dims=dims, rules=rules)
-        results[name] = dedupe_latest(staged, key=source.primary_key, cursor=source.cursor)
-        _log_read(name, source_plan, rows.num_rows, results[name].num_rows)
-    return results
+        rows = read_source(source_plan, cursor=source.cursor)  # already filtered to the window
+        read = rows.num_rows
+        # Dedupe first, then drop the raw rows: only one full copy of the window is alive at a time.
+        latest = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
+        del rows
+        _log_read(name, source_plan, read, latest.num_rows)
+        yield name, transform_fact(latest, kind=source.kind, dims=dims, rules=rules)
 
 
 def _log_read(name: str, plan: SourcePlan, read: int, kept: int) -> None:
@@ -107,13 +108,12 @@ def init_ray(config: LoaderConfig) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> dict[str, pa.Table]:
+def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> Iterator[tuple[str, pa.Table]]:
     import ray
 
     init_ray(config)
     rules = region_rules(config)
     dims_ref = ray.put(dims)
-    results = {}
     for name, source_plan in plan.sources.items():
         if source_plan.is_empty:
             continue
@@ -131,9 +131,10 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> dict[str, 
         table = pa.concat_tables(parts, promote_options="permissive") if parts else stage_batch(
             _empty_input(source_plan), source=source, window=window, dims=dims, rules=rules
         )
-        results[name] = dedupe_latest(table, key=source.primary_key, cursor=source.cursor)
-        _log_read(name, source_plan, table.num_rows, results[name].num_rows)
-    return results
+        latest = dedupe_latest(table, key=source.primary_key, cursor=source.cursor)
+        _log_read(name, source_plan, table.num_rows, latest.num_rows)
+        del table, parts
+        yield name, latest
 
 
 def _window_expression(cursor: str, window: Window) -> Any:
@@ -167,6 +168,8 @@ def _empty_input(source_plan: SourcePlan) -> pa.Table:
         return pq.ParquetFile(handle).schema_arrow.empty_table()
 
 
-def execute(config: LoaderConfig, plan: RunPlan, engine: Engine, dims: Dimensions) -> dict[str, pa.Table]:
+def execute(config: LoaderConfig, plan: RunPlan, engine: Engine, dims: Dimensions) -> Iterator[tuple[str, pa.Table]]:
+    """Each source's final rows in turn: the caller writes one source before the next is computed,
+    so only one source's window is in memory at a time."""
     runner = run_ray if engine == "ray" else run_local
     return runner(config, plan, dims)

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from loader.config import LoaderConfig
 from loader.errors import LoaderError
 from loader.pipeline import EngineChoice, choose_engine, execute, load_dimensions
 from loader.planning import RunPlan, plan_run
-from loader.sinks import SinkWrite, TableBatch, build_sinks
+from loader.sinks import Sink, SinkWrite, TableBatch, build_sinks
 from state import RunRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,23 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, engine: str | No
     return summary
 
 
+def _write_sinks(sinks: list[Sink], batch: TableBatch) -> list[SinkWrite]:
+    """Every sink writes the same batch at once (threads: the writers are native code and release
+    the GIL). Each sink's commit is idempotent, so one failing leaves the others safe to replay."""
+
+    def write(sink: Sink) -> SinkWrite:
+        started = time.perf_counter()
+        result = sink.write(batch)
+        log.info("run %d: %s -> %s: %s in %.2fs", batch.run_number, batch.table, sink.name,
+                 "already landed" if result.skipped else f"{result.rows:,} rows", time.perf_counter() - started)
+        return result
+
+    with ThreadPoolExecutor(max_workers=len(sinks)) as pool:
+        futures = [pool.submit(write, sink) for sink in sinks]
+        wait(futures)
+    return [future.result() for future in futures]  # re-raises the first sink's error, if any
+
+
 def _execute_run(
     config: LoaderConfig, store: StateStore, record: RunRecord, plan: RunPlan, summary: RunSummary,
     timer: _Timer, engine: str | None,
@@ -143,11 +161,16 @@ def _execute_run(
     log.info("run %d: engine %s (%s)", record.run_number, choice.engine, choice.reason)
     with timer.stage("execute"):
         dims = load_dimensions(config)
-        tables = execute(config, plan, choice.engine, dims)
     sinks = build_sinks(config)
     checkpoints = store.checkpoints(config.pipeline)
-    with timer.stage("sinks"):
-        for name, data in tables.items():
+    tables = execute(config, plan, choice.engine, dims)
+    while True:
+        with timer.stage("execute"):
+            item = next(tables, None)
+        if item is None:
+            break
+        name, data = item
+        with timer.stage("sinks"):
             source = config.sources[name]
             base = record.base_checkpoints.get(name)
             previous = checkpoints.get(name)
@@ -157,19 +180,14 @@ def _execute_run(
                 overlap_until=previous.cursor if previous is not None and base is not None else None,
                 replay=record.attempts > 1,
             )
-            writes: list[SinkWrite] = []
-            for sink in sinks:
-                started = time.perf_counter()
-                writes.append(sink.write(batch))
-                log.info("run %d: %s -> %s: %s in %.2fs", record.run_number, name, sink.name,
-                         "already landed" if writes[-1].skipped else f"{writes[-1].rows:,} rows",
-                         time.perf_counter() - started)
+            writes = _write_sinks(sinks, batch)
             summary.tables[name] = {
                 "rows": data.num_rows,
                 "window": plan.sources[name].window.to_json(),
                 "files_read": len(plan.sources[name].files),
                 "sinks": {w.sink: {"rows": w.rows, "location": w.location, "skipped": w.skipped, "regions": w.regions} for w in writes},
             }
+        del data, batch  # free this source's rows before the next one is computed
     with timer.stage("commit"):
         store.commit_run(
             config.pipeline, record.run_number,

@@ -39,7 +39,10 @@ def rows_in_window(table: pa.Table, *, source: str, cursor: str, window: Window)
             f"fix or remove those rows in the landing zone, then run again (the run replays)"
         )
     table = normalize_strings(table)
-    return table.filter(window_mask(table, cursor, window))
+    mask = window_mask(table, cursor, window)
+    if pc.all(mask).as_py():  # the common case for whole files: spare a copy
+        return table
+    return table.filter(mask)
 
 
 def _read_file(plan: SourcePlan, file: FilePlan, cursor: str) -> pa.Table:

@@ -103,8 +103,10 @@ class DeltaSink:
             raise SinkUnavailable(f"Delta commit to {uri} failed: {error}. Run again: the run replays safely") from error
         except OSError as error:
             raise SinkUnavailable(f"Delta write to {uri} failed: {error}. Run again: the run replays safely") from error
-        written = pa.concat_tables([new_rows, old_rows])
-        return SinkWrite(self.name, batch.table, written.num_rows, uri, regions=region_counts(written))
+        regions = region_counts(new_rows)
+        for region, count in region_counts(old_rows).items():
+            regions[region] = regions.get(region, 0) + count
+        return SinkWrite(self.name, batch.table, new_rows.num_rows + old_rows.num_rows, uri, regions=regions)
 
     @staticmethod
     def _drop_landed_versions(table: Any, rows: pa.Table, batch: TableBatch) -> pa.Table:

@@ -105,24 +105,24 @@ class ParquetSink:
         return pa.concat_tables(parts).cast(batch.data.select(columns).schema)
 
     def _write_partitions(self, where: Location, run_number: int, data: pa.Table, cursor: str) -> None:
-        """One file per (region, date): sort once, then write contiguous slices in parallel."""
-        utc = data[cursor].type.unit if pa.types.is_timestamp(data[cursor].type) else "us"
-        days = pc.cast(pc.cast(data[cursor], pa.timestamp(utc)), pa.date32())  # the cursor's UTC day
-        dated = data.append_column(DATE_COLUMN, days)
-        order = pc.sort_indices(dated, sort_keys=[("region", "ascending"), (DATE_COLUMN, "ascending")])
-        dated = dated.take(order)
-        regions = dated["region"].combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
-        day_numbers = dated[DATE_COLUMN].combine_chunks().cast(pa.int32()).to_numpy(zero_copy_only=False)
+        """One file per (region, date), written in parallel. Only the sort indices and the two partition
+        columns are materialised; each file takes its own rows, so no full copy of the table is made."""
+        unit = data[cursor].type.unit if pa.types.is_timestamp(data[cursor].type) else "us"
+        days = pc.cast(pc.cast(data[cursor], pa.timestamp(unit)), pa.date32())  # the cursor's UTC day
+        keys = pa.table({"region": data["region"], DATE_COLUMN: days})
+        order = pc.sort_indices(keys, sort_keys=[("region", "ascending"), (DATE_COLUMN, "ascending")])
+        keys = keys.take(order)
+        regions = keys["region"].combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+        day_numbers = keys[DATE_COLUMN].combine_chunks().cast(pa.int32()).to_numpy(zero_copy_only=False)
         changes = np.flatnonzero((regions[1:] != regions[:-1]) | (day_numbers[1:] != day_numbers[:-1])) + 1
         starts = [0, *changes.tolist()]
-        bounds = list(zip(starts, [*starts[1:], dated.num_rows], strict=True))
-        region = dated["region"]
-        day = dated[DATE_COLUMN]
+        bounds = list(zip(starts, [*starts[1:], data.num_rows], strict=True))
 
         def write_one(bound: tuple[int, int]) -> None:
             begin, end = bound
-            rows = dated.slice(begin, end - begin).drop_columns([DATE_COLUMN])
-            folder = f"{where.path}/region={region[begin].as_py()}/date={day[begin].as_py().isoformat()}"
+            rows = data.take(order.slice(begin, end - begin))
+            region, day = keys["region"][begin].as_py(), keys[DATE_COLUMN][begin].as_py().isoformat()
+            folder = f"{where.path}/region={region}/date={day}"
             name = f"{run_prefix(run_number)}0.parquet"
             where.filesystem.create_dir(folder, recursive=True)
             hidden = f"{folder}/.{name}"
