@@ -15,14 +15,15 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loader.config import LoaderConfig
 from loader.errors import LoaderError
-from loader.pipeline import EngineChoice, choose_engine, execute, load_dimensions
 from loader.planning import RunPlan, plan_run
-from loader.sinks import Sink, SinkWrite, TableBatch, build_sinks
 from state import RunRecord, StateStore
+
+if TYPE_CHECKING:
+    from loader.sinks import Sink, SinkWrite, TableBatch
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,11 @@ def _execute_run(
     config: LoaderConfig, store: StateStore, record: RunRecord, plan: RunPlan, summary: RunSummary,
     timer: _Timer, engine: str | None,
 ) -> None:
-    choice: EngineChoice = choose_engine(config, plan, engine)
+    # Imported here: a run with nothing new never pays for transforms, sinks or their drivers.
+    from loader.pipeline import choose_engine, execute, load_dimensions
+    from loader.sinks import TableBatch, build_sinks
+
+    choice = choose_engine(config, plan, engine)
     summary.engine, summary.engine_reason = choice.engine, choice.reason
     log.info("run %d: engine %s (%s)", record.run_number, choice.engine, choice.reason)
     with timer.stage("execute"):
