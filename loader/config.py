@@ -92,14 +92,27 @@ class RegionRuleConfig(_Frozen):
     mask: tuple[str, ...] = ()
 
 
+class RetryConfig(_Frozen):
+    """Retries of transient failures: exponential backoff with jitter, bounded in attempts and time."""
+
+    attempts: int = Field(default=5, ge=1)
+    initial_wait: timedelta = timedelta(seconds=0.5)
+    max_wait: timedelta = timedelta(seconds=10)
+    total: timedelta = timedelta(minutes=2)
+
+    _durations = field_validator("initial_wait", "max_wait", "total", mode="before")(parse_duration)
+
+
 class ParquetSinkConfig(_Frozen):
     enabled: bool = True
+    retry: RetryConfig = RetryConfig()
     path: str = "parquet"
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 
 
 class DeltaSinkConfig(_Frozen):
     enabled: bool = True
+    retry: RetryConfig = RetryConfig()
     path: str = "delta"
     # Size of the data files written: bounded files, clustered by key, keep scoped merges cheap.
     target_file_mb: float = Field(default=8, gt=0)
@@ -128,6 +141,7 @@ class RayConfig(_Frozen):
 class StateConfig(_Frozen):
     url: str = "sqlite:///state/loader.db"
     lease_ttl: timedelta = timedelta(seconds=60)
+    retry: RetryConfig = RetryConfig()
 
     _durations = field_validator("lease_ttl", mode="before")(parse_duration)
 

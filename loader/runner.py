@@ -13,13 +13,15 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from loader import failpoints
 from loader.config import LoaderConfig
 from loader.errors import LoaderError
 from loader.planning import RunPlan, plan_run
+from loader.retry import call_with_retries
 from state import RunRecord, StateStore
 
 if TYPE_CHECKING:
@@ -122,6 +124,7 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, engine: str | No
                 pipeline, mode="incremental", windows=plan.windows(),
                 base_checkpoints={name: p.base_run for name, p in active.items()},
             )
+            failpoints.hit("plan.recorded")
     summary.run_number = record.run_number
     try:
         _execute_run(config, store, record, plan, summary, timer, engine)
@@ -139,10 +142,16 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, engine: str | No
 def _write_sinks(sinks: list[Sink], batch: TableBatch) -> list[SinkWrite]:
     """Every sink writes the same batch at once (threads: the writers are native code and release
     the GIL). Each sink's commit is idempotent, so one failing leaves the others safe to replay."""
+    attempts: dict[str, int] = {}
+
+    def _write_once(sink: Sink) -> SinkWrite:
+        # A retry is a replay of this sink's part of the run: it first removes what the failed try wrote.
+        attempts[sink.name] = attempts.get(sink.name, 0) + 1
+        return sink.write(batch if attempts[sink.name] == 1 else replace(batch, replay=True))
 
     def write(sink: Sink) -> SinkWrite:
         started = time.perf_counter()
-        result = sink.write(batch)
+        result = call_with_retries(f"{batch.table} -> {sink.name}", sink.retry, lambda: _write_once(sink))
         log.info("run %d: %s -> %s: %s in %.2fs", batch.run_number, batch.table, sink.name,
                  "already landed" if result.skipped else f"{result.rows:,} rows", time.perf_counter() - started)
         return result
@@ -193,9 +202,12 @@ def _execute_run(
                 "sinks": {w.sink: {"rows": w.rows, "location": w.location, "skipped": w.skipped, "regions": w.regions} for w in writes},
             }
         del data, batch  # free this source's rows before the next one is computed
+    failpoints.hit("checkpoint.before")
     with timer.stage("commit"):
-        store.commit_run(
+        call_with_retries("checkpoint commit", config.state.retry, lambda: store.commit_run(
             config.pipeline, record.run_number,
             checkpoints={name: p.window.upper for name, p in plan.sources.items()},
             metrics={"tables": summary.tables, "engine": choice.engine, "timings_s": dict(timer.timings)},
-        )
+            before_commit=lambda: failpoints.hit("checkpoint.inside"),
+        ))
+    failpoints.hit("checkpoint.after")

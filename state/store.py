@@ -420,9 +420,11 @@ class StateStore:
         *,
         checkpoints: Mapping[str, datetime],
         metrics: Mapping[str, Any],
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         """In one transaction: compare-and-set every source's checkpoint against the run's plan, advance
-        them, and mark the run committed. On any conflict nothing changes."""
+        them, and mark the run committed. On any conflict nothing changes. `before_commit` runs inside
+        the transaction just before it commits (the tests' failpoint there)."""
         now = self._now()
         try:
             with self._write() as conn:
@@ -461,6 +463,8 @@ class StateStore:
                             )
                         )
                 self._finish(conn, pipeline, run_number, status="committed", metrics=metrics, at=now)
+                if before_commit is not None:
+                    before_commit()
         except IntegrityError as err:  # a checkpoint row appeared under us (PostgreSQL, no row to lock)
             current = {s: c.run_number for s, c in self.checkpoints(pipeline).items()}
             planned = self.run(pipeline, run_number)

@@ -8,6 +8,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
+from loader.config import RetryConfig
 from state import Window
 
 
@@ -40,6 +41,7 @@ class SinkWrite:
 
 class Sink(Protocol):
     name: str
+    retry: RetryConfig
 
     def write(self, batch: TableBatch) -> SinkWrite:
         """Write and commit `batch`; a second call with the same run number changes nothing."""

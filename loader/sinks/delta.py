@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from loader import failpoints
 from loader.config import LoaderConfig
 from loader.errors import SinkUnavailable
 from loader.sinks.base import SinkWrite, TableBatch, region_counts
@@ -55,6 +56,7 @@ class DeltaSink:
     def __init__(self, config: LoaderConfig) -> None:
         self.root = config.sink_path(config.sinks.delta.path)
         self.storage_options = _storage_options(self.root)
+        self.retry = config.sinks.delta.retry
         # Bounded files clustered by key (rows arrive sorted by key): a scoped merge rewrites few of them.
         self.target_file_size = int(config.sinks.delta.target_file_mb * 1024 * 1024)
 
@@ -78,15 +80,19 @@ class DeltaSink:
                 return SinkWrite(self.name, batch.table, 0, uri, skipped=True)
             data = batch.data
             if table is None:
+                failpoints.hit("delta.write", batch.table)
                 write_deltalake(
                     uri, data, partition_by=["region"], mode="append", commit_properties=final,
                     storage_options=self.storage_options, target_file_size=self.target_file_size,
                     configuration={"delta.targetFileSize": str(self.target_file_size)},
                 )
+                failpoints.hit("delta.commit", batch.table)
                 return SinkWrite(self.name, batch.table, data.num_rows, uri, regions=region_counts(data))
             new_rows, old_rows = self._split_new_keys(table, data, batch.key[0])
             old_rows = self._drop_landed_versions(table, old_rows, batch)
             if old_rows.num_rows:
+                if not new_rows.num_rows:  # the merge is the run's last commit
+                    failpoints.hit("delta.write", batch.table)
                 merger = table.merge(
                     old_rows, predicate=merge_predicate(old_rows, batch.key), source_alias="s", target_alias="t",
                     commit_properties=None if new_rows.num_rows else final,
@@ -95,6 +101,7 @@ class DeltaSink:
                     predicate=f"s.{_quote(batch.cursor)} >= t.{_quote(batch.cursor)}"
                 ).when_not_matched_insert_all().execute()
             if new_rows.num_rows or not old_rows.num_rows:
+                failpoints.hit("delta.write", batch.table)  # after the merge, before the last commit
                 write_deltalake(
                     table, new_rows, mode="append", commit_properties=final,
                     storage_options=self.storage_options, target_file_size=self.target_file_size,
@@ -103,6 +110,7 @@ class DeltaSink:
             raise SinkUnavailable(f"Delta commit to {uri} failed: {error}. Run again: the run replays safely") from error
         except OSError as error:
             raise SinkUnavailable(f"Delta write to {uri} failed: {error}. Run again: the run replays safely") from error
+        failpoints.hit("delta.commit", batch.table)
         regions = region_counts(new_rows)
         for region, count in region_counts(old_rows).items():
             regions[region] = regions.get(region, 0) + count

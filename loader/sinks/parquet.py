@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from loader import failpoints
 from loader.config import LoaderConfig
 from loader.errors import SinkUnavailable
 from loader.sinks.base import SinkWrite, TableBatch, region_counts
@@ -36,6 +37,7 @@ class ParquetSink:
 
     def __init__(self, config: LoaderConfig) -> None:
         self.root = locate(config.sink_path(config.sinks.parquet.path))
+        self.retry = config.sinks.parquet.retry
         codec = config.sinks.parquet.compression
         self.compression = None if codec == "none" else codec
 
@@ -50,9 +52,10 @@ class ParquetSink:
             data = self._new_versions(where, batch)
             counts = region_counts(data)
             if data.num_rows:
-                self._write_partitions(where, batch.run_number, data, batch.cursor)
+                self._write_partitions(where, batch.run_number, data, batch.cursor, batch.table)
         except OSError as error:
             raise SinkUnavailable(f"writing Parquet under {where.uri} failed: {error}. Run again: the run replays safely") from error
+        failpoints.hit("parquet.commit", batch.table)
         return SinkWrite(self.name, batch.table, data.num_rows, where.uri, regions=counts)
 
     def _files(self, where: Location, subdir: str = "") -> list[pafs.FileInfo]:
@@ -104,7 +107,7 @@ class ParquetSink:
             return pa.table({c: pa.array([], type=batch.data[c].type) for c in columns})
         return pa.concat_tables(parts).cast(batch.data.select(columns).schema)
 
-    def _write_partitions(self, where: Location, run_number: int, data: pa.Table, cursor: str) -> None:
+    def _write_partitions(self, where: Location, run_number: int, data: pa.Table, cursor: str, table: str) -> None:
         """One file per (region, date), written in parallel. Only the sort indices and the two partition
         columns are materialised; each file takes its own rows, so no full copy of the table is made."""
         unit = data[cursor].type.unit if pa.types.is_timestamp(data[cursor].type) else "us"
@@ -130,5 +133,8 @@ class ParquetSink:
                 pq.write_table(rows, stream, compression=self.compression)
             where.filesystem.move(hidden, f"{folder}/{name}")
 
+        half = max(1, len(bounds) // 2)
         with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(write_one, bounds))
+            list(pool.map(write_one, bounds[:half]))
+            failpoints.hit("parquet.write", table)  # some partitions written, not all
+            list(pool.map(write_one, bounds[half:]))

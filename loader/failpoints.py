@@ -1,0 +1,83 @@
+"""Failpoints: named places in a run where a test can crash the process or inject an error.
+
+Off by default and free when off (one dict lookup on an empty dict). Switched on only by the
+environment variable LOADER_FAILPOINTS, a comma-separated list of `point=action`:
+
+    LOADER_FAILPOINTS="delta.write=crash"             kill -9 this process at that point
+    LOADER_FAILPOINTS="parquet.write=transient"       raise a transient error (retried)
+    LOADER_FAILPOINTS="checkpoint.inside=terminal"    raise a terminal error (fails the run)
+    LOADER_FAILPOINTS="plan.recorded=sleep:2.5"       sleep 2.5 s (to race another process)
+
+A point may be narrowed to one table: `delta.write@lineitem=crash`. An action may be limited to the
+first N hits: `parquet.write=transient*2`. The points, in run order:
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from loader.errors import SinkRejected, SinkUnavailable
+
+ENV = "LOADER_FAILPOINTS"
+
+POINTS = {
+    "plan.recorded": "the run and its windows are in the ledger; nothing written yet",
+    "parquet.write": "inside the Parquet sink: some partition files written, not all",
+    "parquet.commit": "after the Parquet sink finished the table",
+    "delta.write": "inside the Delta sink: before its last commit (after the merge, if any)",
+    "delta.commit": "after the Delta sink's last commit (the run's app transaction landed)",
+    "checkpoint.before": "every sink done; the checkpoint transaction not yet begun",
+    "checkpoint.inside": "inside the checkpoint transaction, before it commits",
+    "checkpoint.after": "the checkpoint transaction committed; the lease not yet released",
+}
+__doc__ = (__doc__ or "") + "\n".join(f"    {name:<20} {what}" for name, what in POINTS.items()) + "\n"
+
+
+def _parse(text: str) -> dict[str, list[str | int]]:
+    active: dict[str, list[str | int]] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        point, _, action = item.partition("=")
+        name = point.split("@", 1)[0]
+        if name not in POINTS or not action:
+            raise ValueError(f"{ENV}: {item!r} is not point=action; points: {', '.join(POINTS)}")
+        action, _, times = action.partition("*")
+        active[point] = [action, int(times) if times else -1]
+    return active
+
+
+_ACTIVE = _parse(os.environ.get(ENV, ""))
+_LOCK = threading.Lock()
+
+
+def reload() -> None:
+    """Re-read the environment (for tests that set it in-process)."""
+    global _ACTIVE
+    _ACTIVE = _parse(os.environ.get(ENV, ""))
+
+
+def hit(point: str, table: str | None = None) -> None:
+    """Run the action configured for `point` (or `point@table`), if any."""
+    if not _ACTIVE:
+        return
+    key = f"{point}@{table}" if table is not None and f"{point}@{table}" in _ACTIVE else point
+    with _LOCK:
+        entry = _ACTIVE.get(key)
+        if entry is None or entry[1] == 0:
+            return
+        if isinstance(entry[1], int) and entry[1] > 0:
+            entry[1] -= 1
+    action = str(entry[0])
+    where = f"failpoint {key}"
+    if action == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "transient":
+        raise SinkUnavailable(f"{where}: injected transient fault")
+    elif action == "terminal":
+        raise SinkRejected(f"{where}: injected terminal fault")
+    elif action.startswith("sleep:"):
+        time.sleep(float(action.split(":", 1)[1]))
+    else:
+        raise ValueError(f"{ENV}: unknown action {action!r} at {key}: use crash, transient, terminal or sleep:SECONDS")

@@ -1,0 +1,92 @@
+"""Exactly-once through crashes: for every failpoint, `loader run` is a real subprocess killed there
+with SIGKILL; the next run (after the dead holder's lease expires) replays, and every sink is compared
+with an independent computation over the landing zone: every key once, the latest version winning."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from loader.failpoints import POINTS
+from tests.conftest import run_cli, run_json, write_config
+from tests.warehouse import assert_warehouse_exact
+
+pytestmark = pytest.mark.integration
+
+LEASE_TTL_S = 2
+INCREMENTAL_POINTS = [*POINTS, "parquet.write@lineitem", "delta.write@lineitem", "delta.commit@lineitem"]
+FIRST_RUN_POINTS = ["parquet.write", "delta.write", "checkpoint.inside"]
+
+
+def _project(folder: Path) -> Path:
+    state = {"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"}
+    return write_config(folder, state=state)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A landing zone with one loaded run and a new batch (updates, late records) waiting."""
+    folder = tmp_path_factory.mktemp("kill-template")
+    config = _project(folder / "fresh")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    shutil.copytree(folder / "fresh", folder / "first")
+    run_json(config, "run", "--incremental")
+    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "60", "--late", "5")
+    return folder
+
+
+def _kill_then_recover(config: Path, point: str) -> dict:
+    killed = run_cli(config, "run", "--incremental", check=False, env={"LOADER_FAILPOINTS": f"{point}=crash"})
+    assert killed.returncode == -signal.SIGKILL, f"{point}: not killed\n{killed.stderr}"
+    time.sleep(LEASE_TTL_S + 0.5)  # the dead run's lease expires by itself
+    return run_json(config, "run", "--incremental")
+
+
+@pytest.mark.parametrize("point", INCREMENTAL_POINTS)
+def test_kill_during_incremental_run(template: Path, tmp_path: Path, point: str) -> None:
+    shutil.copytree(template / "fresh", tmp_path / "p")
+    config = tmp_path / "p" / "loader.yaml"
+    recovered = _kill_then_recover(config, point)
+    if point.startswith("checkpoint.after"):
+        assert recovered["status"] == "nothing_new"  # the run had committed before the kill
+    else:
+        assert recovered["run_number"] == 2 and recovered["replayed"] is True
+    assert run_json(config, "run", "--incremental")["status"] == "nothing_new"
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+
+
+@pytest.mark.parametrize("point", FIRST_RUN_POINTS)
+def test_kill_during_first_run(template: Path, tmp_path: Path, point: str) -> None:
+    shutil.copytree(template / "first", tmp_path / "p")
+    config = tmp_path / "p" / "loader.yaml"
+    recovered = _kill_then_recover(config, point)
+    assert recovered["run_number"] == 1 and recovered["replayed"] is True
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+
+
+def test_transient_faults_are_retried(template: Path, tmp_path: Path) -> None:
+    shutil.copytree(template / "fresh", tmp_path / "p")
+    config = tmp_path / "p" / "loader.yaml"
+    faults = "parquet.write=transient*2,delta.write@lineitem=transient*1,checkpoint.inside=transient*1"
+    result = run_cli(config, "run", "--incremental", env={"LOADER_FAILPOINTS": faults})
+    assert "orders -> parquet: attempt 1 of 5 failed" in result.stderr
+    assert "orders -> parquet: attempt 2 of 5 failed" in result.stderr
+    assert "lineitem -> delta: attempt 1 of 5 failed" in result.stderr
+    assert "checkpoint commit: attempt 1 of 5 failed" in result.stderr
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+
+
+def test_terminal_fault_fails_at_once_and_keeps_checkpoint(template: Path, tmp_path: Path) -> None:
+    shutil.copytree(template / "fresh", tmp_path / "p")
+    config = tmp_path / "p" / "loader.yaml"
+    before = run_json(config, "status")["sources"]["orders"]["checkpoint"]
+    result = run_cli(config, "run", "--incremental", check=False, env={"LOADER_FAILPOINTS": "delta.write=terminal"})
+    assert result.returncode == 1
+    assert "injected terminal fault" in result.stderr and "retrying" not in result.stderr
+    assert run_json(config, "status")["sources"]["orders"]["checkpoint"] == before
+    assert run_json(config, "run", "--incremental")["replayed"] is True
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
