@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +54,26 @@ def run_json(config: Path, *args: str, env: dict[str, str] | None = None) -> dic
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
     return write_config(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL 16 (the pgserver wheel, no system install), for the whole test session."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+    server.cleanup()
+
+
+def pg_database(pg_url: str, *, template: str | None = None) -> str:
+    """A new empty database (or a copy of `template`'s database) on the test server; its URL."""
+    from sqlalchemy import create_engine, make_url
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        suffix = f' TEMPLATE "{make_url(template).database}"' if template else ""
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"{suffix}')
+    engine.dispose()
+    return make_url(pg_url).set(database=name).render_as_string(hide_password=False)

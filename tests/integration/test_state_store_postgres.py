@@ -16,14 +16,6 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2024, 1, 3, 10, 0, 0, 123456, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
-    server.cleanup()
-
-
 @pytest.fixture
 def store(pg_url: str) -> Iterator[StateStore]:
     s = StateStore.open(pg_url)
