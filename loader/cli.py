@@ -201,6 +201,34 @@ def demo_append(obj: _Context, orders: int, updates: int, late: int) -> None:
     )
 
 
+@cli.command("verify", epilog=EXIT_CODES_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one object {ok, checks} on stdout.")
+@click.option("--table", "tables", multiple=True, help="Verify only this table (repeatable; default: every source).")
+@click.pass_obj
+def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...]) -> None:
+    """Reconcile every enabled sink with the landing zone over the committed windows (rows, checksums,
+    duplicates per table, region and sink). Exit 1 on any mismatch."""
+    try:
+        config = obj.config()
+        from loader.verify import print_verification, verify
+
+        result = verify(config, tables=tables)
+    except LoaderError as error:
+        _fail(error)
+        return
+    for note in result.notes:
+        click.echo(note, err=True)
+    if as_json:
+        _emit(result.to_json())
+    elif result.checks:
+        print_verification(result)
+    for check in result.checks:
+        if not check.ok:
+            click.echo(f"mismatch: {check.problem()}", err=True)
+    if not result.ok:
+        sys.exit(EXIT_FAILED)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)

@@ -34,8 +34,8 @@ History: `init_landing_zone` spreads the TPC-H orders over `days` ingest days st
 `days`). Each `append_batch` adds one batch in the folder of the next day with:
 
 - new orders (keys above the current maximum), cloned from existing orders with their lineitems;
-- updates: recent existing orders (newest tenth of the keys) re-sent with a new `o_orderstatus` and
-  `o_totalprice` (orders only);
+- updates: recent existing orders (among the newest 100,000 keys) re-sent with a new `o_orderstatus`
+  and `o_totalprice` (orders only);
 - late orders: new keys (with lineitems) whose cursor is 1 to 30 minutes (strictly less than 30)
   OLDER than the newest cursor already in the landing zone. A loader whose checkpoint sits at that newest
   cursor only sees them with a lookback of at least 30 minutes; the demo configuration uses 1 hour.
@@ -176,6 +176,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "region": REGION_SCHEMA,
 }
 
+
+RECENT_ORDERS = 100_000  # updates pick among this many newest orders
 
 @dataclass(frozen=True)
 class DemoState:
@@ -506,9 +508,9 @@ def _append(
     # Every draw happens in this fixed order, whatever the counts: determinism per (seed, batch).
     n_clone = orders + late
     clone_idx = rng.integers(0, max(n_latest, 1), n_clone, dtype=np.int64)
-    # Status changes hit recent orders, as in a real order book: updates come from the newest tenth of
-    # the keys (or more when asked for more). It keeps the warehouse merge's footprint realistic.
-    recent = max(updates, n_latest // 10)
+    # Status changes hit recent orders, as in a real order book: updates come from the newest
+    # RECENT_ORDERS keys (or more when asked for more), however long the history is.
+    recent = min(n_latest, max(updates, RECENT_ORDERS))
     update_idx = (
         np.sort(n_latest - recent + rng.choice(recent, size=updates, replace=False))
         if updates else np.empty(0, np.int64)

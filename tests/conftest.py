@@ -34,20 +34,20 @@ def write_config(folder: Path, **overrides: Any) -> Path:
 
 
 def run_cli(config: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+            timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """The real command line in a child process."""
     full_env = {**os.environ, **(env or {})}
     result = subprocess.run(
         [sys.executable, "-m", "loader.cli", "--config", str(config), *args],
-        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT,
+        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"loader {' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
 
 
-def run_json(config: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    result = run_cli(config, *args, "--json", env=env)
+def run_json(config: Path, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> dict[str, Any]:
+    result = run_cli(config, *args, "--json", env=env, cwd=cwd)
     return json.loads(result.stdout)
 
 

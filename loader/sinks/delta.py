@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -142,18 +143,45 @@ class DeltaSink:
 
     @staticmethod
     def _split_new_keys(table: Any, data: pa.Table, first_key: str) -> tuple[pa.Table, pa.Table]:
-        """Rows whose first key is above every value in the table cannot match: append them."""
+        """Rows whose first key lies outside every data file's [min, max] of their region cannot
+        match any row: they are appended. Files are clustered by key, so their ranges are narrow and
+        new keys (above, or in gaps) rarely fall inside one. No data file is read, only statistics."""
         actions = pa.table(table.get_add_actions(flatten=True))
-        column = f"max.{first_key}"
+        low, high = f"min.{first_key}", f"max.{first_key}"
         if actions.num_rows == 0:
             return data, data.slice(0, 0)
-        if column not in actions.column_names:
+        if low not in actions.column_names or high not in actions.column_names or "partition.region" not in actions.column_names:
             return data.slice(0, 0), data
-        largest = pc.max(actions[column]).as_py()
-        if largest is None:
-            return data.slice(0, 0), data
-        is_new = pc.greater(data[first_key], pa.scalar(largest, type=data[first_key].type))
-        return data.filter(is_new), data.filter(pc.invert(is_new))
+        maybe_old = np.zeros(data.num_rows, dtype=bool)
+        keys = data[first_key].to_numpy(zero_copy_only=False)
+        regions = data["region"].to_numpy(zero_copy_only=False)
+        for region in np.unique(regions):
+            files = actions.filter(pc.equal(actions["partition.region"], region))
+            if files.num_rows == 0:
+                continue
+            starts, ends = _merged_intervals(files[low].to_numpy(zero_copy_only=False), files[high].to_numpy(zero_copy_only=False))
+            rows = np.flatnonzero(regions == region)
+            slot = np.searchsorted(starts, keys[rows], side="right") - 1
+            inside = (slot >= 0) & (keys[rows] <= ends[np.maximum(slot, 0)])
+            maybe_old[rows[inside]] = True
+        mask = pa.array(maybe_old)
+        return data.filter(pc.invert(mask)), data.filter(mask)
+
+
+def _merged_intervals(lows: np.ndarray, highs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted, non-overlapping [start, end] covering the given intervals (null statistics: everything)."""
+    if any(v is None for v in lows) or any(v is None for v in highs):
+        return np.array([np.iinfo(np.int64).min]), np.array([np.iinfo(np.int64).max])
+    order = np.argsort(lows, kind="stable")
+    starts: list = []
+    ends: list = []
+    for lo, hi in zip(lows[order], highs[order], strict=True):
+        if starts and lo <= ends[-1]:
+            ends[-1] = max(ends[-1], hi)
+        else:
+            starts.append(lo)
+            ends.append(hi)
+    return np.array(starts), np.array(ends)
 
 
 def _storage_options(root: str) -> dict[str, str] | None:

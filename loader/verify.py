@@ -1,0 +1,326 @@
+"""`loader verify`: reconcile each enabled sink with the landing zone over the committed windows.
+
+Expected, per fact source: the landing rows with cursor <= the source's checkpoint, from the files that
+existed when the checkpoint's run planned (file mtime <= the run's start; a replayed run: its finish).
+Files that landed later are pending, not committed: a late record in them may lie below the checkpoint
+but no committed run could have read it. Those rows are deduplicated on the primary key (latest cursor
+wins) and given a region exactly as a run does (`dedupe_latest`, then `attach_region`). Only the key,
+cursor and lookup columns are read.
+
+Compared per (table, region, sink): the row count and an order-independent checksum of (key, cursor):
+
+    h(row)   = fold of the row's values v over (key columns..., cursor): h = splitmix64(h XOR v), h0 = 0
+    checksum = sum of h(row) over the rows, mod 2**64, shown as 16 hex digits
+
+where v is the value as int64 (the cursor as microseconds since the epoch, UTC; a date as days); other
+types use pandas' stable `hash_array`. Delta must hold those rows and no key twice; Parquet (a log of
+versions) must have them as each key's greatest-cursor version, and no (key, cursor) version twice.
+
+Sinks are read while no run may change them: a live lease or an unfinished run is refused up front, and
+checkpoints that moved while reading make verify fail and ask to run it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from loader.config import LoaderConfig
+from loader.errors import BadSourceData, ConfigError, LeaseHeld, SinkUnavailable, StateError
+from loader.planning import list_files
+from loader.sinks.base import region_counts
+from loader.sources import rows_in_window
+from loader.storage import Location, locate
+from loader.transforms import Dimensions, attach_region, dedupe_latest
+from state import Checkpoint, StateStore, Window
+
+# The column attach_region looks the region up by.
+_LOOKUP_COLUMN = {"orders": "o_custkey", "lineitem": "l_suppkey"}
+
+Digest = dict[str, tuple[int, int]]  # region -> (rows, checksum)
+
+
+@dataclass(frozen=True)
+class Check:
+    table: str
+    region: str
+    sink: str
+    expected_rows: int
+    actual_rows: int
+    expected_checksum: str
+    actual_checksum: str
+    duplicates: int
+
+    @property
+    def ok(self) -> bool:
+        return (self.expected_rows == self.actual_rows and self.expected_checksum == self.actual_checksum
+                and self.duplicates == 0)
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "ok": self.ok}
+
+    def problem(self) -> str:
+        """One line naming the table, region and sink, and what differs."""
+        parts = []
+        if self.expected_rows != self.actual_rows:
+            parts.append(f"{self.actual_rows:,} rows, expected {self.expected_rows:,}")
+        if self.expected_checksum != self.actual_checksum:
+            parts.append("checksum of (key, cursor) differs: wrong or stale versions")
+        if self.duplicates:
+            what = "key(s)" if self.sink == "delta" else "(key, cursor) version(s)"
+            parts.append(f"{self.duplicates:,} duplicated {what}")
+        return f"table {self.table}, region {self.region}, sink {self.sink}: " + "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Verification:
+    pipeline: str
+    checks: tuple[Check, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    def to_json(self) -> dict[str, object]:
+        return {"ok": self.ok, "checks": [check.to_json() for check in self.checks]}
+
+
+# ------------------------------------------------------------------------------- checksums
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit reaches every output bit (uint64 arithmetic wraps)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _as_uint64(column: pa.ChunkedArray) -> np.ndarray:
+    kind = column.type
+    if pa.types.is_timestamp(kind):  # the same instant hashes the same whatever the unit
+        column = column.cast(pa.timestamp("us", tz=kind.tz), safe=False)
+    elif pa.types.is_date(kind):
+        column = column.cast(pa.date32()).cast(pa.int32())
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_integer(kind):
+        return np.asarray(column.cast(pa.int64()).to_numpy()).view(np.uint64)
+    import pandas as pd
+
+    values = np.asarray(column.cast(pa.string()).to_pylist(), dtype=object)
+    return np.asarray(pd.util.hash_array(values), dtype=np.uint64)
+
+
+def row_hashes(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    hashes = np.zeros(table.num_rows, dtype=np.uint64)
+    for name in columns:
+        hashes = _mix(hashes ^ _as_uint64(table[name]))
+    return hashes
+
+
+def digest(table: pa.Table | None, columns: Sequence[str]) -> Digest:
+    """Per region: row count and checksum (see the module docstring) of `columns`."""
+    if table is None or table.num_rows == 0:
+        return {}
+    regions = table["region"].cast(pa.string()).combine_chunks().dictionary_encode()
+    codes = np.asarray(regions.indices.to_numpy(zero_copy_only=False), dtype=np.intp)
+    sums = np.zeros(len(regions.dictionary), dtype=np.uint64)
+    np.add.at(sums, codes, row_hashes(table, columns))
+    counts = np.bincount(codes, minlength=len(regions.dictionary))
+    return {str(name): (int(counts[i]), int(sums[i])) for i, name in enumerate(regions.dictionary.to_pylist())}
+
+
+def duplicates(table: pa.Table | None, columns: Sequence[str]) -> dict[str, int]:
+    """Per region: rows beyond the first of each distinct `columns` value."""
+    if table is None or table.num_rows == 0:
+        return {}
+    narrow = table.select(["region", *columns])
+    distinct = region_counts(narrow.group_by(["region", *columns]).aggregate([]))
+    return {region: rows - distinct.get(region, 0) for region, rows in region_counts(narrow).items()}
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+def _read_files(location: Location, paths: Sequence[str], columns: list[str], what: str) -> pa.Table | None:
+    def read(path: str) -> pa.Table:
+        try:
+            with location.filesystem.open_input_file(path) as handle:
+                return pq.read_table(handle, columns=columns)
+        except (OSError, pa.ArrowInvalid, KeyError) as error:
+            raise BadSourceData(f"cannot read columns {columns} of {path} ({what}): {error}. Fix or remove the file") from error
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parts = list(pool.map(read, paths))
+    return pa.concat_tables(parts, promote_options="permissive") if parts else None
+
+
+def _landed_before(location: Location, partition_column: str, moment: datetime | None) -> list[str]:
+    """The source's files (planning's rules) that were there at `moment`."""
+    paths = set(list_files(location, partition_column=partition_column, since=None)[0])
+    infos = location.filesystem.get_file_info(pafs.FileSelector(location.path, recursive=True))
+    return sorted(
+        info.path for info in infos
+        if info.path in paths and (moment is None or info.mtime is None or _utc(info.mtime) <= moment)
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_at: datetime | None,
+                  dims: Dimensions) -> pa.Table | None:
+    """What the committed windows loaded: key, cursor and region of each key's latest version."""
+    source = config.sources[name]
+    location = locate(config.source_path(name))
+    columns = list(dict.fromkeys([*source.primary_key, source.cursor, _LOOKUP_COLUMN[source.kind]]))
+    rows = _read_files(location, _landed_before(location, source.partition_column, seen_at), columns, f"source {name}")
+    if rows is None:
+        return None
+    rows = rows_in_window(rows, source=name, cursor=source.cursor, window=Window(lower=None, upper=checkpoint.cursor))
+    rows = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
+    rows = attach_region(rows, kind=source.kind, dims=dims)
+    return rows.select([*source.primary_key, source.cursor, "region"])
+
+
+def delta_rows(config: LoaderConfig, name: str, columns: list[str]) -> pa.Table | None:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError, TableNotFoundError
+
+    from loader.sinks.delta import DeltaSink
+
+    sink = DeltaSink(config)
+    uri = sink.table_uri(name)
+    try:
+        table = DeltaTable(uri, storage_options=sink.storage_options)
+        return table.to_pyarrow_dataset().to_table(columns=columns)
+    except TableNotFoundError:
+        return None
+    except (DeltaError, OSError) as error:
+        raise SinkUnavailable(f"reading the Delta table {uri} failed: {error}. Check the warehouse path, then verify again") from error
+
+
+def parquet_versions(config: LoaderConfig, name: str, columns: list[str]) -> pa.Table | None:
+    """Every version row of the Parquet log (hidden in-flight files skipped, as readers skip them)."""
+    from loader.sinks.parquet import ParquetSink
+
+    where = ParquetSink(config).table_location(name)
+    try:
+        if where.filesystem.get_file_info(where.path).type == pafs.FileType.NotFound:
+            return None
+        infos = where.filesystem.get_file_info(pafs.FileSelector(where.path, recursive=True))
+    except OSError as error:
+        raise SinkUnavailable(f"listing {where.uri} failed: {error}. Check the warehouse path, then verify again") from error
+    paths = sorted(
+        i.path for i in infos
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_"))
+    )
+    return _read_files(where, paths, columns, f"Parquet sink of {name}")
+
+
+# ------------------------------------------------------------------------------- comparing
+
+
+def _compare(table: str, sink: str, want: Digest, got: Digest, dups: dict[str, int]) -> list[Check]:
+    checks = []
+    for region in sorted(set(want) | set(got) | set(dups)):
+        (e_rows, e_sum), (a_rows, a_sum) = want.get(region, (0, 0)), got.get(region, (0, 0))
+        checks.append(Check(table, region, sink, e_rows, a_rows, f"{e_sum:016x}", f"{a_sum:016x}", dups.get(region, 0)))
+    return checks
+
+
+def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_at: datetime | None,
+                  dims: Dimensions) -> list[Check]:
+    source = config.sources[name]
+    columns = [*source.primary_key, source.cursor]
+    want = digest(expected_rows(config, name, checkpoint, seen_at, dims), columns)
+    checks = []
+    if config.sinks.delta.enabled:
+        rows = delta_rows(config, name, [*columns, "region"])
+        checks += _compare(name, "delta", want, digest(rows, columns), duplicates(rows, source.primary_key))
+    if config.sinks.parquet.enabled:
+        versions = parquet_versions(config, name, [*columns, "region"])
+        latest = None if versions is None else dedupe_latest(versions, key=source.primary_key, cursor=source.cursor)
+        checks += _compare(name, "parquet", want, digest(latest, columns), duplicates(versions, columns))
+    return checks
+
+
+def _quiet_checkpoints(store: StateStore, pipeline: str) -> dict[str, Checkpoint]:
+    """The checkpoints, provided no run can be changing the sinks right now."""
+    lease = store.lease(pipeline)
+    if lease is not None and not lease.expired(datetime.now(UTC)):
+        raise LeaseHeld(
+            f"a run of pipeline {pipeline!r} is in progress ({lease.holder}, lease until {lease.expires_at:%Y-%m-%d %H:%M:%S} UTC) "
+            "and the sinks may hold rows it has not committed: run `loader verify` again when it has finished"
+        )
+    for mode in ("incremental", "backfill"):
+        unfinished = store.unfinished_run(pipeline, mode=mode)
+        if unfinished is not None:
+            raise StateError(
+                f"{mode} run {unfinished.run_number} of pipeline {pipeline!r} did not finish, so the sinks may hold "
+                "rows past the checkpoints: let it finish (`loader run --incremental` replays an incremental run), "
+                "then run `loader verify` again"
+            )
+    return store.checkpoints(pipeline)
+
+
+def _seen_at(store: StateStore, pipeline: str, checkpoint: Checkpoint) -> datetime | None:
+    """When the checkpoint's run listed the landing zone: its start, or its finish if it was replayed."""
+    run = store.run(pipeline, checkpoint.run_number)
+    if run is None:
+        return None
+    return run.started_at if run.attempts == 1 else run.finished_at
+
+
+def verify(config: LoaderConfig, *, tables: Sequence[str] = ()) -> Verification:
+    unknown = [t for t in tables if t not in config.sources]
+    if unknown:
+        raise ConfigError(f"unknown table(s) {', '.join(unknown)}: choose from {', '.join(config.sources)}")
+    names = list(dict.fromkeys(tables)) or list(config.sources)
+    pipeline = config.pipeline
+    store = StateStore.open(config.state.url)
+    try:
+        checkpoints = _quiet_checkpoints(store, pipeline)
+        if not checkpoints:
+            note = f"pipeline {pipeline!r} was never loaded: nothing to verify (run `loader run --incremental` first)"
+            return Verification(pipeline, (), (note,))
+        from loader.pipeline import load_dimensions
+
+        dims = load_dimensions(config)
+        checks: list[Check] = []
+        notes = []
+        for name in names:
+            checkpoint = checkpoints.get(name)
+            if checkpoint is None:
+                notes.append(f"{name}: never loaded, nothing to verify")
+                continue
+            checks += _verify_table(config, name, checkpoint, _seen_at(store, pipeline, checkpoint), dims)
+        if _quiet_checkpoints(store, pipeline) != checkpoints:
+            raise StateError(f"a run of pipeline {pipeline!r} committed while verify was reading: run `loader verify` again")
+    finally:
+        store.close()
+    return Verification(pipeline, tuple(checks), tuple(notes))
+
+
+def print_verification(result: Verification) -> None:
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result.pipeline}: sinks against the landing zone over the committed windows")
+    for column in ("table", "region", "sink", "expected rows", "actual rows", "checksum ok", "status"):
+        table.add_column(column)
+    for c in result.checks:
+        status = "ok" if c.ok else "[red]MISMATCH[/]" + (f" ({c.duplicates:,} duplicates)" if c.duplicates else "")
+        table.add_row(c.table, c.region, c.sink, f"{c.expected_rows:,}", f"{c.actual_rows:,}",
+                      "yes" if c.expected_checksum == c.actual_checksum else "[red]no[/]", status)
+    Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200).print(table)
