@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from loader import failpoints
 from loader.config import LoaderConfig
-from loader.errors import SinkUnavailable
+from loader.errors import SinkRejected, SinkUnavailable
 from loader.sinks.base import SinkWrite, TableBatch, region_counts
 from loader.storage import locate
 
@@ -67,7 +67,12 @@ class DeltaSink:
 
     def write(self, batch: TableBatch) -> SinkWrite:
         from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-        from deltalake.exceptions import DeltaError, TableNotFoundError
+        from deltalake.exceptions import (
+            DeltaError,
+            DeltaProtocolError,
+            SchemaMismatchError,
+            TableNotFoundError,
+        )
 
         uri = self.table_uri(batch.table)
         app = app_id(batch.pipeline, batch.table)
@@ -107,7 +112,17 @@ class DeltaSink:
                     table, new_rows, mode="append", commit_properties=final,
                     storage_options=self.storage_options, target_file_size=self.target_file_size,
                 )
-        except DeltaError as error:
+        except (SchemaMismatchError, DeltaProtocolError) as error:
+            raise SinkRejected(
+                f"Delta table {uri} refuses this run's rows: {error}. Make the table's schema match the "
+                f"source (or move the table away to recreate it), then run again: the run replays"
+            ) from error
+        except pa.ArrowInvalid as error:
+            raise SinkRejected(
+                f"Delta table {uri} does not fit this run's rows: {error}. Make the table's schema match the "
+                f"source (or move the table away to recreate it), then run again: the run replays"
+            ) from error
+        except DeltaError as error:  # commit conflicts with a concurrent writer, object-store hiccups
             raise SinkUnavailable(f"Delta commit to {uri} failed: {error}. Run again: the run replays safely") from error
         except OSError as error:
             raise SinkUnavailable(f"Delta write to {uri} failed: {error}. Run again: the run replays safely") from error

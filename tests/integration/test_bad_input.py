@@ -101,3 +101,19 @@ def test_unreadable_parquet_file_is_named(config_path: Path) -> None:
     result = run_cli(config_path, "run", "--incremental", check=False)
     assert result.returncode == 1
     assert "part-00099.parquet" in result.stderr and "Replace or remove" in result.stderr
+
+
+def test_conflicting_delta_table_fails_fast_and_names_it(config_path: Path) -> None:
+    """A target table whose columns conflict with the source: a terminal error naming the table, no
+    retries, no checkpoint moved."""
+    from deltalake import write_deltalake
+
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    target = config_path.parent / "warehouse" / "delta" / "orders"
+    write_deltalake(str(target), pa.table({"o_orderkey": [1], "region": ["ASIA"], "o_totalprice": ["cheap"]}),
+                    partition_by=["region"])
+    result = run_cli(config_path, "run", "--incremental", check=False)
+    assert result.returncode == 1
+    assert str(target) in result.stderr and "schema" in result.stderr
+    assert "retrying" not in result.stderr
+    assert run_json(config_path, "status")["sources"]["orders"]["checkpoint"] is None
