@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= configs/local.yaml
 
-.PHONY: run test test-fast lint bench clean-data
+.PHONY: run test test-fast soak lint bench clean-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
+
+soak: $(STAMP)
+	SOAK_KILLS=24 $(BIN)/python -m pytest -q tests/integration/test_soak.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,9 +3,9 @@
 Expected, per fact source: the landing rows with cursor <= the source's checkpoint, from the files that
 existed when the checkpoint's run planned (file mtime <= the run's start; a replayed run: its finish).
 Files that landed later are pending, not committed: a late record in them may lie below the checkpoint
-but no committed run could have read it. Those rows are deduplicated on the primary key (latest cursor
-wins) and given a region exactly as a run does (`dedupe_latest`, then `attach_region`). Only the key,
-cursor and lookup columns are read.
+but no committed run could have read it (so a landing zone copied without its mtimes looks all new).
+Those rows are deduplicated on the primary key (latest cursor wins) and given a region exactly as a run
+does (`dedupe_latest`, then `attach_region`). Only the key, cursor and lookup columns are read.
 
 Compared per (table, region, sink): the row count and an order-independent checksum of (key, cursor):
 
@@ -72,7 +72,8 @@ class Check:
         if self.expected_rows != self.actual_rows:
             parts.append(f"{self.actual_rows:,} rows, expected {self.expected_rows:,}")
         if self.expected_checksum != self.actual_checksum:
-            parts.append("checksum of (key, cursor) differs: wrong or stale versions")
+            same_count = self.expected_rows == self.actual_rows
+            parts.append("checksum of (key, cursor) differs" + (": wrong or stale versions" if same_count else ""))
         if self.duplicates:
             what = "key(s)" if self.sink == "delta" else "(key, cursor) version(s)"
             parts.append(f"{self.duplicates:,} duplicated {what}")
@@ -283,7 +284,7 @@ def _seen_at(store: StateStore, pipeline: str, checkpoint: Checkpoint) -> dateti
 def verify(config: LoaderConfig, *, tables: Sequence[str] = ()) -> Verification:
     unknown = [t for t in tables if t not in config.sources]
     if unknown:
-        raise ConfigError(f"unknown table(s) {', '.join(unknown)}: choose from {', '.join(config.sources)}")
+        raise ConfigError(f"unknown table(s) {', '.join(unknown)}: pass --table with one of {', '.join(config.sources)}")
     names = list(dict.fromkeys(tables)) or list(config.sources)
     pipeline = config.pipeline
     store = StateStore.open(config.state.url)

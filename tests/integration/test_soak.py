@@ -1,0 +1,57 @@
+"""Soak: `loader run` killed with SIGKILL at random moments, again and again, across several appended
+batches; then every sink must hold every key exactly once with its latest version.
+
+`make test` runs a short form (SOAK_KILLS=6); `make soak` the full one (SOAK_KILLS=24)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli, run_json, write_config
+from tests.warehouse import assert_warehouse_exact
+
+pytestmark = pytest.mark.integration
+
+LEASE_TTL_S = 1.0
+
+
+def _run_killed_after(config: Path, delay: float) -> int:
+    """Start a run and SIGKILL it after `delay` seconds unless it ended; its exit code."""
+    command = [sys.executable, "-m", "loader.cli", "--config", str(config), "run", "--incremental"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        return process.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        return process.wait()
+
+
+def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    wanted = int(os.environ.get("SOAK_KILLS", "6"))
+    seed = int(os.environ.get("SOAK_SEED", "7"))
+    rng = random.Random(seed)
+    config = write_config(tmp_path / "p", state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
+    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    kills, batches = 0, 0
+    while kills < wanted or batches < 3:
+        batches += 1
+        run_cli(config, "demo-data", "append", "--orders", "150", "--updates", "40", "--late", "5")
+        for _ in range(max(2, wanted // 3)):
+            code = _run_killed_after(config, rng.uniform(0.3, 3.0))
+            kills += code == -signal.SIGKILL
+            assert code in (0, 3, -signal.SIGKILL), f"run exited {code} (seed {seed})"
+            time.sleep(LEASE_TTL_S + 0.1)
+    time.sleep(LEASE_TTL_S + 0.1)
+    final = run_json(config, "run", "--incremental")
+    assert final["status"] in ("committed", "nothing_new")
+    assert run_json(config, "run", "--incremental")["status"] == "nothing_new"
+    assert kills >= wanted, f"only {kills} of {batches * max(2, wanted // 3)} runs were killed (seed {seed})"
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
