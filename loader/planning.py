@@ -189,6 +189,8 @@ def plan_source(
     window = fixed_window
     if window is None:
         highs = [g[3] for f in footers for g in f.groups if g[3] is not None and g[1] > 0]
+        if checkpoint is not None:
+            _check_not_ahead(name, location, checkpoint, footers, max(highs) if highs else None)
         window = compute_window(
             checkpoint=checkpoint.cursor if checkpoint else None, lookback=source.lookback,
             max_present=max(highs) if highs else None, now=now, safety_lag=source.safety_lag,
@@ -203,6 +205,23 @@ def plan_source(
             rows = sum(g[1] for g in footer.groups if g[0] in groups)
             chosen.append(FilePlan(footer.path, groups, rows))
     return SourcePlan(name, location, window, tuple(chosen), seen, base_run)
+
+
+def _check_not_ahead(
+    name: str, location: Location, checkpoint: Checkpoint, footers: list[_Footer], newest: datetime | None
+) -> None:
+    """The checkpoint was the newest cursor present when it was set; data older than it now means the
+    landing zone lost files or the config points elsewhere. Loading on would silently skip data."""
+    unknown_stats = any(g[2] is None for f in footers for g in f.groups)
+    if unknown_stats or (footers and newest is not None and newest >= checkpoint.cursor):
+        return
+    found = "no files at all" if not footers else f"data only up to {newest.isoformat() if newest else '?'}"
+    raise BadSourceData(
+        f"the checkpoint of source {name!r} ({checkpoint.cursor.isoformat()}, run {checkpoint.run_number}) is "
+        f"ahead of the landing zone at {location.uri}: it holds {found} since the lookback. The landing zone "
+        f"lost files or the config points at another one. Point sources.{name}.path back at the loaded data; "
+        f"if the landing zone was rebuilt on purpose, load it under a new `pipeline` name. Nothing was written"
+    )
 
 
 def plan_run(

@@ -107,3 +107,19 @@ def test_unreadable_file_is_named(tmp_path: Path) -> None:
     (root / "broken.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(BadSourceData, match="broken.parquet"):
         plan_source("orders", SOURCE, locate(str(root)), checkpoint=None, now=T0)
+
+
+def test_checkpoint_ahead_of_the_data_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "orders"
+    _write_day(root, "2024-01-01", [T0 + timedelta(hours=1)])
+    checkpoint = Checkpoint(source="orders", cursor=T0 + timedelta(hours=5), run_number=4, updated_at=T0)
+    with pytest.raises(BadSourceData, match=r"checkpoint of source 'orders'.*ahead of the landing zone.*new `pipeline`"):
+        plan_source("orders", SOURCE, locate(str(root)), checkpoint=checkpoint, now=T0 + timedelta(days=1))
+
+
+def test_checkpoint_ahead_when_its_folders_are_gone(tmp_path: Path) -> None:
+    root = tmp_path / "orders"
+    _write_day(root, "2024-01-01", [T0 + timedelta(hours=1)])
+    checkpoint = Checkpoint(source="orders", cursor=T0 + timedelta(days=3), run_number=4, updated_at=T0)
+    with pytest.raises(BadSourceData, match="no files at all"):
+        plan_source("orders", SOURCE, locate(str(root)), checkpoint=checkpoint, now=T0 + timedelta(days=5))
