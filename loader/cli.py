@@ -229,6 +229,33 @@ def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...]) -> Non
         sys.exit(EXIT_FAILED)
 
 
+@cli.group("runs")
+def runs_group() -> None:
+    """Look after the run ledger."""
+
+
+@runs_group.command("abandon")
+@click.argument("run_number", type=int)
+@click.option("--reason", default="abandoned by the user", show_default=True, help="Stored in the ledger.")
+@click.pass_obj
+def runs_abandon(obj: _Context, run_number: int, reason: str) -> None:
+    """Stop replaying an unfinished run (e.g. its ledger row is corrupt). The next run plans afresh from
+    the current checkpoints; what the abandoned run wrote is safe: sinks merge or skip those versions."""
+    try:
+        config = obj.config()
+        from state import StateStore
+
+        store = StateStore.open(config.state.url)
+        try:
+            store.abandon_run(config.pipeline, run_number, reason=reason)
+        finally:
+            store.close()
+    except LoaderError as error:
+        _fail(error)
+        return
+    click.echo(f"run {run_number} of pipeline {config.pipeline} abandoned; the next run plans from the checkpoints")
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)

@@ -155,6 +155,8 @@ class LoaderConfig(_Frozen):
     dimensions: DimensionsConfig = DimensionsConfig()
     regions: dict[str, RegionRuleConfig] = Field(default_factory=dict)
     sinks: SinksConfig = SinksConfig()
+    # Retries of transient landing-zone faults while planning and reading (object-store hiccups).
+    source_retry: RetryConfig = RetryConfig()
     ray: RayConfig = RayConfig()
     config_path: str | None = None
 

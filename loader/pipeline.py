@@ -16,12 +16,14 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import pyarrow as pa
 
 from loader.config import LoaderConfig, SourceConfig
 from loader.planning import RunPlan, SourcePlan
+from loader.retry import call_with_retries
 from loader.sources import read_dimension, read_source, rows_in_window
 from loader.transforms import Dimensions, RegionRule, dedupe_latest, transform_fact
 from state import Window
@@ -75,7 +77,9 @@ def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> Iterator
         if source_plan.is_empty:
             continue
         source = config.sources[name]
-        rows = read_source(source_plan, cursor=source.cursor)  # already filtered to the window
+        rows = call_with_retries(  # already filtered to the window
+            f"reading {name}", config.source_retry, partial(read_source, source_plan, cursor=source.cursor)
+        )
         read = rows.num_rows
         # Dedupe first, then drop the raw rows: only one full copy of the window is alive at a time.
         latest = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)

@@ -110,10 +110,11 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, engine: str | No
         if unfinished is not None:
             record = store.record_attempt(pipeline, unfinished.run_number)
             log.warning("run %d did not finish (attempt %d): replaying it with the same windows", record.run_number, record.attempts)
-            plan = plan_run(config, checkpoints, windows=record.windows)
+            plan = call_with_retries("planning", config.source_retry, lambda: plan_run(config, checkpoints, windows=record.windows))
             summary.replayed = True
         else:
-            plan = plan_run(config, checkpoints, now=now or datetime.now(UTC))
+            moment = now or datetime.now(UTC)
+            plan = call_with_retries("planning", config.source_retry, lambda: plan_run(config, checkpoints, now=moment))
             if plan.is_empty:
                 summary.timings = timer.timings
                 log.info("nothing new in any source: no run recorded, Ray not started")
@@ -176,7 +177,6 @@ def _execute_run(
     with timer.stage("execute"):
         dims = load_dimensions(config)
     sinks = build_sinks(config)
-    checkpoints = store.checkpoints(config.pipeline)
     tables = execute(config, plan, choice.engine, dims)
     while True:
         with timer.stage("execute"):
@@ -186,12 +186,9 @@ def _execute_run(
         name, data = item
         with timer.stage("sinks"):
             source = config.sources[name]
-            base = record.base_checkpoints.get(name)
-            previous = checkpoints.get(name)
             batch = TableBatch(
                 pipeline=config.pipeline, table=name, run_number=record.run_number, data=data,
                 key=source.primary_key, cursor=source.cursor, window=plan.sources[name].window,
-                overlap_until=previous.cursor if previous is not None and base is not None else None,
                 replay=record.attempts > 1,
             )
             writes = _write_sinks(sinks, batch)

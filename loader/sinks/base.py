@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Protocol
 
 import pyarrow as pa
@@ -23,9 +22,6 @@ class TableBatch:
     key: tuple[str, ...]
     cursor: str
     window: Window
-    # Rows at or below this cursor may have been loaded by an earlier run (lookback, backfill):
-    # sinks that append versions must skip those already present.
-    overlap_until: datetime | None
     replay: bool  # an earlier attempt of this run may have written part of it
 
 

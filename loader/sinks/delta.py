@@ -22,7 +22,7 @@ from loader import failpoints
 from loader.config import LoaderConfig
 from loader.errors import SinkRejected, SinkUnavailable
 from loader.sinks.base import SinkWrite, TableBatch, region_counts
-from loader.storage import locate
+from loader.storage import locate, short_error, storage_error
 
 
 def app_id(pipeline: str, table: str) -> str:
@@ -122,10 +122,10 @@ class DeltaSink:
                 f"Delta table {uri} does not fit this run's rows: {error}. Make the table's schema match the "
                 f"source (or move the table away to recreate it), then run again: the run replays"
             ) from error
-        except DeltaError as error:  # commit conflicts with a concurrent writer, object-store hiccups
-            raise SinkUnavailable(f"Delta commit to {uri} failed: {error}. Run again: the run replays safely") from error
-        except OSError as error:
-            raise SinkUnavailable(f"Delta write to {uri} failed: {error}. Run again: the run replays safely") from error
+        except DeltaError as error:  # commit conflicts with a concurrent writer
+            raise SinkUnavailable(f"Delta commit to {uri} failed: {short_error(error)}. Run again: the run replays safely") from error
+        except OSError as error:  # object store: refused credentials and missing buckets are terminal
+            raise storage_error(error, uri, side="sink", doing="Delta write to") from error
         failpoints.hit("delta.commit", batch.table)
         regions = region_counts(new_rows)
         for region, count in region_counts(old_rows).items():
@@ -200,15 +200,30 @@ def _merged_intervals(lows: np.ndarray, highs: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _storage_options(root: str) -> dict[str, str] | None:
-    """deltalake's object-store options for s3:// roots, from the same environment pyarrow uses."""
+    """deltalake's object-store options for s3:// roots, from the same environment pyarrow uses.
+
+    Credentials are passed on explicitly when set (delta-rs would otherwise fall back to instance
+    metadata); plain http is allowed only for an http:// endpoint (emulators). Its own retries are cut
+    to a few tries within seconds, like pyarrow's (loader/storage.py): longer outages are retried,
+    logged and bounded by the sink's tenacity policy, and a dead endpoint fails the run in seconds."""
     if not root.startswith("s3://"):
         return None
     import os
 
-    options = {"AWS_REGION": os.environ.get("AWS_REGION", "us-east-1")}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    from loader.storage import S3_CONNECT_TIMEOUT_S, S3_DRIVER_ATTEMPTS, s3_endpoint
+
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    options = {"AWS_REGION": region}
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        if os.environ.get(name):
+            options[name] = os.environ[name]
+    endpoint = s3_endpoint()
     if endpoint:
         options["AWS_ENDPOINT_URL"] = endpoint
-        options["AWS_ALLOW_HTTP"] = "true"
+        if endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
     options["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
+    options["max_retries"] = str(S3_DRIVER_ATTEMPTS - 1)
+    options["retry_timeout"] = "10s"
+    options["connect_timeout"] = f"{S3_CONNECT_TIMEOUT_S:g}s"
     return options

@@ -21,9 +21,8 @@ import pyarrow.parquet as pq
 
 from loader import failpoints
 from loader.config import LoaderConfig
-from loader.errors import SinkUnavailable
 from loader.sinks.base import SinkWrite, TableBatch, region_counts
-from loader.storage import Location, locate
+from loader.storage import Location, locate, storage_error
 
 DATE_COLUMN = "__date"
 
@@ -53,8 +52,8 @@ class ParquetSink:
             counts = region_counts(data)
             if data.num_rows:
                 self._write_partitions(where, batch.run_number, data, batch.cursor, batch.table)
-        except OSError as error:
-            raise SinkUnavailable(f"writing Parquet under {where.uri} failed: {error}. Run again: the run replays safely") from error
+        except OSError as error:  # refused credentials or a missing bucket: terminal; the rest: transient
+            raise storage_error(error, where.uri, side="sink", doing="writing Parquet under") from error
         failpoints.hit("parquet.commit", batch.table)
         return SinkWrite(self.name, batch.table, data.num_rows, where.uri, regions=counts)
 
@@ -72,15 +71,13 @@ class ParquetSink:
                 where.filesystem.delete_file(info.path)
 
     def _new_versions(self, where: Location, batch: TableBatch) -> pa.Table:
-        """Drop versions (key, cursor) an earlier run already wrote."""
+        """Drop versions (key, cursor) already in the log: the lookback re-reads them every run, and an
+        abandoned run or a backfill may have written them."""
         data = batch.data
-        if batch.overlap_until is None or data.num_rows == 0:
+        if data.num_rows == 0:
             return data
-        maybe_old = pc.less_equal(data[batch.cursor], pa.scalar(batch.overlap_until, type=data[batch.cursor].type))
-        if not pc.any(maybe_old).as_py():
-            return data
-        lowest = pc.min(data[batch.cursor]).as_py()
-        existing = self._existing_versions(where, batch, lowest, batch.overlap_until)
+        low, high = pc.min(data[batch.cursor]).as_py(), pc.max(data[batch.cursor]).as_py()
+        existing = self._existing_versions(where, batch, low, high)
         if existing.num_rows == 0:
             return data
         columns = [*batch.key, batch.cursor]
@@ -91,14 +88,23 @@ class ParquetSink:
         )
 
     def _existing_versions(self, where: Location, batch: TableBatch, low: datetime, high: datetime) -> pa.Table:
-        days = {(low + timedelta(days=i)).date().isoformat() for i in range((high.date() - low.date()).days + 1)}
-        own = run_prefix(batch.run_number)
-        paths = [
-            f.path for f in self._files(where)
-            if f.base_name.endswith(".parquet") and not f.base_name.startswith((own, "."))
-            and any(f"/date={day}/" in f.path for day in days)
-        ]
+        """(key, cursor) of the other runs' files in the batch's date partitions: only those can hold
+        one of its versions, since `date` is the version's cursor day. Lists only those folders."""
         columns = [*batch.key, batch.cursor]
+        days = [(low + timedelta(days=i)).date().isoformat() for i in range((high.date() - low.date()).days + 1)]
+        own = run_prefix(batch.run_number)
+        regions = [
+            f.path for f in where.filesystem.get_file_info(pafs.FileSelector(where.path, allow_not_found=True))
+            if f.type == pafs.FileType.Directory and f.base_name.startswith("region=")
+        ]
+        paths = []
+        for region in regions:
+            for day in days:
+                selector = pafs.FileSelector(f"{region}/date={day}", allow_not_found=True)
+                paths += [
+                    f.path for f in where.filesystem.get_file_info(selector)
+                    if f.base_name.endswith(".parquet") and not f.base_name.startswith((own, "."))
+                ]
         parts = []
         for path in paths:
             with where.filesystem.open_input_file(path) as handle:

@@ -117,3 +117,38 @@ def test_conflicting_delta_table_fails_fast_and_names_it(config_path: Path) -> N
     assert str(target) in result.stderr and "schema" in result.stderr
     assert "retrying" not in result.stderr
     assert run_json(config_path, "status")["sources"]["orders"]["checkpoint"] is None
+
+
+def test_corrupt_ledger_row_is_named_and_can_be_abandoned(config_path: Path) -> None:
+    """A ledger row that does not parse: a clear error with the fix; after `loader runs abandon`, the
+    next run plans afresh and the warehouse ends exact."""
+    from sqlalchemy import create_engine
+
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_cli(config_path, "run", "--incremental", check=False, env={"LOADER_FAILPOINTS": "delta.write=terminal"})
+    engine = create_engine(f"sqlite:///{config_path.parent / 'state' / 'loader.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE runs SET windows = '{not json' WHERE run_number = 1")
+    engine.dispose()
+    broken = run_cli(config_path, "run", "--incremental", check=False)
+    assert broken.returncode == 1
+    assert "run 1" in broken.stderr and "loader runs abandon 1" in broken.stderr
+    run_cli(config_path, "runs", "abandon", "1")
+    fixed = run_json(config_path, "run", "--incremental")
+    assert fixed["run_number"] == 2 and fixed["status"] == "committed"
+    assert_warehouse_exact(config_path.parent / "warehouse", config_path.parent / "landing")
+
+
+def test_state_from_a_newer_loader_is_refused(config_path: Path) -> None:
+    from sqlalchemy import create_engine
+
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_json(config_path, "status")  # creates the state database
+    engine = create_engine(f"sqlite:///{config_path.parent / 'state' / 'loader.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE schema_version SET version = 999")
+    engine.dispose()
+    result = run_cli(config_path, "run", "--incremental", check=False)
+    assert result.returncode == 1
+    assert "999" in result.stderr and "Upgrade the loader" in result.stderr
+    assert not (config_path.parent / "warehouse").exists()
