@@ -183,14 +183,15 @@ def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: boo
 @click.option("--orders", type=click.IntRange(min=0), default=1000, show_default=True, help="New orders (with their lineitems).")
 @click.option("--updates", type=click.IntRange(min=0), default=200, show_default=True, help="Re-sent existing orders with a new status and price.")
 @click.option("--late", type=click.IntRange(min=0), default=20, show_default=True, help="New orders whose cursor is older than the newest landed (inside the lookback).")
+@click.option("--recent", type=click.IntRange(min=1), default=100_000, show_default=True, help="Updates pick among this many newest orders.")
 @click.pass_obj
-def demo_append(obj: _Context, orders: int, updates: int, late: int) -> None:
+def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int) -> None:
     """Add one batch (one new ingest day) to the landing zone."""
     try:
         config = obj.config()
         from loader import demo_data as generator
 
-        summary = generator.append_batch(Path(config.landing_zone), orders=orders, updates=updates, late=late)
+        summary = generator.append_batch(Path(config.landing_zone), orders=orders, updates=updates, late=late, recent=recent)
     except LoaderError as error:
         _fail(error)
         return

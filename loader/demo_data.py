@@ -295,7 +295,9 @@ def init_landing_zone(
     )
 
 
-def append_batch(root: Path, *, orders: int = 1000, updates: int = 200, late: int = 20) -> AppendSummary:
+def append_batch(
+    root: Path, *, orders: int = 1000, updates: int = 200, late: int = 20, recent: int = RECENT_ORDERS
+) -> AppendSummary:
     """Add one batch (new, updated and late orders) in the folder of the day after the last ingest day.
 
     Seeded by (seed, batch number): the same sequence of calls on the same initial zone gives
@@ -315,7 +317,7 @@ def append_batch(root: Path, *, orders: int = 1000, updates: int = 200, late: in
     try:
         for table in FACT_TABLES:  # leftovers of a crashed append of this same batch
             shutil.rmtree(_partition_dir(root, table, ingest_date), ignore_errors=True)
-        return _append(root, state, batch, ingest_date, rng, orders=orders, updates=updates, late=late)
+        return _append(root, state, batch, ingest_date, rng, orders=orders, updates=updates, late=late, recent=recent)
     except OSError as exc:
         raise SourceUnavailable(
             f"could not append to the landing zone at {root}: {exc}; check the path and free space"
@@ -488,6 +490,7 @@ def _append(
     orders: int,
     updates: int,
     late: int,
+    recent: int,
 ) -> AppendSummary:
     # The latest version of every existing order (row order of the scan does not matter: sorted by key).
     all_orders = _read_fact(root, "orders", up_to=state.last_ingest_date)
@@ -509,8 +512,8 @@ def _append(
     n_clone = orders + late
     clone_idx = rng.integers(0, max(n_latest, 1), n_clone, dtype=np.int64)
     # Status changes hit recent orders, as in a real order book: updates come from the newest
-    # RECENT_ORDERS keys (or more when asked for more), however long the history is.
-    recent = min(n_latest, max(updates, RECENT_ORDERS))
+    # `recent` keys (RECENT_ORDERS by default, more when asked for more updates), however long the history.
+    recent = min(n_latest, max(updates, recent))
     update_idx = (
         np.sort(n_latest - recent + rng.choice(recent, size=updates, replace=False))
         if updates else np.empty(0, np.int64)

@@ -51,7 +51,7 @@ def test_merge_rewrites_only_touched_files(tmp_path: Path) -> None:
         assert "MERGE" not in history[1], "the lookback's re-read versions caused a merge"
 
     # Updates of recent orders: one merge that rewrites a few files, never the whole table.
-    run_cli(config, "demo-data", "append", "--orders", "0", "--updates", "40", "--late", "0")
+    run_cli(config, "demo-data", "append", "--orders", "0", "--updates", "40", "--late", "0", "--recent", "1500")
     run_json(config, "run", "--incremental")
     op = _last_operation(orders)
     assert op["operation"] == "MERGE"

@@ -18,7 +18,7 @@ from tests.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 
-LEASE_TTL_S = 2
+LEASE_TTL_S = 1
 INCREMENTAL_POINTS = [*POINTS, "parquet.write@lineitem", "delta.write@lineitem", "delta.commit@lineitem"]
 FIRST_RUN_POINTS = ["parquet.write", "delta.write", "checkpoint.inside"]
 
