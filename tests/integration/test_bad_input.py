@@ -119,17 +119,22 @@ def test_conflicting_delta_table_fails_fast_and_names_it(config_path: Path) -> N
     assert run_json(config_path, "status")["sources"]["orders"]["checkpoint"] is None
 
 
+def _tamper_state(config: Path, statement: str) -> None:
+    """Change the SQLite state file behind the loader's back."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///{config.parent / 'state' / 'loader.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(statement)
+    engine.dispose()
+
+
 def test_corrupt_ledger_row_is_named_and_can_be_abandoned(config_path: Path) -> None:
     """A ledger row that does not parse: a clear error with the fix; after `loader runs abandon`, the
     next run plans afresh and the warehouse ends exact."""
-    from sqlalchemy import create_engine
-
     run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "1")
     run_cli(config_path, "run", "--incremental", check=False, env={"LOADER_FAILPOINTS": "delta.write=terminal"})
-    engine = create_engine(f"sqlite:///{config_path.parent / 'state' / 'loader.db'}")
-    with engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE runs SET windows = '{not json' WHERE run_number = 1")
-    engine.dispose()
+    _tamper_state(config_path, "UPDATE runs SET windows = '{not json' WHERE run_number = 1")
     broken = run_cli(config_path, "run", "--incremental", check=False)
     assert broken.returncode == 1
     assert "run 1" in broken.stderr and "loader runs abandon 1" in broken.stderr
@@ -140,14 +145,9 @@ def test_corrupt_ledger_row_is_named_and_can_be_abandoned(config_path: Path) -> 
 
 
 def test_state_from_a_newer_loader_is_refused(config_path: Path) -> None:
-    from sqlalchemy import create_engine
-
     run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "1")
     run_json(config_path, "status")  # creates the state database
-    engine = create_engine(f"sqlite:///{config_path.parent / 'state' / 'loader.db'}")
-    with engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE schema_version SET version = 999")
-    engine.dispose()
+    _tamper_state(config_path, "UPDATE schema_version SET version = 999")
     result = run_cli(config_path, "run", "--incremental", check=False)
     assert result.returncode == 1
     assert "999" in result.stderr and "Upgrade the loader" in result.stderr
