@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_cli, run_json
+from tests.conftest import pg_database, run_cli, run_json, write_config
 from tests.warehouse import assert_warehouse_exact, delta_rows
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,12 @@ def _paths(config: Path) -> tuple[Path, Path]:
     return config.parent / "landing", config.parent / "warehouse"
 
 
-def test_incremental_lifecycle(config_path: Path) -> None:
+@pytest.mark.parametrize("state_store", ["sqlite", "postgres"])
+def test_incremental_lifecycle(tmp_path: Path, request: pytest.FixtureRequest, state_store: str) -> None:
+    url = "sqlite:///state/loader.db"
+    if state_store == "postgres":
+        url = pg_database(request.getfixturevalue("pg_url"))
+    config_path = write_config(tmp_path / "project", state={"url": url, "lease_ttl": "60s"})
     landing, warehouse = _paths(config_path)
     run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "5")
 

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, event, inspect
+from sqlalchemy import Column, Integer, MetaData, Table, event, inspect, text
 
 from loader.errors import CheckpointConflict, LeaseHeld, StateCorrupt, StateError, StateUnavailable
 from state import SCHEMA_VERSION, StateStore, Window, cas_conflicts, migrate, next_cursor
 from state.migrations import MIGRATIONS, current_version
 from state.models import from_iso, to_iso
+from tests.conftest import pg_database
 
 T0 = datetime(2024, 1, 3, 10, 0, 0, 123456, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,9 +43,14 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def store(tmp_path: Path, clock: FakeClock):
-    s = StateStore.open(url_of(tmp_path / "nested" / "state.db"), now=clock)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock):
+    """Each store test runs on a SQLite file and on a fresh database of a real PostgreSQL."""
+    if request.param == "sqlite":
+        url = url_of(tmp_path / "nested" / "state.db")
+    else:
+        url = pg_database(request.getfixturevalue("pg_url"))
+    s = StateStore.open(url, now=clock)
     yield s
     s.close()
 
@@ -254,8 +260,8 @@ def test_corrupt_ledger_row_is_reported_and_abandon_repairs_it(
     store: StateStore, tmp_path: Path, column: str, value: str, problem: str
 ) -> None:
     run = plan(store)
-    with sqlite3.connect(tmp_path / "nested" / "state.db") as raw:
-        raw.execute(f"UPDATE runs SET {column} = ? WHERE run_number = ?", (value, run.run_number))
+    with store.engine.begin() as conn:
+        conn.execute(text(f"UPDATE runs SET {column} = :value WHERE run_number = :run"), {"value": value, "run": run.run_number})
     for read in (lambda: store.runs("p"), lambda: store.run("p", 1), lambda: store.record_attempt("p", 1)):
         with pytest.raises(StateCorrupt) as info:
             read()
@@ -279,6 +285,8 @@ def test_unreachable_database_is_unavailable_with_masked_password(tmp_path: Path
 
 
 def test_sqlite_writes_begin_immediate_and_reads_do_not(store: StateStore) -> None:
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's locking mode; PostgreSQL locks rows instead")
     seen: list[str] = []
 
     @event.listens_for(store.engine, "before_cursor_execute")
