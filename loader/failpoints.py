@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -78,6 +79,8 @@ def hit(point: str, table: str | None = None) -> None:
     elif action == "terminal":
         raise SinkRejected(f"{where}: injected terminal fault")
     elif action.startswith("sleep:"):
-        time.sleep(float(action.split(":", 1)[1]))
+        seconds = float(action.split(":", 1)[1])
+        print(f"{where}: sleeping {seconds}s", file=sys.stderr, flush=True)  # tests wait for this line
+        time.sleep(seconds)
     else:
         raise ValueError(f"{ENV}: unknown action {action!r} at {key}: use crash, transient, terminal or sleep:SECONDS")

@@ -1,0 +1,47 @@
+"""Another writer commits to the same Delta table while a run is between reading it and committing:
+the run's commit conflicts, is retried from a fresh snapshot, and the table ends exact."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+
+from tests.conftest import ROOT, run_cli, run_json, write_config
+from tests.warehouse import assert_warehouse_exact
+
+pytestmark = pytest.mark.integration
+
+
+def test_commit_conflict_with_concurrent_writer_is_retried(tmp_path: Path) -> None:
+    sinks = {"parquet": {"enabled": True, "path": "parquet"},
+             "delta": {"enabled": True, "path": "delta", "target_file_mb": 0.05}}
+    config = write_config(tmp_path / "p", sinks=sinks)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_json(config, "run", "--incremental")
+    run_cli(config, "demo-data", "append", "--orders", "0", "--updates", "30", "--late", "0", "--recent", "1500")
+
+    # The run pauses just before its merge (its only Delta commit for orders) ...
+    env = {**os.environ, "LOADER_FAILPOINTS": "delta.write@orders=sleep:3"}
+    command = [sys.executable, "-m", "loader.cli", "--config", str(config), "run", "--incremental"]
+    run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert run.stderr is not None
+    seen = []
+    for line in run.stderr:  # wait until the run is parked at the failpoint
+        seen.append(line)
+        if "failpoint delta.write@orders: sleeping" in line:
+            break
+    else:
+        raise AssertionError("the run never reached the failpoint:\n" + "".join(seen))
+    # ... while another writer rewrites the table's files (a compaction: same rows, new files).
+    table = DeltaTable(str(tmp_path / "p" / "warehouse" / "delta" / "orders"))
+    assert table.optimize.compact(target_size=64 * 1024 * 1024)["numFilesRemoved"] > 0
+    _, rest = run.communicate(timeout=120)
+    stderr = "".join(seen) + rest
+    assert run.returncode == 0, stderr
+    assert "orders -> delta: attempt 1 of 5 failed" in stderr, stderr
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
