@@ -156,7 +156,8 @@ class LoaderConfig(_Frozen):
     regions: dict[str, RegionRuleConfig] = Field(default_factory=dict)
     sinks: SinksConfig = SinksConfig()
     # Retries of transient landing-zone faults while planning and reading (object-store hiccups).
-    source_retry: RetryConfig = RetryConfig()
+    # Fewer than the sinks': an unreachable landing zone should fail a scheduled run within seconds.
+    source_retry: RetryConfig = RetryConfig(attempts=3, total=timedelta(seconds=30))
     ray: RayConfig = RayConfig()
     config_path: str | None = None
 
