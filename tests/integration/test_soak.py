@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli, run_json, write_config
+from tests.conftest import ROOT, pg_database, run_cli, run_json, write_config
 from tests.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
@@ -34,11 +34,15 @@ def _run_killed_after(config: Path, delay: float) -> int:
         return process.wait()
 
 
-def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("state_store", ["sqlite", "postgres"])
+def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path, request: pytest.FixtureRequest, state_store: str) -> None:
     wanted = int(os.environ.get("SOAK_KILLS", "6"))
     seed = int(os.environ.get("SOAK_SEED", "7"))
     rng = random.Random(seed)
-    config = write_config(tmp_path / "p", state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
+    url = "sqlite:///state/loader.db"
+    if state_store == "postgres":
+        url = pg_database(request.getfixturevalue("pg_url"))
+    config = write_config(tmp_path / "p", state={"url": url, "lease_ttl": f"{LEASE_TTL_S}s"})
     run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
     kills, batches = 0, 0
     while kills < wanted or batches < 3:
