@@ -118,13 +118,54 @@ class DeltaSinkConfig(_Frozen):
     target_file_mb: float = Field(default=8, gt=0)
 
 
+# A Snowflake identifier the sink may put in SQL (always quoted): letters, digits, _ and $.
+SNOWFLAKE_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$]*$"
+
+
+class SnowflakeSinkConfig(_Frozen):
+    """Snowflake: off by default. Secrets come from the environment (`${SNOWFLAKE_PASSWORD}`) and are
+    never logged; `host`/`port`/`protocol` point the connector at an emulator (fakesnow) instead."""
+
+    enabled: bool = False
+    retry: RetryConfig = RetryConfig()
+    account: str = ""
+    user: str = ""
+    password: str | None = Field(default=None, repr=False)
+    private_key_file: str | None = None
+    private_key_passphrase: str | None = Field(default=None, repr=False)
+    role: str | None = Field(default=None, pattern=SNOWFLAKE_IDENTIFIER)
+    warehouse: str | None = Field(default=None, pattern=SNOWFLAKE_IDENTIFIER)
+    database: str = Field(default="LOADER", pattern=SNOWFLAKE_IDENTIFIER)
+    schema_: str = Field(default="PUBLIC", alias="schema", pattern=SNOWFLAKE_IDENTIFIER)
+    stage: str = Field(default="LOADER_STAGE", pattern=SNOWFLAKE_IDENTIFIER)
+    ledger_table: str = Field(default="LOADER_LEDGER", pattern=SNOWFLAKE_IDENTIFIER)
+    host: str | None = None
+    port: int | None = Field(default=None, gt=0, lt=65536)
+    protocol: Literal["https", "http"] | None = None
+    login_timeout: timedelta = timedelta(seconds=30)
+    network_timeout: timedelta = timedelta(seconds=60)
+
+    _durations = field_validator("login_timeout", "network_timeout", mode="before")(parse_duration)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> SnowflakeSinkConfig:
+        if self.enabled:
+            missing = [name for name in ("account", "user") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"set {' and '.join(missing)} (or disable the sink)")
+            if not (self.password or self.private_key_file):
+                raise ValueError("set password (as ${SNOWFLAKE_PASSWORD}) or private_key_file")
+        return self
+
+
 class SinksConfig(_Frozen):
     parquet: ParquetSinkConfig = ParquetSinkConfig()
     delta: DeltaSinkConfig = DeltaSinkConfig()
+    snowflake: SnowflakeSinkConfig = SnowflakeSinkConfig()
 
     @model_validator(mode="after")
     def _one_enabled(self) -> SinksConfig:
-        if not (self.parquet.enabled or self.delta.enabled):
+        if not (self.parquet.enabled or self.delta.enabled or self.snowflake.enabled):
             raise ValueError("enable at least one sink")
         return self
 

@@ -17,6 +17,10 @@ def build_sinks(config: LoaderConfig) -> list[Sink]:
         from loader.sinks.delta import DeltaSink
 
         sinks.append(DeltaSink(config))
+    if config.sinks.snowflake.enabled:
+        from loader.sinks.snowflake import SnowflakeSink
+
+        sinks.append(SnowflakeSink(config))
     return sinks
 
 

@@ -19,7 +19,8 @@ from tests.warehouse import assert_warehouse_exact
 pytestmark = pytest.mark.integration
 
 LEASE_TTL_S = 1
-INCREMENTAL_POINTS = [*POINTS, "parquet.write@lineitem", "delta.write@lineitem", "delta.commit@lineitem"]
+# The Snowflake sink is off in these configs; its points are killed in test_snowflake_sink.py.
+INCREMENTAL_POINTS = [*(p for p in POINTS if not p.startswith("snowflake.")), "parquet.write@lineitem", "delta.write@lineitem", "delta.commit@lineitem"]
 FIRST_RUN_POINTS = ["parquet.write", "delta.write", "checkpoint.inside"]
 
 

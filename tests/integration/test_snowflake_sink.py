@@ -1,0 +1,160 @@
+"""The Snowflake sink through the real CLI against fakesnow's server (the real connector over HTTP on
+loopback): init -> run -> append -> run, a crash after the Snowflake commit replayed, and the password
+kept out of every output. The target tables are compared with the independent DuckDB computation."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from tests.conftest import run_cli, run_json, write_config
+from tests.expected import expected, key_columns
+from tests.warehouse import assert_matches_expected, assert_warehouse_exact
+
+pytestmark = pytest.mark.integration
+
+PASSWORD_ENV = "SNOWFLAKE_PASSWORD"
+LEASE_TTL_S = 2
+
+
+@pytest.fixture(scope="module")
+def snowflake_server() -> Iterator[dict[str, Any]]:
+    fakesnow = pytest.importorskip("fakesnow")
+    with fakesnow.server() as kwargs:
+        yield kwargs
+
+
+def _config(folder: Path, server: dict[str, Any], database: str) -> Path:
+    """Parquet, Delta and Snowflake; each test gets its own database so they do not see each other."""
+    snowflake = {
+        "enabled": True, "account": server["account"], "user": server["user"], "password": "${SNOWFLAKE_PASSWORD}",
+        "database": database, "schema": "S", "host": server["host"], "port": server["port"],
+        "protocol": server["protocol"], "login_timeout": "10s", "network_timeout": "30s",
+        "retry": {"attempts": 2, "initial_wait": "0.1s", "total": "10s"},
+    }
+    sinks = {"parquet": {"enabled": True}, "delta": {"enabled": True}, "snowflake": snowflake}
+    return write_config(folder, sinks=sinks, state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
+
+
+def _env(server: dict[str, Any]) -> dict[str, str]:
+    return {PASSWORD_ENV: server["password"]}
+
+
+def _connect(server: dict[str, Any], database: str) -> Any:
+    import snowflake.connector
+
+    options = {k: v for k, v in server.items() if k != "network_timeout"}
+    conn = snowflake.connector.connect(**options, database=database, schema="S")
+    conn.cursor().execute(f"USE SCHEMA {database}.S")
+    return conn
+
+
+def snowflake_rows(server: dict[str, Any], database: str, table: str, landing: Path) -> pa.Table:
+    """The target table, column names lower-cased and cast to the expected types, sorted by key."""
+    conn = _connect(server, database)
+    try:
+        cur = conn.cursor()
+        cur.execute(f'SELECT * FROM "{table.upper()}"')
+        data = cur.fetch_arrow_all()
+    finally:
+        conn.close()
+    want = expected(table, landing).schema
+    assert data is not None, f"snowflake/{table}: the table is empty"
+    data = data.rename_columns([c.lower() for c in data.column_names])
+    data = data.select(want.names).cast(want)
+    return data.sort_by([(k, "ascending") for k in key_columns(table)])
+
+
+def _ledger(server: dict[str, Any], database: str) -> list[tuple]:
+    conn = _connect(server, database)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT PIPELINE, TABLE_NAME, RUN_NUMBER FROM LOADER_LEDGER ORDER BY RUN_NUMBER, TABLE_NAME")
+        return [tuple(row) for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def _database() -> str:
+    return f"DB_{uuid.uuid4().hex[:8].upper()}"
+
+
+def _assert_snowflake_exact(server: dict[str, Any], database: str, landing: Path) -> None:
+    for table in ("orders", "lineitem"):
+        assert_matches_expected(snowflake_rows(server, database, table, landing), landing, table, sink="snowflake")
+
+
+def test_incremental_runs_land_exactly(tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
+    database = _database()
+    config = _config(tmp_path / "project", snowflake_server, database)
+    landing, warehouse = config.parent / "landing", config.parent / "warehouse"
+    env = _env(snowflake_server)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
+
+    first = run_json(config, "run", "--incremental", env=env)
+    assert first["status"] == "committed"
+    assert first["tables"]["orders"]["sinks"]["snowflake"]["rows"] == first["tables"]["orders"]["rows"]
+    _assert_snowflake_exact(snowflake_server, database, landing)
+
+    run_cli(config, "demo-data", "append", "--orders", "300", "--updates", "100", "--late", "10", env=env)
+    second = run_json(config, "run", "--incremental", env=env)
+    assert second["status"] == "committed" and second["run_number"] == 2
+    assert not second["tables"]["orders"]["sinks"]["snowflake"]["skipped"]
+    _assert_snowflake_exact(snowflake_server, database, landing)
+    assert_warehouse_exact(warehouse, landing)
+    assert _ledger(snowflake_server, database) == [
+        ("tpch_local", t, n) for n in (1, 2) for t in ("lineitem", "orders")
+    ]
+
+
+@pytest.mark.parametrize("point", ["snowflake.write", "snowflake.commit"])
+def test_crash_in_snowflake_sink_replays(tmp_path: Path, snowflake_server: dict[str, Any], point: str) -> None:
+    """Killed before the Snowflake transaction the replay loads the run; killed after it, the replay
+    finds the run in the ledger and skips. Either way every key lands once, the latest version winning."""
+    database = _database()
+    config = _config(tmp_path / "project", snowflake_server, database)
+    landing, warehouse = config.parent / "landing", config.parent / "warehouse"
+    env = _env(snowflake_server)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
+    run_json(config, "run", "--incremental", env=env)
+    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "50", "--late", "5", env=env)
+
+    crashed = run_cli(config, "run", "--incremental", check=False,
+                      env={**env, "LOADER_FAILPOINTS": f"{point}@orders=crash"})
+    assert crashed.returncode == -9, crashed.stderr
+    time.sleep(LEASE_TTL_S + 0.5)  # the dead run's lease expires by itself
+    replay = run_json(config, "run", "--incremental", env=env)
+    assert replay["status"] == "committed" and replay["run_number"] == 2
+    assert replay["tables"]["orders"]["sinks"]["snowflake"]["skipped"] is (point == "snowflake.commit")
+    assert replay["tables"]["lineitem"]["sinks"]["snowflake"]["skipped"] is False
+    _assert_snowflake_exact(snowflake_server, database, landing)
+    assert_warehouse_exact(warehouse, landing)
+
+
+def test_password_never_printed(tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
+    database = _database()
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    config = _config(tmp_path / "project", snowflake_server, database)
+    env = {PASSWORD_ENV: secret}
+    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1", env=env)
+    # fakesnow accepts any password: a good run, then a refused one (an unreachable port) must hide it.
+    ok = run_cli(config, "run", "--incremental", "--json", env={PASSWORD_ENV: secret})
+    assert json.loads(ok.stdout)["status"] == "committed"
+    raw = yaml.safe_load(config.read_text())
+    raw["sinks"]["snowflake"].update({"port": 1, "login_timeout": "2s", "retry": {"attempts": 1}})
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    run_cli(config, "demo-data", "append", "--orders", "10", "--updates", "0", "--late", "0", env=env)
+    failed = run_cli(config, "run", "--incremental", "--json", check=False, env={PASSWORD_ENV: secret})
+    assert failed.returncode == 1
+    assert "Snowflake" in failed.stderr + failed.stdout
+    shown = run_cli(config, "validate-config", check=False, env={PASSWORD_ENV: secret})
+    for result in (ok, failed, shown):
+        assert secret not in result.stdout and secret not in result.stderr
