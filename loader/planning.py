@@ -19,8 +19,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig, SourceConfig
-from loader.errors import BadSourceData, SourceUnavailable
-from loader.storage import Location, locate
+from loader.errors import BadSourceData
+from loader.storage import Location, locate, storage_error
 from state import Checkpoint, Window
 
 
@@ -104,8 +104,8 @@ def list_files(location: Location, *, partition_column: str, since: date | None)
     """Parquet files under the source, skipping `partition_column=` folders older than `since`."""
     try:
         info = location.filesystem.get_file_info(location.path)
-    except OSError as error:
-        raise SourceUnavailable(f"cannot reach the landing zone at {location.uri}: {error}. Check the path and credentials, then run again") from error
+    except OSError as error:  # refused credentials, missing bucket: terminal; network: transient
+        raise storage_error(error, location.uri, side="source", doing="listing the landing zone at") from error
     if info.type == pafs.FileType.NotFound:
         raise BadSourceData(
             f"landing folder {location.uri} does not exist: create the landing zone "
@@ -150,11 +150,13 @@ def read_footer(location: Location, path: str, cursor: str, source: str) -> _Foo
     try:
         with location.filesystem.open_input_file(path) as handle:
             metadata = pq.ParquetFile(handle).metadata
-    except (OSError, pa.ArrowInvalid) as error:
+    except pa.ArrowInvalid as error:
         raise BadSourceData(
             f"unreadable Parquet file {path} in source {source!r}: {error}. "
             f"Replace or remove the file (nothing was loaded from this run)"
         ) from error
+    except OSError as error:  # the store, not the file: may pass when tried again
+        raise storage_error(error, location.uri, side="source", doing=f"reading the footer of {path} in") from error
     names = metadata.schema.names
     if cursor not in names:
         raise BadSourceData(

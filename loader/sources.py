@@ -10,9 +10,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig
-from loader.errors import BadSourceData, SourceUnavailable
-from loader.planning import FilePlan, SourcePlan
-from loader.storage import locate
+from loader.errors import BadSourceData
+from loader.planning import FilePlan, SourcePlan, list_files
+from loader.storage import locate, storage_error
 from loader.transforms import normalize_strings
 from state import Window
 
@@ -50,7 +50,7 @@ def _read_file(plan: SourcePlan, file: FilePlan, cursor: str) -> pa.Table:
         with plan.location.filesystem.open_input_file(file.path) as handle:
             table = pq.ParquetFile(handle).read_row_groups(list(file.row_groups))
     except OSError as error:
-        raise SourceUnavailable(f"reading {file.path} of source {plan.source!r} failed: {error}. Run again") from error
+        raise storage_error(error, plan.location.uri, side="source", doing=f"reading {file.path} in") from error
     except pa.ArrowInvalid as error:
         raise BadSourceData(f"unreadable Parquet file {file.path} in source {plan.source!r}: {error}. Replace or remove it") from error
     try:
@@ -73,8 +73,6 @@ def read_source(plan: SourcePlan, *, cursor: str) -> pa.Table:
 
 def read_dimension(config: LoaderConfig, table: str) -> pa.Table:
     location = locate(config.dimension_path(table))
-    from loader.planning import list_files
-
     files, _ = list_files(location, partition_column="", since=None)
     if not files:
         raise BadSourceData(f"dimension {table!r} has no Parquet files at {location.uri}: fix dimensions.{table} in the config")
@@ -83,6 +81,8 @@ def read_dimension(config: LoaderConfig, table: str) -> pa.Table:
         try:
             with location.filesystem.open_input_file(path) as handle:
                 parts.append(normalize_strings(pq.read_table(handle)))
-        except (OSError, pa.ArrowInvalid) as error:
+        except pa.ArrowInvalid as error:
             raise BadSourceData(f"unreadable dimension file {path}: {error}. Replace it") from error
+        except OSError as error:
+            raise storage_error(error, location.uri, side="source", doing=f"reading {path} in") from error
     return pa.concat_tables(parts, promote_options="permissive")

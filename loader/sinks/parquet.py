@@ -57,16 +57,10 @@ class ParquetSink:
         failpoints.hit("parquet.commit", batch.table)
         return SinkWrite(self.name, batch.table, data.num_rows, where.uri, regions=counts)
 
-    def _files(self, where: Location, subdir: str = "") -> list[pafs.FileInfo]:
-        base = where.path + ("/" + subdir if subdir else "")
-        if where.filesystem.get_file_info(base).type == pafs.FileType.NotFound:
-            return []
-        selector = pafs.FileSelector(base, recursive=True)
-        return [f for f in where.filesystem.get_file_info(selector) if f.type == pafs.FileType.File]
-
     def _remove_run(self, where: Location, run_number: int) -> None:
         prefixes = (run_prefix(run_number), "." + run_prefix(run_number))
-        for info in self._files(where):
+        selector = pafs.FileSelector(where.path, recursive=True, allow_not_found=True)
+        for info in where.filesystem.get_file_info(selector):
             if info.base_name.startswith(prefixes):
                 where.filesystem.delete_file(info.path)
 
