@@ -77,3 +77,12 @@ def pg_database(pg_url: str, *, template: str | None = None) -> str:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"{suffix}')
     engine.dispose()
     return make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def snowflake_server() -> Iterator[dict[str, Any]]:
+    """fakesnow's server on loopback for the whole session (see tests/snowflake_emulator.py)."""
+    from tests.snowflake_emulator import emulator
+
+    with emulator() as server:
+        yield server

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,49 +16,23 @@ import yaml
 
 from tests.conftest import run_cli, run_json, write_config
 from tests.expected import expected, key_columns
+from tests.snowflake_emulator import PASSWORD_ENV, connect, new_database, password_env, query, sink_settings
 from tests.warehouse import assert_matches_expected, assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 
-PASSWORD_ENV = "SNOWFLAKE_PASSWORD"
 LEASE_TTL_S = 2
-
-
-@pytest.fixture(scope="module")
-def snowflake_server() -> Iterator[dict[str, Any]]:
-    fakesnow = pytest.importorskip("fakesnow")
-    with fakesnow.server() as kwargs:
-        yield kwargs
 
 
 def _config(folder: Path, server: dict[str, Any], database: str) -> Path:
     """Parquet, Delta and Snowflake; each test gets its own database so they do not see each other."""
-    snowflake = {
-        "enabled": True, "account": server["account"], "user": server["user"], "password": "${SNOWFLAKE_PASSWORD}",
-        "database": database, "schema": "S", "host": server["host"], "port": server["port"],
-        "protocol": server["protocol"], "login_timeout": "10s", "network_timeout": "30s",
-        "retry": {"attempts": 2, "initial_wait": "0.1s", "total": "10s"},
-    }
-    sinks = {"parquet": {"enabled": True}, "delta": {"enabled": True}, "snowflake": snowflake}
+    sinks = {"parquet": {"enabled": True}, "delta": {"enabled": True}, "snowflake": sink_settings(server, database)}
     return write_config(folder, sinks=sinks, state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
-
-
-def _env(server: dict[str, Any]) -> dict[str, str]:
-    return {PASSWORD_ENV: server["password"]}
-
-
-def _connect(server: dict[str, Any], database: str) -> Any:
-    import snowflake.connector
-
-    options = {k: v for k, v in server.items() if k != "network_timeout"}
-    conn = snowflake.connector.connect(**options, database=database, schema="S")
-    conn.cursor().execute(f"USE SCHEMA {database}.S")
-    return conn
 
 
 def snowflake_rows(server: dict[str, Any], database: str, table: str, landing: Path) -> pa.Table:
     """The target table, column names lower-cased and cast to the expected types, sorted by key."""
-    conn = _connect(server, database)
+    conn = connect(server, database)
     try:
         cur = conn.cursor()
         cur.execute(f'SELECT * FROM "{table.upper()}"')
@@ -74,17 +47,7 @@ def snowflake_rows(server: dict[str, Any], database: str, table: str, landing: P
 
 
 def _ledger(server: dict[str, Any], database: str) -> list[tuple]:
-    conn = _connect(server, database)
-    try:
-        cur = conn.cursor()
-        cur.execute("SELECT PIPELINE, TABLE_NAME, RUN_NUMBER FROM LOADER_LEDGER ORDER BY RUN_NUMBER, TABLE_NAME")
-        return [tuple(row) for row in cur.fetchall()]
-    finally:
-        conn.close()
-
-
-def _database() -> str:
-    return f"DB_{uuid.uuid4().hex[:8].upper()}"
+    return query(server, database, "SELECT PIPELINE, TABLE_NAME, RUN_NUMBER FROM LOADER_LEDGER ORDER BY RUN_NUMBER, TABLE_NAME")
 
 
 def _assert_snowflake_exact(server: dict[str, Any], database: str, landing: Path) -> None:
@@ -93,10 +56,10 @@ def _assert_snowflake_exact(server: dict[str, Any], database: str, landing: Path
 
 
 def test_incremental_runs_land_exactly(tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
-    database = _database()
+    database = new_database()
     config = _config(tmp_path / "project", snowflake_server, database)
     landing, warehouse = config.parent / "landing", config.parent / "warehouse"
-    env = _env(snowflake_server)
+    env = password_env(snowflake_server)
     run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
 
     first = run_json(config, "run", "--incremental", env=env)
@@ -119,10 +82,10 @@ def test_incremental_runs_land_exactly(tmp_path: Path, snowflake_server: dict[st
 def test_crash_in_snowflake_sink_replays(tmp_path: Path, snowflake_server: dict[str, Any], point: str) -> None:
     """Killed before the Snowflake transaction the replay loads the run; killed after it, the replay
     finds the run in the ledger and skips. Either way every key lands once, the latest version winning."""
-    database = _database()
+    database = new_database()
     config = _config(tmp_path / "project", snowflake_server, database)
     landing, warehouse = config.parent / "landing", config.parent / "warehouse"
-    env = _env(snowflake_server)
+    env = password_env(snowflake_server)
     run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
     run_json(config, "run", "--incremental", env=env)
     run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "50", "--late", "5", env=env)
@@ -140,7 +103,7 @@ def test_crash_in_snowflake_sink_replays(tmp_path: Path, snowflake_server: dict[
 
 
 def test_password_never_printed(tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
-    database = _database()
+    database = new_database()
     secret = f"s3cret-{uuid.uuid4().hex}"
     config = _config(tmp_path / "project", snowflake_server, database)
     env = {PASSWORD_ENV: secret}
