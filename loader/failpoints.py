@@ -31,6 +31,7 @@ POINTS = {
     "delta.write": "inside the Delta sink: before its last commit (after the merge, if any)",
     "delta.commit": "after the Delta sink's last commit (the run's app transaction landed)",
     "snowflake.write": "inside the Snowflake sink: files staged and copied, its transaction not begun",
+    "snowflake.merge": "inside the Snowflake transaction: target merged, ledger row not yet inserted",
     "snowflake.commit": "after the Snowflake transaction (rows and ledger row) committed",
     "checkpoint.before": "every sink done; the checkpoint transaction not yet begun",
     "checkpoint.inside": "inside the checkpoint transaction, before it commits",

@@ -1,79 +1,77 @@
 """Snowflake: one table per source holding the latest version of each key, plus a ledger of landed runs.
 
-Per table and run: Parquet files (one per region, named by run) are PUT to `@<stage>/<pipeline>/<table>/
-run=<n>/` with OVERWRITE (a retry re-uploads the same names), COPY'd (and purged) into a transient
-staging table `<TABLE>_LOADER_STAGING`, dropped after the commit. Then ONE transaction replaces the
-target's rows whose version is not newer than the staged one, inserts the staged rows whose key is
-absent, and inserts (pipeline, table, run) into the ledger.
-A replay that finds its run in the ledger skips; a crash before COMMIT leaves nothing behind but
-staged files and the staging table, which the next attempt overwrites. Identifiers come from the validated config or the
-batch's column names (checked against the same pattern) and are always quoted.
+Per table and run, in steps each retried on its own (tenacity, the sink's `retry` policy) and each
+idempotent, so a retry or a replay after a crash repeats a step without harm:
 
-The upsert is DELETE + INSERT rather than MERGE: same result (the staged rows are unique per key and
-the newer-or-equal cursor wins), and fakesnow 0.12.1, the emulator the tests use, fails a MERGE
-inside an explicit transaction.
+1. prepare: create the stage, the ledger and the target (from the Arrow schema, CLUSTER BY region) if
+   absent; add the source's new columns (nullable); refuse a column whose type conflicts. If the ledger
+   already holds (pipeline, table, run), the run landed here before: skip.
+2. stage: one Parquet file per region, named by run and region, PUT to
+   `@<stage>/<pipeline>/<table>/run=<n>/` with OVERWRITE (a retry re-uploads the same names), COPY'd with
+   PURGE (the staged files go once loaded) into a transient staging table created afresh; the staged row
+   count must equal the batch's, or the step is retried.
+3. merge: ONE transaction (AUTOCOMMIT off) re-checks the ledger (a lost COMMIT acknowledgement), MERGEs
+   the staging table (deduplicated per key, latest cursor wins) into the target on the primary key
+   (a stored version newer than the staged one is kept), inserts (pipeline, table, run) into the ledger,
+   COMMITs. A failure rolls back both.
+4. cleanup: drop the staging table (a failure here is logged; the next load replaces it anyway).
+
+A client killed inside step 3 leaves a detached transaction: Snowflake aborts it once it blocks another
+transaction and has been idle 5 minutes, so the replay's MERGE waits at most that long.
+Identifiers come from the validated config or the batch's column names (checked by `ident`) and are
+always quoted; values go in as bound parameters.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loader import failpoints
-from loader.config import SNOWFLAKE_IDENTIFIER, LoaderConfig, SnowflakeSinkConfig
-from loader.errors import SinkError, SinkRejected, SinkUnavailable
+from loader.config import LoaderConfig, RetryConfig, SnowflakeSinkConfig
+from loader.errors import LoaderError, SinkError, SinkRejected, SinkUnavailable
+from loader.retry import call_with_retries
 from loader.sinks.base import SinkWrite, TableBatch, region_counts
+from loader.sinks.snowflake_schema import ColumnType, columns_to_add, create_table_sql, ident
 from loader.storage import short_error
 
-_IDENTIFIER = re.compile(SNOWFLAKE_IDENTIFIER)
-_TIMESTAMP_SCALE = {"s": 0, "ms": 3, "us": 6, "ns": 9}
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 _AUTH_WORDS = ("password", "authenticat", "login", "jwt", "private key", "user is locked", "mfa")
-
-
-def ident(name: str) -> str:
-    """`name` upper-cased and quoted, after checking it is a plain identifier (never SQL)."""
-    if not _IDENTIFIER.match(name):
-        raise SinkRejected(
-            f"Snowflake: {name!r} is not a plain identifier (letters, digits, _ and $): rename the column "
-            f"or the configured object"
-        )
-    return f'"{name.upper()}"'
-
-
-def snowflake_type(field: pa.Field) -> str:
-    """The exact Snowflake type of an Arrow column: money stays NUMBER(p,s), never FLOAT."""
-    t = field.type
-    if pa.types.is_decimal(t):
-        return f"NUMBER({t.precision},{t.scale})"
-    if pa.types.is_integer(t):
-        return "NUMBER(20,0)" if t == pa.uint64() else "NUMBER(19,0)"
-    if pa.types.is_boolean(t):
-        return "BOOLEAN"
-    if pa.types.is_date(t):
-        return "DATE"
-    if pa.types.is_timestamp(t):
-        kind = "TIMESTAMP_TZ" if t.tz else "TIMESTAMP_NTZ"
-        return f"{kind}({_TIMESTAMP_SCALE[t.unit]})"
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or str(t) == "string_view":
-        return "VARCHAR"
-    if pa.types.is_floating(t):
-        return "FLOAT"
-    raise SinkRejected(
-        f"Snowflake: column {field.name!r} has Arrow type {t}, which this sink does not map: cast it in the "
-        f"transform to decimal, integer, date, timestamp, boolean or string"
-    )
 
 
 def stage_prefix(stage: str, batch: TableBatch) -> str:
     return f"@{ident(stage)}/{batch.pipeline}/{batch.table}/run={batch.run_number}/"
+
+
+class _Session:
+    """One connector session, opened lazily and dropped after an error so the retry reconnects
+    (a lost or expired session is one of the transient faults)."""
+
+    def __init__(self, sink: SnowflakeSink) -> None:
+        self.sink = sink
+        self.conn: Any = None
+
+    def cursor(self) -> Any:
+        if self.conn is None:
+            self.conn = self.sink.connect()
+        return self.conn.cursor()
+
+    def discard(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 class SnowflakeSink:
@@ -81,7 +79,8 @@ class SnowflakeSink:
 
     def __init__(self, config: LoaderConfig) -> None:
         self.settings: SnowflakeSinkConfig = config.sinks.snowflake
-        self.retry = self.settings.retry
+        # The runner must not retry the whole write on top of the per-step retries below.
+        self.retry = RetryConfig(attempts=1)
         # Checked up front (the config pattern already did): a bad pipeline name must not reach a path.
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", config.pipeline):
             raise SinkRejected(f"Snowflake: pipeline name {config.pipeline!r} cannot name a stage folder")
@@ -92,97 +91,125 @@ class SnowflakeSink:
         return f"Snowflake {s.account}/{s.database}.{s.schema_}"
 
     def write(self, batch: TableBatch) -> SinkWrite:
-        import snowflake.connector.errors as sf_errors
-
         target = f"{self.where}.{batch.table.upper()}"
-        try:
-            conn = self._connect()
-        except sf_errors.Error as error:
-            raise self._convert(error, doing="connecting to") from error
-        try:
-            return self._write(conn, batch, target)
-        except sf_errors.Error as error:
-            raise self._convert(error, doing=f"loading {batch.table} into") from error
-        finally:
-            with contextlib.suppress(sf_errors.Error):
-                conn.close()
-
-    def _write(self, conn: Any, batch: TableBatch, target: str) -> SinkWrite:
-        cur = conn.cursor()
-        s = self.settings
-        ledger, table = ident(s.ledger_table), ident(batch.table)
-        columns = [ident(c) for c in batch.data.column_names]
-        key = [ident(k) for k in batch.key]
-        cursor = ident(batch.cursor)
-        cur.execute(f"CREATE STAGE IF NOT EXISTS {ident(s.stage)}")
-        cur.execute(
-            f"CREATE TABLE IF NOT EXISTS {ledger} (PIPELINE VARCHAR NOT NULL, TABLE_NAME VARCHAR NOT NULL, "
-            f"RUN_NUMBER NUMBER(19,0) NOT NULL, LOADED_AT TIMESTAMP_TZ, ROWS_LOADED NUMBER(19,0), "
-            f"PRIMARY KEY (PIPELINE, TABLE_NAME, RUN_NUMBER))"
-        )
-        definition = ", ".join(f"{ident(f.name)} {snowflake_type(f)}" for f in batch.data.schema)
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({definition}, PRIMARY KEY ({', '.join(key)}))")
-        cur.execute(
-            f"SELECT COUNT(*) FROM {ledger} WHERE PIPELINE = %s AND TABLE_NAME = %s AND RUN_NUMBER = %s",
-            (batch.pipeline, batch.table, batch.run_number),
-        )
-        if cur.fetchone()[0]:
-            return SinkWrite(self.name, batch.table, 0, target, skipped=True)
-
-        data = batch.data
-        staging = ident(f"{batch.table}_LOADER_STAGING")
-        if data.num_rows:
-            prefix = stage_prefix(s.stage, batch)
-            self._put(cur, batch, prefix)
-            cur.execute(f"CREATE OR REPLACE TRANSIENT TABLE {staging} LIKE {table}")
-            # FORCE: the staging table is new, load every file; PURGE: staged files go once loaded.
-            cur.execute(
-                f"COPY INTO {staging} FROM {prefix} FILE_FORMAT=(TYPE=PARQUET) "
-                f"MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE FORCE=TRUE PURGE=TRUE"
-            )
-        failpoints.hit("snowflake.write", batch.table)
-        cur.execute("BEGIN")
-        try:
-            if data.num_rows:
-                on = " AND ".join(f"t.{k} = s.{k}" for k in key)
-                cur.execute(f"DELETE FROM {table} t USING {staging} s WHERE {on} AND s.{cursor} >= t.{cursor}")
-                cur.execute(
-                    f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join('s.' + c for c in columns)} "
-                    f"FROM {staging} s WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {on})"
-                )
-            cur.execute(
-                f"INSERT INTO {ledger} (PIPELINE, TABLE_NAME, RUN_NUMBER, LOADED_AT, ROWS_LOADED) "
-                f"SELECT %s, %s, %s, CURRENT_TIMESTAMP(), %s",
-                (batch.pipeline, batch.table, batch.run_number, data.num_rows),
-            )
-            cur.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(Exception):  # a lost connection rolls back on its own; keep the first error
-                cur.execute("ROLLBACK")
-            raise
-        failpoints.hit("snowflake.commit", batch.table)
-        if data.num_rows:
-            cur.execute(f"DROP TABLE IF EXISTS {staging}")
-        return SinkWrite(self.name, batch.table, data.num_rows, target, regions=region_counts(data))
-
-    @staticmethod
-    def _put(cur: Any, batch: TableBatch, prefix: str) -> None:
-        """One Parquet file per region, named by run and region, so a retry overwrites the same names."""
+        session = _Session(self)
         folder = Path(tempfile.mkdtemp(prefix="loader-snowflake-"))
         try:
-            regions = batch.data["region"].unique().to_pylist()
-            for number, region in enumerate(sorted(regions, key=str)):
-                rows = batch.data.filter(pc.equal(batch.data["region"], region)) if region is not None else (
-                    batch.data.filter(pc.is_null(batch.data["region"]))
-                )
-                safe = re.sub(r"[^A-Za-z0-9_-]", "_", str(region)) or str(number)
-                path = folder / f"run-{batch.run_number}-{safe}.parquet"
-                pq.write_table(rows, path)
-                cur.execute(f"PUT 'file://{path.as_posix()}' {prefix} OVERWRITE=TRUE AUTO_COMPRESS=FALSE")
+            if self._step(batch, "prepare", session, lambda cur: self._prepare(cur, batch)):
+                return SinkWrite(self.name, batch.table, 0, target, skipped=True)
+            if batch.data.num_rows:
+                files = _region_files(batch, folder)
+                self._step(batch, "stage", session, lambda cur: self._stage(cur, batch, files))
+            failpoints.hit("snowflake.write", batch.table)
+            self._step(batch, "merge", session, lambda cur: self._merge(cur, session.conn, batch))
+            failpoints.hit("snowflake.commit", batch.table)
+            if batch.data.num_rows:
+                try:
+                    session.cursor().execute(f"DROP TABLE IF EXISTS {_staging(batch)}")
+                except Exception as error:  # landed already; the next load replaces the table anyway
+                    log.warning("%s -> snowflake: could not drop its staging table (%s)", batch.table, short_error(error))
+            return SinkWrite(self.name, batch.table, batch.data.num_rows, target, regions=region_counts(batch.data))
         finally:
+            session.discard()
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _connect(self) -> Any:
+    def _step(self, batch: TableBatch, step: str, session: _Session, work: Callable[[Any], T]) -> T:
+        """`work(cursor)` with retries of transient faults; connector errors become loader errors."""
+        import snowflake.connector.errors as sf_errors
+
+        def attempt() -> T:
+            try:
+                cur = session.cursor()
+            except sf_errors.Error as error:
+                session.discard()
+                raise self._convert(error, doing="connecting to") from error
+            try:
+                return work(cur)
+            except sf_errors.Error as error:
+                session.discard()
+                raise self._convert(error, doing=f"{step} of {batch.table} in") from error
+            except LoaderError:
+                session.discard()
+                raise
+
+        return call_with_retries(f"{batch.table} -> snowflake {step}", self.settings.retry, attempt)
+
+    def _prepare(self, cur: Any, batch: TableBatch) -> bool:
+        """Create what is missing and widen the target; True if this run already landed here."""
+        s = self.settings
+        cur.execute(f"CREATE STAGE IF NOT EXISTS {ident(s.stage)}")
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {ident(s.ledger_table)} (PIPELINE VARCHAR NOT NULL, "
+            f"TABLE_NAME VARCHAR NOT NULL, RUN_NUMBER NUMBER(19,0) NOT NULL, LOADED_AT TIMESTAMP_TZ, "
+            f"ROWS_LOADED NUMBER(19,0), PRIMARY KEY (PIPELINE, TABLE_NAME, RUN_NUMBER))"
+        )
+        if self._landed(cur, batch):
+            return True
+        cluster = "region" if s.cluster_by_region else None
+        cur.execute(create_table_sql(batch.table, batch.data.schema, batch.key, cluster_by=cluster))
+        cur.execute(
+            "SELECT COLUMN_NAME, DATA_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE FROM INFORMATION_SCHEMA.COLUMNS "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (s.schema_.upper(), batch.table.upper()),
+        )
+        existing = {name: ColumnType(kind, precision, scale) for name, kind, precision, scale in cur.fetchall()}
+        for statement in columns_to_add(batch.table, batch.data.schema, existing, f"{s.database}.{s.schema_}"):
+            log.info("%s -> snowflake: new source column: %s", batch.table, statement)
+            cur.execute(statement)
+        return False
+
+    def _landed(self, cur: Any, batch: TableBatch) -> bool:
+        cur.execute(
+            f"SELECT COUNT(*) FROM {ident(self.settings.ledger_table)} "
+            f"WHERE PIPELINE = %s AND TABLE_NAME = %s AND RUN_NUMBER = %s",
+            (batch.pipeline, batch.table, batch.run_number),
+        )
+        return bool(cur.fetchone()[0])
+
+    def _stage(self, cur: Any, batch: TableBatch, files: list[Path]) -> None:
+        prefix = stage_prefix(self.settings.stage, batch)
+        for path in files:
+            cur.execute(f"PUT 'file://{path.as_posix()}' {prefix} OVERWRITE=TRUE AUTO_COMPRESS=FALSE")
+        staging = _staging(batch)
+        cur.execute(f"CREATE OR REPLACE TRANSIENT TABLE {staging} LIKE {ident(batch.table)}")
+        # FORCE: the staging table is new, load every file; PURGE: staged files go once loaded.
+        cur.execute(
+            f"COPY INTO {staging} FROM {prefix} FILE_FORMAT=(TYPE=PARQUET) "
+            f"MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE FORCE=TRUE PURGE=TRUE"
+        )
+        cur.execute(f"SELECT COUNT(*) FROM {staging}")
+        staged = cur.fetchone()[0]
+        if staged != batch.data.num_rows:  # e.g. a retried COPY whose files an earlier try had purged
+            raise SinkUnavailable(
+                f"Snowflake: {staging} holds {staged:,} rows after COPY, the run has {batch.data.num_rows:,}: "
+                f"staging again"
+            )
+
+    def _merge(self, cur: Any, conn: Any, batch: TableBatch) -> None:
+        """The target's upsert and the ledger row, in one transaction."""
+        conn.autocommit(False)
+        try:
+            if self._landed(cur, batch):  # an earlier try committed but its acknowledgement was lost
+                conn.rollback()
+                return
+            if batch.data.num_rows:
+                cur.execute(_merge_sql(batch))
+            failpoints.hit("snowflake.merge", batch.table)
+            cur.execute(
+                f"INSERT INTO {ident(self.settings.ledger_table)} (PIPELINE, TABLE_NAME, RUN_NUMBER, LOADED_AT, "
+                f"ROWS_LOADED) SELECT %s, %s, %s, CURRENT_TIMESTAMP(), %s",
+                (batch.pipeline, batch.table, batch.run_number, batch.data.num_rows),
+            )
+            conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):  # a lost connection rolls back on its own; keep the first error
+                conn.rollback()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                conn.autocommit(True)
+
+    def connect(self) -> Any:
         import snowflake.connector
 
         s = self.settings
@@ -194,20 +221,18 @@ class SnowflakeSink:
         for name in ("role", "warehouse", "host", "port", "protocol"):
             if getattr(s, name) is not None:
                 options[name] = getattr(s, name)
-        if s.private_key_file:
-            options["private_key_file"] = s.private_key_file
-            if s.private_key_passphrase:
-                options["private_key_file_pwd"] = s.private_key_passphrase
+        if s.private_key_file or s.private_key:
+            options["private_key"] = private_key_der(s)
         else:
             options["password"] = s.password
         return snowflake.connector.connect(**options)
 
     def _convert(self, error: Exception, *, doing: str) -> SinkError:
-        """Driver error -> loader error naming the object and the fix; the password is cut out."""
+        """Driver error -> loader error naming the object and the fix; secrets are cut out."""
         from snowflake.connector import errors as e
 
         detail = short_error(error)
-        for secret in (self.settings.password, self.settings.private_key_passphrase):
+        for secret in (self.settings.password, self.settings.private_key_passphrase, self.settings.private_key):
             if secret:
                 detail = detail.replace(secret, "***")
         where = self.where
@@ -215,7 +240,7 @@ class SnowflakeSink:
         if isinstance(error, e.DatabaseError) and any(word in text for word in _AUTH_WORDS):
             return SinkRejected(
                 f"{doing} {where} failed: authentication refused ({detail}). Check sinks.snowflake.user, "
-                f"account and SNOWFLAKE_PASSWORD (or private_key_file), then run again: the run replays"
+                f"account and SNOWFLAKE_PASSWORD (or the private key), then run again: the run replays"
             )
         transient = (e.OperationalError, e.InterfaceError, e.InternalServerError, e.ServiceUnavailableError,
                      e.GatewayTimeoutError, e.BadGatewayError, e.OtherHTTPRetryableError, e.RequestTimeoutError)
@@ -231,4 +256,64 @@ class SnowflakeSink:
         )
 
 
-__all__ = ["SnowflakeSink", "ident", "snowflake_type"]
+def private_key_der(settings: SnowflakeSinkConfig) -> bytes:
+    """The configured PEM private key (file or inline), decrypted with the passphrase if any, as the
+    DER bytes the connector takes; a clear terminal error if it cannot be read."""
+    from cryptography.hazmat.primitives import serialization
+
+    where = f"sinks.snowflake.private_key_file {settings.private_key_file}" if settings.private_key_file else (
+        "sinks.snowflake.private_key")
+    try:
+        pem = Path(settings.private_key_file).read_bytes() if settings.private_key_file else (
+            (settings.private_key or "").encode())
+    except OSError as error:
+        raise SinkRejected(f"Snowflake: cannot read {where} ({error.strerror}): fix the path") from error
+    passphrase = settings.private_key_passphrase.encode() if settings.private_key_passphrase else None
+    try:
+        key = serialization.load_pem_private_key(pem, password=passphrase)
+    except (ValueError, TypeError) as error:
+        reason = str(error).split("\n")[0]
+        raise SinkRejected(
+            f"Snowflake: {where} is not a PEM private key this passphrase opens ({reason}): check the key and "
+            f"sinks.snowflake.private_key_passphrase (needed only for an encrypted key)"
+        ) from None
+    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _staging(batch: TableBatch) -> str:
+    return ident(f"{batch.table}_LOADER_STAGING")
+
+
+def _merge_sql(batch: TableBatch) -> str:
+    columns = [ident(c) for c in batch.data.column_names]
+    key, cursor = [ident(k) for k in batch.key], ident(batch.cursor)
+    latest = (f"SELECT {', '.join(columns)} FROM {_staging(batch)} "
+              f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {', '.join(key)} ORDER BY {cursor} DESC) = 1")
+    updates = ", ".join(f"{c} = s.{c}" for c in columns if c not in key)
+    return (
+        f"MERGE INTO {ident(batch.table)} t USING ({latest}) s ON {' AND '.join(f't.{k} = s.{k}' for k in key)} "
+        f"WHEN MATCHED AND s.{cursor} >= t.{cursor} THEN UPDATE SET {updates} "
+        f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) VALUES ({', '.join('s.' + c for c in columns)})"
+    )
+
+
+def _region_files(batch: TableBatch, folder: Path) -> list[Path]:
+    """One Parquet file per region, named by run and region (a retry re-uploads the same names),
+    written in parallel threads (Parquet encoding releases the GIL)."""
+    data = batch.data
+    regions = sorted(data["region"].unique().to_pylist(), key=str)
+
+    def write(numbered: tuple[int, Any]) -> Path:
+        number, region = numbered
+        rows = data.filter(pc.is_null(data["region"]) if region is None else pc.equal(data["region"], region))
+        safe = re.sub(r"[^A-Za-z0-9_-]", "_", str(region)) or str(number)
+        path = folder / f"run-{batch.run_number}-{safe}.parquet"
+        pq.write_table(rows, path)
+        return path
+
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(regions)))) as pool:
+        return list(pool.map(write, enumerate(regions)))
+
+
+__all__ = ["SnowflakeSink", "private_key_der", "stage_prefix"]

@@ -1,0 +1,193 @@
+"""Sink conformance: the behaviour every sink (Parquet, Delta, Snowflake) promises the runner, checked
+with one set of tests on the real sinks (files in tmp_path; fakesnow's server over the real connector).
+The runner relies on exactly this: a run lands exactly, a replay changes nothing, the latest version
+of a key wins whatever order runs bring versions in, an empty run commits, bad data is refused
+terminally without touching what is stored, and a run interrupted mid-way lands exactly when replayed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from loader import failpoints
+from loader.errors import LoaderError, SinkRejected, SinkUnavailable, is_transient
+from loader.sinks import SinkWrite
+from tests.sink_conformance import (
+    REGIONS,
+    SCHEMA,
+    SINKS,
+    TABLE,
+    SinkUnderTest,
+    batch_of,
+    make_sink,
+    row,
+    sort_state,
+    table_of,
+)
+from tests.snowflake_emulator import PASSWORD_ENV, new_database
+
+pytestmark = pytest.mark.integration
+
+# Run 1: keys 1-6, version 1. Run 2: newer versions of 2, 3, 5 and new keys 7, 8, 9, across every
+# region and two days (several Parquet partitions, a Delta merge and an append).
+FIRST = {k: 1 for k in range(1, 7)}
+SECOND = {2: 2, 3: 2, 5: 2, 7: 1, 8: 1, 9: 1}
+
+
+def rows_of(versions: dict[int, int]) -> pa.Table:
+    return table_of(row(k, v) for k, v in sorted(versions.items()))
+
+
+def state_after(*runs: dict[int, int]) -> pa.Table:
+    """The latest version of every key written by `runs` (the newest version wins, whatever the order)."""
+    latest: dict[int, int] = {}
+    for versions in runs:
+        for key, version in versions.items():
+            latest[key] = max(version, latest.get(key, version))
+    return rows_of(latest)
+
+
+def assert_state(sut: SinkUnderTest, want: pa.Table) -> None:
+    got, want = sut.latest(), sort_state(want)
+    assert got.schema == want.schema, f"{sut.name}: schema\n{got.schema}\nexpected\n{want.schema}"
+    assert got.num_rows == want.num_rows, f"{sut.name}: {got.num_rows} rows, expected {want.num_rows}"
+    for g, w in zip(got.to_pylist(), want.to_pylist(), strict=True):
+        assert g == w, f"{sut.name}: row differs\n got      {g}\n expected {w}"
+
+
+def assert_write(result: SinkWrite, sut: SinkUnderTest, data: pa.Table) -> None:
+    """Not skipped, every row of `data` counted, per region (counted here, not by the sink's helper)."""
+    assert (result.sink, result.table, result.skipped) == (sut.name, TABLE, False), result
+    assert result.rows == data.num_rows, result
+    assert result.regions == dict(Counter(data["region"].to_pylist())), result
+
+
+@pytest.fixture(params=SINKS)
+def sut(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SinkUnderTest:
+    """The sink under test, alone in its config; Snowflake on a database of its own."""
+    snowflake = None
+    if request.param == "snowflake":
+        server: dict[str, Any] = request.getfixturevalue("snowflake_server")
+        monkeypatch.setenv(PASSWORD_ENV, server["password"])  # read by the config's ${SNOWFLAKE_PASSWORD}
+        snowflake = (server, new_database())
+    return make_sink(request.param, tmp_path / "project", snowflake)
+
+
+@pytest.fixture
+def failpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str | None], None]]:
+    """arm("point=action") switches a failpoint on in this process; arm(None) and teardown switch all off."""
+
+    def arm(spec: str | None) -> None:
+        if spec is None:
+            monkeypatch.delenv(failpoints.ENV, raising=False)
+        else:
+            monkeypatch.setenv(failpoints.ENV, spec)
+        failpoints.reload()
+
+    yield arm
+    arm(None)
+
+
+def test_first_write_lands_every_row_exactly(sut: SinkUnderTest) -> None:
+    data = rows_of(FIRST)
+    assert set(data["region"].to_pylist()) == set(REGIONS)
+    result = sut.sink.write(batch_of(1, data))
+    assert_write(result, sut, data)
+    assert_state(sut, data)
+
+
+def test_replaying_a_landed_run_changes_nothing(sut: SinkUnderTest) -> None:
+    """The runner replays a run whose attempt died after some sinks committed: those sinks must either
+    skip it or write it again identically, never twice."""
+    sut.sink.write(batch_of(1, rows_of(FIRST)))
+    second = sut.sink.write(batch_of(2, rows_of(SECOND)))
+    stored = sut.stored()
+    for _ in range(2):
+        again = sut.sink.write(batch_of(2, rows_of(SECOND), replay=True))
+        assert again.skipped or (again.rows, again.regions) == (second.rows, second.regions), (again, second)
+        assert sut.stored().equals(stored), f"{sut.name}: the replay changed what is stored"
+    assert_state(sut, state_after(FIRST, SECOND))
+
+
+def test_later_run_newest_version_wins(sut: SinkUnderTest) -> None:
+    sut.sink.write(batch_of(1, rows_of(FIRST)))
+    data = rows_of(SECOND)
+    result = sut.sink.write(batch_of(2, data))
+    assert_write(result, sut, data)
+    assert_state(sut, state_after(FIRST, SECOND))
+
+
+def test_key_moving_to_another_region_is_stored_once(sut: SinkUnderTest) -> None:
+    """Region is a column like the others (looked up from a dimension at load time, which may change):
+    a newer version in another region replaces the old one; the key is not kept in both regions."""
+    sut.sink.write(batch_of(1, rows_of(FIRST)))
+    moved = {**row(3, 2), "region": next(r for r in REGIONS if r != row(3)["region"])}
+    sut.sink.write(batch_of(2, table_of([moved, row(7)])))
+    want = [moved if k == 3 else row(k, v) for k, v in sorted({**FIRST, 7: 1}.items())]
+    assert_state(sut, table_of(want))
+
+
+def test_stale_or_already_landed_version_keeps_the_newer_one(sut: SinkUnderTest) -> None:
+    """Late-arriving records: a version older than the stored one (keys 2, 5) and the stored version
+    itself (key 1: the lookback re-reads it) must leave the stored newest version in place (Parquet,
+    a version log, may keep the old one as history: its latest-per-key view must not change)."""
+    sut.sink.write(batch_of(1, table_of(row(k, 3) for k in range(1, 7))))
+    late = table_of([row(1, 3), row(2, 1), row(5, 2), row(7, 1)])
+    sut.sink.write(batch_of(2, late))
+    assert_state(sut, state_after({k: 3 for k in range(1, 7)}, {7: 1}))
+
+
+def test_empty_run_commits_and_changes_nothing(sut: SinkUnderTest) -> None:
+    sut.sink.write(batch_of(1, rows_of(FIRST)))
+    stored = sut.stored()
+    result = sut.sink.write(batch_of(2, SCHEMA.empty_table()))
+    assert (result.rows, result.regions) == (0, {}), result
+    assert sut.stored().equals(stored), f"{sut.name}: an empty run changed what is stored"
+    # The empty run left the sink usable: the next run lands normally.
+    data = rows_of(SECOND)
+    assert_write(sut.sink.write(batch_of(3, data)), sut, data)
+    assert_state(sut, state_after(FIRST, SECOND))
+
+
+_AMOUNT_AS_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
+    "numeric-text": lambda r: f"{r['amount']}5",  # parses, but has 3 decimals: coercing it would round
+    "free-text": lambda r: "n/a",
+}
+
+
+@pytest.mark.parametrize("text", list(_AMOUNT_AS_TEXT))
+def test_type_conflict_is_refused_terminally(sut: SinkUnderTest, text: str) -> None:
+    """The source sends `amount` (decimal(15,2)) as a string: retrying cannot help, so the error must be
+    terminal (not retried for minutes), and nothing may be stored: no coerced values, no mixed types."""
+    sut.sink.write(batch_of(1, rows_of(FIRST)))
+    stored = sut.stored()
+    schema = SCHEMA.set(SCHEMA.get_field_index("amount"), pa.field("amount", pa.string()))
+    rows = [{**row(k, v), "amount": _AMOUNT_AS_TEXT[text](row(k, v))} for k, v in sorted(SECOND.items())]
+    with pytest.raises(LoaderError) as caught:
+        result = sut.sink.write(batch_of(2, table_of(rows, schema)))
+        pytest.fail(f"{sut.name}: accepted `amount` as string: {result}")
+    assert not is_transient(caught.value), f"{sut.name}: a type conflict is reported as transient: {caught.value!r}"
+    assert isinstance(caught.value, SinkRejected), repr(caught.value)
+    assert sut.stored().equals(stored), f"{sut.name}: the refused run changed what is stored"
+
+
+def test_run_failing_mid_way_lands_exactly_when_replayed(
+    sut: SinkUnderTest, failpoint: Callable[[str | None], None]
+) -> None:
+    """A transient fault inside the sink (Parquet: some partition files written; Delta: the merge
+    committed, the append not; Snowflake: files staged and copied), then the runner's retry: the same
+    run number with replay=True must land the run exactly, every key once."""
+    sut.sink.write(batch_of(1, rows_of(FIRST)))
+    failpoint(f"{sut.name}.write=transient*1")
+    with pytest.raises(SinkUnavailable) as caught:
+        sut.sink.write(batch_of(2, rows_of(SECOND)))
+    assert is_transient(caught.value) and "injected" in str(caught.value)
+    failpoint(None)
+    retry = sut.sink.write(batch_of(2, rows_of(SECOND), replay=True))
+    assert not retry.skipped, f"{sut.name}: the interrupted run was recorded as landed: {retry}"
+    assert_state(sut, state_after(FIRST, SECOND))

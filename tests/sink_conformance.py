@@ -1,0 +1,195 @@
+"""Harness of the sink conformance suite (tests/integration/test_sink_conformance.py): small TableBatch
+objects built by hand, and for each sink a real instance (built by `build_sinks` from a real config)
+with a reader of what it holds, written with plain pyarrow/deltalake/the connector, not the sink's code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from loader.config import load_config
+from loader.sinks import Sink, TableBatch, build_sinks
+from state import Window
+from tests.conftest import write_config
+
+PIPELINE = "conformance"
+TABLE = "events"
+KEY = ("id",)
+CURSOR = "updated_at"
+SCHEMA = pa.schema([
+    pa.field("id", pa.int64()),
+    pa.field(CURSOR, pa.timestamp("us", tz="UTC")),
+    pa.field("amount", pa.decimal128(15, 2)),
+    pa.field("ship_date", pa.date32()),
+    pa.field("note", pa.string()),
+    pa.field("region", pa.string()),
+])
+REGIONS = ("AFRICA", "EUROPE", "MIDDLE EAST")
+BASE = datetime(2024, 3, 1, tzinfo=UTC)
+SINKS = ("parquet", "delta", "snowflake")
+
+
+def row(key: int, version: int = 1) -> dict[str, Any]:
+    """Version `version` of `key`: a greater version has a greater cursor, one day later per version,
+    so versions fall in different Parquet date partitions. Values are exact-representation traps:
+    the largest decimal(15,2), a microsecond cursor, quotes and non-ASCII text."""
+    amount = Decimal("9999999999999.99") if key == 1 else Decimal(key * 1000 + version) / 100
+    if key == 2:
+        amount = -amount
+    return {
+        "id": key,
+        CURSOR: BASE + timedelta(days=version, minutes=key, microseconds=key),
+        "amount": amount,
+        "ship_date": date(2024, 1, 1) + timedelta(days=key + version),
+        "note": f"k{key} v{version} O'Brien \"ü\" 東京",
+        "region": REGIONS[key % len(REGIONS)],
+    }
+
+
+def table_of(rows: Iterable[dict[str, Any]], schema: pa.Schema = SCHEMA) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=schema)
+
+
+def batch_of(run_number: int, data: pa.Table, *, replay: bool = False) -> TableBatch:
+    """One run's rows of TABLE. The window is the run's cursor range (the sinks do not filter on it)."""
+    upper = pc.max(data[CURSOR]).as_py() if data.num_rows else BASE
+    return TableBatch(
+        pipeline=PIPELINE, table=TABLE, run_number=run_number, data=data, key=KEY, cursor=CURSOR,
+        window=Window(lower=None if run_number == 1 else BASE, upper=max(upper, BASE)), replay=replay,
+    )
+
+
+def sort_state(data: pa.Table) -> pa.Table:
+    return data.sort_by([*((k, "ascending") for k in KEY), (CURSOR, "ascending")])
+
+
+@dataclass
+class SinkUnderTest:
+    """A real sink and a reader of every row it stores. `version_log`: the sink keeps every version
+    (Parquet), so "latest" is the greatest cursor per key; the others hold one row per key."""
+
+    name: str
+    sink: Sink
+    stored: Callable[[], pa.Table]
+    version_log: bool = False
+
+    def latest(self) -> pa.Table:
+        """The sink's current state, latest version per key, sorted by key; asserts no duplicates."""
+        rows = self.stored()
+        keys = [tuple(r[k] for k in KEY) for r in rows.select(list(KEY)).to_pylist()]
+        if not self.version_log:
+            assert len(keys) == len(set(keys)), f"{self.name}: a key is stored twice: {sorted(keys)}"
+            return rows
+        versions = [(*k, c) for k, c in zip(keys, rows[CURSOR].to_pylist(), strict=True)]
+        assert len(versions) == len(set(versions)), f"{self.name}: a (key, cursor) version is stored twice"
+        newest = rows.sort_by([*((k, "ascending") for k in KEY), (CURSOR, "descending")])
+        seen: set[tuple[Any, ...]] = set()
+        take = []
+        for i, record in enumerate(newest.select(list(KEY)).to_pylist()):
+            k = tuple(record.values())
+            if k not in seen:
+                seen.add(k)
+                take.append(i)
+        return newest.take(take)
+
+
+def _check_types(sink: str, data: pa.Table) -> None:
+    """Exact types (Parquet, Delta): a sink that changed a column's type must not pass unnoticed."""
+    for field in SCHEMA:
+        got = data.schema.field(field.name).type
+        same = got == field.type or (pa.types.is_string(field.type) and got in (pa.large_string(), pa.string_view()))
+        assert same, f"{sink}: column {field.name} stored as {got}, expected {field.type}"
+
+
+def parquet_reader(root: Path) -> Callable[[], pa.Table]:
+    def stored() -> pa.Table:
+        parts = []
+        for path in sorted((root / TABLE).rglob("*.parquet")):
+            if path.name.startswith("."):
+                continue  # a half-written file under its hidden name: readers never see it
+            data = pq.ParquetFile(path).read()
+            _check_types(f"parquet file {path.relative_to(root)}", data)
+            parts.append(data.select(SCHEMA.names).cast(SCHEMA))
+        return sort_state(pa.concat_tables(parts) if parts else SCHEMA.empty_table())
+
+    return stored
+
+
+def delta_reader(uri: str) -> Callable[[], pa.Table]:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    def stored() -> pa.Table:
+        try:
+            data = pa.table(DeltaTable(uri).to_pyarrow_table())
+        except TableNotFoundError:
+            return SCHEMA.empty_table()
+        _check_types("delta", data)
+        return sort_state(data.select(SCHEMA.names).cast(SCHEMA))
+
+    return stored
+
+
+# The type family Snowflake must return for each column: money as NUMBER (decimal), never FLOAT.
+_SNOWFLAKE_FAMILY: dict[str, Callable[[pa.DataType], bool]] = {
+    "id": lambda t: pa.types.is_integer(t) or (pa.types.is_decimal(t) and t.scale == 0),
+    CURSOR: pa.types.is_timestamp,
+    "amount": lambda t: pa.types.is_decimal(t) and t.scale == 2,
+    "ship_date": pa.types.is_date,
+    "note": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    "region": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+}
+
+
+def snowflake_reader(server: dict[str, Any], database: str) -> Callable[[], pa.Table]:
+    from tests.snowflake_emulator import connect, query
+
+    def stored() -> pa.Table:
+        tables = query(server, database, f"SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_NAME = '{TABLE.upper()}'")
+        if not tables[0][0]:
+            return SCHEMA.empty_table()
+        conn = connect(server, database)
+        try:
+            cur = conn.cursor()
+            cur.execute(f'SELECT * FROM "{TABLE.upper()}"')
+            data = cur.fetch_arrow_all()
+        finally:
+            conn.close()
+        if data is None:  # the connector returns None for no rows
+            return SCHEMA.empty_table()
+        data = data.rename_columns([c.lower() for c in data.column_names])
+        assert sorted(data.column_names) == sorted(SCHEMA.names), f"snowflake: columns {data.column_names}"
+        for name, family in _SNOWFLAKE_FAMILY.items():
+            assert family(data.schema.field(name).type), f"snowflake: column {name} came back as {data.schema.field(name).type}"
+        return sort_state(data.select(SCHEMA.names).cast(SCHEMA))
+
+    return stored
+
+
+def make_sink(name: str, folder: Path, snowflake: tuple[dict[str, Any], str] | None = None) -> SinkUnderTest:
+    """A config with only sink `name` enabled, loaded by the loader's own config loader (so
+    `${SNOWFLAKE_PASSWORD}` is read from the environment), and the sink `build_sinks` makes of it."""
+    sinks: dict[str, Any] = {"parquet": {"enabled": name == "parquet"}, "delta": {"enabled": name == "delta"}}
+    if name == "snowflake":
+        from tests.snowflake_emulator import sink_settings
+
+        assert snowflake is not None, "the Snowflake sink needs the emulator and a database"
+        sinks["snowflake"] = sink_settings(*snowflake)
+    config = load_config(write_config(folder, pipeline=PIPELINE, sinks=sinks))
+    built = build_sinks(config)
+    assert [s.name for s in built] == [name]
+    sink = built[0]
+    if name == "parquet":
+        return SinkUnderTest(name, sink, parquet_reader(Path(config.sink_path(config.sinks.parquet.path))), version_log=True)
+    if name == "delta":
+        return SinkUnderTest(name, sink, delta_reader(config.sink_path(config.sinks.delta.path) + "/" + TABLE))
+    assert snowflake is not None
+    return SinkUnderTest(name, sink, snowflake_reader(*snowflake))
