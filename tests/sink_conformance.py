@@ -150,15 +150,15 @@ _SNOWFLAKE_FAMILY: dict[str, Callable[[pa.DataType], bool]] = {
 
 
 def snowflake_reader(server: dict[str, Any], database: str) -> Callable[[], pa.Table]:
-    from tests.snowflake_emulator import connect, query
+    from tests.snowflake_emulator import connect
 
     def stored() -> pa.Table:
-        tables = query(server, database, f"SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_NAME = '{TABLE.upper()}'")
-        if not tables[0][0]:
-            return SCHEMA.empty_table()
         conn = connect(server, database)
         try:
             cur = conn.cursor()
+            cur.execute(f"SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_NAME = '{TABLE.upper()}'")
+            if not cur.fetchone()[0]:
+                return SCHEMA.empty_table()
             cur.execute(f'SELECT * FROM "{TABLE.upper()}"')
             data = cur.fetch_arrow_all()
         finally:

@@ -11,7 +11,13 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+
+from tests.expected import expected, key_columns
+from tests.warehouse import assert_matches_expected
 
 PASSWORD_ENV = "SNOWFLAKE_PASSWORD"
 
@@ -68,6 +74,27 @@ def query(server: dict[str, Any], database: str, sql: str) -> list[tuple]:
         return [tuple(row) for row in cur.fetchall()]
     finally:
         conn.close()
+
+
+def snowflake_rows(server: dict[str, Any], database: str, table: str, landing: Path) -> pa.Table:
+    """The target table, column names lower-cased and cast to the expected types, sorted by key."""
+    conn = connect(server, database)
+    try:
+        cur = conn.cursor()
+        cur.execute(f'SELECT * FROM "{table.upper()}"')
+        data = cur.fetch_arrow_all()
+    finally:
+        conn.close()
+    want = expected(table, landing).schema
+    assert data is not None, f"snowflake/{table}: the table is empty"
+    data = data.rename_columns([c.lower() for c in data.column_names])
+    data = data.select(want.names).cast(want)
+    return data.sort_by([(k, "ascending") for k in key_columns(table)])
+
+
+def assert_snowflake_exact(server: dict[str, Any], database: str, landing: Path) -> None:
+    for table in ("orders", "lineitem"):
+        assert_matches_expected(snowflake_rows(server, database, table, landing), landing, table, sink="snowflake")
 
 
 def abort_detached_transactions() -> int:

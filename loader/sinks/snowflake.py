@@ -100,7 +100,6 @@ class SnowflakeSink:
             if batch.data.num_rows:
                 files = _region_files(batch, folder)
                 self._step(batch, "stage", session, lambda cur: self._stage(cur, batch, files))
-            failpoints.hit("snowflake.write", batch.table)
             self._step(batch, "merge", session, lambda cur: self._merge(cur, session.conn, batch))
             failpoints.hit("snowflake.commit", batch.table)
             if batch.data.num_rows:
@@ -187,6 +186,7 @@ class SnowflakeSink:
 
     def _merge(self, cur: Any, conn: Any, batch: TableBatch) -> None:
         """The target's upsert and the ledger row, in one transaction."""
+        failpoints.hit("snowflake.write", batch.table)
         conn.autocommit(False)
         try:
             if self._landed(cur, batch):  # an earlier try committed but its acknowledgement was lost
@@ -264,8 +264,10 @@ def private_key_der(settings: SnowflakeSinkConfig) -> bytes:
     where = f"sinks.snowflake.private_key_file {settings.private_key_file}" if settings.private_key_file else (
         "sinks.snowflake.private_key")
     try:
-        pem = Path(settings.private_key_file).read_bytes() if settings.private_key_file else (
-            (settings.private_key or "").encode())
+        inline = (settings.private_key or "").strip()
+        if "\n" not in inline:  # a secret store that kept the PEM on one line, newlines as \n
+            inline = inline.replace("\\n", "\n")
+        pem = Path(settings.private_key_file).read_bytes() if settings.private_key_file else inline.encode()
     except OSError as error:
         raise SinkRejected(f"Snowflake: cannot read {where} ({error.strerror}): fix the path") from error
     passphrase = settings.private_key_passphrase.encode() if settings.private_key_passphrase else None

@@ -176,18 +176,32 @@ def test_type_conflict_is_refused_terminally(sut: SinkUnderTest, text: str) -> N
     assert sut.stored().equals(stored), f"{sut.name}: the refused run changed what is stored"
 
 
+# Where each sink can be interrupted mid-write (points added later to loader/failpoints.py are used too).
+_MID_WRITE_POINTS = {
+    "parquet": ["parquet.write"],  # some partition files written, not all
+    "delta": ["delta.write"],  # the merge committed, the append (the run's last commit) not
+    "snowflake": [p for p in ("snowflake.write", "snowflake.merge") if p in failpoints.POINTS],
+}
+# Run 3 (after the failpoint test's second point): more updates, a key updated twice, new keys.
+THIRD = {1: 2, 3: 3, 4: 3, 7: 2, 10: 1, 11: 1}
+
+
 def test_run_failing_mid_way_lands_exactly_when_replayed(
     sut: SinkUnderTest, failpoint: Callable[[str | None], None]
 ) -> None:
     """A transient fault inside the sink (Parquet: some partition files written; Delta: the merge
-    committed, the append not; Snowflake: files staged and copied), then the runner's retry: the same
-    run number with replay=True must land the run exactly, every key once."""
+    committed, the append not; Snowflake: files staged and copied, or inside its transaction), then the
+    runner's retry: the same run number with replay=True must land the run exactly, every key once.
+    The fault stays on until disarmed, so a sink that retries inside `write` still gives up."""
     sut.sink.write(batch_of(1, rows_of(FIRST)))
-    failpoint(f"{sut.name}.write=transient*1")
-    with pytest.raises(SinkUnavailable) as caught:
-        sut.sink.write(batch_of(2, rows_of(SECOND)))
-    assert is_transient(caught.value) and "injected" in str(caught.value)
-    failpoint(None)
-    retry = sut.sink.write(batch_of(2, rows_of(SECOND), replay=True))
-    assert not retry.skipped, f"{sut.name}: the interrupted run was recorded as landed: {retry}"
-    assert_state(sut, state_after(FIRST, SECOND))
+    landed = [FIRST]
+    for run_number, (point, versions) in enumerate(zip(_MID_WRITE_POINTS[sut.name], (SECOND, THIRD), strict=False), 2):
+        failpoint(f"{point}=transient")
+        with pytest.raises(SinkUnavailable) as caught:
+            sut.sink.write(batch_of(run_number, rows_of(versions)))
+        assert is_transient(caught.value) and "injected" in str(caught.value), repr(caught.value)
+        failpoint(None)
+        retry = sut.sink.write(batch_of(run_number, rows_of(versions), replay=True))
+        assert not retry.skipped, f"{sut.name}: the run interrupted at {point} was recorded as landed: {retry}"
+        landed.append(versions)
+        assert_state(sut, state_after(*landed))
