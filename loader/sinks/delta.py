@@ -5,9 +5,10 @@ before writing, `transaction_version(app_id) >= run` means the run already lande
 Every commit before the last is itself idempotent (a merge where the newer cursor wins), so a crash
 between two commits is repaired by simply running the same steps again.
 
-Cost: rows whose first key column is above the table's largest value are new keys and are appended
+Cost: rows whose first key column is outside every file's key range are new keys and are appended
 (no target file is read). The rest are merged with a predicate scoped to each region's key range, so
-delta-rs rewrites only the files whose statistics overlap those ranges, not the whole table.
+delta-rs rewrites only the files whose statistics overlap those ranges, not the whole table. A key
+whose region changed (its customer moved) has its old row deleted first, in its own commit.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from loader import failpoints
 from loader.config import LoaderConfig
 from loader.errors import SinkRejected, SinkUnavailable
 from loader.sinks.base import SinkWrite, TableBatch, region_counts
+from loader.sinks.schema_check import refuse_type_changes
 from loader.storage import locate, short_error, storage_error
 
 
@@ -85,6 +87,10 @@ class DeltaSink:
             if table is not None and (table.transaction_version(app) or 0) >= batch.run_number:
                 return SinkWrite(self.name, batch.table, 0, uri, skipped=True)
             data = batch.data
+            if table is not None:
+                refuse_type_changes(f"Delta table {uri}", pa.schema(table.schema().to_arrow()), data.schema,
+                                    "Cast the column in the transform back to the stored type, or move the table "
+                                    "away to let the loader recreate it")
             if table is None:
                 failpoints.hit("delta.write", batch.table)
                 write_deltalake(
@@ -95,7 +101,9 @@ class DeltaSink:
                 failpoints.hit("delta.commit", batch.table)
                 return SinkWrite(self.name, batch.table, data.num_rows, uri, regions=region_counts(data))
             new_rows, old_rows = self._split_new_keys(table, data, batch.key[0])
-            old_rows = self._drop_landed_versions(table, old_rows, batch)
+            old_rows, moved = self._drop_landed_versions(table, old_rows, batch)
+            if moved.num_rows:
+                self._delete_moved(table, moved, batch.key)
             if old_rows.num_rows:
                 if not new_rows.num_rows:  # the merge is the run's last commit
                     failpoints.hit("delta.write", batch.table)
@@ -133,53 +141,62 @@ class DeltaSink:
         return SinkWrite(self.name, batch.table, new_rows.num_rows + old_rows.num_rows, uri, regions=regions)
 
     @staticmethod
-    def _drop_landed_versions(table: Any, rows: pa.Table, batch: TableBatch) -> pa.Table:
+    def _drop_landed_versions(table: Any, rows: pa.Table, batch: TableBatch) -> tuple[pa.Table, pa.Table]:
         """Rows whose key already holds this version or a newer one would change nothing in the merge
         but make it rewrite their files (the lookback re-reads the newest rows every run): drop them.
-        Reads only the key and cursor columns of files whose region and key range can match."""
+        Also returns (key, region) of stored rows whose key now arrives newer in another region (its
+        customer moved): the old row must go, or the key would live in two partitions.
+        Reads only the key, region and cursor columns of files whose key range can match."""
+        empty = pa.table({**{k: rows[k].slice(0, 0) for k in batch.key}, "region": rows["region"].slice(0, 0)})
         if rows.num_rows == 0:
-            return rows
-        columns = [*batch.key, batch.cursor]
-        first = pc.field(batch.key[0])
+            return rows, empty
+        first_name = batch.key[0]
+        first = pc.field(first_name)
         scope = None
-        for r in rows.group_by("region").aggregate([(batch.key[0], "min"), (batch.key[0], "max")]).to_pylist():
-            part = (pc.field("region") == r["region"]) & (first >= r[batch.key[0] + "_min"]) & (first <= r[batch.key[0] + "_max"])
+        for r in rows.group_by("region").aggregate([(first_name, "min"), (first_name, "max")]).to_pylist():
+            part = (first >= r[first_name + "_min"]) & (first <= r[first_name + "_max"])
             scope = part if scope is None else scope | part
-        landed = table.to_pyarrow_dataset().to_table(columns=columns, filter=scope)
+        landed = table.to_pyarrow_dataset().to_table(columns=[*batch.key, "region", batch.cursor], filter=scope)
         if landed.num_rows == 0:
-            return rows
-        landed = landed.rename_columns([*batch.key, "__landed"]).cast(
-            pa.schema([rows.schema.field(k) for k in batch.key] + [pa.field("__landed", rows[batch.cursor].type)])
-        )
+            return rows, empty
+        landed = landed.rename_columns([*batch.key, "__region", "__landed"]).cast(pa.schema(
+            [rows.schema.field(k) for k in batch.key]
+            + [pa.field("__region", rows["region"].type), pa.field("__landed", rows[batch.cursor].type)]
+        ))
         joined = rows.join(landed, keys=list(batch.key), join_type="left outer")
         newer = pc.or_kleene(pc.is_null(joined["__landed"]), pc.greater(joined[batch.cursor], joined["__landed"]))
-        kept = joined.filter(newer).drop_columns(["__landed"])
-        return kept.select(rows.column_names).sort_by([(k, "ascending") for k in batch.key])
+        kept = joined.filter(newer)
+        moved = kept.filter(pc.and_kleene(pc.is_valid(kept["__region"]), pc.not_equal(kept["__region"], kept["region"])))
+        moved = moved.select([*batch.key, "__region"]).rename_columns([*batch.key, "region"])
+        kept = kept.drop_columns(["__region", "__landed"]).select(rows.column_names)
+        return kept.sort_by([(k, "ascending") for k in batch.key]), moved
+
+    @staticmethod
+    def _delete_moved(table: Any, moved: pa.Table, key: tuple[str, ...]) -> None:
+        """Delete the old rows of keys that moved region (their own commit, idempotent: a replay finds
+        the keys gone and inserts their new rows)."""
+        clauses = []
+        for region in moved["region"].unique().to_pylist():
+            keys = moved.filter(pc.equal(moved["region"], region)).select(list(key)).to_pylist()
+            match = " OR ".join("(" + " AND ".join(f"{_quote(k)} = {_literal(v[k])}" for k in key) + ")" for v in keys)
+            clauses.append(f"(region = {_literal(region)} AND ({match}))")
+        table.delete(" OR ".join(clauses))
 
     @staticmethod
     def _split_new_keys(table: Any, data: pa.Table, first_key: str) -> tuple[pa.Table, pa.Table]:
-        """Rows whose first key lies outside every data file's [min, max] of their region cannot
-        match any row: they are appended. Files are clustered by key, so their ranges are narrow and
-        new keys (above, or in gaps) rarely fall inside one. No data file is read, only statistics."""
+        """Rows whose first key lies outside every data file's [min, max] cannot match any stored
+        row, in any region: they are appended. Files are clustered by key, so their ranges are narrow
+        and new keys (above, or in gaps) rarely fall inside one. No data file is read, only statistics."""
         actions = pa.table(table.get_add_actions(flatten=True))
         low, high = f"min.{first_key}", f"max.{first_key}"
         if actions.num_rows == 0:
             return data, data.slice(0, 0)
-        if low not in actions.column_names or high not in actions.column_names or "partition.region" not in actions.column_names:
+        if low not in actions.column_names or high not in actions.column_names:
             return data.slice(0, 0), data
-        maybe_old = np.zeros(data.num_rows, dtype=bool)
+        starts, ends = _merged_intervals(actions[low].to_numpy(zero_copy_only=False), actions[high].to_numpy(zero_copy_only=False))
         keys = data[first_key].to_numpy(zero_copy_only=False)
-        regions = data["region"].to_numpy(zero_copy_only=False)
-        for region in np.unique(regions):
-            files = actions.filter(pc.equal(actions["partition.region"], region))
-            if files.num_rows == 0:
-                continue
-            starts, ends = _merged_intervals(files[low].to_numpy(zero_copy_only=False), files[high].to_numpy(zero_copy_only=False))
-            rows = np.flatnonzero(regions == region)
-            slot = np.searchsorted(starts, keys[rows], side="right") - 1
-            inside = (slot >= 0) & (keys[rows] <= ends[np.maximum(slot, 0)])
-            maybe_old[rows[inside]] = True
-        mask = pa.array(maybe_old)
+        slot = np.searchsorted(starts, keys, side="right") - 1
+        mask = pa.array((slot >= 0) & (keys <= ends[np.maximum(slot, 0)]))
         return data.filter(pc.invert(mask)), data.filter(mask)
 
 

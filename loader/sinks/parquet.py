@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from loader import failpoints
 from loader.config import LoaderConfig
 from loader.sinks.base import SinkWrite, TableBatch, region_counts
+from loader.sinks.schema_check import refuse_type_changes
 from loader.storage import Location, locate, storage_error
 
 DATE_COLUMN = "__date"
@@ -48,6 +49,11 @@ class ParquetSink:
         try:
             if batch.replay:
                 self._remove_run(where, batch.run_number)
+            stored = self._stored_schema(where)
+            if stored is not None:
+                refuse_type_changes(f"Parquet table {where.uri}", stored, batch.data.schema,
+                                    "Cast the column in the transform back to the stored type, or move the "
+                                    "table's folder away to start a new version log")
             data = self._new_versions(where, batch)
             counts = region_counts(data)
             if data.num_rows:
@@ -56,6 +62,23 @@ class ParquetSink:
             raise storage_error(error, where.uri, side="sink", doing="writing Parquet under") from error
         failpoints.hit("parquet.commit", batch.table)
         return SinkWrite(self.name, batch.table, data.num_rows, where.uri, regions=counts)
+
+    @staticmethod
+    def _stored_schema(where: Location) -> pa.Schema | None:
+        """The schema of the log's newest file (one region's newest date folder, one footer read), or
+        None for a new table: every file of the log has the same column types, this keeps it so."""
+        fs = where.filesystem
+        for region in fs.get_file_info(pafs.FileSelector(where.path, allow_not_found=True)):
+            if region.type != pafs.FileType.Directory or not region.base_name.startswith("region="):
+                continue
+            days = sorted((d for d in fs.get_file_info(pafs.FileSelector(region.path)) if d.type == pafs.FileType.Directory),
+                          key=lambda d: d.base_name, reverse=True)
+            for day in days:
+                for file in fs.get_file_info(pafs.FileSelector(day.path)):
+                    if file.base_name.endswith(".parquet") and not file.base_name.startswith("."):
+                        with fs.open_input_file(file.path) as handle:
+                            return pq.read_schema(handle)
+        return None
 
     def _remove_run(self, where: Location, run_number: int) -> None:
         prefixes = (run_prefix(run_number), "." + run_prefix(run_number))

@@ -1,6 +1,10 @@
 """Exactly-once through crashes: for every failpoint, `loader run` is a real subprocess killed there
 with SIGKILL; the next run (after the dead holder's lease expires) replays, and every sink is compared
-with an independent computation over the landing zone: every key once, the latest version winning."""
+with an independent computation over the landing zone: every key once, the latest version winning.
+
+On SQLite state the project loads Parquet, Delta and Snowflake (fakesnow's server, the real connector)
+and every failpoint is killed, Snowflake's included; on PostgreSQL state, Parquet and Delta (the sinks
+do not depend on the state store, the checkpoint transaction does)."""
 
 from __future__ import annotations
 
@@ -8,99 +12,143 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from loader.failpoints import POINTS
 from tests.conftest import pg_database, run_cli, run_json, write_config
+from tests.snowflake_emulator import (
+    abort_detached_transactions,
+    assert_snowflake_exact,
+    new_database,
+    password_env,
+    query,
+    sink_settings,
+)
 from tests.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 
 LEASE_TTL_S = 1
-# The Snowflake sink is off in these configs; its points are killed in test_snowflake_sink.py.
-INCREMENTAL_POINTS = [*(p for p in POINTS if not p.startswith("snowflake.")), "parquet.write@lineitem", "delta.write@lineitem", "delta.commit@lineitem"]
-FIRST_RUN_POINTS = ["parquet.write", "delta.write", "checkpoint.inside"]
+LOCAL_POINTS = [*(p for p in POINTS if not p.startswith("snowflake.")), "parquet.write@lineitem", "delta.write@lineitem",
+                "delta.commit@lineitem"]
+SNOWFLAKE_POINTS = [p for p in POINTS if p.startswith("snowflake.")] + ["snowflake.merge@lineitem"]
+CASES = [("sqlite", p) for p in LOCAL_POINTS + SNOWFLAKE_POINTS] + [("postgres", p) for p in LOCAL_POINTS]
+FIRST_RUN_POINTS = ["parquet.write", "delta.write", "snowflake.merge", "checkpoint.inside"]
+FIRST_RUN_CASES = [("sqlite", p) for p in FIRST_RUN_POINTS] + [("postgres", p) for p in FIRST_RUN_POINTS
+                                                                if not p.startswith("snowflake.")]
+SNOWFLAKE_TABLES = ("ORDERS", "LINEITEM", "LOADER_LEDGER")
 
 
-def _project(folder: Path, state_url: str) -> Path:
-    return write_config(folder, state={"url": state_url, "lease_ttl": f"{LEASE_TTL_S}s"})
+def _project(folder: Path, state_url: str, snowflake: dict[str, Any] | None) -> Path:
+    sinks = {"parquet": {"enabled": True}, "delta": {"enabled": True}}
+    if snowflake:
+        sinks["snowflake"] = snowflake
+    return write_config(folder, sinks=sinks, state={"url": state_url, "lease_ttl": f"{LEASE_TTL_S}s"})
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module")
 def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A landing zone with one loaded run and a new batch (updates, late records) waiting, on each
     state store. `first/` is the same before its first run."""
     folder = tmp_path_factory.mktemp(f"kill-template-{request.param}")
     postgres = request.param == "postgres"
-    url = {}
+    server = None if postgres else request.getfixturevalue("snowflake_server")
+    url, snowflake = {}, {}
     for stage in ("first", "fresh"):
         url[stage] = pg_database(request.getfixturevalue("pg_url")) if postgres else "sqlite:///state/loader.db"
-    first = _project(folder / "first", url["first"])
-    run_cli(first, "demo-data", "init", "--scale", "0.01", "--days", "2")
+        snowflake[stage] = sink_settings(server, new_database()) if server else None
+    env = password_env(server) if server else {}
+    first = _project(folder / "first", url["first"], snowflake["first"])
+    run_cli(first, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
     shutil.copytree(folder / "first" / "landing", folder / "fresh" / "landing")
-    config = _project(folder / "fresh", url["fresh"])
-    run_json(config, "run", "--incremental")
-    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "60", "--late", "5")
+    config = _project(folder / "fresh", url["fresh"], snowflake["fresh"])
+    run_json(config, "run", "--incremental", env=env)
+    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "60", "--late", "5", env=env)
     return folder
 
 
-def _copy(template: Path, stage: str, target: Path) -> Path:
-    """A private copy of the project: its folder and, on PostgreSQL, its state database."""
+def _copy(template: Path, stage: str, target: Path) -> tuple[Path, dict[str, str]]:
+    """A private copy of the project: its folder and, on PostgreSQL, its state database, on
+    Snowflake its tables (cloned into a new database). The config and the environment to run it."""
     shutil.copytree(template / stage, target)
     config = target / "loader.yaml"
     raw = yaml.safe_load(config.read_text())
     if raw["state"]["url"].startswith("postgresql"):
         raw["state"]["url"] = pg_database(raw["state"]["url"], template=raw["state"]["url"])
-        config.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return config
+    env: dict[str, str] = {}
+    snowflake = raw["sinks"].get("snowflake")
+    if snowflake:
+        server = {k: snowflake[k] for k in ("account", "user", "host", "port", "protocol")} | {"password": "any"}
+        source, snowflake["database"] = snowflake["database"], new_database()
+        query(server, snowflake["database"], "SELECT 1")  # creates the database and schema
+        if stage == "fresh":
+            for table in SNOWFLAKE_TABLES:
+                query(server, snowflake["database"], f'CREATE TABLE "{table}" CLONE {source}.S."{table}"')
+        env = password_env(server)
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return config, env
 
 
-def _kill_then_recover(config: Path, point: str) -> dict:
-    killed = run_cli(config, "run", "--incremental", check=False, env={"LOADER_FAILPOINTS": f"{point}=crash"})
+def _assert_exact(config: Path) -> None:
+    folder = config.parent
+    assert_warehouse_exact(folder / "warehouse", folder / "landing")
+    snowflake = yaml.safe_load(config.read_text())["sinks"].get("snowflake")
+    if snowflake:
+        server = {k: snowflake[k] for k in ("account", "user", "host", "port", "protocol")} | {"password": "any"}
+        assert_snowflake_exact(server, snowflake["database"], folder / "landing")
+
+
+def _kill_then_recover(config: Path, env: dict[str, str], point: str) -> dict:
+    killed = run_cli(config, "run", "--incremental", check=False, env={**env, "LOADER_FAILPOINTS": f"{point}=crash"})
     assert killed.returncode == -signal.SIGKILL, f"{point}: not killed\n{killed.stderr}"
+    # Only a kill inside the Snowflake transaction leaves one open; Snowflake aborts it, the emulator is told.
+    assert abort_detached_transactions() == (1 if point.startswith("snowflake.merge") else 0)
     time.sleep(LEASE_TTL_S + 0.5)  # the dead run's lease expires by itself
-    return run_json(config, "run", "--incremental")
+    return run_json(config, "run", "--incremental", env=env)
 
 
-@pytest.mark.parametrize("point", INCREMENTAL_POINTS)
+@pytest.mark.parametrize(("template", "point"), CASES, indirect=["template"])
 def test_kill_during_incremental_run(template: Path, tmp_path: Path, point: str) -> None:
-    config = _copy(template, "fresh", tmp_path / "p")
-    recovered = _kill_then_recover(config, point)
+    config, env = _copy(template, "fresh", tmp_path / "p")
+    recovered = _kill_then_recover(config, env, point)
     if point.startswith("checkpoint.after"):
         assert recovered["status"] == "nothing_new"  # the run had committed before the kill
     else:
         assert recovered["run_number"] == 2 and recovered["replayed"] is True
-    assert run_json(config, "run", "--incremental")["status"] == "nothing_new"
-    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+    assert run_json(config, "run", "--incremental", env=env)["status"] == "nothing_new"
+    _assert_exact(config)
 
 
-@pytest.mark.parametrize("point", FIRST_RUN_POINTS)
+@pytest.mark.parametrize(("template", "point"), FIRST_RUN_CASES, indirect=["template"])
 def test_kill_during_first_run(template: Path, tmp_path: Path, point: str) -> None:
-    config = _copy(template, "first", tmp_path / "p")
-    recovered = _kill_then_recover(config, point)
+    config, env = _copy(template, "first", tmp_path / "p")
+    recovered = _kill_then_recover(config, env, point)
     assert recovered["run_number"] == 1 and recovered["replayed"] is True
-    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+    _assert_exact(config)
 
 
+@pytest.mark.parametrize("template", ["sqlite", "postgres"], indirect=True)
 def test_transient_faults_are_retried(template: Path, tmp_path: Path) -> None:
-    config = _copy(template, "fresh", tmp_path / "p")
+    config, env = _copy(template, "fresh", tmp_path / "p")
     faults = "parquet.write=transient*2,delta.write@lineitem=transient*1,checkpoint.inside=transient*1"
-    result = run_cli(config, "run", "--incremental", env={"LOADER_FAILPOINTS": faults})
+    result = run_cli(config, "run", "--incremental", env={**env, "LOADER_FAILPOINTS": faults})
     assert "orders -> parquet: attempt 1 of 5 failed" in result.stderr
     assert "orders -> parquet: attempt 2 of 5 failed" in result.stderr
     assert "lineitem -> delta: attempt 1 of 5 failed" in result.stderr
     assert "checkpoint commit: attempt 1 of 5 failed" in result.stderr
-    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+    _assert_exact(config)
 
 
+@pytest.mark.parametrize("template", ["sqlite", "postgres"], indirect=True)
 def test_terminal_fault_fails_at_once_and_keeps_checkpoint(template: Path, tmp_path: Path) -> None:
-    config = _copy(template, "fresh", tmp_path / "p")
-    before = run_json(config, "status")["sources"]["orders"]["checkpoint"]
-    result = run_cli(config, "run", "--incremental", check=False, env={"LOADER_FAILPOINTS": "delta.write=terminal"})
+    config, env = _copy(template, "fresh", tmp_path / "p")
+    before = run_json(config, "status", env=env)["sources"]["orders"]["checkpoint"]
+    result = run_cli(config, "run", "--incremental", check=False, env={**env, "LOADER_FAILPOINTS": "delta.write=terminal"})
     assert result.returncode == 1
     assert "injected terminal fault" in result.stderr and "retrying" not in result.stderr
-    assert run_json(config, "status")["sources"]["orders"]["checkpoint"] == before
-    assert run_json(config, "run", "--incremental")["replayed"] is True
-    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+    assert run_json(config, "status", env=env)["sources"]["orders"]["checkpoint"] == before
+    assert run_json(config, "run", "--incremental", env=env)["replayed"] is True
+    _assert_exact(config)

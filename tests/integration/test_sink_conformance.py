@@ -177,7 +177,7 @@ def test_type_conflict_is_refused_terminally(sut: SinkUnderTest, text: str) -> N
 
 
 # Where each sink can be interrupted mid-write (points added later to loader/failpoints.py are used too).
-_MID_WRITE_POINTS = {
+_MID_WRITE_POINTS: dict[str, list[str]] = {
     "parquet": ["parquet.write"],  # some partition files written, not all
     "delta": ["delta.write"],  # the merge committed, the append (the run's last commit) not
     "snowflake": [p for p in ("snowflake.write", "snowflake.merge") if p in failpoints.POINTS],

@@ -1,0 +1,41 @@
+"""A run's columns against what a sink already stores: a column whose type changed is refused before
+anything is written (terminal, naming the columns and the fix), never silently cast or rounded."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from loader.errors import SinkRejected
+
+
+def _normal(t: pa.DataType) -> str:
+    """Types that hold the same values compare equal (string vs large_string, time zone spelling)."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or str(t) == "string_view":
+        return "string"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "binary"
+    if pa.types.is_timestamp(t):
+        return f"timestamp[{t.unit}{', tz' if t.tz else ''}]"
+    return str(t)
+
+
+def type_conflicts(stored: pa.Schema, incoming: pa.Schema) -> list[str]:
+    """'column: stored T1, this run T2' for every column both have with different types."""
+    conflicts = []
+    for field in incoming:
+        index = stored.get_field_index(field.name)
+        if index >= 0 and _normal(stored.field(index).type) != _normal(field.type):
+            conflicts.append(f"{field.name}: stored {stored.field(index).type}, this run {field.type}")
+    return conflicts
+
+
+def refuse_type_changes(where: str, stored: pa.Schema, incoming: pa.Schema, fix: str) -> None:
+    conflicts = type_conflicts(stored, incoming)
+    if conflicts:
+        raise SinkRejected(
+            f"{where} stores columns of other types than this run's ({'; '.join(conflicts)}): the loader never "
+            f"casts them. {fix}, then run again: the run replays"
+        )
+
+
+__all__ = ["refuse_type_changes", "type_conflicts"]
