@@ -9,13 +9,14 @@ from loader.errors import SinkRejected
 
 
 def _normal(t: pa.DataType) -> str:
-    """Types that hold the same values compare equal (string vs large_string, time zone spelling)."""
+    """Types that hold the same values compare equal: string vs large_string, the time zone's spelling,
+    a timestamp's unit (Delta keeps every timestamp in microseconds, whatever unit arrived)."""
     if pa.types.is_string(t) or pa.types.is_large_string(t) or str(t) == "string_view":
         return "string"
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return "binary"
     if pa.types.is_timestamp(t):
-        return f"timestamp[{t.unit}{', tz' if t.tz else ''}]"
+        return "timestamp with time zone" if t.tz else "timestamp"
     return str(t)
 
 
@@ -33,8 +34,8 @@ def refuse_type_changes(where: str, stored: pa.Schema, incoming: pa.Schema, fix:
     conflicts = type_conflicts(stored, incoming)
     if conflicts:
         raise SinkRejected(
-            f"{where} stores columns of other types than this run's ({'; '.join(conflicts)}): the loader never "
-            f"casts them. {fix}, then run again: the run replays"
+            f"{where}: its schema has other column types than this run's ({'; '.join(conflicts)}); the loader "
+            f"never casts a stored column. {fix}, then run again: the run replays"
         )
 
 

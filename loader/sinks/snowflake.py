@@ -167,8 +167,9 @@ class SnowflakeSink:
 
     def _stage(self, cur: Any, batch: TableBatch, files: list[Path]) -> None:
         prefix = stage_prefix(self.settings.stage, batch)
-        for path in files:
-            cur.execute(f"PUT 'file://{path.as_posix()}' {prefix} OVERWRITE=TRUE AUTO_COMPRESS=FALSE")
+        # One PUT for the run's region files (the folder is this write's own), uploaded in parallel.
+        pattern = (files[0].parent / f"run-{batch.run_number}-*.parquet").as_posix()
+        cur.execute(f"PUT 'file://{pattern}' {prefix} OVERWRITE=TRUE AUTO_COMPRESS=FALSE PARALLEL=4")
         staging = _staging(batch)
         cur.execute(f"CREATE OR REPLACE TRANSIENT TABLE {staging} LIKE {ident(batch.table)}")
         # FORCE: the staging table is new, load every file; PURGE: staged files go once loaded.

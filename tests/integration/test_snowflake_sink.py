@@ -1,11 +1,11 @@
 """The Snowflake sink through the real CLI against fakesnow's server (the real connector over HTTP on
-loopback): init -> run -> append -> run, a crash after the Snowflake commit replayed, and the password
-kept out of every output. The target tables are compared with the independent DuckDB computation."""
+loopback): init -> run -> append -> run, and the password kept out of every output. The target tables
+are compared with the independent DuckDB computation. Kills before, inside and after the Snowflake
+transaction are in test_kill_matrix.py; faults, schema changes and key-pair auth in test_snowflake_faults.py."""
 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,6 @@ import yaml
 from tests.conftest import run_cli, run_json, write_config
 from tests.snowflake_emulator import (
     PASSWORD_ENV,
-    abort_detached_transactions,
     assert_snowflake_exact,
     new_database,
     password_env,
@@ -61,33 +60,6 @@ def test_incremental_runs_land_exactly(tmp_path: Path, snowflake_server: dict[st
     assert _ledger(snowflake_server, database) == [
         ("tpch_local", t, n) for n in (1, 2) for t in ("lineitem", "orders")
     ]
-
-
-@pytest.mark.parametrize("point", ["snowflake.write", "snowflake.merge", "snowflake.commit"])
-def test_crash_in_snowflake_sink_replays(tmp_path: Path, snowflake_server: dict[str, Any], point: str) -> None:
-    """Killed before the Snowflake transaction, or inside it (target merged, ledger row not inserted),
-    the replay loads the run; killed after it, the replay finds the run in the ledger and skips. Either
-    way every key lands once, the latest version winning."""
-    database = new_database()
-    config = _config(tmp_path / "project", snowflake_server, database)
-    landing, warehouse = config.parent / "landing", config.parent / "warehouse"
-    env = password_env(snowflake_server)
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
-    run_json(config, "run", "--incremental", env=env)
-    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "50", "--late", "5", env=env)
-
-    crashed = run_cli(config, "run", "--incremental", check=False,
-                      env={**env, "LOADER_FAILPOINTS": f"{point}@orders=crash"})
-    assert crashed.returncode == -9, crashed.stderr
-    # Only a kill inside the transaction leaves one open (Snowflake aborts it; the emulator needs telling).
-    assert abort_detached_transactions() == (1 if point == "snowflake.merge" else 0)
-    time.sleep(LEASE_TTL_S + 0.5)  # the dead run's lease expires by itself
-    replay = run_json(config, "run", "--incremental", env=env)
-    assert replay["status"] == "committed" and replay["run_number"] == 2
-    assert replay["tables"]["orders"]["sinks"]["snowflake"]["skipped"] is (point == "snowflake.commit")
-    assert replay["tables"]["lineitem"]["sinks"]["snowflake"]["skipped"] is False
-    assert_snowflake_exact(snowflake_server, database, landing)
-    assert_warehouse_exact(warehouse, landing)
 
 
 def test_password_never_printed(tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
