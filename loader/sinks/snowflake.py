@@ -47,7 +47,9 @@ from loader.storage import short_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_AUTH_WORDS = ("password", "authenticat", "login", "jwt", "private key", "user is locked", "mfa")
+_AUTH_WORDS = ("password", "authenticat", "jwt", "private key", "user is locked", "mfa", "incorrect username")
+# Snowflake's "session no longer exists / expired / token expired": log in again, i.e. retry.
+_SESSION_LOST = {390111, 390112, 390114}
 
 
 def stage_prefix(stage: str, batch: TableBatch) -> str:
@@ -238,14 +240,15 @@ class SnowflakeSink:
                 detail = detail.replace(secret, "***")
         where = self.where
         text = detail.lower()
-        if isinstance(error, e.DatabaseError) and any(word in text for word in _AUTH_WORDS):
+        session_lost = getattr(error, "errno", None) in _SESSION_LOST
+        if isinstance(error, e.DatabaseError) and not session_lost and any(word in text for word in _AUTH_WORDS):
             return SinkRejected(
                 f"{doing} {where} failed: authentication refused ({detail}). Check sinks.snowflake.user, "
                 f"account and SNOWFLAKE_PASSWORD (or the private key), then run again: the run replays"
             )
         transient = (e.OperationalError, e.InterfaceError, e.InternalServerError, e.ServiceUnavailableError,
                      e.GatewayTimeoutError, e.BadGatewayError, e.OtherHTTPRetryableError, e.RequestTimeoutError)
-        if isinstance(error, transient) and not isinstance(error, e.ProgrammingError):
+        if session_lost or (isinstance(error, transient) and not isinstance(error, e.ProgrammingError)):
             return SinkUnavailable(
                 f"{doing} {where} failed: {detail}. Snowflake was unreachable or busy: check sinks.snowflake "
                 f"host/account and the network, then run again: the run replays safely"
