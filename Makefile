@@ -24,7 +24,7 @@ run: $(STAMP)
 	$(BIN)/loader --config $(CONFIG) run --incremental
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n 2  # two workers: most tests wait on subprocesses and lease expiry
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
