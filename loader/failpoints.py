@@ -9,7 +9,7 @@ environment variable LOADER_FAILPOINTS, a comma-separated list of `point=action`
     LOADER_FAILPOINTS="plan.recorded=sleep:2.5"       sleep 2.5 s (to race another process)
 
 A point may be narrowed to one table: `delta.write@lineitem=crash`. An action may be limited to the
-first N hits: `parquet.write=transient*2`. The points, in run order:
+first N hits: `parquet.write=transient*2`, or start after N hits: `delta.write=crash+2` (the third hit). The points, in run order:
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def _parse(text: str) -> dict[str, list[str | int]]:
         if name not in POINTS or not action:
             raise ValueError(f"{ENV}: {item!r} is not point=action; points: {', '.join(POINTS)}")
         action, _, times = action.partition("*")
-        active[point] = [action, int(times) if times else -1]
+        action, _, skip = action.partition("+")
+        active[point] = [action, int(times) if times else -1, int(skip) if skip else 0]
     return active
 
 
@@ -70,6 +71,9 @@ def hit(point: str, table: str | None = None) -> None:
     with _LOCK:
         entry = _ACTIVE.get(key)
         if entry is None or entry[1] == 0:
+            return
+        if isinstance(entry[2], int) and entry[2] > 0:  # `action+N`: pass the first N hits
+            entry[2] -= 1
             return
         if isinstance(entry[1], int) and entry[1] > 0:
             entry[1] -= 1

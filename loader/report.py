@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,9 +70,12 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
     store = StateStore.open(config.state.url)
     try:
         checkpoints = store.checkpoints(config.pipeline)
-        last = store.last_committed_run(config.pipeline)
+        last = store.last_committed_run(config.pipeline, mode="incremental")
         unfinished = store.unfinished_run(config.pipeline)
         lease = store.lease(config.pipeline)
+        from loader.backfill import backfill_status
+
+        backfill = backfill_status(store, config.pipeline)
     finally:
         store.close()
     now = datetime.now(UTC)
@@ -100,6 +105,7 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
         "lease": None if lease is None or lease.expires_at < now else {
             "holder": lease.holder, "expires_at": _iso(lease.expires_at),
         },
+        "backfill": backfill,
     }
 
 
@@ -120,6 +126,57 @@ def print_status(payload: dict[str, Any]) -> None:
         _out.print(f"[yellow]run {u['run_number']} did not finish ({u['attempts']} attempt(s)); the next run replays it. Last error: {u['error']}[/]")
     if payload["lease"]:
         _out.print(f"lease held by {payload['lease']['holder']} until {payload['lease']['expires_at']}")
+    if payload.get("backfill"):
+        b = payload["backfill"]
+        r = b["request"]
+        _out.print(f"backfill ({r['start']}, {r['end']}] of {', '.join(r['sources'])} into {', '.join(r['sinks'])}: "
+                   f"{b['chunks_done']}/{b['chunks_total']} chunks done, {b['state']}"
+                   + ("" if b["state"] == "finished" else "; run the same `loader backfill` command to resume"))
+
+
+@contextmanager
+def backfill_progress(*, quiet: bool) -> Iterator[Callable[[Any, int], None]]:
+    """A progress bar over the chunks in a terminal; one log line per chunk otherwise."""
+    import logging
+
+    log = logging.getLogger("loader.backfill")
+    if quiet or not sys.stderr.isatty():
+        def line(chunk: Any, total: int) -> None:
+            rows = sum(t.get("rows", 0) for t in chunk.tables.values())
+            window = f"({chunk.window.lower.isoformat()}, {chunk.window.upper.isoformat()}]"
+            log.info("backfill chunk %d/%d %s: %s%s in %.1fs", chunk.index + 1, total, window,
+                     chunk.status.replace("_", " "), f", run {chunk.run_number}, {rows:,} rows" if chunk.run_number else "",
+                     chunk.seconds)
+        yield line
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("backfill"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.description}"), console=Console(stderr=True)) as progress:
+        task = progress.add_task("", total=None)
+
+        def advance(chunk: Any, total: int) -> None:
+            progress.update(task, total=total, advance=1, description=f"chunk {chunk.index + 1}: {chunk.status.replace('_', ' ')}")
+        yield advance
+
+
+def print_backfill(payload: dict[str, Any]) -> None:
+    r = payload["request"]
+    if payload["dry_run"]:
+        _out.print(f"dry run: {payload['chunks_total']} chunk(s) would be loaded into {', '.join(r['sinks'])}; nothing "
+                   f"was written (rows are estimates from row-group statistics)")
+    table = Table(title=f"{payload['pipeline']}: backfill ({r['start']}, {r['end']}] {'(dry run)' if payload['dry_run'] else ''}")
+    for column in ("chunk", "window", "status", "run", "files", "rows"):
+        table.add_column(column)
+    for c in payload["chunks"]:
+        rows = sum(t.get("rows", 0) for t in c["tables"].values()) if c["tables"] else c["estimated_rows"]
+        table.add_row(str(c["index"] + 1), f"({c['window']['lower']}, {c['window']['upper']}]", c["status"].replace("_", " "),
+                      str(c["run_number"] or "-"), str(c["files"]), f"{rows:,}")
+    _out.print(table)
+    if payload["dry_run"]:
+        return
+    _out.print(f"{payload['chunks_loaded']} chunk(s) loaded, {payload['chunks_already_loaded']} already loaded; "
+               f"sinks {', '.join(r['sinks'])}; incremental checkpoints unchanged")
 
 
 def _iso(value: datetime | None) -> str | None:

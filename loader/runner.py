@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -127,8 +127,20 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, engine: str | No
             )
             failpoints.hit("plan.recorded")
     summary.run_number = record.run_number
+
+    def commit(engine_used: str) -> None:
+        failpoints.hit("checkpoint.before")
+        with timer.stage("commit"):
+            call_with_retries("checkpoint commit", config.state.retry, lambda: store.commit_run(
+                pipeline, record.run_number,
+                checkpoints={name: p.window.upper for name, p in plan.sources.items()},
+                metrics={"tables": summary.tables, "engine": engine_used, "timings_s": dict(timer.timings)},
+                before_commit=lambda: failpoints.hit("checkpoint.inside"),
+            ))
+        failpoints.hit("checkpoint.after")
+
     try:
-        _execute_run(config, store, record, plan, summary, timer, engine)
+        execute_run(config, record, plan, summary, timer, engine, commit=commit)
     except LoaderError as error:
         store.fail_run(pipeline, record.run_number, error=str(error))
         raise
@@ -163,10 +175,12 @@ def _write_sinks(sinks: list[Sink], batch: TableBatch) -> list[SinkWrite]:
     return [future.result() for future in futures]  # re-raises the first sink's error, if any
 
 
-def _execute_run(
-    config: LoaderConfig, store: StateStore, record: RunRecord, plan: RunPlan, summary: RunSummary,
-    timer: _Timer, engine: str | None,
+def execute_run(
+    config: LoaderConfig, record: RunRecord, plan: RunPlan, summary: RunSummary, timer: _Timer,
+    engine: str | None, *, commit: Callable[[str], None], only_sinks: tuple[str, ...] | None = None,
 ) -> None:
+    """Read, transform and write every sink (or `only_sinks`) for the planned run, then `commit(engine)`:
+    the checkpoint transaction of an incremental run, the ledger row of a backfill chunk."""
     # Imported here: a run with nothing new never pays for transforms, sinks or their drivers.
     from loader.pipeline import choose_engine, execute, load_dimensions
     from loader.sinks import TableBatch, build_sinks
@@ -176,7 +190,7 @@ def _execute_run(
     log.info("run %d: engine %s (%s)", record.run_number, choice.engine, choice.reason)
     with timer.stage("execute"):
         dims = load_dimensions(config)
-    sinks = build_sinks(config)
+    sinks = [sink for sink in build_sinks(config) if only_sinks is None or sink.name in only_sinks]
     tables = execute(config, plan, choice.engine, dims)
     while True:
         with timer.stage("execute"):
@@ -199,12 +213,4 @@ def _execute_run(
                 "sinks": {w.sink: {"rows": w.rows, "location": w.location, "skipped": w.skipped, "regions": w.regions} for w in writes},
             }
         del data, batch  # free this source's rows before the next one is computed
-    failpoints.hit("checkpoint.before")
-    with timer.stage("commit"):
-        call_with_retries("checkpoint commit", config.state.retry, lambda: store.commit_run(
-            config.pipeline, record.run_number,
-            checkpoints={name: p.window.upper for name, p in plan.sources.items()},
-            metrics={"tables": summary.tables, "engine": choice.engine, "timings_s": dict(timer.timings)},
-            before_commit=lambda: failpoints.hit("checkpoint.inside"),
-        ))
-    failpoints.hit("checkpoint.after")
+    commit(choice.engine)

@@ -341,14 +341,13 @@ class StateStore:
             row = conn.execute(select(runs_t).where(*_run_key(pipeline, run_number))).first()
         return None if row is None else _row_to_run(row)
 
-    def runs(self, pipeline: str, *, limit: int = 20) -> list[RunRecord]:
-        """Newest first."""
-        query = (
-            select(runs_t)
-            .where(runs_t.c.pipeline == pipeline)
-            .order_by(runs_t.c.run_number.desc())
-            .limit(limit)
-        )
+    def runs(self, pipeline: str, *, limit: int | None = 20, mode: RunMode | None = None) -> list[RunRecord]:
+        """Newest first (`limit=None`: all of them)."""
+        query = select(runs_t).where(runs_t.c.pipeline == pipeline).order_by(runs_t.c.run_number.desc())
+        if mode is not None:
+            query = query.where(runs_t.c.mode == mode)
+        if limit is not None:
+            query = query.limit(limit)
         with self._read() as conn:
             rows = conn.execute(query).all()
         return [_row_to_run(row) for row in rows]
@@ -377,8 +376,10 @@ class StateStore:
         mode: RunMode,
         windows: Mapping[str, Window],
         base_checkpoints: Mapping[str, int | None],
+        metrics: Mapping[str, Any] | None = None,
     ) -> RunRecord:
-        """Record a planned run under the next run number, before anything is written anywhere."""
+        """Record a planned run under the next run number, before anything is written anywhere.
+        `metrics` may say what the run is part of (a backfill's request and chunk); the commit replaces it."""
         if mode not in RUN_MODES:
             raise ValueError(f"mode must be one of {RUN_MODES}, not {mode!r}")
         for _ in range(_INSERT_RETRIES):
@@ -393,6 +394,7 @@ class StateStore:
                         windows=dict(windows),
                         base_checkpoints=dict(base_checkpoints),
                         started_at=self._now(),
+                        metrics=dict(metrics or {}),
                     )
                     conn.execute(insert(runs_t).values(**_run_to_row(run)))
                 return run

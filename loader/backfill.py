@@ -1,0 +1,231 @@
+"""`loader backfill`: reload a cursor window (T1, T2] in chunks, each chunk a ledger run of its own,
+without moving any incremental checkpoint.
+
+The rules:
+- One live run per pipeline: a backfill holds the same lease as `loader run`, so a backfill and an
+  incremental run never write the same table at once (the one refused exits 3, naming the holder).
+- A backfill does not start while an incremental run is unfinished: that run must be replayed first
+  (`loader run --incremental`), because Delta skips a run number at or below what already landed.
+- Chunks are fixed by the request (start, end, chunk size, sources), so the same command run again
+  finds the chunks already committed (same windows, sinks covered) and resumes at the first one not
+  committed. A chunk that was cut short is abandoned in the ledger and loaded again under a new run
+  number: every sink merges on the primary key (newest cursor wins) and skips versions it holds, so
+  what the cut chunk wrote is neither lost nor duplicated. A committed chunk is never rewritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from loader.config import LoaderConfig
+from loader.errors import ConfigError, LoaderError, Terminal
+from loader.planning import RunPlan, plan_run
+from loader.retry import call_with_retries
+from state import RunRecord, StateStore, Window
+
+log = logging.getLogger(__name__)
+MAX_CHUNKS = 10_000
+
+
+class BackfillRefused(LoaderError, Terminal):
+    """The backfill cannot start now (an incremental run waits to be replayed)."""
+
+
+@dataclass(frozen=True)
+class BackfillRequest:
+    start: datetime
+    end: datetime
+    chunk: timedelta
+    sources: tuple[str, ...]
+    sinks: tuple[str, ...]
+
+    def chunks(self) -> list[Window]:
+        """(start, end] cut into consecutive half-open windows of `chunk` (the last one shorter)."""
+        windows, lower = [], self.start
+        while lower < self.end:
+            upper = min(lower + self.chunk, self.end)
+            windows.append(Window(lower=lower, upper=upper))
+            lower = upper
+        return windows
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat(), "chunk_s": self.chunk.total_seconds(),
+                "sources": list(self.sources), "sinks": list(self.sinks)}
+
+
+def build_request(config: LoaderConfig, *, start: datetime, end: datetime, chunk: timedelta,
+                  sources: tuple[str, ...], sinks: tuple[str, ...]) -> BackfillRequest:
+    """Check everything that can be checked before a byte is read; the error says what to type."""
+    if end <= start:
+        raise ConfigError(f"--end {end.isoformat()} is not after --start {start.isoformat()}: the window is (start, end]")
+    if chunk <= timedelta(0):
+        raise ConfigError(f"--chunk must be positive, not {chunk}")
+    unknown = [s for s in sources if s not in config.sources]
+    if unknown:
+        raise ConfigError(f"unknown source(s) {', '.join(unknown)}: this pipeline has {', '.join(config.sources)}")
+    enabled = [name for name in ("parquet", "delta", "snowflake") if getattr(config.sinks, name).enabled]
+    bad = [s for s in sinks if s not in enabled]
+    if bad:
+        raise ConfigError(f"sink(s) {', '.join(bad)} not enabled in the config: enabled are {', '.join(enabled)}")
+    request = BackfillRequest(start, end, chunk, tuple(sources) or tuple(config.sources), tuple(sinks) or tuple(enabled))
+    count = len(request.chunks())
+    if count > MAX_CHUNKS:
+        raise ConfigError(f"(start, end] in chunks of {chunk} makes {count:,} chunks (at most {MAX_CHUNKS:,}): use a larger --chunk")
+    return request
+
+
+@dataclass
+class ChunkResult:
+    index: int
+    window: Window
+    status: str  # loaded | already_loaded | dry_run
+    run_number: int | None = None
+    replaced_run: int | None = None  # the cut-short run this chunk's load took over from
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: int = 0
+    estimated_rows: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "window": self.window.to_json(), "status": self.status, "run_number": self.run_number,
+                "replaced_run": self.replaced_run, "files": self.files, "estimated_rows": self.estimated_rows,
+                "tables": self.tables, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class BackfillSummary:
+    pipeline: str
+    request: BackfillRequest
+    chunks: list[ChunkResult] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        loaded = sum(c.status == "loaded" for c in self.chunks)
+        return {"pipeline": self.pipeline, "request": self.request.to_json(), "dry_run": self.dry_run,
+                "chunks_total": len(self.chunks), "chunks_loaded": loaded,
+                "chunks_already_loaded": sum(c.status == "already_loaded" for c in self.chunks),
+                "checkpoints_moved": False, "chunks": [c.to_json() for c in self.chunks]}
+
+
+def require_data(config: LoaderConfig, request: BackfillRequest) -> RunPlan:
+    """The whole window's plan; a window no file of the chosen sources reaches is refused before
+    anything runs (a typo in a date should not record thousands of empty chunks)."""
+    plan = _plan(config, request, Window(lower=request.start, upper=request.end))
+    if not any(p.files for p in plan.sources.values()):
+        raise ConfigError(
+            f"no row of {', '.join(request.sources)} has a cursor in ({request.start.isoformat()}, "
+            f"{request.end.isoformat()}]: check --start and --end against the landing zone (`loader status` shows "
+            f"how far the incremental runs got). Nothing was written"
+        )
+    return plan
+
+
+def _chunk_metrics(request: BackfillRequest, index: int, total: int) -> dict[str, Any]:
+    return {"backfill": {**request.to_json(), "chunk": index + 1, "of": total}}
+
+
+def _covers(run: RunRecord, windows: dict[str, Window], sinks: tuple[str, ...]) -> bool:
+    info = run.metrics.get("backfill", {})
+    return run.windows == windows and set(sinks) <= set(info.get("sinks", []))
+
+
+def dry_run(config: LoaderConfig, request: BackfillRequest) -> BackfillSummary:
+    """The chunks with the files and rows each would read; nothing is written, no lease taken."""
+    summary = BackfillSummary(config.pipeline, request, dry_run=True)
+    require_data(config, request)
+    for index, window in enumerate(request.chunks()):
+        plan = _plan(config, request, window)
+        summary.chunks.append(ChunkResult(index, window, "dry_run", files=sum(len(p.files) for p in plan.sources.values()),
+                                          estimated_rows=plan.estimated_rows))
+    return summary
+
+
+def _plan(config: LoaderConfig, request: BackfillRequest, window: Window) -> RunPlan:
+    windows = {name: window for name in request.sources}
+    return call_with_retries("planning", config.source_retry, lambda: plan_run(config, {}, windows=windows))
+
+
+def run_backfill(config: LoaderConfig, request: BackfillRequest, *, engine: str | None = None,
+                 on_chunk: Callable[[ChunkResult, int], None] | None = None) -> BackfillSummary:
+    from loader.runner import RunSummary, _Timer, execute_run, held_lease
+
+    store = StateStore.open(config.state.url)
+    pipeline = config.pipeline
+    summary = BackfillSummary(pipeline, request)
+    try:
+        with held_lease(store, pipeline, config.state.lease_ttl.total_seconds()):
+            pending = store.unfinished_run(pipeline, mode="incremental")
+            if pending is not None:
+                raise BackfillRefused(
+                    f"incremental run {pending.run_number} of pipeline {pipeline!r} did not finish: run "
+                    f"`loader run --incremental` first (it replays it), then the backfill. Nothing was written"
+                )
+            require_data(config, request)
+            history = store.runs(pipeline, limit=None, mode="backfill")
+            chunks = request.chunks()
+            for index, window in enumerate(chunks):
+                windows = {name: window for name in request.sources}
+                started = time.perf_counter()
+                if any(r.status == "committed" and _covers(r, windows, request.sinks) for r in history):
+                    result = ChunkResult(index, window, "already_loaded")
+                else:
+                    cut = [r for r in history if r.status == "planned" and r.windows == windows]
+                    for run in cut:
+                        store.abandon_run(pipeline, run.run_number, reason="backfill chunk cut short; loaded again as a new run")
+                    plan = _plan(config, request, window)
+                    record = store.begin_run(pipeline, mode="backfill", windows=windows, base_checkpoints={},
+                                             metrics=_chunk_metrics(request, index, len(chunks)))
+                    result = ChunkResult(index, window, "loaded", run_number=record.run_number,
+                                         replaced_run=cut[-1].run_number if cut else None,
+                                         files=sum(len(p.files) for p in plan.sources.values()),
+                                         estimated_rows=plan.estimated_rows)
+                    run_summary = RunSummary(pipeline=pipeline, status="planned", run_number=record.run_number)
+                    timer = _Timer()
+
+                    def commit(engine_used: str, record: RunRecord = record, run_summary: RunSummary = run_summary,
+                               timer: _Timer = timer, index: int = index) -> None:
+                        metrics = {**_chunk_metrics(request, index, len(chunks)), "tables": run_summary.tables,
+                                   "engine": engine_used, "timings_s": dict(timer.timings)}
+                        call_with_retries("backfill chunk commit", config.state.retry,
+                                          lambda: store.commit_backfill_run(pipeline, record.run_number, metrics=metrics))
+
+                    try:
+                        execute_run(config, record, plan, run_summary, timer, engine, commit=commit, only_sinks=request.sinks)
+                    except Exception as error:
+                        store.fail_run(pipeline, record.run_number, error=f"{type(error).__name__}: {error}")
+                        raise
+                    result.tables = run_summary.tables
+                result.seconds = time.perf_counter() - started
+                summary.chunks.append(result)
+                if on_chunk is not None:
+                    on_chunk(result, len(chunks))
+    finally:
+        store.close()
+    return summary
+
+
+def backfill_status(store: StateStore, pipeline: str) -> dict[str, Any] | None:
+    """The latest backfill request: chunks done of total, and whether it is running or was cut short."""
+    runs = store.runs(pipeline, limit=200, mode="backfill")
+    if not runs:
+        return None
+    latest = runs[0].metrics.get("backfill")
+    if not latest:
+        return None
+    same = [r for r in runs if {k: v for k, v in r.metrics.get("backfill", {}).items() if k not in ("chunk", "of")}
+            == {k: v for k, v in latest.items() if k not in ("chunk", "of")}]
+    done = {r.metrics["backfill"]["chunk"] for r in same if r.status == "committed"}
+    planned = [r.run_number for r in same if r.status == "planned"]
+    total = int(latest["of"])
+    state = "finished" if len(done) >= total else ("interrupted or running" if planned else "interrupted")
+    return {"request": {k: v for k, v in latest.items() if k not in ("chunk", "of")}, "chunks_done": len(done),
+            "chunks_total": total, "state": state, "unfinished_runs": planned}
+
+
+__all__ = ["BackfillRefused", "BackfillRequest", "BackfillSummary", "backfill_status", "build_request", "dry_run",
+           "run_backfill"]

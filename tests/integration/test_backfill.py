@@ -1,0 +1,173 @@
+"""`loader backfill` through the real CLI: a backfill gives the sinks what incremental runs gave them,
+overlapping loaded data duplicates nothing, the incremental checkpoint never moves, a backfill killed
+mid-chunk resumes from the cut chunk without rewriting finished ones, the pipeline's lease keeps a
+backfill and an incremental run apart, and bad requests fail before anything runs."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli, run_json, write_config
+from tests.warehouse import assert_warehouse_exact, delta_rows, parquet_latest
+
+pytestmark = pytest.mark.integration
+
+LEASE_TTL_S = 1
+WINDOW = ["--start", "2024-01-01", "--end", "2024-01-04", "--chunk", "18h"]  # the demo's 3 days: 4 chunks
+
+
+def _project(folder: Path) -> Path:
+    return write_config(folder, state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose landing zone (3 ingest days, then a batch of updates and late rows) was loaded
+    by two incremental runs."""
+    folder = tmp_path_factory.mktemp("backfill") / "incremental"
+    config = _project(folder)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "3")
+    run_json(config, "run", "--incremental")
+    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "60", "--late", "5")
+    run_json(config, "run", "--incremental")
+    return config
+
+
+def _copy(loaded: Path, target: Path, *, warehouse: bool) -> Path:
+    """The same landing zone; with the loaded project's state and warehouse, or empty ones."""
+    shutil.copytree(loaded.parent / "landing", target / "landing")
+    if warehouse:
+        shutil.copytree(loaded.parent / "warehouse", target / "warehouse")
+        shutil.copytree(loaded.parent / "state", target / "state")
+    return _project(target)
+
+
+def test_backfill_gives_what_incremental_runs_gave_without_a_checkpoint(loaded: Path, tmp_path: Path) -> None:
+    config = _copy(loaded, tmp_path / "fresh", warehouse=False)
+    end = run_json(loaded, "status")["sources"]["orders"]["checkpoint"]
+    result = run_json(config, "backfill", "--start", "2023-12-31", "--end", end, "--chunk", "1d")
+    assert result["chunks_total"] == result["chunks_loaded"] == 5 and result["checkpoints_moved"] is False
+    runs = [c["run_number"] for c in result["chunks"]]
+    assert runs == sorted(runs) and len(set(runs)) == 5  # each chunk a ledger run of its own
+    for table, key in (("orders", ["o_orderkey"]), ("lineitem", ["l_orderkey", "l_linenumber"])):
+        order = [(k, "ascending") for k in key]
+        assert delta_rows(tmp_path / "fresh" / "warehouse", table).sort_by(order).equals(
+            delta_rows(loaded.parent / "warehouse", table).sort_by(order)), table
+        assert parquet_latest(tmp_path / "fresh" / "warehouse", table).sort_by(order).equals(
+            parquet_latest(loaded.parent / "warehouse", table).sort_by(order)), table
+    assert_warehouse_exact(tmp_path / "fresh" / "warehouse", tmp_path / "fresh" / "landing")
+    status = run_json(config, "status")
+    assert status["sources"]["orders"]["checkpoint"] is None  # a backfill never sets a checkpoint
+    assert status["backfill"]["chunks_done"] == status["backfill"]["chunks_total"] == 5
+    assert status["backfill"]["state"] == "finished"
+
+
+def test_backfill_over_loaded_data_duplicates_nothing_and_keeps_the_checkpoint(loaded: Path, tmp_path: Path) -> None:
+    config = _copy(loaded, tmp_path / "p", warehouse=True)
+    checkpoints = lambda: {n: (s["checkpoint"], s["checkpoint_run"]) for n, s in run_json(config, "status")["sources"].items()}  # noqa: E731
+    before = checkpoints()
+    result = run_json(config, "backfill", *WINDOW, "--source", "orders")
+    assert result["chunks_loaded"] == 4 and result["request"]["sources"] == ["orders"]
+    assert {t for c in result["chunks"] for t in c["tables"]} == {"orders"}
+    assert checkpoints() == before
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+    assert run_json(config, "run", "--incremental")["status"] == "nothing_new"
+    again = run_json(config, "backfill", *WINDOW, "--source", "orders")
+    assert again["chunks_loaded"] == 0 and again["chunks_already_loaded"] == 4
+
+
+def test_killed_backfill_resumes_at_the_cut_chunk(loaded: Path, tmp_path: Path) -> None:
+    config = _copy(loaded, tmp_path / "fresh", warehouse=False)
+    end = run_json(loaded, "status")["sources"]["orders"]["checkpoint"]  # everything the landing zone holds
+    window = ["--start", "2024-01-01", "--end", end, "--chunk", "18h"]
+    killed = run_cli(config, "backfill", *window, check=False, env={"LOADER_FAILPOINTS": "delta.write@lineitem=crash+2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    status = run_json(config, "status")["backfill"]
+    total = status["chunks_total"]
+    assert status["chunks_done"] == 2 and total >= 4 and status["state"] != "finished"
+    cut = status["unfinished_runs"]
+    assert len(cut) == 1
+    time.sleep(LEASE_TTL_S + 0.5)  # the killed backfill's lease expires by itself
+    resumed = run_json(config, "backfill", *window)
+    assert [c["status"] for c in resumed["chunks"]] == ["already_loaded"] * 2 + ["loaded"] * (total - 2)
+    assert resumed["chunks"][2]["replaced_run"] == cut[0] and resumed["chunks"][2]["run_number"] > cut[0]
+    assert_warehouse_exact(tmp_path / "fresh" / "warehouse", tmp_path / "fresh" / "landing")
+    assert run_json(config, "status")["backfill"]["state"] == "finished"
+
+
+def _start_slow(config: Path, *args: str) -> subprocess.Popen[str]:
+    """A command that holds the lease while it sleeps at its first Delta write."""
+    command = [sys.executable, "-m", "loader.cli", "--config", str(config), *args]
+    import os
+
+    env = {**os.environ, "LOADER_FAILPOINTS": "delta.write=sleep:4*1"}
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    assert process.stderr is not None
+    for line in process.stderr:  # wait until it is inside its run
+        if "failpoint delta.write: sleeping" in line:
+            return process
+    raise AssertionError(f"{args} ended before its failpoint: exit {process.wait()}")
+
+
+@pytest.mark.parametrize("first", ["backfill", "incremental"])
+def test_backfill_and_incremental_never_run_together(loaded: Path, tmp_path: Path, first: str) -> None:
+    config = _copy(loaded, tmp_path / "p", warehouse=True)
+    run_cli(config, "demo-data", "append", "--orders", "50", "--updates", "10", "--late", "0")
+    backfill = ["backfill", *WINDOW]
+    incremental = ["run", "--incremental"]
+    holder = _start_slow(config, *(backfill if first == "backfill" else incremental))
+    try:
+        refused = run_cli(config, *(incremental if first == "backfill" else backfill), check=False)
+        assert refused.returncode == 3, refused.stderr
+        assert "lease" in refused.stderr
+    finally:
+        assert holder.wait(timeout=120) == 0
+    assert run_cli(config, *(incremental if first == "backfill" else backfill), check=False).returncode == 0
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+
+
+def test_backfill_waits_for_an_unfinished_incremental_run(loaded: Path, tmp_path: Path) -> None:
+    config = _copy(loaded, tmp_path / "p", warehouse=True)
+    run_cli(config, "demo-data", "append", "--orders", "50", "--updates", "10", "--late", "0")
+    crashed = run_cli(config, "run", "--incremental", check=False, env={"LOADER_FAILPOINTS": "delta.write=crash"})
+    assert crashed.returncode == -signal.SIGKILL
+    time.sleep(LEASE_TTL_S + 0.5)
+    refused = run_cli(config, "backfill", *WINDOW, check=False)
+    assert refused.returncode == 1 and "loader run --incremental` first" in refused.stderr
+    assert run_json(config, "status")["backfill"] is None  # nothing recorded
+    assert run_json(config, "run", "--incremental")["replayed"] is True
+    assert run_json(config, "backfill", *WINDOW)["chunks_loaded"] == 4
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+
+
+def test_dry_run_lists_chunks_and_writes_nothing(loaded: Path, tmp_path: Path) -> None:
+    config = _copy(loaded, tmp_path / "fresh", warehouse=False)
+    plan = run_json(config, "backfill", *WINDOW, "--dry-run")
+    assert plan["dry_run"] is True and plan["chunks_total"] == 4 and plan["chunks_loaded"] == 0
+    assert all(c["files"] > 0 and c["estimated_rows"] > 0 for c in plan["chunks"])
+    assert not (tmp_path / "fresh" / "warehouse").exists()
+    assert run_json(config, "status")["backfill"] is None
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--start", "2024-01-03", "--end", "2024-01-01"], "is not after --start"),
+    (["--start", "2024-01-01", "--end", "2024-01-02", "--source", "nation"], "unknown source(s) nation"),
+    (["--start", "2024-01-01", "--end", "2024-01-02", "--sinks", "snowflake"], "not enabled in the config"),
+    (["--start", "2024-01-01", "--end", "2024-01-02", "--chunk", "1 fortnight"], "is not a duration"),
+    (["--start", "yesterday", "--end", "2024-01-02"], "not an ISO 8601 date"),
+    (["--start", "2030-01-01", "--end", "2030-02-01"], "has a cursor in"),
+], ids=["end-before-start", "unknown-source", "sink-not-enabled", "bad-chunk", "bad-date", "beyond-the-data"])
+def test_bad_requests_fail_before_anything_runs(loaded: Path, tmp_path: Path, args: list[str], says: str) -> None:
+    config = _copy(loaded, tmp_path / "fresh", warehouse=False)
+    result = run_cli(config, "backfill", *args, check=False)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr
+    assert not (tmp_path / "fresh" / "warehouse").exists()
+    assert run_json(config, "status")["backfill"] is None
