@@ -15,9 +15,13 @@ The rules:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,9 +57,18 @@ class BackfillRequest:
             lower = upper
         return windows
 
-    def to_json(self) -> dict[str, Any]:
+    @property
+    def id(self) -> str:
+        """Names the request (same window, chunks, sources and sinks: same id): `--resume ID`."""
+        text = json.dumps(self._fields(), sort_keys=True)
+        return "bf-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+
+    def _fields(self) -> dict[str, Any]:
         return {"start": self.start.isoformat(), "end": self.end.isoformat(), "chunk_s": self.chunk.total_seconds(),
                 "sources": list(self.sources), "sinks": list(self.sinks)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, **self._fields()}
 
 
 def build_request(config: LoaderConfig, *, start: datetime, end: datetime, chunk: timedelta,
@@ -150,9 +163,10 @@ def _plan(config: LoaderConfig, request: BackfillRequest, window: Window) -> Run
     return call_with_retries("planning", config.source_retry, lambda: plan_run(config, {}, windows=windows))
 
 
-def run_backfill(config: LoaderConfig, request: BackfillRequest, *, engine: str | None = None,
+def run_backfill(config: LoaderConfig, request: BackfillRequest, *, engine: str | None = None, parallel: int = 1,
                  on_chunk: Callable[[ChunkResult, int], None] | None = None) -> BackfillSummary:
-    from loader.runner import RunSummary, _Timer, execute_run, held_lease
+    """Load every chunk not yet loaded, `parallel` at a time (threads of this process, one lease)."""
+    from loader.runner import held_lease
 
     store = StateStore.open(config.state.url)
     pipeline = config.pipeline
@@ -168,45 +182,95 @@ def run_backfill(config: LoaderConfig, request: BackfillRequest, *, engine: str 
             require_data(config, request)
             history = store.runs(pipeline, limit=None, mode="backfill")
             chunks = request.chunks()
-            for index, window in enumerate(chunks):
-                windows = {name: window for name in request.sources}
-                started = time.perf_counter()
-                if any(r.status == "committed" and _covers(r, windows, request.sinks) for r in history):
-                    result = ChunkResult(index, window, "already_loaded")
-                else:
-                    cut = [r for r in history if r.status == "planned" and r.windows == windows]
-                    for run in cut:
-                        store.abandon_run(pipeline, run.run_number, reason="backfill chunk cut short; loaded again as a new run")
-                    plan = _plan(config, request, window)
-                    record = store.begin_run(pipeline, mode="backfill", windows=windows, base_checkpoints={},
-                                             metrics=_chunk_metrics(request, index, len(chunks)))
-                    result = ChunkResult(index, window, "loaded", run_number=record.run_number,
-                                         replaced_run=cut[-1].run_number if cut else None,
-                                         files=sum(len(p.files) for p in plan.sources.values()),
-                                         estimated_rows=plan.estimated_rows)
-                    run_summary = RunSummary(pipeline=pipeline, status="planned", run_number=record.run_number)
-                    timer = _Timer()
+            lock = threading.Lock()
 
-                    def commit(engine_used: str, record: RunRecord = record, run_summary: RunSummary = run_summary,
-                               timer: _Timer = timer, index: int = index) -> None:
-                        metrics = {**_chunk_metrics(request, index, len(chunks)), "tables": run_summary.tables,
-                                   "engine": engine_used, "timings_s": dict(timer.timings)}
-                        call_with_retries("backfill chunk commit", config.state.retry,
-                                          lambda: store.commit_backfill_run(pipeline, record.run_number, metrics=metrics))
+            def load(index: int) -> ChunkResult:
+                result = _load_chunk(config, store, request, history, index, chunks[index], len(chunks), engine)
+                with lock:
+                    summary.chunks.append(result)
+                    if on_chunk is not None:
+                        on_chunk(result, len(chunks))
+                return result
 
+            if parallel <= 1:
+                for index in range(len(chunks)):
+                    load(index)
+            else:
+                with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="backfill") as pool:
+                    futures = [pool.submit(load, index) for index in range(len(chunks))]
                     try:
-                        execute_run(config, record, plan, run_summary, timer, engine, commit=commit, only_sinks=request.sinks)
-                    except Exception as error:
-                        store.fail_run(pipeline, record.run_number, error=f"{type(error).__name__}: {error}")
+                        for future in futures:
+                            future.result()
+                    except BaseException:
+                        for future in futures:  # start no new chunk; the running ones finish or fail
+                            future.cancel()
                         raise
-                    result.tables = run_summary.tables
-                result.seconds = time.perf_counter() - started
-                summary.chunks.append(result)
-                if on_chunk is not None:
-                    on_chunk(result, len(chunks))
+            summary.chunks.sort(key=lambda c: c.index)
     finally:
         store.close()
     return summary
+
+
+def _load_chunk(config: LoaderConfig, store: StateStore, request: BackfillRequest, history: list[RunRecord],
+                index: int, window: Window, total: int, engine: str | None) -> ChunkResult:
+    from loader.runner import RunSummary, _Timer, execute_run
+
+    pipeline = config.pipeline
+    windows = {name: window for name in request.sources}
+    started = time.perf_counter()
+    if any(r.status == "committed" and _covers(r, windows, request.sinks) for r in history):
+        return ChunkResult(index, window, "already_loaded", seconds=time.perf_counter() - started)
+    cut = [r for r in history if r.status == "planned" and r.windows == windows]
+    if cut:
+        from loader.sinks import build_sinks
+
+        sinks = [sink for sink in build_sinks(config) if sink.name in request.sinks]
+        for run in cut:
+            for sink in sinks:
+                for table in request.sources:
+                    sink.discard_run(table, run.run_number)
+            store.abandon_run(pipeline, run.run_number, reason="backfill chunk cut short; loaded again as a new run")
+    plan = _plan(config, request, window)
+    record = store.begin_run(pipeline, mode="backfill", windows=windows, base_checkpoints={},
+                             metrics=_chunk_metrics(request, index, total))
+    result = ChunkResult(index, window, "loaded", run_number=record.run_number,
+                         replaced_run=cut[-1].run_number if cut else None,
+                         files=sum(len(p.files) for p in plan.sources.values()), estimated_rows=plan.estimated_rows)
+    run_summary = RunSummary(pipeline=pipeline, status="planned", run_number=record.run_number)
+    timer = _Timer()
+
+    def commit(engine_used: str) -> None:
+        metrics = {**_chunk_metrics(request, index, total), "tables": run_summary.tables, "engine": engine_used,
+                   "timings_s": dict(timer.timings)}
+        call_with_retries("backfill chunk commit", config.state.retry,
+                          lambda: store.commit_backfill_run(pipeline, record.run_number, metrics=metrics))
+
+    try:
+        execute_run(config, record, plan, run_summary, timer, engine, commit=commit, only_sinks=request.sinks)
+    except Exception as error:
+        store.fail_run(pipeline, record.run_number, error=f"{type(error).__name__}: {error}")
+        raise
+    result.tables = run_summary.tables
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def find_request(config: LoaderConfig, backfill_id: str) -> BackfillRequest:
+    """The request of an earlier backfill, by the id `loader status` and `--json` show."""
+    store = StateStore.open(config.state.url)
+    try:
+        runs = store.runs(config.pipeline, limit=None, mode="backfill")
+    finally:
+        store.close()
+    for run in runs:
+        info = run.metrics.get("backfill", {})
+        if info.get("id") == backfill_id:
+            return BackfillRequest(start=datetime.fromisoformat(info["start"]), end=datetime.fromisoformat(info["end"]),
+                                   chunk=timedelta(seconds=info["chunk_s"]), sources=tuple(info["sources"]),
+                                   sinks=tuple(info["sinks"]))
+    known = sorted({r.metrics.get("backfill", {}).get("id") for r in runs} - {None})
+    raise ConfigError(f"no backfill {backfill_id!r} in pipeline {config.pipeline!r}'s ledger"
+                      + (f": known ids {', '.join(known)}" if known else ": it has no backfill yet"))
 
 
 def backfill_status(store: StateStore, pipeline: str) -> dict[str, Any] | None:
@@ -228,4 +292,4 @@ def backfill_status(store: StateStore, pipeline: str) -> dict[str, Any] | None:
 
 
 __all__ = ["BackfillRefused", "BackfillRequest", "BackfillSummary", "backfill_status", "build_request", "dry_run",
-           "run_backfill"]
+           "find_request", "run_backfill"]

@@ -103,17 +103,21 @@ def _instant(value: str, option: str) -> datetime:
 
 
 @cli.command("backfill", epilog=EXIT_CODES_HELP)
-@click.option("--start", required=True, help="Window start, exclusive: ISO date or time (UTC if no zone).")
-@click.option("--end", required=True, help="Window end, inclusive: ISO date or time (UTC if no zone).")
+@click.option("--start", help="Window start, exclusive: ISO date or time (UTC if no zone).")
+@click.option("--end", help="Window end, inclusive: ISO date or time (UTC if no zone).")
 @click.option("--source", "sources", multiple=True, help="Only this source (repeat for more; default: all).")
 @click.option("--sinks", "sinks", multiple=True, help="Only this sink (repeat for more; default: all enabled).")
 @click.option("--chunk", default="1d", show_default=True, help="Chunk length: 90s, 30m, 6h, 1d, 1w.")
+@click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Chunks loaded at once (threads of this process; memory grows with it).")
+@click.option("--resume", "resume_id", help="Resume backfill ID (shown by `loader status`) with its recorded options.")
 @click.option("--engine", type=click.Choice(["auto", "local", "ray"]), default=None, help="As for `run`.")
 @click.option("--dry-run", is_flag=True, help="Print the chunks, files and estimated rows; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object on stdout.")
 @click.pass_obj
-def backfill_command(obj: _Context, start: str, end: str, sources: tuple[str, ...], sinks: tuple[str, ...],
-                     chunk: str, engine: str | None, dry_run: bool, as_json: bool) -> None:
+def backfill_command(obj: _Context, start: str | None, end: str | None, sources: tuple[str, ...],
+                     sinks: tuple[str, ...], chunk: str, parallel: int, resume_id: str | None, engine: str | None,
+                     dry_run: bool, as_json: bool) -> None:
     """Reload the cursor window (START, END] in chunks without moving the incremental checkpoint.
 
     \b
@@ -125,28 +129,37 @@ def backfill_command(obj: _Context, start: str, end: str, sources: tuple[str, ..
     \b
       loader backfill --start 2024-01-01 --end 2024-01-08 --chunk 1d
       loader backfill --start 2024-01-01 --end 2024-01-02 --source orders --sinks delta --dry-run
+      loader backfill --resume bf-1a2b3c4d
     """
     from datetime import timedelta
 
     from loader.config import parse_duration
 
+    if resume_id is None and (start is None or end is None):
+        raise click.UsageError("give --start and --end (or --resume ID to continue an earlier backfill)")
+    if resume_id is not None and (start or end or sources or sinks):
+        raise click.UsageError("--resume takes the recorded window, sources and sinks: drop --start/--end/--source/--sinks")
     try:
         chunk_size: timedelta = parse_duration(chunk)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--chunk") from None
-    begin, finish = _instant(start, "--start"), _instant(end, "--end")
     try:
         config = obj.config()
         from loader import backfill
 
-        request = backfill.build_request(config, start=begin, end=finish, chunk=chunk_size, sources=sources, sinks=sinks)
+        if resume_id is not None:
+            request = backfill.find_request(config, resume_id)
+        else:
+            assert start is not None and end is not None
+            request = backfill.build_request(config, start=_instant(start, "--start"), end=_instant(end, "--end"),
+                                             chunk=chunk_size, sources=sources, sinks=sinks)
         if dry_run:
             summary = backfill.dry_run(config, request)
         else:
             from loader.report import backfill_progress
 
             with backfill_progress(quiet=as_json) as on_chunk:
-                summary = backfill.run_backfill(config, request, engine=engine, on_chunk=on_chunk)
+                summary = backfill.run_backfill(config, request, engine=engine, parallel=parallel, on_chunk=on_chunk)
     except LoaderError as error:
         _fail(error)
         return

@@ -129,9 +129,9 @@ def print_status(payload: dict[str, Any]) -> None:
     if payload.get("backfill"):
         b = payload["backfill"]
         r = b["request"]
-        _out.print(f"backfill ({r['start']}, {r['end']}] of {', '.join(r['sources'])} into {', '.join(r['sinks'])}: "
-                   f"{b['chunks_done']}/{b['chunks_total']} chunks done, {b['state']}"
-                   + ("" if b["state"] == "finished" else "; run the same `loader backfill` command to resume"))
+        _out.print(f"backfill {r.get('id', '')} ({r['start']}, {r['end']}] of {', '.join(r['sources'])} into "
+                   f"{', '.join(r['sinks'])}: {b['chunks_done']}/{b['chunks_total']} chunks done, {b['state']}"
+                   + ("" if b["state"] == "finished" else f"; `loader backfill --resume {r.get('id')}` continues it"))
 
 
 @contextmanager

@@ -203,7 +203,7 @@ def execute_run(
             batch = TableBatch(
                 pipeline=config.pipeline, table=name, run_number=record.run_number, data=data,
                 key=source.primary_key, cursor=source.cursor, window=plan.sources[name].window,
-                replay=record.attempts > 1,
+                replay=record.attempts > 1, mode=record.mode,
             )
             writes = _write_sinks(sinks, batch)
             summary.tables[name] = {

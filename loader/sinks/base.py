@@ -23,6 +23,7 @@ class TableBatch:
     cursor: str
     window: Window
     replay: bool  # an earlier attempt of this run may have written part of it
+    mode: str = "incremental"  # or "backfill": a chunk, whose run may land out of run-number order
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,11 @@ class Sink(Protocol):
 
     def write(self, batch: TableBatch) -> SinkWrite:
         """Write and commit `batch`; a second call with the same run number changes nothing."""
+        ...
+
+    def discard_run(self, table: str, run_number: int) -> None:
+        """Remove what a run that will never be replayed (a cut backfill chunk, loaded again under a
+        new number) left behind, where leftovers would be visible; a no-op where they are not."""
         ...
 
 

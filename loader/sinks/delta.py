@@ -2,6 +2,8 @@
 
 Idempotence: the run's last commit carries Transaction(app_id=<pipeline>/<table>, version=<run>);
 before writing, `transaction_version(app_id) >= run` means the run already landed and the sink skips.
+Incremental runs land in run-number order (one at a time, under the lease); backfill chunks may not
+(`--parallel`), so each chunk has an app id of its own, `<pipeline>/<table>/backfill-<run>`.
 Every commit before the last is itself idempotent (a merge where the newer cursor wins), so a crash
 between two commits is repaired by simply running the same steps again.
 
@@ -27,8 +29,8 @@ from loader.sinks.schema_check import refuse_type_changes
 from loader.storage import locate, short_error, storage_error
 
 
-def app_id(pipeline: str, table: str) -> str:
-    return f"{pipeline}/{table}"
+def app_id(pipeline: str, table: str, *, backfill_run: int | None = None) -> str:
+    return f"{pipeline}/{table}" if backfill_run is None else f"{pipeline}/{table}/backfill-{backfill_run}"
 
 
 def _literal(value: Any) -> str:
@@ -63,6 +65,9 @@ class DeltaSink:
         # Bounded files clustered by key (rows arrive sorted by key): a scoped merge rewrites few of them.
         self.target_file_size = int(config.sinks.delta.target_file_mb * 1024 * 1024)
 
+    def discard_run(self, table: str, run_number: int) -> None:
+        """Nothing to do: a run's commits are merges where the newest version wins, visible only whole."""
+
     def table_uri(self, table: str) -> str:
         location = locate(self.root).child(table)
         return location.uri
@@ -77,7 +82,7 @@ class DeltaSink:
         )
 
         uri = self.table_uri(batch.table)
-        app = app_id(batch.pipeline, batch.table)
+        app = app_id(batch.pipeline, batch.table, backfill_run=batch.run_number if batch.mode == "backfill" else None)
         final = CommitProperties(app_transactions=[Transaction(app, batch.run_number)])
         try:
             try:

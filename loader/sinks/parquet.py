@@ -63,6 +63,15 @@ class ParquetSink:
         failpoints.hit("parquet.commit", batch.table)
         return SinkWrite(self.name, batch.table, data.num_rows, where.uri, regions=counts)
 
+    def discard_run(self, table: str, run_number: int) -> None:
+        """Delete the run's files, half-written ones included: its versions are written again by the
+        run that takes its place."""
+        where = self.table_location(table)
+        try:
+            self._remove_run(where, run_number)
+        except OSError as error:
+            raise storage_error(error, where.uri, side="sink", doing="removing a cut run's files under") from error
+
     @staticmethod
     def _stored_schema(where: Location) -> pa.Schema | None:
         """The schema of the log's newest file (one region's newest date folder, one footer read), or

@@ -87,6 +87,10 @@ class SnowflakeSink:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", config.pipeline):
             raise SinkRejected(f"Snowflake: pipeline name {config.pipeline!r} cannot name a stage folder")
 
+    def discard_run(self, table: str, run_number: int) -> None:
+        """Nothing to do: a run is visible only once its transaction committed, and the staging table and
+        stage folder are replaced by the next load."""
+
     @property
     def where(self) -> str:
         s = self.settings

@@ -95,11 +95,30 @@ def test_killed_backfill_resumes_at_the_cut_chunk(loaded: Path, tmp_path: Path) 
     cut = status["unfinished_runs"]
     assert len(cut) == 1
     time.sleep(LEASE_TTL_S + 0.5)  # the killed backfill's lease expires by itself
-    resumed = run_json(config, "backfill", *window)
+    resumed = run_json(config, "backfill", "--resume", status["request"]["id"])
+    assert resumed["request"]["id"] == status["request"]["id"]
     assert [c["status"] for c in resumed["chunks"]] == ["already_loaded"] * 2 + ["loaded"] * (total - 2)
     assert resumed["chunks"][2]["replaced_run"] == cut[0] and resumed["chunks"][2]["run_number"] > cut[0]
     assert_warehouse_exact(tmp_path / "fresh" / "warehouse", tmp_path / "fresh" / "landing")
     assert run_json(config, "status")["backfill"]["state"] == "finished"
+
+
+def test_parallel_chunks_land_exactly(loaded: Path, tmp_path: Path) -> None:
+    config = _copy(loaded, tmp_path / "fresh", warehouse=False)
+    end = run_json(loaded, "status")["sources"]["orders"]["checkpoint"]
+    result = run_json(config, "backfill", "--start", "2024-01-01", "--end", end, "--chunk", "12h", "--parallel", "3")
+    assert result["chunks_loaded"] == result["chunks_total"] >= 6
+    assert [c["index"] for c in result["chunks"]] == list(range(result["chunks_total"]))
+    assert_warehouse_exact(tmp_path / "fresh" / "warehouse", tmp_path / "fresh" / "landing")
+
+
+def test_unknown_resume_id_names_the_known_ones(loaded: Path, tmp_path: Path) -> None:
+    config = _copy(loaded, tmp_path / "p", warehouse=True)
+    run_json(config, "backfill", *WINDOW, "--source", "orders", "--chunk", "1d")
+    known = run_json(config, "status")["backfill"]["request"]["id"]
+    result = run_cli(config, "backfill", "--resume", "bf-00000000", check=False)
+    assert result.returncode == 2 and known in result.stderr
+    assert run_cli(config, "backfill", "--resume", known, "--start", "2024-01-01", check=False).returncode == 2
 
 
 def _start_slow(config: Path, *args: str) -> subprocess.Popen[str]:
