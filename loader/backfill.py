@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -86,7 +87,7 @@ def build_request(config: LoaderConfig, *, start: datetime, end: datetime, chunk
     if bad:
         raise ConfigError(f"sink(s) {', '.join(bad)} not enabled in the config: enabled are {', '.join(enabled)}")
     request = BackfillRequest(start, end, chunk, tuple(sources) or tuple(config.sources), tuple(sinks) or tuple(enabled))
-    count = len(request.chunks())
+    count = math.ceil((end - start) / chunk)
     if count > MAX_CHUNKS:
         raise ConfigError(f"(start, end] in chunks of {chunk} makes {count:,} chunks (at most {MAX_CHUNKS:,}): use a larger --chunk")
     return request

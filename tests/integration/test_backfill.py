@@ -11,10 +11,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT, run_cli, run_json, write_config
+from tests.snowflake_emulator import (
+    abort_detached_transactions,
+    assert_snowflake_exact,
+    new_database,
+    password_env,
+    sink_settings,
+)
 from tests.warehouse import assert_warehouse_exact, delta_rows, parquet_latest
 
 pytestmark = pytest.mark.integration
@@ -110,6 +118,26 @@ def test_parallel_chunks_land_exactly(loaded: Path, tmp_path: Path) -> None:
     assert result["chunks_loaded"] == result["chunks_total"] >= 6
     assert [c["index"] for c in result["chunks"]] == list(range(result["chunks_total"]))
     assert_warehouse_exact(tmp_path / "fresh" / "warehouse", tmp_path / "fresh" / "landing")
+
+
+def test_backfill_into_snowflake_too(loaded: Path, tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
+    """All three sinks; a crash inside a chunk's Snowflake transaction, then the same command again."""
+    database = new_database()
+    shutil.copytree(loaded.parent / "landing", tmp_path / "p" / "landing")
+    sinks = {"parquet": {"enabled": True}, "delta": {"enabled": True}, "snowflake": sink_settings(snowflake_server, database)}
+    config = write_config(tmp_path / "p", sinks=sinks, state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
+    env = password_env(snowflake_server)
+    end = run_json(loaded, "status")["sources"]["orders"]["checkpoint"]
+    window = ["--start", "2024-01-01", "--end", end, "--chunk", "1d"]
+    killed = run_cli(config, "backfill", *window, check=False, env={**env, "LOADER_FAILPOINTS": "snowflake.merge@lineitem=crash+1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert abort_detached_transactions() == 1  # as Snowflake does to a dead client's transaction
+    time.sleep(LEASE_TTL_S + 0.5)
+    resumed = run_json(config, "backfill", *window, env=env)
+    assert [c["status"] for c in resumed["chunks"]][:2] == ["already_loaded", "loaded"]
+    assert resumed["request"]["sinks"] == ["parquet", "delta", "snowflake"]
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+    assert_snowflake_exact(snowflake_server, database, tmp_path / "p" / "landing")
 
 
 def test_unknown_resume_id_names_the_known_ones(loaded: Path, tmp_path: Path) -> None:
