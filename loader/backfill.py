@@ -274,8 +274,9 @@ def find_request(config: LoaderConfig, backfill_id: str) -> BackfillRequest:
                       + (f": known ids {', '.join(known)}" if known else ": it has no backfill yet"))
 
 
-def backfill_status(store: StateStore, pipeline: str) -> dict[str, Any] | None:
-    """The latest backfill request: chunks done of total, and whether it is running or was cut short."""
+def backfill_status(store: StateStore, pipeline: str, *, lease_held: bool = False) -> dict[str, Any] | None:
+    """The latest backfill request: chunks done of total, and whether it finished, is running (a chunk
+    is planned and the pipeline's lease is held) or was cut short."""
     runs = store.runs(pipeline, limit=200, mode="backfill")
     if not runs:
         return None
@@ -287,7 +288,7 @@ def backfill_status(store: StateStore, pipeline: str) -> dict[str, Any] | None:
     done = {r.metrics["backfill"]["chunk"] for r in same if r.status == "committed"}
     planned = [r.run_number for r in same if r.status == "planned"]
     total = int(latest["of"])
-    state = "finished" if len(done) >= total else ("interrupted or running" if planned else "interrupted")
+    state = "finished" if len(done) >= total else ("running" if planned and lease_held else "interrupted")
     return {"request": {k: v for k, v in latest.items() if k not in ("chunk", "of")}, "chunks_done": len(done),
             "chunks_total": total, "state": state, "unfinished_runs": planned}
 

@@ -75,7 +75,8 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
         lease = store.lease(config.pipeline)
         from loader.backfill import backfill_status
 
-        backfill = backfill_status(store, config.pipeline)
+        backfill = backfill_status(store, config.pipeline,
+                                   lease_held=lease is not None and lease.expires_at >= datetime.now(UTC))
     finally:
         store.close()
     now = datetime.now(UTC)
@@ -131,7 +132,7 @@ def print_status(payload: dict[str, Any]) -> None:
         r = b["request"]
         _out.print(f"backfill {r.get('id', '')} ({r['start']}, {r['end']}] of {', '.join(r['sources'])} into "
                    f"{', '.join(r['sinks'])}: {b['chunks_done']}/{b['chunks_total']} chunks done, {b['state']}"
-                   + ("" if b["state"] == "finished" else f"; `loader backfill --resume {r.get('id')}` continues it"))
+                   + ("" if b["state"] != "interrupted" else f"; `loader backfill --resume {r.get('id')}` continues it"))
 
 
 @contextmanager

@@ -97,12 +97,12 @@ def test_killed_backfill_resumes_at_the_cut_chunk(loaded: Path, tmp_path: Path) 
     window = ["--start", "2024-01-01", "--end", end, "--chunk", "18h"]
     killed = run_cli(config, "backfill", *window, check=False, env={"LOADER_FAILPOINTS": "delta.write@lineitem=crash+2"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    time.sleep(LEASE_TTL_S + 0.5)  # the killed backfill's lease expires by itself
     status = run_json(config, "status")["backfill"]
     total = status["chunks_total"]
-    assert status["chunks_done"] == 2 and total >= 4 and status["state"] != "finished"
+    assert status["chunks_done"] == 2 and total >= 4 and status["state"] == "interrupted"
     cut = status["unfinished_runs"]
     assert len(cut) == 1
-    time.sleep(LEASE_TTL_S + 0.5)  # the killed backfill's lease expires by itself
     resumed = run_json(config, "backfill", "--resume", status["request"]["id"])
     assert resumed["request"]["id"] == status["request"]["id"]
     assert [c["status"] for c in resumed["chunks"]] == ["already_loaded"] * 2 + ["loaded"] * (total - 2)
@@ -174,6 +174,8 @@ def test_backfill_and_incremental_never_run_together(loaded: Path, tmp_path: Pat
         refused = run_cli(config, *(incremental if first == "backfill" else backfill), check=False)
         assert refused.returncode == 3, refused.stderr
         assert "lease" in refused.stderr
+        if first == "backfill":
+            assert run_json(config, "status")["backfill"]["state"] == "running"
     finally:
         assert holder.wait(timeout=120) == 0
     assert run_cli(config, *(incremental if first == "backfill" else backfill), check=False).returncode == 0
