@@ -35,6 +35,7 @@ POINTS = {
     "snowflake.commit": "after the Snowflake transaction (rows and ledger row) committed",
     "checkpoint.before": "every sink done; the checkpoint transaction not yet begun",
     "checkpoint.inside": "inside the checkpoint transaction, before it commits",
+    "checkpoint.acknowledged": "the checkpoint transaction committed, its acknowledgement not yet seen (retried)",
     "checkpoint.after": "the checkpoint transaction committed; the lease not yet released",
 }
 __doc__ = (__doc__ or "") + "\n".join(f"    {name:<20} {what}" for name, what in POINTS.items()) + "\n"

@@ -131,12 +131,16 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, engine: str | No
     def commit(engine_used: str) -> None:
         failpoints.hit("checkpoint.before")
         with timer.stage("commit"):
-            call_with_retries("checkpoint commit", config.state.retry, lambda: store.commit_run(
-                pipeline, record.run_number,
-                checkpoints={name: p.window.upper for name, p in plan.sources.items()},
-                metrics={"tables": summary.tables, "engine": engine_used, "timings_s": dict(timer.timings)},
-                before_commit=lambda: failpoints.hit("checkpoint.inside"),
-            ))
+            def attempt() -> None:
+                store.commit_run(
+                    pipeline, record.run_number,
+                    checkpoints={name: p.window.upper for name, p in plan.sources.items()},
+                    metrics={"tables": summary.tables, "engine": engine_used, "timings_s": dict(timer.timings)},
+                    before_commit=lambda: failpoints.hit("checkpoint.inside"),
+                )
+                failpoints.hit("checkpoint.acknowledged")  # a lost acknowledgement: the retry finds it landed
+
+            call_with_retries("checkpoint commit", config.state.retry, attempt)
         failpoints.hit("checkpoint.after")
 
     try:

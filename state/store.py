@@ -433,6 +433,10 @@ class StateStore:
                 run = _locked_run(conn, pipeline, run_number)
                 if run.mode != "incremental":
                     raise ValueError(f"run {run_number} is a {run.mode} run; use commit_backfill_run")
+                if run.status == "committed":
+                    current = {c.source: c.run_number for c in _locked_checkpoints(conn, pipeline, list(checkpoints))}
+                    if all(current.get(source) == run_number for source in checkpoints):
+                        return  # an earlier try of this commit landed and its acknowledgement was lost
                 _require_planned(run)
                 unplanned = sorted(set(checkpoints) - set(run.base_checkpoints))
                 if unplanned:
@@ -483,6 +487,8 @@ class StateStore:
             run = _locked_run(conn, pipeline, run_number)
             if run.mode != "backfill":
                 raise ValueError(f"run {run_number} is an {run.mode} run; use commit_run")
+            if run.status == "committed":
+                return  # an earlier try landed and its acknowledgement was lost
             _require_planned(run)
             self._finish(conn, pipeline, run_number, status="committed", metrics=metrics, at=now)
 

@@ -116,7 +116,7 @@ def _kill_then_recover(config: Path, env: dict[str, str], point: str) -> dict:
 def test_kill_during_incremental_run(template: Path, tmp_path: Path, point: str) -> None:
     config, env = _copy(template, "fresh", tmp_path / "p")
     recovered = _kill_then_recover(config, env, point)
-    if point.startswith("checkpoint.after"):
+    if point.startswith(("checkpoint.after", "checkpoint.acknowledged")):
         assert recovered["status"] == "nothing_new"  # the run had committed before the kill
     else:
         assert recovered["run_number"] == 2 and recovered["replayed"] is True
@@ -139,12 +139,15 @@ def test_kill_during_first_run(template: Path, tmp_path: Path, point: str) -> No
 @pytest.mark.parametrize("template", ["sqlite", "postgres"], indirect=True)
 def test_transient_faults_are_retried(template: Path, tmp_path: Path) -> None:
     config, env = _copy(template, "fresh", tmp_path / "p")
-    faults = "parquet.write=transient*2,delta.write@lineitem=transient*1,checkpoint.inside=transient*1"
+    faults = ("parquet.write=transient*2,delta.write@lineitem=transient*1,checkpoint.inside=transient*1,"
+              "checkpoint.acknowledged=transient*1")
     result = run_cli(config, "run", "--incremental", env={**env, "LOADER_FAILPOINTS": faults})
     assert "orders -> parquet: attempt 1 of 5 failed" in result.stderr
     assert "orders -> parquet: attempt 2 of 5 failed" in result.stderr
     assert "lineitem -> delta: attempt 1 of 5 failed" in result.stderr
-    assert "checkpoint commit: attempt 1 of 5 failed" in result.stderr
+    assert "checkpoint commit: attempt 1 of 5 failed" in result.stderr  # rolled back inside
+    assert "checkpoint commit: attempt 2 of 5 failed" in result.stderr  # committed, acknowledgement lost
+    assert run_json(config, "status", env=env)["sources"]["orders"]["checkpoint_run"] == 2
     _assert_exact(config)
 
 

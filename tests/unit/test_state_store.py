@@ -220,8 +220,14 @@ def test_failed_run_stays_planned_and_is_replayed(store: StateStore) -> None:
 def test_committed_or_abandoned_run_cannot_be_committed(store: StateStore) -> None:
     run = plan(store)
     store.commit_run("p", run.run_number, checkpoints={"orders": T0}, metrics={})
-    with pytest.raises(CheckpointConflict, match="already committed"):
+    # The same commit again (its first acknowledgement lost, the retry finds it landed): success, no change.
+    store.commit_run("p", run.run_number, checkpoints={"orders": T0}, metrics={})
+    assert store.checkpoints("p")["orders"].run_number == run.run_number
+    later = plan(store)
+    store.commit_run("p", later.run_number, checkpoints={"orders": T0 + timedelta(hours=1)}, metrics={})
+    with pytest.raises(CheckpointConflict, match="already committed"):  # a later run moved the checkpoint since
         store.commit_run("p", run.run_number, checkpoints={"orders": T0}, metrics={})
+    assert store.checkpoints("p")["orders"].run_number == later.run_number
     with pytest.raises(StateError, match="committed"):
         store.abandon_run("p", run.run_number)
 
