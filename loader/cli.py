@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +61,9 @@ def cli(ctx: click.Context, config_path: str | None, log_level: str) -> None:
       loader plan                    what the next run would read
       loader run --incremental       load what is new, then advance checkpoints
       loader status                  checkpoints, lag and the last run
+      loader backfill --start 2024-01-01 --end 2024-01-08
+                                     reload a window in chunks; checkpoints stay
+      loader doctor                  what this machine and config can reach
     Logs go to stderr; --json output goes to stdout.
     """
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
@@ -169,6 +173,32 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
         from loader.report import print_backfill
 
         print_backfill(summary.to_json())
+
+
+@cli.command("doctor", epilog=EXIT_CODES_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON on stdout.")
+@click.pass_obj
+def doctor_command(obj: _Context, as_json: bool) -> None:
+    """Check what this machine and config can use: Ray (local or the cluster address), GPU and cuDF,
+    the landing zone, every enabled sink, the state store. Writes nothing; exit 1 if a check failed
+    (an optional part that is absent, like the GPU, is 'unavailable', not a failure)."""
+    try:
+        config = obj.config()
+    except LoaderError as error:
+        _fail(error)
+        return
+    from loader.doctor import run_checks
+
+    checks = run_checks(config)
+    failed = [c for c in checks if c.status == "failed"]
+    if as_json:
+        _emit({"pipeline": config.pipeline, "ok": not failed, "checks": [c.to_json() for c in checks]})
+    else:
+        from loader.report import print_doctor
+
+        print_doctor(config.pipeline, checks)
+    if failed:
+        sys.exit(EXIT_FAILED)
 
 
 @cli.command("plan")
@@ -338,15 +368,35 @@ def runs_abandon(obj: _Context, run_number: int, reason: str) -> None:
 
 
 def main() -> None:
+    code: int = EXIT_OK
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:
-        sys.exit(EXIT_FAILED)
+        code = EXIT_FAILED
     except click.ClickException as error:
         error.show()
-        sys.exit(EXIT_USAGE)
+        code = EXIT_USAGE
     except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
+        code = done.exit_code
+    except SystemExit as stop:  # _fail() and commands that exit with a code
+        code = stop.code if isinstance(stop.code, int) else (EXIT_OK if stop.code is None else EXIT_FAILED)
+        if isinstance(stop.code, str):
+            click.echo(stop.code, err=True)
+    _leave(code)
+
+
+def _leave(code: int) -> None:
+    """Exit once the work is done and reported, without the interpreter's teardown of native thread
+    pools: pyarrow's or DuckDB's can abort there ("terminate called without an active exception",
+    SIGABRT; apache/arrow#34314), turning a committed run into a failed exit code. Ray, if this process
+    started it, is shut down first; files and the state store are closed by then."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -199,3 +199,13 @@ def _mask_url(url: str) -> str:
     credentials, host = rest.rsplit("@", 1)
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}"
+
+
+def print_doctor(pipeline: str, checks: list[Any]) -> None:
+    table = Table(title=f"{pipeline}: loader doctor")
+    for column in ("check", "status", "detail"):
+        table.add_column(column)
+    colour = {"ok": "green", "unavailable": "yellow", "failed": "red"}
+    for c in checks:
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
+    _out.print(table)

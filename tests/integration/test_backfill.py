@@ -5,6 +5,7 @@ backfill and an incremental run apart, and bad requests fail before anything run
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -114,8 +115,11 @@ def test_killed_backfill_resumes_at_the_cut_chunk(loaded: Path, tmp_path: Path) 
 def test_parallel_chunks_land_exactly(loaded: Path, tmp_path: Path) -> None:
     config = _copy(loaded, tmp_path / "fresh", warehouse=False)
     end = run_json(loaded, "status")["sources"]["orders"]["checkpoint"]
-    result = run_json(config, "backfill", "--start", "2024-01-01", "--end", end, "--chunk", "12h", "--parallel", "3")
+    done = run_cli(config, "backfill", "--start", "2024-01-01", "--end", end, "--chunk", "12h", "--parallel", "3", "--json")
+    result = json.loads(done.stdout)
     assert result["chunks_loaded"] == result["chunks_total"] >= 6
+    progress = [line for line in done.stderr.splitlines() if "backfill chunk " in line]  # one line per chunk
+    assert len(progress) == result["chunks_total"] and all("loaded, run " in line for line in progress)
     assert [c["index"] for c in result["chunks"]] == list(range(result["chunks_total"]))
     assert_warehouse_exact(tmp_path / "fresh" / "warehouse", tmp_path / "fresh" / "landing")
 

@@ -1,0 +1,180 @@
+"""`loader doctor`: what this machine and config can use, each check quick and bounded in time.
+
+Ray (local, or the configured cluster address reachable), GPU and cuDF, the landing zone, every
+enabled sink and the state store. A check that cannot pass here but is optional (no GPU) is reported
+as unavailable, not failed; a failed check says what to fix. Nothing is written anywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from loader.config import LoaderConfig, is_remote
+
+CONNECT_TIMEOUT_S = 3.0
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | unavailable (optional, not here) | failed
+    detail: str
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "detail": self.detail, "seconds": round(self.seconds, 3)}
+
+
+def _timed(name: str, probe: Callable[[], tuple[str, str]]) -> Check:
+    started = time.perf_counter()
+    try:
+        status, detail = probe()
+    except Exception as error:  # a probe's own failure is a failed check, with the reason
+        status, detail = "failed", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return Check(name, status, detail, time.perf_counter() - started)
+
+
+def _reachable(host: str, port: int) -> str | None:
+    """None if a TCP connection opens within the timeout, else why not."""
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            return None
+    except OSError as error:
+        return f"{host}:{port} unreachable ({error.strerror or error})"
+
+
+def check_ray(config: LoaderConfig) -> tuple[str, str]:
+    if importlib.util.find_spec("ray") is None:
+        return "failed", "ray is not installed: pip install -e . (ray[data] is a dependency)"
+    from importlib.metadata import version
+
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address or address == "auto" or address.startswith("local"):
+        where = "a local Ray instance is started by a run that needs it" if not address else f"address {address!r}"
+        return "ok", f"Ray {version('ray')} installed, {os.cpu_count()} CPUs here; {where}"
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    port = parsed.port or (10001 if parsed.scheme == "ray" else 6379)
+    problem = _reachable(parsed.hostname or "localhost", port)
+    if problem:
+        return "failed", f"Ray cluster {address}: {problem}. Check ray.address / RAY_ADDRESS and that the head is up"
+    return "ok", f"Ray {version('ray')}; cluster {address} accepts connections"
+
+
+def check_gpu() -> tuple[str, str]:
+    if importlib.util.find_spec("cudf") is None:
+        has_driver = shutil.which("nvidia-smi") is not None or Path("/dev/nvidia0").exists()
+        hint = "pip install -e '.[gpu]' to use it" if has_driver else "no NVIDIA driver or device seen either"
+        return "unavailable", f"cuDF is not installed ({hint}); transforms run on the CPU"
+    import cudf  # the optional GPU stack: imported only when installed
+
+    try:
+        import cupy
+
+        devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:
+        return "unavailable", f"cuDF {cudf.__version__} is installed but no CUDA device is usable ({error})"
+    return ("ok", f"cuDF {cudf.__version__}, {devices} CUDA device(s)") if devices else (
+        "unavailable", f"cuDF {cudf.__version__} is installed but no CUDA device is visible")
+
+
+def check_landing_zone(config: LoaderConfig) -> tuple[str, str]:
+    from pyarrow import fs as pafs
+
+    from loader.storage import locate
+
+    found = []
+    for name in config.sources:
+        location = locate(config.source_path(name))
+        info = location.filesystem.get_file_info(location.path)
+        if info.type == pafs.FileType.NotFound:
+            return "failed", (f"source {name}: {location.uri} does not exist. Fix sources.{name}.path or landing_zone, "
+                              f"or make demo data: loader demo-data init")
+        found.append(f"{name} at {location.uri}")
+    return "ok", "; ".join(found)
+
+
+def check_folder_sink(config: LoaderConfig, name: str, path: str) -> tuple[str, str]:
+    from pyarrow import fs as pafs
+
+    from loader.storage import locate
+
+    root = config.sink_path(path)
+    location = locate(root)
+    if is_remote(root):
+        bucket = location.path.split("/", 1)[0]
+        info = location.filesystem.get_file_info(bucket)
+        if info.type == pafs.FileType.NotFound:
+            return "failed", f"{name}: bucket {bucket!r} of {root} not found: create it or fix warehouse / sinks.{name}.path"
+        return "ok", f"{name}: {root} (bucket reachable)"
+    folder = Path(location.path)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not os.access(existing, os.W_OK):
+        return "failed", f"{name}: cannot write under {existing or folder}: fix the permissions or the warehouse path"
+    return "ok", f"{name}: {root}" + ("" if folder.exists() else " (created by the first run)")
+
+
+def check_snowflake(config: LoaderConfig) -> tuple[str, str]:
+    from loader.sinks.snowflake import SnowflakeSink
+
+    sink = SnowflakeSink(config)
+    settings = config.sinks.snowflake
+    if settings.host and settings.port:
+        problem = _reachable(settings.host, settings.port)
+        if problem:
+            return "failed", f"snowflake: {problem}: check sinks.snowflake host/port"
+    try:
+        conn = sink.connect()
+    except Exception as error:
+        converted = sink._convert(error, doing="connecting to") if type(error).__module__.startswith("snowflake") else error
+        return "failed", f"snowflake: {converted}"
+    try:
+        conn.cursor().execute("SELECT 1")
+    finally:
+        conn.close()
+    return "ok", f"snowflake: logged in to {sink.where}"
+
+
+def check_state(config: LoaderConfig) -> tuple[str, str]:
+    from loader.report import _mask_url
+    from state import StateStore
+
+    store = StateStore.open(config.state.url)
+    try:
+        checkpoints = store.checkpoints(config.pipeline)
+        lease = store.lease(config.pipeline)
+    finally:
+        store.close()
+    held = f"; lease held by {lease.holder}" if lease is not None else ""
+    return "ok", f"{_mask_url(config.state.url)}: {len(checkpoints)} checkpoint(s) for {config.pipeline}{held}"
+
+
+def _folder_probe(config: LoaderConfig, name: str, path: str) -> Callable[[], tuple[str, str]]:
+    return lambda: check_folder_sink(config, name, path)
+
+
+def run_checks(config: LoaderConfig) -> list[Check]:
+    checks = [
+        _timed("ray", lambda: check_ray(config)),
+        _timed("gpu", check_gpu),
+        _timed("landing zone", lambda: check_landing_zone(config)),
+    ]
+    if config.sinks.parquet.enabled:
+        checks.append(_timed("sink parquet", _folder_probe(config, "parquet", config.sinks.parquet.path)))
+    if config.sinks.delta.enabled:
+        checks.append(_timed("sink delta", _folder_probe(config, "delta", config.sinks.delta.path)))
+    if config.sinks.snowflake.enabled:
+        checks.append(_timed("sink snowflake", lambda: check_snowflake(config)))
+    checks.append(_timed("state store", lambda: check_state(config)))
+    return checks
+
+
+__all__ = ["Check", "run_checks"]
