@@ -9,6 +9,7 @@ before the replay, as the 5 minutes passing would in Snowflake."""
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,12 +101,22 @@ def assert_snowflake_exact(server: dict[str, Any], database: str, landing: Path)
 def abort_detached_transactions() -> int:
     """Roll back every emulator session's open transaction (call only when no loader is running);
     how many there were."""
+    import duckdb
     import fakesnow.server
 
     aborted = 0
     for session in list(fakesnow.server.sessions.values()):
-        if getattr(session, "_in_transaction", False):
-            session._duck_conn.rollback()
-            session._in_transaction = False
-            aborted += 1
+        if not getattr(session, "_in_transaction", False):
+            continue
+        deadline = time.monotonic() + 30
+        while True:  # a statement the dead client sent may still be running server-side: let it finish
+            try:
+                session._duck_conn.rollback()
+                break
+            except duckdb.ResourceInUseException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        session._in_transaction = False
+        aborted += 1
     return aborted
