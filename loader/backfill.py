@@ -71,6 +71,12 @@ class BackfillRequest:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, **self._fields()}
 
+    @classmethod
+    def from_json(cls, info: dict[str, Any]) -> BackfillRequest:
+        """The request a chunk run recorded in its metrics (`to_json`)."""
+        return cls(start=datetime.fromisoformat(info["start"]), end=datetime.fromisoformat(info["end"]),
+                   chunk=timedelta(seconds=info["chunk_s"]), sources=tuple(info["sources"]), sinks=tuple(info["sinks"]))
+
 
 def build_request(config: LoaderConfig, *, start: datetime, end: datetime, chunk: timedelta,
                   sources: tuple[str, ...], sinks: tuple[str, ...]) -> BackfillRequest:
@@ -117,13 +123,14 @@ class BackfillSummary:
     request: BackfillRequest
     chunks: list[ChunkResult] = field(default_factory=list)
     dry_run: bool = False
+    checkpoints_moved: bool = False  # read back from the state store after the last chunk
 
     def to_json(self) -> dict[str, Any]:
         loaded = sum(c.status == "loaded" for c in self.chunks)
         return {"pipeline": self.pipeline, "request": self.request.to_json(), "dry_run": self.dry_run,
                 "chunks_total": len(self.chunks), "chunks_loaded": loaded,
                 "chunks_already_loaded": sum(c.status == "already_loaded" for c in self.chunks),
-                "checkpoints_moved": False, "chunks": [c.to_json() for c in self.chunks]}
+                "checkpoints_moved": self.checkpoints_moved, "chunks": [c.to_json() for c in self.chunks]}
 
 
 def require_data(config: LoaderConfig, request: BackfillRequest) -> RunPlan:
@@ -181,6 +188,7 @@ def run_backfill(config: LoaderConfig, request: BackfillRequest, *, engine: str 
                     f"`loader run --incremental` first (it replays it), then the backfill. Nothing was written"
                 )
             require_data(config, request)
+            checkpoints = store.checkpoints(pipeline)
             history = store.runs(pipeline, limit=None, mode="backfill")
             chunks = request.chunks()
             lock = threading.Lock()
@@ -207,6 +215,7 @@ def run_backfill(config: LoaderConfig, request: BackfillRequest, *, engine: str 
                             future.cancel()
                         raise
             summary.chunks.sort(key=lambda c: c.index)
+            summary.checkpoints_moved = store.checkpoints(pipeline) != checkpoints
     finally:
         store.close()
     return summary
@@ -266,9 +275,7 @@ def find_request(config: LoaderConfig, backfill_id: str) -> BackfillRequest:
     for run in runs:
         info = run.metrics.get("backfill", {})
         if info.get("id") == backfill_id:
-            return BackfillRequest(start=datetime.fromisoformat(info["start"]), end=datetime.fromisoformat(info["end"]),
-                                   chunk=timedelta(seconds=info["chunk_s"]), sources=tuple(info["sources"]),
-                                   sinks=tuple(info["sinks"]))
+            return BackfillRequest.from_json(info)
     known = sorted({r.metrics.get("backfill", {}).get("id") for r in runs} - {None})
     raise ConfigError(f"no backfill {backfill_id!r} in pipeline {config.pipeline!r}'s ledger"
                       + (f": known ids {', '.join(known)}" if known else ": it has no backfill yet"))
@@ -277,20 +284,18 @@ def find_request(config: LoaderConfig, backfill_id: str) -> BackfillRequest:
 def backfill_status(store: StateStore, pipeline: str, *, lease_held: bool = False) -> dict[str, Any] | None:
     """The latest backfill request: chunks done of total, and whether it finished, is running (a chunk
     is planned and the pipeline's lease is held) or was cut short."""
-    runs = store.runs(pipeline, limit=200, mode="backfill")
-    if not runs:
-        return None
-    latest = runs[0].metrics.get("backfill")
+    runs = store.runs(pipeline, limit=None, mode="backfill")
+    latest = runs[0].metrics.get("backfill") if runs else None
     if not latest:
         return None
-    same = [r for r in runs if {k: v for k, v in r.metrics.get("backfill", {}).items() if k not in ("chunk", "of")}
-            == {k: v for k, v in latest.items() if k not in ("chunk", "of")}]
+    same = [r for r in runs if r.metrics.get("backfill", {}).get("id") == latest["id"]]
     done = {r.metrics["backfill"]["chunk"] for r in same if r.status == "committed"}
     planned = [r.run_number for r in same if r.status == "planned"]
     total = int(latest["of"])
     state = "finished" if len(done) >= total else ("running" if planned and lease_held else "interrupted")
-    return {"request": {k: v for k, v in latest.items() if k not in ("chunk", "of")}, "chunks_done": len(done),
-            "chunks_total": total, "state": state, "unfinished_runs": planned}
+    request = BackfillRequest.from_json(latest).to_json()
+    return {"request": request, "chunks_done": len(done), "chunks_total": total, "state": state,
+            "unfinished_runs": planned}
 
 
 __all__ = ["BackfillRefused", "BackfillRequest", "BackfillSummary", "backfill_status", "build_request", "dry_run",

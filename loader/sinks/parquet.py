@@ -49,12 +49,13 @@ class ParquetSink:
         try:
             if batch.replay:
                 self._remove_run(where, batch.run_number)
-            stored = self._stored_schema(where)
+            regions = self._region_folders(where)
+            stored = self._stored_schema(where, regions)
             if stored is not None:
                 refuse_type_changes(f"Parquet table {where.uri}", stored, batch.data.schema,
                                     "Cast the column in the transform back to the stored type, or move the "
                                     "table's folder away to start a new version log")
-            data = self._new_versions(where, batch)
+            data = self._new_versions(where, batch, regions)
             counts = region_counts(data)
             if data.num_rows:
                 self._write_partitions(where, batch.run_number, data, batch.cursor, batch.table)
@@ -73,14 +74,21 @@ class ParquetSink:
             raise storage_error(error, where.uri, side="sink", doing="removing a cut run's files under") from error
 
     @staticmethod
-    def _stored_schema(where: Location) -> pa.Schema | None:
+    def _region_folders(where: Location) -> list[str]:
+        """The table's `region=` folders (listed once per write: the schema check and the version
+        anti-join both need them)."""
+        return [
+            f.path for f in where.filesystem.get_file_info(pafs.FileSelector(where.path, allow_not_found=True))
+            if f.type == pafs.FileType.Directory and f.base_name.startswith("region=")
+        ]
+
+    @staticmethod
+    def _stored_schema(where: Location, regions: list[str]) -> pa.Schema | None:
         """The schema of the log's newest file (one region's newest date folder, one footer read), or
         None for a new table: every file of the log has the same column types, this keeps it so."""
         fs = where.filesystem
-        for region in fs.get_file_info(pafs.FileSelector(where.path, allow_not_found=True)):
-            if region.type != pafs.FileType.Directory or not region.base_name.startswith("region="):
-                continue
-            days = sorted((d for d in fs.get_file_info(pafs.FileSelector(region.path)) if d.type == pafs.FileType.Directory),
+        for region in regions:
+            days = sorted((d for d in fs.get_file_info(pafs.FileSelector(region)) if d.type == pafs.FileType.Directory),
                           key=lambda d: d.base_name, reverse=True)
             for day in days:
                 for file in fs.get_file_info(pafs.FileSelector(day.path)):
@@ -96,14 +104,14 @@ class ParquetSink:
             if info.base_name.startswith(prefixes):
                 where.filesystem.delete_file(info.path)
 
-    def _new_versions(self, where: Location, batch: TableBatch) -> pa.Table:
+    def _new_versions(self, where: Location, batch: TableBatch, regions: list[str]) -> pa.Table:
         """Drop versions (key, cursor) already in the log: the lookback re-reads them every run, and an
         abandoned run or a backfill may have written them."""
         data = batch.data
         if data.num_rows == 0:
             return data
         low, high = pc.min(data[batch.cursor]).as_py(), pc.max(data[batch.cursor]).as_py()
-        existing = self._existing_versions(where, batch, low, high)
+        existing = self._existing_versions(where, batch, regions, low, high)
         if existing.num_rows == 0:
             return data
         columns = [*batch.key, batch.cursor]
@@ -113,16 +121,13 @@ class ParquetSink:
             [(k, "ascending") for k in batch.key]
         )
 
-    def _existing_versions(self, where: Location, batch: TableBatch, low: datetime, high: datetime) -> pa.Table:
+    def _existing_versions(self, where: Location, batch: TableBatch, regions: list[str], low: datetime,
+                           high: datetime) -> pa.Table:
         """(key, cursor) of the other runs' files in the batch's date partitions: only those can hold
         one of its versions, since `date` is the version's cursor day. Lists only those folders."""
         columns = [*batch.key, batch.cursor]
         days = [(low + timedelta(days=i)).date().isoformat() for i in range((high.date() - low.date()).days + 1)]
         own = run_prefix(batch.run_number)
-        regions = [
-            f.path for f in where.filesystem.get_file_info(pafs.FileSelector(where.path, allow_not_found=True))
-            if f.type == pafs.FileType.Directory and f.base_name.startswith("region=")
-        ]
         paths = []
         for region in regions:
             for day in days:

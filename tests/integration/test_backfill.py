@@ -84,6 +84,7 @@ def test_backfill_over_loaded_data_duplicates_nothing_and_keeps_the_checkpoint(l
     before = checkpoints()
     result = run_json(config, "backfill", *WINDOW, "--source", "orders")
     assert result["chunks_loaded"] == 4 and result["request"]["sources"] == ["orders"]
+    assert result["checkpoints_moved"] is False
     assert {t for c in result["chunks"] for t in c["tables"]} == {"orders"}
     assert checkpoints() == before
     assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")

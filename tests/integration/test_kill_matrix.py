@@ -72,6 +72,11 @@ def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     return folder
 
 
+def _emulator(snowflake: dict[str, Any]) -> dict[str, Any]:
+    """The emulator's connection settings from a config's `sinks.snowflake` (it accepts any password)."""
+    return {k: snowflake[k] for k in ("account", "user", "host", "port", "protocol")} | {"password": "any"}
+
+
 def _copy(template: Path, stage: str, target: Path) -> tuple[Path, dict[str, str]]:
     """A private copy of the project: its folder and, on PostgreSQL, its state database, on
     Snowflake its tables (cloned into a new database). The config and the environment to run it."""
@@ -83,7 +88,7 @@ def _copy(template: Path, stage: str, target: Path) -> tuple[Path, dict[str, str
     env: dict[str, str] = {}
     snowflake = raw["sinks"].get("snowflake")
     if snowflake:
-        server = {k: snowflake[k] for k in ("account", "user", "host", "port", "protocol")} | {"password": "any"}
+        server = _emulator(snowflake)
         source, snowflake["database"] = snowflake["database"], new_database()
         query(server, snowflake["database"], "SELECT 1")  # creates the database and schema
         if stage == "fresh":
@@ -99,8 +104,7 @@ def _assert_exact(config: Path) -> None:
     assert_warehouse_exact(folder / "warehouse", folder / "landing")
     snowflake = yaml.safe_load(config.read_text())["sinks"].get("snowflake")
     if snowflake:
-        server = {k: snowflake[k] for k in ("account", "user", "host", "port", "protocol")} | {"password": "any"}
-        assert_snowflake_exact(server, snowflake["database"], folder / "landing")
+        assert_snowflake_exact(_emulator(snowflake), snowflake["database"], folder / "landing")
 
 
 def _kill_then_recover(config: Path, env: dict[str, str], point: str) -> dict:

@@ -4,6 +4,7 @@ source, a new source column, and key-pair authentication (an encrypted PEM key, 
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -74,7 +75,8 @@ def test_dropped_connections_are_retried(tmp_path: Path, snowflake_server: dict[
         proxy.arm(12)
         result = run_cli(config, "run", "--incremental", "--json", env=password_env(snowflake_server))
         assert proxy.dropped == 12 and proxy.forwarded > 0
-    assert "-> snowflake" in result.stderr and "failed" in result.stderr, result.stderr[-3000:]
+    # The connector's own retries gave up at least once, and the sink's step retry carried on.
+    assert re.search(r"orders -> snowflake \w+: attempt \d of 8 failed", result.stderr), result.stderr[-3000:]
     assert yaml.safe_load(result.stdout)["status"] == "committed"
     assert_snowflake_exact(snowflake_server, database, tmp_path / "p" / "landing")
 
