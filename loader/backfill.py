@@ -171,10 +171,14 @@ def _plan(config: LoaderConfig, request: BackfillRequest, window: Window) -> Run
     return call_with_retries("planning", config.source_retry, lambda: plan_run(config, {}, windows=windows))
 
 
-def run_backfill(config: LoaderConfig, request: BackfillRequest, *, engine: str | None = None, parallel: int = 1,
+def run_backfill(config: LoaderConfig, request: BackfillRequest, *, executor: str | None = None,
+                 engine: str | None = None, parallel: int = 1,
                  on_chunk: Callable[[ChunkResult, int], None] | None = None) -> BackfillSummary:
     """Load every chunk not yet loaded, `parallel` at a time (threads of this process, one lease)."""
+    from loader.pipeline import preflight_engine
     from loader.runner import held_lease
+
+    preflight_engine(config, engine)
 
     store = StateStore.open(config.state.url)
     pipeline = config.pipeline
@@ -194,7 +198,8 @@ def run_backfill(config: LoaderConfig, request: BackfillRequest, *, engine: str 
             lock = threading.Lock()
 
             def load(index: int) -> ChunkResult:
-                result = _load_chunk(config, store, request, history, index, chunks[index], len(chunks), engine)
+                result = _load_chunk(config, store, request, history, index, chunks[index], len(chunks),
+                                     executor, engine)
                 with lock:
                     summary.chunks.append(result)
                     if on_chunk is not None:
@@ -222,7 +227,7 @@ def run_backfill(config: LoaderConfig, request: BackfillRequest, *, engine: str 
 
 
 def _load_chunk(config: LoaderConfig, store: StateStore, request: BackfillRequest, history: list[RunRecord],
-                index: int, window: Window, total: int, engine: str | None) -> ChunkResult:
+                index: int, window: Window, total: int, executor: str | None, engine: str | None) -> ChunkResult:
     from loader.runner import RunSummary, _Timer, execute_run
 
     pipeline = config.pipeline
@@ -249,14 +254,15 @@ def _load_chunk(config: LoaderConfig, store: StateStore, request: BackfillReques
     run_summary = RunSummary(pipeline=pipeline, status="planned", run_number=record.run_number)
     timer = _Timer()
 
-    def commit(engine_used: str) -> None:
-        metrics = {**_chunk_metrics(request, index, total), "tables": run_summary.tables, "engine": engine_used,
-                   "timings_s": dict(timer.timings)}
+    def commit() -> None:
+        metrics = {**_chunk_metrics(request, index, total), "tables": run_summary.tables,
+                   "executor": run_summary.executor, "engine": run_summary.engine, "timings_s": dict(timer.timings)}
         call_with_retries("backfill chunk commit", config.state.retry,
                           lambda: store.commit_backfill_run(pipeline, record.run_number, metrics=metrics))
 
     try:
-        execute_run(config, record, plan, run_summary, timer, engine, commit=commit, only_sinks=request.sinks)
+        execute_run(config, record, plan, run_summary, timer, executor, engine, commit=commit,
+                    only_sinks=request.sinks)
     except Exception as error:
         store.fail_run(pipeline, record.run_number, error=f"{type(error).__name__}: {error}")
         raise

@@ -7,13 +7,16 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from loader.errors import EXIT_FAILED, EXIT_LEASE_HELD, EXIT_OK, EXIT_USAGE, LoaderError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES_HELP = f"""\b
 Exit codes:
@@ -71,20 +74,38 @@ def cli(ctx: click.Context, config_path: str | None, log_level: str) -> None:
     ctx.obj = _Context(config_path)
 
 
+def _executor_option(help_text: str) -> Callable[[F], F]:
+    return click.option("--executor", type=click.Choice(["auto", "local", "ray"]), default=None, help=help_text)
+
+
+def _engine_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value in ("local", "ray"):
+        raise click.BadParameter(f"{value!r}: --engine now says where the transforms run (auto, cpu, gpu); "
+                                 f"in-process or Ray moved to --executor {value}")
+    if value not in (None, "auto", "cpu", "gpu"):
+        raise click.BadParameter(f"{value!r} is not one of auto, cpu, gpu")
+    return value
+
+
+def _engine_option(help_text: str) -> Callable[[F], F]:
+    return click.option("--engine", metavar="[auto|cpu|gpu]", default=None, callback=_engine_value, help=help_text)
+
+
 @cli.command("run", epilog=EXIT_CODES_HELP)
 @click.option("--incremental", is_flag=True, required=True,
               help="Load only what is new since the last committed run (the only mode of `run`; see `backfill`).")
-@click.option("--engine", type=click.Choice(["auto", "local", "ray"]), default=None,
-              help="Override ray.mode: local runs in this process, ray uses Ray Data, auto picks by size.")
+@_executor_option("Override ray.mode: local runs in this process, ray uses Ray Data, auto picks by size.")
+@_engine_option("Override transform.engine: where the transforms run. auto: the GPU (cuDF) when one is usable, "
+                "else the CPU; gpu: fail at start without one; cpu: never import cuDF.")
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object on stdout.")
 @click.pass_obj
-def run_command(obj: _Context, incremental: bool, engine: str | None, as_json: bool) -> None:
+def run_command(obj: _Context, incremental: bool, executor: str | None, engine: str | None, as_json: bool) -> None:
     """Run one incremental load: plan, read, transform, write every sink, commit checkpoints."""
     try:
         config = obj.config()
         from loader.runner import run_incremental
 
-        summary = run_incremental(config, engine=engine)
+        summary = run_incremental(config, executor=executor, engine=engine)
     except LoaderError as error:
         _fail(error)
         return
@@ -115,13 +136,14 @@ def _instant(value: str, option: str) -> datetime:
 @click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Chunks loaded at once (threads of this process; memory grows with it).")
 @click.option("--resume", "resume_id", help="Resume backfill ID (shown by `loader status`) with its recorded options.")
-@click.option("--engine", type=click.Choice(["auto", "local", "ray"]), default=None, help="As for `run`.")
+@_executor_option("As for `run`.")
+@_engine_option("As for `run`.")
 @click.option("--dry-run", is_flag=True, help="Print the chunks, files and estimated rows; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object on stdout.")
 @click.pass_obj
 def backfill_command(obj: _Context, start: str | None, end: str | None, sources: tuple[str, ...],
-                     sinks: tuple[str, ...], chunk: str, parallel: int, resume_id: str | None, engine: str | None,
-                     dry_run: bool, as_json: bool) -> None:
+                     sinks: tuple[str, ...], chunk: str, parallel: int, resume_id: str | None,
+                     executor: str | None, engine: str | None, dry_run: bool, as_json: bool) -> None:
     """Reload the cursor window (START, END] in chunks without moving the incremental checkpoint.
 
     \b
@@ -163,7 +185,8 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
             from loader.report import backfill_progress
 
             with backfill_progress(quiet=as_json) as on_chunk:
-                summary = backfill.run_backfill(config, request, engine=engine, parallel=parallel, on_chunk=on_chunk)
+                summary = backfill.run_backfill(config, request, executor=executor, engine=engine, parallel=parallel,
+                                                on_chunk=on_chunk)
     except LoaderError as error:
         _fail(error)
         return

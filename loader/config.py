@@ -189,6 +189,13 @@ class RayConfig(_Frozen):
     num_cpus: int | None = Field(default=None, gt=0)
 
 
+class TransformConfig(_Frozen):
+    """Where the transforms run. `auto`: the GPU (cuDF) when it imports and a CUDA device is visible,
+    else the CPU; `gpu` fails at start without one; `cpu` never imports cuDF."""
+
+    engine: Literal["auto", "cpu", "gpu"] = "auto"
+
+
 class StateConfig(_Frozen):
     url: str = "sqlite:///state/loader.db"
     lease_ttl: timedelta = timedelta(seconds=60)
@@ -210,6 +217,7 @@ class LoaderConfig(_Frozen):
     # Fewer than the sinks': an unreachable landing zone should fail a scheduled run within seconds.
     source_retry: RetryConfig = RetryConfig(attempts=3, total=timedelta(seconds=30))
     ray: RayConfig = RayConfig()
+    transform: TransformConfig = TransformConfig()
     config_path: str | None = None
 
     @field_validator("sources")

@@ -1,13 +1,16 @@
 """Execution of the planned reads: read -> window filter -> enrich -> region lookup -> regional rules,
-then dedupe on the primary key (latest cursor wins). Two engines run the very same stage functions:
+then dedupe on the primary key (latest cursor wins). Two executors run the very same stage functions:
 
 - `local`: in this process with pyarrow (threads for I/O). No Ray start-up cost (about 7 s on 2 cores
   for `ray.init` plus the first job), which dominates a small increment.
 - `ray`: Ray Data reads the planned files in parallel tasks and runs the row-local stages in
-  `map_batches`; the dedupe runs on the driver over the transformed rows.
+  `map_batches` on an actor pool; the dedupe runs on the driver over the transformed rows.
+
+Either executor runs the transforms on one of two engines (loader/frames.py): `cpu` (pandas over
+Arrow) or `gpu` (cuDF; on Ray each actor requests one GPU and the pool has one actor per GPU).
 
 The stages are row-local and dedupe keeps exactly one deterministic row per key, sorted by key, so
-both engines produce identical tables (tests/integration/test_engines.py compares sink contents).
+both executors produce identical tables (tests/integration/test_engines.py compares sink contents).
 """
 
 from __future__ import annotations
@@ -22,33 +25,74 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from loader.config import LoaderConfig, SourceConfig
+from loader.dimensions import Dimensions
+from loader.frames import EngineChoice, EngineName, GpuStatus, choose_transform_engine, frames_for, gpu_status
 from loader.planning import RunPlan, SourcePlan
+from loader.region_rules import RegionRule
 from loader.retry import call_with_retries
 from loader.sources import read_dimension, read_source, rows_in_window
-from loader.transforms import Dimensions, RegionRule, dedupe_latest, transform_fact
+from loader.tables import dedupe_latest
+from loader.transforms import transform_fact
 from state import Window
 
 log = logging.getLogger(__name__)
 
-Engine = Literal["local", "ray"]
+Executor = Literal["local", "ray"]
 
 
 @dataclass(frozen=True)
-class EngineChoice:
-    engine: Engine
+class ExecutorChoice:
+    executor: Executor
     reason: str
 
 
-def choose_engine(config: LoaderConfig, plan: RunPlan, override: str | None = None) -> EngineChoice:
+def choose_executor(config: LoaderConfig, plan: RunPlan, override: str | None = None) -> ExecutorChoice:
     mode = override or config.ray.mode
     if mode in ("local", "ray"):
-        return EngineChoice(mode, f"engine {mode!r} requested")  # type: ignore[arg-type]
+        return ExecutorChoice(mode, f"executor {mode!r} requested")  # type: ignore[arg-type]
     rows = plan.estimated_rows
-    if config.ray.address or os.environ.get("RAY_ADDRESS"):
-        return EngineChoice("ray", "a Ray cluster address is configured")
+    if _cluster_address(config):
+        return ExecutorChoice("ray", "a Ray cluster address is configured")
     if rows > config.ray.local_max_rows:
-        return EngineChoice("ray", f"{rows:,} estimated rows > ray.local_max_rows={config.ray.local_max_rows:,}")
-    return EngineChoice("local", f"{rows:,} estimated rows <= ray.local_max_rows={config.ray.local_max_rows:,}: Ray start-up would cost more than the work")
+        return ExecutorChoice("ray", f"{rows:,} estimated rows > ray.local_max_rows={config.ray.local_max_rows:,}")
+    return ExecutorChoice("local", f"{rows:,} estimated rows <= ray.local_max_rows={config.ray.local_max_rows:,}: Ray start-up would cost more than the work")
+
+
+def _cluster_address(config: LoaderConfig) -> str | None:
+    return config.ray.address or os.environ.get("RAY_ADDRESS")
+
+
+def preflight_engine(config: LoaderConfig, override: str | None) -> None:
+    """`gpu` requested on a machine without a usable GPU fails here, before any state is touched.
+    With a Ray cluster address the GPUs are the cluster's: checked once Ray is up (`choose_run_engine`)."""
+    if (override or config.transform.engine) == "gpu" and not _cluster_address(config):
+        choose_transform_engine("gpu")
+
+
+def cluster_gpu_status() -> GpuStatus:
+    """GPUs of the connected Ray cluster (the workers run the transforms), and cuDF on this machine (the
+    loader's image is the same on every node)."""
+    import importlib.util
+
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if importlib.util.find_spec("cudf") is None:
+        return GpuStatus(False, "cuDF is not installed (pip install -e '.[gpu]' in the loader's image)")
+    if gpus < 1:
+        return GpuStatus(False, "the Ray cluster reports no GPU (start GPU workers with `ray start --num-gpus N`)")
+    return GpuStatus(True, f"the Ray cluster has {gpus} GPU(s), cuDF installed", gpus)
+
+
+def choose_run_engine(config: LoaderConfig, executor: Executor, override: str | None) -> EngineChoice:
+    """cpu or gpu for this run: on the Ray executor by the cluster's GPUs, in-process by this machine's."""
+    requested = override or config.transform.engine
+    if requested == "cpu":
+        return choose_transform_engine("cpu")
+    if executor == "ray":
+        init_ray(config)
+        return choose_transform_engine(requested, cluster_gpu_status())
+    return choose_transform_engine(requested, gpu_status())
 
 
 def region_rules(config: LoaderConfig) -> dict[str, RegionRule]:
@@ -64,15 +108,17 @@ def load_dimensions(config: LoaderConfig) -> Dimensions:
 
 
 def stage_batch(
-    batch: pa.Table, *, source: SourceConfig, window: Window, dims: Dimensions, rules: Mapping[str, RegionRule]
+    batch: pa.Table, *, source: SourceConfig, window: Window, dims: Dimensions, rules: Mapping[str, RegionRule],
+    engine: EngineName,
 ) -> pa.Table:
     """The row-local stages for one batch: window filter, enrichment, region, regional rules."""
     batch = rows_in_window(batch, source=source.path, cursor=source.cursor, window=window)
-    return transform_fact(batch, kind=source.kind, dims=dims, rules=rules)
+    return transform_fact(batch, kind=source.kind, dims=dims, rules=rules, frames=frames_for(engine))
 
 
-def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> Iterator[tuple[str, pa.Table]]:
+def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: EngineName) -> Iterator[tuple[str, pa.Table]]:
     rules = region_rules(config)
+    frames = frames_for(engine)
     for name, source_plan in plan.sources.items():
         if source_plan.is_empty:
             continue
@@ -85,7 +131,7 @@ def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> Iterator
         latest = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
         del rows
         _log_read(name, source_plan, read, latest.num_rows)
-        yield name, transform_fact(latest, kind=source.kind, dims=dims, rules=rules)
+        yield name, transform_fact(latest, kind=source.kind, dims=dims, rules=rules, frames=frames)
 
 
 def _log_read(name: str, plan: SourcePlan, read: int, kept: int) -> None:
@@ -102,7 +148,7 @@ def init_ray(config: LoaderConfig) -> None:
 
     if ray.is_initialized():
         return
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    address = _cluster_address(config)
     kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if address:
         kwargs["address"] = address
@@ -112,12 +158,25 @@ def init_ray(config: LoaderConfig) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> Iterator[tuple[str, pa.Table]]:
+def _actor_pool(engine: EngineName) -> dict[str, Any]:
+    """map_batches arguments: on the GPU one actor per GPU in the cluster, each holding one; on the CPU
+    up to one actor per CPU."""
+    import ray
+
+    if engine == "gpu":  # choose_run_engine saw at least one GPU in the cluster
+        gpus = max(1, int(ray.cluster_resources().get("GPU", 0)))
+        return {"num_gpus": 1, "compute": ray.data.ActorPoolStrategy(size=gpus)}
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=cpus)}
+
+
+def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: EngineName) -> Iterator[tuple[str, pa.Table]]:
     import ray
 
     init_ray(config)
     rules = region_rules(config)
     dims_ref = ray.put(dims)
+    pool = _actor_pool(engine)
     for name, source_plan in plan.sources.items():
         if source_plan.is_empty:
             continue
@@ -127,13 +186,12 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions) -> Iterator[t
             _ray_paths(source_plan), filesystem=source_plan.location.filesystem, partitioning=None,
         ).filter(expr=_window_expression(source.cursor, window))
         staged = dataset.map_batches(
-            _RayStage, fn_constructor_kwargs={"source": source, "window": window, "dims": dims_ref, "rules": rules},
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(ray.available_resources().get("CPU", 1)))),
+            _RayStage, batch_format="pyarrow", **pool,
+            fn_constructor_kwargs={"source": source, "window": window, "dims": dims_ref, "rules": rules, "engine": engine},
         )
         parts = [t for t in ray.get(staged.to_arrow_refs()) if t.num_rows]
         table = pa.concat_tables(parts, promote_options="permissive") if parts else stage_batch(
-            _empty_input(source_plan), source=source, window=window, dims=dims, rules=rules
+            _empty_input(source_plan), source=source, window=window, dims=dims, rules=rules, engine=engine
         )
         latest = dedupe_latest(table, key=source.primary_key, cursor=source.cursor)
         _log_read(name, source_plan, table.num_rows, latest.num_rows)
@@ -152,16 +210,19 @@ def _window_expression(cursor: str, window: Window) -> Any:
 
 
 class _RayStage:
-    """A Ray actor holding the broadcast dimensions once, applying the row-local stages per batch."""
+    """A Ray actor holding the broadcast dimensions once (and, on the GPU, their device copy), applying
+    the row-local stages per Arrow batch: on the GPU straight from Arrow to cuDF and back."""
 
-    def __init__(self, *, source: SourceConfig, window: Window, dims: object, rules: Mapping[str, RegionRule]) -> None:
+    def __init__(self, *, source: SourceConfig, window: Window, dims: object, rules: Mapping[str, RegionRule],
+                 engine: EngineName) -> None:
         import ray
 
-        self.source, self.window, self.rules = source, window, rules
+        self.source, self.window, self.rules, self.engine = source, window, rules, engine
         self.dims: Dimensions = ray.get(dims) if isinstance(dims, ray.ObjectRef) else dims  # type: ignore[assignment]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return stage_batch(batch, source=self.source, window=self.window, dims=self.dims, rules=self.rules)
+        return stage_batch(batch, source=self.source, window=self.window, dims=self.dims, rules=self.rules,
+                           engine=self.engine)
 
 
 def _empty_input(source_plan: SourcePlan) -> pa.Table:
@@ -172,8 +233,9 @@ def _empty_input(source_plan: SourcePlan) -> pa.Table:
         return pq.ParquetFile(handle).schema_arrow.empty_table()
 
 
-def execute(config: LoaderConfig, plan: RunPlan, engine: Engine, dims: Dimensions) -> Iterator[tuple[str, pa.Table]]:
+def execute(config: LoaderConfig, plan: RunPlan, executor: Executor, dims: Dimensions,
+            engine: EngineName) -> Iterator[tuple[str, pa.Table]]:
     """Each source's final rows in turn: the caller writes one source before the next is computed,
     so only one source's window is in memory at a time."""
-    runner = run_ray if engine == "ray" else run_local
-    return runner(config, plan, dims)
+    runner = run_ray if executor == "ray" else run_local
+    return runner(config, plan, dims, engine)

@@ -35,7 +35,8 @@ def print_run_summary(summary: RunSummary) -> None:
             name, window = "", ""
     _out.print(table)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in summary.timings.items())
-    _out.print(f"engine: {summary.engine} ({summary.engine_reason}); {timings}")
+    _out.print(f"executor: {summary.executor} ({summary.executor_reason}); transforms: {summary.engine} "
+               f"({summary.engine_reason}); {timings}")
 
 
 def plan_payload(plan: RunPlan, *, replay_of: int | None) -> dict[str, Any]:

@@ -36,7 +36,9 @@ class RunSummary:
     status: str  # committed | nothing_new
     run_number: int | None = None
     replayed: bool = False
-    engine: str | None = None
+    executor: str | None = None  # local | ray
+    executor_reason: str | None = None
+    engine: str | None = None  # cpu | gpu: where the transforms ran
     engine_reason: str | None = None
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -44,7 +46,8 @@ class RunSummary:
     def to_json(self) -> dict[str, Any]:
         return {
             "pipeline": self.pipeline, "status": self.status, "run_number": self.run_number,
-            "replayed": self.replayed, "engine": self.engine, "engine_reason": self.engine_reason,
+            "replayed": self.replayed, "executor": self.executor, "executor_reason": self.executor_reason,
+            "engine": self.engine, "engine_reason": self.engine_reason,
             "tables": self.tables, "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -91,16 +94,21 @@ class _Timer:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
 
 
-def run_incremental(config: LoaderConfig, *, engine: str | None = None, now: datetime | None = None) -> RunSummary:
+def run_incremental(config: LoaderConfig, *, executor: str | None = None, engine: str | None = None,
+                    now: datetime | None = None) -> RunSummary:
+    from loader.pipeline import preflight_engine
+
+    preflight_engine(config, engine)  # `--engine gpu` without a GPU fails here, before any state is touched
     store = StateStore.open(config.state.url)
     try:
         with held_lease(store, config.pipeline, config.state.lease_ttl.total_seconds()):
-            return _run_with_lease(config, store, engine=engine, now=now)
+            return _run_with_lease(config, store, executor=executor, engine=engine, now=now)
     finally:
         store.close()
 
 
-def _run_with_lease(config: LoaderConfig, store: StateStore, *, engine: str | None, now: datetime | None) -> RunSummary:
+def _run_with_lease(config: LoaderConfig, store: StateStore, *, executor: str | None, engine: str | None,
+                    now: datetime | None) -> RunSummary:
     timer = _Timer()
     pipeline = config.pipeline
     summary = RunSummary(pipeline=pipeline, status="nothing_new")
@@ -128,14 +136,15 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, engine: str | No
             failpoints.hit("plan.recorded")
     summary.run_number = record.run_number
 
-    def commit(engine_used: str) -> None:
+    def commit() -> None:
         failpoints.hit("checkpoint.before")
         with timer.stage("commit"):
             def attempt() -> None:
                 store.commit_run(
                     pipeline, record.run_number,
                     checkpoints={name: p.window.upper for name, p in plan.sources.items()},
-                    metrics={"tables": summary.tables, "engine": engine_used, "timings_s": dict(timer.timings)},
+                    metrics={"tables": summary.tables, "executor": summary.executor, "engine": summary.engine,
+                             "timings_s": dict(timer.timings)},
                     before_commit=lambda: failpoints.hit("checkpoint.inside"),
                 )
                 failpoints.hit("checkpoint.acknowledged")  # a lost acknowledgement: the retry finds it landed
@@ -144,7 +153,7 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, engine: str | No
         failpoints.hit("checkpoint.after")
 
     try:
-        execute_run(config, record, plan, summary, timer, engine, commit=commit)
+        execute_run(config, record, plan, summary, timer, executor, engine, commit=commit)
     except LoaderError as error:
         store.fail_run(pipeline, record.run_number, error=str(error))
         raise
@@ -181,21 +190,25 @@ def _write_sinks(sinks: list[Sink], batch: TableBatch) -> list[SinkWrite]:
 
 def execute_run(
     config: LoaderConfig, record: RunRecord, plan: RunPlan, summary: RunSummary, timer: _Timer,
-    engine: str | None, *, commit: Callable[[str], None], only_sinks: tuple[str, ...] | None = None,
+    executor: str | None, engine: str | None, *, commit: Callable[[], None],
+    only_sinks: tuple[str, ...] | None = None,
 ) -> None:
-    """Read, transform and write every sink (or `only_sinks`) for the planned run, then `commit(engine)`:
+    """Read, transform and write every sink (or `only_sinks`) for the planned run, then `commit()`:
     the checkpoint transaction of an incremental run, the ledger row of a backfill chunk."""
     # Imported here: a run with nothing new never pays for transforms, sinks or their drivers.
-    from loader.pipeline import choose_engine, execute, load_dimensions
+    from loader.pipeline import choose_executor, choose_run_engine, execute, load_dimensions
     from loader.sinks import TableBatch, build_sinks
 
-    choice = choose_engine(config, plan, engine)
-    summary.engine, summary.engine_reason = choice.engine, choice.reason
-    log.info("run %d: engine %s (%s)", record.run_number, choice.engine, choice.reason)
+    choice = choose_executor(config, plan, executor)
+    engine_choice = choose_run_engine(config, choice.executor, engine)
+    summary.executor, summary.executor_reason = choice.executor, choice.reason
+    summary.engine, summary.engine_reason = engine_choice.engine, engine_choice.reason
+    log.info("run %d: executor %s (%s); transforms on the %s (%s)", record.run_number, choice.executor, choice.reason,
+             engine_choice.engine.upper(), engine_choice.reason)
     with timer.stage("execute"):
         dims = load_dimensions(config)
     sinks = [sink for sink in build_sinks(config) if only_sinks is None or sink.name in only_sinks]
-    tables = execute(config, plan, choice.engine, dims)
+    tables = execute(config, plan, choice.executor, dims, engine_choice.engine)
     while True:
         with timer.stage("execute"):
             item = next(tables, None)
@@ -217,4 +230,4 @@ def execute_run(
                 "sinks": {w.sink: {"rows": w.rows, "location": w.location, "skipped": w.skipped, "regions": w.regions} for w in writes},
             }
         del data, batch  # free this source's rows before the next one is computed
-    commit(choice.engine)
+    commit()

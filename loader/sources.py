@@ -13,7 +13,7 @@ from loader.config import LoaderConfig
 from loader.errors import BadSourceData
 from loader.planning import FilePlan, SourcePlan, list_files
 from loader.storage import locate, storage_error
-from loader.transforms import normalize_strings
+from loader.tables import normalize_strings
 from state import Window
 
 

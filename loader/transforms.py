@@ -1,502 +1,225 @@
-"""Row-local and dedupe transforms of the pipeline, on pyarrow Tables.
+"""The enrichment and per-region transforms, written once against the DataFrame API pandas and cuDF share.
 
-The in-process executor and Ray Data (`map_batches(batch_format="pyarrow")`) call the very same
-functions, so every function takes and returns a `pa.Table`, works on any batch (an empty one gives an
-empty table with the output schema) and uses `pyarrow.compute` only: no per-row Python. Money stays
-decimal128 end to end; every product is cast to a declared precision/scale with a *safe* cast, so a value
-that does not fit raises instead of being silently truncated or routed through float.
+Each transform takes a frame and the `Frames` backend it lives in (loader/frames.py: pandas with
+Arrow-backed columns on the CPU, cuDF on the GPU), adds or replaces columns and returns the frame.
+Nothing here imports either library: the backend is passed in, chosen once per run. `on_table` runs
+one transform on a pyarrow Table; `transform_fact` runs the row-local chain
+enrich_<kind> -> attach_region -> apply_region_rules, converting Arrow in and out once.
 
-Pipeline order (see DESIGN.md): `dedupe_latest` needs the whole window, so it runs on its own;
-`transform_fact` = `normalize_strings` -> `enrich_orders` / `enrich_lineitem` -> `attach_region` ->
-`apply_region_rules`, all row-local, so any split of a window into batches gives the same rows.
+Exactness, on both libraries: money stays decimal (a float column is refused); comparisons use exact
+Decimal scalars; every derived decimal is checked against its declared precision before the cast
+(`_fit`), so a value that does not fit raises BadSourceData instead of wrapping or truncating, which
+cuDF's casts would do silently; rounding is half to even.
 
 Null handling, everywhere: a null input gives a null derived value (SQL semantics), never a guess.
+Rows are never reordered or dropped, so any split of a window into batches gives the same rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
-from typing import Literal
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from loader.errors import BadSourceData, ConfigError
+from loader.frames import Frame, Frames, Series, frames_for
+from loader.region_rules import FX_RATE, VAT_RATE, RegionRule
+from loader.tables import UNKNOWN_REGION, normalize_strings, require_columns
+
+if TYPE_CHECKING:
+    from loader.dimensions import Dimensions
 
 __all__ = [
-    "DEFAULT_REGION_RULES",
-    "UNKNOWN_REGION",
-    "Dimensions",
     "Kind",
-    "RegionRule",
     "apply_region_rules",
     "attach_region",
-    "dedupe_latest",
+    "customer_segment",
     "enrich_lineitem",
     "enrich_orders",
-    "normalize_strings",
+    "on_table",
     "output_schema",
-    "split_by_region",
     "transform_fact",
 ]
 
 Kind = Literal["orders", "lineitem"]
 
-#: Region of a row whose customer / supplier / nation is not in the dimensions. Such rows are kept.
-UNKNOWN_REGION = "UNKNOWN"
-
-# Declared TPC-H money type: inputs are cast to it (safely) so products never exceed 38 digits.
+# Declared TPC-H money type: inputs are cast to it (checked) so products never exceed 38 digits.
 MONEY = pa.decimal128(15, 2)
 DISCOUNTED_PRICE = pa.decimal128(18, 4)
 CHARGE = pa.decimal128(22, 6)
-FX_RATE = pa.decimal128(18, 6)
-VAT_RATE = pa.decimal128(6, 4)
 AMOUNT_LOCAL = pa.decimal128(24, 2)
-_FX_SCALE = 6
-_VAT_SCALE = 4
 _MAX_DECIMAL128_PRECISION = 38
 
 _REVENUE_TIERS = (("Small", "Medium", "Large", "Enterprise"), ("50000", "150000", "300000"))
 _VOLUME_CATEGORIES = (("Low", "Medium", "High", "Bulk"), ("10", "50", "100"))
-_URGENT_PRIORITIES = ("1-URGENT", "2-HIGH")
-_PREMIUM_ACCTBAL = Decimal("5000")
-_ENTERPRISE_ACCTBAL = Decimal("10000")
-
-_STRINGISH = (pa.types.is_large_string, pa.types.is_string_view)
+_URGENT_PRIORITIES = ["1-URGENT", "2-HIGH"]
+_SEGMENTS = (("standard", "premium", "enterprise"), ("5000", "10000"))
 
 
 # --------------------------------------------------------------------------------------------------
 # helpers
 
 
-def _require(table: pa.Table, columns: Sequence[str], what: str) -> None:
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
+def _decimal_type(values: Series, b: Frames, name: str, where: str = "the landing zone's schema") -> pa.Decimal128Type:
+    arrow_type = b.arrow_type(values)
+    if not pa.types.is_decimal(arrow_type):
         raise BadSourceData(
-            f"{what} is missing column(s) {missing} (it has {table.column_names}); the landing zone's "
-            "files must carry the TPC-H columns: fix the files or the source's path in the config"
+            f"column {name} is {arrow_type}, but money must be decimal (never float): fix {where} for that column"
         )
+    return arrow_type
 
 
-def _put(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:
-    """Append `name`, or replace it in place if present, so re-applying a transform is harmless."""
-    index = table.schema.get_field_index(name)
-    if index >= 0:
-        return table.set_column(index, name, values)
-    return table.append_column(name, values)
-
-
-def _dec(value: str) -> pa.Scalar:
-    """An exact decimal scalar of the smallest type holding `value` (comparisons widen exactly)."""
-    d = Decimal(value)
-    _, digits, exponent = d.as_tuple()
-    assert isinstance(exponent, int)
-    scale = max(-exponent, 0)
-    precision = max(len(digits) + max(exponent, 0), scale, 1)
-    return pa.scalar(d, pa.decimal128(precision, scale))
-
-
-def _to_money(column: pa.ChunkedArray, name: str, target: pa.DataType = MONEY) -> pa.ChunkedArray:
-    if not pa.types.is_decimal(column.type):
+def _fit(values: Series, target: pa.DataType, name: str, b: Frames, *, derived: bool = True) -> Series:
+    """`values` cast to the decimal `target`, after checking that every value fits its integer digits
+    and loses no decimal place (both libraries would otherwise round, truncate or wrap)."""
+    limit = Decimal(10) ** (target.precision - target.scale)
+    too_large = bool((values.abs() >= limit).any())
+    loses_digits = b.arrow_type(values).scale > target.scale and bool((values.round(target.scale) != values).any())
+    if too_large or loses_digits:
+        what = f"derived column {name}" if derived else f"column {name}"
+        problem = "overflows" if too_large else "has more decimal places than"
         raise BadSourceData(
-            f"column {name} is {column.type}, but money must be decimal (never float): "
-            "fix the landing zone's schema for that column"
+            f"{what} {problem} {target}; fix or remove the rows with out-of-range amounts in the landing zone"
         )
-    try:
-        return column.cast(target)
-    except pa.ArrowInvalid as error:
-        raise BadSourceData(
-            f"column {name} holds values that do not fit {target}: {error}; "
-            "fix or remove those rows in the landing zone"
-        ) from error
+    return values.astype(b.dtype(target))
 
 
-def _safe_cast(values: pa.ChunkedArray | pa.Array, target: pa.DataType, name: str) -> pa.ChunkedArray:
-    try:
-        return values.cast(target)
-    except pa.ArrowInvalid as error:
-        raise BadSourceData(
-            f"derived column {name} overflows {target}: {error}; "
-            "fix or remove the rows with out-of-range amounts in the landing zone"
-        ) from error
+def _money(values: Series, name: str, b: Frames, target: pa.DataType = MONEY) -> Series:
+    _decimal_type(values, b, name)
+    return _fit(values, target, name, b, derived=False)
 
 
-def _bin(values: pa.ChunkedArray, spec: tuple[tuple[str, ...], tuple[str, ...]]) -> pa.ChunkedArray:
-    """Label each value by half-open bins [0, t1), [t1, t2), ..., [tn, inf); negative or null -> null.
-
-    The bin index is the count of thresholds the value reaches, computed with exact decimal
-    comparisons, then mapped to its label with one `take`.
-    """
+def _labels(values: Series, spec: tuple[tuple[str, ...], tuple[str, ...]], b: Frames, *, strict: bool = False) -> Series:
+    """Label each value by the thresholds it reaches: labels[0] below thresholds[0], labels[i] from
+    thresholds[i-1] on (`strict`: above it). Compared exactly in decimal; a null value has a null label,
+    and so (unless `strict`) has a negative one."""
     labels, thresholds = spec
-    index: pa.ChunkedArray | None = None
-    for threshold in thresholds:
-        reached = pc.greater_equal(values, _dec(threshold)).cast(pa.int8())
-        index = reached if index is None else pc.add(index, reached)
-    assert index is not None
-    index = pc.if_else(pc.less(values, _dec("0")), pa.scalar(None, pa.int8()), index)
-    return pc.take(pa.array(labels, pa.string()), index)
+    out = b.full(values, None, pa.string())
+    base = values.notna() if strict else (values >= Decimal("0")).fillna(False)
+    out = out.mask(base, labels[0])
+    for label, threshold in zip(labels[1:], thresholds, strict=True):
+        reached = values > Decimal(threshold) if strict else values >= Decimal(threshold)
+        out = out.mask(reached.fillna(False), label)
+    return out
 
 
-def _null_if_null(source: pa.ChunkedArray, values: pa.ChunkedArray) -> pa.ChunkedArray:
-    return pc.if_else(pc.is_null(source), pa.scalar(None, values.type), values)
+def _string(values: Series, name: str, b: Frames, what: str) -> Series:
+    arrow_type = b.arrow_type(values)
+    if not (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)):
+        raise ConfigError(f"{what} column {name}, which is {arrow_type}, not a string: {_FIX_MASK}")
+    return values
 
 
-# --------------------------------------------------------------------------------------------------
-# strings
+_FIX_MASK = "remove it from mask_columns or mask a string column"
 
 
-def normalize_strings(table: pa.Table) -> pa.Table:
-    """Cast top-level string_view and large_string columns to plain string.
-
-    tpchgen and some readers produce string_view, which several pyarrow kernels (take, filter on
-    tables) reject; one string type also keeps batch schemas identical for concatenation and sinks.
-    Returns the same table object when nothing needs casting.
-    """
-    fields = [
-        f.with_type(pa.string()) if any(check(f.type) for check in _STRINGISH) else f for f in table.schema
-    ]
-    schema = pa.schema(fields, metadata=table.schema.metadata)
-    if schema.equals(table.schema):
-        return table
-    return table.cast(schema)
-
-
-# --------------------------------------------------------------------------------------------------
-# dedupe
-
-
-def dedupe_latest(table: pa.Table, *, key: Sequence[str], cursor: str) -> pa.Table:
-    """One row per `key`: the row with the greatest `cursor` wins. Output sorted by `key` ascending.
-
-    Tie-break (same key, same cursor): the row that comes LAST in input order wins. This relies on
-    `pc.sort_indices` being a stable sort: after sorting by (key..., cursor) ascending, equal rows keep
-    their input order, and the last row of each key run is taken (found by comparing each sorted key
-    with its successor, vectorized). Feed batches in a deterministic order (e.g. file path, then row
-    order) for a reproducible winner.
-
-    Raises BadSourceData when a key or cursor value is null: such rows cannot be deduplicated or
-    checkpointed. String columns are normalized first (take rejects string_view).
-    """
-    key = list(key)
-    if not key:
-        raise ValueError("dedupe_latest needs at least one key column")
-    _require(table, [*key, cursor], "the batch to deduplicate")
-    bad = [
-        (name, table.column(name).null_count)
-        for name in dict.fromkeys([*key, cursor])
-        if table.column(name).null_count
-    ]
-    if bad:
-        detail = ", ".join(f"{count} row(s) with a null {name}" for name, count in bad)
-        raise BadSourceData(
-            f"cannot deduplicate on key {key} and cursor {cursor}: found {detail}; every row needs a "
-            "key and a cursor: fix or remove those rows in the landing zone"
-        )
-    table = normalize_strings(table)
-    rows = table.num_rows
-    if rows <= 1:
-        return table
-    sort_keys = [(name, "ascending") for name in key] + [(cursor, "ascending")]
-    order = pc.sort_indices(table.select(list(dict.fromkeys([*key, cursor]))), sort_keys=sort_keys)
-    sorted_keys = table.select(key).take(order)
-    is_last: pa.Array | None = None
-    for name in key:
-        column = sorted_keys.column(name).combine_chunks()
-        differs = pc.not_equal(column.slice(0, rows - 1), column.slice(1))
-        is_last = differs if is_last is None else pc.or_(is_last, differs)
-    assert is_last is not None
-    is_last = pa.concat_arrays([is_last, pa.array([True])])
-    return table.take(pc.filter(order, is_last))
+def _mapped(keys: Series, lookup: Series) -> Series:
+    """lookup's value for each key (null when absent), in key order, typed as lookup even when empty."""
+    return keys.map(lookup).astype(lookup.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
 # enrichment
 
 
-def enrich_orders(table: pa.Table) -> pa.Table:
+def enrich_orders(df: Frame, b: Frames) -> Frame:
     """Add order_year int16, order_quarter int8, order_month int8, is_large_order, is_urgent, revenue_tier.
 
     is_large_order = o_totalprice > 200000 and revenue_tier bins are exact decimal comparisons; a
     negative or null price has a null tier; a null priority has a null is_urgent.
     """
-    _require(table, ["o_orderdate", "o_totalprice", "o_orderpriority"], "orders batch")
-    date = table.column("o_orderdate")
-    price = _to_money(table.column("o_totalprice"), "o_totalprice", table.schema.field("o_totalprice").type)
-    priority = table.column("o_orderpriority")
-    if any(check(priority.type) for check in _STRINGISH):
-        priority = priority.cast(pa.string())
-    table = _put(table, "order_year", pc.year(date).cast(pa.int16()))
-    table = _put(table, "order_quarter", pc.quarter(date).cast(pa.int8()))
-    table = _put(table, "order_month", pc.month(date).cast(pa.int8()))
-    table = _put(table, "is_large_order", pc.greater(price, _dec("200000")))
-    urgent = pc.is_in(priority, value_set=pa.array(_URGENT_PRIORITIES, pa.string()))
-    table = _put(table, "is_urgent", _null_if_null(priority, urgent))
-    return _put(table, "revenue_tier", _bin(price, _REVENUE_TIERS))
+    require_columns(["o_orderdate", "o_totalprice", "o_orderpriority"], list(df.columns), "orders batch")
+    date = df["o_orderdate"]
+    price = df["o_totalprice"]
+    _decimal_type(price, b, "o_totalprice")
+    priority = df["o_orderpriority"]
+    df["order_year"] = date.dt.year.astype(b.dtype(pa.int16()))
+    df["order_quarter"] = date.dt.quarter.astype(b.dtype(pa.int8()))
+    df["order_month"] = date.dt.month.astype(b.dtype(pa.int8()))
+    df["is_large_order"] = (price > Decimal("200000")).astype(b.dtype(pa.bool_()))
+    urgent = priority.isin(_URGENT_PRIORITIES).astype(b.dtype(pa.bool_()))
+    df["is_urgent"] = urgent.where(priority.notna(), None)
+    df["revenue_tier"] = _labels(price, _REVENUE_TIERS, b)
+    return df
 
 
-def enrich_lineitem(table: pa.Table) -> pa.Table:
+def enrich_lineitem(df: Frame, b: Frames) -> Frame:
     """Add discounted_price decimal128(18,4), charge decimal128(22,6), volume_category, ship_delay_days int32.
 
     discounted_price = l_extendedprice * (1 - l_discount) and charge = discounted_price * (1 + l_tax),
-    both exact: operands are cast to decimal128(15,2) first so pyarrow's precision growth stays below 38
-    digits ((15,2)*(16,2) -> (32,4); (18,4)*(16,2) -> (35,6)), then safely cast down to the declared
+    both exact: operands are cast to decimal128(15,2) first so precision growth stays below 38 digits
+    ((15,2)*(16,2) -> (32,4); (18,4)*(16,2) -> (35,6)), then checked and cast down to the declared
     type. ship_delay_days = l_receiptdate - l_shipdate in days (negative if received before shipped).
     """
-    _require(
-        table,
+    require_columns(
         ["l_extendedprice", "l_discount", "l_tax", "l_quantity", "l_shipdate", "l_receiptdate"],
-        "lineitem batch",
+        list(df.columns), "lineitem batch",
     )
-    extended = _to_money(table.column("l_extendedprice"), "l_extendedprice")
-    discount = _to_money(table.column("l_discount"), "l_discount")
-    tax = _to_money(table.column("l_tax"), "l_tax")
-    one = _dec("1")
-    discounted = _safe_cast(
-        pc.multiply(extended, pc.subtract(one, discount)), DISCOUNTED_PRICE, "discounted_price"
-    )
-    charge = _safe_cast(pc.multiply(discounted, pc.add(one, tax)), CHARGE, "charge")
-    quantity = table.column("l_quantity")
-    if not pa.types.is_decimal(quantity.type) and not pa.types.is_integer(quantity.type):
+    extended = _money(df["l_extendedprice"], "l_extendedprice", b)
+    discount = _money(df["l_discount"], "l_discount", b)
+    tax = _money(df["l_tax"], "l_tax", b)
+    one = Decimal("1")
+    discounted = _fit(extended * (one - discount), DISCOUNTED_PRICE, "discounted_price", b)
+    charge = _fit(discounted * (one + tax), CHARGE, "charge", b)
+    quantity = df["l_quantity"]
+    quantity_type = b.arrow_type(quantity)
+    if pa.types.is_integer(quantity_type):
+        quantity = quantity.astype(b.dtype(pa.decimal128(20, 0)))
+    elif not pa.types.is_decimal(quantity_type):
         raise BadSourceData(
-            f"column l_quantity is {quantity.type}, expected decimal or integer: "
+            f"column l_quantity is {quantity_type}, expected decimal or integer: "
             "fix the landing zone's schema for that column"
         )
-    if pa.types.is_integer(quantity.type):
-        quantity = quantity.cast(pa.decimal128(20, 0))
-    delay = pc.days_between(table.column("l_shipdate"), table.column("l_receiptdate")).cast(pa.int32())
-    table = _put(table, "discounted_price", discounted)
-    table = _put(table, "charge", charge)
-    table = _put(table, "volume_category", _bin(quantity, _VOLUME_CATEGORIES))
-    return _put(table, "ship_delay_days", delay)
+    delay = (df["l_receiptdate"] - df["l_shipdate"]).dt.days.astype(b.dtype(pa.int32()))
+    df["discounted_price"] = discounted
+    df["charge"] = charge
+    df["volume_category"] = _labels(quantity, _VOLUME_CATEGORIES, b)
+    df["ship_delay_days"] = delay
+    return df
+
+
+def customer_segment(df: Frame, b: Frames) -> Frame:
+    """Add customer_segment: 'enterprise' above 10000, 'premium' above 5000, else 'standard' (by
+    c_acctbal, exact; null balance -> null). Run on the customer dimension."""
+    df["customer_segment"] = _labels(_money(df["c_acctbal"], "c_acctbal", b, b.arrow_type(df["c_acctbal"])),
+                                     _SEGMENTS, b, strict=True)
+    return df
 
 
 # --------------------------------------------------------------------------------------------------
-# dimensions and region lookup
+# region lookup
 
 
-def _check_unique_keys(table: pa.Table, key: str, what: str) -> None:
-    column = table.column(key)
-    if column.null_count:
-        raise BadSourceData(
-            f"{what} has {column.null_count} row(s) with a null {key}: fix or remove those rows in "
-            "the landing zone"
-        )
-    distinct = pc.count_distinct(column).as_py()
-    if distinct != table.num_rows:
-        raise BadSourceData(
-            f"{what} has {table.num_rows - distinct} duplicate {key} value(s), so the lookup would be "
-            "ambiguous: keep one row per key in the landing zone"
-        )
-
-
-def _lookup(keys: pa.ChunkedArray | pa.Array, value_set: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Row index of each key in `value_set` (null when absent or null). Preserves input order."""
-    values = value_set.combine_chunks() if isinstance(value_set, pa.ChunkedArray) else value_set
-    if keys.type != values.type:
-        keys = keys.cast(values.type)
-    return pc.index_in(keys, value_set=values, skip_nulls=True)
-
-
-def _segment(acctbal: pa.ChunkedArray) -> pa.ChunkedArray:
-    segment = pc.if_else(
-        pc.greater(acctbal, _dec(str(_ENTERPRISE_ACCTBAL))),
-        "enterprise",
-        pc.if_else(pc.greater(acctbal, _dec(str(_PREMIUM_ACCTBAL))), "premium", "standard"),
-    )
-    return _null_if_null(acctbal, segment.cast(pa.string()))
-
-
-@dataclass(frozen=True, eq=False)
-class Dimensions:
-    """Small lookup tables for the region lookup, pre-joined once so each batch needs one lookup.
-
-    customers: c_custkey, c_name, c_phone, c_acctbal, c_nationkey, customer_segment, nation, region
-    suppliers: s_suppkey, s_nationkey, nation, region
-    nations:   n_nationkey, n_name, r_name
-    `nation`/`region` are null here when the nation or region is missing; `attach_region` turns a
-    null region into UNKNOWN. Plain Arrow tables, so the object pickles (Ray broadcasts it).
-    Equality is identity (tables are not hashable); compare the tables to compare contents.
-    """
-
-    customers: pa.Table
-    suppliers: pa.Table
-    nations: pa.Table
-
-    def __repr__(self) -> str:
-        return (
-            f"Dimensions(customers={self.customers.num_rows} rows, suppliers={self.suppliers.num_rows} rows, "
-            f"nations={self.nations.num_rows} rows)"
-        )
-
-    @classmethod
-    def from_tables(
-        cls, customer: pa.Table, supplier: pa.Table, nation: pa.Table, region: pa.Table
-    ) -> Dimensions:
-        """Build from whole TPC-H dimension tables (extra columns are ignored).
-
-        Raises BadSourceData on missing columns, null keys or duplicate keys (an ambiguous lookup).
-        """
-        _require(customer, ["c_custkey", "c_name", "c_phone", "c_acctbal", "c_nationkey"], "customer")
-        _require(supplier, ["s_suppkey", "s_nationkey"], "supplier")
-        _require(nation, ["n_nationkey", "n_name", "n_regionkey"], "nation")
-        _require(region, ["r_regionkey", "r_name"], "region")
-        customer = normalize_strings(
-            customer.select(["c_custkey", "c_name", "c_phone", "c_acctbal", "c_nationkey"])
-        )
-        supplier = normalize_strings(supplier.select(["s_suppkey", "s_nationkey"]))
-        nation = normalize_strings(nation.select(["n_nationkey", "n_name", "n_regionkey"]))
-        region = normalize_strings(region.select(["r_regionkey", "r_name"]))
-        for table, key, what in (
-            (customer, "c_custkey", "customer"),
-            (supplier, "s_suppkey", "supplier"),
-            (nation, "n_nationkey", "nation"),
-            (region, "r_regionkey", "region"),
-        ):
-            _check_unique_keys(table, key, what)
-
-        region_index = _lookup(nation.column("n_regionkey"), region.column("r_regionkey"))
-        nations = pa.table(
-            {
-                "n_nationkey": nation.column("n_nationkey"),
-                "n_name": nation.column("n_name"),
-                "r_name": pc.take(region.column("r_name"), region_index),
-            }
-        ).combine_chunks()
-
-        def with_geo(table: pa.Table, nation_key: str) -> pa.Table:
-            index = _lookup(table.column(nation_key), nations.column("n_nationkey"))
-            table = table.append_column("nation", pc.take(nations.column("n_name"), index))
-            return table.append_column("region", pc.take(nations.column("r_name"), index))
-
-        customers = customer.append_column("customer_segment", _segment(customer.column("c_acctbal")))
-        return cls(
-            customers=with_geo(customers, "c_nationkey").combine_chunks(),
-            suppliers=with_geo(supplier, "s_nationkey").combine_chunks(),
-            nations=nations,
-        )
-
-    @classmethod
-    def empty(cls) -> Dimensions:
-        """No rows, TPC-H types: every lookup misses (region UNKNOWN). Used to derive output schemas."""
-        return cls.from_tables(
-            pa.schema(
-                [
-                    ("c_custkey", pa.int64()),
-                    ("c_name", pa.string()),
-                    ("c_phone", pa.string()),
-                    ("c_acctbal", MONEY),
-                    ("c_nationkey", pa.int64()),
-                ]
-            ).empty_table(),
-            pa.schema([("s_suppkey", pa.int64()), ("s_nationkey", pa.int64())]).empty_table(),
-            pa.schema(
-                [("n_nationkey", pa.int64()), ("n_name", pa.string()), ("n_regionkey", pa.int64())]
-            ).empty_table(),
-            pa.schema([("r_regionkey", pa.int64()), ("r_name", pa.string())]).empty_table(),
-        )
-
-
-def attach_region(table: pa.Table, *, kind: Kind, dims: Dimensions) -> pa.Table:
-    """Add the customer / geography columns by key lookup (index_in + take): input row order is kept.
+def attach_region(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions) -> Frame:
+    """Add the customer / geography columns by key lookup (`Series.map` on the dimension indexed by
+    its key): input row order is kept.
 
     orders:   c_name, c_phone, customer_segment, nation, region   (via o_custkey -> customer -> nation)
     lineitem: nation, region                                       (via l_suppkey -> supplier -> nation)
     A row whose customer/supplier/nation/region is unknown is kept, with null nation and region
     'UNKNOWN' (and null customer columns): never dropped.
     """
-    if kind == "orders":
-        _require(table, ["o_custkey"], "orders batch")
-        lookup = dims.customers
-        index = _lookup(table.column("o_custkey"), lookup.column("c_custkey"))
-        added = ["c_name", "c_phone", "customer_segment", "nation"]
-    elif kind == "lineitem":
-        _require(table, ["l_suppkey"], "lineitem batch")
-        lookup = dims.suppliers
-        index = _lookup(table.column("l_suppkey"), lookup.column("s_suppkey"))
-        added = ["nation"]
-    else:
+    from loader.dimensions import LOOKUPS
+
+    if kind not in LOOKUPS:
         raise ValueError(f"kind must be 'orders' or 'lineitem', not {kind!r}")
+    _, _, fact_key, added = LOOKUPS[kind]
+    require_columns([fact_key], list(df.columns), f"{kind} batch")
+    lookup = dims.lookups(b, kind)
+    keys = df[fact_key]
+    if b.arrow_type(keys) != pa.int64():
+        keys = keys.astype(lookup.index.dtype)
     for name in added:
-        table = _put(table, name, pc.take(lookup.column(name), index))
-    region = pc.fill_null(pc.take(lookup.column("region"), index), UNKNOWN_REGION)
-    return _put(table, "region", region)
+        df[name] = _mapped(keys, lookup[name])
+    df["region"] = _mapped(keys, lookup["region"]).fillna(UNKNOWN_REGION)
+    return df
 
 
 # --------------------------------------------------------------------------------------------------
 # per-region rules
-
-
-def _decimal_option(value: object, name: str, scale: int, integer_digits: int) -> Decimal:
-    if isinstance(value, (float, bool)):
-        raise ConfigError(f'{name}={value!r}: write it as a string (e.g. "18.25"), never a float')
-    try:
-        number = value if isinstance(value, Decimal) else Decimal(str(value))
-    except InvalidOperation as error:
-        raise ConfigError(f"{name}={value!r} is not a decimal number: fix it in the config") from error
-    if not number.is_finite() or number < 0:
-        raise ConfigError(f"{name}={value!r} must be a finite number >= 0: fix it in the config")
-    if number != number.quantize(Decimal(1).scaleb(-scale), rounding="ROUND_DOWN"):
-        raise ConfigError(f"{name}={value!r} has more than {scale} decimal places: round it in the config")
-    if number >= Decimal(10) ** integer_digits:
-        raise ConfigError(f"{name}={value!r} is too large (max {integer_digits} integer digits)")
-    return number
-
-
-@dataclass(frozen=True)
-class RegionRule:
-    """Per-region rules: currency code, fx_rate (local units per USD, <= 6 decimals), vat_rate (a
-    fraction, <= 4 decimals, < 1) and the columns masked for rows of that region.
-
-    Strings and ints are accepted for the rates and converted to Decimal; floats are refused
-    (ConfigError), since money never goes through float.
-    """
-
-    currency: str
-    fx_rate: Decimal
-    vat_rate: Decimal
-    mask_columns: tuple[str, ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.currency, str) or not self.currency:
-            raise ConfigError(f"currency={self.currency!r} must be a currency code such as 'EUR'")
-        fx = _decimal_option(self.fx_rate, "fx_rate", _FX_SCALE, FX_RATE.precision - _FX_SCALE)
-        if fx == 0:
-            raise ConfigError("fx_rate must be > 0 (local units per USD): fix it in the config")
-        vat = _decimal_option(self.vat_rate, "vat_rate", _VAT_SCALE, VAT_RATE.precision - _VAT_SCALE)
-        if vat >= 1:
-            raise ConfigError(f"vat_rate={self.vat_rate!r} is a fraction: write 0.20 for 20%")
-        if isinstance(self.mask_columns, str):
-            raise ConfigError(f"mask_columns={self.mask_columns!r} must be a list of column names")
-        object.__setattr__(self, "fx_rate", fx)
-        object.__setattr__(self, "vat_rate", vat)
-        object.__setattr__(self, "mask_columns", tuple(self.mask_columns))
-
-
-#: Defaults matching configs/local.yaml (rates are illustrative, not market data).
-DEFAULT_REGION_RULES: dict[str, RegionRule] = {
-    "AFRICA": RegionRule("ZAR", Decimal("18.250000"), Decimal("0.1500")),
-    "AMERICA": RegionRule("USD", Decimal("1.000000"), Decimal("0.0000")),
-    "ASIA": RegionRule("JPY", Decimal("151.500000"), Decimal("0.1000")),
-    "EUROPE": RegionRule("EUR", Decimal("0.920000"), Decimal("0.2000"), ("c_name", "c_phone")),
-    "MIDDLE EAST": RegionRule("AED", Decimal("3.672500"), Decimal("0.0500")),
-}
-
-
-def _combine(values: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-
-
-def _mask(values: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Keep the last 4 characters, replace the others with '*' (same length in characters).
-
-    Values of 4 characters or fewer are left as they are; null stays null.
-    """
-    hidden = pc.max_element_wise(pc.subtract(pc.utf8_length(values), 4), 0)
-    return pc.binary_join_element_wise(
-        pc.binary_repeat("*", hidden), pc.utf8_slice_codeunits(values, start=-4), ""
-    )
 
 
 def _integer_digits(value: Decimal) -> int:
@@ -509,124 +232,142 @@ def _decimal_places(value: Decimal) -> int:
     return max(-exponent, 0)
 
 
+def _rules_lookup(rules: Mapping[str, RegionRule], b: Frames) -> Frame:
+    """currency / fx_rate / vat_rate per rule number (0..n-1), and all null for -1 (no rule)."""
+    names = list(rules)
+    table = pa.table({
+        "rule": pa.array([*range(len(names)), -1], pa.int32()),
+        "currency": pa.array([*(rules[n].currency for n in names), None], pa.string()),
+        "fx_rate": pa.array([*(rules[n].fx_rate for n in names), None], FX_RATE),
+        "vat_rate": pa.array([*(rules[n].vat_rate for n in names), None], VAT_RATE),
+    })
+    return b.frame(table).set_index("rule")
+
+
+def _mask(values: Series, b: Frames) -> Series:
+    """Keep the last 4 characters, replace the others with '*' (same length in characters).
+
+    Values of 4 characters or fewer are left as they are; null stays null. Padding needs one width
+    per call, so it runs once per distinct length (a handful for keys, names and phone numbers).
+    """
+    length = values.str.len()
+    last4 = values.str.slice(-4)
+    longer = (length > 4).fillna(False)
+    out = values
+    for width in sorted(b.host_list(length[longer].unique())):
+        out = out.mask((length == width).fillna(False), last4.str.pad(width, side="left", fillchar="*"))
+    return out
+
+
 def apply_region_rules(
-    table: pa.Table, *, kind: Kind, rules: Mapping[str, RegionRule], amount_column: str
-) -> pa.Table:
+    df: Frame, b: Frames, *, kind: Kind, rules: Mapping[str, RegionRule], amount_column: str
+) -> Frame:
     """Add currency, fx_rate decimal128(18,6), vat_rate decimal128(6,4) and
     amount_local decimal128(24,2) = round_half_even(amount * fx_rate, 2), and mask the rule's columns.
 
-    Vectorized without splitting: each row's rule is found by one index_in on `region`, its values
-    gathered with take, so row order is preserved. Masking computes the masked strings for the rows
-    whose region masks that column only and scatters them back (replace_with_mask); columns named by a rule but absent from the table are ignored (lineitem has no
-    c_name). A region without a rule (e.g. UNKNOWN) gets null currency/fx/vat/amount_local and no mask.
-    The product is computed exactly: in decimal128 when its precision fits 38 digits (fx_rate is
-    narrowed to the digits the rules need), otherwise in decimal256.
+    Each row's rule number is found by comparing `region` with each rule's name (a handful), then
+    the rule's values are looked up by number, so row order is preserved. Masking applies to the rows
+    whose region masks that column only; columns named by a rule but absent from the frame are ignored
+    (lineitem has no c_name). A region without a rule (e.g. UNKNOWN) gets null currency/fx/vat/
+    amount_local and no mask. The product is exact: fx_rate is narrowed to the digits the rules use,
+    so it stays in decimal128; beyond 38 digits the CPU engine computes in decimal256 and the GPU
+    engine (cuDF stops at 38) refuses with the fix.
     `kind` is accepted for symmetry with the other transforms; the rules do not depend on it.
     """
     if kind not in ("orders", "lineitem"):
         raise ValueError(f"kind must be 'orders' or 'lineitem', not {kind!r}")
-    _require(table, ["region", amount_column], f"{kind} batch")
-    region = table.column("region")
-    if any(check(region.type) for check in _STRINGISH):
-        region = region.cast(pa.string())
-    amount = table.column(amount_column)
-    if not pa.types.is_decimal(amount.type):
-        raise BadSourceData(
-            f"column {amount_column} is {amount.type}, but money must be decimal (never float): "
-            "fix the landing zone's schema or the transform order"
-        )
+    require_columns(["region", amount_column], list(df.columns), f"{kind} batch")
+    region = df["region"]
+    amount = df[amount_column]
+    amount_type = _decimal_type(amount, b, amount_column, "the landing zone's schema or the transform order")
     names = list(rules)
-    index = _lookup(region, pa.chunked_array([pa.array(names, pa.string())]))
+
+    rule = b.full(region, -1, pa.int32())
+    for number, name in enumerate(names):
+        rule = rule.mask((region == name).fillna(False), number)
+    lookup = _rules_lookup(rules, b)
+    currency, fx_rate, vat_rate = (_mapped(rule, lookup[c]) for c in ("currency", "fx_rate", "vat_rate"))
+
+    # Narrow fx_rate to the digits the rules use: the product stays in decimal128 and has fewer digits
+    # to round (exact either way: this cast only drops zeros).
     fx_values = [rules[n].fx_rate for n in names]
-
-    currency = pc.take(pa.array([rules[n].currency for n in names], pa.string()), index)
-    fx_rate = pc.take(pa.array(fx_values, FX_RATE), index)
-    vat_rate = pc.take(pa.array([rules[n].vat_rate for n in names], VAT_RATE), index)
-
-    # Narrow fx_rate to the digits the rules use: the product stays in fast decimal128 and has fewer
-    # digits to round (exact either way: these casts only drop zeros).
     fx_scale = max((_decimal_places(v) for v in fx_values), default=0)
     fx_precision = max((_integer_digits(v) for v in fx_values), default=1) + fx_scale
-    product_precision = amount.type.precision + fx_precision + 1
-    if product_precision <= _MAX_DECIMAL128_PRECISION:
-        product = pc.multiply(amount, fx_rate.cast(pa.decimal128(fx_precision, fx_scale)))
+    if amount_type.precision + fx_precision + 1 <= _MAX_DECIMAL128_PRECISION:
+        product = amount * fx_rate.astype(b.dtype(pa.decimal128(fx_precision, fx_scale)))
     else:
-        product = pc.multiply(
-            amount.cast(pa.decimal256(amount.type.precision, amount.type.scale)),
-            fx_rate.cast(pa.decimal256(fx_precision, fx_scale)),
+        product = amount.astype(b.dtype(pa.decimal256(amount_type.precision, amount_type.scale))) * fx_rate.astype(
+            b.dtype(pa.decimal256(fx_precision, fx_scale))
         )
-    rounded = pc.round(product, ndigits=2, round_mode="half_to_even")
-    amount_local = _safe_cast(rounded, AMOUNT_LOCAL, "amount_local")
+    amount_local = _fit(product.round(2), AMOUNT_LOCAL, "amount_local", b)
 
     masked_by: dict[str, list[str]] = {}
     for name in names:
         for column in rules[name].mask_columns:
             masked_by.setdefault(column, []).append(name)
     for column, regions in sorted(masked_by.items()):
-        if column not in table.column_names:
+        if column not in df.columns:
             continue
-        values = table.column(column)
-        if any(check(values.type) for check in _STRINGISH):
-            values = values.cast(pa.string())
-        if not pa.types.is_string(values.type):
-            raise ConfigError(
-                f"region rules mask column {column}, which is {values.type}, not a string: "
-                "remove it from mask_columns or mask a string column"
-            )
-        rows = pc.is_in(region, value_set=pa.array(regions, pa.string()))
-        if not pc.any(rows).as_py():
-            continue
-        # mask only the rows that need it, then scatter them back in place (row order kept)
-        rows, values = _combine(rows), _combine(values)
-        table = _put(table, column, pc.replace_with_mask(values, rows, _mask(pc.filter(values, rows))))
+        values = _string(df[column], column, b, "region rules mask")
+        rows = region.isin(regions).fillna(False)
+        if bool(rows.any()):
+            df[column] = values.mask(rows, _mask(values, b))
 
-    table = _put(table, "currency", currency)
-    table = _put(table, "fx_rate", fx_rate)
-    table = _put(table, "vat_rate", vat_rate)
-    return _put(table, "amount_local", amount_local)
+    df["currency"] = currency
+    df["fx_rate"] = fx_rate
+    df["vat_rate"] = vat_rate
+    df["amount_local"] = amount_local
+    return df
 
 
 # --------------------------------------------------------------------------------------------------
-# fan-out and the whole row-local chain
+# running on Arrow tables
 
 
-def split_by_region(table: pa.Table) -> dict[str, pa.Table]:
-    """One table per distinct `region` value, keys sorted, input row order kept within each.
+def on_table(transform: Callable[..., Frame], table: pa.Table, frames: Frames | None = None, **options: Any) -> pa.Table:
+    """`transform` applied to a pyarrow Table on `frames` (the CPU engine by default).
 
-    A null region (only possible when attach_region was skipped) is filed, and filled, as UNKNOWN.
-    An empty table gives an empty dict.
+    On the GPU the result is cast, safely, to the schema the CPU engine gives for the same input (cuDF
+    has no date32, and may hand strings back as large_string): both engines give identical types.
     """
-    _require(table, ["region"], "the batch to split by region")
-    region = table.column("region")
-    if region.null_count:
-        region = pc.fill_null(region, UNKNOWN_REGION)
-        table = _put(table, "region", region)
-    values = sorted(v for v in pc.unique(region).to_pylist() if v is not None)
-    if len(values) == 1:
-        return {values[0]: table}
-    return {value: table.filter(pc.equal(region, value)) for value in values}
+    frames = frames or frames_for("cpu")
+    table = normalize_strings(table)
+    schema = None
+    if frames.name != "cpu":
+        schema = on_table(transform, table.schema.empty_table(), frames_for("cpu"), **options).schema
+    result = frames.table(transform(frames.frame(table), frames, **options), schema)
+    return result.replace_schema_metadata(table.schema.metadata)
 
 
-_ENRICH: dict[str, Callable[[pa.Table], pa.Table]] = {
-    "orders": enrich_orders,
-    "lineitem": enrich_lineitem,
-}
+_ENRICH: dict[str, Callable[[Frame, Frames], Frame]] = {"orders": enrich_orders, "lineitem": enrich_lineitem}
 _AMOUNT_COLUMN = {"orders": "o_totalprice", "lineitem": "charge"}
 
 
-def transform_fact(
-    table: pa.Table, *, kind: Kind, dims: Dimensions, rules: Mapping[str, RegionRule]
-) -> pa.Table:
-    """normalize_strings -> enrich_<kind> -> attach_region -> apply_region_rules. Row-local."""
+def fact_chain(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions, rules: Mapping[str, RegionRule]) -> Frame:
+    """enrich_<kind> -> attach_region -> apply_region_rules, on one frame. Row-local."""
     if kind not in _ENRICH:
         raise ValueError(f"kind must be 'orders' or 'lineitem', not {kind!r}")
-    table = _ENRICH[kind](normalize_strings(table))
-    table = attach_region(table, kind=kind, dims=dims)
-    return apply_region_rules(table, kind=kind, rules=rules, amount_column=_AMOUNT_COLUMN[kind])
+    df = _ENRICH[kind](df, b)
+    df = attach_region(df, b, kind=kind, dims=dims)
+    return apply_region_rules(df, b, kind=kind, rules=rules, amount_column=_AMOUNT_COLUMN[kind])
 
 
+def transform_fact(
+    table: pa.Table, *, kind: Kind, dims: Dimensions, rules: Mapping[str, RegionRule], frames: Frames | None = None
+) -> pa.Table:
+    """The row-local chain on a pyarrow Table, on `frames` (the CPU engine by default)."""
+    frames = frames or frames_for("cpu")
+    table = normalize_strings(table)
+    schema = None if frames.name == "cpu" else output_schema(kind, table.schema)
+    result = frames.table(fact_chain(frames.frame(table), frames, kind=kind, dims=dims, rules=rules), schema)
+    return result.replace_schema_metadata(table.schema.metadata)
+
+
+@lru_cache(maxsize=32)
 def output_schema(kind: Kind, input_schema: pa.Schema) -> pa.Schema:
     """The schema `transform_fact` gives for batches of `input_schema` (for sinks that create tables
-    up front). Derived by running the chain on an empty table: types depend on neither dims nor rules.
-    """
+    up front, and the GPU's way back). Derived by running the chain on an empty table on the CPU:
+    types depend on neither dims nor rules."""
+    from loader.dimensions import Dimensions
+
     return transform_fact(input_schema.empty_table(), kind=kind, dims=Dimensions.empty(), rules={}).schema

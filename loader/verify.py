@@ -33,12 +33,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig
+from loader.dimensions import Dimensions
 from loader.errors import BadSourceData, ConfigError, LeaseHeld, SinkUnavailable, StateError
 from loader.planning import list_files
 from loader.sinks.base import region_counts
 from loader.sources import rows_in_window
 from loader.storage import Location, locate
-from loader.transforms import Dimensions, attach_region, dedupe_latest
+from loader.tables import dedupe_latest
+from loader.transforms import attach_region, on_table
 from state import Checkpoint, StateStore, Window
 
 # The column attach_region looks the region up by.
@@ -188,7 +190,7 @@ def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
         return None
     rows = rows_in_window(rows, source=name, cursor=source.cursor, window=Window(lower=None, upper=checkpoint.cursor))
     rows = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
-    rows = attach_region(rows, kind=source.kind, dims=dims)
+    rows = on_table(attach_region, rows, kind=source.kind, dims=dims)
     return rows.select([*source.primary_key, source.cursor, "region"])
 
 

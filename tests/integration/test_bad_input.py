@@ -51,7 +51,7 @@ def test_null_cursor_or_key_fails_without_moving_checkpoint(config_path: Path, c
     if column == "o_updated_at":
         # A null cursor has no place in any window: the planner still sees the file's other rows.
         pq.write_table(pa.concat_tables([pq.read_table(bad), _shifted_valid_row(landing)]), bad)
-    failed = run_cli(config_path, "run", "--incremental", "--engine", engine, check=False)
+    failed = run_cli(config_path, "run", "--incremental", "--executor", engine, check=False)
     assert failed.returncode == 1, failed.stderr
     assert "null" in failed.stderr and column in failed.stderr and "fix or remove" in failed.stderr
     assert _checkpoints(config_path) == before

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from loader.frames import gpu_status
 from tests.conftest import pg_database, run_cli, run_json, write_config
 from tests.warehouse import assert_warehouse_exact, delta_rows
 
@@ -29,7 +30,8 @@ def test_incremental_lifecycle(tmp_path: Path, request: pytest.FixtureRequest, s
 
     first = run_json(config_path, "run", "--incremental")
     assert first["status"] == "committed" and first["run_number"] == 1
-    assert first["engine"] == "local"
+    assert first["executor"] == "local"
+    assert first["engine"] == ("gpu" if gpu_status().usable else "cpu"), first["engine_reason"]
     assert first["tables"]["orders"]["rows"] == 15000
     assert first["tables"]["orders"]["sinks"]["delta"]["rows"] == 15000
     assert_warehouse_exact(warehouse, landing)
@@ -49,7 +51,7 @@ def test_incremental_lifecycle(tmp_path: Path, request: pytest.FixtureRequest, s
 
     empty = run_json(config_path, "run", "--incremental")
     assert empty["status"] == "nothing_new"
-    assert empty["run_number"] is None and empty["tables"] == {} and empty["engine"] is None
+    assert empty["run_number"] is None and empty["tables"] == {} and empty["executor"] is None
     status = run_json(config_path, "status")
     assert status["last_run"]["run_number"] == 2
     assert status["sources"]["orders"]["checkpoint_run"] == 2

@@ -25,10 +25,10 @@ def test_local_and_ray_engines_write_identical_sinks(tmp_path: Path) -> None:
     for batch in range(2):
         if batch:
             run_cli(local, "demo-data", "append", "--orders", "200", "--updates", "50", "--late", "5")
-        assert run_json(local, "run", "--incremental", "--engine", "local")["engine"] == "local"
+        assert run_json(local, "run", "--incremental", "--executor", "local")["executor"] == "local"
         # Run from the project folder, which holds a `state/` directory: Ray workers must still
         # import the loader's own `state` package.
-        assert run_json(ray, "run", "--incremental", "--engine", "ray", cwd=ray.parent)["engine"] == "ray"
+        assert run_json(ray, "run", "--incremental", "--executor", "ray", cwd=ray.parent)["executor"] == "ray"
     for table in ("orders", "lineitem"):
         a, b = delta_rows(tmp_path / "local" / "warehouse", table), delta_rows(tmp_path / "ray" / "warehouse", table)
         assert a.num_rows > 0

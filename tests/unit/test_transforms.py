@@ -9,19 +9,17 @@ from decimal import Decimal as D
 import pyarrow as pa
 import pytest
 
+from loader.dimensions import Dimensions
 from loader.errors import BadSourceData, ConfigError
+from loader.region_rules import DEFAULT_REGION_RULES, RegionRule
+from loader.tables import dedupe_latest, normalize_strings, split_by_region
 from loader.transforms import (
-    DEFAULT_REGION_RULES,
-    Dimensions,
-    RegionRule,
     apply_region_rules,
     attach_region,
-    dedupe_latest,
     enrich_lineitem,
     enrich_orders,
-    normalize_strings,
+    on_table,
     output_schema,
-    split_by_region,
     transform_fact,
 )
 
@@ -152,7 +150,7 @@ def test_enrich_orders_revenue_tier_boundaries_and_flags() -> None:
         None,
     ]
     table = orders(prices)
-    out = enrich_orders(normalize_strings(table))
+    out = on_table(enrich_orders, normalize_strings(table))
     assert out.column("revenue_tier").to_pylist() == [
         "Small",
         "Small",
@@ -191,7 +189,7 @@ def test_enrich_orders_dates_and_urgency() -> None:
         ),
         o_orderpriority=pa.array(["1-URGENT", "2-HIGH", "3-MEDIUM", "5-LOW", None], pa.string_view()),
     )
-    out = enrich_orders(table)
+    out = on_table(enrich_orders, table)
     assert out.schema.field("order_year").type == pa.int16()
     assert out.schema.field("order_quarter").type == pa.int8()
     assert out.schema.field("order_month").type == pa.int8()
@@ -204,12 +202,12 @@ def test_enrich_orders_dates_and_urgency() -> None:
 def test_enrich_orders_refuses_float_money() -> None:
     table = orders(["1.00"], o_totalprice=pa.array([1.0], pa.float64()))
     with pytest.raises(BadSourceData, match="o_totalprice.*decimal"):
-        enrich_orders(table)
+        on_table(enrich_orders, table)
 
 
 def test_enrich_orders_missing_column() -> None:
     with pytest.raises(BadSourceData, match="o_orderdate"):
-        enrich_orders(orders().drop_columns(["o_orderdate"]))
+        on_table(enrich_orders, orders().drop_columns(["o_orderdate"]))
 
 
 # ----------------------------------------------------------------------------------------- lineitem
@@ -222,7 +220,7 @@ def test_enrich_lineitem_exact_decimals() -> None:
         l_discount=money("0.05", "0.07", "0.10"),
         l_tax=money("0.08", "0.08", "0.00"),
     )
-    out = enrich_lineitem(table)
+    out = on_table(enrich_lineitem, table)
     assert out.schema.field("discounted_price").type == pa.decimal128(18, 4)
     assert out.schema.field("charge").type == pa.decimal128(22, 6)
     assert out.column("discounted_price").to_pylist() == [
@@ -250,7 +248,7 @@ def test_enrich_lineitem_volume_category_boundaries_and_delay() -> None:
             pa.date32(),
         ),
     )
-    out = enrich_lineitem(table)
+    out = on_table(enrich_lineitem, table)
     assert out.column("volume_category").to_pylist() == [
         "Low",
         "Low",
@@ -268,7 +266,7 @@ def test_enrich_lineitem_volume_category_boundaries_and_delay() -> None:
 
 
 def test_enrich_lineitem_null_money_gives_null() -> None:
-    out = enrich_lineitem(lineitem(1, l_discount=money(None)))
+    out = on_table(enrich_lineitem, lineitem(1, l_discount=money(None)))
     assert out.column("discounted_price").to_pylist() == [None]
     assert out.column("charge").to_pylist() == [None]
 
@@ -276,7 +274,7 @@ def test_enrich_lineitem_null_money_gives_null() -> None:
 def test_enrich_lineitem_out_of_range_is_bad_source_data() -> None:
     wide = pa.array([D("1" + "0" * 20)], pa.decimal128(25, 2))
     with pytest.raises(BadSourceData, match="l_extendedprice"):
-        enrich_lineitem(lineitem(1, l_extendedprice=wide))
+        on_table(enrich_lineitem, lineitem(1, l_extendedprice=wide))
 
 
 # ------------------------------------------------------------------------------------------- dedupe
@@ -408,7 +406,7 @@ def test_attach_region_orders_keeps_order_and_unknown_rows(dims: Dimensions) -> 
     table = orders(
         ["1.00"] * 6, o_custkey=pa.array([3, 2, 99, 1, None, 2], pa.int64()), o_orderkey=pa.array(range(6))
     )
-    out = attach_region(normalize_strings(table), kind="orders", dims=dims)
+    out = on_table(attach_region, normalize_strings(table), kind="orders", dims=dims)
     assert out.column("o_orderkey").to_pylist() == [0, 1, 2, 3, 4, 5]
     assert out.column("region").to_pylist() == [
         "UNKNOWN",
@@ -439,7 +437,7 @@ def test_attach_region_orders_keeps_order_and_unknown_rows(dims: Dimensions) -> 
 
 
 def test_attach_region_lineitem_via_supplier(dims: Dimensions) -> None:
-    out = attach_region(normalize_strings(lineitem(4)), kind="lineitem", dims=dims)
+    out = on_table(attach_region, normalize_strings(lineitem(4)), kind="lineitem", dims=dims)
     # suppliers 1, 2, 3 (nation whose region is missing), 99 (absent)
     assert out.column("nation").to_pylist() == ["GERMANY", "ARGENTINA", "ATLANTIS", None]
     assert out.column("region").to_pylist() == ["EUROPE", "AMERICA", "UNKNOWN", "UNKNOWN"]
@@ -489,7 +487,7 @@ def test_apply_region_rules_values_rounding_and_masking() -> None:
             "c_phone": ["25-989-741-2988", "1234", "11-111-111-1111", "11-111-111-1112", "y", "12345"],
         }
     )
-    out = apply_region_rules(table, kind="orders", rules=RULES, amount_column="o_totalprice")
+    out = on_table(apply_region_rules, table, kind="orders", rules=RULES, amount_column="o_totalprice")
     assert out.column("currency").to_pylist() == ["EUR", "EUR", "JPY", "USD", None, "EUR"]
     assert out.schema.field("fx_rate").type == pa.decimal128(18, 6)
     assert out.schema.field("vat_rate").type == pa.decimal128(6, 4)
@@ -533,14 +531,14 @@ def test_apply_region_rules_wide_amount_uses_exact_wide_product() -> None:
             "charge": pa.array([D("1000000000000.005"), D("1.005")], pa.decimal128(38, 3)),
         }
     )
-    out = apply_region_rules(table, kind="lineitem", rules=RULES, amount_column="charge")
+    out = on_table(apply_region_rules, table, kind="lineitem", rules=RULES, amount_column="charge")
     # 151500000000000.757500 -> .76 ; 1.005 -> 1.00 (half to even)
     assert out.column("amount_local").to_pylist() == [D("151500000000000.76"), D("1.00")]
 
 
 def test_apply_region_rules_without_rules_or_mask_columns() -> None:
     table = pa.table({"region": ["EUROPE"], "charge": pa.array([D("1.000000")], pa.decimal128(22, 6))})
-    out = apply_region_rules(table, kind="lineitem", rules={}, amount_column="charge")
+    out = on_table(apply_region_rules, table, kind="lineitem", rules={}, amount_column="charge")
     assert out.to_pylist() == [
         {
             "region": "EUROPE",
@@ -552,7 +550,7 @@ def test_apply_region_rules_without_rules_or_mask_columns() -> None:
         }
     ]
     # lineitem has no c_name/c_phone: the EUROPE mask is ignored, not an error
-    out = apply_region_rules(table, kind="lineitem", rules=DEFAULT_REGION_RULES, amount_column="charge")
+    out = on_table(apply_region_rules, table, kind="lineitem", rules=DEFAULT_REGION_RULES, amount_column="charge")
     assert out.column("amount_local").to_pylist() == [D("0.92")]
 
 
@@ -560,7 +558,7 @@ def test_apply_region_rules_refuses_masking_a_non_string_column() -> None:
     table = pa.table({"region": ["EUROPE"], "o_totalprice": money("1.00"), "o_custkey": [1]})
     rules = {"EUROPE": RegionRule("EUR", D("1"), D("0"), ("o_custkey",))}
     with pytest.raises(ConfigError, match="o_custkey"):
-        apply_region_rules(table, kind="orders", rules=rules, amount_column="o_totalprice")
+        on_table(apply_region_rules, table, kind="orders", rules=rules, amount_column="o_totalprice")
 
 
 # ------------------------------------------------------------------------------------ split and fact

@@ -1,0 +1,154 @@
+"""The small lookup tables the region lookup needs, pre-joined once so each batch needs one lookup
+per added column."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loader.errors import BadSourceData
+from loader.frames import Frames, PandasFrames
+from loader.tables import normalize_strings, require_columns
+
+MONEY = pa.decimal128(15, 2)
+
+#: Per fact kind: the dimension table, its key, the fact column that points at it, the columns added.
+LOOKUPS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "orders": ("customers", "c_custkey", "o_custkey", ("c_name", "c_phone", "customer_segment", "nation")),
+    "lineitem": ("suppliers", "s_suppkey", "l_suppkey", ("nation",)),
+}
+
+
+def _check_unique_keys(table: pa.Table, key: str, what: str) -> None:
+    column = table.column(key)
+    if column.null_count:
+        raise BadSourceData(
+            f"{what} has {column.null_count} row(s) with a null {key}: fix or remove those rows in "
+            "the landing zone"
+        )
+    distinct = pc.count_distinct(column).as_py()
+    if distinct != table.num_rows:
+        raise BadSourceData(
+            f"{what} has {table.num_rows - distinct} duplicate {key} value(s), so the lookup would be "
+            "ambiguous: keep one row per key in the landing zone"
+        )
+
+
+def _lookup(keys: pa.ChunkedArray | pa.Array, value_set: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Row index of each key in `value_set` (null when absent or null). Preserves input order."""
+    values = value_set.combine_chunks() if isinstance(value_set, pa.ChunkedArray) else value_set
+    if keys.type != values.type:
+        keys = keys.cast(values.type)
+    return pc.index_in(keys, value_set=values, skip_nulls=True)
+
+
+@dataclass(frozen=True, eq=False)
+class Dimensions:
+    """customers: c_custkey, c_name, c_phone, c_acctbal, c_nationkey, customer_segment, nation, region
+    suppliers: s_suppkey, s_nationkey, nation, region
+    nations:   n_nationkey, n_name, r_name
+    `nation`/`region` are null here when the nation or region is missing; `attach_region` turns a
+    null region into UNKNOWN. Plain Arrow tables, so the object pickles (Ray broadcasts it); the
+    per-engine lookups built from them are cached on the object and left out of the pickle.
+    Equality is identity (tables are not hashable); compare the tables to compare contents.
+    """
+
+    customers: pa.Table
+    suppliers: pa.Table
+    nations: pa.Table
+
+    def __repr__(self) -> str:
+        return (
+            f"Dimensions(customers={self.customers.num_rows} rows, suppliers={self.suppliers.num_rows} rows, "
+            f"nations={self.nations.num_rows} rows)"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"customers": self.customers, "suppliers": self.suppliers, "nations": self.nations}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+
+    def lookups(self, frames: Frames, kind: str) -> Any:
+        """A frame of the kind's dimension indexed by its key (columns: the added ones and region),
+        in `frames`' library; made once per engine (on the GPU: copied to the device once)."""
+        cache: dict[tuple[str, str], Any] = self.__dict__.setdefault("_lookups", {})
+        if (frames.name, kind) not in cache:
+            table_name, key, _, added = LOOKUPS[kind]
+            table = getattr(self, table_name).select([key, *added, "region"])
+            cache[(frames.name, kind)] = frames.frame(table).set_index(key)
+        return cache[(frames.name, kind)]
+
+    @classmethod
+    def from_tables(
+        cls, customer: pa.Table, supplier: pa.Table, nation: pa.Table, region: pa.Table
+    ) -> Dimensions:
+        """Build from whole TPC-H dimension tables (extra columns are ignored).
+
+        Raises BadSourceData on missing columns, null keys or duplicate keys (an ambiguous lookup).
+        """
+        from loader.transforms import customer_segment, on_table
+
+        require_columns(["c_custkey", "c_name", "c_phone", "c_acctbal", "c_nationkey"], customer.column_names, "customer")
+        require_columns(["s_suppkey", "s_nationkey"], supplier.column_names, "supplier")
+        require_columns(["n_nationkey", "n_name", "n_regionkey"], nation.column_names, "nation")
+        require_columns(["r_regionkey", "r_name"], region.column_names, "region")
+        customer = normalize_strings(
+            customer.select(["c_custkey", "c_name", "c_phone", "c_acctbal", "c_nationkey"])
+        )
+        supplier = normalize_strings(supplier.select(["s_suppkey", "s_nationkey"]))
+        nation = normalize_strings(nation.select(["n_nationkey", "n_name", "n_regionkey"]))
+        region = normalize_strings(region.select(["r_regionkey", "r_name"]))
+        for table, key, what in (
+            (customer, "c_custkey", "customer"),
+            (supplier, "s_suppkey", "supplier"),
+            (nation, "n_nationkey", "nation"),
+            (region, "r_regionkey", "region"),
+        ):
+            _check_unique_keys(table, key, what)
+
+        region_index = _lookup(nation.column("n_regionkey"), region.column("r_regionkey"))
+        nations = pa.table(
+            {
+                "n_nationkey": nation.column("n_nationkey"),
+                "n_name": nation.column("n_name"),
+                "r_name": pc.take(region.column("r_name"), region_index),
+            }
+        ).combine_chunks()
+
+        def with_geo(table: pa.Table, nation_key: str) -> pa.Table:
+            index = _lookup(table.column(nation_key), nations.column("n_nationkey"))
+            table = table.append_column("nation", pc.take(nations.column("n_name"), index))
+            return table.append_column("region", pc.take(nations.column("r_name"), index))
+
+        # a few thousand rows, once per run: the CPU engine whatever the run's engine
+        customers = on_table(customer_segment, customer, PandasFrames())
+        return cls(
+            customers=with_geo(customers, "c_nationkey").combine_chunks(),
+            suppliers=with_geo(supplier, "s_nationkey").combine_chunks(),
+            nations=nations,
+        )
+
+    @classmethod
+    def empty(cls) -> Dimensions:
+        """No rows, TPC-H types: every lookup misses (region UNKNOWN). Used to derive output schemas."""
+        return cls.from_tables(
+            pa.schema(
+                [
+                    ("c_custkey", pa.int64()),
+                    ("c_name", pa.string()),
+                    ("c_phone", pa.string()),
+                    ("c_acctbal", MONEY),
+                    ("c_nationkey", pa.int64()),
+                ]
+            ).empty_table(),
+            pa.schema([("s_suppkey", pa.int64()), ("s_nationkey", pa.int64())]).empty_table(),
+            pa.schema(
+                [("n_nationkey", pa.int64()), ("n_name", pa.string()), ("n_regionkey", pa.int64())]
+            ).empty_table(),
+            pa.schema([("r_regionkey", pa.int64()), ("r_name", pa.string())]).empty_table(),
+        )
