@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -69,21 +68,18 @@ def check_ray(config: LoaderConfig) -> tuple[str, str]:
     return "ok", f"Ray {version('ray')}; cluster {address} accepts connections"
 
 
-def check_gpu() -> tuple[str, str]:
-    if importlib.util.find_spec("cudf") is None:
-        has_driver = shutil.which("nvidia-smi") is not None or Path("/dev/nvidia0").exists()
-        hint = "pip install -e '.[gpu]' to use it" if has_driver else "no NVIDIA driver or device seen either"
-        return "unavailable", f"cuDF is not installed ({hint}); transforms run on the CPU"
-    import cudf  # the optional GPU stack: imported only when installed
+def check_gpu(config: LoaderConfig) -> tuple[str, str]:
+    """What `transform.engine` would pick here: unavailable (not failed) without a GPU unless it says gpu."""
+    from loader.frames import gpu_status
 
-    try:
-        import cupy
-
-        devices = cupy.cuda.runtime.getDeviceCount()
-    except Exception as error:
-        return "unavailable", f"cuDF {cudf.__version__} is installed but no CUDA device is usable ({error})"
-    return ("ok", f"cuDF {cudf.__version__}, {devices} CUDA device(s)") if devices else (
-        "unavailable", f"cuDF {cudf.__version__} is installed but no CUDA device is visible")
+    status = gpu_status()
+    requested = config.transform.engine
+    if status.usable:
+        chosen = "cpu (as configured)" if requested == "cpu" else "gpu"
+        return "ok", f"{status.detail}; transform.engine {requested} -> {chosen}"
+    if requested == "gpu":
+        return "failed", f"{status.detail}; transform.engine is gpu, so runs fail: install the GPU stack or set it to auto"
+    return "unavailable", f"{status.detail}; transforms run on the CPU (transform.engine {requested})"
 
 
 def check_landing_zone(config: LoaderConfig) -> tuple[str, str]:
@@ -164,7 +160,7 @@ def _folder_probe(config: LoaderConfig, name: str, path: str) -> Callable[[], tu
 def run_checks(config: LoaderConfig) -> list[Check]:
     checks = [
         _timed("ray", lambda: check_ray(config)),
-        _timed("gpu", check_gpu),
+        _timed("gpu", lambda: check_gpu(config)),
         _timed("landing zone", lambda: check_landing_zone(config)),
     ]
     if config.sinks.parquet.enabled:

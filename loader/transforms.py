@@ -72,12 +72,15 @@ def _decimal_type(values: Series, b: Frames, name: str, where: str = "the landin
     return arrow_type
 
 
-def _fit(values: Series, target: pa.DataType, name: str, b: Frames, *, derived: bool = True) -> Series:
+def _fit(values: Series, target: pa.DataType, name: str, b: Frames, *, derived: bool = True,
+         rounded: bool = False) -> Series:
     """`values` cast to the decimal `target`, after checking that every value fits its integer digits
-    and loses no decimal place (both libraries would otherwise round, truncate or wrap)."""
+    and (unless the caller just `rounded` them to the target's scale) loses no decimal place: both
+    libraries would otherwise round, truncate or wrap."""
     limit = Decimal(10) ** (target.precision - target.scale)
     too_large = bool((values.abs() >= limit).any())
-    loses_digits = b.arrow_type(values).scale > target.scale and bool((values.round(target.scale) != values).any())
+    loses_digits = (not rounded and b.arrow_type(values).scale > target.scale
+                    and bool((values.round(target.scale) != values).any()))
     if too_large or loses_digits:
         what = f"derived column {name}" if derived else f"column {name}"
         problem = "overflows" if too_large else "has more decimal places than"
@@ -232,13 +235,16 @@ def _decimal_places(value: Decimal) -> int:
     return max(-exponent, 0)
 
 
-def _rules_lookup(rules: Mapping[str, RegionRule], b: Frames) -> Frame:
-    """currency / fx_rate / vat_rate per rule number (0..n-1), and all null for -1 (no rule)."""
+def _rules_lookup(rules: Mapping[str, RegionRule], b: Frames, fx_narrow: pa.DataType) -> Frame:
+    """currency / fx_rate / vat_rate per rule number (0..n-1), and all null for -1 (no rule); fx_narrow
+    is fx_rate in the narrowest type that holds every rule's rate, for the product."""
     names = list(rules)
+    fx_rates = [*(rules[n].fx_rate for n in names), None]
     table = pa.table({
         "rule": pa.array([*range(len(names)), -1], pa.int32()),
         "currency": pa.array([*(rules[n].currency for n in names), None], pa.string()),
-        "fx_rate": pa.array([*(rules[n].fx_rate for n in names), None], FX_RATE),
+        "fx_rate": pa.array(fx_rates, FX_RATE),
+        "fx_narrow": pa.array(fx_rates, fx_narrow),
         "vat_rate": pa.array([*(rules[n].vat_rate for n in names), None], VAT_RATE),
     })
     return b.frame(table).set_index("rule")
@@ -285,21 +291,21 @@ def apply_region_rules(
     rule = b.full(region, -1, pa.int32())
     for number, name in enumerate(names):
         rule = rule.mask((region == name).fillna(False), number)
-    lookup = _rules_lookup(rules, b)
-    currency, fx_rate, vat_rate = (_mapped(rule, lookup[c]) for c in ("currency", "fx_rate", "vat_rate"))
-
-    # Narrow fx_rate to the digits the rules use: the product stays in decimal128 and has fewer digits
-    # to round (exact either way: this cast only drops zeros).
+    # fx_rate narrowed to the digits the rules use: the product stays in decimal128 and has fewer digits
+    # to round (exact either way: narrowing only drops zeros).
     fx_values = [rules[n].fx_rate for n in names]
     fx_scale = max((_decimal_places(v) for v in fx_values), default=0)
     fx_precision = max((_integer_digits(v) for v in fx_values), default=1) + fx_scale
+    lookup = _rules_lookup(rules, b, pa.decimal128(fx_precision, fx_scale))
+    currency, fx_rate, fx_narrow, vat_rate = (
+        _mapped(rule, lookup[c]) for c in ("currency", "fx_rate", "fx_narrow", "vat_rate"))
     if amount_type.precision + fx_precision + 1 <= _MAX_DECIMAL128_PRECISION:
-        product = amount * fx_rate.astype(b.dtype(pa.decimal128(fx_precision, fx_scale)))
+        product = amount * fx_narrow
     else:
-        product = amount.astype(b.dtype(pa.decimal256(amount_type.precision, amount_type.scale))) * fx_rate.astype(
+        product = amount.astype(b.dtype(pa.decimal256(amount_type.precision, amount_type.scale))) * fx_narrow.astype(
             b.dtype(pa.decimal256(fx_precision, fx_scale))
         )
-    amount_local = _fit(product.round(2), AMOUNT_LOCAL, "amount_local", b)
+    amount_local = _fit(product.round(AMOUNT_LOCAL.scale), AMOUNT_LOCAL, "amount_local", b, rounded=True)
 
     masked_by: dict[str, list[str]] = {}
     for name in names:
