@@ -66,9 +66,11 @@ class PandasFrames:
 class CudfFrames:
     """GPU: cuDF. Tables go to device memory with `DataFrame.from_arrow` and back with `to_arrow`.
 
-    cuDF has no date32 (dates arrive as datetime64) and may return strings as large_string, so the
-    way back casts, safely, to the schema the CPU engine declares for the same input: both engines
-    hand the sinks identical types (tests/unit/test_transform_parity.py)."""
+    cuDF has no date32 (dates arrive as datetime64[s] and leave as timestamp[s]), exports an empty or
+    all-null string column as Arrow's null type and decimals unchecked, so the way back casts, safely,
+    to the schema the CPU engine declares for the same input: both engines hand the sinks identical
+    types (tests/unit/test_transform_parity.py). Values are range-checked before every decimal cast
+    (transforms._fit): cuDF's casts neither check precision nor round."""
 
     name: EngineName = "gpu"
 
@@ -96,6 +98,12 @@ class CudfFrames:
         return arrow_type.to_pandas_dtype()
 
     def arrow_type(self, series: Series) -> pa.DataType:
+        types = self.xdf.api.types
+        dtype = series.dtype
+        if types.is_decimal_dtype(dtype):
+            return pa.decimal128(dtype.precision, dtype.scale)
+        if types.is_string_dtype(dtype):  # an empty string column exports as Arrow's null type
+            return pa.string()
         return series.head(0).to_arrow().type
 
     def full(self, like: Series, value: object, arrow_type: pa.DataType) -> Series:

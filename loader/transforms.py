@@ -77,9 +77,12 @@ def _fit(values: Series, target: pa.DataType, name: str, b: Frames, *, derived: 
     """`values` cast to the decimal `target`, after checking that every value fits its integer digits
     and (unless the caller just `rounded` them to the target's scale) loses no decimal place: both
     libraries would otherwise round, truncate or wrap."""
-    limit = Decimal(10) ** (target.precision - target.scale)
-    too_large = bool((values.abs() >= limit).any())
-    loses_digits = (not rounded and b.arrow_type(values).scale > target.scale
+    source = b.arrow_type(values)
+    integer_digits = target.precision - target.scale
+    # Skipped when the source type cannot exceed it (cuDF also refuses a scalar wider than the column).
+    too_large = source.precision - source.scale > integer_digits and bool(
+        (values.abs() >= Decimal(10) ** integer_digits).any())
+    loses_digits = (not rounded and source.scale > target.scale
                     and bool((values.round(target.scale) != values).any()))
     if too_large or loses_digits:
         what = f"derived column {name}" if derived else f"column {name}"
