@@ -1,6 +1,6 @@
 """Benchmark: the loader against the hand-written floor (bench/floor.py), side by side in one run.
 
-    .venv/bin/python bench/run_bench.py [--scales 1,3] [--repeat 3] [--skip-full] [--engine auto] [--out bench/out]
+    .venv/bin/python bench/run_bench.py [--scales 1,3] [--repeat 3] [--skip-full] [--executor auto] [--engine auto] [--out bench/out]
 
 For each scale (TPC-H scale factor of the landing zone, --days ingest days of history):
   full SF<s>       first load of the whole landing zone into empty warehouses (measured --repeat times at
@@ -9,7 +9,7 @@ For each scale (TPC-H scale factor of the landing zone, --days ingest days of hi
                    post-full-load state; each repeat restores a copy of that state first
   empty SF<s>      a run with nothing new (after the increment)
 Each run is a fresh subprocess: the loader as `.venv/bin/loader --config C run --incremental --json
---engine E`, the floor as `python bench/floor.py ...`. Wall time is measured around the subprocess; peak
+--executor X --engine E`, the floor as `python bench/floor.py ...`. Wall time is measured around the subprocess; peak
 memory is the largest sum of RSS over the process and all its descendants (Ray's GCS, raylet and
 workers included), polled every 50 ms. Repeats alternate which side goes first. After each scenario the
 two warehouses are compared (Delta rows and sum(amount_local) per table, Parquet version rows), so the
@@ -285,8 +285,8 @@ class Scenario:
                 return sum(int(t.get("rows", 0)) for t in m.output["tables"].values())
         return 0 if self.ok(side) else None
 
-    def engine(self) -> str:
-        engines = {m.output.get("engine") for m in self.ok("loader") if m.output}
+    def executor(self) -> str:
+        engines = {m.output.get("executor") for m in self.ok("loader") if m.output}
         return ",".join(sorted(e or "-" for e in engines))
 
     def loader_timings(self) -> dict[str, float]:
@@ -316,7 +316,7 @@ class Scenario:
             "loader_median_s": self.median("loader"), "floor_median_s": self.median("floor"),
             "ratio": _ratio(self.median("loader"), self.median("floor")),
             "loader_peak_mib": self.peak("loader"), "floor_peak_mib": self.peak("floor"),
-            "rows": self.rows("loader"), "floor_rows": self.rows("floor"), "engine": self.engine(),
+            "rows": self.rows("loader"), "floor_rows": self.rows("floor"), "executor": self.executor(),
             "loader_timings_median_s": self.loader_timings(), "floor_timings_median_s": self.floor_timings(),
             "check": self.check, "loader_runs": runs("loader"), "floor_runs": runs("floor"),
         }
@@ -361,7 +361,7 @@ class Bench:
 
     def loader_cmd(self, config: Path) -> list[str]:
         return [str(LOADER), "--config", str(config), "--log-level", "WARNING", "run", "--incremental", "--json",
-                "--engine", self.args.engine]
+                "--executor", self.args.executor, "--engine", self.args.engine]
 
     def floor_cmd(self, landing: Path, warehouse: Path, until: datetime | None = None) -> list[str]:
         return [str(PYTHON), str(FLOOR), "--landing", str(landing), "--warehouse", str(warehouse),
@@ -372,7 +372,7 @@ class Bench:
         m = measure(cmd, cwd=cwd, env=self.env, timeout=timeout, log=log)
         getattr(scenario, side).append(m)
         status = "TIMED OUT" if m.timed_out else (f"exit {m.returncode}" if m.returncode else "ok")
-        extra = f", engine {m.output.get('engine')}" if side == "loader" and m.output else ""
+        extra = f", executor {m.output.get('executor')}, transforms on {m.output.get('engine')}" if side == "loader" and m.output else ""
         say(self.events, f"  {scenario.name} {side} #{index + 1}: {m.brief()}{extra} [{status}]")
         if m.returncode and not m.timed_out:
             say(self.events, "    " + Path(log.with_suffix(".stderr")).read_text()[-1500:].replace("\n", "\n    "))
@@ -464,12 +464,12 @@ class Bench:
             for m in runs:
                 for t, v in ((m.output or {}).get("tables") or {}).items():
                     tables.setdefault(t, {"rows": 0})["rows"] += int(v.get("rows", 0))
-            engines = sorted({(m.output or {}).get("engine") or "" for m in runs} - {""})
+            engines = sorted({(m.output or {}).get("executor") or "" for m in runs} - {""})
             setattr(full, side, [Measured(
                 wall_s=sum(m.wall_s for m in runs), peak_tree_mib=max(m.peak_tree_mib for m in runs),
                 peak_main_mib=max(m.peak_main_mib for m in runs), peak_tree_pss_mib=max(m.peak_tree_pss_mib for m in runs),
                 cpu_s=sum(m.cpu_s for m in runs), max_procs=max(m.max_procs for m in runs), returncode=0,
-                output={"tables": tables, "engine": ",".join(engines) or None, "parts": [_trim(m.output) for m in runs],
+                output={"tables": tables, "executor": ",".join(engines) or None, "parts": [_trim(m.output) for m in runs],
                         "part_wall_s": [round(m.wall_s, 3) for m in runs]},
             )])
         full.check = compare(lw / "warehouse", floor_wh)
@@ -575,7 +575,7 @@ class Bench:
             return "-" if v is None else fmt.format(v)
 
         lines = [
-            "| scenario | n | loader median s | floor median s | ratio | loader peak MiB | floor peak MiB | rows | loader rows/s | floor rows/s | engine | equal |",
+            "| scenario | n | loader median s | floor median s | ratio | loader peak MiB | floor peak MiB | rows | loader rows/s | floor rows/s | executor | equal |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in self.scenarios:
@@ -589,7 +589,7 @@ class Bench:
             lines.append(
                 f"| {s.name} | {len(s.ok('loader'))}/{len(s.ok('floor'))} | {f(lm)} | {f(fm)} | {f(_ratio(lm, fm))} | "
                 f"{f(s.peak('loader'), '{:,.0f}')} | {f(s.peak('floor'), '{:,.0f}')} | {f(rows, '{:,}')} | "
-                f"{rate(lm)} | {rate(fm)} | {s.engine() or '-'} | {equal} |"
+                f"{rate(lm)} | {rate(fm)} | {s.executor() or '-'} | {equal} |"
             )
         growth = self.growth()
         if growth:
@@ -621,7 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", default="1,3", help="TPC-H scale factors, smallest first (default 1,3)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measured scenario; the median is reported")
     parser.add_argument("--skip-full", action="store_true", help="do not report the full load (it still runs once)")
-    parser.add_argument("--engine", choices=["auto", "local", "ray"], default="auto", help="the loader's --engine")
+    parser.add_argument("--executor", choices=["auto", "local", "ray"], default="auto", help="the loader's --executor")
+    parser.add_argument("--engine", choices=["auto", "cpu", "gpu"], default="auto", help="the loader's --engine")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="landing zones, warehouses, logs, results")
     parser.add_argument("--days", type=int, default=30, help="ingest days of history (demo-data init --days)")
     parser.add_argument("--orders", type=int, default=12000, help="new orders in the increment")
@@ -639,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = Bench(args)
     try:
-        say(bench.events, f"loader vs floor: scales {scales}, repeat {args.repeat}, engine {args.engine}, out {args.out}")
+        say(bench.events, f"loader vs floor: scales {scales}, repeat {args.repeat}, executor {args.executor}, engine {args.engine}, out {args.out}")
         for i, scale in enumerate(scales):
             bench.run_scale(scale, first=i == 0)
             bench.save()

@@ -326,7 +326,7 @@ def sink_rows(output: dict[str, Any] | None, sink: str) -> int | None:
 def loader_cmd(config: Path, args: argparse.Namespace) -> list[str]:
     # INFO (the loader's default level) for the per-sink timing lines; stderr goes to a log file.
     return [str(LOADER), "--config", str(config), "--log-level", "INFO", "run", "--incremental", "--json",
-            "--engine", args.engine]
+            "--executor", args.executor, "--engine", args.engine]
 
 
 class Bench:
@@ -363,7 +363,7 @@ class Bench:
             "sink_seconds": sinks,
             "snowflake_s": total_of(sinks.get("snowflake")),
             "timings_s": (m.output or {}).get("timings_s"),
-            "engine": (m.output or {}).get("engine"),
+            "executor": (m.output or {}).get("executor"),
             "emulator_requests": self.timer.since(mark),
             "retry_lines": retries[:20],
             "log": str(log),
@@ -479,7 +479,7 @@ class Bench:
     def main(self) -> None:
         args = self.args
         tag = f"SF{scale_tag(args.scale)}"
-        self.say(f"snowflake sink bench: {tag}, repeat {args.repeat}, engine {args.engine}, out {args.out}; "
+        self.say(f"snowflake sink bench: {tag}, repeat {args.repeat}, executor {args.executor}, engine {args.engine}, out {args.out}; "
                  f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
         base, inc, made = landing_zones(self.landing_args(), args.scale, self.env, args.timeout, self.events)
         self.result["landing"] = {"history": str(base), "with_batch": str(inc), **made}
@@ -664,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=12000)
     parser.add_argument("--updates", type=int, default=3000)
     parser.add_argument("--late", type=int, default=100)
-    parser.add_argument("--engine", choices=["auto", "local", "ray"], default="auto", help="the loader's --engine")
+    parser.add_argument("--executor", choices=["auto", "local", "ray"], default="auto", help="the loader's --executor")
+    parser.add_argument("--engine", choices=["auto", "cpu", "gpu"], default="auto", help="the loader's --engine")
     parser.add_argument("--seed", choices=["auto", "full", "small"], default="auto",
                         help="full: load the whole history with Snowflake on; small: Snowflake seeded from "
                              "--seed-scale; auto: full unless the probe estimates more than --max-seed-s")

@@ -319,8 +319,8 @@ def apply_region_rules(
             continue
         values = _string(df[column], column, b, "region rules mask")
         rows = region.isin(regions).fillna(False)
-        if bool(rows.any()):
-            df[column] = values.mask(rows, _mask(values, b))
+        if bool(rows.any()):  # masked where needed only, then put back in place by row label
+            df[column] = values.mask(rows, _mask(values[rows], b).reindex(values.index))
 
     df["currency"] = currency
     df["fx_rate"] = fx_rate
