@@ -187,6 +187,7 @@ class RayConfig(_Frozen):
     address: str | None = None
     local_max_rows: int = Field(default=20_000_000, ge=0)
     num_cpus: int | None = Field(default=None, gt=0)
+    num_gpus: int | None = Field(default=None, ge=0)  # local instance only; 0 keeps Ray off the GPUs
 
 
 class TransformConfig(_Frozen):
@@ -194,6 +195,9 @@ class TransformConfig(_Frozen):
     else the CPU; `gpu` fails at start without one; `cpu` never imports cuDF."""
 
     engine: Literal["auto", "cpu", "gpu"] = "auto"
+    # Rows per batch a GPU actor transforms at once on the Ray executor (Ray needs a size to hand GPUs
+    # batches; ~200 bytes a lineitem row: 1M rows is about 200 MB of device memory, in and out).
+    gpu_batch_rows: int = Field(default=1_000_000, gt=0)
 
 
 class StateConfig(_Frozen):

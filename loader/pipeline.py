@@ -152,20 +152,27 @@ def init_ray(config: LoaderConfig) -> None:
     kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if address:
         kwargs["address"] = address
-    elif config.ray.num_cpus:
-        kwargs["num_cpus"] = config.ray.num_cpus
+    else:  # a local instance: Ray detects CPUs and GPUs itself unless told
+        if config.ray.num_cpus:
+            kwargs["num_cpus"] = config.ray.num_cpus
+        if config.ray.num_gpus is not None:
+            kwargs["num_gpus"] = config.ray.num_gpus
     ray.init(**kwargs)  # type: ignore[arg-type]
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def _actor_pool(engine: EngineName) -> dict[str, Any]:
-    """map_batches arguments: on the GPU one actor per GPU in the cluster, each holding one; on the CPU
-    up to one actor per CPU."""
+def _actor_pool(config: LoaderConfig, engine: EngineName) -> dict[str, Any]:
+    """map_batches arguments: on the GPU one actor per GPU in the cluster, each holding one and taking
+    batches of transform.gpu_batch_rows; on the CPU up to one actor per CPU, a block at a time.
+
+    GPU actors reserve no CPU slot: a pool of one actor per GPU, each also holding a CPU, can take
+    every CPU of a node and starve the read tasks that feed it (seen: 2 CPUs, 2 GPUs, a hang)."""
     import ray
 
     if engine == "gpu":  # choose_run_engine saw at least one GPU in the cluster
         gpus = max(1, int(ray.cluster_resources().get("GPU", 0)))
-        return {"num_gpus": 1, "compute": ray.data.ActorPoolStrategy(size=gpus)}
+        return {"num_gpus": 1, "num_cpus": 0, "compute": ray.data.ActorPoolStrategy(size=gpus),
+                "batch_size": config.transform.gpu_batch_rows}
     cpus = max(1, int(ray.available_resources().get("CPU", 1)))
     return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=cpus)}
 
@@ -176,7 +183,7 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Engin
     init_ray(config)
     rules = region_rules(config)
     dims_ref = ray.put(dims)
-    pool = _actor_pool(engine)
+    pool = _actor_pool(config, engine)
     for name, source_plan in plan.sources.items():
         if source_plan.is_empty:
             continue

@@ -145,7 +145,7 @@ def enrich_orders(df: Frame, b: Frames) -> Frame:
     df["order_year"] = date.dt.year.astype(b.dtype(pa.int16()))
     df["order_quarter"] = date.dt.quarter.astype(b.dtype(pa.int8()))
     df["order_month"] = date.dt.month.astype(b.dtype(pa.int8()))
-    df["is_large_order"] = (price > Decimal("200000")).astype(b.dtype(pa.bool_()))
+    df["is_large_order"] = price > Decimal("200000")
     urgent = priority.isin(_URGENT_PRIORITIES).astype(b.dtype(pa.bool_()))
     df["is_urgent"] = urgent.where(priority.notna(), None)
     df["revenue_tier"] = _labels(price, _REVENUE_TIERS, b)
