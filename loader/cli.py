@@ -17,6 +17,7 @@ import click
 from loader.errors import EXIT_FAILED, EXIT_LEASE_HELD, EXIT_OK, EXIT_USAGE, LoaderError
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 EXIT_CODES_HELP = f"""\b
 Exit codes:
@@ -284,6 +285,26 @@ def demo_data() -> None:
     """Make and grow a TPC-H-style landing zone (the one named by landing_zone in the config)."""
 
 
+def _demo_state_exists(root: str) -> bool:
+    from loader.storage import locate
+
+    location = locate(root).child("_demo_state.json")
+    from pyarrow import fs as pafs
+
+    return bool(location.filesystem.get_file_info(location.path).type == pafs.FileType.File)
+
+
+def _on_landing_zone(root: str, work: Callable[[Path], T], *, download: bool) -> T:
+    """`work` on the landing zone's folder; on an object store, on a temporary local copy synced back."""
+    from loader.config import is_remote
+
+    if not is_remote(root):
+        return work(Path(root))
+    from loader.demo_remote import on_local_copy
+
+    return on_local_copy(root, work, download=download)
+
+
 @demo_data.command("init")
 @click.option("--scale", type=click.FloatRange(min=0.001), default=0.1, show_default=True, help="TPC-H scale factor (1 = 1.5M orders).")
 @click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same data.")
@@ -296,11 +317,12 @@ def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: boo
         config = obj.config()
         from loader import demo_data as generator
 
-        root = Path(config.landing_zone)
-        if if_missing and (root / "_demo_state.json").exists():
+        root = config.landing_zone
+        if if_missing and _demo_state_exists(root):
             click.echo(f"landing zone already at {root}: left as it is", err=True)
             return
-        summary = generator.init_landing_zone(root, scale=scale, seed=seed, days=days)
+        summary = _on_landing_zone(root, lambda path: generator.init_landing_zone(path, scale=scale, seed=seed,
+                                                                                 days=days), download=False)
     except LoaderError as error:
         _fail(error)
         return
@@ -324,7 +346,8 @@ def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int
         config = obj.config()
         from loader import demo_data as generator
 
-        summary = generator.append_batch(Path(config.landing_zone), orders=orders, updates=updates, late=late, recent=recent)
+        summary = _on_landing_zone(config.landing_zone, lambda path: generator.append_batch(
+            path, orders=orders, updates=updates, late=late, recent=recent), download=True)
     except LoaderError as error:
         _fail(error)
         return
