@@ -175,10 +175,10 @@ def run_backfill(config: LoaderConfig, request: BackfillRequest, *, executor: st
                  engine: str | None = None, parallel: int = 1,
                  on_chunk: Callable[[ChunkResult, int], None] | None = None) -> BackfillSummary:
     """Load every chunk not yet loaded, `parallel` at a time (threads of this process, one lease)."""
-    from loader.pipeline import preflight_engine
+    from loader.pipeline import preflight
     from loader.runner import held_lease
 
-    preflight_engine(config, engine)
+    preflight(config, engine)
 
     store = StateStore.open(config.state.url)
     pipeline = config.pipeline

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from loader.config import LoaderConfig, is_remote
 
@@ -60,9 +59,9 @@ def check_ray(config: LoaderConfig) -> tuple[str, str]:
     if not address or address == "auto" or address.startswith("local"):
         where = "a local Ray instance is started by a run that needs it" if not address else f"address {address!r}"
         return "ok", f"Ray {version('ray')} installed, {os.cpu_count()} CPUs here; {where}"
-    parsed = urlparse(address if "://" in address else f"ray://{address}")
-    port = parsed.port or (10001 if parsed.scheme == "ray" else 6379)
-    problem = _reachable(parsed.hostname or "localhost", port)
+    from loader.pipeline import ray_address_problem
+
+    problem = ray_address_problem(address)
     if problem:
         return "failed", f"Ray cluster {address}: {problem}. Check ray.address / RAY_ADDRESS and that the head is up"
     return "ok", f"Ray {version('ray')}; cluster {address} accepts connections"

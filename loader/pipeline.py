@@ -62,6 +62,40 @@ def _cluster_address(config: LoaderConfig) -> str | None:
     return config.ray.address or os.environ.get("RAY_ADDRESS")
 
 
+RAY_CONNECT_TIMEOUT_S = 3.0
+
+
+def ray_address_problem(address: str) -> str | None:
+    """Why the Ray cluster at `address` cannot be reached over TCP within seconds, or None. "auto" and
+    "local" (a cluster on this machine, found or started by Ray itself) are not probed."""
+    import socket
+    from urllib.parse import urlparse
+
+    if address == "auto" or address.startswith("local"):
+        return None
+    parsed = urlparse(address if "://" in address else f"gcs://{address}")
+    port = parsed.port or (10001 if parsed.scheme == "ray" else 6379)
+    host = parsed.hostname or "localhost"
+    try:
+        with socket.create_connection((host, port), timeout=RAY_CONNECT_TIMEOUT_S):
+            return None
+    except OSError as error:
+        return f"{host}:{port} unreachable ({error.strerror or error})"
+
+
+def preflight(config: LoaderConfig, engine: str | None) -> None:
+    """Checks that fail a run in seconds, before any state is touched: `gpu` requested without a usable
+    GPU, a Ray cluster address nobody answers at (ray.init would retry for a minute or more)."""
+    preflight_engine(config, engine)
+    address = _cluster_address(config)
+    problem = address and ray_address_problem(address)
+    if problem:
+        from loader.errors import SourceUnavailable
+
+        raise SourceUnavailable(f"the Ray cluster at {address} is not reachable: {problem}. Check ray.address / "
+                                "RAY_ADDRESS and that the head node is up; nothing was read or written")
+
+
 def preflight_engine(config: LoaderConfig, override: str | None) -> None:
     """`gpu` requested on a machine without a usable GPU fails here, before any state is touched.
     With a Ray cluster address the GPUs are the cluster's: checked once Ray is up (`choose_run_engine`)."""
@@ -116,7 +150,12 @@ def stage_batch(
     return transform_fact(batch, kind=source.kind, dims=dims, rules=rules, frames=frames_for(engine))
 
 
-def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: EngineName) -> Iterator[tuple[str, pa.Table]]:
+#: What an executor yields per source: its name, its final rows, and the Ray nodes whose actors
+#: transformed them (empty in-process).
+SourceRows = tuple[str, pa.Table, list[str]]
+
+
+def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: EngineName) -> Iterator[SourceRows]:
     rules = region_rules(config)
     frames = frames_for(engine)
     for name, source_plan in plan.sources.items():
@@ -131,7 +170,7 @@ def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Eng
         latest = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
         del rows
         _log_read(name, source_plan, read, latest.num_rows)
-        yield name, transform_fact(latest, kind=source.kind, dims=dims, rules=rules, frames=frames)
+        yield name, transform_fact(latest, kind=source.kind, dims=dims, rules=rules, frames=frames), []
 
 
 def _log_read(name: str, plan: SourcePlan, read: int, kept: int) -> None:
@@ -143,6 +182,12 @@ def _ray_paths(source_plan: SourcePlan) -> list[str]:
     return [f.path for f in source_plan.files]
 
 
+_FORWARDED_ENV = frozenset({
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE",
+})
+
+
 def init_ray(config: LoaderConfig) -> None:
     import ray
 
@@ -152,7 +197,15 @@ def init_ray(config: LoaderConfig) -> None:
     kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if address:
         kwargs["address"] = address
-    else:  # a local instance: Ray detects CPUs and GPUs itself unless told
+        # Workers started by the cluster do not have this process's environment: hand them the S3
+        # endpoint and credentials the driver uses (nodes with an instance role need none of it).
+        forwarded = {k: v for k, v in os.environ.items() if k in _FORWARDED_ENV}
+        if forwarded:
+            kwargs["runtime_env"] = {"env_vars": forwarded}
+    else:  # a private local instance: Ray detects CPUs and GPUs itself unless told
+        # "local": never attach to another Ray cluster started on this machine (`ray start`, a test's
+        # cluster), which plain ray.init() would do, running our tasks on someone else's workers.
+        kwargs["address"] = "local"
         if config.ray.num_cpus:
             kwargs["num_cpus"] = config.ray.num_cpus
         if config.ray.num_gpus is not None:
@@ -163,7 +216,8 @@ def init_ray(config: LoaderConfig) -> None:
 
 def _actor_pool(config: LoaderConfig, engine: EngineName) -> dict[str, Any]:
     """map_batches arguments: on the GPU one actor per GPU in the cluster, each holding one and taking
-    batches of transform.gpu_batch_rows; on the CPU up to one actor per CPU, a block at a time.
+    batches of transform.gpu_batch_rows; on the CPU one actor per node to start, up to one per CPU, a block
+    at a time.
 
     GPU actors reserve no CPU slot: a pool of one actor per GPU, each also holding a CPU, can take
     every CPU of a node and starve the read tasks that feed it (seen: 2 CPUs, 2 GPUs, a hang)."""
@@ -174,10 +228,13 @@ def _actor_pool(config: LoaderConfig, engine: EngineName) -> dict[str, Any]:
         return {"num_gpus": 1, "num_cpus": 0, "compute": ray.data.ActorPoolStrategy(size=gpus),
                 "batch_size": config.transform.gpu_batch_rows}
     cpus = max(1, int(ray.available_resources().get("CPU", 1)))
-    return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=cpus)}
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
+    # Start with an actor per node (Ray Data spreads them), but leave a CPU for the reads feeding them.
+    start = max(1, min(nodes, cpus - 1))
+    return {"compute": ray.data.ActorPoolStrategy(min_size=start, max_size=max(start, cpus))}
 
 
-def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: EngineName) -> Iterator[tuple[str, pa.Table]]:
+def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: EngineName) -> Iterator[SourceRows]:
     import ray
 
     init_ray(config)
@@ -192,18 +249,24 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Engin
         dataset = ray.data.read_parquet(
             _ray_paths(source_plan), filesystem=source_plan.location.filesystem, partitioning=None,
         ).filter(expr=_window_expression(source.cursor, window))
+        # Ray packs small files into few read tasks: cut the rows into at least a block per CPU (per
+        # planned file when there are more) so the stage's actors, spread over the nodes, all get work.
+        dataset = dataset.repartition(max(len(source_plan.files), int(ray.cluster_resources().get("CPU", 1))))
         staged = dataset.map_batches(
             _RayStage, batch_format="pyarrow", **pool,
             fn_constructor_kwargs={"source": source, "window": window, "dims": dims_ref, "rules": rules, "engine": engine},
         )
-        parts = [t for t in ray.get(staged.to_arrow_refs()) if t.num_rows]
+        parts = ray.get(staged.to_arrow_refs())
+        nodes = sorted({node for t in parts if (node := _stage_node(t))})
+        parts = [_without_node(t) for t in parts if t.num_rows]
         table = pa.concat_tables(parts, promote_options="permissive") if parts else stage_batch(
             _empty_input(source_plan), source=source, window=window, dims=dims, rules=rules, engine=engine
         )
         latest = dedupe_latest(table, key=source.primary_key, cursor=source.cursor)
         _log_read(name, source_plan, table.num_rows, latest.num_rows)
+        log.info("%s: transformed on %d Ray node(s)", name, len(nodes))
         del table, parts
-        yield name, latest
+        yield name, latest, nodes
 
 
 def _window_expression(cursor: str, window: Window) -> Any:
@@ -227,9 +290,26 @@ class _RayStage:
         self.source, self.window, self.rules, self.engine = source, window, rules, engine
         self.dims: Dimensions = ray.get(dims) if isinstance(dims, ray.ObjectRef) else dims  # type: ignore[assignment]
 
+        self.node = ray.get_runtime_context().get_node_id()
+
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return stage_batch(batch, source=self.source, window=self.window, dims=self.dims, rules=self.rules,
-                           engine=self.engine)
+        out = stage_batch(batch, source=self.source, window=self.window, dims=self.dims, rules=self.rules,
+                          engine=self.engine)
+        # Which node did the work, for the run summary; dropped on the driver before the sinks.
+        return out.replace_schema_metadata({**(out.schema.metadata or {}), _NODE_KEY: self.node.encode()})
+
+
+_NODE_KEY = b"loader.ray_node"
+
+
+def _stage_node(table: pa.Table) -> str | None:
+    value = (table.schema.metadata or {}).get(_NODE_KEY)
+    return value.decode() if value else None
+
+
+def _without_node(table: pa.Table) -> pa.Table:
+    metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != _NODE_KEY}
+    return table.replace_schema_metadata(metadata or None)
 
 
 def _empty_input(source_plan: SourcePlan) -> pa.Table:
@@ -241,7 +321,7 @@ def _empty_input(source_plan: SourcePlan) -> pa.Table:
 
 
 def execute(config: LoaderConfig, plan: RunPlan, executor: Executor, dims: Dimensions,
-            engine: EngineName) -> Iterator[tuple[str, pa.Table]]:
+            engine: EngineName) -> Iterator[SourceRows]:
     """Each source's final rows in turn: the caller writes one source before the next is computed,
     so only one source's window is in memory at a time."""
     runner = run_ray if executor == "ray" else run_local

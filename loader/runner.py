@@ -96,9 +96,9 @@ class _Timer:
 
 def run_incremental(config: LoaderConfig, *, executor: str | None = None, engine: str | None = None,
                     now: datetime | None = None) -> RunSummary:
-    from loader.pipeline import preflight_engine
+    from loader.pipeline import preflight
 
-    preflight_engine(config, engine)  # `--engine gpu` without a GPU fails here, before any state is touched
+    preflight(config, engine)  # no GPU for `--engine gpu`, an unreachable Ray address: fail before any state
     store = StateStore.open(config.state.url)
     try:
         with held_lease(store, config.pipeline, config.state.lease_ttl.total_seconds()):
@@ -214,7 +214,7 @@ def execute_run(
             item = next(tables, None)
         if item is None:
             break
-        name, data = item
+        name, data, nodes = item
         with timer.stage("sinks"):
             source = config.sources[name]
             batch = TableBatch(
@@ -227,6 +227,7 @@ def execute_run(
                 "rows": data.num_rows,
                 "window": plan.sources[name].window.to_json(),
                 "files_read": len(plan.sources[name].files),
+                "ray_nodes": len(nodes),
                 "sinks": {w.sink: {"rows": w.rows, "location": w.location, "skipped": w.skipped, "regions": w.regions} for w in writes},
             }
         del data, batch  # free this source's rows before the next one is computed
