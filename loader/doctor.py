@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loader.config import LoaderConfig, is_remote
-
-CONNECT_TIMEOUT_S = 3.0
+from loader.net import unreachable
 
 
 @dataclass
@@ -39,15 +37,6 @@ def _timed(name: str, probe: Callable[[], tuple[str, str]]) -> Check:
     except Exception as error:  # a probe's own failure is a failed check, with the reason
         status, detail = "failed", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     return Check(name, status, detail, time.perf_counter() - started)
-
-
-def _reachable(host: str, port: int) -> str | None:
-    """None if a TCP connection opens within the timeout, else why not."""
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            return None
-    except OSError as error:
-        return f"{host}:{port} unreachable ({error.strerror or error})"
 
 
 def check_ray(config: LoaderConfig) -> tuple[str, str]:
@@ -123,7 +112,7 @@ def check_snowflake(config: LoaderConfig) -> tuple[str, str]:
     sink = SnowflakeSink(config)
     settings = config.sinks.snowflake
     if settings.host and settings.port:
-        problem = _reachable(settings.host, settings.port)
+        problem = unreachable(settings.host, settings.port)
         if problem:
             return "failed", f"snowflake: {problem}: check sinks.snowflake host/port"
     try:

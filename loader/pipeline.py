@@ -62,25 +62,18 @@ def _cluster_address(config: LoaderConfig) -> str | None:
     return config.ray.address or os.environ.get("RAY_ADDRESS")
 
 
-RAY_CONNECT_TIMEOUT_S = 3.0
-
-
 def ray_address_problem(address: str) -> str | None:
     """Why the Ray cluster at `address` cannot be reached over TCP within seconds, or None. "auto" and
     "local" (a cluster on this machine, found or started by Ray itself) are not probed."""
-    import socket
     from urllib.parse import urlparse
+
+    from loader.net import unreachable
 
     if address == "auto" or address.startswith("local"):
         return None
     parsed = urlparse(address if "://" in address else f"gcs://{address}")
     port = parsed.port or (10001 if parsed.scheme == "ray" else 6379)
-    host = parsed.hostname or "localhost"
-    try:
-        with socket.create_connection((host, port), timeout=RAY_CONNECT_TIMEOUT_S):
-            return None
-    except OSError as error:
-        return f"{host}:{port} unreachable ({error.strerror or error})"
+    return unreachable(parsed.hostname or "localhost", port)
 
 
 def preflight(config: LoaderConfig, engine: str | None) -> None:
