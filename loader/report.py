@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from loader.config import LoaderConfig
@@ -35,8 +36,9 @@ def print_run_summary(summary: RunSummary) -> None:
             name, window = "", ""
     _out.print(table)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in summary.timings.items())
-    _out.print(f"executor: {summary.executor} ({summary.executor_reason}); transforms: {summary.engine} "
-               f"({summary.engine_reason}); {timings}")
+    # escaped: reasons quote commands such as pip install -e '.[gpu]', which rich would read as markup
+    _out.print(escape(f"executor: {summary.executor} ({summary.executor_reason}); transforms: {summary.engine} "
+                      f"({summary.engine_reason}); {timings}"))
 
 
 def plan_payload(plan: RunPlan, *, replay_of: int | None) -> dict[str, Any]:
@@ -125,7 +127,7 @@ def print_status(payload: dict[str, Any]) -> None:
         _out.print(f"last committed run: {last['run_number']} ({last['mode']}) at {last['finished_at']}")
     if payload["unfinished_run"]:
         u = payload["unfinished_run"]
-        _out.print(f"[yellow]run {u['run_number']} did not finish ({u['attempts']} attempt(s)); the next run replays it. Last error: {u['error']}[/]")
+        _out.print(f"[yellow]run {u['run_number']} did not finish ({u['attempts']} attempt(s)); the next run replays it. Last error: {escape(str(u['error']))}[/]")
     if payload["lease"]:
         _out.print(f"lease held by {payload['lease']['holder']} until {payload['lease']['expires_at']}")
     if payload.get("backfill"):
@@ -208,5 +210,5 @@ def print_doctor(pipeline: str, checks: list[Any]) -> None:
         table.add_column(column)
     colour = {"ok": "green", "unavailable": "yellow", "failed": "red"}
     for c in checks:
-        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", escape(c.detail))
     _out.print(table)

@@ -51,6 +51,9 @@ def test_auto_falls_back_to_cpu_and_says_why(tmp_path: Path) -> None:
     assert "cuDF is not installed" in summary["engine_reason"] and "pip install" in summary["engine_reason"]
     assert "transforms on the CPU" in result.stderr  # the log line says which, and why
     assert summary["tables"]["orders"]["rows"] > 0
+    run_cli(config, "demo-data", "append", "--orders", "20", "--updates", "2", "--late", "0")
+    table = run_cli(config, "run", "--incremental").stdout  # the people's summary keeps the command intact
+    assert "transforms: cpu (auto: cuDF is not installed (pip install -e '.[gpu]'" in " ".join(table.split())
 
 
 @no_gpu
