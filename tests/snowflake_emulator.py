@@ -9,6 +9,7 @@ before the replay, as the 5 minutes passing would in Snowflake."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,9 +28,13 @@ PASSWORD_ENV = "SNOWFLAKE_PASSWORD"
 def emulator() -> Iterator[dict[str, Any]]:
     """Start fakesnow's server; the connection settings (account, user, password, host, port, protocol)."""
     import fakesnow
+    import fakesnow.transforms.stage as stage
 
-    with fakesnow.server() as kwargs:
-        yield kwargs
+    try:
+        with fakesnow.server() as kwargs:
+            yield kwargs
+    finally:  # fakesnow makes its stage folder in /tmp on import and never removes it
+        shutil.rmtree(stage.LOCAL_BUCKET_PATH, ignore_errors=True)
 
 
 def new_database() -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -46,6 +47,27 @@ from loader.sinks.snowflake_schema import ColumnType, columns_to_add, create_tab
 from loader.storage import short_error
 
 log = logging.getLogger(__name__)
+
+# The region files staged for PUT live in a temp folder per write, removed when the write ends. A
+# process killed mid-write cannot remove its own: the next write removes those of dead processes.
+_FOLDER_PREFIX = "loader-snowflake-"
+
+
+def _sweep_stale_folders() -> None:
+    for folder in Path(tempfile.gettempdir()).glob(f"{_FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(_FOLDER_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 T = TypeVar("T")
 _AUTH_WORDS = ("password", "authenticat", "jwt", "private key", "user is locked", "mfa", "incorrect username")
 # Snowflake's "session no longer exists / expired / token expired": log in again, i.e. retry.
@@ -99,7 +121,8 @@ class SnowflakeSink:
     def write(self, batch: TableBatch) -> SinkWrite:
         target = f"{self.where}.{batch.table.upper()}"
         session = _Session(self)
-        folder = Path(tempfile.mkdtemp(prefix="loader-snowflake-"))
+        _sweep_stale_folders()
+        folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
         try:
             if self._step(batch, "prepare", session, lambda cur: self._prepare(cur, batch)):
                 return SinkWrite(self.name, batch.table, 0, target, skipped=True)

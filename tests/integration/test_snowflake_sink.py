@@ -6,6 +6,9 @@ transaction are in test_kill_matrix.py; faults, schema changes and key-pair auth
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -45,11 +48,19 @@ def test_incremental_runs_land_exactly(tmp_path: Path, snowflake_server: dict[st
     landing, warehouse = config.parent / "landing", config.parent / "warehouse"
     env = password_env(snowflake_server)
     run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
+    # staging folders of a killed loader (its pid is gone) are removed by the next write; a live one's stay
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = Path(tempfile.gettempdir()) / f"loader-snowflake-{dead.pid}-killed"
+    live = Path(tempfile.mkdtemp(prefix=f"loader-snowflake-{os.getpid()}-"))
+    stale.mkdir()
 
     first = run_json(config, "run", "--incremental", env=env)
     assert first["status"] == "committed"
     assert first["tables"]["orders"]["sinks"]["snowflake"]["rows"] == first["tables"]["orders"]["rows"]
     assert_snowflake_exact(snowflake_server, database, landing)
+    assert not stale.exists() and live.is_dir()
+    live.rmdir()
 
     run_cli(config, "demo-data", "append", "--orders", "300", "--updates", "100", "--late", "10", env=env)
     second = run_json(config, "run", "--incremental", env=env)
