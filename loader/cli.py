@@ -286,9 +286,10 @@ def demo_data() -> None:
 
 
 def _demo_state_exists(root: str) -> bool:
+    from loader.demo_data import STATE_FILE
     from loader.storage import locate
 
-    location = locate(root).child("_demo_state.json")
+    location = locate(root).child(STATE_FILE)
     from pyarrow import fs as pafs
 
     return bool(location.filesystem.get_file_info(location.path).type == pafs.FileType.File)

@@ -17,11 +17,11 @@ from typing import TypeVar
 
 import pyarrow.fs as pafs
 
+from loader.demo_data import STATE_FILE
 from loader.errors import ConfigError
 from loader.storage import Location, locate, storage_error
 
 T = TypeVar("T")
-STATE_FILE = "_demo_state.json"
 
 
 def _remote_files(location: Location) -> dict[str, int]:

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import logging
 from dataclasses import dataclass
+from functools import cache
 from types import ModuleType
 from typing import Any, Literal
 
@@ -128,8 +129,10 @@ class GpuStatus:
     cudf_version: str | None = None
 
 
+@cache
 def gpu_status() -> GpuStatus:
-    """Whether cuDF imports and a CUDA device is visible. Never raises; says what is missing."""
+    """Whether cuDF imports and a CUDA device is visible. Never raises; says what is missing. Probed
+    once per process (importing cuDF takes seconds; the start-up check and the run both ask)."""
     if importlib.util.find_spec("cudf") is None:
         return GpuStatus(False, "cuDF is not installed (pip install -e '.[gpu]' on a machine with an NVIDIA GPU)")
     try:

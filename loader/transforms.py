@@ -115,11 +115,9 @@ def _labels(values: Series, spec: tuple[tuple[str, ...], tuple[str, ...]], b: Fr
 def _string(values: Series, name: str, b: Frames, what: str) -> Series:
     arrow_type = b.arrow_type(values)
     if not (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)):
-        raise ConfigError(f"{what} column {name}, which is {arrow_type}, not a string: {_FIX_MASK}")
+        raise ConfigError(f"{what} column {name}, which is {arrow_type}, not a string: "
+                          "remove it from mask_columns or mask a string column")
     return values
-
-
-_FIX_MASK = "remove it from mask_columns or mask a string column"
 
 
 def _mapped(keys: Series, lookup: Series) -> Series:
@@ -190,8 +188,9 @@ def enrich_lineitem(df: Frame, b: Frames) -> Frame:
 def customer_segment(df: Frame, b: Frames) -> Frame:
     """Add customer_segment: 'enterprise' above 10000, 'premium' above 5000, else 'standard' (by
     c_acctbal, exact; null balance -> null). Run on the customer dimension."""
-    df["customer_segment"] = _labels(_money(df["c_acctbal"], "c_acctbal", b, b.arrow_type(df["c_acctbal"])),
-                                     _SEGMENTS, b, strict=True)
+    balance = df["c_acctbal"]
+    _decimal_type(balance, b, "c_acctbal")
+    df["customer_segment"] = _labels(balance, _SEGMENTS, b, strict=True)
     return df
 
 
