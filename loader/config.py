@@ -188,6 +188,9 @@ class RayConfig(_Frozen):
     local_max_rows: int = Field(default=20_000_000, ge=0)
     num_cpus: int | None = Field(default=None, gt=0)
     num_gpus: int | None = Field(default=None, ge=0)  # local instance only; 0 keeps Ray off the GPUs
+    # The Ray executor cuts each source's window into key-range parts, each deduplicated, transformed
+    # and written on a worker: at least one per CPU of the cluster, at most this many rows each.
+    rows_per_part: int = Field(default=1_000_000, gt=0)
 
 
 class TransformConfig(_Frozen):
@@ -195,8 +198,8 @@ class TransformConfig(_Frozen):
     else the CPU; `gpu` fails at start without one; `cpu` never imports cuDF."""
 
     engine: Literal["auto", "cpu", "gpu"] = "auto"
-    # Rows per batch a GPU actor transforms at once on the Ray executor (Ray needs a size to hand GPUs
-    # batches; ~200 bytes a lineitem row: 1M rows is about 200 MB of device memory, in and out).
+    # Most rows a GPU actor transforms at once on the Ray executor (the parts are cut no larger; ~200
+    # bytes a lineitem row: 1M rows is about 200 MB of device memory, in and out).
     gpu_batch_rows: int = Field(default=1_000_000, gt=0)
 
 

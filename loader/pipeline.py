@@ -1,21 +1,24 @@
-"""Execution of the planned reads: read -> window filter -> enrich -> region lookup -> regional rules,
-then dedupe on the primary key (latest cursor wins). Two executors run the very same stage functions:
+"""Execution of the planned reads: read -> window filter -> dedupe on the primary key (latest cursor
+wins) -> enrich -> region lookup -> regional rules. Two executors run the very same stage functions:
 
 - `local`: in this process with pyarrow (threads for I/O). No Ray start-up cost (about 7 s on 2 cores
   for `ray.init` plus the first job), which dominates a small increment.
-- `ray`: Ray Data reads the planned files in parallel tasks and runs the row-local stages in
-  `map_batches` on an actor pool; the dedupe runs on the driver over the transformed rows.
+- `ray`: Ray Data reads the planned files in parallel tasks into the cluster's object store, numbers
+  the rows into key-range parts, and an actor pool dedupes and transforms each part whole. The parts
+  stay where they are: the sinks write them from Ray tasks (loader/table_writes.py), and the driver
+  never holds a table's rows, only references, counts and the schema.
 
 Either executor runs the transforms on one of two engines (loader/frames.py): `cpu` (pandas over
 Arrow) or `gpu` (cuDF; on Ray each actor requests one GPU and the pool has one actor per GPU).
 
-The stages are row-local and dedupe keeps exactly one deterministic row per key, sorted by key, so
-both executors produce identical tables (tests/integration/test_engines.py compares sink contents).
+The stages are row-local and dedupe keeps exactly one deterministic row per key, so both executors
+land identical tables (tests/integration/test_engines.py compares sink contents).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from functools import partial
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from loader.config import LoaderConfig, SourceConfig
 from loader.dimensions import Dimensions
@@ -143,9 +147,16 @@ def stage_batch(
     return transform_fact(batch, kind=source.kind, dims=dims, rules=rules, frames=frames_for(engine))
 
 
-#: What an executor yields per source: its name, its final rows, and the Ray nodes whose actors
-#: transformed them (empty in-process).
-SourceRows = tuple[str, pa.Table, list[str]]
+@dataclass
+class SourceRows:
+    """One source's final rows, as an executor hands them to the sinks: in this process as one table,
+    or on the Ray cluster as key-disjoint parts the driver holds only references to."""
+
+    name: str
+    schema: pa.Schema
+    parts: list[Any]  # pa.Table (in this process) or a ray.ObjectRef of one (in the cluster's object store)
+    rows: int
+    nodes: list[str]  # the Ray nodes whose actors transformed the rows (none in-process)
 
 
 def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: EngineName) -> Iterator[SourceRows]:
@@ -163,7 +174,8 @@ def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Eng
         latest = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
         del rows
         _log_read(name, source_plan, read, latest.num_rows)
-        yield name, transform_fact(latest, kind=source.kind, dims=dims, rules=rules, frames=frames), []
+        table = transform_fact(latest, kind=source.kind, dims=dims, rules=rules, frames=frames)
+        yield SourceRows(name, table.schema, [table], table.num_rows, [])
 
 
 def _log_read(name: str, plan: SourcePlan, read: int, kept: int) -> None:
@@ -207,10 +219,9 @@ def init_ray(config: LoaderConfig) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def _actor_pool(config: LoaderConfig, engine: EngineName) -> dict[str, Any]:
-    """map_batches arguments: on the GPU one actor per GPU in the cluster, each holding one and taking
-    batches of transform.gpu_batch_rows; on the CPU one actor per node to start, up to one per CPU, a block
-    at a time.
+def _actor_pool(engine: EngineName) -> dict[str, Any]:
+    """map_groups arguments: on the GPU one actor per GPU in the cluster, each holding one; on the CPU
+    one actor per node to start, up to one per CPU.
 
     GPU actors reserve no CPU slot: a pool of one actor per GPU, each also holding a CPU, can take
     every CPU of a node and starve the read tasks that feed it (seen: 2 CPUs, 2 GPUs, a hang)."""
@@ -218,8 +229,7 @@ def _actor_pool(config: LoaderConfig, engine: EngineName) -> dict[str, Any]:
 
     if engine == "gpu":  # choose_run_engine saw at least one GPU in the cluster
         gpus = max(1, int(ray.cluster_resources().get("GPU", 0)))
-        return {"num_gpus": 1, "num_cpus": 0, "compute": ray.data.ActorPoolStrategy(size=gpus),
-                "batch_size": config.transform.gpu_batch_rows}
+        return {"num_gpus": 1, "num_cpus": 0, "compute": ray.data.ActorPoolStrategy(size=gpus)}
     cpus = max(1, int(ray.available_resources().get("CPU", 1)))
     nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
     # Start with an actor per node (Ray Data spreads them), but leave a CPU for the reads feeding them.
@@ -227,39 +237,91 @@ def _actor_pool(config: LoaderConfig, engine: EngineName) -> dict[str, Any]:
     return {"compute": ray.data.ActorPoolStrategy(min_size=start, max_size=max(start, cpus))}
 
 
+def part_count(config: LoaderConfig, engine: EngineName, rows: int, cpus: int) -> int:
+    """How many key-range parts a source's window is cut into: one per CPU at least (every core
+    transforms and writes), none over ray.rows_per_part rows (a part is what one worker holds; on the
+    GPU none over transform.gpu_batch_rows), never more than rows."""
+    largest = config.ray.rows_per_part
+    if engine == "gpu":
+        largest = min(largest, config.transform.gpu_batch_rows)
+    return max(1, min(rows, max(cpus, math.ceil(rows / largest))))
+
+
 def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: EngineName) -> Iterator[SourceRows]:
+    """Each source's window stays in the cluster: read in parallel tasks (held in the object store, on
+    the nodes), numbered into key-range parts, each part deduplicated and transformed whole by one actor
+    (Ray's groupby hands a group to one call), and handed to the sinks as object references. The driver
+    fetches only counts, the key's range and the schema."""
     import ray
+    from ray.data.aggregate import Count, Max, Min
 
     init_ray(config)
     rules = region_rules(config)
     dims_ref = ray.put(dims)
-    pool = _actor_pool(config, engine)
+    pool = _actor_pool(engine)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
     for name, source_plan in plan.sources.items():
         if source_plan.is_empty:
             continue
         source = config.sources[name]
         window = source_plan.window
+        first = source.primary_key[0]
         dataset = ray.data.read_parquet(
             _ray_paths(source_plan), filesystem=source_plan.location.filesystem, partitioning=None,
         ).filter(expr=_window_expression(source.cursor, window))
         # Ray packs small files into few read tasks: cut the rows into at least a block per CPU (per
-        # planned file when there are more) so the stage's actors, spread over the nodes, all get work.
-        dataset = dataset.repartition(max(len(source_plan.files), int(ray.cluster_resources().get("CPU", 1))))
-        staged = dataset.map_batches(
+        # planned file when there are more) so the reads, and what follows, spread over the nodes.
+        raw = dataset.repartition(max(len(source_plan.files), cpus)).materialize()
+        stats = raw.aggregate(Count(), Min(first), Max(first))
+        read = stats["count()"]
+        if not read:
+            empty = stage_batch(_empty_input(source_plan), source=source, window=window, dims=dims, rules=rules,
+                                engine=engine)
+            _log_read(name, source_plan, 0, 0)
+            yield SourceRows(name, empty.schema, [empty], 0, [])
+            continue
+        parts = part_count(config, engine, read, cpus)
+        staged = raw.map_batches(
+            _number_parts, batch_format="pyarrow",
+            fn_kwargs={"key": first, "parts": parts, "low": stats[f"min({first})"], "high": stats[f"max({first})"]},
+        ).groupby(PART_COLUMN, num_partitions=parts).map_groups(
             _RayStage, batch_format="pyarrow", **pool,
             fn_constructor_kwargs={"source": source, "window": window, "dims": dims_ref, "rules": rules, "engine": engine},
-        )
-        parts = ray.get(staged.to_arrow_refs())
-        nodes = sorted({node for t in parts if (node := _stage_node(t))})
-        parts = [_without_node(t) for t in parts if t.num_rows]
-        table = pa.concat_tables(parts, promote_options="permissive") if parts else stage_batch(
-            _empty_input(source_plan), source=source, window=window, dims=dims, rules=rules, engine=engine
-        )
-        latest = dedupe_latest(table, key=source.primary_key, cursor=source.cursor)
-        _log_read(name, source_plan, table.num_rows, latest.num_rows)
-        log.info("%s: transformed on %d Ray node(s)", name, len(nodes))
-        del table, parts
-        yield name, latest, nodes
+        ).materialize()
+        del raw  # the window's raw rows leave the object store
+        # The non-empty blocks only (a shuffle partition left without a group yields an empty one).
+        blocks = [(ref, meta.num_rows) for bundle in staged.iter_internal_ref_bundles()
+                  for ref, meta in zip(bundle.block_refs, bundle.metadata, strict=True)]
+        refs = [ref for ref, rows in blocks if rows]
+        kept = sum(rows for _, rows in blocks)
+        # Where the parts are is where they were transformed (an actor's output stays on its node).
+        located = ray.experimental.get_object_locations(refs)
+        nodes = sorted({node for info in located.values() for node in info.get("node_ids", [])})
+        _log_read(name, source_plan, read, kept)
+        log.info("%s: %d part(s) deduplicated and transformed on %d Ray node(s)", name, parts, len(nodes))
+        yield SourceRows(name, staged.schema().base_schema, refs, kept, nodes)
+
+
+PART_COLUMN = "__loader_part"
+
+
+def _number_parts(batch: pa.Table, *, key: str, parts: int, low: Any, high: Any) -> pa.Table:
+    """The part of each row: its first key column's place in [low, high] cut in `parts` equal ranges
+    (key-range parts keep each Delta merge to its own files), or a hash of it for keys with no order
+    that divides (strings). All versions of a key share the part, so a part dedupes on its own."""
+    import pandas as pd
+
+    column = batch[key]
+    if pa.types.is_integer(column.type) and isinstance(low, int) and isinstance(high, int):
+        values = column.to_numpy(zero_copy_only=False)
+        span = high - low + 1
+        numbers = ((values.astype("float64") - low) * parts // span).clip(0, parts - 1)
+    else:
+        hashed = pd.util.hash_array(column.to_numpy(zero_copy_only=False).astype(object))
+        numbers = hashed % parts
+    numbers = pa.array(numbers, type=pa.int32()).fill_null(0) if column.null_count == 0 else pc.if_else(
+        pc.is_null(column), 0, pa.array(numbers, type=pa.int32(), from_pandas=True))
+    return batch.append_column(PART_COLUMN, numbers)
 
 
 def _window_expression(cursor: str, window: Window) -> Any:
@@ -273,8 +335,9 @@ def _window_expression(cursor: str, window: Window) -> Any:
 
 
 class _RayStage:
-    """A Ray actor holding the broadcast dimensions once (and, on the GPU, their device copy), applying
-    the row-local stages per Arrow batch: on the GPU straight from Arrow to cuDF and back."""
+    """A Ray actor holding the broadcast dimensions once (and, on the GPU, their device copy). Each call
+    gets one whole part (every version of its keys): window check, dedupe, enrichment, region, rules;
+    on the GPU straight from Arrow to cuDF and back."""
 
     def __init__(self, *, source: SourceConfig, window: Window, dims: object, rules: Mapping[str, RegionRule],
                  engine: EngineName) -> None:
@@ -283,26 +346,12 @@ class _RayStage:
         self.source, self.window, self.rules, self.engine = source, window, rules, engine
         self.dims: Dimensions = ray.get(dims) if isinstance(dims, ray.ObjectRef) else dims  # type: ignore[assignment]
 
-        self.node = ray.get_runtime_context().get_node_id()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        out = stage_batch(batch, source=self.source, window=self.window, dims=self.dims, rules=self.rules,
-                          engine=self.engine)
-        # Which node did the work, for the run summary; dropped on the driver before the sinks.
-        return out.replace_schema_metadata({**(out.schema.metadata or {}), _NODE_KEY: self.node.encode()})
-
-
-_NODE_KEY = b"loader.ray_node"
-
-
-def _stage_node(table: pa.Table) -> str | None:
-    value = (table.schema.metadata or {}).get(_NODE_KEY)
-    return value.decode() if value else None
-
-
-def _without_node(table: pa.Table) -> pa.Table:
-    metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != _NODE_KEY}
-    return table.replace_schema_metadata(metadata or None)
+    def __call__(self, part: pa.Table) -> pa.Table:
+        source = self.source
+        rows = rows_in_window(part.drop_columns([PART_COLUMN]), source=source.path, cursor=source.cursor,
+                              window=self.window)
+        latest = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
+        return transform_fact(latest, kind=source.kind, dims=self.dims, rules=self.rules, frames=frames_for(self.engine))
 
 
 def _empty_input(source_plan: SourcePlan) -> pa.Table:
@@ -316,6 +365,6 @@ def _empty_input(source_plan: SourcePlan) -> pa.Table:
 def execute(config: LoaderConfig, plan: RunPlan, executor: Executor, dims: Dimensions,
             engine: EngineName) -> Iterator[SourceRows]:
     """Each source's final rows in turn: the caller writes one source before the next is computed,
-    so only one source's window is in memory at a time."""
+    so only one source's window is held (in this process, or in the Ray cluster) at a time."""
     runner = run_ray if executor == "ray" else run_local
     return runner(config, plan, dims, engine)

@@ -11,11 +11,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loader import failpoints
 from loader.config import LoaderConfig
@@ -23,9 +22,6 @@ from loader.errors import LoaderError
 from loader.planning import RunPlan, plan_run
 from loader.retry import call_with_retries
 from state import RunRecord, StateStore
-
-if TYPE_CHECKING:
-    from loader.sinks import Sink, SinkWrite, TableBatch
 
 log = logging.getLogger(__name__)
 
@@ -165,29 +161,6 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, executor: str | 
     return summary
 
 
-def _write_sinks(sinks: list[Sink], batch: TableBatch) -> list[SinkWrite]:
-    """Every sink writes the same batch at once (threads: the writers are native code and release
-    the GIL). Each sink's commit is idempotent, so one failing leaves the others safe to replay."""
-    attempts: dict[str, int] = {}
-
-    def _write_once(sink: Sink) -> SinkWrite:
-        # A retry is a replay of this sink's part of the run: it first removes what the failed try wrote.
-        attempts[sink.name] = attempts.get(sink.name, 0) + 1
-        return sink.write(batch if attempts[sink.name] == 1 else replace(batch, replay=True))
-
-    def write(sink: Sink) -> SinkWrite:
-        started = time.perf_counter()
-        result = call_with_retries(f"{batch.table} -> {sink.name}", sink.retry, lambda: _write_once(sink))
-        log.info("run %d: %s -> %s: %s in %.2fs", batch.run_number, batch.table, sink.name,
-                 "already landed" if result.skipped else f"{result.rows:,} rows", time.perf_counter() - started)
-        return result
-
-    with ThreadPoolExecutor(max_workers=len(sinks)) as pool:
-        futures = [pool.submit(write, sink) for sink in sinks]
-        wait(futures)
-    return [future.result() for future in futures]  # re-raises the first sink's error, if any
-
-
 def execute_run(
     config: LoaderConfig, record: RunRecord, plan: RunPlan, summary: RunSummary, timer: _Timer,
     executor: str | None, engine: str | None, *, commit: Callable[[], None],
@@ -198,6 +171,7 @@ def execute_run(
     # Imported here: a run with nothing new never pays for transforms, sinks or their drivers.
     from loader.pipeline import choose_executor, choose_run_engine, execute, load_dimensions
     from loader.sinks import TableBatch, build_sinks
+    from loader.table_writes import write_table
 
     choice = choose_executor(config, plan, executor)
     engine_choice = choose_run_engine(config, choice.executor, engine)
@@ -214,21 +188,23 @@ def execute_run(
             item = next(tables, None)
         if item is None:
             break
-        name, data, nodes = item
         with timer.stage("sinks"):
-            source = config.sources[name]
+            source = config.sources[item.name]
             batch = TableBatch(
-                pipeline=config.pipeline, table=name, run_number=record.run_number, data=data,
-                key=source.primary_key, cursor=source.cursor, window=plan.sources[name].window,
-                replay=record.attempts > 1, mode=record.mode,
+                pipeline=config.pipeline, table=item.name, run_number=record.run_number,
+                data=item.schema.empty_table(), key=source.primary_key, cursor=source.cursor,
+                window=plan.sources[item.name].window, replay=record.attempts > 1, mode=record.mode,
             )
-            writes = _write_sinks(sinks, batch)
-            summary.tables[name] = {
-                "rows": data.num_rows,
-                "window": plan.sources[name].window.to_json(),
-                "files_read": len(plan.sources[name].files),
-                "ray_nodes": len(nodes),
-                "sinks": {w.sink: {"rows": w.rows, "location": w.location, "skipped": w.skipped, "regions": w.regions} for w in writes},
+            writes = write_table(sinks, batch, item.parts)
+            summary.tables[item.name] = {
+                "rows": item.rows,
+                "window": plan.sources[item.name].window.to_json(),
+                "files_read": len(plan.sources[item.name].files),
+                "parts": len(item.parts),
+                "ray_nodes": len(item.nodes),
+                "ray_write_nodes": len({node for _, nodes in writes for node in nodes}),
+                "sinks": {w.sink: {"rows": w.rows, "location": w.location, "skipped": w.skipped, "regions": w.regions}
+                          for w, _ in writes},
             }
-        del data, batch  # free this source's rows before the next one is computed
+        del item, batch  # free this source's rows before the next one is computed
     commit()

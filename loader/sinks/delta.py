@@ -5,7 +5,9 @@ before writing, `transaction_version(app_id) >= run` means the run already lande
 Incremental runs land in run-number order (one at a time, under the lease); backfill chunks may not
 (`--parallel`), so each chunk has an app id of its own, `<pipeline>/<table>/backfill-<run>`.
 Every commit before the last is itself idempotent (a merge where the newer cursor wins), so a crash
-between two commits is repaired by simply running the same steps again.
+between two commits is repaired by simply running the same steps again. The same holds for a run
+written in parts (the Ray executor's key-disjoint parts, written one after another where they are):
+only the last part's last commit carries the app transaction.
 
 Cost: rows whose first key column is outside every file's key range are new keys and are appended
 (no target file is read). The rest are merged with a predicate scoped to each region's key range, so
@@ -15,6 +17,8 @@ whose region changed (its customer moved) has its old row deleted first, in its 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -24,7 +28,7 @@ import pyarrow.compute as pc
 from loader import failpoints
 from loader.config import LoaderConfig
 from loader.errors import SinkRejected, SinkUnavailable
-from loader.sinks.base import SinkWrite, TableBatch, region_counts
+from loader.sinks.base import PartWrite, SinkWrite, TableBatch, WritesInParts, region_counts, summed_regions
 from loader.sinks.schema_check import refuse_type_changes
 from loader.storage import locate, short_error, storage_error
 
@@ -55,8 +59,9 @@ def merge_predicate(data: pa.Table, key: tuple[str, ...]) -> str:
     return f"{join} AND ({scopes})"
 
 
-class DeltaSink:
+class DeltaSink(WritesInParts):
     name = "delta"
+    parts_in_sequence = True  # every part commits to the table: one at a time, the last carries the run
 
     def __init__(self, config: LoaderConfig) -> None:
         self.root = config.sink_path(config.sinks.delta.path)
@@ -72,45 +77,50 @@ class DeltaSink:
         location = locate(self.root).child(table)
         return location.uri
 
-    def write(self, batch: TableBatch) -> SinkWrite:
-        from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-        from deltalake.exceptions import (
-            DeltaError,
-            DeltaProtocolError,
-            SchemaMismatchError,
-            TableNotFoundError,
-        )
+    def location(self, table: str) -> str:
+        return self.table_uri(table)
+
+    def begin(self, batch: TableBatch) -> bool | None:
+        """None if the run's app transaction is in the table already; else whether the table exists,
+        after refusing a changed column type."""
+        uri = self.table_uri(batch.table)
+        with self._errors(uri):
+            table = self._open(uri)
+            if table is None:
+                return False
+            if (table.transaction_version(self._app(batch)) or 0) >= batch.run_number:
+                return None
+            refuse_type_changes(f"Delta table {uri}", pa.schema(table.schema().to_arrow()), batch.data.schema,
+                                "Cast the column in the transform back to the stored type, or move the table "
+                                "away to let the loader recreate it")
+            return True
+
+    def write_part(self, batch: TableBatch, begun: bool, *, part: int, last: bool) -> PartWrite:
+        """Merge the part's keys that may be stored, append the rest. Only the last part's last commit
+        carries the run's app transaction; every earlier commit is a merge where the newer version wins
+        (or an append of keys no file holds), so repeating it after a crash changes nothing."""
+        from deltalake import CommitProperties, Transaction, write_deltalake
 
         uri = self.table_uri(batch.table)
-        app = app_id(batch.pipeline, batch.table, backfill_run=batch.run_number if batch.mode == "backfill" else None)
-        final = CommitProperties(app_transactions=[Transaction(app, batch.run_number)])
-        try:
-            try:
-                table = DeltaTable(uri, storage_options=self.storage_options)
-            except TableNotFoundError:
-                table = None
-            if table is not None and (table.transaction_version(app) or 0) >= batch.run_number:
-                return SinkWrite(self.name, batch.table, 0, uri, skipped=True)
-            data = batch.data
-            if table is not None:
-                refuse_type_changes(f"Delta table {uri}", pa.schema(table.schema().to_arrow()), data.schema,
-                                    "Cast the column in the transform back to the stored type, or move the table "
-                                    "away to let the loader recreate it")
-            if table is None:
-                failpoints.hit("delta.write", batch.table)
+        final = CommitProperties(app_transactions=[Transaction(self._app(batch), batch.run_number)]) if last else None
+        data = batch.data
+        with self._errors(uri):
+            table = self._open(uri)
+            if table is None:  # the first part of the table's first run creates it
+                if last:
+                    failpoints.hit("delta.write", batch.table)
                 write_deltalake(
                     uri, data, partition_by=["region"], mode="append", commit_properties=final,
                     storage_options=self.storage_options, target_file_size=self.target_file_size,
                     configuration={"delta.targetFileSize": str(self.target_file_size)},
                 )
-                failpoints.hit("delta.commit", batch.table)
-                return SinkWrite(self.name, batch.table, data.num_rows, uri, regions=region_counts(data))
+                return PartWrite(data.num_rows, region_counts(data))
             new_rows, old_rows = self._split_new_keys(table, data, batch.key[0])
             old_rows, moved = self._drop_landed_versions(table, old_rows, batch)
             if moved.num_rows:
                 self._delete_moved(table, moved, batch.key)
             if old_rows.num_rows:
-                if not new_rows.num_rows:  # the merge is the run's last commit
+                if last and not new_rows.num_rows:  # the merge is the run's last commit
                     failpoints.hit("delta.write", batch.table)
                 merger = table.merge(
                     old_rows, predicate=merge_predicate(old_rows, batch.key), source_alias="s", target_alias="t",
@@ -119,31 +129,55 @@ class DeltaSink:
                 merger.when_matched_update_all(
                     predicate=f"s.{_quote(batch.cursor)} >= t.{_quote(batch.cursor)}"
                 ).when_not_matched_insert_all().execute()
-            if new_rows.num_rows or not old_rows.num_rows:
-                failpoints.hit("delta.write", batch.table)  # after the merge, before the last commit
+            if new_rows.num_rows or (last and not old_rows.num_rows):  # an empty last part still commits the run
+                if last:
+                    failpoints.hit("delta.write", batch.table)  # after the merge, before the last commit
                 write_deltalake(
                     table, new_rows, mode="append", commit_properties=final,
                     storage_options=self.storage_options, target_file_size=self.target_file_size,
                 )
-        except (SchemaMismatchError, DeltaProtocolError) as error:
+        regions = region_counts(new_rows)
+        for region, count in region_counts(old_rows).items():
+            regions[region] = regions.get(region, 0) + count
+        return PartWrite(new_rows.num_rows + old_rows.num_rows, regions)
+
+    def finish(self, batch: TableBatch, begun: bool, parts: list[PartWrite]) -> SinkWrite:
+        """The last part committed the run already."""
+        failpoints.hit("delta.commit", batch.table)
+        return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.table_uri(batch.table),
+                         regions=summed_regions(parts))
+
+    @staticmethod
+    def _app(batch: TableBatch) -> str:
+        return app_id(batch.pipeline, batch.table, backfill_run=batch.run_number if batch.mode == "backfill" else None)
+
+    def _open(self, uri: str) -> Any:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(uri, storage_options=self.storage_options)
+        except TableNotFoundError:
+            return None
+
+    @staticmethod
+    @contextmanager
+    def _errors(uri: str) -> Iterator[None]:
+        """deltalake's and the object store's errors -> loader errors naming the table and the fix."""
+        from deltalake.exceptions import DeltaError, DeltaProtocolError, SchemaMismatchError
+
+        try:
+            yield
+        except (SchemaMismatchError, DeltaProtocolError, pa.ArrowInvalid) as error:
+            fits = "refuses" if not isinstance(error, pa.ArrowInvalid) else "does not fit"
             raise SinkRejected(
-                f"Delta table {uri} refuses this run's rows: {error}. Make the table's schema match the "
-                f"source (or move the table away to recreate it), then run again: the run replays"
-            ) from error
-        except pa.ArrowInvalid as error:
-            raise SinkRejected(
-                f"Delta table {uri} does not fit this run's rows: {error}. Make the table's schema match the "
+                f"Delta table {uri} {fits} this run's rows: {error}. Make the table's schema match the "
                 f"source (or move the table away to recreate it), then run again: the run replays"
             ) from error
         except DeltaError as error:  # commit conflicts with a concurrent writer
             raise SinkUnavailable(f"Delta commit to {uri} failed: {short_error(error)}. Run again: the run replays safely") from error
         except OSError as error:  # object store: refused credentials and missing buckets are terminal
             raise storage_error(error, uri, side="sink", doing="Delta write to") from error
-        failpoints.hit("delta.commit", batch.table)
-        regions = region_counts(new_rows)
-        for region, count in region_counts(old_rows).items():
-            regions[region] = regions.get(region, 0) + count
-        return SinkWrite(self.name, batch.table, new_rows.num_rows + old_rows.num_rows, uri, regions=regions)
 
     @staticmethod
     def _drop_landed_versions(table: Any, rows: pa.Table, batch: TableBatch) -> tuple[pa.Table, pa.Table]:

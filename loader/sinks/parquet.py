@@ -1,4 +1,4 @@
-"""Partitioned Parquet: an append-only log of record versions, `<table>/region=R/date=D/run-<n>-<i>.parquet`.
+"""Partitioned Parquet: an append-only log of record versions, `<table>/region=R/date=D/run-<n>-<part>.parquet`.
 
 `date` is the UTC day of the record's cursor, so the newest version of a key is the one with the
 greatest cursor across files (the Delta table holds only the latest). Idempotence:
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from loader import failpoints
 from loader.config import LoaderConfig
-from loader.sinks.base import SinkWrite, TableBatch, region_counts
+from loader.sinks.base import PartWrite, SinkWrite, TableBatch, WritesInParts, region_counts, summed_regions
 from loader.sinks.schema_check import refuse_type_changes
 from loader.storage import Location, locate, storage_error
 
@@ -32,8 +32,9 @@ def run_prefix(run_number: int) -> str:
     return f"run-{run_number:08d}-"
 
 
-class ParquetSink:
+class ParquetSink(WritesInParts):
     name = "parquet"
+    parts_in_sequence = False  # parts write disjoint files; nothing is committed to a log
 
     def __init__(self, config: LoaderConfig) -> None:
         self.root = locate(config.sink_path(config.sinks.parquet.path))
@@ -44,25 +45,42 @@ class ParquetSink:
     def table_location(self, table: str) -> Location:
         return self.root.child(table)
 
-    def write(self, batch: TableBatch) -> SinkWrite:
+    def location(self, table: str) -> str:
+        return self.table_location(table).uri
+
+    def begin(self, batch: TableBatch) -> list[str]:
+        """Remove what an earlier attempt of the run wrote, refuse a changed column type. Returns the
+        table's region folders (the parts' version check lists days inside them)."""
         where = self.table_location(batch.table)
         try:
             if batch.replay:
                 self._remove_run(where, batch.run_number)
             regions = self._region_folders(where)
             stored = self._stored_schema(where, regions)
-            if stored is not None:
-                refuse_type_changes(f"Parquet table {where.uri}", stored, batch.data.schema,
-                                    "Cast the column in the transform back to the stored type, or move the "
-                                    "table's folder away to start a new version log")
-            data = self._new_versions(where, batch, regions)
-            counts = region_counts(data)
-            if data.num_rows:
-                self._write_partitions(where, batch.run_number, data, batch.cursor, batch.table)
         except OSError as error:  # refused credentials or a missing bucket: terminal; the rest: transient
             raise storage_error(error, where.uri, side="sink", doing="writing Parquet under") from error
+        if stored is not None:
+            refuse_type_changes(f"Parquet table {where.uri}", stored, batch.data.schema,
+                                "Cast the column in the transform back to the stored type, or move the "
+                                "table's folder away to start a new version log")
+        return regions
+
+    def write_part(self, batch: TableBatch, begun: list[str], *, part: int, last: bool) -> PartWrite:
+        """The part's new versions, a file per (region, date) named `run-<n>-<part>.parquet`."""
+        where = self.table_location(batch.table)
+        try:
+            data = self._new_versions(where, batch, begun)
+            if data.num_rows:
+                self._write_partitions(where, batch.run_number, data, batch.cursor, batch.table, part=part)
+        except OSError as error:
+            raise storage_error(error, where.uri, side="sink", doing="writing Parquet under") from error
+        return PartWrite(data.num_rows, region_counts(data))
+
+    def finish(self, batch: TableBatch, begun: list[str], parts: list[PartWrite]) -> SinkWrite:
+        """Nothing to commit: each file appeared whole (renamed into place); the checkpoint publishes the run."""
         failpoints.hit("parquet.commit", batch.table)
-        return SinkWrite(self.name, batch.table, data.num_rows, where.uri, regions=counts)
+        return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.location(batch.table),
+                         regions=summed_regions(parts))
 
     def discard_run(self, table: str, run_number: int) -> None:
         """Delete the run's files, half-written ones included: its versions are written again by the
@@ -144,7 +162,8 @@ class ParquetSink:
             return pa.table({c: pa.array([], type=batch.data[c].type) for c in columns})
         return pa.concat_tables(parts).cast(batch.data.select(columns).schema)
 
-    def _write_partitions(self, where: Location, run_number: int, data: pa.Table, cursor: str, table: str) -> None:
+    def _write_partitions(self, where: Location, run_number: int, data: pa.Table, cursor: str, table: str, *,
+                          part: int) -> None:
         """One file per (region, date), written in parallel. Only the sort indices and the two partition
         columns are materialised; each file takes its own rows, so no full copy of the table is made."""
         unit = data[cursor].type.unit if pa.types.is_timestamp(data[cursor].type) else "us"
@@ -163,7 +182,7 @@ class ParquetSink:
             rows = data.take(order.slice(begin, end - begin))
             region, day = keys["region"][begin].as_py(), keys[DATE_COLUMN][begin].as_py().isoformat()
             folder = f"{where.path}/region={region}/date={day}"
-            name = f"{run_prefix(run_number)}0.parquet"
+            name = f"{run_prefix(run_number)}{part}.parquet"
             where.filesystem.create_dir(folder, recursive=True)
             hidden = f"{folder}/.{name}"
             with where.filesystem.open_output_stream(hidden) as stream:

@@ -6,15 +6,17 @@ idempotent, so a retry or a replay after a crash repeats a step without harm:
 1. prepare: create the stage, the ledger and the target (from the Arrow schema, CLUSTER BY region) if
    absent; add the source's new columns (nullable); refuse a column whose type conflicts. If the ledger
    already holds (pipeline, table, run), the run landed here before: skip.
-2. stage: one Parquet file per region, named by run and region, PUT to
-   `@<stage>/<pipeline>/<table>/run=<n>/` with OVERWRITE (a retry re-uploads the same names), COPY'd with
-   PURGE (the staged files go once loaded) into a transient staging table created afresh; the staged row
-   count must equal the batch's, or the step is retried.
+2. stage (per part, where the part is: a Ray worker or this process): one Parquet file per region,
+   named by run, part and region, PUT with OVERWRITE (a retry re-uploads the same names) to this
+   attempt's folder `@<stage>/<pipeline>/<table>/run=<n>/<attempt>/` (an interrupted attempt's files are
+   never loaded). Then, once, COPY of the folder into a transient staging table created afresh; the
+   staged row count must equal the parts', or the step is retried.
 3. merge: ONE transaction (AUTOCOMMIT off) re-checks the ledger (a lost COMMIT acknowledgement), MERGEs
    the staging table (deduplicated per key, latest cursor wins) into the target on the primary key
    (a stored version newer than the staged one is kept), inserts (pipeline, table, run) into the ledger,
    COMMITs. A failure rolls back both.
-4. cleanup: drop the staging table (a failure here is logged; the next load replaces it anyway).
+4. cleanup: drop the staging table and REMOVE the staged files (a failure here is logged: the next load
+   replaces the table, files left behind cost storage only).
 
 A client killed inside step 3 leaves a detached transaction: Snowflake aborts it once it blocks another
 transaction and has been idle 5 minutes, so the replay's MERGE waits at most that long.
@@ -30,6 +32,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,7 +45,7 @@ from loader import failpoints
 from loader.config import LoaderConfig, RetryConfig, SnowflakeSinkConfig
 from loader.errors import LoaderError, SinkError, SinkRejected, SinkUnavailable
 from loader.retry import call_with_retries
-from loader.sinks.base import SinkWrite, TableBatch, region_counts
+from loader.sinks.base import PartWrite, SinkWrite, TableBatch, WritesInParts, region_counts, summed_regions
 from loader.sinks.snowflake_schema import ColumnType, columns_to_add, create_table_sql, ident
 from loader.storage import short_error
 
@@ -98,8 +101,9 @@ class _Session:
                 conn.close()
 
 
-class SnowflakeSink:
+class SnowflakeSink(WritesInParts):
     name = "snowflake"
+    parts_in_sequence = False  # parts only stage files; the one transaction is finish's
 
     def __init__(self, config: LoaderConfig) -> None:
         self.settings: SnowflakeSinkConfig = config.sinks.snowflake
@@ -118,28 +122,60 @@ class SnowflakeSink:
         s = self.settings
         return f"Snowflake {s.account}/{s.database}.{s.schema_}"
 
-    def write(self, batch: TableBatch) -> SinkWrite:
-        target = f"{self.where}.{batch.table.upper()}"
+    def location(self, table: str) -> str:
+        return f"{self.where}.{table.upper()}"
+
+    def begin(self, batch: TableBatch) -> str | None:
+        """Step 1 (prepare). None if the run landed here already; else the stage folder of this attempt:
+        a fresh one, so files an interrupted attempt staged are never loaded again."""
+        session = _Session(self)
+        try:
+            if self._step(batch, "prepare", session, lambda cur: self._prepare(cur, batch)):
+                return None
+        finally:
+            session.discard()
+        return f"{stage_prefix(self.settings.stage, batch)}{uuid.uuid4().hex[:12]}/"
+
+    def write_part(self, batch: TableBatch, begun: str, *, part: int, last: bool) -> PartWrite:
+        """Step 2 for one part: its region files PUT to the attempt's stage folder (on the worker
+        holding the part, in parallel with the other parts)."""
+        if batch.data.num_rows == 0:
+            return PartWrite(0)
         session = _Session(self)
         _sweep_stale_folders()
         folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
         try:
-            if self._step(batch, "prepare", session, lambda cur: self._prepare(cur, batch)):
-                return SinkWrite(self.name, batch.table, 0, target, skipped=True)
-            if batch.data.num_rows:
-                files = _region_files(batch, folder)
-                self._step(batch, "stage", session, lambda cur: self._stage(cur, batch, files))
-            self._step(batch, "merge", session, lambda cur: self._merge(cur, session.conn, batch))
-            failpoints.hit("snowflake.commit", batch.table)
-            if batch.data.num_rows:
-                try:
-                    session.cursor().execute(f"DROP TABLE IF EXISTS {_staging(batch)}")
-                except Exception as error:  # landed already; the next load replaces the table anyway
-                    log.warning("%s -> snowflake: could not drop its staging table (%s)", batch.table, short_error(error))
-            return SinkWrite(self.name, batch.table, batch.data.num_rows, target, regions=region_counts(batch.data))
+            files = _region_files(batch, folder, part)
+            self._step(batch, "stage", session, lambda cur: self._put(cur, begun, files))
+            return PartWrite(batch.data.num_rows, region_counts(batch.data))
         finally:
             session.discard()
             shutil.rmtree(folder, ignore_errors=True)
+
+    def finish(self, batch: TableBatch, begun: str, parts: list[PartWrite]) -> SinkWrite:
+        """Steps 2 (COPY of every part's files), 3 (merge + ledger row, one transaction) and 4 (cleanup)."""
+        rows = sum(p.rows for p in parts)
+        session = _Session(self)
+        try:
+            if rows:
+                self._step(batch, "copy", session, lambda cur: self._copy(cur, batch, begun, rows))
+            self._step(batch, "merge", session, lambda cur: self._merge(cur, session.conn, batch, rows))
+            failpoints.hit("snowflake.commit", batch.table)
+            if rows:
+                self._cleanup(session, batch, begun)
+            return SinkWrite(self.name, batch.table, rows, self.location(batch.table), regions=summed_regions(parts))
+        finally:
+            session.discard()
+
+    def _cleanup(self, session: _Session, batch: TableBatch, begun: str) -> None:
+        """Landed already: a failure here is logged (the next load replaces the staging table; staged
+        files left behind cost storage only)."""
+        for statement in (f"DROP TABLE IF EXISTS {_staging(batch)}", f"REMOVE {begun}"):
+            try:
+                session.cursor().execute(statement)
+            except Exception as error:
+                log.info("%s -> snowflake: %s failed (%s)", batch.table, statement.split(" ")[0], short_error(error))
+                session.discard()
 
     def _step(self, batch: TableBatch, step: str, session: _Session, work: Callable[[Any], T]) -> T:
         """`work(cursor)` with retries of transient faults; connector errors become loader errors."""
@@ -194,27 +230,30 @@ class SnowflakeSink:
         )
         return bool(cur.fetchone()[0])
 
-    def _stage(self, cur: Any, batch: TableBatch, files: list[Path]) -> None:
-        prefix = stage_prefix(self.settings.stage, batch)
-        # One PUT for the run's region files (the folder is this write's own), uploaded in parallel.
-        pattern = (files[0].parent / f"run-{batch.run_number}-*.parquet").as_posix()
+    @staticmethod
+    def _put(cur: Any, prefix: str, files: list[Path]) -> None:
+        # One PUT for the part's region files (the folder is this part's own), uploaded in parallel;
+        # OVERWRITE: a retry uploads the same names again.
+        pattern = (files[0].parent / "*.parquet").as_posix()
         cur.execute(f"PUT 'file://{pattern}' {prefix} OVERWRITE=TRUE AUTO_COMPRESS=FALSE PARALLEL=4")
+
+    def _copy(self, cur: Any, batch: TableBatch, prefix: str, rows: int) -> None:
         staging = _staging(batch)
         cur.execute(f"CREATE OR REPLACE TRANSIENT TABLE {staging} LIKE {ident(batch.table)}")
-        # FORCE: the staging table is new, load every file; PURGE: staged files go once loaded.
+        # FORCE: the staging table is new, load every file of this attempt's folder, again on a retry
+        # (no PURGE: a retried COPY whose first try purged the files would find none).
         cur.execute(
             f"COPY INTO {staging} FROM {prefix} FILE_FORMAT=(TYPE=PARQUET) "
-            f"MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE FORCE=TRUE PURGE=TRUE"
+            f"MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE FORCE=TRUE"
         )
         cur.execute(f"SELECT COUNT(*) FROM {staging}")
         staged = cur.fetchone()[0]
-        if staged != batch.data.num_rows:  # e.g. a retried COPY whose files an earlier try had purged
+        if staged != rows:
             raise SinkUnavailable(
-                f"Snowflake: {staging} holds {staged:,} rows after COPY, the run has {batch.data.num_rows:,}: "
-                f"staging again"
+                f"Snowflake: {staging} holds {staged:,} rows after COPY, the run's parts staged {rows:,}: copying again"
             )
 
-    def _merge(self, cur: Any, conn: Any, batch: TableBatch) -> None:
+    def _merge(self, cur: Any, conn: Any, batch: TableBatch, rows: int) -> None:
         """The target's upsert and the ledger row, in one transaction."""
         failpoints.hit("snowflake.write", batch.table)
         conn.autocommit(False)
@@ -222,13 +261,13 @@ class SnowflakeSink:
             if self._landed(cur, batch):  # an earlier try committed but its acknowledgement was lost
                 conn.rollback()
                 return
-            if batch.data.num_rows:
+            if rows:
                 cur.execute(_merge_sql(batch))
             failpoints.hit("snowflake.merge", batch.table)
             cur.execute(
                 f"INSERT INTO {ident(self.settings.ledger_table)} (PIPELINE, TABLE_NAME, RUN_NUMBER, LOADED_AT, "
                 f"ROWS_LOADED) SELECT %s, %s, %s, CURRENT_TIMESTAMP(), %s",
-                (batch.pipeline, batch.table, batch.run_number, batch.data.num_rows),
+                (batch.pipeline, batch.table, batch.run_number, rows),
             )
             conn.commit()
         except BaseException:
@@ -331,8 +370,8 @@ def _merge_sql(batch: TableBatch) -> str:
     )
 
 
-def _region_files(batch: TableBatch, folder: Path) -> list[Path]:
-    """One Parquet file per region, named by run and region (a retry re-uploads the same names),
+def _region_files(batch: TableBatch, folder: Path, part: int) -> list[Path]:
+    """One Parquet file per region, named by run, part and region (a retry re-uploads the same names),
     written in parallel threads (Parquet encoding releases the GIL)."""
     data = batch.data
     regions = sorted(data["region"].unique().to_pylist(), key=str)
@@ -341,7 +380,7 @@ def _region_files(batch: TableBatch, folder: Path) -> list[Path]:
         number, region = numbered
         rows = data.filter(pc.is_null(data["region"]) if region is None else pc.equal(data["region"], region))
         safe = re.sub(r"[^A-Za-z0-9_-]", "_", str(region)) or str(number)
-        path = folder / f"run-{batch.run_number}-{safe}.parquet"
+        path = folder / f"run-{batch.run_number}-{part}-{safe}.parquet"
         pq.write_table(rows, path)
         return path
 
