@@ -219,22 +219,11 @@ def init_ray(config: LoaderConfig) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def _actor_pool(engine: EngineName) -> dict[str, Any]:
-    """map_groups arguments: on the GPU one actor per GPU in the cluster, each holding one; on the CPU
-    one actor per node to start, up to one per CPU.
-
-    GPU actors reserve no CPU slot: a pool of one actor per GPU, each also holding a CPU, can take
-    every CPU of a node and starve the read tasks that feed it (seen: 2 CPUs, 2 GPUs, a hang)."""
-    import ray
-
-    if engine == "gpu":  # choose_run_engine saw at least one GPU in the cluster
-        gpus = max(1, int(ray.cluster_resources().get("GPU", 0)))
-        return {"num_gpus": 1, "num_cpus": 0, "compute": ray.data.ActorPoolStrategy(size=gpus)}
-    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0)
-    # Start with an actor per node (Ray Data spreads them), but leave a CPU for the reads feeding them.
-    start = max(1, min(nodes, cpus - 1))
-    return {"compute": ray.data.ActorPoolStrategy(min_size=start, max_size=max(start, cpus))}
+def _stage_resources(engine: EngineName) -> dict[str, Any]:
+    """What a stage task holds: one GPU on the GPU engine (so at most one task per GPU at a time), a
+    CPU otherwise. The reads are done (held in the object store) before any stage task starts, so a
+    GPU task holding a CPU starves nothing."""
+    return {"num_gpus": 1} if engine == "gpu" else {"num_cpus": 1}
 
 
 def part_count(config: LoaderConfig, engine: EngineName, rows: int, cpus: int) -> int:
@@ -248,17 +237,18 @@ def part_count(config: LoaderConfig, engine: EngineName, rows: int, cpus: int) -
 
 
 def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: EngineName) -> Iterator[SourceRows]:
-    """Each source's window stays in the cluster: read in parallel tasks (held in the object store, on
-    the nodes), numbered into key-range parts, each part deduplicated and transformed whole by one actor
-    (Ray's groupby hands a group to one call), and handed to the sinks as object references. The driver
-    fetches only counts, the key's range and the schema."""
+    """Each source's window stays in the cluster: Ray Data reads it in parallel tasks into the object
+    store (on the nodes); a task per read block splits it into key-range parts; a task per part gathers
+    its pieces (every version of its keys), dedupes and transforms them; the parts go to the sinks as
+    object references. The driver fetches only counts, the key's range and node ids.
+
+    (Ray Data's own groupby/map_groups does the same shuffle through aggregator actors: 15 s more per
+    source on 2 cores for 300k rows, measured; plain tasks reuse the pooled workers.)"""
     import ray
-    from ray.data.aggregate import Count, Max, Min
 
     init_ray(config)
     rules = region_rules(config)
     dims_ref = ray.put(dims)
-    pool = _actor_pool(engine)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     for name, source_plan in plan.sources.items():
         if source_plan.is_empty:
@@ -272,56 +262,90 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Engin
         # Ray packs small files into few read tasks: cut the rows into at least a block per CPU (per
         # planned file when there are more) so the reads, and what follows, spread over the nodes.
         raw = dataset.repartition(max(len(source_plan.files), cpus)).materialize()
-        stats = raw.aggregate(Count(), Min(first), Max(first))
-        read = stats["count()"]
-        if not read:
+        blocks = _block_refs(raw)
+        read, low, high = _key_range(ray.get([ray.remote(_block_stats).remote(b, first) for b in blocks]))
+        parts = part_count(config, engine, read, cpus)
+        split: Any = ray.remote(_split_block).options(num_returns=parts)
+        pieces = [split.remote(block, first, parts, low, high) for block in blocks]
+        pieces = [p if isinstance(p, list) else [p] for p in pieces]  # num_returns=1 gives a bare ref
+        stage: Any = ray.remote(_stage_part).options(num_returns=3, **_stage_resources(engine))
+        staged = [stage.remote(source, window, dims_ref, rules, engine, *(p[i] for p in pieces))
+                  for i in range(parts)] if pieces else []
+        del raw, blocks, pieces  # the raw rows leave the object store once the stage tasks have them
+        counts = ray.get([rows for _, rows, _ in staged])
+        nodes = sorted(set(ray.get([node for _, _, node in staged])))
+        refs = [table for (table, _, _), rows in zip(staged, counts, strict=True) if rows]
+        _log_read(name, source_plan, read, sum(counts))
+        log.info("%s: %d part(s) deduplicated and transformed on %d Ray node(s)", name, parts, len(nodes))
+        if refs:
+            yield SourceRows(name, ray.get(ray.remote(_schema_of).remote(refs[0])), refs, sum(counts), nodes)
+        else:  # nothing in the window: the sinks still commit the run (and create the table)
             empty = stage_batch(_empty_input(source_plan), source=source, window=window, dims=dims, rules=rules,
                                 engine=engine)
-            _log_read(name, source_plan, 0, 0)
-            yield SourceRows(name, empty.schema, [empty], 0, [])
-            continue
-        parts = part_count(config, engine, read, cpus)
-        staged = raw.map_batches(
-            _number_parts, batch_format="pyarrow",
-            fn_kwargs={"key": first, "parts": parts, "low": stats[f"min({first})"], "high": stats[f"max({first})"]},
-        ).groupby(PART_COLUMN, num_partitions=parts).map_groups(
-            _RayStage, batch_format="pyarrow", **pool,
-            fn_constructor_kwargs={"source": source, "window": window, "dims": dims_ref, "rules": rules, "engine": engine},
-        ).materialize()
-        del raw  # the window's raw rows leave the object store
-        # The non-empty blocks only (a shuffle partition left without a group yields an empty one).
-        blocks = [(ref, meta.num_rows) for bundle in staged.iter_internal_ref_bundles()
-                  for ref, meta in zip(bundle.block_refs, bundle.metadata, strict=True)]
-        refs = [ref for ref, rows in blocks if rows]
-        kept = sum(rows for _, rows in blocks)
-        # Where the parts are is where they were transformed (an actor's output stays on its node).
-        located = ray.experimental.get_object_locations(refs)
-        nodes = sorted({node for info in located.values() for node in info.get("node_ids", [])})
-        _log_read(name, source_plan, read, kept)
-        log.info("%s: %d part(s) deduplicated and transformed on %d Ray node(s)", name, parts, len(nodes))
-        yield SourceRows(name, staged.schema().base_schema, refs, kept, nodes)
+            yield SourceRows(name, empty.schema, [empty], 0, nodes)
 
 
-PART_COLUMN = "__loader_part"
+def _block_refs(dataset: Any) -> list[Any]:
+    """The object references of a materialized dataset's non-empty blocks (nothing is fetched)."""
+    return [ref for bundle in dataset.iter_internal_ref_bundles()
+            for ref, meta in zip(bundle.block_refs, bundle.metadata, strict=True) if meta.num_rows]
 
 
-def _number_parts(batch: pa.Table, *, key: str, parts: int, low: Any, high: Any) -> pa.Table:
+def _block_stats(block: pa.Table, key: str) -> tuple[int, Any, Any]:
+    """Rows, least and greatest value of `key` in one block (fetched by the driver: three numbers)."""
+    bounds = pc.min_max(block[key])
+    return block.num_rows, bounds["min"].as_py(), bounds["max"].as_py()
+
+
+def _key_range(stats: list[tuple[int, Any, Any]]) -> tuple[int, Any, Any]:
+    lows = [low for rows, low, _ in stats if rows and low is not None]
+    highs = [high for rows, _, high in stats if rows and high is not None]
+    return sum(rows for rows, _, _ in stats), min(lows, default=None), max(highs, default=None)
+
+
+def _split_block(block: pa.Table, key: str, parts: int, low: Any, high: Any) -> Any:
+    """One read block cut into `parts` pieces by part number (a Ray task with `parts` returns)."""
+    numbers = part_numbers(block[key], parts=parts, low=low, high=high)
+    pieces = [block.filter(pc.equal(numbers, i)) for i in range(parts)]
+    return pieces if parts > 1 else pieces[0]
+
+
+def _stage_part(source: SourceConfig, window: Window, dims: Dimensions, rules: Mapping[str, RegionRule],
+                engine: EngineName, *pieces: pa.Table) -> tuple[pa.Table, int, str]:
+    """One part, whole (every version of its keys): window check, dedupe, enrichment, region, rules;
+    on the GPU straight from Arrow to cuDF and back. Returns the rows, their count and this node."""
+    import ray
+
+    rows = rows_in_window(pa.concat_tables(pieces, promote_options="permissive"), source=source.path,
+                          cursor=source.cursor, window=window)
+    latest = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
+    out = transform_fact(latest, kind=source.kind, dims=dims, rules=rules, frames=frames_for(engine))
+    return out, out.num_rows, ray.get_runtime_context().get_node_id()
+
+
+def _schema_of(table: pa.Table) -> pa.Schema:
+    return table.schema
+
+
+def part_numbers(column: pa.ChunkedArray | pa.Array, *, parts: int, low: Any, high: Any) -> pa.Array:
     """The part of each row: its first key column's place in [low, high] cut in `parts` equal ranges
-    (key-range parts keep each Delta merge to its own files), or a hash of it for keys with no order
-    that divides (strings). All versions of a key share the part, so a part dedupes on its own."""
+    (key-range parts keep each Delta merge to its own files), or a hash of it for keys that do not
+    divide so (strings). All versions of a key share a part, so a part dedupes on its own. Null keys
+    go to part 0, where the dedupe refuses them."""
+    import numpy as np
     import pandas as pd
 
-    column = batch[key]
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
     if pa.types.is_integer(column.type) and isinstance(low, int) and isinstance(high, int):
-        values = column.to_numpy(zero_copy_only=False)
-        span = high - low + 1
-        numbers = ((values.astype("float64") - low) * parts // span).clip(0, parts - 1)
+        values = column.fill_null(low).to_numpy(zero_copy_only=False).astype("float64")
+        numbers = np.clip((values - low) * parts // (high - low + 1), 0, parts - 1).astype("int32")
     else:
-        hashed = pd.util.hash_array(column.to_numpy(zero_copy_only=False).astype(object))
-        numbers = hashed % parts
-    numbers = pa.array(numbers, type=pa.int32()).fill_null(0) if column.null_count == 0 else pc.if_else(
-        pc.is_null(column), 0, pa.array(numbers, type=pa.int32(), from_pandas=True))
-    return batch.append_column(PART_COLUMN, numbers)
+        hashed = pd.util.hash_array(np.asarray(column.to_pylist(), dtype=object))
+        numbers = (hashed % np.uint64(parts)).astype("int32")
+    if column.null_count:
+        numbers[column.is_null().to_numpy(zero_copy_only=False)] = 0
+    return pa.array(numbers, type=pa.int32())
 
 
 def _window_expression(cursor: str, window: Window) -> Any:
@@ -332,26 +356,6 @@ def _window_expression(cursor: str, window: Window) -> Any:
     if window.lower is not None:
         inside = inside & (col(cursor) > lit(window.lower))
     return col(cursor).is_null() | inside
-
-
-class _RayStage:
-    """A Ray actor holding the broadcast dimensions once (and, on the GPU, their device copy). Each call
-    gets one whole part (every version of its keys): window check, dedupe, enrichment, region, rules;
-    on the GPU straight from Arrow to cuDF and back."""
-
-    def __init__(self, *, source: SourceConfig, window: Window, dims: object, rules: Mapping[str, RegionRule],
-                 engine: EngineName) -> None:
-        import ray
-
-        self.source, self.window, self.rules, self.engine = source, window, rules, engine
-        self.dims: Dimensions = ray.get(dims) if isinstance(dims, ray.ObjectRef) else dims  # type: ignore[assignment]
-
-    def __call__(self, part: pa.Table) -> pa.Table:
-        source = self.source
-        rows = rows_in_window(part.drop_columns([PART_COLUMN]), source=source.path, cursor=source.cursor,
-                              window=self.window)
-        latest = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
-        return transform_fact(latest, kind=source.kind, dims=self.dims, rules=self.rules, frames=frames_for(self.engine))
 
 
 def _empty_input(source_plan: SourcePlan) -> pa.Table:

@@ -1,6 +1,6 @@
 """The GPU engine's plumbing, on any machine: with a stand-in cuDF (tests/gpu_standin: cuDF's API and
-Arrow boundary on pandas) and Ray told it has GPUs, the loader picks the GPU engine, the Ray stage runs
-in an actor pool of one GPU-holding actor per GPU, every batch goes Arrow -> frame -> Arrow through the
+Arrow boundary on pandas) and Ray told it has GPUs, the loader picks the GPU engine, every part of the
+Ray stage runs in a task holding exactly one GPU, every batch goes Arrow -> frame -> Arrow through the
 GPU backend, and the sinks end up exact.
 
 What this cannot show is cuDF's own arithmetic: tests/unit/test_transform_parity.py compares the real
@@ -45,7 +45,7 @@ def test_parity_suite_passes_against_the_standin(tmp_path: Path) -> None:
 
 
 @pytest.mark.ray
-def test_ray_executor_runs_the_gpu_stage_in_one_actor_per_gpu(tmp_path: Path) -> None:
+def test_ray_executor_runs_every_gpu_part_in_a_task_holding_one_gpu(tmp_path: Path) -> None:
     config = write_config(tmp_path / "project", ray={"mode": "auto", "num_gpus": 2, "num_cpus": 2})
     run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "3")
     log = tmp_path / "batches.jsonl"
@@ -55,11 +55,10 @@ def test_ray_executor_runs_the_gpu_stage_in_one_actor_per_gpu(tmp_path: Path) ->
     assert summary["executor"] == "ray" and summary["engine"] == "gpu", summary
     assert "the Ray cluster has 2 GPU(s)" in summary["engine_reason"]
     batches = _batches(log)
-    on_actors = [b for b in batches if b["gpu_ids"]]
-    assert on_actors, f"no batch ran on an actor holding a GPU: {batches}"
-    assert all(len(b["gpu_ids"]) == 1 for b in on_actors)  # type: ignore[arg-type]  # one GPU per actor
-    assert len({b["pid"] for b in on_actors}) <= 4  # one pool per source, at most one actor per GPU
-    assert {g for b in on_actors for g in b["gpu_ids"]} <= {"0", "1"}  # type: ignore[attr-defined]
+    assert len(batches) >= 4, batches  # two sources, at least a part per CPU each
+    assert all(len(b["gpu_ids"]) == 1 for b in batches), batches  # type: ignore[arg-type]  # one GPU each
+    assert {g for b in batches for g in b["gpu_ids"]} <= {"0", "1"}  # type: ignore[attr-defined]
+    assert all(info["parts"] >= 2 for info in summary["tables"].values()), summary["tables"]
     assert_warehouse_exact(config.parent / "warehouse", config.parent / "landing")
 
 

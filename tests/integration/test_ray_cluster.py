@@ -1,7 +1,7 @@
 """The loader on a Ray cluster of two nodes (ray.cluster_utils.Cluster: a head and a worker node, each a
 raylet of its own on this machine), with the landing zone and warehouse on S3 (moto) and the state in
-PostgreSQL: the configured address selects the Ray executor, the transform stage runs on both nodes,
-and the sinks end up exact (verified by `loader verify` and against DuckDB). An unreachable cluster address fails in seconds with nothing written."""
+PostgreSQL: the configured address selects the Ray executor, the transform stage and the sinks' part
+writes run on both nodes, and the sinks end up exact (verified by `loader verify` and against DuckDB). An unreachable cluster address fails in seconds with nothing written."""
 
 from __future__ import annotations
 
@@ -55,8 +55,10 @@ def test_two_node_cluster_with_s3_and_postgres(two_nodes: str, s3: S3, pg_url: s
 
     first = run_json(config, "run", "--incremental", env=env)
     assert first["executor"] == "ray" and "cluster address" in first["executor_reason"], first
-    nodes = {name: info["ray_nodes"] for name, info in first["tables"].items()}
-    assert max(nodes.values()) == 2, f"the transform stage ran on {nodes} node(s), not on both"
+    nodes = {name: (info["ray_nodes"], info["ray_write_nodes"], info["parts"]) for name, info in first["tables"].items()}
+    assert max(n for n, _, _ in nodes.values()) == 2, f"the transform stage ran on {nodes} node(s), not on both"
+    assert max(w for _, w, _ in nodes.values()) == 2, f"the sinks' part writes ran on {nodes} node(s), not on both"
+    assert min(p for _, _, p in nodes.values()) >= 4, nodes  # a part per CPU of the cluster at least
 
     # (append + a second run on S3 are in test_s3_end_to_end.py; here one run keeps the suite's budget)
     assert run_json(config, "verify", env=env)["ok"]

@@ -1,0 +1,51 @@
+"""How the Ray executor cuts a window into parts (loader.pipeline.part_numbers / part_count): every
+version of a key in one part (so each part dedupes on its own), key ranges for integer keys (so each
+Delta merge touches its own files), a stable hash otherwise, null keys kept (the dedupe refuses them)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from loader.config import LoaderConfig
+from loader.pipeline import part_count, part_numbers
+from tests.conftest import write_config
+
+
+def test_integer_keys_are_cut_into_equal_ranges() -> None:
+    keys = pa.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    assert part_numbers(keys, parts=2, low=1, high=10).to_pylist() == [0] * 5 + [1] * 5
+    assert part_numbers(keys, parts=1, low=1, high=10).to_pylist() == [0] * 10
+    # the range's own ends land in the first and last part, never outside
+    assert part_numbers(pa.array([1, 10]), parts=3, low=1, high=10).to_pylist() == [0, 2]
+
+
+def test_every_version_of_a_key_shares_a_part_across_blocks() -> None:
+    """Blocks are split separately, with the window's range: the same key gives the same part."""
+    first, second = pa.array([7, 30, 99, 7]), pa.chunked_array([[99, 7], [30]])
+    a = dict(zip(first.to_pylist(), part_numbers(first, parts=4, low=1, high=100).to_pylist(), strict=True))
+    b = dict(zip(second.to_pylist(), part_numbers(second, parts=4, low=1, high=100).to_pylist(), strict=True))
+    assert a == b and len(set(a.values())) == 3
+
+
+def test_string_keys_hash_stably_and_null_keys_go_to_part_zero() -> None:
+    keys = pa.array(["b", "a", None, "b", "c"])
+    numbers = part_numbers(keys, parts=3, low="a", high="c").to_pylist()
+    assert numbers[0] == numbers[3] and numbers[2] == 0 and all(0 <= n < 3 for n in numbers)
+    assert part_numbers(keys, parts=3, low="a", high="c").to_pylist() == numbers
+    assert part_numbers(pa.array([5, None]), parts=2, low=1, high=9).to_pylist()[1] == 0
+
+
+def _config(tmp_path: object, **ray: object) -> LoaderConfig:
+    from pathlib import Path
+
+    from loader.config import load_config
+
+    return load_config(write_config(Path(str(tmp_path)), ray=ray, transform={"engine": "auto", "gpu_batch_rows": 1000}))
+
+
+def test_part_count_gives_every_cpu_a_part_and_bounds_part_size(tmp_path: object) -> None:
+    config = _config(tmp_path, rows_per_part=10_000)
+    assert part_count(config, "cpu", rows=5_000, cpus=4) == 4  # a part per CPU
+    assert part_count(config, "cpu", rows=95_000, cpus=4) == 10  # none over rows_per_part
+    assert part_count(config, "cpu", rows=3, cpus=8) == 3  # never more parts than rows
+    assert part_count(config, "gpu", rows=5_000, cpus=2) == 5  # on the GPU none over gpu_batch_rows
