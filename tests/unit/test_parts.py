@@ -4,9 +4,11 @@ Delta merge touches its own files), a stable hash otherwise, null keys kept (the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 
-from loader.config import LoaderConfig
+from loader.config import load_config
 from loader.pipeline import part_count, part_numbers
 from tests.conftest import write_config
 
@@ -35,16 +37,8 @@ def test_string_keys_hash_stably_and_null_keys_go_to_part_zero() -> None:
     assert part_numbers(pa.array([5, None]), parts=2, low=1, high=9).to_pylist()[1] == 0
 
 
-def _config(tmp_path: object, **ray: object) -> LoaderConfig:
-    from pathlib import Path
-
-    from loader.config import load_config
-
-    return load_config(write_config(Path(str(tmp_path)), ray=ray, transform={"engine": "auto", "gpu_batch_rows": 1000}))
-
-
-def test_part_count_gives_every_cpu_a_part_and_bounds_part_size(tmp_path: object) -> None:
-    config = _config(tmp_path, rows_per_part=10_000)
+def test_part_count_gives_every_cpu_a_part_and_bounds_part_size(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, ray={"rows_per_part": 10_000}, transform={"gpu_batch_rows": 1000}))
     assert part_count(config, "cpu", rows=5_000, cpus=4) == 4  # a part per CPU
     assert part_count(config, "cpu", rows=95_000, cpus=4) == 10  # none over rows_per_part
     assert part_count(config, "cpu", rows=3, cpus=8) == 3  # never more parts than rows
