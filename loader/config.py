@@ -198,7 +198,7 @@ class TransformConfig(_Frozen):
     else the CPU; `gpu` fails at start without one; `cpu` never imports cuDF."""
 
     engine: Literal["auto", "cpu", "gpu"] = "auto"
-    # Most rows a GPU actor transforms at once on the Ray executor (the parts are cut no larger; ~200
+    # Most rows a GPU task transforms at once on the Ray executor (the parts are cut no larger; ~200
     # bytes a lineitem row: 1M rows is about 200 MB of device memory, in and out).
     gpu_batch_rows: int = Field(default=1_000_000, gt=0)
 

@@ -3,13 +3,13 @@ wins) -> enrich -> region lookup -> regional rules. Two executors run the very s
 
 - `local`: in this process with pyarrow (threads for I/O). No Ray start-up cost (about 7 s on 2 cores
   for `ray.init` plus the first job), which dominates a small increment.
-- `ray`: Ray Data reads the planned files in parallel tasks into the cluster's object store, numbers
-  the rows into key-range parts, and an actor pool dedupes and transforms each part whole. The parts
+- `ray`: Ray Data reads the planned files in parallel tasks into the cluster's object store; a task
+  per block cuts it into key-range parts and a task per part dedupes and transforms it whole. The parts
   stay where they are: the sinks write them from Ray tasks (loader/table_writes.py), and the driver
   never holds a table's rows, only references, counts and the schema.
 
 Either executor runs the transforms on one of two engines (loader/frames.py): `cpu` (pandas over
-Arrow) or `gpu` (cuDF; on Ray each actor requests one GPU and the pool has one actor per GPU).
+Arrow) or `gpu` (cuDF; on Ray each part's task requests one GPU).
 
 The stages are row-local and dedupe keeps exactly one deterministic row per key, so both executors
 land identical tables (tests/integration/test_engines.py compares sink contents).
