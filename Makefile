@@ -24,7 +24,7 @@ run: $(STAMP)
 	$(BIN)/loader --config $(CONFIG) run --incremental
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -n 2  # two workers: most tests wait on subprocesses and lease expiry
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadgroup  # two workers (most tests wait on subprocesses and lease expiry); xdist_group keeps a module on one
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"

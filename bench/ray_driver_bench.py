@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
-def _config(folder: Path, landing: Path) -> Path:
-    raw = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
+def _config(folder: Path, landing: Path, code: Path = ROOT) -> Path:
+    """`code`'s own configs/local.yaml (an older revision may not know a newer key), paths into `folder`."""
+    raw = yaml.safe_load((code / "configs" / "local.yaml").read_text())
     raw.update(landing_zone=str(landing), warehouse=str(folder / "warehouse"))
     raw["state"]["url"] = f"sqlite:///{folder}/loader.db"
     path = folder / "loader.yaml"
@@ -53,7 +54,7 @@ def _landing(out: Path, scale: float, days: int) -> Path:
 
 def _measure(code: Path, landing: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ray-driver-bench-") as tmp:
-        config = _config(Path(tmp), landing)
+        config = _config(Path(tmp), landing, code)
         env = {**os.environ, "PYTHONPATH": str(code)}
         started = time.perf_counter()
         process = subprocess.Popen([str(PYTHON), "-m", "loader.cli", "--config", str(config), "run", "--incremental",

@@ -5,6 +5,9 @@ writes run on both nodes, and the sinks end up exact (verified by `loader verify
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +19,9 @@ from tests.conftest import pg_database, run_cli, run_json, write_config
 from tests.s3_server import S3, free_port, moto_s3
 from tests.warehouse import assert_warehouse_exact
 
-pytestmark = [pytest.mark.integration, pytest.mark.ray]
+# One worker runs this module (make test: --dist loadgroup), so one cluster exists at a time: a second
+# one's shutdown would remove the machine's "latest cluster" address the last test depends on.
+pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.xdist_group("ray_cluster")]
 
 BUCKET = "lake"
 
@@ -81,3 +86,33 @@ def test_unreachable_ray_address_fails_in_seconds_and_writes_nothing(s3: S3, tmp
     assert run_json(config, "status")["last_run"] is None
     doctor = run_cli(config, "doctor", env={"RAY_ADDRESS": address}, check=False, timeout=60)
     assert doctor.returncode == 1 and "unreachable" in doctor.stdout + doctor.stderr
+
+
+def test_a_run_without_an_address_never_joins_a_cluster_running_on_the_machine(
+    two_nodes: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ray.init()` without an address joins the cluster this machine last started (Ray writes its address
+    for that); the loader must start a private instance instead, or its tasks would run on someone
+    else's workers (seen once: a test's cluster and a CI run's loader). Every driver that joins a
+    cluster is a job in its GCS: the loader's run must add none; a plain `ray.init()` (the control) does."""
+    import ray
+    from ray._private.state import jobs
+    from ray._private.utils import read_ray_address, write_ray_address
+
+    ray.init(address=two_nodes, include_dashboard=False, log_to_driver=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    try:
+        config = write_config(tmp_path / "project", ray={"mode": "ray"})
+        run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "2")
+        write_ray_address(two_nodes)  # this cluster is the machine's latest: what a plain ray.init() joins
+        before = len(jobs())
+        summary = run_json(config, "run", "--incremental")
+        assert summary["executor"] == "ray" and summary["status"] == "committed", summary
+        assert read_ray_address() == two_nodes, "the machine's latest-cluster address changed during the run"
+        assert len(jobs()) == before, "the loader's run joined the machine's Ray cluster"
+        control = "import ray; ray.init(log_to_driver=False); ray.shutdown()"
+        subprocess.run([sys.executable, "-c", control], check=True, capture_output=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+        assert len(jobs()) == before + 1, "the check cannot see a driver joining the cluster"
+    finally:
+        ray.shutdown()
