@@ -29,6 +29,7 @@ from typing import Any
 
 from loader.config import LoaderConfig
 from loader.errors import ConfigError, LoaderError, Terminal
+from loader.logs import in_context
 from loader.planning import RunPlan, plan_run
 from loader.retry import call_with_retries
 from state import RunRecord, StateStore, Window
@@ -211,7 +212,7 @@ def run_backfill(config: LoaderConfig, request: BackfillRequest, *, executor: st
                     load(index)
             else:
                 with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="backfill") as pool:
-                    futures = [pool.submit(load, index) for index in range(len(chunks))]
+                    futures = [pool.submit(in_context(load), index) for index in range(len(chunks))]
                     try:
                         for future in futures:
                             future.result()

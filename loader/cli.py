@@ -35,9 +35,13 @@ class _Context:
         self.config_path = config_path
 
     def config(self) -> Any:
+        from loader import logs
         from loader.config import load_config
 
-        return load_config(self.config_path)
+        config = load_config(self.config_path)
+        logs.set_pipeline(config.pipeline)
+        logs.add_secrets(config.secrets())
+        return config
 
 
 def _fail(error: LoaderError) -> None:
@@ -54,9 +58,14 @@ def _emit(payload: Any) -> None:
               help="Config file (default: $LOADER_CONFIG, else configs/local.yaml).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", envvar="LOADER_LOG_FORMAT", default="auto", show_default=True,
+              type=click.Choice(["auto", "text", "json"], case_sensitive=False),
+              help="Log lines on stderr: text for people, json (one object per line, with pipeline and run) "
+                   "for log shippers; auto = text on a terminal, json otherwise (cron, containers). "
+                   "Env: LOADER_LOG_FORMAT.")
 @click.version_option(package_name="loader")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, log_level: str) -> None:
+def cli(ctx: click.Context, config_path: str | None, log_level: str, log_format: str) -> None:
     """Incremental, exactly-once loader: landing zone -> Parquet, Delta Lake (and Snowflake).
 
     \b
@@ -68,10 +77,11 @@ def cli(ctx: click.Context, config_path: str | None, log_level: str) -> None:
       loader backfill --start 2024-01-01 --end 2024-01-08
                                      reload a window in chunks; checkpoints stay
       loader doctor                  what this machine and config can reach
-    Logs go to stderr; --json output goes to stdout.
+    Logs go to stderr (--log-format); --json output goes to stdout.
     """
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from loader import logs
+
+    logs.configure(log_level, log_format)
     ctx.obj = _Context(config_path)
 
 

@@ -240,6 +240,18 @@ class LoaderConfig(_Frozen):
     def dimension_path(self, table: str) -> str:
         return _join(self.landing_zone, getattr(self.dimensions, table))
 
+    def secrets(self) -> list[str]:
+        """Values no log line may show: the Snowflake credentials and the state URL's password."""
+        from urllib.parse import urlsplit
+
+        snowflake = self.sinks.snowflake
+        try:
+            state_password = urlsplit(self.state.url).password
+        except ValueError:
+            state_password = None
+        return [v for v in (snowflake.password, snowflake.private_key, snowflake.private_key_passphrase,
+                            state_password) if v]
+
     def sink_path(self, relative: str) -> str:
         return _join(self.warehouse, relative)
 

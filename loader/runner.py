@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from loader import failpoints
+from loader import failpoints, logs
 from loader.config import LoaderConfig
 from loader.errors import LoaderError
 from loader.planning import RunPlan, plan_run
@@ -68,7 +68,7 @@ def held_lease(store: StateStore, pipeline: str, ttl_seconds: float) -> Iterator
             except Exception as error:  # keep beating: a transient state error must not kill the run
                 log.warning("lease renewal failed: %s", error)
 
-    beat = threading.Thread(target=heartbeat, name="lease-heartbeat", daemon=True)
+    beat = threading.Thread(target=logs.in_context(heartbeat), name="lease-heartbeat", daemon=True)
     beat.start()
     try:
         yield holder
@@ -131,6 +131,7 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, executor: str | 
             )
             failpoints.hit("plan.recorded")
     summary.run_number = record.run_number
+    logs.set_run(record.run_number)
 
     def commit() -> None:
         failpoints.hit("checkpoint.before")
@@ -168,6 +169,14 @@ def execute_run(
 ) -> None:
     """Read, transform and write every sink (or `only_sinks`) for the planned run, then `commit()`:
     the checkpoint transaction of an incremental run, the ledger row of a backfill chunk."""
+    with logs.run_context(record.run_number):
+        _execute_run(config, record, plan, summary, timer, executor, engine, commit=commit, only_sinks=only_sinks)
+
+
+def _execute_run(
+    config: LoaderConfig, record: RunRecord, plan: RunPlan, summary: RunSummary, timer: _Timer,
+    executor: str | None, engine: str | None, *, commit: Callable[[], None], only_sinks: tuple[str, ...] | None,
+) -> None:
     # Imported here: a run with nothing new never pays for transforms, sinks or their drivers.
     from loader.pipeline import choose_executor, choose_run_engine, execute, load_dimensions
     from loader.sinks import TableBatch, build_sinks

@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from loader.logs import in_context
 from loader.retry import call_with_retries
 from loader.sinks.base import PartWrite, Sink, SinkWrite, TableBatch, schema_only, skipped
 
@@ -45,7 +46,7 @@ def write_table(sinks: list[Sink], batch: TableBatch, parts: list[Any]) -> list[
         return result, nodes
 
     with ThreadPoolExecutor(max_workers=max(1, len(sinks))) as pool:
-        futures = [pool.submit(write, sink) for sink in sinks]
+        futures = [pool.submit(in_context(write), sink) for sink in sinks]
         wait(futures)
     return [future.result() for future in futures]  # re-raises the first sink's error, if any
 
