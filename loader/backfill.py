@@ -223,6 +223,9 @@ def run_backfill(config: LoaderConfig, request: BackfillRequest, *, executor: st
             summary.chunks.sort(key=lambda c: c.index)
             summary.checkpoints_moved = store.checkpoints(pipeline) != checkpoints
     finally:
+        from loader.metrics import publish
+
+        publish(config, store)
         store.close()
     return summary
 

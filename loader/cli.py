@@ -278,6 +278,34 @@ def status_command(obj: _Context, as_json: bool) -> None:
     _emit(payload) if as_json else print_status(payload)
 
 
+@cli.command("history")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="The newest N runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list on stdout (newest first).")
+@click.pass_obj
+def history_command(obj: _Context, limit: int, as_json: bool) -> None:
+    """Past runs, newest first: mode, outcome, windows, rows per table (and per region and sink with
+    --json), seconds per stage, the error of a failed run."""
+    try:
+        config = obj.config()
+        from loader.history import history
+        from state import StateStore
+
+        store = StateStore.open(config.state.url)
+        try:
+            entries = history(store, config.pipeline, limit=limit)
+        finally:
+            store.close()
+    except LoaderError as error:
+        _fail(error)
+        return
+    if as_json:
+        _emit(entries)
+    else:
+        from loader.report import print_history
+
+        print_history(config.pipeline, entries)
+
+
 @cli.command("validate-config")
 @click.pass_obj
 def validate_config_command(obj: _Context) -> None:

@@ -211,6 +211,19 @@ class StateConfig(_Frozen):
     _durations = field_validator("lease_ttl", mode="before")(parse_duration)
 
 
+class MetricsConfig(_Frozen):
+    """Prometheus metrics written after every run (committed or failed); both off by default.
+    `textfile`: a .prom file for node_exporter's textfile collector (written whole, then renamed into
+    place). `pushgateway`: a Pushgateway URL; the run's metrics replace the group job=loader,
+    pipeline=<name>. A failure to publish is logged, never fails the run."""
+
+    textfile: str | None = None
+    pushgateway: str | None = None
+    push_timeout: timedelta = timedelta(seconds=5)
+
+    _durations = field_validator("push_timeout", mode="before")(parse_duration)
+
+
 class LoaderConfig(_Frozen):
     pipeline: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     landing_zone: str
@@ -225,6 +238,7 @@ class LoaderConfig(_Frozen):
     source_retry: RetryConfig = RetryConfig(attempts=3, total=timedelta(seconds=30))
     ray: RayConfig = RayConfig()
     transform: TransformConfig = TransformConfig()
+    metrics: MetricsConfig = MetricsConfig()
     config_path: str | None = None
 
     @field_validator("sources")
@@ -328,6 +342,9 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path, source: str = "<config>
     state = dict(data.get("state") or {})
     state["url"] = _resolve_state_url(base_dir, state.get("url", StateConfig().url))
     data["state"] = state
+    metrics = data.get("metrics")
+    if isinstance(metrics, dict) and isinstance(metrics.get("textfile"), str):
+        data["metrics"] = {**metrics, "textfile": _resolve(base_dir, metrics["textfile"])}
     data["config_path"] = source
     try:
         return LoaderConfig.model_validate(data)

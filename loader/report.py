@@ -138,6 +138,23 @@ def print_status(payload: dict[str, Any]) -> None:
                    + ("" if b["state"] != "interrupted" else f"; `loader backfill --resume {r.get('id')}` continues it"))
 
 
+def print_history(pipeline: str, entries: list[dict[str, Any]]) -> None:
+    if not entries:
+        _out.print(f"{pipeline}: no runs yet (`loader run --incremental` starts one)")
+        return
+    table = Table(title=f"{pipeline}: the newest {len(entries)} run(s)")
+    for column in ("run", "mode", "outcome", "started (UTC)", "took", "rows per table", "seconds per stage"):
+        table.add_column(column)
+    for e in entries:
+        rows = ", ".join(f"{name} {info['rows']:,}" for name, info in e["tables"].items() if info["rows"] is not None)
+        stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in e["timings_s"].items())
+        outcome = e["outcome"] if e["outcome"] != "failed" else f"[red]failed[/]: {escape(str(e['error'] or ''))[:120]}"
+        took = "-" if e["duration_s"] is None else _human_seconds(e["duration_s"])
+        table.add_row(str(e["run_number"]), e["mode"], outcome, e["started_at"][:19].replace("T", " "), took,
+                      rows or "-", stages or "-")
+    _out.print(table)
+
+
 @contextmanager
 def backfill_progress(*, quiet: bool) -> Iterator[Callable[[Any, int], None]]:
     """A progress bar over the chunks in a terminal; one log line per chunk otherwise."""

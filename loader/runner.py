@@ -98,7 +98,12 @@ def run_incremental(config: LoaderConfig, *, executor: str | None = None, engine
     store = StateStore.open(config.state.url)
     try:
         with held_lease(store, config.pipeline, config.state.lease_ttl.total_seconds()):
-            return _run_with_lease(config, store, executor=executor, engine=engine, now=now)
+            try:
+                return _run_with_lease(config, store, executor=executor, engine=engine, now=now)
+            finally:  # committed, failed or nothing new: the lag and the run's outcome change either way
+                from loader.metrics import publish
+
+                publish(config, store)
     finally:
         store.close()
 

@@ -1,0 +1,68 @@
+"""The run history, from the state store's ledger: what `loader history` shows, what the metrics and the
+HTML report are made of. Each committed run's metrics (rows per table, region and sink; seconds per
+stage; executor and engine) were stored by the run's own commit, in the same transaction as its
+checkpoints, so the history is exactly what landed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from state import RunRecord, StateStore
+
+
+def run_entry(run: RunRecord) -> dict[str, Any]:
+    """One run as `loader history --json` shows it."""
+    metrics = run.metrics or {}
+    tables = {
+        name: {
+            "rows": info.get("rows"),
+            "parts": info.get("parts"),
+            "sinks": {sink: {"rows": s.get("rows"), "skipped": s.get("skipped", False), "regions": s.get("regions", {})}
+                      for sink, s in info.get("sinks", {}).items()},
+        }
+        for name, info in metrics.get("tables", {}).items()
+    }
+    duration = (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
+    return {
+        "run_number": run.run_number,
+        "mode": run.mode,
+        "outcome": run.status,
+        "attempts": run.attempts,
+        "started_at": run.started_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "duration_s": None if duration is None else round(duration, 3),
+        "windows": {name: w.to_json() for name, w in run.windows.items()},
+        "lag_seconds": _lag_at_finish(run),
+        "tables": tables,
+        "timings_s": metrics.get("timings_s", {}),
+        "executor": metrics.get("executor"),
+        "engine": metrics.get("engine"),
+        "error": run.error,
+    }
+
+
+def _lag_at_finish(run: RunRecord) -> dict[str, float]:
+    """Per source, how far behind the landing zone the run left it: its finish minus its window's upper
+    cursor (committed incremental runs only: a backfill does not move what is current)."""
+    if run.status != "committed" or run.mode != "incremental" or run.finished_at is None:
+        return {}
+    return {name: round((run.finished_at - w.upper).total_seconds(), 1) for name, w in run.windows.items()}
+
+
+def history(store: StateStore, pipeline: str, *, limit: int | None) -> list[dict[str, Any]]:
+    """Newest first."""
+    return [run_entry(run) for run in store.runs(pipeline, limit=limit)]
+
+
+def rows_loaded_totals(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str], int]:
+    """Rows loaded by committed runs, per (table, region, sink): the counter Prometheus scrapes."""
+    totals: dict[tuple[str, str, str], int] = {}
+    for entry in entries:
+        if entry["outcome"] != "committed":
+            continue
+        for table, info in entry["tables"].items():
+            for sink, written in info["sinks"].items():
+                for region, rows in (written.get("regions") or {}).items():
+                    key = (table, str(region), sink)
+                    totals[key] = totals.get(key, 0) + int(rows)
+    return totals

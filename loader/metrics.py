@@ -1,0 +1,76 @@
+"""Prometheus metrics of a pipeline, published after every run (and every backfill), from the ledger:
+
+    loader_rows_loaded_total{pipeline,table,region,sink}   rows loaded by committed runs (counter)
+    loader_runs_total{pipeline,mode,outcome}                runs in the ledger by outcome (counter)
+    loader_run_duration_seconds{pipeline,mode,stage}        the latest finished run: per stage, and total
+    loader_last_run_success{pipeline}                       1 if the latest finished run committed, else 0
+    loader_last_run_timestamp_seconds{pipeline}             when the latest finished run ended (Unix time)
+    loader_source_lag_seconds{pipeline,source}              now minus the source's checkpoint cursor
+
+Counters are recomputed from the ledger, so they survive restarts and never count a replay twice.
+Publishing is best effort: a failure is logged and never fails the run it describes."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from loader.config import LoaderConfig
+from loader.history import history, rows_loaded_totals
+
+log = logging.getLogger(__name__)
+
+
+def registry_for(config: LoaderConfig, entries: list[dict[str, Any]], checkpoints: dict[str, datetime],
+                 now: datetime) -> Any:
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+
+    pipeline = config.pipeline
+    registry = CollectorRegistry()
+    rows = Counter("loader_rows_loaded", "Rows loaded by committed runs, per table, region and sink",
+                   ["pipeline", "table", "region", "sink"], registry=registry)
+    for (table, region, sink), count in sorted(rows_loaded_totals(entries).items()):
+        rows.labels(pipeline, table, region, sink).inc(count)
+    runs = Counter("loader_runs", "Runs in the ledger, by mode and outcome", ["pipeline", "mode", "outcome"],
+                   registry=registry)
+    for entry in entries:
+        runs.labels(pipeline, entry["mode"], entry["outcome"]).inc()
+    finished = [e for e in entries if e["finished_at"] and e["outcome"] in ("committed", "failed")]
+    if finished:
+        latest = max(finished, key=lambda e: e["finished_at"])
+        duration = Gauge("loader_run_duration_seconds", "Seconds the latest finished run took, per stage "
+                         "(stage=total: start to finish)", ["pipeline", "mode", "stage"], registry=registry)
+        duration.labels(pipeline, latest["mode"], "total").set(latest["duration_s"] or 0)
+        for stage, seconds in latest["timings_s"].items():
+            duration.labels(pipeline, latest["mode"], stage).set(seconds)
+        Gauge("loader_last_run_success", "1 if the latest finished run committed, 0 if it failed", ["pipeline"],
+              registry=registry).labels(pipeline).set(1 if latest["outcome"] == "committed" else 0)
+        Gauge("loader_last_run_timestamp_seconds", "When the latest finished run ended (Unix time)", ["pipeline"],
+              registry=registry).labels(pipeline).set(datetime.fromisoformat(latest["finished_at"]).timestamp())
+    lag = Gauge("loader_source_lag_seconds", "Now minus the source's checkpoint cursor", ["pipeline", "source"],
+                registry=registry)
+    for source, cursor in checkpoints.items():
+        lag.labels(pipeline, source).set(round((now - cursor).total_seconds(), 3))
+    return registry
+
+
+def publish(config: LoaderConfig, store: Any) -> None:
+    """Write the textfile and/or push to the Pushgateway, as configured; never raises."""
+    settings = config.metrics
+    if not (settings.textfile or settings.pushgateway):
+        return
+    try:
+        from prometheus_client import push_to_gateway, write_to_textfile
+
+        entries = history(store, config.pipeline, limit=None)
+        checkpoints = {name: cp.cursor for name, cp in store.checkpoints(config.pipeline).items()}
+        registry = registry_for(config, entries, checkpoints, datetime.now(UTC))
+        if settings.textfile:
+            write_to_textfile(settings.textfile, registry)  # a temp file renamed into place
+        if settings.pushgateway:
+            push_to_gateway(settings.pushgateway, job="loader", grouping_key={"pipeline": config.pipeline},
+                            registry=registry, timeout=settings.push_timeout.total_seconds())
+    except Exception as error:
+        where = " and ".join(filter(None, (settings.textfile, settings.pushgateway)))
+        log.warning("could not publish the metrics to %s: %s (the run itself is not affected)", where, error)
