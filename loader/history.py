@@ -26,7 +26,7 @@ def run_entry(run: RunRecord) -> dict[str, Any]:
     return {
         "run_number": run.run_number,
         "mode": run.mode,
-        "outcome": run.status,
+        "outcome": outcome(run),
         "attempts": run.attempts,
         "started_at": run.started_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
@@ -39,6 +39,16 @@ def run_entry(run: RunRecord) -> dict[str, Any]:
         "engine": metrics.get("engine"),
         "error": run.error,
     }
+
+
+def outcome(run: RunRecord) -> str:
+    """committed; failed (its error kept: the next run replays it); unfinished (no error recorded: running
+    now, or its process was killed; the next run replays it); abandoned (`loader runs abandon`)."""
+    if run.status == "committed":
+        return "committed"
+    if run.status == "failed":
+        return "abandoned"
+    return "failed" if run.error else "unfinished"
 
 
 def _lag_at_finish(run: RunRecord) -> dict[str, float]:

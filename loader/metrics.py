@@ -2,9 +2,9 @@
 
     loader_rows_loaded_total{pipeline,table,region,sink}   rows loaded by committed runs (counter)
     loader_runs_total{pipeline,mode,outcome}                runs in the ledger by outcome (counter)
-    loader_run_duration_seconds{pipeline,mode,stage}        the latest finished run: per stage, and total
-    loader_last_run_success{pipeline}                       1 if the latest finished run committed, else 0
-    loader_last_run_timestamp_seconds{pipeline}             when the latest finished run ended (Unix time)
+    loader_run_duration_seconds{pipeline,mode,stage}        the latest committed run: per stage, and total
+    loader_last_run_success{pipeline}                       1 if the latest run committed, 0 if it failed
+    loader_last_run_timestamp_seconds{pipeline}             when the latest run ended (failed: began)
     loader_source_lag_seconds{pipeline,source}              now minus the source's checkpoint cursor
 
 Counters are recomputed from the ledger, so they survive restarts and never count a replay twice.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from loader.config import LoaderConfig
@@ -36,18 +37,22 @@ def registry_for(config: LoaderConfig, entries: list[dict[str, Any]], checkpoint
                    registry=registry)
     for entry in entries:
         runs.labels(pipeline, entry["mode"], entry["outcome"]).inc()
-    finished = [e for e in entries if e["finished_at"] and e["outcome"] in ("committed", "failed")]
-    if finished:
-        latest = max(finished, key=lambda e: e["finished_at"])
-        duration = Gauge("loader_run_duration_seconds", "Seconds the latest finished run took, per stage "
+    committed = [e for e in entries if e["outcome"] == "committed"]
+    if committed:  # newest first
+        latest = committed[0]
+        duration = Gauge("loader_run_duration_seconds", "Seconds the latest committed run took, per stage "
                          "(stage=total: start to finish)", ["pipeline", "mode", "stage"], registry=registry)
         duration.labels(pipeline, latest["mode"], "total").set(latest["duration_s"] or 0)
         for stage, seconds in latest["timings_s"].items():
             duration.labels(pipeline, latest["mode"], stage).set(seconds)
-        Gauge("loader_last_run_success", "1 if the latest finished run committed, 0 if it failed", ["pipeline"],
-              registry=registry).labels(pipeline).set(1 if latest["outcome"] == "committed" else 0)
-        Gauge("loader_last_run_timestamp_seconds", "When the latest finished run ended (Unix time)", ["pipeline"],
-              registry=registry).labels(pipeline).set(datetime.fromisoformat(latest["finished_at"]).timestamp())
+    ended = [e for e in entries if e["outcome"] in ("committed", "failed")]
+    if ended:
+        last = ended[0]
+        Gauge("loader_last_run_success", "1 if the latest run committed, 0 if it failed", ["pipeline"],
+              registry=registry).labels(pipeline).set(1 if last["outcome"] == "committed" else 0)
+        Gauge("loader_last_run_timestamp_seconds", "When the latest run ended (a failed one: when it began)",
+              ["pipeline"], registry=registry).labels(pipeline).set(
+            datetime.fromisoformat(last["finished_at"] or last["started_at"]).timestamp())
     lag = Gauge("loader_source_lag_seconds", "Now minus the source's checkpoint cursor", ["pipeline", "source"],
                 registry=registry)
     for source, cursor in checkpoints.items():
@@ -67,6 +72,7 @@ def publish(config: LoaderConfig, store: Any) -> None:
         checkpoints = {name: cp.cursor for name, cp in store.checkpoints(config.pipeline).items()}
         registry = registry_for(config, entries, checkpoints, datetime.now(UTC))
         if settings.textfile:
+            Path(settings.textfile).parent.mkdir(parents=True, exist_ok=True)
             write_to_textfile(settings.textfile, registry)  # a temp file renamed into place
         if settings.pushgateway:
             push_to_gateway(settings.pushgateway, job="loader", grouping_key={"pipeline": config.pipeline},
