@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= configs/local.yaml
 
-.PHONY: run test test-fast soak lint bench clean-data
+.PHONY: run test test-fast soak lint bench clean-data chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ run: $(STAMP)
 	$(BIN)/loader --config $(CONFIG) demo-data init --if-missing --scale 0.1
 	$(BIN)/loader --config $(CONFIG) run --incremental
 
-test: $(STAMP)
+# The HTML report's test renders it in Debian's headless Chromium (installed here if missing; root needed).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) || echo "could not install chromium: the report's browser test will be skipped"
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -ra -n 2 --dist loadgroup  # two workers (most tests wait on subprocesses and lease expiry); xdist_group keeps a module on one
 
 test-fast: $(STAMP)

@@ -306,6 +306,35 @@ def history_command(obj: _Context, limit: int, as_json: bool) -> None:
         print_history(config.pipeline, entries)
 
 
+@cli.command("report")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML file to write (one self-contained file: open it anywhere, no network needed).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="The newest N runs.")
+@click.pass_obj
+def report_command(obj: _Context, out: Path, limit: int) -> None:
+    """An HTML report of the recent runs: rows per run per table, seconds per stage, lag per source over
+    time, and the latest run's rows per table, region and sink."""
+    try:
+        config = obj.config()
+        from loader.history import history
+        from loader.html_report import write_report
+        from state import StateStore
+
+        store = StateStore.open(config.state.url)
+        try:
+            entries = history(store, config.pipeline, limit=limit)
+        finally:
+            store.close()
+        write_report(out, config.pipeline, entries)
+    except LoaderError as error:
+        _fail(error)
+        return
+    except OSError as error:
+        click.echo(f"error: cannot write {out}: {error.strerror}: choose another --out", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(f"wrote {out} ({len(entries)} run(s) of pipeline {config.pipeline})")
+
+
 @cli.command("validate-config")
 @click.pass_obj
 def validate_config_command(obj: _Context) -> None:
