@@ -114,9 +114,11 @@ def run_command(obj: _Context, incremental: bool, executor: str | None, engine: 
     """Run one incremental load: plan, read, transform, write every sink, commit checkpoints."""
     try:
         config = obj.config()
+        from loader.progress import bar_in_terminal
         from loader.runner import run_incremental
 
-        summary = run_incremental(config, executor=executor, engine=engine)
+        with bar_in_terminal(quiet=as_json):
+            summary = run_incremental(config, executor=executor, engine=engine)
     except LoaderError as error:
         _fail(error)
         return

@@ -120,11 +120,22 @@ def resolve_format(requested: str | None, stream: Any = None) -> Literal["text",
     return chosen  # type: ignore[return-value]
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now: a progress bar redirects it to print lines above itself."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure(level: str, log_format: str | None = None, stream: Any = None) -> Literal["text", "json"]:
-    """Root logging to `stream` (stderr) in the chosen format; returns the format used."""
-    stream = stream or sys.stderr
-    chosen = resolve_format(log_format, stream)
-    handler = logging.StreamHandler(stream)
+    """Root logging to `stream` (default: the current stderr) in the chosen format; returns the format."""
+    chosen = resolve_format(log_format, stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
     handler.addFilter(_Context())
     handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
     root = logging.getLogger()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from loader import failpoints, logs
+from loader import failpoints, logs, progress
 from loader.config import LoaderConfig
 from loader.errors import LoaderError
 from loader.planning import RunPlan, plan_run
@@ -197,11 +197,15 @@ def _execute_run(
         dims = load_dimensions(config)
     sinks = [sink for sink in build_sinks(config) if only_sinks is None or sink.name in only_sinks]
     tables = execute(config, plan, choice.executor, dims, engine_choice.engine)
-    while True:
+    active = [name for name, p in plan.sources.items() if not p.is_empty]  # the executors' order
+    progress.begin(2 * len(active) + 1)
+    for name in active:
+        progress.step(f"{name}: read and transform")
         with timer.stage("execute"):
             item = next(tables, None)
         if item is None:
             break
+        progress.step(f"{item.name}: write to {', '.join(s.name for s in sinks)}")
         with timer.stage("sinks"):
             source = config.sources[item.name]
             batch = TableBatch(
@@ -221,4 +225,5 @@ def _execute_run(
                           for w, _ in writes},
             }
         del item, batch  # free this source's rows before the next one is computed
+    progress.step("commit")
     commit()
