@@ -66,9 +66,27 @@ def read_source(plan: SourcePlan, *, cursor: str) -> pa.Table:
     if not parts:
         raise BadSourceData(f"source {plan.source!r} has no files planned; nothing to read")
     try:
+        # "permissive": a column only newer files have (a new nullable column) is null in the older ones
         return pa.concat_tables(parts, promote_options="permissive")
-    except pa.ArrowInvalid as error:
-        raise BadSourceData(f"files of source {plan.source!r} disagree on their schema: {error}. Make them agree or move the odd file away") from error
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        changed = type_changes(plan, parts)
+        raise BadSourceData(
+            f"files of source {plan.source!r} disagree on column types: {changed or error}. A type that cannot "
+            f"widen safely is refused; nothing was written and the checkpoint stays. Rewrite the files with the "
+            f"old type, or move them away"
+        ) from error
+
+
+def type_changes(plan: SourcePlan, parts: list[pa.Table]) -> str:
+    """'column: T1 in <file>, T2 in <file>' for every column whose type differs between the planned files."""
+    seen: dict[str, dict[str, str]] = {}
+    for file, part in zip(plan.files, parts, strict=True):
+        for field in part.schema:
+            seen.setdefault(field.name, {}).setdefault(str(field.type), file.path)
+    return "; ".join(
+        f"{column}: " + ", ".join(f"{kind} in {path}" for kind, path in types.items())
+        for column, types in seen.items() if len(types) > 1
+    )
 
 
 def read_dimension(config: LoaderConfig, table: str) -> pa.Table:

@@ -124,7 +124,7 @@ class DeltaSink(WritesInParts):
                     failpoints.hit("delta.write", batch.table)
                 merger = table.merge(
                     old_rows, predicate=merge_predicate(old_rows, batch.key), source_alias="s", target_alias="t",
-                    commit_properties=None if new_rows.num_rows else final,
+                    commit_properties=None if new_rows.num_rows else final, merge_schema=True,
                 )
                 merger.when_matched_update_all(
                     predicate=f"s.{_quote(batch.cursor)} >= t.{_quote(batch.cursor)}"
@@ -133,7 +133,7 @@ class DeltaSink(WritesInParts):
                 if last:
                     failpoints.hit("delta.write", batch.table)  # after the merge, before the last commit
                 write_deltalake(
-                    table, new_rows, mode="append", commit_properties=final,
+                    table, new_rows, mode="append", commit_properties=final, schema_mode="merge",
                     storage_options=self.storage_options, target_file_size=self.target_file_size,
                 )
         regions = region_counts(new_rows)
