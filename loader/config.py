@@ -211,6 +211,19 @@ class StateConfig(_Frozen):
     _durations = field_validator("lease_ttl", mode="before")(parse_duration)
 
 
+class QuarantineConfig(_Frozen):
+    """Rows failing a check (null key, null cursor, cursor beyond now + future_tolerance, no region
+    found) go to `<warehouse>/quarantine/<source>/` with the reason and run number, and the run goes on,
+    unless a source's quarantined rows in one run exceed `max_rows` or `max_fraction` of the rows it
+    read: then the run fails (the rows are in the quarantine table to look at) and the checkpoint stays."""
+
+    max_rows: int | None = Field(default=None, ge=0)
+    max_fraction: float = Field(default=0.01, ge=0, le=1)
+    future_tolerance: timedelta = timedelta(hours=1)
+
+    _durations = field_validator("future_tolerance", mode="before")(parse_duration)
+
+
 class MetricsConfig(_Frozen):
     """Prometheus metrics written after every run (committed or failed); both off by default.
     `textfile`: a .prom file for node_exporter's textfile collector (written whole, then renamed into
@@ -239,6 +252,7 @@ class LoaderConfig(_Frozen):
     ray: RayConfig = RayConfig()
     transform: TransformConfig = TransformConfig()
     metrics: MetricsConfig = MetricsConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
     config_path: str | None = None
 
     @field_validator("sources")

@@ -17,6 +17,7 @@ def run_entry(run: RunRecord) -> dict[str, Any]:
         name: {
             "rows": info.get("rows"),
             "parts": info.get("parts"),
+            "quarantined": info.get("quarantined", {}),
             "sinks": {sink: {"rows": s.get("rows"), "skipped": s.get("skipped", False), "regions": s.get("regions", {})}
                       for sink, s in info.get("sinks", {}).items()},
         }
@@ -62,6 +63,16 @@ def _lag_at_finish(run: RunRecord) -> dict[str, float]:
 def history(store: StateStore, pipeline: str, *, limit: int | None) -> list[dict[str, Any]]:
     """Newest first."""
     return [run_entry(run) for run in store.runs(pipeline, limit=limit)]
+
+
+def quarantined_totals(entries: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """Rows quarantined by runs that committed or failed (a failed run's file stays), per (table, reason)."""
+    totals: dict[tuple[str, str], int] = {}
+    for entry in entries:
+        for table, info in entry["tables"].items():
+            for reason, rows in (info.get("quarantined") or {}).items():
+                totals[(table, reason)] = totals.get((table, reason), 0) + int(rows)
+    return totals
 
 
 def rows_loaded_totals(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str], int]:

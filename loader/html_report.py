@@ -3,6 +3,7 @@ the pipeline's recent history, drawn by a few lines of inline JavaScript into SV
 
 - rows loaded per run, one line per table;
 - seconds per stage per run (plan, execute, sinks), one line per stage;
+- rows quarantined per run, one line per table;
 - lag per source at the end of each committed incremental run, over time;
 - the latest committed run's rows per table, region and sink.
 
@@ -38,6 +39,9 @@ def report_data(pipeline: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
                 t: [[e["run_number"], e["tables"][t]["rows"]] for e in runs if t in e["tables"]] for t in tables}},
             "stages": {"title": "Seconds per stage per run", "x": "run", "y": "seconds", "series": {
                 s: [[e["run_number"], round(e["timings_s"][s], 3)] for e in runs if s in e["timings_s"]] for s in stages}},
+            "quarantined": {"title": "Rows quarantined per run", "x": "run", "y": "rows", "series": {
+                t: [[e["run_number"], sum((e["tables"][t].get("quarantined") or {}).values())] for e in runs
+                    if t in e["tables"]] for t in tables}},
             "lag": {"title": "Lag per source at the end of each incremental run", "x": "time", "y": "seconds",
                     "series": {s: [[e["finished_at"], e["lag_seconds"][s]] for e in incremental if s in e["lag_seconds"]]
                                for s in sources}},

@@ -1,6 +1,7 @@
 """Prometheus metrics of a pipeline, published after every run (and every backfill), from the ledger:
 
     loader_rows_loaded_total{pipeline,table,region,sink}   rows loaded by committed runs (counter)
+    loader_rows_quarantined_total{pipeline,table,reason}    rows quarantined by committed runs (counter)
     loader_runs_total{pipeline,mode,outcome}                runs in the ledger by outcome (counter)
     loader_run_duration_seconds{pipeline,mode,stage}        the latest committed run: per stage, and total
     loader_last_run_success{pipeline}                       1 if the latest run committed, 0 if it failed
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from loader.config import LoaderConfig
-from loader.history import history, rows_loaded_totals
+from loader.history import history, quarantined_totals, rows_loaded_totals
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ def registry_for(config: LoaderConfig, entries: list[dict[str, Any]], checkpoint
                    ["pipeline", "table", "region", "sink"], registry=registry)
     for (table, region, sink), count in sorted(rows_loaded_totals(entries).items()):
         rows.labels(pipeline, table, region, sink).inc(count)
+    quarantined = Counter("loader_rows_quarantined", "Rows quarantined by committed runs, per table and reason",
+                          ["pipeline", "table", "reason"], registry=registry)
+    for (table, reason), count in sorted(quarantined_totals([e for e in entries if e["outcome"] == "committed"]).items()):
+        quarantined.labels(pipeline, table, reason).inc(count)
     runs = Counter("loader_runs", "Runs in the ledger, by mode and outcome", ["pipeline", "mode", "outcome"],
                    registry=registry)
     for entry in entries:

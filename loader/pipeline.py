@@ -22,6 +22,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal
 
@@ -32,10 +33,11 @@ from loader.config import LoaderConfig, SourceConfig
 from loader.dimensions import Dimensions
 from loader.frames import EngineChoice, EngineName, GpuStatus, choose_transform_engine, frames_for, gpu_status
 from loader.planning import RunPlan, SourcePlan
+from loader.quarantine import merge_bad, split_bad_rows, split_no_region
 from loader.region_rules import RegionRule
 from loader.retry import call_with_retries
-from loader.sources import read_dimension, read_source, rows_in_window
-from loader.tables import dedupe_latest
+from loader.sources import Checks, read_dimension, read_source, rows_in_window
+from loader.tables import dedupe_latest, normalize_strings
 from loader.transforms import transform_fact
 from state import Window
 
@@ -157,6 +159,13 @@ class SourceRows:
     parts: list[Any]  # pa.Table (in this process) or a ray.ObjectRef of one (in the cluster's object store)
     rows: int
     nodes: list[str]  # the Ray nodes whose actors transformed the rows (none in-process)
+    read: int = 0  # rows read in the window (for the quarantine's fraction)
+    quarantined: pa.Table | None = None  # rows that failed a check, with their reason (few, or the run fails)
+
+
+def read_checks(config: LoaderConfig, source: SourceConfig) -> Checks:
+    return Checks(key=source.primary_key, now=datetime.now(UTC),
+                  tolerance_s=config.quarantine.future_tolerance.total_seconds())
 
 
 def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: EngineName) -> Iterator[SourceRows]:
@@ -166,16 +175,18 @@ def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Eng
         if source_plan.is_empty:
             continue
         source = config.sources[name]
-        rows = call_with_retries(  # already filtered to the window
-            f"reading {name}", config.source_retry, partial(read_source, source_plan, cursor=source.cursor)
+        rows, bad = call_with_retries(  # already filtered to the window
+            f"reading {name}", config.source_retry,
+            partial(read_source, source_plan, cursor=source.cursor, checks=read_checks(config, source)),
         )
         read = rows.num_rows
         # Dedupe first, then drop the raw rows: only one full copy of the window is alive at a time.
         latest = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
         del rows
         _log_read(name, source_plan, read, latest.num_rows)
-        table = transform_fact(latest, kind=source.kind, dims=dims, rules=rules, frames=frames)
-        yield SourceRows(name, table.schema, [table], table.num_rows, [])
+        table, no_region = split_no_region(transform_fact(latest, kind=source.kind, dims=dims, rules=rules, frames=frames))
+        yield SourceRows(name, table.schema, [table], table.num_rows, [], read=read, quarantined=merge_bad(
+            [b for b in (bad, no_region) if b is not None]))
 
 
 def _log_read(name: str, plan: SourcePlan, read: int, kept: int) -> None:
@@ -256,9 +267,10 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Engin
         source = config.sources[name]
         window = source_plan.window
         first = source.primary_key[0]
+        checks = read_checks(config, source)
         dataset = ray.data.read_parquet(
             _ray_paths(source_plan), filesystem=source_plan.location.filesystem, partitioning=None,
-        ).filter(expr=_window_expression(source.cursor, window))
+        ).filter(expr=_window_expression(source.cursor, window, checks))
         # Ray packs small files into few read tasks: cut the rows into at least a block per CPU (per
         # planned file when there are more) so the reads, and what follows, spread over the nodes.
         raw = dataset.repartition(max(len(source_plan.files), cpus)).materialize()
@@ -268,21 +280,23 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Engin
         split: Any = ray.remote(_split_block).options(num_returns=parts)
         pieces = [split.remote(block, first, parts, low, high) for block in blocks]
         pieces = [p if isinstance(p, list) else [p] for p in pieces]  # num_returns=1 gives a bare ref
-        stage: Any = ray.remote(_stage_part).options(num_returns=3, **_stage_resources(engine))
-        staged = [stage.remote(source, window, dims_ref, rules, engine, *(p[i] for p in pieces))
+        stage: Any = ray.remote(_stage_part).options(num_returns=4, **_stage_resources(engine))
+        staged = [stage.remote(source, window, checks, dims_ref, rules, engine, *(p[i] for p in pieces))
                   for i in range(parts)] if pieces else []
         del raw, blocks, pieces  # the raw rows leave the object store once the stage tasks have them
-        counts = ray.get([rows for _, rows, _ in staged])
-        nodes = sorted(set(ray.get([node for _, _, node in staged])))
-        refs = [table for (table, _, _), rows in zip(staged, counts, strict=True) if rows]
+        counts = ray.get([rows for _, rows, _, _ in staged])
+        nodes = sorted(set(ray.get([node for _, _, node, _ in staged])))
+        quarantined = merge_bad(ray.get([bad for _, _, _, bad in staged]))  # rows that failed a check: few
+        refs = [table for (table, _, _, _), rows in zip(staged, counts, strict=True) if rows]
         _log_read(name, source_plan, read, sum(counts))
         log.info("%s: %d part(s) deduplicated and transformed on %d Ray node(s)", name, parts, len(nodes))
         if refs:
-            yield SourceRows(name, ray.get(ray.remote(_schema_of).remote(refs[0])), refs, sum(counts), nodes)
+            yield SourceRows(name, ray.get(ray.remote(_schema_of).remote(refs[0])), refs, sum(counts), nodes,
+                             read=read, quarantined=quarantined)
         else:  # nothing in the window: the sinks still commit the run (and create the table)
             empty = stage_batch(_empty_input(source_plan), source=source, window=window, dims=dims, rules=rules,
                                 engine=engine)
-            yield SourceRows(name, empty.schema, [empty], 0, nodes)
+            yield SourceRows(name, empty.schema, [empty], 0, nodes, read=read, quarantined=quarantined)
 
 
 def _block_refs(dataset: Any) -> list[Any]:
@@ -310,17 +324,22 @@ def _split_block(block: pa.Table, key: str, parts: int, low: Any, high: Any) -> 
     return pieces if parts > 1 else pieces[0]
 
 
-def _stage_part(source: SourceConfig, window: Window, dims: Dimensions, rules: Mapping[str, RegionRule],
-                engine: EngineName, *pieces: pa.Table) -> tuple[pa.Table, int, str]:
-    """One part, whole (every version of its keys): window check, dedupe, enrichment, region, rules;
-    on the GPU straight from Arrow to cuDF and back. Returns the rows, their count and this node."""
+def _stage_part(source: SourceConfig, window: Window, checks: Checks, dims: Dimensions,
+                rules: Mapping[str, RegionRule], engine: EngineName,
+                *pieces: pa.Table) -> tuple[pa.Table, int, str, pa.Table]:
+    """One part, whole (every version of its keys): quarantine checks, window, dedupe, enrichment,
+    region, rules; on the GPU straight from Arrow to cuDF and back. Returns the rows, their count, this
+    node, and the rows that failed a check."""
     import ray
 
-    rows = rows_in_window(pa.concat_tables(pieces, promote_options="permissive"), source=source.path,
-                          cursor=source.cursor, window=window)
+    rows = normalize_strings(pa.concat_tables(pieces, promote_options="permissive"))
+    rows, bad = split_bad_rows(rows, key=checks.key, cursor=source.cursor, now=checks.now,
+                               tolerance_s=checks.tolerance_s)
+    rows = rows_in_window(rows, source=source.path, cursor=source.cursor, window=window)
     latest = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
-    out = transform_fact(latest, kind=source.kind, dims=dims, rules=rules, frames=frames_for(engine))
-    return out, out.num_rows, ray.get_runtime_context().get_node_id()
+    out, no_region = split_no_region(
+        transform_fact(latest, kind=source.kind, dims=dims, rules=rules, frames=frames_for(engine)))
+    return out, out.num_rows, ray.get_runtime_context().get_node_id(), merge_bad([bad, no_region]) or no_region
 
 
 def _schema_of(table: pa.Table) -> pa.Schema:
@@ -348,14 +367,16 @@ def part_numbers(column: pa.ChunkedArray | pa.Array, *, parts: int, low: Any, hi
     return pa.array(numbers, type=pa.int32())
 
 
-def _window_expression(cursor: str, window: Window) -> Any:
-    """Pushed into Ray's Parquet scan. Null cursors pass, so the stage can refuse them loudly."""
+def _window_expression(cursor: str, window: Window, checks: Checks) -> Any:
+    """Pushed into Ray's Parquet scan. Null cursors and cursors in the future pass: the stage
+    quarantines them (as the in-process reader does)."""
     from ray.data.expressions import col, lit
 
     inside = col(cursor) <= lit(window.upper)
     if window.lower is not None:
         inside = inside & (col(cursor) > lit(window.lower))
-    return col(cursor).is_null() | inside
+    future = datetime.fromtimestamp(checks.now.timestamp() + checks.tolerance_s, UTC)
+    return col(cursor).is_null() | inside | (col(cursor) > lit(future))
 
 
 def _empty_input(source_plan: SourcePlan) -> pa.Table:

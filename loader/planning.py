@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -179,9 +180,10 @@ def read_footer(location: Location, path: str, cursor: str, source: str) -> _Foo
 
 def plan_source(
     name: str, source: SourceConfig, location: Location, *, checkpoint: Checkpoint | None,
-    now: datetime, fixed_window: Window | None = None,
+    now: datetime, fixed_window: Window | None = None, future_tolerance: timedelta = timedelta(hours=1),
 ) -> SourcePlan:
-    """Plan one source. `fixed_window` (a replay or a backfill chunk) skips the window arithmetic."""
+    """Plan one source. `fixed_window` (a replay or a backfill chunk) skips the window arithmetic.
+    Cursors later than now + `future_tolerance` are quarantined, so they do not count as present."""
     lower = fixed_window.lower if fixed_window else (checkpoint.cursor - source.lookback if checkpoint else None)
     since = lower.date() if lower is not None else None
     files, seen = list_files(location, partition_column=source.partition_column, since=since)
@@ -190,7 +192,7 @@ def plan_source(
     base_run = checkpoint.run_number if checkpoint else None
     window = fixed_window
     if window is None:
-        highs = [g[3] for f in footers for g in f.groups if g[3] is not None and g[1] > 0]
+        highs = _present_highs(location, footers, source.cursor, now + future_tolerance)
         if checkpoint is not None:
             _check_not_ahead(name, location, checkpoint, footers, max(highs) if highs else None)
         window = compute_window(
@@ -207,6 +209,24 @@ def plan_source(
             rows = sum(g[1] for g in footer.groups if g[0] in groups)
             chosen.append(FilePlan(footer.path, groups, rows))
     return SourcePlan(name, location, window, tuple(chosen), seen, base_run)
+
+
+def _present_highs(location: Location, footers: list[_Footer], cursor: str, limit: datetime) -> list[datetime]:
+    """Each row group's greatest cursor, from its statistics; where that lies beyond `limit` (a cursor
+    in the future, to be quarantined), the greatest value not beyond it, read from the column (rare)."""
+    highs = []
+    for footer in footers:
+        for index, rows, _low, high in footer.groups:
+            if high is None or rows == 0:
+                continue
+            if high > limit:
+                with location.filesystem.open_input_file(footer.path) as handle:
+                    values = pq.ParquetFile(handle).read_row_group(index, columns=[cursor])[cursor]
+                kept = pc.filter(values, pc.less_equal(values, pa.scalar(limit, type=values.type)))
+                high = pc.max(kept).as_py() if len(kept) else None
+            if high is not None:
+                highs.append(high)
+    return highs
 
 
 def _check_not_ahead(
@@ -241,6 +261,6 @@ def plan_run(
             continue
         plans[name] = plan_source(
             name, source, locate(config.source_path(name)), checkpoint=checkpoints.get(name),
-            now=moment, fixed_window=fixed,
+            now=moment, fixed_window=fixed, future_tolerance=config.quarantine.future_tolerance,
         )
     return RunPlan(plans)

@@ -86,14 +86,16 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
     sources = {}
     for name in config.sources:
         cp = checkpoints.get(name)
-        rows = None
+        rows = quarantined = None
         if last is not None:
-            rows = last.metrics.get("tables", {}).get(name, {}).get("rows")
+            info = last.metrics.get("tables", {}).get(name, {})
+            rows, quarantined = info.get("rows"), sum((info.get("quarantined") or {}).values())
         sources[name] = {
             "checkpoint": cp.cursor.isoformat() if cp else None,
             "checkpoint_run": cp.run_number if cp else None,
             "lag_seconds": round((now - cp.cursor).total_seconds(), 1) if cp else None,
             "last_run_rows": rows,
+            "last_run_quarantined": quarantined,
         }
     return {
         "pipeline": config.pipeline,
@@ -115,12 +117,13 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
 
 def print_status(payload: dict[str, Any]) -> None:
     table = Table(title=f"{payload['pipeline']} ({payload['state']})")
-    for column in ("source", "checkpoint", "run", "lag", "rows last run"):
+    for column in ("source", "checkpoint", "run", "lag", "rows last run", "quarantined last run"):
         table.add_column(column)
     for name, s in payload["sources"].items():
         lag = "-" if s["lag_seconds"] is None else _human_seconds(s["lag_seconds"])
         rows = "-" if s["last_run_rows"] is None else f"{s['last_run_rows']:,}"
-        table.add_row(name, s["checkpoint"] or "never loaded", str(s["checkpoint_run"] or "-"), lag, rows)
+        bad = "-" if s.get("last_run_quarantined") is None else f"{s['last_run_quarantined']:,}"
+        table.add_row(name, s["checkpoint"] or "never loaded", str(s["checkpoint_run"] or "-"), lag, rows, bad)
     _out.print(table)
     if payload["last_run"]:
         last = payload["last_run"]
@@ -143,15 +146,17 @@ def print_history(pipeline: str, entries: list[dict[str, Any]]) -> None:
         _out.print(f"{pipeline}: no runs yet (`loader run --incremental` starts one)")
         return
     table = Table(title=f"{pipeline}: the newest {len(entries)} run(s)")
-    for column in ("run", "mode", "outcome", "started (UTC)", "took", "rows per table", "seconds per stage"):
+    for column in ("run", "mode", "outcome", "started (UTC)", "took", "rows per table", "quarantined", "seconds per stage"):
         table.add_column(column)
     for e in entries:
         rows = ", ".join(f"{name} {info['rows']:,}" for name, info in e["tables"].items() if info["rows"] is not None)
         stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in e["timings_s"].items())
         outcome = e["outcome"] if e["outcome"] != "failed" else f"[red]failed[/]: {escape(str(e['error'] or ''))[:120]}"
         took = "-" if e["duration_s"] is None else _human_seconds(e["duration_s"])
+        bad = ", ".join(f"{name} {sum(info['quarantined'].values()):,}" for name, info in e["tables"].items()
+                        if info.get("quarantined"))
         table.add_row(str(e["run_number"]), e["mode"], outcome, e["started_at"][:19].replace("T", " "), took,
-                      rows or "-", stages or "-")
+                      rows or "-", bad or "-", stages or "-")
     _out.print(table)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from loader import failpoints, logs, progress
+from loader import failpoints, logs, progress, quarantine
 from loader.config import LoaderConfig
 from loader.errors import LoaderError
 from loader.planning import RunPlan, plan_run
@@ -205,9 +205,16 @@ def _execute_run(
             item = next(tables, None)
         if item is None:
             break
+        source = config.sources[item.name]
+        with timer.stage("execute"):  # before any sink writes: too many bad rows stop the run here
+            quarantined = quarantine.record(config, source, item.name, run_number=record.run_number,
+                                            bad=item.quarantined, rows_read=item.read)
+        if quarantined:
+            log.warning("run %d: %s: %s row(s) quarantined (%s) in %s", record.run_number, item.name,
+                        f"{sum(quarantined.values()):,}", ", ".join(f"{n:,} {r}" for r, n in sorted(quarantined.items())),
+                        quarantine.location(config, item.name).uri)
         progress.step(f"{item.name}: write to {', '.join(s.name for s in sinks)}")
         with timer.stage("sinks"):
-            source = config.sources[item.name]
             batch = TableBatch(
                 pipeline=config.pipeline, table=item.name, run_number=record.run_number,
                 data=item.schema.empty_table(), key=source.primary_key, cursor=source.cursor,
@@ -221,6 +228,7 @@ def _execute_run(
                 "parts": len(item.parts),
                 "ray_nodes": len(item.nodes),
                 "ray_write_nodes": len({node for _, nodes in writes for node in nodes}),
+                "quarantined": quarantined,
                 "sinks": {w.sink: {"rows": w.rows, "location": w.location, "skipped": w.skipped, "regions": w.regions}
                           for w, _ in writes},
             }

@@ -4,6 +4,8 @@ dimension tables. Used by the in-process executor; the Ray executor reads the sa
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -12,6 +14,7 @@ import pyarrow.parquet as pq
 from loader.config import LoaderConfig
 from loader.errors import BadSourceData
 from loader.planning import FilePlan, SourcePlan, list_files
+from loader.quarantine import merge_bad, split_bad_rows
 from loader.storage import locate, storage_error
 from loader.tables import normalize_strings
 from state import Window
@@ -45,7 +48,7 @@ def rows_in_window(table: pa.Table, *, source: str, cursor: str, window: Window)
     return table.filter(mask)
 
 
-def _read_file(plan: SourcePlan, file: FilePlan, cursor: str) -> pa.Table:
+def _read_file(plan: SourcePlan, file: FilePlan, cursor: str, checks: Checks) -> tuple[pa.Table, pa.Table]:
     try:
         with plan.location.filesystem.open_input_file(file.path) as handle:
             table = pq.ParquetFile(handle).read_row_groups(list(file.row_groups))
@@ -53,21 +56,34 @@ def _read_file(plan: SourcePlan, file: FilePlan, cursor: str) -> pa.Table:
         raise storage_error(error, plan.location.uri, side="source", doing=f"reading {file.path} in") from error
     except pa.ArrowInvalid as error:
         raise BadSourceData(f"unreadable Parquet file {file.path} in source {plan.source!r}: {error}. Replace or remove it") from error
-    try:
-        return rows_in_window(table, source=plan.source, cursor=cursor, window=plan.window)
-    except BadSourceData as error:
-        raise BadSourceData(f"{file.path}: {error.message}") from None
+    if cursor not in table.column_names:
+        raise BadSourceData(f"{file.path}: a file of source {plan.source!r} has no cursor column {cursor!r}: fix the file or the config")
+    good, bad = split_bad_rows(normalize_strings(table), key=checks.key, cursor=cursor, now=checks.now,
+                               tolerance_s=checks.tolerance_s)
+    return rows_in_window(good, source=plan.source, cursor=cursor, window=plan.window), bad
 
 
-def read_source(plan: SourcePlan, *, cursor: str) -> pa.Table:
-    """Every row of the window from the planned row groups, as one table with plain strings."""
+@dataclass(frozen=True)
+class Checks:
+    """What the quarantine checks at read time need (loader/quarantine.py)."""
+
+    key: tuple[str, ...]
+    now: datetime
+    tolerance_s: float
+
+
+def read_source(plan: SourcePlan, *, cursor: str, checks: Checks) -> tuple[pa.Table, pa.Table | None]:
+    """Every row of the window from the planned row groups, as one table with plain strings, and the
+    rows of those row groups that failed the quarantine checks (or None)."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        parts = list(pool.map(lambda f: _read_file(plan, f, cursor), plan.files))
-    if not parts:
+        results = list(pool.map(lambda f: _read_file(plan, f, cursor, checks), plan.files))
+    if not results:
         raise BadSourceData(f"source {plan.source!r} has no files planned; nothing to read")
+    parts = [good for good, _ in results]
+    bad = merge_bad([b for _, b in results])
     try:
         # "permissive": a column only newer files have (a new nullable column) is null in the older ones
-        return pa.concat_tables(parts, promote_options="permissive")
+        return pa.concat_tables(parts, promote_options="permissive"), bad
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         changed = type_changes(plan, parts)
         raise BadSourceData(

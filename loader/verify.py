@@ -36,10 +36,11 @@ from loader.config import LoaderConfig
 from loader.dimensions import Dimensions
 from loader.errors import BadSourceData, ConfigError, LeaseHeld, SinkUnavailable, StateError
 from loader.planning import list_files
+from loader.quarantine import split_bad_rows, split_no_region
 from loader.sinks.base import region_counts
 from loader.sources import rows_in_window
 from loader.storage import Location, locate
-from loader.tables import dedupe_latest
+from loader.tables import dedupe_latest, normalize_strings
 from loader.transforms import attach_region, on_table
 from state import Checkpoint, StateStore, Window
 
@@ -188,9 +189,13 @@ def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
     rows = _read_files(location, _landed_before(location, source.partition_column, seen_at), columns, f"source {name}")
     if rows is None:
         return None
+    # Rows a run quarantines never reach a sink: a null key or cursor, a cursor beyond the checkpoint
+    # anyway (the future), no region.
+    rows, _ = split_bad_rows(normalize_strings(rows), key=source.primary_key, cursor=source.cursor,
+                             now=datetime.now(UTC), tolerance_s=config.quarantine.future_tolerance.total_seconds())
     rows = rows_in_window(rows, source=name, cursor=source.cursor, window=Window(lower=None, upper=checkpoint.cursor))
     rows = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
-    rows = on_table(attach_region, rows, kind=source.kind, dims=dims)
+    rows, _ = split_no_region(on_table(attach_region, rows, kind=source.kind, dims=dims))
     return rows.select([*source.primary_key, source.cursor, "region"])
 
 

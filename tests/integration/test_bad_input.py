@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import run_cli, run_json
+from tests.conftest import run_cli, run_json, write_config
 from tests.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,12 @@ def _bad_orders_file(landing: Path, **nulls: bool) -> Path:
 
 
 @pytest.mark.parametrize(("column", "engine"), [("o_updated_at", "local"), ("o_orderkey", "local"), ("o_updated_at", "ray")])
-def test_null_cursor_or_key_fails_without_moving_checkpoint(config_path: Path, column: str, engine: str) -> None:
+def test_null_cursor_or_key_over_the_quarantine_threshold_fails_without_moving_checkpoint(
+    config_path: Path, column: str, engine: str
+) -> None:
+    """With quarantine.max_rows: 0 a single bad row stops the run (tests/integration/test_quarantine.py has
+    the default: the row is quarantined and the run goes on)."""
+    write_config(config_path.parent, quarantine={"max_rows": 0})
     first = _loaded(config_path)
     landing, warehouse = config_path.parent / "landing", config_path.parent / "warehouse"
     before = _checkpoints(config_path)
@@ -53,13 +58,17 @@ def test_null_cursor_or_key_fails_without_moving_checkpoint(config_path: Path, c
         pq.write_table(pa.concat_tables([pq.read_table(bad), _shifted_valid_row(landing)]), bad)
     failed = run_cli(config_path, "run", "--incremental", "--executor", engine, check=False)
     assert failed.returncode == 1, failed.stderr
-    assert "null" in failed.stderr and column in failed.stderr and "fix or remove" in failed.stderr
+    error = failed.stderr.splitlines()[-1]
+    assert f"1 null {'key' if column == 'o_orderkey' else 'cursor'} {column}" in error, error
+    assert "quarantine.max_rows=0" in error and str(warehouse / "quarantine" / "orders") in error, error
     assert _checkpoints(config_path) == before
     assert run_json(config_path, "status")["unfinished_run"]["run_number"] == first["run_number"] + 1
 
     bad.unlink()
     fixed = run_json(config_path, "run", "--incremental")
     assert fixed["replayed"] is True and fixed["run_number"] == first["run_number"] + 1
+    assert fixed["tables"]["orders"]["quarantined"] == {}
+    assert not list((warehouse / "quarantine" / "orders").glob("*.parquet"))  # the replay removed the run's file
     assert_warehouse_exact(warehouse, landing)
 
 

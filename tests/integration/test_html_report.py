@@ -1,6 +1,6 @@
 """`loader report --out report.html` after real runs, rendered in headless Chromium (Debian's package):
 the scripts ran, each chart drew one point per committed run per series (rows per table, seconds per
-stage, lag per source), the latest run's per-region table has a row per (table, sink, region) with the
+stage, rows quarantined per table, lag per source), the latest run's per-region table has a row per (table, sink, region) with the
 counts the run reported, and the file needs no network (no src or href at all)."""
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def test_report_draws_every_run_in_chromium(tmp_path: Path) -> None:
     committed = len(summaries)
     expected = {("rows", t): committed for t in ("orders", "lineitem")}
     expected |= {("stages", s): committed for s in ("plan", "execute", "sinks")}
+    expected |= {("quarantined", t): committed for t in ("orders", "lineitem")}
     expected |= {("lag", s): committed for s in ("orders", "lineitem")}
     assert dict(drawn.points) == expected
 

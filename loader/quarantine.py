@@ -1,0 +1,158 @@
+"""Quarantine: rows that fail a check leave the run and go to `<warehouse>/quarantine/<source>/`, a
+Parquet table (one file per run, `run-<n>.parquet`) of
+
+    run_number, source, reason, row_hash, quarantined_at, row (the row's values as JSON)
+
+Checks, in order (a row gets the first reason that applies):
+- `null key <column>`: a primary key column is null (it cannot be deduplicated or merged);
+- `null cursor <column>`: the cursor is null (it belongs to no window);
+- `cursor in the future`: the cursor is later than now + quarantine.future_tolerance (a clock or
+  parsing fault upstream; it would otherwise sit beyond every window, unseen);
+- `no region`: no region was found for the row's customer or supplier (after the region lookup).
+
+A row is quarantined once: a later run that reads its file again (the lookback) finds its row_hash in
+the table and skips it. Too many in one run (quarantine.max_rows / max_fraction of the rows read) fails
+the run instead, terminal, with the checkpoint kept: the rows stay in the table to look at, and the
+replay after the fix writes the run's file again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from loader.config import LoaderConfig, SourceConfig
+from loader.errors import BadSourceData
+from loader.storage import Location, locate, storage_error
+from loader.tables import UNKNOWN_REGION
+
+REASON = "__loader_quarantine_reason"
+SCHEMA = pa.schema([
+    pa.field("run_number", pa.int64()), pa.field("source", pa.string()), pa.field("reason", pa.string()),
+    pa.field("row_hash", pa.string()), pa.field("quarantined_at", pa.timestamp("us", tz="UTC")),
+    pa.field("row", pa.string()),
+])
+
+
+def split_bad_rows(table: pa.Table, *, key: tuple[str, ...], cursor: str, now: datetime,
+                   tolerance_s: float) -> tuple[pa.Table, pa.Table]:
+    """(rows passing the checks, failing rows with a REASON column)."""
+    reasons: list[tuple[str, pa.Array]] = [(f"null key {k}", pc.is_null(table[k])) for k in key if k in table.column_names]
+    if cursor in table.column_names:
+        values = table[cursor]
+        reasons.append((f"null cursor {cursor}", pc.is_null(values)))
+        if pa.types.is_timestamp(values.type):
+            limit = pa.scalar(now.timestamp() + tolerance_s, pa.float64())
+            seconds = pc.divide(pc.cast(pc.cast(values, pa.timestamp("us", tz="UTC")), pa.int64()), 1_000_000.0)
+            reasons.append(("cursor in the future", pc.fill_null(pc.greater(seconds, limit), False)))
+    return _split(table, reasons)
+
+
+def split_no_region(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    if "region" not in table.column_names:
+        return table, _empty_bad(table)
+    return _split(table, [("no region", pc.fill_null(pc.equal(table["region"], UNKNOWN_REGION), True))])
+
+
+def _split(table: pa.Table, reasons: list[tuple[str, Any]]) -> tuple[pa.Table, pa.Table]:
+    if table.num_rows == 0 or not reasons:
+        return table, _empty_bad(table)
+    label = pa.nulls(table.num_rows, pa.string())
+    for text, mask in reasons:
+        label = pc.if_else(pc.and_(pc.is_null(label), mask), pa.scalar(text), label)
+    bad = pc.is_valid(label)
+    if not pc.any(bad).as_py():
+        return table, _empty_bad(table)
+    return table.filter(pc.invert(bad)), table.filter(bad).append_column(REASON, pc.filter(label, bad))
+
+
+def _empty_bad(table: pa.Table) -> pa.Table:
+    return table.schema.empty_table().append_column(REASON, pa.array([], pa.string()))
+
+
+def merge_bad(parts: list[pa.Table]) -> pa.Table | None:
+    parts = [p for p in parts if p.num_rows]
+    return pa.concat_tables(parts, promote_options="permissive") if parts else None
+
+
+def counts(bad: pa.Table | None) -> dict[str, int]:
+    if bad is None or bad.num_rows == 0:
+        return {}
+    grouped = bad.group_by(REASON).aggregate([(REASON, "count")])
+    return dict(zip(grouped[REASON].to_pylist(), grouped[f"{REASON}_count"].to_pylist(), strict=True))
+
+
+def location(config: LoaderConfig, source: str) -> Location:
+    return locate(config.sink_path("quarantine")).child(source)
+
+
+def _entries(bad: pa.Table, *, source: str, run_number: int) -> pa.Table:
+    rows = bad.drop_columns([REASON]).to_pylist()
+    texts = [json.dumps(r, default=str, sort_keys=True, ensure_ascii=False) for r in rows]
+    stamp = datetime.now(UTC)
+    return pa.table({
+        "run_number": pa.array([run_number] * len(rows), pa.int64()),
+        "source": pa.array([source] * len(rows), pa.string()),
+        "reason": bad[REASON].cast(pa.string()),
+        "row_hash": pa.array([hashlib.sha256(t.encode()).hexdigest()[:32] for t in texts], pa.string()),
+        "quarantined_at": pa.array([stamp] * len(rows), pa.timestamp("us", tz="UTC")),
+        "row": pa.array(texts, pa.string()),
+    }, schema=SCHEMA)
+
+
+def _earlier_hashes(where: Location, run_number: int) -> set[str]:
+    own = f"run-{run_number:08d}"
+    files = [f.path for f in where.filesystem.get_file_info(pafs.FileSelector(where.path, allow_not_found=True))
+             if f.base_name.endswith(".parquet") and not f.base_name.startswith((own, "."))]
+    hashes: set[str] = set()
+    for path in files:
+        with where.filesystem.open_input_file(path) as handle:
+            hashes.update(pq.read_table(handle, columns=["row_hash"])["row_hash"].to_pylist())
+    return hashes
+
+
+def record(config: LoaderConfig, source: SourceConfig, name: str, *, run_number: int, bad: pa.Table | None,
+           rows_read: int) -> dict[str, int]:
+    """Write the run's newly quarantined rows of `name` (a replay rewrites the same file), enforce the
+    threshold, and return the counts per reason."""
+    where = location(config, name)
+    path = f"{where.path}/run-{run_number:08d}.parquet"
+    try:
+        entries = _entries(bad, source=name, run_number=run_number) if bad is not None else SCHEMA.empty_table()
+        if entries.num_rows:
+            seen = _earlier_hashes(where, run_number)
+            entries = entries.filter(pa.array([h not in seen for h in entries["row_hash"].to_pylist()]))
+        if entries.num_rows:
+            where.filesystem.create_dir(where.path, recursive=True)
+            hidden = f"{where.path}/.run-{run_number:08d}.parquet"
+            with where.filesystem.open_output_stream(hidden) as stream:
+                pq.write_table(entries, stream)
+            where.filesystem.move(hidden, path)
+        elif where.filesystem.get_file_info(path).type == pafs.FileType.File:
+            where.filesystem.delete_file(path)  # a replay after the bad rows were fixed
+    except OSError as error:
+        raise storage_error(error, where.uri, side="sink", doing="writing quarantined rows to") from error
+    found = counts(entries.rename_columns([REASON if c == "reason" else c for c in entries.column_names]))
+    _enforce(config, name, sum(found.values()), rows_read, found, where.uri)
+    return found
+
+
+def _enforce(config: LoaderConfig, name: str, quarantined: int, rows_read: int, found: dict[str, int], uri: str) -> None:
+    settings = config.quarantine
+    over_count = settings.max_rows is not None and quarantined > settings.max_rows
+    over_fraction = rows_read > 0 and quarantined / rows_read > settings.max_fraction
+    if quarantined and (over_count or over_fraction):
+        limit = (f"quarantine.max_rows={settings.max_rows}" if over_count
+                 else f"quarantine.max_fraction={settings.max_fraction:g} of {rows_read:,} rows read")
+        detail = ", ".join(f"{n:,} {reason}" for reason, n in sorted(found.items()))
+        raise BadSourceData(
+            f"source {name!r}: {quarantined:,} row(s) failed the checks ({detail}), more than {limit}: the run "
+            f"stops and the checkpoint stays. The rows are in {uri} (column `row`, with `reason`): fix them in "
+            f"the landing zone, or raise the threshold, then run again (the run replays)"
+        )
