@@ -61,9 +61,13 @@ def in_context(func: Callable[..., T]) -> Callable[..., T]:
     return lambda *args, **kwargs: context.copy().run(func, *args, **kwargs)
 
 
+MIN_SECRET_LENGTH = 6
+
+
 def add_secrets(values: Iterable[str | None]) -> None:
-    """Values never to be written in a log line (short ones are ignored: they would mask ordinary words)."""
-    _SECRETS.update(v for v in values if v and len(v) >= 4)
+    """Values never to be written in a log line. Shorter than MIN_SECRET_LENGTH characters they are not
+    masked: "snow" would cut every "snowflake" out of the log (and such a password is no secret anyway)."""
+    _SECRETS.update(v for v in values if v and len(v) >= MIN_SECRET_LENGTH)
 
 
 def redact(text: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig, SourceConfig
 from loader.errors import BadSourceData
+from loader.retry import call_with_retries
 from loader.storage import Location, locate, storage_error
 from loader.tables import UNKNOWN_REGION
 
@@ -81,13 +83,6 @@ def merge_bad(parts: list[pa.Table]) -> pa.Table | None:
     return pa.concat_tables(parts, promote_options="permissive") if parts else None
 
 
-def counts(bad: pa.Table | None) -> dict[str, int]:
-    if bad is None or bad.num_rows == 0:
-        return {}
-    grouped = bad.group_by(REASON).aggregate([(REASON, "count")])
-    return dict(zip(grouped[REASON].to_pylist(), grouped[f"{REASON}_count"].to_pylist(), strict=True))
-
-
 def location(config: LoaderConfig, source: str) -> Location:
     return locate(config.sink_path("quarantine")).child(source)
 
@@ -118,9 +113,20 @@ def _earlier_hashes(where: Location, run_number: int) -> set[str]:
 
 
 def record(config: LoaderConfig, source: SourceConfig, name: str, *, run_number: int, bad: pa.Table | None,
-           rows_read: int) -> dict[str, int]:
+           rows_read: int, replay: bool = True) -> dict[str, int]:
     """Write the run's newly quarantined rows of `name` (a replay rewrites the same file), enforce the
-    threshold, and return the counts per reason."""
+    threshold, and return the counts per reason. Storage faults are retried (the sinks' Parquet policy);
+    with nothing to quarantine and no earlier attempt (`replay` False) the storage is not touched."""
+    if (bad is None or bad.num_rows == 0) and not replay:
+        return {}
+    entries = call_with_retries(f"{name} -> quarantine", config.sinks.parquet.retry,
+                                lambda: _write(config, name, run_number, bad))
+    found = {str(k): int(v) for k, v in Counter(entries["reason"].to_pylist()).items()}
+    _enforce(config, name, sum(found.values()), rows_read, found, location(config, name).uri)
+    return found
+
+
+def _write(config: LoaderConfig, name: str, run_number: int, bad: pa.Table | None) -> pa.Table:
     where = location(config, name)
     path = f"{where.path}/run-{run_number:08d}.parquet"
     try:
@@ -138,9 +144,7 @@ def record(config: LoaderConfig, source: SourceConfig, name: str, *, run_number:
             where.filesystem.delete_file(path)  # a replay after the bad rows were fixed
     except OSError as error:
         raise storage_error(error, where.uri, side="sink", doing="writing quarantined rows to") from error
-    found = counts(entries.rename_columns([REASON if c == "reason" else c for c in entries.column_names]))
-    _enforce(config, name, sum(found.values()), rows_read, found, where.uri)
-    return found
+    return entries
 
 
 def _enforce(config: LoaderConfig, name: str, quarantined: int, rows_read: int, found: dict[str, int], uri: str) -> None:

@@ -208,7 +208,7 @@ def _execute_run(
         source = config.sources[item.name]
         with timer.stage("execute"):  # before any sink writes: too many bad rows stop the run here
             quarantined = quarantine.record(config, source, item.name, run_number=record.run_number,
-                                            bad=item.quarantined, rows_read=item.read)
+                                            bad=item.quarantined, rows_read=item.read, replay=record.attempts > 1)
         if quarantined:
             log.warning("run %d: %s: %s row(s) quarantined (%s) in %s", record.run_number, item.name,
                         f"{sum(quarantined.values()):,}", ", ".join(f"{n:,} {r}" for r, n in sorted(quarantined.items())),

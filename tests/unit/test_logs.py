@@ -19,6 +19,9 @@ def stream() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     out = io.StringIO()
+    logs._SECRETS.clear()  # an earlier test in this process may have run the loader in-process
+    logs.set_pipeline(None)
+    logs.set_run(None)
     yield out
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -77,7 +80,7 @@ def test_auto_is_text_on_a_terminal_and_json_otherwise(monkeypatch: pytest.Monke
 def test_secrets_never_reach_a_line(stream: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-SECRET-value-123")
     logs.configure("DEBUG", "json", stream)
-    logs.add_secrets(["hunter2-Snowflake", None, "abc"])  # "abc": too short to mask safely
+    logs.add_secrets(["hunter2-Snowflake", None, "snow"])  # "snow": too short to mask safely
     third_party = logging.getLogger("snowflake.connector.connection")
     third_party.debug("connect(password=%s)", "hunter2-Snowflake")
     try:
@@ -89,5 +92,5 @@ def test_secrets_never_reach_a_line(stream: io.StringIO, monkeypatch: pytest.Mon
     lines = _lines(stream)
     assert lines[0]["message"] == "connect(password=***)"
     assert "login failed for *** with ***" in str(lines[1]["error"])
-    logging.getLogger("loader.x").info("abc stays")
-    assert _lines(stream)[-1]["message"] == "abc stays"
+    logging.getLogger("loader.x").info("snowflake stays")
+    assert _lines(stream)[-1]["message"] == "snowflake stays"
