@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 import yaml
+from worktree import reference_worktree
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -95,25 +96,18 @@ def main() -> int:
     args = parser.parse_args()
     landing = _landing(args.out, args.scale, args.days)
     sides = {"this tree": ROOT}
-    with tempfile.TemporaryDirectory(prefix="ray-driver-bench-") as tmp:
-        if args.reference:
-            worktree = Path(tmp) / "reference"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.reference],
-                           check=True, capture_output=True)
+    with tempfile.TemporaryDirectory(prefix="ray-driver-bench-") as tmp, \
+            reference_worktree(args.reference, Path(tmp)) as worktree:
+        if worktree is not None:
             sides[f"reference {args.reference}"] = worktree
-        try:
-            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
-            for repeat in range(args.repeat):
-                order = list(sides.items()) if repeat % 2 == 0 else list(reversed(sides.items()))
-                for name, code in order:
-                    result = _measure(code, landing)
-                    runs[name].append(result)
-                    print(f"repeat {repeat + 1}: {name}: {result['seconds']:.1f}s, driver peak "
-                          f"{result['driver_peak_mb']:.0f} MB, {result['timings_s']}", flush=True)
-        finally:
-            if args.reference:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(Path(tmp) / "reference")],
-                               check=False, capture_output=True)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+        for repeat in range(args.repeat):
+            order = list(sides.items()) if repeat % 2 == 0 else list(reversed(sides.items()))
+            for name, code in order:
+                result = _measure(code, landing)
+                runs[name].append(result)
+                print(f"repeat {repeat + 1}: {name}: {result['seconds']:.1f}s, driver peak "
+                      f"{result['driver_peak_mb']:.0f} MB, {result['timings_s']}", flush=True)
     base = next(iter(sides))
     print(f"\nfull load on --executor ray, SF{args.scale:g} ({args.days} days), median of {args.repeat}:\n")
     print("| code | wall s | driver peak MB | Delta rows | same rows as this tree |\n|---|---|---|---|---|")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from worktree import reference_worktree
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -142,30 +143,23 @@ def main() -> int:
         sides.append({"name": "gpu", "engine": "gpu", "path": ROOT})
     else:
         print(f"gpu: not measured: {status.detail}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="transform-bench-") as tmp:
-        if args.reference:
-            worktree = Path(tmp) / "reference"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.reference],
-                           check=True, capture_output=True)
+    with tempfile.TemporaryDirectory(prefix="transform-bench-") as tmp, \
+            reference_worktree(args.reference, Path(tmp)) as worktree:
+        if worktree is not None:
             sides.append({"name": f"reference {args.reference}", "engine": "cpu", "path": worktree})
-        try:
-            runs: dict[str, list[dict[str, Any]]] = {s["name"]: [] for s in sides}
-            digests = {s["name"]: Path(tmp) / f"digest-{i}" for i, s in enumerate(sides)}
-            for path in digests.values():
-                path.mkdir()
-            for repeat in range(args.repeat):
-                order = sides if repeat % 2 == 0 else list(reversed(sides))
-                for side in order:
-                    result = _measure(side, landing, digests[side["name"]])
-                    runs[side["name"]].append(result)
-                    print(f"repeat {repeat + 1}: {side['name']}: " + ", ".join(
-                        f"{t} {result[t]['seconds']:.2f}s" for t in TABLES), flush=True)
-            first = digests[sides[0]["name"]]
-            equal = {name: _same_output(first, path) for name, path in digests.items()}
-        finally:
-            if args.reference:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(Path(tmp) / "reference")],
-                               check=False, capture_output=True)
+        runs: dict[str, list[dict[str, Any]]] = {s["name"]: [] for s in sides}
+        digests = {s["name"]: Path(tmp) / f"digest-{i}" for i, s in enumerate(sides)}
+        for path in digests.values():
+            path.mkdir()
+        for repeat in range(args.repeat):
+            order = sides if repeat % 2 == 0 else list(reversed(sides))
+            for side in order:
+                result = _measure(side, landing, digests[side["name"]])
+                runs[side["name"]].append(result)
+                print(f"repeat {repeat + 1}: {side['name']}: " + ", ".join(
+                    f"{t} {result[t]['seconds']:.2f}s" for t in TABLES), flush=True)
+        first = digests[sides[0]["name"]]
+        equal = {name: _same_output(first, path) for name, path in digests.items()}
     summary = {name: {t: {"rows": r[0][t]["rows"], "median_s": statistics.median(x[t]["seconds"] for x in r)}
                       for t in TABLES} for name, r in runs.items()}
     base = summary[sides[0]["name"]]

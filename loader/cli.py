@@ -289,14 +289,9 @@ def history_command(obj: _Context, limit: int, as_json: bool) -> None:
     --json), seconds per stage, the error of a failed run."""
     try:
         config = obj.config()
-        from loader.history import history
-        from state import StateStore
+        from loader.history import read_history
 
-        store = StateStore.open(config.state.url)
-        try:
-            entries = history(store, config.pipeline, limit=limit)
-        finally:
-            store.close()
+        entries = read_history(config.state.url, config.pipeline, limit=limit)
     except LoaderError as error:
         _fail(error)
         return
@@ -318,15 +313,10 @@ def report_command(obj: _Context, out: Path, limit: int) -> None:
     time, and the latest run's rows per table, region and sink."""
     try:
         config = obj.config()
-        from loader.history import history
+        from loader.history import read_history
         from loader.html_report import write_report
-        from state import StateStore
 
-        store = StateStore.open(config.state.url)
-        try:
-            entries = history(store, config.pipeline, limit=limit)
-        finally:
-            store.close()
+        entries = read_history(config.state.url, config.pipeline, limit=limit)
         write_report(out, config.pipeline, entries)
     except LoaderError as error:
         _fail(error)

@@ -65,6 +65,15 @@ def history(store: StateStore, pipeline: str, *, limit: int | None) -> list[dict
     return [run_entry(run) for run in store.runs(pipeline, limit=limit)]
 
 
+def read_history(state_url: str, pipeline: str, *, limit: int | None) -> list[dict[str, Any]]:
+    """`history` from a store opened (and closed) for it."""
+    store = StateStore.open(state_url)
+    try:
+        return history(store, pipeline, limit=limit)
+    finally:
+        store.close()
+
+
 def quarantined_totals(entries: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
     """Rows quarantined by runs that committed or failed (a failed run's file stays), per (table, reason)."""
     totals: dict[tuple[str, str], int] = {}

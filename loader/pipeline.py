@@ -185,8 +185,8 @@ def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Eng
         del rows
         _log_read(name, source_plan, read, latest.num_rows)
         table, no_region = split_no_region(transform_fact(latest, kind=source.kind, dims=dims, rules=rules, frames=frames))
-        yield SourceRows(name, table.schema, [table], table.num_rows, [], read=read, quarantined=merge_bad(
-            [b for b in (bad, no_region) if b is not None]))
+        yield SourceRows(name, table.schema, [table], table.num_rows, [], read=read,
+                         quarantined=merge_bad([bad, no_region]))
 
 
 def _log_read(name: str, plan: SourcePlan, read: int, kept: int) -> None:
@@ -326,7 +326,7 @@ def _split_block(block: pa.Table, key: str, parts: int, low: Any, high: Any) -> 
 
 def _stage_part(source: SourceConfig, window: Window, checks: Checks, dims: Dimensions,
                 rules: Mapping[str, RegionRule], engine: EngineName,
-                *pieces: pa.Table) -> tuple[pa.Table, int, str, pa.Table]:
+                *pieces: pa.Table) -> tuple[pa.Table, int, str, pa.Table | None]:
     """One part, whole (every version of its keys): quarantine checks, window, dedupe, enrichment,
     region, rules; on the GPU straight from Arrow to cuDF and back. Returns the rows, their count, this
     node, and the rows that failed a check."""
@@ -339,7 +339,7 @@ def _stage_part(source: SourceConfig, window: Window, checks: Checks, dims: Dime
     latest = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
     out, no_region = split_no_region(
         transform_fact(latest, kind=source.kind, dims=dims, rules=rules, frames=frames_for(engine)))
-    return out, out.num_rows, ray.get_runtime_context().get_node_id(), merge_bad([bad, no_region]) or no_region
+    return out, out.num_rows, ray.get_runtime_context().get_node_id(), merge_bad([bad, no_region])
 
 
 def _schema_of(table: pa.Table) -> pa.Schema:
@@ -360,7 +360,7 @@ def part_numbers(column: pa.ChunkedArray | pa.Array, *, parts: int, low: Any, hi
         values = column.fill_null(low).to_numpy(zero_copy_only=False).astype("float64")
         numbers = np.clip((values - low) * parts // (high - low + 1), 0, parts - 1).astype("int32")
     else:
-        hashed = pd.util.hash_array(np.asarray(column.to_pylist(), dtype=object))
+        hashed = pd.util.hash_array(np.asarray(column.to_numpy(zero_copy_only=False), dtype=object))
         numbers = (hashed % np.uint64(parts)).astype("int32")
     if column.null_count:
         numbers[column.is_null().to_numpy(zero_copy_only=False)] = 0

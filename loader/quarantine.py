@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from loader.config import LoaderConfig, SourceConfig
+from loader.config import LoaderConfig
 from loader.errors import BadSourceData
 from loader.retry import call_with_retries
 from loader.storage import Location, locate, storage_error
@@ -50,9 +50,9 @@ def split_bad_rows(table: pa.Table, *, key: tuple[str, ...], cursor: str, now: d
         values = table[cursor]
         reasons.append((f"null cursor {cursor}", pc.is_null(values)))
         if pa.types.is_timestamp(values.type):
-            limit = pa.scalar(now.timestamp() + tolerance_s, pa.float64())
-            seconds = pc.divide(pc.cast(pc.cast(values, pa.timestamp("us", tz="UTC")), pa.int64()), 1_000_000.0)
-            reasons.append(("cursor in the future", pc.fill_null(pc.greater(seconds, limit), False)))
+            latest = now + timedelta(seconds=tolerance_s)  # naive cursors are UTC, as everywhere here
+            limit = pa.scalar(latest if values.type.tz else latest.astimezone(UTC).replace(tzinfo=None), values.type)
+            reasons.append(("cursor in the future", pc.fill_null(pc.greater(values, limit), False)))
     return _split(table, reasons)
 
 
@@ -78,9 +78,10 @@ def _empty_bad(table: pa.Table) -> pa.Table:
     return table.schema.empty_table().append_column(REASON, pa.array([], pa.string()))
 
 
-def merge_bad(parts: list[pa.Table]) -> pa.Table | None:
-    parts = [p for p in parts if p.num_rows]
-    return pa.concat_tables(parts, promote_options="permissive") if parts else None
+def merge_bad(parts: list[pa.Table | None]) -> pa.Table | None:
+    """The failing rows of several batches as one table, or None if there are none."""
+    found = [p for p in parts if p is not None and p.num_rows]
+    return pa.concat_tables(found, promote_options="permissive") if found else None
 
 
 def location(config: LoaderConfig, source: str) -> Location:
@@ -112,7 +113,7 @@ def _earlier_hashes(where: Location, run_number: int) -> set[str]:
     return hashes
 
 
-def record(config: LoaderConfig, source: SourceConfig, name: str, *, run_number: int, bad: pa.Table | None,
+def record(config: LoaderConfig, name: str, *, run_number: int, bad: pa.Table | None,
            rows_read: int, replay: bool = True) -> dict[str, int]:
     """Write the run's newly quarantined rows of `name` (a replay rewrites the same file), enforce the
     threshold, and return the counts per reason. Storage faults are retried (the sinks' Parquet policy);

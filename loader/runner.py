@@ -207,7 +207,7 @@ def _execute_run(
             break
         source = config.sources[item.name]
         with timer.stage("execute"):  # before any sink writes: too many bad rows stop the run here
-            quarantined = quarantine.record(config, source, item.name, run_number=record.run_number,
+            quarantined = quarantine.record(config, item.name, run_number=record.run_number,
                                             bad=item.quarantined, rows_read=item.read, replay=record.attempts > 1)
         if quarantined:
             log.warning("run %d: %s: %s row(s) quarantined (%s) in %s", record.run_number, item.name,

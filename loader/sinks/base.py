@@ -64,6 +64,10 @@ class Sink(Protocol):
     #: another, the last one carrying the run's commit, never two at once (no commit conflicts).
     parts_in_sequence: bool
 
+    def location(self, table: str) -> str:
+        """Where `table` is written, for people (a URI, or Snowflake's account/database.schema.TABLE)."""
+        ...
+
     def begin(self, batch: TableBatch) -> Any | None:
         """Prepare the table for this run; None if the run already landed here (skip it)."""
         ...
@@ -101,11 +105,7 @@ class WritesInParts:
 
 
 def skipped(sink: Sink, batch: TableBatch) -> SinkWrite:
-    return SinkWrite(sink.name, batch.table, 0, sink_location(sink, batch.table), skipped=True)
-
-
-def sink_location(sink: Any, table: str) -> str:
-    return str(sink.location(table))
+    return SinkWrite(sink.name, batch.table, 0, sink.location(batch.table), skipped=True)
 
 
 def schema_only(batch: TableBatch) -> TableBatch:

@@ -154,10 +154,15 @@ class ParquetSink(WritesInParts):
                     f.path for f in where.filesystem.get_file_info(selector)
                     if f.base_name.endswith(".parquet") and not f.base_name.startswith((own, "."))
                 ]
+        # Only the batch's key range can match: with the run in key-range parts (Ray), each part reads
+        # its own slice of these files (row groups pruned by statistics), not all of them again.
+        first = batch.key[0]
+        bounds = pc.min_max(batch.data[first])
+        in_range = [(first, ">=", bounds["min"].as_py()), (first, "<=", bounds["max"].as_py())]
         parts = []
         for path in paths:
             with where.filesystem.open_input_file(path) as handle:
-                parts.append(pq.read_table(handle, columns=columns))
+                parts.append(pq.read_table(handle, columns=columns, filters=in_range))
         if not parts:
             return pa.table({c: pa.array([], type=batch.data[c].type) for c in columns})
         return pa.concat_tables(parts).cast(batch.data.select(columns).schema)

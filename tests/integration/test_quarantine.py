@@ -70,6 +70,7 @@ def test_bad_rows_are_quarantined_once_and_the_run_goes_on(tmp_path: Path) -> No
     # The next run reads the same file again (inside the lookback): nothing is quarantined twice.
     run_cli(config, "demo-data", "append", "--orders", "50", "--updates", "5", "--late", "1")
     third = run_json(config, "run", "--incremental")
+    assert datetime.fromisoformat(third["tables"]["orders"]["window"]["lower"]) < VALID_CURSOR  # it read them
     assert third["tables"]["orders"]["quarantined"] == {}
     again = pa.concat_tables([pq.read_table(f) for f in (warehouse / "quarantine" / "orders").glob("*.parquet")])
     assert again.num_rows == 3
