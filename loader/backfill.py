@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from loader.batches import cut_into_batches
 from loader.config import LoaderConfig
 from loader.errors import ConfigError, LoaderError, Terminal
 from loader.logs import in_context
 from loader.planning import RunPlan, plan_run
+from loader.protocol import BatchExecutor, Timer, add_tables, commit_backfill, pipeline_session
 from loader.retry import call_with_retries
 from state import RunRecord, StateStore, Window
 
@@ -105,17 +107,20 @@ class ChunkResult:
     index: int
     window: Window
     status: str  # loaded | already_loaded | dry_run
-    run_number: int | None = None
+    run_number: int | None = None  # the chunk's last batch
+    run_numbers: list[int] = field(default_factory=list)  # every batch the chunk was loaded in
     replaced_run: int | None = None  # the cut-short run this chunk's load took over from
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: int = 0
     estimated_rows: int = 0
+    batches: int = 0
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "window": self.window.to_json(), "status": self.status, "run_number": self.run_number,
-                "replaced_run": self.replaced_run, "files": self.files, "estimated_rows": self.estimated_rows,
-                "tables": self.tables, "seconds": round(self.seconds, 3)}
+                "run_numbers": self.run_numbers, "replaced_run": self.replaced_run, "files": self.files,
+                "estimated_rows": self.estimated_rows, "batches": self.batches, "tables": self.tables,
+                "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -147,8 +152,9 @@ def require_data(config: LoaderConfig, request: BackfillRequest) -> RunPlan:
     return plan
 
 
-def _chunk_metrics(request: BackfillRequest, index: int, total: int) -> dict[str, Any]:
-    return {"backfill": {**request.to_json(), "chunk": index + 1, "of": total}}
+def _chunk_metrics(request: BackfillRequest, index: int, total: int, part: int = 1, parts: int = 1) -> dict[str, Any]:
+    """What a chunk's batch records in the ledger: the request, which chunk, which of its batches."""
+    return {"backfill": {**request.to_json(), "chunk": index + 1, "of": total, "part": part, "parts": parts}}
 
 
 def _covers(run: RunRecord, windows: dict[str, Window], sinks: tuple[str, ...]) -> bool:
@@ -156,14 +162,28 @@ def _covers(run: RunRecord, windows: dict[str, Window], sinks: tuple[str, ...]) 
     return run.windows == windows and set(sinks) <= set(info.get("sinks", []))
 
 
-def dry_run(config: LoaderConfig, request: BackfillRequest) -> BackfillSummary:
-    """The chunks with the files and rows each would read; nothing is written, no lease taken."""
+def _of_chunk(run: RunRecord, request: BackfillRequest, index: int) -> bool:
+    info = run.metrics.get("backfill", {})
+    return info.get("id") == request.id and info.get("chunk") == index + 1
+
+
+def _chunk_done(runs: list[RunRecord], request: BackfillRequest, index: int, windows: dict[str, Window]) -> bool:
+    """Every batch of the chunk committed (by this request), or the whole chunk by an earlier one."""
+    if any(r.status == "committed" and _covers(r, windows, request.sinks) for r in runs):
+        return True
+    mine = [r.metrics["backfill"] for r in runs if r.status == "committed" and _of_chunk(r, request, index)]
+    return bool(mine) and len({m.get("part", 1) for m in mine}) >= int(mine[0].get("parts", 1))
+
+
+def dry_run(config: LoaderConfig, request: BackfillRequest, *, max_batch_rows: int | None = None) -> BackfillSummary:
+    """The chunks with the files, rows and batches each would read; nothing is written, no lease taken."""
     summary = BackfillSummary(config.pipeline, request, dry_run=True)
     require_data(config, request)
     for index, window in enumerate(request.chunks()):
         plan = _plan(config, request, window)
+        cutting = cut_into_batches(plan, max_rows=max_batch_rows or config.run.max_batch_rows)
         summary.chunks.append(ChunkResult(index, window, "dry_run", files=sum(len(p.files) for p in plan.sources.values()),
-                                          estimated_rows=plan.estimated_rows))
+                                          estimated_rows=plan.estimated_rows, batches=len(cutting.batches)))
     return summary
 
 
@@ -173,104 +193,91 @@ def _plan(config: LoaderConfig, request: BackfillRequest, window: Window) -> Run
 
 
 def run_backfill(config: LoaderConfig, request: BackfillRequest, *, executor: str | None = None,
-                 engine: str | None = None, parallel: int = 1,
+                 engine: str | None = None, parallel: int = 1, max_batch_rows: int | None = None,
                  on_chunk: Callable[[ChunkResult, int], None] | None = None) -> BackfillSummary:
-    """Load every chunk not yet loaded, `parallel` at a time (threads of this process, one lease)."""
-    from loader.pipeline import preflight
-    from loader.runner import held_lease
-
-    preflight(config, engine)
-
-    store = StateStore.open(config.state.url)
+    """Load every chunk not yet loaded, `parallel` at a time (threads of this process, one lease),
+    each chunk in batches of about `max_batch_rows` rows through the shared run protocol."""
     pipeline = config.pipeline
     summary = BackfillSummary(pipeline, request)
-    try:
-        with held_lease(store, pipeline, config.state.lease_ttl.total_seconds()):
-            pending = store.unfinished_run(pipeline, mode="incremental")
-            if pending is not None:
-                raise BackfillRefused(
-                    f"incremental run {pending.run_number} of pipeline {pipeline!r} did not finish: run "
-                    f"`loader run --incremental` first (it replays it), then the backfill. Nothing was written"
-                )
-            require_data(config, request)
-            checkpoints = store.checkpoints(pipeline)
-            history = store.runs(pipeline, limit=None, mode="backfill")
-            chunks = request.chunks()
-            lock = threading.Lock()
+    with pipeline_session(config, engine) as store:
+        pending = store.unfinished_run(pipeline, mode="incremental")
+        if pending is not None:
+            raise BackfillRefused(
+                f"incremental run {pending.run_number} of pipeline {pipeline!r} did not finish: run "
+                f"`loader run --incremental` first (it replays it), then the backfill. Nothing was written"
+            )
+        require_data(config, request)
+        checkpoints = store.checkpoints(pipeline)
+        history = store.runs(pipeline, limit=None, mode="backfill")
+        chunks = request.chunks()
+        lock = threading.Lock()
+        batches = BatchExecutor(config, store, commit=commit_backfill(config, store), executor=executor,
+                                engine=engine, timer=Timer(), only_sinks=request.sinks)
+        budget = max_batch_rows or config.run.max_batch_rows
 
-            def load(index: int) -> ChunkResult:
-                result = _load_chunk(config, store, request, history, index, chunks[index], len(chunks),
-                                     executor, engine)
-                with lock:
-                    summary.chunks.append(result)
-                    if on_chunk is not None:
-                        on_chunk(result, len(chunks))
-                return result
+        def load(index: int) -> ChunkResult:
+            result = _load_chunk(config, store, batches, request, history, index, chunks[index], len(chunks), budget)
+            with lock:
+                summary.chunks.append(result)
+                if on_chunk is not None:
+                    on_chunk(result, len(chunks))
+            return result
 
-            if parallel <= 1:
-                for index in range(len(chunks)):
-                    load(index)
-            else:
-                with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="backfill") as pool:
-                    futures = [pool.submit(in_context(load), index) for index in range(len(chunks))]
-                    try:
-                        for future in futures:
-                            future.result()
-                    except BaseException:
-                        for future in futures:  # start no new chunk; the running ones finish or fail
-                            future.cancel()
-                        raise
-            summary.chunks.sort(key=lambda c: c.index)
-            summary.checkpoints_moved = store.checkpoints(pipeline) != checkpoints
-    finally:
-        from loader.metrics import publish
-
-        publish(config, store)
-        store.close()
+        if parallel <= 1:
+            for index in range(len(chunks)):
+                load(index)
+        else:
+            with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="backfill") as pool:
+                futures = [pool.submit(in_context(load), index) for index in range(len(chunks))]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    for future in futures:  # start no new chunk; the running ones finish or fail
+                        future.cancel()
+                    raise
+        summary.chunks.sort(key=lambda c: c.index)
+        summary.checkpoints_moved = store.checkpoints(pipeline) != checkpoints
     return summary
 
 
-def _load_chunk(config: LoaderConfig, store: StateStore, request: BackfillRequest, history: list[RunRecord],
-                index: int, window: Window, total: int, executor: str | None, engine: str | None) -> ChunkResult:
-    from loader.runner import RunSummary, _Timer, execute_run
-
+def _load_chunk(config: LoaderConfig, store: StateStore, batches: BatchExecutor, request: BackfillRequest,
+                history: list[RunRecord], index: int, window: Window, total: int, budget: int) -> ChunkResult:
     pipeline = config.pipeline
     windows = {name: window for name in request.sources}
     started = time.perf_counter()
-    if any(r.status == "committed" and _covers(r, windows, request.sinks) for r in history):
+    if _chunk_done(history, request, index, windows):
         return ChunkResult(index, window, "already_loaded", seconds=time.perf_counter() - started)
-    cut = [r for r in history if r.status == "planned" and r.windows == windows]
+    # A batch of this chunk cut short: what it wrote is removed, its run abandoned, its rows loaded again.
+    cut = [r for r in history if r.status == "planned" and (_of_chunk(r, request, index) or r.windows == windows)]
     if cut:
         from loader.sinks import build_sinks
 
         sinks = [sink for sink in build_sinks(config) if sink.name in request.sinks]
         for run in cut:
             for sink in sinks:
-                for table in request.sources:
+                for table in run.windows:
                     sink.discard_run(table, run.run_number)
             store.abandon_run(pipeline, run.run_number, reason="backfill chunk cut short; loaded again as a new run")
     plan = _plan(config, request, window)
-    record = store.begin_run(pipeline, mode="backfill", windows=windows, base_checkpoints={},
-                             metrics=_chunk_metrics(request, index, total))
-    result = ChunkResult(index, window, "loaded", run_number=record.run_number,
-                         replaced_run=cut[-1].run_number if cut else None,
-                         files=sum(len(p.files) for p in plan.sources.values()), estimated_rows=plan.estimated_rows)
-    run_summary = RunSummary(pipeline=pipeline, status="planned", run_number=record.run_number)
-    timer = _Timer()
-
-    def commit() -> None:
-        metrics = {**_chunk_metrics(request, index, total), "tables": run_summary.tables,
-                   "executor": run_summary.executor, "engine": run_summary.engine, "timings_s": dict(timer.timings)}
-        call_with_retries("backfill chunk commit", config.state.retry,
-                          lambda: store.commit_backfill_run(pipeline, record.run_number, metrics=metrics))
-
-    try:
-        execute_run(config, record, plan, run_summary, timer, executor, engine, commit=commit,
-                    only_sinks=request.sinks)
-    except Exception as error:
-        store.fail_run(pipeline, record.run_number, error=f"{type(error).__name__}: {error}")
-        raise
-    result.tables = run_summary.tables
+    cutting = cut_into_batches(plan, max_rows=budget)
+    for warning in cutting.warnings:
+        log.warning("backfill chunk %d: %s", index + 1, warning)
+    result = ChunkResult(index, window, "loaded", replaced_run=cut[-1].run_number if cut else None,
+                         files=sum(len(p.files) for p in plan.sources.values()), estimated_rows=plan.estimated_rows,
+                         batches=len(cutting.batches))
+    parts = len(cutting.batches)
+    for batch in cutting.batches:
+        batch_windows = batch.plan.windows()
+        if parts > 1 and any(r.status == "committed" and _covers(r, batch_windows, request.sinks) for r in history):
+            continue  # this batch of the chunk landed before the backfill was interrupted
+        metrics = _chunk_metrics(request, index, total, batch.number, parts)
+        record = store.begin_run(pipeline, mode="backfill", windows=batch_windows, base_checkpoints={},
+                                 metrics=metrics, inputs=batch.plan.to_input())
+        outcome = batches.run(record, batch.plan, metrics=metrics)
+        result.run_numbers.append(outcome.run_number)
+        result.run_number = outcome.run_number
+        add_tables(result.tables, outcome.tables)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -298,10 +305,11 @@ def backfill_status(store: StateStore, pipeline: str, *, lease_held: bool = Fals
     latest = runs[0].metrics.get("backfill") if runs else None
     if not latest:
         return None
+    request_ = BackfillRequest.from_json(latest)
     same = [r for r in runs if r.metrics.get("backfill", {}).get("id") == latest["id"]]
-    done = {r.metrics["backfill"]["chunk"] for r in same if r.status == "committed"}
-    planned = [r.run_number for r in same if r.status == "planned"]
     total = int(latest["of"])
+    done = {i for i in range(total) if _chunk_done(same, request_, i, {})}
+    planned = [r.run_number for r in same if r.status == "planned"]
     state = "finished" if len(done) >= total else ("running" if planned and lease_held else "interrupted")
     request = BackfillRequest.from_json(latest).to_json()
     return {"request": request, "chunks_done": len(done), "chunks_total": total, "state": state,

@@ -98,6 +98,11 @@ def _engine_value(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
+_max_batch_rows_option = click.option(
+    "--max-batch-rows", type=click.IntRange(min=1), default=None, metavar="N",
+    help="Override run.max_batch_rows: about this many rows (all sources) per committed batch.")
+
+
 def _engine_option(help_text: str) -> Callable[[F], F]:
     return click.option("--engine", metavar="[auto|cpu|gpu]", default=None, callback=_engine_value, help=help_text)
 
@@ -108,17 +113,28 @@ def _engine_option(help_text: str) -> Callable[[F], F]:
 @_executor_option("Override ray.mode: local runs in this process, ray uses Ray Data, auto picks by size.")
 @_engine_option("Override transform.engine: where the transforms run. auto: the GPU (cuDF) when one is usable, "
                 "else the CPU; gpu: fail at start without one; cpu: never import cuDF.")
-@click.option("--json", "as_json", is_flag=True, help="Print one summary object on stdout.")
+@_max_batch_rows_option
+@click.option("--json", "as_json", is_flag=True, help="Print one summary object on stdout (totals and a `batches` list).")
 @click.pass_obj
-def run_command(obj: _Context, incremental: bool, executor: str | None, engine: str | None, as_json: bool) -> None:
-    """Run one incremental load: plan, read, transform, write every sink, commit checkpoints."""
+def run_command(obj: _Context, incremental: bool, executor: str | None, engine: str | None,
+                max_batch_rows: int | None, as_json: bool) -> None:
+    """Run one incremental load: plan the window since the checkpoints, cut it into batches, and for
+    each batch read, transform, write every sink and commit the checkpoints.
+
+    
+    A batch holds about run.max_batch_rows rows (--max-batch-rows), so memory follows the batch, not
+    the window: a first load of years of history runs like a long series of increments. Killed, the
+    next run replays the batch in flight (its recorded input, nothing else) and goes on from there.
+    In a terminal a bar shows rows done of the planned total, the batch and the time left; otherwise
+    one log line per batch. `loader status` shows a run in progress or interrupted (batch i of n).
+    """
     try:
         config = obj.config()
         from loader.progress import bar_in_terminal
         from loader.runner import run_incremental
 
         with bar_in_terminal(quiet=as_json):
-            summary = run_incremental(config, executor=executor, engine=engine)
+            summary = run_incremental(config, executor=executor, engine=engine, max_batch_rows=max_batch_rows)
     except LoaderError as error:
         _fail(error)
         return
@@ -151,16 +167,19 @@ def _instant(value: str, option: str) -> datetime:
 @click.option("--resume", "resume_id", help="Resume backfill ID (shown by `loader status`) with its recorded options.")
 @_executor_option("As for `run`.")
 @_engine_option("As for `run`.")
-@click.option("--dry-run", is_flag=True, help="Print the chunks, files and estimated rows; write nothing.")
+@_max_batch_rows_option
+@click.option("--dry-run", is_flag=True, help="Print the chunks, files, estimated rows and batches; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object on stdout.")
 @click.pass_obj
 def backfill_command(obj: _Context, start: str | None, end: str | None, sources: tuple[str, ...],
                      sinks: tuple[str, ...], chunk: str, parallel: int, resume_id: str | None,
-                     executor: str | None, engine: str | None, dry_run: bool, as_json: bool) -> None:
+                     executor: str | None, engine: str | None, max_batch_rows: int | None, dry_run: bool,
+                     as_json: bool) -> None:
     """Reload the cursor window (START, END] in chunks without moving the incremental checkpoint.
 
     \b
-    Each chunk is a run of its own in the ledger; every sink merges on the primary key, so overlapping
+    Each chunk is cut into batches of about run.max_batch_rows rows, each a run of its own in the
+    ledger (the same protocol as `loader run`); every sink merges on the primary key, so overlapping
     what incremental runs loaded duplicates nothing and keeps the newest version. Run the same command
     again after a crash: committed chunks are skipped, the cut one is loaded again. A backfill and
     `loader run` share the pipeline's lease: whichever comes second exits 3.
@@ -193,13 +212,13 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
             request = backfill.build_request(config, start=_instant(start, "--start"), end=_instant(end, "--end"),
                                              chunk=chunk_size, sources=sources, sinks=sinks)
         if dry_run:
-            summary = backfill.dry_run(config, request)
+            summary = backfill.dry_run(config, request, max_batch_rows=max_batch_rows)
         else:
             from loader.report import backfill_progress
 
             with backfill_progress(quiet=as_json) as on_chunk:
                 summary = backfill.run_backfill(config, request, executor=executor, engine=engine, parallel=parallel,
-                                                on_chunk=on_chunk)
+                                                max_batch_rows=max_batch_rows, on_chunk=on_chunk)
     except LoaderError as error:
         _fail(error)
         return

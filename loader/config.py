@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from loader.errors import ConfigError
 
@@ -180,8 +188,17 @@ class SinksConfig(_Frozen):
         return self
 
 
+class RunConfig(_Frozen):
+    """How a run is cut: in cursor order into batches of about `max_batch_rows` rows (all sources
+    together, estimated from row-group statistics), each read, written and committed before the next.
+    A batch is the unit of memory (in-process, about 1 KB a row at peak), of commit and of resume."""
+
+    max_batch_rows: StrictInt = Field(default=1_000_000, gt=0)
+
+
 class RayConfig(_Frozen):
-    """How a run executes. `auto`: in-process below `local_max_rows` estimated rows, Ray above it."""
+    """How a batch executes. `auto`: in-process unless a cluster address is configured or a batch is
+    over `local_max_rows` estimated rows (only when run.max_batch_rows is set above it)."""
 
     mode: Literal["auto", "local", "ray"] = "auto"
     address: str | None = None
@@ -249,6 +266,7 @@ class LoaderConfig(_Frozen):
     # Retries of transient landing-zone faults while planning and reading (object-store hiccups).
     # Fewer than the sinks': an unreachable landing zone should fail a scheduled run within seconds.
     source_retry: RetryConfig = RetryConfig(attempts=3, total=timedelta(seconds=30))
+    run: RunConfig = RunConfig()
     ray: RayConfig = RayConfig()
     transform: TransformConfig = TransformConfig()
     metrics: MetricsConfig = MetricsConfig()

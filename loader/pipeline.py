@@ -60,8 +60,10 @@ def choose_executor(config: LoaderConfig, plan: RunPlan, override: str | None = 
     if _cluster_address(config):
         return ExecutorChoice("ray", "a Ray cluster address is configured")
     if rows > config.ray.local_max_rows:
-        return ExecutorChoice("ray", f"{rows:,} estimated rows > ray.local_max_rows={config.ray.local_max_rows:,}")
-    return ExecutorChoice("local", f"{rows:,} estimated rows <= ray.local_max_rows={config.ray.local_max_rows:,}: Ray start-up would cost more than the work")
+        return ExecutorChoice("ray", f"a batch of {rows:,} estimated rows > ray.local_max_rows={config.ray.local_max_rows:,}")
+    return ExecutorChoice("local", f"batches of at most {rows:,} estimated rows <= ray.local_max_rows="
+                                   f"{config.ray.local_max_rows:,}: one machine, one batch in memory at a time; "
+                                   "Ray start-up would cost more than it saves")
 
 
 def _cluster_address(config: LoaderConfig) -> str | None:

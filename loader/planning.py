@@ -13,6 +13,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,12 +25,19 @@ from loader.errors import BadSourceData
 from loader.storage import Location, locate, storage_error
 from state import Checkpoint, Window
 
+GroupStats = tuple[int, int, datetime | None, datetime | None]  # (index, rows, least cursor, greatest cursor)
+
 
 @dataclass(frozen=True)
 class FilePlan:
     path: str  # inside the source's filesystem
     row_groups: tuple[int, ...]
     rows: int  # rows in those row groups: an upper bound of what the window selects
+    size: int | None = None  # bytes when planned: a replay refuses a file that changed since
+    stats: tuple[GroupStats, ...] = ()  # of the planned row groups (empty for a replayed input)
+
+    def to_input(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "row_groups": list(self.row_groups), "rows": self.rows}
 
 
 @dataclass(frozen=True)
@@ -53,10 +61,27 @@ class SourcePlan:
     def is_empty(self) -> bool:
         return not self.files
 
+    def restrict(self, window: Window) -> SourcePlan:
+        """This plan cut down to `window` (inside its own): the row groups that can hold rows of it."""
+        files = []
+        for file in self.files:
+            stats = tuple(g for g in file.stats if in_window(window, g[2], g[3]))
+            if stats:
+                files.append(FilePlan(file.path, tuple(g[0] for g in stats), sum(g[1] for g in stats), file.size, stats))
+        return SourcePlan(self.source, self.location, window, tuple(files), self.files_seen, self.base_run)
+
 
 @dataclass(frozen=True)
 class RunPlan:
     sources: dict[str, SourcePlan]
+    planned_at: datetime | None = None  # when the files were listed (`loader verify` counts files landed by then)
+
+    def to_input(self) -> dict[str, Any]:
+        """The exact input, recorded in the ledger before any write: a replay reads this and nothing else."""
+        return {
+            "planned_at": None if self.planned_at is None else self.planned_at.isoformat(),
+            "sources": {name: {"files": [f.to_input() for f in p.files]} for name, p in self.sources.items()},
+        }
 
     @property
     def is_empty(self) -> bool:
@@ -103,6 +128,12 @@ def in_window(window: Window, low: datetime | None, high: datetime | None) -> bo
 
 def list_files(location: Location, *, partition_column: str, since: date | None) -> tuple[list[str], int]:
     """Parquet files under the source, skipping `partition_column=` folders older than `since`."""
+    infos, seen = list_file_infos(location, partition_column=partition_column, since=since)
+    return [info.path for info in infos], seen
+
+
+def list_file_infos(location: Location, *, partition_column: str, since: date | None) -> tuple[list[pafs.FileInfo], int]:
+    """As `list_files`, with each file's size."""
     try:
         info = location.filesystem.get_file_info(location.path)
     except OSError as error:  # refused credentials, missing bucket: terminal; network: transient
@@ -114,13 +145,14 @@ def list_files(location: Location, *, partition_column: str, since: date | None)
         )
     selector = pafs.FileSelector(location.path, recursive=True)
     files = sorted(
-        f.path for f in location.filesystem.get_file_info(selector)
-        if f.type == pafs.FileType.File and f.path.endswith(".parquet")
-        and not any(part.startswith(("_", ".")) for part in f.path[len(location.path):].split("/"))
+        (f for f in location.filesystem.get_file_info(selector)
+         if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+         and not any(part.startswith(("_", ".")) for part in f.path[len(location.path):].split("/"))),
+        key=lambda f: f.path,
     )
     if since is None:
         return files, len(files)
-    kept = [f for f in files if not _older_partition(f, partition_column, since)]
+    kept = [f for f in files if not _older_partition(f.path, partition_column, since)]
     return kept, len(files)
 
 
@@ -186,9 +218,10 @@ def plan_source(
     Cursors later than now + `future_tolerance` are quarantined, so they do not count as present."""
     lower = fixed_window.lower if fixed_window else (checkpoint.cursor - source.lookback if checkpoint else None)
     since = lower.date() if lower is not None else None
-    files, seen = list_files(location, partition_column=source.partition_column, since=since)
+    infos, seen = list_file_infos(location, partition_column=source.partition_column, since=since)
+    sizes = {info.path: info.size for info in infos}
     with ThreadPoolExecutor(max_workers=8) as pool:
-        footers = list(pool.map(lambda p: read_footer(location, p, source.cursor, name), files))
+        footers = list(pool.map(lambda info: read_footer(location, info.path, source.cursor, name), infos))
     base_run = checkpoint.run_number if checkpoint else None
     window = fixed_window
     if window is None:
@@ -204,10 +237,10 @@ def plan_source(
             return SourcePlan(name, location, Window(lower=upper, upper=upper), (), seen, base_run)
     chosen = []
     for footer in footers:
-        groups = tuple(g[0] for g in footer.groups if g[1] > 0 and in_window(window, g[2], g[3]))
-        if groups:
-            rows = sum(g[1] for g in footer.groups if g[0] in groups)
-            chosen.append(FilePlan(footer.path, groups, rows))
+        stats = tuple(g for g in footer.groups if g[1] > 0 and in_window(window, g[2], g[3]))
+        if stats:
+            chosen.append(FilePlan(footer.path, tuple(g[0] for g in stats), sum(g[1] for g in stats),
+                                   sizes.get(footer.path), stats))
     return SourcePlan(name, location, window, tuple(chosen), seen, base_run)
 
 
@@ -252,6 +285,7 @@ def plan_run(
 ) -> RunPlan:
     """Plan every source (or `only` these). `windows` replays a recorded plan instead of a new one."""
     moment = now or datetime.now(UTC)
+    listed_at = datetime.now(UTC)  # before listing: a file landing during planning counts as later
     plans = {}
     for name, source in config.sources.items():
         if only is not None and name not in only:
@@ -263,4 +297,35 @@ def plan_run(
             name, source, locate(config.source_path(name)), checkpoint=checkpoints.get(name),
             now=moment, fixed_window=fixed, future_tolerance=config.quarantine.future_tolerance,
         )
-    return RunPlan(plans)
+    return RunPlan(plans, planned_at=listed_at)
+
+
+def plan_from_input(config: LoaderConfig, run_number: int, windows: dict[str, Window],
+                    recorded: dict[str, Any]) -> RunPlan:
+    """The plan a run recorded before writing (`RunPlan.to_input`), for its replay: the same files and
+    row groups, nothing landed since. A file gone or changed in size is refused: reading something else
+    would land different rows in the sinks that did not commit yet than in those that did."""
+    planned_at = recorded.get("planned_at")
+    plans = {}
+    for name, window in windows.items():
+        location = locate(config.source_path(name))
+        entries = recorded["sources"].get(name, {}).get("files", [])
+        files = tuple(FilePlan(e["path"], tuple(e["row_groups"]), int(e["rows"]), e.get("size")) for e in entries)
+        if files:
+            try:
+                infos = location.filesystem.get_file_info([f.path for f in files])
+            except OSError as error:
+                raise storage_error(error, location.uri, side="source", doing="checking the replayed files in") from error
+            for file, info in zip(files, infos, strict=True):
+                problem = ("is gone" if info.type != pafs.FileType.File
+                           else f"changed size ({file.size:,} -> {info.size:,} bytes)" if file.size is not None and info.size != file.size
+                           else None)
+                if problem:
+                    raise BadSourceData(
+                        f"file {file.path} of source {name!r}, read by run {run_number} before it was interrupted, "
+                        f"{problem}: the replay must read exactly what the run read. Put the file back as it was, "
+                        f"or give up the run with `loader runs abandon {run_number}` (the next run plans afresh; "
+                        f"what the run wrote is merged or skipped, never duplicated)"
+                    )
+        plans[name] = SourcePlan(name, location, window, files, len(files), None)
+    return RunPlan(plans, planned_at=datetime.fromisoformat(planned_at) if planned_at else None)

@@ -1,8 +1,9 @@
 """Progress of a run for a person at a terminal: `loader run` shows a bar (rich) when stderr is a
-terminal and `--json` is off; under cron, in containers and with `--json` nothing is drawn (the log
-lines say the same). The runner reports steps here; the bar, if any, is the CLI's.
+terminal and `--json` is off: rows done of the rows planned (estimated from row-group statistics),
+the batch, the step, the time so far and the time left. Under cron, in containers and with `--json`
+nothing is drawn: the log has one line per batch instead (loader/runner.py).
 
-Steps of a run: per source, "read and transform" then "write to the sinks", then "commit"."""
+The protocol reports here (begin, batch, step, advance); the bar, if any, is the CLI's."""
 
 from __future__ import annotations
 
@@ -13,44 +14,66 @@ from typing import Any, Protocol
 
 
 class _Reporter(Protocol):
-    def begin(self, total: int) -> None: ...
+    def begin(self, total_rows: int, batches: int) -> None: ...
+    def batch(self, number: int, total: int, replay: bool) -> None: ...
     def step(self, description: str) -> None: ...
+    def advance(self, rows: int) -> None: ...
 
 
 class _Silent:
-    def begin(self, total: int) -> None:
+    def begin(self, total_rows: int, batches: int) -> None:
+        pass
+
+    def batch(self, number: int, total: int, replay: bool) -> None:
         pass
 
     def step(self, description: str) -> None:
+        pass
+
+    def advance(self, rows: int) -> None:
         pass
 
 
 _reporter: _Reporter = _Silent()
 
 
-def begin(total: int) -> None:
-    _reporter.begin(total)
+def begin(total_rows: int, *, batches: int) -> None:
+    """A run (or a replay) of `batches` batches and about `total_rows` rows begins."""
+    _reporter.begin(total_rows, batches)
+
+
+def batch(number: int, total: int, *, replay: bool = False) -> None:
+    _reporter.batch(number, total, replay)
 
 
 def step(description: str) -> None:
-    """A step begins (the previous one is done)."""
+    """A step of the current batch begins."""
     _reporter.step(description)
+
+
+def advance(rows: int) -> None:
+    """`rows` more (estimated) rows are done."""
+    _reporter.advance(rows)
 
 
 class _Bar:
     def __init__(self, progress: Any) -> None:
         self.progress = progress
-        self.task = progress.add_task("planning", total=None)
-        self.started = False
+        self.task = progress.add_task("planning", total=None, batch="")
+        self.label = ""
 
-    def begin(self, total: int) -> None:
-        self.progress.update(self.task, total=total, completed=0)
+    def begin(self, total_rows: int, batches: int) -> None:
+        self.progress.reset(self.task, total=max(total_rows, 1), completed=0)
+
+    def batch(self, number: int, total: int, replay: bool) -> None:
+        self.label = f"batch {number}/{total}" + (" (replay)" if replay else "")
+        self.progress.update(self.task, batch=self.label, refresh=True)
 
     def step(self, description: str) -> None:
-        if self.started:
-            self.progress.advance(self.task)
-        self.started = True
         self.progress.update(self.task, description=description, refresh=True)  # drawn now, even if short
+
+    def advance(self, rows: int) -> None:
+        self.progress.advance(self.task, rows)
 
 
 @contextmanager
@@ -61,11 +84,13 @@ def bar_in_terminal(*, quiet: bool) -> Iterator[None]:
         yield
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     # transient: the bar goes when the run ends, the summary printed after it stays
-    with Progress(TextColumn("run"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=Console(stderr=True), transient=True) as progress:
+    with Progress(TextColumn("run {task.fields[batch]}"), BarColumn(),
+                  TextColumn("{task.completed:,.0f}/{task.total:,.0f} rows"), TimeElapsedColumn(),
+                  TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                  console=Console(stderr=True), transient=True) as progress:
         _reporter = _Bar(progress)
         try:
             yield

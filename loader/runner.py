@@ -1,25 +1,33 @@
-"""The run protocol (see ../shared/DESIGN.md): lease -> replay or plan -> ledger -> execute -> sinks
--> one atomic checkpoint commit. A crash anywhere before the commit leaves every checkpoint where it
-was; the next run replays the same run number and windows, and each sink skips what already landed."""
+"""`loader run --incremental`: the protocol of loader/protocol.py over the new data, in batches.
+
+Under the pipeline's lease: an unfinished batch of an earlier run is replayed first (same run number,
+same recorded input); then the window since the checkpoints is planned once (its upper bound fixed for
+this run, like Structured Streaming's "available now" trigger), cut into batches of about
+`run.max_batch_rows` rows (loader/batches.py), and each batch is recorded, executed, written and
+committed before the next starts. A crash loses at most the batch in flight; a run killed after its
+k-th batch resumes at batch k+1 (after replaying the batch in flight), never reading 1..k again.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from loader import failpoints, logs, progress, quarantine
+from loader import failpoints, logs, progress
+from loader.batches import cut_into_batches
 from loader.config import LoaderConfig
-from loader.errors import LoaderError
-from loader.planning import RunPlan, plan_run
+from loader.planning import RunPlan, plan_from_input, plan_run
+from loader.protocol import (
+    BatchExecutor,
+    BatchOutcome,
+    Timer,
+    add_tables,
+    commit_incremental,
+    pipeline_session,
+)
 from loader.retry import call_with_retries
 from state import RunRecord, StateStore
 
@@ -30,208 +38,125 @@ log = logging.getLogger(__name__)
 class RunSummary:
     pipeline: str
     status: str  # committed | nothing_new
-    run_number: int | None = None
-    replayed: bool = False
+    run_number: int | None = None  # the last committed batch's run (the checkpoints' run)
+    replayed: bool = False  # the first batch replayed an interrupted run
     executor: str | None = None  # local | ray
     executor_reason: str | None = None
     engine: str | None = None  # cpu | gpu: where the transforms ran
     engine_reason: str | None = None
-    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # totals over the batches
     timings: dict[str, float] = field(default_factory=dict)
+    batches: list[BatchOutcome] = field(default_factory=list)
+    planned_rows: int = 0  # estimated from row-group statistics when the run was planned
+    max_batch_rows: int | None = None
+
+    def add(self, outcome: BatchOutcome) -> None:
+        self.batches.append(outcome)
+        self.status, self.run_number = "committed", outcome.run_number
+        self.executor, self.executor_reason = outcome.executor, outcome.executor_reason
+        self.engine, self.engine_reason = outcome.engine, outcome.engine_reason
+        add_tables(self.tables, outcome.tables)
+
+    @property
+    def rows(self) -> int:
+        return sum(b.rows for b in self.batches)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "pipeline": self.pipeline, "status": self.status, "run_number": self.run_number,
+            "run_numbers": [b.run_number for b in self.batches],
             "replayed": self.replayed, "executor": self.executor, "executor_reason": self.executor_reason,
-            "engine": self.engine, "engine_reason": self.engine_reason,
+            "engine": self.engine, "engine_reason": self.engine_reason, "rows": self.rows,
+            "planned_rows": self.planned_rows, "max_batch_rows": self.max_batch_rows,
             "tables": self.tables, "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "batches": [b.to_json() for b in self.batches],
         }
 
 
-def lease_holder() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-@contextmanager
-def held_lease(store: StateStore, pipeline: str, ttl_seconds: float) -> Iterator[str]:
-    """Hold the pipeline's lease, renewing it from a thread while this process lives."""
-    holder = lease_holder()
-    store.acquire_lease(pipeline, holder=holder, ttl_seconds=ttl_seconds)
-    stop = threading.Event()
-
-    def heartbeat() -> None:
-        while not stop.wait(ttl_seconds / 3):
-            try:
-                if not store.renew_lease(pipeline, holder=holder, ttl_seconds=ttl_seconds):
-                    log.error("lost the lease of pipeline %s (it expired); this run will not commit", pipeline)
-                    return
-            except Exception as error:  # keep beating: a transient state error must not kill the run
-                log.warning("lease renewal failed: %s", error)
-
-    beat = threading.Thread(target=logs.in_context(heartbeat), name="lease-heartbeat", daemon=True)
-    beat.start()
-    try:
-        yield holder
-    finally:
-        stop.set()
-        store.release_lease(pipeline, holder=holder)
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
-
-
 def run_incremental(config: LoaderConfig, *, executor: str | None = None, engine: str | None = None,
-                    now: datetime | None = None) -> RunSummary:
-    from loader.pipeline import preflight
-
-    preflight(config, engine)  # no GPU for `--engine gpu`, an unreachable Ray address: fail before any state
-    store = StateStore.open(config.state.url)
-    try:
-        with held_lease(store, config.pipeline, config.state.lease_ttl.total_seconds()):
-            try:
-                return _run_with_lease(config, store, executor=executor, engine=engine, now=now)
-            finally:  # committed, failed or nothing new: the lag and the run's outcome change either way
-                from loader.metrics import publish
-
-                publish(config, store)
-    finally:
-        store.close()
+                    now: datetime | None = None, max_batch_rows: int | None = None) -> RunSummary:
+    with pipeline_session(config, engine) as store:
+        return _run_with_lease(config, store, executor=executor, engine=engine, now=now,
+                               max_batch_rows=max_batch_rows or config.run.max_batch_rows)
 
 
 def _run_with_lease(config: LoaderConfig, store: StateStore, *, executor: str | None, engine: str | None,
-                    now: datetime | None) -> RunSummary:
-    timer = _Timer()
+                    now: datetime | None, max_batch_rows: int) -> RunSummary:
+    timer = Timer()
     pipeline = config.pipeline
-    summary = RunSummary(pipeline=pipeline, status="nothing_new")
+    summary = RunSummary(pipeline=pipeline, status="nothing_new", max_batch_rows=max_batch_rows)
+    batches = BatchExecutor(config, store, commit=commit_incremental(config, store), executor=executor,
+                            engine=engine, timer=timer)
+    unfinished = store.unfinished_run(pipeline)
+    if unfinished is not None:
+        summary.replayed = True
+        summary.add(_replay(config, store, batches, timer, unfinished))
     with timer.stage("plan"):
         checkpoints = store.checkpoints(pipeline)
-        unfinished = store.unfinished_run(pipeline)
-        if unfinished is not None:
-            record = store.record_attempt(pipeline, unfinished.run_number)
-            log.warning("run %d did not finish (attempt %d): replaying it with the same windows", record.run_number, record.attempts)
-            plan = call_with_retries("planning", config.source_retry, lambda: plan_run(config, checkpoints, windows=record.windows))
-            summary.replayed = True
-        else:
-            moment = now or datetime.now(UTC)
-            plan = call_with_retries("planning", config.source_retry, lambda: plan_run(config, checkpoints, now=moment))
-            if plan.is_empty:
-                summary.timings = timer.timings
-                log.info("nothing new in any source: no run recorded, Ray not started")
-                return summary
-            active = {name: p for name, p in plan.sources.items() if not p.is_empty}
-            plan = RunPlan(active)
-            record = store.begin_run(
-                pipeline, mode="incremental", windows=plan.windows(),
-                base_checkpoints={name: p.base_run for name, p in active.items()},
-            )
-            failpoints.hit("plan.recorded")
-    summary.run_number = record.run_number
-    logs.set_run(record.run_number)
-
-    def commit() -> None:
-        failpoints.hit("checkpoint.before")
-        with timer.stage("commit"):
-            def attempt() -> None:
-                store.commit_run(
-                    pipeline, record.run_number,
-                    checkpoints={name: p.window.upper for name, p in plan.sources.items()},
-                    metrics={"tables": summary.tables, "executor": summary.executor, "engine": summary.engine,
-                             "timings_s": dict(timer.timings)},
-                    before_commit=lambda: failpoints.hit("checkpoint.inside"),
-                )
-                failpoints.hit("checkpoint.acknowledged")  # a lost acknowledgement: the retry finds it landed
-
-            call_with_retries("checkpoint commit", config.state.retry, attempt)
-        failpoints.hit("checkpoint.after")
-
-    try:
-        execute_run(config, record, plan, summary, timer, executor, engine, commit=commit)
-    except LoaderError as error:
-        store.fail_run(pipeline, record.run_number, error=str(error))
-        raise
-    except Exception as error:
-        store.fail_run(pipeline, record.run_number, error=f"{type(error).__name__}: {error}")
-        raise
-    summary.status = "committed"
+        moment = now or datetime.now(UTC)
+        plan = call_with_retries("planning", config.source_retry, lambda: plan_run(config, checkpoints, now=moment))
+        cutting = cut_into_batches(plan, max_rows=max_batch_rows)
+    if not cutting.batches:
+        summary.timings = timer.timings
+        if not summary.batches:
+            log.info("nothing new in any source: no run recorded, Ray not started")
+        return summary
+    for warning in cutting.warnings:
+        log.warning("%s", warning)
+    total = len(cutting.batches)
+    summary.planned_rows = sum(b.estimated_rows for b in cutting.batches)
+    log.info("%s rows planned (estimated) in %d batch(es) of at most about %s rows", f"{summary.planned_rows:,}",
+             total, f"{cutting.budget:,}")
+    progress.begin(summary.planned_rows, batches=total)
+    batches.prepare(max((b.plan for b in cutting.batches), key=lambda p: p.estimated_rows))
+    series = uuid.uuid4().hex[:12]  # names this run's batches in the ledger (status: batch i of n)
+    for batch in cutting.batches:
+        info = {"batch": {"series": series, "index": batch.number, "of": total,
+                          "estimated_rows": batch.estimated_rows, "planned_rows": summary.planned_rows}}
+        with timer.stage("plan"):
+            base = {name: (cp.run_number if (cp := store.checkpoints(pipeline).get(name)) else None)
+                    for name in batch.plan.sources}
+            record = store.begin_run(pipeline, mode="incremental", windows=batch.plan.windows(),
+                                     base_checkpoints=base, inputs=batch.plan.to_input(), metrics=info)
+        failpoints.hit("plan.recorded")
+        logs.set_run(record.run_number)
+        progress.batch(batch.number, total)
+        outcome = batches.run(record, batch.plan, metrics=info)
+        summary.add(outcome)
+        _log_batch(outcome, batch.number, total)
     summary.timings = timer.timings
     return summary
 
 
-def execute_run(
-    config: LoaderConfig, record: RunRecord, plan: RunPlan, summary: RunSummary, timer: _Timer,
-    executor: str | None, engine: str | None, *, commit: Callable[[], None],
-    only_sinks: tuple[str, ...] | None = None,
-) -> None:
-    """Read, transform and write every sink (or `only_sinks`) for the planned run, then `commit()`:
-    the checkpoint transaction of an incremental run, the ledger row of a backfill chunk."""
-    with logs.run_context(record.run_number):
-        _execute_run(config, record, plan, summary, timer, executor, engine, commit=commit, only_sinks=only_sinks)
+def _replay(config: LoaderConfig, store: StateStore, batches: BatchExecutor, timer: Timer,
+            unfinished: RunRecord) -> BatchOutcome:
+    """The interrupted batch again: same run number, same windows, the very input it recorded (a
+    late file landed in its window since is left to the next run's lookback, in every sink alike)."""
+    record = store.record_attempt(config.pipeline, unfinished.run_number)
+    log.warning("run %d did not finish (attempt %d): replaying it with the same input", record.run_number,
+                record.attempts)
+    logs.set_run(record.run_number)
+    with timer.stage("plan"):
+        plan = _replay_plan(config, store, record)
+    progress.begin(plan.estimated_rows, batches=1)
+    progress.batch(1, 1, replay=True)
+    info = {key: record.metrics[key] for key in ("batch",) if key in record.metrics}
+    outcome = batches.run(record, plan, metrics=info)
+    _log_batch(outcome, 1, 1)
+    return outcome
 
 
-def _execute_run(
-    config: LoaderConfig, record: RunRecord, plan: RunPlan, summary: RunSummary, timer: _Timer,
-    executor: str | None, engine: str | None, *, commit: Callable[[], None], only_sinks: tuple[str, ...] | None,
-) -> None:
-    # Imported here: a run with nothing new never pays for transforms, sinks or their drivers.
-    from loader.pipeline import choose_executor, choose_run_engine, execute, load_dimensions
-    from loader.sinks import TableBatch, build_sinks
-    from loader.table_writes import write_table
+def _replay_plan(config: LoaderConfig, store: StateStore, record: RunRecord) -> RunPlan:
+    if record.inputs is not None:
+        return call_with_retries("checking the replayed input", config.source_retry,
+                                 lambda: plan_from_input(config, record.run_number, record.windows, record.inputs or {}))
+    # Recorded before the ledger kept inputs (state schema 1): plan the same windows again.
+    return call_with_retries("planning", config.source_retry,
+                             lambda: plan_run(config, store.checkpoints(config.pipeline), windows=record.windows))
 
-    choice = choose_executor(config, plan, executor)
-    engine_choice = choose_run_engine(config, choice.executor, engine)
-    summary.executor, summary.executor_reason = choice.executor, choice.reason
-    summary.engine, summary.engine_reason = engine_choice.engine, engine_choice.reason
-    log.info("run %d: executor %s (%s); transforms on the %s (%s)", record.run_number, choice.executor, choice.reason,
-             engine_choice.engine.upper(), engine_choice.reason)
-    with timer.stage("execute"):
-        dims = load_dimensions(config)
-    sinks = [sink for sink in build_sinks(config) if only_sinks is None or sink.name in only_sinks]
-    tables = execute(config, plan, choice.executor, dims, engine_choice.engine)
-    active = [name for name, p in plan.sources.items() if not p.is_empty]  # the executors' order
-    progress.begin(2 * len(active) + 1)
-    for name in active:
-        progress.step(f"{name}: read and transform")
-        with timer.stage("execute"):
-            item = next(tables, None)
-        if item is None:
-            break
-        source = config.sources[item.name]
-        with timer.stage("execute"):  # before any sink writes: too many bad rows stop the run here
-            quarantined = quarantine.record(config, item.name, run_number=record.run_number,
-                                            bad=item.quarantined, rows_read=item.read, replay=record.attempts > 1)
-        if quarantined:
-            log.warning("run %d: %s: %s row(s) quarantined (%s) in %s", record.run_number, item.name,
-                        f"{sum(quarantined.values()):,}", ", ".join(f"{n:,} {r}" for r, n in sorted(quarantined.items())),
-                        quarantine.location(config, item.name).uri)
-        progress.step(f"{item.name}: write to {', '.join(s.name for s in sinks)}")
-        with timer.stage("sinks"):
-            batch = TableBatch(
-                pipeline=config.pipeline, table=item.name, run_number=record.run_number,
-                data=item.schema.empty_table(), key=source.primary_key, cursor=source.cursor,
-                window=plan.sources[item.name].window, replay=record.attempts > 1, mode=record.mode,
-            )
-            writes = write_table(sinks, batch, item.parts)
-            summary.tables[item.name] = {
-                "rows": item.rows,
-                "window": plan.sources[item.name].window.to_json(),
-                "files_read": len(plan.sources[item.name].files),
-                "parts": len(item.parts),
-                "ray_nodes": len(item.nodes),
-                "ray_write_nodes": len({node for _, nodes in writes for node in nodes}),
-                "quarantined": quarantined,
-                "sinks": {w.sink: {"rows": w.rows, "location": w.location, "skipped": w.skipped, "regions": w.regions}
-                          for w, _ in writes},
-            }
-        del item, batch  # free this source's rows before the next one is computed
-    progress.step("commit")
-    commit()
+
+def _log_batch(outcome: BatchOutcome, number: int, total: int) -> None:
+    uppers = ", ".join(f"{name} {info['window']['upper']}" for name, info in outcome.tables.items())
+    log.info("batch %d of %d (run %d%s) committed: %s rows in %.1fs; checkpoints now %s", number, total,
+             outcome.run_number, ", replayed" if outcome.replayed else "", f"{outcome.rows:,}", outcome.seconds,
+             uppers or "unchanged")

@@ -1,7 +1,7 @@
 """`loader verify`: reconcile each enabled sink with the landing zone over the committed windows.
 
 Expected, per fact source: the landing rows with cursor <= the source's checkpoint, from the files that
-existed when the checkpoint's run planned (file mtime <= the run's start; a replayed run: its finish).
+existed when the checkpoint's run planned (file mtime <= the plan's time, recorded with the run's input).
 Files that landed later are pending, not committed: a late record in them may lie below the checkpoint
 but no committed run could have read it (so a landing zone copied without its mtimes looks all new).
 Those rows are deduplicated on the primary key (latest cursor wins) and given a region exactly as a run
@@ -281,10 +281,15 @@ def _quiet_checkpoints(store: StateStore, pipeline: str) -> dict[str, Checkpoint
 
 
 def _seen_at(store: StateStore, pipeline: str, checkpoint: Checkpoint) -> datetime | None:
-    """When the checkpoint's run listed the landing zone: its start, or its finish if it was replayed."""
+    """When the checkpoint's run listed the landing zone: the moment its plan recorded (the batches of a
+    run share it, and a replay reads exactly that input); for runs recorded before inputs were kept,
+    its start, or its finish if it was replayed (a replay then planned its windows again)."""
     run = store.run(pipeline, checkpoint.run_number)
     if run is None:
         return None
+    planned_at = (run.inputs or {}).get("planned_at")
+    if planned_at:
+        return datetime.fromisoformat(planned_at)
     return run.started_at if run.attempts == 1 else run.finished_at
 
 

@@ -9,7 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from sqlalchemy import Connection, Engine, func, insert, select, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    text,
+)
 
 from loader.errors import StateCorrupt
 from state import schema
@@ -22,11 +35,32 @@ _PG_MIGRATION_LOCK = 0x10ADE5
 
 
 def _v1_initial(conn: Connection) -> None:
-    """Checkpoints, run ledger, leases. (When the schema changes, freeze these definitions here first.)"""
-    schema.metadata.create_all(conn, tables=[schema.checkpoints, schema.runs, schema.leases])
+    """Checkpoints, run ledger, leases, as they were in version 1 (frozen here)."""
+    frozen = MetaData()
+    runs_v1 = Table(
+        "runs", frozen,
+        Column("pipeline", String(200), primary_key=True),
+        Column("run_number", Integer, primary_key=True, autoincrement=False),
+        Column("mode", String(20), nullable=False),
+        Column("status", String(20), nullable=False),
+        Column("windows", Text, nullable=False),
+        Column("base_checkpoints", Text, nullable=False),
+        Column("started_at", schema.TIMESTAMP, nullable=False),
+        Column("finished_at", schema.TIMESTAMP, nullable=True),
+        Column("metrics", Text, nullable=False),
+        Column("error", Text, nullable=True),
+        Column("attempts", Integer, nullable=False),
+    )
+    schema.metadata.create_all(conn, tables=[schema.checkpoints, schema.leases])
+    frozen.create_all(conn, tables=[runs_v1])
 
 
-MIGRATIONS: dict[int, Step] = {1: _v1_initial}
+def _v2_run_inputs(conn: Connection) -> None:
+    """Each run's exact input (files, sizes, row groups): a replay reads exactly what the run planned."""
+    conn.execute(text("ALTER TABLE runs ADD COLUMN inputs TEXT"))
+
+
+MIGRATIONS: dict[int, Step] = {1: _v1_initial, 2: _v2_run_inputs}
 
 
 def current_version(conn: Connection) -> int:

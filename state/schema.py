@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TIMESTAMP = String(40)
 
@@ -46,6 +46,9 @@ runs = Table(
     Column("metrics", Text, nullable=False),
     Column("error", Text, nullable=True),
     Column("attempts", Integer, nullable=False),
+    # v2: the exact input of the run (files with size, row groups), recorded before any write so that
+    # a replay reads that and nothing else. NULL for runs recorded before v2 (replayed by window).
+    Column("inputs", Text, nullable=True),
 )
 
 leases = Table(

@@ -139,6 +139,7 @@ _FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
     "started_at": from_iso,
     "finished_at": lambda raw: None if raw is None else from_iso(raw),
     "metrics": _parse_metrics,
+    "inputs": lambda raw: None if raw is None else _parse_metrics(raw),
 }
 
 
@@ -177,6 +178,7 @@ def _run_to_row(run: RunRecord) -> dict[str, Any]:
         "metrics": _metrics_json(run.metrics),
         "error": run.error,
         "attempts": run.attempts,
+        "inputs": None if run.inputs is None else json.dumps(run.inputs, sort_keys=True),
     }
 
 
@@ -377,9 +379,11 @@ class StateStore:
         windows: Mapping[str, Window],
         base_checkpoints: Mapping[str, int | None],
         metrics: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> RunRecord:
         """Record a planned run under the next run number, before anything is written anywhere.
-        `metrics` may say what the run is part of (a backfill's request and chunk); the commit replaces it."""
+        `metrics` may say what the run is part of (a backfill's request and chunk); the commit replaces it.
+        `inputs` is the run's exact input (files, sizes, row groups), read again as it is by a replay."""
         if mode not in RUN_MODES:
             raise ValueError(f"mode must be one of {RUN_MODES}, not {mode!r}")
         for _ in range(_INSERT_RETRIES):
@@ -395,6 +399,7 @@ class StateStore:
                         base_checkpoints=dict(base_checkpoints),
                         started_at=self._now(),
                         metrics=dict(metrics or {}),
+                        inputs=None if inputs is None else dict(inputs),
                     )
                     conn.execute(insert(runs_t).values(**_run_to_row(run)))
                 return run
@@ -521,7 +526,7 @@ class StateStore:
             broken = _broken_fields(row)
             broken.pop("status", None)
             if broken:
-                repairs = {"mode": "backfill", "windows": "{}", "base_checkpoints": "{}", "metrics": "{}"}
+                repairs = {"mode": "backfill", "windows": "{}", "base_checkpoints": "{}", "metrics": "{}", "inputs": None}
                 repairs |= {"started_at": to_iso(now), "finished_at": to_iso(now)}
                 values |= {name: repairs[name] for name in broken}
                 original = "; ".join(f"{name}={getattr(row, name)!r}" for name in broken)

@@ -1,0 +1,296 @@
+"""The run protocol, one copy for incremental runs and backfill (see ../shared/DESIGN.md):
+
+    lease -> (replay the unfinished batch) -> plan -> cut into batches -> for each batch:
+        record it in the ledger with its exact input -> read, dedupe, transform -> every sink commits
+        idempotently -> one state transaction (incremental: advance the checkpoints; backfill: mark the
+        chunk's run committed)
+
+`pipeline_session` holds the pipeline (preflight, state store, lease, metrics at the end);
+`BatchExecutor.run` carries one recorded batch through execution and its commit. The drivers
+(loader/runner.py for `run --incremental`, loader/backfill.py for `backfill`) only decide which
+batches to run. A crash loses at most the batch in flight: its ledger row stays `planned`, the next
+run replays exactly its recorded input, and the sinks skip what already landed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from loader import failpoints, logs, progress, quarantine
+from loader.config import LoaderConfig
+from loader.errors import LoaderError
+from loader.planning import RunPlan
+from loader.retry import call_with_retries
+from state import RunRecord, StateStore
+
+log = logging.getLogger(__name__)
+
+
+def lease_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def held_lease(store: StateStore, pipeline: str, ttl_seconds: float) -> Iterator[str]:
+    """Hold the pipeline's lease, renewing it from a thread while this process lives."""
+    holder = lease_holder()
+    store.acquire_lease(pipeline, holder=holder, ttl_seconds=ttl_seconds)
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(ttl_seconds / 3):
+            try:
+                if not store.renew_lease(pipeline, holder=holder, ttl_seconds=ttl_seconds):
+                    log.error("lost the lease of pipeline %s (it expired); this run will not commit", pipeline)
+                    return
+            except Exception as error:  # keep beating: a transient state error must not kill the run
+                log.warning("lease renewal failed: %s", error)
+
+    beat = threading.Thread(target=logs.in_context(heartbeat), name="lease-heartbeat", daemon=True)
+    beat.start()
+    try:
+        yield holder
+    finally:
+        stop.set()
+        store.release_lease(pipeline, holder=holder)
+
+
+@contextmanager
+def pipeline_session(config: LoaderConfig, engine: str | None) -> Iterator[StateStore]:
+    """Preflight (fails in seconds, before any state), the state store and the pipeline's lease;
+    the metrics are published at the end whatever happened (the lag and the outcome change either way)."""
+    from loader.pipeline import preflight
+
+    preflight(config, engine)
+    store = StateStore.open(config.state.url)
+    try:
+        with held_lease(store, config.pipeline, config.state.lease_ttl.total_seconds()):
+            try:
+                yield store
+            finally:
+                from loader.metrics import publish
+
+                publish(config, store)
+    finally:
+        store.close()
+
+
+class Timer:
+    """Seconds per stage, summed over the batches of a run (threads of a parallel backfill included)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add({name: time.perf_counter() - started})
+
+    def add(self, timings: dict[str, float]) -> None:
+        with self._lock:
+            for name, seconds in timings.items():
+                self.timings[name] = self.timings.get(name, 0.0) + seconds
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did: the ledger run it was, and per table rows and sink writes (as the summary
+    and the ledger's metrics show them)."""
+
+    run_number: int
+    replayed: bool
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    executor: str | None = None
+    executor_reason: str | None = None
+    engine: str | None = None
+    engine_reason: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(int(t["rows"]) for t in self.tables.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_number": self.run_number, "replayed": self.replayed, "rows": self.rows,
+                "seconds": round(self.seconds, 3),
+                "windows": {name: t["window"] for name, t in self.tables.items()},
+                "tables": {name: t["rows"] for name, t in self.tables.items()}}
+
+
+Commit = Callable[[RunRecord, RunPlan, dict[str, Any]], None]
+
+
+def commit_incremental(config: LoaderConfig, store: StateStore) -> Commit:
+    """The checkpoint transaction: every source of the batch to its window's upper bound, the run
+    marked committed, its metrics stored, all at once (retried: an acknowledgement lost is found landed)."""
+
+    def commit(record: RunRecord, plan: RunPlan, metrics: dict[str, Any]) -> None:
+        failpoints.hit("checkpoint.before")
+
+        def attempt() -> None:
+            store.commit_run(
+                config.pipeline, record.run_number,
+                checkpoints={name: p.window.upper for name, p in plan.sources.items()},
+                metrics=metrics, before_commit=lambda: failpoints.hit("checkpoint.inside"),
+            )
+            failpoints.hit("checkpoint.acknowledged")
+
+        call_with_retries("checkpoint commit", config.state.retry, attempt)
+        failpoints.hit("checkpoint.after")
+
+    return commit
+
+
+def commit_backfill(config: LoaderConfig, store: StateStore) -> Commit:
+    """A backfill batch: its ledger row committed, no checkpoint moved."""
+
+    def commit(record: RunRecord, _plan: RunPlan, metrics: dict[str, Any]) -> None:
+        call_with_retries("backfill chunk commit", config.state.retry,
+                          lambda: store.commit_backfill_run(config.pipeline, record.run_number, metrics=metrics))
+
+    return commit
+
+
+class BatchExecutor:
+    """Runs recorded batches one after another (or from the threads of a parallel backfill). What
+    does not change between the batches of a run is decided and loaded once: the executor and the
+    engine (by the largest batch), the dimension tables."""
+
+    def __init__(self, config: LoaderConfig, store: StateStore, *, commit: Commit, executor: str | None,
+                 engine: str | None, timer: Timer, only_sinks: tuple[str, ...] | None = None) -> None:
+        self.config, self.store, self.commit = config, store, commit
+        self.executor_override, self.engine_override = executor, engine
+        self.timer, self.only_sinks = timer, only_sinks
+        self._lock = threading.Lock()
+        self._prepared: tuple[Any, Any, Any] | None = None
+
+    def prepare(self, largest: RunPlan) -> None:
+        """Choose executor and engine for batches like `largest`, and load the dimensions, once."""
+        with self._lock:
+            if self._prepared is not None:
+                return
+            # Imported here: a run with nothing new never pays for transforms, sinks or their drivers.
+            from loader.pipeline import choose_executor, choose_run_engine, load_dimensions
+
+            choice = choose_executor(self.config, largest, self.executor_override)
+            engine = choose_run_engine(self.config, choice.executor, self.engine_override)
+            log.info("executor %s (%s); transforms on the %s (%s)", choice.executor, choice.reason,
+                     engine.engine.upper(), engine.reason)
+            with self.timer.stage("execute"):
+                dims = load_dimensions(self.config)
+            self._prepared = (choice, engine, dims)
+
+    def run(self, record: RunRecord, plan: RunPlan, *, metrics: dict[str, Any] | None = None) -> BatchOutcome:
+        """Execute the recorded batch and commit it; on any error the run stays `planned` (replayed
+        later) with the error kept in the ledger, and the error goes on."""
+        self.prepare(plan)
+        started = time.perf_counter()
+        outcome = BatchOutcome(record.run_number, replayed=record.attempts > 1)
+        try:
+            with logs.run_context(record.run_number):
+                self._execute(record, plan, outcome, dict(metrics or {}))
+        except LoaderError as error:
+            self.store.fail_run(self.config.pipeline, record.run_number, error=str(error))
+            raise
+        except Exception as error:
+            self.store.fail_run(self.config.pipeline, record.run_number, error=f"{type(error).__name__}: {error}")
+            raise
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def _execute(self, record: RunRecord, plan: RunPlan, outcome: BatchOutcome, metrics: dict[str, Any]) -> None:
+        from loader.pipeline import execute
+        from loader.sinks import TableBatch, build_sinks
+        from loader.table_writes import write_table
+
+        assert self._prepared is not None
+        choice, engine, dims = self._prepared
+        outcome.executor, outcome.executor_reason = choice.executor, choice.reason
+        outcome.engine, outcome.engine_reason = engine.engine, engine.reason
+        timer = Timer()  # this batch's own seconds; added to the run's at the end
+        sinks = [s for s in build_sinks(self.config) if self.only_sinks is None or s.name in self.only_sinks]
+        tables = execute(self.config, plan, choice.executor, dims, engine.engine)
+        for name in [n for n, p in plan.sources.items() if not p.is_empty]:  # the executors' order
+            progress.step(f"{name}: read and transform")
+            with timer.stage("execute"):
+                item = next(tables, None)
+            if item is None:
+                break
+            source = self.config.sources[item.name]
+            with timer.stage("execute"):  # before any sink writes: too many bad rows stop the run here
+                quarantined = quarantine.record(self.config, item.name, run_number=record.run_number,
+                                                bad=item.quarantined, rows_read=item.read, replay=record.attempts > 1)
+            if quarantined:
+                log.warning("run %d: %s: %s row(s) quarantined (%s) in %s", record.run_number, item.name,
+                            f"{sum(quarantined.values()):,}",
+                            ", ".join(f"{n:,} {r}" for r, n in sorted(quarantined.items())),
+                            quarantine.location(self.config, item.name).uri)
+            progress.step(f"{item.name}: write to {', '.join(s.name for s in sinks)}")
+            with timer.stage("sinks"):
+                batch = TableBatch(
+                    pipeline=self.config.pipeline, table=item.name, run_number=record.run_number,
+                    data=item.schema.empty_table(), key=source.primary_key, cursor=source.cursor,
+                    window=plan.sources[item.name].window, replay=record.attempts > 1, mode=record.mode,
+                )
+                writes = write_table(sinks, batch, item.parts)
+                outcome.tables[item.name] = {
+                    "rows": item.rows,
+                    "window": plan.sources[item.name].window.to_json(),
+                    "files_read": len(plan.sources[item.name].files),
+                    "parts": len(item.parts),
+                    "ray_nodes": len(item.nodes),
+                    "ray_write_nodes": len({node for _, nodes in writes for node in nodes}),
+                    "quarantined": quarantined,
+                    "sinks": {w.sink: {"rows": w.rows, "location": w.location, "skipped": w.skipped,
+                                       "regions": w.regions} for w, _ in writes},
+                }
+            progress.advance(plan.sources[item.name].estimated_rows)
+            del item, batch  # free this source's rows before the next one is computed
+        progress.step("commit")
+        with timer.stage("commit"):
+            self.commit(record, plan, {**metrics, "tables": outcome.tables, "executor": outcome.executor,
+                                       "engine": outcome.engine, "timings_s": dict(timer.timings)})
+        outcome.timings = timer.timings
+        self.timer.add(timer.timings)
+
+
+def add_tables(total: dict[str, dict[str, Any]], batch: dict[str, dict[str, Any]]) -> None:
+    """Fold one batch's per-table results into a run's totals: rows, files, parts and sink rows
+    summed (regions too), the window from the first batch's lower to the last one's upper bound, a
+    sink `skipped` only if every batch found it landed."""
+    for name, info in batch.items():
+        if name not in total:
+            total[name] = {**info, "window": dict(info["window"]), "quarantined": dict(info["quarantined"] or {}),
+                           "sinks": {s: {**w, "regions": dict(w["regions"] or {})} for s, w in info["sinks"].items()}}
+            continue
+        into = total[name]
+        into["window"]["upper"] = info["window"]["upper"]
+        for key in ("rows", "files_read", "parts"):
+            into[key] += info[key]
+        for key in ("ray_nodes", "ray_write_nodes"):
+            into[key] = max(into[key], info[key])
+        for reason, count in (info["quarantined"] or {}).items():
+            into["quarantined"][reason] = into["quarantined"].get(reason, 0) + count
+        for sink, write in info["sinks"].items():
+            if sink not in into["sinks"]:
+                into["sinks"][sink] = {**write, "regions": dict(write["regions"] or {})}
+                continue
+            held = into["sinks"][sink]
+            held["rows"] += write["rows"]
+            held["skipped"] = held["skipped"] and write["skipped"]
+            for region, count in (write["regions"] or {}).items():
+                held["regions"][region] = held["regions"].get(region, 0) + count
