@@ -257,10 +257,12 @@ def doctor_command(obj: _Context, as_json: bool) -> None:
 
 
 @cli.command("plan")
+@_max_batch_rows_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON on stdout.")
 @click.pass_obj
-def plan_command(obj: _Context, as_json: bool) -> None:
-    """Show what the next incremental run would read (windows, files, row groups, rows). Starts no Ray."""
+def plan_command(obj: _Context, max_batch_rows: int | None, as_json: bool) -> None:
+    """Show what the next incremental run would read (windows, files, row groups, rows) and the batches
+    it would cut that into. An unfinished run is shown as the replay of its windows. Starts no Ray."""
     try:
         config = obj.config()
         from loader.report import plan_payload, print_plan
@@ -279,7 +281,10 @@ def plan_command(obj: _Context, as_json: bool) -> None:
     except LoaderError as error:
         _fail(error)
         return
-    payload = plan_payload(plan, replay_of=unfinished.run_number if unfinished else None)
+    from loader.batches import cut_into_batches
+
+    cutting = cut_into_batches(plan, max_rows=max_batch_rows or config.run.max_batch_rows)
+    payload = plan_payload(plan, replay_of=unfinished.run_number if unfinished else None, cutting=cutting)
     _emit(payload) if as_json else print_plan(payload)
 
 

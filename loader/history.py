@@ -39,7 +39,20 @@ def run_entry(run: RunRecord) -> dict[str, Any]:
         "executor": metrics.get("executor"),
         "engine": metrics.get("engine"),
         "error": run.error,
+        "batch": batch_of(run),
     }
+
+
+def batch_of(run: RunRecord) -> dict[str, Any] | None:
+    """Which batch of its run this ledger run was ({index, of}), for incremental runs cut in batches
+    (a backfill chunk's batch: {index: part, of: parts})."""
+    info = (run.metrics or {}).get("batch")
+    if info:
+        return {"index": info.get("index"), "of": info.get("of")}
+    chunk = (run.metrics or {}).get("backfill")
+    if chunk and chunk.get("parts"):
+        return {"index": chunk.get("part"), "of": chunk.get("parts")}
+    return None
 
 
 def outcome(run: RunRecord) -> str:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from loader.batches import Cutting
 from loader.config import LoaderConfig
 from loader.planning import RunPlan
 from loader.runner import RunSummary
@@ -24,7 +25,9 @@ def print_run_summary(summary: RunSummary) -> None:
     if summary.status == "nothing_new":
         _out.print(f"[bold]{summary.pipeline}[/]: nothing new to load (no run recorded, checkpoints unchanged)")
         return
-    title = f"{summary.pipeline}: run {summary.run_number} committed" + (" (replayed)" if summary.replayed else "")
+    numbers = [b.run_number for b in summary.batches]
+    runs = f"run {numbers[0]}" if len(numbers) == 1 else f"runs {numbers[0]}-{numbers[-1]} ({len(numbers)} batches)"
+    title = f"{summary.pipeline}: {runs} committed" + (f" (run {numbers[0]} replayed)" if summary.replayed else "")
     table = Table(title=title)
     for column in ("table", "window", "rows", "sink", "rows written", "location"):
         table.add_column(column)
@@ -36,12 +39,15 @@ def print_run_summary(summary: RunSummary) -> None:
             name, window = "", ""
     _out.print(table)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in summary.timings.items())
+    if len(summary.batches) > 1:
+        rows = ", ".join(f"{b.rows:,}" for b in summary.batches[:12]) + (", ..." if len(summary.batches) > 12 else "")
+        _out.print(f"batches of about {summary.max_batch_rows:,} rows (run.max_batch_rows): {rows} rows")
     # escaped: reasons quote commands such as pip install -e '.[gpu]', which rich would read as markup
     _out.print(escape(f"executor: {summary.executor} ({summary.executor_reason}); transforms: {summary.engine} "
                       f"({summary.engine_reason}); {timings}"))
 
 
-def plan_payload(plan: RunPlan, *, replay_of: int | None) -> dict[str, Any]:
+def plan_payload(plan: RunPlan, *, replay_of: int | None, cutting: Cutting | None = None) -> dict[str, Any]:
     sources = {}
     for name, p in plan.sources.items():
         sources[name] = {
@@ -52,7 +58,12 @@ def plan_payload(plan: RunPlan, *, replay_of: int | None) -> dict[str, Any]:
             "estimated_rows": p.estimated_rows,
             "paths": [f.path for f in p.files],
         }
-    return {"replay_of_run": replay_of, "nothing_new": plan.is_empty, "sources": sources}
+    batches = None if cutting is None else {
+        "budget": cutting.budget, "warnings": cutting.warnings,
+        "batches": [{"number": b.number, "estimated_rows": b.estimated_rows, "windows": {
+            name: p.window.to_json() for name, p in b.plan.sources.items()}} for b in cutting.batches],
+    }
+    return {"replay_of_run": replay_of, "nothing_new": plan.is_empty, "sources": sources, "batches": batches}
 
 
 def print_plan(payload: dict[str, Any]) -> None:
@@ -65,6 +76,13 @@ def print_plan(payload: dict[str, Any]) -> None:
         window = "nothing new" if s["window"] is None else f"({s['window']['lower'] or '-inf'}, {s['window']['upper']}]"
         table.add_row(name, window, f"{s['files']} of {s['files_listed']}", str(s["row_groups"]), f"{s['estimated_rows']:,}")
     _out.print(table)
+    cut = payload.get("batches")
+    if cut and cut["batches"]:
+        sizes = [b["estimated_rows"] for b in cut["batches"]]
+        _out.print(f"{len(sizes)} batch(es) of about {cut['budget']:,} rows at most (run.max_batch_rows), "
+                   f"largest {max(sizes):,} estimated rows; each commits before the next")
+        for warning in cut["warnings"]:
+            _out.print(f"[yellow]warning: {escape(warning)}[/]")
 
 
 def status_payload(config: LoaderConfig) -> dict[str, Any]:
@@ -76,6 +94,8 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
         last = store.last_committed_run(config.pipeline, mode="incremental")
         unfinished = store.unfinished_run(config.pipeline)
         lease = store.lease(config.pipeline)
+        batches = batch_progress(store, config.pipeline,
+                                 lease_held=lease is not None and lease.expires_at >= datetime.now(UTC))
         from loader.backfill import backfill_status
 
         backfill = backfill_status(store, config.pipeline,
@@ -112,6 +132,32 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
             "holder": lease.holder, "expires_at": _iso(lease.expires_at),
         },
         "backfill": backfill,
+        "batches": batches,
+    }
+
+
+def batch_progress(store: Any, pipeline: str, *, lease_held: bool) -> dict[str, Any] | None:
+    """The latest incremental run cut in batches, unless it finished: `running` (the lease is held) or
+    `interrupted`, with batches and rows committed so far and the batch in flight (to be replayed)."""
+    latest = store.runs(pipeline, limit=1, mode="incremental")
+    info = latest[0].metrics.get("batch") if latest else None
+    if not info:
+        return None
+    total = int(info["of"])
+    series = [r for r in store.runs(pipeline, limit=total + 1, mode="incremental")
+              if r.metrics.get("batch", {}).get("series") == info["series"]]
+    committed = [r for r in series if r.status == "committed"]
+    in_flight = next((r for r in series if r.status == "planned"), None)
+    if len(committed) >= total and in_flight is None:
+        return None
+    rows = sum(sum(int(t.get("rows") or 0) for t in r.metrics.get("tables", {}).values()) for r in committed)
+    return {
+        "state": "running" if lease_held else "interrupted",
+        "batches_done": len(committed), "batches_total": total, "rows_done": rows,
+        "rows_planned": info.get("planned_rows"),
+        "batch_in_flight": None if in_flight is None else {
+            "run_number": in_flight.run_number, "index": in_flight.metrics.get("batch", {}).get("index"),
+            "attempts": in_flight.attempts},
     }
 
 
@@ -128,6 +174,18 @@ def print_status(payload: dict[str, Any]) -> None:
     if payload["last_run"]:
         last = payload["last_run"]
         _out.print(f"last committed run: {last['run_number']} ({last['mode']}) at {last['finished_at']}")
+    if payload.get("batches"):
+        b = payload["batches"]
+        flight = b["batch_in_flight"]
+        doing = f"; batch {flight['index']} (run {flight['run_number']}) in flight" if flight else ""
+        planned = f" of about {b['rows_planned']:,}" if b.get("rows_planned") else ""
+        if b["state"] == "running":
+            _out.print(f"run in progress: {b['batches_done']} of {b['batches_total']} batches committed, "
+                       f"{b['rows_done']:,}{planned} rows{doing}")
+        else:
+            _out.print(f"[yellow]run interrupted after {b['batches_done']} of {b['batches_total']} batches "
+                       f"({b['rows_done']:,}{planned} rows committed){doing}: the next `loader run --incremental` "
+                       f"replays the batch in flight, then loads the rest[/]")
     if payload["unfinished_run"]:
         u = payload["unfinished_run"]
         _out.print(f"[yellow]run {u['run_number']} did not finish ({u['attempts']} attempt(s)); the next run replays it. Last error: {escape(str(u['error']))}[/]")
@@ -146,7 +204,7 @@ def print_history(pipeline: str, entries: list[dict[str, Any]]) -> None:
         _out.print(f"{pipeline}: no runs yet (`loader run --incremental` starts one)")
         return
     table = Table(title=f"{pipeline}: the newest {len(entries)} run(s)")
-    for column in ("run", "mode", "outcome", "started (UTC)", "took", "rows per table", "quarantined", "seconds per stage"):
+    for column in ("run", "mode (batch)", "outcome", "started (UTC)", "took", "rows per table", "quarantined", "seconds per stage"):
         table.add_column(column)
     for e in entries:
         rows = ", ".join(f"{name} {info['rows']:,}" for name, info in e["tables"].items() if info["rows"] is not None)
@@ -155,7 +213,8 @@ def print_history(pipeline: str, entries: list[dict[str, Any]]) -> None:
         took = "-" if e["duration_s"] is None else _human_seconds(e["duration_s"])
         bad = ", ".join(f"{name} {sum(info['quarantined'].values()):,}" for name, info in e["tables"].items()
                         if info.get("quarantined"))
-        table.add_row(str(e["run_number"]), e["mode"], outcome, e["started_at"][:19].replace("T", " "), took,
+        mode = e["mode"] + (f" {e['batch']['index']}/{e['batch']['of']}" if e.get("batch") else "")
+        table.add_row(str(e["run_number"]), mode, outcome, e["started_at"][:19].replace("T", " "), took,
                       rows or "-", bad or "-", stages or "-")
     _out.print(table)
 

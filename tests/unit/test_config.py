@@ -80,3 +80,15 @@ def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("30m", 1800), ("1h", 3600), ("1d", 86400), (15, 15), ("1.5h", 5400)])
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, "many", None])
+def test_max_batch_rows_must_be_a_positive_integer(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"run\.max_batch_rows") as info:
+        load_config(_write(tmp_path, {**_local(), "run": {"max_batch_rows": bad}}))
+    assert "run.max_batch_rows" in str(info.value)
+
+
+def test_max_batch_rows_default_and_override(tmp_path: Path) -> None:
+    assert load_config(LOCAL_CONFIG).run.max_batch_rows == 1_000_000
+    assert load_config(_write(tmp_path, {**_local(), "run": {"max_batch_rows": 5000}})).run.max_batch_rows == 5000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sqlite3
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, event, inspect, text
+from sqlalchemy import Column, Integer, MetaData, Table, create_engine, event, inspect, text
 
 from loader.errors import CheckpointConflict, LeaseHeld, StateCorrupt, StateError, StateUnavailable
 from state import SCHEMA_VERSION, StateStore, Window, cas_conflicts, migrate, next_cursor
@@ -390,3 +391,29 @@ def test_importing_state_pulls_in_no_heavy_dependency() -> None:
 def test_in_memory_database_works() -> None:
     with StateStore.open("sqlite://") as store:
         assert plan(store).run_number == 1
+
+
+def test_a_version_1_ledger_migrates_and_keeps_its_runs(tmp_path: Path) -> None:
+    """A state database written before runs kept their input: its planned run survives the upgrade
+    (replayed by its windows, inputs None) and new runs record their input."""
+    path = tmp_path / "state.db"
+    engine = create_engine(url_of(path))
+    migrate(engine, target=1)
+    window = Window(lower=None, upper=T0)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO runs (pipeline, run_number, mode, status, windows, base_checkpoints, started_at, metrics, attempts) "
+            "VALUES ('p', 1, 'incremental', 'planned', :windows, '{\"orders\": null}', :at, '{}', 1)"),
+            {"windows": json.dumps({"orders": window.to_json()}), "at": to_iso(T0)})
+    engine.dispose()
+    with StateStore.open(url_of(path)) as store:
+        with store.engine.connect() as conn:
+            assert current_version(conn) == SCHEMA_VERSION == 2
+        old = store.unfinished_run("p")
+        assert old is not None and old.windows == {"orders": window} and old.inputs is None
+        recorded = {"planned_at": to_iso(T0), "sources": {"orders": {"files": [
+            {"path": "a.parquet", "size": 10, "row_groups": [0, 2], "rows": 5}]}}}
+        store.abandon_run("p", 1)
+        new = store.begin_run("p", mode="incremental", windows={"orders": window}, base_checkpoints={"orders": None},
+                              inputs=recorded)
+        assert store.run("p", new.run_number).inputs == recorded  # type: ignore[union-attr]
