@@ -1,5 +1,6 @@
-"""`loader backfill`: reload a cursor window (T1, T2] in chunks, each chunk a ledger run of its own,
-without moving any incremental checkpoint.
+"""`loader backfill`: reload a cursor window (T1, T2] in chunks without moving any incremental
+checkpoint. The protocol is `loader run`'s (loader/protocol.py): each chunk is cut by the row budget
+into batches (loader/batches.py), each a ledger run of its own with its exact input recorded.
 
 The rules:
 - One live run per pipeline: a backfill holds the same lease as `loader run`, so a backfill and an
@@ -7,8 +8,8 @@ The rules:
 - A backfill does not start while an incremental run is unfinished: that run must be replayed first
   (`loader run --incremental`), because Delta skips a run number at or below what already landed.
 - Chunks are fixed by the request (start, end, chunk size, sources), so the same command run again
-  finds the chunks already committed (same windows, sinks covered) and resumes at the first one not
-  committed. A chunk that was cut short is abandoned in the ledger and loaded again under a new run
+  finds the chunks (and the batches of a chunk) already committed and resumes at the first one not
+  committed. A batch that was cut short is abandoned in the ledger and loaded again under a new run
   number: every sink merges on the primary key (newest cursor wins) and skips versions it holds, so
   what the cut chunk wrote is neither lost nor duplicated. A committed chunk is never rewritten.
 """
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from loader.batches import cut_into_batches
+from loader.batches import BatchPlan, cut_into_batches
 from loader.config import LoaderConfig
 from loader.errors import ConfigError, LoaderError, Terminal
 from loader.logs import in_context
@@ -266,8 +267,10 @@ def _load_chunk(config: LoaderConfig, store: StateStore, batches: BatchExecutor,
     result = ChunkResult(index, window, "loaded", replaced_run=cut[-1].run_number if cut else None,
                          files=sum(len(p.files) for p in plan.sources.values()), estimated_rows=plan.estimated_rows,
                          batches=len(cutting.batches))
-    parts = len(cutting.batches)
-    for batch in cutting.batches:
+    # A chunk without rows is still a run of its own: a resumed backfill finds it done.
+    chunk_batches = cutting.batches or [BatchPlan(1, plan, 0)]
+    parts = len(chunk_batches)
+    for batch in chunk_batches:
         batch_windows = batch.plan.windows()
         if parts > 1 and any(r.status == "committed" and _covers(r, batch_windows, request.sinks) for r in history):
             continue  # this batch of the chunk landed before the backfill was interrupted

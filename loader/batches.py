@@ -142,7 +142,10 @@ def cut_into_batches(plan: RunPlan, *, max_rows: int) -> Cutting:
     if not active:
         return Cutting([], max_rows, [])
     warnings = []
-    largest = max((g[1] for p in active.values() for f in p.files for g in f.stats), default=0)
+    spans = [span for p in active.values() for span in _spans(p)]
+    # Only a row group's rows inside the window count: one that the lookback barely reaches costs one
+    # transient read, not a batch's worth of memory.
+    largest = round(max((span.rows for span in spans), default=0))
     budget = max_rows
     if largest > max_rows:
         budget = largest
@@ -151,7 +154,6 @@ def cut_into_batches(plan: RunPlan, *, max_rows: int) -> Cutting:
             f"a batch reads whole row groups, so batches are cut at about {largest:,} rows. Write the landing "
             f"files with smaller row groups, or raise run.max_batch_rows"
         )
-    spans = [span for p in active.values() for span in _spans(p)]
     end = max(_us(p.window.upper) for p in active.values())
     cuts, heavy = _cuts(spans, budget=budget, end=end)
     for value, rows in heavy:

@@ -43,13 +43,15 @@ History: `init_landing_zone` spreads the TPC-H orders over `days` ingest days st
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -69,6 +71,7 @@ STATE_FILE = "_demo_state.json"
 STATE_VERSION = 1
 PARTITION_COLUMN = "ingest_date"
 ROW_GROUP_SIZE = 64_000
+_READ_BATCH_ROWS = 65_536  # rows per batch when streaming tpchgen's files
 COMPRESSION = "zstd"
 FACT_TABLES = ("orders", "lineitem")
 DIMENSION_TABLES = ("customer", "supplier", "nation", "region")
@@ -412,58 +415,81 @@ def _run_tpchgen(exe: Path, *, scale: float, out: Path) -> None:
 def _write_initial(
     root: Path, tmp: Path, *, seed: int, scale: float, days: int, start: datetime
 ) -> tuple[dict[str, int], DemoState]:
+    """Turn tpchgen's files in `tmp` into the initial landing zone at `root`, in bounded memory.
+
+    The fact tables are streamed: whole-table state is two int64 arrays of the orders (key, cursor),
+    plus the rows of the ingest day being gathered and of the one being sorted and written (an ingest
+    day is a contiguous key range of both tables, as tpchgen writes them in key order).
+    """
     rows: dict[str, int] = {}
-    for table in DIMENSION_TABLES:
+    for table in DIMENSION_TABLES:  # customer, the largest, is 1.5M rows at SF10: read whole
         dim = _read_tpch(tmp / f"{table}.parquet", SCHEMAS[table])
         _write_parquet(dim, root / table / f"{table}.parquet")
         rows[table] = dim.num_rows
+        del dim
 
-    orders = _read_tpch(tmp / "orders.parquet", ORDERS_SCHEMA)
-    okeys = _np(orders["o_orderkey"])
-    if not bool(np.all(np.diff(okeys) > 0)):  # tpchgen writes key order; make sure of it
-        orders = orders.take(np.argsort(okeys, kind="stable"))
-        okeys = _np(orders["o_orderkey"])
+    orders_path, lineitem_path = tmp / "orders.parquet", tmp / "lineitem.parquet"
+    okeys = np.concatenate(
+        [np.empty(0, np.int64)]
+        + [_np(b["o_orderkey"]) for b in _iter_tpch(orders_path, ORDERS_SCHEMA, columns=["o_orderkey"])]
+    )
     n = len(okeys)
     if n == 0:
         raise BadSourceData(f"tpchgen-cli wrote no orders at scale {scale}: use a larger scale")
-    # Earlier keys on earlier days; cursor = day start + a seeded offset within the day.
-    day = (np.arange(n, dtype=np.int64) * days) // n
+    if not bool(np.all(np.diff(okeys) > 0)):
+        raise BadSourceData(
+            "tpchgen-cli wrote orders.parquet out of order key order (the demo streams it and needs "
+            "ascending unique keys): reinstall tpchgen-cli"
+        )
+    # Earlier keys on earlier days (order i on day i * days // n); cursor = day start + a seeded offset.
     rng = np.random.default_rng([seed, _INIT_STREAM])
-    cursor = _to_us(start) + day * _DAY_US + rng.integers(0, _DAY_US, n, dtype=np.int64)
-    orders = orders.append_column(ORDERS_SCHEMA.field("o_updated_at"), pa.array(cursor, CURSOR_TYPE))
+    cursor = _to_us(start) + _init_day(np.arange(n, dtype=np.int64), n, days) * _DAY_US
+    cursor += rng.integers(0, _DAY_US, n, dtype=np.int64)
 
-    lineitem = _read_tpch(tmp / "lineitem.parquet", LINEITEM_SCHEMA)
-    lkeys = _np(lineitem["l_orderkey"])
-    if not bool(np.all(np.diff(lkeys) >= 0)):
-        lineitem = lineitem.take(np.lexsort((_np(lineitem["l_linenumber"]), lkeys)))
-        lkeys = _np(lineitem["l_orderkey"])
-    pos = np.searchsorted(okeys, lkeys)
-    if len(lkeys) and (pos.max() >= n or not bool(np.all(okeys[pos] == lkeys))):
-        raise BadSourceData("tpchgen-cli wrote lineitems without orders: reinstall tpchgen-cli")
-    lineitem = lineitem.append_column(
-        LINEITEM_SCHEMA.field("l_updated_at"), pa.array(cursor[pos], CURSOR_TYPE)
-    )
-    lday = day[pos]  # monotonic, as both tables are in key order: each day is one slice
+    offset = 0
 
-    jobs = []
-    for d in range(days):
-        ingest_date = start.date() + timedelta(days=d)
-        batch = d + 1
-        o_lo, o_hi = np.searchsorted(day, [d, d + 1])
-        l_lo, l_hi = np.searchsorted(lday, [d, d + 1])
-        if o_hi > o_lo:
-            jobs.append(("orders", orders.slice(o_lo, o_hi - o_lo), ingest_date, batch))
-        if l_hi > l_lo:
-            jobs.append(("lineitem", lineitem.slice(l_lo, l_hi - l_lo), ingest_date, batch))
+    def locate_orders(batch: pa.RecordBatch) -> np.ndarray:
+        nonlocal offset
+        pos = np.arange(offset, offset + batch.num_rows, dtype=np.int64)
+        offset += batch.num_rows
+        return pos
 
-    def write(job: tuple[str, pa.Table, date, int]) -> None:
-        table, data, ingest_date, batch = job
-        _write_parquet(_sort_by_cursor(table, data), _part_path(root, table, ingest_date, batch))
+    last_lkey = np.iinfo(np.int64).min
 
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        list(pool.map(write, jobs))
-    rows["orders"] = orders.num_rows
-    rows["lineitem"] = lineitem.num_rows
+    def locate_lineitems(batch: pa.RecordBatch) -> np.ndarray:
+        nonlocal last_lkey
+        lkeys = _np(batch["l_orderkey"])
+        if lkeys[0] < last_lkey or not bool(np.all(np.diff(lkeys) >= 0)):
+            raise BadSourceData(
+                "tpchgen-cli wrote lineitem.parquet out of order key order (the demo streams it and "
+                "needs ascending order keys): reinstall tpchgen-cli"
+            )
+        last_lkey = int(lkeys[-1])
+        pos = np.searchsorted(okeys, lkeys)
+        if pos.max() >= n or not bool(np.all(okeys[pos] == lkeys)):
+            raise BadSourceData("tpchgen-cli wrote lineitems without orders: reinstall tpchgen-cli")
+        return pos
+
+    def write(table: str, day: int, data: pa.Table) -> None:
+        path = _part_path(root, table, start.date() + timedelta(days=day), day + 1)
+        _write_parquet(_sort_by_cursor(table, data), path)
+
+    # One writer thread: it sorts and writes one day while this thread reads the next.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: Future[None] | None = None
+        for table, path, locate in (
+            ("orders", orders_path, locate_orders),
+            ("lineitem", lineitem_path, locate_lineitems),
+        ):
+            rows[table] = 0
+            for day, data in _init_days(path, table, locate, cursor=cursor, n=n, days=days):
+                rows[table] += data.num_rows
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(write, table, day, data)
+                del data
+        if pending is not None:
+            pending.result()
 
     state = DemoState(
         seed=seed,
@@ -475,6 +501,45 @@ def _write_initial(
         last_ingest_date=start.date() + timedelta(days=days - 1),
     )
     return rows, state
+
+
+def _init_day(pos: np.ndarray, n: int, days: int) -> np.ndarray:
+    """The ingest day (0-based) of the orders at positions `pos` (in key order) of `n` orders."""
+    return (pos * days) // n
+
+
+def _init_days(
+    path: Path,
+    table: str,
+    locate: Callable[[pa.RecordBatch], np.ndarray],
+    *,
+    cursor: np.ndarray,
+    n: int,
+    days: int,
+) -> Iterator[tuple[int, pa.Table]]:
+    """(day, its rows with their cursor, in file order) for each ingest day holding rows, day by day.
+
+    `locate` maps a batch of the tpchgen file to the position of each row's order in key order; the
+    positions must not decrease through the file (key order), so each day's rows are one contiguous run
+    of the file, gathered batch by batch and handed on as soon as the next day starts.
+    """
+    schema = SCHEMAS[table]
+    cursor_field = schema.field(CURSOR_COLUMNS[table])
+    current = -1
+    pieces: list[pa.RecordBatch] = []
+    for batch in _iter_tpch(path, schema):
+        pos = locate(batch)
+        day = _init_day(pos, n, days)
+        batch = batch.append_column(cursor_field, pa.array(cursor[pos], CURSOR_TYPE))
+        edges = [0, *(np.flatnonzero(np.diff(day)) + 1).tolist(), len(day)]
+        for lo, hi in itertools.pairwise(edges):
+            if int(day[lo]) != current:
+                if pieces:
+                    yield current, pa.Table.from_batches(pieces)
+                current, pieces = int(day[lo]), []
+            pieces.append(batch.slice(lo, hi - lo))
+    if pieces:
+        yield current, pa.Table.from_batches(pieces)
 
 
 # ------------------------------------------------------------------------------------------ append
@@ -619,15 +684,39 @@ def _clone_lineitems(
 
 
 def _read_tpch(path: Path, schema: pa.Schema) -> pa.Table:
-    """A tpchgen file in our schema: plain strings, no field metadata, no cursor yet."""
-    raw = pq.read_table(path)
+    """A tpchgen file in our schema, whole: plain strings, no field metadata, no cursor yet."""
+    fields = _tpch_fields(path, schema)
+    return _conform(pq.read_table(path, columns=[f.name for f in fields]), fields, path)
+
+
+def _iter_tpch(path: Path, schema: pa.Schema, *, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """A tpchgen file in our schema (as `_read_tpch`), batch by batch; `columns` picks some fields only."""
+    fields = [f for f in _tpch_fields(path, schema) if columns is None or f.name in columns]
+    for raw in pq.ParquetFile(path).iter_batches(batch_size=_READ_BATCH_ROWS, columns=[f.name for f in fields]):
+        if raw.num_rows:
+            yield _conform(raw, fields, path)
+
+
+def _tpch_fields(path: Path, schema: pa.Schema) -> list[pa.Field]:
+    """The fields of `schema` a tpchgen file holds (all but the cursor); a clear error if one is missing."""
     fields = [f for f in schema if f.name not in CURSOR_COLUMNS.values()]
+    missing = sorted({f.name for f in fields} - set(pq.read_schema(path).names))
+    if missing:
+        raise BadSourceData(
+            f"tpchgen-cli wrote {path.name} without columns {missing}: install tpchgen-cli >= 2"
+        )
+    return fields
+
+
+def _conform(raw: Any, fields: list[pa.Field], path: Path) -> Any:
+    """`raw` (a Table or a RecordBatch) cast to `fields`: tpchgen's string_view becomes string."""
     try:
-        return pa.Table.from_arrays([raw[f.name].cast(f.type) for f in fields], schema=pa.schema(fields))
-    except (KeyError, pa.ArrowInvalid) as exc:
+        arrays = [raw[f.name].cast(f.type) for f in fields]
+    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadSourceData(
             f"tpchgen-cli wrote {path.name} in an unexpected shape ({exc}): install tpchgen-cli >= 2"
         ) from exc
+    return type(raw).from_arrays(arrays, schema=pa.schema(fields))
 
 
 def _read_fact(root: Path, table: str, *, up_to: date, where: pc.Expression | None = None) -> pa.Table:

@@ -9,6 +9,7 @@ Planning reads only footers: no Ray, no row data.
 
 from __future__ import annotations
 
+import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from loader.config import LoaderConfig, SourceConfig
 from loader.errors import BadSourceData
 from loader.storage import Location, locate, storage_error
 from state import Checkpoint, Window
+
+log = logging.getLogger(__name__)
 
 GroupStats = tuple[int, int, datetime | None, datetime | None]  # (index, rows, least cursor, greatest cursor)
 
@@ -303,29 +306,39 @@ def plan_run(
 def plan_from_input(config: LoaderConfig, run_number: int, windows: dict[str, Window],
                     recorded: dict[str, Any]) -> RunPlan:
     """The plan a run recorded before writing (`RunPlan.to_input`), for its replay: the same files and
-    row groups, nothing landed since. A file gone or changed in size is refused: reading something else
-    would land different rows in the sinks that did not commit yet than in those that did."""
+    row groups, and no file landed since (a late file inside the window is the next run's to read, in
+    every sink alike). A recorded file removed since (the usual fix of a file that failed the run) is
+    left out, and one rewritten since (another size) is planned again by the window; both with a
+    warning, since a sink that committed this run before holds what it read from the old file."""
     planned_at = recorded.get("planned_at")
     plans = {}
     for name, window in windows.items():
         location = locate(config.source_path(name))
         entries = recorded["sources"].get(name, {}).get("files", [])
-        files = tuple(FilePlan(e["path"], tuple(e["row_groups"]), int(e["rows"]), e.get("size")) for e in entries)
+        files = [FilePlan(e["path"], tuple(e["row_groups"]), int(e["rows"]), e.get("size")) for e in entries]
         if files:
             try:
                 infos = location.filesystem.get_file_info([f.path for f in files])
             except OSError as error:
                 raise storage_error(error, location.uri, side="source", doing="checking the replayed files in") from error
+            kept = []
             for file, info in zip(files, infos, strict=True):
-                problem = ("is gone" if info.type != pafs.FileType.File
-                           else f"changed size ({file.size:,} -> {info.size:,} bytes)" if file.size is not None and info.size != file.size
-                           else None)
-                if problem:
-                    raise BadSourceData(
-                        f"file {file.path} of source {name!r}, read by run {run_number} before it was interrupted, "
-                        f"{problem}: the replay must read exactly what the run read. Put the file back as it was, "
-                        f"or give up the run with `loader runs abandon {run_number}` (the next run plans afresh; "
-                        f"what the run wrote is merged or skipped, never duplicated)"
-                    )
-        plans[name] = SourcePlan(name, location, window, files, len(files), None)
+                if info.type != pafs.FileType.File:
+                    log.warning("file %s of source %r, read by run %d before it was interrupted, is gone: the replay "
+                                "reads the other recorded files (a sink that committed run %d before keeps what it "
+                                "read from it; `loader verify` shows any difference)", file.path, name, run_number,
+                                run_number)
+                elif file.size is not None and info.size != file.size:
+                    log.warning("file %s of source %r changed size since run %d read it (%s -> %s bytes): the replay "
+                                "reads it as it is now, within the run's window", file.path, name, run_number,
+                                f"{file.size:,}", f"{info.size:,}")
+                    footer = read_footer(location, file.path, config.sources[name].cursor, name)
+                    groups = tuple(g for g in footer.groups if g[1] > 0 and in_window(window, g[2], g[3]))
+                    if groups:
+                        kept.append(FilePlan(file.path, tuple(g[0] for g in groups), sum(g[1] for g in groups),
+                                             info.size, groups))
+                else:
+                    kept.append(file)
+            files = kept
+        plans[name] = SourcePlan(name, location, window, tuple(files), len(entries), None)
     return RunPlan(plans, planned_at=datetime.fromisoformat(planned_at) if planned_at else None)

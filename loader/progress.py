@@ -59,7 +59,7 @@ def advance(rows: int) -> None:
 class _Bar:
     def __init__(self, progress: Any) -> None:
         self.progress = progress
-        self.task = progress.add_task("planning", total=None, batch="")
+        self.task = progress.add_task("planning", total=0, batch="")
         self.label = ""
 
     def begin(self, total_rows: int, batches: int) -> None:

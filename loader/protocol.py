@@ -194,15 +194,17 @@ class BatchExecutor:
                 dims = load_dimensions(self.config)
             self._prepared = (choice, engine, dims)
 
-    def run(self, record: RunRecord, plan: RunPlan, *, metrics: dict[str, Any] | None = None) -> BatchOutcome:
+    def run(self, record: RunRecord, plan: RunPlan, *, metrics: dict[str, Any] | None = None,
+            planning_s: float = 0.0) -> BatchOutcome:
         """Execute the recorded batch and commit it; on any error the run stays `planned` (replayed
-        later) with the error kept in the ledger, and the error goes on."""
+        later) with the error kept in the ledger, and the error goes on. `planning_s`: the batch's
+        share of planning (recorded with its stage timings)."""
         self.prepare(plan)
         started = time.perf_counter()
         outcome = BatchOutcome(record.run_number, replayed=record.attempts > 1)
         try:
             with logs.run_context(record.run_number):
-                self._execute(record, plan, outcome, dict(metrics or {}))
+                self._execute(record, plan, outcome, dict(metrics or {}), planning_s)
         except LoaderError as error:
             self.store.fail_run(self.config.pipeline, record.run_number, error=str(error))
             raise
@@ -212,7 +214,8 @@ class BatchExecutor:
         outcome.seconds = time.perf_counter() - started
         return outcome
 
-    def _execute(self, record: RunRecord, plan: RunPlan, outcome: BatchOutcome, metrics: dict[str, Any]) -> None:
+    def _execute(self, record: RunRecord, plan: RunPlan, outcome: BatchOutcome, metrics: dict[str, Any],
+                 planning_s: float) -> None:
         from loader.pipeline import execute
         from loader.sinks import TableBatch, build_sinks
         from loader.table_writes import write_table
@@ -221,7 +224,8 @@ class BatchExecutor:
         choice, engine, dims = self._prepared
         outcome.executor, outcome.executor_reason = choice.executor, choice.reason
         outcome.engine, outcome.engine_reason = engine.engine, engine.reason
-        timer = Timer()  # this batch's own seconds; added to the run's at the end
+        timer = Timer()  # this batch's own seconds; added to the run's at the end (planning is the run's already)
+        timer.timings["plan"] = planning_s
         sinks = [s for s in build_sinks(self.config) if self.only_sinks is None or s.name in self.only_sinks]
         tables = execute(self.config, plan, choice.executor, dims, engine.engine)
         for name in [n for n, p in plan.sources.items() if not p.is_empty]:  # the executors' order
@@ -265,7 +269,7 @@ class BatchExecutor:
             self.commit(record, plan, {**metrics, "tables": outcome.tables, "executor": outcome.executor,
                                        "engine": outcome.engine, "timings_s": dict(timer.timings)})
         outcome.timings = timer.timings
-        self.timer.add(timer.timings)
+        self.timer.add({stage: seconds for stage, seconds in timer.timings.items() if stage != "plan"})
 
 
 def add_tables(total: dict[str, dict[str, Any]], batch: dict[str, dict[str, Any]]) -> None:

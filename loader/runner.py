@@ -11,6 +11,7 @@ k-th batch resumes at batch k+1 (after replaying the batch in flight), never rea
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 class RunSummary:
     pipeline: str
     status: str  # committed | nothing_new
-    run_number: int | None = None  # the last committed batch's run (the checkpoints' run)
+    run_number: int | None = None  # the first batch's run (the replayed one, if any); all: run_numbers
     replayed: bool = False  # the first batch replayed an interrupted run
     executor: str | None = None  # local | ray
     executor_reason: str | None = None
@@ -52,7 +53,8 @@ class RunSummary:
 
     def add(self, outcome: BatchOutcome) -> None:
         self.batches.append(outcome)
-        self.status, self.run_number = "committed", outcome.run_number
+        self.status = "committed"
+        self.run_number = self.batches[0].run_number
         self.executor, self.executor_reason = outcome.executor, outcome.executor_reason
         self.engine, self.engine_reason = outcome.engine, outcome.engine_reason
         add_tables(self.tables, outcome.tables)
@@ -110,9 +112,11 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, executor: str | 
     progress.begin(summary.planned_rows, batches=total)
     batches.prepare(max((b.plan for b in cutting.batches), key=lambda p: p.estimated_rows))
     series = uuid.uuid4().hex[:12]  # names this run's batches in the ledger (status: batch i of n)
+    planning_s = timer.timings.get("plan", 0.0)  # the first batch carries the run's planning
     for batch in cutting.batches:
         info = {"batch": {"series": series, "index": batch.number, "of": total,
                           "estimated_rows": batch.estimated_rows, "planned_rows": summary.planned_rows}}
+        started = time.perf_counter()
         with timer.stage("plan"):
             base = {name: (cp.run_number if (cp := store.checkpoints(pipeline).get(name)) else None)
                     for name in batch.plan.sources}
@@ -121,7 +125,8 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, executor: str | 
         failpoints.hit("plan.recorded")
         logs.set_run(record.run_number)
         progress.batch(batch.number, total)
-        outcome = batches.run(record, batch.plan, metrics=info)
+        outcome = batches.run(record, batch.plan, metrics=info, planning_s=planning_s + time.perf_counter() - started)
+        planning_s = 0.0
         summary.add(outcome)
         _log_batch(outcome, batch.number, total)
     summary.timings = timer.timings
@@ -136,12 +141,13 @@ def _replay(config: LoaderConfig, store: StateStore, batches: BatchExecutor, tim
     log.warning("run %d did not finish (attempt %d): replaying it with the same input", record.run_number,
                 record.attempts)
     logs.set_run(record.run_number)
+    started = time.perf_counter()
     with timer.stage("plan"):
         plan = _replay_plan(config, store, record)
     progress.begin(plan.estimated_rows, batches=1)
     progress.batch(1, 1, replay=True)
     info = {key: record.metrics[key] for key in ("batch",) if key in record.metrics}
-    outcome = batches.run(record, plan, metrics=info)
+    outcome = batches.run(record, plan, metrics=info, planning_s=time.perf_counter() - started)
     _log_batch(outcome, 1, 1)
     return outcome
 

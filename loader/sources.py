@@ -49,18 +49,31 @@ def rows_in_window(table: pa.Table, *, source: str, cursor: str, window: Window)
 
 
 def _read_file(plan: SourcePlan, file: FilePlan, cursor: str, checks: Checks) -> tuple[pa.Table, pa.Table]:
+    goods, bads = [], []
     try:
         with plan.location.filesystem.open_input_file(file.path) as handle:
-            table = pq.ParquetFile(handle).read_row_groups(list(file.row_groups))
+            parquet = pq.ParquetFile(handle)
+            # One row group at a time, filtered at once: a batch whose window takes a sliver of a large
+            # row group holds the sliver, not the row group.
+            for group in file.row_groups:
+                table = parquet.read_row_group(group)
+                if cursor not in table.column_names:
+                    raise BadSourceData(f"{file.path}: a file of source {plan.source!r} has no cursor column "
+                                        f"{cursor!r}: fix the file or the config")
+                good, bad = split_bad_rows(normalize_strings(table), key=checks.key, cursor=cursor, now=checks.now,
+                                           tolerance_s=checks.tolerance_s)
+                del table
+                goods.append(rows_in_window(good, source=plan.source, cursor=cursor, window=plan.window))
+                bads.append(bad)
     except OSError as error:
         raise storage_error(error, plan.location.uri, side="source", doing=f"reading {file.path} in") from error
     except pa.ArrowInvalid as error:
         raise BadSourceData(f"unreadable Parquet file {file.path} in source {plan.source!r}: {error}. Replace or remove it") from error
-    if cursor not in table.column_names:
-        raise BadSourceData(f"{file.path}: a file of source {plan.source!r} has no cursor column {cursor!r}: fix the file or the config")
-    good, bad = split_bad_rows(normalize_strings(table), key=checks.key, cursor=cursor, now=checks.now,
-                               tolerance_s=checks.tolerance_s)
-    return rows_in_window(good, source=plan.source, cursor=cursor, window=plan.window), bad
+    try:
+        return pa.concat_tables(goods, promote_options="permissive"), merge_bad(bads)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise BadSourceData(f"row groups of {file.path} in source {plan.source!r} disagree on column types: {error}. "
+                            f"Rewrite the file") from error
 
 
 @dataclass(frozen=True)

@@ -95,9 +95,10 @@ def test_sink_failure_keeps_checkpoint_and_replays_exactly(config_path: Path) ->
     blocker.unlink()
     run_cli(config_path, "demo-data", "append", "--orders", "50", "--updates", "10", "--late", "2")
     replay = run_json(config_path, "run", "--incremental")
-    assert replay["run_number"] == 1 and replay["replayed"] is True
-    nxt = run_json(config_path, "run", "--incremental")
-    assert nxt["run_number"] == 2
+    # The replay of run 1 (its recorded input: the append is not in it), then the append as run 2.
+    assert replay["run_number"] == 1 and replay["replayed"] is True and replay["run_numbers"] == [1, 2]
+    assert replay["batches"][0]["replayed"] is True and replay["batches"][1]["replayed"] is False
+    assert run_json(config_path, "run", "--incremental")["status"] == "nothing_new"
     assert_warehouse_exact(warehouse, landing)
 
 
@@ -156,7 +157,7 @@ def test_corrupt_ledger_row_is_named_and_can_be_abandoned(config_path: Path) -> 
 def test_state_from_a_newer_loader_is_refused(config_path: Path) -> None:
     run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "1")
     run_json(config_path, "status")  # creates the state database
-    _tamper_state(config_path, "UPDATE schema_version SET version = 999")
+    _tamper_state(config_path, "UPDATE schema_version SET version = 999 WHERE version = (SELECT max(version) FROM schema_version)")
     result = run_cli(config_path, "run", "--incremental", check=False)
     assert result.returncode == 1
     assert "999" in result.stderr and "Upgrade the loader" in result.stderr

@@ -165,3 +165,35 @@ def test_terminal_fault_fails_at_once_and_keeps_checkpoint(template: Path, tmp_p
     assert run_json(config, "status", env=env)["sources"]["orders"]["checkpoint"] == before
     assert run_json(config, "run", "--incremental", env=env)["replayed"] is True
     _assert_exact(config)
+
+
+# A first load cut into 3 batches (2 ingest days of 7,500 orders and 30,000 lineitems, one row group
+# each: the budget is raised to 30,000), killed between batches, inside a later batch's sinks, and
+# with a later batch recorded but nothing written. `point+N` passes the first N hits (loader/failpoints.py).
+BATCH_CASES = [("sqlite", p) for p in ("checkpoint.after+1", "delta.write+2", "parquet.write@lineitem+1",
+                                      "snowflake.merge+2", "plan.recorded+1")] + [
+    ("postgres", p) for p in ("checkpoint.inside+1", "checkpoint.after+1", "delta.commit+2")]
+
+
+@pytest.mark.parametrize(("template", "point"), BATCH_CASES, indirect=["template"])
+def test_kill_during_a_first_load_in_batches(template: Path, tmp_path: Path, point: str) -> None:
+    config, env = _copy(template, "first", tmp_path / "p")
+    raw = yaml.safe_load(config.read_text())
+    raw["run"] = {"max_batch_rows": 30_000}
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    name, _, skip = point.partition("+")
+    killed = run_cli(config, "run", "--incremental", "--json", check=False,
+                     env={**env, "LOADER_FAILPOINTS": f"{name}=crash+{skip}"})
+    assert killed.returncode == -signal.SIGKILL, f"{point}: not killed\n{killed.stderr}"
+    abort_detached_transactions()
+    committed_before = run_json(config, "status", env=env)["sources"]["orders"]["checkpoint_run"]
+    assert committed_before is not None  # at least the first batch committed before the kill
+    time.sleep(LEASE_TTL_S + 0.5)
+    recovered = run_json(config, "run", "--incremental", env=env)
+    assert recovered["status"] == "committed"
+    # It went on from the committed batches: no batch of the recovery starts from the beginning.
+    assert all(b["windows"]["orders"]["lower"] is not None for b in recovered["batches"] if "orders" in b["windows"])
+    if not point.startswith("checkpoint.after"):
+        assert recovered["replayed"] is True and recovered["batches"][0]["replayed"] is True
+    assert run_json(config, "run", "--incremental", env=env)["status"] == "nothing_new"
+    _assert_exact(config)

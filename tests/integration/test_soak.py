@@ -1,5 +1,5 @@
 """Soak: `loader run` killed with SIGKILL at random moments, again and again, across several appended
-batches; then every sink must hold every key exactly once with its latest version. On SQLite state the
+batches, each run cut into small batches (kills between and inside them); then every sink must hold every key exactly once with its latest version. On SQLite state the
 project also loads Snowflake (fakesnow's server, the real connector); on PostgreSQL, Parquet and Delta.
 
 `make test` runs a short form (SOAK_KILLS=6); `make soak` the full one (SOAK_KILLS=24)."""
@@ -57,8 +57,11 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path, request: pytest
     else:
         server = request.getfixturevalue("snowflake_server")
         sinks["snowflake"], env = sink_settings(server, database), password_env(server)
-    longest_s = 5.0 if server else 3.0  # a run loading Snowflake too takes longer: kill anywhere in it
-    config = write_config(tmp_path / "p", sinks=sinks, state={"url": url, "lease_ttl": f"{LEASE_TTL_S}s"})
+    longest_s = 7.0 if server else 4.5  # a run loading Snowflake too takes longer: kill anywhere in it
+    # A small batch budget: increments (new rows and the lookback's) run in 2-3 batches, so kills land
+    # between batches as well as inside them.
+    config = write_config(tmp_path / "p", sinks=sinks, state={"url": url, "lease_ttl": f"{LEASE_TTL_S}s"},
+                          run={"max_batch_rows": 800})
     run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
     kills, batches = 0, 0
     while kills < wanted or batches < 3:
@@ -82,3 +85,51 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path, request: pytest
     assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
     if server:
         assert_snowflake_exact(server, database, tmp_path / "p" / "landing")
+
+
+def _committed_runs(state_db: Path) -> int:
+    import sqlite3
+
+    if not state_db.exists():
+        return 0
+    with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30) as conn:
+        try:
+            return int(conn.execute("SELECT count(*) FROM runs WHERE status = 'committed'").fetchone()[0])
+        except sqlite3.OperationalError:  # the schema is not there yet
+            return 0
+
+
+def test_a_first_load_killed_again_and_again_makes_progress(tmp_path: Path) -> None:
+    """A first load in batches, SIGKILLed at a random moment after each attempt committed a batch:
+    every attempt commits at least one more batch than the one before (none starts over), the load
+    completes, and the sinks are exact."""
+    rng = random.Random(int(os.environ.get("SOAK_SEED", "7")))
+    config = write_config(tmp_path / "p", state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"},
+                          run={"max_batch_rows": 15_000})
+    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "6")  # 6 files of ~12,500 rows each
+    planned = run_json(config, "plan")["batches"]["batches"]
+    assert len(planned) >= 5
+    state_db = tmp_path / "p" / "state" / "loader.db"
+    command = [sys.executable, "-m", "loader.cli", "--config", str(config), "run", "--incremental"]
+    committed, attempts = 0, 0
+    while True:
+        attempts += 1
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while process.poll() is None and _committed_runs(state_db) <= committed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process.poll() is None:
+            time.sleep(rng.uniform(0, 0.6))  # a random moment of the next batch (or between batches)
+            process.send_signal(signal.SIGKILL)
+        code = process.wait()
+        now = _committed_runs(state_db)
+        assert now > committed, f"attempt {attempts} (exit {code}) committed no new batch: {now} after {committed}"
+        committed = now
+        if code == 0:
+            break
+        assert code == -signal.SIGKILL, f"attempt {attempts} exited {code}"
+        time.sleep(LEASE_TTL_S + 0.2)  # the dead run's lease expires
+    assert attempts >= 3, f"the load finished after {attempts} attempt(s): too few kills to show progress"
+    assert run_json(config, "run", "--incremental")["status"] == "nothing_new"
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+    assert run_cli(config, "verify", check=False).returncode == 0

@@ -1,0 +1,522 @@
+"""Runs in bounded, committed batches, through the real CLI: a load cut into many batches leaves every
+sink (Parquet, Delta, Snowflake on the emulator) exactly as one batch does and as an independent
+DuckDB computation says; versions of a key in different batches, late records, quarantined rows and a
+cursor value heavier than the budget all land right; a replay reads exactly the input its run recorded
+(a late file landed since is left to a later run, on both executors), and refuses a recorded file that
+changed or vanished; a run killed after its third batch resumes at the fourth; a backfill's chunks are
+cut into batches too."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import run_cli, run_json, write_config
+from tests.snowflake_emulator import (
+    new_database,
+    password_env,
+    sink_settings,
+    snowflake_rows,
+)
+from tests.warehouse import (
+    assert_matches_expected,
+    assert_warehouse_exact,
+    delta_rows,
+    parquet_latest,
+    parquet_versions,
+)
+
+pytestmark = pytest.mark.integration
+
+LEASE_TTL_S = 1
+SCALE, DAYS = "0.01", "8"  # 15,000 orders and 60,175 lineitems: a day's files are ~1,900 and ~7,600 rows
+BUDGET = 15_000  # above every row group: the first load cuts into 6 batches of about this many rows
+ONE_BATCH = 10**9
+LOOKBACK = timedelta(hours=1)
+FACTS = ("orders", "lineitem")
+CURSOR = {"orders": "o_updated_at", "lineitem": "l_updated_at"}
+KEYS = {"orders": "o_orderkey", "lineitem": "l_orderkey, l_linenumber"}
+
+
+def _project(folder: Path, **overrides: Any) -> Path:
+    return write_config(folder, state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"}, **overrides)
+
+
+def _run(config: Path, budget: int, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    return run_json(config, "run", "--incremental", "--max-batch-rows", str(budget), *extra, env=env)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    config: Path
+    summary: dict[str, Any]  # the first load's `run --json`
+
+
+@pytest.fixture(scope="module")
+def zone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo landing zone of 8 ingest days (one file per day and table, one row group each)."""
+    folder = tmp_path_factory.mktemp("batches-zone")
+    run_cli(_project(folder), "demo-data", "init", "--scale", SCALE, "--days", DAYS)
+    return folder / "landing"
+
+
+@pytest.fixture(scope="module")
+def loaded(zone: Path, tmp_path_factory: pytest.TempPathFactory) -> Loaded:
+    """The zone's first load in batches of BUDGET rows (Parquet and Delta)."""
+    folder = tmp_path_factory.mktemp("batches-loaded")
+    shutil.copytree(zone, folder / "landing")
+    config = _project(folder)
+    return Loaded(config, _run(config, BUDGET))
+
+
+def _copy(loaded: Loaded, target: Path) -> Path:
+    """A private copy of the loaded project: landing zone, state and warehouse."""
+    for part in ("landing", "state", "warehouse"):
+        shutil.copytree(loaded.config.parent / part, target / part)
+    return _project(target)
+
+
+def _fresh(zone: Path, target: Path, **overrides: Any) -> Path:
+    shutil.copytree(zone, target / "landing")
+    return _project(target, **overrides)
+
+
+def _landing(config: Path) -> Path:
+    return config.parent / "landing"
+
+
+def _warehouse(config: Path) -> Path:
+    return config.parent / "warehouse"
+
+
+def _verify_ok(config: Path, env: dict[str, str] | None = None) -> None:
+    result = run_cli(config, "verify", check=False, env=env)
+    assert result.returncode == 0, f"loader verify exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+
+
+def _max_cursor(landing: Path, table: str, *, skip: tuple[Path, ...] = ()) -> datetime:
+    files = _files(landing, table, skip=skip)
+    return duckdb.sql(f"SELECT max({CURSOR[table]}) FROM read_parquet({files})").fetchall()[0][0].astimezone(UTC)
+
+
+def _files(landing: Path, table: str, *, skip: tuple[Path, ...] = ()) -> list[str]:
+    return sorted(str(p) for p in (landing / table).rglob("*.parquet") if p not in skip)
+
+
+def _keys_in_window(landing: Path, table: str, window: dict[str, str | None], *, skip: tuple[Path, ...] = ()) -> int:
+    """Distinct keys with a version in the window (what a batch reading it loads, after its dedupe),
+    from the landing files, `skip` left out."""
+    where = f"{CURSOR[table]} <= TIMESTAMPTZ '{window['upper']}'"
+    if window["lower"] is not None:
+        where += f" AND {CURSOR[table]} > TIMESTAMPTZ '{window['lower']}'"
+    sql = f"SELECT count(*) FROM (SELECT DISTINCT {KEYS[table]} FROM read_parquet({_files(landing, table, skip=skip)}) WHERE {where})"
+    return duckdb.sql(sql).fetchall()[0][0]
+
+
+def _at(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _assert_batches_chain(summary: dict[str, Any], *, start: dict[str, datetime | None] | None = None) -> None:
+    """Consecutive run numbers; per source, each batch's window continues the previous one's."""
+    batches = summary["batches"]
+    assert summary["run_numbers"] == [b["run_number"] for b in batches]
+    first = batches[0]["run_number"]
+    assert summary["run_numbers"] == list(range(first, first + len(batches)))
+    assert summary["rows"] == sum(b["rows"] for b in batches) == sum(t["rows"] for t in summary["tables"].values())
+    for table in FACTS:
+        windows = [b["windows"][table] for b in batches if table in b["windows"]]
+        if start is not None:
+            assert _at(windows[0]["lower"]) == start[table], f"{table}: first window {windows[0]}"
+        for before, after in zip(windows, windows[1:], strict=False):
+            assert after["lower"] == before["upper"], f"{table}: windows {before} then {after}"
+            assert _at(after["upper"]) > _at(after["lower"])
+        assert summary["tables"][table]["window"] == {"lower": windows[0]["lower"], "upper": windows[-1]["upper"]}
+
+
+def _checkpoints(config: Path, env: dict[str, str] | None = None) -> dict[str, tuple[datetime, int]]:
+    sources = run_json(config, "status", env=env)["sources"]
+    return {name: (_at(s["checkpoint"]), s["checkpoint_run"]) for name, s in sources.items()}
+
+
+def _ledger(config: Path) -> dict[int, dict[str, Any]]:
+    """The state store's run ledger, read with plain sqlite3: run number -> status, windows, inputs."""
+    with sqlite3.connect(config.parent / "state" / "loader.db") as conn:
+        rows = conn.execute("SELECT run_number, status, windows, inputs, attempts FROM runs").fetchall()
+    return {n: {"status": s, "windows": json.loads(w), "inputs": None if i is None else json.loads(i), "attempts": a}
+            for n, s, w, i, a in rows}
+
+
+def _input_files(inputs: dict[str, Any]) -> dict[str, list[str]]:
+    return {name: [Path(f["path"]).as_posix() for f in info["files"]] for name, info in inputs["sources"].items()}
+
+
+def _sorted(table: pa.Table, name: str) -> pa.Table:
+    keys = KEYS[name].split(", ")
+    return table.sort_by([(k, "ascending") for k in keys])
+
+
+def _assert_same_tables(a: Path, b: Path) -> None:
+    """Two warehouses hold the same Delta rows and the same newest Parquet versions."""
+    for table in FACTS:
+        left, right = delta_rows(a, table), delta_rows(b, table)
+        assert left.num_rows > 0 and left.equals(right.select(left.column_names)), f"delta/{table} differs"
+        left, right = parquet_latest(a, table), parquet_latest(b, table)
+        assert _sorted(left, table).equals(_sorted(right.select(left.column_names), table)), f"parquet/{table} differs"
+
+
+def _assert_parquet_versions_once(warehouse: Path) -> None:
+    for table in FACTS:
+        keys = [*KEYS[table].split(", "), CURSOR[table]]
+        versions = parquet_versions(warehouse, table).select(keys)
+        grouped = versions.group_by(keys).aggregate([([], "count_all")])
+        twice = grouped.filter(pc.greater(grouped["count_all"], 1))
+        assert twice.num_rows == 0, f"parquet/{table}: {twice.num_rows} (key, cursor) version(s) written twice"
+
+
+# ------------------------------------------------------------------------------ 1. first load in batches
+
+
+def test_first_load_in_batches_equals_one_batch_in_every_sink(
+    zone: Path, tmp_path: Path, snowflake_server: dict[str, Any]
+) -> None:
+    env = password_env(snowflake_server)
+    configs, summaries, databases = {}, {}, {}
+    for name, budget in (("many", BUDGET), ("one", ONE_BATCH)):
+        databases[name] = new_database()
+        sinks = {"parquet": {"enabled": True}, "delta": {"enabled": True},
+                 "snowflake": sink_settings(snowflake_server, databases[name])}
+        configs[name] = _fresh(zone, tmp_path / name, sinks=sinks)
+        summaries[name] = _run(configs[name], budget, env=env)
+
+    many, one = summaries["many"], summaries["one"]
+    assert many["status"] == one["status"] == "committed"
+    assert len(many["batches"]) >= 5 and len(one["batches"]) == 1, [b["rows"] for b in many["batches"]]
+    assert many["run_numbers"][0] == 1 and many["run_number"] == many["run_numbers"][-1]
+    assert not many["replayed"] and not any(b["replayed"] for b in many["batches"])
+    _assert_batches_chain(many, start={"orders": None, "lineitem": None})
+    # A first load reads every row once: the batches' rows add up to the landing zone's rows.
+    landing_rows = {t: pq.ParquetDataset(_files(zone, t)).read(columns=[CURSOR[t]]).num_rows for t in FACTS}
+    assert {t: many["tables"][t]["rows"] for t in FACTS} == {t: one["tables"][t]["rows"] for t in FACTS} == landing_rows
+    assert all(b["rows"] <= 1.5 * BUDGET for b in many["batches"]), [b["rows"] for b in many["batches"]]
+    for name, summary in summaries.items():
+        for table in FACTS:
+            sinks = summary["tables"][table]["sinks"]
+            assert {s: w["rows"] for s, w in sinks.items()} == dict.fromkeys(("parquet", "delta", "snowflake"),
+                                                                               landing_rows[table]), (name, table)
+
+    top = {t: _max_cursor(zone, t) for t in FACTS}
+    for name, config in configs.items():
+        assert _checkpoints(config, env) == {t: (top[t], summaries[name]["run_number"]) for t in FACTS}
+        assert_warehouse_exact(_warehouse(config), zone)
+        _verify_ok(config, env)
+    _assert_same_tables(_warehouse(configs["many"]), _warehouse(configs["one"]))
+    for table in FACTS:
+        assert parquet_versions(_warehouse(configs["many"]), table).num_rows == landing_rows[table]
+        held = {name: snowflake_rows(snowflake_server, database, table, zone) for name, database in databases.items()}
+        assert_matches_expected(held["many"], zone, table, sink="snowflake")  # assert_snowflake_exact, table by table
+        assert held["many"].equals(held["one"]), f"snowflake/{table} differs between one batch and many"
+    assert _run(configs["many"], BUDGET, env=env)["status"] == "nothing_new"
+
+
+# ------------------------------------------------------------------------- 2. keys updated across batches
+
+
+def test_keys_updated_across_batch_boundaries_end_newest(loaded: Loaded, tmp_path: Path) -> None:
+    config = _copy(loaded, tmp_path / "p")
+    landing = _landing(config)
+    # Updates pick among every order here (fewer than 100,000): the second batch of updates re-sends
+    # many keys the first one re-sent, or created, a day earlier.
+    run_cli(config, "demo-data", "append", "--orders", "1000", "--updates", "5000", "--late", "0")
+    run_cli(config, "demo-data", "append", "--orders", "1000", "--updates", "5000", "--late", "0")
+    summary = _run(config, 5_000)
+    assert summary["status"] == "committed" and len(summary["batches"]) >= 3, summary["batches"]
+    _assert_batches_chain(summary)
+
+    # The premise: keys with versions in different batches of this one run.
+    bounds = [(_at(b["windows"]["orders"]["lower"]), _at(b["windows"]["orders"]["upper"]))
+              for b in summary["batches"] if "orders" in b["windows"]]
+    versions = duckdb.sql(f"SELECT o_orderkey, o_updated_at FROM read_parquet({_files(landing, 'orders')}) "
+                          f"WHERE o_updated_at > TIMESTAMPTZ '{bounds[0][0].isoformat()}'").fetchall()
+    batches_of: dict[int, set[int]] = {}
+    for key, cursor in versions:
+        index = next(i for i, (low, high) in enumerate(bounds) if low < cursor <= high)
+        batches_of.setdefault(key, set()).add(index)
+    assert sum(len(b) > 1 for b in batches_of.values()) >= 500
+
+    assert_warehouse_exact(_warehouse(config), landing)
+    _assert_parquet_versions_once(_warehouse(config))
+    _verify_ok(config)
+
+
+# ------------------------------------------------------------------------------------- 3. late records
+
+
+def test_late_records_between_runs_load_in_batches(loaded: Loaded, tmp_path: Path) -> None:
+    config = _copy(loaded, tmp_path / "p")
+    landing, warehouse = _landing(config), _warehouse(config)
+    for orders, updates, late in ((2000, 500, 800), (1500, 300, 400)):
+        checkpoint = _checkpoints(config)["orders"][0]
+        run_cli(config, "demo-data", "append", "--orders", str(orders), "--updates", str(updates), "--late", str(late))
+        newest = sorted((landing / "orders").glob("ingest_date=*"))[-1]
+        file = pq.read_table(newest)
+        late_keys = set(file.filter(pc.less(file["o_updated_at"], pa.scalar(checkpoint, file["o_updated_at"].type)))
+                        ["o_orderkey"].to_pylist())
+        assert len(late_keys) == late  # the late records are older than the checkpoint, inside the lookback
+        summary = _run(config, 5_000)
+        assert len(summary["batches"]) >= 2, summary["batches"]
+        _assert_batches_chain(summary, start={t: checkpoint - LOOKBACK for t in FACTS})
+        held = set(delta_rows(warehouse, "orders")["o_orderkey"].to_pylist())
+        assert late_keys <= held
+        assert_warehouse_exact(warehouse, landing)
+        _verify_ok(config)
+
+
+# --------------------------------------------------------------------------------------- 4. quarantine
+
+VALID_KEY, NULL_KEY, FUTURE_KEY, NO_REGION_KEY = 10**9 + 1, 10**9 + 2, 10**9 + 3, 10**9 + 4
+
+
+def _order(template: pa.Table, key: int | None, cursor: datetime, custkey: int | None = None) -> pa.Table:
+    row = template.slice(0, 1)
+    row = row.set_column(row.schema.get_field_index("o_orderkey"), "o_orderkey", pa.array([key], pa.int64()))
+    row = row.set_column(row.schema.get_field_index("o_updated_at"), "o_updated_at",
+                         pa.array([cursor], row["o_updated_at"].type))
+    if custkey is not None:
+        row = row.set_column(row.schema.get_field_index("o_custkey"), "o_custkey", pa.array([custkey], pa.int64()))
+    return row
+
+
+def test_quarantined_rows_in_a_multi_batch_run(loaded: Loaded, tmp_path: Path) -> None:
+    config = _copy(loaded, tmp_path / "p")
+    landing, warehouse = _landing(config), _warehouse(config)
+    run_cli(config, "demo-data", "append", "--orders", "3000", "--updates", "1000", "--late", "0")
+    folder = sorted((landing / "orders").glob("ingest_date=*"))[-1]
+    template = pq.read_table(next(folder.glob("*.parquet")))
+    # Bad rows in the middle of the new day: their file's one row group spans several batches.
+    middle = datetime.combine(datetime.fromisoformat(folder.name.split("=")[1]).date(), datetime.min.time(), UTC)
+    middle += timedelta(hours=12)
+    odd = folder / "part-odd.parquet"
+    pq.write_table(pa.concat_tables([
+        _order(template, VALID_KEY, middle),
+        _order(template, None, middle),  # null key
+        _order(template, NO_REGION_KEY, middle + timedelta(hours=3), custkey=10**8),  # no such customer
+        _order(template, FUTURE_KEY, datetime(2099, 1, 1, tzinfo=UTC)),  # cursor in the future
+    ]), odd)
+
+    summary = _run(config, 5_000)
+    assert summary["status"] == "committed" and len(summary["batches"]) >= 3, summary["batches"]
+    want = {"null key o_orderkey": 1, "cursor in the future": 1, "no region": 1}
+    assert summary["tables"]["orders"]["quarantined"] == want
+    stored = pa.concat_tables([pq.read_table(f) for f in (warehouse / "quarantine" / "orders").glob("*.parquet")])
+    assert sorted(stored["reason"].to_pylist()) == sorted(want)  # each bad row once, in all the batches
+    assert _checkpoints(config)["orders"][0] == _max_cursor(landing, "orders", skip=(odd,))  # not dragged to 2099
+
+    # The sinks hold the landing zone without the bad rows (the valid row of the odd file included).
+    clean = tmp_path / "clean"
+    shutil.copytree(landing, clean, ignore=shutil.ignore_patterns("part-odd.parquet"))
+    pq.write_table(_order(template, VALID_KEY, middle), clean / "orders" / folder.name / "part-odd.parquet")
+    assert_warehouse_exact(warehouse, clean)
+    _verify_ok(config)
+
+    # The next run reads the odd file again (lookback, same row group): nothing quarantined twice.
+    run_cli(config, "demo-data", "append", "--orders", "100", "--updates", "10", "--late", "5")
+    again = _run(config, 5_000)
+    assert again["tables"]["orders"]["quarantined"] == {}
+    stored = pa.concat_tables([pq.read_table(f) for f in (warehouse / "quarantine" / "orders").glob("*.parquet")])
+    assert stored.num_rows == 3
+
+
+# ------------------------------------------------------------------------ 5. one cursor value too heavy
+
+
+def test_a_cursor_value_heavier_than_the_budget_loads_whole(loaded: Loaded, tmp_path: Path) -> None:
+    config = _copy(loaded, tmp_path / "p")
+    landing, warehouse = _landing(config), _warehouse(config)
+    run_cli(config, "demo-data", "append", "--orders", "1500", "--updates", "300", "--late", "0")
+    folder = sorted((landing / "orders").glob("ingest_date=*"))[-1]
+    day = datetime.combine(datetime.fromisoformat(folder.name.split("=")[1]).date(), datetime.min.time(), UTC)
+    heavy_at = day + timedelta(hours=12, microseconds=123)  # in the middle of the new day's rows
+    # 9,000 new orders (copies of history, new keys) all stamped with one cursor value, in row groups of
+    # 1,000 rows: heavier than the largest row group (a day's lineitem file), so heavier than the budget.
+    history = pq.ParquetDataset(_files(landing, "orders")[:5]).read().slice(0, 9_000)
+    history = history.set_column(history.schema.get_field_index("o_orderkey"), "o_orderkey",
+                                 pa.array(range(10**8, 10**8 + history.num_rows), pa.int64()))
+    history = history.set_column(history.schema.get_field_index("o_updated_at"), "o_updated_at",
+                                 pa.array([heavy_at] * history.num_rows, history["o_updated_at"].type))
+    pq.write_table(history, folder / "part-heavy.parquet", row_group_size=1_000)
+    largest = max(pq.ParquetFile(f).metadata.row_group(i).num_rows
+                  for t in FACTS for f in _files(landing, t)[-2:] for i in range(pq.ParquetFile(f).num_row_groups))
+    assert largest < 9_000
+
+    done = run_cli(config, "run", "--incremental", "--max-batch-rows", "500", "--json")
+    summary = json.loads(done.stdout)
+    assert summary["status"] == "committed"
+    assert "smaller than a row group" in done.stderr and "run.max_batch_rows=500" in done.stderr
+    heavy = [line for line in done.stderr.splitlines() if "cursor value" in line and "more than the batch budget" in line]
+    assert len(heavy) == 1 and heavy_at.isoformat() in heavy[0] and "9,000 rows" in heavy[0], heavy or done.stderr
+    # The heavy value is a batch of its own, loaded whole, between batches before and after it.
+    at = [i for i, b in enumerate(summary["batches"]) if b["windows"].get("orders", {}).get("upper") == heavy_at.isoformat()]
+    assert len(at) == 1 and 0 < at[0] < len(summary["batches"]) - 1, summary["batches"]
+    assert summary["batches"][at[0]]["tables"]["orders"] >= 9_000
+    _assert_batches_chain(summary)
+    assert_warehouse_exact(warehouse, landing)
+    _verify_ok(config)
+
+
+# ------------------------------------------------------------------------------ 6. a replay's input
+
+
+def _kill_an_increment(config: Path) -> tuple[int, dict[str, Any]]:
+    """Land a batch of new, updated and late orders; kill its run (one batch) after Delta committed
+    orders. The killed run's number and its ledger row."""
+    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "60", "--late", "5")
+    killed = run_cli(config, "run", "--incremental", "--max-batch-rows", str(ONE_BATCH), check=False,
+                     env={"LOADER_FAILPOINTS": "delta.commit@orders=crash"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    time.sleep(LEASE_TTL_S + 0.5)  # the dead run's lease expires by itself
+    unfinished = run_json(config, "status")["unfinished_run"]
+    assert unfinished is not None
+    number = unfinished["run_number"]
+    return number, _ledger(config)[number]
+
+
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.ray)])
+def test_a_replay_reads_exactly_its_recorded_input(loaded: Loaded, tmp_path: Path, executor: str) -> None:
+    config = _copy(loaded, tmp_path / "p")
+    landing, warehouse = _landing(config), _warehouse(config)
+    number, row = _kill_an_increment(config)
+    recorded = _input_files(row["inputs"])
+    assert row["status"] == "planned" and recorded["orders"] and recorded["lineitem"]
+
+    # Late records land inside the killed run's window, in a file its plan never saw.
+    before = set(landing.rglob("*.parquet"))
+    run_cli(config, "demo-data", "append", "--orders", "0", "--updates", "0", "--late", "20")
+    late_files = tuple(sorted(set(landing.rglob("*.parquet")) - before))
+    assert {p.parent.parent.name for p in late_files} == set(FACTS)
+    late = pq.read_table(next(p for p in late_files if p.parent.parent.name == "orders"))
+    assert late.num_rows == 20
+    for table in FACTS:
+        window = row["windows"][table]
+        cursors = pq.read_table(next(p for p in late_files if p.parent.parent.name == table))[CURSOR[table]]
+        assert _at(window["lower"]) < pc.min(cursors).as_py() and pc.max(cursors).as_py() <= _at(window["upper"])
+
+    replay = _run(config, ONE_BATCH, "--executor", executor)
+    assert replay["replayed"] is True and replay["executor"] == executor
+    # Nothing is newer than the replayed window: the run is the replay alone.
+    assert replay["run_numbers"] == [number] and [b["replayed"] for b in replay["batches"]] == [True]
+    batch = replay["batches"][0]
+    assert batch["windows"] == row["windows"]
+    for table in FACTS:  # the rows of the recorded files, none of the late file's
+        assert batch["tables"][table] == _keys_in_window(landing, table, row["windows"][table], skip=late_files), table
+    assert _input_files(_ledger(config)[number]["inputs"]) == recorded  # the ledger still names the same input
+    assert _ledger(config)[number]["status"] == "committed"
+    # Right after the replay every sink holds the landing zone as the run saw it, without the late file.
+    _verify_ok(config)
+    seen = tmp_path / "seen"
+    shutil.copytree(landing, seen, ignore=lambda folder, names: [n for n in names if Path(folder, n) in late_files])
+    assert_warehouse_exact(warehouse, seen)
+    held = set(delta_rows(warehouse, "orders")["o_orderkey"].to_pylist())
+    assert not held & set(late["o_orderkey"].to_pylist())
+
+    # Newer data arrives: the next run's lookback reads the late file.
+    run_cli(config, "demo-data", "append", "--orders", "50", "--updates", "0", "--late", "0")
+    after = _run(config, ONE_BATCH)
+    assert after["replayed"] is False and after["run_numbers"] == [number + 1]
+    assert _at(after["tables"]["orders"]["window"]["lower"]) < pc.min(late["o_updated_at"]).as_py()
+    assert set(late["o_orderkey"].to_pylist()) <= set(delta_rows(warehouse, "orders")["o_orderkey"].to_pylist())
+    assert_warehouse_exact(warehouse, landing)
+    _verify_ok(config)
+
+
+def test_a_replay_refuses_a_recorded_file_that_changed_or_vanished(loaded: Loaded, tmp_path: Path) -> None:
+    config = _copy(loaded, tmp_path / "p")
+    landing = _landing(config)
+    number, row = _kill_an_increment(config)
+    newest = max(_input_files(row["inputs"])["orders"])  # the appended file: it holds the new rows
+    path = Path(newest)
+    assert path.is_file() and landing in path.parents
+    original = path.read_bytes()
+
+    pq.write_table(pq.read_table(path), path, compression="none")  # same rows, rewritten: another size
+    assert path.stat().st_size != len(original)
+    changed = run_cli(config, "run", "--incremental", check=False)
+    assert changed.returncode == 1, changed.stderr
+    assert newest in changed.stderr and "changed size" in changed.stderr
+    assert f"loader runs abandon {number}" in changed.stderr
+
+    path.unlink()
+    gone = run_cli(config, "run", "--incremental", check=False)
+    assert gone.returncode == 1, gone.stderr
+    assert newest in gone.stderr and "is gone" in gone.stderr and f"loader runs abandon {number}" in gone.stderr
+    assert _ledger(config)[number]["status"] == "planned"  # nothing moved
+    assert _checkpoints(config)["orders"][1] == number - 1
+
+    path.write_bytes(original)  # put back as it was: the replay goes through
+    replay = _run(config, ONE_BATCH)
+    assert replay["replayed"] is True and replay["run_numbers"] == [number]
+    assert_warehouse_exact(_warehouse(config), landing)
+    _verify_ok(config)
+
+
+# --------------------------------------------------------------------------------------------- 7. resume
+
+
+def test_a_run_killed_after_its_third_batch_resumes_at_the_fourth(zone: Path, loaded: Loaded, tmp_path: Path) -> None:
+    reference = loaded.summary["batches"]  # the same landing zone and budget: the same cut
+    assert len(reference) >= 5
+    config = _fresh(zone, tmp_path / "p")
+    killed = run_cli(config, "run", "--incremental", "--max-batch-rows", str(BUDGET), check=False,
+                     env={"LOADER_FAILPOINTS": "checkpoint.after=crash+2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    third = {t: _at(reference[2]["windows"][t]["upper"]) for t in FACTS}
+    assert _checkpoints(config) == {t: (third[t], 3) for t in FACTS}
+    time.sleep(LEASE_TTL_S + 0.5)
+
+    resumed = _run(config, BUDGET)
+    assert resumed["replayed"] is False and resumed["run_numbers"][0] == 4  # batches 1..3 committed
+    _assert_batches_chain(resumed, start={t: third[t] - LOOKBACK for t in FACTS})
+    remaining = sum(b["rows"] for b in reference[3:])
+    assert remaining <= resumed["rows"] <= remaining + BUDGET, (resumed["rows"], remaining)
+    assert resumed["rows"] < sum(b["rows"] for b in reference)
+    assert_warehouse_exact(_warehouse(config), zone)
+    _verify_ok(config)
+
+
+# ------------------------------------------------------------------------------------------- 8. backfill
+
+
+def test_backfill_chunks_are_cut_into_batches(zone: Path, loaded: Loaded, tmp_path: Path) -> None:
+    config = _fresh(zone, tmp_path / "p")
+    end = run_json(loaded.config, "status")["sources"]["orders"]["checkpoint"]
+    result = run_json(config, "backfill", "--start", "2023-12-31", "--end", end, "--chunk", "2d",
+                      "--max-batch-rows", "5000")
+    chunks = result["chunks"]
+    assert result["chunks_total"] == result["chunks_loaded"] == len(chunks) == 5 and result["checkpoints_moved"] is False
+    for chunk in chunks:
+        assert chunk["status"] == "loaded" and len(chunk["run_numbers"]) == chunk["batches"] >= 1
+        assert chunk["run_number"] == chunk["run_numbers"][-1]
+    assert sum(c["batches"] >= 2 for c in chunks) >= 3, [c["batches"] for c in chunks]
+    runs = [n for c in chunks for n in c["run_numbers"]]
+    assert runs == list(range(runs[0], runs[0] + len(runs)))  # each batch a ledger run of its own
+    for table in FACTS:
+        assert sum(c["tables"][table]["rows"] for c in chunks if table in c["tables"]) == \
+            loaded.summary["tables"][table]["rows"]
+    _assert_same_tables(_warehouse(config), _warehouse(loaded.config))
+    assert_warehouse_exact(_warehouse(config), zone)
+    assert all(s["checkpoint"] is None for s in run_json(config, "status")["sources"].values())
+    ledger = _ledger(config)
+    assert all(ledger[n]["status"] == "committed" and ledger[n]["inputs"] for n in runs)
