@@ -339,6 +339,21 @@ def plan_from_input(config: LoaderConfig, run_number: int, windows: dict[str, Wi
                                              info.size, groups))
                 else:
                     kept.append(file)
+            if len(kept) < len(files) or any(f.stats for f in kept):
+                window = _window_of_what_is_left(location, config.sources[name].cursor, name, window, kept)
             files = kept
         plans[name] = SourcePlan(name, location, window, tuple(files), len(entries), None)
     return RunPlan(plans, planned_at=datetime.fromisoformat(planned_at) if planned_at else None)
+
+
+def _window_of_what_is_left(location: Location, cursor: str, name: str, window: Window,
+                            files: list[FilePlan]) -> Window:
+    """A replay's window once files of its input went away: its upper bound (the checkpoint it sets)
+    no further than the newest cursor still there, so the checkpoint stays on data that exists."""
+    highs = []
+    for file in files:
+        groups = file.stats or read_footer(location, file.path, cursor, name).groups
+        highs += [g[3] for g in groups if g[0] in file.row_groups and g[3] is not None and g[3] <= window.upper]
+    if not highs:
+        return window if window.lower is None else Window(lower=window.lower, upper=window.lower)
+    return Window(lower=window.lower, upper=max(max(highs), window.lower) if window.lower else max(highs))
