@@ -1,5 +1,6 @@
 """Progress for people, silence for cron: `loader run` in a pseudo-terminal draws a bar through the
-run's steps (per source: read and transform, write; then commit) with text log lines above it; the
+run's rows and batches, with the step (per source: read and transform, write; then commit), with text
+log lines above it; the
 same run with stderr a pipe draws nothing and writes only JSON log lines."""
 
 from __future__ import annotations
@@ -47,16 +48,21 @@ def _in_terminal(*args: str, timeout: float = 120) -> tuple[int, str]:
 def test_a_bar_in_a_terminal_and_nothing_drawn_under_cron(tmp_path: Path) -> None:
     config = write_config(tmp_path / "project", pipeline="watched")
     run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "2")
-    code, screen = _in_terminal("--config", str(config), "run", "--incremental")
+    code, screen = _in_terminal("--config", str(config), "run", "--incremental", "--max-batch-rows", "4000")
     assert code == 0, screen[-3000:]
     assert BAR in screen, screen[-3000:]
+    for shown in ("batch 1/3", "batch 3/3", "rows", "left"):  # the batch, rows done of the planned total, ETA
+        assert shown in screen, f"{shown!r} never shown:\n{screen[-3000:]}"
     for step in ("orders: read and transform", "orders: write to parquet, delta", "lineitem: read and transform",
                  "commit"):
         assert step in screen, f"step {step!r} never shown:\n{screen[-3000:]}"
     assert "INFO loader.table_writes [watched run 1]: run 1: orders -> parquet" in screen  # text logs above it
-    assert "watched: run 1 committed" in screen  # the summary stays after the bar
+    assert "watched: runs 1-3 (3 batches) committed" in screen  # the summary stays after the bar
 
     run_cli(config, "demo-data", "append", "--orders", "40", "--updates", "5", "--late", "1")
     piped = run_cli(config, "run", "--incremental")  # stderr a pipe, as under cron
     assert BAR not in piped.stderr and "\x1b[" not in piped.stderr
-    assert all(json.loads(line)["pipeline"] == "watched" for line in piped.stderr.splitlines())
+    lines = [json.loads(line) for line in piped.stderr.splitlines()]
+    assert all(line["pipeline"] == "watched" for line in lines)
+    assert [line["message"].split(" committed")[0] for line in lines if line["message"].startswith("batch ")] == [
+        "batch 1 of 1 (run 4)"]  # one line per batch under cron
