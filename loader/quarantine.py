@@ -91,12 +91,16 @@ def location(config: LoaderConfig, source: str) -> Location:
 def _entries(bad: pa.Table, *, source: str, run_number: int) -> pa.Table:
     rows = bad.drop_columns([REASON]).to_pylist()
     texts = [json.dumps(r, default=str, sort_keys=True, ensure_ascii=False) for r in rows]
+    # The hash leaves null values out: the same landing row, merged beside rows of another check (which
+    # adds their columns, null for it), must hash alike, or a re-read would quarantine it again.
+    present = [json.dumps({k: v for k, v in r.items() if v is not None}, default=str, sort_keys=True,
+                          ensure_ascii=False) for r in rows]
     stamp = datetime.now(UTC)
     return pa.table({
         "run_number": pa.array([run_number] * len(rows), pa.int64()),
         "source": pa.array([source] * len(rows), pa.string()),
         "reason": bad[REASON].cast(pa.string()),
-        "row_hash": pa.array([hashlib.sha256(t.encode()).hexdigest()[:32] for t in texts], pa.string()),
+        "row_hash": pa.array([hashlib.sha256(t.encode()).hexdigest()[:32] for t in present], pa.string()),
         "quarantined_at": pa.array([stamp] * len(rows), pa.timestamp("us", tz="UTC")),
         "row": pa.array(texts, pa.string()),
     }, schema=SCHEMA)

@@ -166,13 +166,16 @@ def _read_files(location: Location, paths: Sequence[str], columns: list[str], wh
     return pa.concat_tables(parts, promote_options="permissive") if parts else None
 
 
-def _landed_before(location: Location, partition_column: str, moment: datetime | None) -> list[str]:
-    """The source's files (planning's rules) that were there at `moment`."""
+def _landed_before(location: Location, partition_column: str, moment: datetime | None,
+                   read: frozenset[str] = frozenset()) -> list[str]:
+    """The source's files (planning's rules) that were there at `moment`, and those a committed run
+    recorded as read (a replay reads a file rewritten since as it is now, whatever its mtime)."""
     paths = set(list_files(location, partition_column=partition_column, since=None)[0])
     infos = location.filesystem.get_file_info(pafs.FileSelector(location.path, recursive=True))
     return sorted(
         info.path for info in infos
-        if info.path in paths and (moment is None or info.mtime is None or _utc(info.mtime) <= moment)
+        if info.path in paths
+        and (moment is None or info.mtime is None or _utc(info.mtime) <= moment or info.path in read)
     )
 
 
@@ -181,12 +184,13 @@ def _utc(moment: datetime) -> datetime:
 
 
 def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_at: datetime | None,
-                  dims: Dimensions) -> pa.Table | None:
+                  dims: Dimensions, read: frozenset[str] = frozenset()) -> pa.Table | None:
     """What the committed windows loaded: key, cursor and region of each key's latest version."""
     source = config.sources[name]
     location = locate(config.source_path(name))
     columns = list(dict.fromkeys([*source.primary_key, source.cursor, _LOOKUP_COLUMN[source.kind]]))
-    rows = _read_files(location, _landed_before(location, source.partition_column, seen_at), columns, f"source {name}")
+    rows = _read_files(location, _landed_before(location, source.partition_column, seen_at, read), columns,
+                       f"source {name}")
     if rows is None:
         return None
     # Rows a run quarantines never reach a sink: a null key or cursor, a cursor beyond the checkpoint
@@ -246,10 +250,10 @@ def _compare(table: str, sink: str, want: Digest, got: Digest, dups: dict[str, i
 
 
 def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_at: datetime | None,
-                  dims: Dimensions) -> list[Check]:
+                  dims: Dimensions, read: frozenset[str] = frozenset()) -> list[Check]:
     source = config.sources[name]
     columns = [*source.primary_key, source.cursor]
-    want = digest(expected_rows(config, name, checkpoint, seen_at, dims), columns)
+    want = digest(expected_rows(config, name, checkpoint, seen_at, dims, read), columns)
     checks = []
     if config.sinks.delta.enabled:
         rows = delta_rows(config, name, [*columns, "region"])
@@ -278,6 +282,14 @@ def _quiet_checkpoints(store: StateStore, pipeline: str) -> dict[str, Checkpoint
                 "then run `loader verify` again"
             )
     return store.checkpoints(pipeline)
+
+
+def _read_by_runs(store: StateStore, pipeline: str, source: str) -> frozenset[str]:
+    """The files of `source` that committed incremental runs recorded as their input."""
+    return frozenset(
+        entry["path"] for run in store.runs(pipeline, limit=None, mode="incremental") if run.status == "committed"
+        for entry in ((run.inputs or {}).get("sources", {}).get(source, {}).get("files", []))
+    )
 
 
 def _seen_at(store: StateStore, pipeline: str, checkpoint: Checkpoint) -> datetime | None:
@@ -315,7 +327,8 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = ()) -> Verification:
             if checkpoint is None:
                 notes.append(f"{name}: never loaded, nothing to verify")
                 continue
-            checks += _verify_table(config, name, checkpoint, _seen_at(store, pipeline, checkpoint), dims)
+            checks += _verify_table(config, name, checkpoint, _seen_at(store, pipeline, checkpoint), dims,
+                                    _read_by_runs(store, pipeline, name))
         if _quiet_checkpoints(store, pipeline) != checkpoints:
             raise StateError(f"a run of pipeline {pipeline!r} committed while verify was reading: run `loader verify` again")
     finally:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from loader import demo_data as dd
-from loader.errors import ConfigError
+from loader.errors import BadSourceData, ConfigError
 
 SCALE = 0.01
 DAYS = 5
@@ -167,6 +167,97 @@ def test_append_replaces_leftovers_of_a_crashed_append(zone: Path, tmp_path: Pat
     for table in ("orders", "lineitem"):
         assert [p.name for p in fact_files(zone, table)] == [p.name for p in fact_files(clean, table)]
         assert read_fact(zone, table).equals(read_fact(clean, table))
+
+
+# ------------------------------------------------------------------------------------- streaming
+
+
+@pytest.fixture(scope="module")
+def tpch_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tpchgen-cli's own output at SCALE, as init reads it."""
+    out = tmp_path_factory.mktemp("tpchgen")
+    dd._run_tpchgen(dd.find_tpchgen_cli(), scale=SCALE, out=out)
+    return out
+
+
+def reference_init(tpch: Path, *, seed: int, days: int, start: datetime) -> dict[str, pa.Table]:
+    """The initial fact files computed with whole tables in memory: relative path -> rows."""
+    orders = dd._read_tpch(tpch / "orders.parquet", dd.ORDERS_SCHEMA)
+    lineitem = dd._read_tpch(tpch / "lineitem.parquet", dd.LINEITEM_SCHEMA)
+    n = orders.num_rows
+    day = np.arange(n) * days // n
+    rng = np.random.default_rng([seed, dd._INIT_STREAM])
+    cursor = int((start - dd._EPOCH) / timedelta(microseconds=1)) + day * 86_400_000_000
+    cursor = cursor + rng.integers(0, 86_400_000_000, n, dtype=np.int64)
+    pos = np.searchsorted(orders["o_orderkey"].to_numpy(), lineitem["l_orderkey"].to_numpy())
+    out = {}
+    for table, data, row_day, row_cursor in (
+        ("orders", orders, day, cursor),
+        ("lineitem", lineitem, day[pos], cursor[pos]),
+    ):
+        cursor_name = dd.CURSOR_COLUMNS[table]
+        data = data.append_column(dd.SCHEMAS[table].field(cursor_name), pa.array(row_cursor, dd.CURSOR_TYPE))
+        for d in np.unique(row_day):
+            rel = f"{table}/ingest_date={(start + timedelta(days=int(d))).date()}/part-{d + 1:05d}.parquet"
+            keys = [(cursor_name, "ascending")] + [(k, "ascending") for k in dd.PRIMARY_KEYS[table]]
+            out[rel] = data.filter(pa.array(row_day == d)).sort_by(keys)
+    return out
+
+
+@pytest.mark.parametrize("days", [1, 7])
+def test_streamed_init_equals_whole_tables_in_memory(
+    tpch_files: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, days: int
+) -> None:
+    """Small read batches: days start and end inside batches, and one day spans many batches."""
+    monkeypatch.setattr(dd, "_READ_BATCH_ROWS", 997)
+    root = tmp_path / "lz"
+    rows, state = dd._write_initial(root, tpch_files, seed=5, scale=SCALE, days=days, start=dd.ANCHOR)
+
+    expected = reference_init(tpch_files, seed=5, days=days, start=dd.ANCHOR)
+    written = sorted(p.relative_to(root).as_posix() for t in dd.FACT_TABLES for p in fact_files(root, t))
+    assert written == sorted(expected)
+    for rel, table in expected.items():
+        assert pq.read_table(root / rel).equals(table), rel
+    assert rows["orders"] == 15000 and rows["lineitem"] == 60175
+    orders = [t for rel, t in expected.items() if rel.startswith("orders/")]
+    assert state.max_cursor == max(pc.max(t["o_updated_at"]).as_py() for t in orders)
+    assert state.max_orderkey == pc.max(pq.read_table(tpch_files / "orders.parquet")["o_orderkey"]).as_py()
+
+
+@pytest.mark.parametrize("table", ["orders", "lineitem"])
+def test_init_refuses_tpchgen_output_out_of_key_order(tpch_files: Path, tmp_path: Path, table: str) -> None:
+    tpch = tmp_path / "tpch"
+    shutil.copytree(tpch_files, tpch)
+    data = dd._read_tpch(tpch / f"{table}.parquet", dd.SCHEMAS[table])
+    pq.write_table(data.take(np.arange(data.num_rows)[::-1]), tpch / f"{table}.parquet")
+    with pytest.raises(BadSourceData, match=f"{table}.parquet with its order keys not"):
+        dd._write_initial(tmp_path / "lz", tpch, seed=1, scale=SCALE, days=3, start=dd.ANCHOR)
+
+
+def test_many_row_groups_per_file_give_the_same_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At large scales a file has many row groups: append reads single row groups back (the rows it
+    clones and updates, the lineitems it copies) and must find the same rows as with one group a file."""
+    calls = [
+        {"orders": 200, "updates": 300, "late": 20},
+        {"orders": 50, "updates": 100, "late": 5, "recent": 50},
+    ]
+    zones = {}
+    for name, group_rows in (("one", dd.ROW_GROUP_SIZE), ("many", 700)):
+        monkeypatch.setattr(dd, "ROW_GROUP_SIZE", group_rows)
+        zones[name] = tmp_path / name
+        dd.init_landing_zone(zones[name], scale=SCALE, seed=9, days=3)
+        for call in calls:
+            dd.append_batch(zones[name], **call)
+    for table in dd.FACT_TABLES:
+        files = fact_files(zones["one"], table)
+        assert [f.relative_to(zones["one"]) for f in files] == [
+            f.relative_to(zones["many"]) for f in fact_files(zones["many"], table)
+        ]
+        for f in files:
+            many = zones["many"] / f.relative_to(zones["one"])
+            assert pq.read_table(f).equals(pq.read_table(many)), f
+        assert pq.ParquetFile(fact_files(zones["many"], table)[0]).metadata.num_row_groups > 5
+    assert dd.read_demo_state(zones["one"]) == dd.read_demo_state(zones["many"])
 
 
 # ----------------------------------------------------------------------------------------- append
