@@ -57,6 +57,7 @@ from run_bench import (  # noqa: E402  (bench/ is not a package)
     _trim,
     measure,
     reset,
+    results_header,
     run_plain,
     say,
     scale_tag,
@@ -308,13 +309,9 @@ class Bench:
         return notes
 
     def save(self) -> None:
+        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items() if k != "landing"}
         results = {
-            "started": self.started.isoformat(), "finished": datetime.now(UTC).isoformat(),
-            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-            "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-                        "python": sys.version.split()[0]},
-            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()
-                        if k != "landing"} | {"landing": {str(k): str(v) for k, v in self.args.landing.items()}},
+            **results_header(self.started, options | {"landing": {str(k): str(v) for k, v in self.args.landing.items()}}),
             "targets": self.targets(), "loads": [load.to_json() for load in self.loads], **self.extra,
             "events": self.events,
         }

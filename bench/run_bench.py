@@ -337,6 +337,17 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+
+def results_header(started: datetime, options: dict[str, Any]) -> dict[str, Any]:
+    """What every results.json starts with: when, the command, the machine, the options."""
+    return {
+        "started": started.isoformat(), "finished": datetime.now(UTC).isoformat(),
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+                    "python": sys.version.split()[0]},
+        "options": options,
+    }
+
 def say(log: list[str], line: str) -> None:
     stamp = datetime.now().strftime("%H:%M:%S")
     print(f"[{stamp}] {line}", flush=True)
@@ -382,11 +393,7 @@ class Bench:
 
     def save(self) -> None:
         results = {
-            "started": self.started.isoformat(), "finished": datetime.now(UTC).isoformat(),
-            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-            "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-                        "python": sys.version.split()[0]},
-            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()},
+            **results_header(self.started, {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()}),
             "scenarios": [s.to_json() for s in self.scenarios], "growth": self.growth(), **self.extra,
             "events": self.events,
         }
