@@ -138,7 +138,9 @@ def region_rules(config: LoaderConfig) -> dict[str, RegionRule]:
 
 
 def load_dimensions(config: LoaderConfig) -> Dimensions:
-    tables = {name: read_dimension(config, name) for name in ("customer", "supplier", "nation", "region")}
+    from loader.dimensions import COLUMNS
+
+    tables = {name: read_dimension(config, name, COLUMNS[name]) for name in ("customer", "supplier", "nation", "region")}
     return Dimensions.from_tables(**tables)
 
 

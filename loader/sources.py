@@ -118,7 +118,9 @@ def type_changes(plan: SourcePlan, parts: list[pa.Table]) -> str:
     )
 
 
-def read_dimension(config: LoaderConfig, table: str) -> pa.Table:
+def read_dimension(config: LoaderConfig, table: str, columns: tuple[str, ...] | None = None) -> pa.Table:
+    """A dimension table, only `columns` of it when given (those the files have: a missing one is
+    reported by the caller, naming the table)."""
     location = locate(config.dimension_path(table))
     files, _ = list_files(location, partition_column="", since=None)
     if not files:
@@ -127,7 +129,9 @@ def read_dimension(config: LoaderConfig, table: str) -> pa.Table:
     for path in files:
         try:
             with location.filesystem.open_input_file(path) as handle:
-                parts.append(normalize_strings(pq.read_table(handle)))
+                parquet = pq.ParquetFile(handle)
+                wanted = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
+                parts.append(normalize_strings(parquet.read(columns=wanted)))
         except pa.ArrowInvalid as error:
             raise BadSourceData(f"unreadable dimension file {path}: {error}. Replace it") from error
         except OSError as error:

@@ -116,7 +116,9 @@ class DeltaSink(WritesInParts):
                 )
                 return PartWrite(data.num_rows, region_counts(data))
             new_rows, old_rows = self._split_new_keys(table, data, batch.key[0])
-            old_rows, moved = self._drop_landed_versions(table, old_rows, batch)
+            absent, old_rows, moved = self._drop_landed_versions(table, old_rows, batch)
+            if absent.num_rows:  # keys inside stored files' ranges that no stored row holds: appended too
+                new_rows = pa.concat_tables([new_rows, absent]) if new_rows.num_rows else absent
             if moved.num_rows:
                 self._delete_moved(table, moved, batch.key)
             if old_rows.num_rows:
@@ -180,15 +182,19 @@ class DeltaSink(WritesInParts):
             raise storage_error(error, uri, side="sink", doing="Delta write to") from error
 
     @staticmethod
-    def _drop_landed_versions(table: Any, rows: pa.Table, batch: TableBatch) -> tuple[pa.Table, pa.Table]:
-        """Rows whose key already holds this version or a newer one would change nothing in the merge
-        but make it rewrite their files (the lookback re-reads the newest rows every run): drop them.
+    def _drop_landed_versions(table: Any, rows: pa.Table, batch: TableBatch) -> tuple[pa.Table, pa.Table, pa.Table]:
+        """Splits rows whose key may be stored (inside a file's key range) by what is stored:
+        - absent: no stored row has the key: appended, no merge needed (a batch cut inside a day of
+          keys that do not follow the cursor lands its new keys within the previous batch's ranges);
+        - newer: the key is stored with an older version: merged;
+        - rows whose key already holds this version or a newer one would change nothing in the merge
+          but make it rewrite their files (the lookback re-reads the newest rows every run): dropped.
         Also returns (key, region) of stored rows whose key now arrives newer in another region (its
         customer moved): the old row must go, or the key would live in two partitions.
         Reads only the key, region and cursor columns of files whose key range can match."""
         empty = pa.table({**{k: rows[k].slice(0, 0) for k in batch.key}, "region": rows["region"].slice(0, 0)})
         if rows.num_rows == 0:
-            return rows, empty
+            return rows, rows, empty
         first_name = batch.key[0]
         first = pc.field(first_name)
         scope = None
@@ -197,18 +203,25 @@ class DeltaSink(WritesInParts):
             scope = part if scope is None else scope | part
         landed = table.to_pyarrow_dataset().to_table(columns=[*batch.key, "region", batch.cursor], filter=scope)
         if landed.num_rows == 0:
-            return rows, empty
+            return rows, rows.slice(0, 0), empty
         landed = landed.rename_columns([*batch.key, "__region", "__landed"]).cast(pa.schema(
             [rows.schema.field(k) for k in batch.key]
             + [pa.field("__region", rows["region"].type), pa.field("__landed", rows[batch.cursor].type)]
         ))
-        joined = rows.join(landed, keys=list(batch.key), join_type="left outer")
-        newer = pc.or_kleene(pc.is_null(joined["__landed"]), pc.greater(joined[batch.cursor], joined["__landed"]))
-        kept = joined.filter(newer)
-        moved = kept.filter(pc.and_kleene(pc.is_valid(kept["__region"]), pc.not_equal(kept["__region"], kept["region"])))
+        # Joined on the key columns and a row number only; the whole rows are taken once, in key order
+        # (a join of whole rows, then filters and sorts, held several copies of the batch at once).
+        slim = rows.select([*batch.key, batch.cursor, "region"]).append_column(
+            "__row", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+        joined = slim.join(landed, keys=list(batch.key), join_type="left outer").sort_by(
+            [(k, "ascending") for k in batch.key])
+        stored = pc.is_valid(joined["__landed"])
+        newer = pc.and_kleene(stored, pc.greater(joined[batch.cursor], joined["__landed"]))
+        moved = joined.filter(pc.and_kleene(newer, pc.not_equal(joined["__region"], joined["region"])))
         moved = moved.select([*batch.key, "__region"]).rename_columns([*batch.key, "region"])
-        kept = kept.drop_columns(["__region", "__landed"]).select(rows.column_names)
-        return kept.sort_by([(k, "ascending") for k in batch.key]), moved
+        none_stored = not pc.any(stored).as_py()
+        absent = rows if none_stored else rows.take(joined.filter(pc.invert(stored))["__row"])  # no copy if all
+        kept = rows.take(joined.filter(newer)["__row"])
+        return absent, kept, moved
 
     @staticmethod
     def _delete_moved(table: Any, moved: pa.Table, key: tuple[str, ...]) -> None:

@@ -133,11 +133,14 @@ class ParquetSink(WritesInParts):
         if existing.num_rows == 0:
             return data
         columns = [*batch.key, batch.cursor]
-        marked = existing.select(columns).append_column("__seen", pa.array([True] * existing.num_rows))
-        joined = data.join(marked, keys=columns, join_type="left outer")
-        return joined.filter(pc.is_null(joined["__seen"])).drop_columns(["__seen"]).sort_by(
-            [(k, "ascending") for k in batch.key]
-        )
+        marked = existing.select(columns).append_column("__seen", pa.array(np.ones(existing.num_rows, dtype=bool)))
+        # Joined on (key, cursor) and a row number only; the new rows are taken once, in key order.
+        slim = data.select(columns).append_column("__row", pa.array(np.arange(data.num_rows, dtype=np.int64)))
+        joined = slim.join(marked, keys=columns, join_type="left outer")
+        fresh = joined.filter(pc.is_null(joined["__seen"]))
+        if fresh.num_rows == data.num_rows:  # none held: the rows as they are, no copy
+            return data
+        return data.take(fresh.sort_by([(k, "ascending") for k in batch.key])["__row"])
 
     def _existing_versions(self, where: Location, batch: TableBatch, regions: list[str], low: datetime,
                            high: datetime) -> pa.Table:

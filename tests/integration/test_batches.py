@@ -12,9 +12,12 @@ while); the Ray executor replays one of them."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import run_cli, run_json, write_config
+from tests.conftest import ROOT, run_cli, run_json, write_config
 from tests.snowflake_emulator import (
     new_database,
     password_env,
@@ -567,6 +570,12 @@ def test_a_run_killed_after_its_third_batch_resumes_at_the_fourth(zone: Path, lo
     third = {t: _at(reference[2]["windows"][t]["upper"]) for t in FACTS}
     assert _checkpoints(config) == {t: (third[t], 3) for t in FACTS}
     time.sleep(LEASE_TTL_S + 0.5)
+    # `loader status` tells the run was cut short after 3 of its batches, with the rows committed so far.
+    status = run_json(config, "status")["batches"]
+    assert status == {"state": "interrupted", "batches_done": 3, "batches_total": len(reference),
+                      "rows_done": sum(b["rows"] for b in reference[:3]),
+                      "rows_planned": status["rows_planned"], "batch_in_flight": None}
+    assert "run interrupted after 3 of" in run_cli(config, "status").stdout
 
     resumed = _run(config, BUDGET)
     assert resumed["replayed"] is False and resumed["run_numbers"][0] == 4  # batches 1..3 committed
@@ -602,3 +611,36 @@ def test_backfill_chunks_are_cut_into_batches(zone: Path, loaded: Loaded, tmp_pa
     assert all(s["checkpoint"] is None for s in run_json(config, "status")["sources"].values())
     ledger = _ledger(config)
     assert all(ledger[n]["status"] == "committed" and ledger[n]["inputs"] for n in runs)
+
+
+def test_status_shows_a_run_in_progress_and_the_batch_in_flight(zone: Path, loaded: Loaded, tmp_path: Path) -> None:
+    """While a run sleeps after its second batch, `loader status` says it is running, with 2 of n
+    batches and their rows; killed with its third batch recorded, the batch in flight is named."""
+    reference = loaded.summary["batches"]
+    config = _fresh(zone, tmp_path / "p")
+    command = [sys.executable, "-m", "loader.cli", "--config", str(config), "run", "--incremental",
+               "--max-batch-rows", str(BUDGET)]
+    sleeping = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "LOADER_FAILPOINTS": "checkpoint.after=sleep:6+1"})
+    try:
+        assert sleeping.stderr is not None
+        for line in sleeping.stderr:  # the failpoint says when it sleeps
+            if "sleeping" in line:
+                break
+        status = run_json(config, "status")["batches"]
+        assert status["state"] == "running" and status["batches_done"] == 2
+        assert status["batches_total"] == len(reference)
+        assert status["rows_done"] == sum(b["rows"] for b in reference[:2])
+        assert "run in progress: 2 of" in run_cli(config, "status").stdout
+    finally:
+        sleeping.kill()
+        sleeping.wait()
+    time.sleep(LEASE_TTL_S + 0.5)
+    killed = run_cli(config, "run", "--incremental", "--max-batch-rows", str(BUDGET), check=False,
+                     env={"LOADER_FAILPOINTS": "plan.recorded=crash"})  # the next batch recorded, nothing written
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    time.sleep(LEASE_TTL_S + 0.5)
+    status = run_json(config, "status")
+    assert status["batches"]["state"] == "interrupted" and status["batches"]["batch_in_flight"]["index"] == 1
+    assert status["unfinished_run"]["run_number"] == status["batches"]["batch_in_flight"]["run_number"]
+    assert "replays the batch in flight" in run_cli(config, "status").stdout
