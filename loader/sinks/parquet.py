@@ -159,9 +159,12 @@ class ParquetSink(WritesInParts):
                 ]
         # Only the batch's key range can match: with the run in key-range parts (Ray), each part reads
         # its own slice of these files (row groups pruned by statistics), not all of them again.
+        # And only its cursor range: a version matches on (key, cursor), so the files of the run's earlier
+        # batches (cursors below this one's window) are pruned by their row-group statistics unread.
         first = batch.key[0]
         bounds = pc.min_max(batch.data[first])
-        in_range = [(first, ">=", bounds["min"].as_py()), (first, "<=", bounds["max"].as_py())]
+        in_range = [(first, ">=", bounds["min"].as_py()), (first, "<=", bounds["max"].as_py()),
+                    (batch.cursor, ">=", low), (batch.cursor, "<=", high)]
         parts = []
         for path in paths:
             with where.filesystem.open_input_file(path) as handle:
