@@ -110,7 +110,8 @@ def _engine_option(help_text: str) -> Callable[[F], F]:
 @cli.command("run", epilog=EXIT_CODES_HELP)
 @click.option("--incremental", is_flag=True, required=True,
               help="Load only what is new since the last committed run (the only mode of `run`; see `backfill`).")
-@_executor_option("Override ray.mode: local runs in this process, ray uses Ray Data, auto picks by size.")
+@_executor_option("Override ray.mode: local runs in this process, ray uses Ray Data, auto runs in-process unless a "
+                  "Ray cluster address is set (ray.address, RAY_ADDRESS).")
 @_engine_option("Override transform.engine: where the transforms run. auto: the GPU (cuDF) when one is usable, "
                 "else the CPU; gpu: fail at start without one; cpu: never import cuDF.")
 @_max_batch_rows_option
