@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loader.errors import BadSourceData
-from loader.frames import Frames, PandasFrames
+from loader.frames import Frames, PandasFrames, on_table
+from loader.labels import customer_segment
 from loader.tables import normalize_strings, require_columns
 
 MONEY = pa.decimal128(15, 2)
@@ -100,8 +101,6 @@ class Dimensions:
 
         Raises BadSourceData on missing columns, null keys or duplicate keys (an ambiguous lookup).
         """
-        from loader.transforms import customer_segment, on_table
-
         tables = {"customer": customer, "supplier": supplier, "nation": nation, "region": region}
         for name, table in tables.items():
             require_columns(list(COLUMNS[name]), table.column_names, name)

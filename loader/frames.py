@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from loader.errors import BadSourceData, ConfigError
+from loader.tables import normalize_strings
 
 log = logging.getLogger(__name__)
 
@@ -183,3 +185,18 @@ def frames_for(engine: EngineName) -> Frames:
     if engine not in _BACKENDS:
         _BACKENDS[engine] = CudfFrames() if engine == "gpu" else PandasFrames()
     return _BACKENDS[engine]
+
+
+def on_table(transform: Callable[..., Frame], table: pa.Table, frames: Frames | None = None, **options: Any) -> pa.Table:
+    """`transform` applied to a pyarrow Table on `frames` (the CPU engine by default).
+
+    On the GPU the result is cast, safely, to the schema the CPU engine gives for the same input (cuDF
+    has no date32, and may hand strings back as large_string): both engines give identical types.
+    """
+    frames = frames or frames_for("cpu")
+    table = normalize_strings(table)
+    schema = None
+    if frames.name != "cpu":
+        schema = on_table(transform, table.schema.empty_table(), frames_for("cpu"), **options).schema
+    result = frames.table(transform(frames.frame(table), frames, **options), schema)
+    return result.replace_schema_metadata(table.schema.metadata)

@@ -20,12 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 
 from loader.errors import BadSourceData, ConfigError
-from loader.frames import Frame, Frames, Series, frames_for
+from loader.frames import Frame, Frames, Series, frames_for, on_table
+from loader.labels import customer_segment, decimal_type, labels
 from loader.region_rules import FX_RATE, VAT_RATE, RegionRule
 from loader.tables import UNKNOWN_REGION, normalize_strings, require_columns
 
@@ -56,20 +57,10 @@ _MAX_DECIMAL128_PRECISION = 38
 _REVENUE_TIERS = (("Small", "Medium", "Large", "Enterprise"), ("50000", "150000", "300000"))
 _VOLUME_CATEGORIES = (("Low", "Medium", "High", "Bulk"), ("10", "50", "100"))
 _URGENT_PRIORITIES = ["1-URGENT", "2-HIGH"]
-_SEGMENTS = (("standard", "premium", "enterprise"), ("5000", "10000"))
 
 
 # --------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _decimal_type(values: Series, b: Frames, name: str, where: str = "the landing zone's schema") -> pa.Decimal128Type:
-    arrow_type = b.arrow_type(values)
-    if not pa.types.is_decimal(arrow_type):
-        raise BadSourceData(
-            f"column {name} is {arrow_type}, but money must be decimal (never float): fix {where} for that column"
-        )
-    return arrow_type
 
 
 def _fit(values: Series, target: pa.DataType, name: str, b: Frames, *, derived: bool = True,
@@ -94,22 +85,8 @@ def _fit(values: Series, target: pa.DataType, name: str, b: Frames, *, derived: 
 
 
 def _money(values: Series, name: str, b: Frames, target: pa.DataType = MONEY) -> Series:
-    _decimal_type(values, b, name)
+    decimal_type(values, b, name)
     return _fit(values, target, name, b, derived=False)
-
-
-def _labels(values: Series, spec: tuple[tuple[str, ...], tuple[str, ...]], b: Frames, *, strict: bool = False) -> Series:
-    """Label each value by the thresholds it reaches: labels[0] below thresholds[0], labels[i] from
-    thresholds[i-1] on (`strict`: above it). Compared exactly in decimal; a null value has a null label,
-    and so (unless `strict`) has a negative one."""
-    labels, thresholds = spec
-    out = b.full(values, None, pa.string())
-    base = values.notna() if strict else (values >= Decimal("0")).fillna(False)
-    out = out.mask(base, labels[0])
-    for label, threshold in zip(labels[1:], thresholds, strict=True):
-        reached = values > Decimal(threshold) if strict else values >= Decimal(threshold)
-        out = out.mask(reached.fillna(False), label)
-    return out
 
 
 def _string(values: Series, name: str, b: Frames, what: str) -> Series:
@@ -138,7 +115,7 @@ def enrich_orders(df: Frame, b: Frames) -> Frame:
     require_columns(["o_orderdate", "o_totalprice", "o_orderpriority"], list(df.columns), "orders batch")
     date = df["o_orderdate"]
     price = df["o_totalprice"]
-    _decimal_type(price, b, "o_totalprice")
+    decimal_type(price, b, "o_totalprice")
     priority = df["o_orderpriority"]
     df["order_year"] = date.dt.year.astype(b.dtype(pa.int16()))
     df["order_quarter"] = date.dt.quarter.astype(b.dtype(pa.int8()))
@@ -146,7 +123,7 @@ def enrich_orders(df: Frame, b: Frames) -> Frame:
     df["is_large_order"] = price > Decimal("200000")
     urgent = priority.isin(_URGENT_PRIORITIES).astype(b.dtype(pa.bool_()))
     df["is_urgent"] = urgent.where(priority.notna(), None)
-    df["revenue_tier"] = _labels(price, _REVENUE_TIERS, b)
+    df["revenue_tier"] = labels(price, _REVENUE_TIERS, b)
     return df
 
 
@@ -180,17 +157,8 @@ def enrich_lineitem(df: Frame, b: Frames) -> Frame:
     delay = (df["l_receiptdate"] - df["l_shipdate"]).dt.days.astype(b.dtype(pa.int32()))
     df["discounted_price"] = discounted
     df["charge"] = charge
-    df["volume_category"] = _labels(quantity, _VOLUME_CATEGORIES, b)
+    df["volume_category"] = labels(quantity, _VOLUME_CATEGORIES, b)
     df["ship_delay_days"] = delay
-    return df
-
-
-def customer_segment(df: Frame, b: Frames) -> Frame:
-    """Add customer_segment: 'enterprise' above 10000, 'premium' above 5000, else 'standard' (by
-    c_acctbal, exact; null balance -> null). Run on the customer dimension."""
-    balance = df["c_acctbal"]
-    _decimal_type(balance, b, "c_acctbal")
-    df["customer_segment"] = _labels(balance, _SEGMENTS, b, strict=True)
     return df
 
 
@@ -287,7 +255,7 @@ def apply_region_rules(
     require_columns(["region", amount_column], list(df.columns), f"{kind} batch")
     region = df["region"]
     amount = df[amount_column]
-    amount_type = _decimal_type(amount, b, amount_column, "the landing zone's schema or the transform order")
+    amount_type = decimal_type(amount, b, amount_column, "the landing zone's schema or the transform order")
     names = list(rules)
 
     rule = b.full(region, -1, pa.int32())
@@ -330,21 +298,6 @@ def apply_region_rules(
 
 # --------------------------------------------------------------------------------------------------
 # running on Arrow tables
-
-
-def on_table(transform: Callable[..., Frame], table: pa.Table, frames: Frames | None = None, **options: Any) -> pa.Table:
-    """`transform` applied to a pyarrow Table on `frames` (the CPU engine by default).
-
-    On the GPU the result is cast, safely, to the schema the CPU engine gives for the same input (cuDF
-    has no date32, and may hand strings back as large_string): both engines give identical types.
-    """
-    frames = frames or frames_for("cpu")
-    table = normalize_strings(table)
-    schema = None
-    if frames.name != "cpu":
-        schema = on_table(transform, table.schema.empty_table(), frames_for("cpu"), **options).schema
-    result = frames.table(transform(frames.frame(table), frames, **options), schema)
-    return result.replace_schema_metadata(table.schema.metadata)
 
 
 _ENRICH: dict[str, Callable[[Frame, Frames], Frame]] = {"orders": enrich_orders, "lineitem": enrich_lineitem}

@@ -235,6 +235,11 @@ def test_first_load_in_batches_equals_one_batch_in_every_sink(
         held = {name: snowflake_rows(snowflake_server, database, table, zone) for name, database in databases.items()}
         assert_matches_expected(held["many"], zone, table, sink="snowflake")  # assert_snowflake_exact, table by table
         assert held["many"].equals(held["one"]), f"snowflake/{table} differs between one batch and many"
+    # `loader history` shows each batch as the run it is, with its place in the run.
+    history = run_json(configs["many"], "history", "--limit", "100", env=env)
+    total = len(many["batches"])
+    assert sorted((e["run_number"], e["batch"]["index"], e["batch"]["of"]) for e in history) == [
+        (number, index, total) for index, number in enumerate(many["run_numbers"], start=1)]
     assert _run(configs["many"], BUDGET, env=env)["status"] == "nothing_new"
 
 
