@@ -321,8 +321,9 @@ def plan_from_input(config: LoaderConfig, run_number: int, windows: dict[str, Wi
                 infos = location.filesystem.get_file_info([f.path for f in files])
             except OSError as error:
                 raise storage_error(error, location.uri, side="source", doing="checking the replayed files in") from error
-            kept = []
+            kept, changed = [], False  # changed: a file gone or rewritten since the run recorded it
             for file, info in zip(files, infos, strict=True):
+                changed = changed or info.type != pafs.FileType.File or (file.size is not None and info.size != file.size)
                 if info.type != pafs.FileType.File:
                     log.warning("file %s of source %r, read by run %d before it was interrupted, is gone: the replay "
                                 "reads the other recorded files (a sink that committed run %d before keeps what it "
@@ -339,7 +340,7 @@ def plan_from_input(config: LoaderConfig, run_number: int, windows: dict[str, Wi
                                              info.size, groups))
                 else:
                     kept.append(file)
-            if len(kept) < len(files) or any(f.stats for f in kept):
+            if changed:
                 window = _window_of_what_is_left(location, config.sources[name].cursor, name, window, kept)
             files = kept
         plans[name] = SourcePlan(name, location, window, tuple(files), len(entries), None)

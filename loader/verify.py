@@ -284,12 +284,14 @@ def _quiet_checkpoints(store: StateStore, pipeline: str) -> dict[str, Checkpoint
     return store.checkpoints(pipeline)
 
 
-def _read_by_runs(store: StateStore, pipeline: str, source: str) -> frozenset[str]:
-    """The files of `source` that committed incremental runs recorded as their input."""
-    return frozenset(
-        entry["path"] for run in store.runs(pipeline, limit=None, mode="incremental") if run.status == "committed"
-        for entry in ((run.inputs or {}).get("sources", {}).get(source, {}).get("files", []))
-    )
+def _read_by_runs(store: StateStore, pipeline: str) -> dict[str, frozenset[str]]:
+    """Per source, the files committed incremental runs recorded as their input (the ledger read once)."""
+    read: dict[str, set[str]] = {}
+    for run in store.runs(pipeline, limit=None, mode="incremental"):
+        if run.status == "committed":
+            for source, recorded in (run.inputs or {}).get("sources", {}).items():
+                read.setdefault(source, set()).update(entry["path"] for entry in recorded.get("files", []))
+    return {source: frozenset(paths) for source, paths in read.items()}
 
 
 def _seen_at(store: StateStore, pipeline: str, checkpoint: Checkpoint) -> datetime | None:
@@ -322,13 +324,14 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = ()) -> Verification:
         dims = load_dimensions(config)
         checks: list[Check] = []
         notes = []
+        read = _read_by_runs(store, pipeline)
         for name in names:
             checkpoint = checkpoints.get(name)
             if checkpoint is None:
                 notes.append(f"{name}: never loaded, nothing to verify")
                 continue
             checks += _verify_table(config, name, checkpoint, _seen_at(store, pipeline, checkpoint), dims,
-                                    _read_by_runs(store, pipeline, name))
+                                    read.get(name, frozenset()))
         if _quiet_checkpoints(store, pipeline) != checkpoints:
             raise StateError(f"a run of pipeline {pipeline!r} committed while verify was reading: run `loader verify` again")
     finally:
