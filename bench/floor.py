@@ -180,7 +180,8 @@ def already_written(con: duckdb.DuckDBPyConnection, out: pa.Table, folder: Path,
 
 def load_table(con: duckdb.DuckDBPyConnection, table: str, *, landing: Path, warehouse: Path, run: int,
                lower: datetime | None, checkpoint: datetime | None, until: datetime | None,
-               rules: dict[str, tuple[str, str, str, tuple[str, ...]]]) -> dict[str, Any]:
+               rules: dict[str, tuple[str, str, str, tuple[str, ...]]],
+               sinks: tuple[str, ...] = ("parquet", "delta")) -> dict[str, Any]:
     spec = TABLES[table]
     cursor, key = spec["cursor"], spec["key"]
     timings: dict[str, float] = {}
@@ -209,17 +210,22 @@ def load_table(con: duckdb.DuckDBPyConnection, table: str, *, landing: Path, war
     started = time.perf_counter()
     parquet_dir = warehouse / "parquet" / table
     versions = out
-    if checkpoint is not None:
+    if "parquet" not in sinks:
+        versions = out.slice(0, 0)
+    elif checkpoint is not None:
         lowest = pc.min(out[cursor]).as_py()
         if lowest <= checkpoint:
             versions = already_written(con, out, parquet_dir, table, lowest, checkpoint)
-    ds.write_dataset(
-        versions, str(parquet_dir), format="parquet",
-        partitioning=ds.partitioning(pa.schema([("region", pa.string()), ("date", pa.string())]), flavor="hive"),
-        basename_template=f"run-{run:08d}-{{i}}.parquet", existing_data_behavior="overwrite_or_ignore",
-        file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
-    )
+    if "parquet" in sinks:
+        ds.write_dataset(
+            versions, str(parquet_dir), format="parquet",
+            partitioning=ds.partitioning(pa.schema([("region", pa.string()), ("date", pa.string())]), flavor="hive"),
+            basename_template=f"run-{run:08d}-{{i}}.parquet", existing_data_behavior="overwrite_or_ignore",
+            file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
+        )
     timings["parquet"] = time.perf_counter() - started
+    if "delta" not in sinks:
+        return {"rows": out.num_rows, "parquet_rows": versions.num_rows, "upper": upper.isoformat(), "timings_s": timings}
 
     started = time.perf_counter()
     data = out.drop_columns(["date"])
@@ -242,7 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until", help="cursor upper bound (ISO timestamp): load history in several runs")
     parser.add_argument("--config", type=Path, help="take the regional rules from this loader config")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON (default: one line per table)")
+    parser.add_argument("--tables", default=",".join(TABLES), help="fact tables to load, comma-separated (default: both)")
+    parser.add_argument("--sinks", default="parquet,delta", help="sinks to write, comma-separated (default: parquet,delta)")
     args = parser.parse_args(argv)
+    tables = [t for t in args.tables.split(",") if t]
+    sinks = tuple(s for s in args.sinks.split(",") if s)
+    if set(tables) - set(TABLES) or set(sinks) - {"parquet", "delta"}:
+        parser.error(f"--tables takes {', '.join(TABLES)}; --sinks takes parquet, delta")
 
     started = time.perf_counter()
     landing, warehouse = args.landing.resolve(), args.warehouse.resolve()
@@ -256,11 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     con.execute("SET TimeZone = 'UTC'")
     results: dict[str, Any] = {}
     checkpoints = dict(state["checkpoints"])
-    for table in TABLES:
+    for table in tables:
         previous = datetime.fromisoformat(checkpoints[table]) if table in checkpoints else None
         lower = since if since is not None else (previous - LOOKBACK if previous else None)
         results[table] = load_table(con, table, landing=landing, warehouse=warehouse, run=run, lower=lower,
-                                    checkpoint=previous, until=until, rules=rules)
+                                    checkpoint=previous, until=until, rules=rules, sinks=sinks)
         if results[table]["upper"]:
             checkpoints[table] = results[table]["upper"]
     loaded = any(r["rows"] for r in results.values())

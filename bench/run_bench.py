@@ -47,6 +47,8 @@ VENV_BIN = ROOT / ".venv" / "bin"
 LOADER = VENV_BIN / "loader"
 PYTHON = VENV_BIN / "python" if (VENV_BIN / "python").exists() else Path(sys.executable)
 FLOOR = ROOT / "bench" / "floor.py"
+DLT_LOAD = ROOT / "bench" / "dlt_load.py"
+DLT_ENV = ROOT / "bench" / "dlt_env.py"
 BASE_CONFIG = ROOT / "configs" / "local.yaml"
 TABLES = ("orders", "lineitem")
 MIB = 1024 * 1024
@@ -165,8 +167,12 @@ def _kill(procs: list[psutil.Process]) -> None:
 # ------------------------------------------------------------------------------------------ set-up
 
 
-def write_config(path: Path, *, landing: Path, warehouse: Path, state: Path, safety_lag: float | None = None) -> Path:
+def write_config(path: Path, *, landing: Path, warehouse: Path, state: Path, safety_lag: float | None = None,
+                 tables: tuple[str, ...] = TABLES, sinks: tuple[str, ...] = ("parquet", "delta")) -> Path:
     raw = yaml.safe_load(BASE_CONFIG.read_text())
+    raw["sources"] = {name: spec for name, spec in raw["sources"].items() if name in tables}
+    for name in ("parquet", "delta"):
+        raw["sinks"][name]["enabled"] = name in sinks
     if safety_lag is not None:  # caps the window's upper at now - safety_lag: loads history in parts
         for source in raw["sources"].values():
             source["safety_lag"] = f"{safety_lag:.0f}s"
@@ -196,7 +202,7 @@ def landing_zones(args: argparse.Namespace, scale: float, env: dict[str, str], t
     root = args.out / "landing"
     tag = f"sf{scale_tag(scale)}-d{args.days}"
     base = root / tag
-    inc = root / f"{tag}-o{args.orders}-u{args.updates}-l{args.late}"
+    inc = root / f"{tag}-o{args.orders}-u{args.updates}-l{args.late}-{args.update_from}{args.recent}"
     made: dict[str, float] = {}
     if not (base / "_demo_state.json").exists():
         shutil.rmtree(base, ignore_errors=True)
@@ -213,7 +219,8 @@ def landing_zones(args: argparse.Namespace, scale: float, env: dict[str, str], t
         shutil.copy2(base / "_demo_state.json", inc / "_demo_state.json")
         config = write_config(root / f"{inc.name}.yaml", landing=inc, warehouse=root / "_unused", state=root / "_unused")
         made["append_s"] = run_plain([str(LOADER), "--config", str(config), "demo-data", "append", "--orders",
-                                      str(args.orders), "--updates", str(args.updates), "--late", str(args.late)],
+                                      str(args.orders), "--updates", str(args.updates), "--late", str(args.late),
+                                      "--update-from", args.update_from, "--recent", str(args.recent)],
                                      env=env, cwd=args.out, timeout=timeout, what="demo-data append")
         (inc / "_bench_ready").write_text("complete\n")
         say(log, f"  append took {made['append_s']:.1f}s")
@@ -234,25 +241,41 @@ def restore(snapshot: Path, target: Path) -> None:
 # ------------------------------------------------------------------------------------------ checking
 
 
-def warehouse_stats(warehouse: Path) -> dict[str, Any]:
+def warehouse_stats(warehouse: Path, tables: tuple[str, ...] = TABLES,
+                    sinks: tuple[str, ...] = ("parquet", "delta")) -> dict[str, Any]:
     """Delta rows and sum(amount_local), Parquet version rows, per table: equal work means equal stats."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
     from deltalake import DeltaTable
 
     stats: dict[str, Any] = {}
-    for table in TABLES:
-        delta = DeltaTable(str(warehouse / "delta" / table)).to_pyarrow_dataset()
-        amount = pc.sum(delta.to_table(columns=["amount_local"])["amount_local"]).as_py()
-        versions = ds.dataset(str(warehouse / "parquet" / table), format="parquet", partitioning="hive")
-        stats[table] = {"delta_rows": delta.count_rows(), "delta_sum_amount_local": str(amount),
-                        "parquet_version_rows": versions.count_rows()}
+    for table in tables:
+        stats[table] = {}
+        if "delta" in sinks:
+            delta = DeltaTable(str(warehouse / "delta" / table)).to_pyarrow_dataset()
+            amount = pc.sum(delta.to_table(columns=["amount_local"])["amount_local"]).as_py()
+            stats[table].update(delta_rows=delta.count_rows(), delta_sum_amount_local=str(amount))
+        if "parquet" in sinks:
+            versions = ds.dataset(str(warehouse / "parquet" / table), format="parquet", partitioning="hive")
+            stats[table]["parquet_version_rows"] = versions.count_rows()
     return stats
 
 
-def compare(loader_wh: Path, floor_wh: Path) -> dict[str, Any]:
-    a, b = warehouse_stats(loader_wh), warehouse_stats(floor_wh)
-    return {"match": a == b, "loader": a, "floor": b}
+def dlt_rows(warehouse: Path, tables: tuple[str, ...]) -> dict[str, int]:
+    """Rows of the Delta tables dlt wrote (raw rows, one per key: compared by count only)."""
+    from deltalake import DeltaTable
+
+    return {t: DeltaTable(str(warehouse / "dlt" / "tpch" / t)).to_pyarrow_dataset().count_rows() for t in tables}
+
+
+def compare(loader_wh: Path, floor_wh: Path, tables: tuple[str, ...] = TABLES, sinks: tuple[str, ...] = ("parquet", "delta"),
+            dlt_wh: Path | None = None) -> dict[str, Any]:
+    a, b = warehouse_stats(loader_wh, tables, sinks), warehouse_stats(floor_wh, tables, sinks)
+    check: dict[str, Any] = {"match": a == b, "loader": a, "floor": b}
+    if dlt_wh is not None and "delta" in sinks:
+        check["dlt"] = dlt_rows(dlt_wh, tables)
+        check["dlt_match"] = check["dlt"] == {t: v["delta_rows"] for t, v in a.items()}
+    return check
 
 
 # ------------------------------------------------------------------------------------------ scenarios
@@ -265,6 +288,7 @@ class Scenario:
     kind: str  # full | increment | empty
     loader: list[Measured] = field(default_factory=list)
     floor: list[Measured] = field(default_factory=list)
+    dlt: list[Measured] = field(default_factory=list)
     check: dict[str, Any] | None = None
     note: str = ""
 
@@ -283,6 +307,8 @@ class Scenario:
         for m in self.ok(side):
             if m.output and "tables" in m.output:
                 return sum(int(t.get("rows", 0)) for t in m.output["tables"].values())
+            if m.output and isinstance(m.output.get("rows"), dict):  # dlt's summary
+                return sum(int(v) for v in m.output["rows"].values())
         return 0 if self.ok(side) else None
 
     def executor(self) -> str:
@@ -315,6 +341,8 @@ class Scenario:
             "name": self.name, "scale": self.scale, "kind": self.kind, "note": self.note,
             "loader_median_s": self.median("loader"), "floor_median_s": self.median("floor"),
             "ratio": _ratio(self.median("loader"), self.median("floor")),
+            "dlt_median_s": self.median("dlt"), "ratio_dlt": _ratio(self.median("loader"), self.median("dlt")),
+            "dlt_peak_mib": self.peak("dlt"), "dlt_runs": runs("dlt"),
             "loader_peak_mib": self.peak("loader"), "floor_peak_mib": self.peak("floor"),
             "rows": self.rows("loader"), "floor_rows": self.rows("floor"), "executor": self.executor(),
             "loader_timings_median_s": self.loader_timings(), "floor_timings_median_s": self.floor_timings(),
@@ -364,6 +392,26 @@ class Bench:
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self.env["RAY_TMPDIR"] = str(self.ray_tmp)  # Ray's session files: a temp folder removed at the end
         self.started = datetime.now(UTC)
+        self.tables = tuple(t for t in args.tables.split(",") if t)
+        self.sinks = tuple(t for t in args.sinks.split(",") if t)
+        self.dlt_python: Path | None = None
+        if args.dlt:  # its own venv, as a user would install it (bench/dlt_env.py)
+            done = subprocess.run([sys.executable, str(DLT_ENV)], capture_output=True, text=True, check=True)
+            self.dlt_python = Path(done.stdout.strip().splitlines()[-1])
+        self.sides = ("loader", "floor", *(("dlt",) if args.dlt else ()))
+
+    def order(self, i: int, sides: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        """The sides in the order of repeat `i`: rotated each repeat, so each goes first as often."""
+        sides = sides or self.sides
+        k = i % len(sides)
+        return (*sides[k:], *sides[:k])
+
+    def config(self, path: Path, **kwargs: Any) -> Path:
+        return write_config(path, tables=self.tables, sinks=self.sinks, **kwargs)
+
+    def check(self, lw: Path, lf: Path, ld: Path | None) -> dict[str, Any]:
+        return compare(lw / "warehouse", lf / "warehouse", self.tables, self.sinks,
+                       ld / "warehouse" if ld is not None and self.args.dlt else None)
 
     def close(self) -> None:
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
@@ -376,7 +424,12 @@ class Bench:
 
     def floor_cmd(self, landing: Path, warehouse: Path, until: datetime | None = None) -> list[str]:
         return [str(PYTHON), str(FLOOR), "--landing", str(landing), "--warehouse", str(warehouse),
-                "--config", str(BASE_CONFIG), "--json", *(["--until", until.isoformat()] if until else [])]
+                "--config", str(BASE_CONFIG), "--json", "--tables", ",".join(self.tables), "--sinks", ",".join(self.sinks),
+                *(["--until", until.isoformat()] if until else [])]
+
+    def dlt_cmd(self, landing: Path, warehouse: Path) -> list[str]:
+        return [str(self.dlt_python), str(DLT_LOAD), "--landing", str(landing), "--warehouse", str(warehouse),
+                "--tables", ",".join(self.tables), "--json"]
 
     def run_side(self, scenario: Scenario, side: str, cmd: list[str], *, cwd: Path, timeout: float, index: int) -> Measured:
         log = self.args.out / "logs" / f"{scenario.name.replace(' ', '_')}-{side}-{index}"
@@ -417,11 +470,11 @@ class Bench:
         reset(work)
         # Not `state/`: Ray workers put the driver's cwd first on sys.path, and a folder named state there
         # shadows the loader's `state` package (ImportError in every worker).
-        lw, lf = work / "loader", work / "floor"
-        lw.mkdir(parents=True)
-        lf.mkdir(parents=True)
-        full_cfg = write_config(lw / "full.yaml", landing=base, warehouse=lw / "warehouse", state=lw / "sqlite-state")
-        inc_cfg = write_config(lw / "increment.yaml", landing=inc, warehouse=lw / "warehouse", state=lw / "sqlite-state")
+        lw, lf, ld = work / "loader", work / "floor", work / "dlt"
+        for folder in (lw, lf, ld):
+            folder.mkdir(parents=True)
+        full_cfg = self.config(lw / "full.yaml", landing=base, warehouse=lw / "warehouse", state=lw / "sqlite-state")
+        inc_cfg = self.config(lw / "increment.yaml", landing=inc, warehouse=lw / "warehouse", state=lw / "sqlite-state")
         floor_wh = lf / "warehouse"
 
         # (a) full initial load ----------------------------------------------------------------------
@@ -430,9 +483,9 @@ class Bench:
             if not self.chunked_initial_load(scale, tag, int(chunks), base, lw, lf, full_cfg, floor_wh, limit):
                 return
         else:
-            if not self.full_load(scale, tag, first, base, lw, lf, full_cfg, floor_wh, limit):
+            if not self.full_load(scale, tag, first, base, lw, lf, ld, full_cfg, limit):
                 return
-        self._after_full(scale, tag, work, lw, lf, inc, inc_cfg, floor_wh)
+        self._after_full(scale, tag, work, lw, lf, ld, inc, inc_cfg)
 
     def chunked_initial_load(self, scale: float, tag: str, chunks: int, base: Path, lw: Path, lf: Path,
                              full_cfg: Path, floor_wh: Path, limit: float) -> bool:
@@ -453,7 +506,7 @@ class Bench:
         for k, cut in enumerate([*cuts, None]):
             for side in ("loader", "floor"):
                 if side == "loader":
-                    cfg = full_cfg if cut is None else write_config(
+                    cfg = full_cfg if cut is None else self.config(
                         lw / f"chunk{k}.yaml", landing=base, warehouse=lw / "warehouse", state=lw / "sqlite-state",
                         safety_lag=(datetime.now(UTC) - cut).total_seconds())
                     m = self.run_side(full, "loader", self.loader_cmd(cfg), cwd=lw, timeout=limit, index=k)
@@ -479,64 +532,85 @@ class Bench:
                 output={"tables": tables, "executor": ",".join(engines) or None, "parts": [_trim(m.output) for m in runs],
                         "part_wall_s": [round(m.wall_s, 3) for m in runs]},
             )])
-        full.check = compare(lw / "warehouse", floor_wh)
+        if self.args.dlt:  # dlt bounds its own memory: its whole first load in one run
+            reset(lw.parent / "dlt" / "warehouse")
+            self.run_side(full, "dlt", self.dlt_cmd(base, lw.parent / "dlt" / "warehouse"), cwd=lw.parent / "dlt",
+                          timeout=limit, index=0)
+            full.note += "; dlt: one run"
+        full.check = self.check(lw, lf, lw.parent / "dlt")
         self._report_check(full)
         self.save()
         return True
 
-    def full_load(self, scale: float, tag: str, first: bool, base: Path, lw: Path, lf: Path, full_cfg: Path,
-                  floor_wh: Path, limit: float) -> bool:
+    def full_load(self, scale: float, tag: str, first: bool, base: Path, lw: Path, lf: Path, ld: Path, full_cfg: Path,
+                  limit: float) -> bool:
         args = self.args
         full = Scenario(f"full {tag}", scale, "full")
-        repeats = args.repeat if first and not args.skip_full else 1
+        repeats = 1 if args.skip_full else (args.repeat if first or args.repeat_full else 1)
         if args.skip_full:
             full.note = "not measured (--skip-full): loaded once to set up the increment"
         elif repeats == 1 and args.repeat > 1:
             full.note = "measured once (only the first scale's full load is repeated)"
         self.scenarios.append(full)
         for i in range(repeats):
-            for side in (("loader", "floor") if i % 2 == 0 else ("floor", "loader")):
+            for side in self.order(i):
                 if side == "loader":
                     reset(lw / "warehouse", lw / "sqlite-state")
                     m = self.run_side(full, "loader", self.loader_cmd(full_cfg), cwd=lw, timeout=limit, index=i)
+                elif side == "floor":
+                    reset(lf / "warehouse")
+                    m = self.run_side(full, "floor", self.floor_cmd(base, lf / "warehouse"), cwd=lf, timeout=limit, index=i)
                 else:
-                    reset(floor_wh)
-                    m = self.run_side(full, "floor", self.floor_cmd(base, floor_wh), cwd=lf, timeout=limit, index=i)
+                    reset(ld / "warehouse")
+                    m = self.run_side(full, "dlt", self.dlt_cmd(base, ld / "warehouse"), cwd=ld, timeout=limit, index=i)
                 if m.timed_out or m.returncode:
                     why = f"{side} full load {'exceeded ' + str(round(limit)) + 's' if m.timed_out else 'failed'}"
                     self.extra["gave_up"][tag] = why
                     say(self.events, f"{tag}: giving up, {why}")
                     self.save()
                     return False
-        full.check = compare(lw / "warehouse", floor_wh)
+        full.check = self.check(lw, lf, ld)
         self._report_check(full)
         self.save()
         return True
 
-    def _after_full(self, scale: float, tag: str, work: Path, lw: Path, lf: Path, inc: Path, inc_cfg: Path,
-                    floor_wh: Path) -> None:
+    def _after_full(self, scale: float, tag: str, work: Path, lw: Path, lf: Path, ld: Path, inc: Path,
+                    inc_cfg: Path) -> None:
         args = self.args
 
         # snapshots of the post-initial-load state
         snap = work / "snapshots"
         restore(lw / "warehouse", snap / "loader-warehouse")
         restore(lw / "sqlite-state", snap / "loader-state")
-        restore(floor_wh, snap / "floor-warehouse")
+        restore(lf / "warehouse", snap / "floor-warehouse")
+        if args.dlt:
+            restore(ld / "warehouse", snap / "dlt-warehouse")
+
+        def run(scenario: Scenario, side: str, i: int, *, fresh: bool) -> None:
+            """One run of `side` on the increment's landing zone; `fresh`: from the post-full-load state."""
+            if side == "loader":
+                if fresh:
+                    restore(snap / "loader-warehouse", lw / "warehouse")
+                    restore(snap / "loader-state", lw / "sqlite-state")
+                self.run_side(scenario, "loader", self.loader_cmd(inc_cfg), cwd=lw, timeout=args.timeout, index=i)
+            elif side == "floor":
+                if fresh:
+                    restore(snap / "floor-warehouse", lf / "warehouse")
+                self.run_side(scenario, "floor", self.floor_cmd(inc, lf / "warehouse"), cwd=lf, timeout=args.timeout, index=i)
+            else:
+                if fresh:
+                    restore(snap / "dlt-warehouse", ld / "warehouse")
+                self.run_side(scenario, "dlt", self.dlt_cmd(inc, ld / "warehouse"), cwd=ld, timeout=args.timeout, index=i)
 
         # (b)/(c) incremental run over the history ----------------------------------------------------
         increment = Scenario(f"increment {tag}", scale, "increment",
-                             note=f"append --orders {args.orders} --updates {args.updates} --late {args.late}")
+                             note=f"append --orders {args.orders} --updates {args.updates} --late {args.late} "
+                                  f"--update-from {args.update_from} --recent {args.recent}")
         self.scenarios.append(increment)
         for i in range(args.repeat):
-            for side in (("loader", "floor") if i % 2 == 0 else ("floor", "loader")):
-                if side == "loader":
-                    restore(snap / "loader-warehouse", lw / "warehouse")
-                    restore(snap / "loader-state", lw / "sqlite-state")
-                    self.run_side(increment, "loader", self.loader_cmd(inc_cfg), cwd=lw, timeout=args.timeout, index=i)
-                else:
-                    restore(snap / "floor-warehouse", floor_wh)
-                    self.run_side(increment, "floor", self.floor_cmd(inc, floor_wh), cwd=lf, timeout=args.timeout, index=i)
-        increment.check = compare(lw / "warehouse", floor_wh)
+            for side in self.order(i):
+                run(increment, side, i, fresh=True)
+        increment.check = self.check(lw, lf, ld)
         self._report_check(increment)
         self.save()
         reset(snap)
@@ -545,20 +619,20 @@ class Bench:
         empty = Scenario(f"empty {tag}", scale, "empty")
         self.scenarios.append(empty)
         for i in range(args.repeat):
-            for side in (("loader", "floor") if i % 2 == 0 else ("floor", "loader")):
-                if side == "loader":
-                    self.run_side(empty, "loader", self.loader_cmd(inc_cfg), cwd=lw, timeout=args.timeout, index=i)
-                else:
-                    self.run_side(empty, "floor", self.floor_cmd(inc, floor_wh), cwd=lf, timeout=args.timeout, index=i)
-        empty.check = compare(lw / "warehouse", floor_wh)
+            for side in self.order(i):
+                run(empty, side, i, fresh=False)
+        empty.check = self.check(lw, lf, ld)
         self._report_check(empty)
         self.save()
 
     def _report_check(self, scenario: Scenario) -> None:
         check = scenario.check or {}
+        if "dlt" in check:
+            say(self.events, f"  {scenario.name}: dlt's Delta rows {check['dlt']} "
+                             f"{'equal the loader' if check.get('dlt_match') else 'DIFFER from the loader'}'s")
         if check.get("match"):
-            rows = {t: v["delta_rows"] for t, v in check["loader"].items()}
-            say(self.events, f"  {scenario.name}: warehouses match (Delta rows {rows}, sums and Parquet versions equal)")
+            rows = {t: v.get("delta_rows", v.get("parquet_version_rows")) for t, v in check["loader"].items()}
+            say(self.events, f"  {scenario.name}: warehouses match (rows {rows}, sums and Parquet versions equal)")
         else:
             say(self.events, f"  {scenario.name}: WAREHOUSES DIFFER: loader {check.get('loader')} floor {check.get('floor')}")
 
@@ -574,6 +648,7 @@ class Bench:
             "from": small.name, "to": large.name, "scale_ratio": large.scale / small.scale,
             "loader": _ratio(large.median("loader"), small.median("loader")),
             "floor": _ratio(large.median("floor"), small.median("floor")),
+            "dlt": _ratio(large.median("dlt"), small.median("dlt")),
             "delta_rows": {k: {t: v.get("delta_rows") for t, v in h.items()} for k, h in history.items()},
         }
 
@@ -582,8 +657,9 @@ class Bench:
             return "-" if v is None else fmt.format(v)
 
         lines = [
-            "| scenario | n | loader median s | floor median s | ratio | loader peak MiB | floor peak MiB | rows | loader rows/s | floor rows/s | executor | equal |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| scenario | n | loader median s | floor median s | ratio | loader peak MiB | floor peak MiB | rows | loader rows/s | floor rows/s | executor | equal |"
+            + (" dlt median s | loader/dlt | dlt peak MiB |" if self.args.dlt else ""),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if self.args.dlt else ""),
         ]
         for s in self.scenarios:
             if s.note.startswith("not measured"):
@@ -597,11 +673,14 @@ class Bench:
                 f"| {s.name} | {len(s.ok('loader'))}/{len(s.ok('floor'))} | {f(lm)} | {f(fm)} | {f(_ratio(lm, fm))} | "
                 f"{f(s.peak('loader'), '{:,.0f}')} | {f(s.peak('floor'), '{:,.0f}')} | {f(rows, '{:,}')} | "
                 f"{rate(lm)} | {rate(fm)} | {s.executor() or '-'} | {equal} |"
+                + (f" {f(s.median('dlt'))} | {f(_ratio(lm, s.median('dlt')))} | {f(s.peak('dlt'), '{:,.0f}')} |"
+                   if self.args.dlt else "")
             )
         growth = self.growth()
         if growth:
             lines += ["", f"Growth of the increment from {growth['from']} to {growth['to']} "
-                          f"(history x{growth['scale_ratio']:g}): loader x{f(growth['loader'])}, floor x{f(growth['floor'])}."]
+                          f"(history x{growth['scale_ratio']:g}): loader x{f(growth['loader'])}, floor x{f(growth['floor'])}"
+                          + (f", dlt x{f(growth['dlt'])}" if self.args.dlt else "") + "."]
         lines += ["", "Loader stages (median of its --json timings_s) against process wall time; floor stages summed over both tables:", "",
                   "| scenario | loader plan | execute | sinks | commit | in-run total | process wall | outside run (start-up, imports, exit) | floor scan | transform | parquet | delta |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -628,13 +707,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", default="1,3", help="TPC-H scale factors, smallest first (default 1,3)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measured scenario; the median is reported")
     parser.add_argument("--skip-full", action="store_true", help="do not report the full load (it still runs once)")
+    parser.add_argument("--repeat-full", action="store_true",
+                        help="repeat every scale's full load --repeat times (default: the first scale's only)")
     parser.add_argument("--executor", choices=["auto", "local", "ray"], default="auto", help="the loader's --executor")
     parser.add_argument("--engine", choices=["auto", "cpu", "gpu"], default="auto", help="the loader's --engine")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="landing zones, warehouses, logs, results")
     parser.add_argument("--days", type=int, default=30, help="ingest days of history (demo-data init --days)")
     parser.add_argument("--orders", type=int, default=12000, help="new orders in the increment")
     parser.add_argument("--updates", type=int, default=3000, help="updated orders in the increment")
-    parser.add_argument("--late", type=int, default=100, help="late orders in the increment")
+    parser.add_argument("--late", type=int, default=100, help="late orders in the increment (dlt drops late rows: use 0 with --dlt)")
+    parser.add_argument("--update-from", choices=["newest", "oldest", "any"], default="newest",
+                        help="which orders the increment's updates hit (demo-data append --update-from)")
+    parser.add_argument("--recent", type=int, default=100_000, help="updates pick among this many newest/oldest orders")
+    parser.add_argument("--tables", default=",".join(TABLES), help="fact tables to load, comma-separated (default both)")
+    parser.add_argument("--sinks", default="parquet,delta", help="sinks, comma-separated: parquet, delta (default both)")
+    parser.add_argument("--dlt", action="store_true",
+                        help="also run dlt (bench/dlt_load.py) from its own venv, made by bench/dlt_env.py")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before one run is killed")
     parser.add_argument("--max-full-scale", type=float, default=1.0,
                         help="a larger scale loads its history in ceil(scale / this) runs per side (0: always one run)")

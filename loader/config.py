@@ -85,7 +85,7 @@ class SourceConfig(_Frozen):
 
 
 class DimensionsConfig(_Frozen):
-    """The small tables of the region lookup, read whole each run."""
+    """The tables of the region lookup: read whole when they change (see `run.dimension_cache`)."""
 
     customer: str = "customer"
     supplier: str = "supplier"
@@ -194,6 +194,12 @@ class RunConfig(_Frozen):
     A batch is the unit of memory (in-process, about 1 KB a row at peak), of commit and of resume."""
 
     max_batch_rows: StrictInt = Field(default=1_000_000, gt=0)
+    # Prepared dimension lookups kept between runs, keyed by the dimension files' fingerprints (a run
+    # whose dimensions did not change does not read them). A local folder; None: $LOADER_CACHE_DIR, else
+    # beside a SQLite state file, else `loader-cache` in the system temp folder. `dimension_cache: false`
+    # reads them every run.
+    cache_dir: str | None = None
+    dimension_cache: bool = True
 
 
 class RayConfig(_Frozen):
@@ -374,6 +380,9 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path, source: str = "<config>
     state = dict(data.get("state") or {})
     state["url"] = _resolve_state_url(base_dir, state.get("url", StateConfig().url))
     data["state"] = state
+    run = data.get("run")
+    if isinstance(run, dict) and isinstance(run.get("cache_dir"), str):
+        data["run"] = {**run, "cache_dir": _resolve(base_dir, run["cache_dir"])}
     metrics = data.get("metrics")
     if isinstance(metrics, dict) and isinstance(metrics.get("textfile"), str):
         data["metrics"] = {**metrics, "textfile": _resolve(base_dir, metrics["textfile"])}

@@ -34,8 +34,8 @@ History: `init_landing_zone` spreads the TPC-H orders over `days` ingest days st
 `days`). Each `append_batch` adds one batch in the folder of the next day with:
 
 - new orders (keys above the current maximum), cloned from existing orders with their lineitems;
-- updates: recent existing orders (among the newest 100,000 keys) re-sent with a new `o_orderstatus`
-  and `o_totalprice` (orders only);
+- updates: existing orders (by default among the newest 100,000 keys; `update_from` picks the oldest
+  or any instead) re-sent with a new `o_orderstatus` and `o_totalprice` (orders only);
 - late orders: new keys (with lineitems) whose cursor is 1 to 30 minutes (strictly less than 30)
   OLDER than the newest cursor already in the landing zone. A loader whose checkpoint sits at that newest
   cursor only sees them with a lookback of at least 30 minutes; the demo configuration uses 1 hour.
@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -302,10 +302,17 @@ def init_landing_zone(
     )
 
 
+UpdatePick = Literal["newest", "oldest", "any"]
+
+
 def append_batch(
-    root: Path, *, orders: int = 1000, updates: int = 200, late: int = 20, recent: int = RECENT_ORDERS
+    root: Path, *, orders: int = 1000, updates: int = 200, late: int = 20, recent: int = RECENT_ORDERS,
+    update_from: UpdatePick = "newest",
 ) -> AppendSummary:
     """Add one batch (new, updated and late orders) in the folder of the day after the last ingest day.
+
+    Updates pick among the `recent` newest orders (an order book's status changes), the `recent`
+    oldest (late corrections of old history: they hit the warehouse's oldest files) or any order.
 
     Seeded by (seed, batch number): the same sequence of calls on the same initial zone gives
     byte-identical files. A batch left half-written by a crash is removed and written again.
@@ -315,6 +322,8 @@ def append_batch(
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
             raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}")
     orders, updates, late = int(orders), int(updates), int(late)
+    if update_from not in ("newest", "oldest", "any"):
+        raise ConfigError(f"update_from must be newest, oldest or any, got {update_from!r}")
     if orders + updates + late == 0:
         raise ConfigError("nothing to append: give orders, updates or late a count above 0")
     state = read_demo_state(root)
@@ -324,7 +333,8 @@ def append_batch(
     try:
         for table in FACT_TABLES:  # leftovers of a crashed append of this same batch
             shutil.rmtree(_partition_dir(root, table, ingest_date), ignore_errors=True)
-        return _append(root, state, batch, ingest_date, rng, orders=orders, updates=updates, late=late, recent=recent)
+        return _append(root, state, batch, ingest_date, rng, orders=orders, updates=updates, late=late, recent=recent,
+                       update_from=update_from)
     except OSError as exc:
         raise SourceUnavailable(
             f"could not append to the landing zone at {root}: {exc}; check the path and free space"
@@ -560,6 +570,7 @@ def _append(
     updates: int,
     late: int,
     recent: int,
+    update_from: UpdatePick,
 ) -> AppendSummary:
     # The latest version of every existing order, sorted by key (ties: the later row of the scan). Only
     # its place in the files is held (bounded memory: 3 int64 per order version for the sort); the few
@@ -586,9 +597,10 @@ def _append(
     clone_idx = rng.integers(0, max(n_latest, 1), n_clone, dtype=np.int64)
     # Status changes hit recent orders, as in a real order book: updates come from the newest
     # `recent` keys (RECENT_ORDERS by default, more when asked for more updates), however long the history.
-    recent = min(n_latest, max(updates, recent))
+    recent = n_latest if update_from == "any" else min(n_latest, max(updates, recent))
+    first = n_latest - recent if update_from == "newest" else 0
     update_idx = (
-        np.sort(n_latest - recent + rng.choice(recent, size=updates, replace=False))
+        np.sort(first + rng.choice(recent, size=updates, replace=False))
         if updates else np.empty(0, np.int64)
     )
     custkeys = _np(pq.read_table(root / "customer" / "customer.parquet", columns=["c_custkey"])["c_custkey"])

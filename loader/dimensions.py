@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -32,19 +33,26 @@ LOOKUPS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
 }
 
 
-def _check_unique_keys(table: pa.Table, key: str, what: str) -> None:
+def _sorted_unique(table: pa.Table, key: str, what: str) -> pa.Table:
+    """`table` sorted by `key` (each run then finds a batch's keys by binary search); raises when a
+    key is null or repeated (an ambiguous lookup). Sorted input (the usual dump) costs one pass."""
     column = table.column(key)
     if column.null_count:
         raise BadSourceData(
             f"{what} has {column.null_count} row(s) with a null {key}: fix or remove those rows in "
             "the landing zone"
         )
-    distinct = pc.count_distinct(column).as_py()
-    if distinct != table.num_rows:
-        raise BadSourceData(
-            f"{what} has {table.num_rows - distinct} duplicate {key} value(s), so the lookup would be "
-            "ambiguous: keep one row per key in the landing zone"
-        )
+    keys = column.to_numpy()
+    if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+        order = np.argsort(keys, kind="stable")
+        table, keys = table.take(order), keys[order]
+        repeated = int(np.count_nonzero(keys[1:] == keys[:-1]))
+        if repeated:
+            raise BadSourceData(
+                f"{what} has {repeated} duplicate {key} value(s), so the lookup would be "
+                "ambiguous: keep one row per key in the landing zone"
+            )
+    return table
 
 
 def _lookup(keys: pa.ChunkedArray | pa.Array, value_set: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -53,6 +61,21 @@ def _lookup(keys: pa.ChunkedArray | pa.Array, value_set: pa.ChunkedArray) -> pa.
     if keys.type != values.type:
         keys = keys.cast(values.type)
     return pc.index_in(keys, value_set=values, skip_nulls=True)
+
+
+def _referenced(table: pa.Table, key: str, keys: Any) -> pa.Table:
+    """The rows of `table` (sorted by unique `key`) whose key is in `keys`; nulls and misses dropped."""
+    wanted = keys.to_arrow() if hasattr(keys, "to_arrow") else pa.array(keys)
+    if isinstance(wanted, pa.ChunkedArray):
+        wanted = wanted.combine_chunks()
+    stored = table.column(key)
+    wanted = pc.drop_null(wanted.cast(stored.type) if wanted.type != stored.type else wanted)
+    found = np.unique(wanted.to_numpy(zero_copy_only=False))
+    sorted_keys = stored.to_numpy()
+    slot = np.searchsorted(sorted_keys, found)
+    hit = slot < len(sorted_keys)
+    hit[hit] = sorted_keys[slot[hit]] == found[hit]
+    return table.take(pa.array(slot[hit]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,12 +106,17 @@ class Dimensions:
         for name, value in state.items():
             object.__setattr__(self, name, value)
 
-    def lookups(self, frames: Frames, kind: str) -> Any:
+    def lookups(self, frames: Frames, kind: str, keys: Any = None) -> Any:
         """A frame of the kind's dimension indexed by its key (columns: the added ones and region),
-        in `frames`' library; made once per engine (on the GPU: copied to the device once)."""
+        in `frames`' library. With `keys` (the batch's fact keys, a frame column or Arrow array): only
+        the dimension rows those keys reference, found by binary search in the key-sorted table, so a
+        batch pays for its own keys, not for the dimension's size. Without: the whole table, made once
+        per engine (on the GPU: copied to the device once)."""
+        table_name, key, _, added = LOOKUPS[kind]
+        if keys is not None:
+            return frames.frame(_referenced(getattr(self, table_name), key, keys).select([key, *added, "region"])).set_index(key)
         cache: dict[tuple[str, str], Any] = self.__dict__.setdefault("_lookups", {})
         if (frames.name, kind) not in cache:
-            table_name, key, _, added = LOOKUPS[kind]
             table = getattr(self, table_name).select([key, *added, "region"])
             cache[(frames.name, kind)] = frames.frame(table).set_index(key)
         return cache[(frames.name, kind)]
@@ -106,13 +134,10 @@ class Dimensions:
             require_columns(list(COLUMNS[name]), table.column_names, name)
         customer, supplier, nation, region = (
             normalize_strings(table.select(list(COLUMNS[name]))) for name, table in tables.items())
-        for table, key, what in (
-            (customer, "c_custkey", "customer"),
-            (supplier, "s_suppkey", "supplier"),
-            (nation, "n_nationkey", "nation"),
-            (region, "r_regionkey", "region"),
-        ):
-            _check_unique_keys(table, key, what)
+        customer = _sorted_unique(customer, "c_custkey", "customer")
+        supplier = _sorted_unique(supplier, "s_suppkey", "supplier")
+        nation = _sorted_unique(nation, "n_nationkey", "nation")
+        region = _sorted_unique(region, "r_regionkey", "region")
 
         region_index = _lookup(nation.column("n_regionkey"), region.column("r_regionkey"))
         nations = pa.table(

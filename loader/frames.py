@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -65,6 +65,16 @@ class PandasFrames:
     def host_list(self, series: Series) -> list[Any]:
         return list(series.tolist())
 
+    def gather(self, keys: Series, lookup: Frame, columns: Sequence[str]) -> dict[str, Series]:
+        """`lookup`'s `columns` (lookup indexed by unique keys) for each of `keys`, null where a key is
+        absent, indexed like `keys`: what `keys.map(lookup[c])` gives per column, with the keys found
+        once and every column taken in one Arrow take (map hashed the keys again for each column)."""
+        position = lookup.index.get_indexer(keys)
+        taken = self.table(lookup[list(columns)]).take(pa.array(position, mask=position < 0))
+        frame = self.frame(taken)
+        frame.index = keys.index
+        return {column: frame[column] for column in columns}
+
 
 class CudfFrames:
     """GPU: cuDF. Tables go to device memory with `DataFrame.from_arrow` and back with `to_arrow`.
@@ -114,6 +124,10 @@ class CudfFrames:
 
     def host_list(self, series: Series) -> list[Any]:
         return list(series.to_arrow().to_pylist())
+
+    def gather(self, keys: Series, lookup: Frame, columns: Sequence[str]) -> dict[str, Series]:
+        """See PandasFrames.gather: one `Series.map` per column here (cuDF's map is a join on device)."""
+        return {column: keys.map(lookup[column]).astype(lookup[column].dtype) for column in columns}
 
 
 Frames = PandasFrames | CudfFrames

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from loader import failpoints, logs, progress, quarantine
+from loader import failpoints, logs, progress
 from loader.config import LoaderConfig
 from loader.errors import LoaderError
 from loader.planning import RunPlan
@@ -68,20 +68,29 @@ def held_lease(store: StateStore, pipeline: str, ttl_seconds: float) -> Iterator
 def pipeline_session(config: LoaderConfig, engine: str | None) -> Iterator[StateStore]:
     """Preflight (fails in seconds, before any state), the state store and the pipeline's lease;
     the metrics are published at the end whatever happened (the lag and the outcome change either way)."""
-    from loader.pipeline import preflight
+    if _preflight_has_work(config, engine):
+        from loader.pipeline import preflight
 
-    preflight(config, engine)
+        preflight(config, engine)
     store = StateStore.open(config.state.url)
     try:
         with held_lease(store, config.pipeline, config.state.lease_ttl.total_seconds()):
             try:
                 yield store
             finally:
-                from loader.metrics import publish
+                if config.metrics.textfile or config.metrics.pushgateway:  # else publish() has nothing to do
+                    from loader.metrics import publish
 
-                publish(config, store)
+                    publish(config, store)
     finally:
         store.close()
+
+
+def _preflight_has_work(config: LoaderConfig, engine: str | None) -> bool:
+    """Whether `loader.pipeline.preflight` has anything to check: `gpu` requested, or a Ray cluster
+    address (its two checks). Otherwise it is skipped, and so is importing loader.pipeline (pyarrow.compute,
+    the transforms): a run with nothing new to load never needs them."""
+    return (engine or config.transform.engine) == "gpu" or bool(config.ray.address or os.environ.get("RAY_ADDRESS"))
 
 
 class Timer:
@@ -216,6 +225,7 @@ class BatchExecutor:
 
     def _execute(self, record: RunRecord, plan: RunPlan, outcome: BatchOutcome, metrics: dict[str, Any],
                  planning_s: float) -> None:
+        from loader import quarantine
         from loader.pipeline import execute
         from loader.sinks import TableBatch, build_sinks
         from loader.table_writes import write_table

@@ -2,29 +2,65 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
 from loader.batches import Cutting
 from loader.config import LoaderConfig
 from loader.planning import RunPlan
 from loader.runner import RunSummary
 
-# Wide when piped (cron logs, CI): a narrow default would cut paths.
-_out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+class _Stdout:
+    """rich's console on stdout, made on first use: rich is imported (about 15 ms) only by what prints
+    with it, not by a run with nothing new on a pipe (see print_run_summary)."""
+
+    def __init__(self) -> None:
+        self._console: Any = None
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        if self._console is None:
+            from rich.console import Console
+
+            # Wide when piped (cron logs, CI): a narrow default would cut paths.
+            self._console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+        self._console.print(*objects, **options)
+
+
+_out = _Stdout()
+
+
+def escape(markup: str) -> str:
+    """rich.markup.escape (rich imported on first use)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(markup)
+
+
+def _plain_stdout() -> bool:
+    """True when rich would print no styles at all on stdout: not a terminal, and neither FORCE_COLOR
+    nor TTY_COMPATIBLE=1 (which make rich treat it as one). Then plain text is the very same output."""
+    if "FORCE_COLOR" in os.environ or os.environ.get("TTY_COMPATIBLE", "") == "1":
+        return False
+    try:
+        return not sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return True
 
 
 def print_run_summary(summary: RunSummary) -> None:
     if summary.status == "nothing_new":
+        if _plain_stdout():  # cron, CI, pipes: the frequent case, without importing rich
+            print(f"{summary.pipeline}: nothing new to load (no run recorded, checkpoints unchanged)")
+            return
         _out.print(f"[bold]{summary.pipeline}[/]: nothing new to load (no run recorded, checkpoints unchanged)")
         return
+    from rich.table import Table
+
     numbers = [b.run_number for b in summary.batches]
     runs = f"run {numbers[0]}" if len(numbers) == 1 else f"runs {numbers[0]}-{numbers[-1]} ({len(numbers)} batches)"
     title = f"{summary.pipeline}: {runs} committed" + (f" (run {numbers[0]} replayed)" if summary.replayed else "")
@@ -67,6 +103,8 @@ def plan_payload(plan: RunPlan, *, replay_of: int | None, cutting: Cutting | Non
 
 
 def print_plan(payload: dict[str, Any]) -> None:
+    from rich.table import Table
+
     if payload["replay_of_run"]:
         _out.print(f"run {payload['replay_of_run']} did not finish: the next run replays its windows")
     table = Table(title="plan of the next incremental run")
@@ -162,6 +200,8 @@ def batch_progress(store: Any, pipeline: str, *, lease_held: bool) -> dict[str, 
 
 
 def print_status(payload: dict[str, Any]) -> None:
+    from rich.table import Table
+
     table = Table(title=f"{payload['pipeline']} ({payload['state']})")
     for column in ("source", "checkpoint", "run", "lag", "rows last run", "quarantined last run"):
         table.add_column(column)
@@ -203,6 +243,8 @@ def print_history(pipeline: str, entries: list[dict[str, Any]]) -> None:
     if not entries:
         _out.print(f"{pipeline}: no runs yet (`loader run --incremental` starts one)")
         return
+    from rich.table import Table
+
     table = Table(title=f"{pipeline}: the newest {len(entries)} run(s)")
     for column in ("run", "mode (batch)", "outcome", "started (UTC)", "took", "rows per table", "quarantined", "seconds per stage"):
         table.add_column(column)
@@ -234,6 +276,7 @@ def backfill_progress(*, quiet: bool) -> Iterator[Callable[[Any, int], None]]:
                      chunk.seconds)
         yield line
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("backfill"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -246,6 +289,8 @@ def backfill_progress(*, quiet: bool) -> Iterator[Callable[[Any, int], None]]:
 
 
 def print_backfill(payload: dict[str, Any]) -> None:
+    from rich.table import Table
+
     r = payload["request"]
     if payload["dry_run"]:
         _out.print(f"dry run: {payload['chunks_total']} chunk(s) would be loaded into {', '.join(r['sinks'])}; nothing "
@@ -286,6 +331,8 @@ def _mask_url(url: str) -> str:
 
 
 def print_doctor(pipeline: str, checks: list[Any]) -> None:
+    from rich.table import Table
+
     table = Table(title=f"{pipeline}: loader doctor")
     for column in ("check", "status", "detail"):
         table.add_column(column)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -45,15 +46,26 @@ def normalize_strings(table: pa.Table) -> pa.Table:
 def dedupe_latest(table: pa.Table, *, key: Sequence[str], cursor: str) -> pa.Table:
     """One row per `key`: the row with the greatest `cursor` wins. Output sorted by `key` ascending.
 
-    Tie-break (same key, same cursor): the row that comes LAST in input order wins. This relies on
-    `pc.sort_indices` being a stable sort: after sorting by (key..., cursor) ascending, equal rows keep
-    their input order, and the last row of each key run is taken (found by comparing each sorted key
-    with its successor, vectorized). Feed batches in a deterministic order (e.g. file path, then row
-    order) for a reproducible winner.
+    Tie-break (same key, same cursor): the row that comes LAST in input order wins, as if the rows were
+    sorted stably by (key..., cursor) and the last row of each key run taken. Feed batches in a
+    deterministic order (e.g. file path, then row order) for a reproducible winner.
 
     Raises BadSourceData when a key or cursor value is null: such rows cannot be deduplicated or
     checkpointed. String columns are normalized first (take rejects string_view).
     """
+    table = normalize_strings(table)
+    order = latest_rows(table, key=key, cursor=cursor)
+    return table if order is None else table.take(pa.array(order))
+
+
+def latest_rows(table: pa.Table, *, key: Sequence[str], cursor: str) -> np.ndarray | None:
+    """The row numbers `dedupe_latest` takes, in key order, or None when that is the table as it is
+    (already in key order, no key repeated): the caller takes them (the in-process executor does so in
+    parts, one per transform thread). Checks as dedupe_latest.
+
+    Integer keys (the usual case) are packed into one int64 and sorted alone, unstably (a SIMD sort,
+    several times cheaper than a stable sort of (key, cursor)); a batch without repeated keys needs
+    nothing more. Only the rows of repeated keys are then ordered by (cursor, input position)."""
     key = list(key)
     if not key:
         raise ValueError("dedupe_latest needs at least one key column")
@@ -69,21 +81,72 @@ def dedupe_latest(table: pa.Table, *, key: Sequence[str], cursor: str) -> pa.Tab
             f"cannot deduplicate on key {key} and cursor {cursor}: found {detail}; every row needs a "
             "key and a cursor: fix or remove those rows in the landing zone"
         )
-    table = normalize_strings(table)
     rows = table.num_rows
     if rows <= 1:
-        return table
-    sort_keys = [(name, "ascending") for name in key] + [(cursor, "ascending")]
-    order = pc.sort_indices(table.select(list(dict.fromkeys([*key, cursor]))), sort_keys=sort_keys)
-    sorted_keys = table.select(key).take(order)
-    is_last: pa.Array | None = None
-    for name in key:
-        column = sorted_keys.column(name).combine_chunks()
-        differs = pc.not_equal(column.slice(0, rows - 1), column.slice(1))
-        is_last = differs if is_last is None else pc.or_(is_last, differs)
-    assert is_last is not None
-    is_last = pa.concat_arrays([is_last, pa.array([True])])
-    return table.take(pc.filter(order, is_last))
+        return None
+    packed = _packed_key(table, key)
+    if packed is None:  # keys that do not pack into one int64 (strings, dates, wide ranges): Arrow's stable sort
+        order = pc.sort_indices(table.select(list(dict.fromkeys([*key, cursor]))),
+                                sort_keys=[(name, "ascending") for name in [*key, cursor]]).to_numpy()
+        sorted_keys = table.select(key).take(order)
+        differs = None
+        for name in key:
+            column = sorted_keys.column(name).combine_chunks()
+            step = pc.not_equal(column.slice(0, rows - 1), column.slice(1)).to_numpy(zero_copy_only=False)
+            differs = step if differs is None else differs | step
+        assert differs is not None
+        return order[np.append(differs, True)]
+    if bool((packed[1:] > packed[:-1]).all()):
+        return None
+    order = np.argsort(packed)
+    sorted_keys = packed[order]
+    repeats = sorted_keys[1:] == sorted_keys[:-1]
+    if repeats.any():
+        order = _latest_last(table, cursor, order, sorted_keys, repeats)
+        return order[np.append(~repeats, True)]
+    return order
+
+
+def _packed_key(table: pa.Table, key: Sequence[str]) -> np.ndarray | None:
+    """The key columns as one int64 per row ordering like the columns (lexicographically), or None
+    when a column is not an integer or their ranges together exceed int64."""
+    parts = []
+    span = 1
+    for name in reversed(key):  # the last column varies fastest
+        column = table.column(name)
+        if not pa.types.is_integer(column.type):
+            return None
+        bounds = pc.min_max(column)
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        parts.append((column, low, span))
+        span *= high - low + 1
+        if span > np.iinfo(np.int64).max or low < np.iinfo(np.int64).min or high > np.iinfo(np.int64).max:
+            return None
+    packed = None
+    for column, low, scale in parts:
+        values = column.to_numpy().astype(np.int64, copy=False)
+        values = values - np.int64(low) if low else values  # python ints checked above: no overflow
+        values = values * np.int64(scale) if scale != 1 else values
+        packed = values if packed is None else packed + values
+    assert packed is not None
+    return packed
+
+
+def _latest_last(table: pa.Table, cursor: str, order: np.ndarray, sorted_keys: np.ndarray,
+                 repeats: np.ndarray) -> np.ndarray:
+    """`order` with the rows of each repeated key put in (cursor, input position) order, so the last
+    of each key's run is the latest version (on a tie, the last in input order), as a stable sort by
+    (key, cursor) would have it. Only the rows of repeated keys are sorted."""
+    in_run = np.append(repeats, False) | np.insert(repeats, 0, False)
+    slots = np.flatnonzero(in_run)
+    rows = order[slots]
+    within = pc.sort_indices(
+        pa.table({"k": sorted_keys[slots], "c": table.column(cursor).take(pa.array(rows)), "p": rows}),
+        sort_keys=[("k", "ascending"), ("c", "ascending"), ("p", "ascending")],
+    ).to_numpy()
+    order = order.copy()
+    order[slots] = rows[within]  # each key's run keeps its slots (the runs are in key order)
+    return order
 
 
 def split_by_region(table: pa.Table) -> dict[str, pa.Table]:

@@ -4,7 +4,9 @@ Each transform takes a frame and the `Frames` backend it lives in (loader/frames
 Arrow-backed columns on the CPU, cuDF on the GPU), adds or replaces columns and returns the frame.
 Nothing here imports either library: the backend is passed in, chosen once per run. `on_table` runs
 one transform on a pyarrow Table; `transform_fact` runs the row-local chain
-enrich_<kind> -> attach_region -> apply_region_rules, converting Arrow in and out once.
+enrich_<kind> -> attach_region -> apply_region_rules, converting Arrow in and out once. In that chain,
+what depends on the region alone (the rule's currency and rates, the masking of looked-up columns) is
+worked out once per dimension row and looked up with the rest (`_region_and_rules`): same result.
 
 Exactness, on both libraries: money stays decimal (a float column is refused); comparisons use exact
 Decimal scalars; every derived decimal is checked against its declared precision before the cast
@@ -17,7 +19,7 @@ Rows are never reordered or dropped, so any split of a window into batches gives
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
@@ -167,28 +169,39 @@ def enrich_lineitem(df: Frame, b: Frames) -> Frame:
 
 
 def attach_region(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions) -> Frame:
-    """Add the customer / geography columns by key lookup (`Series.map` on the dimension indexed by
-    its key): input row order is kept.
+    """Add the customer / geography columns by key lookup (the dimension indexed by its key, keys
+    found once for all columns: `Frames.gather`): input row order is kept.
 
     orders:   c_name, c_phone, customer_segment, nation, region   (via o_custkey -> customer -> nation)
     lineitem: nation, region                                       (via l_suppkey -> supplier -> nation)
     A row whose customer/supplier/nation/region is unknown is kept, with null nation and region
     'UNKNOWN' (and null customer columns): never dropped.
     """
+    df, _ = _attach(df, b, kind=kind, dims=dims)
+    return df
+
+
+def _attach(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions, prepare: Callable[[Frame], Frame] | None = None,
+            extra: Sequence[str] = ()) -> tuple[Frame, dict[str, Series]]:
+    """attach_region; with `prepare`, the lookup frame goes through it first (it may add columns, or
+    rewrite the added ones: they are what the rows get). Also returns the looked-up `extra` columns."""
     from loader.dimensions import LOOKUPS
 
     if kind not in LOOKUPS:
         raise ValueError(f"kind must be 'orders' or 'lineitem', not {kind!r}")
     _, _, fact_key, added = LOOKUPS[kind]
     require_columns([fact_key], list(df.columns), f"{kind} batch")
-    lookup = dims.lookups(b, kind)
+    lookup = dims.lookups(b, kind, df[fact_key])  # only the rows this batch references
+    if prepare is not None:
+        lookup = prepare(lookup)
     keys = df[fact_key]
     if b.arrow_type(keys) != pa.int64():
         keys = keys.astype(lookup.index.dtype)
+    found = b.gather(keys, lookup, [*added, "region", *extra])
     for name in added:
-        df[name] = _mapped(keys, lookup[name])
-    df["region"] = _mapped(keys, lookup["region"]).fillna(UNKNOWN_REGION)
-    return df
+        df[name] = found[name]
+    df["region"] = found["region"].fillna(UNKNOWN_REGION)
+    return df, found
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,6 +218,15 @@ def _decimal_places(value: Decimal) -> int:
     return max(-exponent, 0)
 
 
+def _fx_narrow(rules: Mapping[str, RegionRule]) -> pa.Decimal128Type:
+    """fx_rate in the narrowest type that holds every rule's rate: the product with an amount stays in
+    decimal128 and has fewer digits to round (exact either way: narrowing only drops zeros)."""
+    fx_values = [rule.fx_rate for rule in rules.values()]
+    fx_scale = max((_decimal_places(v) for v in fx_values), default=0)
+    fx_precision = max((_integer_digits(v) for v in fx_values), default=1) + fx_scale
+    return pa.decimal128(fx_precision, fx_scale)
+
+
 def _rules_lookup(rules: Mapping[str, RegionRule], b: Frames, fx_narrow: pa.DataType) -> Frame:
     """currency / fx_rate / vat_rate per rule number (0..n-1), and all null for -1 (no rule); fx_narrow
     is fx_rate in the narrowest type that holds every rule's rate, for the product."""
@@ -218,6 +240,58 @@ def _rules_lookup(rules: Mapping[str, RegionRule], b: Frames, fx_narrow: pa.Data
         "vat_rate": pa.array([*(rules[n].vat_rate for n in names), None], VAT_RATE),
     })
     return b.frame(table).set_index("rule")
+
+
+_RULE_COLUMNS = ("currency", "fx_rate", "fx_narrow", "vat_rate")
+
+
+def _rule_columns(region: Series, b: Frames, rules: Mapping[str, RegionRule]) -> dict[str, Series]:
+    """currency, fx_rate, fx_narrow, vat_rate of each row's region (null where no rule names it).
+
+    Each row's rule number is found by comparing `region` with each rule's name (a handful), then the
+    rule's values are looked up by number, so row order is preserved."""
+    rule = b.full(region, -1, pa.int32())
+    for number, name in enumerate(rules):
+        rule = rule.mask((region == name).fillna(False), number)
+    lookup = _rules_lookup(rules, b, _fx_narrow(rules))
+    return {column: _mapped(rule, lookup[column]) for column in _RULE_COLUMNS}
+
+
+def _amount_local(amount: Series, amount_type: pa.Decimal128Type, fx_narrow: Series, b: Frames,
+                  rules: Mapping[str, RegionRule]) -> Series:
+    """round_half_even(amount * fx_rate, 2) as decimal128(24,2), exact: in decimal128 when the product
+    fits 38 digits, else (CPU engine) in decimal256; the GPU engine (cuDF stops at 38) refuses."""
+    narrow = _fx_narrow(rules)
+    if amount_type.precision + narrow.precision + 1 <= _MAX_DECIMAL128_PRECISION:
+        product = amount * fx_narrow
+    else:
+        product = amount.astype(b.dtype(pa.decimal256(amount_type.precision, amount_type.scale))) * fx_narrow.astype(
+            b.dtype(pa.decimal256(narrow.precision, narrow.scale))
+        )
+    return _fit(product.round(AMOUNT_LOCAL.scale), AMOUNT_LOCAL, "amount_local", b, rounded=True)
+
+
+def _masked_by(rules: Mapping[str, RegionRule]) -> dict[str, list[str]]:
+    """Per masked column, the regions whose rows mask it."""
+    masked_by: dict[str, list[str]] = {}
+    for name, rule in rules.items():
+        for column in rule.mask_columns:
+            masked_by.setdefault(column, []).append(name)
+    return masked_by
+
+
+def _mask_columns(df: Frame, region: Series, b: Frames, masked_by: Mapping[str, list[str]],
+                  columns: Sequence[str] | None = None) -> Frame:
+    """Mask each column of `masked_by` (of `columns`, when given) that `df` has, in the rows of its
+    regions; columns `df` lacks are ignored."""
+    for column, regions in sorted(masked_by.items()):
+        if column not in df.columns or (columns is not None and column not in columns):
+            continue
+        values = _string(df[column], column, b, "region rules mask")
+        rows = region.isin(regions).fillna(False)
+        if bool(rows.any()):  # masked where needed only, then put back in place by row label
+            df[column] = values.mask(rows, _mask(values[rows], b).reindex(values.index))
+    return df
 
 
 def _mask(values: Series, b: Frames) -> Series:
@@ -256,42 +330,47 @@ def apply_region_rules(
     region = df["region"]
     amount = df[amount_column]
     amount_type = decimal_type(amount, b, amount_column, "the landing zone's schema or the transform order")
-    names = list(rules)
+    ruled = _rule_columns(region, b, rules)
+    amount_local = _amount_local(amount, amount_type, ruled["fx_narrow"], b, rules)
+    df = _mask_columns(df, region, b, _masked_by(rules))
+    df["currency"] = ruled["currency"]
+    df["fx_rate"] = ruled["fx_rate"]
+    df["vat_rate"] = ruled["vat_rate"]
+    df["amount_local"] = amount_local
+    return df
 
-    rule = b.full(region, -1, pa.int32())
-    for number, name in enumerate(names):
-        rule = rule.mask((region == name).fillna(False), number)
-    # fx_rate narrowed to the digits the rules use: the product stays in decimal128 and has fewer digits
-    # to round (exact either way: narrowing only drops zeros).
-    fx_values = [rules[n].fx_rate for n in names]
-    fx_scale = max((_decimal_places(v) for v in fx_values), default=0)
-    fx_precision = max((_integer_digits(v) for v in fx_values), default=1) + fx_scale
-    lookup = _rules_lookup(rules, b, pa.decimal128(fx_precision, fx_scale))
-    currency, fx_rate, fx_narrow, vat_rate = (
-        _mapped(rule, lookup[c]) for c in ("currency", "fx_rate", "fx_narrow", "vat_rate"))
-    if amount_type.precision + fx_precision + 1 <= _MAX_DECIMAL128_PRECISION:
-        product = amount * fx_narrow
-    else:
-        product = amount.astype(b.dtype(pa.decimal256(amount_type.precision, amount_type.scale))) * fx_narrow.astype(
-            b.dtype(pa.decimal256(fx_precision, fx_scale))
-        )
-    amount_local = _fit(product.round(AMOUNT_LOCAL.scale), AMOUNT_LOCAL, "amount_local", b, rounded=True)
 
-    masked_by: dict[str, list[str]] = {}
-    for name in names:
-        for column in rules[name].mask_columns:
-            masked_by.setdefault(column, []).append(name)
-    for column, regions in sorted(masked_by.items()):
-        if column not in df.columns:
-            continue
-        values = _string(df[column], column, b, "region rules mask")
-        rows = region.isin(regions).fillna(False)
-        if bool(rows.any()):  # masked where needed only, then put back in place by row label
-            df[column] = values.mask(rows, _mask(values[rows], b).reindex(values.index))
+def _region_and_rules(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions, rules: Mapping[str, RegionRule],
+                      amount_column: str) -> Frame:
+    """attach_region then apply_region_rules, with what depends on the region alone (the rule's
+    columns, and masking the looked-up columns) worked out once per dimension row instead of once per
+    fact row: a batch has many rows per customer (orders) or supplier (lineitem), and comparing every
+    row's region string with each rule's name, then masking its strings, cost more than the lookups.
+    Same result as the two transforms in turn: a row's looked-up columns and region are its dimension
+    row's, and the rules depend on the region only."""
+    from loader.dimensions import LOOKUPS
 
-    df["currency"] = currency
-    df["fx_rate"] = fx_rate
-    df["vat_rate"] = vat_rate
+    masked_by = _masked_by(rules)
+
+    def prepare(lookup: Frame) -> Frame:
+        lookup = lookup.copy()  # the dimension's own lookup may be cached: never written to
+        region = lookup["region"].fillna(UNKNOWN_REGION)
+        lookup = _mask_columns(lookup, region, b, masked_by, [c for c in lookup.columns if c != "region"])
+        for column, values in _rule_columns(region, b, rules).items():
+            lookup[column] = values
+        return lookup
+
+    df, ruled = _attach(df, b, kind=kind, dims=dims, prepare=prepare, extra=_RULE_COLUMNS)
+    require_columns(["region", amount_column], list(df.columns), f"{kind} batch")
+    amount = df[amount_column]
+    amount_type = decimal_type(amount, b, amount_column, "the landing zone's schema or the transform order")
+    amount_local = _amount_local(amount, amount_type, ruled["fx_narrow"], b, rules)
+    # columns of the fact rows themselves (not looked up) are masked row by row
+    looked_up = set(LOOKUPS[kind][3])
+    df = _mask_columns(df, df["region"], b, masked_by, [c for c in masked_by if c not in looked_up])
+    df["currency"] = ruled["currency"]
+    df["fx_rate"] = ruled["fx_rate"]
+    df["vat_rate"] = ruled["vat_rate"]
     df["amount_local"] = amount_local
     return df
 
@@ -309,8 +388,13 @@ def fact_chain(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions, rules: Map
     if kind not in _ENRICH:
         raise ValueError(f"kind must be 'orders' or 'lineitem', not {kind!r}")
     df = _ENRICH[kind](df, b)
-    df = attach_region(df, b, kind=kind, dims=dims)
-    return apply_region_rules(df, b, kind=kind, rules=rules, amount_column=_AMOUNT_COLUMN[kind])
+    masked_by = _masked_by(rules)
+    if UNKNOWN_REGION in rules or "region" in masked_by:
+        # A rule for UNKNOWN applies to rows no dimension row matches, and a masked region changes
+        # what the rules compare: the per-row path, as specified.
+        df = attach_region(df, b, kind=kind, dims=dims)
+        return apply_region_rules(df, b, kind=kind, rules=rules, amount_column=_AMOUNT_COLUMN[kind])
+    return _region_and_rules(df, b, kind=kind, dims=dims, rules=rules, amount_column=_AMOUNT_COLUMN[kind])
 
 
 def transform_fact(

@@ -28,7 +28,7 @@ from loader.errors import (
     StateError,
     StateUnavailable,
 )
-from state.migrations import migrate
+from state.migrations import current_version, migrate
 from state.models import (
     RUN_MODES,
     RUN_STATUSES,
@@ -41,6 +41,7 @@ from state.models import (
     to_iso,
     utc_now,
 )
+from state.schema import SCHEMA_VERSION
 from state.schema import checkpoints as checkpoints_t
 from state.schema import leases as leases_t
 from state.schema import runs as runs_t
@@ -284,12 +285,14 @@ class StateStore:
 
     @classmethod
     def open(cls, url: str, *, now: Callable[[], datetime] = utc_now) -> StateStore:
-        """Connect and bring the schema up to date."""
+        """Connect and bring the schema up to date. A database already at SCHEMA_VERSION (every run but
+        the first after an upgrade) is only read: no write transaction, no migration lock."""
         engine = create_state_engine(url)
         store = cls(engine, now=now)
         try:
             with store._translate_errors():
-                migrate(engine)
+                if store._schema_version() != SCHEMA_VERSION:  # older: migrate; newer: migrate refuses it
+                    migrate(engine)
         except BaseException:
             engine.dispose()
             raise
@@ -330,6 +333,10 @@ class StateStore:
             conn.execution_options(**{_READ_ONLY: True})
             with conn.begin():
                 yield conn
+
+    def _schema_version(self) -> int:
+        with self._read() as conn:
+            return current_version(conn)
 
     # ------------------------------------------------------------ checkpoints and ledger reads
 

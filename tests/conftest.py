@@ -51,6 +51,20 @@ def run_json(config: Path, *args: str, env: dict[str, str] | None = None, cwd: P
     return json.loads(result.stdout)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dimension_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Runs whose state is not a SQLite file keep prepared dimensions in $LOADER_CACHE_DIR: a folder
+    of the session's (removed with it), not the system temp folder."""
+    folder = tmp_path_factory.mktemp("dimension-cache")
+    previous = os.environ.get("LOADER_CACHE_DIR")
+    os.environ["LOADER_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("LOADER_CACHE_DIR", None)
+    else:
+        os.environ["LOADER_CACHE_DIR"] = previous
+
+
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
     return write_config(tmp_path / "project")

@@ -17,6 +17,7 @@ whose region changed (its customer moved) has its old row deleted first, in its 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from loader import failpoints
 from loader.config import LoaderConfig
@@ -31,6 +33,8 @@ from loader.errors import SinkRejected, SinkUnavailable
 from loader.sinks.base import PartWrite, SinkWrite, TableBatch, WritesInParts, region_counts, summed_regions
 from loader.sinks.schema_check import refuse_type_changes
 from loader.storage import locate, short_error, storage_error
+
+log = logging.getLogger(__name__)
 
 
 def app_id(pipeline: str, table: str, *, backfill_run: int | None = None) -> str:
@@ -47,16 +51,77 @@ def _quote(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'
 
 
-def merge_predicate(data: pa.Table, key: tuple[str, ...]) -> str:
-    """Join on the key and region, limited to each region's [min, max] of the first key column."""
+class KeyRanges:
+    """The first key column's [min, max] of each data file of a table, from the Delta log only (no data
+    file is read), to find the files a batch's keys can touch: O(files) per batch, whatever the rows."""
+
+    def __init__(self, table: Any, first_key: str) -> None:
+        actions = pa.table(table.get_add_actions(flatten=True))
+        self.count = actions.num_rows
+        low, high = f"min.{first_key}", f"max.{first_key}"
+        self.known = self.count > 0 and low in actions.column_names and high in actions.column_names
+        # Files are named by a unique id; the log's paths are URL-encoded (twice, for some partition
+        # values), so files are matched to dataset fragments by their base name.
+        self.names = [p.rsplit("/", 1)[-1] for p in actions["path"].to_pylist()]
+        self.partitioned = "partition.region" in actions.column_names
+        self.regions = actions["partition.region"].to_pylist() if self.partitioned else [None] * self.count
+        none = np.empty(0)
+        self.lows: np.ndarray = actions[low].to_numpy(zero_copy_only=False) if self.known else none
+        self.highs: np.ndarray = actions[high].to_numpy(zero_copy_only=False) if self.known else none
+
+    def touched(self, keys: np.ndarray) -> np.ndarray:
+        """Per file: whether a value of `keys` (sorted) lies in its [min, max]. Unknown statistics: all."""
+        if not self.known or any(v is None for v in self.lows) or any(v is None for v in self.highs):
+            return np.ones(self.count, dtype=bool)
+        if len(keys) == 0:
+            return np.zeros(self.count, dtype=bool)
+        slot = np.searchsorted(keys, self.lows, side="left")
+        return (slot < len(keys)) & (keys[np.minimum(slot, len(keys) - 1)] <= self.highs)
+
+    def intervals(self, region: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Merged [start, end] of the files (of one region partition, when given)."""
+        if not self.known:
+            return np.array([np.iinfo(np.int64).min]), np.array([np.iinfo(np.int64).max])
+        if region is None or not self.partitioned:
+            return _merged_intervals(self.lows, self.highs)
+        mask = np.array([r == region for r in self.regions], dtype=bool)
+        return _merged_intervals(self.lows[mask], self.highs[mask])
+
+
+def _sorted_keys(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.unique(column.to_numpy(zero_copy_only=False))
+
+
+def merge_predicate(data: pa.Table, key: tuple[str, ...], ranges: KeyRanges | None = None) -> str:
+    """Join on the key and region, scoped so delta-rs reads only the files the rows can match.
+
+    Per region, the source's keys are grouped by the stored files' merged key intervals and each group
+    contributes its own [min, max]: updates spread over old and new history touch a few narrow ranges,
+    not one range spanning the table (which would make the merge read every file). At most one clause
+    per stored interval. Without file statistics: one [min, max] per region."""
     join = " AND ".join(f"t.{_quote(k)} = s.{_quote(k)}" for k in (*key, "region"))
     first = key[0]
-    ranges = data.group_by("region").aggregate([(first, "min"), (first, "max")]).to_pylist()
-    scopes = " OR ".join(
-        f"(t.region = {_literal(r['region'])} AND t.{_quote(first)} BETWEEN {_literal(r[first + '_min'])} AND {_literal(r[first + '_max'])})"
-        for r in ranges
-    )
-    return f"{join} AND ({scopes})"
+    scopes = []
+    for region in data["region"].unique().to_pylist():
+        keys = _sorted_keys(data.filter(pc.equal(data["region"], region))[first])
+        groups = [(keys[0], keys[-1])]
+        if ranges is not None and ranges.known:
+            starts, ends = ranges.intervals(region)
+            slot = np.searchsorted(starts, keys, side="right") - 1
+            inside = (slot >= 0) & (keys <= ends[np.maximum(slot, 0)]) if len(starts) else slot >= len(keys) + 1
+            # keys inside no interval of this region match nothing here (new or moved keys): inserted.
+            # Keys are sorted, so each interval's keys are one contiguous run.
+            keys, slot = keys[inside], slot[inside]
+            cut = np.flatnonzero(np.diff(slot)) + 1
+            groups = list(zip(keys[np.r_[0, cut]], keys[np.r_[cut, len(keys)] - 1], strict=True)) if len(keys) else []
+        for low, high in groups:
+            scopes.append(f"(t.region = {_literal(region)} AND t.{_quote(first)} BETWEEN {_literal(_py(low))} "
+                          f"AND {_literal(_py(high))})")
+    return f"{join} AND ({' OR '.join(scopes) or 'FALSE'})"
+
+
+def _py(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 class DeltaSink(WritesInParts):
@@ -69,6 +134,12 @@ class DeltaSink(WritesInParts):
         self.retry = config.sinks.delta.retry
         # Bounded files clustered by key (rows arrive sorted by key): a scoped merge rewrites few of them.
         self.target_file_size = int(config.sinks.delta.target_file_mb * 1024 * 1024)
+        # The table `begin` loaded, handed to the batch's first part write: one log replay per table per
+        # batch, not per step. Taken once (a retried or later part loads the table afresh); per process.
+        self._loaded: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_loaded": {}}
 
     def discard_run(self, table: str, run_number: int) -> None:
         """Nothing to do: a run's commits are merges where the newest version wins, visible only whole."""
@@ -90,6 +161,7 @@ class DeltaSink(WritesInParts):
                 return False
             if (table.transaction_version(self._app(batch)) or 0) >= batch.run_number:
                 return None
+            self._loaded[uri] = table
             refuse_type_changes(f"Delta table {uri}", pa.schema(table.schema().to_arrow()), batch.data.schema,
                                 "Cast the column in the transform back to the stored type, or move the table "
                                 "away to let the loader recreate it")
@@ -105,7 +177,7 @@ class DeltaSink(WritesInParts):
         final = CommitProperties(app_transactions=[Transaction(self._app(batch), batch.run_number)]) if last else None
         data = batch.data
         with self._errors(uri):
-            table = self._open(uri)
+            table = self._loaded.pop(uri, None) or self._open(uri)
             if table is None:  # the first part of the table's first run creates it
                 if last:
                     failpoints.hit("delta.write", batch.table)
@@ -115,8 +187,9 @@ class DeltaSink(WritesInParts):
                     configuration={"delta.targetFileSize": str(self.target_file_size)},
                 )
                 return PartWrite(data.num_rows, region_counts(data))
-            new_rows, old_rows = self._split_new_keys(table, data, batch.key[0])
-            absent, old_rows, moved = self._drop_landed_versions(table, old_rows, batch)
+            ranges = KeyRanges(table, batch.key[0])
+            new_rows, old_rows = self._split_new_keys(ranges, data, batch.key[0])
+            absent, old_rows, moved = self._drop_landed_versions(table, ranges, old_rows, batch)
             if absent.num_rows:  # keys inside stored files' ranges that no stored row holds: appended too
                 new_rows = pa.concat_tables([new_rows, absent]) if new_rows.num_rows else absent
             if moved.num_rows:
@@ -125,12 +198,18 @@ class DeltaSink(WritesInParts):
                 if last and not new_rows.num_rows:  # the merge is the run's last commit
                     failpoints.hit("delta.write", batch.table)
                 merger = table.merge(
-                    old_rows, predicate=merge_predicate(old_rows, batch.key), source_alias="s", target_alias="t",
+                    old_rows, predicate=merge_predicate(old_rows, batch.key, ranges), source_alias="s", target_alias="t",
                     commit_properties=None if new_rows.num_rows else final, merge_schema=True,
                 )
-                merger.when_matched_update_all(
+                metrics = merger.when_matched_update_all(
                     predicate=f"s.{_quote(batch.cursor)} >= t.{_quote(batch.cursor)}"
                 ).when_not_matched_insert_all().execute()
+                # What the merge cost: files it read and rewrote (a wide scope shows here first).
+                log.info("%s -> delta: merged %s updated row(s), %s file(s) read, %s skipped by statistics, "
+                         "%s rewritten, %s row(s) copied, in %.2fs", batch.table,
+                         f"{metrics.get('num_target_rows_updated', 0):,}", metrics.get("num_target_files_scanned"),
+                         metrics.get("num_target_files_skipped_during_scan"), metrics.get("num_target_files_removed"),
+                         f"{metrics.get('num_target_rows_copied', 0):,}", metrics.get("execution_time_ms", 0) / 1000)
             if new_rows.num_rows or (last and not old_rows.num_rows):  # an empty last part still commits the run
                 if last:
                     failpoints.hit("delta.write", batch.table)  # after the merge, before the last commit
@@ -182,7 +261,9 @@ class DeltaSink(WritesInParts):
             raise storage_error(error, uri, side="sink", doing="Delta write to") from error
 
     @staticmethod
-    def _drop_landed_versions(table: Any, rows: pa.Table, batch: TableBatch) -> tuple[pa.Table, pa.Table, pa.Table]:
+    def _drop_landed_versions(
+        table: Any, ranges: KeyRanges, rows: pa.Table, batch: TableBatch
+    ) -> tuple[pa.Table, pa.Table, pa.Table]:
         """Splits rows whose key may be stored (inside a file's key range) by what is stored:
         - absent: no stored row has the key: appended, no merge needed (a batch cut inside a day of
           keys that do not follow the cursor lands its new keys within the previous batch's ranges);
@@ -191,17 +272,21 @@ class DeltaSink(WritesInParts):
           but make it rewrite their files (the lookback re-reads the newest rows every run): dropped.
         Also returns (key, region) of stored rows whose key now arrives newer in another region (its
         customer moved): the old row must go, or the key would live in two partitions.
-        Reads only the key, region and cursor columns of files whose key range can match."""
+        Reads the key, region and cursor columns of only the files whose key range holds one of the
+        rows' keys (by the log's statistics): O(files touched), not O(table), wherever in history the
+        keys fall."""
         empty = pa.table({**{k: rows[k].slice(0, 0) for k in batch.key}, "region": rows["region"].slice(0, 0)})
         if rows.num_rows == 0:
             return rows, rows, empty
         first_name = batch.key[0]
-        first = pc.field(first_name)
-        scope = None
-        for r in rows.group_by("region").aggregate([(first_name, "min"), (first_name, "max")]).to_pylist():
-            part = (first >= r[first_name + "_min"]) & (first <= r[first_name + "_max"])
-            scope = part if scope is None else scope | part
-        landed = table.to_pyarrow_dataset().to_table(columns=[*batch.key, "region", batch.cursor], filter=scope)
+        keys = _sorted_keys(rows[first_name])
+        wanted = {name for name, hit in zip(ranges.names, ranges.touched(keys), strict=True) if hit}
+        dataset = table.to_pyarrow_dataset()
+        fragments = [f for f in dataset.get_fragments() if f.path.rsplit("/", 1)[-1] in wanted]
+        landed = ds.FileSystemDataset(
+            fragments, schema=dataset.schema, format=dataset.format, filesystem=dataset.filesystem
+        ).to_table(columns=[*batch.key, "region", batch.cursor],
+                   filter=pc.field(first_name).isin(pa.array(keys, rows.schema.field(first_name).type)))
         if landed.num_rows == 0:
             return rows, rows.slice(0, 0), empty
         landed = landed.rename_columns([*batch.key, "__region", "__landed"]).cast(pa.schema(
@@ -235,17 +320,15 @@ class DeltaSink(WritesInParts):
         table.delete(" OR ".join(clauses))
 
     @staticmethod
-    def _split_new_keys(table: Any, data: pa.Table, first_key: str) -> tuple[pa.Table, pa.Table]:
+    def _split_new_keys(ranges: KeyRanges, data: pa.Table, first_key: str) -> tuple[pa.Table, pa.Table]:
         """Rows whose first key lies outside every data file's [min, max] cannot match any stored
         row, in any region: they are appended. Files are clustered by key, so their ranges are narrow
         and new keys (above, or in gaps) rarely fall inside one. No data file is read, only statistics."""
-        actions = pa.table(table.get_add_actions(flatten=True))
-        low, high = f"min.{first_key}", f"max.{first_key}"
-        if actions.num_rows == 0:
+        if ranges.count == 0:
             return data, data.slice(0, 0)
-        if low not in actions.column_names or high not in actions.column_names:
+        if not ranges.known:
             return data.slice(0, 0), data
-        starts, ends = _merged_intervals(actions[low].to_numpy(zero_copy_only=False), actions[high].to_numpy(zero_copy_only=False))
+        starts, ends = ranges.intervals()
         keys = data[first_key].to_numpy(zero_copy_only=False)
         slot = np.searchsorted(starts, keys, side="right") - 1
         mask = pa.array((slot >= 0) & (keys <= ends[np.maximum(slot, 0)]))

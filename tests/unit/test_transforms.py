@@ -11,6 +11,7 @@ import pytest
 
 from loader.dimensions import Dimensions
 from loader.errors import BadSourceData, ConfigError
+from loader.frames import PandasFrames
 from loader.region_rules import DEFAULT_REGION_RULES, RegionRule
 from loader.tables import dedupe_latest, normalize_strings, split_by_region
 from loader.transforms import (
@@ -400,6 +401,32 @@ def test_dimensions_duplicate_key_is_bad_source_data(dims: Dimensions) -> None:
     region = pa.table({"r_regionkey": [1], "r_name": ["AMERICA"]})
     with pytest.raises(BadSourceData, match="supplier has 1 duplicate s_suppkey"):
         Dimensions.from_tables(dims.customers, supplier, nation, region)
+
+
+def test_dimensions_unsorted_input_is_sorted_and_duplicates_found_anywhere(dims: Dimensions) -> None:
+    """A batch finds its keys by binary search, so the prepared tables are sorted by key whatever the
+    file's order; a repeated key far apart in an unsorted file is still refused."""
+    nation = pa.table({"n_nationkey": [1], "n_name": ["X"], "n_regionkey": [1]})
+    region = pa.table({"r_regionkey": [1], "r_name": ["AMERICA"]})
+    supplier = pa.table({"s_suppkey": pa.array([30, 10, 20], pa.int64()), "s_nationkey": pa.array([1, 1, 1], pa.int64())})
+    prepared = Dimensions.from_tables(dims.customers, supplier, nation, region)
+    assert prepared.suppliers.column("s_suppkey").to_pylist() == [10, 20, 30]
+    repeated = pa.table({"s_suppkey": pa.array([30, 10, 20, 10], pa.int64()), "s_nationkey": pa.array([1] * 4, pa.int64())})
+    with pytest.raises(BadSourceData, match="supplier has 1 duplicate s_suppkey"):
+        Dimensions.from_tables(dims.customers, repeated, nation, region)
+
+
+def test_dimensions_lookup_of_a_batch_holds_only_its_keys(dims: Dimensions) -> None:
+    """The lookup a batch builds holds the rows its keys reference (nulls, misses and repeats aside),
+    and maps every key as the whole table's lookup does."""
+    frames = PandasFrames()
+    keys = pa.array([3, None, 99, 1, 3], pa.int64())
+    lookup = dims.lookups(frames, "orders", keys)
+    assert sorted(lookup.index.tolist()) == [1, 3]
+    whole = dims.lookups(frames, "orders")
+    for key in (1, 3):
+        assert lookup.loc[key].tolist() == whole.loc[key].tolist()
+    assert dims.lookups(frames, "orders", pa.array([], pa.int64())).empty
 
 
 def test_attach_region_orders_keeps_order_and_unknown_rows(dims: Dimensions) -> None:
