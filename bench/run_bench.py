@@ -429,7 +429,7 @@ class Bench:
 
     def dlt_cmd(self, landing: Path, warehouse: Path) -> list[str]:
         return [str(self.dlt_python), str(DLT_LOAD), "--landing", str(landing), "--warehouse", str(warehouse),
-                "--tables", ",".join(self.tables), "--json"]
+                "--tables", ",".join(self.tables), "--json", *(["--full-scan"] if self.args.dlt_full_scan else [])]
 
     def run_side(self, scenario: Scenario, side: str, cmd: list[str], *, cwd: Path, timeout: float, index: int) -> Measured:
         log = self.args.out / "logs" / f"{scenario.name.replace(' ', '_')}-{side}-{index}"
@@ -723,6 +723,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sinks", default="parquet,delta", help="sinks, comma-separated: parquet, delta (default both)")
     parser.add_argument("--dlt", action="store_true",
                         help="also run dlt (bench/dlt_load.py) from its own venv, made by bench/dlt_env.py")
+    parser.add_argument("--dlt-full-scan", action="store_true",
+                        help="dlt without the cursor pushdown a careful user adds: its incremental filters after "
+                             "reading every landing file (dlt_load.py --full-scan)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before one run is killed")
     parser.add_argument("--max-full-scale", type=float, default=1.0,
                         help="a larger scale loads its history in ceil(scale / this) runs per side (0: always one run)")
