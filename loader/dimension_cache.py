@@ -92,7 +92,7 @@ def load_cached(config: LoaderConfig, build: Callable[[], Dimensions]) -> Dimens
         return build()
     key = fingerprint(config)
     folder = cache_folder(config)
-    entry = folder / f"{_safe(config.pipeline)}-dimensions-{key[:24]}"
+    entry = _entry(config, key)
     if entry.is_dir():
         try:
             dims = Dimensions(**{part: _read(entry / f"{part}.arrow") for part in PARTS})
@@ -111,6 +111,15 @@ def load_cached(config: LoaderConfig, build: Callable[[], Dimensions]) -> Dimens
         log.warning("could not cache the prepared dimensions in %s (%s): the next run reads them again. "
                     "Set run.cache_dir to a writable folder", folder, error)
     return dims
+
+
+def _entry(config: LoaderConfig, key: str) -> Path:
+    return cache_folder(config) / f"{_safe(config.pipeline)}-dimensions-{key[:24]}"
+
+
+def current_entry(config: LoaderConfig) -> Path:
+    """Where the entry for the dimension files as they are now is (or would be) kept."""
+    return _entry(config, fingerprint(config))
 
 
 def _read(path: Path) -> pa.Table:

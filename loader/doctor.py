@@ -1,7 +1,7 @@
 """`loader doctor`: what this machine and config can use, each check quick and bounded in time.
 
-Ray (local, or the configured cluster address reachable), GPU and cuDF, the landing zone, every
-enabled sink and the state store. A check that cannot pass here but is optional (no GPU) is reported
+Ray (local, or the configured cluster address reachable), GPU and cuDF, the landing zone, the
+dimension cache, every enabled sink and the state store. A check that cannot pass here but is optional (no GPU) is reported
 as unavailable, not failed; a failed check says what to fix. Nothing is written anywhere.
 """
 
@@ -106,6 +106,27 @@ def check_folder_sink(config: LoaderConfig, name: str, path: str) -> tuple[str, 
     return "ok", f"{name}: {root}" + ("" if folder.exists() else " (created by the first run)")
 
 
+def check_dimension_cache(config: LoaderConfig) -> tuple[str, str]:
+    """Whether the prepared dimensions can be kept, and whether the next run finds them (reads footers only)."""
+    from loader.dimension_cache import cache_folder, current_entry
+    from loader.errors import LoaderError
+
+    if not config.run.dimension_cache:
+        return "ok", "dimension cache: off (run.dimension_cache: false): every run reads the dimension tables"
+    folder = cache_folder(config)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
+        return "failed", (f"dimension cache: cannot write under {existing or folder}: set run.cache_dir to a "
+                          "writable local folder (or run.dimension_cache: false)")
+    try:
+        entry = current_entry(config)
+    except LoaderError as error:  # the landing zone's own check names the problem
+        return "ok", f"dimension cache: {folder} (the dimension files cannot be read here: {str(error).splitlines()[0]})"
+    if entry.is_dir():
+        return "ok", f"dimension cache: {entry} matches the dimension files: the next run maps it"
+    return "ok", f"dimension cache: {folder} (no entry for the dimension files as they are: the next run prepares one)"
+
+
 def check_snowflake(config: LoaderConfig) -> tuple[str, str]:
     from loader.sinks.snowflake import SnowflakeSink
 
@@ -150,6 +171,7 @@ def run_checks(config: LoaderConfig) -> list[Check]:
         _timed("ray", lambda: check_ray(config)),
         _timed("gpu", lambda: check_gpu(config)),
         _timed("landing zone", lambda: check_landing_zone(config)),
+        _timed("dimension cache", lambda: check_dimension_cache(config)),
     ]
     if config.sinks.parquet.enabled:
         checks.append(_timed("sink parquet", _folder_probe(config, "parquet", config.sinks.parquet.path)))

@@ -29,12 +29,17 @@ def test_a_working_project_passes_every_check(tmp_path: Path, snowflake_server: 
     run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1", env=env)
     payload = run_json(config, "doctor", env=env)
     checks = _checks(payload)
-    assert set(checks) == {"ray", "gpu", "landing zone", "sink parquet", "sink delta", "sink snowflake", "state store"}
+    assert set(checks) == {"ray", "gpu", "landing zone", "dimension cache", "sink parquet", "sink delta",
+                           "sink snowflake", "state store"}
     assert all(c["status"] == "ok" for name, c in checks.items() if name != "gpu"), checks
+    assert "the next run prepares one" in checks["dimension cache"]["detail"]
     assert payload["ok"] is True
     if importlib.util.find_spec("cudf") is None:
         assert checks["gpu"]["status"] == "unavailable" and "transforms run on the CPU" in checks["gpu"]["detail"]
     assert env["SNOWFLAKE_PASSWORD"] not in str(payload)
+    run_json(config, "run", "--incremental", env=env)  # prepares and keeps the dimensions
+    cache = _checks(run_json(config, "doctor", env=env))["dimension cache"]
+    assert cache["status"] == "ok" and "matches the dimension files" in cache["detail"], cache
 
 
 def test_unreachable_things_fail_fast_and_are_named(tmp_path: Path) -> None:
@@ -53,3 +58,14 @@ def test_unreachable_things_fail_fast_and_are_named(tmp_path: Path) -> None:
     assert checks["state store"]["status"] == "failed"
     assert checks["landing zone"]["status"] == "failed" and "demo-data init" in checks["landing zone"]["detail"]
     assert "pw-secret" not in result.stdout + result.stderr
+
+
+def test_a_dimension_cache_folder_that_cannot_be_made_fails_naming_the_fix(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    config = write_config(tmp_path / "p", run={"cache_dir": str(blocker / "cache")})
+    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    result = run_cli(config, "doctor", "--json", check=False)
+    assert result.returncode == 1
+    cache = _checks(__import__("json").loads(result.stdout))["dimension cache"]
+    assert cache["status"] == "failed" and "run.cache_dir" in cache["detail"], cache
