@@ -46,11 +46,6 @@ class _Context:
         return config
 
 
-def _fail(error: LoaderError) -> None:
-    click.echo(f"error: {error.message}", err=True)
-    sys.exit(error.exit_code)
-
-
 def _emit(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, default=str))
 
@@ -148,17 +143,13 @@ def run_command(obj: _Context, incremental: bool, executor: str | None, engine: 
     In a terminal a bar shows rows done of the planned total, the batch and the time left; otherwise
     one log line per batch. `loader status` shows a run in progress or interrupted (batch i of n).
     """
-    try:
-        with _start_up():
-            config = obj.config()
-            from loader.progress import bar_in_terminal
-            from loader.runner import run_incremental
+    with _start_up():
+        config = obj.config()
+        from loader.progress import bar_in_terminal
+        from loader.runner import run_incremental
 
-        with bar_in_terminal(quiet=as_json):
-            summary = run_incremental(config, executor=executor, engine=engine, max_batch_rows=max_batch_rows)
-    except LoaderError as error:
-        _fail(error)
-        return
+    with bar_in_terminal(quiet=as_json):
+        summary = run_incremental(config, executor=executor, engine=engine, max_batch_rows=max_batch_rows)
     if as_json:
         _emit(summary.to_json())
     else:
@@ -222,27 +213,23 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
         chunk_size: timedelta = parse_duration(chunk)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--chunk") from None
-    try:
-        config = obj.config()
-        from loader import backfill
+    config = obj.config()
+    from loader import backfill
 
-        if resume_id is not None:
-            request = backfill.find_request(config, resume_id)
-        else:
-            assert start is not None and end is not None
-            request = backfill.build_request(config, start=_instant(start, "--start"), end=_instant(end, "--end"),
-                                             chunk=chunk_size, sources=sources, sinks=sinks)
-        if dry_run:
-            summary = backfill.dry_run(config, request, max_batch_rows=max_batch_rows)
-        else:
-            from loader.report import backfill_progress
+    if resume_id is not None:
+        request = backfill.find_request(config, resume_id)
+    else:
+        assert start is not None and end is not None
+        request = backfill.build_request(config, start=_instant(start, "--start"), end=_instant(end, "--end"),
+                                         chunk=chunk_size, sources=sources, sinks=sinks)
+    if dry_run:
+        summary = backfill.dry_run(config, request, max_batch_rows=max_batch_rows)
+    else:
+        from loader.report import backfill_progress
 
-            with backfill_progress(quiet=as_json) as on_chunk:
-                summary = backfill.run_backfill(config, request, executor=executor, engine=engine, parallel=parallel,
-                                                max_batch_rows=max_batch_rows, on_chunk=on_chunk)
-    except LoaderError as error:
-        _fail(error)
-        return
+        with backfill_progress(quiet=as_json) as on_chunk:
+            summary = backfill.run_backfill(config, request, executor=executor, engine=engine, parallel=parallel,
+                                            max_batch_rows=max_batch_rows, on_chunk=on_chunk)
     if as_json:
         _emit(summary.to_json())
     else:
@@ -256,13 +243,9 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
 @click.pass_obj
 def doctor_command(obj: _Context, as_json: bool) -> None:
     """Check what this machine and config can use: Ray (local or the cluster address), GPU and cuDF,
-    the landing zone, every enabled sink, the state store. Writes nothing; exit 1 if a check failed
+    the landing zone, the dimension cache, every enabled sink, the state store. Writes nothing; exit 1 if a check failed
     (an optional part that is absent, like the GPU, is 'unavailable', not a failure)."""
-    try:
-        config = obj.config()
-    except LoaderError as error:
-        _fail(error)
-        return
+    config = obj.config()
     from loader.doctor import run_checks
 
     checks = run_checks(config)
@@ -284,24 +267,20 @@ def doctor_command(obj: _Context, as_json: bool) -> None:
 def plan_command(obj: _Context, max_batch_rows: int | None, as_json: bool) -> None:
     """Show what the next incremental run would read (windows, files, row groups, rows) and the batches
     it would cut that into. An unfinished run is shown as the replay of its windows. Starts no Ray."""
+    config = obj.config()
+    from loader.report import plan_payload, print_plan
+    from state import StateStore
+
+    store = StateStore.open(config.state.url)
     try:
-        config = obj.config()
-        from loader.report import plan_payload, print_plan
-        from state import StateStore
+        from loader.planning import plan_run
 
-        store = StateStore.open(config.state.url)
-        try:
-            from loader.planning import plan_run
-
-            unfinished = store.unfinished_run(config.pipeline)
-            checkpoints = store.checkpoints(config.pipeline)
-            windows = unfinished.windows if unfinished else None
-            plan = plan_run(config, checkpoints, windows=windows)
-        finally:
-            store.close()
-    except LoaderError as error:
-        _fail(error)
-        return
+        unfinished = store.unfinished_run(config.pipeline)
+        checkpoints = store.checkpoints(config.pipeline)
+        windows = unfinished.windows if unfinished else None
+        plan = plan_run(config, checkpoints, windows=windows)
+    finally:
+        store.close()
     from loader.batches import cut_into_batches
 
     cutting = cut_into_batches(plan, max_rows=max_batch_rows or config.run.max_batch_rows)
@@ -314,14 +293,10 @@ def plan_command(obj: _Context, max_batch_rows: int | None, as_json: bool) -> No
 @click.pass_obj
 def status_command(obj: _Context, as_json: bool) -> None:
     """Per source: checkpoint, lag, last run and its rows; plus any unfinished run and the lease."""
-    try:
-        config = obj.config()
-        from loader.report import print_status, status_payload
+    config = obj.config()
+    from loader.report import print_status, status_payload
 
-        payload = status_payload(config)
-    except LoaderError as error:
-        _fail(error)
-        return
+    payload = status_payload(config)
     _emit(payload) if as_json else print_status(payload)
 
 
@@ -332,14 +307,10 @@ def status_command(obj: _Context, as_json: bool) -> None:
 def history_command(obj: _Context, limit: int, as_json: bool) -> None:
     """Past runs, newest first: mode, outcome, windows, rows per table (and per region and sink with
     --json), seconds per stage, the error of a failed run."""
-    try:
-        config = obj.config()
-        from loader.history import read_history
+    config = obj.config()
+    from loader.history import read_history
 
-        entries = read_history(config.state.url, config.pipeline, limit=limit)
-    except LoaderError as error:
-        _fail(error)
-        return
+    entries = read_history(config.state.url, config.pipeline, limit=limit)
     if as_json:
         _emit(entries)
     else:
@@ -356,16 +327,13 @@ def history_command(obj: _Context, limit: int, as_json: bool) -> None:
 def report_command(obj: _Context, out: Path, limit: int) -> None:
     """An HTML report of the recent runs: rows per run per table, seconds per stage, lag per source over
     time, and the latest run's rows per table, region and sink."""
-    try:
-        config = obj.config()
-        from loader.history import read_history
-        from loader.html_report import write_report
+    config = obj.config()
+    from loader.history import read_history
+    from loader.html_report import write_report
 
-        entries = read_history(config.state.url, config.pipeline, limit=limit)
+    entries = read_history(config.state.url, config.pipeline, limit=limit)
+    try:
         write_report(out, config.pipeline, entries)
-    except LoaderError as error:
-        _fail(error)
-        return
     except OSError as error:
         click.echo(f"error: cannot write {out}: {error.strerror}: choose another --out", err=True)
         sys.exit(EXIT_USAGE)
@@ -376,11 +344,7 @@ def report_command(obj: _Context, out: Path, limit: int) -> None:
 @click.pass_obj
 def validate_config_command(obj: _Context) -> None:
     """Check the config file and report every problem at once, each with its key path."""
-    try:
-        config = obj.config()
-    except LoaderError as error:
-        _fail(error)
-        return
+    config = obj.config()
     click.echo(f"{config.config_path}: OK (pipeline {config.pipeline}, sources: {', '.join(config.sources)})")
 
 
@@ -418,19 +382,15 @@ def _on_landing_zone(root: str, work: Callable[[Path], T], *, download: bool) ->
 @click.pass_obj
 def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: bool) -> None:
     """Generate the landing zone: orders and lineitem by ingest day, and the dimensions."""
-    try:
-        config = obj.config()
-        from loader import demo_data as generator
+    config = obj.config()
+    from loader import demo_data as generator
 
-        root = config.landing_zone
-        if if_missing and _demo_state_exists(root):
-            click.echo(f"landing zone already at {root}: left as it is", err=True)
-            return
-        summary = _on_landing_zone(root, lambda path: generator.init_landing_zone(path, scale=scale, seed=seed,
-                                                                                 days=days), download=False)
-    except LoaderError as error:
-        _fail(error)
+    root = config.landing_zone
+    if if_missing and _demo_state_exists(root):
+        click.echo(f"landing zone already at {root}: left as it is", err=True)
         return
+    summary = _on_landing_zone(root, lambda path: generator.init_landing_zone(path, scale=scale, seed=seed,
+                                                                             days=days), download=False)
     rows = summary.rows
     click.echo(
         f"landing zone ready at {root}: {rows['orders']:,} orders, {rows['lineitem']:,} lineitems over "
@@ -450,16 +410,12 @@ def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: boo
 @click.pass_obj
 def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int, update_from: str) -> None:
     """Add one batch (one new ingest day) to the landing zone."""
-    try:
-        config = obj.config()
-        from loader import demo_data as generator
+    config = obj.config()
+    from loader import demo_data as generator
 
-        summary = _on_landing_zone(config.landing_zone, lambda path: generator.append_batch(
-            path, orders=orders, updates=updates, late=late, recent=recent,
-            update_from=cast(generator.UpdatePick, update_from)), download=True)
-    except LoaderError as error:
-        _fail(error)
-        return
+    summary = _on_landing_zone(config.landing_zone, lambda path: generator.append_batch(
+        path, orders=orders, updates=updates, late=late, recent=recent,
+        update_from=cast(generator.UpdatePick, update_from)), download=True)
     click.echo(
         f"appended batch {summary.batch} in ingest_date={summary.ingest_date}: {summary.new_orders:,} new orders, "
         f"{summary.updated_orders:,} updated, {summary.late_orders:,} late, {summary.lineitems:,} lineitems; "
@@ -474,14 +430,10 @@ def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int
 def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...]) -> None:
     """Reconcile every enabled sink with the landing zone over the committed windows (rows, checksums,
     duplicates per table, region and sink). Exit 1 on any mismatch."""
-    try:
-        config = obj.config()
-        from loader.verify import print_verification, verify
+    config = obj.config()
+    from loader.verify import print_verification, verify
 
-        result = verify(config, tables=tables)
-    except LoaderError as error:
-        _fail(error)
-        return
+    result = verify(config, tables=tables)
     for note in result.notes:
         click.echo(note, err=True)
     if as_json:
@@ -507,18 +459,14 @@ def runs_group() -> None:
 def runs_abandon(obj: _Context, run_number: int, reason: str) -> None:
     """Stop replaying an unfinished run (e.g. its ledger row is corrupt). The next run plans afresh from
     the current checkpoints; what the abandoned run wrote is safe: sinks merge or skip those versions."""
-    try:
-        config = obj.config()
-        from state import StateStore
+    config = obj.config()
+    from state import StateStore
 
-        store = StateStore.open(config.state.url)
-        try:
-            store.abandon_run(config.pipeline, run_number, reason=reason)
-        finally:
-            store.close()
-    except LoaderError as error:
-        _fail(error)
-        return
+    store = StateStore.open(config.state.url)
+    try:
+        store.abandon_run(config.pipeline, run_number, reason=reason)
+    finally:
+        store.close()
     click.echo(f"run {run_number} of pipeline {config.pipeline} abandoned; the next run plans from the checkpoints")
 
 
@@ -533,7 +481,10 @@ def main() -> None:
         code = EXIT_USAGE
     except click.exceptions.Exit as done:
         code = done.exit_code
-    except SystemExit as stop:  # _fail() and commands that exit with a code
+    except LoaderError as error:  # the one mapping of every command's errors: the message and its exit code
+        click.echo(f"error: {error.message}", err=True)
+        code = error.exit_code
+    except SystemExit as stop:  # commands that exit with a code
         code = stop.code if isinstance(stop.code, int) else (EXIT_OK if stop.code is None else EXIT_FAILED)
         if isinstance(stop.code, str):
             click.echo(stop.code, err=True)
