@@ -84,9 +84,8 @@ class Dimensions:
     suppliers: s_suppkey, s_nationkey, nation, region
     nations:   n_nationkey, n_name, r_name
     `nation`/`region` are null here when the nation or region is missing; `attach_region` turns a
-    null region into UNKNOWN. Plain Arrow tables, so the object pickles (Ray broadcasts it); the
-    per-engine lookups built from them are cached on the object and left out of the pickle.
-    Equality is identity (tables are not hashable); compare the tables to compare contents.
+    null region into UNKNOWN. Plain Arrow tables, so the object pickles (Ray broadcasts it), sorted
+    by key (see `lookups`). Equality is identity (tables are not hashable); compare the tables to compare contents.
     """
 
     customers: pa.Table
@@ -99,27 +98,14 @@ class Dimensions:
             f"nations={self.nations.num_rows} rows)"
         )
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"customers": self.customers, "suppliers": self.suppliers, "nations": self.nations}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for name, value in state.items():
-            object.__setattr__(self, name, value)
-
-    def lookups(self, frames: Frames, kind: str, keys: Any = None) -> Any:
-        """A frame of the kind's dimension indexed by its key (columns: the added ones and region),
-        in `frames`' library. With `keys` (the batch's fact keys, a frame column or Arrow array): only
-        the dimension rows those keys reference, found by binary search in the key-sorted table, so a
-        batch pays for its own keys, not for the dimension's size. Without: the whole table, made once
-        per engine (on the GPU: copied to the device once)."""
+    def lookups(self, frames: Frames, kind: str, keys: Any) -> Any:
+        """A frame of the kind's dimension indexed by its key (columns: the added ones and region), in
+        `frames`' library, holding only the rows `keys` (a batch's fact keys: a frame column or Arrow
+        array) reference, found by binary search in the key-sorted table: a batch pays for its own
+        keys, not for the dimension's size. Made afresh for each call (the caller may write to it)."""
         table_name, key, _, added = LOOKUPS[kind]
-        if keys is not None:
-            return frames.frame(_referenced(getattr(self, table_name), key, keys).select([key, *added, "region"])).set_index(key)
-        cache: dict[tuple[str, str], Any] = self.__dict__.setdefault("_lookups", {})
-        if (frames.name, kind) not in cache:
-            table = getattr(self, table_name).select([key, *added, "region"])
-            cache[(frames.name, kind)] = frames.frame(table).set_index(key)
-        return cache[(frames.name, kind)]
+        referenced = _referenced(getattr(self, table_name), key, keys)
+        return frames.frame(referenced.select([key, *added, "region"])).set_index(key)
 
     @classmethod
     def from_tables(

@@ -86,6 +86,15 @@ def check_landing_zone(config: LoaderConfig) -> tuple[str, str]:
     return "ok", "; ".join(found)
 
 
+def _unwritable(folder: Path) -> Path | None:
+    """None when `folder` can be written, or made, here; else the path in the way (the nearest
+    existing ancestor: a file, or a folder without write permission)."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
+        return existing or folder
+    return None
+
+
 def check_folder_sink(config: LoaderConfig, name: str, path: str) -> tuple[str, str]:
     from pyarrow import fs as pafs
 
@@ -100,9 +109,9 @@ def check_folder_sink(config: LoaderConfig, name: str, path: str) -> tuple[str, 
             return "failed", f"{name}: bucket {bucket!r} of {root} not found: create it or fix warehouse / sinks.{name}.path"
         return "ok", f"{name}: {root} (bucket reachable)"
     folder = Path(location.path)
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is None or not os.access(existing, os.W_OK):
-        return "failed", f"{name}: cannot write under {existing or folder}: fix the permissions or the warehouse path"
+    blocked = _unwritable(folder)
+    if blocked is not None:
+        return "failed", f"{name}: cannot write under {blocked}: fix the permissions or the warehouse path"
     return "ok", f"{name}: {root}" + ("" if folder.exists() else " (created by the first run)")
 
 
@@ -114,9 +123,9 @@ def check_dimension_cache(config: LoaderConfig) -> tuple[str, str]:
     if not config.run.dimension_cache:
         return "ok", "dimension cache: off (run.dimension_cache: false): every run reads the dimension tables"
     folder = cache_folder(config)
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
-        return "failed", (f"dimension cache: cannot write under {existing or folder}: set run.cache_dir to a "
+    blocked = _unwritable(folder)
+    if blocked is not None:
+        return "failed", (f"dimension cache: cannot write under {blocked}: set run.cache_dir to a "
                           "writable local folder (or run.dimension_cache: false)")
     try:
         entry = current_entry(config)

@@ -353,7 +353,6 @@ def _region_and_rules(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions, rul
     masked_by = _masked_by(rules)
 
     def prepare(lookup: Frame) -> Frame:
-        lookup = lookup.copy()  # the dimension's own lookup may be cached: never written to
         region = lookup["region"].fillna(UNKNOWN_REGION)
         lookup = _mask_columns(lookup, region, b, masked_by, [c for c in lookup.columns if c != "region"])
         for column, values in _rule_columns(region, b, rules).items():

@@ -59,7 +59,9 @@ class KeyRanges:
         actions = pa.table(table.get_add_actions(flatten=True))
         self.count = actions.num_rows
         low, high = f"min.{first_key}", f"max.{first_key}"
-        self.known = self.count > 0 and low in actions.column_names and high in actions.column_names
+        present = self.count > 0 and low in actions.column_names and high in actions.column_names
+        # Known: every file has both statistics (a file without them could hold any key).
+        self.known = present and actions[low].null_count == 0 and actions[high].null_count == 0
         # Files are named by a unique id; the log's paths are URL-encoded (twice, for some partition
         # values), so files are matched to dataset fragments by their base name.
         self.names = [p.rsplit("/", 1)[-1] for p in actions["path"].to_pylist()]
@@ -71,7 +73,7 @@ class KeyRanges:
 
     def touched(self, keys: np.ndarray) -> np.ndarray:
         """Per file: whether a value of `keys` (sorted) lies in its [min, max]. Unknown statistics: all."""
-        if not self.known or any(v is None for v in self.lows) or any(v is None for v in self.highs):
+        if not self.known:
             return np.ones(self.count, dtype=bool)
         if len(keys) == 0:
             return np.zeros(self.count, dtype=bool)
@@ -79,9 +81,7 @@ class KeyRanges:
         return (slot < len(keys)) & (keys[np.minimum(slot, len(keys) - 1)] <= self.highs)
 
     def intervals(self, region: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Merged [start, end] of the files (of one region partition, when given)."""
-        if not self.known:
-            return np.array([np.iinfo(np.int64).min]), np.array([np.iinfo(np.int64).max])
+        """Merged [start, end] of the files (of one region partition, when given); only when known."""
         if region is None or not self.partitioned:
             return _merged_intervals(self.lows, self.highs)
         mask = np.array([r == region for r in self.regions], dtype=bool)
@@ -92,7 +92,16 @@ def _sorted_keys(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.unique(column.to_numpy(zero_copy_only=False))
 
 
-def merge_predicate(data: pa.Table, key: tuple[str, ...], ranges: KeyRanges | None = None) -> str:
+def _interval_of(keys: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each key, the index of the interval ([starts[i], ends[i]], sorted, disjoint) holding it,
+    and whether one does."""
+    slot = np.searchsorted(starts, keys, side="right") - 1
+    if len(starts) == 0:
+        return slot, np.zeros(len(keys), dtype=bool)
+    return slot, (slot >= 0) & (keys <= ends[np.maximum(slot, 0)])
+
+
+def merge_predicate(data: pa.Table, key: tuple[str, ...], ranges: KeyRanges) -> str:
     """Join on the key and region, scoped so delta-rs reads only the files the rows can match.
 
     Per region, the source's keys are grouped by the stored files' merged key intervals and each group
@@ -105,10 +114,8 @@ def merge_predicate(data: pa.Table, key: tuple[str, ...], ranges: KeyRanges | No
     for region in data["region"].unique().to_pylist():
         keys = _sorted_keys(data.filter(pc.equal(data["region"], region))[first])
         groups = [(keys[0], keys[-1])]
-        if ranges is not None and ranges.known:
-            starts, ends = ranges.intervals(region)
-            slot = np.searchsorted(starts, keys, side="right") - 1
-            inside = (slot >= 0) & (keys <= ends[np.maximum(slot, 0)]) if len(starts) else slot >= len(keys) + 1
+        if ranges.known:
+            slot, inside = _interval_of(keys, *ranges.intervals(region))
             # keys inside no interval of this region match nothing here (new or moved keys): inserted.
             # Keys are sorted, so each interval's keys are one contiguous run.
             keys, slot = keys[inside], slot[inside]
@@ -177,7 +184,9 @@ class DeltaSink(WritesInParts):
         final = CommitProperties(app_transactions=[Transaction(self._app(batch), batch.run_number)]) if last else None
         data = batch.data
         with self._errors(uri):
-            table = self._loaded.pop(uri, None) or self._open(uri)
+            table = self._loaded.pop(uri, None)
+            if table is None:
+                table = self._open(uri)
             if table is None:  # the first part of the table's first run creates it
                 if last:
                     failpoints.hit("delta.write", batch.table)
@@ -328,17 +337,13 @@ class DeltaSink(WritesInParts):
             return data, data.slice(0, 0)
         if not ranges.known:
             return data.slice(0, 0), data
-        starts, ends = ranges.intervals()
-        keys = data[first_key].to_numpy(zero_copy_only=False)
-        slot = np.searchsorted(starts, keys, side="right") - 1
-        mask = pa.array((slot >= 0) & (keys <= ends[np.maximum(slot, 0)]))
+        _, inside = _interval_of(data[first_key].to_numpy(zero_copy_only=False), *ranges.intervals())
+        mask = pa.array(inside)
         return data.filter(pc.invert(mask)), data.filter(mask)
 
 
 def _merged_intervals(lows: np.ndarray, highs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted, non-overlapping [start, end] covering the given intervals (null statistics: everything)."""
-    if any(v is None for v in lows) or any(v is None for v in highs):
-        return np.array([np.iinfo(np.int64).min]), np.array([np.iinfo(np.int64).max])
+    """Sorted, non-overlapping [start, end] covering the given intervals."""
     order = np.argsort(lows, kind="stable")
     starts: list = []
     ends: list = []
