@@ -52,17 +52,25 @@ def _read(folder: Path) -> Any:
 
 def child(landing: Path, engine: str, digest_to: Path | None) -> dict[str, Any]:
     """Time transform_fact per table on `engine` with whatever `loader` is first on sys.path."""
-    try:  # this revision
-        from loader.dimensions import Dimensions
-        from loader.frames import frames_for
-        from loader.region_rules import DEFAULT_REGION_RULES
+    try:  # this revision (the transform/ subpackage)
+        from loader.transform.dimensions import Dimensions
+        from loader.transform.facts import transform_fact
+        from loader.transform.frames import frames_for
+        from loader.transform.region_rules import DEFAULT_REGION_RULES
 
         options: dict[str, Any] = {"frames": frames_for(engine)}  # type: ignore[arg-type]
-    except ImportError:  # a revision before the DataFrame rewrite: pyarrow compute, CPU only
-        from loader.transforms import DEFAULT_REGION_RULES, Dimensions  # type: ignore[attr-defined,no-redef]
+    except ImportError:  # a revision before the subpackages (#16) or before the DataFrame rewrite
+        import importlib
 
-        options = {}
-    from loader.transforms import transform_fact
+        old_transforms = importlib.import_module("loader.transforms")
+        transform_fact = old_transforms.transform_fact
+        try:
+            Dimensions = importlib.import_module("loader.dimensions").Dimensions
+            DEFAULT_REGION_RULES = importlib.import_module("loader.region_rules").DEFAULT_REGION_RULES
+            options = {"frames": importlib.import_module("loader.frames").frames_for(engine)}
+        except ImportError:  # pyarrow compute, CPU only
+            Dimensions, DEFAULT_REGION_RULES = old_transforms.Dimensions, old_transforms.DEFAULT_REGION_RULES
+            options = {}
 
     dims = Dimensions.from_tables(*(_read(landing / name) for name in ("customer", "supplier", "nation", "region")))
     result: dict[str, Any] = {}
@@ -133,7 +141,7 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(ROOT))
-    from loader.frames import gpu_status
+    from loader.transform.frames import gpu_status
 
     args.out.mkdir(parents=True, exist_ok=True)
     landing = _landing(args.out, args.scale, args.days)

@@ -37,8 +37,8 @@ class _Context:
         self.config_path = config_path
 
     def config(self) -> Any:
-        from loader import logs
         from loader.config import load_config
+        from loader.observe import logs
 
         config = load_config(self.config_path)
         logs.set_pipeline(config.pipeline)
@@ -93,8 +93,7 @@ def cli(ctx: click.Context, config_path: str | None, log_level: str, log_format:
       loader doctor                  what this machine and config can reach
     Logs go to stderr (--log-format); --json output goes to stdout.
     """
-    from loader import logs
-
+    from loader.observe import logs
     logs.configure(log_level, log_format)
     ctx.obj = _Context(config_path)
 
@@ -145,15 +144,15 @@ def run_command(obj: _Context, incremental: bool, executor: str | None, engine: 
     """
     with _start_up():
         config = obj.config()
-        from loader.progress import bar_in_terminal
-        from loader.runner import run_incremental
+        from loader.observe.progress import bar_in_terminal
+        from loader.protocol.incremental import run_incremental
 
     with bar_in_terminal(quiet=as_json):
         summary = run_incremental(config, executor=executor, engine=engine, max_batch_rows=max_batch_rows)
     if as_json:
         _emit(summary.to_json())
     else:
-        from loader.report import print_run_summary
+        from loader.observe.report import print_run_summary
 
         print_run_summary(summary)
 
@@ -214,8 +213,7 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--chunk") from None
     config = obj.config()
-    from loader import backfill
-
+    from loader.protocol import backfill
     if resume_id is not None:
         request = backfill.find_request(config, resume_id)
     else:
@@ -225,7 +223,7 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
     if dry_run:
         summary = backfill.dry_run(config, request, max_batch_rows=max_batch_rows)
     else:
-        from loader.report import backfill_progress
+        from loader.observe.report import backfill_progress
 
         with backfill_progress(quiet=as_json) as on_chunk:
             summary = backfill.run_backfill(config, request, executor=executor, engine=engine, parallel=parallel,
@@ -233,7 +231,7 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
     if as_json:
         _emit(summary.to_json())
     else:
-        from loader.report import print_backfill
+        from loader.observe.report import print_backfill
 
         print_backfill(summary.to_json())
 
@@ -246,14 +244,14 @@ def doctor_command(obj: _Context, as_json: bool) -> None:
     the landing zone, the dimension cache, every enabled sink, the state store. Writes nothing; exit 1 if a check failed
     (an optional part that is absent, like the GPU, is 'unavailable', not a failure)."""
     config = obj.config()
-    from loader.doctor import run_checks
+    from loader.observe.doctor import run_checks
 
     checks = run_checks(config)
     failed = [c for c in checks if c.status == "failed"]
     if as_json:
         _emit({"pipeline": config.pipeline, "ok": not failed, "checks": [c.to_json() for c in checks]})
     else:
-        from loader.report import print_doctor
+        from loader.observe.report import print_doctor
 
         print_doctor(config.pipeline, checks)
     if failed:
@@ -268,12 +266,12 @@ def plan_command(obj: _Context, max_batch_rows: int | None, as_json: bool) -> No
     """Show what the next incremental run would read (windows, files, row groups, rows) and the batches
     it would cut that into. An unfinished run is shown as the replay of its windows. Starts no Ray."""
     config = obj.config()
-    from loader.report import plan_payload, print_plan
+    from loader.observe.report import plan_payload, print_plan
     from state import StateStore
 
     store = StateStore.open(config.state.url)
     try:
-        from loader.planning import plan_run
+        from loader.protocol.planning import plan_run
 
         unfinished = store.unfinished_run(config.pipeline)
         checkpoints = store.checkpoints(config.pipeline)
@@ -281,7 +279,7 @@ def plan_command(obj: _Context, max_batch_rows: int | None, as_json: bool) -> No
         plan = plan_run(config, checkpoints, windows=windows)
     finally:
         store.close()
-    from loader.batches import cut_into_batches
+    from loader.protocol.batches import cut_into_batches
 
     cutting = cut_into_batches(plan, max_rows=max_batch_rows or config.run.max_batch_rows)
     payload = plan_payload(plan, replay_of=unfinished.run_number if unfinished else None, cutting=cutting)
@@ -294,7 +292,7 @@ def plan_command(obj: _Context, max_batch_rows: int | None, as_json: bool) -> No
 def status_command(obj: _Context, as_json: bool) -> None:
     """Per source: checkpoint, lag, last run and its rows; plus any unfinished run and the lease."""
     config = obj.config()
-    from loader.report import print_status, status_payload
+    from loader.observe.report import print_status, status_payload
 
     payload = status_payload(config)
     _emit(payload) if as_json else print_status(payload)
@@ -308,13 +306,13 @@ def history_command(obj: _Context, limit: int, as_json: bool) -> None:
     """Past runs, newest first: mode, outcome, windows, rows per table (and per region and sink with
     --json), seconds per stage, the error of a failed run."""
     config = obj.config()
-    from loader.history import read_history
+    from loader.observe.history import read_history
 
     entries = read_history(config.state.url, config.pipeline, limit=limit)
     if as_json:
         _emit(entries)
     else:
-        from loader.report import print_history
+        from loader.observe.report import print_history
 
         print_history(config.pipeline, entries)
 
@@ -328,8 +326,8 @@ def report_command(obj: _Context, out: Path, limit: int) -> None:
     """An HTML report of the recent runs: rows per run per table, seconds per stage, lag per source over
     time, and the latest run's rows per table, region and sink."""
     config = obj.config()
-    from loader.history import read_history
-    from loader.html_report import write_report
+    from loader.observe.history import read_history
+    from loader.observe.html_report import write_report
 
     entries = read_history(config.state.url, config.pipeline, limit=limit)
     try:
@@ -354,7 +352,7 @@ def demo_data() -> None:
 
 
 def _demo_state_exists(root: str) -> bool:
-    from loader.demo_data import STATE_FILE
+    from loader.demo.generator import STATE_FILE
     from loader.storage import locate
 
     location = locate(root).child(STATE_FILE)
@@ -369,7 +367,7 @@ def _on_landing_zone(root: str, work: Callable[[Path], T], *, download: bool) ->
 
     if not is_remote(root):
         return work(Path(root))
-    from loader.demo_remote import on_local_copy
+    from loader.demo.remote import on_local_copy
 
     return on_local_copy(root, work, download=download)
 
@@ -383,8 +381,7 @@ def _on_landing_zone(root: str, work: Callable[[Path], T], *, download: bool) ->
 def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: bool) -> None:
     """Generate the landing zone: orders and lineitem by ingest day, and the dimensions."""
     config = obj.config()
-    from loader import demo_data as generator
-
+    from loader.demo import generator
     root = config.landing_zone
     if if_missing and _demo_state_exists(root):
         click.echo(f"landing zone already at {root}: left as it is", err=True)
@@ -411,8 +408,7 @@ def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: boo
 def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int, update_from: str) -> None:
     """Add one batch (one new ingest day) to the landing zone."""
     config = obj.config()
-    from loader import demo_data as generator
-
+    from loader.demo import generator
     summary = _on_landing_zone(config.landing_zone, lambda path: generator.append_batch(
         path, orders=orders, updates=updates, late=late, recent=recent,
         update_from=cast(generator.UpdatePick, update_from)), download=True)
@@ -431,7 +427,7 @@ def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...]) -> Non
     """Reconcile every enabled sink with the landing zone over the committed windows (rows, checksums,
     duplicates per table, region and sink). Exit 1 on any mismatch."""
     config = obj.config()
-    from loader.verify import print_verification, verify
+    from loader.observe.verify import print_verification, verify
 
     result = verify(config, tables=tables)
     for note in result.notes:

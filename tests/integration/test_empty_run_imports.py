@@ -41,8 +41,8 @@ _record_and_exit(0)
 NOT_ON_THE_EMPTY_PATH = (
     "pandas", "pyarrow.compute", "pyarrow.dataset", "deltalake", "ray", "duckdb", "snowflake", "cudf",
     "rich", "prometheus_client", "sqlalchemy.orm",
-    "loader.pipeline", "loader.transforms", "loader.dimensions", "loader.frames", "loader.sources",
-    "loader.sinks", "loader.table_writes", "loader.quarantine", "loader.metrics",
+    "loader.execute.pipeline", "loader.transform.facts", "loader.transform.dimensions", "loader.transform.frames", "loader.landing.sources",
+    "loader.sinks", "loader.sinks.table_writes", "loader.landing.quarantine", "loader.observe.metrics",
 )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loader.frames import gpu_status
+from loader.transform.frames import gpu_status
 from tests.conftest import pg_database, run_cli, run_json, write_config
 from tests.warehouse import assert_warehouse_exact, delta_rows
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from loader import pipeline
 from loader.config import load_config
-from loader.frames import frames_for
-from loader.planning import plan_run
-from loader.quarantine import split_no_region
-from loader.sources import read_source
-from loader.tables import dedupe_latest
-from loader.transforms import transform_fact
+from loader.execute import pipeline
+from loader.landing.quarantine import split_no_region
+from loader.landing.sources import read_source
+from loader.protocol.planning import plan_run
+from loader.transform.facts import transform_fact
+from loader.transform.frames import frames_for
+from loader.transform.tables import dedupe_latest
 from tests.conftest import run_cli, write_config
 
 pytestmark = [pytest.mark.integration]

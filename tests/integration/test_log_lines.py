@@ -34,5 +34,5 @@ def test_json_lines_by_default_off_a_terminal_with_pipeline_and_run(tmp_path: Pa
 
     run_cli(config, "demo-data", "append", "--orders", "50", "--updates", "5", "--late", "1", env=env)
     text = run_cli(config, "--log-format", "text", "run", "--incremental", env=env).stderr
-    assert " INFO loader.table_writes [logged run 2]: run 2: orders -> snowflake: " in text, text[-2000:]
+    assert " INFO loader.sinks.table_writes [logged run 2]: run 2: orders -> snowflake: " in text, text[-2000:]
     assert SECRET not in text

@@ -56,7 +56,7 @@ def test_a_bar_in_a_terminal_and_nothing_drawn_under_cron(tmp_path: Path) -> Non
     for step in ("orders: read and transform", "orders: write to parquet, delta", "lineitem: read and transform",
                  "commit"):
         assert step in screen, f"step {step!r} never shown:\n{screen[-3000:]}"
-    assert "INFO loader.table_writes [watched run 1]: run 1: orders -> parquet" in screen  # text logs above it
+    assert "INFO loader.sinks.table_writes [watched run 1]: run 1: orders -> parquet" in screen  # text logs above it
     assert "watched: runs 1-3 (3 batches) committed" in screen  # the summary stays after the bar
 
     run_cli(config, "demo-data", "append", "--orders", "40", "--updates", "5", "--late", "1")

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from loader.config import load_config
-from loader.runner import run_incremental
+from loader.protocol.incremental import run_incremental
 from tests.conftest import run_cli, write_config
 from tests.warehouse import assert_warehouse_exact
 

@@ -216,7 +216,7 @@ def test_run_written_in_parts_lands_like_one_write(sut: SinkUnderTest) -> None:
     """The Ray executor's path: key-disjoint parts written one by one (Delta) or side by side (the
     others), then one commit. The rows and regions add up, the state is the one write's, the replay
     finds the run landed (or writes it identically), and an empty part is harmless."""
-    from loader.table_writes import write_table
+    from loader.sinks.table_writes import write_table
 
     sut.sink.write(batch_of(1, rows_of(FIRST)))
     data = rows_of(SECOND)
@@ -236,7 +236,7 @@ def test_run_failing_between_parts_lands_exactly_when_replayed(
 ) -> None:
     """A fault after some parts are written (for Delta: some parts' merges committed without the run's
     transaction), then the runner's replay of the whole run: exact, every key once, not reported landed."""
-    from loader.table_writes import write_table
+    from loader.sinks.table_writes import write_table
 
     sut.sink.write(batch_of(1, rows_of(FIRST)))
     point = _MID_WRITE_POINTS[sut.name][-1]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loader.frames import GpuStatus, choose_transform_engine, gpu_status
+from loader.transform.frames import GpuStatus, choose_transform_engine, gpu_status
 from tests.conftest import run_cli, run_json, write_config
 
 GPU = gpu_status()

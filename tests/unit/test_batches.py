@@ -1,4 +1,4 @@
-"""Cutting a plan into batches (loader/batches.py), on plans made by hand from row-group statistics:
+"""Cutting a plan into batches (loader/protocol/batches.py), on plans made by hand from row-group statistics:
 windows contiguous per source and ending at each source's upper bound, no batch over the budget, the
 budget raised to a row group, a heavy single cursor value a batch of its own, shared boundaries."""
 
@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from loader.batches import cut_into_batches
-from loader.planning import FilePlan, RunPlan, SourcePlan
+from loader.protocol.batches import cut_into_batches
+from loader.protocol.planning import FilePlan, RunPlan, SourcePlan
 from loader.storage import locate
 from state import Window
 

@@ -14,7 +14,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from loader import demo_data as dd
+from loader.demo import generator as dd
 from loader.errors import BadSourceData, ConfigError
 
 SCALE = 0.01

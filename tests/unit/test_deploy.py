@@ -90,7 +90,7 @@ def test_the_image_build_context_builds_the_package(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("loader-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "loader/cli.py" in names and "loader/transforms.py" in names and "state/__init__.py" in names
+    assert "loader/cli.py" in names and "loader/transform/facts.py" in names and "state/__init__.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "loader = loader.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

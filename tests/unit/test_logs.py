@@ -1,4 +1,4 @@
-"""Log lines (loader/logs.py): JSON lines with pipeline and run, text for terminals, the run carried into
+"""Log lines (loader/observe/logs.py): JSON lines with pipeline and run, text for terminals, the run carried into
 threads started with in_context (the pipeline into every thread), secrets cut out of messages and tracebacks whichever logger writes them."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from loader import logs
+from loader.observe import logs
 
 
 @pytest.fixture

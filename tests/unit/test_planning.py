@@ -11,7 +11,7 @@ import pytest
 
 from loader.config import SourceConfig
 from loader.errors import BadSourceData
-from loader.planning import compute_window, in_window, plan_source
+from loader.protocol.planning import compute_window, in_window, plan_source
 from loader.storage import locate
 from state import Checkpoint, Window
 

@@ -1,4 +1,4 @@
-"""The quarantine's checks and its table (loader/quarantine.py): the first failing check names the row's
+"""The quarantine's checks and its table (loader/landing/quarantine.py): the first failing check names the row's
 reason; a row already quarantined by an earlier run is not written again; a replay rewrites its own
 run's file; over the threshold the run stops, naming counts, limit and where the rows are."""
 
@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loader import quarantine
 from loader.config import load_config
 from loader.errors import BadSourceData, is_transient
+from loader.landing import quarantine
 from tests.conftest import write_config
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)

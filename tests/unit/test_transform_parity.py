@@ -13,11 +13,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from loader import transforms
-from loader.dimensions import Dimensions
-from loader.frames import frames_for, gpu_status
-from loader.region_rules import DEFAULT_REGION_RULES
-from loader.transforms import (
+from loader.transform import facts as transforms
+from loader.transform.dimensions import Dimensions
+from loader.transform.facts import (
     apply_region_rules,
     attach_region,
     customer_segment,
@@ -26,6 +24,8 @@ from loader.transforms import (
     on_table,
     transform_fact,
 )
+from loader.transform.frames import frames_for, gpu_status
+from loader.transform.region_rules import DEFAULT_REGION_RULES
 
 GPU = gpu_status()
 needs_gpu = pytest.mark.skipif(not GPU.usable, reason=f"GPU parity needs cuDF and a CUDA device: {GPU.detail}")

@@ -10,11 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from loader.dimensions import Dimensions
-from loader.frames import PandasFrames
-from loader.region_rules import DEFAULT_REGION_RULES, RegionRule
-from loader.tables import dedupe_latest, latest_rows
-from loader.transforms import (
+from loader.transform.dimensions import Dimensions
+from loader.transform.facts import (
     apply_region_rules,
     attach_region,
     enrich_lineitem,
@@ -22,6 +19,9 @@ from loader.transforms import (
     fact_chain,
     on_table,
 )
+from loader.transform.frames import PandasFrames
+from loader.transform.region_rules import DEFAULT_REGION_RULES, RegionRule
+from loader.transform.tables import dedupe_latest, latest_rows
 from tests.unit.test_transforms import dims, lineitem, orders  # noqa: F401 - dims is a fixture
 
 # ------------------------------------------------------------------------------------------- dedupe

@@ -1,4 +1,4 @@
-"""Unit tests of loader.transforms: small hand-built frames, exact expected values."""
+"""Unit tests of loader.transform.facts: small hand-built frames, exact expected values."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from loader.dimensions import Dimensions
 from loader.errors import BadSourceData, ConfigError
-from loader.frames import PandasFrames
-from loader.region_rules import DEFAULT_REGION_RULES, RegionRule
-from loader.tables import dedupe_latest, normalize_strings, split_by_region
-from loader.transforms import (
+from loader.transform.dimensions import Dimensions
+from loader.transform.facts import (
     apply_region_rules,
     attach_region,
     enrich_lineitem,
@@ -24,6 +21,9 @@ from loader.transforms import (
     output_schema,
     transform_fact,
 )
+from loader.transform.frames import PandasFrames
+from loader.transform.region_rules import DEFAULT_REGION_RULES, RegionRule
+from loader.transform.tables import dedupe_latest, normalize_strings, split_by_region
 
 MONEY = pa.decimal128(15, 2)
 TS = pa.timestamp("us", tz="UTC")

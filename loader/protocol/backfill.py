@@ -1,6 +1,6 @@
 """`loader backfill`: reload a cursor window (T1, T2] in chunks without moving any incremental
-checkpoint. The protocol is `loader run`'s (loader/protocol.py): each chunk is cut by the row budget
-into batches (loader/batches.py), each a ledger run of its own with its exact input recorded.
+checkpoint. The protocol is `loader run`'s (loader/protocol/steps.py): each chunk is cut by the row budget
+into batches (loader/protocol/batches.py), each a ledger run of its own with its exact input recorded.
 
 The rules:
 - One live run per pipeline: a backfill holds the same lease as `loader run`, so a backfill and an
@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from loader.batches import BatchPlan, cut_into_batches
 from loader.config import LoaderConfig
 from loader.errors import ConfigError, LoaderError, Terminal
-from loader.logs import in_context
-from loader.planning import RunPlan, plan_run
-from loader.protocol import BatchExecutor, Timer, add_tables, commit_backfill, pipeline_session
+from loader.observe.logs import in_context
+from loader.protocol.batches import BatchPlan, cut_into_batches
+from loader.protocol.planning import RunPlan, plan_run
+from loader.protocol.steps import BatchExecutor, Timer, add_tables, commit_backfill, pipeline_session
 from loader.retry import call_with_retries
 from state import RunRecord, StateStore, Window
 

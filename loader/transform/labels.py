@@ -1,5 +1,5 @@
-"""Exact decimal rules shared by the fact transforms (loader/transforms.py) and the customer dimension
-(loader/dimensions.py): money must be decimal, and values are labelled by decimal thresholds. Written
+"""Exact decimal rules shared by the fact transforms (loader/transform/facts.py) and the customer dimension
+(loader/transform/dimensions.py): money must be decimal, and values are labelled by decimal thresholds. Written
 against the DataFrame API pandas and cuDF share, like the transforms. A module of its own so that the
 dimensions need not import the transforms, which import the dimensions."""
 
@@ -10,7 +10,7 @@ from decimal import Decimal
 import pyarrow as pa
 
 from loader.errors import BadSourceData
-from loader.frames import Frame, Frames, Series
+from loader.transform.frames import Frame, Frames, Series
 
 SEGMENTS = (("standard", "premium", "enterprise"), ("5000", "10000"))
 

@@ -1,6 +1,6 @@
 """The enrichment and per-region transforms, written once against the DataFrame API pandas and cuDF share.
 
-Each transform takes a frame and the `Frames` backend it lives in (loader/frames.py: pandas with
+Each transform takes a frame and the `Frames` backend it lives in (loader/transform/frames.py: pandas with
 Arrow-backed columns on the CPU, cuDF on the GPU), adds or replaces columns and returns the frame.
 Nothing here imports either library: the backend is passed in, chosen once per run. `on_table` runs
 one transform on a pyarrow Table; `transform_fact` runs the row-local chain
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow as pa
 
 from loader.errors import BadSourceData, ConfigError
-from loader.frames import Frame, Frames, Series, frames_for, on_table
-from loader.labels import customer_segment, decimal_type, labels
-from loader.region_rules import FX_RATE, VAT_RATE, RegionRule
-from loader.tables import UNKNOWN_REGION, normalize_strings, require_columns
+from loader.transform.frames import Frame, Frames, Series, frames_for, on_table
+from loader.transform.labels import customer_segment, decimal_type, labels
+from loader.transform.region_rules import FX_RATE, VAT_RATE, RegionRule
+from loader.transform.tables import UNKNOWN_REGION, normalize_strings, require_columns
 
 if TYPE_CHECKING:
-    from loader.dimensions import Dimensions
+    from loader.transform.dimensions import Dimensions
 
 __all__ = [
     "Kind",
@@ -185,7 +185,7 @@ def _attach(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions, prepare: Call
             extra: Sequence[str] = ()) -> tuple[Frame, dict[str, Series]]:
     """attach_region; with `prepare`, the lookup frame goes through it first (it may add columns, or
     rewrite the added ones: they are what the rows get). Also returns the looked-up `extra` columns."""
-    from loader.dimensions import LOOKUPS
+    from loader.transform.dimensions import LOOKUPS
 
     if kind not in LOOKUPS:
         raise ValueError(f"kind must be 'orders' or 'lineitem', not {kind!r}")
@@ -348,7 +348,7 @@ def _region_and_rules(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions, rul
     row's region string with each rule's name, then masking its strings, cost more than the lookups.
     Same result as the two transforms in turn: a row's looked-up columns and region are its dimension
     row's, and the rules depend on the region only."""
-    from loader.dimensions import LOOKUPS
+    from loader.transform.dimensions import LOOKUPS
 
     masked_by = _masked_by(rules)
 
@@ -412,6 +412,6 @@ def output_schema(kind: Kind, input_schema: pa.Schema) -> pa.Schema:
     """The schema `transform_fact` gives for batches of `input_schema` (for sinks that create tables
     up front, and the GPU's way back). Derived by running the chain on an empty table on the CPU:
     types depend on neither dims nor rules."""
-    from loader.dimensions import Dimensions
+    from loader.transform.dimensions import Dimensions
 
     return transform_fact(input_schema.empty_table(), kind=kind, dims=Dimensions.empty(), rules={}).schema

@@ -7,7 +7,7 @@
 
 `pipeline_session` holds the pipeline (preflight, state store, lease, metrics at the end);
 `BatchExecutor.run` carries one recorded batch through execution and its commit. The drivers
-(loader/runner.py for `run --incremental`, loader/backfill.py for `backfill`) only decide which
+(loader/protocol/incremental.py for `run --incremental`, loader/protocol/backfill.py for `backfill`) only decide which
 batches to run. A crash loses at most the batch in flight: its ledger row stays `planned`, the next
 run replays exactly its recorded input, and the sinks skip what already landed.
 """
@@ -25,10 +25,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from loader import failpoints, logs, progress
+from loader import failpoints
 from loader.config import LoaderConfig
 from loader.errors import LoaderError
-from loader.planning import RunPlan
+from loader.observe import logs, progress
+from loader.protocol.planning import RunPlan
 from loader.retry import call_with_retries
 from state import RunRecord, StateStore
 
@@ -69,7 +70,7 @@ def pipeline_session(config: LoaderConfig, engine: str | None) -> Iterator[State
     """Preflight (fails in seconds, before any state), the state store and the pipeline's lease;
     the metrics are published at the end whatever happened (the lag and the outcome change either way)."""
     if _preflight_has_work(config, engine):
-        from loader.pipeline import preflight
+        from loader.execute.pipeline import preflight
 
         preflight(config, engine)
     store = StateStore.open(config.state.url)
@@ -79,7 +80,7 @@ def pipeline_session(config: LoaderConfig, engine: str | None) -> Iterator[State
                 yield store
             finally:
                 if config.metrics.textfile or config.metrics.pushgateway:  # else publish() has nothing to do
-                    from loader.metrics import publish
+                    from loader.observe.metrics import publish
 
                     publish(config, store)
     finally:
@@ -87,8 +88,8 @@ def pipeline_session(config: LoaderConfig, engine: str | None) -> Iterator[State
 
 
 def _preflight_has_work(config: LoaderConfig, engine: str | None) -> bool:
-    """Whether `loader.pipeline.preflight` has anything to check: `gpu` requested, or a Ray cluster
-    address (its two checks). Otherwise it is skipped, and so is importing loader.pipeline (pyarrow.compute,
+    """Whether `loader.execute.pipeline.preflight` has anything to check: `gpu` requested, or a Ray cluster
+    address (its two checks). Otherwise it is skipped, and so is importing loader.execute.pipeline (pyarrow.compute,
     the transforms): a run with nothing new to load never needs them."""
     return (engine or config.transform.engine) == "gpu" or bool(config.ray.address or os.environ.get("RAY_ADDRESS"))
 
@@ -193,7 +194,7 @@ class BatchExecutor:
             if self._prepared is not None:
                 return
             # Imported here: a run with nothing new never pays for transforms, sinks or their drivers.
-            from loader.pipeline import choose_executor, choose_run_engine, load_dimensions
+            from loader.execute.pipeline import choose_executor, choose_run_engine, load_dimensions
 
             choice = choose_executor(self.config, largest, self.executor_override)
             engine = choose_run_engine(self.config, choice.executor, self.engine_override)
@@ -225,10 +226,10 @@ class BatchExecutor:
 
     def _execute(self, record: RunRecord, plan: RunPlan, outcome: BatchOutcome, metrics: dict[str, Any],
                  planning_s: float) -> None:
-        from loader import quarantine
-        from loader.pipeline import execute
+        from loader.execute.pipeline import execute
+        from loader.landing import quarantine
         from loader.sinks import TableBatch, build_sinks
-        from loader.table_writes import write_table
+        from loader.sinks.table_writes import write_table
 
         assert self._prepared is not None
         choice, engine, dims = self._prepared

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig
 from loader.errors import BadSourceData
-from loader.planning import FilePlan, SourcePlan, list_files
-from loader.quarantine import merge_bad, split_bad_rows
+from loader.landing.quarantine import merge_bad, split_bad_rows
+from loader.protocol.planning import FilePlan, SourcePlan, list_files
 from loader.storage import locate, storage_error
-from loader.tables import normalize_strings
+from loader.transform.tables import normalize_strings
 from state import Window
 
 
@@ -78,7 +78,7 @@ def _read_file(plan: SourcePlan, file: FilePlan, cursor: str, checks: Checks) ->
 
 @dataclass(frozen=True)
 class Checks:
-    """What the quarantine checks at read time need (loader/quarantine.py)."""
+    """What the quarantine checks at read time need (loader/landing/quarantine.py)."""
 
     key: tuple[str, ...]
     now: datetime

@@ -1,9 +1,9 @@
-"""`loader run --incremental`: the protocol of loader/protocol.py over the new data, in batches.
+"""`loader run --incremental`: the protocol of loader/protocol/steps.py over the new data, in batches.
 
 Under the pipeline's lease: an unfinished batch of an earlier run is replayed first (same run number,
 same recorded input); then the window since the checkpoints is planned once (its upper bound fixed for
 this run, like Structured Streaming's "available now" trigger), cut into batches of about
-`run.max_batch_rows` rows (loader/batches.py), and each batch is recorded, executed, written and
+`run.max_batch_rows` rows (loader/protocol/batches.py), and each batch is recorded, executed, written and
 committed before the next starts. A crash loses at most the batch in flight; a run killed after its
 k-th batch resumes at batch k+1 (after replaying the batch in flight), never reading 1..k again.
 """
@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from loader import failpoints, logs, progress
-from loader.batches import cut_into_batches
+from loader import failpoints
 from loader.config import LoaderConfig
-from loader.planning import RunPlan, plan_from_input, plan_run
-from loader.protocol import (
+from loader.observe import logs, progress
+from loader.protocol.batches import cut_into_batches
+from loader.protocol.planning import RunPlan, plan_from_input, plan_run
+from loader.protocol.steps import (
     BatchExecutor,
     BatchOutcome,
     Timer,

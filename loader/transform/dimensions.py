@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loader.errors import BadSourceData
-from loader.frames import Frames, PandasFrames, on_table
-from loader.labels import customer_segment
-from loader.tables import normalize_strings, require_columns
+from loader.transform.frames import Frames, PandasFrames, on_table
+from loader.transform.labels import customer_segment
+from loader.transform.tables import normalize_strings, require_columns
 
 MONEY = pa.decimal128(15, 2)
 

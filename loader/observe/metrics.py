@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from loader.config import LoaderConfig
-from loader.history import history, quarantined_totals, rows_loaded_totals
+from loader.observe.history import history, quarantined_totals, rows_loaded_totals
 
 log = logging.getLogger(__name__)
 

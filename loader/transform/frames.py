@@ -1,7 +1,7 @@
 """The DataFrame library the transforms run on, chosen once per run: pandas with Arrow-backed columns on
 the CPU, cuDF on the GPU.
 
-The transforms (loader/transforms.py) are written once against the API pandas and cuDF share. This
+The transforms (loader/transform/facts.py) are written once against the API pandas and cuDF share. This
 module holds only what the two libraries spell differently: moving a pyarrow Table in and out
 (cuDF straight from Arrow to device memory, no pandas detour), naming a column type, building a small
 keyed lookup, and bringing a handful of values back to the host. Nothing here imports cuDF unless the
@@ -22,7 +22,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from loader.errors import BadSourceData, ConfigError
-from loader.tables import normalize_strings
+from loader.transform.tables import normalize_strings
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Progress of a run for a person at a terminal: `loader run` shows a bar (rich) when stderr is a
 terminal and `--json` is off: rows done of the rows planned (estimated from row-group statistics),
 the batch, the step, the time so far and the time left. Under cron, in containers and with `--json`
-nothing is drawn: the log has one line per batch instead (loader/runner.py).
+nothing is drawn: the log has one line per batch instead (loader/protocol/incremental.py).
 
 The protocol reports here (begin, batch, step, advance); the bar, if any, is the CLI's."""
 

@@ -33,15 +33,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig
-from loader.dimensions import Dimensions
 from loader.errors import BadSourceData, ConfigError, LeaseHeld, SinkUnavailable, StateError
-from loader.planning import list_files
-from loader.quarantine import split_bad_rows, split_no_region
+from loader.landing.quarantine import split_bad_rows, split_no_region
+from loader.landing.sources import rows_in_window
+from loader.protocol.planning import list_files
 from loader.sinks.base import region_counts
-from loader.sources import rows_in_window
 from loader.storage import Location, locate
-from loader.tables import dedupe_latest, normalize_strings
-from loader.transforms import attach_region, on_table
+from loader.transform.dimensions import Dimensions
+from loader.transform.facts import attach_region, on_table
+from loader.transform.tables import dedupe_latest, normalize_strings
 from state import Checkpoint, StateStore, Window
 
 # The column attach_region looks the region up by.
@@ -319,7 +319,7 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = ()) -> Verification:
         if not checkpoints:
             note = f"pipeline {pipeline!r} was never loaded: nothing to verify (run `loader run --incremental` first)"
             return Verification(pipeline, (), (note,))
-        from loader.pipeline import load_dimensions
+        from loader.execute.pipeline import load_dimensions
 
         dims = load_dimensions(config)
         checks: list[Check] = []

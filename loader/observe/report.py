@@ -9,10 +9,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from loader.batches import Cutting
 from loader.config import LoaderConfig
-from loader.planning import RunPlan
-from loader.runner import RunSummary
+from loader.protocol.batches import Cutting
+from loader.protocol.incremental import RunSummary
+from loader.protocol.planning import RunPlan
 
 
 class _Stdout:
@@ -134,7 +134,7 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
         lease = store.lease(config.pipeline)
         batches = batch_progress(store, config.pipeline,
                                  lease_held=lease is not None and lease.expires_at >= datetime.now(UTC))
-        from loader.backfill import backfill_status
+        from loader.protocol.backfill import backfill_status
 
         backfill = backfill_status(store, config.pipeline,
                                    lease_held=lease is not None and lease.expires_at >= datetime.now(UTC))
@@ -266,7 +266,7 @@ def backfill_progress(*, quiet: bool) -> Iterator[Callable[[Any, int], None]]:
     """A progress bar over the chunks in a terminal; one log line per chunk otherwise."""
     import logging
 
-    log = logging.getLogger("loader.backfill")
+    log = logging.getLogger("loader.protocol.backfill")
     if quiet or not sys.stderr.isatty():
         def line(chunk: Any, total: int) -> None:
             rows = sum(t.get("rows", 0) for t in chunk.tables.values())

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from loader.logs import in_context
+from loader.observe.logs import in_context
 from loader.retry import call_with_retries
 from loader.sinks.base import PartWrite, Sink, SinkWrite, TableBatch, schema_only, skipped
 

@@ -48,7 +48,7 @@ def check_ray(config: LoaderConfig) -> tuple[str, str]:
     if not address or address == "auto" or address.startswith("local"):
         where = "a local Ray instance is started by a run that needs it" if not address else f"address {address!r}"
         return "ok", f"Ray {version('ray')} installed, {os.cpu_count()} CPUs here; {where}"
-    from loader.pipeline import ray_address_problem
+    from loader.execute.pipeline import ray_address_problem
 
     problem = ray_address_problem(address)
     if problem:
@@ -58,7 +58,7 @@ def check_ray(config: LoaderConfig) -> tuple[str, str]:
 
 def check_gpu(config: LoaderConfig) -> tuple[str, str]:
     """What `transform.engine` would pick here: unavailable (not failed) without a GPU unless it says gpu."""
-    from loader.frames import gpu_status
+    from loader.transform.frames import gpu_status
 
     status = gpu_status()
     requested = config.transform.engine
@@ -117,8 +117,8 @@ def check_folder_sink(config: LoaderConfig, name: str, path: str) -> tuple[str, 
 
 def check_dimension_cache(config: LoaderConfig) -> tuple[str, str]:
     """Whether the prepared dimensions can be kept, and whether the next run finds them (reads footers only)."""
-    from loader.dimension_cache import cache_folder, current_entry
     from loader.errors import LoaderError
+    from loader.transform.dimension_cache import cache_folder, current_entry
 
     if not config.run.dimension_cache:
         return "ok", "dimension cache: off (run.dimension_cache: false): every run reads the dimension tables"
@@ -158,7 +158,7 @@ def check_snowflake(config: LoaderConfig) -> tuple[str, str]:
 
 
 def check_state(config: LoaderConfig) -> tuple[str, str]:
-    from loader.report import _mask_url
+    from loader.observe.report import _mask_url
     from state import StateStore
 
     store = StateStore.open(config.state.url)

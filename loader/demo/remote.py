@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import pyarrow.fs as pafs
 
-from loader.demo_data import STATE_FILE
+from loader.demo.generator import STATE_FILE
 from loader.errors import ConfigError
 from loader.storage import Location, locate, storage_error
 

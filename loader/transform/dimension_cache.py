@@ -29,10 +29,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from loader.config import LoaderConfig
-from loader.dimensions import COLUMNS, Dimensions
-from loader.labels import SEGMENTS
-from loader.planning import list_file_infos
+from loader.protocol.planning import list_file_infos
 from loader.storage import locate, storage_error
+from loader.transform.dimensions import COLUMNS, Dimensions
+from loader.transform.labels import SEGMENTS
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ wins) -> enrich -> region lookup -> regional rules. Two executors run the very s
   for `ray.init` plus the first job), which dominates a small increment.
 - `ray`: Ray Data reads the planned files in parallel tasks into the cluster's object store; a task
   per block cuts it into key-range parts and a task per part dedupes and transforms it whole. The parts
-  stay where they are: the sinks write them from Ray tasks (loader/table_writes.py), and the driver
+  stay where they are: the sinks write them from Ray tasks (loader/sinks/table_writes.py), and the driver
   never holds a table's rows, only references, counts and the schema.
 
-Either executor runs the transforms on one of two engines (loader/frames.py): `cpu` (pandas over
+Either executor runs the transforms on one of two engines (loader/transform/frames.py): `cpu` (pandas over
 Arrow) or `gpu` (cuDF; on Ray each part's task requests one GPU).
 
 The stages are row-local and dedupe keeps exactly one deterministic row per key, so both executors
@@ -32,15 +32,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loader.config import LoaderConfig, SourceConfig
-from loader.dimensions import Dimensions
-from loader.frames import EngineChoice, EngineName, GpuStatus, choose_transform_engine, frames_for, gpu_status
-from loader.planning import RunPlan, SourcePlan
-from loader.quarantine import merge_bad, split_bad_rows, split_no_region
-from loader.region_rules import RegionRule
+from loader.landing.quarantine import merge_bad, split_bad_rows, split_no_region
+from loader.landing.sources import Checks, read_dimension, read_source, rows_in_window
+from loader.protocol.planning import RunPlan, SourcePlan
 from loader.retry import call_with_retries
-from loader.sources import Checks, read_dimension, read_source, rows_in_window
-from loader.tables import dedupe_latest, latest_rows, normalize_strings
-from loader.transforms import transform_fact
+from loader.transform.dimensions import Dimensions
+from loader.transform.facts import transform_fact
+from loader.transform.frames import (
+    EngineChoice,
+    EngineName,
+    GpuStatus,
+    choose_transform_engine,
+    frames_for,
+    gpu_status,
+)
+from loader.transform.region_rules import RegionRule
+from loader.transform.tables import dedupe_latest, latest_rows, normalize_strings
 from state import Window
 
 log = logging.getLogger(__name__)
@@ -141,8 +148,8 @@ def region_rules(config: LoaderConfig) -> dict[str, RegionRule]:
 
 def load_dimensions(config: LoaderConfig) -> Dimensions:
     """The prepared lookups: from the cache when the dimension files are unchanged since it was made."""
-    from loader.dimension_cache import TABLES, load_cached
-    from loader.dimensions import COLUMNS
+    from loader.transform.dimension_cache import TABLES, load_cached
+    from loader.transform.dimensions import COLUMNS
 
     return load_cached(config, lambda: Dimensions.from_tables(
         **{name: read_dimension(config, name, COLUMNS[name]) for name in TABLES}))
