@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/snowflake_bench.py [--scale 1] [--repeat 3] [--out bench/out]
 
-1. fakesnow's server is started in THIS process (a thread, as tests/snowflake_emulator.py does); the loader
+1. fakesnow's server is started in THIS process (a thread, as tests/support/snowflake_emulator.py does); the loader
    runs as a subprocess and talks to it over HTTP on loopback with the real snowflake-connector-python.
    Every request the emulator serves is timed (an ASGI wrapper), by route and by statement kind.
 2. The landing zone SF<scale> (`demo-data init --days 30`) and its copy with one `demo-data append
@@ -274,7 +274,7 @@ def write_config(path: Path, *, landing: Path, warehouse: Path, state: Path, par
 
 
 def sink_block(server: dict[str, Any], database: str, args: argparse.Namespace) -> dict[str, Any]:
-    """`sinks.snowflake` for the emulator, as tests/snowflake_emulator.py's sink_settings() builds it, but
+    """`sinks.snowflake` for the emulator, as tests/support/snowflake_emulator.py's sink_settings() builds it, but
     with a network timeout long enough for a full load's COPY (fakesnow answers a query only when done)."""
     return {
         "enabled": True, "account": server["account"], "user": server["user"], "password": "${SNOWFLAKE_PASSWORD}",

@@ -12,14 +12,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import click
 
-from loader.errors import EXIT_FAILED, EXIT_LEASE_HELD, EXIT_OK, EXIT_USAGE, LoaderError
+from loader.errors import EXIT_FAILED, EXIT_LEASE_HELD, EXIT_OK, EXIT_USAGE, EXPECTED_ERRORS, exit_code_of
 
 F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 
 EXIT_CODES_HELP = f"""\b
 Exit codes:
@@ -267,22 +266,10 @@ def plan_command(obj: _Context, max_batch_rows: int | None, as_json: bool) -> No
     it would cut that into. An unfinished run is shown as the replay of its windows. Starts no Ray."""
     config = obj.config()
     from loader.observe.report import plan_payload, print_plan
-    from state import StateStore
+    from loader.protocol.incremental import preview_next_run
 
-    store = StateStore.open(config.state.url)
-    try:
-        from loader.protocol.planning import plan_run
-
-        unfinished = store.unfinished_run(config.pipeline)
-        checkpoints = store.checkpoints(config.pipeline)
-        windows = unfinished.windows if unfinished else None
-        plan = plan_run(config, checkpoints, windows=windows)
-    finally:
-        store.close()
-    from loader.protocol.batches import cut_into_batches
-
-    cutting = cut_into_batches(plan, max_rows=max_batch_rows or config.run.max_batch_rows)
-    payload = plan_payload(plan, replay_of=unfinished.run_number if unfinished else None, cutting=cutting)
+    next_run = preview_next_run(config, max_batch_rows=max_batch_rows)
+    payload = plan_payload(next_run.plan, replay_of=next_run.replay_of, cutting=next_run.cutting)
     _emit(payload) if as_json else print_plan(payload)
 
 
@@ -330,11 +317,7 @@ def report_command(obj: _Context, out: Path, limit: int) -> None:
     from loader.observe.html_report import write_report
 
     entries = read_history(config.state.url, config.pipeline, limit=limit)
-    try:
-        write_report(out, config.pipeline, entries)
-    except OSError as error:
-        click.echo(f"error: cannot write {out}: {error.strerror}: choose another --out", err=True)
-        sys.exit(EXIT_USAGE)
+    write_report(out, config.pipeline, entries)
     click.echo(f"wrote {out} ({len(entries)} run(s) of pipeline {config.pipeline})")
 
 
@@ -351,27 +334,6 @@ def demo_data() -> None:
     """Make and grow a TPC-H-style landing zone (the one named by landing_zone in the config)."""
 
 
-def _demo_state_exists(root: str) -> bool:
-    from loader.demo.generator import STATE_FILE
-    from loader.storage import locate
-
-    location = locate(root).child(STATE_FILE)
-    from pyarrow import fs as pafs
-
-    return bool(location.filesystem.get_file_info(location.path).type == pafs.FileType.File)
-
-
-def _on_landing_zone(root: str, work: Callable[[Path], T], *, download: bool) -> T:
-    """`work` on the landing zone's folder; on an object store, on a temporary local copy synced back."""
-    from loader.config import is_remote
-
-    if not is_remote(root):
-        return work(Path(root))
-    from loader.demo.remote import on_local_copy
-
-    return on_local_copy(root, work, download=download)
-
-
 @demo_data.command("init")
 @click.option("--scale", type=click.FloatRange(min=0.001), default=0.1, show_default=True, help="TPC-H scale factor (1 = 1.5M orders).")
 @click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same data.")
@@ -381,13 +343,13 @@ def _on_landing_zone(root: str, work: Callable[[Path], T], *, download: bool) ->
 def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: bool) -> None:
     """Generate the landing zone: orders and lineitem by ingest day, and the dimensions."""
     config = obj.config()
-    from loader.demo import generator
+    from loader.demo import landing_zone
+
     root = config.landing_zone
-    if if_missing and _demo_state_exists(root):
+    if if_missing and landing_zone.has_landing_zone(root):
         click.echo(f"landing zone already at {root}: left as it is", err=True)
         return
-    summary = _on_landing_zone(root, lambda path: generator.init_landing_zone(path, scale=scale, seed=seed,
-                                                                             days=days), download=False)
+    summary = landing_zone.init(root, scale=scale, seed=seed, days=days)
     rows = summary.rows
     click.echo(
         f"landing zone ready at {root}: {rows['orders']:,} orders, {rows['lineitem']:,} lineitems over "
@@ -408,10 +370,10 @@ def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: boo
 def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int, update_from: str) -> None:
     """Add one batch (one new ingest day) to the landing zone."""
     config = obj.config()
-    from loader.demo import generator
-    summary = _on_landing_zone(config.landing_zone, lambda path: generator.append_batch(
-        path, orders=orders, updates=updates, late=late, recent=recent,
-        update_from=cast(generator.UpdatePick, update_from)), download=True)
+    from loader.demo import landing_zone
+
+    summary = landing_zone.append(config.landing_zone, orders=orders, updates=updates, late=late, recent=recent,
+                                  update_from=update_from)
     click.echo(
         f"appended batch {summary.batch} in ingest_date={summary.ingest_date}: {summary.new_orders:,} new orders, "
         f"{summary.updated_orders:,} updated, {summary.late_orders:,} late, {summary.lineitems:,} lineitems; "
@@ -456,13 +418,9 @@ def runs_abandon(obj: _Context, run_number: int, reason: str) -> None:
     """Stop replaying an unfinished run (e.g. its ledger row is corrupt). The next run plans afresh from
     the current checkpoints; what the abandoned run wrote is safe: sinks merge or skip those versions."""
     config = obj.config()
-    from state import StateStore
+    from loader.protocol.incremental import abandon_run
 
-    store = StateStore.open(config.state.url)
-    try:
-        store.abandon_run(config.pipeline, run_number, reason=reason)
-    finally:
-        store.close()
+    abandon_run(config, run_number, reason=reason)
     click.echo(f"run {run_number} of pipeline {config.pipeline} abandoned; the next run plans from the checkpoints")
 
 
@@ -477,9 +435,9 @@ def main() -> None:
         code = EXIT_USAGE
     except click.exceptions.Exit as done:
         code = done.exit_code
-    except LoaderError as error:  # the one mapping of every command's errors: the message and its exit code
-        click.echo(f"error: {error.message}", err=True)
-        code = error.exit_code
+    except EXPECTED_ERRORS as error:  # the one mapping of every command's errors: the message and its exit code
+        click.echo(f"error: {error}", err=True)
+        code = exit_code_of(error)
     except SystemExit as stop:  # commands that exit with a code
         code = stop.code if isinstance(stop.code, int) else (EXIT_OK if stop.code is None else EXIT_FAILED)
         if isinstance(stop.code, str):

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from loader.errors import ConfigError
+from loader.transform.kinds import fact_kind
 
 CONFIG_ENV = "LOADER_CONFIG"
 DEFAULT_CONFIG = Path("configs/local.yaml")
@@ -60,7 +61,7 @@ class _Frozen(BaseModel):
 class SourceConfig(_Frozen):
     """One incremental fact source of the landing zone."""
 
-    kind: Literal["orders", "lineitem"]
+    kind: str  # a name in loader.transform.kinds.FACT_KINDS
     path: str
     format: Literal["parquet"] = "parquet"
     cursor: str
@@ -70,6 +71,11 @@ class SourceConfig(_Frozen):
     partition_column: str = "ingest_date"
 
     _durations = field_validator("lookback", "safety_lag", mode="before")(parse_duration)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        return fact_kind(value).name
 
     @field_validator("primary_key", mode="before")
     @classmethod
@@ -183,7 +189,7 @@ class SinksConfig(_Frozen):
 
     @model_validator(mode="after")
     def _one_enabled(self) -> SinksConfig:
-        if not (self.parquet.enabled or self.delta.enabled or self.snowflake.enabled):
+        if not any(getattr(self, name).enabled for name in type(self).model_fields):
             raise ValueError("enable at least one sink")
         return self
 

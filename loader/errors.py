@@ -1,13 +1,31 @@
 """The loader's error hierarchy.
 
-One root (`LoaderError`), one base per phase (config, source, sink, state) and two marker mixins
-(`Transient`, `Terminal`). Retries (tenacity) only ever retry `Transient` errors. Driver errors are
-converted at the boundary of the phase that called the driver, with the original kept as `__cause__`.
+One root (`LoaderError`), one base per phase (config, source, sink), the state store's own errors
+(state/errors.py, re-exported here) and two marker mixins (`Transient`, `Terminal`, defined there).
+Retries (tenacity) only ever retry `Transient` errors. Driver errors are converted at the boundary of
+the phase that called the driver, with the original kept as `__cause__`.
 Every message says what to do next. Errors cross Ray workers, so each one pickles: the constructor's
 only argument is the message.
 """
 
 from __future__ import annotations
+
+from state.errors import (
+    CheckpointConflict,
+    LeaseHeld,
+    MessageError,
+    StateCorrupt,
+    StateError,
+    StateUnavailable,
+    StateUrlInvalid,
+    Terminal,
+    Transient,
+)
+
+__all__ = [  # the state store's errors, re-exported: callers name every error from here
+    "CheckpointConflict", "LeaseHeld", "StateCorrupt", "StateError", "StateUnavailable", "StateUrlInvalid",
+    "Terminal", "Transient",
+]
 
 # Process exit codes, documented in the README and `loader --help`.
 EXIT_OK = 0
@@ -16,25 +34,10 @@ EXIT_USAGE = 2  # bad command line or configuration; nothing ran
 EXIT_LEASE_HELD = 3  # another live run of the same pipeline holds the lease; nothing ran
 
 
-class LoaderError(Exception):
+class LoaderError(MessageError):
     """Root of every error the loader raises on purpose."""
 
     exit_code = EXIT_FAILED
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __reduce__(self) -> tuple[type, tuple[str]]:
-        return (type(self), (self.message,))
-
-
-class Transient:
-    """Marker: the same call may succeed if tried again (network, timeouts, commit conflicts)."""
-
-
-class Terminal:
-    """Marker: trying again cannot help (bad credentials, bad data, bad config)."""
 
 
 class ConfigError(LoaderError, Terminal):
@@ -67,26 +70,17 @@ class SinkRejected(SinkError, Terminal):
     """A sink refused the data or the credentials; retrying will not help."""
 
 
-class StateError(LoaderError):
-    """The state store (checkpoints, run ledger, lease) failed or holds something unexpected."""
+# The state store's errors are its own (state/errors.py: the store depends on nothing in the loader);
+# they are re-exported here, and the command line maps both roots to a message and an exit code.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (LoaderError, StateError)
+_STATE_EXIT_CODES: dict[type[StateError], int] = {LeaseHeld: EXIT_LEASE_HELD, StateUrlInvalid: EXIT_USAGE}
 
 
-class StateUnavailable(StateError, Transient):
-    """The state database could not be reached or was locked just now."""
-
-
-class StateCorrupt(StateError, Terminal):
-    """The state database holds something this version cannot use (newer schema, broken ledger row)."""
-
-
-class CheckpointConflict(StateError, Terminal):
-    """The checkpoint moved under this run (compare-and-set failed): another run committed first."""
-
-
-class LeaseHeld(StateError, Terminal):
-    """Another live run of the same pipeline holds the lease."""
-
-    exit_code = EXIT_LEASE_HELD
+def exit_code_of(error: BaseException) -> int:
+    """The process exit code for an expected error (README: "Exit codes")."""
+    if isinstance(error, LoaderError):
+        return error.exit_code
+    return next((code for kind, code in _STATE_EXIT_CODES.items() if isinstance(error, kind)), EXIT_FAILED)
 
 
 def is_transient(error: BaseException) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
@@ -64,6 +65,15 @@ def locate(uri: str) -> Location:
         filesystem, path = pafs.FileSystem.from_uri(uri)
         return Location(filesystem, path, uri)
     return Location(pafs.LocalFileSystem(), os.path.abspath(uri), uri)
+
+
+def unwritable(folder: Path) -> Path | None:
+    """None when the local `folder` can be written, or made, here; else the path in the way (the
+    nearest existing ancestor: a file, or a folder without write permission)."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
+        return existing or folder
+    return None
 
 
 # --- Object-store errors -------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ from sqlalchemy import (
     text,
 )
 
-from loader.errors import StateCorrupt
 from state import schema
+from state.errors import StateCorrupt
 from state.models import to_iso, utc_now
 
 Step = Callable[[Connection], None]

@@ -20,13 +20,13 @@ from sqlalchemy import Connection, Engine, Row, create_engine, event, insert, or
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
-from loader.errors import (
+from state.errors import (
     CheckpointConflict,
-    ConfigError,
     LeaseHeld,
     StateCorrupt,
     StateError,
     StateUnavailable,
+    StateUrlInvalid,
 )
 from state.migrations import current_version, migrate
 from state.models import (
@@ -216,7 +216,7 @@ def _normalize_url(url: str) -> URL:
     try:
         parsed = make_url(url)
     except ArgumentError as err:
-        raise ConfigError(
+        raise StateUrlInvalid(
             f"state store URL {url!r} is not a database URL; use sqlite:///path/to/state.db or "
             "postgresql+psycopg://user@host/db"
         ) from err

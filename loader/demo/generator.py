@@ -64,6 +64,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loader.errors import BadSourceData, ConfigError, SourceUnavailable
+from loader.transform.tables import MONEY
 
 ANCHOR = datetime(2024, 1, 1, tzinfo=UTC)
 STATE_FILE = "_demo_state.json"
@@ -89,7 +90,6 @@ MIN_LATENESS = timedelta(minutes=1)
 UPDATE_PRICE_FACTOR = Decimal("1.05")
 
 CURSOR_TYPE = pa.timestamp("us", tz="UTC")
-MONEY = pa.decimal128(15, 2)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY_US = 86_400 * 1_000_000
 _MINUTE_US = 60 * 1_000_000

@@ -1,5 +1,6 @@
-"""Reading the landing zone: the planned row groups of a source, filtered to the window, and the
-dimension tables. Used by the in-process executor; the Ray executor reads the same planned files."""
+"""Reading the landing zone: the planned row groups of a source, screened (read checks, window filter)
+as they are read, and the dimension tables. Used by the in-process executor; the Ray executor reads the
+same planned files and screens them in its stage tasks (the same `screen`, through loader/execute/stages.py)."""
 
 from __future__ import annotations
 
@@ -60,10 +61,9 @@ def _read_file(plan: SourcePlan, file: FilePlan, cursor: str, checks: Checks) ->
                 if cursor not in table.column_names:
                     raise BadSourceData(f"{file.path}: a file of source {plan.source!r} has no cursor column "
                                         f"{cursor!r}: fix the file or the config")
-                good, bad = split_bad_rows(normalize_strings(table), key=checks.key, cursor=cursor, now=checks.now,
-                                           tolerance_s=checks.tolerance_s)
+                good, bad = screen(table, source=plan.source, cursor=cursor, window=plan.window, checks=checks)
                 del table
-                goods.append(rows_in_window(good, source=plan.source, cursor=cursor, window=plan.window))
+                goods.append(good)
                 bads.append(bad)
     except OSError as error:
         raise storage_error(error, plan.location.uri, side="source", doing=f"reading {file.path} in") from error
@@ -85,9 +85,18 @@ class Checks:
     tolerance_s: float
 
 
+def screen(rows: pa.Table, *, source: str, cursor: str, window: Window, checks: Checks) -> tuple[pa.Table, pa.Table]:
+    """The first stage of the chain (loader/execute/stages.py): the quarantine's read checks, then the
+    window filter. Returns (the rows inside the window, the rows that failed a check with their reason)."""
+    good, bad = split_bad_rows(normalize_strings(rows), key=checks.key, cursor=cursor, now=checks.now,
+                               tolerance_s=checks.tolerance_s)
+    return rows_in_window(good, source=source, cursor=cursor, window=window), bad
+
+
 def read_source(plan: SourcePlan, *, cursor: str, checks: Checks) -> tuple[pa.Table, pa.Table | None]:
     """Every row of the window from the planned row groups, as one table with plain strings, and the
-    rows of those row groups that failed the quarantine checks (or None)."""
+    rows of those row groups that failed the quarantine checks (or None): `screen`ed one row group at
+    a time, as it is read."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda f: _read_file(plan, f, cursor, checks), plan.files))
     if not results:

@@ -1,8 +1,9 @@
 """`loader doctor`: what this machine and config can use, each check quick and bounded in time.
 
 Ray (local, or the configured cluster address reachable), GPU and cuDF, the landing zone, the
-dimension cache, every enabled sink and the state store. A check that cannot pass here but is optional (no GPU) is reported
-as unavailable, not failed; a failed check says what to fix. Nothing is written anywhere.
+dimension cache, every enabled sink (from the registry, each by its own `probe`) and the state store.
+A check that cannot pass here but is optional (no GPU) is reported as unavailable, not failed; a failed
+check says what to fix. Nothing is written anywhere.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from loader.config import LoaderConfig, is_remote
-from loader.net import unreachable
+from loader.config import LoaderConfig
 
 
 @dataclass
@@ -48,7 +47,7 @@ def check_ray(config: LoaderConfig) -> tuple[str, str]:
     if not address or address == "auto" or address.startswith("local"):
         where = "a local Ray instance is started by a run that needs it" if not address else f"address {address!r}"
         return "ok", f"Ray {version('ray')} installed, {os.cpu_count()} CPUs here; {where}"
-    from loader.execute.pipeline import ray_address_problem
+    from loader.execute.ray_cluster import ray_address_problem
 
     problem = ray_address_problem(address)
     if problem:
@@ -86,44 +85,16 @@ def check_landing_zone(config: LoaderConfig) -> tuple[str, str]:
     return "ok", "; ".join(found)
 
 
-def _unwritable(folder: Path) -> Path | None:
-    """None when `folder` can be written, or made, here; else the path in the way (the nearest
-    existing ancestor: a file, or a folder without write permission)."""
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
-        return existing or folder
-    return None
-
-
-def check_folder_sink(config: LoaderConfig, name: str, path: str) -> tuple[str, str]:
-    from pyarrow import fs as pafs
-
-    from loader.storage import locate
-
-    root = config.sink_path(path)
-    location = locate(root)
-    if is_remote(root):
-        bucket = location.path.split("/", 1)[0]
-        info = location.filesystem.get_file_info(bucket)
-        if info.type == pafs.FileType.NotFound:
-            return "failed", f"{name}: bucket {bucket!r} of {root} not found: create it or fix warehouse / sinks.{name}.path"
-        return "ok", f"{name}: {root} (bucket reachable)"
-    folder = Path(location.path)
-    blocked = _unwritable(folder)
-    if blocked is not None:
-        return "failed", f"{name}: cannot write under {blocked}: fix the permissions or the warehouse path"
-    return "ok", f"{name}: {root}" + ("" if folder.exists() else " (created by the first run)")
-
-
 def check_dimension_cache(config: LoaderConfig) -> tuple[str, str]:
     """Whether the prepared dimensions can be kept, and whether the next run finds them (reads footers only)."""
     from loader.errors import LoaderError
+    from loader.storage import unwritable
     from loader.transform.dimension_cache import cache_folder, current_entry
 
     if not config.run.dimension_cache:
         return "ok", "dimension cache: off (run.dimension_cache: false): every run reads the dimension tables"
     folder = cache_folder(config)
-    blocked = _unwritable(folder)
+    blocked = unwritable(folder)
     if blocked is not None:
         return "failed", (f"dimension cache: cannot write under {blocked}: set run.cache_dir to a "
                           "writable local folder (or run.dimension_cache: false)")
@@ -136,25 +107,15 @@ def check_dimension_cache(config: LoaderConfig) -> tuple[str, str]:
     return "ok", f"dimension cache: {folder} (no entry for the dimension files as they are: the next run prepares one)"
 
 
-def check_snowflake(config: LoaderConfig) -> tuple[str, str]:
-    from loader.sinks.snowflake import SnowflakeSink
+def check_sink(config: LoaderConfig, name: str) -> tuple[str, str]:
+    """The sink's own probe: None is usable, anything else says what is wrong and what to fix."""
+    from loader.sinks import enabled_sinks
 
-    sink = SnowflakeSink(config)
-    settings = config.sinks.snowflake
-    if settings.host and settings.port:
-        problem = unreachable(settings.host, settings.port)
-        if problem:
-            return "failed", f"snowflake: {problem}: check sinks.snowflake host/port"
-    try:
-        conn = sink.connect()
-    except Exception as error:
-        converted = sink._convert(error, doing="connecting to") if type(error).__module__.startswith("snowflake") else error
-        return "failed", f"snowflake: {converted}"
-    try:
-        conn.cursor().execute("SELECT 1")
-    finally:
-        conn.close()
-    return "ok", f"snowflake: logged in to {sink.where}"
+    [sink] = enabled_sinks(config, only=(name,))
+    problem = sink.probe()
+    if problem:
+        return "failed", f"{name}: {problem}"
+    return "ok", f"{name}: usable, tables at {sink.location('<table>')}"
 
 
 def check_state(config: LoaderConfig) -> tuple[str, str]:
@@ -171,8 +132,8 @@ def check_state(config: LoaderConfig) -> tuple[str, str]:
     return "ok", f"{_mask_url(config.state.url)}: {len(checkpoints)} checkpoint(s) for {config.pipeline}{held}"
 
 
-def _folder_probe(config: LoaderConfig, name: str, path: str) -> Callable[[], tuple[str, str]]:
-    return lambda: check_folder_sink(config, name, path)
+def _sink_probe(config: LoaderConfig, name: str) -> Callable[[], tuple[str, str]]:
+    return lambda: check_sink(config, name)
 
 
 def run_checks(config: LoaderConfig) -> list[Check]:
@@ -182,12 +143,9 @@ def run_checks(config: LoaderConfig) -> list[Check]:
         _timed("landing zone", lambda: check_landing_zone(config)),
         _timed("dimension cache", lambda: check_dimension_cache(config)),
     ]
-    if config.sinks.parquet.enabled:
-        checks.append(_timed("sink parquet", _folder_probe(config, "parquet", config.sinks.parquet.path)))
-    if config.sinks.delta.enabled:
-        checks.append(_timed("sink delta", _folder_probe(config, "delta", config.sinks.delta.path)))
-    if config.sinks.snowflake.enabled:
-        checks.append(_timed("sink snowflake", lambda: check_snowflake(config)))
+    from loader.sinks import enabled_names
+
+    checks += [_timed(f"sink {name}", _sink_probe(config, name)) for name in enabled_names(config)]
     checks.append(_timed("state store", lambda: check_state(config)))
     return checks
 

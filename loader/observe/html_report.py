@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from loader.errors import ConfigError
+
 TEMPLATE = Path(__file__).parent / "templates" / "report.html"
 
 
@@ -65,9 +67,13 @@ def render(data: dict[str, Any]) -> str:
 
 
 def write_report(path: Path, pipeline: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write the report atomically (a hidden file renamed into place); an unwritable path is a usage error."""
     data = report_data(pipeline, entries)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    hidden = path.with_name(f".{path.name}.tmp")
-    hidden.write_text(render(data), encoding="utf-8")
-    hidden.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        hidden = path.with_name(f".{path.name}.tmp")
+        hidden.write_text(render(data), encoding="utf-8")
+        hidden.replace(path)
+    except OSError as error:
+        raise ConfigError(f"cannot write {path}: {error.strerror}: choose another --out") from error
     return data

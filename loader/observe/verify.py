@@ -4,8 +4,9 @@ Expected, per fact source: the landing rows with cursor <= the source's checkpoi
 existed when the checkpoint's run planned (file mtime <= the plan's time, recorded with the run's input).
 Files that landed later are pending, not committed: a late record in them may lie below the checkpoint
 but no committed run could have read it (so a landing zone copied without its mtimes looks all new).
-Those rows are deduplicated on the primary key (latest cursor wins) and given a region exactly as a run
-does (`dedupe_latest`, then `attach_region`). Only the key, cursor and lookup columns are read.
+Those rows go through a run's own stage chain (loader/execute/stages.py) up to the region lookup:
+quarantine checks, window, dedupe on the primary key (latest cursor wins), region. Only the key, cursor
+and lookup columns are read.
 
 Compared per (table, region, sink): the row count and an order-independent checksum of (key, cursor):
 
@@ -13,8 +14,10 @@ Compared per (table, region, sink): the row count and an order-independent check
     checksum = sum of h(row) over the rows, mod 2**64, shown as 16 hex digits
 
 where v is the value as int64 (the cursor as microseconds since the epoch, UTC; a date as days); other
-types use pandas' stable `hash_array`. Delta must hold those rows and no key twice; Parquet (a log of
-versions) must have them as each key's greatest-cursor version, and no (key, cursor) version twice.
+types use pandas' stable `hash_array`. Every enabled sink (the registry, loader/sinks) is read back
+through its own `read_back`: a sink holding the latest version of each key (Delta, Snowflake) must hold
+those rows and no key twice; a log of versions (Parquet) must have them as each key's greatest-cursor
+version, and no (key, cursor) version twice.
 
 Sinks are read while no run may change them: a live lease or an unfinished run is refused up front, and
 checkpoints that moved while reading make verify fail and ask to run it again.
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,19 +37,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig
-from loader.errors import BadSourceData, ConfigError, LeaseHeld, SinkUnavailable, StateError
-from loader.landing.quarantine import split_bad_rows, split_no_region
-from loader.landing.sources import rows_in_window
+from loader.errors import BadSourceData, ConfigError, LeaseHeld, StateError
 from loader.protocol.planning import list_files
+from loader.sinks import Sink, enabled_sinks, sink_class
 from loader.sinks.base import region_counts
 from loader.storage import Location, locate
 from loader.transform.dimensions import Dimensions
-from loader.transform.facts import attach_region, on_table
-from loader.transform.tables import dedupe_latest, normalize_strings
+from loader.transform.kinds import fact_kind
+from loader.transform.tables import dedupe_latest
 from state import Checkpoint, StateStore, Window
-
-# The column attach_region looks the region up by.
-_LOOKUP_COLUMN = {"orders": "o_custkey", "lineitem": "l_suppkey"}
 
 Digest = dict[str, tuple[int, int]]  # region -> (rows, checksum)
 
@@ -78,7 +78,7 @@ class Check:
             same_count = self.expected_rows == self.actual_rows
             parts.append("checksum of (key, cursor) differs" + (": wrong or stale versions" if same_count else ""))
         if self.duplicates:
-            what = "key(s)" if self.sink == "delta" else "(key, cursor) version(s)"
+            what = "(key, cursor) version(s)" if sink_class(self.sink).capabilities.holds == "versions" else "key(s)"
             parts.append(f"{self.duplicates:,} duplicated {what}")
         return f"table {self.table}, region {self.region}, sink {self.sink}: " + "; ".join(parts)
 
@@ -186,56 +186,32 @@ def _utc(moment: datetime) -> datetime:
 def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_at: datetime | None,
                   dims: Dimensions, read: frozenset[str] = frozenset()) -> pa.Table | None:
     """What the committed windows loaded: key, cursor and region of each key's latest version."""
-    source = config.sources[name]
+    from loader.execute.stages import StageChain
+
+    # Rows a run quarantines never reach a sink: a null key or cursor, a cursor beyond the checkpoint
+    # anyway (the future), no region.
+    chain = StageChain.for_source(config, name, Window(lower=None, upper=checkpoint.cursor), upto="region")
+    source = chain.source
     location = locate(config.source_path(name))
-    columns = list(dict.fromkeys([*source.primary_key, source.cursor, _LOOKUP_COLUMN[source.kind]]))
+    columns = list(dict.fromkeys([*source.primary_key, source.cursor, fact_kind(source.kind).lookup.fact_key]))
     rows = _read_files(location, _landed_before(location, source.partition_column, seen_at, read), columns,
                        f"source {name}")
     if rows is None:
         return None
-    # Rows a run quarantines never reach a sink: a null key or cursor, a cursor beyond the checkpoint
-    # anyway (the future), no region.
-    rows, _ = split_bad_rows(normalize_strings(rows), key=source.primary_key, cursor=source.cursor,
-                             now=datetime.now(UTC), tolerance_s=config.quarantine.future_tolerance.total_seconds())
-    rows = rows_in_window(rows, source=name, cursor=source.cursor, window=Window(lower=None, upper=checkpoint.cursor))
-    rows = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
-    rows, _ = split_no_region(on_table(attach_region, rows, kind=source.kind, dims=dims))
+    rows, _ = chain.run(rows, dims)
     return rows.select([*source.primary_key, source.cursor, "region"])
 
 
-def delta_rows(config: LoaderConfig, name: str, columns: list[str]) -> pa.Table | None:
-    from deltalake import DeltaTable
-    from deltalake.exceptions import DeltaError, TableNotFoundError
-
-    from loader.sinks.delta import DeltaSink
-
-    sink = DeltaSink(config)
-    uri = sink.table_uri(name)
-    try:
-        table = DeltaTable(uri, storage_options=sink.storage_options)
-        return table.to_pyarrow_dataset().to_table(columns=columns)
-    except TableNotFoundError:
-        return None
-    except (DeltaError, OSError) as error:
-        raise SinkUnavailable(f"reading the Delta table {uri} failed: {error}. Check the warehouse path, then verify again") from error
-
-
-def parquet_versions(config: LoaderConfig, name: str, columns: list[str]) -> pa.Table | None:
-    """Every version row of the Parquet log (hidden in-flight files skipped, as readers skip them)."""
-    from loader.sinks.parquet import ParquetSink
-
-    where = ParquetSink(config).table_location(name)
-    try:
-        if where.filesystem.get_file_info(where.path).type == pafs.FileType.NotFound:
-            return None
-        infos = where.filesystem.get_file_info(pafs.FileSelector(where.path, recursive=True))
-    except OSError as error:
-        raise SinkUnavailable(f"listing {where.uri} failed: {error}. Check the warehouse path, then verify again") from error
-    paths = sorted(
-        i.path for i in infos
-        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_"))
-    )
-    return _read_files(where, paths, columns, f"Parquet sink of {name}")
+def held_rows(sink: Sink[Any], name: str, key: Sequence[str], cursor: str) -> tuple[Digest, dict[str, int]]:
+    """What `sink` holds of table `name` (its `read_back`): the digest of each key's newest version, and
+    per region the duplicates (a key twice where it holds the latest, a (key, cursor) version twice
+    where it holds a log of versions)."""
+    columns = [*key, cursor]
+    rows = sink.read_back(name, columns)
+    if sink.capabilities.holds == "versions":
+        latest = None if rows is None else dedupe_latest(rows, key=key, cursor=cursor)
+        return digest(latest, columns), duplicates(rows, columns)
+    return digest(rows, columns), duplicates(rows, list(key))
 
 
 # ------------------------------------------------------------------------------- comparing
@@ -255,13 +231,9 @@ def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
     columns = [*source.primary_key, source.cursor]
     want = digest(expected_rows(config, name, checkpoint, seen_at, dims, read), columns)
     checks = []
-    if config.sinks.delta.enabled:
-        rows = delta_rows(config, name, [*columns, "region"])
-        checks += _compare(name, "delta", want, digest(rows, columns), duplicates(rows, source.primary_key))
-    if config.sinks.parquet.enabled:
-        versions = parquet_versions(config, name, [*columns, "region"])
-        latest = None if versions is None else dedupe_latest(versions, key=source.primary_key, cursor=source.cursor)
-        checks += _compare(name, "parquet", want, digest(latest, columns), duplicates(versions, columns))
+    for sink in enabled_sinks(config):
+        got, dups = held_rows(sink, name, source.primary_key, source.cursor)
+        checks += _compare(name, sink.name, want, got, dups)
     return checks
 
 
@@ -319,7 +291,7 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = ()) -> Verification:
         if not checkpoints:
             note = f"pipeline {pipeline!r} was never loaded: nothing to verify (run `loader run --incremental` first)"
             return Verification(pipeline, (), (note,))
-        from loader.execute.pipeline import load_dimensions
+        from loader.execute.choice import load_dimensions
 
         dims = load_dimensions(config)
         checks: list[Check] = []

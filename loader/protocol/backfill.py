@@ -92,7 +92,9 @@ def build_request(config: LoaderConfig, *, start: datetime, end: datetime, chunk
     unknown = [s for s in sources if s not in config.sources]
     if unknown:
         raise ConfigError(f"unknown source(s) {', '.join(unknown)}: this pipeline has {', '.join(config.sources)}")
-    enabled = [name for name in ("parquet", "delta", "snowflake") if getattr(config.sinks, name).enabled]
+    from loader.sinks import enabled_names
+
+    enabled = enabled_names(config)
     bad = [s for s in sinks if s not in enabled]
     if bad:
         raise ConfigError(f"sink(s) {', '.join(bad)} not enabled in the config: enabled are {', '.join(enabled)}")
@@ -252,9 +254,9 @@ def _load_chunk(config: LoaderConfig, store: StateStore, batches: BatchExecutor,
     # A batch of this chunk cut short: what it wrote is removed, its run abandoned, its rows loaded again.
     cut = [r for r in history if r.status == "planned" and (_of_chunk(r, request, index) or r.windows == windows)]
     if cut:
-        from loader.sinks import build_sinks
+        from loader.sinks import enabled_sinks
 
-        sinks = [sink for sink in build_sinks(config) if sink.name in request.sinks]
+        sinks = enabled_sinks(config, only=request.sinks)
         for run in cut:
             for sink in sinks:
                 for table in run.windows:

@@ -167,3 +167,35 @@ def _log_batch(outcome: BatchOutcome, number: int, total: int) -> None:
     log.info("batch %d of %d (run %d%s) committed: %s rows in %.1fs; checkpoints now %s", number, total,
              outcome.run_number, ", replayed" if outcome.replayed else "", f"{outcome.rows:,}", outcome.seconds,
              uppers or "unchanged")
+
+
+@dataclass(frozen=True)
+class NextRun:
+    """What the next incremental run would do (`loader plan`): its plan and the batches it would cut."""
+
+    plan: RunPlan
+    cutting: Any  # loader.protocol.batches.Cutting
+    replay_of: int | None  # the unfinished run it would replay first, if any
+
+
+def preview_next_run(config: LoaderConfig, *, max_batch_rows: int | None = None) -> NextRun:
+    """Plan the next run without a lease, without Ray and without writing: an unfinished run is shown
+    as the replay of its recorded windows."""
+    store = StateStore.open(config.state.url)
+    try:
+        unfinished = store.unfinished_run(config.pipeline)
+        windows = unfinished.windows if unfinished else None
+        plan = plan_run(config, store.checkpoints(config.pipeline), windows=windows)
+    finally:
+        store.close()
+    cutting = cut_into_batches(plan, max_rows=max_batch_rows or config.run.max_batch_rows)
+    return NextRun(plan, cutting, unfinished.run_number if unfinished else None)
+
+
+def abandon_run(config: LoaderConfig, run_number: int, *, reason: str) -> None:
+    """Stop replaying an unfinished run: the next run plans afresh from the checkpoints."""
+    store = StateStore.open(config.state.url)
+    try:
+        store.abandon_run(config.pipeline, run_number, reason=reason)
+    finally:
+        store.close()

@@ -27,7 +27,7 @@ from typing import Any
 
 from loader import failpoints
 from loader.config import LoaderConfig
-from loader.errors import LoaderError
+from loader.errors import EXPECTED_ERRORS
 from loader.observe import logs, progress
 from loader.protocol.planning import RunPlan
 from loader.retry import call_with_retries
@@ -70,7 +70,7 @@ def pipeline_session(config: LoaderConfig, engine: str | None) -> Iterator[State
     """Preflight (fails in seconds, before any state), the state store and the pipeline's lease;
     the metrics are published at the end whatever happened (the lag and the outcome change either way)."""
     if _preflight_has_work(config, engine):
-        from loader.execute.pipeline import preflight
+        from loader.execute.choice import preflight
 
         preflight(config, engine)
     store = StateStore.open(config.state.url)
@@ -88,8 +88,8 @@ def pipeline_session(config: LoaderConfig, engine: str | None) -> Iterator[State
 
 
 def _preflight_has_work(config: LoaderConfig, engine: str | None) -> bool:
-    """Whether `loader.execute.pipeline.preflight` has anything to check: `gpu` requested, or a Ray cluster
-    address (its two checks). Otherwise it is skipped, and so is importing loader.execute.pipeline (pyarrow.compute,
+    """Whether `loader.execute.choice.preflight` has anything to check: `gpu` requested, or a Ray cluster
+    address (its two checks). Otherwise it is skipped, and so is importing loader.execute (pyarrow.compute,
     the transforms): a run with nothing new to load never needs them."""
     return (engine or config.transform.engine) == "gpu" or bool(config.ray.address or os.environ.get("RAY_ADDRESS"))
 
@@ -194,7 +194,7 @@ class BatchExecutor:
             if self._prepared is not None:
                 return
             # Imported here: a run with nothing new never pays for transforms, sinks or their drivers.
-            from loader.execute.pipeline import choose_executor, choose_run_engine, load_dimensions
+            from loader.execute.choice import choose_executor, choose_run_engine, load_dimensions
 
             choice = choose_executor(self.config, largest, self.executor_override)
             engine = choose_run_engine(self.config, choice.executor, self.engine_override)
@@ -215,7 +215,7 @@ class BatchExecutor:
         try:
             with logs.run_context(record.run_number):
                 self._execute(record, plan, outcome, dict(metrics or {}), planning_s)
-        except LoaderError as error:
+        except EXPECTED_ERRORS as error:
             self.store.fail_run(self.config.pipeline, record.run_number, error=str(error))
             raise
         except Exception as error:
@@ -226,9 +226,9 @@ class BatchExecutor:
 
     def _execute(self, record: RunRecord, plan: RunPlan, outcome: BatchOutcome, metrics: dict[str, Any],
                  planning_s: float) -> None:
-        from loader.execute.pipeline import execute
+        from loader.execute.choice import execute
         from loader.landing import quarantine
-        from loader.sinks import TableBatch, build_sinks
+        from loader.sinks import TableBatch, enabled_sinks
         from loader.sinks.table_writes import write_table
 
         assert self._prepared is not None
@@ -237,7 +237,7 @@ class BatchExecutor:
         outcome.engine, outcome.engine_reason = engine.engine, engine.reason
         timer = Timer()  # this batch's own seconds; added to the run's at the end (planning is the run's already)
         timer.timings["plan"] = planning_s
-        sinks = [s for s in build_sinks(self.config) if self.only_sinks is None or s.name in self.only_sinks]
+        sinks = enabled_sinks(self.config, only=self.only_sinks)
         tables = execute(self.config, plan, choice.executor, dims, engine.engine)
         for name in [n for n, p in plan.sources.items() if not p.is_empty]:  # the executors' order
             progress.step(f"{name}: read and transform")

@@ -7,14 +7,17 @@ process (the Ray executor keeps them on its workers, in key-disjoint parts):
 - `write_part` (anywhere: in-process, or a Ray task on the node holding the part): one part's rows;
 - `finish` (on the driver): the run's commit, once every part is written.
 
-`write` does the three in this process for a whole table in one part (the local executor, tests).
+loader/sinks/table_writes.py drives the three for a run. A sink also says what it is, as data the
+run side reads (`Capabilities`), reads back what it holds for `loader verify` (`read_back`), and says
+whether it is usable from here for `loader doctor` (`probe`). The sinks are listed once, in the
+registry of `loader.sinks`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import pyarrow as pa
 
@@ -57,54 +60,69 @@ class PartWrite:
     node: str | None = None  # the Ray node that wrote it (None in-process)
 
 
-class Sink(Protocol):
-    name: str
-    retry: RetryConfig
+@dataclass(frozen=True)
+class Capabilities:
+    """What a sink is, declared as data (a class attribute) for the code that drives it."""
+
     #: True where every part commits to the table itself (Delta): parts are then written one after
     #: another, the last one carrying the run's commit, never two at once (no commit conflicts).
     parts_in_sequence: bool
+    #: True where the sink retries each of its steps itself (with its `retry` policy): the runner then
+    #: must not retry the whole write on top of them.
+    retries_own_steps: bool
+    #: "latest": one row per key, the newest version (Delta, Snowflake); "versions": a log of every
+    #: (key, cursor) version written (Parquet). Says how `loader verify` compares what `read_back` returns.
+    holds: Literal["latest", "versions"]
+
+
+#: The token `begin` hands to `write_part` and `finish`: each sink types its own (it travels to Ray
+#: workers with the parts, so it pickles).
+Begun = TypeVar("Begun")
+
+
+class Sink(Protocol[Begun]):
+    name: str
+    capabilities: ClassVar[Capabilities]
+    #: Retries of transient failures: of the whole write by the runner, or of each step where the sink
+    #: retries its own (`capabilities.retries_own_steps`).
+    retry: RetryConfig
 
     def location(self, table: str) -> str:
         """Where `table` is written, for people (a URI, or Snowflake's account/database.schema.TABLE)."""
         ...
 
-    def begin(self, batch: TableBatch) -> Any | None:
+    def begin(self, batch: TableBatch) -> Begun | None:
         """Prepare the table for this run; None if the run already landed here (skip it)."""
         ...
 
-    def write_part(self, batch: TableBatch, begun: Any, *, part: int, last: bool) -> PartWrite:
+    def write_part(self, batch: TableBatch, begun: Begun, *, part: int, last: bool) -> PartWrite:
         """Write one part (`batch.data`: rows whose keys no other part holds). `last`: no part follows
         (for sinks whose parts run in sequence)."""
         ...
 
-    def finish(self, batch: TableBatch, begun: Any, parts: list[PartWrite]) -> SinkWrite:
+    def finish(self, batch: TableBatch, begun: Begun, parts: list[PartWrite]) -> SinkWrite:
         """Commit the run once every part is written; a second call changes nothing."""
         ...
 
-    def write(self, batch: TableBatch) -> SinkWrite:
-        """Write and commit `batch`; a second call with the same run number changes nothing."""
-        ...
 
     def discard_run(self, table: str, run_number: int) -> None:
         """Remove what a run that will never be replayed (a cut backfill chunk, loaded again under a
         new number) left behind, where leftovers would be visible; a no-op where they are not."""
         ...
 
+    def read_back(self, table: str, columns: list[str]) -> pa.Table | None:
+        """What the sink holds of `table`, for `loader verify`: `columns` and `region`, one row per row
+        held (the current rows where it holds the latest, every version where it holds versions), or
+        None if the table does not exist here. Integers as integers, timestamps as timestamps."""
+        ...
 
-class WritesInParts:
-    """`write` for a sink that implements begin / write_part / finish: the whole table as one part."""
-
-    name: str
-
-    def write(self, batch: TableBatch) -> SinkWrite:
-        sink: Sink = self  # type: ignore[assignment]
-        begun = sink.begin(batch)
-        if begun is None:
-            return skipped(sink, batch)
-        return sink.finish(batch, begun, [sink.write_part(batch, begun, part=0, last=True)])
+    def probe(self) -> str | None:
+        """None if the sink is usable from here (reachable, writable); else one line saying what is
+        wrong and what to fix. Quick and bounded in time; writes nothing."""
+        ...
 
 
-def skipped(sink: Sink, batch: TableBatch) -> SinkWrite:
+def skipped(sink: Sink[Any], batch: TableBatch) -> SinkWrite:
     return SinkWrite(sink.name, batch.table, 0, sink.location(batch.table), skipped=True)
 
 
@@ -126,3 +144,27 @@ def summed_regions(parts: Iterable[PartWrite]) -> dict[str, int]:
         for region, count in part.regions.items():
             total[region] = total.get(region, 0) + count
     return total
+
+
+def folder_problem(name: str, root: str) -> str | None:
+    """`probe` of a sink writing files under `root` (a local folder, or s3://): the bucket exists, or
+    the folder can be written or made here."""
+    from pathlib import Path
+
+    from pyarrow import fs as pafs
+
+    from loader.config import is_remote
+    from loader.storage import locate, short_error, unwritable
+
+    location = locate(root)
+    if not is_remote(root):
+        blocked = unwritable(Path(location.path))
+        return None if blocked is None else f"cannot write under {blocked}: fix the permissions or the warehouse path"
+    bucket = location.path.split("/", 1)[0]
+    try:
+        info = location.filesystem.get_file_info(bucket)
+    except OSError as error:
+        return f"{root}: {short_error(error)}: check the credentials and the endpoint (AWS_* variables)"
+    if info.type == pafs.FileType.NotFound:
+        return f"bucket {bucket!r} of {root} not found: create it or fix warehouse / sinks.{name}.path"
+    return None

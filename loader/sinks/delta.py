@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +31,15 @@ import pyarrow.dataset as ds
 from loader import failpoints
 from loader.config import LoaderConfig
 from loader.errors import SinkRejected, SinkUnavailable
-from loader.sinks.base import PartWrite, SinkWrite, TableBatch, WritesInParts, region_counts, summed_regions
+from loader.sinks.base import (
+    Capabilities,
+    PartWrite,
+    SinkWrite,
+    TableBatch,
+    folder_problem,
+    region_counts,
+    summed_regions,
+)
 from loader.sinks.schema_check import refuse_type_changes
 from loader.storage import locate, short_error, storage_error
 
@@ -131,9 +140,19 @@ def _py(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-class DeltaSink(WritesInParts):
+@dataclass(frozen=True)
+class DeltaBegun:
+    """`begin`'s token: whether the table existed when the run began."""
+
+    exists: bool
+
+
+class DeltaSink:
     name = "delta"
-    parts_in_sequence = True  # every part commits to the table: one at a time, the last carries the run
+    # Every part commits to the table: one at a time, the last carries the run. A retry of the whole
+    # write replays it (each commit is idempotent).
+    capabilities: ClassVar[Capabilities] = Capabilities(parts_in_sequence=True, retries_own_steps=False,
+                                                        holds="latest")
 
     def __init__(self, config: LoaderConfig) -> None:
         self.root = config.sink_path(config.sinks.delta.path)
@@ -158,23 +177,23 @@ class DeltaSink(WritesInParts):
     def location(self, table: str) -> str:
         return self.table_uri(table)
 
-    def begin(self, batch: TableBatch) -> bool | None:
+    def begin(self, batch: TableBatch) -> DeltaBegun | None:
         """None if the run's app transaction is in the table already; else whether the table exists,
         after refusing a changed column type."""
         uri = self.table_uri(batch.table)
         with self._errors(uri):
             table = self._open(uri)
             if table is None:
-                return False
+                return DeltaBegun(exists=False)
             if (table.transaction_version(self._app(batch)) or 0) >= batch.run_number:
                 return None
             self._loaded[uri] = table
             refuse_type_changes(f"Delta table {uri}", pa.schema(table.schema().to_arrow()), batch.data.schema,
                                 "Cast the column in the transform back to the stored type, or move the table "
                                 "away to let the loader recreate it")
-            return True
+            return DeltaBegun(exists=True)
 
-    def write_part(self, batch: TableBatch, begun: bool, *, part: int, last: bool) -> PartWrite:
+    def write_part(self, batch: TableBatch, begun: DeltaBegun, *, part: int, last: bool) -> PartWrite:
         """Merge the part's keys that may be stored, append the rest. Only the last part's last commit
         carries the run's app transaction; every earlier commit is a merge where the newer version wins
         (or an append of keys no file holds), so repeating it after a crash changes nothing."""
@@ -231,11 +250,26 @@ class DeltaSink(WritesInParts):
             regions[region] = regions.get(region, 0) + count
         return PartWrite(new_rows.num_rows + old_rows.num_rows, regions)
 
-    def finish(self, batch: TableBatch, begun: bool, parts: list[PartWrite]) -> SinkWrite:
+    def finish(self, batch: TableBatch, begun: DeltaBegun, parts: list[PartWrite]) -> SinkWrite:
         """The last part committed the run already."""
         failpoints.hit("delta.commit", batch.table)
         return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.table_uri(batch.table),
                          regions=summed_regions(parts))
+
+    def read_back(self, table: str, columns: list[str]) -> pa.Table | None:
+        """The table's current rows."""
+        from deltalake.exceptions import DeltaError
+
+        uri = self.table_uri(table)
+        try:
+            opened = self._open(uri)
+            return None if opened is None else opened.to_pyarrow_dataset().to_table(columns=[*columns, "region"])
+        except (DeltaError, OSError) as error:
+            raise SinkUnavailable(f"reading the Delta table {uri} failed: {short_error(error)}. Check the warehouse "
+                                  "path, then verify again") from error
+
+    def probe(self) -> str | None:
+        return folder_problem(self.name, self.root)
 
     @staticmethod
     def _app(batch: TableBatch) -> str:
@@ -340,6 +374,12 @@ class DeltaSink(WritesInParts):
         _, inside = _interval_of(data[first_key].to_numpy(zero_copy_only=False), *ranges.intervals())
         mask = pa.array(inside)
         return data.filter(pc.invert(mask)), data.filter(mask)
+
+
+if TYPE_CHECKING:  # mypy checks the class against the whole contract, with its own token
+    from loader.sinks.base import Sink
+
+    _CONFORMS: type[Sink[DeltaBegun]] = DeltaSink
 
 
 def _merged_intervals(lows: np.ndarray, highs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

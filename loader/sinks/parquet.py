@@ -11,7 +11,9 @@ greatest cursor across files (the Delta table holds only the latest). Idempotenc
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -21,9 +23,18 @@ import pyarrow.parquet as pq
 
 from loader import failpoints
 from loader.config import LoaderConfig
-from loader.sinks.base import PartWrite, SinkWrite, TableBatch, WritesInParts, region_counts, summed_regions
+from loader.errors import SinkRejected, SinkUnavailable
+from loader.sinks.base import (
+    Capabilities,
+    PartWrite,
+    SinkWrite,
+    TableBatch,
+    folder_problem,
+    region_counts,
+    summed_regions,
+)
 from loader.sinks.schema_check import refuse_type_changes
-from loader.storage import Location, locate, storage_error
+from loader.storage import Location, locate, short_error, storage_error
 
 DATE_COLUMN = "__date"
 
@@ -32,12 +43,22 @@ def run_prefix(run_number: int) -> str:
     return f"run-{run_number:08d}-"
 
 
-class ParquetSink(WritesInParts):
+@dataclass(frozen=True)
+class ParquetBegun:
+    """`begin`'s token: the table's region folders (the parts' version check lists days inside them)."""
+
+    regions: tuple[str, ...]
+
+
+class ParquetSink:
     name = "parquet"
-    parts_in_sequence = False  # parts write disjoint files; nothing is committed to a log
+    # Parts write disjoint files, nothing is committed to a log; a retry of the whole write replays it.
+    capabilities: ClassVar[Capabilities] = Capabilities(parts_in_sequence=False, retries_own_steps=False,
+                                                        holds="versions")
 
     def __init__(self, config: LoaderConfig) -> None:
-        self.root = locate(config.sink_path(config.sinks.parquet.path))
+        self.root_uri = config.sink_path(config.sinks.parquet.path)
+        self.root = locate(self.root_uri)
         self.retry = config.sinks.parquet.retry
         codec = config.sinks.parquet.compression
         self.compression = None if codec == "none" else codec
@@ -48,7 +69,7 @@ class ParquetSink(WritesInParts):
     def location(self, table: str) -> str:
         return self.table_location(table).uri
 
-    def begin(self, batch: TableBatch) -> list[str]:
+    def begin(self, batch: TableBatch) -> ParquetBegun:
         """Remove what an earlier attempt of the run wrote, refuse a changed column type. Returns the
         table's region folders (the parts' version check lists days inside them)."""
         where = self.table_location(batch.table)
@@ -63,20 +84,20 @@ class ParquetSink(WritesInParts):
             refuse_type_changes(f"Parquet table {where.uri}", stored, batch.data.schema,
                                 "Cast the column in the transform back to the stored type, or move the "
                                 "table's folder away to start a new version log")
-        return regions
+        return ParquetBegun(tuple(regions))
 
-    def write_part(self, batch: TableBatch, begun: list[str], *, part: int, last: bool) -> PartWrite:
+    def write_part(self, batch: TableBatch, begun: ParquetBegun, *, part: int, last: bool) -> PartWrite:
         """The part's new versions, a file per (region, date) named `run-<n>-<part>.parquet`."""
         where = self.table_location(batch.table)
         try:
-            data = self._new_versions(where, batch, begun)
+            data = self._new_versions(where, batch, begun.regions)
             if data.num_rows:
                 self._write_partitions(where, batch.run_number, data, batch.cursor, batch.table, part=part)
         except OSError as error:
             raise storage_error(error, where.uri, side="sink", doing="writing Parquet under") from error
         return PartWrite(data.num_rows, region_counts(data))
 
-    def finish(self, batch: TableBatch, begun: list[str], parts: list[PartWrite]) -> SinkWrite:
+    def finish(self, batch: TableBatch, begun: ParquetBegun, parts: list[PartWrite]) -> SinkWrite:
         """Nothing to commit: each file appeared whole (renamed into place); the checkpoint publishes the run."""
         failpoints.hit("parquet.commit", batch.table)
         return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.location(batch.table),
@@ -90,6 +111,37 @@ class ParquetSink(WritesInParts):
             self._remove_run(where, run_number)
         except OSError as error:
             raise storage_error(error, where.uri, side="sink", doing="removing a cut run's files under") from error
+
+    def read_back(self, table: str, columns: list[str]) -> pa.Table | None:
+        """Every version row of the log (hidden in-flight files skipped, as readers skip them)."""
+        where = self.table_location(table)
+        try:
+            if where.filesystem.get_file_info(where.path).type == pafs.FileType.NotFound:
+                return None
+            infos = where.filesystem.get_file_info(pafs.FileSelector(where.path, recursive=True))
+        except OSError as error:
+            raise SinkUnavailable(f"listing {where.uri} failed: {short_error(error)}. Check the warehouse path, "
+                                  "then verify again") from error
+        paths = sorted(
+            i.path for i in infos
+            if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_"))
+        )
+        wanted = [*columns, "region"]
+
+        def read(path: str) -> pa.Table:
+            try:
+                with where.filesystem.open_input_file(path) as handle:
+                    return pq.read_table(handle, columns=wanted)
+            except (OSError, pa.ArrowInvalid, KeyError) as error:
+                raise SinkRejected(f"cannot read columns {wanted} of {path} (Parquet sink of {table}): "
+                                   f"{short_error(error)}. Fix or remove the file") from error
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            parts = list(pool.map(read, paths))
+        return pa.concat_tables(parts, promote_options="permissive") if parts else None
+
+    def probe(self) -> str | None:
+        return folder_problem(self.name, self.root_uri)
 
     @staticmethod
     def _region_folders(where: Location) -> list[str]:
@@ -122,7 +174,7 @@ class ParquetSink(WritesInParts):
             if info.base_name.startswith(prefixes):
                 where.filesystem.delete_file(info.path)
 
-    def _new_versions(self, where: Location, batch: TableBatch, regions: list[str]) -> pa.Table:
+    def _new_versions(self, where: Location, batch: TableBatch, regions: tuple[str, ...]) -> pa.Table:
         """Drop versions (key, cursor) already in the log: the lookback re-reads them every run, and an
         abandoned run or a backfill may have written them."""
         data = batch.data
@@ -142,7 +194,7 @@ class ParquetSink(WritesInParts):
             return data
         return data.take(fresh.sort_by([(k, "ascending") for k in batch.key])["__row"])
 
-    def _existing_versions(self, where: Location, batch: TableBatch, regions: list[str], low: datetime,
+    def _existing_versions(self, where: Location, batch: TableBatch, regions: tuple[str, ...], low: datetime,
                            high: datetime) -> pa.Table:
         """(key, cursor) of the other runs' files in the batch's date partitions: only those can hold
         one of its versions, since `date` is the version's cursor day. Lists only those folders."""
@@ -205,3 +257,9 @@ class ParquetSink(WritesInParts):
             list(pool.map(write_one, bounds[:half]))
             failpoints.hit("parquet.write", table)  # some partitions written, not all
             list(pool.map(write_one, bounds[half:]))
+
+
+if TYPE_CHECKING:  # mypy checks the class against the whole contract, with its own token
+    from loader.sinks.base import Sink
+
+    _CONFORMS: type[Sink[ParquetBegun]] = ParquetSink

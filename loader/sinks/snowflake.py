@@ -1,6 +1,7 @@
 """Snowflake: one table per source holding the latest version of each key, plus a ledger of landed runs.
 
-Per table and run, in steps each retried on its own (tenacity, the sink's `retry` policy) and each
+Per table and run, in steps each retried on its own (tenacity, the sink's `retry` policy; the sink
+declares `retries_own_steps`, so the runner does not retry the whole write on top) and each
 idempotent, so a retry or a replay after a crash repeats a step without harm:
 
 1. prepare: create the stage, the ledger and the target (from the Arrow schema, CLUSTER BY region) if
@@ -35,17 +36,27 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loader import failpoints
-from loader.config import LoaderConfig, RetryConfig, SnowflakeSinkConfig
+from loader.config import LoaderConfig, SnowflakeSinkConfig
 from loader.errors import LoaderError, SinkError, SinkRejected, SinkUnavailable
+from loader.net import unreachable
 from loader.retry import call_with_retries
-from loader.sinks.base import PartWrite, SinkWrite, TableBatch, WritesInParts, region_counts, summed_regions
+from loader.sinks.base import (
+    Capabilities,
+    PartWrite,
+    SinkWrite,
+    TableBatch,
+    region_counts,
+    summed_regions,
+)
 from loader.sinks.snowflake_schema import ColumnType, columns_to_add, create_table_sql, ident
 from loader.storage import short_error
 
@@ -101,14 +112,22 @@ class _Session:
                 conn.close()
 
 
-class SnowflakeSink(WritesInParts):
+@dataclass(frozen=True)
+class SnowflakeBegun:
+    """`begin`'s token: this attempt's stage folder, `@<stage>/<pipeline>/<table>/run=<n>/<attempt>/`."""
+
+    stage_folder: str
+
+
+class SnowflakeSink:
     name = "snowflake"
-    parts_in_sequence = False  # parts only stage files; the one transaction is finish's
+    # Parts only stage files (the one transaction is finish's); each step is retried on its own.
+    capabilities: ClassVar[Capabilities] = Capabilities(parts_in_sequence=False, retries_own_steps=True,
+                                                        holds="latest")
 
     def __init__(self, config: LoaderConfig) -> None:
         self.settings: SnowflakeSinkConfig = config.sinks.snowflake
-        # The runner must not retry the whole write on top of the per-step retries below.
-        self.retry = RetryConfig(attempts=1)
+        self.retry = self.settings.retry  # of each step (capabilities.retries_own_steps)
         # Checked up front (the config pattern already did): a bad pipeline name must not reach a path.
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", config.pipeline):
             raise SinkRejected(f"Snowflake: pipeline name {config.pipeline!r} cannot name a stage folder")
@@ -125,7 +144,7 @@ class SnowflakeSink(WritesInParts):
     def location(self, table: str) -> str:
         return f"{self.where}.{table.upper()}"
 
-    def begin(self, batch: TableBatch) -> str | None:
+    def begin(self, batch: TableBatch) -> SnowflakeBegun | None:
         """Step 1 (prepare). None if the run landed here already; else the stage folder of this attempt:
         a fresh one, so files an interrupted attempt staged are never loaded again."""
         session = _Session(self)
@@ -134,9 +153,9 @@ class SnowflakeSink(WritesInParts):
                 return None
         finally:
             session.discard()
-        return f"{stage_prefix(self.settings.stage, batch)}{uuid.uuid4().hex[:12]}/"
+        return SnowflakeBegun(f"{stage_prefix(self.settings.stage, batch)}{uuid.uuid4().hex[:12]}/")
 
-    def write_part(self, batch: TableBatch, begun: str, *, part: int, last: bool) -> PartWrite:
+    def write_part(self, batch: TableBatch, begun: SnowflakeBegun, *, part: int, last: bool) -> PartWrite:
         """Step 2 for one part: its region files PUT to the attempt's stage folder (on the worker
         holding the part, in parallel with the other parts)."""
         if batch.data.num_rows == 0:
@@ -146,36 +165,83 @@ class SnowflakeSink(WritesInParts):
         folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
         try:
             files = _region_files(batch, folder, part)
-            self._step(batch, "stage", session, lambda cur: self._put(cur, begun, files))
+            self._step(batch, "stage", session, lambda cur: self._put(cur, begun.stage_folder, files))
             return PartWrite(batch.data.num_rows, region_counts(batch.data))
         finally:
             session.discard()
             shutil.rmtree(folder, ignore_errors=True)
 
-    def finish(self, batch: TableBatch, begun: str, parts: list[PartWrite]) -> SinkWrite:
+    def finish(self, batch: TableBatch, begun: SnowflakeBegun, parts: list[PartWrite]) -> SinkWrite:
         """Steps 2 (COPY of every part's files), 3 (merge + ledger row, one transaction) and 4 (cleanup)."""
         rows = sum(p.rows for p in parts)
         session = _Session(self)
         try:
             if rows:
-                self._step(batch, "copy", session, lambda cur: self._copy(cur, batch, begun, rows))
+                self._step(batch, "copy", session, lambda cur: self._copy(cur, batch, begun.stage_folder, rows))
             self._step(batch, "merge", session, lambda cur: self._merge(cur, session.conn, batch, rows))
             failpoints.hit("snowflake.commit", batch.table)
             if rows:
-                self._cleanup(session, batch, begun)
+                self._cleanup(session, batch, begun.stage_folder)
             return SinkWrite(self.name, batch.table, rows, self.location(batch.table), regions=summed_regions(parts))
         finally:
             session.discard()
 
-    def _cleanup(self, session: _Session, batch: TableBatch, begun: str) -> None:
+    def _cleanup(self, session: _Session, batch: TableBatch, stage_folder: str) -> None:
         """Landed already: a failure here is logged (the next load replaces the staging table; staged
         files left behind cost storage only)."""
-        for statement in (f"DROP TABLE IF EXISTS {_staging(batch)}", f"REMOVE {begun}"):
+        for statement in (f"DROP TABLE IF EXISTS {_staging(batch)}", f"REMOVE {stage_folder}"):
             try:
                 session.cursor().execute(statement)
             except Exception as error:
                 log.info("%s -> snowflake: %s failed (%s)", batch.table, statement.split(" ")[0], short_error(error))
                 session.discard()
+
+    def read_back(self, table: str, columns: list[str]) -> pa.Table | None:
+        """The target table's current rows; names lower-cased (as the source's), whole numbers as int64."""
+        import snowflake.connector.errors as sf_errors
+
+        s = self.settings
+        selected = [*columns, "region"]
+        session = _Session(self)
+        try:
+            cur = session.cursor()
+            cur.execute("SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                        (s.schema_.upper(), table.upper()))
+            if not cur.fetchone()[0]:
+                return None
+            cur.execute(f"SELECT {', '.join(ident(c) for c in selected)} FROM {ident(table)}")
+            data = cur.fetch_arrow_all()
+        except sf_errors.Error as error:
+            raise self._convert(error, doing=f"reading {table} back from") from error
+        finally:
+            session.discard()
+        if data is None:  # the connector's answer to no rows
+            return None
+        return _as_source_types(data.rename_columns(selected))
+
+    def probe(self) -> str | None:
+        """Logs in and runs SELECT 1 (a closed port fails in seconds, before the connector's own waits)."""
+        import snowflake.connector.errors as sf_errors
+
+        s = self.settings
+        if s.host and s.port:
+            problem = unreachable(s.host, s.port)
+            if problem:
+                return f"{problem}: check sinks.snowflake host/port"
+        try:
+            conn = self.connect()
+        except sf_errors.Error as error:
+            return str(self._convert(error, doing="connecting to"))
+        except LoaderError as error:  # an unreadable private key
+            return str(error)
+        try:
+            conn.cursor().execute("SELECT 1")
+        except sf_errors.Error as error:
+            return str(self._convert(error, doing="querying"))
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+        return None
 
     def _step(self, batch: TableBatch, step: str, session: _Session, work: Callable[[Any], T]) -> T:
         """`work(cursor)` with retries of transient faults; connector errors become loader errors."""
@@ -196,7 +262,7 @@ class SnowflakeSink(WritesInParts):
                 session.discard()
                 raise
 
-        return call_with_retries(f"{batch.table} -> snowflake {step}", self.settings.retry, attempt)
+        return call_with_retries(f"{batch.table} -> snowflake {step}", self.retry, attempt)
 
     def _prepare(self, cur: Any, batch: TableBatch) -> bool:
         """Create what is missing and widen the target; True if this run already landed here."""
@@ -353,6 +419,14 @@ def private_key_der(settings: SnowflakeSinkConfig) -> bytes:
                              serialization.NoEncryption())
 
 
+def _as_source_types(data: pa.Table) -> pa.Table:
+    """NUMBER(p,0) columns, which the connector may return as decimals, as int64 (the source's keys are
+    integers); everything else as it came."""
+    fields = [pa.field(f.name, pa.int64()) if pa.types.is_decimal(f.type) and f.type.scale == 0 else f
+              for f in data.schema]
+    return data.cast(pa.schema(fields))
+
+
 def _staging(batch: TableBatch) -> str:
     return ident(f"{batch.table}_LOADER_STAGING")
 
@@ -388,4 +462,10 @@ def _region_files(batch: TableBatch, folder: Path, part: int) -> list[Path]:
         return list(pool.map(write, enumerate(regions)))
 
 
-__all__ = ["SnowflakeSink", "private_key_der", "stage_prefix"]
+if TYPE_CHECKING:  # mypy checks the class against the whole contract, with its own token
+    from loader.sinks.base import Sink
+
+    _CONFORMS: type[Sink[SnowflakeBegun]] = SnowflakeSink
+
+
+__all__ = ["SnowflakeBegun", "SnowflakeSink", "private_key_der", "stage_prefix"]

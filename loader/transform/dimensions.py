@@ -12,10 +12,9 @@ import pyarrow.compute as pc
 
 from loader.errors import BadSourceData
 from loader.transform.frames import Frames, PandasFrames, on_table
+from loader.transform.kinds import fact_kind
 from loader.transform.labels import customer_segment
-from loader.transform.tables import normalize_strings, require_columns
-
-MONEY = pa.decimal128(15, 2)
+from loader.transform.tables import MONEY, normalize_strings, require_columns
 
 #: The columns of each dimension table the lookups use: only these are read (customer at SF10 is 1.5M
 #: rows; read whole, its other columns cost about 700 MB of resident memory the allocator keeps).
@@ -24,12 +23,6 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "supplier": ("s_suppkey", "s_nationkey"),
     "nation": ("n_nationkey", "n_name", "n_regionkey"),
     "region": ("r_regionkey", "r_name"),
-}
-
-#: Per fact kind: the dimension table, its key, the fact column that points at it, the columns added.
-LOOKUPS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
-    "orders": ("customers", "c_custkey", "o_custkey", ("c_name", "c_phone", "customer_segment", "nation")),
-    "lineitem": ("suppliers", "s_suppkey", "l_suppkey", ("nation",)),
 }
 
 
@@ -103,9 +96,9 @@ class Dimensions:
         `frames`' library, holding only the rows `keys` (a batch's fact keys: a frame column or Arrow
         array) reference, found by binary search in the key-sorted table: a batch pays for its own
         keys, not for the dimension's size. Made afresh for each call (the caller may write to it)."""
-        table_name, key, _, added = LOOKUPS[kind]
-        referenced = _referenced(getattr(self, table_name), key, keys)
-        return frames.frame(referenced.select([key, *added, "region"])).set_index(key)
+        lookup = fact_kind(kind).lookup  # the dimension, its key and the columns added
+        referenced = _referenced(getattr(self, lookup.dimension), lookup.key, keys)
+        return frames.frame(referenced.select([lookup.key, *lookup.columns, "region"])).set_index(lookup.key)
 
     @classmethod
     def from_tables(

@@ -22,21 +22,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from loader.errors import BadSourceData, ConfigError
 from loader.transform.frames import Frame, Frames, Series, frames_for, on_table
+from loader.transform.kinds import FACT_KINDS, fact_kind
 from loader.transform.labels import customer_segment, decimal_type, labels
 from loader.transform.region_rules import FX_RATE, VAT_RATE, RegionRule
-from loader.transform.tables import UNKNOWN_REGION, normalize_strings, require_columns
+from loader.transform.tables import MONEY, UNKNOWN_REGION, normalize_strings, require_columns
 
 if TYPE_CHECKING:
     from loader.transform.dimensions import Dimensions
 
 __all__ = [
-    "Kind",
     "apply_region_rules",
     "attach_region",
     "customer_segment",
@@ -47,10 +47,6 @@ __all__ = [
     "transform_fact",
 ]
 
-Kind = Literal["orders", "lineitem"]
-
-# Declared TPC-H money type: inputs are cast to it (checked) so products never exceed 38 digits.
-MONEY = pa.decimal128(15, 2)
 DISCOUNTED_PRICE = pa.decimal128(18, 4)
 CHARGE = pa.decimal128(22, 6)
 AMOUNT_LOCAL = pa.decimal128(24, 2)
@@ -168,7 +164,7 @@ def enrich_lineitem(df: Frame, b: Frames) -> Frame:
 # region lookup
 
 
-def attach_region(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions) -> Frame:
+def attach_region(df: Frame, b: Frames, *, kind: str, dims: Dimensions) -> Frame:
     """Add the customer / geography columns by key lookup (the dimension indexed by its key, keys
     found once for all columns: `Frames.gather`): input row order is kept.
 
@@ -181,15 +177,12 @@ def attach_region(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions) -> Fram
     return df
 
 
-def _attach(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions, prepare: Callable[[Frame], Frame] | None = None,
+def _attach(df: Frame, b: Frames, *, kind: str, dims: Dimensions, prepare: Callable[[Frame], Frame] | None = None,
             extra: Sequence[str] = ()) -> tuple[Frame, dict[str, Series]]:
     """attach_region; with `prepare`, the lookup frame goes through it first (it may add columns, or
     rewrite the added ones: they are what the rows get). Also returns the looked-up `extra` columns."""
-    from loader.transform.dimensions import LOOKUPS
-
-    if kind not in LOOKUPS:
-        raise ValueError(f"kind must be 'orders' or 'lineitem', not {kind!r}")
-    _, _, fact_key, added = LOOKUPS[kind]
+    lookup_path = fact_kind(kind).lookup
+    fact_key, added = lookup_path.fact_key, lookup_path.columns
     require_columns([fact_key], list(df.columns), f"{kind} batch")
     lookup = dims.lookups(b, kind, df[fact_key])  # only the rows this batch references
     if prepare is not None:
@@ -310,7 +303,7 @@ def _mask(values: Series, b: Frames) -> Series:
 
 
 def apply_region_rules(
-    df: Frame, b: Frames, *, kind: Kind, rules: Mapping[str, RegionRule], amount_column: str
+    df: Frame, b: Frames, *, kind: str, rules: Mapping[str, RegionRule], amount_column: str
 ) -> Frame:
     """Add currency, fx_rate decimal128(18,6), vat_rate decimal128(6,4) and
     amount_local decimal128(24,2) = round_half_even(amount * fx_rate, 2), and mask the rule's columns.
@@ -324,8 +317,7 @@ def apply_region_rules(
     engine (cuDF stops at 38) refuses with the fix.
     `kind` is accepted for symmetry with the other transforms; the rules do not depend on it.
     """
-    if kind not in ("orders", "lineitem"):
-        raise ValueError(f"kind must be 'orders' or 'lineitem', not {kind!r}")
+    fact_kind(kind)
     require_columns(["region", amount_column], list(df.columns), f"{kind} batch")
     region = df["region"]
     amount = df[amount_column]
@@ -340,7 +332,7 @@ def apply_region_rules(
     return df
 
 
-def _region_and_rules(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions, rules: Mapping[str, RegionRule],
+def _region_and_rules(df: Frame, b: Frames, *, kind: str, dims: Dimensions, rules: Mapping[str, RegionRule],
                       amount_column: str) -> Frame:
     """attach_region then apply_region_rules, with what depends on the region alone (the rule's
     columns, and masking the looked-up columns) worked out once per dimension row instead of once per
@@ -348,8 +340,6 @@ def _region_and_rules(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions, rul
     row's region string with each rule's name, then masking its strings, cost more than the lookups.
     Same result as the two transforms in turn: a row's looked-up columns and region are its dimension
     row's, and the rules depend on the region only."""
-    from loader.transform.dimensions import LOOKUPS
-
     masked_by = _masked_by(rules)
 
     def prepare(lookup: Frame) -> Frame:
@@ -365,7 +355,7 @@ def _region_and_rules(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions, rul
     amount_type = decimal_type(amount, b, amount_column, "the landing zone's schema or the transform order")
     amount_local = _amount_local(amount, amount_type, ruled["fx_narrow"], b, rules)
     # columns of the fact rows themselves (not looked up) are masked row by row
-    looked_up = set(LOOKUPS[kind][3])
+    looked_up = set(fact_kind(kind).lookup.columns)
     df = _mask_columns(df, df["region"], b, masked_by, [c for c in masked_by if c not in looked_up])
     df["currency"] = ruled["currency"]
     df["fx_rate"] = ruled["fx_rate"]
@@ -378,26 +368,27 @@ def _region_and_rules(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions, rul
 # running on Arrow tables
 
 
-_ENRICH: dict[str, Callable[[Frame, Frames], Frame]] = {"orders": enrich_orders, "lineitem": enrich_lineitem}
-_AMOUNT_COLUMN = {"orders": "o_totalprice", "lineitem": "charge"}
+#: Each kind's enrichment: the transform its declaration (loader/transform/kinds.py) names.
+_ENRICH: dict[str, Callable[[Frame, Frames], Frame]] = {
+    kind.name: globals()[kind.enrich] for kind in FACT_KINDS.values()
+}
 
 
-def fact_chain(df: Frame, b: Frames, *, kind: Kind, dims: Dimensions, rules: Mapping[str, RegionRule]) -> Frame:
+def fact_chain(df: Frame, b: Frames, *, kind: str, dims: Dimensions, rules: Mapping[str, RegionRule]) -> Frame:
     """enrich_<kind> -> attach_region -> apply_region_rules, on one frame. Row-local."""
-    if kind not in _ENRICH:
-        raise ValueError(f"kind must be 'orders' or 'lineitem', not {kind!r}")
+    amount_column = fact_kind(kind).amount_column
     df = _ENRICH[kind](df, b)
     masked_by = _masked_by(rules)
     if UNKNOWN_REGION in rules or "region" in masked_by:
         # A rule for UNKNOWN applies to rows no dimension row matches, and a masked region changes
         # what the rules compare: the per-row path, as specified.
         df = attach_region(df, b, kind=kind, dims=dims)
-        return apply_region_rules(df, b, kind=kind, rules=rules, amount_column=_AMOUNT_COLUMN[kind])
-    return _region_and_rules(df, b, kind=kind, dims=dims, rules=rules, amount_column=_AMOUNT_COLUMN[kind])
+        return apply_region_rules(df, b, kind=kind, rules=rules, amount_column=amount_column)
+    return _region_and_rules(df, b, kind=kind, dims=dims, rules=rules, amount_column=amount_column)
 
 
 def transform_fact(
-    table: pa.Table, *, kind: Kind, dims: Dimensions, rules: Mapping[str, RegionRule], frames: Frames | None = None
+    table: pa.Table, *, kind: str, dims: Dimensions, rules: Mapping[str, RegionRule], frames: Frames | None = None
 ) -> pa.Table:
     """The row-local chain on a pyarrow Table, on `frames` (the CPU engine by default)."""
     frames = frames or frames_for("cpu")
@@ -408,7 +399,7 @@ def transform_fact(
 
 
 @lru_cache(maxsize=32)
-def output_schema(kind: Kind, input_schema: pa.Schema) -> pa.Schema:
+def output_schema(kind: str, input_schema: pa.Schema) -> pa.Schema:
     """The schema `transform_fact` gives for batches of `input_schema` (for sinks that create tables
     up front, and the GPU's way back). Derived by running the chain on an empty table on the CPU:
     types depend on neither dims nor rules."""

@@ -15,6 +15,10 @@ from loader.errors import BadSourceData
 #: Region of a row whose customer / supplier / nation is not in the dimensions. Such rows are kept.
 UNKNOWN_REGION = "UNKNOWN"
 
+#: TPC-H's declared money type (the landing zone's amounts; the transforms cast inputs to it, checked,
+#: so that products never exceed 38 digits).
+MONEY = pa.decimal128(15, 2)
+
 _STRINGISH = (pa.types.is_large_string, pa.types.is_string_view)
 
 

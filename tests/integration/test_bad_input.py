@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import run_cli, run_json, write_config
-from tests.warehouse import assert_warehouse_exact
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 

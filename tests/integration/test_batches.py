@@ -30,20 +30,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import ROOT, run_cli, run_json, write_config
-from tests.snowflake_emulator import (
-    new_database,
-    password_env,
-    sink_settings,
-    snowflake_rows,
-)
-from tests.warehouse import (
-    assert_matches_expected,
-    assert_warehouse_exact,
-    delta_rows,
-    parquet_latest,
-    parquet_versions,
-)
+from tests.support.cli import ROOT, run_cli, run_json, write_config
+from tests.support.readers import delta_rows, parquet_latest, parquet_versions, snowflake_rows
+from tests.support.snowflake_emulator import new_database, password_env, sink_settings
+from tests.support.warehouse import assert_matches_expected, assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, write_config
+from tests.support.cli import run_cli, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -33,3 +33,15 @@ def test_a_failed_run_is_exit_1_with_the_fix(tmp_path: Path) -> None:
     result = run_cli(config, "run", "--incremental", check=False, cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "error: " in result.stderr and "demo-data init" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", [("status",), ("run", "--incremental")], ids=lambda c: c[0])
+def test_a_state_store_error_goes_through_the_same_mapping(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """The state store raises its own errors (state/errors.py); a state URL that is no database URL is
+    still a configuration error: one line with the fix, exit 2."""
+    config = write_config(tmp_path / "p", state={"url": "not a database url"})
+    result = run_cli(config, *command, check=False, cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "sqlite:///" in errors[0], result.stderr

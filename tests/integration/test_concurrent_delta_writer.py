@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from tests.conftest import ROOT, run_cli, run_json, write_config
-from tests.warehouse import assert_warehouse_exact
+from tests.support.cli import ROOT, run_cli, run_json, write_config
+from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import pyarrow.dataset as ds
 import pytest
 from deltalake import DeltaTable
 
-from tests.conftest import run_cli, run_json, write_config
-from tests.warehouse import assert_warehouse_exact
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 

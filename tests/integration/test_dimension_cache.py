@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from tests.conftest import run_cli, run_json, write_config
+from tests.support.cli import run_cli, run_json, write_config
 
 pytestmark = pytest.mark.integration
 

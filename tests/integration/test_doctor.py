@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli, run_json, write_config
-from tests.snowflake_emulator import new_database, sink_settings
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.snowflake_emulator import new_database, sink_settings
 
 pytestmark = pytest.mark.integration
 

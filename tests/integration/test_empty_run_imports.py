@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli, run_json, write_config
+from tests.support.cli import ROOT, run_cli, run_json, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ _record_and_exit(0)
 NOT_ON_THE_EMPTY_PATH = (
     "pandas", "pyarrow.compute", "pyarrow.dataset", "deltalake", "ray", "duckdb", "snowflake", "cudf",
     "rich", "prometheus_client", "sqlalchemy.orm",
-    "loader.execute.pipeline", "loader.transform.facts", "loader.transform.dimensions", "loader.transform.frames", "loader.landing.sources",
+    "loader.execute", "loader.transform.facts", "loader.transform.dimensions", "loader.transform.frames", "loader.landing.sources",
     "loader.sinks", "loader.sinks.table_writes", "loader.landing.quarantine", "loader.observe.metrics",
 )
 

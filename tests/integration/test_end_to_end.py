@@ -9,8 +9,10 @@ import pytest
 import yaml
 
 from loader.transform.frames import gpu_status
-from tests.conftest import pg_database, run_cli, run_json, write_config
-from tests.warehouse import assert_warehouse_exact, delta_rows
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.postgres import pg_database
+from tests.support.readers import delta_rows
+from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tests.conftest import run_cli, run_json, write_config
-from tests.warehouse import assert_warehouse_exact, delta_rows, parquet_versions
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.readers import delta_rows, parquet_versions
+from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 

@@ -14,8 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import run_json, write_config
-from tests.warehouse import assert_warehouse_exact
+from tests.support.cli import run_json, write_config
+from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 

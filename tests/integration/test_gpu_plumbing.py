@@ -1,4 +1,4 @@
-"""The GPU engine's plumbing, on any machine: with a stand-in cuDF (tests/gpu_standin: cuDF's API and
+"""The GPU engine's plumbing, on any machine: with a stand-in cuDF (tests/support/gpu_standin: cuDF's API and
 Arrow boundary on pandas) and Ray told it has GPUs, the loader picks the GPU engine, every part of the
 Ray stage runs in a task holding exactly one GPU, every batch goes Arrow -> frame -> Arrow through the
 GPU backend, and the sinks end up exact.
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli, write_config
-from tests.warehouse import assert_warehouse_exact
+from tests.support.cli import ROOT, run_cli, write_config
+from tests.support.warehouse import assert_warehouse_exact
 
-STANDIN = ROOT / "tests" / "gpu_standin"
+STANDIN = ROOT / "tests" / "support" / "gpu_standin"
 pytestmark = [pytest.mark.integration]
 
 

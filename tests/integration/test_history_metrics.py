@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import run_cli, run_json, write_config
-from tests.s3_server import free_port
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.s3_server import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import dump_dom
-from tests.conftest import run_cli, run_json, write_config
+from tests.support.browser import dump_dom
+from tests.support.cli import run_cli, run_json, write_config
 
 pytestmark = pytest.mark.integration
 

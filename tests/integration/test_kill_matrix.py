@@ -19,16 +19,16 @@ import pytest
 import yaml
 
 from loader.failpoints import POINTS
-from tests.conftest import pg_database, run_cli, run_json, write_config
-from tests.snowflake_emulator import (
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.postgres import pg_database
+from tests.support.snowflake_emulator import (
     abort_detached_transactions,
-    assert_snowflake_exact,
     new_database,
     password_env,
     query,
     sink_settings,
 )
-from tests.warehouse import assert_warehouse_exact
+from tests.support.warehouse import assert_snowflake_exact, assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 

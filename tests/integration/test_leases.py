@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli, run_json
-from tests.warehouse import assert_warehouse_exact
+from tests.support.cli import ROOT, run_cli, run_json
+from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 

@@ -9,14 +9,16 @@ import pyarrow as pa
 import pytest
 
 from loader.config import load_config
-from loader.execute import pipeline
+from loader.execute import local
+from loader.execute.choice import load_dimensions
+from loader.execute.stages import read_checks, region_rules
 from loader.landing.quarantine import split_no_region
 from loader.landing.sources import read_source
 from loader.protocol.planning import plan_run
 from loader.transform.facts import transform_fact
 from loader.transform.frames import frames_for
 from loader.transform.tables import dedupe_latest
-from tests.conftest import run_cli, write_config
+from tests.support.cli import run_cli, write_config
 
 pytestmark = [pytest.mark.integration]
 
@@ -28,22 +30,22 @@ def test_parts_on_threads_give_the_rows_of_one_piece(tmp_path: Path, monkeypatch
     run_cli(config_path, "demo-data", "append", "--orders", "50", "--updates", "40", "--late", "5")
     config = load_config(config_path)
     plan = plan_run(config, {})
-    dims = pipeline.load_dimensions(config)
-    rules = pipeline.region_rules(config)
+    dims = load_dimensions(config)
+    rules = region_rules(config)
 
     expected = {}
     for name, source_plan in plan.sources.items():
         source = config.sources[name]
-        rows, _ = read_source(source_plan, cursor=source.cursor, checks=pipeline.read_checks(config, source))
+        rows, _ = read_source(source_plan, cursor=source.cursor, checks=read_checks(config, source))
         latest = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
         if name == "orders":
             assert latest.num_rows < rows.num_rows  # versions were dropped
         expected[name], _ = split_no_region(transform_fact(latest, kind=source.kind, dims=dims, rules=rules,
                                                            frames=frames_for("cpu")))
 
-    monkeypatch.setattr(pipeline, "_ROWS_PER_THREAD", 1)
+    monkeypatch.setattr(local, "_ROWS_PER_THREAD", 1)
     monkeypatch.setattr(pa, "cpu_count", lambda: 3)  # uneven parts
-    got = {item.name: item.parts[0] for item in pipeline.run_local(config, plan, dims, "cpu")}
+    got = {item.name: item.parts[0] for item in local.run_local(config, plan, dims, "cpu")}
     assert got.keys() == expected.keys()
     for name, table in got.items():
         assert table.column(0).num_chunks >= 3, name  # it did run in parts

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli, write_config
-from tests.snowflake_emulator import PASSWORD_ENV, new_database, sink_settings
+from tests.support.cli import run_cli, write_config
+from tests.support.snowflake_emulator import PASSWORD_ENV, new_database, sink_settings
 
 pytestmark = pytest.mark.integration
 SECRET = "Tr0ub4dor-and-3-horses"  # the emulator takes any password

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli, write_config
+from tests.support.cli import ROOT, run_cli, write_config
 
 pytestmark = pytest.mark.integration
 BAR = "━"

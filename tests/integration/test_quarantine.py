@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from tests.conftest import run_cli, run_json, write_config
+from tests.support.cli import run_cli, run_json, write_config
 
 pytestmark = pytest.mark.integration
 VALID_KEY, NULL_KEY_ROW, FUTURE_KEY, NO_REGION_KEY = 10**9 + 1, 10**9 + 2, 10**9 + 3, 10**9 + 4

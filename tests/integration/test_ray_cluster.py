@@ -15,9 +15,10 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from tests.conftest import pg_database, run_cli, run_json, write_config
-from tests.s3_server import S3, free_port, moto_s3
-from tests.warehouse import assert_warehouse_exact
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.postgres import pg_database
+from tests.support.s3_server import S3, free_port, moto_s3
+from tests.support.warehouse import assert_warehouse_exact
 
 # One worker runs this module (make test: --dist loadgroup), so one cluster exists at a time: a second
 # one's shutdown would remove the machine's "latest cluster" address the last test depends on.

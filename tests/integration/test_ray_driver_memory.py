@@ -14,8 +14,8 @@ import pytest
 
 from loader.config import load_config
 from loader.protocol.incremental import run_incremental
-from tests.conftest import run_cli, write_config
-from tests.warehouse import assert_warehouse_exact
+from tests.support.cli import run_cli, write_config
+from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 

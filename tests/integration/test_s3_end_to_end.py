@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from tests.conftest import run_cli, run_json, write_config
-from tests.s3_server import S3, moto_s3
-from tests.warehouse import assert_warehouse_exact
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.s3_server import S3, moto_s3
+from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 

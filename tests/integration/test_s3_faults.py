@@ -15,10 +15,10 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from tests.conftest import run_cli, run_json, write_config
-from tests.s3_server import S3, free_port, moto_s3
-from tests.tcp_proxy import TcpProxy
-from tests.warehouse import assert_warehouse_exact
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.s3_server import S3, free_port, moto_s3
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 

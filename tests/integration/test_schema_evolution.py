@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from tests.conftest import run_cli, run_json, write_config
-from tests.snowflake_emulator import connect, new_database, password_env, sink_settings
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.snowflake_emulator import connect, new_database, password_env, sink_settings
 
 pytestmark = pytest.mark.integration
 

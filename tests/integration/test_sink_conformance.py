@@ -17,7 +17,7 @@ import pytest
 from loader import failpoints
 from loader.errors import LoaderError, SinkRejected, SinkUnavailable, is_transient
 from loader.sinks import SinkWrite
-from tests.sink_conformance import (
+from tests.support.conformance import (
     REGIONS,
     SCHEMA,
     SINKS,
@@ -29,7 +29,7 @@ from tests.sink_conformance import (
     sort_state,
     table_of,
 )
-from tests.snowflake_emulator import PASSWORD_ENV, new_database
+from tests.support.snowflake_emulator import PASSWORD_ENV, new_database
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,7 @@ def failpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str | None]
 def test_first_write_lands_every_row_exactly(sut: SinkUnderTest) -> None:
     data = rows_of(FIRST)
     assert set(data["region"].to_pylist()) == set(REGIONS)
-    result = sut.sink.write(batch_of(1, data))
+    result = sut.write(batch_of(1, data))
     assert_write(result, sut, data)
     assert_state(sut, data)
 
@@ -104,20 +104,20 @@ def test_first_write_lands_every_row_exactly(sut: SinkUnderTest) -> None:
 def test_replaying_a_landed_run_changes_nothing(sut: SinkUnderTest) -> None:
     """The runner replays a run whose attempt died after some sinks committed: those sinks must either
     skip it or write it again identically, never twice."""
-    sut.sink.write(batch_of(1, rows_of(FIRST)))
-    second = sut.sink.write(batch_of(2, rows_of(SECOND)))
+    sut.write(batch_of(1, rows_of(FIRST)))
+    second = sut.write(batch_of(2, rows_of(SECOND)))
     stored = sut.stored()
     for _ in range(2):
-        again = sut.sink.write(batch_of(2, rows_of(SECOND), replay=True))
+        again = sut.write(batch_of(2, rows_of(SECOND), replay=True))
         assert again.skipped or (again.rows, again.regions) == (second.rows, second.regions), (again, second)
         assert sut.stored().equals(stored), f"{sut.name}: the replay changed what is stored"
     assert_state(sut, state_after(FIRST, SECOND))
 
 
 def test_later_run_newest_version_wins(sut: SinkUnderTest) -> None:
-    sut.sink.write(batch_of(1, rows_of(FIRST)))
+    sut.write(batch_of(1, rows_of(FIRST)))
     data = rows_of(SECOND)
-    result = sut.sink.write(batch_of(2, data))
+    result = sut.write(batch_of(2, data))
     assert_write(result, sut, data)
     assert_state(sut, state_after(FIRST, SECOND))
 
@@ -125,9 +125,9 @@ def test_later_run_newest_version_wins(sut: SinkUnderTest) -> None:
 def test_key_moving_to_another_region_is_stored_once(sut: SinkUnderTest) -> None:
     """Region is a column like the others (looked up from a dimension at load time, which may change):
     a newer version in another region replaces the old one; the key is not kept in both regions."""
-    sut.sink.write(batch_of(1, rows_of(FIRST)))
+    sut.write(batch_of(1, rows_of(FIRST)))
     moved = {**row(3, 2), "region": next(r for r in REGIONS if r != row(3)["region"])}
-    sut.sink.write(batch_of(2, table_of([moved, row(7)])))
+    sut.write(batch_of(2, table_of([moved, row(7)])))
     want = [moved if k == 3 else row(k, v) for k, v in sorted({**FIRST, 7: 1}.items())]
     assert_state(sut, table_of(want))
 
@@ -136,21 +136,21 @@ def test_stale_or_already_landed_version_keeps_the_newer_one(sut: SinkUnderTest)
     """Late-arriving records: a version older than the stored one (keys 2, 5) and the stored version
     itself (key 1: the lookback re-reads it) must leave the stored newest version in place (Parquet,
     a version log, may keep the old one as history: its latest-per-key view must not change)."""
-    sut.sink.write(batch_of(1, table_of(row(k, 3) for k in range(1, 7))))
+    sut.write(batch_of(1, table_of(row(k, 3) for k in range(1, 7))))
     late = table_of([row(1, 3), row(2, 1), row(5, 2), row(7, 1)])
-    sut.sink.write(batch_of(2, late))
+    sut.write(batch_of(2, late))
     assert_state(sut, state_after({k: 3 for k in range(1, 7)}, {7: 1}))
 
 
 def test_empty_run_commits_and_changes_nothing(sut: SinkUnderTest) -> None:
-    sut.sink.write(batch_of(1, rows_of(FIRST)))
+    sut.write(batch_of(1, rows_of(FIRST)))
     stored = sut.stored()
-    result = sut.sink.write(batch_of(2, SCHEMA.empty_table()))
+    result = sut.write(batch_of(2, SCHEMA.empty_table()))
     assert (result.rows, result.regions) == (0, {}), result
     assert sut.stored().equals(stored), f"{sut.name}: an empty run changed what is stored"
     # The empty run left the sink usable: the next run lands normally.
     data = rows_of(SECOND)
-    assert_write(sut.sink.write(batch_of(3, data)), sut, data)
+    assert_write(sut.write(batch_of(3, data)), sut, data)
     assert_state(sut, state_after(FIRST, SECOND))
 
 
@@ -164,12 +164,12 @@ _AMOUNT_AS_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
 def test_type_conflict_is_refused_terminally(sut: SinkUnderTest, text: str) -> None:
     """The source sends `amount` (decimal(15,2)) as a string: retrying cannot help, so the error must be
     terminal (not retried for minutes), and nothing may be stored: no coerced values, no mixed types."""
-    sut.sink.write(batch_of(1, rows_of(FIRST)))
+    sut.write(batch_of(1, rows_of(FIRST)))
     stored = sut.stored()
     schema = SCHEMA.set(SCHEMA.get_field_index("amount"), pa.field("amount", pa.string()))
     rows = [{**row(k, v), "amount": _AMOUNT_AS_TEXT[text](row(k, v))} for k, v in sorted(SECOND.items())]
     with pytest.raises(LoaderError) as caught:
-        result = sut.sink.write(batch_of(2, table_of(rows, schema)))
+        result = sut.write(batch_of(2, table_of(rows, schema)))
         pytest.fail(f"{sut.name}: accepted `amount` as string: {result}")
     assert not is_transient(caught.value), f"{sut.name}: a type conflict is reported as transient: {caught.value!r}"
     assert isinstance(caught.value, SinkRejected), repr(caught.value)
@@ -193,15 +193,15 @@ def test_run_failing_mid_way_lands_exactly_when_replayed(
     committed, the append not; Snowflake: files staged and copied, or inside its transaction), then the
     runner's retry: the same run number with replay=True must land the run exactly, every key once.
     The fault stays on until disarmed, so a sink that retries inside `write` still gives up."""
-    sut.sink.write(batch_of(1, rows_of(FIRST)))
+    sut.write(batch_of(1, rows_of(FIRST)))
     landed = [FIRST]
     for run_number, (point, versions) in enumerate(zip(_MID_WRITE_POINTS[sut.name], (SECOND, THIRD), strict=False), 2):
         failpoint(f"{point}=transient")
         with pytest.raises(SinkUnavailable) as caught:
-            sut.sink.write(batch_of(run_number, rows_of(versions)))
+            sut.write(batch_of(run_number, rows_of(versions)))
         assert is_transient(caught.value) and "injected" in str(caught.value), repr(caught.value)
         failpoint(None)
-        retry = sut.sink.write(batch_of(run_number, rows_of(versions), replay=True))
+        retry = sut.write(batch_of(run_number, rows_of(versions), replay=True))
         assert not retry.skipped, f"{sut.name}: the run interrupted at {point} was recorded as landed: {retry}"
         landed.append(versions)
         assert_state(sut, state_after(*landed))
@@ -218,7 +218,7 @@ def test_run_written_in_parts_lands_like_one_write(sut: SinkUnderTest) -> None:
     finds the run landed (or writes it identically), and an empty part is harmless."""
     from loader.sinks.table_writes import write_table
 
-    sut.sink.write(batch_of(1, rows_of(FIRST)))
+    sut.write(batch_of(1, rows_of(FIRST)))
     data = rows_of(SECOND)
     parts = [*_parts_of(data, 2), data.schema.empty_table()]
     head = batch_of(2, data.schema.empty_table())
@@ -238,7 +238,7 @@ def test_run_failing_between_parts_lands_exactly_when_replayed(
     transaction), then the runner's replay of the whole run: exact, every key once, not reported landed."""
     from loader.sinks.table_writes import write_table
 
-    sut.sink.write(batch_of(1, rows_of(FIRST)))
+    sut.write(batch_of(1, rows_of(FIRST)))
     point = _MID_WRITE_POINTS[sut.name][-1]
     data = rows_of(SECOND)
     failpoint(f"{point}=transient")
@@ -247,7 +247,7 @@ def test_run_failing_between_parts_lands_exactly_when_replayed(
     failpoint(None)
     [(retry, _)] = write_table([sut.sink], batch_of(2, data.schema.empty_table(), replay=True), _parts_of(data, 4))
     assert not retry.skipped, retry
-    if sut.sink.parts_in_sequence:  # Delta: the parts merged before the fault stay; the replay counts the rest
+    if sut.sink.capabilities.parts_in_sequence:  # Delta: the parts merged before the fault stay; the replay counts the rest
         assert 0 < retry.rows < data.num_rows, retry
     else:
         assert_write(retry, sut, data)

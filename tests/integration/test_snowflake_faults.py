@@ -20,17 +20,11 @@ from loader.errors import SinkRejected
 from loader.sinks.base import TableBatch
 from loader.sinks.snowflake import SnowflakeSink
 from state import Window
-from tests.conftest import run_cli, run_json, write_config
-from tests.snowflake_emulator import (
-    PASSWORD_ENV,
-    assert_snowflake_exact,
-    new_database,
-    password_env,
-    query,
-    sink_settings,
-)
-from tests.tcp_proxy import TcpProxy
-from tests.warehouse import assert_warehouse_exact
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.conformance import write_whole
+from tests.support.snowflake_emulator import PASSWORD_ENV, new_database, password_env, query, sink_settings
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.warehouse import assert_snowflake_exact, assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 
@@ -122,10 +116,10 @@ T1, T2 = datetime(2024, 1, 1, 1, tzinfo=UTC), datetime(2024, 1, 1, 2, tzinfo=UTC
 def test_new_source_column_is_added_nullable(tmp_path: Path, snowflake_server: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     database = new_database()
     sink = _sink(tmp_path, snowflake_server, database, monkeypatch)
-    sink.write(_batch(1, {"id": [1, 2], "updated_at": [T1, T1], "price": [Decimal("1.10"), Decimal("2.20")],
+    write_whole(sink, _batch(1, {"id": [1, 2], "updated_at": [T1, T1], "price": [Decimal("1.10"), Decimal("2.20")],
                           "region": ["ASIA", "EUROPE"]}, BASE))
     wider = BASE.append(pa.field("discount", pa.decimal128(4, 2)))
-    written = sink.write(_batch(2, {"id": [2, 3], "updated_at": [T2, T2], "price": [Decimal("2.50"), Decimal("3.30")],
+    written = write_whole(sink, _batch(2, {"id": [2, 3], "updated_at": [T2, T2], "price": [Decimal("2.50"), Decimal("3.30")],
                                     "region": ["EUROPE", "ASIA"], "discount": [Decimal("0.05"), None]}, wider))
     assert written.rows == 2 and written.regions == {"EUROPE": 1, "ASIA": 1}
     rows = query(snowflake_server, database, 'SELECT "ID", "PRICE", "DISCOUNT" FROM "ITEMS" ORDER BY "ID"')
@@ -134,7 +128,7 @@ def test_new_source_column_is_added_nullable(tmp_path: Path, snowflake_server: d
                   "FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_NAME = 'ITEMS' AND COLUMN_NAME = 'DISCOUNT'")
     assert types == [("DISCOUNT", "NUMBER", 4, 2)]
     # The same run again: found in the ledger, nothing written twice.
-    assert sink.write(_batch(2, {"id": [2], "updated_at": [T2], "price": [Decimal("9.99")], "region": ["EUROPE"],
+    assert write_whole(sink, _batch(2, {"id": [2], "updated_at": [T2], "price": [Decimal("9.99")], "region": ["EUROPE"],
                                  "discount": [None]}, wider)).skipped
 
 
@@ -158,16 +152,16 @@ def test_key_pair_authentication(tmp_path: Path, snowflake_server: dict[str, Any
     row = {"id": [1], "updated_at": [T1], "price": [Decimal("1.00")], "region": ["ASIA"]}
     by_file = _sink(tmp_path, snowflake_server, database, monkeypatch, private_key_file=str(tmp_path / "rsa_key.p8"),
                     private_key_passphrase="open-sesame")
-    assert by_file.write(_batch(1, row, BASE)).rows == 1
+    assert write_whole(by_file, _batch(1, row, BASE)).rows == 1
     # Inline, as a CI secret often holds it: newlines written as \n.
     inline = _sink(tmp_path, snowflake_server, database, monkeypatch, private_key=pem.replace("\n", "\\n"),
                    private_key_passphrase="open-sesame")
-    assert inline.write(_batch(2, row, BASE)).rows == 1
+    assert write_whole(inline, _batch(2, row, BASE)).rows == 1
     wrong = _sink(tmp_path, snowflake_server, database, monkeypatch, private_key_file=str(tmp_path / "rsa_key.p8"),
                   private_key_passphrase="not-the-one")
     started = time.monotonic()
     with pytest.raises(SinkRejected, match="private_key_passphrase") as refused:
-        wrong.write(_batch(3, row, BASE))
+        write_whole(wrong, _batch(3, row, BASE))
     assert "not-the-one" not in str(refused.value) and time.monotonic() - started < 10
     assert query(snowflake_server, database, "SELECT RUN_NUMBER FROM LOADER_LEDGER ORDER BY 1") == [(1,), (2,)]
 

@@ -16,16 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import run_cli, run_json, write_config
-from tests.snowflake_emulator import (
-    PASSWORD_ENV,
-    assert_snowflake_exact,
-    new_database,
-    password_env,
-    query,
-    sink_settings,
-)
-from tests.warehouse import assert_warehouse_exact
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.snowflake_emulator import PASSWORD_ENV, new_database, password_env, query, sink_settings
+from tests.support.warehouse import assert_snowflake_exact, assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, pg_database, run_cli, run_json, write_config
-from tests.snowflake_emulator import (
+from tests.support.cli import ROOT, run_cli, run_json, write_config
+from tests.support.postgres import pg_database
+from tests.support.snowflake_emulator import (
     abort_detached_transactions,
-    assert_snowflake_exact,
     new_database,
     password_env,
     sink_settings,
 )
-from tests.warehouse import assert_warehouse_exact
+from tests.support.warehouse import assert_snowflake_exact, assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 

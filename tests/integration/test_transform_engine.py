@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from loader.transform.frames import GpuStatus, choose_transform_engine, gpu_status
-from tests.conftest import run_cli, run_json, write_config
+from tests.support.cli import run_cli, run_json, write_config
 
 GPU = gpu_status()
 no_gpu = pytest.mark.skipif(GPU.usable, reason="this machine has a usable GPU: the fallback cannot be observed")

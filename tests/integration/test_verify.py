@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from tests.conftest import run_cli, run_json
+from tests.support.cli import run_cli, run_json
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from loader.config import load_config
 from loader.errors import ConfigError
 from loader.protocol.backfill import BackfillRequest, build_request
-from tests.conftest import write_config
+from tests.support.cli import write_config
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from loader.config import load_config, parse_duration
 from loader.errors import ConfigError
-from tests.conftest import LOCAL_CONFIG
+from tests.support.cli import LOCAL_CONFIG
 
 
 def _write(tmp_path: Path, raw: dict) -> Path:

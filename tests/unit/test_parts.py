@@ -1,4 +1,4 @@
-"""How the Ray executor cuts a window into parts (loader.execute.pipeline.part_numbers / part_count): every
+"""How the Ray executor cuts a window into parts (loader.execute.ray_cluster.part_numbers / part_count): every
 version of a key in one part (so each part dedupes on its own), key ranges for integer keys (so each
 Delta merge touches its own files), a stable hash otherwise, null keys kept (the dedupe refuses them)."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from loader.config import load_config
-from loader.execute.pipeline import part_count, part_numbers
-from tests.conftest import write_config
+from loader.execute.ray_cluster import part_count, part_numbers
+from tests.support.cli import write_config
 
 
 def test_integer_keys_are_cut_into_equal_ranges() -> None:

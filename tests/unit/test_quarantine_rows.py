@@ -14,7 +14,7 @@ import pytest
 from loader.config import load_config
 from loader.errors import BadSourceData, is_transient
 from loader.landing import quarantine
-from tests.conftest import write_config
+from tests.support.cli import write_config
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 

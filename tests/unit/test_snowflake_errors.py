@@ -12,7 +12,7 @@ import yaml
 from loader.config import parse_config
 from loader.errors import SinkRejected, SinkUnavailable, is_transient
 from loader.sinks.snowflake import SnowflakeSink
-from tests.conftest import write_config
+from tests.support.cli import write_config
 
 errors = pytest.importorskip("snowflake.connector.errors")
 SECRET = "hunter2-do-not-print"

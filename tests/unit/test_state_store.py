@@ -18,7 +18,7 @@ from loader.errors import CheckpointConflict, LeaseHeld, StateCorrupt, StateErro
 from state import SCHEMA_VERSION, StateStore, Window, cas_conflicts, migrate, next_cursor
 from state.migrations import MIGRATIONS, current_version
 from state.models import from_iso, to_iso
-from tests.conftest import pg_database
+from tests.support.postgres import pg_database
 
 T0 = datetime(2024, 1, 3, 10, 0, 0, 123456, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,36 +1,15 @@
-"""Reading what the sinks wrote, with plain pyarrow/deltalake/DuckDB, and comparing it to
-tests/expected.py: every primary key exactly once, latest version wins, columns right."""
+"""What the sinks hold (read by tests/support/readers.py) compared with tests/support/expected.py:
+every primary key exactly once, latest version wins, columns right."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import duckdb
 import pyarrow as pa
-from deltalake import DeltaTable
 
-from tests.expected import expected, key_columns
-
-CURSOR = {"orders": "o_updated_at", "lineitem": "l_updated_at"}
-
-
-def delta_rows(warehouse: Path, table: str) -> pa.Table:
-    data = pa.table(DeltaTable(str(warehouse / "delta" / table)).to_pyarrow_table())
-    return data.sort_by([(k, "ascending") for k in key_columns(table)])
-
-
-def parquet_versions(warehouse: Path, table: str) -> pa.Table:
-    """Every version row in the Parquet sink, with its hive partition values."""
-    pattern = warehouse / "parquet" / table / "**" / "*.parquet"
-    return duckdb.sql(f"SELECT * FROM read_parquet('{pattern}', hive_partitioning = true)").fetch_arrow_table()
-
-
-def parquet_latest(warehouse: Path, table: str) -> pa.Table:
-    keys = ", ".join(key_columns(table))
-    pattern = warehouse / "parquet" / table / "**" / "*.parquet"
-    sql = f"""SELECT * EXCLUDE (date) FROM read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)
-              QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {CURSOR[table]} DESC) = 1 ORDER BY {keys}"""
-    return duckdb.sql(sql).fetch_arrow_table()
+from tests.support.expected import expected, key_columns
+from tests.support.readers import CURSOR, delta_rows, parquet_latest, parquet_versions, snowflake_rows
 
 
 def _rows(table: pa.Table, columns: list[str]) -> list[tuple]:
@@ -56,3 +35,8 @@ def assert_warehouse_exact(warehouse: Path, landing: Path, tables: tuple[str, ..
         assert_matches_expected(parquet_latest(warehouse, table), landing, table, sink="parquet")
         versions = _rows(parquet_versions(warehouse, table), [*key_columns(table), CURSOR[table]])
         assert len(versions) == len(set(versions)), f"parquet/{table}: a (key, cursor) version was written twice"
+
+
+def assert_snowflake_exact(server: dict[str, Any], database: str, landing: Path) -> None:
+    for table in ("orders", "lineitem"):
+        assert_matches_expected(snowflake_rows(server, database, table, landing), landing, table, sink="snowflake")

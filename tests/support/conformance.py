@@ -1,6 +1,7 @@
 """Harness of the sink conformance suite (tests/integration/test_sink_conformance.py): small TableBatch
-objects built by hand, and for each sink a real instance (built by `build_sinks` from a real config)
-with a reader of what it holds, written with plain pyarrow/deltalake/the connector, not the sink's code."""
+objects built by hand, and for each sink a real instance (built by `enabled_sinks` from a real config)
+with a reader of what it holds: the readers of tests/support/readers.py (plain pyarrow/deltalake/the
+connector, not the sink's code), with the exact types of each column checked."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from loader.config import load_config
-from loader.sinks import Sink, TableBatch, build_sinks
+from loader.sinks import Sink, SinkWrite, TableBatch, enabled_sinks
+from loader.sinks.base import skipped
 from state import Window
-from tests.conftest import write_config
+from tests.support.cli import write_config
+from tests.support.readers import latest_versions, read_delta, read_parquet_log, read_snowflake
 
 PIPELINE = "conformance"
 TABLE = "events"
@@ -71,6 +73,15 @@ def sort_state(data: pa.Table) -> pa.Table:
     return data.sort_by([*((k, "ascending") for k in KEY), (CURSOR, "ascending")])
 
 
+def write_whole(sink: Sink, batch: TableBatch) -> SinkWrite:
+    """The sink's three steps in this process, the whole table as one part, no retries: begin, write
+    the part, finish (what loader/sinks/table_writes.py does for a run, without threads and retries)."""
+    begun = sink.begin(batch)
+    if begun is None:
+        return skipped(sink, batch)
+    return sink.finish(batch, begun, [sink.write_part(batch, begun, part=0, last=True)])
+
+
 @dataclass
 class SinkUnderTest:
     """A real sink and a reader of every row it stores. `version_log`: the sink keeps every version
@@ -81,6 +92,9 @@ class SinkUnderTest:
     stored: Callable[[], pa.Table]
     version_log: bool = False
 
+    def write(self, batch: TableBatch) -> SinkWrite:
+        return write_whole(self.sink, batch)
+
     def latest(self) -> pa.Table:
         """The sink's current state, latest version per key, sorted by key; asserts no duplicates."""
         rows = self.stored()
@@ -90,15 +104,7 @@ class SinkUnderTest:
             return rows
         versions = [(*k, c) for k, c in zip(keys, rows[CURSOR].to_pylist(), strict=True)]
         assert len(versions) == len(set(versions)), f"{self.name}: a (key, cursor) version is stored twice"
-        newest = rows.sort_by([*((k, "ascending") for k in KEY), (CURSOR, "descending")])
-        seen: set[tuple[Any, ...]] = set()
-        take = []
-        for i, record in enumerate(newest.select(list(KEY)).to_pylist()):
-            k = tuple(record.values())
-            if k not in seen:
-                seen.add(k)
-                take.append(i)
-        return newest.take(take)
+        return latest_versions(rows, KEY, CURSOR)
 
 
 def _check_types(sink: str, data: pa.Table) -> None:
@@ -111,26 +117,18 @@ def _check_types(sink: str, data: pa.Table) -> None:
 
 def parquet_reader(root: Path) -> Callable[[], pa.Table]:
     def stored() -> pa.Table:
-        parts = []
-        for path in sorted((root / TABLE).rglob("*.parquet")):
-            if path.name.startswith("."):
-                continue  # a half-written file under its hidden name: readers never see it
-            data = pq.ParquetFile(path).read()
+        def check(path: Path, data: pa.Table) -> None:
             _check_types(f"parquet file {path.relative_to(root)}", data)
-            parts.append(data.select(SCHEMA.names).cast(SCHEMA))
-        return sort_state(pa.concat_tables(parts) if parts else SCHEMA.empty_table())
+
+        return sort_state(read_parquet_log(root / TABLE, schema=SCHEMA, check=check))
 
     return stored
 
 
 def delta_reader(uri: str) -> Callable[[], pa.Table]:
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
     def stored() -> pa.Table:
-        try:
-            data = pa.table(DeltaTable(uri).to_pyarrow_table())
-        except TableNotFoundError:
+        data = read_delta(uri)
+        if data is None:
             return SCHEMA.empty_table()
         _check_types("delta", data)
         return sort_state(data.select(SCHEMA.names).cast(SCHEMA))
@@ -150,22 +148,10 @@ _SNOWFLAKE_FAMILY: dict[str, Callable[[pa.DataType], bool]] = {
 
 
 def snowflake_reader(server: dict[str, Any], database: str) -> Callable[[], pa.Table]:
-    from tests.snowflake_emulator import connect
-
     def stored() -> pa.Table:
-        conn = connect(server, database)
-        try:
-            cur = conn.cursor()
-            cur.execute(f"SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_NAME = '{TABLE.upper()}'")
-            if not cur.fetchone()[0]:
-                return SCHEMA.empty_table()
-            cur.execute(f'SELECT * FROM "{TABLE.upper()}"')
-            data = cur.fetch_arrow_all()
-        finally:
-            conn.close()
-        if data is None:  # the connector returns None for no rows
+        data = read_snowflake(server, database, TABLE)
+        if data is None:  # no table yet, or no rows
             return SCHEMA.empty_table()
-        data = data.rename_columns([c.lower() for c in data.column_names])
         assert sorted(data.column_names) == sorted(SCHEMA.names), f"snowflake: columns {data.column_names}"
         for name, family in _SNOWFLAKE_FAMILY.items():
             assert family(data.schema.field(name).type), f"snowflake: column {name} came back as {data.schema.field(name).type}"
@@ -176,15 +162,15 @@ def snowflake_reader(server: dict[str, Any], database: str) -> Callable[[], pa.T
 
 def make_sink(name: str, folder: Path, snowflake: tuple[dict[str, Any], str] | None = None) -> SinkUnderTest:
     """A config with only sink `name` enabled, loaded by the loader's own config loader (so
-    `${SNOWFLAKE_PASSWORD}` is read from the environment), and the sink `build_sinks` makes of it."""
+    `${SNOWFLAKE_PASSWORD}` is read from the environment), and the sink `enabled_sinks` makes of it."""
     sinks: dict[str, Any] = {"parquet": {"enabled": name == "parquet"}, "delta": {"enabled": name == "delta"}}
     if name == "snowflake":
-        from tests.snowflake_emulator import sink_settings
+        from tests.support.snowflake_emulator import sink_settings
 
         assert snowflake is not None, "the Snowflake sink needs the emulator and a database"
         sinks["snowflake"] = sink_settings(*snowflake)
     config = load_config(write_config(folder, pipeline=PIPELINE, sinks=sinks))
-    built = build_sinks(config)
+    built = enabled_sinks(config)
     assert [s.name for s in built] == [name]
     sink = built[0]
     if name == "parquet":

@@ -4,7 +4,10 @@ thread), talked to by the real snowflake-connector-python over HTTP, as the load
 `abort_detached_transactions()` does what Snowflake does by itself to a transaction whose client died
 (it aborts it once it blocks another transaction and has been idle 5 minutes): fakesnow keeps such a
 transaction open forever, so a test that SIGKILLs a loader inside its Snowflake transaction calls this
-before the replay, as the 5 minutes passing would in Snowflake."""
+before the replay, as the 5 minutes passing would in Snowflake.
+
+What the emulator holds is read by tests/support/readers.py (`read_snowflake`, `snowflake_rows`) and
+compared with the expected results by tests/support/warehouse.py (`assert_snowflake_exact`)."""
 
 from __future__ import annotations
 
@@ -13,13 +16,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pyarrow as pa
-
-from tests.expected import expected, key_columns
-from tests.warehouse import assert_matches_expected
 
 PASSWORD_ENV = "SNOWFLAKE_PASSWORD"
 
@@ -80,27 +77,6 @@ def query(server: dict[str, Any], database: str, sql: str) -> list[tuple]:
         return [tuple(row) for row in cur.fetchall()]
     finally:
         conn.close()
-
-
-def snowflake_rows(server: dict[str, Any], database: str, table: str, landing: Path) -> pa.Table:
-    """The target table, column names lower-cased and cast to the expected types, sorted by key."""
-    conn = connect(server, database)
-    try:
-        cur = conn.cursor()
-        cur.execute(f'SELECT * FROM "{table.upper()}"')
-        data = cur.fetch_arrow_all()
-    finally:
-        conn.close()
-    want = expected(table, landing).schema
-    assert data is not None, f"snowflake/{table}: the table is empty"
-    data = data.rename_columns([c.lower() for c in data.column_names])
-    data = data.select(want.names).cast(want)
-    return data.sort_by([(k, "ascending") for k in key_columns(table)])
-
-
-def assert_snowflake_exact(server: dict[str, Any], database: str, landing: Path) -> None:
-    for table in ("orders", "lineitem"):
-        assert_matches_expected(snowflake_rows(server, database, table, landing), landing, table, sink="snowflake")
 
 
 def abort_detached_transactions() -> int:

@@ -1,0 +1,99 @@
+"""Which executor and engine a run uses, the checks that fail it in seconds before any state is
+touched, the prepared dimensions, and the dispatch to the executor. Two executors run the very same
+stage chain (loader/execute/stages.py):
+
+- `local` (loader/execute/local.py): in this process with pyarrow, threads for I/O and, on the CPU
+  engine, a transform thread per core. No Ray start-up cost, which dominates a small increment.
+- `ray` (loader/execute/ray_cluster.py): Ray Data reads into the cluster's object store, a task per
+  key-range part runs the chain, and the parts stay there for the sinks to write.
+
+Either runs the transforms on one of two engines (loader/transform/frames.py): `cpu` (pandas over
+Arrow) or `gpu` (cuDF; on Ray each part's task requests one GPU). Both executors land identical tables
+(tests/integration/test_engines.py compares sink contents)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from loader.config import LoaderConfig
+from loader.execute.ray_cluster import cluster_address, cluster_gpu_status, init_ray, ray_address_problem
+from loader.execute.stages import SourceRows
+from loader.landing.sources import read_dimension
+from loader.protocol.planning import RunPlan
+from loader.transform.dimensions import Dimensions
+from loader.transform.frames import EngineChoice, EngineName, choose_transform_engine, gpu_status
+
+Executor = Literal["local", "ray"]
+
+
+@dataclass(frozen=True)
+class ExecutorChoice:
+    executor: Executor
+    reason: str
+
+
+def choose_executor(config: LoaderConfig, plan: RunPlan, override: str | None = None) -> ExecutorChoice:
+    mode = override or config.ray.mode
+    if mode in ("local", "ray"):
+        return ExecutorChoice(mode, f"executor {mode!r} requested")  # type: ignore[arg-type]
+    rows = plan.estimated_rows
+    if cluster_address(config):
+        return ExecutorChoice("ray", "a Ray cluster address is configured")
+    if rows > config.ray.local_max_rows:
+        return ExecutorChoice("ray", f"a batch of {rows:,} estimated rows > ray.local_max_rows={config.ray.local_max_rows:,}")
+    return ExecutorChoice("local", f"batches of at most {rows:,} estimated rows <= ray.local_max_rows="
+                                   f"{config.ray.local_max_rows:,}: one machine, one batch in memory at a time; "
+                                   "Ray start-up would cost more than it saves")
+
+
+def preflight(config: LoaderConfig, engine: str | None) -> None:
+    """Checks that fail a run in seconds, before any state is touched: `gpu` requested without a usable
+    GPU, a Ray cluster address nobody answers at (ray.init would retry for a minute or more)."""
+    preflight_engine(config, engine)
+    address = cluster_address(config)
+    problem = address and ray_address_problem(address)
+    if problem:
+        from loader.errors import SourceUnavailable
+
+        raise SourceUnavailable(f"the Ray cluster at {address} is not reachable: {problem}. Check ray.address / "
+                                "RAY_ADDRESS and that the head node is up; nothing was read or written")
+
+
+def preflight_engine(config: LoaderConfig, override: str | None) -> None:
+    """`gpu` requested on a machine without a usable GPU fails here, before any state is touched.
+    With a Ray cluster address the GPUs are the cluster's: checked once Ray is up (`choose_run_engine`)."""
+    if (override or config.transform.engine) == "gpu" and not cluster_address(config):
+        choose_transform_engine("gpu")
+
+
+def choose_run_engine(config: LoaderConfig, executor: Executor, override: str | None) -> EngineChoice:
+    """cpu or gpu for this run: on the Ray executor by the cluster's GPUs, in-process by this machine's."""
+    requested = override or config.transform.engine
+    if requested == "cpu":
+        return choose_transform_engine("cpu")
+    if executor == "ray":
+        init_ray(config)
+        return choose_transform_engine(requested, cluster_gpu_status())
+    return choose_transform_engine(requested, gpu_status())
+
+
+def load_dimensions(config: LoaderConfig) -> Dimensions:
+    """The prepared lookups: from the cache when the dimension files are unchanged since it was made."""
+    from loader.transform.dimension_cache import TABLES, load_cached
+    from loader.transform.dimensions import COLUMNS
+
+    return load_cached(config, lambda: Dimensions.from_tables(
+        **{name: read_dimension(config, name, COLUMNS[name]) for name in TABLES}))
+
+
+def execute(config: LoaderConfig, plan: RunPlan, executor: Executor, dims: Dimensions,
+            engine: EngineName) -> Iterator[SourceRows]:
+    """Each source's final rows in turn: the caller writes one source before the next is computed,
+    so only one source's window is held (in this process, or in the Ray cluster) at a time."""
+    from loader.execute.local import run_local
+    from loader.execute.ray_cluster import run_ray
+
+    runner = run_ray if executor == "ray" else run_local
+    return runner(config, plan, dims, engine)

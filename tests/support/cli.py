@@ -1,0 +1,48 @@
+"""A config in a temp folder (landing zone, state and warehouse beside it) and the real `loader` CLI
+run as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_CONFIG = ROOT / "configs" / "local.yaml"
+
+
+def write_config(folder: Path, **overrides: Any) -> Path:
+    """configs/local.yaml with its paths inside `folder`; `overrides` replace top-level keys."""
+    raw = yaml.safe_load(LOCAL_CONFIG.read_text())
+    raw["landing_zone"] = "landing"
+    raw["warehouse"] = "warehouse"
+    raw["state"]["url"] = "sqlite:///state/loader.db"
+    for key, value in overrides.items():
+        raw[key] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "loader.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_cli(config: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
+            timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """The real command line in a child process."""
+    full_env = {**os.environ, **(env or {})}
+    result = subprocess.run(
+        [sys.executable, "-m", "loader.cli", "--config", str(config), *args],
+        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"loader {' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+def run_json(config: Path, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> dict[str, Any]:
+    result = run_cli(config, *args, "--json", env=env, cwd=cwd)
+    return json.loads(result.stdout)

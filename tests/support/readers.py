@@ -1,0 +1,157 @@
+"""One reader per sink of what it holds, for every test that checks a sink (the conformance harness,
+the end-to-end tests, the kill matrix...): written with the sinks' own libraries (pyarrow for Parquet,
+deltalake for Delta, the Snowflake connector) and none of the loader's sink code, so a bug there
+cannot hide itself.
+
+- Parquet, a log of versions `<table>/region=R/date=D/<file>.parquet`: `read_parquet_log` reads every
+  visible file of a table (never a half-written one under its hidden name) with pyarrow, file by file;
+  `latest_versions` keeps the newest version of each key.
+- Delta: `read_delta`, the table's current snapshot.
+- Snowflake (the emulator, over the real connector): `read_snowflake`, the table with its column
+  names lower-cased.
+
+`parquet_versions`, `parquet_latest`, `delta_rows` and `snowflake_rows` read the warehouse tables
+(orders, lineitem) of a project, sorted by key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tests.support.expected import expected, key_columns
+
+CURSOR = {"orders": "o_updated_at", "lineitem": "l_updated_at"}
+
+
+def _sorted_by(data: pa.Table, keys: Sequence[str]) -> pa.Table:
+    return data.sort_by([(k, "ascending") for k in keys])
+
+
+def latest_versions(data: pa.Table, keys: Sequence[str], cursor: str) -> pa.Table:
+    """The newest version (greatest cursor) of every key in a log of versions, sorted by key."""
+    newest = data.sort_by([*((k, "ascending") for k in keys), (cursor, "descending")])
+    if newest.num_rows < 2:
+        return newest
+    same = None
+    for key in keys:
+        column = newest[key]
+        equal = pc.equal(column.slice(1), column.slice(0, newest.num_rows - 1))
+        same = equal if same is None else pc.and_(same, equal)
+    first = pa.concat_arrays([pa.array([True]), *pc.invert(same).chunks])
+    return newest.filter(first)
+
+
+# ---------------------------------------------------------------------------------------------- Parquet
+
+
+def parquet_files(folder: Path) -> list[Path]:
+    """The data files of one table of the Parquet sink (`folder` is `<sink>/<table>`), sorted. A file
+    under its hidden name is being written: readers never see it."""
+    return sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
+
+
+def _partition_value(text: str) -> Any:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return text
+
+
+def read_parquet_file(path: Path, folder: Path) -> pa.Table:
+    """One file's rows, with the values of its hive partition folders (`key=value` between `folder`
+    and the file) as columns where the file does not hold them itself."""
+    data = pq.ParquetFile(path).read()
+    for part in path.relative_to(folder).parent.parts:
+        name, sep, text = part.partition("=")
+        if sep and name not in data.column_names:
+            value = _partition_value(text)
+            data = data.append_column(name, pa.array([value] * data.num_rows, type=pa.scalar(value).type))
+    return data
+
+
+def read_parquet_log(folder: Path, *, schema: pa.Schema | None = None,
+                     check: Callable[[Path, pa.Table], None] | None = None) -> pa.Table:
+    """Every version row of one table of the Parquet sink (`folder` is `<sink>/<table>`), file after
+    file. `check(path, rows)` sees each file as it is stored; with `schema`, each file's rows are
+    selected and cast to it (and no file at all is an empty table of it). Files that differ in their
+    columns are unified by name."""
+    parts = []
+    for path in parquet_files(folder):
+        data = read_parquet_file(path, folder)
+        if check is not None:
+            check(path, data)
+        parts.append(data if schema is None else data.select(schema.names).cast(schema))
+    if not parts:
+        assert schema is not None, f"parquet: no data file under {folder}"
+        return schema.empty_table()
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def parquet_versions(warehouse: Path, table: str) -> pa.Table:
+    """Every version row in the Parquet sink, with its hive partition values."""
+    return read_parquet_log(warehouse / "parquet" / table)
+
+
+def parquet_latest(warehouse: Path, table: str) -> pa.Table:
+    """The newest version of every key in the Parquet sink (without the `date` partition), by key."""
+    versions = parquet_versions(warehouse, table)
+    if "date" in versions.column_names:
+        versions = versions.drop_columns(["date"])
+    return latest_versions(versions, key_columns(table), CURSOR[table])
+
+
+# ------------------------------------------------------------------------------------------------ Delta
+
+
+def read_delta(uri: str | Path) -> pa.Table | None:
+    """The Delta table's current snapshot; None where there is no table yet."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return pa.table(DeltaTable(str(uri)).to_pyarrow_table())
+    except TableNotFoundError:
+        return None
+
+
+def delta_rows(warehouse: Path, table: str) -> pa.Table:
+    data = read_delta(warehouse / "delta" / table)
+    assert data is not None, f"delta/{table}: no Delta table"
+    return _sorted_by(data, key_columns(table))
+
+
+# -------------------------------------------------------------------------------------------- Snowflake
+
+
+def read_snowflake(server: dict[str, Any], database: str, table: str) -> pa.Table | None:
+    """Every row of `table` (`database`.S) in the emulator, column names lower-cased; None where the
+    table does not exist or holds no row (the connector returns no Arrow table for no rows)."""
+    from tests.support.snowflake_emulator import connect
+
+    conn = connect(server, database)
+    try:
+        cur = conn.cursor()
+        cur.execute(f"SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_NAME = '{table.upper()}'")
+        if not cur.fetchone()[0]:
+            return None
+        cur.execute(f'SELECT * FROM "{table.upper()}"')
+        data = cur.fetch_arrow_all()
+    finally:
+        conn.close()
+    if data is None:
+        return None
+    return data.rename_columns([c.lower() for c in data.column_names])
+
+
+def snowflake_rows(server: dict[str, Any], database: str, table: str, landing: Path) -> pa.Table:
+    """The target table, column names lower-cased and cast to the expected types, sorted by key."""
+    data = read_snowflake(server, database, table)
+    assert data is not None, f"snowflake/{table}: the table is empty"
+    want = expected(table, landing).schema
+    return _sorted_by(data.select(want.names).cast(want), key_columns(table))

@@ -1,0 +1,113 @@
+"""The layout's rules, checked on the import graph of the project's own modules (every import
+statement counts, also those inside functions, which is how heavy drivers are imported lazily):
+
+- no import cycles among the modules of `loader` and `state`;
+- `state` depends on nothing in `loader` (the state store sits below the loader);
+- nothing imports the command line (`loader.cli` parses, calls one function, prints);
+- the demo landing zone is used by the command line only.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("loader", "state")
+
+
+def module_files() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            modules[name.removesuffix(".__init__")] = path
+    return modules
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules `name` imports (for `from a.b import c`: a.b.c when it is a module, else a.b)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            for alias in node.names:
+                target = f"{base}.{alias.name}"
+                found.add(target if target in modules else base)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {target for target in found if target in modules and target != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = module_files()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_graph_is_read_from_the_whole_tree() -> None:
+    graph = import_graph()
+    assert {"loader.cli", "loader.protocol.steps", "loader.sinks.delta", "state.store"} <= set(graph)
+    assert {"state", "loader.errors"} <= graph["loader.protocol.steps"]  # real edges are seen
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_a_cycle_is_found_when_there_is_one() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_state_depends_on_nothing_in_loader() -> None:
+    graph = import_graph()
+    upward = {name: sorted(t for t in targets if t.startswith("loader"))
+              for name, targets in graph.items() if name.startswith("state")}
+    assert {name: targets for name, targets in upward.items() if targets} == {}
+
+
+def test_only_the_command_line_uses_the_demo_and_nothing_imports_it() -> None:
+    graph = import_graph()
+    importers = {name for name, targets in graph.items() if "loader.cli" in targets}
+    assert importers == set()
+    demo_users = {name for name, targets in graph.items()
+                  if not name.startswith("loader.demo") and any(t.startswith("loader.demo") for t in targets)}
+    assert demo_users <= {"loader.cli"}, demo_users

@@ -1,0 +1,51 @@
+"""The README's layout section ("Development") matches the tree: every module of loader/ and state/
+is named under its folder's entry, and every module named there exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def layout_entries() -> dict[str, str]:
+    """Entry path -> its text (the first line and its indented continuation lines)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Development"):]
+    block = section[section.index("```\n") + 4:]
+    block = block[:block.index("```")]
+    entries: dict[str, str] = {}
+    current = None
+    for line in block.splitlines():
+        if line and not line[0].isspace():
+            current, _, text = line.partition(" ")
+            entries[current] = text
+        elif current is not None:
+            entries[current] += " " + line.strip()
+    return entries
+
+
+def named_modules(text: str) -> set[str]:
+    return set(re.findall(r"\b(\w+\.py)\b", text)) - {"__init__.py"}
+
+
+def test_every_package_folder_has_an_entry_naming_exactly_its_modules() -> None:
+    entries = layout_entries()
+    folders = [ROOT / "loader", ROOT / "state", *(p for p in (ROOT / "loader").iterdir() if (p / "__init__.py").is_file())]
+    for folder in folders:
+        entry = f"{folder.relative_to(ROOT)}/"
+        assert entry in entries, f"README layout has no entry for {entry}"
+        modules = {p.name for p in folder.glob("*.py")} - {"__init__.py"}
+        if folder == ROOT / "loader":
+            modules -= {"cli.py"}  # its own entry
+        assert named_modules(entries[entry]) == modules, entry
+
+
+def test_every_named_path_exists() -> None:
+    for entry, text in layout_entries().items():
+        assert (ROOT / entry.split(" ")[0]).exists(), entry
+        folder = ROOT / entry
+        if folder.is_dir():
+            for module in named_modules(text):
+                assert (folder / module).is_file(), f"{entry}{module} named in the README is not there"

@@ -1,0 +1,58 @@
+"""The sink registry (loader/sinks/__init__.py) is the one list of sinks: it names every sink class in
+loader/sinks, each under its own name, and each declares its capabilities and the whole contract."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import loader.sinks
+from loader.config import load_config
+from loader.sinks import REGISTRY, Capabilities, Sink, enabled_names, enabled_sinks, sink_class
+from tests.support.cli import write_config
+
+# The contract's methods, as the Sink protocol declares them (loader/sinks/base.py).
+CONTRACT = tuple(name for name, member in vars(Sink).items() if callable(member) and not name.startswith("_"))
+
+
+def test_the_contract_is_read_from_the_protocol() -> None:
+    assert {"location", "begin", "write_part", "finish", "discard_run", "read_back", "probe"} <= set(CONTRACT)
+
+
+def _sink_classes_in_package() -> set[type]:
+    """Every class defined in a loader.sinks module that implements begin / write_part / finish (the
+    `Sink` protocol itself aside)."""
+    found: set[type] = set()
+    for module_info in pkgutil.iter_modules(loader.sinks.__path__):
+        module = importlib.import_module(f"loader.sinks.{module_info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            implements = all(callable(getattr(cls, m, None)) for m in ("begin", "write_part", "finish"))
+            if cls.__module__ == module.__name__ and implements and not getattr(cls, "_is_protocol", False):
+                found.add(cls)
+    return found
+
+
+def test_the_registry_names_every_sink_class() -> None:
+    assert {sink_class(name) for name in REGISTRY} == _sink_classes_in_package()
+    assert [sink_class(name).name for name in REGISTRY] == list(REGISTRY)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_each_sink_declares_capabilities_and_the_whole_contract(name: str) -> None:
+    cls = sink_class(name)
+    assert isinstance(cls.capabilities, Capabilities)
+    assert cls.capabilities.holds in ("latest", "versions")
+    missing = [m for m in CONTRACT if not callable(getattr(cls, m, None))]
+    assert missing == [], f"{name} lacks {missing}"
+
+
+def test_enabled_sinks_follow_the_config_and_only(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, sinks={"parquet": {"enabled": True}, "delta": {"enabled": True}}))
+    assert enabled_names(config) == ["parquet", "delta"]
+    assert [s.name for s in enabled_sinks(config)] == ["parquet", "delta"]
+    assert [s.name for s in enabled_sinks(config, only=("delta",))] == ["delta"]
+    assert all(s.probe() is None for s in enabled_sinks(config))  # a writable temp folder
