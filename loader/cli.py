@@ -366,17 +366,22 @@ def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: boo
 @click.option("--update-from", type=click.Choice(["newest", "oldest", "any"]), default="newest", show_default=True,
               help="Which orders updates hit: the --recent newest (an order book), the --recent oldest (corrections "
                    "to old history: the warehouse's oldest files) or any order.")
+@click.option("--deletes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Existing orders deleted upstream: tombstones (op = 'D', a new cursor, the order's full row) "
+                   "for them and their lineitems.")
 @click.pass_obj
-def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int, update_from: str) -> None:
+def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int, update_from: str,
+                deletes: int) -> None:
     """Add one batch (one new ingest day) to the landing zone."""
     config = obj.config()
     from loader.demo import landing_zone
 
     summary = landing_zone.append(config.landing_zone, orders=orders, updates=updates, late=late, recent=recent,
-                                  update_from=update_from)
+                                  update_from=update_from, deletes=deletes)
     click.echo(
         f"appended batch {summary.batch} in ingest_date={summary.ingest_date}: {summary.new_orders:,} new orders, "
-        f"{summary.updated_orders:,} updated, {summary.late_orders:,} late, {summary.lineitems:,} lineitems; "
+        f"{summary.updated_orders:,} updated, {summary.late_orders:,} late, {summary.deleted_orders:,} deleted "
+        f"(with {summary.deleted_lineitems:,} lineitems), {summary.lineitems:,} lineitems; "
         f"newest cursor {summary.max_cursor.isoformat()}"
     )
 

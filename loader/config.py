@@ -21,7 +21,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
+    StrictStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -58,6 +60,30 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class DeletesConfig(_Frozen):
+    """Upstream deletes of a source: a landing row whose `column` holds one of `values` is a tombstone
+    (a CDC tool's delete, e.g. `op = 'D'`). Per key the newest version by cursor decides, tombstones
+    included: a key whose newest version is a tombstone leaves Delta and Snowflake (`hard`) or is
+    marked deleted there (`soft`); the Parquet log keeps the tombstone as a version. The column itself
+    is landing-zone bookkeeping: no sink stores it."""
+
+    column: str = Field(min_length=1)
+    values: tuple[StrictStr | StrictBool | StrictInt, ...]
+    mode: Literal["hard", "soft"] = "hard"
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _value_list(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str | int | bool) else value
+
+    @field_validator("values")
+    @classmethod
+    def _values_not_empty(cls, value: tuple[str | int | bool, ...]) -> tuple[str | int | bool, ...]:
+        if not value:
+            raise ValueError("name at least one value of the column that marks a delete (e.g. [D])")
+        return value
+
+
 class SourceConfig(_Frozen):
     """One incremental fact source of the landing zone."""
 
@@ -69,6 +95,8 @@ class SourceConfig(_Frozen):
     lookback: timedelta = timedelta(hours=1)
     safety_lag: timedelta = timedelta(0)
     partition_column: str = "ingest_date"
+    # Upstream deletes (tombstones) in this source's files; None: every row is a live version.
+    deletes: DeletesConfig | None = None
 
     _durations = field_validator("lookback", "safety_lag", mode="before")(parse_duration)
 
@@ -88,6 +116,18 @@ class SourceConfig(_Frozen):
         if not value:
             raise ValueError("name at least one primary key column")
         return value
+
+    @model_validator(mode="after")
+    def _deletes_column_apart(self) -> SourceConfig:
+        if self.deletes is not None:
+            column = self.deletes.column
+            if column == self.cursor:
+                raise ValueError(f"deletes.column {column!r} is the cursor: name the column that marks a "
+                                 "delete (e.g. op)")
+            if column in self.primary_key:
+                raise ValueError(f"deletes.column {column!r} is a primary key column: name the column that "
+                                 "marks a delete (e.g. op)")
+        return self
 
 
 class DimensionsConfig(_Frozen):

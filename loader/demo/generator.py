@@ -5,8 +5,8 @@ clock, so the same calls with the same seed give byte-identical files.
 
 Landing-zone layout (a contract: sources, planner and tests rely on it)::
 
-    <root>/orders/ingest_date=YYYY-MM-DD/part-<batch:05d>.parquet     TPC-H orders columns + o_updated_at
-    <root>/lineitem/ingest_date=YYYY-MM-DD/part-<batch:05d>.parquet   TPC-H lineitem columns + l_updated_at
+    <root>/orders/ingest_date=YYYY-MM-DD/part-<batch:05d>.parquet     TPC-H orders columns + o_updated_at + op
+    <root>/lineitem/ingest_date=YYYY-MM-DD/part-<batch:05d>.parquet   TPC-H lineitem columns + l_updated_at + op
     <root>/customer/customer.parquet
     <root>/supplier/supplier.parquet
     <root>/nation/nation.parquet
@@ -15,7 +15,11 @@ Landing-zone layout (a contract: sources, planner and tests rely on it)::
                                 date, seed); the leading underscore keeps Parquet readers away from it
 
 - Keys: orders `o_orderkey`; lineitem `(l_orderkey, l_linenumber)`. An order key may appear in several
-  files (re-sent versions): the version with the latest cursor wins. Lineitems are never re-sent.
+  files (re-sent versions): the version with the latest cursor wins. Lineitems are never re-sent, only
+  deleted with their order.
+- `op`, as a CDC tool writes it: 'I' for an inserted record, 'U' for an update, 'D' for a delete (a
+  tombstone: the record's last full row, the before-image, under a new cursor). The demo configuration
+  declares it as the sources' `deletes` column.
 - Cursors `o_updated_at` / `l_updated_at` are `timestamp[us, tz=UTC]`, never null. A lineitem carries the
   cursor of the order version it was written with.
 - `ingest_date` is the day a batch arrived. It is a hive folder only, never a column in the files.
@@ -38,7 +42,11 @@ History: `init_landing_zone` spreads the TPC-H orders over `days` ingest days st
   or any instead) re-sent with a new `o_orderstatus` and `o_totalprice` (orders only);
 - late orders: new keys (with lineitems) whose cursor is 1 to 30 minutes (strictly less than 30)
   OLDER than the newest cursor already in the landing zone. A loader whose checkpoint sits at that newest
-  cursor only sees them with a lookback of at least 30 minutes; the demo configuration uses 1 hour.
+  cursor only sees them with a lookback of at least 30 minutes; the demo configuration uses 1 hour;
+- deletes: existing orders (any live one, none updated in the same batch) re-sent as tombstones (`op`
+  'D', a new cursor in the batch's day, the order's full row), each with tombstones for its lineitems
+  (their full rows, the order's tombstone cursor). A deleted order is never updated, cloned or deleted
+  again by later batches.
 """
 
 from __future__ import annotations
@@ -68,7 +76,8 @@ from loader.transform.tables import MONEY
 
 ANCHOR = datetime(2024, 1, 1, tzinfo=UTC)
 STATE_FILE = "_demo_state.json"
-STATE_VERSION = 1
+# 2: the fact files carry `op` (I/U/D). A version-1 zone (no `op`) cannot take appends: recreate it.
+STATE_VERSION = 2
 PARTITION_COLUMN = "ingest_date"
 ROW_GROUP_SIZE = 64_000
 _READ_BATCH_ROWS = 65_536  # rows per batch when streaming tpchgen's files
@@ -76,6 +85,9 @@ COMPRESSION = "zstd"
 FACT_TABLES = ("orders", "lineitem")
 DIMENSION_TABLES = ("customer", "supplier", "nation", "region")
 CURSOR_COLUMNS = {"orders": "o_updated_at", "lineitem": "l_updated_at"}
+#: The change-type column of the fact files: 'I' insert, 'U' update, 'D' delete (a tombstone).
+OP_COLUMN = "op"
+INSERT, UPDATE, DELETE = "I", "U", "D"
 PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "orders": ("o_orderkey",),
     "lineitem": ("l_orderkey", "l_linenumber"),
@@ -108,6 +120,7 @@ ORDERS_SCHEMA = pa.schema(
         ("o_shippriority", pa.int32()),
         ("o_comment", pa.string()),
         ("o_updated_at", CURSOR_TYPE),
+        (OP_COLUMN, pa.string()),
     ]
 )
 LINEITEM_SCHEMA = pa.schema(
@@ -129,6 +142,7 @@ LINEITEM_SCHEMA = pa.schema(
         ("l_shipmode", pa.string()),
         ("l_comment", pa.string()),
         ("l_updated_at", CURSOR_TYPE),
+        (OP_COLUMN, pa.string()),
     ]
 )
 CUSTOMER_SCHEMA = pa.schema(
@@ -246,6 +260,8 @@ class AppendSummary:
     updated_orders: int
     late_orders: int
     lineitems: int  # lineitems of the new and late orders
+    deleted_orders: int  # orders re-sent as tombstones
+    deleted_lineitems: int  # their lineitems' tombstones
     previous_max_cursor: datetime
     max_cursor: datetime
     min_late_cursor: datetime | None  # None when late == 0
@@ -307,9 +323,10 @@ UpdatePick = Literal["newest", "oldest", "any"]
 
 def append_batch(
     root: Path, *, orders: int = 1000, updates: int = 200, late: int = 20, recent: int = RECENT_ORDERS,
-    update_from: UpdatePick = "newest",
+    update_from: UpdatePick = "newest", deletes: int = 0,
 ) -> AppendSummary:
-    """Add one batch (new, updated and late orders) in the folder of the day after the last ingest day.
+    """Add one batch (new, updated, late and deleted orders) in the folder of the day after the last
+    ingest day.
 
     Updates pick among the `recent` newest orders (an order book's status changes), the `recent`
     oldest (late corrections of old history: they hit the warehouse's oldest files) or any order.
@@ -318,15 +335,21 @@ def append_batch(
     byte-identical files. A batch left half-written by a crash is removed and written again.
     """
     root = Path(root)
-    for name, value in (("orders", orders), ("updates", updates), ("late", late)):
+    for name, value in (("orders", orders), ("updates", updates), ("late", late), ("deletes", deletes)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
             raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}")
-    orders, updates, late = int(orders), int(updates), int(late)
+    orders, updates, late, deletes = int(orders), int(updates), int(late), int(deletes)
     if update_from not in ("newest", "oldest", "any"):
         raise ConfigError(f"update_from must be newest, oldest or any, got {update_from!r}")
-    if orders + updates + late == 0:
-        raise ConfigError("nothing to append: give orders, updates or late a count above 0")
+    if orders + updates + late + deletes == 0:
+        raise ConfigError("nothing to append: give orders, updates, late or deletes a count above 0")
     state = read_demo_state(root)
+    if state.version < STATE_VERSION:
+        raise ConfigError(
+            f"{root} was made by an older loader (demo state version {state.version}, without the `{OP_COLUMN}` "
+            f"column the configuration's sources.*.deletes names): recreate it with `loader demo-data init` "
+            f"in a new folder"
+        )
     batch = state.next_batch
     ingest_date = state.last_ingest_date + timedelta(days=1)
     rng = np.random.default_rng([state.seed, batch])
@@ -334,7 +357,7 @@ def append_batch(
         for table in FACT_TABLES:  # leftovers of a crashed append of this same batch
             shutil.rmtree(_partition_dir(root, table, ingest_date), ignore_errors=True)
         return _append(root, state, batch, ingest_date, rng, orders=orders, updates=updates, late=late, recent=recent,
-                       update_from=update_from)
+                       update_from=update_from, deletes=deletes)
     except OSError as exc:
         raise SourceUnavailable(
             f"could not append to the landing zone at {root}: {exc}; check the path and free space"
@@ -545,6 +568,7 @@ def _init_days(
         pos = locate(batch)
         day = _init_day(pos, n, days)
         batch = batch.append_column(cursor_field, pa.array(cursor[pos], CURSOR_TYPE))
+        batch = batch.append_column(schema.field(OP_COLUMN), _ops(INSERT, batch.num_rows))
         edges = [0, *(np.flatnonzero(np.diff(day)) + 1).tolist(), len(day)]
         for lo, hi in itertools.pairwise(edges):
             if int(day[lo]) != current:
@@ -571,23 +595,30 @@ def _append(
     late: int,
     recent: int,
     update_from: UpdatePick,
+    deletes: int = 0,
 ) -> AppendSummary:
     # The latest version of every existing order, sorted by key (ties: the later row of the scan). Only
     # its place in the files is held (bounded memory: 3 int64 per order version for the sort); the few
-    # rows this batch clones or updates are read afterwards.
+    # rows this batch clones or updates are read afterwards. Orders whose latest version is a tombstone
+    # are gone: nothing picks them again.
     files = _fact_files(root, "orders", up_to=state.last_ingest_date)
-    keys, cursors, places = _scan_key_cursor(files, "o_orderkey", "o_updated_at")
+    keys, cursors, places, dead = _scan_key_cursor(files, "o_orderkey", "o_updated_at")
     by_key = np.lexsort((cursors, keys))
     del cursors
     keys = keys[by_key]
     last_of_key = np.append(keys[1:] != keys[:-1], True)
     del keys
-    latest = places[by_key[last_of_key]]  # place of the latest version of each key, by key
-    del places, by_key, last_of_key
+    newest = by_key[last_of_key]
+    latest = places[newest[~dead[newest]]]  # place of the latest version of each live key, by key
+    del places, by_key, last_of_key, newest, dead
     n_latest = len(latest)
     if updates > n_latest:
         raise ConfigError(
             f"updates={updates} but the landing zone holds only {n_latest} orders: ask for fewer"
+        )
+    if updates + deletes > n_latest:
+        raise ConfigError(
+            f"updates={updates} and deletes={deletes} but the landing zone holds only {n_latest} orders: ask for fewer"
         )
     if n_latest == 0 and orders + late > 0:
         raise BadSourceData(f"{root} holds no orders to clone: recreate it with `loader demo-data init`")
@@ -616,6 +647,11 @@ def _append(
         dtype=np.int64,
     )
 
+    # Deletes: drawn last (a batch without deletes draws as before), among the live orders not updated here.
+    spared = np.setdiff1d(np.arange(n_latest, dtype=np.int64), update_idx, assume_unique=True)
+    delete_idx = np.sort(rng.choice(spared, size=deletes, replace=False)) if deletes else np.empty(0, np.int64)
+    delete_cursor = day_start + rng.integers(0, _DAY_US, deletes, dtype=np.int64)
+
     new_keys = state.max_orderkey + 1 + np.arange(n_clone, dtype=np.int64)
     clone_cursor = np.concatenate([new_cursor, late_cursor])
     clones = _take_rows(files, "orders", latest[clone_idx])
@@ -623,6 +659,7 @@ def _append(
     clones = _set(clones, "o_orderkey", pa.array(new_keys, pa.int64()))
     clones = _set(clones, "o_custkey", pa.array(new_custkeys, pa.int64()))
     clones = _set(clones, "o_updated_at", pa.array(clone_cursor, CURSOR_TYPE))
+    clones = _set(clones, OP_COLUMN, _ops(INSERT, clones.num_rows))
 
     updated = _take_rows(files, "orders", latest[update_idx])
     status = updated["o_orderstatus"]
@@ -638,18 +675,27 @@ def _append(
     updated = _set(updated, "o_orderstatus", new_status)
     updated = _set(updated, "o_totalprice", new_price)
     updated = _set(updated, "o_updated_at", pa.array(update_cursor, CURSOR_TYPE))
+    updated = _set(updated, OP_COLUMN, _ops(UPDATE, updated.num_rows))
+
+    # Tombstones: the order's latest row (its before-image) under a new cursor, and its lineitems'.
+    deleted = _take_rows(files, "orders", latest[delete_idx])
+    deleted = _set(deleted, "o_updated_at", pa.array(delete_cursor, CURSOR_TYPE))
+    deleted = _set(deleted, OP_COLUMN, _ops(DELETE, deleted.num_rows))
+    deleted_items = _lineitem_tombstones(root, state, _np(deleted["o_orderkey"]), delete_cursor)
 
     new_lineitems = _clone_lineitems(root, state, source_keys, new_keys, clone_cursor)
+    new_lineitems = _set(new_lineitems, OP_COLUMN, _ops(INSERT, new_lineitems.num_rows))
 
     files = []
-    batch_orders = pa.concat_tables([clones, updated])
-    for table, data in (("orders", batch_orders), ("lineitem", new_lineitems)):
+    batch_orders = pa.concat_tables([clones, updated, deleted])
+    batch_lineitems = pa.concat_tables([new_lineitems, deleted_items])
+    for table, data in (("orders", batch_orders), ("lineitem", batch_lineitems)):
         if data.num_rows:
             path = _part_path(root, table, ingest_date, batch)
             _write_parquet(_sort_by_cursor(table, data), path)
             files.append(path)
 
-    max_cursor = max([prev_max, *(int(c.max()) for c in (new_cursor, update_cursor) if len(c))])
+    max_cursor = max([prev_max, *(int(c.max()) for c in (new_cursor, update_cursor, delete_cursor) if len(c))])
     new_state = DemoState(
         seed=state.seed,
         scale=state.scale,
@@ -669,6 +715,8 @@ def _append(
         updated_orders=updates,
         late_orders=late,
         lineitems=new_lineitems.num_rows,
+        deleted_orders=deleted.num_rows,
+        deleted_lineitems=deleted_items.num_rows,
         previous_max_cursor=state.max_cursor,
         max_cursor=new_state.max_cursor,
         min_late_cursor=_from_us(int(late_cursor.min())) if late else None,
@@ -698,7 +746,32 @@ def _clone_lineitems(
     return _set(out, "l_updated_at", pa.array(np.repeat(new_cursor, counts), CURSOR_TYPE))
 
 
+def _lineitem_tombstones(root: Path, state: DemoState, order_keys: np.ndarray, cursor: np.ndarray) -> pa.Table:
+    """Tombstones for every lineitem of the orders `order_keys` (deleted at `cursor`, per order): each
+    lineitem's latest row, `op` 'D', the order's tombstone cursor."""
+    if len(order_keys) == 0:
+        return LINEITEM_SCHEMA.empty_table()
+    files = _fact_files(root, "lineitem", up_to=state.last_ingest_date)
+    items = _read_keys(files, "lineitem", np.unique(order_keys))
+    # the latest version of each lineitem, by key
+    items = items.take(np.lexsort((_np(pc.cast(items["l_updated_at"], pa.int64())), _np(items["l_linenumber"]),
+                                   _np(items["l_orderkey"]))))
+    okeys, lines = _np(items["l_orderkey"]), _np(items["l_linenumber"])
+    last = np.append((okeys[1:] != okeys[:-1]) | (lines[1:] != lines[:-1]), True) if len(okeys) else np.empty(0, bool)
+    items = items.filter(pa.array(last))
+    by_order = np.argsort(order_keys)
+    slot = by_order[np.searchsorted(order_keys[by_order], _np(items["l_orderkey"]))]
+    items = _set(items, "l_updated_at", pa.array(cursor[slot], CURSOR_TYPE))
+    return _set(items, OP_COLUMN, _ops(DELETE, items.num_rows))
+
+
 # ------------------------------------------------------------------------------------------- helpers
+
+
+def _ops(op: str, rows: int) -> pa.Array:
+    """`op` for `rows` rows."""
+    return pa.array([op] * rows, pa.string())
+
 
 
 def _read_tpch(path: Path, schema: pa.Schema) -> pa.Table:
@@ -716,8 +789,8 @@ def _iter_tpch(path: Path, schema: pa.Schema, *, columns: list[str] | None = Non
 
 
 def _tpch_fields(path: Path, schema: pa.Schema) -> list[pa.Field]:
-    """The fields of `schema` a tpchgen file holds (all but the cursor); a clear error if one is missing."""
-    fields = [f for f in schema if f.name not in CURSOR_COLUMNS.values()]
+    """The fields of `schema` a tpchgen file holds (all but the cursor and `op`); a clear error if one is missing."""
+    fields = [f for f in schema if f.name not in (*CURSOR_COLUMNS.values(), OP_COLUMN)]
     missing = sorted({f.name for f in fields} - set(pq.read_schema(path).names))
     if missing:
         raise BadSourceData(
@@ -753,17 +826,20 @@ def _open(path: Path) -> pq.ParquetFile:
     return pq.ParquetFile(path, pre_buffer=False)
 
 
-def _scan_key_cursor(files: list[Path], key: str, cursor: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Key, cursor (int64 us) and place (see `_place`) of every row of `files`, file by file."""
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
-        (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+def _scan_key_cursor(files: list[Path], key: str,
+                     cursor: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Key, cursor (int64 us), place (see `_place`) and whether it is a tombstone (`op` 'D') of every
+    row of `files`, file by file."""
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = [
+        (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool))
     ]
     for i, path in enumerate(files):
-        data = pq.read_table(path, columns=[key, cursor], pre_buffer=False)
+        data = pq.read_table(path, columns=[key, cursor, OP_COLUMN], pre_buffer=False)
         rows = np.arange(data.num_rows, dtype=np.int64)
-        parts.append((_np(data[key]), _np(pc.cast(data[cursor], pa.int64())), _place(i, rows)))
-    keys, cursors, places = (np.concatenate(column) for column in zip(*parts, strict=True))
-    return keys, cursors, places
+        dead = np.asarray(pc.fill_null(pc.equal(data[OP_COLUMN], DELETE), False).to_numpy(zero_copy_only=False), bool)
+        parts.append((_np(data[key]), _np(pc.cast(data[cursor], pa.int64())), _place(i, rows), dead))
+    keys, cursors, places, dead = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return keys, cursors, places, dead
 
 
 def _place(file: int | np.ndarray, row: np.ndarray) -> np.ndarray:

@@ -34,15 +34,20 @@ def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Eng
         chain = StageChain.for_source(config, name, source_plan.window, engine=engine)
         rows, bad = call_with_retries(  # screened: checked and filtered to the window, row group by row group
             f"reading {name}", config.source_retry,
-            partial(read_source, source_plan, cursor=chain.source.cursor, checks=chain.checks),
+            partial(read_source, source_plan, cursor=chain.source.cursor, checks=chain.checks,
+                    deletes=chain.source.deletes.column if chain.source.deletes else None),
         )
         rows = normalize_strings(rows)  # take rejects string_view (read_source gives plain strings: a no-op)
         read = rows.num_rows
-        order = chain.latest(rows)
-        kept = read if order is None else len(order)
-        log_read(name, source_plan, read, kept)
+        # Upstream deletes: the keys whose newest version is a tombstone leave the transforms here and
+        # join the transformed rows at the end (loader/execute/stages.py).
+        order, dead_order = chain.split_latest(rows, chain.latest(rows))
+        dead = None if dead_order is None else chain.tombstones(rows.take(pa.array(dead_order)), dims)
+        rows = chain.live_columns(rows)
+        live = rows.num_rows if order is None else len(order)
+        log_read(name, source_plan, read, live + (0 if dead is None else dead.num_rows))
         # The transforms are row-local and the parts go back together in order: the same rows, in key order.
-        parts = 1 if engine != "cpu" else max(1, min(pa.cpu_count(), kept // _ROWS_PER_THREAD))
+        parts = 1 if engine != "cpu" else max(1, min(pa.cpu_count(), live // _ROWS_PER_THREAD))
         with ThreadPoolExecutor(max_workers=parts) as pool:
             run = pool.map if parts > 1 else map  # one part (and the GPU): on this thread
             pieces = _latest_pieces(rows, order, parts, run)
@@ -52,8 +57,9 @@ def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Eng
         del pieces
         table, no_region = chain.split_region(transformed[0] if parts == 1 else pa.concat_tables(transformed))
         del transformed
+        table = chain.join(table, dead)
         yield SourceRows(name, table.schema, [table], table.num_rows, [], read=read,
-                         quarantined=merge_bad([bad, no_region]))
+                         quarantined=merge_bad([bad, no_region]), tombstones=0 if dead is None else dead.num_rows)
 
 
 def _latest_pieces(rows: pa.Table, order: Any, parts: int, run: Callable[..., Iterator[pa.Table]]) -> list[pa.Table]:

@@ -22,6 +22,7 @@ from loader.execute.stages import SourceRows, StageChain, log_read
 from loader.landing.quarantine import merge_bad
 from loader.landing.sources import Checks
 from loader.protocol.planning import RunPlan, SourcePlan
+from loader.sinks.base import DELETED
 from loader.transform.dimensions import Dimensions
 from loader.transform.frames import EngineName, GpuStatus
 from state import Window
@@ -141,18 +142,19 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Engin
         split: Any = ray.remote(_split_block).options(num_returns=parts)
         pieces = [split.remote(block, first, parts, low, high) for block in blocks]
         pieces = [p if isinstance(p, list) else [p] for p in pieces]  # num_returns=1 gives a bare ref
-        stage: Any = ray.remote(_stage_part).options(num_returns=4, **_stage_resources(engine))
+        stage: Any = ray.remote(_stage_part).options(num_returns=5, **_stage_resources(engine))
         staged = [stage.remote(chain, dims_ref, *(p[i] for p in pieces)) for i in range(parts)] if pieces else []
         del raw, blocks, pieces  # the raw rows leave the object store once the stage tasks have them
-        counts = ray.get([rows for _, rows, _, _ in staged])
-        nodes = sorted(set(ray.get([node for _, _, node, _ in staged])))
-        quarantined = merge_bad(ray.get([bad for _, _, _, bad in staged]))  # rows that failed a check: few
-        refs = [table for (table, _, _, _), rows in zip(staged, counts, strict=True) if rows]
+        counts = ray.get([rows for _, rows, _, _, _ in staged])
+        tombstones = sum(ray.get([dead for _, _, _, _, dead in staged]))
+        nodes = sorted(set(ray.get([node for _, _, node, _, _ in staged])))
+        quarantined = merge_bad(ray.get([bad for _, _, _, bad, _ in staged]))  # rows that failed a check: few
+        refs = [table for (table, _, _, _, _), rows in zip(staged, counts, strict=True) if rows]
         log_read(name, source_plan, read, sum(counts))
         log.info("%s: %d part(s) deduplicated and transformed on %d Ray node(s)", name, parts, len(nodes))
         if refs:
             yield SourceRows(name, ray.get(ray.remote(_schema_of).remote(refs[0])), refs, sum(counts), nodes,
-                             read=read, quarantined=quarantined)
+                             read=read, quarantined=quarantined, tombstones=tombstones)
         else:  # nothing in the window: the sinks still commit the run (and create the table)
             empty, _ = chain.run(_empty_input(source_plan), dims)
             yield SourceRows(name, empty.schema, [empty], 0, nodes, read=read, quarantined=quarantined)
@@ -187,13 +189,16 @@ def _split_block(block: pa.Table, key: str, parts: int, low: Any, high: Any) -> 
     return pieces if parts > 1 else pieces[0]
 
 
-def _stage_part(chain: StageChain, dims: Dimensions, *pieces: pa.Table) -> tuple[pa.Table, int, str, pa.Table | None]:
+def _stage_part(chain: StageChain, dims: Dimensions,
+                *pieces: pa.Table) -> tuple[pa.Table, int, str, pa.Table | None, int]:
     """One part, whole (every version of its keys), through the stage chain; on the GPU straight from
-    Arrow to cuDF and back. Returns the rows, their count, this node, and the rows that failed a check."""
+    Arrow to cuDF and back. Returns the rows, their count, this node, the rows that failed a check, and
+    how many of the rows are tombstones (upstream deletes)."""
     import ray
 
     out, bad = chain.run(pa.concat_tables(pieces, promote_options="permissive"), dims)
-    return out, out.num_rows, ray.get_runtime_context().get_node_id(), bad
+    dead = int(pc.sum(out[DELETED]).as_py() or 0) if chain.source.deletes is not None else 0
+    return out, out.num_rows, ray.get_runtime_context().get_node_id(), bad, dead
 
 
 def _schema_of(table: pa.Table) -> pa.Schema:

@@ -1,6 +1,6 @@
 """The stage chain, assembled once: what becomes of a source's landing rows on their way to the sinks.
 
-    screen -> dedupe -> transform -> region split
+    screen -> dedupe -> (tombstones apart) -> transform -> region split -> (tombstones back)
 
 1. `screen`: the quarantine's read checks (null key, null cursor, cursor in the future), then the
    window filter (loader/landing/sources.py `screen`; the in-process reader applies it to each row group
@@ -10,6 +10,15 @@
    run's engine; a chain declared `upto="region"` stops after the region lookup (verify: it reads only
    the key, the cursor and the lookup column, and compares regions);
 4. `split_region`: rows the region lookup found no region for leave for the quarantine.
+
+A source with `deletes` (upstream deletes: a landing row whose `deletes.column` holds one of
+`deletes.values` is a tombstone) has two steps more: after the dedupe (which keeps tombstones like any
+version: per key the newest cursor decides) `split_latest` sets apart the keys whose newest version is
+a tombstone; `tombstones` gives them their region (the region lookup from their own lookup column when
+they carry it, as CDC tools' before-images do; else UNKNOWN; never quarantined for no region) and
+keeps the key columns, the cursor and the region; `join` puts them back beside the transformed live
+rows, in key order, with a bool `_deleted` column (false for live rows) and nulls in the columns they
+lack. The deletes column itself never reaches a sink: it is landing-zone bookkeeping.
 
 Both executors and verify run a `StageChain`: the Ray executor (loader/execute/ray_cluster.py) calls
 `run` on each key-range part whole; the in-process one (loader/execute/local.py) calls the stages in
@@ -28,16 +37,20 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from loader.config import LoaderConfig, SourceConfig
+from loader.config import DeletesConfig, LoaderConfig, SourceConfig
+from loader.errors import BadSourceData
 from loader.landing.quarantine import merge_bad, split_no_region
 from loader.landing.sources import Checks, screen
 from loader.protocol.planning import SourcePlan
+from loader.sinks.base import DELETED
 from loader.transform.dimensions import Dimensions
 from loader.transform.facts import attach_region, transform_fact
 from loader.transform.frames import EngineName, frames_for, on_table
+from loader.transform.kinds import fact_kind
 from loader.transform.region_rules import RegionRule
-from loader.transform.tables import dedupe_latest, latest_rows
+from loader.transform.tables import UNKNOWN_REGION, dedupe_latest, latest_rows
 from state import Window
 
 log = logging.getLogger(__name__)
@@ -101,12 +114,91 @@ class StageChain:
         """(rows with a region, rows without one for the quarantine)."""
         return split_no_region(rows)
 
+    # ---------------------------------------------------------------- upstream deletes (`deletes`)
+
+    def tombstone_mask(self, rows: pa.Table) -> np.ndarray | None:
+        """Per row, whether it is a tombstone (its deletes column holds one of the values; null: a live
+        row), or None when the source has no `deletes`."""
+        deletes = self.source.deletes
+        if deletes is None:
+            return None
+        if deletes.column not in rows.column_names:
+            raise BadSourceData(
+                f"rows of source {self.name!r} have no column {deletes.column!r} (sources.{self.name}.deletes."
+                f"column): add it to the landing files, or fix or remove the deletes block in the config"
+            )
+        column = rows[deletes.column]
+        found = pc.is_in(column, value_set=_value_set(deletes, column.type, self.name))
+        return np.asarray(pc.fill_null(found, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+    def split_latest(self, rows: pa.Table, order: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The dedupe's row positions (`order`, as `latest` gives them) split into (the live rows', the
+        tombstones'), both in key order; (order, None) when the source has no deletes or no row of
+        `rows` is a tombstone."""
+        mask = self.tombstone_mask(rows)
+        if mask is None or not mask.any():
+            return order, None
+        positions = np.arange(rows.num_rows) if order is None else order
+        dead = mask[positions]
+        return positions[~dead], positions[dead]
+
+    def live_columns(self, rows: pa.Table) -> pa.Table:
+        """`rows` without the deletes column (landing-zone bookkeeping: no sink gets it)."""
+        deletes = self.source.deletes
+        if deletes is None or deletes.column not in rows.column_names:
+            return rows
+        return rows.drop_columns([deletes.column])
+
+    def tombstones(self, rows: pa.Table, dims: Dimensions) -> pa.Table:
+        """Tombstone rows as the sinks get them: the key columns, the cursor and `region`, found by the
+        region lookup from the tombstone's own lookup column when it has one (CDC tools send the
+        before-image), else UNKNOWN. No enrichment and no rules; never quarantined for no region."""
+        columns = list(dict.fromkeys([*self.source.primary_key, self.source.cursor]))
+        lookup = fact_kind(self.source.kind).lookup.fact_key
+        if rows.num_rows and lookup in rows.column_names and rows[lookup].null_count < rows.num_rows:
+            placed = on_table(attach_region, rows.select(list(dict.fromkeys([*columns, lookup]))),
+                              frames_for(self.engine), kind=self.source.kind, dims=dims)
+            region = placed["region"].cast(pa.string())
+        else:
+            region = pa.array([UNKNOWN_REGION] * rows.num_rows, pa.string())
+        return rows.select(columns).append_column("region", region)
+
+    def join(self, live: pa.Table, tombstones: pa.Table | None) -> pa.Table:
+        """The transformed live rows and the tombstones as one table, in key order, with `_deleted`
+        (false for live rows) and nulls where tombstones lack a column. Without deletes: `live`."""
+        if self.source.deletes is None:
+            return live
+        live = self.live_columns(live)
+        if DELETED in live.column_names:  # a landing column of that name is replaced by the loader's
+            live = live.drop_columns([DELETED])
+        live = live.append_column(pa.field(DELETED, pa.bool_()), pa.array(np.zeros(live.num_rows, dtype=bool)))
+        if tombstones is None or tombstones.num_rows == 0:
+            return live
+        schema = pa.schema([field.with_nullable(True) for field in live.schema], metadata=live.schema.metadata)
+        count = tombstones.num_rows
+        dead = pa.Table.from_arrays([
+            pa.array(np.ones(count, dtype=bool)) if field.name == DELETED
+            else tombstones[field.name].cast(field.type) if field.name in tombstones.column_names
+            else pa.nulls(count, field.type)
+            for field in schema
+        ], schema=schema)
+        both = pa.concat_tables([live.cast(schema), dead])
+        key = list(self.source.primary_key)
+        return both.take(pc.sort_indices(both.select(key), sort_keys=[(k, "ascending") for k in key]))
+
     def run(self, rows: pa.Table, dims: Dimensions) -> tuple[pa.Table, pa.Table | None]:
         """Every stage on `rows` (all versions of their keys): (the final rows, the rows that failed a
         check or found no region, or None)."""
         rows, bad = self.screen(rows)
-        out, no_region = self.split_region(self.transform(self.dedupe(rows), dims))
-        return out, merge_bad([bad, no_region])
+        if self.source.deletes is None:
+            out, no_region = self.split_region(self.transform(self.dedupe(rows), dims))
+            return out, merge_bad([bad, no_region])
+        live_order, dead_order = self.split_latest(rows, self.latest(rows))
+        dead = None if dead_order is None else self.tombstones(rows.take(pa.array(dead_order)), dims)
+        live = self.live_columns(rows)
+        live = live if live_order is None else live.take(pa.array(live_order, pa.int64()))
+        out, no_region = self.split_region(self.transform(live, dims))
+        return self.join(out, dead), merge_bad([bad, no_region])
 
 
 @dataclass
@@ -121,6 +213,22 @@ class SourceRows:
     nodes: list[str]  # the Ray nodes whose actors transformed the rows (none in-process)
     read: int = 0  # rows read in the window (for the quarantine's fraction)
     quarantined: pa.Table | None = None  # rows that failed a check, with their reason (few, or the run fails)
+    tombstones: int = 0  # of `rows`, the tombstones (`_deleted` true): keys deleted upstream
+
+
+def _value_set(deletes: DeletesConfig, kind: pa.DataType, source: str) -> pa.Array:
+    """`deletes.values` as an array of the deletes column's type; BadSourceData naming the value that
+    has no such form (a string value for a boolean column)."""
+    values = []
+    for value in deletes.values:
+        try:
+            values.append(pa.scalar(value).cast(kind))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
+            raise BadSourceData(
+                f"sources.{source}.deletes.values: {value!r} is no value of column {deletes.column!r}, which is "
+                f"{kind} in the landing files: fix the values in the config ({error})"
+            ) from error
+    return pa.array([v.as_py() for v in values], kind)
 
 
 def log_read(name: str, plan: SourcePlan, read: int, kept: int) -> None:

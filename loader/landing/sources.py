@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from loader.config import LoaderConfig
 from loader.errors import BadSourceData
 from loader.landing.quarantine import merge_bad, split_bad_rows
-from loader.protocol.planning import FilePlan, SourcePlan, list_files
+from loader.protocol.planning import FilePlan, SourcePlan, list_files, missing_deletes_column
 from loader.storage import locate, storage_error
 from loader.transform.tables import normalize_strings
 from state import Window
@@ -49,11 +49,14 @@ def rows_in_window(table: pa.Table, *, source: str, cursor: str, window: Window)
     return table.filter(mask)
 
 
-def _read_file(plan: SourcePlan, file: FilePlan, cursor: str, checks: Checks) -> tuple[pa.Table, pa.Table]:
+def _read_file(plan: SourcePlan, file: FilePlan, cursor: str, checks: Checks,
+               deletes: str | None = None) -> tuple[pa.Table, pa.Table]:
     goods, bads = [], []
     try:
         with plan.location.filesystem.open_input_file(file.path) as handle:
             parquet = pq.ParquetFile(handle)
+            if deletes is not None and deletes not in parquet.schema_arrow.names:
+                raise missing_deletes_column(file.path, plan.source, deletes)
             # One row group at a time, filtered at once: a batch whose window takes a sliver of a large
             # row group holds the sliver, not the row group.
             for group in file.row_groups:
@@ -93,12 +96,13 @@ def screen(rows: pa.Table, *, source: str, cursor: str, window: Window, checks: 
     return rows_in_window(good, source=source, cursor=cursor, window=window), bad
 
 
-def read_source(plan: SourcePlan, *, cursor: str, checks: Checks) -> tuple[pa.Table, pa.Table | None]:
+def read_source(plan: SourcePlan, *, cursor: str, checks: Checks,
+                deletes: str | None = None) -> tuple[pa.Table, pa.Table | None]:
     """Every row of the window from the planned row groups, as one table with plain strings, and the
     rows of those row groups that failed the quarantine checks (or None): `screen`ed one row group at
-    a time, as it is read."""
+    a time, as it is read. `deletes`: the column marking upstream deletes, which every file must have."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda f: _read_file(plan, f, cursor, checks), plan.files))
+        results = list(pool.map(lambda f: _read_file(plan, f, cursor, checks, deletes), plan.files))
     if not results:
         raise BadSourceData(f"source {plan.source!r} has no files planned; nothing to read")
     parts = [good for good, _ in results]

@@ -18,7 +18,9 @@ def run_entry(run: RunRecord) -> dict[str, Any]:
             "rows": info.get("rows"),
             "parts": info.get("parts"),
             "quarantined": info.get("quarantined", {}),
-            "sinks": {sink: {"rows": s.get("rows"), "skipped": s.get("skipped", False), "regions": s.get("regions", {})}
+            "deleted": table_deleted(info),
+            "sinks": {sink: {"rows": s.get("rows"), "skipped": s.get("skipped", False), "regions": s.get("regions", {}),
+                             "deleted": s.get("deleted", 0)}
                       for sink, s in info.get("sinks", {}).items()},
         }
         for name, info in metrics.get("tables", {}).items()
@@ -41,6 +43,12 @@ def run_entry(run: RunRecord) -> dict[str, Any]:
         "error": run.error,
         "batch": batch_of(run),
     }
+
+
+def table_deleted(info: dict[str, Any]) -> int:
+    """Keys a run deleted (hard) or marked deleted (soft) in a table: the most any sink applied (the
+    sinks apply the same tombstones; one that found the run already landed applied none)."""
+    return max((int(s.get("deleted", 0) or 0) for s in (info.get("sinks") or {}).values()), default=0)
 
 
 def batch_of(run: RunRecord) -> dict[str, Any] | None:
@@ -108,4 +116,17 @@ def rows_loaded_totals(entries: list[dict[str, Any]]) -> dict[tuple[str, str, st
                 for region, rows in (written.get("regions") or {}).items():
                     key = (table, str(region), sink)
                     totals[key] = totals.get(key, 0) + int(rows)
+    return totals
+
+
+def deleted_totals(entries: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """Keys deleted (or marked deleted) by committed runs, per (table, sink): the counter Prometheus scrapes."""
+    totals: dict[tuple[str, str], int] = {}
+    for entry in entries:
+        if entry["outcome"] != "committed":
+            continue
+        for table, info in entry["tables"].items():
+            for sink, written in info["sinks"].items():
+                if written.get("deleted"):
+                    totals[(table, sink)] = totals.get((table, sink), 0) + int(written["deleted"])
     return totals

@@ -2,6 +2,8 @@
 
     loader_rows_loaded_total{pipeline,table,region,sink}   rows loaded by committed runs (counter)
     loader_rows_quarantined_total{pipeline,table,reason}    rows quarantined by committed runs (counter)
+    loader_keys_deleted_total{pipeline,table,sink}          keys deleted upstream and applied by committed runs
+                                                            (removed, or marked deleted in soft mode) (counter)
     loader_runs_total{pipeline,mode,outcome}                runs in the ledger by outcome (counter)
     loader_run_duration_seconds{pipeline,mode,stage}        the latest committed run: per stage, and total
     loader_last_run_success{pipeline}                       1 if the latest run committed, 0 if it failed
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from loader.config import LoaderConfig
-from loader.observe.history import history, quarantined_totals, rows_loaded_totals
+from loader.observe.history import deleted_totals, history, quarantined_totals, rows_loaded_totals
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,10 @@ def registry_for(config: LoaderConfig, entries: list[dict[str, Any]], checkpoint
                           ["pipeline", "table", "reason"], registry=registry)
     for (table, reason), count in sorted(quarantined_totals([e for e in entries if e["outcome"] == "committed"]).items()):
         quarantined.labels(pipeline, table, reason).inc(count)
+    deleted = Counter("loader_keys_deleted", "Keys deleted upstream and applied by committed runs (removed, or "
+                      "marked deleted in soft mode), per table and sink", ["pipeline", "table", "sink"], registry=registry)
+    for (table, sink), count in sorted(deleted_totals(entries).items()):
+        deleted.labels(pipeline, table, sink).inc(count)
     runs = Counter("loader_runs", "Runs in the ledger, by mode and outcome", ["pipeline", "mode", "outcome"],
                    registry=registry)
     for entry in entries:

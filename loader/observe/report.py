@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loader.config import LoaderConfig
+from loader.observe.history import table_deleted
 from loader.protocol.batches import Cutting
 from loader.protocol.incremental import RunSummary
 from loader.protocol.planning import RunPlan
@@ -65,13 +66,24 @@ def print_run_summary(summary: RunSummary) -> None:
     runs = f"run {numbers[0]}" if len(numbers) == 1 else f"runs {numbers[0]}-{numbers[-1]} ({len(numbers)} batches)"
     title = f"{summary.pipeline}: {runs} committed" + (f" (run {numbers[0]} replayed)" if summary.replayed else "")
     table = Table(title=title)
-    for column in ("table", "window", "rows", "sink", "rows written", "location"):
+    # Upstream deletes: the tombstones a table's rows carried, and what each sink did with them
+    # (removed or marked keys; tombstone versions written to the Parquet log). Shown when there were any.
+    deletes = any(info.get("deleted") or any(w.get("deleted") for w in info["sinks"].values())
+                  for info in summary.tables.values())
+    columns = ("table", "window", "rows", *(("deleted",) if deletes else ()), "sink", "rows written",
+               *(("deletes applied",) if deletes else ()), "location")
+    for column in columns:
         table.add_column(column)
     for name, info in summary.tables.items():
         window = f"({info['window']['lower'] or '-inf'}, {info['window']['upper']}]"
         for sink, write in info["sinks"].items():
             written = "already landed" if write["skipped"] else f"{write['rows']:,}"
-            table.add_row(name, window, f"{info['rows']:,}", sink, written, write["location"])
+            if deletes:
+                applied = "-" if write["skipped"] else f"{write.get('deleted', 0):,}"
+                table.add_row(name, window, f"{info['rows']:,}", f"{info.get('deleted', 0):,}", sink, written,
+                              applied, write["location"])
+            else:
+                table.add_row(name, window, f"{info['rows']:,}", sink, written, write["location"])
             name, window = "", ""
     _out.print(table)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in summary.timings.items())
@@ -144,16 +156,18 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
     sources = {}
     for name in config.sources:
         cp = checkpoints.get(name)
-        rows = quarantined = None
+        rows = quarantined = deleted = None
         if last is not None:
             info = last.metrics.get("tables", {}).get(name, {})
             rows, quarantined = info.get("rows"), sum((info.get("quarantined") or {}).values())
+            deleted = table_deleted(info)
         sources[name] = {
             "checkpoint": cp.cursor.isoformat() if cp else None,
             "checkpoint_run": cp.run_number if cp else None,
             "lag_seconds": round((now - cp.cursor).total_seconds(), 1) if cp else None,
             "last_run_rows": rows,
             "last_run_quarantined": quarantined,
+            "last_run_deleted": deleted,
         }
     return {
         "pipeline": config.pipeline,
@@ -203,13 +217,14 @@ def print_status(payload: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{payload['pipeline']} ({payload['state']})")
-    for column in ("source", "checkpoint", "run", "lag", "rows last run", "quarantined last run"):
+    for column in ("source", "checkpoint", "run", "lag", "rows last run", "quarantined last run", "deleted last run"):
         table.add_column(column)
     for name, s in payload["sources"].items():
         lag = "-" if s["lag_seconds"] is None else _human_seconds(s["lag_seconds"])
         rows = "-" if s["last_run_rows"] is None else f"{s['last_run_rows']:,}"
         bad = "-" if s.get("last_run_quarantined") is None else f"{s['last_run_quarantined']:,}"
-        table.add_row(name, s["checkpoint"] or "never loaded", str(s["checkpoint_run"] or "-"), lag, rows, bad)
+        deleted = "-" if s.get("last_run_deleted") is None else f"{s['last_run_deleted']:,}"
+        table.add_row(name, s["checkpoint"] or "never loaded", str(s["checkpoint_run"] or "-"), lag, rows, bad, deleted)
     _out.print(table)
     if payload["last_run"]:
         last = payload["last_run"]
@@ -246,7 +261,8 @@ def print_history(pipeline: str, entries: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{pipeline}: the newest {len(entries)} run(s)")
-    for column in ("run", "mode (batch)", "outcome", "started (UTC)", "took", "rows per table", "quarantined", "seconds per stage"):
+    for column in ("run", "mode (batch)", "outcome", "started (UTC)", "took", "rows per table", "quarantined", "deleted",
+                   "seconds per stage"):
         table.add_column(column)
     for e in entries:
         rows = ", ".join(f"{name} {info['rows']:,}" for name, info in e["tables"].items() if info["rows"] is not None)
@@ -255,9 +271,10 @@ def print_history(pipeline: str, entries: list[dict[str, Any]]) -> None:
         took = "-" if e["duration_s"] is None else _human_seconds(e["duration_s"])
         bad = ", ".join(f"{name} {sum(info['quarantined'].values()):,}" for name, info in e["tables"].items()
                         if info.get("quarantined"))
+        deleted = ", ".join(f"{name} {info['deleted']:,}" for name, info in e["tables"].items() if info.get("deleted"))
         mode = e["mode"] + (f" {e['batch']['index']}/{e['batch']['of']}" if e.get("batch") else "")
         table.add_row(str(e["run_number"]), mode, outcome, e["started_at"][:19].replace("T", " "), took,
-                      rows or "-", bad or "-", stages or "-")
+                      rows or "-", bad or "-", deleted or "-", stages or "-")
     _out.print(table)
 
 

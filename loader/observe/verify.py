@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,7 +40,7 @@ from loader.config import LoaderConfig
 from loader.errors import BadSourceData, ConfigError, LeaseHeld, StateError
 from loader.protocol.planning import list_files
 from loader.sinks import Sink, enabled_sinks, sink_class
-from loader.sinks.base import region_counts
+from loader.sinks.base import DELETED, region_counts
 from loader.storage import Location, locate
 from loader.transform.dimensions import Dimensions
 from loader.transform.kinds import fact_kind
@@ -184,8 +184,12 @@ def _utc(moment: datetime) -> datetime:
 
 
 def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_at: datetime | None,
-                  dims: Dimensions, read: frozenset[str] = frozenset()) -> pa.Table | None:
-    """What the committed windows loaded: key, cursor and region of each key's latest version."""
+                  dims: Dimensions, read: frozenset[str] = frozenset()) -> dict[str, pa.Table | None]:
+    """What the committed windows loaded: key, cursor and region of each key's latest version, per
+    kind of sink (`Capabilities.holds`). Upstream deletes (a source with `deletes`): a log of versions
+    holds each key's latest version, tombstones included; a sink of the latest rows holds no key
+    whose latest version is a tombstone (`hard`), or, marking them (`soft`), each key's latest live
+    version."""
     from loader.execute.stages import StageChain
 
     # Rows a run quarantines never reach a sink: a null key or cursor, a cursor beyond the checkpoint
@@ -193,13 +197,25 @@ def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
     chain = StageChain.for_source(config, name, Window(lower=None, upper=checkpoint.cursor), upto="region")
     source = chain.source
     location = locate(config.source_path(name))
-    columns = list(dict.fromkeys([*source.primary_key, source.cursor, fact_kind(source.kind).lookup.fact_key]))
+    columns = list(dict.fromkeys([*source.primary_key, source.cursor, fact_kind(source.kind).lookup.fact_key,
+                                  *([source.deletes.column] if source.deletes else [])]))
     rows = _read_files(location, _landed_before(location, source.partition_column, seen_at, read), columns,
                        f"source {name}")
     if rows is None:
-        return None
-    rows, _ = chain.run(rows, dims)
-    return rows.select([*source.primary_key, source.cursor, "region"])
+        return {"versions": None, "latest": None}
+    wanted = [*source.primary_key, source.cursor, "region"]
+    out, _ = chain.run(rows, dims)
+    if source.deletes is None:
+        return {"versions": out.select(wanted), "latest": out.select(wanted)}
+    import pyarrow.compute as pc
+
+    if source.deletes.mode == "hard":
+        latest = out.filter(pc.invert(out[DELETED]))
+    else:  # soft: tombstones mark the stored version, which keeps its cursor
+        dead = chain.tombstone_mask(rows)
+        live = rows if dead is None else rows.filter(pa.array(~dead))
+        latest, _ = replace(chain, source=source.model_copy(update={"deletes": None})).run(live, dims)
+    return {"versions": out.select(wanted), "latest": latest.select(wanted)}
 
 
 def held_rows(sink: Sink[Any], name: str, key: Sequence[str], cursor: str) -> tuple[Digest, dict[str, int]]:
@@ -229,11 +245,12 @@ def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
                   dims: Dimensions, read: frozenset[str] = frozenset()) -> list[Check]:
     source = config.sources[name]
     columns = [*source.primary_key, source.cursor]
-    want = digest(expected_rows(config, name, checkpoint, seen_at, dims, read), columns)
+    expected = expected_rows(config, name, checkpoint, seen_at, dims, read)
+    wants = {holds: digest(rows, columns) for holds, rows in expected.items()}
     checks = []
     for sink in enabled_sinks(config):
         got, dups = held_rows(sink, name, source.primary_key, source.cursor)
-        checks += _compare(name, sink.name, want, got, dups)
+        checks += _compare(name, sink.name, wants[sink.capabilities.holds], got, dups)
     return checks
 
 

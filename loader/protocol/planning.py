@@ -181,7 +181,18 @@ def _stat_to_datetime(raw: object, unit: str | None) -> datetime | None:
     return _EPOCH + timedelta(microseconds=micros)
 
 
-def read_footer(location: Location, path: str, cursor: str, source: str) -> _Footer:
+def missing_deletes_column(path: str, source: str, column: str) -> BadSourceData:
+    """The error for a landing file without the column that marks upstream deletes."""
+    return BadSourceData(
+        f"file {path} of source {source!r} has no column {column!r}, which sources.{source}.deletes.column "
+        f"names as the one marking deletes: add the column to the file (null or a live value for live rows), "
+        f"or fix sources.{source}.deletes in the config (remove the block if the source sends no deletes)"
+    )
+
+
+def read_footer(location: Location, path: str, cursor: str, source: str, deletes: str | None = None) -> _Footer:
+    """A file's row groups with their rows and cursor range. `deletes`: the column marking upstream
+    deletes (sources.<name>.deletes.column), which every file of the source must have."""
     try:
         with location.filesystem.open_input_file(path) as handle:
             metadata = pq.ParquetFile(handle).metadata
@@ -198,6 +209,8 @@ def read_footer(location: Location, path: str, cursor: str, source: str) -> _Foo
             f"file {path} of source {source!r} has no cursor column {cursor!r} (columns: {', '.join(names)}). "
             f"Fix sources.{source}.cursor in the config or the file"
         )
+    if deletes is not None and deletes not in names:
+        raise missing_deletes_column(path, source, deletes)
     column = names.index(cursor)
     cursor_type = metadata.schema.to_arrow_schema().field(cursor).type
     unit = cursor_type.unit if pa.types.is_timestamp(cursor_type) else None
@@ -223,7 +236,8 @@ def plan_source(
     infos, seen = list_file_infos(location, partition_column=source.partition_column, since=since)
     sizes = {info.path: info.size for info in infos}
     with ThreadPoolExecutor(max_workers=8) as pool:
-        footers = list(pool.map(lambda info: read_footer(location, info.path, source.cursor, name), infos))
+        footers = list(pool.map(lambda info: read_footer(location, info.path, source.cursor, name,
+                                                         source.deletes.column if source.deletes else None), infos))
     base_run = checkpoint.run_number if checkpoint else None
     window = fixed_window
     if window is None:
@@ -334,7 +348,9 @@ def plan_from_input(config: LoaderConfig, run_number: int, windows: dict[str, Wi
                     log.warning("file %s of source %r changed size since run %d read it (%s -> %s bytes): the replay "
                                 "reads it as it is now, within the run's window", file.path, name, run_number,
                                 f"{file.size:,}", f"{info.size:,}")
-                    footer = read_footer(location, file.path, config.sources[name].cursor, name)
+                    deletes = config.sources[name].deletes
+                    footer = read_footer(location, file.path, config.sources[name].cursor, name,
+                                         deletes.column if deletes else None)
                     groups = tuple(g for g in footer.groups if g[1] > 0 and in_window(window, g[2], g[3]))
                     if groups:
                         kept.append(FilePlan(file.path, tuple(g[0] for g in groups), sum(g[1] for g in groups),

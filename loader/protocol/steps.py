@@ -260,18 +260,21 @@ class BatchExecutor:
                     pipeline=self.config.pipeline, table=item.name, run_number=record.run_number,
                     data=item.schema.empty_table(), key=source.primary_key, cursor=source.cursor,
                     window=plan.sources[item.name].window, replay=record.attempts > 1, mode=record.mode,
+                    deletes=source.deletes.mode if source.deletes else None,
                 )
                 writes = write_table(sinks, batch, item.parts)
                 outcome.tables[item.name] = {
-                    "rows": item.rows,
+                    # rows: the live rows loaded; deleted: the tombstones (keys deleted upstream) beside them
+                    "rows": item.rows - item.tombstones,
+                    "deleted": item.tombstones,
                     "window": plan.sources[item.name].window.to_json(),
                     "files_read": len(plan.sources[item.name].files),
                     "parts": len(item.parts),
                     "ray_nodes": len(item.nodes),
                     "ray_write_nodes": len({node for _, nodes in writes for node in nodes}),
                     "quarantined": quarantined,
-                    "sinks": {w.sink: {"rows": w.rows, "location": w.location, "skipped": w.skipped,
-                                       "regions": w.regions} for w, _ in writes},
+                    "sinks": {w.sink: {"rows": w.rows, "deleted": w.deleted, "location": w.location,
+                                       "skipped": w.skipped, "regions": w.regions} for w, _ in writes},
                 }
             progress.advance(plan.sources[item.name].estimated_rows)
             del item, batch  # free this source's rows before the next one is computed
@@ -284,8 +287,8 @@ class BatchExecutor:
 
 
 def add_tables(total: dict[str, dict[str, Any]], batch: dict[str, dict[str, Any]]) -> None:
-    """Fold one batch's per-table results into a run's totals: rows, files, parts and sink rows
-    summed (regions too), the window from the first batch's lower to the last one's upper bound, a
+    """Fold one batch's per-table results into a run's totals: rows, tombstones (`deleted`), files,
+    parts and sink rows and deletes summed (regions too), the window from the first batch's lower to the last one's upper bound, a
     sink `skipped` only if every batch found it landed."""
     for name, info in batch.items():
         if name not in total:
@@ -296,6 +299,7 @@ def add_tables(total: dict[str, dict[str, Any]], batch: dict[str, dict[str, Any]
         into["window"]["upper"] = info["window"]["upper"]
         for key in ("rows", "files_read", "parts"):
             into[key] += info[key]
+        into["deleted"] = into.get("deleted", 0) + info.get("deleted", 0)
         for key in ("ray_nodes", "ray_write_nodes"):
             into[key] = max(into[key], info[key])
         for reason, count in (info["quarantined"] or {}).items():
@@ -306,6 +310,7 @@ def add_tables(total: dict[str, dict[str, Any]], batch: dict[str, dict[str, Any]
                 continue
             held = into["sinks"][sink]
             held["rows"] += write["rows"]
+            held["deleted"] = held.get("deleted", 0) + write.get("deleted", 0)
             held["skipped"] = held["skipped"] and write["skipped"]
             for region, count in (write["regions"] or {}).items():
                 held["regions"][region] = held["regions"].get(region, 0) + count

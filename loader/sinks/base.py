@@ -20,9 +20,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from loader.config import RetryConfig
 from state import Window
+
+#: The boolean column marking a tombstone (an upstream delete) in a batch whose source has `deletes`.
+DELETED = "_deleted"
+#: The nullable timestamp column of a soft-deleting table: when the key was deleted upstream (the
+#: tombstone's cursor), null while the key is live.
+DELETED_AT = "_deleted_at"
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,9 @@ class TableBatch:
     window: Window
     replay: bool  # an earlier attempt of this run may have written part of it
     mode: str = "incremental"  # or "backfill": a chunk, whose run may land out of run-number order
+    #: None: the source has no deletes (no `_deleted` column); "hard": tombstones remove keys; "soft":
+    #: tombstones mark them (`_deleted_at`).
+    deletes: Literal["hard", "soft"] | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,7 @@ class SinkWrite:
     location: str
     skipped: bool = False  # the run had already landed in this sink
     regions: dict[str, int] = field(default_factory=dict)
+    deleted: int = 0  # keys removed (hard) or marked (soft), or tombstone versions written (Parquet)
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,9 @@ class PartWrite:
     rows: int
     regions: dict[str, int] = field(default_factory=dict)
     node: str | None = None  # the Ray node that wrote it (None in-process)
+    #: Tombstones of this part: versions written (Parquet), keys removed or marked (Delta), staged
+    #: (Snowflake, whose MERGE in `finish` counts the keys it removed or marked).
+    deleted: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,28 @@ def skipped(sink: Sink[Any], batch: TableBatch) -> SinkWrite:
 def schema_only(batch: TableBatch) -> TableBatch:
     """The batch without its rows: what `begin` and `finish` need."""
     return replace(batch, data=batch.data.schema.empty_table())
+
+
+def tombstones(batch: TableBatch, data: pa.Table | None = None) -> pa.ChunkedArray | None:
+    """The `_deleted` column of `data` (the batch's rows by default) as a non-null boolean mask, or None
+    where the batch carries no deletes (then nothing differs from a batch without them)."""
+    data = batch.data if data is None else data
+    if batch.deletes is None or DELETED not in data.column_names:
+        return None
+    return pc.fill_null(data[DELETED], False)
+
+
+def live_rows(batch: TableBatch, data: pa.Table) -> pa.Table:
+    """`data` without its tombstones and without the `_deleted` column (stored by no table that
+    holds the latest version); `data` itself where the batch carries no deletes."""
+    mask = tombstones(batch, data)
+    if mask is None:
+        return data
+    return data.filter(pc.invert(mask)).drop_columns([DELETED])
+
+
+def count_true(mask: pa.ChunkedArray | pa.Array | None) -> int:
+    return 0 if mask is None else int(pc.sum(mask).as_py() or 0)
 
 
 def region_counts(data: pa.Table) -> dict[str, int]:

@@ -13,6 +13,14 @@ Cost: rows whose first key column is outside every file's key range are new keys
 (no target file is read). The rest are merged with a predicate scoped to each region's key range, so
 delta-rs rewrites only the files whose statistics overlap those ranges, not the whole table. A key
 whose region changed (its customer moved) has its old row deleted first, in its own commit.
+
+Upstream deletes (`batch.deletes`): tombstones go through the same steps and the same merge. One for a
+key stored nowhere (outside every file's range, or absent from the files read) changes nothing and is
+dropped; one older than the stored version is dropped with the landed versions. The rest take the
+stored row's region (a tombstone's own may be "UNKNOWN"), so the merge's per-region key-range scope
+holds them, and the merge removes the row (hard: `when_matched_delete`) or sets its `_deleted_at` to
+the tombstone's cursor (soft), where t.cursor <= s.cursor. `_deleted` is never stored; a soft table
+has a nullable `_deleted_at` (null while the key lives), added to an existing table when needed.
 """
 
 from __future__ import annotations
@@ -32,13 +40,18 @@ from loader import failpoints
 from loader.config import LoaderConfig
 from loader.errors import SinkRejected, SinkUnavailable
 from loader.sinks.base import (
+    DELETED,
+    DELETED_AT,
     Capabilities,
     PartWrite,
     SinkWrite,
     TableBatch,
+    count_true,
     folder_problem,
+    live_rows,
     region_counts,
     summed_regions,
+    tombstones,
 )
 from loader.sinks.schema_check import refuse_type_changes
 from loader.storage import locate, short_error, storage_error
@@ -136,6 +149,38 @@ def merge_predicate(data: pa.Table, key: tuple[str, ...], ranges: KeyRanges) -> 
     return f"{join} AND ({' OR '.join(scopes) or 'FALSE'})"
 
 
+def _with_deleted_at(batch: TableBatch) -> pa.Table:
+    """Soft deletes: the rows with a null `_deleted_at` (of the cursor's type), what live rows store."""
+    data = batch.data
+    if batch.deletes != "soft" or DELETED_AT in data.column_names:
+        return data
+    return data.append_column(pa.field(DELETED_AT, data.schema.field(batch.cursor).type, nullable=True),
+                              pa.nulls(data.num_rows, data.schema.field(batch.cursor).type))
+
+
+def _merge_clauses(merger: Any, batch: TableBatch) -> Any:
+    """The merge of a batch with deletes. Matched clauses apply in order, the first that holds wins.
+    Hard: a tombstone deletes a stored version no newer than itself. Soft: it sets `_deleted_at` to its
+    cursor (unless marked at that cursor or later already); a newer live version updates the row and
+    revives it unless it was deleted at its cursor or later (then the mark stays: the newest version
+    decides). Live versions update and insert as without deletes; tombstones are never inserted and
+    `_deleted` is never stored."""
+    cursor, flag = _quote(batch.cursor), f"s.{_quote(DELETED)}"
+    tombstone, live = f"{flag} AND t.{cursor} <= s.{cursor}", f"NOT {flag}"
+    newer = f"{live} AND s.{cursor} >= t.{cursor}"
+    if batch.deletes == "hard":
+        merger = merger.when_matched_delete(predicate=tombstone).when_matched_update_all(
+            predicate=newer, except_cols=[DELETED])
+    else:
+        marked = f"t.{_quote(DELETED_AT)}"
+        unmarked = f"({marked} IS NULL OR {marked} < s.{cursor})"
+        merger = merger.when_matched_update(
+            updates={_quote(DELETED_AT): f"s.{cursor}"}, predicate=f"{tombstone} AND {unmarked}"
+        ).when_matched_update_all(predicate=f"{newer} AND {unmarked}", except_cols=[DELETED]).when_matched_update_all(
+            predicate=newer, except_cols=[DELETED, DELETED_AT])
+    return merger.when_not_matched_insert_all(predicate=live, except_cols=[DELETED])
+
+
 def _py(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
@@ -201,7 +246,8 @@ class DeltaSink:
 
         uri = self.table_uri(batch.table)
         final = CommitProperties(app_transactions=[Transaction(self._app(batch), batch.run_number)]) if last else None
-        data = batch.data
+        data = _with_deleted_at(batch)
+        deleted = 0
         with self._errors(uri):
             table = self._loaded.pop(uri, None)
             if table is None:
@@ -209,15 +255,20 @@ class DeltaSink:
             if table is None:  # the first part of the table's first run creates it
                 if last:
                     failpoints.hit("delta.write", batch.table)
+                data = live_rows(batch, data)  # tombstones of a table not yet there delete nothing
                 write_deltalake(
                     uri, data, partition_by=["region"], mode="append", commit_properties=final,
                     storage_options=self.storage_options, target_file_size=self.target_file_size,
                     configuration={"delta.targetFileSize": str(self.target_file_size)},
                 )
                 return PartWrite(data.num_rows, region_counts(data))
+            if batch.deletes == "soft":
+                self._add_deleted_at(table, batch)
             ranges = KeyRanges(table, batch.key[0])
             new_rows, old_rows = self._split_new_keys(ranges, data, batch.key[0])
+            new_rows = live_rows(batch, new_rows)  # tombstones of keys no file holds: nothing to delete
             absent, old_rows, moved = self._drop_landed_versions(table, ranges, old_rows, batch)
+            absent = live_rows(batch, absent)  # likewise
             if absent.num_rows:  # keys inside stored files' ranges that no stored row holds: appended too
                 new_rows = pa.concat_tables([new_rows, absent]) if new_rows.num_rows else absent
             if moved.num_rows:
@@ -229,9 +280,17 @@ class DeltaSink:
                     old_rows, predicate=merge_predicate(old_rows, batch.key, ranges), source_alias="s", target_alias="t",
                     commit_properties=None if new_rows.num_rows else final, merge_schema=True,
                 )
-                metrics = merger.when_matched_update_all(
-                    predicate=f"s.{_quote(batch.cursor)} >= t.{_quote(batch.cursor)}"
-                ).when_not_matched_insert_all().execute()
+                if batch.deletes is None:
+                    metrics = merger.when_matched_update_all(
+                        predicate=f"s.{_quote(batch.cursor)} >= t.{_quote(batch.cursor)}"
+                    ).when_not_matched_insert_all().execute()
+                else:
+                    metrics = _merge_clauses(merger, batch).execute()
+                    marked = tombstones(batch, old_rows)
+                    # Hard: the rows the merge deleted; soft: every tombstone left here marks its row
+                    # (the landed versions were read just now, under the run's lease).
+                    deleted = (int(metrics.get("num_target_rows_deleted", 0)) if batch.deletes == "hard"
+                               else count_true(marked))
                 # What the merge cost: files it read and rewrote (a wide scope shows here first).
                 log.info("%s -> delta: merged %s updated row(s), %s file(s) read, %s skipped by statistics, "
                          "%s rewritten, %s row(s) copied, in %.2fs", batch.table,
@@ -245,16 +304,17 @@ class DeltaSink:
                     table, new_rows, mode="append", commit_properties=final, schema_mode="merge",
                     storage_options=self.storage_options, target_file_size=self.target_file_size,
                 )
+        merged = live_rows(batch, old_rows)  # what the counts report: live rows written
         regions = region_counts(new_rows)
-        for region, count in region_counts(old_rows).items():
+        for region, count in region_counts(merged).items():
             regions[region] = regions.get(region, 0) + count
-        return PartWrite(new_rows.num_rows + old_rows.num_rows, regions)
+        return PartWrite(new_rows.num_rows + merged.num_rows, regions, deleted=deleted)
 
     def finish(self, batch: TableBatch, begun: DeltaBegun, parts: list[PartWrite]) -> SinkWrite:
         """The last part committed the run already."""
         failpoints.hit("delta.commit", batch.table)
         return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.table_uri(batch.table),
-                         regions=summed_regions(parts))
+                         regions=summed_regions(parts), deleted=sum(p.deleted for p in parts))
 
     def read_back(self, table: str, columns: list[str]) -> pa.Table | None:
         """The table's current rows."""
@@ -317,39 +377,72 @@ class DeltaSink:
         customer moved): the old row must go, or the key would live in two partitions.
         Reads the key, region and cursor columns of only the files whose key range holds one of the
         rows' keys (by the log's statistics): O(files touched), not O(table), wherever in history the
-        keys fall."""
+        keys fall.
+        Tombstones (a batch with deletes): one whose key is stored with a version no newer than its own
+        (and, soft, not marked at its cursor or later) is kept, with the stored row's region, so the
+        merge's region scope finds the row whatever region the tombstone carried; the others change
+        nothing: dropped (those of keys not stored are returned in `absent`, where the caller drops
+        them). A tombstone never counts as a key that moved."""
         empty = pa.table({**{k: rows[k].slice(0, 0) for k in batch.key}, "region": rows["region"].slice(0, 0)})
         if rows.num_rows == 0:
             return rows, rows, empty
         first_name = batch.key[0]
+        deleted = tombstones(batch, rows)
         keys = _sorted_keys(rows[first_name])
         wanted = {name for name, hit in zip(ranges.names, ranges.touched(keys), strict=True) if hit}
         dataset = table.to_pyarrow_dataset()
+        # Soft deletes: when the stored row is marked deleted (never read otherwise).
+        marks = [DELETED_AT] if deleted is not None and batch.deletes == "soft" and DELETED_AT in dataset.schema.names else []
         fragments = [f for f in dataset.get_fragments() if f.path.rsplit("/", 1)[-1] in wanted]
         landed = ds.FileSystemDataset(
             fragments, schema=dataset.schema, format=dataset.format, filesystem=dataset.filesystem
-        ).to_table(columns=[*batch.key, "region", batch.cursor],
+        ).to_table(columns=[*batch.key, "region", batch.cursor, *marks],
                    filter=pc.field(first_name).isin(pa.array(keys, rows.schema.field(first_name).type)))
         if landed.num_rows == 0:
             return rows, rows.slice(0, 0), empty
-        landed = landed.rename_columns([*batch.key, "__region", "__landed"]).cast(pa.schema(
+        landed = landed.rename_columns([*batch.key, "__region", "__landed", *("__marked" for _ in marks)]).cast(pa.schema(
             [rows.schema.field(k) for k in batch.key]
             + [pa.field("__region", rows["region"].type), pa.field("__landed", rows[batch.cursor].type)]
+            + [pa.field("__marked", rows[batch.cursor].type) for _ in marks]
         ))
         # Joined on the key columns and a row number only; the whole rows are taken once, in key order
         # (a join of whole rows, then filters and sorts, held several copies of the batch at once).
-        slim = rows.select([*batch.key, batch.cursor, "region"]).append_column(
+        slim = rows.select([*batch.key, batch.cursor, "region", *([DELETED] if deleted is not None else [])]).append_column(
             "__row", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
         joined = slim.join(landed, keys=list(batch.key), join_type="left outer").sort_by(
             [(k, "ascending") for k in batch.key])
         stored = pc.is_valid(joined["__landed"])
         newer = pc.and_kleene(stored, pc.greater(joined[batch.cursor], joined["__landed"]))
-        moved = joined.filter(pc.and_kleene(newer, pc.not_equal(joined["__region"], joined["region"])))
+        moving = newer
+        if deleted is not None:  # a tombstone applies where the stored version is no newer than it
+            tomb = pc.fill_null(joined[DELETED], False)
+            applies = pc.and_kleene(stored, pc.less_equal(joined["__landed"], joined[batch.cursor]))
+            if marks:  # soft: and the row is not marked deleted at the tombstone's cursor or later already
+                applies = pc.and_kleene(applies, pc.or_kleene(pc.is_null(joined["__marked"]),
+                                                              pc.less(joined["__marked"], joined[batch.cursor])))
+            newer = pc.if_else(tomb, applies, newer)
+            moving = pc.and_kleene(newer, pc.invert(tomb))
+        moved = joined.filter(pc.and_kleene(moving, pc.not_equal(joined["__region"], joined["region"])))
         moved = moved.select([*batch.key, "__region"]).rename_columns([*batch.key, "region"])
         none_stored = not pc.any(stored).as_py()
         absent = rows if none_stored else rows.take(joined.filter(pc.invert(stored))["__row"])  # no copy if all
-        kept = rows.take(joined.filter(newer)["__row"])
+        chosen = joined.filter(newer)
+        kept = rows.take(chosen["__row"])
+        if deleted is not None and kept.num_rows:  # tombstones take the stored row's region
+            region = pc.if_else(pc.fill_null(chosen[DELETED], False), chosen["__region"], kept["region"])
+            kept = kept.set_column(kept.schema.get_field_index("region"), kept.schema.field("region"), region)
         return absent, kept, moved
+
+    @staticmethod
+    def _add_deleted_at(table: Any, batch: TableBatch) -> None:
+        """Soft deletes on a table made before them: add the nullable `_deleted_at` column (its own
+        commit, once; every row stored so far is live)."""
+        from deltalake import Schema
+
+        if DELETED_AT in table.schema().to_arrow().names:
+            return
+        field = pa.field(DELETED_AT, batch.data.schema.field(batch.cursor).type, nullable=True)
+        table.alter.add_columns(Schema.from_arrow(pa.schema([field])).fields)
 
     @staticmethod
     def _delete_moved(table: Any, moved: pa.Table, key: tuple[str, ...]) -> None:

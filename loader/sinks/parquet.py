@@ -6,6 +6,8 @@ greatest cursor across files (the Delta table holds only the latest). Idempotenc
 - a file is written under a hidden name and renamed, so readers never see half a file;
 - a version (key, cursor) that an earlier run already wrote (the lookback re-reads it, or a backfill
   overlaps) is skipped by an anti-join against the files of the days the overlap can touch.
+Upstream deletes (a source with `deletes`): a tombstone is one more version, written with its
+`_deleted` column true (live versions false); the latest version per key says whether the key lives.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from loader.sinks.base import (
     PartWrite,
     SinkWrite,
     TableBatch,
+    count_true,
     folder_problem,
     region_counts,
     summed_regions,
+    tombstones,
 )
 from loader.sinks.schema_check import refuse_type_changes
 from loader.storage import Location, locate, short_error, storage_error
@@ -95,13 +99,14 @@ class ParquetSink:
                 self._write_partitions(where, batch.run_number, data, batch.cursor, batch.table, part=part)
         except OSError as error:
             raise storage_error(error, where.uri, side="sink", doing="writing Parquet under") from error
-        return PartWrite(data.num_rows, region_counts(data))
+        # Tombstones are versions like any other (`_deleted` true), the UNKNOWN region's included.
+        return PartWrite(data.num_rows, region_counts(data), deleted=count_true(tombstones(batch, data)))
 
     def finish(self, batch: TableBatch, begun: ParquetBegun, parts: list[PartWrite]) -> SinkWrite:
         """Nothing to commit: each file appeared whole (renamed into place); the checkpoint publishes the run."""
         failpoints.hit("parquet.commit", batch.table)
         return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.location(batch.table),
-                         regions=summed_regions(parts))
+                         regions=summed_regions(parts), deleted=sum(p.deleted for p in parts))
 
     def discard_run(self, table: str, run_number: int) -> None:
         """Delete the run's files, half-written ones included: its versions are written again by the

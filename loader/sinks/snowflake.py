@@ -19,6 +19,11 @@ idempotent, so a retry or a replay after a crash repeats a step without harm:
 4. cleanup: drop the staging table and REMOVE the staged files (a failure here is logged: the next load
    replaces the table, files left behind cost storage only).
 
+Upstream deletes (`batch.deletes`): tombstones are staged with the live rows, the staging table has
+the `_DELETED` flag (the target never does), and the same MERGE, in the same transaction as the
+ledger row, removes (hard) or marks (soft: `_DELETED_AT` = the tombstone's cursor) a stored row whose
+version is no newer than the tombstone; tombstones are never inserted.
+
 A client killed inside step 3 leaves a detached transaction: Snowflake aborts it once it blocks another
 transaction and has been idle 5 minutes, so the replay's MERGE waits at most that long.
 Identifiers come from the validated config or the batch's column names (checked by `ident`) and are
@@ -50,12 +55,17 @@ from loader.errors import LoaderError, SinkError, SinkRejected, SinkUnavailable
 from loader.net import unreachable
 from loader.retry import call_with_retries
 from loader.sinks.base import (
+    DELETED,
+    DELETED_AT,
     Capabilities,
     PartWrite,
     SinkWrite,
     TableBatch,
+    count_true,
+    live_rows,
     region_counts,
     summed_regions,
+    tombstones,
 )
 from loader.sinks.snowflake_schema import ColumnType, columns_to_add, create_table_sql, ident
 from loader.storage import short_error
@@ -166,23 +176,26 @@ class SnowflakeSink:
         try:
             files = _region_files(batch, folder, part)
             self._step(batch, "stage", session, lambda cur: self._put(cur, begun.stage_folder, files))
-            return PartWrite(batch.data.num_rows, region_counts(batch.data))
+            staged = count_true(tombstones(batch))  # tombstones: staged, not rows of the target
+            live = live_rows(batch, batch.data)
+            return PartWrite(batch.data.num_rows - staged, region_counts(live), deleted=staged)
         finally:
             session.discard()
             shutil.rmtree(folder, ignore_errors=True)
 
     def finish(self, batch: TableBatch, begun: SnowflakeBegun, parts: list[PartWrite]) -> SinkWrite:
         """Steps 2 (COPY of every part's files), 3 (merge + ledger row, one transaction) and 4 (cleanup)."""
-        rows = sum(p.rows for p in parts)
+        rows = sum(p.rows + p.deleted for p in parts)  # staged: live rows and tombstones
         session = _Session(self)
         try:
             if rows:
                 self._step(batch, "copy", session, lambda cur: self._copy(cur, batch, begun.stage_folder, rows))
-            self._step(batch, "merge", session, lambda cur: self._merge(cur, session.conn, batch, rows))
+            deleted = self._step(batch, "merge", session, lambda cur: self._merge(cur, session.conn, batch, rows))
             failpoints.hit("snowflake.commit", batch.table)
             if rows:
                 self._cleanup(session, batch, begun.stage_folder)
-            return SinkWrite(self.name, batch.table, rows, self.location(batch.table), regions=summed_regions(parts))
+            return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.location(batch.table),
+                             regions=summed_regions(parts), deleted=deleted)
         finally:
             session.discard()
 
@@ -276,14 +289,15 @@ class SnowflakeSink:
         if self._landed(cur, batch):
             return True
         cluster = "region" if s.cluster_by_region else None
-        cur.execute(create_table_sql(batch.table, batch.data.schema, batch.key, cluster_by=cluster))
+        target = _target_schema(batch)
+        cur.execute(create_table_sql(batch.table, target, batch.key, cluster_by=cluster))
         cur.execute(
             "SELECT COLUMN_NAME, DATA_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE FROM INFORMATION_SCHEMA.COLUMNS "
             "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
             (s.schema_.upper(), batch.table.upper()),
         )
         existing = {name: ColumnType(kind, precision, scale) for name, kind, precision, scale in cur.fetchall()}
-        for statement in columns_to_add(batch.table, batch.data.schema, existing, f"{s.database}.{s.schema_}"):
+        for statement in columns_to_add(batch.table, target, existing, f"{s.database}.{s.schema_}"):
             log.info("%s -> snowflake: new source column: %s", batch.table, statement)
             cur.execute(statement)
         return False
@@ -306,6 +320,8 @@ class SnowflakeSink:
     def _copy(self, cur: Any, batch: TableBatch, prefix: str, rows: int) -> None:
         staging = _staging(batch)
         cur.execute(f"CREATE OR REPLACE TRANSIENT TABLE {staging} LIKE {ident(batch.table)}")
+        if batch.deletes is not None:  # the tombstone flag: staged, never a column of the target
+            cur.execute(f"ALTER TABLE {staging} ADD COLUMN {ident(DELETED)} BOOLEAN")
         # FORCE: the staging table is new, load every file of this attempt's folder, again on a retry
         # (no PURGE: a retried COPY whose first try purged the files would find none).
         cur.execute(
@@ -319,16 +335,23 @@ class SnowflakeSink:
                 f"Snowflake: {staging} holds {staged:,} rows after COPY, the run's parts staged {rows:,}: copying again"
             )
 
-    def _merge(self, cur: Any, conn: Any, batch: TableBatch, rows: int) -> None:
-        """The target's upsert and the ledger row, in one transaction."""
+    def _merge(self, cur: Any, conn: Any, batch: TableBatch, rows: int) -> int:
+        """The target's upsert and the ledger row, in one transaction. Returns the keys the run's
+        tombstones removed or marked (0 where an earlier try committed)."""
         failpoints.hit("snowflake.write", batch.table)
         conn.autocommit(False)
+        deleted = 0
         try:
             if self._landed(cur, batch):  # an earlier try committed but its acknowledgement was lost
                 conn.rollback()
-                return
+                return 0
+            if rows and batch.deletes == "soft":  # MERGE's result mixes marks with updates: count first
+                cur.execute(_marked_sql(batch))
+                deleted = int(cur.fetchone()[0])
             if rows:
                 cur.execute(_merge_sql(batch))
+                if batch.deletes == "hard":
+                    deleted = _merge_count(cur, "number of rows deleted")
             failpoints.hit("snowflake.merge", batch.table)
             cur.execute(
                 f"INSERT INTO {ident(self.settings.ledger_table)} (PIPELINE, TABLE_NAME, RUN_NUMBER, LOADED_AT, "
@@ -336,6 +359,7 @@ class SnowflakeSink:
                 (batch.pipeline, batch.table, batch.run_number, rows),
             )
             conn.commit()
+            return deleted
         except BaseException:
             with contextlib.suppress(Exception):  # a lost connection rolls back on its own; keep the first error
                 conn.rollback()
@@ -431,17 +455,79 @@ def _staging(batch: TableBatch) -> str:
     return ident(f"{batch.table}_LOADER_STAGING")
 
 
+def _target_schema(batch: TableBatch) -> pa.Schema:
+    """The target's columns: the batch's, without the tombstone flag; soft deletes add `_DELETED_AT`
+    (nullable, the cursor's type)."""
+    schema = batch.data.schema
+    if batch.deletes is None:
+        return schema
+    if DELETED in schema.names:
+        schema = schema.remove(schema.get_field_index(DELETED))
+    if batch.deletes == "soft" and DELETED_AT not in schema.names:
+        schema = schema.append(pa.field(DELETED_AT, schema.field(batch.cursor).type, nullable=True))
+    return schema
+
+
+def _latest_sql(batch: TableBatch, columns: list[str]) -> str:
+    key, cursor = [ident(k) for k in batch.key], ident(batch.cursor)
+    return (f"SELECT {', '.join(columns)} FROM {_staging(batch)} "
+            f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {', '.join(key)} ORDER BY {cursor} DESC) = 1")
+
+
 def _merge_sql(batch: TableBatch) -> str:
+    if batch.deletes is not None:
+        return _merge_with_deletes_sql(batch)
     columns = [ident(c) for c in batch.data.column_names]
     key, cursor = [ident(k) for k in batch.key], ident(batch.cursor)
-    latest = (f"SELECT {', '.join(columns)} FROM {_staging(batch)} "
-              f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {', '.join(key)} ORDER BY {cursor} DESC) = 1")
+    latest = _latest_sql(batch, columns)
     updates = ", ".join(f"{c} = s.{c}" for c in columns if c not in key)
     return (
         f"MERGE INTO {ident(batch.table)} t USING ({latest}) s ON {' AND '.join(f't.{k} = s.{k}' for k in key)} "
         f"WHEN MATCHED AND s.{cursor} >= t.{cursor} THEN UPDATE SET {updates} "
         f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) VALUES ({', '.join('s.' + c for c in columns)})"
     )
+
+
+def _merge_with_deletes_sql(batch: TableBatch) -> str:
+    """The MERGE of a batch with deletes: the first WHEN that holds applies. A tombstone removes (hard)
+    or marks (soft) a stored version no newer than itself; a live version updates as without deletes
+    (soft: and revives the key unless it was deleted at its cursor or later: the newest version
+    decides); tombstones are never inserted."""
+    stored = [ident(f.name) for f in _target_schema(batch) if f.name != DELETED_AT]
+    key, cursor, flag = [ident(k) for k in batch.key], ident(batch.cursor), ident(DELETED)
+    latest = _latest_sql(batch, [*stored, flag])
+    updates = ", ".join(f"{c} = s.{c}" for c in stored if c not in key)
+    tombstone, live = f"s.{flag} AND t.{cursor} <= s.{cursor}", f"NOT s.{flag}"
+    merge = f"MERGE INTO {ident(batch.table)} t USING ({latest}) s ON {' AND '.join(f't.{k} = s.{k}' for k in key)} "
+    insert = f"WHEN NOT MATCHED AND {live} THEN INSERT ({', '.join(stored)}) VALUES ({', '.join('s.' + c for c in stored)})"
+    if batch.deletes == "hard":
+        return (f"{merge}WHEN MATCHED AND {tombstone} THEN DELETE "
+                f"WHEN MATCHED AND {live} AND s.{cursor} >= t.{cursor} THEN UPDATE SET {updates} {insert}")
+    marked = f"t.{ident(DELETED_AT)}"
+    return (
+        f"{merge}WHEN MATCHED AND {tombstone} AND ({marked} IS NULL OR {marked} < s.{cursor}) "
+        f"THEN UPDATE SET {ident(DELETED_AT)} = s.{cursor} "
+        f"WHEN MATCHED AND {live} AND s.{cursor} >= t.{cursor} THEN UPDATE SET {updates}, "
+        f"{ident(DELETED_AT)} = CASE WHEN {marked} >= s.{cursor} THEN {marked} ELSE NULL END {insert}"
+    )
+
+
+def _marked_sql(batch: TableBatch) -> str:
+    """How many stored rows the soft MERGE's tombstones will mark (run inside its transaction, first)."""
+    stored = [ident(f.name) for f in _target_schema(batch) if f.name != DELETED_AT]
+    key, cursor, flag, marked = [ident(k) for k in batch.key], ident(batch.cursor), ident(DELETED), ident(DELETED_AT)
+    return (
+        f"SELECT COUNT(*) FROM ({_latest_sql(batch, [*stored, flag])}) s JOIN {ident(batch.table)} t "
+        f"ON {' AND '.join(f't.{k} = s.{k}' for k in key)} WHERE s.{flag} AND t.{cursor} <= s.{cursor} "
+        f"AND (t.{marked} IS NULL OR t.{marked} < s.{cursor})"
+    )
+
+
+def _merge_count(cur: Any, column: str) -> int:
+    """One count of MERGE's result row, by its column name (the columns follow the WHEN clauses)."""
+    names = [d[0].lower() for d in (cur.description or [])]
+    result = cur.fetchone()
+    return int(result[names.index(column)]) if result is not None and column in names else 0
 
 
 def _region_files(batch: TableBatch, folder: Path, part: int) -> list[Path]:

@@ -18,17 +18,28 @@ from loader import failpoints
 from loader.errors import LoaderError, SinkRejected, SinkUnavailable, is_transient
 from loader.sinks import SinkWrite
 from tests.support.conformance import (
+    CURSOR,
+    DELETED,
+    DELETED_AT,
+    DELETES_SCHEMA,
+    KEY,
     REGIONS,
     SCHEMA,
     SINKS,
+    SOFT_SCHEMA,
     TABLE,
+    UNKNOWN,
+    Deletes,
     SinkUnderTest,
     batch_of,
+    live,
     make_sink,
     row,
     sort_state,
     table_of,
+    tombstone,
 )
+from tests.support.readers import latest_versions
 from tests.support.snowflake_emulator import PASSWORD_ENV, new_database
 
 pytestmark = pytest.mark.integration
@@ -252,3 +263,193 @@ def test_run_failing_between_parts_lands_exactly_when_replayed(
     else:
         assert_write(retry, sut, data)
     assert_state(sut, state_after(FIRST, SECOND))
+
+
+# ------------------------------------------------------------------------------------ upstream deletes
+# A source with `deletes` hands the sinks rows with a `_deleted` flag, one row per key (the newest
+# version in the batch), tombstones carrying the key, the cursor and a region (UNKNOWN where none was
+# found). Parquet logs tombstones as versions; Delta and Snowflake remove the key (hard) or mark it
+# (soft, `_deleted_at`) where the stored version is no newer than the tombstone. The expected state is
+# computed here by a small model, apart from the sinks: the newest version of each key decides.
+
+Run = list[dict[str, Any]]
+
+
+@pytest.fixture(params=["hard", "soft"])
+def mode(request: pytest.FixtureRequest) -> Deletes:
+    return request.param  # type: ignore[no-any-return]
+
+
+def _newest(runs: list[Run]) -> dict[int, dict[str, Any]]:
+    """The newest version of each key over `runs` (a tombstone wins a tie with a live version)."""
+    newest: dict[int, dict[str, Any]] = {}
+    for run in runs:
+        for r in run:
+            held = newest.get(r["id"])
+            if held is None or (r[CURSOR], r[DELETED]) > (held[CURSOR], held[DELETED]):
+                newest[r["id"]] = r
+    return newest
+
+
+def model(runs: list[Run], *, log: bool, deletes: Deletes) -> dict[int, dict[str, Any]]:
+    """What a sink holds after `runs`, per key. A version log (Parquet): the newest version, flag and all.
+    Hard: the newest version where it is live. Soft: every key ever live, with the values of its newest
+    live version and `_deleted_at` = the cursor of its newest version where that is a tombstone."""
+    newest = _newest(runs)
+    if log:
+        return newest
+    if deletes == "hard":
+        return {k: {c: v for c, v in r.items() if c != DELETED} for k, r in newest.items() if not r[DELETED]}
+    lives = _newest([[r for r in run if not r[DELETED]] for run in runs])
+    return {k: {**{c: v for c, v in r.items() if c != DELETED},
+                DELETED_AT: newest[k][CURSOR] if newest[k][DELETED] else None} for k, r in lives.items()}
+
+
+def deleted_by(runs: list[Run], *, log: bool, deletes: Deletes) -> int:
+    """What the last run's `deleted` counts: tombstone versions it adds to the log (Parquet), or keys
+    its tombstones removed or marked (the others): those whose state the tombstone changed."""
+    *before, last = runs
+    if log:
+        seen = {(r["id"], r[CURSOR]) for run in before for r in run}
+        return sum(1 for r in last if r[DELETED] and (r["id"], r[CURSOR]) not in seen)
+    was, now = model(before, log=False, deletes=deletes), model(runs, log=False, deletes=deletes)
+    return sum(1 for r in last if r[DELETED] and was.get(r["id"]) != now.get(r["id"]))
+
+
+def write_run(sut: SinkUnderTest, run_number: int, run: Run, deletes: Deletes, *, replay: bool = False) -> SinkWrite:
+    return sut.write(batch_of(run_number, table_of(run, DELETES_SCHEMA), replay=replay, deletes=deletes))
+
+
+def assert_deletes_state(sut: SinkUnderTest, runs: list[Run], deletes: Deletes) -> None:
+    """What the sink holds is exactly the model's state (Parquet: its latest version per key)."""
+    assert sut.stored_all is not None
+    got = sut.stored_all()
+    want = model(runs, log=sut.version_log, deletes=deletes)
+    schema = DELETES_SCHEMA if sut.version_log else SOFT_SCHEMA if deletes == "soft" else SCHEMA
+    if sut.version_log:
+        versions = list(zip(got["id"].to_pylist(), got[CURSOR].to_pylist(), strict=True))
+        assert len(versions) == len(set(versions)), f"{sut.name}: a (key, cursor) version is stored twice"
+        got = latest_versions(got, KEY, CURSOR)
+    elif got.num_rows:  # what the table holds: `_deleted` never, `_deleted_at` only when soft
+        assert sorted(got.column_names) == sorted(schema.names), f"{sut.name} ({deletes}): columns {got.column_names}"
+    if not sut.version_log and sut.name != "snowflake" and deletes == "soft":
+        assert got.schema.field(DELETED_AT).type == SOFT_SCHEMA.field(DELETED_AT).type, got.schema
+    got = sort_state(got.select(schema.names).cast(schema)) if got.num_rows else schema.empty_table()
+    expected = sort_state(table_of([want[k] for k in sorted(want)], schema))
+    assert got.num_rows == expected.num_rows, (
+        f"{sut.name} ({deletes}): keys {got['id'].to_pylist()}, expected {expected['id'].to_pylist()}")
+    for g, w in zip(got.to_pylist(), expected.to_pylist(), strict=True):
+        assert g == w, f"{sut.name} ({deletes}): row differs\n got      {g}\n expected {w}"
+
+
+def assert_deleted(result: SinkWrite, sut: SinkUnderTest, runs: list[Run], deletes: Deletes) -> None:
+    want = deleted_by(runs, log=sut.version_log, deletes=deletes)
+    assert (result.skipped, result.deleted) == (False, want), f"{sut.name} ({deletes}): {result}, expected deleted={want}"
+
+
+FIRST_LIVE: Run = [live(k) for k in range(1, 7)]
+
+
+def test_delete_of_a_stored_key(sut: SinkUnderTest, mode: Deletes) -> None:
+    """Key 2's tombstone carries its region, key 4's UNKNOWN (no region found): both reach the stored row."""
+    runs = [FIRST_LIVE, [tombstone(2, 2), tombstone(4, 2, region=UNKNOWN)]]
+    write_run(sut, 1, runs[0], mode)
+    result = write_run(sut, 2, runs[1], mode)
+    assert_deleted(result, sut, runs, mode)
+    assert result.rows == (2 if sut.version_log else 0), result
+    assert_deletes_state(sut, runs, mode)
+
+
+def test_tombstone_older_than_the_stored_version_is_ignored(sut: SinkUnderTest, mode: Deletes) -> None:
+    """Late tombstones (keys 1 and 3: versions before the stored 3rd) change nothing; one at the stored
+    version's own cursor (key 2) deletes it (t.cursor <= s.cursor). A version log holds one version per
+    (key, cursor), so Parquet is not given the tie."""
+    stored: Run = [live(k, 3) for k in range(1, 5)]
+    late = [tombstone(1, 2), tombstone(3, 1, region=UNKNOWN)] + ([] if sut.version_log else [tombstone(2, 3)])
+    runs = [stored, late]
+    write_run(sut, 1, stored, mode)
+    result = write_run(sut, 2, late, mode)
+    assert_deleted(result, sut, runs, mode)
+    assert_deletes_state(sut, runs, mode)
+
+
+def test_delete_then_reinsert_in_a_later_run(sut: SinkUnderTest, mode: Deletes) -> None:
+    """A newer live version after the delete brings the key back (soft: revived, `_deleted_at` null)."""
+    runs = [FIRST_LIVE, [tombstone(3, 2, region=UNKNOWN), tombstone(5, 2)], [live(3, 3), live(7, 1)]]
+    for number, run in enumerate(runs, 1):
+        write_run(sut, number, run, mode)
+        assert_deletes_state(sut, runs[:number], mode)
+    assert model(runs, log=False, deletes="hard").keys() == {1, 2, 3, 4, 6, 7}  # the model agrees
+
+
+def test_tombstone_for_an_unknown_key_changes_nothing(sut: SinkUnderTest, mode: Deletes) -> None:
+    """Tombstones of keys never stored: in the table's first run (no table yet), inside the stored keys'
+    range (key 4) and beyond it (key 20, region UNKNOWN). Nothing is inserted, nothing deleted."""
+    runs = [[live(k) for k in (1, 2, 3, 5, 6)] + [tombstone(9, 1)], [tombstone(4, 2), tombstone(20, 1, region=UNKNOWN)]]
+    first = write_run(sut, 1, runs[0], mode)
+    assert_deleted(first, sut, runs[:1], mode)
+    result = write_run(sut, 2, runs[1], mode)
+    assert_deleted(result, sut, runs, mode)
+    assert_deletes_state(sut, runs, mode)
+    if not sut.version_log:
+        assert set(sut.stored_all()["id"].to_pylist()) == {1, 2, 3, 5, 6}
+
+
+# Run 2 of the mixed tests: updates (1, 6), inserts (7, 8), tombstones of stored keys in their region
+# (2) and UNKNOWN (4, 9), a late tombstone older than the stored version (5) and one of an unknown key (30).
+MIXED_FIRST: Run = [live(k) for k in (1, 2, 3, 4, 6, 9, 10)] + [live(5, 3)]
+MIXED_SECOND: Run = [
+    live(1, 2), tombstone(2, 2), tombstone(4, 3, region=UNKNOWN), tombstone(5, 2), live(6, 2), live(7), live(8),
+    tombstone(9, 2, region=UNKNOWN), tombstone(30, 1),
+]
+
+
+def test_replay_after_a_crash_has_no_double_effect(
+    sut: SinkUnderTest, mode: Deletes, failpoint: Callable[[str | None], None]
+) -> None:
+    """A fault mid-write (Delta: the merge with the tombstones committed, the run's commit not), then the
+    runner's replay (same run number, replay=True): the run lands exactly once; replaying it again once
+    landed changes nothing."""
+    runs = [MIXED_FIRST, MIXED_SECOND]
+    write_run(sut, 1, MIXED_FIRST, mode)
+    failpoint(f"{_MID_WRITE_POINTS[sut.name][-1]}=transient")
+    with pytest.raises(SinkUnavailable):
+        write_run(sut, 2, MIXED_SECOND, mode)
+    failpoint(None)
+    retry = write_run(sut, 2, MIXED_SECOND, mode, replay=True)
+    assert not retry.skipped, retry
+    want = deleted_by(runs, log=sut.version_log, deletes=mode)
+    if sut.name == "delta":  # the merge before the fault applied the tombstones: the replay finds them done
+        assert 0 <= retry.deleted <= want, retry
+    else:
+        assert retry.deleted == want, retry
+    assert_deletes_state(sut, runs, mode)
+    assert sut.stored_all is not None
+    stored = sut.stored_all()
+    again = write_run(sut, 2, MIXED_SECOND, mode, replay=True)
+    assert again.skipped or again.deleted == retry.deleted, (again, retry)
+    assert sut.stored_all().equals(stored), f"{sut.name}: replaying the landed run changed what is stored"
+    assert_deletes_state(sut, runs, mode)
+
+
+def test_batch_mixing_updates_inserts_and_tombstones(sut: SinkUnderTest, mode: Deletes) -> None:
+    """One batch of every kind of row, written in key-disjoint parts (the Ray executor's path), then a
+    third run reviving one deleted key and deleting an updated one. Where the sink remembers deletes
+    (soft, and Parquet's log), a late live version older than the key's tombstone (key 4) updates the
+    values but leaves the key deleted; a hard delete forgets the key, so there it would insert it again."""
+    from loader.sinks.table_writes import write_table
+
+    third: Run = [live(2, 3), tombstone(6, 3, region=UNKNOWN), live(11)]
+    if mode == "soft" or sut.version_log:
+        third.append(live(4, 2))
+    runs = [MIXED_FIRST, MIXED_SECOND, third]
+    write_run(sut, 1, MIXED_FIRST, mode)
+    data = table_of(sorted(MIXED_SECOND, key=lambda r: r["id"]), DELETES_SCHEMA)
+    parts = [data.slice(i, 3) for i in range(0, data.num_rows, 3)]
+    head = batch_of(2, data.schema.empty_table(), deletes=mode)
+    [(result, _)] = write_table([sut.sink], head, parts)
+    assert_deleted(result, sut, runs[:2], mode)
+    assert_deletes_state(sut, runs[:2], mode)
+    result = write_run(sut, 3, third, mode)
+    assert_deleted(result, sut, runs, mode)
+    assert_deletes_state(sut, runs, mode)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -60,13 +60,35 @@ def table_of(rows: Iterable[dict[str, Any]], schema: pa.Schema = SCHEMA) -> pa.T
     return pa.Table.from_pylist(list(rows), schema=schema)
 
 
-def batch_of(run_number: int, data: pa.Table, *, replay: bool = False) -> TableBatch:
-    """One run's rows of TABLE. The window is the run's cursor range (the sinks do not filter on it)."""
+def batch_of(run_number: int, data: pa.Table, *, replay: bool = False, deletes: Deletes | None = None) -> TableBatch:
+    """One run's rows of TABLE. The window is the run's cursor range (the sinks do not filter on it).
+    `deletes`: the source's deletes mode (then `data` has the `_deleted` column)."""
     upper = pc.max(data[CURSOR]).as_py() if data.num_rows else BASE
     return TableBatch(
         pipeline=PIPELINE, table=TABLE, run_number=run_number, data=data, key=KEY, cursor=CURSOR,
         window=Window(lower=None if run_number == 1 else BASE, upper=max(upper, BASE)), replay=replay,
+        deletes=deletes,
     )
+
+
+# Upstream deletes: the rows of a source with a `deletes` block carry the `_deleted` flag; a tombstone
+# carries the key, the cursor and a region (its real one, or UNKNOWN where none was found), the rest null.
+Deletes = Literal["hard", "soft"]
+DELETED = "_deleted"
+DELETED_AT = "_deleted_at"
+UNKNOWN = "UNKNOWN"
+DELETES_SCHEMA = SCHEMA.append(pa.field(DELETED, pa.bool_()))
+SOFT_SCHEMA = SCHEMA.append(pa.field(DELETED_AT, SCHEMA.field(CURSOR).type))
+
+
+def live(key: int, version: int = 1) -> dict[str, Any]:
+    return {**row(key, version), DELETED: False}
+
+
+def tombstone(key: int, version: int, *, region: str | None = None) -> dict[str, Any]:
+    """The delete of `key` at version `version`'s cursor, in the key's region (or `region`)."""
+    return {"id": key, CURSOR: row(key, version)[CURSOR], "amount": None, "ship_date": None, "note": None,
+            "region": region or row(key)["region"], DELETED: True}
 
 
 def sort_state(data: pa.Table) -> pa.Table:
@@ -91,6 +113,9 @@ class SinkUnderTest:
     sink: Sink
     stored: Callable[[], pa.Table]
     version_log: bool = False
+    #: Every column as stored, sorted by key and cursor (the deletes tests: `_deleted` in the Parquet
+    #: log, `_deleted_at` in a soft table): Parquet's as DELETES_SCHEMA, the others' as they are.
+    stored_all: Callable[[], pa.Table] | None = None
 
     def write(self, batch: TableBatch) -> SinkWrite:
         return write_whole(self.sink, batch)
@@ -174,8 +199,32 @@ def make_sink(name: str, folder: Path, snowflake: tuple[dict[str, Any], str] | N
     assert [s.name for s in built] == [name]
     sink = built[0]
     if name == "parquet":
-        return SinkUnderTest(name, sink, parquet_reader(Path(config.sink_path(config.sinks.parquet.path))), version_log=True)
+        root = Path(config.sink_path(config.sinks.parquet.path))
+        return SinkUnderTest(name, sink, parquet_reader(root), version_log=True, stored_all=parquet_log_reader(root))
     if name == "delta":
-        return SinkUnderTest(name, sink, delta_reader(config.sink_path(config.sinks.delta.path) + "/" + TABLE))
+        uri = config.sink_path(config.sinks.delta.path) + "/" + TABLE
+        return SinkUnderTest(name, sink, delta_reader(uri), stored_all=lambda: sort_state(read_delta(uri) or SCHEMA.empty_table()))
     assert snowflake is not None
-    return SinkUnderTest(name, sink, snowflake_reader(*snowflake))
+    return SinkUnderTest(name, sink, snowflake_reader(*snowflake), stored_all=snowflake_all_reader(*snowflake))
+
+
+def parquet_log_reader(root: Path) -> Callable[[], pa.Table]:
+    """Every version of the log with its `_deleted` flag, each file's types checked."""
+    def stored() -> pa.Table:
+        def check(path: Path, data: pa.Table) -> None:
+            _check_types(f"parquet file {path.relative_to(root)}", data)
+            assert data.schema.field(DELETED).type == pa.bool_(), f"parquet file {path}: {DELETED} is not boolean"
+
+        return sort_state(read_parquet_log(root / TABLE, schema=DELETES_SCHEMA, check=check))
+
+    return stored
+
+
+def snowflake_all_reader(server: dict[str, Any], database: str) -> Callable[[], pa.Table]:
+    def stored() -> pa.Table:
+        probe = read_snowflake(server, database, TABLE)
+        nullable = [DELETED_AT] if probe is not None and DELETED_AT in probe.column_names else []
+        data = read_snowflake(server, database, TABLE, nullable=nullable)
+        return SCHEMA.empty_table() if data is None else sort_state(data)
+
+    return stored

@@ -1,6 +1,12 @@
 """An independent computation of what the warehouse must hold, in DuckDB SQL over the landing zone
 (none of the loader's code): every primary key once, latest cursor wins, with the business rules and
-regional rules of configs/local.yaml written out again as SQL."""
+regional rules of configs/local.yaml written out again as SQL.
+
+Upstream deletes (configs/local.yaml: `deletes: {column: op, values: [D]}`): a key whose newest
+version has `op = 'D'` is a tombstone. `expected` leaves such keys out (what Delta and Snowflake hold,
+and the Parquet log's live latest versions); `expected_tombstones` lists them as the Parquet log holds
+their newest version: key, cursor, and the region of the tombstone's own customer / supplier
+(UNKNOWN when it has none)."""
 
 from __future__ import annotations
 
@@ -20,11 +26,29 @@ def _mask(column: str) -> str:
             f"|| right({column}, 4) ELSE {column} END").replace(",)", ")")
 
 
+def _has_op(landing: Path, table: str) -> bool:
+    """Whether the table's landing files carry the `op` column (a landing zone from elsewhere may not)."""
+    names = duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet('{landing}/{table}/**/*.parquet', "
+                       f"hive_partitioning = false, union_by_name = true)").fetchall()
+    return any(row[0] == "op" for row in names)
+
+
+def _newest(landing: Path, table: str, key: str, cursor: str, *, tombstones: bool = False) -> str:
+    """SQL of each key's newest version; only the live ones (newest not a tombstone), or with
+    `tombstones` only the tombstones."""
+    newest = f"""SELECT * FROM read_parquet('{landing}/{table}/**/*.parquet', hive_partitioning = false,
+                                         union_by_name = true)
+      QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {cursor} DESC) = 1"""
+    if not _has_op(landing, table):
+        return newest if not tombstones else f"SELECT * FROM ({newest}) WHERE false"
+    keep = "op = 'D'" if tombstones else "op IS DISTINCT FROM 'D'"
+    return f"SELECT * FROM ({newest}) WHERE {keep}"
+
+
 def expected_orders(landing: Path) -> pa.Table:
     sql = f"""
     WITH latest AS (
-      SELECT * FROM read_parquet('{landing}/orders/**/*.parquet', hive_partitioning = false)
-      QUALIFY row_number() OVER (PARTITION BY o_orderkey ORDER BY o_updated_at DESC) = 1
+      {_newest(landing, "orders", "o_orderkey", "o_updated_at")}
     ), placed AS (
       SELECT o.*, c.c_name, c.c_phone, c.c_acctbal, n.n_name AS nation, r.r_name AS region
       FROM latest o
@@ -50,8 +74,7 @@ def expected_orders(landing: Path) -> pa.Table:
 def expected_lineitem(landing: Path) -> pa.Table:
     sql = f"""
     WITH latest AS (
-      SELECT * FROM read_parquet('{landing}/lineitem/**/*.parquet', hive_partitioning = false)
-      QUALIFY row_number() OVER (PARTITION BY l_orderkey, l_linenumber ORDER BY l_updated_at DESC) = 1
+      {_newest(landing, "lineitem", "l_orderkey, l_linenumber", "l_updated_at")}
     ), placed AS (
       SELECT l.*, r.r_name AS region
       FROM latest l
@@ -77,3 +100,25 @@ def key_columns(table: str) -> list[str]:
 
 def expected(table: str, landing: Path) -> pa.Table:
     return expected_orders(landing) if table == "orders" else expected_lineitem(landing)
+
+
+def expected_tombstones(table: str, landing: Path) -> pa.Table:
+    """The keys whose newest version is a tombstone: key columns, cursor and region, sorted by key."""
+    if table == "orders":
+        newest = _newest(landing, "orders", "o_orderkey", "o_updated_at", tombstones=True)
+        join, columns = (f"read_parquet('{landing}/customer/*.parquet') c ON d.o_custkey = c.c_custkey "
+                         f"LEFT JOIN read_parquet('{landing}/nation/*.parquet') n ON c.c_nationkey = n.n_nationkey",
+                         "o_orderkey, o_updated_at")
+    else:
+        newest = _newest(landing, "lineitem", "l_orderkey, l_linenumber", "l_updated_at", tombstones=True)
+        join, columns = (f"read_parquet('{landing}/supplier/*.parquet') s ON d.l_suppkey = s.s_suppkey "
+                         f"LEFT JOIN read_parquet('{landing}/nation/*.parquet') n ON s.s_nationkey = n.n_nationkey",
+                         "l_orderkey, l_linenumber, l_updated_at")
+    sql = f"""
+    SELECT {columns}, coalesce(r.r_name, 'UNKNOWN') AS region
+    FROM ({newest}) d
+    LEFT JOIN {join}
+    LEFT JOIN read_parquet('{landing}/region/*.parquet') r ON n.n_regionkey = r.r_regionkey
+    ORDER BY {', '.join(key_columns(table))}
+    """
+    return duckdb.sql(sql).fetch_arrow_table()

@@ -129,23 +129,32 @@ def delta_rows(warehouse: Path, table: str) -> pa.Table:
 # -------------------------------------------------------------------------------------------- Snowflake
 
 
-def read_snowflake(server: dict[str, Any], database: str, table: str) -> pa.Table | None:
+def read_snowflake(server: dict[str, Any], database: str, table: str, *,
+                   nullable: Sequence[str] = ()) -> pa.Table | None:
     """Every row of `table` (`database`.S) in the emulator, column names lower-cased; None where the
-    table does not exist or holds no row (the connector returns no Arrow table for no rows)."""
+    table does not exist or holds no row (the connector returns no Arrow table for no rows).
+    `nullable`: columns whose NULLs are read with `IS NULL` too (fakesnow 0.12.1 returns a NULL
+    TIMESTAMP_TZ over Arrow as the epoch)."""
     from tests.support.snowflake_emulator import connect
 
+    flags = [f'"{c.upper()}" IS NULL AS "__NULL_{c.upper()}"' for c in nullable]
     conn = connect(server, database)
     try:
         cur = conn.cursor()
         cur.execute(f"SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_NAME = '{table.upper()}'")
         if not cur.fetchone()[0]:
             return None
-        cur.execute(f'SELECT * FROM "{table.upper()}"')
+        cur.execute(f'SELECT {", ".join(["*", *flags])} FROM "{table.upper()}"')
         data = cur.fetch_arrow_all()
     finally:
         conn.close()
     if data is None:
         return None
+    for column in nullable:
+        flag = f"__NULL_{column.upper()}"
+        index = data.schema.get_field_index(column.upper())
+        values = pc.if_else(data[flag], pa.nulls(data.num_rows, data[column.upper()].type), data[column.upper()])
+        data = data.set_column(index, data.schema.field(index), values).drop_columns([flag])
     return data.rename_columns([c.lower() for c in data.column_names])
 
 

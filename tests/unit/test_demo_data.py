@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -197,6 +198,7 @@ def reference_init(tpch: Path, *, seed: int, days: int, start: datetime) -> dict
     ):
         cursor_name = dd.CURSOR_COLUMNS[table]
         data = data.append_column(dd.SCHEMAS[table].field(cursor_name), pa.array(row_cursor, dd.CURSOR_TYPE))
+        data = data.append_column(dd.SCHEMAS[table].field(dd.OP_COLUMN), pa.array(["I"] * data.num_rows, pa.string()))
         for d in np.unique(row_day):
             rel = f"{table}/ingest_date={(start + timedelta(days=int(d))).date()}/part-{d + 1:05d}.parquet"
             keys = [(cursor_name, "ascending")] + [(k, "ascending") for k in dd.PRIMARY_KEYS[table]]
@@ -323,7 +325,7 @@ def test_append_updates_change_status_and_price_keep_keys_and_move_cursors(zone:
             Decimal("0.01"), ROUND_HALF_UP
         )
         assert row["o_updated_at"] > before.max_cursor
-        changed = ("o_orderstatus", "o_totalprice", "o_updated_at", "ingest_date")
+        changed = ("o_orderstatus", "o_totalprice", "o_updated_at", "ingest_date", "op")  # op: I -> U
         assert {k: v for k, v in row.items() if k not in changed} == {
             k: v for k, v in old.items() if k not in changed
         }
@@ -433,3 +435,86 @@ def test_start_moves_the_history(tmp_path: Path) -> None:
     summary = dd.init_landing_zone(tmp_path / "lz", scale=SCALE, days=2, start=start)
     assert summary.first_ingest_date == date(2023, 6, 1) and summary.last_ingest_date == date(2023, 6, 2)
     assert start + timedelta(days=1) <= summary.max_cursor < start + timedelta(days=2)
+
+
+# ----------------------------------------------------------------------------------------- deletes
+
+
+def test_init_writes_op_insert_on_every_fact_row(base_zone: Path) -> None:
+    for table in dd.FACT_TABLES:
+        data = read_fact(base_zone, table)
+        assert data.schema.field(dd.OP_COLUMN).type == pa.string()
+        assert set(data[dd.OP_COLUMN].to_pylist()) == {"I"}, table
+
+
+def test_append_deletes_write_tombstones_for_orders_and_their_lineitems(zone: Path) -> None:
+    before = latest_orders(zone)
+    items_before = read_fact(zone, "lineitem")
+    state = dd.read_demo_state(zone)
+    summary = dd.append_batch(zone, orders=30, updates=20, late=3, deletes=25)
+    assert (summary.deleted_orders, summary.new_orders, summary.updated_orders) == (25, 30, 20)
+
+    orders = pq.read_table(summary.files[0])
+    assert orders.schema.remove_metadata().equals(dd.ORDERS_SCHEMA)
+    ops = orders[dd.OP_COLUMN].to_pylist()
+    assert (ops.count("I"), ops.count("U"), ops.count("D")) == (33, 20, 25)
+    dead = [r for r in orders.to_pylist() if r[dd.OP_COLUMN] == "D"]
+    updated = {r["o_orderkey"] for r in orders.to_pylist() if r[dd.OP_COLUMN] == "U"}
+    assert not updated & {r["o_orderkey"] for r in dead}  # an order is updated or deleted, not both
+    for row in dead:  # the before-image: the order's latest row, a new cursor in the batch's day
+        old = before[row["o_orderkey"]]
+        assert {k: v for k, v in row.items() if k not in ("o_updated_at", "op")} == {
+            k: v for k, v in old.items() if k not in ("o_updated_at", "op", "ingest_date")}
+        assert utc_midnight(summary.ingest_date) <= row["o_updated_at"] > state.max_cursor
+
+    items = pq.read_table(summary.files[1])
+    gone = items.filter(pc.equal(items[dd.OP_COLUMN], "D"))
+    assert gone.num_rows == summary.deleted_lineitems > summary.deleted_orders
+    cursor_of = {r["o_orderkey"]: r["o_updated_at"] for r in dead}
+    assert set(gone["l_orderkey"].to_pylist()) == set(cursor_of)
+    assert all(cursor_of[r["l_orderkey"]] == r["l_updated_at"] for r in gone.to_pylist())
+    every = items_before.filter(pc.is_in(items_before["l_orderkey"], pa.array(list(cursor_of), pa.int64())))
+    assert gone.num_rows == every.num_rows  # every lineitem of a deleted order
+    assert summary.max_cursor >= max(cursor_of.values())
+
+
+def test_deleted_orders_are_never_picked_again(zone: Path) -> None:
+    first = dd.append_batch(zone, orders=0, updates=0, late=0, deletes=200)
+    deleted = set(pq.read_table(first.files[0])["o_orderkey"].to_pylist())
+    second = dd.append_batch(zone, orders=500, updates=3000, late=0, deletes=3000, update_from="any")
+    later = pq.read_table(second.files[0])
+    assert not deleted & set(later["o_orderkey"].to_pylist())
+    with pytest.raises(ConfigError, match="deletes=15000"):  # fewer live orders are left than that
+        dd.append_batch(zone, orders=0, updates=0, late=0, deletes=15000)
+
+
+def test_appends_with_deletes_are_deterministic(base_zone: Path, tmp_path: Path) -> None:
+    zones = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        shutil.copytree(base_zone, root)
+        dd.append_batch(root, orders=40, updates=10, late=2, deletes=15)
+        dd.append_batch(root, orders=5, updates=5, late=0, deletes=7)
+        zones.append(root)
+    for table in dd.FACT_TABLES:
+        for a, b in zip(fact_files(zones[0], table), fact_files(zones[1], table), strict=True):
+            assert a.read_bytes() == b.read_bytes(), a
+
+
+def test_a_batch_without_deletes_draws_as_before(base_zone: Path, tmp_path: Path) -> None:
+    """--deletes draws last: asking for none leaves the other records of the batch as they were."""
+    plain, with_deletes = tmp_path / "plain", tmp_path / "deletes"
+    for root in (plain, with_deletes):
+        shutil.copytree(base_zone, root)
+    dd.append_batch(plain, orders=40, updates=10, late=2)
+    summary = dd.append_batch(with_deletes, orders=40, updates=10, late=2, deletes=5)
+    want = pq.read_table(fact_files(plain, "orders")[-1])
+    got = pq.read_table(summary.files[0])
+    assert got.filter(pc.not_equal(got["op"], "D")).equals(want)
+
+
+def test_a_zone_made_before_op_is_refused_with_the_fix(zone: Path) -> None:
+    state = dd.read_demo_state(zone)
+    (zone / dd.STATE_FILE).write_text(json.dumps({**state.to_json(), "version": 1}))
+    with pytest.raises(ConfigError, match="recreate it with `loader demo-data init`"):
+        dd.append_batch(zone, orders=1, updates=0, late=0)

@@ -1,0 +1,143 @@
+"""Upstream deletes end to end, through the real command line on the demo landing zone: `demo-data
+append --deletes N` writes tombstones (op = 'D'), `loader run` carries them to the sinks on either
+executor, and the sinks hold what the independent DuckDB computation (tests/support/expected.py) says:
+tombstoned keys gone from Delta, their tombstone the newest version in the Parquet log."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.expected import expected_tombstones, key_columns
+from tests.support.readers import CURSOR, delta_rows, parquet_latest, parquet_versions
+from tests.support.warehouse import assert_matches_expected
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+
+DELETED = "_deleted"
+
+
+def _appended(config: Path, *args: str) -> tuple[int, int]:
+    """`demo-data append` with `args`: (orders, lineitems) it deleted, as its summary line says."""
+    out = run_cli(config, "demo-data", "append", *args).stdout
+    found = re.search(r"(\d[\d,]*) deleted \(with (\d[\d,]*) lineitems\)", out)
+    assert found, out
+    return int(found.group(1).replace(",", "")), int(found.group(2).replace(",", ""))
+
+
+def _assert_sinks_exact(warehouse: Path, landing: Path) -> None:
+    """Delta: the live latest versions only. Parquet: every key's newest version; the tombstoned keys'
+    is their tombstone (`_deleted`), the others' the live row."""
+    for table in ("orders", "lineitem"):
+        keys = key_columns(table)
+        delta = delta_rows(warehouse, table)
+        assert DELETED not in delta.column_names and "op" not in delta.column_names
+        assert_matches_expected(delta, landing, table, sink="delta")
+        latest = parquet_latest(warehouse, table)
+        assert "op" not in latest.column_names
+        assert latest[DELETED].null_count == 0
+        assert_matches_expected(latest.filter(pc.invert(latest[DELETED])), landing, table, sink="parquet")
+        dead = latest.filter(latest[DELETED]).select([*keys, CURSOR[table], "region"])
+        want = expected_tombstones(table, landing)
+        assert want.num_rows > 0, table
+        assert dead.sort_by([(k, "ascending") for k in keys]).to_pylist() == want.to_pylist(), f"parquet/{table}"
+        versions = parquet_versions(warehouse, table).select([*keys, CURSOR[table]]).to_pylist()
+        assert len({tuple(v.values()) for v in versions}) == len(versions), f"parquet/{table}: a version twice"
+
+
+def test_deletes_through_both_executors(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    local = write_config(tmp_path / "local", landing_zone=str(landing))
+    ray = write_config(tmp_path / "ray", landing_zone=str(landing))
+    run_cli(local, "demo-data", "init", "--scale", "0.01", "--days", "3")
+    assert run_json(local, "run", "--incremental", "--executor", "local")["tables"]["orders"]["deleted"] == 0
+    run_json(ray, "run", "--incremental", "--executor", "ray", cwd=ray.parent)
+
+    orders, lineitems = _appended(local, "--orders", "200", "--updates", "50", "--late", "5", "--deletes", "40")
+    assert orders == 40 and lineitems > orders  # TPC-H orders have 1-7 lineitems each
+    first = run_json(local, "run", "--incremental", "--executor", "local")
+    assert first["executor"] == "local"
+    for table, count in (("orders", orders), ("lineitem", lineitems)):
+        info = first["tables"][table]
+        assert info["deleted"] == count, (table, info)
+        assert info["sinks"]["parquet"]["deleted"] == count  # tombstone versions written
+        assert info["sinks"]["delta"]["deleted"] == count  # keys removed: all were stored
+    sinks = first["tables"]["orders"]["sinks"]
+    assert sinks["delta"]["rows"] == 200 + 50 + 5  # new live versions (the lookback's re-reads were there)
+    assert sinks["parquet"]["rows"] == 200 + 50 + 5 + orders  # and the tombstones, versions of their own
+    # The run summary for people shows them too.
+    text = run_cli(ray, "run", "--incremental", "--executor", "ray", cwd=ray.parent).stdout
+    assert "deleted" in text and "deletes applied" in text, text
+    assert re.search(rf"\borders\b.*\b{orders}\b.*\bparquet\b.*\b{orders}\b", text), text
+
+    # More deletes, and orders deleted before are never deleted (or updated) again.
+    orders2, lineitems2 = _appended(local, "--orders", "20", "--updates", "30", "--late", "0", "--deletes", "25")
+    assert orders2 == 25
+    second = run_json(local, "run", "--incremental", "--executor", "local")
+    assert second["tables"]["orders"]["sinks"]["delta"]["deleted"] == 25
+    assert second["tables"]["lineitem"]["sinks"]["delta"]["deleted"] == lineitems2
+    run_json(ray, "run", "--incremental", "--executor", "ray", cwd=ray.parent)
+    newest = pa.concat_tables(pq.read_table(p) for p in sorted((landing / "orders").rglob("*.parquet")))
+    tombstones = newest.filter(pc.equal(newest["op"], "D"))["o_orderkey"].to_pylist()
+    assert len(tombstones) == len(set(tombstones)) == 65
+
+    for project in ("local", "ray"):
+        _assert_sinks_exact(tmp_path / project / "warehouse", landing)
+        verified = run_json(tmp_path / project / "loader.yaml", "verify")
+        assert verified["ok"], verified
+    for table in ("orders", "lineitem"):
+        a, b = delta_rows(tmp_path / "local" / "warehouse", table), delta_rows(tmp_path / "ray" / "warehouse", table)
+        assert a.equals(b.select(a.column_names)), f"delta/{table} differs between executors"
+        a = parquet_versions(tmp_path / "local" / "warehouse", table)
+        b = parquet_versions(tmp_path / "ray" / "warehouse", table)
+        order = [(c, "ascending") for c in [*key_columns(table), CURSOR[table]]]
+        assert a.sort_by(order).equals(b.select(a.column_names).sort_by(order)), f"parquet/{table} differs"
+
+
+def test_a_landing_file_without_the_deletes_column_fails_naming_it(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "project")
+    landing = tmp_path / "project" / "landing"
+    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_json(config, "run", "--incremental")
+    before = run_json(config, "status")["sources"]["orders"]["checkpoint"]
+    template = pq.read_table(sorted((landing / "orders").rglob("*.parquet"))[-1]).slice(0, 1)
+    folder = landing / "orders" / "ingest_date=2024-02-01"
+    folder.mkdir()
+    bad = folder / "part-no-op.parquet"
+    row = template.drop_columns(["op"])
+    row = row.set_column(row.schema.get_field_index("o_orderkey"), "o_orderkey", pa.array([10**9], pa.int64()))
+    row = row.set_column(row.schema.get_field_index("o_updated_at"), "o_updated_at",
+                         pa.array([datetime(2024, 2, 1, tzinfo=UTC)], pa.timestamp("us", tz="UTC")))
+    pq.write_table(row, bad)
+    for executor in ("local", "ray"):
+        failed = run_cli(config, "run", "--incremental", "--executor", executor, check=False)
+        assert failed.returncode == 1, failed.stderr
+        assert str(bad) in failed.stderr and "'orders'" in failed.stderr and "'op'" in failed.stderr, failed.stderr
+        assert "sources.orders.deletes" in failed.stderr  # the fix: the file or the config
+    assert run_json(config, "status")["sources"]["orders"]["checkpoint"] == before
+    pq.write_table(row.append_column("op", pa.array(["I"], pa.string())), bad)  # fixed: it loads
+    assert run_json(config, "run", "--incremental")["tables"]["orders"]["rows"] >= 1
+
+
+def test_tombstones_on_the_gpu_engine_with_the_standin(tmp_path: Path) -> None:
+    """The tombstones' region lookup runs on the chain's engine: through the GPU backend (the stand-in
+    cuDF of tests/support/gpu_standin), the sinks are as exact as on the CPU."""
+    from tests.integration.test_gpu_plumbing import _standin_env
+
+    config = write_config(tmp_path / "project")
+    project = tmp_path / "project"
+    run_cli(config, "demo-data", "init", "--scale", "0.005", "--days", "2")
+    env = _standin_env(tmp_path / "batches.jsonl", 1)
+    assert run_json(config, "run", "--incremental", "--engine", "gpu", env=env)["engine"] == "gpu"
+    orders, lineitems = _appended(config, "--orders", "30", "--updates", "10", "--late", "0", "--deletes", "12")
+    summary = run_json(config, "run", "--incremental", "--engine", "gpu", env=env)
+    assert summary["engine"] == "gpu"
+    assert (summary["tables"]["orders"]["deleted"], summary["tables"]["lineitem"]["deleted"]) == (orders, lineitems)
+    _assert_sinks_exact(project / "warehouse", project / "landing")
