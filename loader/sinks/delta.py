@@ -21,6 +21,18 @@ stored row's region (a tombstone's own may be "UNKNOWN"), so the merge's per-reg
 holds them, and the merge removes the row (hard: `when_matched_delete`) or sets its `_deleted_at` to
 the tombstone's cursor (soft), where t.cursor <= s.cursor. `_deleted` is never stored; a soft table
 has a nullable `_deleted_at` (null while the key lives), added to an existing table when needed.
+
+Hard deletes forget the row, so a late live version older than the tombstone, arriving in a later run,
+would find the key stored nowhere and insert it again. The table therefore remembers the tombstones it
+was given in a side Delta table, `<table>/_tombstones` (key columns and the tombstone's cursor, the
+newest per key; hidden from the main table, which only lists its log's files). Each part, before any
+commit to the main table: reads the side rows of the part's keys only (filtered on the first key
+column); drops live rows no newer than their key's remembered tombstone (never inserted: the newest
+version decides); then commits, in one side commit, the part's tombstones (inserted, or moved to a
+newer cursor) and removes the entries of keys a newer live version revives. That commit is idempotent
+(newest cursor wins; a revived key's entry is gone), so a crash between it and the main table's commit
+is repaired by the replay: the live rows it dropped are dropped again, the revived keys are no longer
+remembered and their rows are written. Soft tables keep the mark in the row itself: no side table.
 """
 
 from __future__ import annotations
@@ -61,6 +73,11 @@ log = logging.getLogger(__name__)
 
 def app_id(pipeline: str, table: str, *, backfill_run: int | None = None) -> str:
     return f"{pipeline}/{table}" if backfill_run is None else f"{pipeline}/{table}/backfill-{backfill_run}"
+
+
+#: The side table of a hard-deleting table: the tombstones it applied (or was given for keys it never
+#: held), key columns and cursor, the newest per key (see the module's docstring).
+TOMBSTONES = "_tombstones"
 
 
 def _literal(value: Any) -> str:
@@ -222,6 +239,10 @@ class DeltaSink:
     def location(self, table: str) -> str:
         return self.table_uri(table)
 
+    def tombstones_uri(self, table: str) -> str:
+        """The side table remembering a hard-deleting table's tombstones (inside the table's folder)."""
+        return locate(self.root).child(table, TOMBSTONES).uri
+
     def begin(self, batch: TableBatch) -> DeltaBegun | None:
         """None if the run's app transaction is in the table already; else whether the table exists,
         after refusing a changed column type."""
@@ -252,6 +273,8 @@ class DeltaSink:
             table = self._loaded.pop(uri, None)
             if table is None:
                 table = self._open(uri)
+            if batch.deletes == "hard":  # before any commit to the table (its own, idempotent commit)
+                data = self._remember_tombstones(batch, data)
             if table is None:  # the first part of the table's first run creates it
                 if last:
                     failpoints.hit("delta.write", batch.table)
@@ -432,6 +455,72 @@ class DeltaSink:
             region = pc.if_else(pc.fill_null(chosen[DELETED], False), chosen["__region"], kept["region"])
             kept = kept.set_column(kept.schema.get_field_index("region"), kept.schema.field("region"), region)
         return absent, kept, moved
+
+    def _remember_tombstones(self, batch: TableBatch, data: pa.Table) -> pa.Table:
+        """Hard deletes: `data` without its live rows no newer than their key's remembered tombstone;
+        the side table updated first (the part's tombstones remembered, revived keys forgotten), in one
+        idempotent commit, or none where nothing changes. Reads only the side rows of `data`'s keys."""
+        from deltalake import write_deltalake
+
+        mask = tombstones(batch, data)
+        if mask is None or data.num_rows == 0:
+            return data
+        keys, cursor = list(batch.key), batch.cursor
+        side_uri = self.tombstones_uri(batch.table)
+        side = self._open(side_uri)
+        fields = [data.schema.field(k) for k in keys] + [data.schema.field(cursor)]
+        slim = data.select([*keys, cursor]).append_column(DELETED, mask).append_column(
+            "__row", pa.array(np.arange(data.num_rows, dtype=np.int64)))
+        if side is None:
+            remembered = pa.table({**{k: data[k].slice(0, 0) for k in keys}, "__tomb": data[cursor].slice(0, 0)})
+        else:
+            first = keys[0]
+            wanted = pa.array(_sorted_keys(data[first]), data.schema.field(first).type)
+            remembered = side.to_pyarrow_dataset().to_table(columns=[*keys, cursor], filter=pc.field(first).isin(wanted))
+            remembered = remembered.rename_columns([*keys, "__tomb"]).cast(
+                pa.schema([*fields[:-1], pa.field("__tomb", fields[-1].type)]))
+        joined = slim.join(remembered, keys=keys, join_type="left outer")
+        known = pc.is_valid(joined["__tomb"])
+        is_tomb = joined[DELETED]
+        newer = pc.and_kleene(known, pc.greater(joined[cursor], joined["__tomb"]))
+        late = pc.and_kleene(pc.and_kleene(pc.invert(is_tomb), known), pc.invert(newer))  # live, <= tombstone
+        revived = pc.and_kleene(pc.invert(is_tomb), newer)
+        remember = pc.and_kleene(is_tomb, pc.or_kleene(pc.invert(known), newer))
+        changes = joined.filter(pc.or_kleene(revived, remember)).sort_by([(k, "ascending") for k in keys])
+        if changes.num_rows:
+            changes = changes.select([*keys, cursor, DELETED])
+            if not pc.any(pc.or_kleene(revived, pc.and_kleene(remember, known))).as_py():
+                # only keys not remembered yet: appended, no side file read
+                write_deltalake(side_uri, changes.drop_columns([DELETED]).cast(pa.schema(fields)), mode="append",
+                                storage_options=self.storage_options)
+            else:
+                self._merge_tombstones(side, changes, batch)
+            log.info("%s -> delta: %s tombstone(s) remembered, %s revived key(s) forgotten", batch.table,
+                     f"{count_true(remember):,}", f"{count_true(revived):,}")
+        dropped = count_true(late)
+        if not dropped:
+            return data
+        log.info("%s -> delta: %s live row(s) no newer than their key's delete dropped", batch.table, f"{dropped:,}")
+        keep = np.ones(data.num_rows, dtype=bool)
+        keep[joined.filter(late)["__row"].to_numpy()] = False
+        return data.filter(pa.array(keep))
+
+    @staticmethod
+    def _merge_tombstones(side: Any, changes: pa.Table, batch: TableBatch) -> None:
+        """One commit to the side table: tombstones inserted or moved to a newer cursor, the entries of
+        revived keys (a live version newer than the tombstone) removed; scoped to the changes' key range."""
+        keys, cursor, flag = list(batch.key), _quote(batch.cursor), f"s.{_quote(DELETED)}"
+        first = keys[0]
+        low, high = pc.min(changes[first]).as_py(), pc.max(changes[first]).as_py()
+        join = " AND ".join(f"t.{_quote(k)} = s.{_quote(k)}" for k in keys)
+        predicate = f"{join} AND t.{_quote(first)} BETWEEN {_literal(low)} AND {_literal(high)}"
+        newer = f"s.{cursor} > t.{cursor}"
+        inserted = {_quote(c): f"s.{_quote(c)}" for c in [*keys, batch.cursor]}
+        side.merge(changes, predicate=predicate, source_alias="s", target_alias="t").when_matched_delete(
+            predicate=f"NOT {flag} AND {newer}"
+        ).when_matched_update(updates={cursor: f"s.{cursor}"}, predicate=f"{flag} AND {newer}").when_not_matched_insert(
+            updates=inserted, predicate=flag
+        ).execute()
 
     @staticmethod
     def _add_deleted_at(table: Any, batch: TableBatch) -> None:

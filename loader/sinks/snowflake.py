@@ -22,7 +22,12 @@ idempotent, so a retry or a replay after a crash repeats a step without harm:
 Upstream deletes (`batch.deletes`): tombstones are staged with the live rows, the staging table has
 the `_DELETED` flag (the target never does), and the same MERGE, in the same transaction as the
 ledger row, removes (hard) or marks (soft: `_DELETED_AT` = the tombstone's cursor) a stored row whose
-version is no newer than the tombstone; tombstones are never inserted.
+version is no newer than the tombstone; tombstones are never inserted. Hard deletes forget the row,
+so the table `<TABLE>__TOMBSTONES` (key columns and cursor, the newest tombstone per key) remembers
+them, maintained in the same transaction: the target's MERGE skips a staged live
+version no newer than its key's remembered tombstone (a late version must not insert the key again:
+the newest version decides), then the staged tombstones are remembered and keys a newer live version
+revives are forgotten (DELETE, UPDATE, INSERT joined on the staged keys only); a rollback undoes all.
 
 A client killed inside step 3 leaves a detached transaction: Snowflake aborts it once it blocks another
 transaction and has been idle 5 minutes, so the replay's MERGE waits at most that long.
@@ -291,6 +296,8 @@ class SnowflakeSink:
         cluster = "region" if s.cluster_by_region else None
         target = _target_schema(batch)
         cur.execute(create_table_sql(batch.table, target, batch.key, cluster_by=cluster))
+        if batch.deletes == "hard":
+            cur.execute(create_table_sql(_tombstones_table(batch), _tombstones_schema(batch), batch.key, cluster_by=None))
         cur.execute(
             "SELECT COLUMN_NAME, DATA_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE FROM INFORMATION_SCHEMA.COLUMNS "
             "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
@@ -352,6 +359,8 @@ class SnowflakeSink:
                 cur.execute(_merge_sql(batch))
                 if batch.deletes == "hard":
                     deleted = _merge_count(cur, "number of rows deleted")
+                    for statement in _remember_tombstones_sql(batch):
+                        cur.execute(statement)
             failpoints.hit("snowflake.merge", batch.table)
             cur.execute(
                 f"INSERT INTO {ident(self.settings.ledger_table)} (PIPELINE, TABLE_NAME, RUN_NUMBER, LOADED_AT, "
@@ -468,6 +477,33 @@ def _target_schema(batch: TableBatch) -> pa.Schema:
     return schema
 
 
+def _tombstones_table(batch: TableBatch) -> str:
+    """The table remembering a hard-deleting target's tombstones (unquoted; `ident` quotes it)."""
+    return f"{batch.table}__TOMBSTONES"
+
+
+def _tombstones_schema(batch: TableBatch) -> pa.Schema:
+    schema = batch.data.schema
+    return pa.schema([schema.field(k) for k in batch.key] + [schema.field(batch.cursor)])
+
+
+def _remember_tombstones_sql(batch: TableBatch) -> list[str]:
+    """After the target's MERGE, in its transaction: the entries of keys a newer live version revived
+    removed, the staged tombstones moved to a newer cursor or inserted. Plain DML, not a MERGE (the
+    emulator runs a MERGE through DDL of its own, which would commit the transaction early)."""
+    key, cursor, flag = [ident(k) for k in batch.key], ident(batch.cursor), ident(DELETED)
+    columns = [*key, cursor]
+    table, latest = ident(_tombstones_table(batch)), _latest_sql(batch, [*columns, flag])
+    match = " AND ".join(f"t.{k} = s.{k}" for k in key)
+    newer = f"s.{cursor} > t.{cursor}"
+    return [
+        f"DELETE FROM {table} t USING ({latest}) s WHERE {match} AND NOT s.{flag} AND {newer}",
+        f"UPDATE {table} t SET {cursor} = s.{cursor} FROM ({latest}) s WHERE {match} AND s.{flag} AND {newer}",
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join('s.' + c for c in columns)} FROM ({latest}) s "
+        f"WHERE s.{flag} AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})",
+    ]
+
+
 def _latest_sql(batch: TableBatch, columns: list[str]) -> str:
     key, cursor = [ident(k) for k in batch.key], ident(batch.cursor)
     return (f"SELECT {', '.join(columns)} FROM {_staging(batch)} "
@@ -498,6 +534,10 @@ def _merge_with_deletes_sql(batch: TableBatch) -> str:
     latest = _latest_sql(batch, [*stored, flag])
     updates = ", ".join(f"{c} = s.{c}" for c in stored if c not in key)
     tombstone, live = f"s.{flag} AND t.{cursor} <= s.{cursor}", f"NOT s.{flag}"
+    if batch.deletes == "hard":  # live versions no newer than their key's remembered tombstone: left out
+        join = " AND ".join(f"d.{k} = l.{k}" for k in key)
+        latest = (f"SELECT l.* FROM ({latest}) l LEFT JOIN {ident(_tombstones_table(batch))} d ON {join} "
+                  f"WHERE l.{flag} OR d.{cursor} IS NULL OR l.{cursor} > d.{cursor}")
     merge = f"MERGE INTO {ident(batch.table)} t USING ({latest}) s ON {' AND '.join(f't.{k} = s.{k}' for k in key)} "
     insert = f"WHEN NOT MATCHED AND {live} THEN INSERT ({', '.join(stored)}) VALUES ({', '.join('s.' + c for c in stored)})"
     if batch.deletes == "hard":

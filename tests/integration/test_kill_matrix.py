@@ -1,6 +1,9 @@
 """Exactly-once through crashes: for every failpoint, `loader run` is a real subprocess killed there
 with SIGKILL; the next run (after the dead holder's lease expires) replays, and every sink is compared
 with an independent computation over the landing zone: every key once, the latest version winning.
+The landing data carries upstream deletes (tombstones) in every case: the first load's and the
+increment's, so a kill lands amid deletes too, and after the recovery the tombstoned keys are gone
+from Delta (and Snowflake) and logged as tombstone versions in Parquet.
 
 On SQLite state the project loads Parquet, Delta and Snowflake (fakesnow's server, the real connector)
 and every failpoint is killed, Snowflake's included. On PostgreSQL state (Parquet and Delta), the
@@ -28,7 +31,7 @@ from tests.support.snowflake_emulator import (
     query,
     sink_settings,
 )
-from tests.support.warehouse import assert_snowflake_exact, assert_warehouse_exact
+from tests.support.warehouse import assert_deletes_applied, assert_snowflake_exact, assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +45,9 @@ CASES = [("sqlite", p) for p in LOCAL_POINTS + SNOWFLAKE_POINTS] + [("postgres",
 FIRST_RUN_CASES = [("sqlite", p) for p in ("parquet.write", "delta.write", "snowflake.merge", "checkpoint.inside")] + [
     ("postgres", "checkpoint.inside")]
 SNOWFLAKE_TABLES = ("ORDERS", "LINEITEM", "LOADER_LEDGER")
+# Orders deleted upstream (with their lineitems): in the landing zone before the first run, and in the
+# increment the incremental cases kill.
+FIRST_DELETES, INCREMENT_DELETES = 30, 40
 
 
 def _project(folder: Path, state_url: str, snowflake: dict[str, Any] | None) -> Path:
@@ -53,8 +59,8 @@ def _project(folder: Path, state_url: str, snowflake: dict[str, Any] | None) -> 
 
 @pytest.fixture(scope="module")
 def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A landing zone with one loaded run and a new batch (updates, late records) waiting, on each
-    state store. `first/` is the same before its first run."""
+    """A landing zone with one loaded run and a new batch (updates, late records, deletes) waiting, on
+    each state store. `first/` is the same before its first run: two days, then a third with deletes."""
     folder = tmp_path_factory.mktemp(f"kill-template-{request.param}")
     postgres = request.param == "postgres"
     server = None if postgres else request.getfixturevalue("snowflake_server")
@@ -65,10 +71,13 @@ def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     env = password_env(server) if server else {}
     first = _project(folder / "first", url["first"], snowflake["first"])
     run_cli(first, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
+    run_cli(first, "demo-data", "append", "--orders", "20", "--updates", "10", "--late", "0",
+            "--deletes", str(FIRST_DELETES), env=env)
     shutil.copytree(folder / "first" / "landing", folder / "fresh" / "landing")
     config = _project(folder / "fresh", url["fresh"], snowflake["fresh"])
     run_json(config, "run", "--incremental", env=env)
-    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "60", "--late", "5", env=env)
+    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "60", "--late", "5",
+            "--deletes", str(INCREMENT_DELETES), env=env)
     return folder
 
 
@@ -99,12 +108,18 @@ def _copy(template: Path, stage: str, target: Path) -> tuple[Path, dict[str, str
     return config, env
 
 
-def _assert_exact(config: Path) -> None:
+def _assert_exact(config: Path) -> dict[str, int]:
+    """The sinks exact against the landing zone, the deletes applied; the tombstoned keys per table."""
     folder = config.parent
     assert_warehouse_exact(folder / "warehouse", folder / "landing")
     snowflake = yaml.safe_load(config.read_text())["sinks"].get("snowflake")
     if snowflake:
         assert_snowflake_exact(_emulator(snowflake), snowflake["database"], folder / "landing")
+    # The deletes happened: tombstoned keys in the landing zone, none of them left in Delta or Snowflake.
+    deleted = assert_deletes_applied(folder / "warehouse", folder / "landing",
+                                     snowflake=(_emulator(snowflake), snowflake["database"]) if snowflake else None)
+    assert deleted["orders"] >= FIRST_DELETES and deleted["lineitem"] > deleted["orders"], deleted
+    return deleted
 
 
 def _kill_then_recover(config: Path, env: dict[str, str], point: str) -> dict:
@@ -124,12 +139,14 @@ def test_kill_during_incremental_run(template: Path, tmp_path: Path, point: str)
         assert recovered["status"] == "nothing_new"  # the run had committed before the kill
     else:
         assert recovered["run_number"] == 2 and recovered["replayed"] is True
+        # The replay carried the increment's tombstones (the lookback may re-read a few of the first's).
+        assert recovered["tables"]["orders"]["deleted"] >= INCREMENT_DELETES, recovered["tables"]["orders"]
     if point == "snowflake.commit":  # orders had landed in Snowflake: its ledger row makes the replay skip it
         assert recovered["tables"]["orders"]["sinks"]["snowflake"]["skipped"] is True
     elif point.startswith("snowflake."):
         assert recovered["tables"]["orders"]["sinks"]["snowflake"]["skipped"] is (point == "snowflake.merge@lineitem")
     assert run_json(config, "run", "--incremental", env=env)["status"] == "nothing_new"
-    _assert_exact(config)
+    assert _assert_exact(config)["orders"] == FIRST_DELETES + INCREMENT_DELETES
 
 
 @pytest.mark.parametrize(("template", "point"), FIRST_RUN_CASES, indirect=["template"])
@@ -137,7 +154,8 @@ def test_kill_during_first_run(template: Path, tmp_path: Path, point: str) -> No
     config, env = _copy(template, "first", tmp_path / "p")
     recovered = _kill_then_recover(config, env, point)
     assert recovered["run_number"] == 1 and recovered["replayed"] is True
-    _assert_exact(config)
+    assert recovered["tables"]["orders"]["deleted"] == FIRST_DELETES
+    assert _assert_exact(config)["orders"] == FIRST_DELETES
 
 
 @pytest.mark.parametrize("template", ["sqlite", "postgres"], indirect=True)
@@ -168,8 +186,9 @@ def test_terminal_fault_fails_at_once_and_keeps_checkpoint(template: Path, tmp_p
 
 
 # A first load cut into 3 batches (2 ingest days of 7,500 orders and 30,000 lineitems, one row group
-# each: the budget is raised to 30,000), killed between batches, inside a later batch's sinks, and
-# with a later batch recorded but nothing written. `point+N` passes the first N hits (loader/failpoints.py).
+# each: the budget is raised to 30,000; the small third day, with the deletes, joins the last batch),
+# killed between batches, inside a later batch's sinks, and with a later batch recorded but nothing
+# written. `point+N` passes the first N hits (loader/failpoints.py).
 BATCH_CASES = [("sqlite", p) for p in ("checkpoint.after+1", "delta.write+2", "parquet.write@lineitem+1",
                                       "snowflake.merge+2", "plan.recorded+1")] + [
     ("postgres", p) for p in ("checkpoint.inside+1", "checkpoint.after+1", "delta.commit+2")]

@@ -434,14 +434,12 @@ def test_replay_after_a_crash_has_no_double_effect(
 
 def test_batch_mixing_updates_inserts_and_tombstones(sut: SinkUnderTest, mode: Deletes) -> None:
     """One batch of every kind of row, written in key-disjoint parts (the Ray executor's path), then a
-    third run reviving one deleted key and deleting an updated one. Where the sink remembers deletes
-    (soft, and Parquet's log), a late live version older than the key's tombstone (key 4) updates the
-    values but leaves the key deleted; a hard delete forgets the key, so there it would insert it again."""
+    third run reviving one deleted key and deleting an updated one. A late live version older than the
+    key's tombstone (key 4) leaves the key deleted: soft, it updates the values and the mark stays;
+    hard, the key stays absent (the sink remembers the tombstone); Parquet logs it as an older version."""
     from loader.sinks.table_writes import write_table
 
-    third: Run = [live(2, 3), tombstone(6, 3, region=UNKNOWN), live(11)]
-    if mode == "soft" or sut.version_log:
-        third.append(live(4, 2))
+    third: Run = [live(2, 3), tombstone(6, 3, region=UNKNOWN), live(11), live(4, 2)]
     runs = [MIXED_FIRST, MIXED_SECOND, third]
     write_run(sut, 1, MIXED_FIRST, mode)
     data = table_of(sorted(MIXED_SECOND, key=lambda r: r["id"]), DELETES_SCHEMA)
@@ -453,3 +451,74 @@ def test_batch_mixing_updates_inserts_and_tombstones(sut: SinkUnderTest, mode: D
     result = write_run(sut, 3, third, mode)
     assert_deleted(result, sut, runs, mode)
     assert_deletes_state(sut, runs, mode)
+
+
+# Hard deletes remove the row, so the sink must remember the tombstone elsewhere (Delta: a side table,
+# Snowflake: a table in the MERGE's transaction): a later run bringing a live version OLDER than the
+# tombstone must leave the key deleted; a NEWER one brings it back. Run 1 creates the table with a
+# tombstone of a key it never held (9); run 2 deletes stored keys (3, 5) and one never held (20).
+LATE_RUNS: list[Run] = [
+    [*FIRST_LIVE, tombstone(9, 3)],
+    [tombstone(3, 3, region=UNKNOWN), tombstone(5, 3), tombstone(20, 3), live(6, 2)],
+    [live(3, 2), live(5, 1), live(9, 2), live(20, 1), live(1, 2)],  # late: every deleted key stays deleted
+    [live(3, 4), live(9, 4), live(5, 3)],  # newer than 3's and 9's tombstones: back; 5 at its tombstone's cursor: not
+]
+
+
+def test_late_live_version_older_than_a_hard_delete_stays_deleted(sut: SinkUnderTest) -> None:
+    """Per key the newest version by cursor decides, across runs: after a hard delete, a later run's
+    live version older than (or at) the tombstone's cursor does not insert the key again (Parquet: the
+    log holds both versions, the newest is the tombstone); a newer one does. Every run is checked, and a
+    replay of each landed run changes nothing."""
+    # A version log holds one version per (key, cursor): Parquet gets no live row at a tombstone's cursor.
+    runs = [*LATE_RUNS[:3], [live(3, 4), live(9, 4)]] if sut.version_log else LATE_RUNS
+    for number, run in enumerate(runs, 1):
+        result = write_run(sut, number, run, "hard")
+        assert_deleted(result, sut, runs[:number], "hard")
+        assert_deletes_state(sut, runs[:number], "hard")
+        assert sut.stored_all is not None
+        stored = sut.stored_all()
+        again = write_run(sut, number, run, "hard", replay=True)
+        assert again.skipped or again.deleted == result.deleted, (again, result)
+        assert sut.stored_all().equals(stored), f"{sut.name}: replaying run {number} changed what is stored"
+    latest = model(runs[:3], log=False, deletes="hard")
+    assert {3, 5, 9, 20}.isdisjoint(latest) and {1, 2, 4, 6} <= latest.keys()  # the model agrees
+    assert {3, 9} <= model(runs, log=False, deletes="hard").keys()
+    if not sut.version_log:
+        assert set(sut.stored_all()["id"].to_pylist()) == {1, 2, 3, 4, 6, 9}
+
+
+def test_replay_after_a_crash_between_remembering_and_committing_deletes(
+    sut: SinkUnderTest, failpoint: Callable[[str | None], None]
+) -> None:
+    """Hard deletes, a fault after the sink remembered a run's tombstones and revivals but before the
+    table's commit (Delta: the side table committed, the run's only table commit, an append, not;
+    Snowflake: inside its transaction, rolled back whole; Parquet: some files written). The replay
+    lands the run exactly: the late version (2) is dropped again, the revived key (4) is written though
+    its tombstone is already forgotten, the new tombstone (20) is remembered once; later runs agree."""
+    runs: list[Run] = [
+        FIRST_LIVE,
+        [tombstone(2, 3), tombstone(4, 3, region=UNKNOWN)],
+        [live(2, 2), live(4, 4), tombstone(20, 3)],  # no row for the merge: the append is the table's commit
+        [live(20, 2), live(2, 2), live(6, 2)],  # late again (Parquet holds live(2, 2) already)
+        [live(2, 4)],
+    ]
+    for number, run in enumerate(runs[:2], 1):
+        write_run(sut, number, run, "hard")
+    failpoint(f"{_MID_WRITE_POINTS[sut.name][-1]}=transient")
+    with pytest.raises(SinkUnavailable):
+        write_run(sut, 3, runs[2], "hard")
+    failpoint(None)
+    retry = write_run(sut, 3, runs[2], "hard", replay=True)
+    assert not retry.skipped, retry
+    assert_deletes_state(sut, runs[:3], "hard")
+    assert sut.stored_all is not None
+    stored = sut.stored_all()
+    again = write_run(sut, 3, runs[2], "hard", replay=True)
+    assert again.skipped or again.deleted == retry.deleted, (again, retry)
+    assert sut.stored_all().equals(stored), f"{sut.name}: replaying the landed run changed what is stored"
+    for number, run in enumerate(runs[3:], 4):
+        write_run(sut, number, run, "hard")
+        assert_deletes_state(sut, runs[:number], "hard")
+    if not sut.version_log:
+        assert set(sut.stored_all()["id"].to_pylist()) == {1, 2, 3, 4, 5, 6}

@@ -1,6 +1,8 @@
 """Soak: `loader run` killed with SIGKILL at random moments, again and again, across several appended
 batches, each run cut into small batches (kills between and inside them); then every sink must hold every key exactly once with its latest version. On SQLite state the
 project also loads Snowflake (fakesnow's server, the real connector); on PostgreSQL, Parquet and Delta.
+Every appended batch carries upstream deletes (tombstones): at the end the tombstoned keys are gone
+from Delta (and Snowflake), their tombstone the newest version in Parquet.
 
 `make test` runs a short form (SOAK_KILLS=6); `make soak` the full one (SOAK_KILLS=24)."""
 
@@ -24,11 +26,12 @@ from tests.support.snowflake_emulator import (
     password_env,
     sink_settings,
 )
-from tests.support.warehouse import assert_snowflake_exact, assert_warehouse_exact
+from tests.support.warehouse import assert_deletes_applied, assert_snowflake_exact, assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 
 LEASE_TTL_S = 1.0
+DELETES = 20  # orders (with their lineitems) deleted upstream in every appended batch
 
 
 def _run_killed_after(config: Path, delay: float, env: dict[str, str]) -> int:
@@ -66,7 +69,8 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path, request: pytest
     kills, batches = 0, 0
     while kills < wanted or batches < 3:
         batches += 1
-        run_cli(config, "demo-data", "append", "--orders", "150", "--updates", "40", "--late", "5", env=env)
+        run_cli(config, "demo-data", "append", "--orders", "150", "--updates", "40", "--late", "5",
+                "--deletes", str(DELETES), env=env)
         for _ in range(max(2, wanted // 3)):
             code = _run_killed_after(config, rng.uniform(0.3, longest_s), env)
             kills += code == -signal.SIGKILL
@@ -85,6 +89,9 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path, request: pytest
     assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
     if server:
         assert_snowflake_exact(server, database, tmp_path / "p" / "landing")
+    deleted = assert_deletes_applied(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing",
+                                     snowflake=(server, database) if server else None)
+    assert deleted["orders"] == DELETES * batches and deleted["lineitem"] > deleted["orders"], deleted
 
 
 def _committed_runs(state_db: Path) -> int:
@@ -102,11 +109,13 @@ def _committed_runs(state_db: Path) -> int:
 def test_a_first_load_killed_again_and_again_makes_progress(tmp_path: Path) -> None:
     """A first load in batches, SIGKILLed at a random moment after each attempt committed a batch:
     every attempt commits at least one more batch than the one before (none starts over), the load
-    completes, and the sinks are exact."""
+    completes, and the sinks are exact. The last day carries deletes (of orders of earlier days)."""
     rng = random.Random(int(os.environ.get("SOAK_SEED", "7")))
     config = write_config(tmp_path / "p", state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"},
                           run={"max_batch_rows": 8_000})
     run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "10")  # 10 days of ~7,500 rows each
+    run_cli(config, "demo-data", "append", "--orders", "50", "--updates", "20", "--late", "0",
+            "--deletes", str(DELETES * 2))
     planned = run_json(config, "plan")["batches"]["batches"]
     assert len(planned) >= 8
     state_db = tmp_path / "p" / "state" / "loader.db"
@@ -136,3 +145,4 @@ def test_a_first_load_killed_again_and_again_makes_progress(tmp_path: Path) -> N
     assert run_json(config, "run", "--incremental")["status"] == "nothing_new"
     assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
     assert run_cli(config, "verify", check=False).returncode == 0
+    assert assert_deletes_applied(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")["orders"] == DELETES * 2

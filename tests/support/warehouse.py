@@ -1,5 +1,7 @@
 """What the sinks hold (read by tests/support/readers.py) compared with tests/support/expected.py:
-every primary key exactly once, latest version wins, columns right."""
+every primary key exactly once, latest version wins, columns right. Upstream deletes: a key whose
+newest landed version is a tombstone is in neither Delta nor Snowflake, and the Parquet log's newest
+version of it is its tombstone (`_deleted` true)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from tests.support.expected import expected, key_columns
+from tests.support.expected import expected, expected_tombstones, key_columns
 from tests.support.readers import CURSOR, delta_rows, parquet_latest, parquet_versions, snowflake_rows
 
 
@@ -28,11 +31,33 @@ def assert_matches_expected(actual: pa.Table, landing: Path, table: str, *, sink
         assert g == e, f"{sink}/{table}: row differs\n got      {dict(zip(columns, g, strict=True))}\n expected {dict(zip(columns, e, strict=True))}"
 
 
+DELETED = "_deleted"
+
+
+def _tombstone_rows(latest: pa.Table, table: str) -> list[tuple]:
+    """Of the Parquet log's newest versions, the tombstones' key, cursor and region, in key order."""
+    if DELETED not in latest.column_names:
+        return []
+    return _rows(latest.filter(latest[DELETED]), [*key_columns(table), CURSOR[table], "region"])
+
+
+def _live(latest: pa.Table) -> pa.Table:
+    """The Parquet log's newest versions that are not tombstones (all of them where none can be)."""
+    if DELETED not in latest.column_names:
+        return latest
+    assert latest[DELETED].null_count == 0, "parquet: a version with a null _deleted"
+    return latest.filter(pc.invert(latest[DELETED]))
+
+
 def assert_warehouse_exact(warehouse: Path, landing: Path, tables: tuple[str, ...] = ("orders", "lineitem")) -> None:
-    """Both sinks hold exactly the latest version of every key; Parquet holds no version twice."""
+    """Both sinks hold exactly the latest live version of every key; Parquet holds no version twice,
+    and its newest version of each tombstoned key is that tombstone."""
     for table in tables:
         assert_matches_expected(delta_rows(warehouse, table), landing, table, sink="delta")
-        assert_matches_expected(parquet_latest(warehouse, table), landing, table, sink="parquet")
+        latest = parquet_latest(warehouse, table)
+        assert_matches_expected(_live(latest), landing, table, sink="parquet")
+        want = _rows(expected_tombstones(table, landing), [*key_columns(table), CURSOR[table], "region"])
+        assert _tombstone_rows(latest, table) == want, f"parquet/{table}: the tombstones differ"
         versions = _rows(parquet_versions(warehouse, table), [*key_columns(table), CURSOR[table]])
         assert len(versions) == len(set(versions)), f"parquet/{table}: a (key, cursor) version was written twice"
 
@@ -40,3 +65,24 @@ def assert_warehouse_exact(warehouse: Path, landing: Path, tables: tuple[str, ..
 def assert_snowflake_exact(server: dict[str, Any], database: str, landing: Path) -> None:
     for table in ("orders", "lineitem"):
         assert_matches_expected(snowflake_rows(server, database, table, landing), landing, table, sink="snowflake")
+
+
+def assert_deletes_applied(warehouse: Path, landing: Path, *, snowflake: tuple[dict[str, Any], str] | None = None
+                           ) -> dict[str, int]:
+    """The deletes really happened: the landing zone holds keys of each fact table whose newest version
+    is a tombstone, none of them is in Delta (nor in Snowflake: `(server, database)`), and the Parquet
+    log's newest version of each is its tombstone. The tombstoned keys per table."""
+    counts = {}
+    for table in ("orders", "lineitem"):
+        keys = key_columns(table)
+        dead = set(_rows(expected_tombstones(table, landing), keys))
+        assert dead, f"{table}: the landing zone holds no tombstone"
+        held = {"delta": delta_rows(warehouse, table)}
+        if snowflake:
+            held["snowflake"] = snowflake_rows(*snowflake, table, landing)
+        for sink, rows in held.items():
+            assert not dead & set(_rows(rows, keys)), f"{sink}/{table}: a tombstoned key is still there"
+        latest = parquet_latest(warehouse, table)
+        assert {row[:len(keys)] for row in _tombstone_rows(latest, table)} == dead, f"parquet/{table}: tombstones"
+        counts[table] = len(dead)
+    return counts
