@@ -111,3 +111,15 @@ def test_only_the_command_line_uses_the_demo_and_nothing_imports_it() -> None:
     demo_users = {name for name, targets in graph.items()
                   if not name.startswith("loader.demo") and any(t.startswith("loader.demo") for t in targets)}
     assert demo_users <= {"loader.cli"}, demo_users
+
+
+def test_the_state_packages_lazy_names_all_resolve() -> None:
+    """state/__init__ lists its names twice (`__all__` for readers and linters, `_HOME` for the lazy
+    import): both lists hold the same names and each resolves to the object of its module."""
+    import importlib
+
+    import state
+
+    assert sorted(state.__all__) == sorted(state._HOME)
+    for name, module in state._HOME.items():
+        assert getattr(state, name) is getattr(importlib.import_module(module), name)
