@@ -369,19 +369,28 @@ def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: boo
 @click.option("--deletes", type=click.IntRange(min=0), default=0, show_default=True,
               help="Existing orders deleted upstream: tombstones (op = 'D', a new cursor, the order's full row) "
                    "for them and their lineitems.")
+@click.option("--customer-changes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Existing customers whose segment (c_mktsegment), phone (c_phone) or nation (c_nationkey, "
+                   "another key 0..24) change, one or more of the three each; drawn from the seed and the "
+                   "batch number. customer/customer.parquet is rewritten as the new full snapshot (0: left "
+                   "untouched). At most the number of customers in the landing zone.")
 @click.pass_obj
 def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int, update_from: str,
-                deletes: int) -> None:
+                deletes: int, customer_changes: int) -> None:
     """Add one batch (one new ingest day) to the landing zone."""
     config = obj.config()
-    from loader.demo import landing_zone
+    from loader.demo import generator, landing_zone
 
-    summary = landing_zone.append(config.landing_zone, orders=orders, updates=updates, late=late, recent=recent,
-                                  update_from=update_from, deletes=deletes)
+    try:
+        summary = landing_zone.append(config.landing_zone, orders=orders, updates=updates, late=late, recent=recent,
+                                      update_from=update_from, deletes=deletes, customer_changes=customer_changes)
+    except generator.TooManyCustomerChanges as error:
+        raise click.BadParameter(str(error), param_hint="'--customer-changes'") from None
     click.echo(
         f"appended batch {summary.batch} in ingest_date={summary.ingest_date}: {summary.new_orders:,} new orders, "
         f"{summary.updated_orders:,} updated, {summary.late_orders:,} late, {summary.deleted_orders:,} deleted "
-        f"(with {summary.deleted_lineitems:,} lineitems), {summary.lineitems:,} lineitems; "
+        f"(with {summary.deleted_lineitems:,} lineitems), {summary.lineitems:,} lineitems, "
+        f"{summary.changed_customers:,} customers changed; "
         f"newest cursor {summary.max_cursor.isoformat()}"
     )
 

@@ -130,13 +130,78 @@ class SourceConfig(_Frozen):
         return self
 
 
-class DimensionsConfig(_Frozen):
-    """The tables of the region lookup: read whole when they change (see `run.dimension_cache`)."""
+#: Each dimension's primary key (TPC-H).
+DIMENSION_KEYS: dict[str, tuple[str, ...]] = {
+    "customer": ("c_custkey",), "supplier": ("s_suppkey",), "nation": ("n_nationkey",), "region": ("r_regionkey",),
+}
 
-    customer: str = "customer"
-    supplier: str = "supplier"
-    nation: str = "nation"
-    region: str = "region"
+
+class DimensionConfig(_Frozen):
+    """One dimension table: read for the region lookup, and loaded to every enabled sink as a table of
+    its own (`load`), with history (`mode: scd2`), upserted (`merge`) or overwritten (`replace`)."""
+
+    path: str
+    load: bool = True  # false: only read for the region lookup, never written to the sinks
+    mode: Literal["scd2", "merge", "replace"] = "scd2"
+    key: tuple[str, ...] = ()  # () -> the TPC-H key of the table (DIMENSION_KEYS)
+    #: None: the folder holds full snapshots (the change time is the snapshot's newest file time);
+    #: a column: the files carry changes with their own update cursor (the change time, per row).
+    cursor: str | None = None
+    #: The columns whose change opens a new version (scd2) or updates the row (merge). None: all of
+    #: them but the key and the cursor.
+    track: tuple[str, ...] | None = None
+    #: scd2 and merge from snapshots: a key absent from a newer snapshot is `close`d (scd2: its current
+    #: version gets valid_to; merge: the row is deleted) or `keep`t as it is.
+    missing: Literal["close", "keep"] = "close"
+
+    @field_validator("key", "track", mode="before")
+    @classmethod
+    def _column_list(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _cursor_apart(self) -> DimensionConfig:
+        if self.cursor is not None and self.mode == "replace":
+            raise ValueError("mode replace loads whole snapshots: remove cursor, or use scd2 or merge for "
+                             "change files")
+        if self.cursor is not None and self.cursor in self.key:
+            raise ValueError(f"cursor {self.cursor!r} is a key column: name the update time column")
+        return self
+
+
+def _dimension(path: str, mode: str) -> DimensionConfig:
+    return DimensionConfig(path=path, mode=mode)  # type: ignore[arg-type]
+
+
+class DimensionsConfig(_Frozen):
+    """The four TPC-H dimensions. A plain string is the folder (relative to landing_zone), with the
+    defaults: customer and supplier keep their history (scd2), nation and region are replaced."""
+
+    customer: DimensionConfig = _dimension("customer", "scd2")
+    supplier: DimensionConfig = _dimension("supplier", "scd2")
+    nation: DimensionConfig = _dimension("nation", "replace")
+    region: DimensionConfig = _dimension("region", "replace")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        defaults = {"customer": "scd2", "supplier": "scd2", "nation": "replace", "region": "replace"}
+        out = dict(data)
+        for name, value in data.items():
+            if isinstance(value, str):
+                out[name] = {"path": value, "mode": defaults.get(name, "scd2")}
+            elif isinstance(value, dict) and name in defaults:
+                out[name] = {"mode": defaults[name], "path": name, **value}
+        return out
+
+    def named(self, table: str) -> DimensionConfig:
+        dimension: DimensionConfig = getattr(self, table)
+        return dimension
+
+    def key_of(self, table: str) -> tuple[str, ...]:
+        return self.named(table).key or DIMENSION_KEYS[table]
 
 
 class RegionRuleConfig(_Frozen):
@@ -336,7 +401,7 @@ class LoaderConfig(_Frozen):
         return _join(self.landing_zone, self.sources[name].path)
 
     def dimension_path(self, table: str) -> str:
-        return _join(self.landing_zone, getattr(self.dimensions, table))
+        return _join(self.landing_zone, self.dimensions.named(table).path)
 
     def secrets(self) -> list[str]:
         """Values no log line may show: the Snowflake credentials and the state URL's password."""

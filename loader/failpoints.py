@@ -25,6 +25,10 @@ from loader.errors import SinkRejected, SinkUnavailable
 ENV = "LOADER_FAILPOINTS"
 
 POINTS = {
+    "parquet.dimension": "inside a dimension load: the Parquet log's new file written, not yet renamed into place",
+    "delta.dimension": "inside a dimension load: the Delta table's merge or overwrite not yet committed",
+    "snowflake.dimension": "inside a dimension load: inside the Snowflake transaction, before its COMMIT",
+    "dimensions.before_record": "a dimension load applied by every sink; its fingerprint not yet recorded",
     "plan.recorded": "the run and its windows are in the ledger; nothing written yet",
     "parquet.write": "inside the Parquet sink: some partition files written, not all",
     "parquet.commit": "after the Parquet sink finished the table",

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from state.migrations import migrate
-    from state.models import Checkpoint, LeaseInfo, RunMode, RunRecord, RunStatus, Window
+    from state.models import Checkpoint, DimensionLoad, LeaseInfo, RunMode, RunRecord, RunStatus, Window
     from state.schema import SCHEMA_VERSION
     from state.store import StateStore, cas_conflicts, create_state_engine, next_cursor
 
 _HOME = {
     "migrate": "state.migrations",
-    "Checkpoint": "state.models", "LeaseInfo": "state.models", "RunMode": "state.models",
+    "Checkpoint": "state.models", "DimensionLoad": "state.models", "LeaseInfo": "state.models", "RunMode": "state.models",
     "RunRecord": "state.models", "RunStatus": "state.models", "Window": "state.models",
     "SCHEMA_VERSION": "state.schema",
     "StateStore": "state.store", "cas_conflicts": "state.store", "create_state_engine": "state.store",
@@ -26,7 +26,7 @@ _HOME = {
 }
 
 __all__ = [
-    "SCHEMA_VERSION", "Checkpoint", "LeaseInfo", "RunMode", "RunRecord", "RunStatus", "StateStore", "Window",
+    "SCHEMA_VERSION", "Checkpoint", "DimensionLoad", "LeaseInfo", "RunMode", "RunRecord", "RunStatus", "StateStore", "Window",
     "cas_conflicts", "create_state_engine", "migrate", "next_cursor",
 ]
 

@@ -60,7 +60,21 @@ def _v2_run_inputs(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE runs ADD COLUMN inputs TEXT"))
 
 
-MIGRATIONS: dict[int, Step] = {1: _v1_initial, 2: _v2_run_inputs}
+def _v3_dimension_loads(conn: Connection) -> None:
+    """The last load of each dimension table (fingerprint, cursor, changes)."""
+    frozen = MetaData()
+    Table(
+        "dimension_loads", frozen,
+        Column("pipeline", String(200), primary_key=True),
+        Column("dimension", String(200), primary_key=True),
+        Column("fingerprint", String(128), nullable=False),
+        Column("cursor", schema.TIMESTAMP, nullable=True),
+        Column("loaded_at", schema.TIMESTAMP, nullable=False),
+        Column("changes", Text, nullable=False),
+    ).create(conn)
+
+
+MIGRATIONS: dict[int, Step] = {1: _v1_initial, 2: _v2_run_inputs, 3: _v3_dimension_loads}
 
 
 def current_version(conn: Connection) -> int:

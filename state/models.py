@@ -110,3 +110,15 @@ class LeaseInfo:
 
     def expired(self, at: datetime) -> bool:
         return self.expires_at < at
+
+
+@dataclass(frozen=True)
+class DimensionLoad:
+    """The last load of a dimension table to the sinks: the files' fingerprint, the newest change
+    cursor loaded (change files only), when, and what it changed per sink (opened, closed, ...)."""
+
+    dimension: str
+    fingerprint: str
+    cursor: datetime | None
+    loaded_at: datetime
+    changes: dict[str, Any] = field(default_factory=dict)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TIMESTAMP = String(40)
 
@@ -58,4 +58,17 @@ leases = Table(
     Column("holder", String(300), nullable=False),
     Column("acquired_at", TIMESTAMP, nullable=False),
     Column("expires_at", TIMESTAMP, nullable=False),
+)
+
+# v3: the last load of each dimension table to the sinks: the files' fingerprint (a load of the same
+# files is skipped without reading them), the newest change cursor loaded, what it changed.
+dimension_loads = Table(
+    "dimension_loads",
+    metadata,
+    Column("pipeline", String(200), primary_key=True),
+    Column("dimension", String(200), primary_key=True),
+    Column("fingerprint", String(128), nullable=False),
+    Column("cursor", TIMESTAMP, nullable=True),
+    Column("loaded_at", TIMESTAMP, nullable=False),
+    Column("changes", Text, nullable=False),
 )

@@ -33,6 +33,7 @@ from state.models import (
     RUN_MODES,
     RUN_STATUSES,
     Checkpoint,
+    DimensionLoad,
     LeaseInfo,
     RunMode,
     RunRecord,
@@ -43,6 +44,7 @@ from state.models import (
 )
 from state.schema import SCHEMA_VERSION
 from state.schema import checkpoints as checkpoints_t
+from state.schema import dimension_loads as dimension_loads_t
 from state.schema import leases as leases_t
 from state.schema import runs as runs_t
 
@@ -614,6 +616,32 @@ class StateStore:
         with self._read() as conn:
             row = conn.execute(select(leases_t).where(leases_t.c.pipeline == pipeline)).first()
         return None if row is None else _row_to_lease(row)
+
+    # ------------------------------------------------------------ dimension loads
+
+    def dimension_loads(self, pipeline: str) -> dict[str, DimensionLoad]:
+        """The last load of each dimension table, by name."""
+        table = dimension_loads_t
+        with self._read() as conn:
+            rows = conn.execute(select(table).where(table.c.pipeline == pipeline)).all()
+        return {row.dimension: DimensionLoad(
+            dimension=row.dimension, fingerprint=row.fingerprint,
+            cursor=from_iso(row.cursor) if row.cursor else None, loaded_at=from_iso(row.loaded_at),
+            changes=_parse_metrics(row.changes)) for row in rows}
+
+    def record_dimension_load(self, pipeline: str, dimension: str, *, fingerprint: str, cursor: datetime | None,
+                              changes: Mapping[str, Any]) -> None:
+        """Remember a dimension load that every sink applied (or found applied): the next run with the
+        same files skips it. Written after the sinks: a crash before it only makes the next run compare
+        again (and find nothing to do)."""
+        table = dimension_loads_t
+        values = {"fingerprint": fingerprint, "cursor": to_iso(cursor) if cursor else None,
+                  "loaded_at": to_iso(self._now()), "changes": _metrics_json(changes)}
+        with self._write() as conn:
+            done = conn.execute(update(table).where(table.c.pipeline == pipeline, table.c.dimension == dimension)
+                                .values(**values))
+            if done.rowcount == 0:
+                conn.execute(insert(table).values(pipeline=pipeline, dimension=dimension, **values))
 
 
 # ---------------------------------------------------------------- helpers

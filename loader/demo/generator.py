@@ -46,7 +46,12 @@ History: `init_landing_zone` spreads the TPC-H orders over `days` ingest days st
 - deletes: existing orders (any live one, none updated in the same batch) re-sent as tombstones (`op`
   'D', a new cursor in the batch's day, the order's full row), each with tombstones for its lineitems
   (their full rows, the order's tombstone cursor). A deleted order is never updated, cloned or deleted
-  again by later batches.
+  again by later batches;
+- customer changes: existing customers whose `c_mktsegment` (another TPC-H segment), `c_phone` (a new
+  number, its country code the customer's nation key + 10) or `c_nationkey` (another nation key,
+  0..24) change, one or more of the three per customer. The customer dimension is a full snapshot:
+  `customer/customer.parquet` is rewritten whole (same schema, same row order, atomically) by a batch
+  with changes, and left untouched (same modification time) by one without.
 """
 
 from __future__ import annotations
@@ -100,6 +105,9 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
 MAX_LATENESS = timedelta(minutes=30)
 MIN_LATENESS = timedelta(minutes=1)
 UPDATE_PRICE_FACTOR = Decimal("1.05")
+# Customer changes: the TPC-H market segments, and the nation keys a customer may move to.
+MARKET_SEGMENTS = ("AUTOMOBILE", "BUILDING", "FURNITURE", "HOUSEHOLD", "MACHINERY")
+NATION_KEYS = 25  # valid nation keys: 0..24
 
 CURSOR_TYPE = pa.timestamp("us", tz="UTC")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -262,6 +270,7 @@ class AppendSummary:
     lineitems: int  # lineitems of the new and late orders
     deleted_orders: int  # orders re-sent as tombstones
     deleted_lineitems: int  # their lineitems' tombstones
+    changed_customers: int  # customers whose segment, phone or nation changed (customer.parquet rewritten)
     previous_max_cursor: datetime
     max_cursor: datetime
     min_late_cursor: datetime | None  # None when late == 0
@@ -321,12 +330,17 @@ def init_landing_zone(
 UpdatePick = Literal["newest", "oldest", "any"]
 
 
+class TooManyCustomerChanges(ConfigError):
+    """`customer_changes` asks for more customers than the landing zone holds (the message names how many)."""
+
+
 def append_batch(
     root: Path, *, orders: int = 1000, updates: int = 200, late: int = 20, recent: int = RECENT_ORDERS,
-    update_from: UpdatePick = "newest", deletes: int = 0,
+    update_from: UpdatePick = "newest", deletes: int = 0, customer_changes: int = 0,
 ) -> AppendSummary:
     """Add one batch (new, updated, late and deleted orders) in the folder of the day after the last
-    ingest day.
+    ingest day, and change `customer_changes` existing customers (a new snapshot of the customer
+    dimension; none when 0: the file is not touched).
 
     Updates pick among the `recent` newest orders (an order book's status changes), the `recent`
     oldest (late corrections of old history: they hit the warehouse's oldest files) or any order.
@@ -335,14 +349,18 @@ def append_batch(
     byte-identical files. A batch left half-written by a crash is removed and written again.
     """
     root = Path(root)
-    for name, value in (("orders", orders), ("updates", updates), ("late", late), ("deletes", deletes)):
+    for name, value in (("orders", orders), ("updates", updates), ("late", late), ("deletes", deletes),
+                        ("customer_changes", customer_changes)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
             raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}")
     orders, updates, late, deletes = int(orders), int(updates), int(late), int(deletes)
+    customer_changes = int(customer_changes)
     if update_from not in ("newest", "oldest", "any"):
         raise ConfigError(f"update_from must be newest, oldest or any, got {update_from!r}")
-    if orders + updates + late + deletes == 0:
-        raise ConfigError("nothing to append: give orders, updates, late or deletes a count above 0")
+    if orders + updates + late + deletes + customer_changes == 0:
+        raise ConfigError(
+            "nothing to append: give orders, updates, late, deletes or customer_changes a count above 0"
+        )
     state = read_demo_state(root)
     if state.version < STATE_VERSION:
         raise ConfigError(
@@ -357,7 +375,7 @@ def append_batch(
         for table in FACT_TABLES:  # leftovers of a crashed append of this same batch
             shutil.rmtree(_partition_dir(root, table, ingest_date), ignore_errors=True)
         return _append(root, state, batch, ingest_date, rng, orders=orders, updates=updates, late=late, recent=recent,
-                       update_from=update_from, deletes=deletes)
+                       update_from=update_from, deletes=deletes, customer_changes=customer_changes)
     except OSError as exc:
         raise SourceUnavailable(
             f"could not append to the landing zone at {root}: {exc}; check the path and free space"
@@ -596,6 +614,7 @@ def _append(
     recent: int,
     update_from: UpdatePick,
     deletes: int = 0,
+    customer_changes: int = 0,
 ) -> AppendSummary:
     # The latest version of every existing order, sorted by key (ties: the later row of the scan). Only
     # its place in the files is held (bounded memory: 3 int64 per order version for the sort); the few
@@ -634,7 +653,13 @@ def _append(
         np.sort(first + rng.choice(recent, size=updates, replace=False))
         if updates else np.empty(0, np.int64)
     )
-    custkeys = _np(pq.read_table(root / "customer" / "customer.parquet", columns=["c_custkey"])["c_custkey"])
+    customer_path = root / "customer" / "customer.parquet"
+    custkeys = _np(pq.read_table(customer_path, columns=["c_custkey"])["c_custkey"])
+    if customer_changes > len(custkeys):
+        raise TooManyCustomerChanges(
+            f"{customer_changes} customer changes asked for, but the landing zone holds only {len(custkeys)} "
+            f"customers: ask for at most {len(custkeys)}"
+        )
     new_custkeys = rng.choice(custkeys, size=n_clone) if n_clone else np.empty(0, np.int64)
     day_start = _to_us(datetime.combine(ingest_date, datetime.min.time(), UTC))
     new_cursor = day_start + rng.integers(0, _DAY_US, orders, dtype=np.int64)
@@ -651,6 +676,10 @@ def _append(
     spared = np.setdiff1d(np.arange(n_latest, dtype=np.int64), update_idx, assume_unique=True)
     delete_idx = np.sort(rng.choice(spared, size=deletes, replace=False)) if deletes else np.empty(0, np.int64)
     delete_cursor = day_start + rng.integers(0, _DAY_US, deletes, dtype=np.int64)
+
+    # Customer changes: drawn after everything else (a batch without them draws as before).
+    customers = _change_customers(pq.read_table(customer_path).cast(CUSTOMER_SCHEMA), customer_changes, rng) \
+        if customer_changes else None
 
     new_keys = state.max_orderkey + 1 + np.arange(n_clone, dtype=np.int64)
     clone_cursor = np.concatenate([new_cursor, late_cursor])
@@ -694,6 +723,9 @@ def _append(
             path = _part_path(root, table, ingest_date, batch)
             _write_parquet(_sort_by_cursor(table, data), path)
             files.append(path)
+    if customers is not None:  # a new full snapshot, written atomically; none without changes (mtime kept)
+        _write_parquet(customers, customer_path)
+        files.append(customer_path)
 
     max_cursor = max([prev_max, *(int(c.max()) for c in (new_cursor, update_cursor, delete_cursor) if len(c))])
     new_state = DemoState(
@@ -717,6 +749,7 @@ def _append(
         lineitems=new_lineitems.num_rows,
         deleted_orders=deleted.num_rows,
         deleted_lineitems=deleted_items.num_rows,
+        changed_customers=customer_changes,
         previous_max_cursor=state.max_cursor,
         max_cursor=new_state.max_cursor,
         min_late_cursor=_from_us(int(late_cursor.min())) if late else None,
@@ -763,6 +796,55 @@ def _lineitem_tombstones(root: Path, state: DemoState, order_keys: np.ndarray, c
     slot = by_order[np.searchsorted(order_keys[by_order], _np(items["l_orderkey"]))]
     items = _set(items, "l_updated_at", pa.array(cursor[slot], CURSOR_TYPE))
     return _set(items, OP_COLUMN, _ops(DELETE, items.num_rows))
+
+
+def _change_customers(customers: pa.Table, count: int, rng: np.random.Generator) -> pa.Table:
+    """`customers` with `count` of them (distinct, drawn from `rng`) changed: each in a non-empty subset
+    of segment, phone and nation (a 3-bit mask, 1..7), every changed field to a value other than its
+    old one. Same schema and row order; the other columns and rows untouched. A new phone carries the
+    country code of the customer's nation (its new one when that changes too): nation key + 10."""
+    n = customers.num_rows
+    # Every draw happens in this fixed order whatever the masks: determinism per (seed, batch).
+    rows = np.sort(rng.choice(n, size=count, replace=False)).astype(np.int64)
+    fields = rng.integers(1, 8, count, dtype=np.int64)  # bit 0: segment, bit 1: phone, bit 2: nation
+    segment_step = rng.integers(1, len(MARKET_SEGMENTS), count, dtype=np.int64)
+    nation_step = rng.integers(1, NATION_KEYS, count, dtype=np.int64)
+    phone_parts = np.stack([rng.integers(100, 1000, count), rng.integers(100, 1000, count),
+                            rng.integers(1000, 10000, count)], axis=1)
+    change_segment, change_phone, change_nation = ((fields >> bit) & 1 == 1 for bit in range(3))
+
+    taken = pa.array(rows, pa.int64())
+    old_segment = customers["c_mktsegment"].take(taken).to_pylist()
+    old_phone = customers["c_phone"].take(taken).to_pylist()
+    old_nation = _np(customers["c_nationkey"].take(taken))
+
+    segment = [
+        MARKET_SEGMENTS[(MARKET_SEGMENTS.index(old) + int(step)) % len(MARKET_SEGMENTS)]
+        if old in MARKET_SEGMENTS else MARKET_SEGMENTS[int(step)]
+        for old, step in zip(old_segment, segment_step, strict=True)
+    ]
+    segment = [new if change else old for new, old, change in zip(segment, old_segment, change_segment, strict=True)]
+    # Another valid key (0..24): a step of 1..24 around the ring of nation keys never lands on the old one.
+    nation = np.where(change_nation, (old_nation + nation_step) % NATION_KEYS, old_nation)
+    phone = []
+    for old, key, (a, b, c), change in zip(old_phone, nation, phone_parts, change_phone, strict=True):
+        if not change:
+            phone.append(old)
+            continue
+        new = f"{int(key) + 10:02d}-{a}-{b}-{c}"
+        if new == old:  # the same number drawn again: move its last group by one
+            new = f"{int(key) + 10:02d}-{a}-{b}-{1000 + (int(c) - 999) % 9000}"
+        phone.append(new)
+
+    mask = np.zeros(n, bool)
+    mask[rows] = True
+    at = pa.array(mask)
+    out = customers
+    for name, values in (("c_mktsegment", pa.array(segment, pa.string())),
+                         ("c_phone", pa.array(phone, pa.string())),
+                         ("c_nationkey", pa.array(nation, pa.int64()))):
+        out = _set(out, name, pc.replace_with_mask(out[name].combine_chunks(), at, values))
+    return out
 
 
 # ------------------------------------------------------------------------------------------- helpers

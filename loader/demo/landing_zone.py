@@ -37,8 +37,9 @@ def init(root: str, *, scale: float, seed: int, days: int) -> generator.InitSumm
 
 
 def append(root: str, *, orders: int, updates: int, late: int, recent: int,
-           update_from: str, deletes: int = 0) -> generator.AppendSummary:
+           update_from: str, deletes: int = 0, customer_changes: int = 0) -> generator.AppendSummary:
     pick = cast(generator.UpdatePick, update_from)  # one of the CLI's choices
     return _on_landing_zone(root, lambda path: generator.append_batch(
-        path, orders=orders, updates=updates, late=late, recent=recent, update_from=pick, deletes=deletes),
+        path, orders=orders, updates=updates, late=late, recent=recent, update_from=pick, deletes=deletes,
+        customer_changes=customer_changes),
         download=True)

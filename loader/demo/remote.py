@@ -3,7 +3,8 @@ on a temporary local copy of the landing zone and the changes are synced back.
 
 Init copies nothing down (the prefix must hold no landing zone); append copies the landing zone down,
 appends, then deletes what the append removed (a crashed batch's leftovers) and uploads what it added
-or changed, the generator's state file last: a crash mid-upload leaves the state of the previous batch,
+or changed (a new customer snapshot with --customer-changes: one object, replaced whole), the
+generator's state file last: a crash mid-upload leaves the state of the previous batch,
 so the next append writes the same batch again. Meant for demo sizes: the whole zone passes through
 the temporary folder, which is removed afterwards.
 """

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import pyarrow as pa
+
 from loader.config import LoaderConfig
 from loader.execute.ray_cluster import cluster_address, cluster_gpu_status, init_ray, ray_address_problem
 from loader.execute.stages import SourceRows
@@ -85,7 +87,19 @@ def load_dimensions(config: LoaderConfig) -> Dimensions:
     from loader.transform.dimensions import COLUMNS
 
     return load_cached(config, lambda: Dimensions.from_tables(
-        **{name: read_dimension(config, name, COLUMNS[name]) for name in TABLES}))
+        **{name: _current_rows(config, name, COLUMNS[name]) for name in TABLES}))
+
+
+def _current_rows(config: LoaderConfig, name: str, columns: tuple[str, ...]) -> pa.Table:
+    """The lookup's rows of a dimension: its files whole (a snapshot), or, where they are change files
+    (`cursor`), the newest version of each key."""
+    from loader.transform.tables import dedupe_latest
+
+    cursor = config.dimensions.named(name).cursor
+    if cursor is None:
+        return read_dimension(config, name, columns)
+    rows = read_dimension(config, name, (*columns, cursor))
+    return dedupe_latest(rows, key=config.dimensions.key_of(name), cursor=cursor).drop_columns([cursor])
 
 
 def execute(config: LoaderConfig, plan: RunPlan, executor: Executor, dims: Dimensions,

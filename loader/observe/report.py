@@ -55,10 +55,12 @@ def _plain_stdout() -> bool:
 
 def print_run_summary(summary: RunSummary) -> None:
     if summary.status == "nothing_new":
-        if _plain_stdout():  # cron, CI, pipes: the frequent case, without importing rich
-            print(f"{summary.pipeline}: nothing new to load (no run recorded, checkpoints unchanged)")
+        facts = "no new facts" if summary.dimensions else "nothing new to load"
+        if _plain_stdout() and not summary.dimensions:  # cron, CI, pipes: the frequent case, without importing rich
+            print(f"{summary.pipeline}: {facts} (no run recorded, checkpoints unchanged)")
             return
-        _out.print(f"[bold]{summary.pipeline}[/]: nothing new to load (no run recorded, checkpoints unchanged)")
+        _out.print(f"[bold]{summary.pipeline}[/]: {facts} (no run recorded, checkpoints unchanged)")
+        _print_dimensions(summary.dimensions)
         return
     from rich.table import Table
 
@@ -86,6 +88,7 @@ def print_run_summary(summary: RunSummary) -> None:
                 table.add_row(name, window, f"{info['rows']:,}", sink, written, write["location"])
             name, window = "", ""
     _out.print(table)
+    _print_dimensions(summary.dimensions)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in summary.timings.items())
     if len(summary.batches) > 1:
         rows = ", ".join(f"{b.rows:,}" for b in summary.batches[:12]) + (", ..." if len(summary.batches) > 12 else "")
@@ -93,6 +96,25 @@ def print_run_summary(summary: RunSummary) -> None:
     # escaped: reasons quote commands such as pip install -e '.[gpu]', which rich would read as markup
     _out.print(escape(f"executor: {summary.executor} ({summary.executor_reason}); transforms: {summary.engine} "
                       f"({summary.engine_reason}); {timings}"))
+
+
+def _print_dimensions(dimensions: dict[str, dict[str, Any]]) -> None:
+    """The dimension tables this run loaded (their files changed): versions opened and closed per sink
+    (scd2; merge: rows upserted and deleted; replace: rows written)."""
+    if not dimensions:
+        return
+    from rich.table import Table
+
+    table = Table(title="dimensions (files changed since their last load)")
+    for column in ("dimension", "mode", "rows read", "sink", "opened", "closed", "stale"):
+        table.add_column(column)
+    for name, info in dimensions.items():
+        label, mode, rows = name, info["mode"], f"{info['rows']:,}"
+        for sink, counts in info["sinks"].items():
+            table.add_row(label, mode, rows, sink, f"{counts['opened']:,}", f"{counts['closed']:,}",
+                          f"{counts.get('stale', 0):,}")
+            label, mode, rows = "", "", ""
+    _out.print(table)
 
 
 def plan_payload(plan: RunPlan, *, replay_of: int | None, cutting: Cutting | None = None) -> dict[str, Any]:
@@ -150,6 +172,7 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
 
         backfill = backfill_status(store, config.pipeline,
                                    lease_held=lease is not None and lease.expires_at >= datetime.now(UTC))
+        dimension_loads = store.dimension_loads(config.pipeline)
     finally:
         store.close()
     now = datetime.now(UTC)
@@ -185,6 +208,11 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
         },
         "backfill": backfill,
         "batches": batches,
+        # the last load of each dimension table that changed something or was first loaded
+        "dimensions": {name: {"loaded_at": _iso(d.loaded_at), "cursor": _iso(d.cursor) if d.cursor else None,
+                              "mode": d.changes.get("mode"), "rows": d.changes.get("rows"),
+                              "sinks": d.changes.get("sinks", {})}
+                       for name, d in sorted(dimension_loads.items())},
     }
 
 
@@ -226,6 +254,9 @@ def print_status(payload: dict[str, Any]) -> None:
         deleted = "-" if s.get("last_run_deleted") is None else f"{s['last_run_deleted']:,}"
         table.add_row(name, s["checkpoint"] or "never loaded", str(s["checkpoint_run"] or "-"), lag, rows, bad, deleted)
     _out.print(table)
+    for name, d in payload.get("dimensions", {}).items():
+        changes = ", ".join(f"{sink} {c['opened']:,} opened / {c['closed']:,} closed" for sink, c in d["sinks"].items())
+        _out.print(f"dimension {name} ({d['mode']}, {d['rows']:,} rows): last loaded {d['loaded_at']}: {changes}")
     if payload["last_run"]:
         last = payload["last_run"]
         _out.print(f"last committed run: {last['run_number']} ({last['mode']}) at {last['finished_at']}")

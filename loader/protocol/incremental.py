@@ -21,6 +21,7 @@ from loader import failpoints
 from loader.config import LoaderConfig
 from loader.observe import logs, progress
 from loader.protocol.batches import cut_into_batches
+from loader.protocol.dimension_loads import load_dimension_tables
 from loader.protocol.planning import RunPlan, plan_from_input, plan_run
 from loader.protocol.steps import (
     BatchExecutor,
@@ -51,6 +52,9 @@ class RunSummary:
     batches: list[BatchOutcome] = field(default_factory=list)
     planned_rows: int = 0  # estimated from row-group statistics when the run was planned
     max_batch_rows: int | None = None
+    #: The dimension tables loaded this run (their files changed): per dimension, rows and per sink
+    #: versions opened and closed (loader/protocol/dimension_loads.py).
+    dimensions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, outcome: BatchOutcome) -> None:
         self.batches.append(outcome)
@@ -73,6 +77,7 @@ class RunSummary:
             "planned_rows": self.planned_rows, "max_batch_rows": self.max_batch_rows,
             "tables": self.tables, "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "batches": [b.to_json() for b in self.batches],
+            "dimensions": self.dimensions,
         }
 
 
@@ -94,6 +99,9 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, executor: str | 
     if unfinished is not None:
         summary.replayed = True
         summary.add(_replay(config, store, batches, timer, unfinished))
+    with timer.stage("dimensions"):
+        loaded = load_dimension_tables(config, store)
+    summary.dimensions = {name: outcome.to_json() for name, outcome in loaded.items()}
     with timer.stage("plan"):
         checkpoints = store.checkpoints(pipeline)
         moment = now or datetime.now(UTC)

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loader.config import RetryConfig
+from loader.transform.history import DimensionChanges, DimensionSpec
 from state import Window
 
 #: The boolean column marking a tombstone (an upstream delete) in a batch whose source has `deletes`.
@@ -133,6 +134,20 @@ class Sink(Protocol[Begun]):
     def probe(self) -> str | None:
         """None if the sink is usable from here (reachable, writable); else one line saying what is
         wrong and what to fix. Quick and bounded in time; writes nothing."""
+        ...
+
+    # Dimension tables (loader/protocol/dimension_loads.py; the changes: loader/transform/history.py)
+
+    def dimension_rows(self, spec: DimensionSpec) -> pa.Table | None:
+        """The rows of dimension `spec.table` the next load compares with: scd2, the current versions
+        (`is_current`); merge and replace, every row. All stored columns, the stored types. None if the
+        table does not exist here yet."""
+        ...
+
+    def apply_dimension(self, spec: DimensionSpec, changes: DimensionChanges) -> None:
+        """Apply one load's changes at once (readers see all of them or none; a crash leaves the table
+        as it was, or, where the sink cannot do that, as the replay's comparison repairs it). Creates the
+        table on first use. `changes` is never empty."""
         ...
 
 

@@ -51,6 +51,7 @@ import pyarrow.dataset as ds
 from loader import failpoints
 from loader.config import LoaderConfig
 from loader.errors import SinkRejected, SinkUnavailable
+from loader.sinks import delta_dimensions
 from loader.sinks.base import (
     DELETED,
     DELETED_AT,
@@ -67,6 +68,7 @@ from loader.sinks.base import (
 )
 from loader.sinks.schema_check import refuse_type_changes
 from loader.storage import locate, short_error, storage_error
+from loader.transform.history import DimensionChanges, DimensionSpec
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +355,16 @@ class DeltaSink:
 
     def probe(self) -> str | None:
         return folder_problem(self.name, self.root)
+
+    def dimension_rows(self, spec: DimensionSpec) -> pa.Table | None:
+        uri = self.table_uri(spec.table)
+        with self._errors(uri):
+            return delta_dimensions.current_rows(self._open(uri), spec)
+
+    def apply_dimension(self, spec: DimensionSpec, changes: DimensionChanges) -> None:
+        uri = self.table_uri(spec.table)
+        with self._errors(uri):
+            delta_dimensions.apply(self._open(uri), uri, spec, changes, self.storage_options)
 
     @staticmethod
     def _app(batch: TableBatch) -> str:

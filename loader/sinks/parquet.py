@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from loader import failpoints
 from loader.config import LoaderConfig
 from loader.errors import SinkRejected, SinkUnavailable
+from loader.sinks import parquet_dimensions
 from loader.sinks.base import (
     Capabilities,
     PartWrite,
@@ -39,6 +40,7 @@ from loader.sinks.base import (
 )
 from loader.sinks.schema_check import refuse_type_changes
 from loader.storage import Location, locate, short_error, storage_error
+from loader.transform.history import DimensionChanges, DimensionSpec
 
 DATE_COLUMN = "__date"
 
@@ -147,6 +149,20 @@ class ParquetSink:
 
     def probe(self) -> str | None:
         return folder_problem(self.name, self.root_uri)
+
+    def dimension_rows(self, spec: DimensionSpec) -> pa.Table | None:
+        where = self.table_location(spec.table)
+        try:
+            return parquet_dimensions.current_rows(where, spec)
+        except OSError as error:
+            raise storage_error(error, where.uri, side="sink", doing="reading the dimension log") from error
+
+    def apply_dimension(self, spec: DimensionSpec, changes: DimensionChanges) -> None:
+        where = self.table_location(spec.table)
+        try:
+            parquet_dimensions.append(where, spec, changes, self.compression)
+        except OSError as error:
+            raise storage_error(error, where.uri, side="sink", doing="writing the dimension log") from error
 
     @staticmethod
     def _region_folders(where: Location) -> list[str]:

@@ -29,6 +29,18 @@ version no newer than its key's remembered tombstone (a late version must not in
 the newest version decides), then the staged tombstones are remembered and keys a newer live version
 revives are forgotten (DELETE, UPDATE, INSERT joined on the staged keys only); a rollback undoes all.
 
+Dimension tables (`apply_dimension`; the changes come from loader/transform/history.py): one table per
+dimension, `<TABLE>` in the same database and schema, created from the changes' Arrow schema (no
+CLUSTER BY; scd2: primary key the key and `valid_from`). Its opens and closes are PUT as Parquet to a
+fresh folder `@<stage>/<pipeline>/dimensions/<table>/<attempt>/` and COPied into transient tables
+`<TABLE>_LOADER_OPENS` / `_LOADER_CLOSES`; then ONE transaction applies them: scd2 closes the matching
+current versions (UPDATE `valid_to`, `is_current` = FALSE on key and `valid_from`) and inserts the new
+versions (those not stored yet, so a retry after a lost COMMIT acknowledgement adds nothing); merge
+deletes the closed keys and upserts the opens (DELETE of their keys, then INSERT: plain DML, see
+`_remember_tombstones_sql`); replace deletes every row and inserts the opens. The staging tables and
+files are removed afterwards (best effort). `dimension_rows` reads the table back (scd2: `is_current`
+rows) in its stored order, with the Arrow types history.stored_schema gives.
+
 A client killed inside step 3 leaves a detached transaction: Snowflake aborts it once it blocks another
 transaction and has been idle 5 minutes, so the replay's MERGE waits at most that long.
 Identifiers come from the validated config or the batch's column names (checked by `ident`) and are
@@ -74,6 +86,7 @@ from loader.sinks.base import (
 )
 from loader.sinks.snowflake_schema import ColumnType, columns_to_add, create_table_sql, ident
 from loader.storage import short_error
+from loader.transform.history import IS_CURRENT, TIME, VALID_FROM, VALID_TO, DimensionChanges, DimensionSpec
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +177,7 @@ class SnowflakeSink:
         a fresh one, so files an interrupted attempt staged are never loaded again."""
         session = _Session(self)
         try:
-            if self._step(batch, "prepare", session, lambda cur: self._prepare(cur, batch)):
+            if self._step(batch.table, "prepare", session, lambda cur: self._prepare(cur, batch)):
                 return None
         finally:
             session.discard()
@@ -180,7 +193,7 @@ class SnowflakeSink:
         folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
         try:
             files = _region_files(batch, folder, part)
-            self._step(batch, "stage", session, lambda cur: self._put(cur, begun.stage_folder, files))
+            self._step(batch.table, "stage", session, lambda cur: self._put(cur, begun.stage_folder, files))
             staged = count_true(tombstones(batch))  # tombstones: staged, not rows of the target
             live = live_rows(batch, batch.data)
             return PartWrite(batch.data.num_rows - staged, region_counts(live), deleted=staged)
@@ -194,8 +207,8 @@ class SnowflakeSink:
         session = _Session(self)
         try:
             if rows:
-                self._step(batch, "copy", session, lambda cur: self._copy(cur, batch, begun.stage_folder, rows))
-            deleted = self._step(batch, "merge", session, lambda cur: self._merge(cur, session.conn, batch, rows))
+                self._step(batch.table, "copy", session, lambda cur: self._copy(cur, batch, begun.stage_folder, rows))
+            deleted = self._step(batch.table, "merge", session, lambda cur: self._merge(cur, session.conn, batch, rows))
             failpoints.hit("snowflake.commit", batch.table)
             if rows:
                 self._cleanup(session, batch, begun.stage_folder)
@@ -261,7 +274,54 @@ class SnowflakeSink:
                 conn.close()
         return None
 
-    def _step(self, batch: TableBatch, step: str, session: _Session, work: Callable[[Any], T]) -> T:
+    def dimension_rows(self, spec: DimensionSpec) -> pa.Table | None:
+        """The rows of dimension `spec.table` (scd2: the current versions), names lower-cased, in the
+        stored order and types (history.stored_schema of the landing schema); None if there is no table."""
+        session = _Session(self)
+        try:
+            return self._step(spec.table, "read", session, lambda cur: self._dimension_rows(cur, spec))
+        finally:
+            session.discard()
+
+    def apply_dimension(self, spec: DimensionSpec, changes: DimensionChanges) -> None:
+        """Prepare (stage and table), PUT and COPY the opens and closes, apply them in one transaction,
+        clean up: each step retried on its own and idempotent (see the module docstring)."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", spec.pipeline):
+            raise SinkRejected(f"Snowflake: pipeline name {spec.pipeline!r} cannot name a stage folder")
+        ident(spec.table)  # checked before it names a folder
+        schema = (changes.opens if changes.opens.num_rows else changes.closes).schema
+        sides = {"opens": changes.opens}
+        if spec.mode != "replace":
+            sides["closes"] = changes.closes
+        staged = {side: rows for side, rows in sides.items() if rows.num_rows}
+        prefix = (f"@{ident(self.settings.stage)}/{spec.pipeline}/dimensions/{spec.table}/"
+                  f"{uuid.uuid4().hex[:12]}/")
+        session = _Session(self)
+        _sweep_stale_folders()
+        folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
+        try:
+            self._step(spec.table, "prepare", session, lambda cur: self._prepare_dimension(cur, spec, schema))
+            files: dict[str, Path] = {}
+            for side, rows in staged.items():
+                (folder / side).mkdir()
+                files[side] = folder / side / f"{side}.parquet"
+                pq.write_table(rows, files[side])
+
+            def put(cur: Any) -> None:  # one folder per side, for one COPY each
+                for side, path in files.items():
+                    self._put(cur, f"{prefix}{side}/", [path])
+
+            self._step(spec.table, "stage", session, put)
+            counts = {side: rows.num_rows for side, rows in staged.items()}
+            self._step(spec.table, "copy", session, lambda cur: self._copy_dimension(cur, spec, prefix, counts))
+            self._step(spec.table, "apply", session,
+                       lambda cur: self._apply_dimension(cur, session.conn, spec, list(schema.names), set(staged)))
+            self._cleanup_dimension(session, spec, prefix if staged else None)
+        finally:
+            session.discard()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _step(self, table: str, step: str, session: _Session, work: Callable[[Any], T]) -> T:
         """`work(cursor)` with retries of transient faults; connector errors become loader errors."""
         import snowflake.connector.errors as sf_errors
 
@@ -275,12 +335,12 @@ class SnowflakeSink:
                 return work(cur)
             except sf_errors.Error as error:
                 session.discard()
-                raise self._convert(error, doing=f"{step} of {batch.table} in") from error
+                raise self._convert(error, doing=f"{step} of {table} in") from error
             except LoaderError:
                 session.discard()
                 raise
 
-        return call_with_retries(f"{batch.table} -> snowflake {step}", self.retry, attempt)
+        return call_with_retries(f"{table} -> snowflake {step}", self.retry, attempt)
 
     def _prepare(self, cur: Any, batch: TableBatch) -> bool:
         """Create what is missing and widen the target; True if this run already landed here."""
@@ -304,10 +364,14 @@ class SnowflakeSink:
             (s.schema_.upper(), batch.table.upper()),
         )
         existing = {name: ColumnType(kind, precision, scale) for name, kind, precision, scale in cur.fetchall()}
-        for statement in columns_to_add(batch.table, target, existing, f"{s.database}.{s.schema_}"):
+        for statement in columns_to_add(batch.table, target, existing, self._schema_name):
             log.info("%s -> snowflake: new source column: %s", batch.table, statement)
             cur.execute(statement)
         return False
+
+    @property
+    def _schema_name(self) -> str:
+        return f"{self.settings.database}.{self.settings.schema_}"
 
     def _landed(self, cur: Any, batch: TableBatch) -> bool:
         cur.execute(
@@ -376,6 +440,84 @@ class SnowflakeSink:
         finally:
             with contextlib.suppress(Exception):
                 conn.autocommit(True)
+
+    def _columns(self, cur: Any, table: str) -> dict[str, ColumnType]:
+        """`table`'s columns in their order (upper-case names); empty if there is no such table."""
+        cur.execute(
+            "SELECT COLUMN_NAME, DATA_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE FROM INFORMATION_SCHEMA.COLUMNS "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+            (self.settings.schema_.upper(), table.upper()),
+        )
+        return {name: ColumnType(kind, precision, scale) for name, kind, precision, scale in cur.fetchall()}
+
+    def _dimension_rows(self, cur: Any, spec: DimensionSpec) -> pa.Table | None:
+        columns = self._columns(cur, spec.table)
+        if not columns:
+            return None
+        schema = pa.schema([pa.field(name.lower(), _arrow_type(spec.table, name, kind)) for name, kind in columns.items()])
+        # NULL timestamps read with IS NULL too: the emulator returns a NULL TIMESTAMP_TZ over Arrow as the epoch
+        times = [i for i, f in enumerate(schema) if pa.types.is_timestamp(f.type)]
+        names = list(columns)
+        selected = [ident(n) for n in names] + [f"{ident(names[i])} IS NULL" for i in times]
+        where = f" WHERE {ident(IS_CURRENT)}" if spec.mode == "scd2" else ""
+        cur.execute(f"SELECT {', '.join(selected)} FROM {ident(spec.table)}{where}")
+        data = cur.fetch_arrow_all()
+        if data is None:  # the connector's answer to no rows
+            return schema.empty_table()
+        arrays = [data.column(i).cast(f.type) for i, f in enumerate(schema)]
+        for flag, i in enumerate(times, start=len(names)):
+            arrays[i] = pc.if_else(data.column(flag), pa.scalar(None, schema.field(i).type), arrays[i])
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    def _prepare_dimension(self, cur: Any, spec: DimensionSpec, schema: pa.Schema) -> None:
+        cur.execute(f"CREATE STAGE IF NOT EXISTS {ident(self.settings.stage)}")
+        key = (*spec.key, VALID_FROM) if spec.mode == "scd2" else spec.key  # scd2: versions per key
+        cur.execute(create_table_sql(spec.table, schema, key, cluster_by=None))
+        for statement in columns_to_add(spec.table, schema, self._columns(cur, spec.table), self._schema_name):
+            log.info("%s -> snowflake: new dimension column: %s", spec.table, statement)
+            cur.execute(statement)
+
+    @staticmethod
+    def _copy_dimension(cur: Any, spec: DimensionSpec, prefix: str, counts: dict[str, int]) -> None:
+        for side, rows in counts.items():
+            staging = _dimension_staging(spec, side)
+            cur.execute(f"CREATE OR REPLACE TRANSIENT TABLE {staging} LIKE {ident(spec.table)}")
+            cur.execute(f"COPY INTO {staging} FROM {prefix}{side}/ FILE_FORMAT=(TYPE=PARQUET) "
+                        f"MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE FORCE=TRUE")
+            cur.execute(f"SELECT COUNT(*) FROM {staging}")
+            staged = cur.fetchone()[0]
+            if staged != rows:
+                raise SinkUnavailable(
+                    f"Snowflake: {staging} holds {staged:,} rows after COPY, {rows:,} were staged: copying again")
+
+    @staticmethod
+    def _apply_dimension(cur: Any, conn: Any, spec: DimensionSpec, columns: list[str], staged: set[str]) -> None:
+        """The changes in one transaction: all of them or none (a retry repeats the whole of it)."""
+        conn.autocommit(False)
+        try:
+            for statement in _dimension_sql(spec, columns, staged):
+                cur.execute(statement)
+            failpoints.hit("snowflake.dimension", spec.table)
+            conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):  # a lost connection rolls back on its own; keep the first error
+                conn.rollback()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                conn.autocommit(True)
+
+    @staticmethod
+    def _cleanup_dimension(session: _Session, spec: DimensionSpec, prefix: str | None) -> None:
+        """Applied already: a failure here is logged (the next load replaces the staging tables; staged
+        files left behind cost storage only)."""
+        statements = [f"DROP TABLE IF EXISTS {_dimension_staging(spec, side)}" for side in ("opens", "closes")]
+        for statement in [*statements, *([f"REMOVE {prefix}"] if prefix else [])]:
+            try:
+                session.cursor().execute(statement)
+            except Exception as error:
+                log.info("%s -> snowflake: %s failed (%s)", spec.table, statement.split(" ")[0], short_error(error))
+                session.discard()
 
     def connect(self) -> Any:
         import snowflake.connector
@@ -458,6 +600,50 @@ def _as_source_types(data: pa.Table) -> pa.Table:
     fields = [pa.field(f.name, pa.int64()) if pa.types.is_decimal(f.type) and f.type.scale == 0 else f
               for f in data.schema]
     return data.cast(pa.schema(fields))
+
+
+def _arrow_type(table: str, column: str, kind: ColumnType) -> pa.DataType:
+    """The Arrow type a dimension column was created from (snowflake_schema.column_type, reversed):
+    whole numbers as int64, timestamps in microseconds (with a time zone: UTC)."""
+    if kind.family == "NUMBER":
+        return pa.int64() if not kind.scale else pa.decimal128(kind.precision or 38, kind.scale)
+    simple = {"TEXT": pa.string(), "FLOAT": pa.float64(), "BOOLEAN": pa.bool_(), "DATE": pa.date32(),
+              "TIMESTAMP_TZ": TIME, "TIMESTAMP_LTZ": TIME, "TIMESTAMP_NTZ": pa.timestamp("us")}
+    if kind.family not in simple:
+        raise SinkRejected(f"Snowflake: dimension column {table.upper()}.{column} is {kind}, which the loader never "
+                           f"creates: drop the table to let the loader recreate it, then run again")
+    return simple[kind.family]
+
+
+def _dimension_staging(spec: DimensionSpec, side: str) -> str:
+    return ident(f"{spec.table}_LOADER_{side.upper()}")
+
+
+def _dimension_sql(spec: DimensionSpec, columns: list[str], staged: set[str]) -> list[str]:
+    """The statements applying a dimension load's staged `opens` and `closes` (those in `staged`)."""
+    table, key = ident(spec.table), [ident(k) for k in spec.key]
+    names = [ident(c) for c in columns]
+    insert = f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join('o.' + c for c in names)} " \
+             f"FROM {_dimension_staging(spec, 'opens')} o"
+    closes = _dimension_staging(spec, "closes")
+    statements = []
+    if spec.mode == "scd2":
+        version = " AND ".join(f"t.{k} = {{s}}.{k}" for k in [*key, ident(VALID_FROM)])
+        if "closes" in staged:
+            statements.append(f"UPDATE {table} t SET {ident(VALID_TO)} = c.{ident(VALID_TO)}, {ident(IS_CURRENT)} = FALSE "
+                              f"FROM {closes} c WHERE {version.format(s='c')} AND t.{ident(IS_CURRENT)}")
+        if "opens" in staged:  # versions stored already (a COMMIT whose acknowledgement was lost): not again
+            statements.append(f"{insert} WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {version.format(s='o')})")
+        return statements
+    if spec.mode == "replace":
+        return [f"DELETE FROM {table}", *([insert] if "opens" in staged else [])]
+    match = " AND ".join(f"t.{k} = s.{k}" for k in key)
+    for side in ("closes", "opens"):  # merge: the closed keys deleted, the opened ones replaced
+        if side in staged:
+            statements.append(f"DELETE FROM {table} t USING {_dimension_staging(spec, side)} s WHERE {match}")
+    if "opens" in staged:
+        statements.append(insert)
+    return statements
 
 
 def _staging(batch: TableBatch) -> str:

@@ -29,8 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from loader.config import LoaderConfig
-from loader.protocol.planning import list_file_infos
-from loader.storage import locate, storage_error
+from loader.landing.fingerprint import files_fingerprint
 from loader.transform.dimensions import COLUMNS, Dimensions
 from loader.transform.labels import SEGMENTS
 
@@ -60,31 +59,8 @@ def fingerprint(config: LoaderConfig) -> str:
     """A hash of every dimension file (path, size, mtime, footer) and of the preparation's format."""
     digest = hashlib.sha256(repr((FORMAT, COLUMNS, SEGMENTS)).encode())
     for table in TABLES:
-        location = locate(config.dimension_path(table))
-        infos, _ = list_file_infos(location, partition_column="", since=None)
-        digest.update(f"\0{table}\0{len(infos)}".encode())
-        for info in infos:
-            digest.update(f"\0{info.path}\0{info.size}\0{info.mtime_ns}".encode())
-            digest.update(_footer(location.filesystem, info.path, info.size, location.uri))
+        digest.update(f"\0{table}\0{files_fingerprint(config, table)[0]}".encode())
     return digest.hexdigest()
-
-
-def _footer(filesystem: pa.fs.FileSystem, path: str, size: int | None, uri: str) -> bytes:
-    """The Parquet footer's bytes (metadata: row groups, offsets, statistics): two small reads."""
-    try:
-        with filesystem.open_input_file(path) as handle:
-            size = size if size is not None else handle.size()
-            if size < 12:
-                return b""
-            handle.seek(size - 8)
-            tail = handle.read(8)
-            length = int.from_bytes(tail[:4], "little")
-            if tail[4:] != b"PAR1" or length > size - 12:
-                return tail  # not Parquet: the reader reports it; the hash still covers what is there
-            handle.seek(size - 8 - length)
-            return handle.read(length)
-    except OSError as error:
-        raise storage_error(error, uri, side="source", doing=f"reading the footer of {path} in") from error
 
 
 def load_cached(config: LoaderConfig, build: Callable[[], Dimensions]) -> Dimensions:

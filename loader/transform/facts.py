@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from loader.errors import BadSourceData, ConfigError
-from loader.transform.frames import Frame, Frames, Series, frames_for, on_table
+from loader.transform.frames import Frame, Frames, PandasFrames, Series, frames_for, on_table
 from loader.transform.kinds import FACT_KINDS, fact_kind
 from loader.transform.labels import customer_segment, decimal_type, labels
 from loader.transform.region_rules import FX_RATE, VAT_RATE, RegionRule
@@ -285,6 +285,18 @@ def _mask_columns(df: Frame, region: Series, b: Frames, masked_by: Mapping[str, 
         if bool(rows.any()):  # masked where needed only, then put back in place by row label
             df[column] = values.mask(rows, _mask(values[rows], b).reindex(values.index))
     return df
+
+
+def mask_rows(table: pa.Table, region: pa.Array | pa.ChunkedArray, rules: Mapping[str, RegionRule]) -> pa.Table:
+    """`table` (a dimension's rows) with the columns its rows' regions mask masked as the facts' are, so
+    a dimension table in the warehouse shows no more than its facts do. On the CPU engine."""
+    masked_by = {c: r for c, r in _masked_by(rules).items() if c in table.column_names}
+    if not masked_by or table.num_rows == 0:
+        return table
+    b = PandasFrames()
+    df = b.frame(table)
+    df = _mask_columns(df, b.frame(pa.table({"region": region}))["region"], b, masked_by)
+    return b.table(df, table.schema)
 
 
 def _mask(values: Series, b: Frames) -> Series:

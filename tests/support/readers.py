@@ -164,3 +164,62 @@ def snowflake_rows(server: dict[str, Any], database: str, table: str, landing: P
     assert data is not None, f"snowflake/{table}: the table is empty"
     want = expected(table, landing).schema
     return _sorted_by(data.select(want.names).cast(want), key_columns(table))
+
+
+# ------------------------------------------------------------------------------------- Dimension tables
+# Every version (scd2) or row (merge, replace) of one dimension table, as each sink stores it, read with
+# the sinks' own libraries: the column names the loader writes, the stored types (Snowflake's as the
+# connector returns them). None where the sink holds no such table.
+
+DIMENSION_LOG = ("_loaded_at", "_deleted")  # the Parquet log's own columns
+
+
+def parquet_dimension_versions(folder: Path, key: Sequence[str], mode: str) -> pa.Table | None:
+    """The Parquet sink's log `folder`/load-*.parquet (hidden files never read), reduced as the log's
+    layout says: scd2, per (key, valid_from) the row with the greatest `_loaded_at`; merge, per key
+    the row with the greatest `_loaded_at` unless it is a deletion (`_deleted`); replace, the newest
+    file alone. Without the log's own columns."""
+    paths = sorted(p for p in folder.glob("load-*.parquet")) if folder.exists() else []
+    if not paths:
+        return None
+    if mode == "replace":
+        paths = paths[-1:]
+    data = pa.concat_tables([pq.read_table(p) for p in paths], promote_options="permissive")
+    if mode != "replace":
+        group = [*key, "valid_from"] if mode == "scd2" else list(key)
+        newest: dict[tuple[Any, ...], tuple[Any, int]] = {}
+        for index, row in enumerate(data.select([*group, "_loaded_at"]).to_pylist()):
+            ident = tuple(row[c] for c in group)
+            if ident not in newest or row["_loaded_at"] > newest[ident][0]:
+                newest[ident] = (row["_loaded_at"], index)
+        data = data.take(sorted(index for _, index in newest.values()))
+        if mode == "merge" and "_deleted" in data.column_names:
+            data = data.filter(pc.invert(pc.fill_null(data["_deleted"], False)))
+    return data.drop_columns([c for c in DIMENSION_LOG if c in data.column_names])
+
+
+def parquet_dimension_files(folder: Path) -> list[str]:
+    """The log's file names (a load that wrote nothing adds none)."""
+    return sorted(p.name for p in folder.glob("load-*.parquet")) if folder.exists() else []
+
+
+def delta_dimension_versions(uri: str | Path) -> pa.Table | None:
+    """The Delta dimension table's current snapshot (every version of an scd2 table)."""
+    return read_delta(uri)
+
+
+def delta_table_version(uri: str | Path) -> int | None:
+    """The Delta table's version number (a load that wrote nothing commits none)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(str(uri)).version()
+    except TableNotFoundError:
+        return None
+
+
+def snowflake_dimension_versions(server: dict[str, Any], database: str, table: str, mode: str) -> pa.Table | None:
+    """SELECT * FROM <TABLE> over the connector, column names lower-cased (scd2: `valid_to`'s NULLs
+    read with IS NULL, see `read_snowflake`)."""
+    return read_snowflake(server, database, table, nullable=["valid_to"] if mode == "scd2" else [])

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from loader.demo import generator as dd
-from loader.errors import BadSourceData, ConfigError
+from loader.errors import EXIT_USAGE, BadSourceData, ConfigError
+from tests.support.cli import run_cli, write_config
 
 SCALE = 0.01
 DAYS = 5
@@ -518,3 +519,107 @@ def test_a_zone_made_before_op_is_refused_with_the_fix(zone: Path) -> None:
     (zone / dd.STATE_FILE).write_text(json.dumps({**state.to_json(), "version": 1}))
     with pytest.raises(ConfigError, match="recreate it with `loader demo-data init`"):
         dd.append_batch(zone, orders=1, updates=0, late=0)
+
+
+# ------------------------------------------------------------------------------------ customer changes
+
+CHANGING = ("c_mktsegment", "c_phone", "c_nationkey")
+
+
+def customers(root: Path) -> pa.Table:
+    return pq.read_table(root / "customer" / "customer.parquet")
+
+
+def test_customer_changes_rewrite_the_snapshot_changing_only_those_customers(zone: Path) -> None:
+    path = zone / "customer" / "customer.parquet"
+    before = customers(zone)
+    summary = dd.append_batch(zone, orders=10, updates=5, late=1, customer_changes=5)
+    after = customers(zone)
+
+    assert summary.changed_customers == 5
+    assert path in summary.files
+    assert pq.read_schema(path).remove_metadata().equals(dd.CUSTOMER_SCHEMA)
+    assert after.num_rows == before.num_rows
+    keys = after["c_custkey"].to_pylist()
+    assert keys == before["c_custkey"].to_pylist()  # same rows, same order
+    assert len(set(keys)) == len(keys)
+    for name in dd.CUSTOMER_SCHEMA.names:  # no other column differs
+        if name not in CHANGING:
+            assert after[name].equals(before[name]), name
+    old, new = before.to_pylist(), after.to_pylist()
+    changed = [i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+    assert len(changed) == 5
+    for i in changed:
+        assert any(old[i][c] != new[i][c] for c in CHANGING)
+        assert new[i]["c_mktsegment"] in dd.MARKET_SEGMENTS
+        assert 0 <= new[i]["c_nationkey"] < dd.NATION_KEYS
+    assert not any(p.name.startswith((".", "_")) for p in path.parent.iterdir())  # no temp file left behind
+
+
+def test_customer_changes_vary_the_fields_each_customer_changes(zone: Path) -> None:
+    before = customers(zone).to_pylist()
+    dd.append_batch(zone, orders=0, updates=0, late=0, customer_changes=200)
+    after = customers(zone).to_pylist()
+    patterns = {tuple(a[c] != b[c] for c in CHANGING) for a, b in zip(before, after, strict=True) if a != b}
+    assert (False, False, False) not in patterns
+    assert len(patterns) == 7  # every non-empty subset of segment, phone, nation occurs
+    for a, b in zip(before, after, strict=True):
+        if a["c_phone"] != b["c_phone"]:  # a new phone carries its nation's country code
+            assert b["c_phone"].startswith(f"{b['c_nationkey'] + 10:02d}-")
+
+
+def test_customer_changes_are_deterministic_for_a_seed(base_zone: Path, tmp_path: Path) -> None:
+    zones = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        shutil.copytree(base_zone, root)
+        dd.append_batch(root, orders=20, updates=5, late=1, customer_changes=7)
+        dd.append_batch(root, orders=0, updates=0, late=0, customer_changes=3)
+        zones.append(root)
+    a, b = (root / "customer" / "customer.parquet" for root in zones)
+    assert a.read_bytes() == b.read_bytes()
+    assert customers(zones[0]).equals(customers(zones[1]))
+
+
+def test_customer_changes_draw_last(base_zone: Path, tmp_path: Path) -> None:
+    """The fact files of a batch are the same with or without customer changes."""
+    plain, changed = tmp_path / "plain", tmp_path / "changed"
+    for root in (plain, changed):
+        shutil.copytree(base_zone, root)
+    dd.append_batch(plain, orders=40, updates=10, late=2, deletes=3)
+    dd.append_batch(changed, orders=40, updates=10, late=2, deletes=3, customer_changes=4)
+    for table in dd.FACT_TABLES:
+        assert fact_files(plain, table)[-1].read_bytes() == fact_files(changed, table)[-1].read_bytes()
+
+
+def test_no_customer_changes_leave_the_customer_file_untouched(zone: Path) -> None:
+    path = zone / "customer" / "customer.parquet"
+    mtime, data = path.stat().st_mtime_ns, path.read_bytes()
+    summary = dd.append_batch(zone, orders=10, updates=5, late=1)
+    assert summary.changed_customers == 0 and path not in summary.files
+    assert path.stat().st_mtime_ns == mtime and path.read_bytes() == data
+
+
+def test_too_many_customer_changes_are_refused_naming_the_count(zone: Path) -> None:
+    before = (zone / dd.STATE_FILE).read_text()
+    n = customers(zone).num_rows
+    with pytest.raises(dd.TooManyCustomerChanges, match=f"holds only {n} customers"):
+        dd.append_batch(zone, orders=0, updates=0, late=0, customer_changes=n + 1)
+    assert (zone / dd.STATE_FILE).read_text() == before
+    with pytest.raises(ConfigError, match="customer_changes must be"):
+        dd.append_batch(zone, customer_changes=-1)
+
+
+def test_cli_customer_changes_help_error_and_summary(zone: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "cfg", landing_zone=str(zone))
+    helped = run_cli(config, "demo-data", "append", "--help").stdout
+    assert "--customer-changes" in helped and "c_mktsegment" in helped and "snapshot" in helped
+
+    n = customers(zone).num_rows
+    failed = run_cli(config, "demo-data", "append", "--customer-changes", str(n + 1), check=False)
+    assert failed.returncode == EXIT_USAGE, failed.stderr
+    assert "--customer-changes" in failed.stderr and f"holds only {n} customers" in failed.stderr
+
+    done = run_cli(config, "demo-data", "append", "--orders", "0", "--updates", "0", "--late", "0",
+                   "--customer-changes", "3").stdout
+    assert "3 customers changed" in done

@@ -408,7 +408,8 @@ def test_a_version_1_ledger_migrates_and_keeps_its_runs(tmp_path: Path) -> None:
     engine.dispose()
     with StateStore.open(url_of(path)) as store:
         with store.engine.connect() as conn:
-            assert current_version(conn) == SCHEMA_VERSION == 2
+            assert current_version(conn) == SCHEMA_VERSION == 3
+        assert store.dimension_loads("p") == {}  # v3's table is there, empty
         old = store.unfinished_run("p")
         assert old is not None and old.windows == {"orders": window} and old.inputs is None
         recorded = {"planned_at": to_iso(T0), "sources": {"orders": {"files": [
@@ -417,3 +418,18 @@ def test_a_version_1_ledger_migrates_and_keeps_its_runs(tmp_path: Path) -> None:
         new = store.begin_run("p", mode="incremental", windows={"orders": window}, base_checkpoints={"orders": None},
                               inputs=recorded)
         assert store.run("p", new.run_number).inputs == recorded  # type: ignore[union-attr]
+
+
+def test_dimension_loads_are_recorded_per_pipeline_and_replaced(tmp_path: Path) -> None:
+    """The last load of each dimension: recorded after the sinks applied it, replaced by the next one."""
+    with StateStore.open(url_of(tmp_path / "state.db")) as store:
+        store.record_dimension_load("p", "customer", fingerprint="a", cursor=None,
+                                    changes={"mode": "scd2", "rows": 3, "sinks": {"delta": {"opened": 3, "closed": 0}}})
+        store.record_dimension_load("p", "customer", fingerprint="b", cursor=T0,
+                                    changes={"mode": "scd2", "rows": 3, "sinks": {"delta": {"opened": 1, "closed": 1}}})
+        store.record_dimension_load("other", "customer", fingerprint="c", cursor=None, changes={})
+        loads = store.dimension_loads("p")
+        assert list(loads) == ["customer"]
+        assert (loads["customer"].fingerprint, loads["customer"].cursor) == ("b", T0)
+        assert loads["customer"].changes["sinks"]["delta"] == {"opened": 1, "closed": 1}
+        assert store.dimension_loads("other")["customer"].fingerprint == "c"

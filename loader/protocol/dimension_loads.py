@@ -1,0 +1,207 @@
+"""Dimension tables to the sinks: the first step of every incremental run, under the lease, before the
+facts' batches (the warehouse's dimensions are then never older than the facts that join to them).
+
+Per dimension with `load: true`: if its files' fingerprint (path, size, mtime, footer of each file,
+with the dimension's settings) equals the one recorded after its last load, nothing is read. Else the
+files are read whole and checked (a null key, or a key twice in one snapshot, fails the run naming the
+key and the file, before anything is written), masked like the facts (the region rules' columns, by
+the row's region through nation), hashed on the tracked columns, and each enabled sink compares them
+with what it holds itself (loader/transform/history.py) and applies the difference in one step. Then
+the fingerprint is recorded. Exactly once without a ledger: the comparison is the idempotence (a
+replay, or a sink that already applied the load before a crash, finds nothing to do); change times
+come from the files (the snapshot's newest file time, or each row's cursor), so every sink and every
+replay stamps the same versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from loader import failpoints
+from loader.config import DimensionConfig, LoaderConfig
+from loader.errors import BadSourceData
+from loader.observe import progress
+from loader.retry import call_with_retries
+from state import StateStore
+
+if TYPE_CHECKING:  # the data libraries load only when a dimension's files changed (an empty run stays light)
+    import numpy as np
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+TABLES = ("customer", "supplier", "nation", "region")
+#: The column of a dimension row naming its nation: its region (masking) comes through nation.
+NATION_KEY = {"customer": "c_nationkey", "supplier": "s_nationkey"}
+#: Bump when what a load computes from the same files changes (hash, masking): the next run compares again.
+FORMAT = 1
+
+
+@dataclass
+class DimensionOutcome:
+    """One dimension's load: rows read, and per sink what it changed."""
+
+    name: str
+    mode: str
+    rows: int
+    sinks: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "rows": self.rows, "sinks": self.sinks}
+
+
+def load_dimension_tables(config: LoaderConfig, store: StateStore) -> dict[str, DimensionOutcome]:
+    """Load every changed dimension to every enabled sink; the dimensions loaded, by name (none when
+    no dimension's files changed since its last load)."""
+    from loader.landing.fingerprint import files_fingerprint
+
+    wanted = [t for t in TABLES if config.dimensions.named(t).load]
+    if not wanted:
+        return {}
+    loaded = store.dimension_loads(config.pipeline)
+    outcomes: dict[str, DimensionOutcome] = {}
+    sinks: list[Any] | None = None
+    for table in wanted:
+        dim = config.dimensions.named(table)
+        files, infos = call_with_retries(f"listing dimension {table}", config.source_retry,
+                                         lambda t=table: files_fingerprint(config, t))  # type: ignore[misc]
+        mark = _load_fingerprint(config, table, files)
+        if table in loaded and loaded[table].fingerprint == mark:
+            continue
+        if sinks is None:
+            from loader.sinks import enabled_sinks
+
+            sinks = enabled_sinks(config)
+        progress.step(f"dimension {table}: compare and write")
+        incoming, cursor = read_incoming(config, table, [i.path for i in infos])
+        snapshot_time = max((i.mtime for i in infos if i.mtime is not None), default=datetime.now(UTC))
+        outcome = DimensionOutcome(table, dim.mode, incoming.num_rows)
+        for sink in sinks:
+            outcome.sinks[sink.name] = _load_into(config, sink, table, dim, incoming, snapshot_time)
+        failpoints.hit("dimensions.before_record", table)
+        store.record_dimension_load(config.pipeline, table, fingerprint=mark, cursor=cursor,
+                                    changes=outcome.to_json())
+        changed = {s: c for s, c in outcome.sinks.items() if c["opened"] or c["closed"]}
+        log.info("dimension %s (%s): %s", table, dim.mode, "; ".join(
+            f"{s}: {c['opened']:,} opened, {c['closed']:,} closed" for s, c in changed.items()) or "no change")
+        outcomes[table] = outcome
+    return outcomes
+
+
+def _load_fingerprint(config: LoaderConfig, table: str, files: str) -> str:
+    """The files' fingerprint with everything else that decides what a load writes."""
+    dim = config.dimensions.named(table)
+    rules = sorted((n, tuple(r.mask)) for n, r in config.regions.items())
+    settings = (FORMAT, files, dim.model_dump(), config.dimensions.key_of(table), rules)
+    return hashlib.sha256(repr(settings).encode()).hexdigest()
+
+
+def _load_into(config: LoaderConfig, sink: Any, table: str, dim: DimensionConfig, incoming: pa.Table,
+               snapshot_time: datetime) -> dict[str, int]:
+    """Compare with what `sink` holds and apply the difference (retried as the sink's writes are)."""
+    from loader.transform.history import DimensionSpec, diff
+
+    spec = DimensionSpec(config.pipeline, table, config.dimensions.key_of(table), dim.mode)
+
+    def attempt() -> dict[str, int]:
+        current = sink.dimension_rows(spec)
+        changes = diff(incoming, current, spec, cursor=dim.cursor, snapshot_time=snapshot_time, missing=dim.missing)
+        if not changes.empty:
+            sink.apply_dimension(spec, changes)
+        return {"opened": changes.opens.num_rows, "closed": changes.closes.num_rows, "stale": changes.stale}
+
+    return call_with_retries(f"dimension {table} -> {sink.name}", sink.retry, attempt)
+
+
+def read_incoming(config: LoaderConfig, table: str, paths: Sequence[str]) -> tuple[pa.Table, datetime | None]:
+    """The dimension's rows as the sinks get them (checked, masked, hashed) and the newest cursor."""
+    import pyarrow.compute as pc
+
+    from loader.transform.history import tracked_columns, with_hash
+
+    dim = config.dimensions.named(table)
+    key = list(config.dimensions.key_of(table))
+    rows, origin = _read_files(config, table, paths)
+    missing = [c for c in [*key, *([dim.cursor] if dim.cursor else []), *(dim.track or ())] if c not in rows.column_names]
+    if missing:
+        raise BadSourceData(f"dimension {table}: column(s) {missing} not in its files ({paths[0]} ...): fix "
+                            f"dimensions.{table} (key, cursor, track) in the config or the files")
+    _check_keys(table, rows, origin, paths, key, dim.cursor)
+    rows = _masked(config, table, rows)
+    rows = with_hash(rows, tracked_columns(rows.column_names, key, dim.cursor, dim.track))
+    cursor = pc.max(rows[dim.cursor]).as_py() if dim.cursor and rows.num_rows else None
+    return rows, cursor
+
+
+def _read_files(config: LoaderConfig, table: str, paths: Sequence[str]) -> tuple[pa.Table, np.ndarray]:
+    """All rows of the files, and for each the index of its file (to name it in errors)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from loader.storage import locate, storage_error
+    from loader.transform.tables import normalize_strings
+
+    location = locate(config.dimension_path(table))
+    if not paths:
+        raise BadSourceData(f"dimension {table!r} has no Parquet files at {location.uri}: fix dimensions.{table} "
+                            "in the config")
+    parts, origin = [], []
+    for number, path in enumerate(paths):
+        try:
+            with location.filesystem.open_input_file(path) as handle:
+                part = normalize_strings(pq.read_table(handle))
+        except pa.ArrowInvalid as error:
+            raise BadSourceData(f"unreadable dimension file {path}: {error}. Replace it") from error
+        except OSError as error:
+            raise storage_error(error, location.uri, side="source", doing=f"reading {path} in") from error
+        parts.append(part)
+        origin.append(np.full(part.num_rows, number, dtype=np.int32))
+    return pa.concat_tables(parts, promote_options="permissive"), np.concatenate(origin)
+
+
+def _check_keys(table: str, rows: pa.Table, origin: np.ndarray, paths: Sequence[str], key: list[str],
+                cursor: str | None) -> None:
+    """A null key, or a key (with its cursor, for change files) twice: the run fails, naming it."""
+    import numpy as np
+
+    for column in key:
+        nulls = rows[column].null_count
+        if nulls:
+            first = int(np.flatnonzero(rows[column].is_null().to_numpy(zero_copy_only=False))[0])
+            raise BadSourceData(f"dimension {table}: {nulls} row(s) with a null {column} (first in "
+                                f"{paths[origin[first]]}): fix or remove those rows; nothing was written")
+    unique = [*key, *([cursor] if cursor else [])]
+    frame = rows.select(unique).to_pandas()
+    repeated = frame.duplicated(unique, keep=False).to_numpy()
+    if repeated.any():
+        at = np.flatnonzero(repeated)
+        value = ", ".join(f"{c}={frame[c].iloc[at[0]]}" for c in unique)
+        where = sorted({paths[origin[i]] for i in at if (frame.iloc[i] == frame.iloc[at[0]]).all()})
+        what = "version (key and cursor)" if cursor else "key"
+        raise BadSourceData(
+            f"dimension {table}: {int(repeated.sum()):,} rows share a {what} with another row, e.g. {value} in "
+            f"{', '.join(where)}: a snapshot holds each key once (remove the duplicates, or the older snapshot's "
+            "files); nothing was written")
+
+
+def _masked(config: LoaderConfig, table: str, rows: pa.Table) -> pa.Table:
+    """The region rules' masked columns masked in the rows of their regions (through the nation)."""
+    if table not in NATION_KEY or not any(r.mask for r in config.regions.values()):
+        return rows
+    import pyarrow.compute as pc
+
+    from loader.execute.stages import region_rules
+    from loader.landing.sources import read_dimension
+    from loader.transform.facts import mask_rows
+
+    nation = read_dimension(config, "nation", ("n_nationkey", "n_regionkey"))
+    region = read_dimension(config, "region", ("r_regionkey", "r_name"))
+    names = pc.take(region["r_name"], pc.index_in(nation["n_regionkey"], value_set=region["r_regionkey"].combine_chunks()))
+    of_row = pc.take(names, pc.index_in(rows[NATION_KEY[table]], value_set=nation["n_nationkey"].combine_chunks()))
+    return mask_rows(rows, of_row, region_rules(config))
