@@ -401,7 +401,8 @@ def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int
 @click.pass_obj
 def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...]) -> None:
     """Reconcile every enabled sink with the landing zone over the committed windows (rows, checksums,
-    duplicates per table, region and sink). Exit 1 on any mismatch."""
+    duplicates per table, region and sink), and each loaded dimension table's current rows with its
+    files (region "-"). Exit 1 on any mismatch."""
     config = obj.config()
     from loader.observe.verify import print_verification, verify
 

@@ -19,7 +19,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from loader import failpoints
@@ -70,7 +70,7 @@ def load_dimension_tables(config: LoaderConfig, store: StateStore) -> dict[str, 
         dim = config.dimensions.named(table)
         files, infos = call_with_retries(f"listing dimension {table}", config.source_retry,
                                          lambda t=table: files_fingerprint(config, t))  # type: ignore[misc]
-        mark = _load_fingerprint(config, table, files)
+        mark = fingerprint_of(config, table, files)
         if table in loaded and loaded[table].fingerprint == mark:
             continue
         if sinks is None:
@@ -78,8 +78,9 @@ def load_dimension_tables(config: LoaderConfig, store: StateStore) -> dict[str, 
 
             sinks = enabled_sinks(config)
         progress.step(f"dimension {table}: compare and write")
-        incoming, cursor = read_incoming(config, table, [i.path for i in infos])
-        snapshot_time = max((i.mtime for i in infos if i.mtime is not None), default=datetime.now(UTC))
+        since = loaded[table].cursor if table in loaded else None
+        incoming, cursor = read_incoming(config, table, [i.path for i in infos], since=since)
+        snapshot_time = _snapshot_time(infos)
         outcome = DimensionOutcome(table, dim.mode, incoming.num_rows)
         for sink in sinks:
             outcome.sinks[sink.name] = _load_into(config, sink, table, dim, incoming, snapshot_time)
@@ -93,7 +94,15 @@ def load_dimension_tables(config: LoaderConfig, store: StateStore) -> dict[str, 
     return outcomes
 
 
-def _load_fingerprint(config: LoaderConfig, table: str, files: str) -> str:
+def _snapshot_time(infos: Sequence[Any]) -> datetime:
+    """A snapshot's time: its newest file's modification time, to the microsecond (truncated)."""
+    newest = max((i.mtime_ns for i in infos if i.mtime_ns is not None), default=None)
+    if newest is None:  # a store without modification times: the load's own time
+        return datetime.now(UTC)
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=newest // 1000)
+
+
+def fingerprint_of(config: LoaderConfig, table: str, files: str) -> str:
     """The files' fingerprint with everything else that decides what a load writes."""
     dim = config.dimensions.named(table)
     rules = sorted((n, tuple(r.mask)) for n, r in config.regions.items())
@@ -118,8 +127,12 @@ def _load_into(config: LoaderConfig, sink: Any, table: str, dim: DimensionConfig
     return call_with_retries(f"dimension {table} -> {sink.name}", sink.retry, attempt)
 
 
-def read_incoming(config: LoaderConfig, table: str, paths: Sequence[str]) -> tuple[pa.Table, datetime | None]:
-    """The dimension's rows as the sinks get them (checked, masked, hashed) and the newest cursor."""
+def read_incoming(config: LoaderConfig, table: str, paths: Sequence[str], *,
+                  since: datetime | None = None) -> tuple[pa.Table, datetime | None]:
+    """The dimension's rows as the sinks get them (checked, masked, hashed) and the newest cursor.
+    Change files: only rows newer than `since` (the newest cursor loaded before; the files are read
+    whole, but history is appended in time order: a change at or before it is not loaded)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     from loader.transform.history import tracked_columns, with_hash
@@ -132,10 +145,12 @@ def read_incoming(config: LoaderConfig, table: str, paths: Sequence[str]) -> tup
         raise BadSourceData(f"dimension {table}: column(s) {missing} not in its files ({paths[0]} ...): fix "
                             f"dimensions.{table} (key, cursor, track) in the config or the files")
     _check_keys(table, rows, origin, paths, key, dim.cursor)
+    if dim.cursor and since is not None:
+        rows = rows.filter(pc.greater(rows[dim.cursor], pa.scalar(since, rows[dim.cursor].type)))
     rows = _masked(config, table, rows)
     rows = with_hash(rows, tracked_columns(rows.column_names, key, dim.cursor, dim.track))
-    cursor = pc.max(rows[dim.cursor]).as_py() if dim.cursor and rows.num_rows else None
-    return rows, cursor
+    newest = pc.max(rows[dim.cursor]).as_py() if dim.cursor and rows.num_rows else None
+    return rows, max((c for c in (since, newest) if c is not None), default=None)
 
 
 def _read_files(config: LoaderConfig, table: str, paths: Sequence[str]) -> tuple[pa.Table, np.ndarray]:

@@ -73,17 +73,18 @@ def tracked_columns(columns: Sequence[str], key: Sequence[str], cursor: str | No
 
 
 def row_hashes(table: pa.Table, columns: Sequence[str]) -> pa.Array:
-    """A hex digest per row of `columns`' values (as text; null distinct from every value): stable
-    across processes and versions, unlike a hash of the engine's."""
+    """A hex digest per row of `columns`' values as text (joined by \x1f, a null as \x00, so null
+    differs from the empty string): stable across processes and library versions, unlike an engine's
+    hash (a changed hash would make every row look changed)."""
     if table.num_rows == 0:
         return pa.array([], pa.string())
-    parts = []
-    for column in columns:
-        text = pc.cast(table[column], pa.string())
-        parts.append(pc.fill_null(pc.binary_join_element_wise("v", text, ""), "\x00"))
-    joined = pc.binary_join_element_wise(*parts, "\x1f") if parts else pa.array([""] * table.num_rows)
-    values = joined.to_pylist() if not isinstance(joined, pa.ChunkedArray) else joined.to_pylist()
-    return pa.array([hashlib.blake2b(v.encode(), digest_size=12).hexdigest() for v in values], pa.string())
+    parts = [table[c] if pa.types.is_string(table[c].type) else pc.cast(table[c], pa.string()) for c in columns]
+    if not parts:
+        parts = [pa.array([""] * table.num_rows)]
+    joined = pc.binary_join_element_wise(*parts, "\x1f", null_handling="replace", null_replacement="\x00")
+    digest = hashlib.blake2b
+    return pa.array([digest(v, digest_size=12).hexdigest() for v in pc.cast(joined, pa.binary()).to_pylist()],
+                    pa.string())
 
 
 def with_hash(table: pa.Table, columns: Sequence[str]) -> pa.Table:

@@ -3,7 +3,10 @@ with SIGKILL; the next run (after the dead holder's lease expires) replays, and 
 with an independent computation over the landing zone: every key once, the latest version winning.
 The landing data carries upstream deletes (tombstones) in every case: the first load's and the
 increment's, so a kill lands amid deletes too, and after the recovery the tombstoned keys are gone
-from Delta (and Snowflake) and logged as tombstone versions in Parquet.
+from Delta (and Snowflake) and logged as tombstone versions in Parquet. The increment also changes
+customers (a new customer snapshot), which the run loads first (its dimension step, where the
+`*.dimension` and `dimensions.before_record` points are): after the recovery every sink's customer
+table holds the history of both snapshots, computed independently (tests/support/dimensions.py).
 
 On SQLite state the project loads Parquet, Delta and Snowflake (fakesnow's server, the real connector)
 and every failpoint is killed, Snowflake's included. On PostgreSQL state (Parquet and Delta), the
@@ -12,6 +15,7 @@ transaction; the sinks' own points do not touch the state store."""
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import signal
 import time
@@ -23,6 +27,13 @@ import yaml
 
 from loader.failpoints import POINTS
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.dimensions import (
+    Snapshot,
+    assert_customer_history,
+    customer_regions,
+    expected_history,
+    snapshot_of,
+)
 from tests.support.postgres import pg_database
 from tests.support.snowflake_emulator import (
     abort_detached_transactions,
@@ -44,10 +55,20 @@ STATE_POINTS = ["plan.recorded", "checkpoint.before", "checkpoint.inside", "chec
 CASES = [("sqlite", p) for p in LOCAL_POINTS + SNOWFLAKE_POINTS] + [("postgres", p) for p in STATE_POINTS]
 FIRST_RUN_CASES = [("sqlite", p) for p in ("parquet.write", "delta.write", "snowflake.merge", "checkpoint.inside")] + [
     ("postgres", "checkpoint.inside")]
-SNOWFLAKE_TABLES = ("ORDERS", "LINEITEM", "LOADER_LEDGER")
+# The first run loaded the facts and the dimension tables: a fresh case's Snowflake starts from all of them.
+SNOWFLAKE_TABLES = ("ORDERS", "LINEITEM", "LOADER_LEDGER", "CUSTOMER", "SUPPLIER", "NATION", "REGION")
 # Orders deleted upstream (with their lineitems): in the landing zone before the first run, and in the
 # increment the incremental cases kill.
 FIRST_DELETES, INCREMENT_DELETES = 30, 40
+# Customers changed in the increment (a new customer snapshot): the incremental run loads it first.
+CUSTOMER_CHANGES = 25
+# The points inside the dimension step, which runs before the fact batches: a kill there comes before
+# the fact run is recorded.
+DIMENSION_POINTS = ("parquet.dimension", "delta.dimension", "snowflake.dimension", "dimensions.before_record")
+# The customer snapshots each stage's runs load, kept beside the stages (outside every landing zone).
+SNAPSHOTS = "customer-snapshots.pickle"
+# The first snapshot's file: the facts run 1 loaded (and run 2 did not load again) are enriched from it.
+EARLIER_CUSTOMER = "customer-first.parquet"
 
 
 def _project(folder: Path, state_url: str, snowflake: dict[str, Any] | None) -> Path:
@@ -73,12 +94,22 @@ def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     run_cli(first, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
     run_cli(first, "demo-data", "append", "--orders", "20", "--updates", "10", "--late", "0",
             "--deletes", str(FIRST_DELETES), env=env)
-    shutil.copytree(folder / "first" / "landing", folder / "fresh" / "landing")
+    shutil.copytree(folder / "first" / "landing", folder / "fresh" / "landing")  # mtimes kept: the same snapshot
+    loaded = snapshot_of(folder / "first" / "landing" / "customer")
+    shutil.copy2(folder / "first" / "landing" / "customer" / "customer.parquet", folder / EARLIER_CUSTOMER)
     config = _project(folder / "fresh", url["fresh"], snowflake["fresh"])
     run_json(config, "run", "--incremental", env=env)
     run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "60", "--late", "5",
-            "--deletes", str(INCREMENT_DELETES), env=env)
+            "--deletes", str(INCREMENT_DELETES), "--customer-changes", str(CUSTOMER_CHANGES), env=env)
+    changed = snapshot_of(folder / "fresh" / "landing" / "customer")
+    assert changed.time > loaded.time, "the append did not write a new customer snapshot"
+    (folder / SNAPSHOTS).write_bytes(pickle.dumps({"first": [loaded], "fresh": [loaded, changed]}))
     return folder
+
+
+def _snapshots(template: Path, stage: str) -> tuple[list[Snapshot], list[Path]]:
+    """The customer snapshots the stage's runs load, in order, and the files of those before the last."""
+    return pickle.loads((template / SNAPSHOTS).read_bytes())[stage], [template / EARLIER_CUSTOMER][:stage == "fresh"]
 
 
 def _emulator(snowflake: dict[str, Any]) -> dict[str, Any]:
@@ -108,13 +139,18 @@ def _copy(template: Path, stage: str, target: Path) -> tuple[Path, dict[str, str
     return config, env
 
 
-def _assert_exact(config: Path) -> dict[str, int]:
-    """The sinks exact against the landing zone, the deletes applied; the tombstoned keys per table."""
+def _assert_exact(config: Path, customer: tuple[list[Snapshot], list[Path]]) -> dict[str, int]:
+    """The sinks exact against the landing zone (a fact loaded before the customer snapshot changed
+    enriched from the earlier one), the deletes applied, every sink's customer table the history of
+    the snapshots; the tombstoned keys per table."""
     folder = config.parent
-    assert_warehouse_exact(folder / "warehouse", folder / "landing")
+    snapshots, earlier = customer
+    assert_warehouse_exact(folder / "warehouse", folder / "landing", customers=earlier)
     snowflake = yaml.safe_load(config.read_text())["sinks"].get("snowflake")
     if snowflake:
-        assert_snowflake_exact(_emulator(snowflake), snowflake["database"], folder / "landing")
+        assert_snowflake_exact(_emulator(snowflake), snowflake["database"], folder / "landing", customers=earlier)
+    assert_customer_history(folder / "warehouse", folder / "landing", snapshots,
+                            snowflake=(_emulator(snowflake), snowflake["database"]) if snowflake else None)
     # The deletes happened: tombstoned keys in the landing zone, none of them left in Delta or Snowflake.
     deleted = assert_deletes_applied(folder / "warehouse", folder / "landing",
                                      snowflake=(_emulator(snowflake), snowflake["database"]) if snowflake else None)
@@ -125,28 +161,65 @@ def _assert_exact(config: Path) -> dict[str, int]:
 def _kill_then_recover(config: Path, env: dict[str, str], point: str) -> dict:
     killed = run_cli(config, "run", "--incremental", check=False, env={**env, "LOADER_FAILPOINTS": f"{point}=crash"})
     assert killed.returncode == -signal.SIGKILL, f"{point}: not killed\n{killed.stderr}"
-    # Only a kill inside the Snowflake transaction leaves one open; Snowflake aborts it, the emulator is told.
-    assert abort_detached_transactions() == (1 if point.startswith("snowflake.merge") else 0)
+    # Only a kill inside a Snowflake transaction (a fact merge, a dimension load) leaves one open;
+    # Snowflake aborts it, the emulator is told.
+    assert abort_detached_transactions() == (1 if point.startswith(("snowflake.merge", "snowflake.dimension")) else 0)
     time.sleep(LEASE_TTL_S + 0.5)  # the dead run's lease expires by itself
     return run_json(config, "run", "--incremental", env=env)
+
+
+def _last_load(snapshots: list[Snapshot], landing: Path) -> dict[str, int]:
+    """The versions loading the last snapshot opens and closes (the customers it changes, as the sinks
+    store them: masked), computed independently of the loader."""
+    history = expected_history(snapshots, customer_regions(landing))
+    versions = [v for vs in history.values() for v in vs]
+    return {"opened": sum(1 for _, since, _ in versions if since == snapshots[-1].time),
+            "closed": sum(1 for _, _, until in versions if until == snapshots[-1].time)}
+
+
+def _customer_load_after(point: str, sinks: list[str], load: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Per sink, the versions the recovery's customer load opens and closes after a kill at `point`:
+    the sinks before the killed one (registry order) had applied the load, so they find nothing to do."""
+    killed_at = {"parquet.dimension": "parquet", "delta.dimension": "delta", "snowflake.dimension": "snowflake"}
+    applied = sinks[:sinks.index(killed_at[point])] if point in killed_at else sinks  # dimensions.before_record: all
+    return {s: {"opened": 0, "closed": 0} if s in applied else load for s in sinks}
 
 
 @pytest.mark.parametrize(("template", "point"), CASES, indirect=["template"])
 def test_kill_during_incremental_run(template: Path, tmp_path: Path, point: str) -> None:
     config, env = _copy(template, "fresh", tmp_path / "p")
+    customer = _snapshots(template, "fresh")
+    snapshots = customer[0]
     recovered = _kill_then_recover(config, env, point)
     if point.startswith(("checkpoint.after", "checkpoint.acknowledged")):
         assert recovered["status"] == "nothing_new"  # the run had committed before the kill
+    elif point in DIMENSION_POINTS:
+        # Killed in the dimension step, before the fact run was recorded: the recovery is run 2 afresh.
+        assert recovered["run_number"] == 2 and recovered["replayed"] is False
+        assert recovered["tables"]["orders"]["deleted"] >= INCREMENT_DELETES, recovered["tables"]["orders"]
     else:
         assert recovered["run_number"] == 2 and recovered["replayed"] is True
         # The replay carried the increment's tombstones (the lookback may re-read a few of the first's).
         assert recovered["tables"]["orders"]["deleted"] >= INCREMENT_DELETES, recovered["tables"]["orders"]
+    if point in DIMENSION_POINTS:
+        # The customer load's fingerprint was not recorded: the recovery loads it again, each sink
+        # comparing with what it holds (dimensions.before_record: every sink had applied it).
+        load = _last_load(snapshots, config.parent / "landing")
+        assert 0 < load["opened"] == load["closed"] <= CUSTOMER_CHANGES, load
+        sinks = ["parquet", "delta", *(["snowflake"] if "snowflake" in yaml.safe_load(config.read_text())["sinks"] else [])]
+        loaded = recovered["dimensions"]["customer"]
+        got = {s: {k: c[k] for k in ("opened", "closed")} for s, c in loaded["sinks"].items()}
+        assert got == _customer_load_after(point, sinks, load), loaded
+    else:
+        # The killed run had loaded and recorded every dimension before its fact batches.
+        assert recovered["dimensions"] == {}, recovered["dimensions"]
     if point == "snowflake.commit":  # orders had landed in Snowflake: its ledger row makes the replay skip it
         assert recovered["tables"]["orders"]["sinks"]["snowflake"]["skipped"] is True
     elif point.startswith("snowflake."):
         assert recovered["tables"]["orders"]["sinks"]["snowflake"]["skipped"] is (point == "snowflake.merge@lineitem")
-    assert run_json(config, "run", "--incremental", env=env)["status"] == "nothing_new"
-    assert _assert_exact(config)["orders"] == FIRST_DELETES + INCREMENT_DELETES
+    again = run_json(config, "run", "--incremental", env=env)
+    assert again["status"] == "nothing_new" and again["dimensions"] == {}, again
+    assert _assert_exact(config, customer)["orders"] == FIRST_DELETES + INCREMENT_DELETES
 
 
 @pytest.mark.parametrize(("template", "point"), FIRST_RUN_CASES, indirect=["template"])
@@ -155,7 +228,7 @@ def test_kill_during_first_run(template: Path, tmp_path: Path, point: str) -> No
     recovered = _kill_then_recover(config, env, point)
     assert recovered["run_number"] == 1 and recovered["replayed"] is True
     assert recovered["tables"]["orders"]["deleted"] == FIRST_DELETES
-    assert _assert_exact(config)["orders"] == FIRST_DELETES
+    assert _assert_exact(config, _snapshots(template, "first"))["orders"] == FIRST_DELETES
 
 
 @pytest.mark.parametrize("template", ["sqlite", "postgres"], indirect=True)
@@ -170,7 +243,7 @@ def test_transient_faults_are_retried(template: Path, tmp_path: Path) -> None:
     assert "checkpoint commit: attempt 1 of 5 failed" in result.stderr  # rolled back inside
     assert "checkpoint commit: attempt 2 of 5 failed" in result.stderr  # committed, acknowledgement lost
     assert run_json(config, "status", env=env)["sources"]["orders"]["checkpoint_run"] == 2
-    _assert_exact(config)
+    _assert_exact(config, _snapshots(template, "fresh"))
 
 
 @pytest.mark.parametrize("template", ["sqlite", "postgres"], indirect=True)
@@ -182,7 +255,7 @@ def test_terminal_fault_fails_at_once_and_keeps_checkpoint(template: Path, tmp_p
     assert "injected terminal fault" in result.stderr and "retrying" not in result.stderr
     assert run_json(config, "status", env=env)["sources"]["orders"]["checkpoint"] == before
     assert run_json(config, "run", "--incremental", env=env)["replayed"] is True
-    _assert_exact(config)
+    _assert_exact(config, _snapshots(template, "fresh"))
 
 
 # A first load cut into 3 batches (2 ingest days of 7,500 orders and 30,000 lineitems, one row group
@@ -215,4 +288,4 @@ def test_kill_during_a_first_load_in_batches(template: Path, tmp_path: Path, poi
     if not point.startswith("checkpoint.after"):
         assert recovered["replayed"] is True and recovered["batches"][0]["replayed"] is True
     assert run_json(config, "run", "--incremental", env=env)["status"] == "nothing_new"
-    _assert_exact(config)
+    _assert_exact(config, _snapshots(template, "first"))

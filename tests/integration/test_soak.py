@@ -2,7 +2,12 @@
 batches, each run cut into small batches (kills between and inside them); then every sink must hold every key exactly once with its latest version. On SQLite state the
 project also loads Snowflake (fakesnow's server, the real connector); on PostgreSQL, Parquet and Delta.
 Every appended batch carries upstream deletes (tombstones): at the end the tombstoned keys are gone
-from Delta (and Snowflake), their tombstone the newest version in Parquet.
+from Delta (and Snowflake), their tombstone the newest version in Parquet. Every appended batch also
+changes customers (a new customer snapshot, loaded by the dimension step that starts each run, where
+kills land too): at the end every sink's customer table holds the history of every snapshot, computed
+independently (tests/support/dimensions.py). A batch is appended only once a run after the previous
+one succeeded, so every snapshot was loaded (a snapshot replaced before any run loaded it is in no
+history; with random kills, which ones would be is left to chance).
 
 `make test` runs a short form (SOAK_KILLS=6); `make soak` the full one (SOAK_KILLS=24)."""
 
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import ROOT, run_cli, run_json, write_config
+from tests.support.dimensions import assert_customer_history, snapshot_of
 from tests.support.postgres import pg_database
 from tests.support.snowflake_emulator import (
     abort_detached_transactions,
@@ -32,6 +39,7 @@ pytestmark = pytest.mark.integration
 
 LEASE_TTL_S = 1.0
 DELETES = 20  # orders (with their lineitems) deleted upstream in every appended batch
+CUSTOMER_CHANGES = 10  # customers changed (a new customer snapshot) in every appended batch
 
 
 def _run_killed_after(config: Path, delay: float, env: dict[str, str]) -> int:
@@ -67,16 +75,26 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path, request: pytest
                           run={"max_batch_rows": 800})
     run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
     kills, batches = 0, 0
+    snapshots = []  # the customer snapshot of every append, each loaded by a run before the next append
+    files: list[Path] = []  # and a copy of its file: the facts a run loaded meanwhile are enriched from it
     while kills < wanted or batches < 3:
         batches += 1
         run_cli(config, "demo-data", "append", "--orders", "150", "--updates", "40", "--late", "5",
-                "--deletes", str(DELETES), env=env)
+                "--deletes", str(DELETES), "--customer-changes", str(CUSTOMER_CHANGES), env=env)
+        snapshots.append(snapshot_of(tmp_path / "p" / "landing" / "customer"))
+        files.append(tmp_path / f"customer-{batches}.parquet")
+        shutil.copy2(tmp_path / "p" / "landing" / "customer" / "customer.parquet", files[-1])
+        succeeded = False
         for _ in range(max(2, wanted // 3)):
             code = _run_killed_after(config, rng.uniform(0.3, longest_s), env)
             kills += code == -signal.SIGKILL
-            # A kill inside the Snowflake transaction leaves it open: Snowflake aborts it, the emulator is told.
+            succeeded |= code == 0
+            # A kill inside a Snowflake transaction leaves it open: Snowflake aborts it, the emulator is told.
             abort_detached_transactions()
             assert code in (0, 3, -signal.SIGKILL), f"run exited {code} (seed {seed})"
+            time.sleep(LEASE_TTL_S + 0.1)
+        if not succeeded:  # every run of this batch was killed: one to the end, so its snapshot is loaded
+            run_cli(config, "run", "--incremental", env=env)
             time.sleep(LEASE_TTL_S + 0.1)
     time.sleep(LEASE_TTL_S + 0.1)
     final = run_json(config, "run", "--incremental", env=env)
@@ -86,12 +104,16 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path, request: pytest
     assert final["status"] in ("committed", "nothing_new")
     assert run_json(config, "run", "--incremental", env=env)["status"] == "nothing_new"
     assert kills >= wanted, f"only {kills} of {batches * max(2, wanted // 3)} runs were killed (seed {seed})"
-    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+    # A fact row loaded while an earlier customer snapshot was the landing zone's is enriched from it.
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing", customers=files[:-1])
     if server:
-        assert_snowflake_exact(server, database, tmp_path / "p" / "landing")
+        assert_snowflake_exact(server, database, tmp_path / "p" / "landing", customers=files[:-1])
     deleted = assert_deletes_applied(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing",
                                      snowflake=(server, database) if server else None)
     assert deleted["orders"] == DELETES * batches and deleted["lineitem"] > deleted["orders"], deleted
+    assert len({s.time for s in snapshots}) == batches, "an append did not write a new customer snapshot"
+    assert_customer_history(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing", snapshots,
+                            snowflake=(server, database) if server else None)
 
 
 def _committed_runs(state_db: Path) -> int:

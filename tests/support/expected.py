@@ -45,14 +45,21 @@ def _newest(landing: Path, table: str, key: str, cursor: str, *, tombstones: boo
     return f"SELECT * FROM ({newest}) WHERE {keep}"
 
 
-def expected_orders(landing: Path) -> pa.Table:
+def _customer(landing: Path, customer: Path | None) -> str:
+    """The customer files the facts' lookup reads: the landing zone's, or an earlier snapshot's file."""
+    return str(customer) if customer is not None else f"{landing}/customer/*.parquet"
+
+
+def expected_orders(landing: Path, customer: Path | None = None) -> pa.Table:
+    """`customer`: a Parquet file of another customer snapshot to enrich the orders from (what a run
+    that loaded before the snapshot changed wrote)."""
     sql = f"""
     WITH latest AS (
       {_newest(landing, "orders", "o_orderkey", "o_updated_at")}
     ), placed AS (
       SELECT o.*, c.c_name, c.c_phone, c.c_acctbal, n.n_name AS nation, r.r_name AS region
       FROM latest o
-      LEFT JOIN read_parquet('{landing}/customer/*.parquet') c ON o.o_custkey = c.c_custkey
+      LEFT JOIN read_parquet('{_customer(landing, customer)}') c ON o.o_custkey = c.c_custkey
       LEFT JOIN read_parquet('{landing}/nation/*.parquet') n ON c.c_nationkey = n.n_nationkey
       LEFT JOIN read_parquet('{landing}/region/*.parquet') r ON n.n_regionkey = r.r_regionkey
     )
@@ -98,15 +105,16 @@ def key_columns(table: str) -> list[str]:
     return ["o_orderkey"] if table == "orders" else ["l_orderkey", "l_linenumber"]
 
 
-def expected(table: str, landing: Path) -> pa.Table:
-    return expected_orders(landing) if table == "orders" else expected_lineitem(landing)
+def expected(table: str, landing: Path, customer: Path | None = None) -> pa.Table:
+    return expected_orders(landing, customer) if table == "orders" else expected_lineitem(landing)
 
 
-def expected_tombstones(table: str, landing: Path) -> pa.Table:
-    """The keys whose newest version is a tombstone: key columns, cursor and region, sorted by key."""
+def expected_tombstones(table: str, landing: Path, customer: Path | None = None) -> pa.Table:
+    """The keys whose newest version is a tombstone: key columns, cursor and region, sorted by key
+    (orders: the region through `customer`, another snapshot's file, when given)."""
     if table == "orders":
         newest = _newest(landing, "orders", "o_orderkey", "o_updated_at", tombstones=True)
-        join, columns = (f"read_parquet('{landing}/customer/*.parquet') c ON d.o_custkey = c.c_custkey "
+        join, columns = (f"read_parquet('{_customer(landing, customer)}') c ON d.o_custkey = c.c_custkey "
                          f"LEFT JOIN read_parquet('{landing}/nation/*.parquet') n ON c.c_nationkey = n.n_nationkey",
                          "o_orderkey, o_updated_at")
     else:
