@@ -36,8 +36,8 @@ def test_verify_passes_after_incremental_runs(config_path: Path) -> None:
     _load(config_path)
     report = run_json(config_path, "verify")
     assert report["ok"] is True
-    assert {(c["table"], c["sink"]) for c in report["checks"]} == {
-        (t, s) for t in ("orders", "lineitem") for s in ("delta", "parquet")
+    assert {(c["table"], c["sink"]) for c in report["checks"]} == {  # facts, and each dimension table
+        (t, s) for t in ("orders", "lineitem", "customer", "supplier", "nation", "region") for s in ("delta", "parquet")
     }
     orders = [c for c in report["checks"] if c["table"] == "orders" and c["sink"] == "delta"]
     assert sum(c["expected_rows"] for c in orders) == 15000 + 300 + 10

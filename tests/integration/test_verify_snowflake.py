@@ -42,8 +42,8 @@ def test_verify_reads_snowflake_back_and_names_a_lost_row(tmp_path: Path, snowfl
 
     report = run_json(config, "verify", env=env)
     assert report["ok"] is True, [c for c in report["checks"] if not c["ok"]]
-    assert {(c["table"], c["sink"]) for c in report["checks"]} == {
-        (t, s) for t in ("orders", "lineitem") for s in ("parquet", "snowflake")
+    assert {(c["table"], c["sink"]) for c in report["checks"]} == {  # facts, and each dimension table
+        (t, s) for t in ("orders", "lineitem", "customer", "supplier", "nation", "region") for s in ("parquet", "snowflake")
     }
     held = [c for c in report["checks"] if c["table"] == "orders" and c["sink"] == "snowflake"]
     assert sum(c["actual_rows"] for c in held) == 15000 and all(c["duplicates"] == 0 for c in held)
