@@ -362,7 +362,7 @@ def _verify_dimensions(config: LoaderConfig, store: StateStore) -> tuple[list[Ch
     split by region. A dimension whose files changed since its last load is left to the next run."""
     from loader.landing.fingerprint import files_fingerprint
     from loader.protocol.dimension_loads import fingerprint_of, read_incoming
-    from loader.transform.history import ROW_HASH, DimensionSpec
+    from loader.transform.history import ROW_HASH, DimensionSpec, compared_columns
 
     loads = store.dimension_loads(config.pipeline)
     checks: list[Check] = []
@@ -383,7 +383,7 @@ def _verify_dimensions(config: LoaderConfig, store: StateStore) -> tuple[list[Ch
         want = digest(_whole(rows.select(columns)), columns)
         spec = DimensionSpec(config.pipeline, name, tuple(key), dim.mode)
         for sink in enabled_sinks(config):
-            held = sink.dimension_rows(spec)
+            held = sink.dimension_rows(spec, compared_columns(spec, dim.cursor))
             held = None if held is None else _whole(held.select(columns))
             checks += _compare(name, sink.name, want, digest(held, columns), duplicates(held, key))
     return checks, notes

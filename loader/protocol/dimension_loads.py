@@ -113,12 +113,12 @@ def fingerprint_of(config: LoaderConfig, table: str, files: str) -> str:
 def _load_into(config: LoaderConfig, sink: Any, table: str, dim: DimensionConfig, incoming: pa.Table,
                snapshot_time: datetime) -> dict[str, int]:
     """Compare with what `sink` holds and apply the difference (retried as the sink's writes are)."""
-    from loader.transform.history import DimensionSpec, diff
+    from loader.transform.history import DimensionSpec, compared_columns, diff
 
     spec = DimensionSpec(config.pipeline, table, config.dimensions.key_of(table), dim.mode)
 
     def attempt() -> dict[str, int]:
-        current = sink.dimension_rows(spec)
+        current = sink.dimension_rows(spec, compared_columns(spec, dim.cursor))
         changes = diff(incoming, current, spec, cursor=dim.cursor, snapshot_time=snapshot_time, missing=dim.missing)
         if not changes.empty:
             sink.apply_dimension(spec, changes)

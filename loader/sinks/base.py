@@ -15,7 +15,7 @@ registry of `loader.sinks`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
@@ -138,16 +138,16 @@ class Sink(Protocol[Begun]):
 
     # Dimension tables (loader/protocol/dimension_loads.py; the changes: loader/transform/history.py)
 
-    def dimension_rows(self, spec: DimensionSpec) -> pa.Table | None:
+    def dimension_rows(self, spec: DimensionSpec, columns: Sequence[str] | None = None) -> pa.Table | None:
         """The rows of dimension `spec.table` the next load compares with: scd2, the current versions
-        (`is_current`); merge and replace, every row. All stored columns, the stored types. None if the
-        table does not exist here yet."""
+        (`is_current`); merge and replace, every row. `columns` of them (all when None), the stored
+        types. None if the table does not exist here yet."""
         ...
 
     def apply_dimension(self, spec: DimensionSpec, changes: DimensionChanges) -> None:
         """Apply one load's changes at once (readers see all of them or none; a crash leaves the table
         as it was, or, where the sink cannot do that, as the replay's comparison repairs it). Creates the
-        table on first use. `changes` is never empty."""
+        table on first use. `changes` is never empty; its `closes` hold the compared columns only."""
         ...
 
 

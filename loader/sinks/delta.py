@@ -38,7 +38,7 @@ remembered and their rows are written. Soft tables keep the mark in the row itse
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -356,10 +356,10 @@ class DeltaSink:
     def probe(self) -> str | None:
         return folder_problem(self.name, self.root)
 
-    def dimension_rows(self, spec: DimensionSpec) -> pa.Table | None:
+    def dimension_rows(self, spec: DimensionSpec, columns: Sequence[str] | None = None) -> pa.Table | None:
         uri = self.table_uri(spec.table)
         with self._errors(uri):
-            return delta_dimensions.current_rows(self._open(uri), spec)
+            return delta_dimensions.current_rows(self._open(uri), spec, columns)
 
     def apply_dimension(self, spec: DimensionSpec, changes: DimensionChanges) -> None:
         uri = self.table_uri(spec.table)

@@ -11,6 +11,7 @@ A crash before the commit leaves the table as it was; the replay compares again 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,12 +27,15 @@ def _quote(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'
 
 
-def current_rows(table: Any, spec: DimensionSpec) -> pa.Table | None:
+def current_rows(table: Any, spec: DimensionSpec, columns: Sequence[str] | None) -> pa.Table | None:
+    """`columns` of the rows a load compares with (scd2: the current versions, filtered in the scan)."""
     if table is None:
         return None
-    rows: pa.Table = table.to_pyarrow_dataset().to_table()
-    if spec.mode == "scd2":
-        rows = rows.filter(rows[IS_CURRENT])
+    import pyarrow.dataset as ds
+
+    current = ds.field(IS_CURRENT) if spec.mode == "scd2" else None
+    rows: pa.Table = table.to_pyarrow_dataset().to_table(columns=None if columns is None else list(columns),
+                                                         filter=current)
     return rows
 
 
@@ -52,13 +56,15 @@ def apply(table: Any, uri: str, spec: DimensionSpec, changes: DimensionChanges,
     columns = changes.opens.column_names if changes.opens.num_rows else changes.closes.column_names
     every = {_quote(c): f"s.{_quote(c)}" for c in columns}
     if spec.mode == "merge":
-        source = pa.concat_tables([_with_action(changes.opens, "upsert"), _with_action(changes.closes, "delete")])
+        source = pa.concat_tables([_with_action(changes.opens, "upsert"), _with_action(changes.closes, "delete")],
+                                  promote_options="default")  # closes: the compared columns only
         merger = table.merge(source, predicate=on, source_alias="s", target_alias="t").when_matched_delete(
             predicate=f"s.{ACTION} = 'delete'").when_matched_update(
             updates=every, predicate=f"s.{ACTION} = 'upsert'").when_not_matched_insert(
             updates=every, predicate=f"s.{ACTION} = 'upsert'")
     else:
-        source = pa.concat_tables([_with_action(changes.closes, "close"), _with_action(changes.opens, "open")])
+        source = pa.concat_tables([_with_action(changes.opens, "open"), _with_action(changes.closes, "close")],
+                                  promote_options="default")  # closes: the compared columns only
         close = (f"{on} AND t.{_quote(VALID_FROM)} = s.{_quote(VALID_FROM)} AND t.{_quote(IS_CURRENT)} "
                  f"AND s.{ACTION} = 'close'")
         merger = table.merge(source, predicate=close, source_alias="s", target_alias="t").when_matched_update(

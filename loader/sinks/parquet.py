@@ -12,6 +12,7 @@ Upstream deletes (a source with `deletes`): a tombstone is one more version, wri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -150,10 +151,10 @@ class ParquetSink:
     def probe(self) -> str | None:
         return folder_problem(self.name, self.root_uri)
 
-    def dimension_rows(self, spec: DimensionSpec) -> pa.Table | None:
+    def dimension_rows(self, spec: DimensionSpec, columns: Sequence[str] | None = None) -> pa.Table | None:
         where = self.table_location(spec.table)
         try:
-            return parquet_dimensions.current_rows(where, spec)
+            return parquet_dimensions.current_rows(where, spec, columns)
         except OSError as error:
             raise storage_error(error, where.uri, side="sink", doing="reading the dimension log") from error
 

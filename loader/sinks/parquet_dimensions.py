@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from loader import failpoints
 from loader.errors import SinkRejected
 from loader.storage import Location, short_error
-from loader.transform.history import IS_CURRENT, VALID_FROM, DimensionChanges, DimensionSpec
+from loader.transform.history import IS_CURRENT, VALID_FROM, VALID_TO, DimensionChanges, DimensionSpec
 
 LOADED_AT = "_loaded_at"
 DELETED = "_deleted"  # merge tables: a key deleted (absent from a newer snapshot)
@@ -40,18 +41,22 @@ def files(where: Location) -> list[str]:
     )
 
 
-def read_log(where: Location, spec: DimensionSpec) -> pa.Table | None:
-    """Every row of the log (replace: of the newest file), with `_loaded_at`; None if there is none."""
+def read_log(where: Location, spec: DimensionSpec, columns: Sequence[str] | None = None) -> pa.Table | None:
+    """Every row of the log (replace: of the newest file), with `_loaded_at` (and merge's `_deleted`);
+    `columns` of them, all when None. None if there is none."""
     paths = files(where)
     if not paths:
         return None
     if spec.mode == "replace":
         paths = paths[-1:]
+    wanted = None
+    if columns is not None:
+        wanted = [*columns, LOADED_AT, *([DELETED] if spec.mode == "merge" else [])]
     parts = []
     for path in paths:
         try:
             with where.filesystem.open_input_file(path) as handle:
-                parts.append(pq.read_table(handle))
+                parts.append(pq.read_table(handle, columns=wanted))
         except (OSError, pa.ArrowInvalid) as error:
             raise SinkRejected(f"cannot read {path} (Parquet dimension {spec.table}): {short_error(error)}. "
                                "Fix or remove the file") from error
@@ -73,14 +78,27 @@ def table_rows(log: pa.Table, spec: DimensionSpec) -> pa.Table:
     return rows.drop_columns([LOADED_AT])
 
 
-def current_rows(where: Location, spec: DimensionSpec) -> pa.Table | None:
-    log = read_log(where, spec)
+def current_rows(where: Location, spec: DimensionSpec, columns: Sequence[str] | None = None) -> pa.Table | None:
+    """`columns` (all when None) of the rows a load compares with (scd2: the current versions)."""
+    log = read_log(where, spec, columns)
     if log is None:
         return None
     rows = table_rows(log, spec)
     if spec.mode == "scd2":
         rows = rows.filter(rows[IS_CURRENT])
     return rows
+
+
+def _whole_closes(where: Location, spec: DimensionSpec, closes: pa.Table) -> pa.Table:
+    """The closed versions as whole rows (a closing record repeats the version's values, so that the
+    newest record per (key, valid_from) is the version): read from the log, with the new `valid_to`."""
+    log = read_log(where, spec)
+    assert log is not None  # a load closes only versions the log holds
+    held = table_rows(log, spec).drop_columns([VALID_TO, IS_CURRENT])
+    match = [*spec.key, VALID_FROM]
+    whole = held.join(closes.select([*match, VALID_TO, IS_CURRENT]), keys=match, join_type="inner")
+    return whole.select(held.schema.names[: held.schema.get_field_index(VALID_FROM) + 1]
+                        + [VALID_TO, IS_CURRENT] + held.schema.names[held.schema.get_field_index(VALID_FROM) + 1:])
 
 
 def append(where: Location, spec: DimensionSpec, changes: DimensionChanges, compression: str | None) -> None:
@@ -91,9 +109,11 @@ def append(where: Location, spec: DimensionSpec, changes: DimensionChanges, comp
         rows = changes.opens
     elif spec.mode == "merge":
         flag = lambda t, v: t.append_column(DELETED, pa.array(np.full(t.num_rows, v)))  # noqa: E731
-        rows = pa.concat_tables([flag(changes.opens, False), flag(changes.closes, True)])
+        # a deletion record holds the key (and the compared columns), the rest null
+        rows = pa.concat_tables([flag(changes.opens, False), flag(changes.closes, True)], promote_options="default")
     else:
-        rows = pa.concat_tables([changes.closes, changes.opens])
+        closes = _whole_closes(where, spec, changes.closes) if changes.closes.num_rows else changes.opens.slice(0, 0)
+        rows = pa.concat_tables([closes.cast(changes.opens.schema), changes.opens])
     loaded_at = time.time_ns() // 1000
     if older:  # a later name than every file there, whatever this machine's clock says
         last = int(older[-1].rsplit("/", 1)[-1].split("-")[1])

@@ -56,7 +56,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,12 +274,13 @@ class SnowflakeSink:
                 conn.close()
         return None
 
-    def dimension_rows(self, spec: DimensionSpec) -> pa.Table | None:
-        """The rows of dimension `spec.table` (scd2: the current versions), names lower-cased, in the
-        stored order and types (history.stored_schema of the landing schema); None if there is no table."""
+    def dimension_rows(self, spec: DimensionSpec, columns: Sequence[str] | None = None) -> pa.Table | None:
+        """`columns` (all when None) of the rows of dimension `spec.table` (scd2: the current versions),
+        names lower-cased, in the stored order and types (history.stored_schema of the landing schema);
+        None if there is no table."""
         session = _Session(self)
         try:
-            return self._step(spec.table, "read", session, lambda cur: self._dimension_rows(cur, spec))
+            return self._step(spec.table, "read", session, lambda cur: self._dimension_rows(cur, spec, columns))
         finally:
             session.discard()
 
@@ -450,10 +451,12 @@ class SnowflakeSink:
         )
         return {name: ColumnType(kind, precision, scale) for name, kind, precision, scale in cur.fetchall()}
 
-    def _dimension_rows(self, cur: Any, spec: DimensionSpec) -> pa.Table | None:
+    def _dimension_rows(self, cur: Any, spec: DimensionSpec, wanted: Sequence[str] | None) -> pa.Table | None:
         columns = self._columns(cur, spec.table)
         if not columns:
             return None
+        if wanted is not None:
+            columns = {name: kind for name, kind in columns.items() if name.lower() in set(wanted)}
         schema = pa.schema([pa.field(name.lower(), _arrow_type(spec.table, name, kind)) for name, kind in columns.items()])
         # NULL timestamps read with IS NULL too: the emulator returns a NULL TIMESTAMP_TZ over Arrow as the epoch
         times = [i for i, f in enumerate(schema) if pa.types.is_timestamp(f.type)]

@@ -51,10 +51,10 @@ class DimensionSpec:
 
 @dataclass(frozen=True)
 class DimensionChanges:
-    """`opens`: rows to add (scd2: new versions, with their SCD2 columns; merge: rows to upsert;
-    replace: the whole table). `closes`: scd2: the current versions to close, whole rows with their new
-    `valid_to` and `is_current` false; merge: the rows to delete; replace: none. `stale`: change rows
-    no newer than the stored version (skipped)."""
+    """`opens`: rows to add, whole (scd2: new versions, with their SCD2 columns; merge: rows to upsert;
+    replace: the whole table). `closes`: the compared columns (`compared_columns`) of scd2's current
+    versions to close, with their new `valid_to` and `is_current` false; merge: of the rows to delete;
+    replace: none. `stale`: change rows no newer than the stored version (skipped)."""
 
     opens: pa.Table
     closes: pa.Table
@@ -63,6 +63,17 @@ class DimensionChanges:
     @property
     def empty(self) -> bool:
         return self.opens.num_rows == 0 and self.closes.num_rows == 0
+
+
+def compared_columns(spec: DimensionSpec, cursor: str | None) -> list[str]:
+    """The stored columns `diff` needs of what a sink holds (the rest is never read for a load): the key,
+    the hash, scd2's version columns, and for merge from change files the cursor."""
+    columns = [*spec.key]
+    if spec.mode == "scd2":
+        columns += [VALID_FROM, VALID_TO, IS_CURRENT]
+    elif spec.mode == "merge" and cursor is not None:
+        columns.append(cursor)
+    return [*columns, ROW_HASH]
 
 
 def tracked_columns(columns: Sequence[str], key: Sequence[str], cursor: str | None,
