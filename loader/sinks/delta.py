@@ -317,9 +317,11 @@ class DeltaSink:
                     deleted = (int(metrics.get("num_target_rows_deleted", 0)) if batch.deletes == "hard"
                                else count_true(marked))
                 # What the merge cost: files it read and rewrote (a wide scope shows here first).
-                log.info("%s -> delta: merged %s updated row(s), %s file(s) read, %s skipped by statistics, "
+                removed = int(metrics.get("num_target_rows_deleted", 0) or 0)
+                log.info("%s -> delta: merged %s updated row(s)%s, %s file(s) read, %s skipped by statistics, "
                          "%s rewritten, %s row(s) copied, in %.2fs", batch.table,
-                         f"{metrics.get('num_target_rows_updated', 0):,}", metrics.get("num_target_files_scanned"),
+                         f"{metrics.get('num_target_rows_updated', 0):,}",
+                         f", {removed:,} deleted" if removed else "", metrics.get("num_target_files_scanned"),
                          metrics.get("num_target_files_skipped_during_scan"), metrics.get("num_target_files_removed"),
                          f"{metrics.get('num_target_rows_copied', 0):,}", metrics.get("execution_time_ms", 0) / 1000)
             if new_rows.num_rows or (last and not old_rows.num_rows):  # an empty last part still commits the run

@@ -5,6 +5,7 @@ tombstoned keys gone from Delta, their tombstone the newest version in the Parqu
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from tests.support.cli import run_cli, run_json, write_config
 from tests.support.expected import expected_tombstones, key_columns
@@ -80,7 +82,12 @@ def test_deletes_through_both_executors(tmp_path: Path) -> None:
     # More deletes, and orders deleted before are never deleted (or updated) again.
     orders2, lineitems2 = _appended(local, "--orders", "20", "--updates", "30", "--late", "0", "--deletes", "25")
     assert orders2 == 25
-    second = run_json(local, "run", "--incremental", "--executor", "local")
+    ran = run_cli(local, "run", "--incremental", "--executor", "local", "--json")
+    second = json.loads(ran.stdout)
+    # the Delta merge's log line names the rows it deleted beside those it updated
+    merged = [json.loads(line)["message"] for line in ran.stderr.splitlines() if "orders -> delta: merged" in line]
+    assert merged and all(re.search(r"merged [\d,]+ updated row\(s\), [\d,]+ deleted,", m) for m in merged), merged
+    assert sum(int(re.search(r"([\d,]+) deleted", m).group(1).replace(",", "")) for m in merged) == 25  # type: ignore[union-attr]
     assert second["tables"]["orders"]["sinks"]["delta"]["deleted"] == 25
     assert second["tables"]["lineitem"]["sinks"]["delta"]["deleted"] == lineitems2
     run_json(ray, "run", "--incremental", "--executor", "ray", cwd=ray.parent)
@@ -124,6 +131,32 @@ def test_a_landing_file_without_the_deletes_column_fails_naming_it(tmp_path: Pat
     assert run_json(config, "status")["sources"]["orders"]["checkpoint"] == before
     pq.write_table(row.append_column("op", pa.array(["I"], pa.string())), bad)  # fixed: it loads
     assert run_json(config, "run", "--incremental")["tables"]["orders"]["rows"] >= 1
+
+
+def test_soft_deletes_mark_rows_and_verify_accounts_for_them(tmp_path: Path) -> None:
+    """mode: soft: Delta keeps a tombstoned key's newest live row, `_deleted_at` = the tombstone's
+    cursor (null for every other row), and `loader verify` passes (it expects the key's newest live
+    version there)."""
+    raw = yaml.safe_load((Path(__file__).parents[2] / "configs" / "local.yaml").read_text())
+    sources = raw["sources"]
+    for source in sources.values():
+        source["deletes"] = {"column": "op", "values": ["D"], "mode": "soft"}
+    config = write_config(tmp_path / "project", sources=sources)
+    landing, warehouse = tmp_path / "project" / "landing", tmp_path / "project" / "warehouse"
+    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_json(config, "run", "--incremental")
+    orders, _ = _appended(config, "--orders", "30", "--updates", "10", "--late", "0", "--deletes", "12")
+    summary = run_json(config, "run", "--incremental")
+    assert summary["tables"]["orders"]["sinks"]["delta"]["deleted"] == orders == 12
+    delta = delta_rows(warehouse, "orders")
+    marked = delta.filter(pc.is_valid(delta["_deleted_at"]))
+    want = expected_tombstones("orders", landing)
+    assert sorted(marked["o_orderkey"].to_pylist()) == sorted(want["o_orderkey"].to_pylist())
+    by_key = dict(zip(want["o_orderkey"].to_pylist(), want["o_updated_at"].to_pylist(), strict=True))
+    assert all(row["_deleted_at"] == by_key[row["o_orderkey"]] for row in marked.select(["o_orderkey", "_deleted_at"]).to_pylist())
+    assert all(row["_deleted_at"] > row["o_updated_at"] for row in marked.select(["o_updated_at", "_deleted_at"]).to_pylist())
+    verified = run_json(config, "verify")
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
 
 
 def test_tombstones_on_the_gpu_engine_with_the_standin(tmp_path: Path) -> None:
