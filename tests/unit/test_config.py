@@ -92,3 +92,39 @@ def test_max_batch_rows_must_be_a_positive_integer(tmp_path: Path, bad: object) 
 def test_max_batch_rows_default_and_override(tmp_path: Path) -> None:
     assert load_config(LOCAL_CONFIG).run.max_batch_rows == 1_000_000
     assert load_config(_write(tmp_path, {**_local(), "run": {"max_batch_rows": 5000}})).run.max_batch_rows == 5000
+
+
+def test_dimensions_plain_paths_take_each_tables_default_mode(tmp_path: Path) -> None:
+    raw = _local()
+    raw["dimensions"] = {"customer": "cust", "nation": "nat"}
+    config = load_config(_write(tmp_path, raw))
+    customer, supplier, nation = (config.dimensions.named(t) for t in ("customer", "supplier", "nation"))
+    assert (customer.path, customer.mode, customer.load, customer.missing) == ("cust", "scd2", True, "close")
+    assert (supplier.path, supplier.mode) == ("supplier", "scd2")
+    assert (nation.path, nation.mode) == ("nat", "replace")
+    assert config.dimensions.key_of("customer") == ("c_custkey",)
+    assert config.dimension_path("customer") == str(Path(config.landing_zone) / "cust")
+
+
+def test_dimension_blocks_keep_the_defaults_they_do_not_set(tmp_path: Path) -> None:
+    raw = _local()
+    raw["dimensions"] = {"region": {"load": False}, "customer": {"cursor": "c_updated_at", "track": "c_phone",
+                                                                  "key": "c_custkey", "missing": "keep"}}
+    config = load_config(_write(tmp_path, raw))
+    region, customer = config.dimensions.region, config.dimensions.customer
+    assert (region.path, region.mode, region.load) == ("region", "replace", False)
+    assert (customer.cursor, customer.track, customer.key, customer.missing) == ("c_updated_at", ("c_phone",),
+                                                                                ("c_custkey",), "keep")
+
+
+@pytest.mark.parametrize(("block", "message"), [
+    ({"mode": "replace", "cursor": "c_updated_at"}, "mode replace loads whole snapshots: remove cursor"),
+    ({"cursor": "c_custkey"}, "cursor 'c_custkey' is a key column"),
+    ({"mode": "history"}, "dimensions.customer.mode"),
+    ({"missing": "drop"}, "dimensions.customer.missing"),
+])
+def test_bad_dimension_blocks_are_named(tmp_path: Path, block: dict, message: str) -> None:
+    raw = _local()
+    raw["dimensions"] = {"customer": {**block, **({"key": "c_custkey"} if "cursor" in block else {})}}
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, raw))
