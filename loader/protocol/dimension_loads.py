@@ -112,7 +112,8 @@ def fingerprint_of(config: LoaderConfig, table: str, files: str) -> str:
 
 def _load_into(config: LoaderConfig, sink: Any, table: str, dim: DimensionConfig, incoming: pa.Table,
                snapshot_time: datetime) -> dict[str, int]:
-    """Compare with what `sink` holds and apply the difference (retried as the sink's writes are)."""
+    """Compare with what `sink` holds and apply the difference, retried as the sink's writes are (by the
+    sink itself, step by step, where it declares `retries_own_steps`)."""
     from loader.transform.history import DimensionSpec, compared_columns, diff
 
     spec = DimensionSpec(config.pipeline, table, config.dimensions.key_of(table), dim.mode)
@@ -124,6 +125,8 @@ def _load_into(config: LoaderConfig, sink: Any, table: str, dim: DimensionConfig
             sink.apply_dimension(spec, changes)
         return {"opened": changes.opens.num_rows, "closed": changes.closes.num_rows, "stale": changes.stale}
 
+    if sink.capabilities.retries_own_steps:
+        return attempt()
     return call_with_retries(f"dimension {table} -> {sink.name}", sink.retry, attempt)
 
 
