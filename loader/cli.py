@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +47,18 @@ class _Context:
 
 def _emit(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, default=str))
+
+
+@contextmanager
+def _stdout_kept_for_json(as_json: bool) -> Iterator[None]:
+    """With --json, stdout carries the one JSON object alone: whatever else writes to it while the
+    command works (Ray's driver prints raylet warnings such as "N worker processes have been started"
+    there, whatever log_to_driver says) goes to stderr instead."""
+    if not as_json:
+        yield
+        return
+    with redirect_stdout(sys.stderr):
+        yield
 
 
 @contextmanager
@@ -146,7 +158,7 @@ def run_command(obj: _Context, incremental: bool, executor: str | None, engine: 
         from loader.observe.progress import bar_in_terminal
         from loader.protocol.incremental import run_incremental
 
-    with bar_in_terminal(quiet=as_json):
+    with bar_in_terminal(quiet=as_json), _stdout_kept_for_json(as_json):
         summary = run_incremental(config, executor=executor, engine=engine, max_batch_rows=max_batch_rows)
     if as_json:
         _emit(summary.to_json())
@@ -224,7 +236,7 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
     else:
         from loader.observe.report import backfill_progress
 
-        with backfill_progress(quiet=as_json) as on_chunk:
+        with backfill_progress(quiet=as_json) as on_chunk, _stdout_kept_for_json(as_json):
             summary = backfill.run_backfill(config, request, executor=executor, engine=engine, parallel=parallel,
                                             max_batch_rows=max_batch_rows, on_chunk=on_chunk)
     if as_json:
