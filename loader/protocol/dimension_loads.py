@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from loader import failpoints
 from loader.config import DimensionConfig, LoaderConfig
-from loader.errors import BadSourceData
+from loader.errors import BadSourceData, ConfigError
 from loader.observe import progress
 from loader.retry import call_with_retries
 from state import StateStore
@@ -82,6 +82,9 @@ def load_dimension_tables(config: LoaderConfig, store: StateStore) -> dict[str, 
         incoming, cursor = read_incoming(config, table, [i.path for i in infos], since=since)
         snapshot_time = _snapshot_time(infos)
         outcome = DimensionOutcome(table, dim.mode, incoming.num_rows)
+        previous_mode = loaded[table].changes.get("mode") if table in loaded else None
+        for sink in sinks:
+            _refuse_mode_change(config, sink, table, previous_mode)
         for sink in sinks:
             outcome.sinks[sink.name] = _load_into(config, sink, table, dim, incoming, snapshot_time)
         failpoints.hit("dimensions.before_record", table)
@@ -108,6 +111,23 @@ def fingerprint_of(config: LoaderConfig, table: str, files: str) -> str:
     rules = sorted((n, tuple(r.mask)) for n, r in config.regions.items())
     settings = (FORMAT, files, dim.model_dump(), config.dimensions.key_of(table), rules)
     return hashlib.sha256(repr(settings).encode()).hexdigest()
+
+
+def _refuse_mode_change(config: LoaderConfig, sink: Any, table: str, previous: str | None) -> None:
+    """A dimension table keeps the mode it was made with (scd2's version columns, merge's one row per
+    key): a changed `mode` with the table still in a sink fails before anything is written."""
+    from loader.transform.history import DimensionSpec
+
+    mode = config.dimensions.named(table).mode
+    if previous is None or previous == mode:
+        return
+    key = config.dimensions.key_of(table)
+    if sink.dimension_rows(DimensionSpec(config.pipeline, table, key, "replace"), list(key)) is None:
+        return  # moved away: made afresh in the new mode
+    raise ConfigError(
+        f"dimensions.{table}.mode is {mode}, but {sink.location(table)} ({sink.name}) was loaded as {previous}: a "
+        f"dimension table keeps its mode. Set the mode back to {previous}, or move the table away in every sink "
+        f"(the next run loads it afresh as {mode}); nothing was written")
 
 
 def _load_into(config: LoaderConfig, sink: Any, table: str, dim: DimensionConfig, incoming: pa.Table,

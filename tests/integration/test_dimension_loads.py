@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,26 @@ def test_load_false_keeps_a_dimension_out_of_the_sinks(tmp_path: Path) -> None:
     summary = run_json(config, "run", "--incremental")
     assert summary["dimensions"] == {} and summary["tables"]["orders"]["rows"] > 0
     assert sorted(p.name for p in (tmp_path / "warehouse" / "delta").iterdir()) == ["lineitem", "orders"]
+
+
+def test_a_changed_mode_is_refused_until_the_tables_are_moved_away(tmp_path: Path) -> None:
+    config = _project(tmp_path)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_json(config, "run", "--incremental")
+    raw = yaml.safe_load(config.read_text())
+    raw["dimensions"]["customer"]["mode"] = "merge"
+    config.write_text(yaml.safe_dump(raw))
+    warehouse = tmp_path / "warehouse"
+    version = delta_table_version(warehouse / "delta" / "customer")
+    refused = run_cli(config, "run", "--incremental", check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "dimensions.customer.mode is merge, but" in refused.stderr and "was loaded as scd2" in refused.stderr
+    assert "move the table away in every sink" in refused.stderr and "nothing was written" in refused.stderr
+    assert delta_table_version(warehouse / "delta" / "customer") == version
+    for sink in ("parquet", "delta"):
+        shutil.rmtree(warehouse / sink / "customer")
+    loaded = run_json(config, "run", "--incremental")["dimensions"]
+    assert list(loaded) == ["customer"] and loaded["customer"]["mode"] == "merge"
+    merged = delta_dimension_versions(warehouse / "delta" / "customer")
+    assert merged is not None and "valid_from" not in merged.column_names
+    assert merged.num_rows == len(snapshot_of(tmp_path / "landing" / "customer").rows)
