@@ -130,10 +130,12 @@ class SourceConfig(_Frozen):
         return self
 
 
-#: Each dimension's primary key (TPC-H).
+#: Each dimension's primary key (TPC-H); the keys are the dimension tables, in the order they load.
 DIMENSION_KEYS: dict[str, tuple[str, ...]] = {
     "customer": ("c_custkey",), "supplier": ("s_suppkey",), "nation": ("n_nationkey",), "region": ("r_regionkey",),
 }
+#: Each dimension's default mode: history for the entities, the snapshot for the small lookup tables.
+DEFAULT_MODES = {"customer": "scd2", "supplier": "scd2", "nation": "replace", "region": "replace"}
 
 
 class DimensionConfig(_Frozen):
@@ -169,31 +171,30 @@ class DimensionConfig(_Frozen):
         return self
 
 
-def _dimension(path: str, mode: str) -> DimensionConfig:
-    return DimensionConfig(path=path, mode=mode)  # type: ignore[arg-type]
+def _dimension(name: str) -> DimensionConfig:
+    return DimensionConfig(path=name, mode=DEFAULT_MODES[name])  # type: ignore[arg-type]
 
 
 class DimensionsConfig(_Frozen):
     """The four TPC-H dimensions. A plain string is the folder (relative to landing_zone), with the
     defaults: customer and supplier keep their history (scd2), nation and region are replaced."""
 
-    customer: DimensionConfig = _dimension("customer", "scd2")
-    supplier: DimensionConfig = _dimension("supplier", "scd2")
-    nation: DimensionConfig = _dimension("nation", "replace")
-    region: DimensionConfig = _dimension("region", "replace")
+    customer: DimensionConfig = _dimension("customer")
+    supplier: DimensionConfig = _dimension("supplier")
+    nation: DimensionConfig = _dimension("nation")
+    region: DimensionConfig = _dimension("region")
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        defaults = {"customer": "scd2", "supplier": "scd2", "nation": "replace", "region": "replace"}
         out = dict(data)
         for name, value in data.items():
             if isinstance(value, str):
-                out[name] = {"path": value, "mode": defaults.get(name, "scd2")}
-            elif isinstance(value, dict) and name in defaults:
-                out[name] = {"mode": defaults[name], "path": name, **value}
+                out[name] = {"path": value, "mode": DEFAULT_MODES.get(name, "scd2")}
+            elif isinstance(value, dict) and name in DEFAULT_MODES:
+                out[name] = {"mode": DEFAULT_MODES[name], "path": name, **value}
         return out
 
     def named(self, table: str) -> DimensionConfig:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from loader import failpoints
-from loader.config import DimensionConfig, LoaderConfig
+from loader.config import DIMENSION_KEYS, DimensionConfig, LoaderConfig
 from loader.errors import BadSourceData, ConfigError
 from loader.observe import progress
 from loader.retry import call_with_retries
@@ -35,7 +35,6 @@ if TYPE_CHECKING:  # the data libraries load only when a dimension's files chang
 
 log = logging.getLogger(__name__)
 
-TABLES = ("customer", "supplier", "nation", "region")
 #: The column of a dimension row naming its nation: its region (masking) comes through nation.
 NATION_KEY = {"customer": "c_nationkey", "supplier": "s_nationkey"}
 #: Bump when what a load computes from the same files changes (hash, masking): the next run compares again.
@@ -60,7 +59,7 @@ def load_dimension_tables(config: LoaderConfig, store: StateStore) -> dict[str, 
     no dimension's files changed since its last load)."""
     from loader.landing.fingerprint import files_fingerprint
 
-    wanted = [t for t in TABLES if config.dimensions.named(t).load]
+    wanted = [t for t in DIMENSION_KEYS if config.dimensions.named(t).load]
     if not wanted:
         return {}
     loaded = store.dimension_loads(config.pipeline)
@@ -218,9 +217,10 @@ def _check_keys(table: str, rows: pa.Table, origin: np.ndarray, paths: Sequence[
     frame = rows.select(unique).to_pandas()
     repeated = frame.duplicated(unique, keep=False).to_numpy()
     if repeated.any():
-        at = np.flatnonzero(repeated)
-        value = ", ".join(f"{c}={frame[c].iloc[at[0]]}" for c in unique)
-        where = sorted({paths[origin[i]] for i in at if (frame.iloc[i] == frame.iloc[at[0]]).all()})
+        first = frame.iloc[int(np.flatnonzero(repeated)[0])]
+        value = ", ".join(f"{c}={first[c]}" for c in unique)
+        same = (frame[unique] == first[unique]).all(axis=1).to_numpy()  # the rows sharing that one
+        where = sorted({paths[i] for i in origin[same]})
         what = "version (key and cursor)" if cursor else "key"
         raise BadSourceData(
             f"dimension {table}: {int(repeated.sum()):,} rows share a {what} with another row, e.g. {value} in "

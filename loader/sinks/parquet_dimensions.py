@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 
 from loader import failpoints
 from loader.errors import SinkRejected
+from loader.sinks.base import DELETED
 from loader.storage import Location, short_error
 from loader.transform.history import IS_CURRENT, VALID_FROM, VALID_TO, DimensionChanges, DimensionSpec
 
 LOADED_AT = "_loaded_at"
-DELETED = "_deleted"  # merge tables: a key deleted (absent from a newer snapshot)
 
 
 def files(where: Location) -> list[str]:
@@ -108,9 +108,9 @@ def append(where: Location, spec: DimensionSpec, changes: DimensionChanges, comp
     if spec.mode == "replace":
         rows = changes.opens
     elif spec.mode == "merge":
-        flag = lambda t, v: t.append_column(DELETED, pa.array(np.full(t.num_rows, v)))  # noqa: E731
-        # a deletion record holds the key (and the compared columns), the rest null
-        rows = pa.concat_tables([flag(changes.opens, False), flag(changes.closes, True)], promote_options="default")
+        # a deletion record (`_deleted`: the key left a newer snapshot) holds the compared columns, the rest null
+        rows = pa.concat_tables([_flagged(changes.opens, False), _flagged(changes.closes, True)],
+                                promote_options="default")
     else:
         closes = _whole_closes(where, spec, changes.closes) if changes.closes.num_rows else changes.opens.slice(0, 0)
         rows = pa.concat_tables([closes.cast(changes.opens.schema), changes.opens])
@@ -130,6 +130,10 @@ def append(where: Location, spec: DimensionSpec, changes: DimensionChanges, comp
     if spec.mode == "replace":
         for path in older:
             where.filesystem.delete_file(path)
+
+
+def _flagged(rows: pa.Table, deleted: bool) -> pa.Table:
+    return rows.append_column(DELETED, pa.array(np.full(rows.num_rows, deleted)))
 
 
 def _remove_hidden(where: Location) -> None:

@@ -56,7 +56,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -411,12 +411,11 @@ class SnowflakeSink:
         """The target's upsert and the ledger row, in one transaction. Returns the keys the run's
         tombstones removed or marked (0 where an earlier try committed)."""
         failpoints.hit("snowflake.write", batch.table)
-        conn.autocommit(False)
-        deleted = 0
-        try:
+        with _transaction(conn):
             if self._landed(cur, batch):  # an earlier try committed but its acknowledgement was lost
                 conn.rollback()
                 return 0
+            deleted = 0
             if rows and batch.deletes == "soft":  # MERGE's result mixes marks with updates: count first
                 cur.execute(_marked_sql(batch))
                 deleted = int(cur.fetchone()[0])
@@ -434,13 +433,6 @@ class SnowflakeSink:
             )
             conn.commit()
             return deleted
-        except BaseException:
-            with contextlib.suppress(Exception):  # a lost connection rolls back on its own; keep the first error
-                conn.rollback()
-            raise
-        finally:
-            with contextlib.suppress(Exception):
-                conn.autocommit(True)
 
     def _columns(self, cur: Any, table: str) -> dict[str, ColumnType]:
         """`table`'s columns in their order (upper-case names); empty if there is no such table."""
@@ -496,19 +488,11 @@ class SnowflakeSink:
     @staticmethod
     def _apply_dimension(cur: Any, conn: Any, spec: DimensionSpec, columns: list[str], staged: set[str]) -> None:
         """The changes in one transaction: all of them or none (a retry repeats the whole of it)."""
-        conn.autocommit(False)
-        try:
+        with _transaction(conn):
             for statement in _dimension_sql(spec, columns, staged):
                 cur.execute(statement)
             failpoints.hit("snowflake.dimension", spec.table)
             conn.commit()
-        except BaseException:
-            with contextlib.suppress(Exception):  # a lost connection rolls back on its own; keep the first error
-                conn.rollback()
-            raise
-        finally:
-            with contextlib.suppress(Exception):
-                conn.autocommit(True)
 
     @staticmethod
     def _cleanup_dimension(session: _Session, spec: DimensionSpec, prefix: str | None) -> None:
@@ -620,6 +604,22 @@ def _arrow_type(table: str, column: str, kind: ColumnType) -> pa.DataType:
 
 def _dimension_staging(spec: DimensionSpec, side: str) -> str:
     return ident(f"{spec.table}_LOADER_{side.upper()}")
+
+
+@contextlib.contextmanager
+def _transaction(conn: Any) -> Iterator[None]:
+    """AUTOCOMMIT off for the block, which commits itself; an error rolls the transaction back (a lost
+    connection rolls back on its own: the first error is kept) and goes on."""
+    conn.autocommit(False)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            conn.autocommit(True)
 
 
 def _dimension_sql(spec: DimensionSpec, columns: list[str], staged: set[str]) -> list[str]:

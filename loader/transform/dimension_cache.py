@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from loader.config import LoaderConfig
+from loader.config import DIMENSION_KEYS, LoaderConfig
 from loader.landing.fingerprint import files_fingerprint
 from loader.transform.dimensions import COLUMNS, Dimensions
 from loader.transform.labels import SEGMENTS
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 #: Bump when what `Dimensions.from_tables` prepares changes: older entries then miss.
 FORMAT = 2
-TABLES = ("customer", "supplier", "nation", "region")
+TABLES = tuple(DIMENSION_KEYS)  # customer, supplier, nation, region
 PARTS = tuple(f.name for f in fields(Dimensions))  # customers, suppliers, nations: one Arrow file each
 ENV_DIR = "LOADER_CACHE_DIR"
 

@@ -25,7 +25,6 @@ from loader.sinks import Sink
 from loader.transform.history import (
     IS_CURRENT,
     ROW_HASH,
-    TIME,
     VALID_FROM,
     VALID_TO,
     DimensionChanges,
@@ -34,10 +33,9 @@ from loader.transform.history import (
     diff,
     row_hashes,
     stored_schema,
-    tracked_columns,
-    with_hash,
 )
 from tests.support.conformance import PIPELINE, SINKS, make_sink
+from tests.support.dimension_rows import CURSOR, KEY, SCHEMA, changes_of, snapshot
 from tests.support.readers import (
     delta_dimension_versions,
     delta_table_version,
@@ -50,11 +48,6 @@ from tests.support.snowflake_emulator import PASSWORD_ENV, new_database
 pytestmark = pytest.mark.integration
 
 DIMENSION = "customers"
-KEY = ("id",)
-CURSOR = "updated_at"
-SCHEMA = pa.schema([pa.field("id", pa.int64()), pa.field("name", pa.string()),
-                    pa.field("amount", pa.decimal128(15, 2))])
-CHANGE_SCHEMA = SCHEMA.append(pa.field(CURSOR, TIME))
 T1 = datetime(2024, 6, 1, tzinfo=UTC)
 T2 = datetime(2024, 6, 2, tzinfo=UTC)
 T3 = datetime(2024, 6, 3, tzinfo=UTC)
@@ -89,16 +82,8 @@ def spec_of(mode: Mode) -> DimensionSpec:
     return DimensionSpec(PIPELINE, DIMENSION, KEY, mode)
 
 
-def snapshot(rows: dict[int, Values]) -> pa.Table:
-    data = pa.Table.from_pylist(
-        [{"id": k, "name": n, "amount": Decimal(a)} for k, (n, a) in sorted(rows.items())], schema=SCHEMA)
-    return with_hash(data, tracked_columns(data.column_names, KEY, None, None))
 
 
-def change_rows(rows: list[tuple[int, str, str, datetime]]) -> pa.Table:
-    data = pa.Table.from_pylist(
-        [{"id": k, "name": n, "amount": Decimal(a), CURSOR: c} for k, n, a, c in rows], schema=CHANGE_SCHEMA)
-    return with_hash(data, tracked_columns(data.column_names, KEY, CURSOR, None))
 
 
 def hash_of(name: str, amount: str) -> str:
@@ -315,8 +300,8 @@ def test_scd2_crash_between_sinks_replay_makes_every_sink_identical(every_sink: 
 
 def test_scd2_change_files_chain_versions_of_one_load(dim: DimensionSink) -> None:
     spec = spec_of("scd2")
-    schema = stored_schema(change_rows([]).schema, "scd2")
-    first = change_rows([(1, "Ann", "11.00", C2), (2, "Bob", "20.00", C1), (1, "Ann", "10.00", C1)])
+    schema = stored_schema(changes_of([]).schema, "scd2")
+    first = changes_of([(1, "Ann", "11.00", C2), (2, "Bob", "20.00", C1), (1, "Ann", "10.00", C1)])
     load(dim, spec, first, cursor=CURSOR)
     assert_history(dim, spec, schema, {
         1: [("Ann", "10.00", C1, C2), ("Ann", "11.00", C2, None)],
@@ -324,7 +309,7 @@ def test_scd2_change_files_chain_versions_of_one_load(dim: DimensionSink) -> Non
     }, cursor=True)
 
     # a stale version of 1 (already loaded), a newer one, a repeat of 2's values, a new key
-    second = change_rows([(1, "Ann", "11.00", C2), (1, "Ann", "12.00", C3), (2, "Bob", "20.00", C2),
+    second = changes_of([(1, "Ann", "11.00", C2), (1, "Ann", "12.00", C3), (2, "Bob", "20.00", C2),
                           (3, "Cid", "1.00", C3)])
     changes = load(dim, spec, second, cursor=CURSOR)
     assert changes.stale == 1

@@ -7,6 +7,7 @@ import shutil
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -489,14 +490,21 @@ def test_deleted_orders_are_never_picked_again(zone: Path) -> None:
         dd.append_batch(zone, orders=0, updates=0, late=0, deletes=15000)
 
 
-def test_appends_with_deletes_are_deterministic(base_zone: Path, tmp_path: Path) -> None:
+def _appended_twice(base_zone: Path, tmp_path: Path, *appends: dict[str, Any]) -> list[Path]:
+    """Two copies of `base_zone` (a/, b/), each given the same `appends` in order."""
     zones = []
     for name in ("a", "b"):
         root = tmp_path / name
         shutil.copytree(base_zone, root)
-        dd.append_batch(root, orders=40, updates=10, late=2, deletes=15)
-        dd.append_batch(root, orders=5, updates=5, late=0, deletes=7)
+        for options in appends:
+            dd.append_batch(root, **options)
         zones.append(root)
+    return zones
+
+
+def test_appends_with_deletes_are_deterministic(base_zone: Path, tmp_path: Path) -> None:
+    zones = _appended_twice(base_zone, tmp_path, dict(orders=40, updates=10, late=2, deletes=15),
+                            dict(orders=5, updates=5, late=0, deletes=7))
     for table in dd.FACT_TABLES:
         for a, b in zip(fact_files(zones[0], table), fact_files(zones[1], table), strict=True):
             assert a.read_bytes() == b.read_bytes(), a
@@ -569,13 +577,8 @@ def test_customer_changes_vary_the_fields_each_customer_changes(zone: Path) -> N
 
 
 def test_customer_changes_are_deterministic_for_a_seed(base_zone: Path, tmp_path: Path) -> None:
-    zones = []
-    for name in ("a", "b"):
-        root = tmp_path / name
-        shutil.copytree(base_zone, root)
-        dd.append_batch(root, orders=20, updates=5, late=1, customer_changes=7)
-        dd.append_batch(root, orders=0, updates=0, late=0, customer_changes=3)
-        zones.append(root)
+    zones = _appended_twice(base_zone, tmp_path, dict(orders=20, updates=5, late=1, customer_changes=7),
+                            dict(orders=0, updates=0, late=0, customer_changes=3))
     a, b = (root / "customer" / "customer.parquet" for root in zones)
     assert a.read_bytes() == b.read_bytes()
     assert customers(zones[0]).equals(customers(zones[1]))

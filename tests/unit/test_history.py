@@ -14,7 +14,6 @@ import pytest
 from loader.transform.history import (
     IS_CURRENT,
     ROW_HASH,
-    TIME,
     VALID_FROM,
     VALID_TO,
     DimensionChanges,
@@ -22,15 +21,9 @@ from loader.transform.history import (
     diff,
     row_hashes,
     stored_schema,
-    tracked_columns,
-    with_hash,
 )
+from tests.support.dimension_rows import CURSOR, KEY, changes_of, snapshot
 
-KEY = ("id",)
-CURSOR = "updated_at"
-SCHEMA = pa.schema([pa.field("id", pa.int64()), pa.field("name", pa.string()),
-                    pa.field("amount", pa.decimal128(15, 2))])
-CHANGE_SCHEMA = pa.schema([*SCHEMA, pa.field(CURSOR, TIME)])
 SCD2 = DimensionSpec("p", "customers", KEY, "scd2")
 MERGE = DimensionSpec("p", "customers", KEY, "merge")
 REPLACE = DimensionSpec("p", "customers", KEY, "replace")
@@ -52,16 +45,8 @@ def h(name: str | None, amount: str | None) -> str:
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
 
 
-def snapshot(rows: dict[int, tuple[str, str]]) -> pa.Table:
-    data = pa.Table.from_pylist(
-        [{"id": k, "name": n, "amount": d(a)} for k, (n, a) in sorted(rows.items())], schema=SCHEMA)
-    return with_hash(data, tracked_columns(data.column_names, KEY, None, None))
 
 
-def changes_of(rows: list[tuple[int, str, str, datetime]]) -> pa.Table:
-    data = pa.Table.from_pylist(
-        [{"id": k, "name": n, "amount": d(a), CURSOR: c} for k, n, a, c in rows], schema=CHANGE_SCHEMA)
-    return with_hash(data, tracked_columns(data.column_names, KEY, CURSOR, None))
 
 
 def version(key: int, name: str, amount: str, start: datetime, end: datetime | None,
