@@ -7,17 +7,30 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= configs/local.yaml
 
-.PHONY: run test test-fast soak lint bench clean-data chromium
+.PHONY: run test test-fast soak lint bench clean-data chromium airflow-env lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	# compat mode puts the project folder on sys.path: Ray workers then import our `state` package
-	# even when started from a folder that holds an unrelated `state/` directory.
-	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+# The exact versions the suite passed with, each file checked against its hash (requirements.lock; `make
+# lock` refreshes it). Then the project itself, with nothing more: `pip check` fails if pyproject.toml
+# asks for something the lock lacks. Compat mode puts the project folder on sys.path: Ray workers then
+# import our `state` package even when started from a folder that holds an unrelated `state/` directory.
+$(STAMP): pyproject.toml requirements.lock | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	@$(BIN)/python -m pip check || (echo "pyproject.toml and requirements.lock disagree: run \`make lock\`" >&2; exit 1)
 	touch $(STAMP)
+
+# Refresh requirements.lock after changing pyproject.toml's dependencies: pins already in the lock are
+# kept where they still fit; `make lock UPGRADE=1` moves every pin to the newest release allowed. Run
+# `make test` before committing the new lock.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes \
+		$(if $(UPGRADE),--upgrade) --custom-compile-command "make lock" --quiet -o requirements.lock
+	# the image's (deploy/Dockerfile): the loader with the extras a deployment needs, at the same versions
+	$(BIN)/uv pip compile pyproject.toml --extra postgres --extra snowflake --universal --python-version 3.11 \
+		--generate-hashes -c requirements.lock --custom-compile-command "make lock" --quiet -o deploy/image.lock
 
 run: $(STAMP)
 	$(BIN)/loader --config $(CONFIG) demo-data init --if-missing --scale 0.1
@@ -27,7 +40,11 @@ run: $(STAMP)
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) || echo "could not install chromium: the report's browser test will be skipped"
 
-test: $(STAMP) chromium
+# Airflow 3 in its own venv, for tests/integration/test_airflow_dag.py (a no-op while up to date)
+airflow-env:
+	PYTHON=$(PYTHON) bash tests/airflow_env/build.sh
+
+test: $(STAMP) chromium airflow-env
 	$(BIN)/python -m pytest -q -ra -n 2 --dist loadgroup  # two workers (most tests wait on subprocesses and lease expiry); xdist_group keeps a module on one
 
 test-fast: $(STAMP)

@@ -498,7 +498,9 @@ class Bench:
         from datetime import timedelta
 
         demo = json.loads((base / "_demo_state.json").read_text())
-        start = datetime.fromisoformat(demo["start"]).astimezone(UTC)
+        # the first ingest day, midnight UTC (a zone cached before `--now` existed kept it as `start`)
+        first = demo.get("first_ingest_date") or demo["start"][:10]
+        start = datetime.fromisoformat(first).replace(tzinfo=UTC)
         days = (datetime.fromisoformat(demo["last_ingest_date"]).date() - start.date()).days + 1
         cuts = [start + timedelta(days=round(k * days / chunks)) for k in range(1, chunks)]
         full = Scenario(f"full {tag}", scale, "full",

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
+from loader import scratch
 from loader.errors import EXIT_FAILED, EXIT_LEASE_HELD, EXIT_OK, EXIT_USAGE, EXPECTED_ERRORS, exit_code_of
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -346,14 +347,36 @@ def demo_data() -> None:
     """Make and grow a TPC-H-style landing zone (the one named by landing_zone in the config)."""
 
 
+def _demo_now(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """--now: an ISO 8601 date-time with a UTC offset (Z or +HH:MM), in UTC; None: the current time."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 date-time, e.g. 2024-01-31T00:00:00Z") from None
+    if moment.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no UTC offset: add one, e.g. {moment.isoformat()}Z") from None
+    return moment.astimezone(UTC)
+
+
+_demo_now_option = click.option(
+    "--now", "now", callback=_demo_now, metavar="ISO-8601",
+    help="Pin the clock, for reproducible zones; default: the current time. A date-time with a UTC offset, "
+         "e.g. 2024-01-31T00:00:00Z.")
+
+
 @demo_data.command("init")
 @click.option("--scale", type=click.FloatRange(min=0.001), default=0.1, show_default=True, help="TPC-H scale factor (1 = 1.5M orders).")
-@click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same data.")
-@click.option("--days", type=click.IntRange(min=1), default=30, show_default=True, help="Ingest days the history is spread over.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Same seed and --now, same data.")
+@click.option("--days", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Ingest days the history is spread over: the days x 24 hours before now.")
 @click.option("--if-missing", is_flag=True, help="Do nothing (exit 0) when a landing zone is already there.")
+@_demo_now_option
 @click.pass_obj
-def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: bool) -> None:
-    """Generate the landing zone: orders and lineitem by ingest day, and the dimensions."""
+def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: bool, now: datetime | None) -> None:
+    """Generate the landing zone: orders and lineitem by ingest day, and the dimensions. The history ends
+    at now: its newest cursor is moments old."""
     config = obj.config()
     from loader.demo import landing_zone
 
@@ -361,7 +384,7 @@ def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: boo
     if if_missing and landing_zone.has_landing_zone(root):
         click.echo(f"landing zone already at {root}: left as it is", err=True)
         return
-    summary = landing_zone.init(root, scale=scale, seed=seed, days=days)
+    summary = landing_zone.init(root, scale=scale, seed=seed, days=days, now=now)
     rows = summary.rows
     click.echo(
         f"landing zone ready at {root}: {rows['orders']:,} orders, {rows['lineitem']:,} lineitems over "
@@ -386,16 +409,19 @@ def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: boo
                    "another key 0..24) change, one or more of the three each; drawn from the seed and the "
                    "batch number. customer/customer.parquet is rewritten as the new full snapshot (0: left "
                    "untouched). At most the number of customers in the landing zone.")
+@_demo_now_option
 @click.pass_obj
 def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int, update_from: str,
-                deletes: int, customer_changes: int) -> None:
-    """Add one batch (one new ingest day) to the landing zone."""
+                deletes: int, customer_changes: int, now: datetime | None) -> None:
+    """Add one batch to the landing zone, arriving now: its records come after the newest cursor (at
+    most 24 hours before now), in the folder of now's day."""
     config = obj.config()
     from loader.demo import generator, landing_zone
 
     try:
         summary = landing_zone.append(config.landing_zone, orders=orders, updates=updates, late=late, recent=recent,
-                                      update_from=update_from, deletes=deletes, customer_changes=customer_changes)
+                                      update_from=update_from, deletes=deletes, customer_changes=customer_changes,
+                                      now=now)
     except generator.TooManyCustomerChanges as error:
         raise click.BadParameter(str(error), param_hint="'--customer-changes'") from None
     click.echo(
@@ -453,6 +479,7 @@ def runs_abandon(obj: _Context, run_number: int, reason: str) -> None:
 
 def main() -> None:
     code: int = EXIT_OK
+    scratch.claim()  # this process's temp files, its libraries' included, in a folder removed at exit
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:
@@ -476,10 +503,15 @@ def _leave(code: int) -> None:
     """Exit once the work is done and reported, without the interpreter's teardown of native thread
     pools: pyarrow's or DuckDB's can abort there ("terminate called without an active exception",
     SIGABRT; apache/arrow#34314), turning a committed run into a failed exit code. Ray, if this process
-    started it, is shut down first; files and the state store are closed by then."""
+    started it, is shut down first and its folders removed, then the scratch folder; files and the state
+    store are closed by then."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+    folders = sys.modules.get("loader.execute.ray_folders")
+    if folders is not None:  # this run's Ray session and spill folders
+        folders.release_all()
+    scratch.release()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

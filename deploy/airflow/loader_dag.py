@@ -1,6 +1,7 @@
 """Airflow DAG: one incremental run of the loader every 15 minutes, its exit code mapped to Airflow's
 outcomes (copy this file into the DAGs folder of an Airflow 2.7+ or 3.x deployment whose workers have
-the loader installed, or swap the PythonOperator for a KubernetesPodOperator on the loader image).
+the loader installed, and on Airflow 3 apache-airflow-providers-standard for the PythonOperator; or swap
+the PythonOperator for a KubernetesPodOperator on the loader image).
 
     exit 0  success
     exit 1  the run failed, its checkpoint did not move      -> retry (the retry replays the same run)
@@ -8,11 +9,14 @@ the loader installed, or swap the PythonOperator for a KubernetesPodOperator on 
     exit 3  another run holds the pipeline's lease           -> skipped: that run is doing the work
 
 The mapping (`outcome`) imports nothing from Airflow, so it is tested without it
-(tests/unit/test_deploy.py checks it against the loader's own exit codes).
+(tests/unit/test_deploy.py checks it against the loader's own exit codes); tests/integration/test_airflow_dag.py
+loads this file with Airflow's own DagBag (Airflow 3, from tests/airflow_env/requirements.txt) and runs the task's
+callable against a stand-in loader for each exit code.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 from datetime import datetime, timedelta
@@ -28,7 +32,10 @@ def outcome(exit_code: int) -> str:
 
 def run_loader(*args: str) -> None:
     """Run the loader and turn its exit code into the task's outcome."""
-    from airflow.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+    try:  # Airflow 3: the task runner catches the Task SDK's (airflow.exceptions' are deprecated aliases)
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+    except ImportError:  # Airflow 2
+        from airflow.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
     done = subprocess.run([LOADER, *args], capture_output=True, text=True, check=False)
     print(done.stderr[-20_000:])  # the loader logs to stderr; the task log keeps the tail
@@ -41,11 +48,17 @@ def run_loader(*args: str) -> None:
         raise AirflowException(f"loader exit {done.returncode}: failed, will be retried\n{done.stderr[-2000:]}")
 
 
-try:
-    from airflow import DAG
-    from airflow.operators.python import PythonOperator
-except ImportError:  # imported outside Airflow (the tests): only the mapping above is used
+# Only a missing Airflow is tolerated (the unit tests import this file for `outcome`): any other import error
+# must surface in Airflow as this file's import error, not as a DAG that silently vanished.
+if importlib.util.find_spec("airflow") is None:
     DAG = None
+else:
+    try:  # Airflow 3: the DAG comes from the Task SDK, PythonOperator from the standard provider
+        from airflow.providers.standard.operators.python import PythonOperator
+        from airflow.sdk import DAG
+    except ImportError:  # Airflow 2.7+
+        from airflow import DAG
+        from airflow.operators.python import PythonOperator
 
 if DAG is not None:
     with DAG(

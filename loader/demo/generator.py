@@ -1,7 +1,8 @@
 """Demo landing zone: TPC-H-shaped tables that grow like a real one (new, changed and late records).
 
 `loader demo-data init` / `append` call this module; it has no CLI of its own and never reads the wall
-clock, so the same calls with the same seed give byte-identical files.
+clock: every call takes `now` (the CLI passes the current time unless `--now` pins it), so the same calls
+with the same seed and the same `now` give byte-identical files.
 
 Landing-zone layout (a contract: sources, planner and tests rely on it)::
 
@@ -11,8 +12,9 @@ Landing-zone layout (a contract: sources, planner and tests rely on it)::
     <root>/supplier/supplier.parquet
     <root>/nation/nation.parquet
     <root>/region/region.parquet
-    <root>/_demo_state.json     generator bookkeeping (next batch, max order key, max cursor, last ingest
-                                date, seed); the leading underscore keeps Parquet readers away from it
+    <root>/_demo_state.json     generator bookkeeping (next batch, max order key, max cursor, first and
+                                last ingest date, seed); the leading underscore keeps Parquet readers
+                                away from it
 
 - Keys: orders `o_orderkey`; lineitem `(l_orderkey, l_linenumber)`. An order key may appear in several
   files (re-sent versions): the version with the latest cursor wins. Lineitems are never re-sent, only
@@ -22,9 +24,13 @@ Landing-zone layout (a contract: sources, planner and tests rely on it)::
   declares it as the sources' `deletes` column.
 - Cursors `o_updated_at` / `l_updated_at` are `timestamp[us, tz=UTC]`, never null. A lineitem carries the
   cursor of the order version it was written with.
-- `ingest_date` is the day a batch arrived. It is a hive folder only, never a column in the files.
+- `ingest_date` is the UTC day a batch arrived. It is a hive folder only, never a column in the files.
   Every record's cursor is earlier than the end of its ingest day (late records are older still), so a
-  planner may skip folders with `ingest_date < date(window lower bound)`.
+  planner may skip folders with `ingest_date < date(window lower bound)`. A folder may hold several
+  batches (appends on the same day), one file per table per batch: the batch number in the file name
+  keeps them apart.
+- No cursor is later than the `now` of the call that wrote it: the zone looks like a live source whose
+  newest record is a moment old, so lag, safety lag and the future-cursor check behave as in production.
 - Inside each fact file rows are sorted by cursor (then key) and written in row groups of 64,000 rows,
   so Parquet min/max statistics let a reader skip row groups outside its window. zstd compression.
 - Column types follow TPC-H: int64 keys, int32 line numbers and ship priority, decimal128(15, 2) money
@@ -33,9 +39,13 @@ Landing-zone layout (a contract: sources, planner and tests rely on it)::
 - Files appear atomically: each is written under a dot-prefixed temporary name (ignored by Parquet
   dataset readers) and renamed. One writer at a time: nothing locks the folder.
 
-History: `init_landing_zone` spreads the TPC-H orders over `days` ingest days starting at `start`
-(default 2024-01-01 UTC, midnight), earlier order keys on earlier days, one batch per day (batches 1 to
-`days`). Each `append_batch` adds one batch in the folder of the next day with:
+History: `init_landing_zone` spreads the TPC-H orders over the `days` x 24 hours before `now`, earlier
+order keys earlier, one batch per 24 hours (batches 1 to `days`, one ingest day each): batch d (1-based)
+arrives at `a = now - (days - d) x 24h`, lies in the folder `date(a - 1us)` and holds the orders whose
+cursor is in the 24 hours before `a`. The last batch arrives at `now`: the newest cursor is moments
+before it. With `now` at midnight UTC the batches are whole calendar days, the last one the day before
+`now`. Each `append_batch` adds one batch arriving at its own `now`, in the folder `date(now - 1us)` (the
+last ingest day if that is later), with:
 
 - new orders (keys above the current maximum), cloned from existing orders with their lineitems;
 - updates: existing orders (by default among the newest 100,000 keys; `update_from` picks the oldest
@@ -44,7 +54,7 @@ History: `init_landing_zone` spreads the TPC-H orders over `days` ingest days st
   OLDER than the newest cursor already in the landing zone. A loader whose checkpoint sits at that newest
   cursor only sees them with a lookback of at least 30 minutes; the demo configuration uses 1 hour;
 - deletes: existing orders (any live one, none updated in the same batch) re-sent as tombstones (`op`
-  'D', a new cursor in the batch's day, the order's full row), each with tombstones for its lineitems
+  'D', a new cursor (see below), the order's full row), each with tombstones for its lineitems
   (their full rows, the order's tombstone cursor). A deleted order is never updated, cloned or deleted
   again by later batches;
 - customer changes: existing customers whose `c_mktsegment` (another TPC-H segment), `c_phone` (a new
@@ -52,6 +62,12 @@ History: `init_landing_zone` spreads the TPC-H orders over `days` ingest days st
   0..24) change, one or more of the three per customer. The customer dimension is a full snapshot:
   `customer/customer.parquet` is rewritten whole (same schema, same row order, atomically) by a batch
   with changes, and left untouched (same modification time) by one without.
+
+New orders, updates and deletes take cursors drawn uniformly in [lo, now): lo is just after the newest
+cursor already in the landing zone, or 24 hours before `now` when that is later (a batch holds at most
+a day of changes; appends minutes apart continue one another). An append whose `now` leaves no time
+after the newest cursor is refused. Before a batch is written, the files a crashed append left under its
+batch number (or a later one) are removed; earlier batches, in the same folder or not, are never touched.
 """
 
 from __future__ import annotations
@@ -79,7 +95,6 @@ import pyarrow.parquet as pq
 from loader.errors import BadSourceData, ConfigError, SourceUnavailable
 from loader.transform.tables import MONEY
 
-ANCHOR = datetime(2024, 1, 1, tzinfo=UTC)
 STATE_FILE = "_demo_state.json"
 # 2: the fact files carry `op` (I/U/D). A version-1 zone (no `op`) cannot take appends: recreate it.
 STATE_VERSION = 2
@@ -209,7 +224,7 @@ class DemoState:
 
     seed: int
     scale: float
-    start: datetime
+    first_ingest_date: date
     next_batch: int
     max_orderkey: int
     max_cursor: datetime
@@ -221,7 +236,7 @@ class DemoState:
             "version": self.version,
             "seed": self.seed,
             "scale": self.scale,
-            "start": self.start.isoformat(),
+            "first_ingest_date": self.first_ingest_date.isoformat(),
             "next_batch": self.next_batch,
             "max_orderkey": self.max_orderkey,
             "max_cursor": self.max_cursor.isoformat(),
@@ -234,7 +249,9 @@ class DemoState:
             version=int(data["version"]),
             seed=int(data["seed"]),
             scale=float(data["scale"]),
-            start=datetime.fromisoformat(data["start"]).astimezone(UTC),
+            # zones made before `now` replaced `start` (a UTC midnight) kept that instead
+            first_ingest_date=date.fromisoformat(data["first_ingest_date"]) if "first_ingest_date" in data
+            else datetime.fromisoformat(data["start"]).astimezone(UTC).date(),
             next_batch=int(data["next_batch"]),
             max_orderkey=int(data["max_orderkey"]),
             max_cursor=datetime.fromisoformat(data["max_cursor"]).astimezone(UTC),
@@ -284,19 +301,20 @@ class AppendSummary:
 def init_landing_zone(
     root: Path,
     *,
+    now: datetime,
     scale: float = 0.1,
     seed: int = 42,
     days: int = 30,
-    start: datetime = ANCHOR,
 ) -> InitSummary:
-    """Create a landing zone at `root` holding `days` days of TPC-H history (see the module docstring).
+    """Create a landing zone at `root` holding the `days` days of TPC-H history before `now` (a
+    timezone-aware datetime; see the module docstring).
 
     tpchgen's output is streamed: memory grows with the rows of an ingest day (6M * scale / days
     lineitems; one day is gathered while the previous one is sorted and written) plus 16 bytes per
     order, not with the whole table: scale 10 over 30 days peaks under 2 GB RSS.
     """
     root = Path(root)
-    start = _check_init_args(scale=scale, seed=seed, days=days, start=start)
+    now = _check_init_args(scale=scale, seed=seed, days=days, now=now)
     if holds_landing_zone(root):
         raise ConfigError(
             f"{root} already holds a landing zone: use a new folder or delete it "
@@ -308,7 +326,7 @@ def init_landing_zone(
         # The temp folder sits in root (same disk as the output; SF1 is ~300 MB); `_` hides it from readers.
         with tempfile.TemporaryDirectory(prefix="_tpchgen-", dir=root) as tmp:
             _run_tpchgen(exe, scale=scale, out=Path(tmp))
-            rows, state = _write_initial(root, Path(tmp), seed=seed, scale=scale, days=days, start=start)
+            rows, state = _write_initial(root, Path(tmp), seed=seed, scale=scale, days=days, now=now)
         _write_state(root, state)
     except OSError as exc:
         raise SourceUnavailable(
@@ -318,7 +336,7 @@ def init_landing_zone(
         root=root,
         rows=rows,
         ingest_days=days,
-        first_ingest_date=start.date(),
+        first_ingest_date=state.first_ingest_date,
         last_ingest_date=state.last_ingest_date,
         max_orderkey=state.max_orderkey,
         max_cursor=state.max_cursor,
@@ -335,18 +353,20 @@ class TooManyCustomerChanges(ConfigError):
 
 
 def append_batch(
-    root: Path, *, orders: int = 1000, updates: int = 200, late: int = 20, recent: int = RECENT_ORDERS,
-    update_from: UpdatePick = "newest", deletes: int = 0, customer_changes: int = 0,
+    root: Path, *, now: datetime, orders: int = 1000, updates: int = 200, late: int = 20,
+    recent: int = RECENT_ORDERS, update_from: UpdatePick = "newest", deletes: int = 0, customer_changes: int = 0,
 ) -> AppendSummary:
-    """Add one batch (new, updated, late and deleted orders) in the folder of the day after the last
-    ingest day, and change `customer_changes` existing customers (a new snapshot of the customer
-    dimension; none when 0: the file is not touched).
+    """Add one batch (new, updated, late and deleted orders) arriving at `now` (timezone-aware, later
+    than the newest cursor), its cursors after the newest one and before `now`, in the folder of
+    `now`'s day, and change `customer_changes` existing customers (a new snapshot of the customer
+    dimension; none when 0: the file is not touched). See the module docstring.
 
     Updates pick among the `recent` newest orders (an order book's status changes), the `recent`
     oldest (late corrections of old history: they hit the warehouse's oldest files) or any order.
 
-    Seeded by (seed, batch number): the same sequence of calls on the same initial zone gives
-    byte-identical files. A batch left half-written by a crash is removed and written again.
+    Seeded by (seed, batch number): the same sequence of calls (with the same `now`s) on the same
+    initial zone gives byte-identical files. A batch left half-written by a crash is removed and
+    written again.
     """
     root = Path(root)
     for name, value in (("orders", orders), ("updates", updates), ("late", late), ("deletes", deletes),
@@ -361,6 +381,7 @@ def append_batch(
         raise ConfigError(
             "nothing to append: give orders, updates, late, deletes or customer_changes a count above 0"
         )
+    now = check_now(now)
     state = read_demo_state(root)
     if state.version < STATE_VERSION:
         raise ConfigError(
@@ -368,14 +389,23 @@ def append_batch(
             f"column the configuration's sources.*.deletes names): recreate it with `loader demo-data init` "
             f"in a new folder"
         )
+    # The batch's cursors: [lo, now), after the newest cursor, at most the 24 hours before now.
+    lo = max(state.max_cursor + timedelta(microseconds=1), now - timedelta(days=1))
+    if lo >= now:
+        raise ConfigError(
+            f"cannot append at now={now.isoformat()}: the landing zone's newest cursor is "
+            f"{state.max_cursor.isoformat()}, and an append's records come after it; pass a `--now` later "
+            "than that (or leave `--now` out for the current time)"
+        )
     batch = state.next_batch
-    ingest_date = state.last_ingest_date + timedelta(days=1)
+    # Every cursor < now <= the end of date(now - 1us); never before the last ingest day's folder.
+    ingest_date = max(state.last_ingest_date, (now - timedelta(microseconds=1)).date())
     rng = np.random.default_rng([state.seed, batch])
     try:
-        for table in FACT_TABLES:  # leftovers of a crashed append of this same batch
-            shutil.rmtree(_partition_dir(root, table, ingest_date), ignore_errors=True)
-        return _append(root, state, batch, ingest_date, rng, orders=orders, updates=updates, late=late, recent=recent,
-                       update_from=update_from, deletes=deletes, customer_changes=customer_changes)
+        _remove_unfinished_batches(root, state)
+        return _append(root, state, batch, ingest_date, rng, span=(_to_us(lo), _to_us(now)), orders=orders,
+                       updates=updates, late=late, recent=recent, update_from=update_from, deletes=deletes,
+                       customer_changes=customer_changes)
     except OSError as exc:
         raise SourceUnavailable(
             f"could not append to the landing zone at {root}: {exc}; check the path and free space"
@@ -433,7 +463,7 @@ def fact_partition_dir(root: Path, table: str, ingest_date: date) -> Path:
 # -------------------------------------------------------------------------------------------- init
 
 
-def _check_init_args(*, scale: float, seed: int, days: int, start: datetime) -> datetime:
+def _check_init_args(*, scale: float, seed: int, days: int, now: datetime) -> datetime:
     problems = []
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
         problems.append(f"scale must be a number > 0, got {scale!r}")
@@ -441,15 +471,23 @@ def _check_init_args(*, scale: float, seed: int, days: int, start: datetime) -> 
         problems.append(f"seed must be a whole number >= 0, got {seed!r}")
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         problems.append(f"days must be a whole number >= 1, got {days!r}")
-    if not isinstance(start, datetime) or start.tzinfo is None:
-        problems.append(f"start must be a timezone-aware datetime (e.g. 2024-01-01T00:00:00Z), got {start!r}")
-    else:
-        start = start.astimezone(UTC)
-        if start != datetime.combine(start.date(), datetime.min.time(), UTC):
-            problems.append(f"start must be midnight UTC (ingest days are UTC days), got {start.isoformat()}")
+    try:
+        now = check_now(now)
+    except ConfigError as exc:
+        problems.append(str(exc))
     if problems:
         raise ConfigError("; ".join(problems))
-    return start
+    return now
+
+
+def check_now(now: datetime) -> datetime:
+    """`now` in UTC; a clear error unless it is a timezone-aware datetime."""
+    if not isinstance(now, datetime) or now.tzinfo is None or now.utcoffset() is None:
+        raise ConfigError(
+            f"now must be a timezone-aware datetime, got {now!r}: give it a UTC offset "
+            "(e.g. datetime(2024, 1, 31, tzinfo=UTC), or --now 2024-01-31T00:00:00Z)"
+        )
+    return now.astimezone(UTC)
 
 
 def _run_tpchgen(exe: Path, *, scale: float, out: Path) -> None:
@@ -468,7 +506,7 @@ def _run_tpchgen(exe: Path, *, scale: float, out: Path) -> None:
 
 
 def _write_initial(
-    root: Path, tmp: Path, *, seed: int, scale: float, days: int, start: datetime
+    root: Path, tmp: Path, *, seed: int, scale: float, days: int, now: datetime
 ) -> tuple[dict[str, int], DemoState]:
     """Turn tpchgen's files in `tmp` into the initial landing zone at `root`, in bounded memory.
 
@@ -496,10 +534,15 @@ def _write_initial(
             "tpchgen-cli wrote orders.parquet with its order keys not strictly ascending (the demo streams "
             "it in key order and does not sort it): reinstall tpchgen-cli"
         )
-    # Earlier keys on earlier days (order i on day i * days // n); cursor = day start + a seeded offset.
+    # Earlier keys on earlier days (order i on day i * days // n); cursor = the start of its day's 24
+    # hours + a seeded offset. Day d's 24 hours end when its batch arrives, the last one at `now`.
+    first = _to_us(now) - days * _DAY_US
     rng = np.random.default_rng([seed, _INIT_STREAM])
-    cursor = _to_us(start) + _init_day(np.arange(n, dtype=np.int64), n, days) * _DAY_US
+    cursor = first + _init_day(np.arange(n, dtype=np.int64), n, days) * _DAY_US
     cursor += rng.integers(0, _DAY_US, n, dtype=np.int64)
+
+    def ingest_date(day: int) -> date:  # the day of the batch's arrival (minus 1us: midnight ends a day)
+        return _from_us(first + (day + 1) * _DAY_US - 1).date()
 
     offset = 0
 
@@ -526,7 +569,7 @@ def _write_initial(
         return pos
 
     def write(table: str, day: int, data: pa.Table) -> None:
-        path = _part_path(root, table, start.date() + timedelta(days=day), day + 1)
+        path = _part_path(root, table, ingest_date(day), day + 1)
         _write_parquet(_sort_by_cursor(table, data), path)
 
     # One writer thread: it sorts and writes one day while this thread reads the next.
@@ -549,11 +592,11 @@ def _write_initial(
     state = DemoState(
         seed=seed,
         scale=float(scale),
-        start=start,
+        first_ingest_date=ingest_date(0),
         next_batch=days + 1,
         max_orderkey=int(okeys[-1]),
         max_cursor=_from_us(int(cursor.max())),
-        last_ingest_date=start.date() + timedelta(days=days - 1),
+        last_ingest_date=ingest_date(days - 1),
     )
     return rows, state
 
@@ -608,6 +651,7 @@ def _append(
     ingest_date: date,
     rng: np.random.Generator,
     *,
+    span: tuple[int, int],
     orders: int,
     updates: int,
     late: int,
@@ -620,7 +664,7 @@ def _append(
     # its place in the files is held (bounded memory: 3 int64 per order version for the sort); the few
     # rows this batch clones or updates are read afterwards. Orders whose latest version is a tombstone
     # are gone: nothing picks them again.
-    files = _fact_files(root, "orders", up_to=state.last_ingest_date)
+    files = _fact_files(root, "orders", before_batch=batch)
     keys, cursors, places, dead = _scan_key_cursor(files, "o_orderkey", "o_updated_at")
     by_key = np.lexsort((cursors, keys))
     del cursors
@@ -661,9 +705,9 @@ def _append(
             f"customers: ask for at most {len(custkeys)}"
         )
     new_custkeys = rng.choice(custkeys, size=n_clone) if n_clone else np.empty(0, np.int64)
-    day_start = _to_us(datetime.combine(ingest_date, datetime.min.time(), UTC))
-    new_cursor = day_start + rng.integers(0, _DAY_US, orders, dtype=np.int64)
-    update_cursor = day_start + rng.integers(0, _DAY_US, updates, dtype=np.int64)
+    lo, now = span  # cursors in [lo, now) (int64 us); `lo + integers(0, width)`: a 24-hour span draws as before
+    new_cursor = lo + rng.integers(0, now - lo, orders, dtype=np.int64)
+    update_cursor = lo + rng.integers(0, now - lo, updates, dtype=np.int64)
     prev_max = _to_us(state.max_cursor)
     late_cursor = prev_max - rng.integers(
         MIN_LATENESS // timedelta(microseconds=1),
@@ -675,7 +719,7 @@ def _append(
     # Deletes: drawn last (a batch without deletes draws as before), among the live orders not updated here.
     spared = np.setdiff1d(np.arange(n_latest, dtype=np.int64), update_idx, assume_unique=True)
     delete_idx = np.sort(rng.choice(spared, size=deletes, replace=False)) if deletes else np.empty(0, np.int64)
-    delete_cursor = day_start + rng.integers(0, _DAY_US, deletes, dtype=np.int64)
+    delete_cursor = lo + rng.integers(0, now - lo, deletes, dtype=np.int64)
 
     # Customer changes: drawn after everything else (a batch without them draws as before).
     customers = _change_customers(pq.read_table(customer_path).cast(CUSTOMER_SCHEMA), customer_changes, rng) \
@@ -710,9 +754,9 @@ def _append(
     deleted = _take_rows(files, "orders", latest[delete_idx])
     deleted = _set(deleted, "o_updated_at", pa.array(delete_cursor, CURSOR_TYPE))
     deleted = _set(deleted, OP_COLUMN, _ops(DELETE, deleted.num_rows))
-    deleted_items = _lineitem_tombstones(root, state, _np(deleted["o_orderkey"]), delete_cursor)
+    deleted_items = _lineitem_tombstones(root, batch, _np(deleted["o_orderkey"]), delete_cursor)
 
-    new_lineitems = _clone_lineitems(root, state, source_keys, new_keys, clone_cursor)
+    new_lineitems = _clone_lineitems(root, batch, source_keys, new_keys, clone_cursor)
     new_lineitems = _set(new_lineitems, OP_COLUMN, _ops(INSERT, new_lineitems.num_rows))
 
     files = []
@@ -731,7 +775,7 @@ def _append(
     new_state = DemoState(
         seed=state.seed,
         scale=state.scale,
-        start=state.start,
+        first_ingest_date=state.first_ingest_date,
         next_batch=batch + 1,
         max_orderkey=state.max_orderkey + n_clone,
         max_cursor=_from_us(max_cursor),
@@ -759,12 +803,13 @@ def _append(
 
 
 def _clone_lineitems(
-    root: Path, state: DemoState, source_keys: np.ndarray, new_keys: np.ndarray, new_cursor: np.ndarray
+    root: Path, batch: int, source_keys: np.ndarray, new_keys: np.ndarray, new_cursor: np.ndarray
 ) -> pa.Table:
-    """The lineitems of each source order, copied under its new order key and cursor (vectorized)."""
+    """The lineitems of each source order (in batches before `batch`), copied under its new order key
+    and cursor (vectorized)."""
     if len(source_keys) == 0:
         return LINEITEM_SCHEMA.empty_table()
-    files = _fact_files(root, "lineitem", up_to=state.last_ingest_date)
+    files = _fact_files(root, "lineitem", before_batch=batch)
     items = _read_keys(files, "lineitem", np.unique(source_keys))
     items = items.take(np.lexsort((_np(items["l_linenumber"]), _np(items["l_orderkey"]))))
     ikeys = _np(items["l_orderkey"])
@@ -779,12 +824,12 @@ def _clone_lineitems(
     return _set(out, "l_updated_at", pa.array(np.repeat(new_cursor, counts), CURSOR_TYPE))
 
 
-def _lineitem_tombstones(root: Path, state: DemoState, order_keys: np.ndarray, cursor: np.ndarray) -> pa.Table:
+def _lineitem_tombstones(root: Path, batch: int, order_keys: np.ndarray, cursor: np.ndarray) -> pa.Table:
     """Tombstones for every lineitem of the orders `order_keys` (deleted at `cursor`, per order): each
-    lineitem's latest row, `op` 'D', the order's tombstone cursor."""
+    lineitem's latest row (in batches before `batch`), `op` 'D', the order's tombstone cursor."""
     if len(order_keys) == 0:
         return LINEITEM_SCHEMA.empty_table()
-    files = _fact_files(root, "lineitem", up_to=state.last_ingest_date)
+    files = _fact_files(root, "lineitem", before_batch=batch)
     items = _read_keys(files, "lineitem", np.unique(order_keys))
     # the latest version of each lineitem, by key
     items = items.take(np.lexsort((_np(pc.cast(items["l_updated_at"], pa.int64())), _np(items["l_linenumber"]),
@@ -892,14 +937,43 @@ def _conform(raw: Any, fields: list[pa.Field], path: Path) -> Any:
     return type(raw).from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _fact_files(root: Path, table: str, *, up_to: date) -> list[Path]:
-    """The files of a fact table with ingest_date <= up_to (later folders are a crashed append's), sorted."""
+def _fact_files(root: Path, table: str, *, before_batch: int) -> list[Path]:
+    """The files of a fact table written by batches before `before_batch` (later ones are a crashed
+    append's), sorted."""
     return sorted(
         p
         for d in (root / table).glob(f"{PARTITION_COLUMN}=*")
-        if d.is_dir() and d.name.split("=", 1)[1] <= up_to.isoformat()
+        if d.is_dir()
         for p in d.glob("part-*.parquet")
+        if (number := _batch_of(p.name)) is not None and number < before_batch
     )
+
+
+def _batch_of(name: str) -> int | None:
+    """The batch number of a fact file's name, `part-<batch>.parquet` or its temporary
+    `.part-<batch>.parquet.tmp`; None for any other name."""
+    stem = name.removeprefix(".").removesuffix(".tmp")
+    if not (stem.startswith("part-") and stem.endswith(".parquet")):
+        return None
+    digits = stem.removeprefix("part-").removesuffix(".parquet")
+    return int(digits) if digits.isdigit() else None
+
+
+def _remove_unfinished_batches(root: Path, state: DemoState) -> None:
+    """Remove what a crashed append left: the fact files (and their temporary files) of batches from
+    `state.next_batch` on, in any folder, and a folder left empty by that. Earlier batches' files stay."""
+    for table in FACT_TABLES:
+        for folder in sorted((root / table).glob(f"{PARTITION_COLUMN}=*")):
+            if not folder.is_dir():
+                continue
+            removed = False
+            for path in folder.iterdir():
+                number = _batch_of(path.name)
+                if number is not None and number >= state.next_batch and path.is_file():
+                    path.unlink()
+                    removed = True
+            if removed and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def _open(path: Path) -> pq.ParquetFile:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loader.config import LoaderConfig
+from loader.execute import ray_folders
 from loader.execute.stages import SourceRows, StageChain, log_read
 from loader.landing.quarantine import merge_bad
 from loader.landing.sources import Checks
@@ -87,6 +88,11 @@ def init_ray(config: LoaderConfig) -> None:
         # "local": never attach to another Ray cluster started on this machine (`ray start`, a test's
         # cluster), which plain ray.init() would do, running our tasks on someone else's workers.
         kwargs["address"] = "local"
+        # Ray's session files and spill in folders of ours, removed at exit (not in /tmp/ray forever)
+        folders = ray_folders.claim(config.ray.temp_dir, config.ray.spill_dir)
+        kwargs["_temp_dir"] = str(folders.temp)
+        if folders.spill is not None:
+            kwargs["object_spilling_directory"] = str(folders.spill)
         if config.ray.num_cpus:
             kwargs["num_cpus"] = config.ray.num_cpus
         if config.ray.num_gpus is not None:

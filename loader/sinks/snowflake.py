@@ -66,7 +66,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from loader import failpoints
+from loader import failpoints, scratch
 from loader.config import LoaderConfig, SnowflakeSinkConfig
 from loader.errors import LoaderError, SinkError, SinkRejected, SinkUnavailable
 from loader.net import unreachable
@@ -91,25 +91,19 @@ from loader.transform.history import IS_CURRENT, TIME, VALID_FROM, VALID_TO, Dim
 log = logging.getLogger(__name__)
 
 # The region files staged for PUT live in a temp folder per write, removed when the write ends. A
-# process killed mid-write cannot remove its own: the next write removes those of dead processes.
+# process killed mid-write cannot remove its own: the next write removes those of dead processes (a
+# loader process's own temp folder is its scratch folder, swept as a whole: this is for the workers of a
+# Ray cluster, whose temp folder is the system's).
 _FOLDER_PREFIX = "loader-snowflake-"
 
 
 def _sweep_stale_folders() -> None:
-    for folder in Path(tempfile.gettempdir()).glob(f"{_FOLDER_PREFIX}*-*"):
+    for folder in scratch.system_temp().glob(f"{_FOLDER_PREFIX}*-*"):
         pid = folder.name[len(_FOLDER_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and not scratch.alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 T = TypeVar("T")
 _AUTH_WORDS = ("password", "authenticat", "jwt", "private key", "user is locked", "mfa", "incorrect username")
 # Snowflake's "session no longer exists / expired / token expired": log in again, i.e. retry.

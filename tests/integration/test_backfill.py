@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import ROOT, run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.readers import delta_rows, parquet_latest
 from tests.support.snowflake_emulator import (
     abort_detached_transactions,
@@ -42,9 +43,9 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     by two incremental runs."""
     folder = tmp_path_factory.mktemp("backfill") / "incremental"
     config = _project(folder)
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "3")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(3))
     run_json(config, "run", "--incremental")
-    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "60", "--late", "5")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "60", "--late", "5")
     run_json(config, "run", "--incremental")
     return config
 
@@ -171,7 +172,7 @@ def _start_slow(config: Path, *args: str) -> subprocess.Popen[str]:
 @pytest.mark.parametrize("first", ["backfill", "incremental"])
 def test_backfill_and_incremental_never_run_together(loaded: Path, tmp_path: Path, first: str) -> None:
     config = _copy(loaded, tmp_path / "p", warehouse=True)
-    run_cli(config, "demo-data", "append", "--orders", "50", "--updates", "10", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "10", "--late", "0")
     backfill = ["backfill", *WINDOW]
     incremental = ["run", "--incremental"]
     holder = _start_slow(config, *(backfill if first == "backfill" else incremental))
@@ -189,7 +190,7 @@ def test_backfill_and_incremental_never_run_together(loaded: Path, tmp_path: Pat
 
 def test_backfill_waits_for_an_unfinished_incremental_run(loaded: Path, tmp_path: Path) -> None:
     config = _copy(loaded, tmp_path / "p", warehouse=True)
-    run_cli(config, "demo-data", "append", "--orders", "50", "--updates", "10", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "10", "--late", "0")
     crashed = run_cli(config, "run", "--incremental", check=False, env={"LOADER_FAILPOINTS": "delta.write=crash"})
     assert crashed.returncode == -signal.SIGKILL
     time.sleep(LEASE_TTL_S + 0.5)

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
@@ -21,7 +22,7 @@ def _checkpoints(config: Path) -> dict:
 
 
 def _loaded(config: Path) -> dict:
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
     return run_json(config, "run", "--incremental")
 
 
@@ -82,7 +83,7 @@ def _shifted_valid_row(landing: Path) -> pa.Table:
 def test_sink_failure_keeps_checkpoint_and_replays_exactly(config_path: Path) -> None:
     """A run that wrote Parquet, then failed in Delta, is replayed with the same run number and windows."""
     landing, warehouse = config_path.parent / "landing", config_path.parent / "warehouse"
-    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", *init_args(2))
     blocker = warehouse / "delta" / "lineitem"
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a folder: the Delta sink cannot create its table here")
@@ -93,7 +94,7 @@ def test_sink_failure_keeps_checkpoint_and_replays_exactly(config_path: Path) ->
     assert status["unfinished_run"]["run_number"] == 1
 
     blocker.unlink()
-    run_cli(config_path, "demo-data", "append", "--orders", "50", "--updates", "10", "--late", "2")
+    run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "50", "--updates", "10", "--late", "2")
     replay = run_json(config_path, "run", "--incremental")
     # The replay of run 1 (its recorded input: the append is not in it), then the append as run 2.
     assert replay["run_number"] == 1 and replay["replayed"] is True and replay["run_numbers"] == [1, 2]
@@ -118,7 +119,7 @@ def test_conflicting_delta_table_fails_fast_and_names_it(config_path: Path) -> N
     retries, no checkpoint moved."""
     from deltalake import write_deltalake
 
-    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", *init_args(1))
     target = config_path.parent / "warehouse" / "delta" / "orders"
     write_deltalake(str(target), pa.table({"o_orderkey": [1], "region": ["ASIA"], "o_totalprice": ["cheap"]}),
                     partition_by=["region"])
@@ -142,7 +143,7 @@ def _tamper_state(config: Path, statement: str) -> None:
 def test_corrupt_ledger_row_is_named_and_can_be_abandoned(config_path: Path) -> None:
     """A ledger row that does not parse: a clear error with the fix; after `loader runs abandon`, the
     next run plans afresh and the warehouse ends exact."""
-    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", *init_args(1))
     run_cli(config_path, "run", "--incremental", check=False, env={"LOADER_FAILPOINTS": "delta.write=terminal"})
     _tamper_state(config_path, "UPDATE runs SET windows = '{not json' WHERE run_number = 1")
     broken = run_cli(config_path, "run", "--incremental", check=False)
@@ -155,7 +156,7 @@ def test_corrupt_ledger_row_is_named_and_can_be_abandoned(config_path: Path) -> 
 
 
 def test_state_from_a_newer_loader_is_refused(config_path: Path) -> None:
-    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", *init_args(1))
     run_json(config_path, "status")  # creates the state database
     _tamper_state(config_path, "UPDATE schema_version SET version = 999 WHERE version = (SELECT max(version) FROM schema_version)")
     result = run_cli(config_path, "run", "--incremental", check=False)

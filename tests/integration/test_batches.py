@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.support.cli import ROOT, run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.readers import delta_rows, parquet_latest, parquet_versions, snowflake_rows
 from tests.support.snowflake_emulator import new_database, password_env, sink_settings
 from tests.support.warehouse import assert_matches_expected, assert_warehouse_exact
@@ -65,7 +66,7 @@ class Loaded:
 def zone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A demo landing zone of 8 ingest days (one file per day and table, one row group each)."""
     folder = tmp_path_factory.mktemp("batches-zone")
-    run_cli(_project(folder), "demo-data", "init", "--scale", SCALE, "--days", DAYS)
+    run_cli(_project(folder), "demo-data", "init", "--scale", SCALE, *init_args(int(DAYS)))
     return folder / "landing"
 
 
@@ -241,8 +242,8 @@ def test_keys_updated_across_batch_boundaries_end_newest(loaded: Loaded, tmp_pat
     landing = _landing(config)
     # Updates pick among every order here (fewer than 100,000): the second batch of updates re-sends
     # many keys the first one re-sent, or created, a day earlier.
-    run_cli(config, "demo-data", "append", "--orders", "500", "--updates", "2500", "--late", "0")
-    run_cli(config, "demo-data", "append", "--orders", "500", "--updates", "2500", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "500", "--updates", "2500", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "500", "--updates", "2500", "--late", "0")
     summary = _run(config, 2_000)
     assert summary["status"] == "committed" and len(summary["batches"]) >= 3, summary["batches"]
     _assert_batches_chain(summary)
@@ -272,7 +273,7 @@ def test_late_records_between_runs_load_in_batches(loaded: Loaded, tmp_path: Pat
     for orders, updates, late in ((1000, 250, 400), (750, 150, 200)):
         checkpoints = {t: cursor for t, (cursor, _run_number) in _checkpoints(config).items()}
         checkpoint = checkpoints["orders"]
-        run_cli(config, "demo-data", "append", "--orders", str(orders), "--updates", str(updates), "--late", str(late))
+        run_cli(config, "demo-data", "append", *append_args(config), "--orders", str(orders), "--updates", str(updates), "--late", str(late))
         newest = sorted((landing / "orders").glob("ingest_date=*"))[-1]
         file = pq.read_table(newest)
         late_keys = set(file.filter(pc.less(file["o_updated_at"], pa.scalar(checkpoint, file["o_updated_at"].type)))
@@ -324,7 +325,7 @@ def test_quarantined_rows_in_a_multi_batch_run(loaded: Loaded, tmp_path: Path) -
     config = _copy(loaded, tmp_path / "p")
     landing, warehouse = _landing(config), _warehouse(config)
     for _ in range(2):
-        run_cli(config, "demo-data", "append", "--orders", "1000", "--updates", "1000", "--late", "0")
+        run_cli(config, "demo-data", "append", *append_args(config), "--orders", "1000", "--updates", "1000", "--late", "0")
     folder, day, template = _new_day(landing, back=2)  # the first of the two new days
     # A null key and a future cursor in a file whose one row group spans the batches from the first
     # new day's 20:00 on (all of them re-read it); an order of no known customer early that day, in a
@@ -360,7 +361,7 @@ def test_quarantined_rows_in_a_multi_batch_run(loaded: Loaded, tmp_path: Path) -
     _verify_ok(config)
 
     # The next run reads the odd file again (lookback, same row group): nothing quarantined twice.
-    run_cli(config, "demo-data", "append", "--orders", "100", "--updates", "10", "--late", "5")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "100", "--updates", "10", "--late", "5")
     again = _run(config, 2_000)
     assert again["tables"]["orders"]["quarantined"] == {}
     assert _quarantined(warehouse).num_rows == 3
@@ -369,7 +370,7 @@ def test_quarantined_rows_in_a_multi_batch_run(loaded: Loaded, tmp_path: Path) -
 def test_a_bad_row_re_read_beside_a_no_region_row_is_quarantined_once(loaded: Loaded, tmp_path: Path) -> None:
     config = _copy(loaded, tmp_path / "p")
     landing, warehouse = _landing(config), _warehouse(config)
-    run_cli(config, "demo-data", "append", "--orders", "1000", "--updates", "1000", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "1000", "--updates", "1000", "--late", "0")
     folder, day, template = _new_day(landing)
     early, late = day + timedelta(hours=1), day + timedelta(hours=23)
     pq.write_table(pa.concat_tables([  # one row group: every batch from the early row on reads both rows
@@ -390,7 +391,7 @@ def test_a_bad_row_re_read_beside_a_no_region_row_is_quarantined_once(loaded: Lo
 def test_a_cursor_value_heavier_than_the_budget_loads_whole(loaded: Loaded, tmp_path: Path) -> None:
     config = _copy(loaded, tmp_path / "p")
     landing, warehouse = _landing(config), _warehouse(config)
-    run_cli(config, "demo-data", "append", "--orders", "750", "--updates", "150", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "750", "--updates", "150", "--late", "0")
     folder = sorted((landing / "orders").glob("ingest_date=*"))[-1]
     day = datetime.combine(datetime.fromisoformat(folder.name.split("=")[1]).date(), datetime.min.time(), UTC)
     heavy_at = day + timedelta(hours=12, microseconds=123)  # in the middle of the new day's rows
@@ -427,7 +428,7 @@ def test_a_cursor_value_heavier_than_the_budget_loads_whole(loaded: Loaded, tmp_
 def _kill_an_increment(config: Path) -> tuple[int, dict[str, Any]]:
     """Land a batch of new, updated and late orders; kill its run (one batch) after Delta committed
     orders. The killed run's number and its ledger row."""
-    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "60", "--late", "5")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "60", "--late", "5")
     killed = run_cli(config, "run", "--incremental", "--max-batch-rows", str(ONE_BATCH), check=False,
                      env={"LOADER_FAILPOINTS": "delta.commit@orders=crash"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -448,7 +449,7 @@ def test_a_replay_reads_exactly_its_recorded_input(loaded: Loaded, tmp_path: Pat
 
     # Late records land inside the killed run's window, in a file its plan never saw.
     before = set(landing.rglob("*.parquet"))
-    run_cli(config, "demo-data", "append", "--orders", "0", "--updates", "0", "--late", "20")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "0", "--late", "20")
     late_files = tuple(sorted(set(landing.rglob("*.parquet")) - before))
     assert {p.parent.parent.name for p in late_files} == set(FACTS)
     late = pq.read_table(next(p for p in late_files if p.parent.parent.name == "orders"))
@@ -477,7 +478,7 @@ def test_a_replay_reads_exactly_its_recorded_input(loaded: Loaded, tmp_path: Pat
     assert not held & set(late["o_orderkey"].to_pylist())
 
     # Newer data arrives: the next run's lookback reads the late file.
-    run_cli(config, "demo-data", "append", "--orders", "50", "--updates", "0", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "0", "--late", "0")
     after = _run(config, ONE_BATCH)
     assert after["replayed"] is False and after["run_numbers"] == [number + 1]
     assert _at(after["tables"]["orders"]["window"]["lower"]) < pc.min(late["o_updated_at"]).as_py()
@@ -489,7 +490,7 @@ def test_a_replay_reads_exactly_its_recorded_input(loaded: Loaded, tmp_path: Pat
 def _kill_before_writing(config: Path) -> tuple[int, dict[str, Any], Path]:
     """Land a batch of new orders and updates and kill its run once recorded, before any write: the
     killed run's number, its ledger row and the new orders file its input names."""
-    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "60", "--late", "5")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "60", "--late", "5")
     killed = run_cli(config, "run", "--incremental", "--max-batch-rows", str(ONE_BATCH), check=False,
                      env={"LOADER_FAILPOINTS": "plan.recorded=crash"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr

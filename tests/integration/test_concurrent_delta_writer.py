@@ -12,6 +12,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.support.cli import ROOT, run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
@@ -21,9 +22,9 @@ def test_commit_conflict_with_concurrent_writer_is_retried(tmp_path: Path) -> No
     sinks = {"parquet": {"enabled": True, "path": "parquet"},
              "delta": {"enabled": True, "path": "delta", "target_file_mb": 0.05}}
     config = write_config(tmp_path / "p", sinks=sinks)
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
     run_json(config, "run", "--incremental")
-    run_cli(config, "demo-data", "append", "--orders", "0", "--updates", "30", "--late", "0", "--recent", "1500")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "30", "--late", "0", "--recent", "1500")
 
     # The run pauses just before its merge (its only Delta commit for orders) ...
     env = {**os.environ, "LOADER_FAILPOINTS": "delta.write@orders=sleep:3"}

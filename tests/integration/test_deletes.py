@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.expected import expected_tombstones, key_columns
 from tests.support.readers import CURSOR, delta_rows, parquet_latest, parquet_versions
 from tests.support.warehouse import assert_matches_expected
@@ -28,7 +29,7 @@ DELETED = "_deleted"
 
 def _appended(config: Path, *args: str) -> tuple[int, int]:
     """`demo-data append` with `args`: (orders, lineitems) it deleted, as its summary line says."""
-    out = run_cli(config, "demo-data", "append", *args).stdout
+    out = run_cli(config, "demo-data", "append", *append_args(config), *args).stdout
     found = re.search(r"(\d[\d,]*) deleted \(with (\d[\d,]*) lineitems\)", out)
     assert found, out
     return int(found.group(1).replace(",", "")), int(found.group(2).replace(",", ""))
@@ -58,7 +59,7 @@ def test_deletes_through_both_executors(tmp_path: Path) -> None:
     landing = tmp_path / "landing"
     local = write_config(tmp_path / "local", landing_zone=str(landing))
     ray = write_config(tmp_path / "ray", landing_zone=str(landing))
-    run_cli(local, "demo-data", "init", "--scale", "0.01", "--days", "3")
+    run_cli(local, "demo-data", "init", "--scale", "0.01", *init_args(3))
     assert run_json(local, "run", "--incremental", "--executor", "local")["tables"]["orders"]["deleted"] == 0
     run_json(ray, "run", "--incremental", "--executor", "ray", cwd=ray.parent)
 
@@ -111,7 +112,7 @@ def test_deletes_through_both_executors(tmp_path: Path) -> None:
 def test_a_landing_file_without_the_deletes_column_fails_naming_it(tmp_path: Path) -> None:
     config = write_config(tmp_path / "project")
     landing = tmp_path / "project" / "landing"
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
     run_json(config, "run", "--incremental")
     before = run_json(config, "status")["sources"]["orders"]["checkpoint"]
     template = pq.read_table(sorted((landing / "orders").rglob("*.parquet"))[-1]).slice(0, 1)
@@ -143,7 +144,7 @@ def test_soft_deletes_mark_rows_and_verify_accounts_for_them(tmp_path: Path) -> 
         source["deletes"] = {"column": "op", "values": ["D"], "mode": "soft"}
     config = write_config(tmp_path / "project", sources=sources)
     landing, warehouse = tmp_path / "project" / "landing", tmp_path / "project" / "warehouse"
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
     run_json(config, "run", "--incremental")
     orders, _ = _appended(config, "--orders", "30", "--updates", "10", "--late", "0", "--deletes", "12")
     summary = run_json(config, "run", "--incremental")
@@ -166,7 +167,7 @@ def test_tombstones_on_the_gpu_engine_with_the_standin(tmp_path: Path) -> None:
 
     config = write_config(tmp_path / "project")
     project = tmp_path / "project"
-    run_cli(config, "demo-data", "init", "--scale", "0.005", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.005", *init_args(2))
     env = _standin_env(tmp_path / "batches.jsonl", 1)
     assert run_json(config, "run", "--incremental", "--engine", "gpu", env=env)["engine"] == "gpu"
     orders, lineitems = _appended(config, "--orders", "30", "--updates", "10", "--late", "0", "--deletes", "12")

@@ -14,6 +14,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
@@ -38,14 +39,14 @@ def _files(table: Path) -> int:
 def test_merge_rewrites_only_touched_files(tmp_path: Path) -> None:
     config = _config(tmp_path)
     landing, warehouse = tmp_path / "project" / "landing", tmp_path / "project" / "warehouse"
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "3")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(3))
     run_json(config, "run", "--incremental")
     orders, lineitem = warehouse / "delta" / "orders", warehouse / "delta" / "lineitem"
     files_before = _files(orders)
     assert files_before >= 15  # small files for the test: several per region
 
     # Only new keys (and the lookback's re-read versions): appends, no merge, nothing rewritten.
-    run_cli(config, "demo-data", "append", "--orders", "100", "--updates", "0", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "100", "--updates", "0", "--late", "0")
     run_json(config, "run", "--incremental")
     for table in (orders, lineitem):
         op = _last_operation(table)
@@ -54,7 +55,7 @@ def test_merge_rewrites_only_touched_files(tmp_path: Path) -> None:
         assert "MERGE" not in history[1], "the lookback's re-read versions caused a merge"
 
     # Updates of recent orders: one merge that rewrites a few files, never the whole table.
-    run_cli(config, "demo-data", "append", "--orders", "0", "--updates", "40", "--late", "0", "--recent", "1500")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "40", "--late", "0", "--recent", "1500")
     run_json(config, "run", "--incremental")
     op = _last_operation(orders)
     assert op["operation"] == "MERGE"
@@ -80,14 +81,14 @@ def test_updates_across_history_read_only_the_files_they_touch(tmp_path: Path) -
     history is removed first, and the run, which would fail reading it, lands exactly."""
     config = _config(tmp_path)
     landing, warehouse = tmp_path / "project" / "landing", tmp_path / "project" / "warehouse"
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "6")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(6))
     run_json(config, "run", "--incremental")
     orders = warehouse / "delta" / "orders"
     files_before = _files(orders)
     checkpoint = pc.max(DeltaTable(str(orders)).to_pyarrow_table(columns=["o_updated_at"])["o_updated_at"])
-    run_cli(config, "demo-data", "append", "--orders", "0", "--updates", "15", "--late", "0",
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "15", "--late", "0",
             "--update-from", "oldest", "--recent", "300")
-    run_cli(config, "demo-data", "append", "--orders", "0", "--updates", "15", "--late", "0",
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "15", "--late", "0",
             "--update-from", "newest", "--recent", "300")
     # every key the run reads: the updates and the lookback's hour before the checkpoint
     lower = pa.scalar(checkpoint.as_py() - timedelta(hours=1), checkpoint.type)

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.dimensions import (
     Snapshot,
     assert_customer_history,
@@ -50,7 +51,7 @@ def _project(tmp_path: Path, **dimensions: Any) -> Path:
 def test_customer_changes_land_as_new_versions_in_every_sink(tmp_path: Path) -> None:
     config = _project(tmp_path)
     landing, warehouse = tmp_path / "landing", tmp_path / "warehouse"
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
     first = snapshot_of(landing / "customer")
     loaded = run_json(config, "run", "--incremental")["dimensions"]
     assert set(loaded) == {"customer", "supplier", "nation", "region"}
@@ -62,7 +63,7 @@ def test_customer_changes_land_as_new_versions_in_every_sink(tmp_path: Path) -> 
     assert nation is not None and sorted(nation.drop_columns(["row_hash"]).to_pylist(), key=lambda r: r["n_nationkey"]) == \
         sorted(pq.read_table(landing / "nation").to_pylist(), key=lambda r: r["n_nationkey"])
 
-    out = run_cli(config, "demo-data", "append", "--orders", "30", "--updates", "5", "--customer-changes", "8").stdout
+    out = run_cli(config, "demo-data", "append", *append_args(config), "--orders", "30", "--updates", "5", "--customer-changes", "8").stdout
     assert "8 customers changed" in out, out
     second = snapshot_of(landing / "customer")
     summary = run_json(config, "run", "--incremental")
@@ -107,7 +108,7 @@ def test_a_forgotten_fingerprint_compares_again_and_writes_nothing(tmp_path: Pat
     """The fingerprint only saves work: with the state's record of the loads gone (a new state store
     over the same warehouse), the comparison finds every sink up to date."""
     config = _project(tmp_path)
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1))
     first = snapshot_of(tmp_path / "landing" / "customer")
     run_json(config, "run", "--incremental")
     raw = yaml.safe_load(config.read_text())
@@ -127,7 +128,7 @@ def test_change_files_chain_versions_by_their_cursor(tmp_path: Path) -> None:
     of a key in one load chain; the region lookup takes each key's newest version."""
     config = _project(tmp_path, customer={"path": "customer_changes", "mode": "scd2", "cursor": "c_updated_at"})
     landing = tmp_path / "landing"
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1))
     base = _customer_rows(landing)
     t1 = datetime(2024, 3, 1, tzinfo=UTC)
     folder = landing / "customer_changes"
@@ -170,7 +171,7 @@ def test_bad_dimension_input_fails_before_anything_is_written(tmp_path: Path, pr
         if problem == "missing tracked column" else {}
     config = _project(tmp_path, **track)
     landing = tmp_path / "landing"
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1))
     rows = _customer_rows(landing)
     if problem == "duplicate key":
         pq.write_table(rows.slice(41, 1), landing / "customer" / "late-copy.parquet")
@@ -197,7 +198,7 @@ def test_bad_dimension_input_fails_before_anything_is_written(tmp_path: Path, pr
 def test_load_false_keeps_a_dimension_out_of_the_sinks(tmp_path: Path) -> None:
     off = {name: {"path": name, "load": False} for name in ("customer", "supplier", "nation", "region")}
     config = _project(tmp_path, **off)
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1))
     summary = run_json(config, "run", "--incremental")
     assert summary["dimensions"] == {} and summary["tables"]["orders"]["rows"] > 0
     assert sorted(p.name for p in (tmp_path / "warehouse" / "delta").iterdir()) == ["lineitem", "orders"]
@@ -205,7 +206,7 @@ def test_load_false_keeps_a_dimension_out_of_the_sinks(tmp_path: Path) -> None:
 
 def test_a_changed_mode_is_refused_until_the_tables_are_moved_away(tmp_path: Path) -> None:
     config = _project(tmp_path)
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1))
     run_json(config, "run", "--incremental")
     raw = yaml.safe_load(config.read_text())
     raw["dimensions"]["customer"]["mode"] = "merge"

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import init_args
 from tests.support.snowflake_emulator import new_database, sink_settings
 
 pytestmark = pytest.mark.integration
@@ -26,7 +27,7 @@ def test_a_working_project_passes_every_check(tmp_path: Path, snowflake_server: 
              "snowflake": sink_settings(snowflake_server, new_database())}
     config = write_config(tmp_path / "p", sinks=sinks)
     env = {"SNOWFLAKE_PASSWORD": "doctor-" + new_database()}  # the emulator accepts any password
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1", env=env)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1), env=env)
     payload = run_json(config, "doctor", env=env)
     checks = _checks(payload)
     assert set(checks) == {"ray", "gpu", "landing zone", "dimension cache", "sink parquet", "sink delta",
@@ -64,7 +65,7 @@ def test_a_dimension_cache_folder_that_cannot_be_made_fails_naming_the_fix(tmp_p
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     config = write_config(tmp_path / "p", run={"cache_dir": str(blocker / "cache")})
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1))
     result = run_cli(config, "doctor", "--json", check=False)
     assert result.returncode == 1
     cache = _checks(__import__("json").loads(result.stdout))["dimension cache"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import ROOT, run_cli, run_json, write_config
+from tests.support.demo_clock import init_args
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ def _heavy(modules: set[str]) -> list[str]:
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small landing zone, fully loaded: the next run has nothing new."""
     config = write_config(tmp_path_factory.mktemp("empty-run") / "project")
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
     assert run_json(config, "run", "--incremental")["status"] == "committed"
     return config
 

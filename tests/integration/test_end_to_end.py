@@ -10,6 +10,7 @@ import yaml
 
 from loader.transform.frames import gpu_status
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.postgres import pg_database
 from tests.support.readers import delta_rows
 from tests.support.warehouse import assert_warehouse_exact
@@ -28,7 +29,7 @@ def test_incremental_lifecycle(tmp_path: Path, request: pytest.FixtureRequest, s
         url = pg_database(request.getfixturevalue("pg_url"))
     config_path = write_config(tmp_path / "project", state={"url": url, "lease_ttl": "60s"})
     landing, warehouse = _paths(config_path)
-    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "5")
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", *init_args(5))
 
     first = run_json(config_path, "run", "--incremental")
     assert first["status"] == "committed" and first["run_number"] == 1
@@ -38,7 +39,7 @@ def test_incremental_lifecycle(tmp_path: Path, request: pytest.FixtureRequest, s
     assert first["tables"]["orders"]["sinks"]["delta"]["rows"] == 15000
     assert_warehouse_exact(warehouse, landing)
 
-    run_cli(config_path, "demo-data", "append", "--orders", "300", "--updates", "100", "--late", "10")
+    run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "300", "--updates", "100", "--late", "10")
     plan = run_json(config_path, "plan")
     orders_plan = plan["sources"]["orders"]
     # Only the new day's folder (and the lookback's) is read, not the history.
@@ -61,7 +62,7 @@ def test_incremental_lifecycle(tmp_path: Path, request: pytest.FixtureRequest, s
 
 def test_copied_config_keeps_its_data_beside_it(tmp_path: Path, config_path: Path) -> None:
     """Relative paths resolve against the config file's folder, not the working directory."""
-    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", *init_args(2))
     assert (config_path.parent / "landing" / "orders").is_dir()
     run_json(config_path, "run", "--incremental")
     assert (config_path.parent / "state" / "loader.db").is_file()
@@ -90,7 +91,7 @@ def test_lease_held_exits_with_its_code_and_names_holder(config_path: Path) -> N
     from loader.config import load_config
     from state import StateStore
 
-    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", *init_args(1))
     config = load_config(config_path)
     store = StateStore.open(config.state.url)
     try:

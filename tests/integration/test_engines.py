@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.readers import delta_rows, parquet_versions
 from tests.support.warehouse import assert_warehouse_exact
 
@@ -22,10 +23,10 @@ def test_local_and_ray_engines_write_identical_sinks(tmp_path: Path) -> None:
     landing = tmp_path / "landing"
     local = write_config(tmp_path / "local", landing_zone=str(landing))
     ray = write_config(tmp_path / "ray", landing_zone=str(landing))
-    run_cli(local, "demo-data", "init", "--scale", "0.01", "--days", "3")
+    run_cli(local, "demo-data", "init", "--scale", "0.01", *init_args(3))
     for batch in range(2):
         if batch:
-            run_cli(local, "demo-data", "append", "--orders", "200", "--updates", "50", "--late", "5")
+            run_cli(local, "demo-data", "append", *append_args(local), "--orders", "200", "--updates", "50", "--late", "5")
         assert run_json(local, "run", "--incremental", "--executor", "local")["executor"] == "local"
         # Run from the project folder, which holds a `state/` directory: Ray workers must still
         # import the loader's own `state` package.

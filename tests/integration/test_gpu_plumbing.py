@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import ROOT, run_cli, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.warehouse import assert_warehouse_exact
 
 STANDIN = ROOT / "tests" / "support" / "gpu_standin"
@@ -47,7 +48,7 @@ def test_parity_suite_passes_against_the_standin(tmp_path: Path) -> None:
 @pytest.mark.ray
 def test_ray_executor_runs_every_gpu_part_in_a_task_holding_one_gpu(tmp_path: Path) -> None:
     config = write_config(tmp_path / "project", ray={"mode": "auto", "num_gpus": 2, "num_cpus": 2})
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "3")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(3))
     log = tmp_path / "batches.jsonl"
     env = _standin_env(log, 0)  # no device in this process: only the cluster's GPUs count on Ray
     done = run_cli(config, "run", "--incremental", "--executor", "ray", "--json", env=env, cwd=config.parent)
@@ -64,13 +65,13 @@ def test_ray_executor_runs_every_gpu_part_in_a_task_holding_one_gpu(tmp_path: Pa
 
 def test_local_executor_auto_takes_the_gpu_when_one_is_visible(tmp_path: Path) -> None:
     config = write_config(tmp_path / "project")
-    run_cli(config, "demo-data", "init", "--scale", "0.005", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.005", *init_args(2))
     log = tmp_path / "batches.jsonl"
     env = _standin_env(log, 1)
     first = json.loads(run_cli(config, "run", "--incremental", "--executor", "local", "--json", env=env).stdout)
     assert first["engine"] == "gpu" and "cuDF 0.0-standin, 1 CUDA device(s) (auto)" in first["engine_reason"]
     assert len(_batches(log)) >= 2  # orders and lineitem went through the GPU backend
-    run_cli(config, "demo-data", "append", "--orders", "100", "--updates", "20", "--late", "2")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "100", "--updates", "20", "--late", "2")
     second = json.loads(run_cli(config, "run", "--incremental", "--engine", "gpu", "--json", env=env).stdout)
     assert second["engine"] == "gpu" and second["status"] == "committed"
     assert_warehouse_exact(config.parent / "warehouse", config.parent / "landing")

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.s3_server import free_port
 
 pytestmark = pytest.mark.integration
@@ -58,11 +59,11 @@ def test_history_and_metrics_follow_the_runs(tmp_path: Path, pushgateway: list[t
     url = pushgateway.pop(0)[1]
     config = write_config(tmp_path / "project", pipeline="watched",
                           metrics={"textfile": "metrics/loader.prom", "pushgateway": url})
-    run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.002", *init_args(2))
     first = run_json(config, "run", "--incremental")
-    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "30", "--late", "2")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "30", "--late", "2")
     second = run_json(config, "run", "--incremental")
-    run_cli(config, "demo-data", "append", "--orders", "50", "--updates", "0", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "0", "--late", "0")
     failed = run_cli(config, "run", "--incremental", check=False, env={"LOADER_FAILPOINTS": "delta.write=terminal"})
     assert failed.returncode == 1
 
@@ -103,7 +104,7 @@ def test_history_and_metrics_follow_the_runs(tmp_path: Path, pushgateway: list[t
 def test_an_unreachable_pushgateway_never_fails_a_run(tmp_path: Path) -> None:
     config = write_config(tmp_path / "project", metrics={"pushgateway": f"http://127.0.0.1:{free_port()}",
                                                          "push_timeout": "2s"})
-    run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.002", *init_args(2))
     done = run_cli(config, "run", "--incremental")
     assert "could not publish the metrics" in done.stderr
     assert run_json(config, "status")["last_run"]["run_number"] == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import ROOT, run_cli, write_config
+from tests.support.demo_clock import init_args
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,7 @@ sys.addaudithook(_on_import)
 
 def test_run_json_stdout_is_one_object_while_a_library_prints(tmp_path: Path) -> None:
     config = write_config(tmp_path / "project")
-    run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "1")
+    run_cli(config, "demo-data", "init", "--scale", "0.002", *init_args(1))
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(NOISY)

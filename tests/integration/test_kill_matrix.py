@@ -27,6 +27,7 @@ import yaml
 
 from loader.failpoints import POINTS
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.dimensions import (
     Snapshot,
     assert_customer_history,
@@ -91,15 +92,15 @@ def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         snowflake[stage] = sink_settings(server, new_database()) if server else None
     env = password_env(server) if server else {}
     first = _project(folder / "first", url["first"], snowflake["first"])
-    run_cli(first, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
-    run_cli(first, "demo-data", "append", "--orders", "20", "--updates", "10", "--late", "0",
+    run_cli(first, "demo-data", "init", "--scale", "0.01", *init_args(2), env=env)
+    run_cli(first, "demo-data", "append", *append_args(first), "--orders", "20", "--updates", "10", "--late", "0",
             "--deletes", str(FIRST_DELETES), env=env)
     shutil.copytree(folder / "first" / "landing", folder / "fresh" / "landing")  # mtimes kept: the same snapshot
     loaded = snapshot_of(folder / "first" / "landing" / "customer")
     shutil.copy2(folder / "first" / "landing" / "customer" / "customer.parquet", folder / EARLIER_CUSTOMER)
     config = _project(folder / "fresh", url["fresh"], snowflake["fresh"])
     run_json(config, "run", "--incremental", env=env)
-    run_cli(config, "demo-data", "append", "--orders", "200", "--updates", "60", "--late", "5",
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "60", "--late", "5",
             "--deletes", str(INCREMENT_DELETES), "--customer-changes", str(CUSTOMER_CHANGES), env=env)
     changed = snapshot_of(folder / "fresh" / "landing" / "customer")
     assert changed.time > loaded.time, "the append did not write a new customer snapshot"

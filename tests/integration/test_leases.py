@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import ROOT, run_cli, run_json
+from tests.support.demo_clock import init_args
 from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
 
 
 def test_only_one_of_four_concurrent_runs_proceeds(config_path: Path) -> None:
-    run_cli(config_path, "demo-data", "init", "--scale", "0.01", "--days", "1")
+    run_cli(config_path, "demo-data", "init", "--scale", "0.01", *init_args(1))
     # The winner lingers after recording its plan, so the others surely find the lease taken.
     env = {**os.environ, "LOADER_FAILPOINTS": "plan.recorded=sleep:4"}
     command = [sys.executable, "-m", "loader.cli", "--config", str(config_path), "run", "--incremental", "--json"]

@@ -20,6 +20,7 @@ from loader.transform.facts import transform_fact
 from loader.transform.frames import frames_for
 from loader.transform.tables import dedupe_latest
 from tests.support.cli import LOCAL_CONFIG, run_cli, write_config
+from tests.support.demo_clock import append_args, init_args
 
 pytestmark = [pytest.mark.integration]
 
@@ -31,9 +32,9 @@ def test_parts_on_threads_give_the_rows_of_one_piece(tmp_path: Path, monkeypatch
     for source in sources.values():
         source.pop("deletes", None)
     config_path = write_config(tmp_path / "project", sources=sources)
-    run_cli(config_path, "demo-data", "init", "--scale", "0.002", "--days", "2")
+    run_cli(config_path, "demo-data", "init", "--scale", "0.002", *init_args(2))
     # updates and late rows: keys repeat inside the window, so the dedupe has versions to choose from
-    run_cli(config_path, "demo-data", "append", "--orders", "50", "--updates", "40", "--late", "5")
+    run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "50", "--updates", "40", "--late", "5")
     config = load_config(config_path)
     plan = plan_run(config, {})
     dims = load_dimensions(config)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import ROOT, run_cli, write_config
+from tests.support.demo_clock import append_args, init_args
 
 pytestmark = pytest.mark.integration
 BAR = "━"
@@ -47,7 +48,7 @@ def _in_terminal(*args: str, timeout: float = 120) -> tuple[int, str]:
 
 def test_a_bar_in_a_terminal_and_nothing_drawn_under_cron(tmp_path: Path) -> None:
     config = write_config(tmp_path / "project", pipeline="watched")
-    run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.002", *init_args(2))
     code, screen = _in_terminal("--config", str(config), "run", "--incremental", "--max-batch-rows", "4000")
     assert code == 0, screen[-3000:]
     assert BAR in screen, screen[-3000:]
@@ -59,7 +60,7 @@ def test_a_bar_in_a_terminal_and_nothing_drawn_under_cron(tmp_path: Path) -> Non
     assert "INFO loader.sinks.table_writes [watched run 1]: run 1: orders -> parquet" in screen  # text logs above it
     assert "watched: runs 1-3 (3 batches) committed" in screen  # the summary stays after the bar
 
-    run_cli(config, "demo-data", "append", "--orders", "40", "--updates", "5", "--late", "1")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "40", "--updates", "5", "--late", "1")
     piped = run_cli(config, "run", "--incremental")  # stderr a pipe, as under cron
     assert BAR not in piped.stderr and "\x1b[" not in piped.stderr
     lines = [json.loads(line) for line in piped.stderr.splitlines()]

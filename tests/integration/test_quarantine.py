@@ -15,6 +15,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 
 pytestmark = pytest.mark.integration
 VALID_KEY, NULL_KEY_ROW, FUTURE_KEY, NO_REGION_KEY = 10**9 + 1, 10**9 + 2, 10**9 + 3, 10**9 + 4
@@ -34,7 +35,7 @@ def _row(template: pa.Table, key: int | None, cursor: datetime, custkey: int | N
 def test_bad_rows_are_quarantined_once_and_the_run_goes_on(tmp_path: Path) -> None:
     config = write_config(tmp_path / "project", pipeline="careful", metrics={"textfile": "metrics/loader.prom"})
     landing, warehouse = config.parent / "landing", config.parent / "warehouse"
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
     run_json(config, "run", "--incremental")
 
     template = pq.read_table(sorted((landing / "orders").rglob("*.parquet"))[-1])
@@ -68,7 +69,7 @@ def test_bad_rows_are_quarantined_once_and_the_run_goes_on(tmp_path: Path) -> No
     assert run_json(config, "verify")["ok"]
 
     # The next run reads the same file again (inside the lookback): nothing is quarantined twice.
-    run_cli(config, "demo-data", "append", "--orders", "50", "--updates", "5", "--late", "1")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "5", "--late", "1")
     third = run_json(config, "run", "--incremental")
     assert datetime.fromisoformat(third["tables"]["orders"]["window"]["lower"]) < VALID_CURSOR  # it read them
     assert third["tables"]["orders"]["quarantined"] == {}

@@ -6,8 +6,10 @@ writes run on both nodes, and the sinks end up exact (verified by `loader verify
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import init_args
 from tests.support.postgres import pg_database
 from tests.support.s3_server import S3, free_port, moto_s3
 from tests.support.warehouse import assert_warehouse_exact
@@ -35,15 +38,21 @@ def s3() -> Iterator[S3]:
 
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[str]:
+    """The cluster, with Ray's folders (sessions, the machine's latest-cluster address) in a short folder
+    of this module's (RAY_TMPDIR, inherited by the CLI runs), removed afterwards: not /tmp/ray."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=2)
-        cluster.wait_for_nodes()
-        yield cluster.address
-    finally:
-        cluster.shutdown()
+    ray_tmp = tempfile.mkdtemp(prefix="rt-")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_TMPDIR", ray_tmp)
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+        try:
+            cluster.add_node(num_cpus=2)
+            cluster.wait_for_nodes()
+            yield cluster.address
+        finally:
+            cluster.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _copy_down(s3: S3, prefix: str, target: Path) -> Path:
@@ -57,7 +66,7 @@ def test_two_node_cluster_with_s3_and_postgres(two_nodes: str, s3: S3, pg_url: s
     config = write_config(tmp_path / "project", landing_zone=f"s3://{prefix}/landing",
                           warehouse=f"s3://{prefix}/wh", state=state)
     env = {**s3.env(), "RAY_ADDRESS": two_nodes}
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "4", env=env)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(4), env=env)
 
     first = run_json(config, "run", "--incremental", env=env)
     assert first["executor"] == "ray" and "cluster address" in first["executor_reason"], first
@@ -77,7 +86,7 @@ def test_two_node_cluster_with_s3_and_postgres(two_nodes: str, s3: S3, pg_url: s
 
 def test_unreachable_ray_address_fails_in_seconds_and_writes_nothing(s3: S3, tmp_path: Path) -> None:
     config = write_config(tmp_path / "project")
-    run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.002", *init_args(2))
     address = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
     failed = run_cli(config, "run", "--incremental", env={"RAY_ADDRESS": address}, check=False, timeout=120)
@@ -104,7 +113,7 @@ def test_a_run_without_an_address_never_joins_a_cluster_running_on_the_machine(
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     try:
         config = write_config(tmp_path / "project", ray={"mode": "ray"})
-        run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "2")
+        run_cli(config, "demo-data", "init", "--scale", "0.002", *init_args(2))
         write_ray_address(two_nodes)  # this cluster is the machine's latest: what a plain ray.init() joins
         before = len(jobs())
         summary = run_json(config, "run", "--incremental")

@@ -13,8 +13,10 @@ import pyarrow as pa
 import pytest
 
 from loader.config import load_config
+from loader.execute import ray_folders
 from loader.protocol.incremental import run_incremental
 from tests.support.cli import run_cli, write_config
+from tests.support.demo_clock import init_args
 from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
@@ -49,6 +51,7 @@ def fetched(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         yield seen
     finally:
         ray.shutdown()
+        ray_folders.release_all()  # what the CLI does at exit
 
 
 def test_driver_fetches_no_rows_of_the_tables_it_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -57,7 +60,7 @@ def test_driver_fetches_no_rows_of_the_tables_it_loads(tmp_path: Path, monkeypat
 
     project = tmp_path / "project"
     config_path = write_config(project, ray={"mode": "ray", "num_cpus": 2})
-    run_cli(config_path, "demo-data", "init", "--scale", "0.005", "--days", "2")
+    run_cli(config_path, "demo-data", "init", "--scale", "0.005", *init_args(2))
     monkeypatch.chdir(project)  # the config's relative paths
     summary = run_incremental(load_config(config_path))
     assert summary.executor == "ray" and summary.status == "committed", summary

@@ -5,12 +5,14 @@ and compared with the independent DuckDB computation."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import init_args, init_now
 from tests.support.s3_server import S3, moto_s3
 from tests.support.warehouse import assert_warehouse_exact
 
@@ -36,13 +38,15 @@ def test_demo_data_run_append_run_verify_on_s3(s3: S3, tmp_path: Path) -> None:
     config = write_config(project, landing_zone=f"s3://{prefix}/landing", warehouse=f"s3://{prefix}/wh")
     env = s3.env()
 
-    made = run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "3", env=env)
+    made = run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(3), env=env)
     assert f"s3://{prefix}/landing" in made.stdout
     first = run_json(config, "run", "--incremental", env=env)
     assert first["status"] == "committed" and first["tables"]["orders"]["rows"] == 15000
     assert first["tables"]["orders"]["sinks"]["delta"]["location"].startswith(f"s3://{prefix}/wh")
 
-    run_cli(config, "demo-data", "append", "--orders", "300", "--updates", "60", "--late", "5", env=env)
+    next_day = init_now(3) + timedelta(days=1)  # the append fills the day after the zone's last (S3: no append_args)
+    run_cli(config, "demo-data", "append", "--now", next_day.isoformat(), "--orders", "300", "--updates", "60", "--late", "5",
+            env=env)
     second = run_json(config, "run", "--incremental", env=env)
     assert second["run_number"] == 2 and second["tables"]["orders"]["rows"] >= 300 + 60 + 5
     assert run_json(config, "run", "--incremental", env=env)["status"] == "nothing_new"

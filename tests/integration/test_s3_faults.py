@@ -16,6 +16,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.s3_server import S3, free_port, moto_s3
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.warehouse import assert_warehouse_exact
@@ -36,7 +37,7 @@ def s3() -> Iterator[S3]:
 def seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A local demo landing zone, generated once."""
     folder = tmp_path_factory.mktemp("s3-seed")
-    run_cli(write_config(folder), "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_cli(write_config(folder), "demo-data", "init", "--scale", "0.01", *init_args(2))
     return folder / "landing"
 
 
@@ -66,7 +67,7 @@ class Project:
                         source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.s3.filesystem())
 
     def append(self) -> None:
-        run_cli(self.local, *APPEND)
+        run_cli(self.local, *APPEND, *append_args(self.local))
         self.upload()
 
     def assert_exact(self) -> None:

@@ -15,6 +15,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.snowflake_emulator import connect, new_database, password_env, sink_settings
 
 pytestmark = pytest.mark.integration
@@ -36,10 +37,10 @@ def test_new_column_reaches_every_sink_and_a_type_change_is_refused(tmp_path: Pa
     project = tmp_path / "project"
     config = write_config(project, sinks={"snowflake": sink_settings(snowflake_server, database)})
     env = password_env(snowflake_server)
-    run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "2", env=env)
+    run_cli(config, "demo-data", "init", "--scale", "0.002", *init_args(2), env=env)
     run_json(config, "run", "--incremental", env=env)
 
-    run_cli(config, "demo-data", "append", "--orders", "40", "--updates", "10", "--late", "0", env=env)
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "40", "--updates", "10", "--late", "0", env=env)
     channel = lambda t: t.append_column("o_channel", pa.array(  # noqa: E731
         [f"web-{k}" for k in t["o_orderkey"].to_pylist()], pa.string()))
     sent = _rewrite(_newest_orders_file(project), channel)
@@ -65,7 +66,7 @@ def test_new_column_reaches_every_sink_and_a_type_change_is_refused(tmp_path: Pa
     assert (total, valued) == (delta.num_rows, with_value.num_rows)
     assert run_json(config, "verify", env=env)["ok"]
 
-    run_cli(config, "demo-data", "append", "--orders", "30", "--updates", "0", "--late", "0", env=env)
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "30", "--updates", "0", "--late", "0", env=env)
     _rewrite(_newest_orders_file(project), lambda t: t.set_column(
         t.schema.get_field_index("o_comment"), "o_comment", pa.array(range(t.num_rows), pa.int64())))
     before = run_json(config, "status", env=env)["sources"]["orders"]

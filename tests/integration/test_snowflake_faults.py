@@ -22,6 +22,7 @@ from loader.sinks.snowflake import SnowflakeSink
 from state import Window
 from tests.support.cli import run_cli, run_json, write_config
 from tests.support.conformance import write_whole
+from tests.support.demo_clock import append_args, init_args
 from tests.support.snowflake_emulator import PASSWORD_ENV, new_database, password_env, query, sink_settings
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.warehouse import assert_snowflake_exact, assert_warehouse_exact
@@ -39,9 +40,9 @@ def _loaded_once(tmp_path: Path, server: dict[str, Any], database: str, **snowfl
     """A project whose first run landed, with a new batch (updates, late rows) waiting."""
     config = _project(tmp_path / "p", server, database, **snowflake)
     env = password_env(server)
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2), env=env)
     run_json(config, "run", "--incremental", env=env)
-    run_cli(config, "demo-data", "append", "--orders", "150", "--updates", "40", "--late", "5", env=env)
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "150", "--updates", "40", "--late", "5", env=env)
     return config
 
 
@@ -79,7 +80,7 @@ def test_conflicting_target_column_fails_clearly_then_replays(tmp_path: Path, sn
     database = new_database()
     config = _project(tmp_path / "p", snowflake_server, database)
     env = password_env(snowflake_server)
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1", env=env)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1), env=env)
     # Someone created ORDERS by hand with the money column as text.
     query(snowflake_server, database, 'CREATE TABLE "ORDERS" ("O_ORDERKEY" NUMBER(19,0), "O_TOTALPRICE" VARCHAR)')
     failed = run_cli(config, "run", "--incremental", check=False, env=env)
@@ -174,7 +175,7 @@ def test_key_pair_config_via_cli_keeps_secrets_out(tmp_path: Path, snowflake_ser
     config = write_config(tmp_path / "p", sinks={"parquet": {"enabled": True}, "delta": {"enabled": False},
                                                  "snowflake": settings})
     env = {"SNOWFLAKE_PRIVATE_KEY": pem, "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE": "open-sesame"}
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1", env=env)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1), env=env)
     ok = run_cli(config, "run", "--incremental", "--json", env=env)
     shown = run_cli(config, "validate-config", env=env)
     for result in (ok, shown):

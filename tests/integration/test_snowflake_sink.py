@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.snowflake_emulator import PASSWORD_ENV, new_database, password_env, query, sink_settings
 from tests.support.warehouse import assert_snowflake_exact, assert_warehouse_exact
 
@@ -40,7 +41,7 @@ def test_incremental_runs_land_exactly(tmp_path: Path, snowflake_server: dict[st
     config = _config(tmp_path / "project", snowflake_server, database)
     landing, warehouse = config.parent / "landing", config.parent / "warehouse"
     env = password_env(snowflake_server)
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2), env=env)
     # staging folders of a killed loader (its pid is gone) are removed by the next write; a live one's stay
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -55,7 +56,7 @@ def test_incremental_runs_land_exactly(tmp_path: Path, snowflake_server: dict[st
     assert not stale.exists() and live.is_dir()
     live.rmdir()
 
-    run_cli(config, "demo-data", "append", "--orders", "300", "--updates", "100", "--late", "10", env=env)
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "300", "--updates", "100", "--late", "10", env=env)
     second = run_json(config, "run", "--incremental", env=env)
     assert second["status"] == "committed" and second["run_number"] == 2
     assert not second["tables"]["orders"]["sinks"]["snowflake"]["skipped"]
@@ -71,14 +72,14 @@ def test_password_never_printed(tmp_path: Path, snowflake_server: dict[str, Any]
     secret = f"s3cret-{uuid.uuid4().hex}"
     config = _config(tmp_path / "project", snowflake_server, database)
     env = {PASSWORD_ENV: secret}
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "1", env=env)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1), env=env)
     # fakesnow accepts any password: a good run, then a refused one (an unreachable port) must hide it.
     ok = run_cli(config, "run", "--incremental", "--json", env={PASSWORD_ENV: secret})
     assert json.loads(ok.stdout)["status"] == "committed"
     raw = yaml.safe_load(config.read_text())
     raw["sinks"]["snowflake"].update({"port": 1, "login_timeout": "2s", "retry": {"attempts": 1}})
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
-    run_cli(config, "demo-data", "append", "--orders", "10", "--updates", "0", "--late", "0", env=env)
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "10", "--updates", "0", "--late", "0", env=env)
     failed = run_cli(config, "run", "--incremental", "--json", check=False, env={PASSWORD_ENV: secret})
     assert failed.returncode == 1
     assert "Snowflake" in failed.stderr + failed.stdout

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import ROOT, run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 from tests.support.dimensions import assert_customer_history, snapshot_of
 from tests.support.postgres import pg_database
 from tests.support.snowflake_emulator import (
@@ -73,13 +74,13 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path, request: pytest
     # between batches as well as inside them.
     config = write_config(tmp_path / "p", sinks=sinks, state={"url": url, "lease_ttl": f"{LEASE_TTL_S}s"},
                           run={"max_batch_rows": 800})
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2), env=env)
     kills, batches = 0, 0
     snapshots = []  # the customer snapshot of every append, each loaded by a run before the next append
     files: list[Path] = []  # and a copy of its file: the facts a run loaded meanwhile are enriched from it
     while kills < wanted or batches < 3:
         batches += 1
-        run_cli(config, "demo-data", "append", "--orders", "150", "--updates", "40", "--late", "5",
+        run_cli(config, "demo-data", "append", *append_args(config), "--orders", "150", "--updates", "40", "--late", "5",
                 "--deletes", str(DELETES), "--customer-changes", str(CUSTOMER_CHANGES), env=env)
         snapshots.append(snapshot_of(tmp_path / "p" / "landing" / "customer"))
         files.append(tmp_path / f"customer-{batches}.parquet")
@@ -138,8 +139,8 @@ def test_a_first_load_killed_again_and_again_makes_progress(tmp_path: Path) -> N
     rng = random.Random(int(os.environ.get("SOAK_SEED", "7")))
     config = write_config(tmp_path / "p", state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"},
                           run={"max_batch_rows": 8_000})
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "10")  # 10 days of ~7,500 rows each
-    run_cli(config, "demo-data", "append", "--orders", "50", "--updates", "20", "--late", "0",
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(10))  # 10 days of ~7,500 rows each
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "20", "--late", "0",
             "--deletes", str(DELETES * 2))
     planned = run_json(config, "plan")["batches"]["batches"]
     assert len(planned) >= 8

@@ -16,6 +16,7 @@ import pytest
 
 from loader.transform.frames import GpuStatus, choose_transform_engine, gpu_status
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
 
 GPU = gpu_status()
 no_gpu = pytest.mark.skipif(GPU.usable, reason="this machine has a usable GPU: the fallback cannot be observed")
@@ -38,7 +39,7 @@ def _fake_gpu_stack(root: Path, *, devices: int | None, cudf_imports: bool) -> d
 
 def _project(tmp_path: Path, **overrides: object) -> Path:
     config = write_config(tmp_path / "project", **overrides)
-    run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.002", *init_args(2))
     return config
 
 
@@ -51,7 +52,7 @@ def test_auto_falls_back_to_cpu_and_says_why(tmp_path: Path) -> None:
     assert "cuDF is not installed" in summary["engine_reason"] and "pip install" in summary["engine_reason"]
     assert "transforms on the CPU" in result.stderr  # the log line says which, and why
     assert summary["tables"]["orders"]["rows"] > 0
-    run_cli(config, "demo-data", "append", "--orders", "20", "--updates", "2", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "20", "--updates", "2", "--late", "0")
     table = run_cli(config, "run", "--incremental").stdout  # the people's summary keeps the command intact
     assert "transforms: cpu (auto: cuDF is not installed (pip install -e '.[gpu]'" in " ".join(table.split())
 
@@ -83,7 +84,7 @@ def test_stand_in_gpu_stacks_fall_back_with_the_reason(tmp_path: Path) -> None:
         assert failed.returncode == 2 and reason in failed.stderr, (name, failed.stderr)
         summary = json.loads(run_cli(config, "run", "--incremental", "--json", env=env).stdout)
         assert summary["engine"] == "cpu" and reason in summary["engine_reason"], (name, summary)
-        run_cli(config, "demo-data", "append", "--orders", "50", "--updates", "5", "--late", "0")
+        run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "5", "--late", "0")
 
 
 def test_cpu_never_imports_cudf(tmp_path: Path) -> None:

@@ -13,15 +13,16 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.support.cli import run_cli, run_json
+from tests.support.demo_clock import append_args, init_args
 
 pytestmark = pytest.mark.integration
 
 
 def _load(config: Path) -> Path:
     """init -> run -> append -> run; returns the warehouse folder."""
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
     run_json(config, "run", "--incremental")
-    run_cli(config, "demo-data", "append", "--orders", "300", "--updates", "100", "--late", "10")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "300", "--updates", "100", "--late", "10")
     run_json(config, "run", "--incremental")
     return config.parent / "warehouse"
 
@@ -51,7 +52,7 @@ def test_verify_passes_after_incremental_runs(config_path: Path) -> None:
 def test_appended_but_unloaded_data_does_not_fail(config_path: Path) -> None:
     _load(config_path)
     # Late records land below the checkpoint, yet no committed run has read them: still not a mismatch.
-    append = run_cli(config_path, "demo-data", "append", "--orders", "200", "--updates", "50", "--late", "20")
+    append = run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "200", "--updates", "50", "--late", "20")
     assert "20 late" in append.stdout
     assert run_json(config_path, "verify")["ok"] is True
 

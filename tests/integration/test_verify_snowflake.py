@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import init_args
 from tests.support.snowflake_emulator import connect, new_database, password_env, sink_settings
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ def test_verify_reads_snowflake_back_and_names_a_lost_row(tmp_path: Path, snowfl
              "snowflake": sink_settings(snowflake_server, database)}
     config = write_config(tmp_path / "project", sinks=sinks)
     env = password_env(snowflake_server)
-    run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2", env=env)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2), env=env)
     assert run_json(config, "run", "--incremental", env=env)["status"] == "committed"
 
     report = run_json(config, "verify", env=env)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -19,6 +20,7 @@ import pytest
 from loader.demo import generator as dd
 from loader.errors import EXIT_USAGE, BadSourceData, ConfigError
 from tests.support.cli import run_cli, write_config
+from tests.support.demo_clock import DEMO_START, append_args, append_now, init_now
 
 SCALE = 0.01
 DAYS = 5
@@ -27,7 +29,7 @@ DAYS = 5
 @pytest.fixture(scope="module")
 def base_zone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("base") / "landing"
-    dd.init_landing_zone(root, scale=SCALE, seed=7, days=DAYS)
+    dd.init_landing_zone(root, now=init_now(DAYS), scale=SCALE, seed=7, days=DAYS)
     return root
 
 
@@ -57,12 +59,18 @@ def utc_midnight(day: date) -> datetime:
     return datetime.combine(day, datetime.min.time(), UTC)
 
 
+def append(root: Path, **options: Any) -> dd.AppendSummary:
+    """One append filling the whole day after the last ingest day, in a folder of its own (the pinned
+    layout of tests/support/demo_clock.py)."""
+    return dd.append_batch(root, now=append_now(root), **options)
+
+
 # ------------------------------------------------------------------------------------------ layout
 
 
 def test_init_layout_schema_and_summary(tmp_path: Path) -> None:
     root = tmp_path / "lz"
-    summary = dd.init_landing_zone(root, scale=SCALE, seed=1, days=DAYS)
+    summary = dd.init_landing_zone(root, now=init_now(DAYS), scale=SCALE, seed=1, days=DAYS)
 
     assert summary.root == root
     assert summary.rows == {
@@ -140,9 +148,9 @@ def test_lineitems_carry_their_order_cursor_and_day(base_zone: Path) -> None:
 def test_same_seed_and_calls_give_identical_files(tmp_path: Path) -> None:
     roots = [tmp_path / "a", tmp_path / "b"]
     for root in roots:
-        dd.init_landing_zone(root, scale=SCALE, seed=3, days=3)
-        dd.append_batch(root, orders=100, updates=50, late=10)
-        dd.append_batch(root, orders=30, updates=20, late=5)
+        dd.init_landing_zone(root, now=init_now(3), scale=SCALE, seed=3, days=3)
+        append(root, orders=100, updates=50, late=10)
+        append(root, orders=30, updates=20, late=5)
     files = [sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) for root in roots]
     assert files[0] == files[1]
     for rel in files[0]:
@@ -151,7 +159,7 @@ def test_same_seed_and_calls_give_identical_files(tmp_path: Path) -> None:
         assert read_fact(roots[0], table).equals(read_fact(roots[1], table))
 
     other = tmp_path / "c"
-    dd.init_landing_zone(other, scale=SCALE, seed=4, days=3)
+    dd.init_landing_zone(other, now=init_now(3), scale=SCALE, seed=4, days=3)
     assert not read_fact(other, "orders")["o_updated_at"].equals(
         pq.read_table(roots[0] / "orders" / "ingest_date=2024-01-01")["o_updated_at"]
     )
@@ -165,8 +173,8 @@ def test_append_replaces_leftovers_of_a_crashed_append(zone: Path, tmp_path: Pat
     junk.mkdir(parents=True)
     pq.write_table(pq.read_table(fact_files(zone, "orders")[0]), junk / "part-99999.parquet")
 
-    dd.append_batch(zone, orders=50, updates=10, late=5)
-    dd.append_batch(clean, orders=50, updates=10, late=5)
+    append(zone, orders=50, updates=10, late=5)
+    append(clean, orders=50, updates=10, late=5)
     for table in ("orders", "lineitem"):
         assert [p.name for p in fact_files(zone, table)] == [p.name for p in fact_files(clean, table)]
         assert read_fact(zone, table).equals(read_fact(clean, table))
@@ -215,9 +223,9 @@ def test_streamed_init_equals_whole_tables_in_memory(
     """Small read batches: days start and end inside batches, and one day spans many batches."""
     monkeypatch.setattr(dd, "_READ_BATCH_ROWS", 997)
     root = tmp_path / "lz"
-    rows, state = dd._write_initial(root, tpch_files, seed=5, scale=SCALE, days=days, start=dd.ANCHOR)
+    rows, state = dd._write_initial(root, tpch_files, seed=5, scale=SCALE, days=days, now=init_now(days))
 
-    expected = reference_init(tpch_files, seed=5, days=days, start=dd.ANCHOR)
+    expected = reference_init(tpch_files, seed=5, days=days, start=DEMO_START)
     written = sorted(p.relative_to(root).as_posix() for t in dd.FACT_TABLES for p in fact_files(root, t))
     assert written == sorted(expected)
     for rel, table in expected.items():
@@ -235,7 +243,7 @@ def test_init_refuses_tpchgen_output_out_of_key_order(tpch_files: Path, tmp_path
     data = dd._read_tpch(tpch / f"{table}.parquet", dd.SCHEMAS[table])
     pq.write_table(data.take(np.arange(data.num_rows)[::-1]), tpch / f"{table}.parquet")
     with pytest.raises(BadSourceData, match=f"{table}.parquet with its order keys not"):
-        dd._write_initial(tmp_path / "lz", tpch, seed=1, scale=SCALE, days=3, start=dd.ANCHOR)
+        dd._write_initial(tmp_path / "lz", tpch, seed=1, scale=SCALE, days=3, now=init_now(3))
 
 
 def test_many_row_groups_per_file_give_the_same_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,9 +257,9 @@ def test_many_row_groups_per_file_give_the_same_data(tmp_path: Path, monkeypatch
     for name, group_rows in (("one", dd.ROW_GROUP_SIZE), ("many", 700)):
         monkeypatch.setattr(dd, "ROW_GROUP_SIZE", group_rows)
         zones[name] = tmp_path / name
-        dd.init_landing_zone(zones[name], scale=SCALE, seed=9, days=3)
+        dd.init_landing_zone(zones[name], now=init_now(3), scale=SCALE, seed=9, days=3)
         for call in calls:
-            dd.append_batch(zones[name], **call)
+            append(zones[name], **call)
     for table in dd.FACT_TABLES:
         files = fact_files(zones["one"], table)
         assert [f.relative_to(zones["one"]) for f in files] == [
@@ -271,7 +279,7 @@ def test_append_new_orders_get_new_keys_lineitems_and_the_next_day(zone: Path) -
     before = dd.read_demo_state(zone)
     customers = set(pq.read_table(zone / "customer")["c_custkey"].to_pylist())
 
-    summary = dd.append_batch(zone, orders=300, updates=0, late=0)
+    summary = append(zone, orders=300, updates=0, late=0)
 
     assert summary.batch == before.next_batch == DAYS + 1
     assert summary.ingest_date == before.last_ingest_date + timedelta(days=1)
@@ -313,7 +321,7 @@ def test_append_updates_change_status_and_price_keep_keys_and_move_cursors(zone:
     previous = latest_orders(zone)
     before = dd.read_demo_state(zone)
 
-    summary = dd.append_batch(zone, orders=0, updates=150, late=0)
+    summary = append(zone, orders=0, updates=150, late=0)
 
     assert summary.updated_orders == 150 and summary.lineitems == 0
     assert summary.files == (summary.files[0],)  # orders only: no lineitem file for this batch
@@ -334,7 +342,7 @@ def test_append_updates_change_status_and_price_keep_keys_and_move_cursors(zone:
 
     # A second round of updates starts from the newest version of each order.
     latest = latest_orders(zone)
-    again = dd.append_batch(zone, orders=0, updates=15000, late=0)  # every order once
+    again = append(zone, orders=0, updates=15000, late=0)  # every order once
     for row in pq.read_table(again.files[0]).to_pylist():
         old = latest[row["o_orderkey"]]
         assert row["o_orderstatus"] != old["o_orderstatus"]
@@ -344,10 +352,10 @@ def test_append_updates_change_status_and_price_keep_keys_and_move_cursors(zone:
 
 
 def test_append_late_orders_are_older_than_the_newest_cursor_by_under_30_minutes(zone: Path) -> None:
-    dd.append_batch(zone, orders=20, updates=5, late=0)
+    append(zone, orders=20, updates=5, late=0)
     before = dd.read_demo_state(zone)
 
-    summary = dd.append_batch(zone, orders=100, updates=20, late=40)
+    summary = append(zone, orders=100, updates=20, late=40)
 
     orders = pq.read_table(summary.files[0])
     late = orders.filter(pc.less(orders["o_updated_at"], pa.scalar(before.max_cursor, dd.CURSOR_TYPE)))
@@ -376,7 +384,7 @@ def test_append_late_orders_are_older_than_the_newest_cursor_by_under_30_minutes
 def test_every_record_is_inside_or_before_its_ingest_day(zone: Path) -> None:
     """The pruning contract: no cursor is later than the end of its ingest day."""
     for _ in range(3):
-        dd.append_batch(zone, orders=50, updates=50, late=30)
+        append(zone, orders=50, updates=50, late=30)
     for table in ("orders", "lineitem"):
         t = read_fact(zone, table)
         end = pc.add(
@@ -396,12 +404,12 @@ def test_every_record_is_inside_or_before_its_ingest_day(zone: Path) -> None:
 
 def test_init_refuses_an_existing_landing_zone(base_zone: Path) -> None:
     with pytest.raises(ConfigError, match="use a new folder or delete it"):
-        dd.init_landing_zone(base_zone, scale=SCALE)
+        dd.init_landing_zone(base_zone, now=init_now(), scale=SCALE)
 
 
 def test_append_and_state_refuse_a_folder_that_is_not_a_landing_zone(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="loader demo-data init"):
-        dd.append_batch(tmp_path)
+        dd.append_batch(tmp_path, now=init_now())
     with pytest.raises(ConfigError, match="loader demo-data init"):
         dd.read_demo_state(tmp_path / "missing")
 
@@ -412,13 +420,13 @@ def test_append_and_state_refuse_a_folder_that_is_not_a_landing_zone(tmp_path: P
         {"scale": 0},
         {"days": 0},
         {"seed": -1},
-        {"start": datetime(2024, 1, 1)},  # naive
-        {"start": datetime(2024, 1, 1, 6, tzinfo=UTC)},  # not midnight
+        {"now": datetime(2024, 1, 31)},  # naive
+        {"now": "2024-01-31T00:00:00Z"},  # not a datetime
     ],
 )
 def test_init_rejects_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
-    with pytest.raises(ConfigError):
-        dd.init_landing_zone(tmp_path / "lz", **kwargs)
+    with pytest.raises(ConfigError, match="must be" if "now" not in kwargs else "now must be a timezone-aware"):
+        dd.init_landing_zone(tmp_path / "lz", **{"now": init_now(), **kwargs})
     assert not (tmp_path / "lz").exists()
 
 
@@ -428,15 +436,15 @@ def test_init_rejects_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
 def test_append_rejects_bad_counts(zone: Path, kwargs: dict) -> None:
     before = (zone / dd.STATE_FILE).read_text()
     with pytest.raises(ConfigError):
-        dd.append_batch(zone, **kwargs)
+        append(zone, **kwargs)
     assert (zone / dd.STATE_FILE).read_text() == before
 
 
-def test_start_moves_the_history(tmp_path: Path) -> None:
-    start = datetime(2023, 6, 1, tzinfo=UTC)
-    summary = dd.init_landing_zone(tmp_path / "lz", scale=SCALE, days=2, start=start)
+def test_now_moves_the_history(tmp_path: Path) -> None:
+    now = datetime(2023, 6, 3, tzinfo=UTC)  # midnight: the two days before it, whole
+    summary = dd.init_landing_zone(tmp_path / "lz", now=now, scale=SCALE, days=2)
     assert summary.first_ingest_date == date(2023, 6, 1) and summary.last_ingest_date == date(2023, 6, 2)
-    assert start + timedelta(days=1) <= summary.max_cursor < start + timedelta(days=2)
+    assert now - timedelta(days=1) <= summary.max_cursor < now
 
 
 # ----------------------------------------------------------------------------------------- deletes
@@ -453,7 +461,7 @@ def test_append_deletes_write_tombstones_for_orders_and_their_lineitems(zone: Pa
     before = latest_orders(zone)
     items_before = read_fact(zone, "lineitem")
     state = dd.read_demo_state(zone)
-    summary = dd.append_batch(zone, orders=30, updates=20, late=3, deletes=25)
+    summary = append(zone, orders=30, updates=20, late=3, deletes=25)
     assert (summary.deleted_orders, summary.new_orders, summary.updated_orders) == (25, 30, 20)
 
     orders = pq.read_table(summary.files[0])
@@ -481,13 +489,13 @@ def test_append_deletes_write_tombstones_for_orders_and_their_lineitems(zone: Pa
 
 
 def test_deleted_orders_are_never_picked_again(zone: Path) -> None:
-    first = dd.append_batch(zone, orders=0, updates=0, late=0, deletes=200)
+    first = append(zone, orders=0, updates=0, late=0, deletes=200)
     deleted = set(pq.read_table(first.files[0])["o_orderkey"].to_pylist())
-    second = dd.append_batch(zone, orders=500, updates=3000, late=0, deletes=3000, update_from="any")
+    second = append(zone, orders=500, updates=3000, late=0, deletes=3000, update_from="any")
     later = pq.read_table(second.files[0])
     assert not deleted & set(later["o_orderkey"].to_pylist())
     with pytest.raises(ConfigError, match="deletes=15000"):  # fewer live orders are left than that
-        dd.append_batch(zone, orders=0, updates=0, late=0, deletes=15000)
+        append(zone, orders=0, updates=0, late=0, deletes=15000)
 
 
 def _appended_twice(base_zone: Path, tmp_path: Path, *appends: dict[str, Any]) -> list[Path]:
@@ -497,7 +505,7 @@ def _appended_twice(base_zone: Path, tmp_path: Path, *appends: dict[str, Any]) -
         root = tmp_path / name
         shutil.copytree(base_zone, root)
         for options in appends:
-            dd.append_batch(root, **options)
+            append(root, **options)
         zones.append(root)
     return zones
 
@@ -515,8 +523,8 @@ def test_a_batch_without_deletes_draws_as_before(base_zone: Path, tmp_path: Path
     plain, with_deletes = tmp_path / "plain", tmp_path / "deletes"
     for root in (plain, with_deletes):
         shutil.copytree(base_zone, root)
-    dd.append_batch(plain, orders=40, updates=10, late=2)
-    summary = dd.append_batch(with_deletes, orders=40, updates=10, late=2, deletes=5)
+    append(plain, orders=40, updates=10, late=2)
+    summary = append(with_deletes, orders=40, updates=10, late=2, deletes=5)
     want = pq.read_table(fact_files(plain, "orders")[-1])
     got = pq.read_table(summary.files[0])
     assert got.filter(pc.not_equal(got["op"], "D")).equals(want)
@@ -526,7 +534,7 @@ def test_a_zone_made_before_op_is_refused_with_the_fix(zone: Path) -> None:
     state = dd.read_demo_state(zone)
     (zone / dd.STATE_FILE).write_text(json.dumps({**state.to_json(), "version": 1}))
     with pytest.raises(ConfigError, match="recreate it with `loader demo-data init`"):
-        dd.append_batch(zone, orders=1, updates=0, late=0)
+        append(zone, orders=1, updates=0, late=0)
 
 
 # ------------------------------------------------------------------------------------ customer changes
@@ -541,7 +549,7 @@ def customers(root: Path) -> pa.Table:
 def test_customer_changes_rewrite_the_snapshot_changing_only_those_customers(zone: Path) -> None:
     path = zone / "customer" / "customer.parquet"
     before = customers(zone)
-    summary = dd.append_batch(zone, orders=10, updates=5, late=1, customer_changes=5)
+    summary = append(zone, orders=10, updates=5, late=1, customer_changes=5)
     after = customers(zone)
 
     assert summary.changed_customers == 5
@@ -566,7 +574,7 @@ def test_customer_changes_rewrite_the_snapshot_changing_only_those_customers(zon
 
 def test_customer_changes_vary_the_fields_each_customer_changes(zone: Path) -> None:
     before = customers(zone).to_pylist()
-    dd.append_batch(zone, orders=0, updates=0, late=0, customer_changes=200)
+    append(zone, orders=0, updates=0, late=0, customer_changes=200)
     after = customers(zone).to_pylist()
     patterns = {tuple(a[c] != b[c] for c in CHANGING) for a, b in zip(before, after, strict=True) if a != b}
     assert (False, False, False) not in patterns
@@ -589,8 +597,8 @@ def test_customer_changes_draw_last(base_zone: Path, tmp_path: Path) -> None:
     plain, changed = tmp_path / "plain", tmp_path / "changed"
     for root in (plain, changed):
         shutil.copytree(base_zone, root)
-    dd.append_batch(plain, orders=40, updates=10, late=2, deletes=3)
-    dd.append_batch(changed, orders=40, updates=10, late=2, deletes=3, customer_changes=4)
+    append(plain, orders=40, updates=10, late=2, deletes=3)
+    append(changed, orders=40, updates=10, late=2, deletes=3, customer_changes=4)
     for table in dd.FACT_TABLES:
         assert fact_files(plain, table)[-1].read_bytes() == fact_files(changed, table)[-1].read_bytes()
 
@@ -598,7 +606,7 @@ def test_customer_changes_draw_last(base_zone: Path, tmp_path: Path) -> None:
 def test_no_customer_changes_leave_the_customer_file_untouched(zone: Path) -> None:
     path = zone / "customer" / "customer.parquet"
     mtime, data = path.stat().st_mtime_ns, path.read_bytes()
-    summary = dd.append_batch(zone, orders=10, updates=5, late=1)
+    summary = append(zone, orders=10, updates=5, late=1)
     assert summary.changed_customers == 0 and path not in summary.files
     assert path.stat().st_mtime_ns == mtime and path.read_bytes() == data
 
@@ -607,10 +615,10 @@ def test_too_many_customer_changes_are_refused_naming_the_count(zone: Path) -> N
     before = (zone / dd.STATE_FILE).read_text()
     n = customers(zone).num_rows
     with pytest.raises(dd.TooManyCustomerChanges, match=f"holds only {n} customers"):
-        dd.append_batch(zone, orders=0, updates=0, late=0, customer_changes=n + 1)
+        append(zone, orders=0, updates=0, late=0, customer_changes=n + 1)
     assert (zone / dd.STATE_FILE).read_text() == before
     with pytest.raises(ConfigError, match="customer_changes must be"):
-        dd.append_batch(zone, customer_changes=-1)
+        append(zone, customer_changes=-1)
 
 
 def test_cli_customer_changes_help_error_and_summary(zone: Path, tmp_path: Path) -> None:
@@ -619,10 +627,174 @@ def test_cli_customer_changes_help_error_and_summary(zone: Path, tmp_path: Path)
     assert "--customer-changes" in helped and "c_mktsegment" in helped and "snapshot" in helped
 
     n = customers(zone).num_rows
-    failed = run_cli(config, "demo-data", "append", "--customer-changes", str(n + 1), check=False)
+    failed = run_cli(config, "demo-data", "append", *append_args(config), "--customer-changes", str(n + 1), check=False)
     assert failed.returncode == EXIT_USAGE, failed.stderr
     assert "--customer-changes" in failed.stderr and f"holds only {n} customers" in failed.stderr
 
-    done = run_cli(config, "demo-data", "append", "--orders", "0", "--updates", "0", "--late", "0",
+    done = run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "0", "--late", "0",
                    "--customer-changes", "3").stdout
     assert "3 customers changed" in done
+
+
+# ----------------------------------------------------------------------------------------- the clock
+
+SMALL = 0.002  # 3,000 orders: the clock tests need a zone, not a big one
+
+
+def cursors_and_days(root: Path, table: str) -> tuple[list[datetime], list[date]]:
+    """Every cursor of a fact table, and the ingest day of its row."""
+    data = read_fact(root, table)
+    days = [d if isinstance(d, date) else date.fromisoformat(str(d)) for d in data["ingest_date"].to_pylist()]
+    return data[dd.CURSOR_COLUMNS[table]].to_pylist(), days
+
+
+def assert_before_now_and_day_end(root: Path, now: datetime) -> None:
+    """No cursor after `now`, none at or after the end of its ingest day."""
+    for table in dd.FACT_TABLES:
+        cursors, days = cursors_and_days(root, table)
+        assert max(cursors) < now, table
+        assert all(c < utc_midnight(d + timedelta(days=1)) for c, d in zip(cursors, days, strict=True)), table
+
+
+def test_init_with_the_real_clock_ends_within_the_last_day(tmp_path: Path) -> None:
+    from loader.demo import landing_zone
+
+    before = datetime.now(UTC)
+    summary = landing_zone.init(str(tmp_path / "lz"), scale=SMALL, seed=1, days=2)  # no now: the clock
+    after = datetime.now(UTC)
+    assert before - timedelta(days=1) < summary.max_cursor <= after
+    assert summary.last_ingest_date in {(before - timedelta(microseconds=1)).date(), (after - timedelta(microseconds=1)).date()}
+    assert summary.first_ingest_date == summary.last_ingest_date - timedelta(days=1)
+    assert_before_now_and_day_end(tmp_path / "lz", after)
+    newest = max(pc.max(read_fact(tmp_path / "lz", t)[dd.CURSOR_COLUMNS[t]]).as_py() for t in dd.FACT_TABLES)
+    assert newest == summary.max_cursor == dd.read_demo_state(tmp_path / "lz").max_cursor
+
+
+def test_init_at_a_fixed_now_is_deterministic_and_ends_just_before_it(tmp_path: Path) -> None:
+    now = datetime(2025, 3, 14, 15, 9, 26, 535897, tzinfo=UTC)  # not midnight: each batch holds 24 hours
+    roots = [tmp_path / "a", tmp_path / "b"]
+    for root in roots:
+        summary = dd.init_landing_zone(root, now=now, scale=SMALL, seed=11, days=3)
+    files = [sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) for root in roots]
+    assert files[0] == files[1]
+    for rel in files[0]:
+        assert (roots[0] / rel).read_bytes() == (roots[1] / rel).read_bytes(), rel
+
+    assert now - timedelta(days=1) < summary.max_cursor < now
+    assert (summary.first_ingest_date, summary.last_ingest_date) == (date(2025, 3, 12), date(2025, 3, 14))
+    assert [f.parent.name for f in fact_files(roots[0], "orders")] == [
+        "ingest_date=2025-03-12", "ingest_date=2025-03-13", "ingest_date=2025-03-14"]
+    assert_before_now_and_day_end(roots[0], now)
+    for day, f in enumerate(fact_files(roots[0], "orders")):  # batch d: the 24 hours before it arrived
+        arrived = now - timedelta(days=2 - day)
+        cursors = pq.read_table(f)["o_updated_at"].to_pylist()
+        assert arrived - timedelta(days=1) <= min(cursors) and max(cursors) < arrived
+    state = dd.read_demo_state(roots[0])
+    assert (state.first_ingest_date, state.last_ingest_date) == (date(2025, 3, 12), date(2025, 3, 14))
+
+
+def test_init_refuses_a_now_without_a_zone(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="now must be a timezone-aware datetime.*UTC offset"):
+        dd.init_landing_zone(tmp_path / "lz", now=datetime(2025, 1, 1), scale=SMALL)
+    assert not (tmp_path / "lz").exists()
+
+
+def test_append_continues_from_the_newest_cursor_up_to_now(zone: Path) -> None:
+    before = dd.read_demo_state(zone)
+    now = before.max_cursor + timedelta(hours=2)
+    summary = dd.append_batch(zone, now=now, orders=200, updates=50, late=5, deletes=10)
+
+    assert summary.ingest_date == (now - timedelta(microseconds=1)).date()
+    orders = pq.read_table(summary.files[0])
+    fresh = orders.filter(pc.greater(orders["o_updated_at"], pa.scalar(before.max_cursor, dd.CURSOR_TYPE)))
+    assert fresh.num_rows == 200 + 50 + 10  # everything but the late orders
+    assert all(before.max_cursor < c < now for c in fresh["o_updated_at"].to_pylist())
+    assert before.max_cursor < summary.max_cursor < now
+    assert_before_now_and_day_end(zone, now)
+    state = dd.read_demo_state(zone)
+    assert state.max_cursor == summary.max_cursor and state.last_ingest_date == summary.ingest_date
+
+
+def test_append_after_a_long_gap_holds_the_last_day_before_now(zone: Path) -> None:
+    now = dd.read_demo_state(zone).max_cursor + timedelta(days=10, hours=5)
+    summary = dd.append_batch(zone, now=now, orders=100, updates=20, late=0)
+    cursors = pq.read_table(summary.files[0])["o_updated_at"].to_pylist()
+    assert all(now - timedelta(days=1) <= c < now for c in cursors)
+    assert summary.ingest_date == (now - timedelta(microseconds=1)).date()
+
+
+def test_appends_on_one_day_share_its_folder_and_keep_every_batch(zone: Path) -> None:
+    start = dd.read_demo_state(zone).max_cursor + timedelta(hours=1)
+    first = dd.append_batch(zone, now=start, orders=50, updates=10, late=2)
+    kept = {p: p.read_bytes() for p in first.files}
+    second = dd.append_batch(zone, now=start + timedelta(hours=1), orders=60, updates=10, late=2, deletes=3)
+
+    assert first.ingest_date == second.ingest_date == start.date()
+    assert second.batch == first.batch + 1
+    for table in dd.FACT_TABLES:
+        folder = dd.fact_partition_dir(zone, table, first.ingest_date)
+        assert sorted(p.name for p in folder.iterdir()) == [f"part-{first.batch:05d}.parquet",
+                                                              f"part-{second.batch:05d}.parquet"]
+    assert all(p.read_bytes() == data for p, data in kept.items())  # the earlier batch untouched
+    later = pq.read_table(second.files[0]).filter(pc.not_equal(pq.read_table(second.files[0])["op"], "I"))
+    assert min(later["o_updated_at"].to_pylist()) > first.max_cursor  # updates and deletes: after batch 1
+    assert read_fact(zone, "orders").num_rows == 15000 + (50 + 10 + 2) + (60 + 10 + 2 + 3)
+
+
+def test_a_crashed_append_on_a_shared_day_removes_only_its_own_files(zone: Path, tmp_path: Path) -> None:
+    start = dd.read_demo_state(zone).max_cursor + timedelta(hours=1)
+    first = dd.append_batch(zone, now=start, orders=50, updates=10, late=2)
+    clean = tmp_path / "clean"
+    shutil.copytree(zone, clean)
+    kept = {p: p.read_bytes() for p in first.files}
+    folder = dd.fact_partition_dir(zone, "orders", first.ingest_date)  # the crash: batch 2 half-written
+    shutil.copy(first.files[0], folder / f"part-{first.batch + 1:05d}.parquet")
+    shutil.copy(first.files[0], folder / f".part-{first.batch + 1:05d}.parquet.tmp")
+    later = dd.fact_partition_dir(zone, "lineitem", first.ingest_date + timedelta(days=1))
+    later.mkdir(parents=True)
+    shutil.copy(first.files[1], later / f"part-{first.batch + 1:05d}.parquet")
+
+    for root in (zone, clean):
+        dd.append_batch(root, now=start + timedelta(hours=1), orders=30, updates=5, late=1)
+    assert all(p.read_bytes() == data for p, data in kept.items())
+    assert not later.exists()
+    for root in (zone, clean):
+        assert not any(p.name.startswith(".") for p in root.rglob("*"))
+    for table in dd.FACT_TABLES:
+        assert [p.relative_to(zone) for p in fact_files(zone, table)] == [
+            p.relative_to(clean) for p in fact_files(clean, table)]
+        assert read_fact(zone, table).equals(read_fact(clean, table))
+
+
+@pytest.mark.parametrize("ahead", [timedelta(0), timedelta(microseconds=1), -timedelta(hours=3)])
+def test_append_at_or_before_the_newest_cursor_is_refused(zone: Path, ahead: timedelta) -> None:
+    state = dd.read_demo_state(zone)
+    before = (zone / dd.STATE_FILE).read_text()
+    with pytest.raises(ConfigError, match=re.escape(f"newest cursor is {state.max_cursor.isoformat()}") + ".*--now. later"):
+        dd.append_batch(zone, now=state.max_cursor + ahead, orders=10, updates=0, late=0)
+    assert (zone / dd.STATE_FILE).read_text() == before
+    with pytest.raises(ConfigError, match="timezone-aware"):
+        dd.append_batch(zone, now=datetime(2030, 1, 1), orders=10)
+
+
+def test_append_with_the_real_clock_lands_in_the_last_day(zone: Path) -> None:
+    from loader.demo import landing_zone
+
+    before = datetime.now(UTC)
+    summary = landing_zone.append(str(zone), orders=30, updates=5, late=1, recent=1000, update_from="newest")
+    after = datetime.now(UTC)
+    assert before - timedelta(days=1) <= summary.max_cursor < after
+    assert summary.ingest_date in {(t - timedelta(microseconds=1)).date() for t in (before, after)}
+
+
+def test_cli_now_pins_the_clock_and_refuses_a_bad_one(zone: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "cfg", landing_zone=str(zone))
+    assert "Pin the clock, for reproducible zones; default: the current time" in " ".join(
+        run_cli(config, "demo-data", "init", "--help").stdout.split())
+    naive = run_cli(config, "demo-data", "append", "--now", "2030-01-01T00:00:00", check=False)
+    assert naive.returncode == EXIT_USAGE and "has no UTC offset" in naive.stderr, naive.stderr
+    newest = dd.read_demo_state(zone).max_cursor
+    early = run_cli(config, "demo-data", "append", "--now", newest.isoformat(), check=False)
+    assert early.returncode == EXIT_USAGE and "--now" in early.stderr and newest.isoformat() in early.stderr
+    done = run_cli(config, "demo-data", "append", "--now", "2024-01-07T06:00:00Z", "--orders", "5").stdout
+    assert "ingest_date=2024-01-07" in done and dd.read_demo_state(zone).max_cursor < datetime(2024, 1, 7, 6, tzinfo=UTC)

@@ -68,9 +68,9 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_loader_entrypoint() -> Non
         if word == "COPY" and "--from" not in rest:
             sources = [s for s in rest.split()[:-1] if not s.startswith("--")]
             assert all((ROOT / s).exists() for s in sources), rest
-    extras = next(rest for word, rest in steps if word == "RUN" and "pip install" in rest).split('".[')[1].split("]")[0]
-    defined = set(__import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-    assert set(extras.split(",")) <= defined
+    installs = [rest for word, rest in steps if word == "RUN" and "pip install" in rest]
+    assert installs == ["/opt/loader/bin/pip install --require-hashes -r image.lock",
+                        "/opt/loader/bin/pip install --no-deps ."]  # the locked set (tests/unit/test_lock.py), then ours
 
 
 def test_the_image_build_context_builds_the_package(tmp_path: Path) -> None:

@@ -1,0 +1,98 @@
+"""The install is locked: requirements.lock pins every package (with its files' hashes) that
+pyproject.toml asks for, `make` installs from it with --require-hashes, and the environment this suite
+runs in holds exactly those versions (CI's fresh clone builds it with `make test`). The image's lock
+(deploy/image.lock) pins the same versions."""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import re
+import tomllib
+from pathlib import Path
+
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCK = ROOT / "requirements.lock"
+IMAGE_LOCK = ROOT / "deploy" / "image.lock"
+
+
+def _pins(lock: Path = LOCK) -> dict[str, tuple[str, Marker | None, list[str]]]:
+    """name -> (version, marker, hashes), from the lock's logical lines (continuations joined)."""
+    text = re.sub(r"\\\n", " ", lock.read_text())
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement, *hashes = (part.strip() for part in line.split("--hash="))
+        name_version, _, marker = requirement.partition(";")
+        name, _, version = name_version.strip().partition("==")
+        assert version, f"{lock.name}: {line[:80]!r} is not an exact pin"
+        pins[canonicalize_name(name)] = (version, Marker(marker) if marker.strip() else None, hashes)
+    return pins
+
+
+def test_every_pin_is_exact_and_hashed() -> None:
+    for lock in (LOCK, IMAGE_LOCK):
+        pins = _pins(lock)
+        assert len(pins) > 50, len(pins)
+        unhashed = [name for name, (_, _, hashes) in pins.items() if not hashes or not all(h.startswith("sha256:") for h in hashes)]
+        assert not unhashed, f"{lock.name}: pins without sha256 hashes: {unhashed}"
+
+
+def _declared(extras: set[str]) -> list[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *(r for extra in sorted(extras) for r in project["optional-dependencies"][extra])]
+
+
+def _uncovered(declared: list[str], pins: dict[str, tuple[str, Marker | None, list[str]]]) -> tuple[list[str], list[str]]:
+    missing, outside = [], []
+    for raw in declared:
+        requirement = Requirement(raw)
+        pin = pins.get(canonicalize_name(requirement.name))
+        if pin is None:
+            missing.append(raw)
+        elif not requirement.specifier.contains(pin[0], prereleases=True):
+            outside.append(f"{raw} (locked {pin[0]})")
+    return missing, outside
+
+
+def test_the_lock_covers_every_dependency_pyproject_declares() -> None:
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    missing, outside = _uncovered(_declared(extras - {"gpu"}), _pins())  # cuDF: on GPU machines, by hand
+    assert not missing and not outside, f"run `make lock`: not locked {missing}; lock outside the range {outside}"
+
+
+def test_the_image_lock_covers_the_images_extras_at_the_versions_the_suite_runs() -> None:
+    image, tested = _pins(IMAGE_LOCK), _pins()
+    missing, outside = _uncovered(_declared({"postgres", "snowflake"}), image)
+    assert not missing and not outside, f"run `make lock`: not locked {missing}; lock outside the range {outside}"
+    differ = {name: (pin[0], tested.get(name, ("absent",))[0]) for name, pin in image.items()
+              if tested.get(name, ("absent",))[0] != pin[0]}
+    assert not differ, f"deploy/image.lock differs from requirements.lock (image, tested): {differ}; run `make lock`"
+
+
+def test_this_environment_is_the_lock() -> None:
+    """Every pin that applies to this platform is installed at exactly its version."""
+    wrong = []
+    for name, (version, marker, _) in _pins().items():
+        if marker is not None and not marker.evaluate():
+            continue
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = None
+        if installed != version:
+            wrong.append(f"{name}: locked {version}, installed {installed}")
+    assert not wrong, "the suite runs in an environment that is not requirements.lock (`make test` installs it): " + \
+        "; ".join(wrong)
+
+
+def test_make_installs_from_the_lock_with_hashes_and_the_project_without_dependencies() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install --quiet --require-hashes -r requirements.lock" in makefile
+    assert "--no-deps --no-build-isolation -e ." in makefile
+    assert re.search(r"^\$\(STAMP\): pyproject.toml requirements.lock", makefile, re.M), "a new lock reinstalls"
