@@ -52,14 +52,16 @@ def table_deleted(info: dict[str, Any]) -> int:
 
 
 def batch_of(run: RunRecord) -> dict[str, Any] | None:
-    """Which batch of its run this ledger run was ({index, of}), for incremental runs cut in batches
-    (a backfill chunk's batch: {index: part, of: parts})."""
+    """Which batch of its run this ledger run was ({index, of, series}), for incremental runs cut in
+    batches (a backfill chunk's batch: {index: part, of: parts}). `series` names the run the batches
+    belong to: the same for all of them (the run numbers need not be consecutive: a backfill batch cut
+    short is loaded again under a new number)."""
     info = (run.metrics or {}).get("batch")
     if info:
-        return {"index": info.get("index"), "of": info.get("of")}
+        return {"index": info.get("index"), "of": info.get("of"), "series": info.get("series")}
     chunk = (run.metrics or {}).get("backfill")
     if chunk and chunk.get("parts"):
-        return {"index": chunk.get("part"), "of": chunk.get("parts")}
+        return {"index": chunk.get("part"), "of": chunk.get("parts"), "series": f"{chunk.get('id')}/{chunk.get('chunk')}"}
     return None
 
 

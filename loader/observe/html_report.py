@@ -91,9 +91,12 @@ def run_label(entry: dict[str, Any]) -> str:
 
 
 def _series(entry: dict[str, Any]) -> tuple[Any, ...]:
-    """The batches of one run took consecutive ledger run numbers (a replay keeps its number), so batch i
-    of n of the run whose first batch was run f is run f + i - 1: (mode, f, n) names the run."""
+    """What names the run a ledger run was a batch of: its `series` (recorded with each batch), else
+    (ledgers from before series were shown) the first batch's run number, as batches took consecutive
+    numbers: batch i of n of the run whose first batch was run f is run f + i - 1."""
     batch = entry.get("batch") or {}
+    if batch.get("series"):
+        return (entry["mode"], batch["series"])
     if not batch.get("index"):
         return (entry["mode"], entry["run_number"], 1)
     return (entry["mode"], entry["run_number"] - int(batch["index"]) + 1, batch.get("of"))

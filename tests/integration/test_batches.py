@@ -231,6 +231,7 @@ def test_first_load_in_batches_equals_one_batch_in_every_sink(
     total = len(many["batches"])
     assert sorted((e["run_number"], e["batch"]["index"], e["batch"]["of"]) for e in history) == [
         (number, index, total) for index, number in enumerate(many["run_numbers"], start=1)]
+    assert len({e["batch"]["series"] for e in history}) == 1 and history[0]["batch"]["series"]  # one run's batches
     assert _run(configs["many"], BUDGET, env=env)["status"] == "nothing_new"
 
 
