@@ -27,14 +27,19 @@ def loader_root() -> Path:
     return system_temp() / f"loader-{os.getuid()}"
 
 
-def claim() -> Path:
-    """Make this process's scratch folder its temp folder (sweeping those of dead processes first)."""
+def claim() -> Path | None:
+    """Make this process's scratch folder its temp folder, and remove those of dead processes. None
+    (the system temp folder stays the process's) when it cannot be made: a read-only or full temp folder
+    fails where the temp files are written, with that error, not here."""
     system = system_temp()
     root = loader_root()
-    root.mkdir(exist_ok=True)
-    sweep(root)
     mine = root / str(os.getpid())
-    mine.mkdir(exist_ok=True)
+    try:
+        # Made with its parent in one call: another process may remove the empty root at any moment.
+        mine.mkdir(parents=True, exist_ok=True)
+        sweep(root)
+    except OSError:
+        return None
     _claimed.append((mine, os.environ.get("TMPDIR")))
     os.environ[SYSTEM_TMPDIR_ENV] = str(system)
     os.environ["TMPDIR"] = str(mine)
@@ -58,7 +63,7 @@ def release() -> None:
 
 def sweep(root: Path) -> None:
     """Remove the subfolders named by a process id whose process is gone (killed before releasing)."""
-    for child in root.iterdir():
+    for child in list(root.iterdir()):
         if child.is_dir() and child.name.isdigit() and not alive(int(child.name)):
             shutil.rmtree(child, ignore_errors=True)
 

@@ -72,11 +72,10 @@ def claim(temp_dir: str | None, spill_dir: str | None) -> RayFolders:
             folders.append(None)
             continue
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            scratch.sweep(root)
             mine = root / str(os.getpid())
             shutil.rmtree(mine, ignore_errors=True)  # an earlier process with this id left it
-            mine.mkdir()
+            mine.mkdir(parents=True)  # with the root in one call: another run may remove an empty root
+            scratch.sweep(root)
         except OSError as error:
             setting = "ray.temp_dir" if root == temp_root else "ray.spill_dir"
             raise ConfigError(f"cannot use {root} for Ray's files: {error.strerror}: set {setting} to a writable "

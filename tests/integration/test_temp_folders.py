@@ -91,3 +91,15 @@ def test_a_folder_of_a_live_process_is_kept_and_a_dead_ones_removed() -> None:
         assert [p.name for p in root.iterdir()] == ["1"]  # a root still in use stays
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_without_a_writable_temp_folder_the_process_keeps_the_systems(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv(scratch.SYSTEM_TMPDIR_ENV, str(not_a_folder))
+    before = tempfile.gettempdir()
+    assert scratch.claim() is None
+    assert tempfile.gettempdir() == before and os.environ.get("TMPDIR") != str(not_a_folder)
+    scratch.release()  # nothing claimed: nothing removed
+    assert not_a_folder.is_file()
