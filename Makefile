@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml requirements.lock | $(BIN)/python
 	@$(BIN)/python -m pip check || (echo "pyproject.toml and requirements.lock disagree: run \`make lock\`" >&2; exit 1)
 	touch $(STAMP)
 
-# Refresh requirements.lock after changing pyproject.toml's dependencies: pins already in the lock are
+# Refresh the locks (requirements.lock, deploy/image.lock, tests/airflow_env/requirements.txt) after
+# changing pyproject.toml's dependencies or requirements.in: pins already in a lock are
 # kept where they still fit; `make lock UPGRADE=1` moves every pin to the newest release allowed. Run
 # `make test` before committing the new lock.
 lock: $(STAMP)
@@ -31,6 +32,9 @@ lock: $(STAMP)
 	# the image's (deploy/Dockerfile): the loader with the extras a deployment needs, at the same versions
 	$(BIN)/uv pip compile pyproject.toml --extra postgres --extra snowflake --universal --python-version 3.11 \
 		--generate-hashes -c requirements.lock --custom-compile-command "make lock" --quiet -o deploy/image.lock
+	# Airflow's, for the DAG's test (.venv-airflow: its dependencies do not mix with ours)
+	$(BIN)/uv pip compile tests/airflow_env/requirements.in --universal --python-version 3.11 --generate-hashes \
+		$(if $(UPGRADE),--upgrade) --custom-compile-command "make lock" --quiet -o tests/airflow_env/requirements.txt
 
 run: $(STAMP)
 	$(BIN)/loader --config $(CONFIG) demo-data init --if-missing --scale 0.1

@@ -324,7 +324,7 @@ class RayConfig(_Frozen):
     num_cpus: int | None = Field(default=None, gt=0)
     num_gpus: int | None = Field(default=None, ge=0)  # local instance only; 0 keeps Ray off the GPUs
     # A local instance's session files (and spill, unless spill_dir) go to <temp_dir>/<pid>, removed when
-    # the run ends. None: `loader-ray-<uid>` in the system temp folder. At most 35 bytes: Ray's socket
+    # the run ends. None: `loader-<uid>/ray` in the system temp folder. At most 35 bytes: Ray's socket
     # paths live under it. spill_dir: a roomier disk for spilled objects (<spill_dir>/<pid>, also removed).
     temp_dir: str | None = None
     spill_dir: str | None = None

@@ -32,12 +32,8 @@ def claim() -> Path | None:
     (the system temp folder stays the process's) when it cannot be made: a read-only or full temp folder
     fails where the temp files are written, with that error, not here."""
     system = system_temp()
-    root = loader_root()
-    mine = root / str(os.getpid())
     try:
-        # Made with its parent in one call: another process may remove the empty root at any moment.
-        mine.mkdir(parents=True, exist_ok=True)
-        sweep(root)
+        mine = process_folder(loader_root())
     except OSError:
         return None
     _claimed.append((mine, os.environ.get("TMPDIR")))
@@ -59,6 +55,15 @@ def release() -> None:
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = before
+
+
+def process_folder(root: Path) -> Path:
+    """`root/<pid>`, made (with `root`, in one call: another process may remove an empty root at any
+    moment), and the folders under `root` of processes that are gone removed."""
+    mine = root / str(os.getpid())
+    mine.mkdir(parents=True, exist_ok=True)
+    sweep(root)
+    return mine
 
 
 def sweep(root: Path) -> None:

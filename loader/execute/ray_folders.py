@@ -65,23 +65,16 @@ def claim(temp_dir: str | None, spill_dir: str | None) -> RayFolders:
             f"ray.temp_dir {str(temp_root)!r} is {len(os.fsencode(temp_root))} bytes long: Ray's socket paths under it "
             f"would pass the {SOCKET_PATH_MAX}-byte limit of a Unix socket. Choose a folder of at most {longest} "
             "bytes (spilled objects can go to a longer path: ray.spill_dir)")
-    spill_root = Path(spill_dir).expanduser().absolute() if spill_dir else None
-    folders: list[Path | None] = []
-    for root in (temp_root, spill_root):
-        if root is None:
-            folders.append(None)
-            continue
-        try:
-            mine = root / str(os.getpid())
-            shutil.rmtree(mine, ignore_errors=True)  # an earlier process with this id left it
-            mine.mkdir(parents=True)  # with the root in one call: another run may remove an empty root
-            scratch.sweep(root)
-        except OSError as error:
-            setting = "ray.temp_dir" if root == temp_root else "ray.spill_dir"
-            raise ConfigError(f"cannot use {root} for Ray's files: {error.strerror}: set {setting} to a writable "
-                              "folder") from error
-        folders.append(mine)
-    assert folders[0] is not None
-    claimed = RayFolders(temp=folders[0], spill=folders[1])
+    claimed = RayFolders(temp=_process_folder(temp_root, "ray.temp_dir"),
+                         spill=_process_folder(Path(spill_dir).expanduser().absolute(), "ray.spill_dir")
+                         if spill_dir else None)
     _claimed.append(claimed)
     return claimed
+
+
+def _process_folder(root: Path, setting: str) -> Path:
+    try:
+        return scratch.process_folder(root)
+    except OSError as error:
+        raise ConfigError(f"cannot use {root} for Ray's files: {error.strerror}: set {setting} to a writable "
+                          "folder") from error
