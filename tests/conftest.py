@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import tempfile
@@ -11,11 +12,16 @@ from typing import Any
 
 import pytest
 
+from loader.scratch import alive
 from tests.support.cli import write_config
 
-SYSTEM_TEMP = Path(tempfile.gettempdir())
-_TEMP_BEFORE = pytest.StashKey[set[str]]()
+SYSTEM_TEMP = Path(tempfile.gettempdir())  # the machine's, before the suite points TMPDIR at its own
+_SYSTEM_BEFORE = pytest.StashKey[set[str]]()
 _TEMP_ROOT = pytest.StashKey[str]()
+_SKIPS: list[tuple[str, str, bool]] = []  # (test, reason, declared): the controller's are the session's
+_SESSION_ENV = "LOADER_TESTS_TEMP_ROOT"  # set by the outermost session: a test's own pytest run checks nothing
+# What the suite's own temp folder holds by design: pytest's tmp_path folders and the runtime folder.
+_OURS_BY_DESIGN = {f"pytest-of-{getpass.getuser()}", "runtime"}
 
 
 def _controller(config: pytest.Config) -> bool:
@@ -23,18 +29,21 @@ def _controller(config: pytest.Config) -> bool:
     return not hasattr(config, "workerinput")
 
 
-_SESSION_ENV = "LOADER_TESTS_TEMP_ROOT"  # set by the outermost session: a test's own pytest run checks nothing
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    """Remember what the system temp folder held, and put pytest's own tmp_path folders in a folder of
-    the suite (removed at its end) rather than /tmp/pytest-of-<user>; the same for the runtime folder
-    that libraries (platformdirs) otherwise make in /tmp when XDG_RUNTIME_DIR is unset."""
+    """Give the suite a temp folder of its own and make it every process's temp folder: TMPDIR (tempfile,
+    the loader's scratch root, Ray's session folders, the services'), pytest's tmp_path folders, the
+    runtime folder that libraries (platformdirs) otherwise make in /tmp. xdist's workers and every CLI run
+    inherit it. So the check at the end judges only what the suite made, whatever else uses /tmp."""
+    config.addinivalue_line("markers", "may_skip: the test may skip for a fact of the machine (no GPU), not for a "
+                            "missing environment: other skips fail the suite under CI (CI=true)")
     if not _controller(config) or _SESSION_ENV in os.environ:
         return
-    config.stash[_TEMP_BEFORE] = set(os.listdir(SYSTEM_TEMP))
-    root = tempfile.mkdtemp(prefix="loader-tests-")
-    config.stash[_TEMP_ROOT] = os.environ[_SESSION_ENV] = root  # children (workers, CLI runs) inherit these
+    config.stash[_SYSTEM_BEFORE] = set(os.listdir(SYSTEM_TEMP))
+    # short: Ray's socket paths under it (loader-<uid>/ray/<pid>/session_.../sockets/...) hold 107 bytes
+    root = tempfile.mkdtemp(prefix="lt", dir=SYSTEM_TEMP)
+    config.stash[_TEMP_ROOT] = os.environ[_SESSION_ENV] = root
+    os.environ["TMPDIR"] = root
+    tempfile.tempdir = root
     if not config.option.basetemp and "PYTEST_DEBUG_TEMPROOT" not in os.environ:
         os.environ["PYTEST_DEBUG_TEMPROOT"] = root  # read when the first tmp_path is made, workers' included
     if "XDG_RUNTIME_DIR" not in os.environ:
@@ -42,25 +51,81 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["XDG_RUNTIME_DIR"] = os.path.join(root, "runtime")
 
 
+def _escaped_loader_names(before: set[str]) -> list[str]:
+    """Names only the loader makes that appeared in the machine's temp folder: a process of the suite
+    that ignored TMPDIR. A folder of another loader's live process (another run on the machine) is not
+    ours: under `loader-<uid>` only the folders of processes that are gone count."""
+    found = []
+    for name in sorted(set(os.listdir(SYSTEM_TEMP)) - before):
+        path = SYSTEM_TEMP / name
+        if name == f"loader-{os.getuid()}" and path.is_dir():
+            found += [f"{name}/{p.name}" for p in sorted(path.iterdir())
+                      if not (p.name.isdigit() and alive(int(p.name)))]
+        elif name.startswith(("loader-cache", "loader-snowflake-")):
+            found.append(name)
+    return found
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Every skip, with its reason and whether the test declared it (marker `may_skip`); xdist hands the
+    workers' reports to the controller, which keeps them."""
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        _SKIPS.append((report.nodeid, reason, "may_skip" in report.keywords))
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"true", "1", "yes"}
+
+
+def _debris(config: pytest.Config) -> list[str]:
+    """Anything left in the suite's own temp folder but what it holds by design (a test's service, a
+    library or a loader run leaving files behind), and loader names new in the machine's temp folder.
+    The folder is removed either way."""
+    root = Path(config.stash[_TEMP_ROOT])
+    left = [f"{root}/{p.name}" for p in sorted(root.iterdir()) if p.name not in _OURS_BY_DESIGN]
+    left += [f"{SYSTEM_TEMP}/{name}" for name in _escaped_loader_names(config.stash[_SYSTEM_BEFORE])]
+    shutil.rmtree(root, ignore_errors=True)
+    return [f"the test session left {len(left)} entries behind:", *(f"  {name}" for name in left)] if left else []
+
+
+def _skip_lines() -> tuple[list[str], bool]:
+    """The summary of every skip and its reason; under CI (CI=true) a skip the test did not declare with
+    `may_skip` (a missing environment: Chromium, .venv-airflow) fails the session."""
+    skips = _SKIPS
+    unexpected = [(test, reason) for test, reason, expected in skips if not expected]
+    lines = [f"skipped {len(skips)}, {len(unexpected)} of them not declared by the test (marker may_skip):"] if skips else []
+    lines += [f"  {'declared' if expected else 'UNDECLARED'}  {test}: {reason}" for test, reason, expected in skips]
+    failing = bool(unexpected) and _under_ci()
+    if failing:
+        lines.append("under CI an undeclared skip fails the suite: build what it names (`make test` does) and run again")
+    return lines, failing
+
+
+_VERDICT = pytest.StashKey[tuple[list[str], bool]]()  # the lines to print, and whether they fail the session
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The suite leaves the system temp folder as it found it: anything new there fails the session,
-    listed (a test's service, a library or the loader leaving files behind)."""
+    """The suite judges only what it made, and runs what it can: debris it left, or (under CI) a test
+    skipped for a missing environment, fails the session; pytest_terminal_summary lists them."""
     config = session.config
-    if not _controller(config) or _TEMP_BEFORE not in config.stash:
+    if not _controller(config) or _TEMP_ROOT not in config.stash:
         return
-    shutil.rmtree(config.stash[_TEMP_ROOT], ignore_errors=True)
-    left = sorted(set(os.listdir(SYSTEM_TEMP)) - config.stash[_TEMP_BEFORE])
-    if not left:
-        return
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    lines = [f"the test session left {len(left)} new entries in {SYSTEM_TEMP}:", *(f"  {name}" for name in left)]
+    debris = _debris(config)
+    skips, skip_fails = _skip_lines()
+    config.stash[_VERDICT] = (skips + debris, bool(debris) or skip_fails)
+    if debris or skip_fails:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    lines, failing = config.stash.get(_VERDICT, ([], False))
+    if lines:
+        terminalreporter.section("what the suite judged besides its tests", red=failing, bold=failing)
     for line in lines:
-        if reporter is not None:
-            reporter.write_line(line, red=True)
-        else:
-            print(line)
-    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        terminalreporter.write_line(line, red=failing)
 
 
 @pytest.fixture(scope="session", autouse=True)

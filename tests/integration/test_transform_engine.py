@@ -44,6 +44,7 @@ def _project(tmp_path: Path, **overrides: object) -> Path:
 
 
 @no_gpu
+@pytest.mark.may_skip  # a machine with a GPU
 def test_auto_falls_back_to_cpu_and_says_why(tmp_path: Path) -> None:
     config = _project(tmp_path)
     result = run_cli(config, "run", "--incremental", "--json")
@@ -58,6 +59,7 @@ def test_auto_falls_back_to_cpu_and_says_why(tmp_path: Path) -> None:
 
 
 @no_gpu
+@pytest.mark.may_skip  # a machine with a GPU
 @pytest.mark.parametrize("where", ["cli", "config"])
 def test_gpu_requested_without_one_fails_at_start_and_writes_nothing(tmp_path: Path, where: str) -> None:
     config = _project(tmp_path, transform={"engine": "gpu" if where == "config" else "auto"})

@@ -69,8 +69,10 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_loader_entrypoint() -> Non
             sources = [s for s in rest.split()[:-1] if not s.startswith("--")]
             assert all((ROOT / s).exists() for s in sources), rest
     installs = [rest for word, rest in steps if word == "RUN" and "pip install" in rest]
-    assert installs == ["/opt/loader/bin/pip install --require-hashes -r image.lock",
-                        "/opt/loader/bin/pip install --no-deps ."]  # the locked set (tests/unit/test_lock.py), then ours
+    # the pinned installer, then the locked set with it (tests/unit/test_lock.py), then ours
+    assert installs == ["/opt/loader/bin/pip install --require-hashes -r installer.lock "
+                        "&& /opt/loader/bin/pip install --require-hashes -r image.lock",
+                        "/opt/loader/bin/pip install --no-deps ."]
 
 
 def test_the_image_build_context_builds_the_package(tmp_path: Path) -> None:

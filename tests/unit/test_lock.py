@@ -17,6 +17,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements.lock"
 IMAGE_LOCK = ROOT / "deploy" / "image.lock"
+INSTALLER_LOCK = ROOT / "deploy" / "installer.lock"
 
 
 def _pins(lock: Path = LOCK) -> dict[str, tuple[str, Marker | None, list[str]]]:
@@ -91,8 +92,22 @@ def test_this_environment_is_the_lock() -> None:
         "; ".join(wrong)
 
 
-def test_make_installs_from_the_lock_with_hashes_and_the_project_without_dependencies() -> None:
+def test_make_installs_the_pinned_installer_then_the_lock_with_hashes_and_the_project_without_dependencies() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    assert "pip install --quiet --require-hashes -r requirements.lock" in makefile
+    installer = makefile.index("--require-hashes -r $(INSTALLER_LOCK)")
+    assert installer < makefile.index("--require-hashes -r requirements.lock"), "the installer comes first"
     assert "--no-deps --no-build-isolation -e ." in makefile
-    assert re.search(r"^\$\(STAMP\): pyproject.toml requirements.lock", makefile, re.M), "a new lock reinstalls"
+    assert re.search(r"^\$\(STAMP\): pyproject.toml requirements.lock \$\(INSTALLER_LOCK\)", makefile, re.M), \
+        "a new lock or installer reinstalls"
+    build = (ROOT / "tests" / "airflow_env" / "build.sh").read_text()
+    assert build.index('-r "$INSTALLER"') < build.index('-r "$REQ"'), ".venv-airflow is built with the pinned installer"
+
+
+def test_the_installer_lock_pins_the_makefiles_installer_and_this_environment_runs_it() -> None:
+    """Whatever pip the interpreter bundled, `make` replaced it with the pinned one: the outcome of an
+    install does not depend on the machine's Python (.ci/fresh-envs builds with the bundled pip)."""
+    pins = _pins(INSTALLER_LOCK)
+    assert list(pins) == ["pip"] and all(h.startswith("sha256:") for h in pins["pip"][2]) and pins["pip"][2], pins
+    declared = re.search(r"^INSTALLER := pip==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert declared and declared.group(1) == pins["pip"][0], "run `make lock`: the installer lock is not INSTALLER"
+    assert metadata.version("pip") == pins["pip"][0], f"this environment's pip is {metadata.version('pip')}"

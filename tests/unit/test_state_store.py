@@ -291,9 +291,16 @@ def test_unreachable_database_is_unavailable_with_masked_password(tmp_path: Path
     assert "s3cret" not in str(info.value) and "***" in str(info.value) and "reachable" in str(info.value)
 
 
-def test_sqlite_writes_begin_immediate_and_reads_do_not(store: StateStore) -> None:
-    if store.engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's locking mode; PostgreSQL locks rows instead")
+@pytest.fixture
+def sqlite_store(tmp_path: Path, clock: FakeClock):
+    s = StateStore.open(url_of(tmp_path / "state.db"), now=clock)
+    yield s
+    s.close()
+
+
+def test_sqlite_writes_begin_immediate_and_reads_do_not(sqlite_store: StateStore) -> None:
+    """SQLite's locking mode (PostgreSQL locks rows instead)."""
+    store = sqlite_store
     seen: list[str] = []
 
     @event.listens_for(store.engine, "before_cursor_execute")
