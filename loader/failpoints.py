@@ -6,7 +6,10 @@ environment variable LOADER_FAILPOINTS, a comma-separated list of `point=action`
     LOADER_FAILPOINTS="delta.write=crash"             kill -9 this process at that point
     LOADER_FAILPOINTS="parquet.write=transient"       raise a transient error (retried)
     LOADER_FAILPOINTS="checkpoint.inside=terminal"    raise a terminal error (fails the run)
-    LOADER_FAILPOINTS="plan.recorded=sleep:2.5"       sleep 2.5 s (to race another process)
+    LOADER_FAILPOINTS="plan.recorded=sleep:2.5"       sleep 2.5 s
+    LOADER_FAILPOINTS="plan.recorded=wait:/tmp/gate"  wait there until the file /tmp/gate exists: a test
+                                                      holds the process at the point for as long as it
+                                                      needs (no race with a sleep on a busy machine)
 
 A point may be narrowed to one table: `delta.write@lineitem=crash`. An action may be limited to the
 first N hits: `parquet.write=transient*2`, or start after N hits: `delta.write=crash+2` (the third hit). The points, in run order:
@@ -15,14 +18,18 @@ first N hits: `parquet.write=transient*2`, or start after N hits: `delta.write=c
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from loader.errors import SinkRejected, SinkUnavailable
 
 ENV = "LOADER_FAILPOINTS"
+WAIT_LIMIT_S = 600.0  # a `wait:FILE` nobody releases fails the run then, rather than hang it forever
+_ACTION = re.compile(r"(?P<action>.+?)(?:\+(?P<skip>\d+))?(?:\*(?P<times>\d+))?")
 
 POINTS = {
     "parquet.dimension": "inside a dimension load: the Parquet log's new file written, not yet renamed into place",
@@ -52,9 +59,10 @@ def _parse(text: str) -> dict[str, list[str | int]]:
         name = point.split("@", 1)[0]
         if name not in POINTS or not action:
             raise ValueError(f"{ENV}: {item!r} is not point=action; points: {', '.join(POINTS)}")
-        action, _, times = action.partition("*")
-        action, _, skip = action.partition("+")
-        active[point] = [action, int(times) if times else -1, int(skip) if skip else 0]
+        parts = _ACTION.fullmatch(action)  # action[+skip][*times]; a wait's path may hold other characters
+        assert parts is not None  # `.+?` matches any non-empty action
+        times, skip = parts["times"], parts["skip"]
+        active[point] = [parts["action"], int(times) if times else -1, int(skip) if skip else 0]
     return active
 
 
@@ -94,5 +102,18 @@ def hit(point: str, table: str | None = None) -> None:
         seconds = float(action.split(":", 1)[1])
         print(f"{where}: sleeping {seconds}s", file=sys.stderr, flush=True)  # tests wait for this line
         time.sleep(seconds)
+    elif action.startswith("wait:"):
+        _wait_for(Path(action.split(":", 1)[1]), where)
     else:
-        raise ValueError(f"{ENV}: unknown action {action!r} at {key}: use crash, transient, terminal or sleep:SECONDS")
+        raise ValueError(f"{ENV}: unknown action {action!r} at {key}: use crash, transient, terminal, "
+                         "sleep:SECONDS or wait:FILE")
+
+
+def _wait_for(gate: Path, where: str) -> None:
+    print(f"{where}: waiting for {gate}", file=sys.stderr, flush=True)  # tests wait for this line
+    deadline = time.monotonic() + WAIT_LIMIT_S
+    while not gate.exists():
+        if time.monotonic() > deadline:
+            raise SinkRejected(f"{where}: {gate} did not appear within {WAIT_LIMIT_S:g}s")
+        time.sleep(0.02)
+    print(f"{where}: released", file=sys.stderr, flush=True)

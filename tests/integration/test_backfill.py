@@ -8,16 +8,15 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.cli import ROOT, run_cli, run_json, write_config
+from tests.support.cli import run_cli, run_json, write_config
 from tests.support.demo_clock import append_args, init_args
+from tests.support.gate import Gate, HeldProcess
 from tests.support.readers import delta_rows, parquet_latest
 from tests.support.snowflake_emulator import (
     abort_detached_transactions,
@@ -33,8 +32,8 @@ LEASE_TTL_S = 1
 WINDOW = ["--start", "2024-01-01", "--end", "2024-01-04", "--chunk", "18h"]  # the demo's 3 days: 4 chunks
 
 
-def _project(folder: Path) -> Path:
-    return write_config(folder, state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
+def _project(folder: Path, *, lease_ttl: str = f"{LEASE_TTL_S}s") -> Path:
+    return write_config(folder, state={"url": "sqlite:///state/loader.db", "lease_ttl": lease_ttl})
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +49,13 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return config
 
 
-def _copy(loaded: Path, target: Path, *, warehouse: bool) -> Path:
+def _copy(loaded: Path, target: Path, *, warehouse: bool, lease_ttl: str = f"{LEASE_TTL_S}s") -> Path:
     """The same landing zone; with the loaded project's state and warehouse, or empty ones."""
     shutil.copytree(loaded.parent / "landing", target / "landing")
     if warehouse:
         shutil.copytree(loaded.parent / "warehouse", target / "warehouse")
         shutil.copytree(loaded.parent / "state", target / "state")
-    return _project(target)
+    return _project(target, lease_ttl=lease_ttl)
 
 
 def test_backfill_gives_what_incremental_runs_gave_without_a_checkpoint(loaded: Path, tmp_path: Path) -> None:
@@ -155,27 +154,17 @@ def test_unknown_resume_id_names_the_known_ones(loaded: Path, tmp_path: Path) ->
     assert run_cli(config, "backfill", "--resume", known, "--start", "2024-01-01", check=False).returncode == 2
 
 
-def _start_slow(config: Path, *args: str) -> subprocess.Popen[str]:
-    """A command that holds the lease while it sleeps at its first Delta write."""
-    command = [sys.executable, "-m", "loader.cli", "--config", str(config), *args]
-    import os
-
-    env = {**os.environ, "LOADER_FAILPOINTS": "delta.write=sleep:4*1"}
-    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    assert process.stderr is not None
-    for line in process.stderr:  # wait until it is inside its run
-        if "failpoint delta.write: sleeping" in line:
-            return process
-    raise AssertionError(f"{args} ended before its failpoint: exit {process.wait()}")
-
-
 @pytest.mark.parametrize("first", ["backfill", "incremental"])
 def test_backfill_and_incremental_never_run_together(loaded: Path, tmp_path: Path, first: str) -> None:
-    config = _copy(loaded, tmp_path / "p", warehouse=True)
+    """The first command holds the lease, waiting at its first Delta write, while the other is refused.
+    A lease that outlives any heartbeat stall of a busy machine: the refusal is the lease's, not luck."""
+    config = _copy(loaded, tmp_path / "p", warehouse=True, lease_ttl="120s")
     run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "10", "--late", "0")
     backfill = ["backfill", *WINDOW]
     incremental = ["run", "--incremental"]
-    holder = _start_slow(config, *(backfill if first == "backfill" else incremental))
+    gate = Gate(tmp_path)
+    holder = HeldProcess(config, *(backfill if first == "backfill" else incremental),
+                         failpoints=gate.failpoint("delta.write", "*1")).held()
     try:
         refused = run_cli(config, *(incremental if first == "backfill" else backfill), check=False)
         assert refused.returncode == 3, refused.stderr
@@ -183,7 +172,9 @@ def test_backfill_and_incremental_never_run_together(loaded: Path, tmp_path: Pat
         if first == "backfill":
             assert run_json(config, "status")["backfill"]["state"] == "running"
     finally:
-        assert holder.wait(timeout=120) == 0
+        gate.open()
+    code, _, stderr = holder.finish()
+    assert code == 0, stderr
     assert run_cli(config, *(incremental if first == "backfill" else backfill), check=False).returncode == 0
     assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
 

@@ -12,12 +12,9 @@ while); the Ray executor replays one of them."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,8 +27,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tests.support.cli import ROOT, run_cli, run_json, write_config
+from tests.support.cli import run_cli, run_json, write_config
 from tests.support.demo_clock import append_args, init_args
+from tests.support.gate import Gate, HeldProcess
 from tests.support.readers import delta_rows, parquet_latest, parquet_versions, snowflake_rows
 from tests.support.snowflake_emulator import new_database, password_env, sink_settings
 from tests.support.warehouse import assert_matches_expected, assert_warehouse_exact
@@ -611,27 +609,21 @@ def test_backfill_chunks_are_cut_into_batches(zone: Path, loaded: Loaded, tmp_pa
 
 
 def test_status_shows_a_run_in_progress_and_the_batch_in_flight(zone: Path, loaded: Loaded, tmp_path: Path) -> None:
-    """While a run sleeps after its second batch, `loader status` says it is running, with 2 of n
+    """While a run waits after its second batch, `loader status` says it is running, with 2 of n
     batches and their rows; killed with its third batch recorded, the batch in flight is named."""
     reference = loaded.summary["batches"]
     config = _fresh(zone, tmp_path / "p")
-    command = [sys.executable, "-m", "loader.cli", "--config", str(config), "run", "--incremental",
-               "--max-batch-rows", str(BUDGET)]
-    sleeping = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "LOADER_FAILPOINTS": "checkpoint.after=sleep:6+1"})
+    waiting = HeldProcess(config, "run", "--incremental", "--max-batch-rows", str(BUDGET),
+                          failpoints=Gate(tmp_path).failpoint("checkpoint.after", "+1"))
     try:
-        assert sleeping.stderr is not None
-        for line in sleeping.stderr:  # the failpoint says when it sleeps
-            if "sleeping" in line:
-                break
+        waiting.held()
         status = run_json(config, "status")["batches"]
         assert status["state"] == "running" and status["batches_done"] == 2
         assert status["batches_total"] == len(reference)
         assert status["rows_done"] == sum(b["rows"] for b in reference[:2])
         assert "run in progress: 2 of" in run_cli(config, "status").stdout
     finally:
-        sleeping.kill()
-        sleeping.wait()
+        waiting.kill()  # never let go: it dies at the gate, its lease left to expire
     time.sleep(LEASE_TTL_S + 0.5)
     killed = run_cli(config, "run", "--incremental", "--max-batch-rows", str(BUDGET), check=False,
                      env={"LOADER_FAILPOINTS": "plan.recorded=crash"})  # the next batch recorded, nothing written

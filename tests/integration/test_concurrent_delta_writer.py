@@ -3,16 +3,15 @@ the run's commit conflicts, is retried from a fresh snapshot, and the table ends
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
 
-from tests.support.cli import ROOT, run_cli, run_json, write_config
+from tests.support.cli import run_cli, run_json, write_config
 from tests.support.demo_clock import append_args, init_args
+from tests.support.gate import Gate, HeldProcess
 from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = pytest.mark.integration
@@ -26,23 +25,17 @@ def test_commit_conflict_with_concurrent_writer_is_retried(tmp_path: Path) -> No
     run_json(config, "run", "--incremental")
     run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "30", "--late", "0", "--recent", "1500")
 
-    # The run pauses just before its merge (its only Delta commit for orders) ...
-    env = {**os.environ, "LOADER_FAILPOINTS": "delta.write@orders=sleep:3"}
-    command = [sys.executable, "-m", "loader.cli", "--config", str(config), "run", "--incremental"]
-    run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert run.stderr is not None
-    seen = []
-    for line in run.stderr:  # wait until the run is parked at the failpoint
-        seen.append(line)
-        if "failpoint delta.write@orders: sleeping" in line:
-            break
-    else:
-        raise AssertionError("the run never reached the failpoint:\n" + "".join(seen))
+    # The run waits just before its merge (its only Delta commit for orders) ...
+    gate = Gate(tmp_path)
+    run = HeldProcess(config, "run", "--incremental", failpoints=gate.failpoint("delta.write@orders"),
+                      stdout=subprocess.PIPE).held()
     # ... while another writer rewrites the table's files (a compaction: same rows, new files).
-    table = DeltaTable(str(tmp_path / "p" / "warehouse" / "delta" / "orders"))
-    assert table.optimize.compact(target_size=64 * 1024 * 1024)["numFilesRemoved"] > 0
-    _, rest = run.communicate(timeout=120)
-    stderr = "".join(seen) + rest
-    assert run.returncode == 0, stderr
+    try:
+        table = DeltaTable(str(tmp_path / "p" / "warehouse" / "delta" / "orders"))
+        assert table.optimize.compact(target_size=64 * 1024 * 1024)["numFilesRemoved"] > 0
+    finally:
+        gate.open()
+    code, _, stderr = run.finish()
+    assert code == 0, stderr
     assert "orders -> delta: attempt 1 of 5 failed" in stderr, stderr
     assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")

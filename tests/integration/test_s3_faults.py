@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from tests.support.cli import run_cli, run_json, write_config
+from tests.support.cli import FAIL_FAST_S, run_cli, run_json, write_config
 from tests.support.demo_clock import append_args, init_args
 from tests.support.s3_server import S3, free_port, moto_s3
 from tests.support.tcp_proxy import TcpProxy
@@ -115,7 +115,7 @@ def test_refused_credentials_fail_fast_and_keep_the_checkpoint(s3: S3, seed: Pat
     assert "AWS_SECRET_ACCESS_KEY" in failed.stderr and f"127.0.0.1:{s3.port}" in failed.stderr
     assert "attempt" not in failed.stderr, "refused credentials were retried"
     assert "wrong-secret" not in failed.stderr + failed.stdout, "a secret reached the output"
-    assert elapsed < 10, f"took {elapsed:.1f}s to fail"
+    assert elapsed < FAIL_FAST_S, f"took {elapsed:.1f}s to fail"
     assert project.checkpoints(project.local_landing) == before
 
     recovered = run_json(project.local_landing, "run", "--incremental", env=s3.env())
@@ -136,7 +136,7 @@ def test_missing_bucket_fails_fast_and_names_it(s3: S3, seed: Path, tmp_path: Pa
     assert failed.returncode == 1, failed.stderr
     assert "bucket 'lake-typo' does not exist" in failed.stderr and "Create the bucket" in failed.stderr, failed.stderr
     assert "attempt" not in failed.stderr, "a missing bucket was retried"
-    assert elapsed < 10, f"took {elapsed:.1f}s to fail"
+    assert elapsed < FAIL_FAST_S, f"took {elapsed:.1f}s to fail"
     assert all(value is None for value in project.checkpoints(config).values())
     assert s3.filesystem().get_file_info("lake-typo").type == pafs.FileType.NotFound, "the loader created a bucket"
 
@@ -152,5 +152,5 @@ def test_unreachable_endpoint_fails_in_seconds(s3: S3, seed: Path, tmp_path: Pat
     elapsed = time.monotonic() - started
     assert failed.returncode == 1, failed.stderr
     assert f"s3://{project.prefix}/landing" in failed.stderr and "NETWORK_CONNECTION" in failed.stderr, failed.stderr
-    assert elapsed < 20, f"took {elapsed:.1f}s to fail"
+    assert elapsed < FAIL_FAST_S, f"took {elapsed:.1f}s to fail"
     assert all(value is None for value in project.checkpoints(project.on_s3).values())

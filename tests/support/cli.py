@@ -14,6 +14,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_CONFIG = ROOT / "configs" / "local.yaml"
+# "Fails fast", as the fault tests check it: no retry loop of ours (each retry logs "attempt N of M",
+# which they check is absent) and no driver retrying for minutes (ray.init's connect, an SDK's backoff).
+# The bound sits far above what process start-up costs on a busy 2-core machine and below those minutes.
+FAIL_FAST_S = 60
 
 
 def write_config(folder: Path, **overrides: Any) -> Path:
