@@ -17,7 +17,7 @@ NETWORK_HINT := it downloads from PyPI: check the network (or PIP_INDEX_URL / a 
 # Python 3.11 is what the locks were made for; anything else stops here with the way out.
 python-check:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
-		echo "make: this project needs Python 3.11; PYTHON='$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing)." >&2; \
+		echo "make: this project needs Python 3.11; PYTHON='$(PYTHON)' is $$($(PYTHON) --version 2>/dev/null || echo "not there")." >&2; \
 		echo "      Install it (pyenv install 3.11, apt-get install python3.11-venv, ...) and run make again," >&2; \
 		echo "      or point make at one: make test PYTHON=/path/to/python3.11" >&2; exit 1; }
 

@@ -110,10 +110,17 @@ def hit(point: str, table: str | None = None) -> None:
 
 
 def _wait_for(gate: Path, where: str) -> None:
-    print(f"{where}: waiting for {gate}", file=sys.stderr, flush=True)  # tests wait for this line
+    """Wait until `gate` exists; meanwhile `gate`.waiting exists (for a test in this process) and a line
+    on stderr says so (for a test reading a child's stderr)."""
+    waiting = gate.with_name(gate.name + ".waiting")
+    waiting.touch()
+    print(f"{where}: waiting for {gate}", file=sys.stderr, flush=True)
     deadline = time.monotonic() + WAIT_LIMIT_S
-    while not gate.exists():
-        if time.monotonic() > deadline:
-            raise SinkRejected(f"{where}: {gate} did not appear within {WAIT_LIMIT_S:g}s")
-        time.sleep(0.02)
+    try:
+        while not gate.exists():
+            if time.monotonic() > deadline:
+                raise SinkRejected(f"{where}: {gate} did not appear within {WAIT_LIMIT_S:g}s")
+            time.sleep(0.02)
+    finally:
+        waiting.unlink(missing_ok=True)
     print(f"{where}: released", file=sys.stderr, flush=True)

@@ -96,7 +96,13 @@ def _skip_lines() -> tuple[list[str], bool]:
     skips = _SKIPS
     unexpected = [(test, reason) for test, reason, expected in skips if not expected]
     lines = [f"skipped {len(skips)}, {len(unexpected)} of them not declared by the test (marker may_skip):"] if skips else []
-    lines += [f"  {'declared' if expected else 'UNDECLARED'}  {test}: {reason}" for test, reason, expected in skips]
+    groups: dict[tuple[bool, str], list[str]] = {}
+    for test, reason, declared in skips:
+        groups.setdefault((declared, reason), []).append(test)
+    for (declared, reason), tests in groups.items():
+        lines.append(f"  {'declared' if declared else 'UNDECLARED'} x{len(tests)}: {reason}")
+        shown = tests if not declared else tests[:2]
+        lines += [f"      {test}" for test in shown] + ([f"      and {len(tests) - len(shown)} more"] if tests[len(shown):] else [])
     failing = bool(unexpected) and _under_ci()
     if failing:
         lines.append("under CI an undeclared skip fails the suite: build what it names (`make test` does) and run again")

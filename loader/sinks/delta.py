@@ -38,6 +38,7 @@ remembered and their rows are written. Soft tables keep the mark in the row itse
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -211,6 +212,31 @@ class DeltaBegun:
     exists: bool
 
 
+# Writers of one table in this process, one at a time from reading what is stored to the commit: a
+# parallel backfill's chunks are threads, and two chunks holding versions of one key must not both find
+# it absent and both append it (Delta appends never conflict: the key would be stored twice). The count
+# of commits tells a writer whether the snapshot `begin` took is still the newest this process made.
+_WRITERS_GUARD = threading.Lock()
+_WRITERS: dict[str, threading.Lock] = {}
+_COMMITS: dict[str, int] = {}
+
+
+def _commits_made(uri: str) -> int:
+    return _COMMITS.get(uri, 0)
+
+
+@contextmanager
+def _one_writer(uri: str) -> Iterator[int]:
+    """Holds the table's writer lock; yields the commits made so far, and counts this writer's."""
+    with _WRITERS_GUARD:
+        lock = _WRITERS.setdefault(uri, threading.Lock())
+    with lock:
+        try:
+            yield _commits_made(uri)
+        finally:
+            _COMMITS[uri] = _commits_made(uri) + 1
+
+
 class DeltaSink:
     name = "delta"
     # Every part commits to the table: one at a time, the last carries the run. A retry of the whole
@@ -226,7 +252,7 @@ class DeltaSink:
         self.target_file_size = int(config.sinks.delta.target_file_mb * 1024 * 1024)
         # The table `begin` loaded, handed to the batch's first part write: one log replay per table per
         # batch, not per step. Taken once (a retried or later part loads the table afresh); per process.
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[str, tuple[Any, int]] = {}  # uri -> begin's snapshot, _commits_made then
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_loaded": {}}
@@ -249,13 +275,14 @@ class DeltaSink:
         """None if the run's app transaction is in the table already; else whether the table exists,
         after refusing a changed column type."""
         uri = self.table_uri(batch.table)
+        generation = _commits_made(uri)  # before opening: a commit in between makes the snapshot look old
         with self._errors(uri):
             table = self._open(uri)
             if table is None:
                 return DeltaBegun(exists=False)
             if (table.transaction_version(self._app(batch)) or 0) >= batch.run_number:
                 return None
-            self._loaded[uri] = table
+            self._loaded[uri] = (table, generation)
             refuse_type_changes(f"Delta table {uri}", pa.schema(table.schema().to_arrow()), batch.data.schema,
                                 "Cast the column in the transform back to the stored type, or move the table "
                                 "away to let the loader recreate it")
@@ -271,10 +298,9 @@ class DeltaSink:
         final = CommitProperties(app_transactions=[Transaction(self._app(batch), batch.run_number)]) if last else None
         data = _with_deleted_at(batch)
         deleted = 0
-        with self._errors(uri):
-            table = self._loaded.pop(uri, None)
-            if table is None:
-                table = self._open(uri)
+        with _one_writer(uri) as generation, self._errors(uri):
+            loaded = self._loaded.pop(uri, None)  # begin's snapshot, unless this process committed since
+            table = loaded[0] if loaded is not None and loaded[1] == generation else self._open(uri)
             if batch.deletes == "hard":  # before any commit to the table (its own, idempotent commit)
                 data = self._remember_tombstones(batch, data)
             if table is None:  # the first part of the table's first run creates it

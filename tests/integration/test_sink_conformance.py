@@ -6,6 +6,8 @@ terminally without touching what is stored, and a run interrupted mid-way lands 
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +41,7 @@ from tests.support.conformance import (
     table_of,
     tombstone,
 )
+from tests.support.gate import Gate
 from tests.support.readers import latest_versions
 from tests.support.snowflake_emulator import PASSWORD_ENV, new_database
 
@@ -522,3 +525,36 @@ def test_replay_after_a_crash_between_remembering_and_committing_deletes(
         assert_deletes_state(sut, runs[:number], "hard")
     if not sut.version_log:
         assert set(sut.stored_all()["id"].to_pylist()) == {1, 2, 3, 4, 5, 6}
+
+
+def test_two_runs_written_at_once_by_one_process_store_each_key_once(
+        sut: SinkUnderTest, failpoint: Callable[[str | None], None], tmp_path: Path) -> None:
+    """A parallel backfill writes its chunks from threads of one process, and two chunks may hold
+    versions of one key no file stores yet. The older run is held inside its write (after it read what
+    is stored, before its commit) while the newer one writes: each key must end stored once, newest
+    version winning (Delta once appended such a key from both, since appends never conflict)."""
+    sut.write(batch_of(1, rows_of(FIRST)))
+    older, newer = {10: 1, 11: 1}, {10: 2, 11: 3, 12: 1}  # keys no file stores yet
+    gate = Gate(tmp_path)
+    failpoint(gate.failpoint(_MID_WRITE_POINTS[sut.name][-1], "*1"))  # the first writer to get there waits
+    errors: list[BaseException] = []
+
+    def write(run_number: int, versions: dict[int, int]) -> None:
+        try:
+            sut.write(batch_of(run_number, rows_of(versions), mode="backfill"))
+        except BaseException as error:  # noqa: BLE001 - reported by the test thread
+            errors.append(error)
+
+    held = threading.Thread(target=write, args=(2, older))
+    held.start()
+    while not gate.waiting():
+        assert held.is_alive(), f"{sut.name}: the first run ended before its failpoint: {errors}"
+        time.sleep(0.01)
+    second = threading.Thread(target=write, args=(3, newer))
+    second.start()
+    second.join(timeout=3)  # it finishes, or waits for the held writer: both must end right
+    gate.open()
+    held.join(timeout=120)
+    second.join(timeout=120)
+    assert not held.is_alive() and not second.is_alive() and not errors, errors
+    assert_state(sut, state_after(FIRST, older, newer))

@@ -68,8 +68,8 @@ def test_other_processes_temp_files_do_not_fail_the_suite_and_every_skip_is_list
     assert code == 0, out
     assert "2 passed, 2 skipped" in out, out
     assert "skipped 2, 1 of them not declared by the test (marker may_skip):" in out, out
-    assert "UNDECLARED  test_inner.py::test_undeclared: Chromium is not installed" in out, out
-    assert "declared  test_inner.py::test_declared: no GPU here" in out, out
+    assert "UNDECLARED x1: Chromium is not installed\n      test_inner.py::test_undeclared\n" in out, out
+    assert "declared x1: no GPU here\n      test_inner.py::test_declared\n" in out, out
     assert "left" not in out, out
     assert not [p for p in (tmp_path / "machine-tmp").iterdir() if p.name.startswith("lt")], "the session's folder stays"
 

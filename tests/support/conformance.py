@@ -60,14 +60,16 @@ def table_of(rows: Iterable[dict[str, Any]], schema: pa.Schema = SCHEMA) -> pa.T
     return pa.Table.from_pylist(list(rows), schema=schema)
 
 
-def batch_of(run_number: int, data: pa.Table, *, replay: bool = False, deletes: Deletes | None = None) -> TableBatch:
+def batch_of(run_number: int, data: pa.Table, *, replay: bool = False, deletes: Deletes | None = None,
+             mode: str = "incremental") -> TableBatch:
     """One run's rows of TABLE. The window is the run's cursor range (the sinks do not filter on it).
-    `deletes`: the source's deletes mode (then `data` has the `_deleted` column)."""
+    `deletes`: the source's deletes mode (then `data` has the `_deleted` column); `mode`: a backfill's
+    chunk is a run of its own that may land out of run-number order."""
     upper = pc.max(data[CURSOR]).as_py() if data.num_rows else BASE
     return TableBatch(
         pipeline=PIPELINE, table=TABLE, run_number=run_number, data=data, key=KEY, cursor=CURSOR,
         window=Window(lower=None if run_number == 1 else BASE, upper=max(upper, BASE)), replay=replay,
-        deletes=deletes,
+        deletes=deletes, mode=mode,
     )
 
 

@@ -25,6 +25,10 @@ class Gate:
     def open(self) -> None:
         self.path.touch()
 
+    def waiting(self) -> bool:
+        """Whether a process waits at this gate now (the failpoint keeps FILE.waiting meanwhile)."""
+        return self.path.with_name(self.path.name + ".waiting").exists()
+
 
 class HeldProcess:
     """A `loader` command started with failpoints; `held()` returns once it waits at its gate."""
