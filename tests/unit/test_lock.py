@@ -111,3 +111,17 @@ def test_the_installer_lock_pins_the_makefiles_installer_and_this_environment_ru
     declared = re.search(r"^INSTALLER := pip==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
     assert declared and declared.group(1) == pins["pip"][0], "run `make lock`: the installer lock is not INSTALLER"
     assert metadata.version("pip") == pins["pip"][0], f"this environment's pip is {metadata.version('pip')}"
+
+
+def test_ci_builds_every_environment_as_a_new_machine_would_before_the_readmes_test_command() -> None:
+    """CI runs .ci/fresh-envs first (a green CI once hid an install that failed on a new machine): it
+    ignores this machine's pip configuration, variables and cache, and builds each environment."""
+    commands = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert commands.index("bash .ci/fresh-envs") < commands.index("make test"), commands
+    assert "make test" in (ROOT / "README.md").read_text()
+    fresh = (ROOT / ".ci" / "fresh-envs").read_text()
+    assert "PIP_CONFIG_FILE=/dev/null" in fresh and "compgen -e | grep '^PIP_'" in fresh
+    assert "PIP_CACHE_DIR=$scratch/pip-cache" in fresh  # empty, removed with the scratch folder
+    for step in (".venv/.installed-stamp", "airflow-env", "chromium", "pip==22.3"):
+        assert step in fresh, step
