@@ -12,12 +12,23 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from state.migrations import migrate
-    from state.models import Checkpoint, DimensionLoad, LeaseInfo, RunMode, RunRecord, RunStatus, Window
+    from state.models import (
+        ALL_SINKS,
+        Checkpoint,
+        DimensionLoad,
+        FactGap,
+        LeaseInfo,
+        RunMode,
+        RunRecord,
+        RunStatus,
+        Window,
+    )
     from state.schema import SCHEMA_VERSION
     from state.store import StateStore, cas_conflicts, create_state_engine, next_cursor
 
 _HOME = {
     "migrate": "state.migrations",
+    "ALL_SINKS": "state.models", "FactGap": "state.models",
     "Checkpoint": "state.models", "DimensionLoad": "state.models", "LeaseInfo": "state.models", "RunMode": "state.models",
     "RunRecord": "state.models", "RunStatus": "state.models", "Window": "state.models",
     "SCHEMA_VERSION": "state.schema",
@@ -26,7 +37,8 @@ _HOME = {
 }
 
 __all__ = [
-    "SCHEMA_VERSION", "Checkpoint", "DimensionLoad", "LeaseInfo", "RunMode", "RunRecord", "RunStatus", "StateStore", "Window",
+    "ALL_SINKS", "SCHEMA_VERSION", "Checkpoint", "DimensionLoad", "FactGap", "LeaseInfo", "RunMode",
+    "RunRecord", "RunStatus", "StateStore", "Window",
     "cas_conflicts", "create_state_engine", "migrate", "next_cursor",
 ]
 

@@ -14,12 +14,14 @@ from sqlalchemy import (
     Connection,
     Engine,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
     func,
     insert,
+    literal,
     select,
     text,
 )
@@ -74,7 +76,65 @@ def _v3_dimension_loads(conn: Connection) -> None:
     ).create(conn)
 
 
-MIGRATIONS: dict[int, Step] = {1: _v1_initial, 2: _v2_run_inputs, 3: _v3_dimension_loads}
+def _v4_lookup_versions(conn: Connection) -> None:
+    """The region lookups per version of the dimension files (verify's region of each fact row)."""
+    frozen = MetaData()
+    Table(
+        "lookup_versions", frozen,
+        Column("pipeline", String(200), primary_key=True),
+        Column("fingerprint", String(128), primary_key=True),
+        Column("created_at", schema.TIMESTAMP, nullable=False),
+        Column("regions", LargeBinary, nullable=False),
+    ).create(conn)
+
+
+def _v5_per_sink(conn: Connection) -> None:
+    """Dimension loads per sink (a sink enabled later is loaded on its first run), and the facts a sink
+    enabled later lacks. The loads recorded so far went to the sinks enabled then, unknown here: they
+    keep sink '*' (a sink holding the table counts as loaded by them). SQLite cannot change a primary
+    key in place: the table is copied into a new one, which takes the old name."""
+    frozen = MetaData()
+    old = Table(
+        "dimension_loads", frozen,
+        Column("pipeline", String(200), primary_key=True),
+        Column("dimension", String(200), primary_key=True),
+        Column("fingerprint", String(128), nullable=False),
+        Column("cursor", schema.TIMESTAMP, nullable=True),
+        Column("loaded_at", schema.TIMESTAMP, nullable=False),
+        Column("changes", Text, nullable=False),
+    )
+    new = Table(
+        "dimension_loads_v5", frozen,
+        Column("pipeline", String(200), primary_key=True),
+        Column("dimension", String(200), primary_key=True),
+        Column("sink", String(200), primary_key=True),
+        Column("fingerprint", String(128), nullable=False),
+        Column("cursor", schema.TIMESTAMP, nullable=True),
+        Column("loaded_at", schema.TIMESTAMP, nullable=False),
+        Column("changes", Text, nullable=False),
+    )
+    new.create(conn)
+    kept = ["pipeline", "dimension", "fingerprint", "cursor", "loaded_at", "changes"]
+    conn.execute(insert(new).from_select(
+        [*kept, "sink"], select(*(old.c[name] for name in kept), literal("*", String(200)))))
+    old.drop(conn)
+    conn.execute(text("ALTER TABLE dimension_loads_v5 RENAME TO dimension_loads"))
+    Table(
+        "fact_gaps", frozen,
+        Column("pipeline", String(200), primary_key=True),
+        Column("sink", String(200), primary_key=True),
+        Column("source", String(200), primary_key=True),
+        Column("window_start", schema.TIMESTAMP, nullable=False),
+        Column("window_end", schema.TIMESTAMP, nullable=False),
+        Column("first_run", Integer, nullable=False),
+        Column("last_run", Integer, nullable=False),
+        Column("detected_at", schema.TIMESTAMP, nullable=False),
+    ).create(conn)
+
+
+MIGRATIONS: dict[int, Step] = {
+    1: _v1_initial, 2: _v2_run_inputs, 3: _v3_dimension_loads, 4: _v4_lookup_versions, 5: _v5_per_sink,
+}
 
 
 def current_version(conn: Connection) -> int:

@@ -112,13 +112,36 @@ class LeaseInfo:
         return self.expires_at < at
 
 
+#: The sink of a dimension load recorded before loads were kept per sink (state schema 5): it went to the
+#: sinks enabled then, which are not known. A sink holding the table counts as loaded by it; one without
+#: the table, as never loaded.
+ALL_SINKS = "*"
+
+
 @dataclass(frozen=True)
 class DimensionLoad:
-    """The last load of a dimension table to the sinks: the files' fingerprint, the newest change
-    cursor loaded (change files only), when, and what it changed per sink (opened, closed, ...)."""
+    """The last load of a dimension table to a sink: the files' fingerprint, the newest change cursor
+    loaded (change files only), when, and what it changed (`sinks`: per sink, opened, closed, ...).
+    `sink` is ALL_SINKS for a load recorded before loads were kept per sink."""
 
     dimension: str
     fingerprint: str
     cursor: datetime | None
     loaded_at: datetime
     changes: dict[str, Any] = field(default_factory=dict)
+    sink: str = ALL_SINKS
+
+
+@dataclass(frozen=True)
+class FactGap:
+    """Facts a sink lacks: committed incremental runs `first_run`..`last_run` loaded `source` over the
+    cursor window (start, end] while the sink was not enabled. Filled by a backfill of that window into
+    the sink (the ledger's committed backfill runs say whether one covered it)."""
+
+    sink: str
+    source: str
+    start: datetime
+    end: datetime
+    first_run: int
+    last_run: int
+    detected_at: datetime

@@ -7,9 +7,9 @@ There are no CHECK constraints on mode/status: the store validates on read and n
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, Text
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 TIMESTAMP = String(40)
 
@@ -62,13 +62,45 @@ leases = Table(
 
 # v3: the last load of each dimension table to the sinks: the files' fingerprint (a load of the same
 # files is skipped without reading them), the newest change cursor loaded, what it changed.
+# v5: per sink (a sink enabled later gets every table on its first run). Rows of v3 have sink '*'
+# (state.models.ALL_SINKS): loaded to the sinks enabled then, whichever those were.
 dimension_loads = Table(
     "dimension_loads",
     metadata,
     Column("pipeline", String(200), primary_key=True),
     Column("dimension", String(200), primary_key=True),
+    Column("sink", String(200), primary_key=True),
     Column("fingerprint", String(128), nullable=False),
     Column("cursor", TIMESTAMP, nullable=True),
     Column("loaded_at", TIMESTAMP, nullable=False),
     Column("changes", Text, nullable=False),
+)
+
+# v4: the region lookups each batch was enriched with, once per version of the dimension files (their
+# fingerprint, recorded in the batch's inputs): `loader verify` gives every fact row the region of the
+# dimension version it loaded with. `regions` is an Arrow IPC stream (zstd), written by loader/ code.
+lookup_versions = Table(
+    "lookup_versions",
+    metadata,
+    Column("pipeline", String(200), primary_key=True),
+    Column("fingerprint", String(128), primary_key=True),
+    Column("created_at", TIMESTAMP, nullable=False),
+    Column("regions", LargeBinary, nullable=False),
+)
+
+# v5: facts a sink lacks because it was enabled after incremental runs had committed them: per sink and
+# source, the cursor window (start, end] of those runs (start: just before the earliest cursor when they
+# began with the first run), found by the first run that writes to the sink. A committed backfill of the
+# window into the sink fills it (the run ledger says so; the row is then removed).
+fact_gaps = Table(
+    "fact_gaps",
+    metadata,
+    Column("pipeline", String(200), primary_key=True),
+    Column("sink", String(200), primary_key=True),
+    Column("source", String(200), primary_key=True),
+    Column("window_start", TIMESTAMP, nullable=False),
+    Column("window_end", TIMESTAMP, nullable=False),
+    Column("first_run", Integer, nullable=False),
+    Column("last_run", Integer, nullable=False),
+    Column("detected_at", TIMESTAMP, nullable=False),
 )

@@ -34,6 +34,7 @@ from state.models import (
     RUN_STATUSES,
     Checkpoint,
     DimensionLoad,
+    FactGap,
     LeaseInfo,
     RunMode,
     RunRecord,
@@ -45,7 +46,9 @@ from state.models import (
 from state.schema import SCHEMA_VERSION
 from state.schema import checkpoints as checkpoints_t
 from state.schema import dimension_loads as dimension_loads_t
+from state.schema import fact_gaps as fact_gaps_t
 from state.schema import leases as leases_t
+from state.schema import lookup_versions as lookup_versions_t
 from state.schema import runs as runs_t
 
 _READ_ONLY = "state_read_only"  # execution option: this transaction only reads (SQLite: plain BEGIN)
@@ -620,28 +623,99 @@ class StateStore:
     # ------------------------------------------------------------ dimension loads
 
     def dimension_loads(self, pipeline: str) -> dict[str, DimensionLoad]:
-        """The last load of each dimension table, by name."""
+        """The newest load of each dimension table to any sink, by name (per sink: `dimension_sink_loads`)."""
+        newest: dict[str, DimensionLoad] = {}
+        for name, per_sink in self.dimension_sink_loads(pipeline).items():
+            newest[name] = max(per_sink.values(), key=lambda load: load.loaded_at)
+        return newest
+
+    def dimension_sink_loads(self, pipeline: str) -> dict[str, dict[str, DimensionLoad]]:
+        """The last load of each dimension table to each sink: dimension -> sink -> load (sink ALL_SINKS:
+        a load recorded before loads were kept per sink)."""
         table = dimension_loads_t
         with self._read() as conn:
-            rows = conn.execute(select(table).where(table.c.pipeline == pipeline)).all()
-        return {row.dimension: DimensionLoad(
-            dimension=row.dimension, fingerprint=row.fingerprint,
-            cursor=from_iso(row.cursor) if row.cursor else None, loaded_at=from_iso(row.loaded_at),
-            changes=_parse_metrics(row.changes)) for row in rows}
+            rows = conn.execute(select(table).where(table.c.pipeline == pipeline)
+                                .order_by(table.c.dimension, table.c.sink)).all()
+        loads: dict[str, dict[str, DimensionLoad]] = {}
+        for row in rows:
+            loads.setdefault(row.dimension, {})[row.sink] = DimensionLoad(
+                dimension=row.dimension, fingerprint=row.fingerprint,
+                cursor=from_iso(row.cursor) if row.cursor else None, loaded_at=from_iso(row.loaded_at),
+                changes=_parse_metrics(row.changes), sink=row.sink)
+        return loads
 
-    def record_dimension_load(self, pipeline: str, dimension: str, *, fingerprint: str, cursor: datetime | None,
-                              changes: Mapping[str, Any]) -> None:
-        """Remember a dimension load that every sink applied (or found applied): the next run with the
-        same files skips it. Written after the sinks: a crash before it only makes the next run compare
+    def record_dimension_load(self, pipeline: str, dimension: str, *, sink: str, fingerprint: str,
+                              cursor: datetime | None, changes: Mapping[str, Any]) -> None:
+        """Remember a dimension load that `sink` applied (or found applied): its next run with the same
+        files skips it. Written after the sink: a crash before it only makes the next run compare
         again (and find nothing to do)."""
         table = dimension_loads_t
         values = {"fingerprint": fingerprint, "cursor": to_iso(cursor) if cursor else None,
                   "loaded_at": to_iso(self._now()), "changes": _metrics_json(changes)}
+        key = (table.c.pipeline == pipeline, table.c.dimension == dimension, table.c.sink == sink)
         with self._write() as conn:
-            done = conn.execute(update(table).where(table.c.pipeline == pipeline, table.c.dimension == dimension)
-                                .values(**values))
+            done = conn.execute(update(table).where(*key).values(**values))
             if done.rowcount == 0:
-                conn.execute(insert(table).values(pipeline=pipeline, dimension=dimension, **values))
+                conn.execute(insert(table).values(pipeline=pipeline, dimension=dimension, sink=sink,
+                                                  **values))
+
+    # ------------------------------------------------------------ facts a sink enabled later lacks
+
+    def fact_gaps(self, pipeline: str) -> list[FactGap]:
+        """The recorded gaps in the facts of sinks enabled after runs had committed (see FactGap)."""
+        table = fact_gaps_t
+        with self._read() as conn:
+            rows = conn.execute(select(table).where(table.c.pipeline == pipeline)
+                                .order_by(table.c.sink, table.c.source)).all()
+        return [FactGap(sink=row.sink, source=row.source, start=from_iso(row.window_start),
+                        end=from_iso(row.window_end), first_run=row.first_run, last_run=row.last_run,
+                        detected_at=from_iso(row.detected_at)) for row in rows]
+
+    def record_fact_gap(self, pipeline: str, *, sink: str, source: str, start: datetime, end: datetime,
+                        first_run: int, last_run: int) -> None:
+        """Remember (or replace) what `sink` lacks of `source`: the window (start, end] of runs
+        first_run..last_run."""
+        table = fact_gaps_t
+        values = {"window_start": to_iso(start), "window_end": to_iso(end), "first_run": first_run,
+                  "last_run": last_run, "detected_at": to_iso(self._now())}
+        key = (table.c.pipeline == pipeline, table.c.sink == sink, table.c.source == source)
+        with self._write() as conn:
+            done = conn.execute(update(table).where(*key).values(**values))
+            if done.rowcount == 0:
+                conn.execute(insert(table).values(pipeline=pipeline, sink=sink, source=source, **values))
+
+    def forget_fact_gap(self, pipeline: str, *, sink: str, source: str) -> None:
+        """A gap filled (a backfill covered it): no longer reported."""
+        table = fact_gaps_t
+        with self._write() as conn:
+            conn.execute(table.delete().where(table.c.pipeline == pipeline, table.c.sink == sink,
+                                              table.c.source == source))
+
+    # ------------------------------------------------------------ lookup versions
+
+    def has_lookup_version(self, pipeline: str, fingerprint: str) -> bool:
+        table = lookup_versions_t
+        with self._read() as conn:
+            return conn.execute(select(table.c.fingerprint).where(
+                table.c.pipeline == pipeline, table.c.fingerprint == fingerprint)).first() is not None
+
+    def lookup_version(self, pipeline: str, fingerprint: str) -> bytes | None:
+        """The region lookups recorded for a version of the dimension files (opaque bytes), or None."""
+        table = lookup_versions_t
+        with self._read() as conn:
+            row = conn.execute(select(table.c.regions).where(
+                table.c.pipeline == pipeline, table.c.fingerprint == fingerprint)).first()
+        return None if row is None else bytes(row.regions)
+
+    def record_lookup_version(self, pipeline: str, fingerprint: str, regions: bytes) -> None:
+        """Keep the region lookups of a version of the dimension files (a second call changes nothing)."""
+        table = lookup_versions_t
+        with self._write() as conn:
+            found = conn.execute(select(table.c.fingerprint).where(
+                table.c.pipeline == pipeline, table.c.fingerprint == fingerprint)).first()
+            if found is None:
+                conn.execute(insert(table).values(pipeline=pipeline, fingerprint=fingerprint,
+                                                  created_at=to_iso(self._now()), regions=regions))
 
 
 # ---------------------------------------------------------------- helpers

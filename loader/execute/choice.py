@@ -13,7 +13,7 @@ Arrow) or `gpu` (cuDF; on Ray each part's task requests one GPU). Both executors
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,13 +81,15 @@ def choose_run_engine(config: LoaderConfig, executor: Executor, override: str | 
     return choose_transform_engine(requested, gpu_status())
 
 
-def load_dimensions(config: LoaderConfig) -> Dimensions:
-    """The prepared lookups: from the cache when the dimension files are unchanged since it was made."""
-    from loader.transform.dimension_cache import TABLES, load_cached
+def load_dimensions(config: LoaderConfig, *, keep: Collection[str] = ()) -> tuple[Dimensions, str]:
+    """The prepared lookups, from the cache when the dimension files are unchanged since it was made,
+    and the fingerprint of the files they were made from (`keep`: fingerprints whose cached entries
+    stay, see loader/transform/dimension_cache.py)."""
+    from loader.transform.dimension_cache import TABLES, load_versioned
     from loader.transform.dimensions import COLUMNS
 
-    return load_cached(config, lambda: Dimensions.from_tables(
-        **{name: _current_rows(config, name, COLUMNS[name]) for name in TABLES}))
+    return load_versioned(config, lambda: Dimensions.from_tables(
+        **{name: _current_rows(config, name, COLUMNS[name]) for name in TABLES}), keep=keep)
 
 
 def _current_rows(config: LoaderConfig, name: str, columns: tuple[str, ...]) -> pa.Table:

@@ -97,11 +97,14 @@ class StageChain:
         return screen(rows, source=self.name, cursor=self.source.cursor, window=self.window, checks=self.checks)
 
     def latest(self, rows: pa.Table) -> np.ndarray | None:
-        """The dedupe as row positions: each key's latest row, in key order (None: `rows` as they are)."""
-        return latest_rows(rows, key=self.source.primary_key, cursor=self.source.cursor)
+        """The dedupe as row positions: each key's latest row, in key order (None: `rows` as they are);
+        a tombstone wins a tie with a live version at its cursor (the delete rule, loader/sinks/base.py)."""
+        return latest_rows(rows, key=self.source.primary_key, cursor=self.source.cursor,
+                           tombstones=self.tombstone_mask(rows))
 
     def dedupe(self, rows: pa.Table) -> pa.Table:
-        return dedupe_latest(rows, key=self.source.primary_key, cursor=self.source.cursor)
+        return dedupe_latest(rows, key=self.source.primary_key, cursor=self.source.cursor,
+                             tombstones=self.tombstone_mask(rows))
 
     def transform(self, rows: pa.Table, dims: Dimensions) -> pa.Table:
         """The row-local transforms, on the chain's engine (up to the region lookup when so declared)."""

@@ -172,7 +172,10 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
 
         backfill = backfill_status(store, config.pipeline,
                                    lease_held=lease is not None and lease.expires_at >= datetime.now(UTC))
-        dimension_loads = store.dimension_loads(config.pipeline)
+        dimension_loads = store.dimension_sink_loads(config.pipeline)
+        from loader.protocol.fact_gaps import gaps_payload, open_fact_gaps
+
+        fact_gaps = gaps_payload(config, open_fact_gaps(config, store))
     finally:
         store.close()
     now = datetime.now(UTC)
@@ -208,12 +211,23 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
         },
         "backfill": backfill,
         "batches": batches,
-        # the last load of each dimension table that changed something or was first loaded
-        "dimensions": {name: {"loaded_at": _iso(d.loaded_at), "cursor": _iso(d.cursor) if d.cursor else None,
-                              "mode": d.changes.get("mode"), "rows": d.changes.get("rows"),
-                              "sinks": d.changes.get("sinks", {})}
-                       for name, d in sorted(dimension_loads.items())},
+        # the last load of each dimension table, and per sink what it changed there
+        "dimensions": {name: _dimension_status(loads) for name, loads in sorted(dimension_loads.items())},
+        # facts sinks enabled later lack, with the `loader backfill` that fills them (protocol/fact_gaps.py)
+        "fact_gaps": fact_gaps,
     }
+
+
+def _dimension_status(per_sink: dict[str, Any]) -> dict[str, Any]:
+    """One dimension's newest load (loaded_at, cursor, mode, rows) and per sink what its own last load
+    changed (a load recorded before loads were kept per sink, sink '*', speaks for the sinks it names)."""
+    newest = max(per_sink.values(), key=lambda d: d.loaded_at)
+    sinks: dict[str, Any] = {}
+    for name, load in sorted(per_sink.items(), key=lambda item: item[1].loaded_at):
+        changed = load.changes.get("sinks", {})
+        sinks.update(changed if name == "*" else {name: changed[name]} if name in changed else {})
+    return {"loaded_at": _iso(newest.loaded_at), "cursor": _iso(newest.cursor) if newest.cursor else None,
+            "mode": newest.changes.get("mode"), "rows": newest.changes.get("rows"), "sinks": sinks}
 
 
 def batch_progress(store: Any, pipeline: str, *, lease_held: bool) -> dict[str, Any] | None:
@@ -257,6 +271,8 @@ def print_status(payload: dict[str, Any]) -> None:
     for name, d in payload.get("dimensions", {}).items():
         changes = ", ".join(f"{sink} {c['opened']:,} opened / {c['closed']:,} closed" for sink, c in d["sinks"].items())
         _out.print(f"dimension {name} ({d['mode']}, {d['rows']:,} rows): last loaded {d['loaded_at']}: {changes}")
+    for gap in payload.get("fact_gaps", []):
+        _out.print(f"[yellow]{escape(gap['message'])}[/]")
     if payload["last_run"]:
         last = payload["last_run"]
         _out.print(f"last committed run: {last['run_number']} ({last['mode']}) at {last['finished_at']}")

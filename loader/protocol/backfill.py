@@ -278,7 +278,7 @@ def _load_chunk(config: LoaderConfig, store: StateStore, batches: BatchExecutor,
             continue  # this batch of the chunk landed before the backfill was interrupted
         metrics = _chunk_metrics(request, index, total, batch.number, parts)
         record = store.begin_run(pipeline, mode="backfill", windows=batch_windows, base_checkpoints={},
-                                 metrics=metrics, inputs=batch.plan.to_input())
+                                 metrics=metrics, inputs=batches.inputs(batch.plan))
         outcome = batches.run(record, batch.plan, metrics=metrics)
         result.run_numbers.append(outcome.run_number)
         result.run_number = outcome.run_number

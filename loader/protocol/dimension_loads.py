@@ -1,16 +1,19 @@
 """Dimension tables to the sinks: the first step of every incremental run, under the lease, before the
 facts' batches (the warehouse's dimensions are then never older than the facts that join to them).
 
-Per dimension with `load: true`: if its files' fingerprint (path, size, mtime, footer of each file,
-with the dimension's settings) equals the one recorded after its last load, nothing is read. Else the
-files are read whole and checked (a null key, or a key twice in one snapshot, fails the run naming the
-key and the file, before anything is written), masked like the facts (the region rules' columns, by
-the row's region through nation), hashed on the tracked columns, and each enabled sink compares them
-with what it holds itself (loader/transform/history.py) and applies the difference in one step. Then
-the fingerprint is recorded. Exactly once without a ledger: the comparison is the idempotence (a
-replay, or a sink that already applied the load before a crash, finds nothing to do); change times
-come from the files (the snapshot's newest file time, or each row's cursor), so every sink and every
-replay stamps the same versions.
+Per dimension with `load: true` and per enabled sink: if its files' fingerprint (path, size, mtime,
+footer of each file, with the dimension's settings) equals the one recorded after its last load to that
+sink, the sink is up to date; when every sink is, nothing is read. A sink enabled later has no load
+recorded, so its first run loads every table to it, the others untouched. The sinks behind get the
+files read whole and checked (a null key, or a key twice in one snapshot, fails the run naming the key
+and the file), masked like the facts (the region rules' columns, by the row's region through nation),
+hashed on the tracked columns; every changed dimension is read and checked before the first write, so
+bad input in one writes none. Then each sink behind compares them with what it holds itself
+(loader/transform/history.py) and applies the difference in one step, and its load is recorded.
+Exactly once without a ledger: the comparison is the idempotence (a replay, or a sink that already
+applied the load before a crash, finds nothing to do); change times come from the files (the
+snapshot's newest file time, or each row's cursor), so every sink and every replay stamps the same
+versions. Loads recorded before they were kept per sink (sink '*') count for a sink holding the table.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from loader.config import DIMENSION_KEYS, DimensionConfig, LoaderConfig
 from loader.errors import BadSourceData, ConfigError
 from loader.observe import progress
 from loader.retry import call_with_retries
-from state import StateStore
+from state import ALL_SINKS, DimensionLoad, StateStore
 
 if TYPE_CHECKING:  # the data libraries load only when a dimension's files changed (an empty run stays light)
     import numpy as np
@@ -54,46 +57,121 @@ class DimensionOutcome:
         return {"mode": self.mode, "rows": self.rows, "sinks": self.sinks}
 
 
+@dataclass
+class _Pending:
+    """One dimension read and checked, not yet written: the sinks behind (each with its last load, None
+    for never), the rows they get (newer than the least cursor loaded of them), and the sinks up to date
+    by a load recorded before loads were kept per sink (recorded as their own once the writes are done)."""
+
+    table: str
+    mark: str
+    behind: list[tuple[Any, DimensionLoad | None]]
+    adopted: list[tuple[str, DimensionLoad]]
+    incoming: pa.Table | None = None
+    cursor: datetime | None = None
+    snapshot_time: datetime | None = None
+
+
 def load_dimension_tables(config: LoaderConfig, store: StateStore) -> dict[str, DimensionOutcome]:
-    """Load every changed dimension to every enabled sink; the dimensions loaded, by name (none when
-    no dimension's files changed since its last load)."""
+    """Load every changed dimension to every enabled sink that does not hold it yet (a sink enabled
+    later gets every table); the dimensions loaded, by name (none when no sink is behind). Every changed
+    dimension is read and checked before the first write: bad input in one of them writes none."""
     from loader.landing.fingerprint import files_fingerprint
+    from loader.protocol.fact_gaps import enabled_sink_names
 
     wanted = [t for t in DIMENSION_KEYS if config.dimensions.named(t).load]
     if not wanted:
         return {}
-    loaded = store.dimension_loads(config.pipeline)
-    outcomes: dict[str, DimensionOutcome] = {}
+    names = enabled_sink_names(config)
+    recorded = store.dimension_sink_loads(config.pipeline)
     sinks: list[Any] | None = None
+    pending: list[_Pending] = []
     for table in wanted:
-        dim = config.dimensions.named(table)
         files, infos = call_with_retries(f"listing dimension {table}", config.source_retry,
                                          lambda t=table: files_fingerprint(config, t))  # type: ignore[misc]
         mark = fingerprint_of(config, table, files)
-        if table in loaded and loaded[table].fingerprint == mark:
-            continue
+        loads = recorded.get(table, {})
+        if all(n in loads and loads[n].fingerprint == mark for n in names):
+            continue  # every sink up to date: no sink built, nothing read
         if sinks is None:
             from loader.sinks import enabled_sinks
 
             sinks = enabled_sinks(config)
-        progress.step(f"dimension {table}: compare and write")
-        since = loaded[table].cursor if table in loaded else None
-        incoming, cursor = read_incoming(config, table, [i.path for i in infos], since=since)
-        snapshot_time = _snapshot_time(infos)
-        outcome = DimensionOutcome(table, dim.mode, incoming.num_rows)
-        previous_mode = loaded[table].changes.get("mode") if table in loaded else None
+        load = _Pending(table, mark, [], [])
         for sink in sinks:
-            _refuse_mode_change(config, sink, table, previous_mode)
-        for sink in sinks:
-            outcome.sinks[sink.name] = _load_into(config, sink, table, dim, incoming, snapshot_time)
-        failpoints.hit("dimensions.before_record", table)
-        store.record_dimension_load(config.pipeline, table, fingerprint=mark, cursor=cursor,
-                                    changes=outcome.to_json())
-        changed = {s: c for s, c in outcome.sinks.items() if c["opened"] or c["closed"]}
-        log.info("dimension %s (%s): %s", table, dim.mode, "; ".join(
-            f"{s}: {c['opened']:,} opened, {c['closed']:,} closed" for s, c in changed.items()) or "no change")
-        outcomes[table] = outcome
+            last = _last_load(config, sink, table, loads)
+            if last is not None and last.fingerprint == mark:
+                if sink.name not in loads:
+                    load.adopted.append((sink.name, last))
+            else:
+                load.behind.append((sink, last))
+        if load.behind:
+            for sink, last in load.behind:
+                _refuse_mode_change(config, sink, table, last.changes.get("mode") if last else None)
+            progress.step(f"dimension {table}: read and check")
+            since = _least([last.cursor if last else None for _, last in load.behind])
+            load.incoming, load.cursor = read_incoming(config, table, [i.path for i in infos], since=since)
+            load.snapshot_time = _snapshot_time(infos)
+        pending.append(load)
+    outcomes: dict[str, DimensionOutcome] = {}
+    for load in pending:
+        if load.behind:
+            outcomes[load.table] = _write(config, store, load)
+        for name, last in load.adopted:
+            store.record_dimension_load(config.pipeline, load.table, sink=name, fingerprint=last.fingerprint,
+                                        cursor=last.cursor, changes=last.changes)
     return outcomes
+
+
+def _write(config: LoaderConfig, store: StateStore, load: _Pending) -> DimensionOutcome:
+    """Apply a checked dimension to the sinks behind, then record each sink's load."""
+    table, dim = load.table, config.dimensions.named(load.table)
+    assert load.incoming is not None and load.snapshot_time is not None
+    outcome = DimensionOutcome(table, dim.mode, load.incoming.num_rows)
+    progress.step(f"dimension {table}: compare and write")
+    for sink, last in load.behind:
+        rows = _newer_than(load.incoming, dim.cursor, last.cursor if last else None)
+        outcome.sinks[sink.name] = _load_into(config, sink, table, dim, rows, load.snapshot_time)
+    failpoints.hit("dimensions.before_record", table)
+    for sink, last in load.behind:
+        cursor = max((c for c in (load.cursor, last.cursor if last else None) if c is not None), default=None)
+        store.record_dimension_load(config.pipeline, table, sink=sink.name, fingerprint=load.mark,
+                                    cursor=cursor, changes=outcome.to_json())
+    changed = {s: c for s, c in outcome.sinks.items() if c["opened"] or c["closed"]}
+    log.info("dimension %s (%s): %s", table, dim.mode, "; ".join(
+        f"{s}: {c['opened']:,} opened, {c['closed']:,} closed" for s, c in changed.items()) or "no change")
+    return outcome
+
+
+def _last_load(config: LoaderConfig, sink: Any, table: str,
+               loads: dict[str, DimensionLoad]) -> DimensionLoad | None:
+    """The last load of `table` to `sink`: its own record; else one recorded before loads were kept per
+    sink, if the sink holds the table (it was enabled then); else None (never loaded to it)."""
+    if sink.name in loads:
+        return loads[sink.name]
+    legacy = loads.get(ALL_SINKS)
+    if legacy is None:
+        return None
+    from loader.transform.history import DimensionSpec
+
+    key = config.dimensions.key_of(table)
+    held = sink.dimension_rows(DimensionSpec(config.pipeline, table, key, "replace"), list(key))
+    return None if held is None else legacy
+
+
+def _least(cursors: list[datetime | None]) -> datetime | None:
+    """The cursor to read change files from for all of them: None (everything) if any sink has none."""
+    return None if any(c is None for c in cursors) else min(c for c in cursors if c is not None)
+
+
+def _newer_than(rows: pa.Table, cursor_column: str | None, since: datetime | None) -> pa.Table:
+    """A sink's share of the rows read: change files' rows after the newest cursor it loaded."""
+    if cursor_column is None or since is None:
+        return rows
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return rows.filter(pc.greater(rows[cursor_column], pa.scalar(since, rows[cursor_column].type)))
 
 
 def _snapshot_time(infos: Sequence[Any]) -> datetime:

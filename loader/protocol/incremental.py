@@ -22,6 +22,7 @@ from loader.config import LoaderConfig
 from loader.observe import logs, progress
 from loader.protocol.batches import cut_into_batches
 from loader.protocol.dimension_loads import load_dimension_tables
+from loader.protocol.fact_gaps import check_fact_history
 from loader.protocol.planning import RunPlan, plan_from_input, plan_run
 from loader.protocol.steps import (
     BatchExecutor,
@@ -95,6 +96,7 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, executor: str | 
     summary = RunSummary(pipeline=pipeline, status="nothing_new", max_batch_rows=max_batch_rows)
     batches = BatchExecutor(config, store, commit=commit_incremental(config, store), executor=executor,
                             engine=engine, timer=timer)
+    check_fact_history(config, store)  # before a replay writes to a sink enabled since (fact_gaps.py)
     unfinished = store.unfinished_run(pipeline)
     if unfinished is not None:
         summary.replayed = True
@@ -130,7 +132,7 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, executor: str | 
             base = {name: (cp.run_number if (cp := store.checkpoints(pipeline).get(name)) else None)
                     for name in batch.plan.sources}
             record = store.begin_run(pipeline, mode="incremental", windows=batch.plan.windows(),
-                                     base_checkpoints=base, inputs=batch.plan.to_input(), metrics=info)
+                                     base_checkpoints=base, inputs=batches.inputs(batch.plan), metrics=info)
         failpoints.hit("plan.recorded")
         logs.set_run(record.run_number)
         progress.batch(batch.number, total)

@@ -187,9 +187,12 @@ class BatchExecutor:
         self.timer, self.only_sinks = timer, only_sinks
         self._lock = threading.Lock()
         self._prepared: tuple[Any, Any, Any] | None = None
+        self.dimension_version = ""  # the fingerprint of the dimension files this run's batches read
 
     def prepare(self, largest: RunPlan) -> None:
-        """Choose executor and engine for batches like `largest`, and load the dimensions, once."""
+        """Choose executor and engine for batches like `largest`, and load the dimensions, once: their
+        region lookups are kept in the state store (once per version of the files) before any batch
+        records that version, so `loader verify` can place each row as its batch did."""
         with self._lock:
             if self._prepared is not None:
                 return
@@ -201,8 +204,53 @@ class BatchExecutor:
             log.info("executor %s (%s); transforms on the %s (%s)", choice.executor, choice.reason,
                      engine.engine.upper(), engine.reason)
             with self.timer.stage("execute"):
-                dims = load_dimensions(self.config)
+                dims, version = load_dimensions(self.config, keep=self._unfinished_versions())
+                self._keep_lookup_version(version, dims)
             self._prepared = (choice, engine, dims)
+            self.dimension_version = version
+
+    def inputs(self, plan: RunPlan) -> dict[str, Any]:
+        """What a batch records before any write: its fact files (`RunPlan.to_input`) and the version of
+        the dimension files its rows are enriched from (a replay uses that version and no other)."""
+        self.prepare(plan)
+        return {**plan.to_input(), "dimensions": self.dimension_version}
+
+    def _unfinished_versions(self) -> set[str]:
+        """The dimension versions unfinished runs recorded: their prepared lookups stay cached."""
+        runs = [self.store.unfinished_run(self.config.pipeline, mode=m) for m in ("incremental", "backfill")]
+        return {version for run in runs if run is not None and (version := (run.inputs or {}).get("dimensions"))}
+
+    def _keep_lookup_version(self, version: str, dims: Any) -> None:
+        if not self.store.has_lookup_version(self.config.pipeline, version):
+            from loader.transform.dimension_cache import lookup_regions
+
+            regions = lookup_regions(dims)
+            call_with_retries("recording the dimension version", self.config.state.retry,
+                              lambda: self.store.record_lookup_version(self.config.pipeline, version, regions))
+
+    def _dimensions_of(self, record: RunRecord) -> Any:
+        """The prepared dimensions `record` was enriched from: this run's, or for a replay of a batch
+        that recorded another version of the dimension files, that version's kept lookups."""
+        assert self._prepared is not None
+        version = (record.inputs or {}).get("dimensions")
+        if version is None or version == self.dimension_version:
+            return self._prepared[2]
+        from loader.errors import BadSourceData
+        from loader.transform.dimension_cache import cache_folder, load_version
+
+        dims = load_version(self.config, version)
+        if dims is None:
+            raise BadSourceData(
+                f"run {record.run_number} enriched its rows from the dimension files as they were when it was "
+                f"planned (version {version[:12]}); they changed since, and the lookups prepared from them are "
+                f"not kept in {cache_folder(self.config)} (run.dimension_cache off, another machine or another "
+                "cache folder). A replay from today's files would enrich the rows some sinks already hold "
+                "differently in the others: restore the dimension files as they were, or run where that cache "
+                "folder is (run.cache_dir), then run again"
+            )
+        log.info("run %d: replayed with the dimension version it recorded (%s), not today's files",
+                 record.run_number, version[:12])
+        return dims
 
     def run(self, record: RunRecord, plan: RunPlan, *, metrics: dict[str, Any] | None = None,
             planning_s: float = 0.0) -> BatchOutcome:
@@ -232,7 +280,8 @@ class BatchExecutor:
         from loader.sinks.table_writes import write_table
 
         assert self._prepared is not None
-        choice, engine, dims = self._prepared
+        choice, engine, _ = self._prepared
+        dims = self._dimensions_of(record)
         outcome.executor, outcome.executor_reason = choice.executor, choice.reason
         outcome.engine, outcome.engine_reason = engine.engine, engine.reason
         timer = Timer()  # this batch's own seconds; added to the run's at the end (planning is the run's already)

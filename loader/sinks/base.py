@@ -11,6 +11,14 @@ loader/sinks/table_writes.py drives the three for a run. A sink also says what i
 run side reads (`Capabilities`), reads back what it holds for `loader verify` (`read_back`), and says
 whether it is usable from here for `loader doctor` (`probe`). The sinks are listed once, in the
 registry of `loader.sinks`.
+
+Upstream deletes (`TableBatch.deletes`) follow one rule in every sink: per key the version with the
+greatest cursor decides, and a tombstone wins a tie. A tombstone at the cursor of a live version
+deletes it (a CDC delete stamped with the version's own time means the row is gone), whichever of the
+two arrives first, in one batch (the stage chain's dedupe keeps the tombstone) or in different runs:
+hard, the key leaves the table; soft, the row stays with `_deleted_at` = that cursor; a log of
+versions (Parquet) holds both versions and its readers take the tombstone (`dedupe_latest` with its
+`tombstones` mask). A live version at a tombstone's cursor arriving later leaves the key deleted.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ DELETED = "_deleted"
 #: The nullable timestamp column of a soft-deleting table: when the key was deleted upstream (the
 #: tombstone's cursor), null while the key is live.
 DELETED_AT = "_deleted_at"
+#: The column `read_back` adds where a row's place says its region apart from its `region` column
+#: (Parquet's `region=` folders): `loader verify` checks that both agree.
+PARTITION_REGION = "_partition_region"
 
 
 @dataclass(frozen=True)
@@ -86,8 +97,17 @@ class Capabilities:
     #: must not retry the whole write on top of them.
     retries_own_steps: bool
     #: "latest": one row per key, the newest version (Delta, Snowflake); "versions": a log of every
-    #: (key, cursor) version written (Parquet). Says how `loader verify` compares what `read_back` returns.
+    #: (key, cursor) version written (Parquet; a tombstone may share its (key, cursor) with a live version,
+    #: and wins the tie). Says how `loader verify` compares what `read_back` returns.
     holds: Literal["latest", "versions"]
+    #: What a replay of a run that already landed here does: "skips" (`begin` finds the run landed:
+    #: Delta's app transaction, Snowflake's ledger row; the result says `skipped`) or "rewrites"
+    #: (Parquet: the run's files are removed and written again: the same rows, counts and versions).
+    replay_of_landed: Literal["skips", "rewrites"]
+    #: What the replay of a run interrupted here writes and counts: "whole" (the attempt left nothing
+    #: visible, or the replay removes it first: every row and delete again) or "rest" (Delta: the commits
+    #: made before the fault stay, each idempotent; the replay counts only what they had not done).
+    replay_of_interrupted: Literal["whole", "rest"]
 
 
 #: The token `begin` hands to `write_part` and `finish`: each sink types its own (it travels to Ray
@@ -128,7 +148,8 @@ class Sink(Protocol[Begun]):
     def read_back(self, table: str, columns: list[str]) -> pa.Table | None:
         """What the sink holds of `table`, for `loader verify`: `columns` and `region`, one row per row
         held (the current rows where it holds the latest, every version where it holds versions), or
-        None if the table does not exist here. Integers as integers, timestamps as timestamps."""
+        None if the table does not exist here. Integers as integers, timestamps as timestamps. A sink
+        whose files sit in region folders adds `PARTITION_REGION`, the region the folder names."""
         ...
 
     def probe(self) -> str | None:

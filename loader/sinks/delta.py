@@ -19,8 +19,10 @@ key stored nowhere (outside every file's range, or absent from the files read) c
 dropped; one older than the stored version is dropped with the landed versions. The rest take the
 stored row's region (a tombstone's own may be "UNKNOWN"), so the merge's per-region key-range scope
 holds them, and the merge removes the row (hard: `when_matched_delete`) or sets its `_deleted_at` to
-the tombstone's cursor (soft), where t.cursor <= s.cursor. `_deleted` is never stored; a soft table
-has a nullable `_deleted_at` (null while the key lives), added to an existing table when needed.
+the tombstone's cursor (soft), where t.cursor <= s.cursor (a tie deletes: the rule of every sink,
+loader/sinks/base.py; a live version at a tombstone's cursor never revives the key). `_deleted` is
+never stored; a soft table has a nullable `_deleted_at` (null while the key lives), added to an
+existing table when needed.
 
 Hard deletes forget the row, so a late live version older than the tombstone, arriving in a later run,
 would find the key stored nowhere and insert it again. The table therefore remembers the tombstones it
@@ -33,6 +35,16 @@ newer cursor) and removes the entries of keys a newer live version revives. That
 (newest cursor wins; a revived key's entry is gone), so a crash between it and the main table's commit
 is repaired by the replay: the live rows it dropped are dropped again, the revived keys are no longer
 remembered and their rows are written. Soft tables keep the mark in the row itself: no side table.
+Every side commit adds a file; once the side table's folder holds more than TOMBSTONE_FILES data files
+it is compacted (delta-rs optimize: the same rows in fewer files) and the files replaced are deleted
+(vacuum, lite: only files the log itself removed, never a concurrent writer's uncommitted ones). All
+of it happens inside the table's writer lock (`_one_writer`, from reading what is stored to the main
+commit), so two writers of one process (a parallel backfill's chunks) never interleave side commits.
+
+On S3 every commit is a conditional put (put-if-absent on the log entry, deltalake's default): of two
+writers committing the same version one wins, the other retries on the next version or, where the
+winner changed what it read, fails with a commit conflict that the run retries whole (it replays
+safely). MinIO and R2 need `AWS_CONDITIONAL_PUT=etag` (passed on as `aws_conditional_put`).
 """
 
 from __future__ import annotations
@@ -81,6 +93,8 @@ def app_id(pipeline: str, table: str, *, backfill_run: int | None = None) -> str
 #: The side table of a hard-deleting table: the tombstones it applied (or was given for keys it never
 #: held), key columns and cursor, the newest per key (see the module's docstring).
 TOMBSTONES = "_tombstones"
+#: The side table is compacted once its folder holds more data files than this (each side commit adds one).
+TOMBSTONE_FILES = 8
 
 
 def _literal(value: Any) -> str:
@@ -242,7 +256,8 @@ class DeltaSink:
     # Every part commits to the table: one at a time, the last carries the run. A retry of the whole
     # write replays it (each commit is idempotent).
     capabilities: ClassVar[Capabilities] = Capabilities(parts_in_sequence=True, retries_own_steps=False,
-                                                        holds="latest")
+                                                        holds="latest", replay_of_landed="skips",
+                                                        replay_of_interrupted="rest")
 
     def __init__(self, config: LoaderConfig) -> None:
         self.root = config.sink_path(config.sinks.delta.path)
@@ -537,6 +552,7 @@ class DeltaSink:
                 self._merge_tombstones(side, changes, batch)
             log.info("%s -> delta: %s tombstone(s) remembered, %s revived key(s) forgotten", batch.table,
                      f"{count_true(remember):,}", f"{count_true(revived):,}")
+            self._compact_tombstones(side_uri, batch.table)
         dropped = count_true(late)
         if not dropped:
             return data
@@ -544,6 +560,26 @@ class DeltaSink:
         keep = np.ones(data.num_rows, dtype=bool)
         keep[joined.filter(late)["__row"].to_numpy()] = False
         return data.filter(pa.array(keep))
+
+    def _compact_tombstones(self, side_uri: str, table: str) -> None:
+        """Past TOMBSTONE_FILES data files in the side table's folder (one listing: live files, and those
+        merges and compactions replaced), its small files rewritten into one and the replaced ones
+        deleted. Called inside the table's writer lock. Neither changes a row, so a crash at any point
+        leaves the side table right; files a crash left behind go at the next compaction."""
+        from pyarrow import fs as pafs
+
+        folder = locate(side_uri)
+        listed = folder.filesystem.get_file_info(pafs.FileSelector(folder.path, allow_not_found=True))
+        if sum(1 for f in listed if f.base_name.endswith(".parquet")) <= TOMBSTONE_FILES:
+            return
+        side = self._open(side_uri)
+        metrics = side.optimize.compact()
+        # Lite vacuum: only the files the log removed (compacted, or rewritten by merges), never a
+        # concurrent writer's uncommitted ones; at once, since the side table is read only by this
+        # table's writer, under the lock, at its newest version.
+        deleted = side.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
+        log.info("%s -> delta: tombstone table compacted, %s file(s) into %s, %s old file(s) deleted", table,
+                 metrics.get("numFilesRemoved"), metrics.get("numFilesAdded"), len(deleted))
 
     @staticmethod
     def _merge_tombstones(side: Any, changes: pa.Table, batch: TableBatch) -> None:
@@ -641,7 +677,10 @@ def _storage_options(root: str) -> dict[str, str] | None:
         options["AWS_ENDPOINT_URL"] = endpoint
         if endpoint.startswith("http://"):
             options["AWS_ALLOW_HTTP"] = "true"
-    options["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
+    # Commits are conditional puts (deltalake's default on S3; no unsafe rename, which lets two writers
+    # overwrite each other's log entry). Stores that take it as an ETag condition (MinIO, R2) say so.
+    if os.environ.get("AWS_CONDITIONAL_PUT"):
+        options["aws_conditional_put"] = os.environ["AWS_CONDITIONAL_PUT"]
     options["max_retries"] = str(S3_DRIVER_ATTEMPTS - 1)
     options["retry_timeout"] = "10s"
     options["connect_timeout"] = f"{S3_CONNECT_TIMEOUT_S:g}s"

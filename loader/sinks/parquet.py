@@ -8,6 +8,10 @@ greatest cursor across files (the Delta table holds only the latest). Idempotenc
   overlaps) is skipped by an anti-join against the files of the days the overlap can touch.
 Upstream deletes (a source with `deletes`): a tombstone is one more version, written with its
 `_deleted` column true (live versions false); the latest version per key says whether the key lives.
+A tombstone wins a tie (loader/sinks/base.py), so a version is (key, cursor, `_deleted`): a tombstone at
+the cursor of a live version the log holds is written beside it (and is the newer of the two), while a
+tombstone, or a live version, the log holds already is not written again. Readers take the tombstone
+on a tie (`dedupe_latest` with its `tombstones` mask; in SQL `ORDER BY cursor DESC, _deleted DESC`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from loader.config import LoaderConfig
 from loader.errors import SinkRejected, SinkUnavailable
 from loader.sinks import parquet_dimensions
 from loader.sinks.base import (
+    DELETED,
+    PARTITION_REGION,
     Capabilities,
     PartWrite,
     SinkWrite,
@@ -44,6 +50,19 @@ from loader.storage import Location, locate, short_error, storage_error
 from loader.transform.history import DimensionChanges, DimensionSpec
 
 DATE_COLUMN = "__date"
+#: The version check's tombstone flag (`_deleted`, nulls as false), apart from the stored column's name.
+TOMBSTONE = "__tombstone"
+
+
+def _folder_region(relative: str) -> str | None:
+    """The value of the `region=` folder in a file's path under the table (percent-decoded, as hive
+    readers decode it), or None if it lies in none."""
+    from urllib.parse import unquote
+
+    for part in relative.split("/"):
+        if part.startswith("region="):
+            return unquote(part[len("region="):])
+    return None
 
 
 def run_prefix(run_number: int) -> str:
@@ -61,7 +80,8 @@ class ParquetSink:
     name = "parquet"
     # Parts write disjoint files, nothing is committed to a log; a retry of the whole write replays it.
     capabilities: ClassVar[Capabilities] = Capabilities(parts_in_sequence=False, retries_own_steps=False,
-                                                        holds="versions")
+                                                        holds="versions", replay_of_landed="rewrites",
+                                                        replay_of_interrupted="whole")
 
     def __init__(self, config: LoaderConfig) -> None:
         self.root_uri = config.sink_path(config.sinks.parquet.path)
@@ -121,7 +141,8 @@ class ParquetSink:
             raise storage_error(error, where.uri, side="sink", doing="removing a cut run's files under") from error
 
     def read_back(self, table: str, columns: list[str]) -> pa.Table | None:
-        """Every version row of the log (hidden in-flight files skipped, as readers skip them)."""
+        """Every version row of the log (hidden in-flight files skipped, as readers skip them), with the
+        region its folder names (`PARTITION_REGION`: a reader of the hive folders goes by that)."""
         where = self.table_location(table)
         try:
             if where.filesystem.get_file_info(where.path).type == pafs.FileType.NotFound:
@@ -139,7 +160,9 @@ class ParquetSink:
         def read(path: str) -> pa.Table:
             try:
                 with where.filesystem.open_input_file(path) as handle:
-                    return pq.read_table(handle, columns=wanted)
+                    rows = pq.read_table(handle, columns=wanted)
+                folder = _folder_region(path[len(where.path):])
+                return rows.append_column(PARTITION_REGION, pa.array([folder] * rows.num_rows, pa.string()))
             except (OSError, pa.ArrowInvalid, KeyError) as error:
                 raise SinkRejected(f"cannot read columns {wanted} of {path} (Parquet sink of {table}): "
                                    f"{short_error(error)}. Fix or remove the file") from error
@@ -198,7 +221,8 @@ class ParquetSink:
 
     def _new_versions(self, where: Location, batch: TableBatch, regions: tuple[str, ...]) -> pa.Table:
         """Drop versions (key, cursor) already in the log: the lookback re-reads them every run, and an
-        abandoned run or a backfill may have written them."""
+        abandoned run or a backfill may have written them. With deletes a version is (key, cursor,
+        tombstone or not): a held live version does not stop a tombstone at its cursor, which wins the tie."""
         data = batch.data
         if data.num_rows == 0:
             return data
@@ -207,9 +231,13 @@ class ParquetSink:
         if existing.num_rows == 0:
             return data
         columns = [*batch.key, batch.cursor]
+        versions = data.select(columns)
+        mask = tombstones(batch, data)
+        if mask is not None:  # `_existing_versions` read the stored flag as TOMBSTONE
+            versions, columns = versions.append_column(TOMBSTONE, mask), [*columns, TOMBSTONE]
         marked = existing.select(columns).append_column("__seen", pa.array(np.ones(existing.num_rows, dtype=bool)))
-        # Joined on (key, cursor) and a row number only; the new rows are taken once, in key order.
-        slim = data.select(columns).append_column("__row", pa.array(np.arange(data.num_rows, dtype=np.int64)))
+        # Joined on the version's columns and a row number only; the new rows are taken once, in key order.
+        slim = versions.append_column("__row", pa.array(np.arange(data.num_rows, dtype=np.int64)))
         joined = slim.join(marked, keys=columns, join_type="left outer")
         fresh = joined.filter(pc.is_null(joined["__seen"]))
         if fresh.num_rows == data.num_rows:  # none held: the rows as they are, no copy
@@ -219,7 +247,9 @@ class ParquetSink:
     def _existing_versions(self, where: Location, batch: TableBatch, regions: tuple[str, ...], low: datetime,
                            high: datetime) -> pa.Table:
         """(key, cursor) of the other runs' files in the batch's date partitions: only those can hold
-        one of its versions, since `date` is the version's cursor day. Lists only those folders."""
+        one of its versions, since `date` is the version's cursor day. Lists only those folders. With
+        deletes, also whether each is a tombstone (column TOMBSTONE; false in files written before the
+        source had deletes, which have no `_deleted` column)."""
         columns = [*batch.key, batch.cursor]
         days = [(low + timedelta(days=i)).date().isoformat() for i in range((high.date() - low.date()).days + 1)]
         own = run_prefix(batch.run_number)
@@ -239,13 +269,23 @@ class ParquetSink:
         bounds = pc.min_max(batch.data[first])
         in_range = [(first, ">=", bounds["min"].as_py()), (first, "<=", bounds["max"].as_py()),
                     (batch.cursor, ">=", low), (batch.cursor, "<=", high)]
+        flagged = batch.deletes is not None
+        schema = batch.data.select(columns).schema
+        if flagged:
+            schema = schema.append(pa.field(TOMBSTONE, pa.bool_()))
         parts = []
         for path in paths:
             with where.filesystem.open_input_file(path) as handle:
-                parts.append(pq.read_table(handle, columns=columns, filters=in_range))
+                held = flagged and DELETED in pq.ParquetFile(handle).schema_arrow.names
+                wanted = [*columns, DELETED] if held else columns
+                part = pq.read_table(handle, columns=wanted, filters=in_range)
+            if flagged:
+                dead = pc.fill_null(part[DELETED], False) if held else pa.array(np.zeros(part.num_rows, bool))
+                part = part.select(columns).append_column(TOMBSTONE, dead)
+            parts.append(part.cast(schema))
         if not parts:
-            return pa.table({c: pa.array([], type=batch.data[c].type) for c in columns})
-        return pa.concat_tables(parts).cast(batch.data.select(columns).schema)
+            return schema.empty_table()
+        return pa.concat_tables(parts)
 
     def _write_partitions(self, where: Location, run_number: int, data: pa.Table, cursor: str, table: str, *,
                           part: int) -> None:

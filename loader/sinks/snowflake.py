@@ -22,7 +22,8 @@ idempotent, so a retry or a replay after a crash repeats a step without harm:
 Upstream deletes (`batch.deletes`): tombstones are staged with the live rows, the staging table has
 the `_DELETED` flag (the target never does), and the same MERGE, in the same transaction as the
 ledger row, removes (hard) or marks (soft: `_DELETED_AT` = the tombstone's cursor) a stored row whose
-version is no newer than the tombstone; tombstones are never inserted. Hard deletes forget the row,
+version is no newer than the tombstone (a tie deletes, the rule of loader/sinks/base.py; so does the
+staged rows' dedupe, `_latest_sql`); tombstones are never inserted. Hard deletes forget the row,
 so the table `<TABLE>__TOMBSTONES` (key columns and cursor, the newest tombstone per key) remembers
 them, maintained in the same transaction: the target's MERGE skips a staged live
 version no newer than its key's remembered tombstone (a late version must not insert the key again:
@@ -55,6 +56,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -145,7 +147,8 @@ class SnowflakeSink:
     name = "snowflake"
     # Parts only stage files (the one transaction is finish's); each step is retried on its own.
     capabilities: ClassVar[Capabilities] = Capabilities(parts_in_sequence=False, retries_own_steps=True,
-                                                        holds="latest")
+                                                        holds="latest", replay_of_landed="skips",
+                                                        replay_of_interrupted="whole")
 
     def __init__(self, config: LoaderConfig) -> None:
         self.settings: SnowflakeSinkConfig = config.sinks.snowflake
@@ -196,20 +199,27 @@ class SnowflakeSink:
             shutil.rmtree(folder, ignore_errors=True)
 
     def finish(self, batch: TableBatch, begun: SnowflakeBegun, parts: list[PartWrite]) -> SinkWrite:
-        """Steps 2 (COPY of every part's files), 3 (merge + ledger row, one transaction) and 4 (cleanup)."""
+        """Steps 2 (COPY of every part's files), 3 (merge + ledger row, one transaction) and 4 (cleanup),
+        one run of a table at a time in this process: the staging table is the table's, and a MERGE must
+        see the tombstones the previous one remembered (parallel backfill chunks write from threads)."""
         rows = sum(p.rows + p.deleted for p in parts)  # staged: live rows and tombstones
-        session = _Session(self)
-        try:
-            if rows:
-                self._step(batch.table, "copy", session, lambda cur: self._copy(cur, batch, begun.stage_folder, rows))
-            deleted = self._step(batch.table, "merge", session, lambda cur: self._merge(cur, session.conn, batch, rows))
-            failpoints.hit("snowflake.commit", batch.table)
-            if rows:
-                self._cleanup(session, batch, begun.stage_folder)
-            return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.location(batch.table),
-                             regions=summed_regions(parts), deleted=deleted)
-        finally:
-            session.discard()
+        with _WRITERS_GUARD:
+            lock = _WRITERS.setdefault(self.location(batch.table), threading.Lock())
+        with lock:
+            session = _Session(self)
+            try:
+                if rows:
+                    self._step(batch.table, "copy", session,
+                               lambda cur: self._copy(cur, batch, begun.stage_folder, rows))
+                deleted = self._step(batch.table, "merge", session,
+                                     lambda cur: self._merge(cur, session.conn, batch, rows))
+                failpoints.hit("snowflake.commit", batch.table)
+                if rows:
+                    self._cleanup(session, batch, begun.stage_folder)
+                return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.location(batch.table),
+                                 regions=summed_regions(parts), deleted=deleted)
+            finally:
+                session.discard()
 
     def _cleanup(self, session: _Session, batch: TableBatch, stage_folder: str) -> None:
         """Landed already: a failure here is logged (the next load replaces the staging table; staged
@@ -234,7 +244,10 @@ class SnowflakeSink:
                         (s.schema_.upper(), table.upper()))
             if not cur.fetchone()[0]:
                 return None
-            cur.execute(f"SELECT {', '.join(ident(c) for c in selected)} FROM {ident(table)}")
+            # The delete mark's NULLs read with IS NULL too (the emulator returns a NULL TIMESTAMP_TZ as the epoch)
+            marks = [c for c in selected if c == DELETED_AT]
+            cur.execute(f"SELECT {', '.join([*(ident(c) for c in selected), *(f'{ident(c)} IS NULL' for c in marks)])} "
+                        f"FROM {ident(table)}")
             data = cur.fetch_arrow_all()
         except sf_errors.Error as error:
             raise self._convert(error, doing=f"reading {table} back from") from error
@@ -242,6 +255,11 @@ class SnowflakeSink:
             session.discard()
         if data is None:  # the connector's answer to no rows
             return None
+        if marks:
+            data = data.set_column(selected.index(DELETED_AT), DELETED_AT, pc.if_else(
+                data.column(len(selected)), pa.scalar(None, data.schema.field(selected.index(DELETED_AT)).type),
+                data.column(selected.index(DELETED_AT))))
+            data = data.select(list(range(len(selected))))
         return _as_source_types(data.rename_columns(selected))
 
     def probe(self) -> str | None:
@@ -643,6 +661,11 @@ def _dimension_sql(spec: DimensionSpec, columns: list[str], staged: set[str]) ->
     return statements
 
 
+#: One writer lock per target table in this process (see `SnowflakeSink.finish`).
+_WRITERS: dict[str, threading.Lock] = {}
+_WRITERS_GUARD = threading.Lock()
+
+
 def _staging(batch: TableBatch) -> str:
     return ident(f"{batch.table}_LOADER_STAGING")
 
@@ -688,12 +711,19 @@ def _remember_tombstones_sql(batch: TableBatch) -> list[str]:
 
 
 def _latest_sql(batch: TableBatch, columns: list[str]) -> str:
+    """The staged rows, one per key: the greatest cursor's, a tombstone winning a tie (the delete rule
+    of every sink, loader/sinks/base.py)."""
     key, cursor = [ident(k) for k in batch.key], ident(batch.cursor)
+    flagged = batch.deletes is not None and DELETED in batch.data.schema.names
+    tie = f", {ident(DELETED)} DESC" if flagged else ""
     return (f"SELECT {', '.join(columns)} FROM {_staging(batch)} "
-            f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {', '.join(key)} ORDER BY {cursor} DESC) = 1")
+            f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {', '.join(key)} ORDER BY {cursor} DESC{tie}) = 1")
 
 
 def _merge_sql(batch: TableBatch) -> str:
+    """A newer version updates the stored row; one with the stored cursor changes nothing: the version
+    landed first stays, as in Delta and the Parquet log (the lookback re-reads versions every run, and
+    its dimension version may differ from the one they loaded with)."""
     if batch.deletes is not None:
         return _merge_with_deletes_sql(batch)
     columns = [ident(c) for c in batch.data.column_names]
@@ -702,7 +732,7 @@ def _merge_sql(batch: TableBatch) -> str:
     updates = ", ".join(f"{c} = s.{c}" for c in columns if c not in key)
     return (
         f"MERGE INTO {ident(batch.table)} t USING ({latest}) s ON {' AND '.join(f't.{k} = s.{k}' for k in key)} "
-        f"WHEN MATCHED AND s.{cursor} >= t.{cursor} THEN UPDATE SET {updates} "
+        f"WHEN MATCHED AND s.{cursor} > t.{cursor} THEN UPDATE SET {updates} "
         f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) VALUES ({', '.join('s.' + c for c in columns)})"
     )
 
@@ -725,12 +755,12 @@ def _merge_with_deletes_sql(batch: TableBatch) -> str:
     insert = f"WHEN NOT MATCHED AND {live} THEN INSERT ({', '.join(stored)}) VALUES ({', '.join('s.' + c for c in stored)})"
     if batch.deletes == "hard":
         return (f"{merge}WHEN MATCHED AND {tombstone} THEN DELETE "
-                f"WHEN MATCHED AND {live} AND s.{cursor} >= t.{cursor} THEN UPDATE SET {updates} {insert}")
+                f"WHEN MATCHED AND {live} AND s.{cursor} > t.{cursor} THEN UPDATE SET {updates} {insert}")
     marked = f"t.{ident(DELETED_AT)}"
     return (
         f"{merge}WHEN MATCHED AND {tombstone} AND ({marked} IS NULL OR {marked} < s.{cursor}) "
         f"THEN UPDATE SET {ident(DELETED_AT)} = s.{cursor} "
-        f"WHEN MATCHED AND {live} AND s.{cursor} >= t.{cursor} THEN UPDATE SET {updates}, "
+        f"WHEN MATCHED AND {live} AND s.{cursor} > t.{cursor} THEN UPDATE SET {updates}, "
         f"{ident(DELETED_AT)} = CASE WHEN {marked} >= s.{cursor} THEN {marked} ELSE NULL END {insert}"
     )
 

@@ -22,10 +22,11 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from loader.config import DIMENSION_KEYS, LoaderConfig
@@ -63,31 +64,58 @@ def fingerprint(config: LoaderConfig) -> str:
     return digest.hexdigest()
 
 
+#: Reads of the dimension files while they keep changing under the reader, before a run gives up.
+STABLE_READ_ATTEMPTS = 3
+
+
 def load_cached(config: LoaderConfig, build: Callable[[], Dimensions]) -> Dimensions:
     """The prepared dimensions: from the cache when the files match an entry, else built and stored."""
+    return load_versioned(config, build)[0]
+
+
+def load_versioned(config: LoaderConfig, build: Callable[[], Dimensions], *,
+                   keep: Collection[str] = ()) -> tuple[Dimensions, str]:
+    """The prepared dimensions and the fingerprint of exactly the files they were made from (a batch
+    records it: its replay enriches from the same version). Files that change while they are read
+    are read again. Entries of the fingerprints in `keep` (unfinished runs') are never evicted."""
+    for _ in range(STABLE_READ_ATTEMPTS):
+        key = fingerprint(config)
+        cached = load_version(config, key)
+        if cached is not None:
+            log.debug("dimensions: prepared lookups from the cache (files unchanged)")
+            return cached, key
+        dims = build()
+        if fingerprint(config) != key:
+            log.info("dimension files changed while they were read: reading them again")
+            continue
+        if config.run.dimension_cache:
+            folder = cache_folder(config)
+            try:
+                _store(folder, _entry(config, key), dims, keep=keep)
+            except OSError as error:
+                log.warning("could not cache the prepared dimensions in %s (%s): the next run reads them again. "
+                            "Set run.cache_dir to a writable folder", folder, error)
+        return dims, key
+    from loader.errors import SourceUnavailable
+
+    raise SourceUnavailable(f"the dimension files changed during each of {STABLE_READ_ATTEMPTS} reads: run again "
+                            "once whatever writes them has finished; nothing was written")
+
+
+def load_version(config: LoaderConfig, key: str) -> Dimensions | None:
+    """The prepared dimensions kept for the files of fingerprint `key`, or None (not kept, the cache
+    off, or an unreadable entry, which is removed)."""
     if not config.run.dimension_cache:
-        return build()
-    key = fingerprint(config)
-    folder = cache_folder(config)
+        return None
     entry = _entry(config, key)
-    if entry.is_dir():
-        try:
-            dims = Dimensions(**{part: _read(entry / f"{part}.arrow") for part in PARTS})
-            log.debug("dimensions: prepared lookups from %s (files unchanged)", entry)
-            return dims
-        except (OSError, pa.ArrowInvalid) as error:  # a torn or evicted entry: read the files instead
-            log.warning("dimension cache entry %s unreadable (%s): reading the dimension files", entry, error)
-            shutil.rmtree(entry, ignore_errors=True)
-    dims = build()
-    if fingerprint(config) != key:
-        log.info("dimension files changed while they were read: lookups not cached")
-        return dims
+    if not entry.is_dir():
+        return None
     try:
-        _store(folder, entry, dims)
-    except OSError as error:
-        log.warning("could not cache the prepared dimensions in %s (%s): the next run reads them again. "
-                    "Set run.cache_dir to a writable folder", folder, error)
-    return dims
+        return Dimensions(**{part: _read(entry / f"{part}.arrow") for part in PARTS})
+    except (OSError, pa.ArrowInvalid) as error:  # a torn or evicted entry: read the files instead
+        log.warning("dimension cache entry %s unreadable (%s): reading the dimension files", entry, error)
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
 
 
 def _entry(config: LoaderConfig, key: str) -> Path:
@@ -104,8 +132,9 @@ def _read(path: Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
-def _store(folder: Path, entry: Path, dims: Dimensions) -> None:
-    """Written in a temp folder, renamed into place (atomic); the pipeline's other entries removed."""
+def _store(folder: Path, entry: Path, dims: Dimensions, *, keep: Collection[str] = ()) -> None:
+    """Written in a temp folder, renamed into place (atomic); the pipeline's other entries removed,
+    but for those of the fingerprints in `keep` (an unfinished run replays from its own)."""
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / f".staging-{uuid.uuid4().hex}"
     staging.mkdir()
@@ -122,10 +151,47 @@ def _store(folder: Path, entry: Path, dims: Dimensions) -> None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     prefix = entry.name[: -len(entry.name.rsplit("-", 1)[-1])]
+    kept = {key[:24] for key in keep}
     for other in folder.glob(f"{prefix}*"):
-        if other != entry:
+        if other != entry and other.name[len(prefix):] not in kept:
             shutil.rmtree(other, ignore_errors=True)
     log.debug("dimensions: prepared lookups cached in %s", entry)
+
+
+def lookup_regions(dims: Dimensions) -> bytes:
+    """What `loader verify` keeps of a version of the dimensions: each customer's and supplier's region
+    (an Arrow IPC stream, zstd: about a byte a key), to place every fact row as the batch that loaded it
+    placed it."""
+    parts = []
+    for code, (part, key) in enumerate((("customers", "c_custkey"), ("suppliers", "s_suppkey"))):
+        table: pa.Table = getattr(dims, part)
+        parts.append(pa.table({
+            "part": pa.array(np.full(table.num_rows, code, dtype=np.int8)),
+            "key": table[key].cast(pa.int64()),
+            "region": table["region"].cast(pa.string()).dictionary_encode(),
+        }).unify_dictionaries())
+    whole = pa.concat_tables(parts).unify_dictionaries().combine_chunks()
+    out = pa.BufferOutputStream()
+    with pa.ipc.new_stream(out, whole.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(whole)
+    return out.getvalue().to_pybytes()
+
+
+def regions_only(raw: bytes) -> Dimensions:
+    """Dimensions that place fact rows by `lookup_regions`' bytes: the keys and their regions, the
+    enrichment columns null (verify's chains stop at the region lookup)."""
+    whole = pa.ipc.open_stream(pa.py_buffer(raw)).read_all()
+    part = whole["part"].to_numpy()
+
+    def rows(code: int, key: str, nulls: tuple[str, ...]) -> pa.Table:
+        picked = whole.filter(pa.array(part == code))
+        columns = {key: picked["key"], **{name: pa.nulls(picked.num_rows, pa.string()) for name in nulls},
+                   "region": picked["region"].cast(pa.string())}
+        return pa.table(columns).combine_chunks()
+
+    return Dimensions(customers=rows(0, "c_custkey", ("c_name", "c_phone", "customer_segment", "nation")),
+                      suppliers=rows(1, "s_suppkey", ("nation",)),
+                      nations=Dimensions.empty().nations)
 
 
 def _safe(name: str) -> str:

@@ -5,6 +5,7 @@ run where the rows are Arrow anyway (after reading, before the sinks)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -47,25 +48,33 @@ def normalize_strings(table: pa.Table) -> pa.Table:
     return table.cast(schema)
 
 
-def dedupe_latest(table: pa.Table, *, key: Sequence[str], cursor: str) -> pa.Table:
+#: A per-row mask of tombstones (upstream deletes): true for a tombstone, false or null for a live row.
+Tombstones: TypeAlias = np.ndarray | pa.Array | pa.ChunkedArray
+
+
+def dedupe_latest(table: pa.Table, *, key: Sequence[str], cursor: str,
+                  tombstones: Tombstones | None = None) -> pa.Table:
     """One row per `key`: the row with the greatest `cursor` wins. Output sorted by `key` ascending.
 
-    Tie-break (same key, same cursor): the row that comes LAST in input order wins, as if the rows were
-    sorted stably by (key..., cursor) and the last row of each key run taken. Feed batches in a
-    deterministic order (e.g. file path, then row order) for a reproducible winner.
+    Tie-break (same key, same cursor): a tombstone (`tombstones` true) beats a live row, the delete
+    rule every sink follows (loader/sinks/base.py); among equals the row that comes LAST in input order
+    wins, as if the rows were sorted stably by (key..., cursor, tombstone) and the last row of each key
+    run taken. Feed batches in a deterministic order (e.g. file path, then row order) for a
+    reproducible winner.
 
     Raises BadSourceData when a key or cursor value is null: such rows cannot be deduplicated or
     checkpointed. String columns are normalized first (take rejects string_view).
     """
     table = normalize_strings(table)
-    order = latest_rows(table, key=key, cursor=cursor)
+    order = latest_rows(table, key=key, cursor=cursor, tombstones=tombstones)
     return table if order is None else table.take(pa.array(order))
 
 
-def latest_rows(table: pa.Table, *, key: Sequence[str], cursor: str) -> np.ndarray | None:
+def latest_rows(table: pa.Table, *, key: Sequence[str], cursor: str,
+                tombstones: Tombstones | None = None) -> np.ndarray | None:
     """The row numbers `dedupe_latest` takes, in key order, or None when that is the table as it is
     (already in key order, no key repeated): the caller takes them (the in-process executor does so in
-    parts, one per transform thread). Checks as dedupe_latest.
+    parts, one per transform thread). Checks and breaks ties as dedupe_latest.
 
     Integer keys (the usual case) are packed into one int64 and sorted alone, unstably (a SIMD sort,
     several times cheaper than a stable sort of (key, cursor)); a batch without repeated keys needs
@@ -88,10 +97,15 @@ def latest_rows(table: pa.Table, *, key: Sequence[str], cursor: str) -> np.ndarr
     rows = table.num_rows
     if rows <= 1:
         return None
+    dead = _tombstone_flags(tombstones, rows)
     packed = _packed_key(table, key)
     if packed is None:  # keys that do not pack into one int64 (strings, dates, wide ranges): Arrow's stable sort
-        order = pc.sort_indices(table.select(list(dict.fromkeys([*key, cursor]))),
-                                sort_keys=[(name, "ascending") for name in [*key, cursor]]).to_numpy()
+        names = list(dict.fromkeys([*key, cursor]))
+        by = table.select(names).rename_columns([f"c{i}" for i in range(len(names))])
+        sort_keys = [(f"c{names.index(name)}", "ascending") for name in [*key, cursor]]
+        if dead is not None:  # on a tie of key and cursor the tombstone sorts last, and is taken
+            by, sort_keys = by.append_column("tomb", pa.array(dead)), [*sort_keys, ("tomb", "ascending")]
+        order = pc.sort_indices(by, sort_keys=sort_keys).to_numpy()
         sorted_keys = table.select(key).take(order)
         differs = None
         for name in key:
@@ -106,9 +120,21 @@ def latest_rows(table: pa.Table, *, key: Sequence[str], cursor: str) -> np.ndarr
     sorted_keys = packed[order]
     repeats = sorted_keys[1:] == sorted_keys[:-1]
     if repeats.any():
-        order = _latest_last(table, cursor, order, sorted_keys, repeats)
+        order = _latest_last(table, cursor, order, sorted_keys, repeats, dead)
         return order[np.append(~repeats, True)]
     return order
+
+
+def _tombstone_flags(tombstones: Tombstones | None, rows: int) -> np.ndarray | None:
+    """`tombstones` as a numpy bool per row (null: live), or None where no row is a tombstone."""
+    if tombstones is None:
+        return None
+    if isinstance(tombstones, pa.Array | pa.ChunkedArray):
+        tombstones = pc.fill_null(tombstones, False).to_numpy(zero_copy_only=False)
+    flags = np.asarray(tombstones, dtype=bool)
+    if len(flags) != rows:
+        raise ValueError(f"dedupe_latest: {len(flags)} tombstone flags for {rows} rows")
+    return flags if flags.any() else None
 
 
 def _packed_key(table: pa.Table, key: Sequence[str]) -> np.ndarray | None:
@@ -137,16 +163,19 @@ def _packed_key(table: pa.Table, key: Sequence[str]) -> np.ndarray | None:
 
 
 def _latest_last(table: pa.Table, cursor: str, order: np.ndarray, sorted_keys: np.ndarray,
-                 repeats: np.ndarray) -> np.ndarray:
-    """`order` with the rows of each repeated key put in (cursor, input position) order, so the last
-    of each key's run is the latest version (on a tie, the last in input order), as a stable sort by
-    (key, cursor) would have it. Only the rows of repeated keys are sorted."""
+                 repeats: np.ndarray, dead: np.ndarray | None = None) -> np.ndarray:
+    """`order` with the rows of each repeated key put in (cursor, tombstone, input position) order, so
+    the last of each key's run is the latest version (on a tie, a tombstone, then the last in input
+    order), as a stable sort by (key, cursor, tombstone) would have it. Only the rows of repeated keys
+    are sorted."""
     in_run = np.append(repeats, False) | np.insert(repeats, 0, False)
     slots = np.flatnonzero(in_run)
     rows = order[slots]
+    tomb = np.zeros(len(rows), dtype=bool) if dead is None else dead[rows]
+    cursors = table.column(cursor).take(pa.array(rows))
     within = pc.sort_indices(
-        pa.table({"k": sorted_keys[slots], "c": table.column(cursor).take(pa.array(rows)), "p": rows}),
-        sort_keys=[("k", "ascending"), ("c", "ascending"), ("p", "ascending")],
+        pa.table({"k": sorted_keys[slots], "c": cursors, "t": tomb, "p": rows}),
+        sort_keys=[("k", "ascending"), ("c", "ascending"), ("t", "ascending"), ("p", "ascending")],
     ).to_numpy()
     order = order.copy()
     order[slots] = rows[within]  # each key's run keeps its slots (the runs are in key order)

@@ -20,7 +20,7 @@ from tests.support.cli import run_cli, run_json, write_config
 from tests.support.demo_clock import append_args, init_args
 from tests.support.expected import expected_tombstones, key_columns
 from tests.support.readers import CURSOR, delta_rows, parquet_latest, parquet_versions
-from tests.support.warehouse import assert_matches_expected
+from tests.support.warehouse import assert_warehouse_exact
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -35,24 +35,16 @@ def _appended(config: Path, *args: str) -> tuple[int, int]:
     return int(found.group(1).replace(",", "")), int(found.group(2).replace(",", ""))
 
 
-def _assert_sinks_exact(warehouse: Path, landing: Path) -> None:
-    """Delta: the live latest versions only. Parquet: every key's newest version; the tombstoned keys'
-    is their tombstone (`_deleted`), the others' the live row."""
+def _assert_sinks_exact(warehouse: Path, landing: Path, *,
+                        deleted: tuple[str, ...] = ("orders", "lineitem")) -> None:
+    """Delta: the live latest versions only, every column. Parquet: every key's newest version; the
+    tombstoned keys' is their tombstone (`_deleted`), the others' the live row (tests/support/warehouse.py).
+    Neither holds the deletes column. `deleted`: the tables that have some."""
+    assert_warehouse_exact(warehouse, landing)
     for table in ("orders", "lineitem"):
-        keys = key_columns(table)
-        delta = delta_rows(warehouse, table)
-        assert DELETED not in delta.column_names and "op" not in delta.column_names
-        assert_matches_expected(delta, landing, table, sink="delta")
-        latest = parquet_latest(warehouse, table)
-        assert "op" not in latest.column_names
-        assert latest[DELETED].null_count == 0
-        assert_matches_expected(latest.filter(pc.invert(latest[DELETED])), landing, table, sink="parquet")
-        dead = latest.filter(latest[DELETED]).select([*keys, CURSOR[table], "region"])
-        want = expected_tombstones(table, landing)
-        assert want.num_rows > 0, table
-        assert dead.sort_by([(k, "ascending") for k in keys]).to_pylist() == want.to_pylist(), f"parquet/{table}"
-        versions = parquet_versions(warehouse, table).select([*keys, CURSOR[table]]).to_pylist()
-        assert len({tuple(v.values()) for v in versions}) == len(versions), f"parquet/{table}: a version twice"
+        assert "op" not in delta_rows(warehouse, table).column_names
+        assert "op" not in parquet_versions(warehouse, table).column_names
+        assert (expected_tombstones(table, landing).num_rows > 0) == (table in deleted), table
 
 
 def test_deletes_through_both_executors(tmp_path: Path) -> None:
@@ -107,6 +99,40 @@ def test_deletes_through_both_executors(tmp_path: Path) -> None:
         b = parquet_versions(tmp_path / "ray" / "warehouse", table)
         order = [(c, "ascending") for c in [*key_columns(table), CURSOR[table]]]
         assert a.sort_by(order).equals(b.select(a.column_names).sort_by(order)), f"parquet/{table} differs"
+
+
+def test_a_tombstone_at_the_loaded_versions_cursor_deletes_it_in_every_sink(tmp_path: Path) -> None:
+    """Issue #26, case 4: CDC sends deletes stamped with the deleted version's own time. The newest
+    orders, loaded by a first run, get tombstones at their cursors (the full before-image, `op = 'D'`)
+    in a later file; the next run (whose lookback re-reads the live versions too) deletes them: gone from
+    Delta, their tombstone the newest version in the Parquet log (written beside the live version at
+    that cursor), and `loader verify` agrees."""
+    config = write_config(tmp_path / "project")
+    landing, warehouse = tmp_path / "project" / "landing", tmp_path / "project" / "warehouse"
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
+    run_json(config, "run", "--incremental")
+    files = sorted((landing / "orders").rglob("*.parquet"))
+    orders = pa.concat_tables(pq.read_table(p) for p in files)
+    newest = orders.sort_by([("o_updated_at", "descending")]).slice(0, 4)  # inside the lookback
+    op = newest.schema.get_field_index("op")
+    dead = newest.set_column(op, "op", pa.array(["D"] * 4, newest.schema.field(op).type))
+    _appended(config, "--orders", "20", "--updates", "0", "--late", "0", "--deletes", "0")  # moves the cursor
+    folder = landing / "orders" / "ingest_date=2099-01-01"  # read after every other file
+    folder.mkdir()
+    pq.write_table(dead, folder / "part-ties.parquet")
+    summary = run_json(config, "run", "--incremental")
+    info = summary["tables"]["orders"]
+    assert info["deleted"] == 4, info
+    assert info["sinks"]["parquet"]["deleted"] == 4, info  # tombstones logged beside the live versions
+    assert info["sinks"]["delta"]["deleted"] == 4, info  # the stored versions at their cursors removed
+    keys = set(newest["o_orderkey"].to_pylist())
+    assert keys.isdisjoint(delta_rows(warehouse, "orders")["o_orderkey"].to_pylist())
+    latest = parquet_latest(warehouse, "orders")
+    tied = latest.filter(pc.is_in(latest["o_orderkey"], pa.array(list(keys))))
+    assert tied[DELETED].to_pylist() == [True] * 4
+    _assert_sinks_exact(warehouse, landing, deleted=("orders",))
+    verified = run_json(config, "verify")
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
 
 
 def test_a_landing_file_without_the_deletes_column_fails_naming_it(tmp_path: Path) -> None:

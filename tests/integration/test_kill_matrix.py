@@ -35,6 +35,7 @@ from tests.support.dimensions import (
     expected_history,
     snapshot_of,
 )
+from tests.support.expected import CustomerSnapshot, keep_customers
 from tests.support.postgres import pg_database
 from tests.support.snowflake_emulator import (
     abort_detached_transactions,
@@ -68,7 +69,7 @@ CUSTOMER_CHANGES = 25
 DIMENSION_POINTS = ("parquet.dimension", "delta.dimension", "snowflake.dimension", "dimensions.before_record")
 # The customer snapshots each stage's runs load, kept beside the stages (outside every landing zone).
 SNAPSHOTS = "customer-snapshots.pickle"
-# The first snapshot's file: the facts run 1 loaded (and run 2 did not load again) are enriched from it.
+# The first snapshot's file: the fact files run 1 loaded are enriched from it (run 2 skips their versions).
 EARLIER_CUSTOMER = "customer-first.parquet"
 
 
@@ -97,20 +98,23 @@ def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
             "--deletes", str(FIRST_DELETES), env=env)
     shutil.copytree(folder / "first" / "landing", folder / "fresh" / "landing")  # mtimes kept: the same snapshot
     loaded = snapshot_of(folder / "first" / "landing" / "customer")
-    shutil.copy2(folder / "first" / "landing" / "customer" / "customer.parquet", folder / EARLIER_CUSTOMER)
     config = _project(folder / "fresh", url["fresh"], snowflake["fresh"])
     run_json(config, "run", "--incremental", env=env)
+    # Run 1 loaded every fact file there under the first snapshot: kept before the append replaces it.
+    earlier = keep_customers(folder / "fresh" / "landing", folder / EARLIER_CUSTOMER)
     run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "60", "--late", "5",
             "--deletes", str(INCREMENT_DELETES), "--customer-changes", str(CUSTOMER_CHANGES), env=env)
     changed = snapshot_of(folder / "fresh" / "landing" / "customer")
     assert changed.time > loaded.time, "the append did not write a new customer snapshot"
-    (folder / SNAPSHOTS).write_bytes(pickle.dumps({"first": [loaded], "fresh": [loaded, changed]}))
+    kept = {"first": ([loaded], []), "fresh": ([loaded, changed], [earlier])}
+    (folder / SNAPSHOTS).write_bytes(pickle.dumps(kept))
     return folder
 
 
-def _snapshots(template: Path, stage: str) -> tuple[list[Snapshot], list[Path]]:
-    """The customer snapshots the stage's runs load, in order, and the files of those before the last."""
-    return pickle.loads((template / SNAPSHOTS).read_bytes())[stage], [template / EARLIER_CUSTOMER][:stage == "fresh"]
+def _snapshots(template: Path, stage: str) -> tuple[list[Snapshot], list[CustomerSnapshot]]:
+    """The customer snapshots the stage's runs load, in order, and those before the last as kept with
+    the fact files they enriched (tests/support/expected.py)."""
+    return pickle.loads((template / SNAPSHOTS).read_bytes())[stage]
 
 
 def _emulator(snowflake: dict[str, Any]) -> dict[str, Any]:
@@ -140,10 +144,10 @@ def _copy(template: Path, stage: str, target: Path) -> tuple[Path, dict[str, str
     return config, env
 
 
-def _assert_exact(config: Path, customer: tuple[list[Snapshot], list[Path]]) -> dict[str, int]:
-    """The sinks exact against the landing zone (a fact loaded before the customer snapshot changed
-    enriched from the earlier one), the deletes applied, every sink's customer table the history of
-    the snapshots; the tombstoned keys per table."""
+def _assert_exact(config: Path, customer: tuple[list[Snapshot], list[CustomerSnapshot]]) -> dict[str, int]:
+    """The sinks exact against the landing zone, every column (each fact enriched from the one customer
+    snapshot its batch was planned under: run 1's facts from the first), the deletes applied, every
+    sink's customer table the history of the snapshots; the tombstoned keys per table."""
     folder = config.parent
     snapshots, earlier = customer
     assert_warehouse_exact(folder / "warehouse", folder / "landing", customers=earlier)

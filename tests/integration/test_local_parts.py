@@ -37,7 +37,7 @@ def test_parts_on_threads_give_the_rows_of_one_piece(tmp_path: Path, monkeypatch
     run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "50", "--updates", "40", "--late", "5")
     config = load_config(config_path)
     plan = plan_run(config, {})
-    dims = load_dimensions(config)
+    dims, _ = load_dimensions(config)
     rules = region_rules(config)
 
     expected = {}

@@ -18,7 +18,8 @@ import pytest
 
 from loader import failpoints
 from loader.errors import LoaderError, SinkRejected, SinkUnavailable, is_transient
-from loader.sinks import SinkWrite
+from loader.sinks import SinkWrite, TableBatch
+from loader.transform.tables import dedupe_latest
 from tests.support.conformance import (
     CURSOR,
     DELETED,
@@ -81,6 +82,18 @@ def assert_write(result: SinkWrite, sut: SinkUnderTest, data: pa.Table) -> None:
     assert result.regions == dict(Counter(data["region"].to_pylist())), result
 
 
+def assert_replay_of_landed(sut: SinkUnderTest, again: SinkWrite, landed: SinkWrite) -> None:
+    """A replay of a run that landed (`landed`: what its write reported) does exactly what the sink
+    declares (`Capabilities.replay_of_landed`): skips it, counting nothing, or writes it again, counting
+    the same rows, regions and deletes."""
+    if sut.sink.capabilities.replay_of_landed == "skips":
+        assert (again.skipped, again.rows, again.regions, again.deleted) == (True, 0, {}, 0), (again, landed)
+    else:
+        assert not again.skipped, (again, landed)
+        counts = (again.rows, again.regions, again.deleted)
+        assert counts == (landed.rows, landed.regions, landed.deleted), (again, landed)
+
+
 @pytest.fixture(params=SINKS)
 def sut(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SinkUnderTest:
     """The sink under test, alone in its config; Snowflake on a database of its own."""
@@ -116,14 +129,14 @@ def test_first_write_lands_every_row_exactly(sut: SinkUnderTest) -> None:
 
 
 def test_replaying_a_landed_run_changes_nothing(sut: SinkUnderTest) -> None:
-    """The runner replays a run whose attempt died after some sinks committed: those sinks must either
-    skip it or write it again identically, never twice."""
+    """The runner replays a run whose attempt died after some sinks committed: those sinks must skip it
+    or write it again identically, as each declares, never twice."""
     sut.write(batch_of(1, rows_of(FIRST)))
     second = sut.write(batch_of(2, rows_of(SECOND)))
     stored = sut.stored()
     for _ in range(2):
         again = sut.write(batch_of(2, rows_of(SECOND), replay=True))
-        assert again.skipped or (again.rows, again.regions) == (second.rows, second.regions), (again, second)
+        assert_replay_of_landed(sut, again, second)
         assert sut.stored().equals(stored), f"{sut.name}: the replay changed what is stored"
     assert_state(sut, state_after(FIRST, SECOND))
 
@@ -241,7 +254,7 @@ def test_run_written_in_parts_lands_like_one_write(sut: SinkUnderTest) -> None:
     assert_state(sut, state_after(FIRST, SECOND))
     stored = sut.stored()
     [(again, _)] = write_table([sut.sink], batch_of(2, data.schema.empty_table(), replay=True), parts)
-    assert again.skipped or (again.rows, again.regions) == (result.rows, result.regions), (again, result)
+    assert_replay_of_landed(sut, again, result)
     assert sut.stored().equals(stored), f"{sut.name}: replaying the run written in parts changed what is stored"
 
 
@@ -249,7 +262,9 @@ def test_run_failing_between_parts_lands_exactly_when_replayed(
     sut: SinkUnderTest, failpoint: Callable[[str | None], None]
 ) -> None:
     """A fault after some parts are written (for Delta: some parts' merges committed without the run's
-    transaction), then the runner's replay of the whole run: exact, every key once, not reported landed."""
+    transaction), then the runner's replay of the whole run: exact, every key once, not reported landed,
+    counting what the sink declares (`replay_of_interrupted`): every row, or only those the commits
+    before the fault had not written (Delta: the fault is in the last part, so the parts before it landed)."""
     from loader.sinks.table_writes import write_table
 
     sut.write(batch_of(1, rows_of(FIRST)))
@@ -261,8 +276,8 @@ def test_run_failing_between_parts_lands_exactly_when_replayed(
     failpoint(None)
     [(retry, _)] = write_table([sut.sink], batch_of(2, data.schema.empty_table(), replay=True), _parts_of(data, 4))
     assert not retry.skipped, retry
-    if sut.sink.capabilities.parts_in_sequence:  # Delta: the parts merged before the fault stay; the replay counts the rest
-        assert 0 < retry.rows < data.num_rows, retry
+    if sut.sink.capabilities.replay_of_interrupted == "rest":  # the parts before the last one committed
+        assert_write(retry, sut, _parts_of(data, 2)[-1])
     else:
         assert_write(retry, sut, data)
     assert_state(sut, state_after(FIRST, SECOND))
@@ -309,12 +324,13 @@ def model(runs: list[Run], *, log: bool, deletes: Deletes) -> dict[int, dict[str
 
 
 def deleted_by(runs: list[Run], *, log: bool, deletes: Deletes) -> int:
-    """What the last run's `deleted` counts: tombstone versions it adds to the log (Parquet), or keys
-    its tombstones removed or marked (the others): those whose state the tombstone changed."""
+    """What the last run's `deleted` counts: tombstone versions it adds to the log (Parquet: one it does
+    not hold yet, a live version at its cursor notwithstanding), or keys its tombstones removed or
+    marked (the others): those whose state the tombstone changed."""
     *before, last = runs
     if log:
-        seen = {(r["id"], r[CURSOR]) for run in before for r in run}
-        return sum(1 for r in last if r[DELETED] and (r["id"], r[CURSOR]) not in seen)
+        seen = {(r["id"], r[CURSOR], r[DELETED]) for run in before for r in run}
+        return sum(1 for r in last if r[DELETED] and (r["id"], r[CURSOR], True) not in seen)
     was, now = model(before, log=False, deletes=deletes), model(runs, log=False, deletes=deletes)
     return sum(1 for r in last if r[DELETED] and was.get(r["id"]) != now.get(r["id"]))
 
@@ -329,9 +345,9 @@ def assert_deletes_state(sut: SinkUnderTest, runs: list[Run], deletes: Deletes) 
     got = sut.stored_all()
     want = model(runs, log=sut.version_log, deletes=deletes)
     schema = DELETES_SCHEMA if sut.version_log else SOFT_SCHEMA if deletes == "soft" else SCHEMA
-    if sut.version_log:
-        versions = list(zip(got["id"].to_pylist(), got[CURSOR].to_pylist(), strict=True))
-        assert len(versions) == len(set(versions)), f"{sut.name}: a (key, cursor) version is stored twice"
+    if sut.version_log:  # a version: (key, cursor, tombstone or not); on a tie the tombstone is the latest
+        versions = list(zip(*(got[c].to_pylist() for c in ("id", CURSOR, DELETED)), strict=True))
+        assert len(versions) == len(set(versions)), f"{sut.name}: a (key, cursor, _deleted) version twice"
         got = latest_versions(got, KEY, CURSOR)
     elif got.num_rows:  # what the table holds: `_deleted` never, `_deleted_at` only when soft
         assert sorted(got.column_names) == sorted(schema.names), f"{sut.name} ({deletes}): columns {got.column_names}"
@@ -365,10 +381,9 @@ def test_delete_of_a_stored_key(sut: SinkUnderTest, mode: Deletes) -> None:
 
 def test_tombstone_older_than_the_stored_version_is_ignored(sut: SinkUnderTest, mode: Deletes) -> None:
     """Late tombstones (keys 1 and 3: versions before the stored 3rd) change nothing; one at the stored
-    version's own cursor (key 2) deletes it (t.cursor <= s.cursor). A version log holds one version per
-    (key, cursor), so Parquet is not given the tie."""
+    version's own cursor (key 2) deletes it (t.cursor <= s.cursor; Parquet logs it beside the live one)."""
     stored: Run = [live(k, 3) for k in range(1, 5)]
-    late = [tombstone(1, 2), tombstone(3, 1, region=UNKNOWN)] + ([] if sut.version_log else [tombstone(2, 3)])
+    late = [tombstone(1, 2), tombstone(3, 1, region=UNKNOWN), tombstone(2, 3)]
     runs = [stored, late]
     write_run(sut, 1, stored, mode)
     result = write_run(sut, 2, late, mode)
@@ -422,15 +437,17 @@ def test_replay_after_a_crash_has_no_double_effect(
     retry = write_run(sut, 2, MIXED_SECOND, mode, replay=True)
     assert not retry.skipped, retry
     want = deleted_by(runs, log=sut.version_log, deletes=mode)
-    if sut.name == "delta":  # the merge before the fault applied the tombstones: the replay finds them done
-        assert 0 <= retry.deleted <= want, retry
+    # "rest" (Delta): the merge before the fault (the append of new keys 7, 8 comes after it) applied
+    # every tombstone; the replay finds them done and counts only the append
+    if sut.sink.capabilities.replay_of_interrupted == "rest":
+        assert (retry.deleted, retry.rows) == (0, 2), retry
     else:
         assert retry.deleted == want, retry
     assert_deletes_state(sut, runs, mode)
     assert sut.stored_all is not None
     stored = sut.stored_all()
     again = write_run(sut, 2, MIXED_SECOND, mode, replay=True)
-    assert again.skipped or again.deleted == retry.deleted, (again, retry)
+    assert_replay_of_landed(sut, again, retry)
     assert sut.stored_all().equals(stored), f"{sut.name}: replaying the landed run changed what is stored"
     assert_deletes_state(sut, runs, mode)
 
@@ -456,6 +473,57 @@ def test_batch_mixing_updates_inserts_and_tombstones(sut: SinkUnderTest, mode: D
     assert_deletes_state(sut, runs, mode)
 
 
+# A tombstone at the cursor of a live version: one rule in every sink (loader/sinks/base.py), the tie
+# deletes. Hard: the key is removed; soft: marked at that cursor; Parquet: the tombstone is logged beside
+# the live version and is the latest (its readers break the tie so).
+
+
+def test_tombstone_at_the_stored_versions_cursor_deletes_it(sut: SinkUnderTest, mode: Deletes) -> None:
+    """The tie arriving in a later run than the live version: tombstones at the stored versions' own
+    cursors (key 2 in its region, key 7 UNKNOWN) delete them. A third run re-reading a live version at
+    its tombstone's cursor (the lookback: key 2) leaves the key deleted; a newer one (7) revives it.
+    Each run, replayed once landed, changes nothing."""
+    runs: list[Run] = [
+        [*FIRST_LIVE, live(7, 2)],
+        [tombstone(2, 1), tombstone(7, 2, region=UNKNOWN), live(3, 2)],
+        [live(2, 1), live(7, 3)],
+    ]
+    for number, run in enumerate(runs, 1):
+        result = write_run(sut, number, run, mode)
+        assert_deleted(result, sut, runs[:number], mode)
+        assert_deletes_state(sut, runs[:number], mode)
+        assert sut.stored_all is not None
+        stored = sut.stored_all()
+        assert_replay_of_landed(sut, write_run(sut, number, run, mode, replay=True), result)
+        assert sut.stored_all().equals(stored), f"{sut.name}: replaying run {number} changed what is stored"
+    assert model(runs[:2], log=False, deletes="hard").keys() == {1, 3, 4, 5, 6}  # the model agrees
+    assert deleted_by(runs[:2], log=sut.version_log, deletes=mode) == 2
+
+
+def test_tombstone_at_a_live_versions_cursor_in_one_batch_deletes_it(sut: SinkUnderTest,
+                                                                       mode: Deletes) -> None:
+    """The tie within one batch: run 2's landing rows hold a live version and a tombstone at one cursor,
+    in either order: the stored version re-read by the lookback beside its tombstone (key 2, tombstone
+    first; key 4, tombstone last, UNKNOWN), a new version and its tombstone (key 5) and a key never
+    stored (8). The stage chain's dedupe (`dedupe_latest` with the tombstone mask) keeps the tombstones,
+    and every sink deletes the keys: Parquet, whose log holds live (2, v1) and (4, v1), writes the
+    tombstones at those cursors all the same."""
+    landing: Run = [
+        tombstone(2, 1), live(2, 1), live(3, 2), live(4, 1), tombstone(4, 1, region=UNKNOWN),
+        tombstone(5, 2), live(5, 2), live(8, 1), tombstone(8, 1),
+    ]
+    rows = table_of(landing, DELETES_SCHEMA)
+    batch = dedupe_latest(rows, key=list(KEY), cursor=CURSOR, tombstones=rows[DELETED])
+    assert batch.filter(batch[DELETED])["id"].to_pylist() == [2, 4, 5, 8], batch.to_pylist()
+    runs = [FIRST_LIVE, batch.to_pylist()]
+    write_run(sut, 1, FIRST_LIVE, mode)
+    result = sut.write(batch_of(2, batch, deletes=mode))
+    assert_deleted(result, sut, runs, mode)
+    assert_deletes_state(sut, runs, mode)
+    assert model([FIRST_LIVE, landing], log=False, deletes="hard").keys() == {1, 3, 6}  # the model agrees
+    assert deleted_by(runs, log=sut.version_log, deletes=mode) == (4 if sut.version_log else 3)
+
+
 # Hard deletes remove the row, so the sink must remember the tombstone elsewhere (Delta: a side table,
 # Snowflake: a table in the MERGE's transaction): a later run bringing a live version OLDER than the
 # tombstone must leave the key deleted; a NEWER one brings it back. Run 1 creates the table with a
@@ -473,8 +541,7 @@ def test_late_live_version_older_than_a_hard_delete_stays_deleted(sut: SinkUnder
     live version older than (or at) the tombstone's cursor does not insert the key again (Parquet: the
     log holds both versions, the newest is the tombstone); a newer one does. Every run is checked, and a
     replay of each landed run changes nothing."""
-    # A version log holds one version per (key, cursor): Parquet gets no live row at a tombstone's cursor.
-    runs = [*LATE_RUNS[:3], [live(3, 4), live(9, 4)]] if sut.version_log else LATE_RUNS
+    runs = LATE_RUNS  # Parquet logs live(5, 3) beside its tombstone at that cursor, which stays the latest
     for number, run in enumerate(runs, 1):
         result = write_run(sut, number, run, "hard")
         assert_deleted(result, sut, runs[:number], "hard")
@@ -482,7 +549,7 @@ def test_late_live_version_older_than_a_hard_delete_stays_deleted(sut: SinkUnder
         assert sut.stored_all is not None
         stored = sut.stored_all()
         again = write_run(sut, number, run, "hard", replay=True)
-        assert again.skipped or again.deleted == result.deleted, (again, result)
+        assert_replay_of_landed(sut, again, result)
         assert sut.stored_all().equals(stored), f"{sut.name}: replaying run {number} changed what is stored"
     latest = model(runs[:3], log=False, deletes="hard")
     assert {3, 5, 9, 20}.isdisjoint(latest) and {1, 2, 4, 6} <= latest.keys()  # the model agrees
@@ -518,13 +585,42 @@ def test_replay_after_a_crash_between_remembering_and_committing_deletes(
     assert sut.stored_all is not None
     stored = sut.stored_all()
     again = write_run(sut, 3, runs[2], "hard", replay=True)
-    assert again.skipped or again.deleted == retry.deleted, (again, retry)
+    assert_replay_of_landed(sut, again, retry)
     assert sut.stored_all().equals(stored), f"{sut.name}: replaying the landed run changed what is stored"
     for number, run in enumerate(runs[3:], 4):
         write_run(sut, number, run, "hard")
         assert_deletes_state(sut, runs[:number], "hard")
     if not sut.version_log:
         assert set(sut.stored_all()["id"].to_pylist()) == {1, 2, 3, 4, 5, 6}
+
+
+def _write_two_at_once(sut: SinkUnderTest, failpoint: Callable[[str | None], None], tmp_path: Path,
+                       older: TableBatch, newer: TableBatch) -> None:
+    """`older` held inside its write (the sink's last mid-write failpoint: after it read what is stored,
+    before its last commit) while `newer` is written from another thread, as a parallel backfill's
+    chunks are; then `older` goes on. Both must end without error."""
+    gate = Gate(tmp_path)
+    failpoint(gate.failpoint(_MID_WRITE_POINTS[sut.name][-1], "*1"))  # the first writer to get there waits
+    errors: list[BaseException] = []
+
+    def write(batch: TableBatch) -> None:
+        try:
+            sut.write(batch)
+        except BaseException as error:  # noqa: BLE001 - reported by the test thread
+            errors.append(error)
+
+    held = threading.Thread(target=write, args=(older,))
+    held.start()
+    while not gate.waiting():
+        assert held.is_alive(), f"{sut.name}: the first run ended before its failpoint: {errors}"
+        time.sleep(0.01)
+    second = threading.Thread(target=write, args=(newer,))
+    second.start()
+    second.join(timeout=3)  # it finishes, or waits for the held writer: both must end right
+    gate.open()
+    held.join(timeout=120)
+    second.join(timeout=120)
+    assert not held.is_alive() and not second.is_alive() and not errors, errors
 
 
 def test_two_runs_written_at_once_by_one_process_store_each_key_once(
@@ -535,26 +631,26 @@ def test_two_runs_written_at_once_by_one_process_store_each_key_once(
     version winning (Delta once appended such a key from both, since appends never conflict)."""
     sut.write(batch_of(1, rows_of(FIRST)))
     older, newer = {10: 1, 11: 1}, {10: 2, 11: 3, 12: 1}  # keys no file stores yet
-    gate = Gate(tmp_path)
-    failpoint(gate.failpoint(_MID_WRITE_POINTS[sut.name][-1], "*1"))  # the first writer to get there waits
-    errors: list[BaseException] = []
-
-    def write(run_number: int, versions: dict[int, int]) -> None:
-        try:
-            sut.write(batch_of(run_number, rows_of(versions), mode="backfill"))
-        except BaseException as error:  # noqa: BLE001 - reported by the test thread
-            errors.append(error)
-
-    held = threading.Thread(target=write, args=(2, older))
-    held.start()
-    while not gate.waiting():
-        assert held.is_alive(), f"{sut.name}: the first run ended before its failpoint: {errors}"
-        time.sleep(0.01)
-    second = threading.Thread(target=write, args=(3, newer))
-    second.start()
-    second.join(timeout=3)  # it finishes, or waits for the held writer: both must end right
-    gate.open()
-    held.join(timeout=120)
-    second.join(timeout=120)
-    assert not held.is_alive() and not second.is_alive() and not errors, errors
+    _write_two_at_once(sut, failpoint, tmp_path, batch_of(2, rows_of(older), mode="backfill"),
+                       batch_of(3, rows_of(newer), mode="backfill"))
     assert_state(sut, state_after(FIRST, older, newer))
+
+
+@pytest.mark.parametrize("sut", ["parquet", "delta", "snowflake"], indirect=True)
+def test_two_runs_with_hard_deletes_written_at_once_by_one_process(
+        sut: SinkUnderTest, failpoint: Callable[[str | None], None], tmp_path: Path) -> None:
+    """The same with hard deletes, whose tombstones the sink remembers apart from the table (Delta: the
+    `_tombstones` side table, committed inside the table's writer lock with the main commits, so the
+    second chunk reads it only once the held one has committed both; Snowflake: its `__TOMBSTONES`
+    table, in the MERGE's transaction, one run of a table at a time in a process). The held chunk deletes key 3 and
+    a key no file stores (10); the other revives 3 with a newer version, brings 10 late (older than its
+    tombstone: it stays deleted) and deletes 4. The state is the newest version's, whatever the order."""
+    write_run(sut, 1, FIRST_LIVE, "hard")
+    older: Run = [tombstone(3, 2), tombstone(10, 2), live(11, 1)]
+    newer: Run = [live(3, 3), tombstone(4, 2, region=UNKNOWN), live(10, 1), live(11, 2)]
+    _write_two_at_once(sut, failpoint, tmp_path,
+                       batch_of(2, table_of(older, DELETES_SCHEMA), deletes="hard", mode="backfill"),
+                       batch_of(3, table_of(newer, DELETES_SCHEMA), deletes="hard", mode="backfill"))
+    assert_deletes_state(sut, [FIRST_LIVE, older, newer], "hard")
+    if not sut.version_log:
+        assert set(sut.stored_all()["id"].to_pylist()) == {1, 2, 3, 5, 6, 11}

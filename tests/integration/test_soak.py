@@ -5,9 +5,10 @@ Every appended batch carries upstream deletes (tombstones): at the end the tombs
 from Delta (and Snowflake), their tombstone the newest version in Parquet. Every appended batch also
 changes customers (a new customer snapshot, loaded by the dimension step that starts each run, where
 kills land too): at the end every sink's customer table holds the history of every snapshot, computed
-independently (tests/support/dimensions.py). A batch is appended only once a run after the previous
-one succeeded, so every snapshot was loaded (a snapshot replaced before any run loaded it is in no
-history; with random kills, which ones would be is left to chance).
+independently (tests/support/dimensions.py). A batch is appended only once a run after the kills
+finished (nothing new left), so every snapshot was loaded (a snapshot replaced before any run loaded it
+is in no history; with random kills, which ones would be is left to chance), and every fact was
+planned under the snapshot of the batch it came in: the facts' one right enrichment.
 
 `make test` runs a short form (SOAK_KILLS=6); `make soak` the full one (SOAK_KILLS=24)."""
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +27,7 @@ import pytest
 from tests.support.cli import ROOT, run_cli, run_json, write_config
 from tests.support.demo_clock import append_args, init_args
 from tests.support.dimensions import assert_customer_history, snapshot_of
+from tests.support.expected import CustomerSnapshot, keep_customers
 from tests.support.postgres import pg_database
 from tests.support.snowflake_emulator import (
     abort_detached_transactions,
@@ -75,21 +76,20 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path, request: pytest
     config = write_config(tmp_path / "p", sinks=sinks, state={"url": url, "lease_ttl": f"{LEASE_TTL_S}s"},
                           run={"max_batch_rows": 800})
     run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2), env=env)
+    landing = tmp_path / "p" / "landing"
     kills, batches = 0, 0
     snapshots = []  # the customer snapshot of every append, each loaded by a run before the next append
-    files: list[Path] = []  # and a copy of its file: the facts a run loaded meanwhile are enriched from it
+    earlier: list[CustomerSnapshot] = []  # all but the last, kept with the fact files they enriched
     while kills < wanted or batches < 3:
+        if batches:  # every fact file there was loaded under the last snapshot, which this append replaces
+            earlier.append(keep_customers(landing, tmp_path / f"customer-{batches}.parquet"))
         batches += 1
         run_cli(config, "demo-data", "append", *append_args(config), "--orders", "150", "--updates", "40", "--late", "5",
                 "--deletes", str(DELETES), "--customer-changes", str(CUSTOMER_CHANGES), env=env)
-        snapshots.append(snapshot_of(tmp_path / "p" / "landing" / "customer"))
-        files.append(tmp_path / f"customer-{batches}.parquet")
-        shutil.copy2(tmp_path / "p" / "landing" / "customer" / "customer.parquet", files[-1])
-        succeeded = False
+        snapshots.append(snapshot_of(landing / "customer"))
         for _ in range(max(2, wanted // 3)):
             code = _run_killed_after(config, rng.uniform(0.3, longest_s), env)
             kills += code == -signal.SIGKILL
-            succeeded |= code == 0
             # A kill inside a Snowflake transaction leaves it open: Snowflake aborts it, the emulator is told.
             # Twice: a statement the dead client sent just before the kill may open its transaction only
             # after the first look (seen once in CI: the next run's MERGE then conflicted with it).
@@ -97,21 +97,17 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path, request: pytest
             assert code in (0, 3, -signal.SIGKILL), f"run exited {code} (seed {seed})"
             time.sleep(LEASE_TTL_S + 0.1)
             abort_detached_transactions()
-        if not succeeded:  # every run of this batch was killed: one to the end, so its snapshot is loaded
-            run_cli(config, "run", "--incremental", env=env)
-            time.sleep(LEASE_TTL_S + 0.1)
-    time.sleep(LEASE_TTL_S + 0.1)
-    final = run_json(config, "run", "--incremental", env=env)
-    if final.get("replayed"):  # it finished a killed run within that run's recorded windows; the rest is next
-        final = run_json(config, "run", "--incremental", env=env)
-        assert final.get("replayed") is False
-    assert final["status"] in ("committed", "nothing_new")
-    assert run_json(config, "run", "--incremental", env=env)["status"] == "nothing_new"
+        # Runs to the end until nothing is new: the batch's snapshot and every fact now there are loaded.
+        for _ in range(3):
+            if run_json(config, "run", "--incremental", env=env)["status"] == "nothing_new":
+                break
+        else:
+            raise AssertionError(f"three runs in a row after the kills still found work (seed {seed})")
     assert kills >= wanted, f"only {kills} of {batches * max(2, wanted // 3)} runs were killed (seed {seed})"
-    # A fact row loaded while an earlier customer snapshot was the landing zone's is enriched from it.
-    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing", customers=files[:-1])
+    # Every column; a fact enriched from the snapshot of the append it came in (tests/support/expected.py).
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", landing, customers=earlier)
     if server:
-        assert_snowflake_exact(server, database, tmp_path / "p" / "landing", customers=files[:-1])
+        assert_snowflake_exact(server, database, landing, customers=earlier)
     deleted = assert_deletes_applied(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing",
                                      snowflake=(server, database) if server else None)
     assert deleted["orders"] == DELETES * batches and deleted["lineitem"] > deleted["orders"], deleted

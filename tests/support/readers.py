@@ -34,8 +34,10 @@ def _sorted_by(data: pa.Table, keys: Sequence[str]) -> pa.Table:
 
 
 def latest_versions(data: pa.Table, keys: Sequence[str], cursor: str) -> pa.Table:
-    """The newest version (greatest cursor) of every key in a log of versions, sorted by key."""
-    newest = data.sort_by([*((k, "ascending") for k in keys), (cursor, "descending")])
+    """The newest version (greatest cursor) of every key in a log of versions, sorted by key. Where the
+    log has the `_deleted` flag, a tombstone beats a live version at its cursor (the sinks' delete rule)."""
+    tie = [("_deleted", "descending")] if "_deleted" in data.column_names else []
+    newest = data.sort_by([*((k, "ascending") for k in keys), (cursor, "descending"), *tie])
     if newest.num_rows < 2:
         return newest
     same = None

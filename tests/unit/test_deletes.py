@@ -145,6 +145,16 @@ def test_the_newest_version_decides_tombstones_included(config: LoaderConfig, di
     assert got[3]["o_updated_at"] == dt.datetime(2024, 1, 1, 3, tzinfo=dt.UTC) and got[3]["region"] == "AMERICA"
 
 
+def test_a_tombstone_wins_a_tie_with_a_live_version_in_one_batch(
+        config: LoaderConfig, dims: Dimensions) -> None:  # noqa: F811
+    """The delete rule of every sink (loader/sinks/base.py): a tombstone at a live version's cursor is
+    the newer, whichever comes first in the batch's rows (key 1: the tombstone first, key 2: last)."""
+    first = [(1, 2, 1, "D"), (1, 2, 1, "U"), (2, 3, 2, "I"), (2, 3, 2, "D"), (3, 1, 1, "I")]
+    for rows in (first, [first[i] for i in (1, 0, 3, 2, 4)]):
+        out, _ = _chain(config).run(_versions(*rows), dims)
+        assert {r["o_orderkey"]: r[DELETED] for r in out.to_pylist()} == {1: True, 2: True, 3: False}
+
+
 def test_the_live_rows_are_what_a_source_without_deletes_gives(config: LoaderConfig, dims: Dimensions) -> None:  # noqa: F811
     rows = _versions((1, 1, 1, "I"), (2, 1, 2, "U"), (2, 2, 2, "D"), (3, 4, 1, "U"))
     out, _ = _chain(config).run(rows, dims)

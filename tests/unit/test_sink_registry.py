@@ -46,6 +46,9 @@ def test_each_sink_declares_capabilities_and_the_whole_contract(name: str) -> No
     cls = sink_class(name)
     assert isinstance(cls.capabilities, Capabilities)
     assert cls.capabilities.holds in ("latest", "versions")
+    # what a replay does, asserted exactly by the conformance suite (tests/integration/test_sink_conformance.py)
+    assert cls.capabilities.replay_of_landed in ("skips", "rewrites")
+    assert cls.capabilities.replay_of_interrupted in ("whole", "rest")
     missing = [m for m in CONTRACT if not callable(getattr(cls, m, None))]
     assert missing == [], f"{name} lacks {missing}"
 

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, create_engine, event, inspect, text
 
 from loader.errors import CheckpointConflict, LeaseHeld, StateCorrupt, StateError, StateUnavailable
-from state import SCHEMA_VERSION, StateStore, Window, cas_conflicts, migrate, next_cursor
+from state import ALL_SINKS, SCHEMA_VERSION, StateStore, Window, cas_conflicts, migrate, next_cursor
 from state.migrations import MIGRATIONS, current_version
 from state.models import from_iso, to_iso
 from tests.support.postgres import pg_database
@@ -415,7 +415,7 @@ def test_a_version_1_ledger_migrates_and_keeps_its_runs(tmp_path: Path) -> None:
     engine.dispose()
     with StateStore.open(url_of(path)) as store:
         with store.engine.connect() as conn:
-            assert current_version(conn) == SCHEMA_VERSION == 3
+            assert current_version(conn) == SCHEMA_VERSION
         assert store.dimension_loads("p") == {}  # v3's table is there, empty
         old = store.unfinished_run("p")
         assert old is not None and old.windows == {"orders": window} and old.inputs is None
@@ -427,16 +427,68 @@ def test_a_version_1_ledger_migrates_and_keeps_its_runs(tmp_path: Path) -> None:
         assert store.run("p", new.run_number).inputs == recorded  # type: ignore[union-attr]
 
 
-def test_dimension_loads_are_recorded_per_pipeline_and_replaced(tmp_path: Path) -> None:
-    """The last load of each dimension: recorded after the sinks applied it, replaced by the next one."""
-    with StateStore.open(url_of(tmp_path / "state.db")) as store:
-        store.record_dimension_load("p", "customer", fingerprint="a", cursor=None,
+def test_dimension_loads_are_recorded_per_pipeline_and_sink_and_replaced(tmp_path: Path) -> None:
+    """The last load of each dimension to each sink: recorded after the sink applied it, replaced by the
+    next one; `dimension_loads` is the newest of them per dimension."""
+    now = [T0]
+    with StateStore.open(url_of(tmp_path / "state.db"), now=lambda: now[0]) as store:
+        store.record_dimension_load("p", "customer", sink="delta", fingerprint="a", cursor=None,
                                     changes={"mode": "scd2", "rows": 3, "sinks": {"delta": {"opened": 3, "closed": 0}}})
-        store.record_dimension_load("p", "customer", fingerprint="b", cursor=T0,
+        now[0] = T0 + timedelta(seconds=1)
+        store.record_dimension_load("p", "customer", sink="delta", fingerprint="b", cursor=T0,
                                     changes={"mode": "scd2", "rows": 3, "sinks": {"delta": {"opened": 1, "closed": 1}}})
-        store.record_dimension_load("other", "customer", fingerprint="c", cursor=None, changes={})
+        store.record_dimension_load("other", "customer", sink="delta", fingerprint="c", cursor=None,
+                                    changes={})
         loads = store.dimension_loads("p")
         assert list(loads) == ["customer"]
-        assert (loads["customer"].fingerprint, loads["customer"].cursor) == ("b", T0)
+        customer = loads["customer"]
+        assert (customer.fingerprint, customer.cursor, customer.sink) == ("b", T0, "delta")
         assert loads["customer"].changes["sinks"]["delta"] == {"opened": 1, "closed": 1}
         assert store.dimension_loads("other")["customer"].fingerprint == "c"
+        now[0] = T0 + timedelta(seconds=2)
+        store.record_dimension_load("p", "customer", sink="parquet", fingerprint="b", cursor=T0, changes={})
+        per_sink = store.dimension_sink_loads("p")["customer"]
+        assert {s: load.fingerprint for s, load in per_sink.items()} == {"delta": "b", "parquet": "b"}
+        assert store.dimension_loads("p")["customer"].sink == "parquet"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def test_version_4_dimension_loads_migrate_to_every_sink_of_the_time(
+        request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
+    """Loads recorded per pipeline (before v5) went to the sinks enabled then, which the state never
+    knew: they keep sink '*' (ALL_SINKS); new loads are recorded per sink beside them."""
+    url = url_of(tmp_path / "state.db") if backend == "sqlite" else \
+        pg_database(request.getfixturevalue("pg_url"))
+    engine = create_engine(url)
+    migrate(engine, target=4)
+    changes = {"mode": "scd2", "rows": 3, "sinks": {"delta": {"opened": 3, "closed": 0, "stale": 0}}}
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO dimension_loads (pipeline, dimension, fingerprint, cursor, loaded_at, changes) "
+            "VALUES ('p', 'customer', 'f1', :cursor, :at, :changes)"),
+            {"cursor": to_iso(T0), "at": to_iso(T0), "changes": json.dumps(changes)})
+    engine.dispose()
+    with StateStore.open(url) as store:
+        with store.engine.connect() as conn:
+            assert current_version(conn) == SCHEMA_VERSION == 5
+        legacy = store.dimension_sink_loads("p")["customer"][ALL_SINKS]
+        assert (legacy.fingerprint, legacy.cursor, legacy.loaded_at) == ("f1", T0, T0)
+        assert legacy.changes == changes
+        assert store.dimension_loads("p")["customer"].sink == ALL_SINKS
+        store.record_dimension_load("p", "customer", sink="parquet", fingerprint="f2", cursor=None,
+                                    changes={})
+        assert sorted(store.dimension_sink_loads("p")["customer"]) == [ALL_SINKS, "parquet"]
+        assert store.fact_gaps("p") == []  # v5's table is there, empty
+
+
+def test_fact_gaps_are_recorded_replaced_and_forgotten(store: StateStore) -> None:
+    store.record_fact_gap("p", sink="parquet", source="orders", start=T0, end=T0 + timedelta(days=1),
+                          first_run=1, last_run=3)
+    store.record_fact_gap("p", sink="parquet", source="orders", start=T0, end=T0 + timedelta(days=2),
+                          first_run=1, last_run=4)
+    store.record_fact_gap("other", sink="delta", source="orders", start=T0, end=T0, first_run=1, last_run=1)
+    [gap] = store.fact_gaps("p")
+    assert (gap.sink, gap.source, gap.start, gap.end, gap.first_run, gap.last_run) == (
+        "parquet", "orders", T0, T0 + timedelta(days=2), 1, 4)
+    store.forget_fact_gap("p", sink="parquet", source="orders")
+    assert store.fact_gaps("p") == [] and len(store.fact_gaps("other")) == 1

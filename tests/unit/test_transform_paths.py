@@ -59,6 +59,25 @@ def test_dedupe_latest_is_the_stable_sort_definition(key_type: pa.DataType, key:
     assert dedupe_latest(chunked, key=key, cursor="at").equals(expected)
 
 
+@pytest.mark.parametrize("key_type", [pa.int64(), pa.string()])
+@pytest.mark.parametrize("key", [["a"], ["a", "b"]])
+@pytest.mark.parametrize("seed", range(5))
+def test_a_tombstone_wins_a_tie_of_key_and_cursor(key_type: pa.DataType, key: list[str], seed: int) -> None:
+    """The delete rule of every sink (loader/sinks/base.py): on a tie of key and cursor the tombstone is
+    the newest version, whatever the input order; among rows alike, the last in input order. By
+    definition: a stable sort by (key..., cursor, tombstone), the last row of each key."""
+    table = _versions(300, seed, key_type)
+    dead = np.random.default_rng(seed + 100).random(table.num_rows) < 0.3
+    flagged = table.append_column("dead", pa.array(dead))
+    # (cursor, tombstone) as one sort column: the cursor doubled, plus one for a tombstone
+    both = pc.add(pc.multiply(flagged["at"].cast(pa.int64()), 2), pc.cast(flagged["dead"], pa.int64()))
+    expected = _by_definition(flagged.append_column("at_dead", both), key, "at_dead").drop_columns("at_dead")
+    with_nulls = pa.array([True if d else None for d in dead], pa.bool_())  # null: a live row
+    for mask in (dead, pa.array(dead), pa.chunked_array([dead[:70], dead[70:]]), with_nulls):
+        assert dedupe_latest(flagged, key=key, cursor="at", tombstones=mask).equals(expected), mask
+    assert expected["dead"].to_pylist().count(True) > 0
+
+
 def test_dedupe_latest_keys_too_wide_to_pack_together() -> None:
     big = 2**62
     table = pa.table({"a": pa.array([big, -big, big, 0], pa.int64()), "b": pa.array([5, 1, 5, 2], pa.int64()),

@@ -1,0 +1,98 @@
+"""A replay enriches from the dimension version its batch recorded, not from today's files (issue #26,
+case 3), and `loader verify` places each row by that version: customers that moved since keep their
+facts where they loaded, and verify still checks every region.
+
+The crash: Delta commits orders while the Parquet sink waits inside its write (a gate never opened);
+then 1,000 of the 1,500 customers change; then the replay. Both sinks must then hold the same rows,
+column for column."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from tests.support.cli import run_cli, run_json, write_config
+from tests.support.demo_clock import append_args, init_args
+from tests.support.readers import delta_rows, parquet_versions
+
+pytestmark = pytest.mark.integration
+
+LEASE_TTL_S = 3  # the killed run's lease expires by itself this soon
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "project", state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
+
+def _crash_between_sinks(config: Path, gate: Path) -> None:
+    """A run that dies once Delta committed orders, before the Parquet sink finished them."""
+    env = {"LOADER_FAILPOINTS": f"parquet.write@orders=wait:{gate},delta.commit@orders=crash"}
+    killed = run_cli(config, "run", "--incremental", check=False, env=env)
+    assert killed.returncode == -9, killed.stderr
+    time.sleep(LEASE_TTL_S + 0.5)
+
+
+def _by_version(table: pa.Table, cursor: str) -> dict[tuple[int, object], dict[str, object]]:
+    return {(row["o_orderkey"], row[cursor]): row for row in table.to_pylist()}
+
+
+def _loaded_once(config: Path) -> tuple[Path, str]:
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
+    run_json(config, "run", "--incremental")
+    out = run_cli(config, "demo-data", "append", *append_args(config), "--orders", "300", "--updates", "0",
+                  "--late", "0").stdout
+    assert "300" in out, out
+    return config.parent / "warehouse", "o_updated_at"
+
+
+def test_a_replay_after_customers_changed_lands_the_same_rows_in_every_sink(config_path: Path, tmp_path: Path) -> None:
+    warehouse, cursor = _loaded_once(config_path)
+    _crash_between_sinks(config_path, tmp_path / "never-opened")
+    changed = run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "0",
+                      "--updates", "0", "--late", "0", "--customer-changes", "1000").stdout
+    assert "1,000 customers changed" in changed, changed
+
+    replay = run_json(config_path, "run", "--incremental")
+    assert replay["replayed"] is True
+
+    delta = _by_version(delta_rows(warehouse, "orders"), cursor)
+    parquet_by = _by_version(parquet_versions(warehouse, "orders"), cursor)
+    replayed = [version for version in parquet_by if version in delta]
+    assert len(replayed) >= 300
+    columns = [c for c in delta[replayed[0]] if c in parquet_by[replayed[0]]]
+    assert {"region", "nation", "c_phone", "currency", "amount_local"} <= set(columns)
+    differing = {c: sum(1 for v in replayed if delta[v][c] != parquet_by[v][c]) for c in columns}
+    assert not any(differing.values()), differing
+
+    verified = run_cli(config_path, "verify", "--json")
+    report = json.loads(verified.stdout)
+    assert report["ok"] is True
+    # every fact check is per region (no fallback over all regions), and no note excuses moved rows
+    assert {c["region"] for c in report["checks"] if c["table"] == "orders"} >= {"AFRICA", "ASIA", "EUROPE"}
+    assert "moved" not in verified.stderr and "(all)" not in verified.stdout
+
+
+def test_a_replay_whose_dimension_version_is_gone_stops_and_writes_nothing(
+        config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept lookups removed (another machine, a wiped cache) and the files changed: no replay from
+    today's files (it would enrich differently from Delta's rows); the error says what to do."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LOADER_CACHE_DIR", str(cache))
+    warehouse, _ = _loaded_once(config_path)
+    _crash_between_sinks(config_path, tmp_path / "never-opened")
+    run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "0", "--updates", "0", "--late", "0",
+            "--customer-changes", "50")
+    shutil.rmtree(cache)
+    before = sorted(p.relative_to(warehouse) for p in (warehouse / "parquet" / "orders").rglob("*.parquet"))
+
+    failed = run_cli(config_path, "run", "--incremental", check=False)
+    assert failed.returncode == 1, failed.stderr
+    assert "enriched its rows from the dimension files as they were" in failed.stderr
+    assert "restore the dimension files" in failed.stderr and "run.cache_dir" in failed.stderr
+    after = sorted(p.relative_to(warehouse) for p in (warehouse / "parquet" / "orders").rglob("*.parquet"))
+    assert after == before
