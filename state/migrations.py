@@ -85,6 +85,7 @@ def _v4_lookup_versions(conn: Connection) -> None:
         Column("fingerprint", String(128), primary_key=True),
         Column("created_at", schema.TIMESTAMP, nullable=False),
         Column("regions", LargeBinary, nullable=False),
+        Column("prepared", LargeBinary, nullable=True),
     ).create(conn)
 
 

@@ -86,6 +86,9 @@ lookup_versions = Table(
     Column("fingerprint", String(128), primary_key=True),
     Column("created_at", TIMESTAMP, nullable=False),
     Column("regions", LargeBinary, nullable=False),
+    # The prepared lookups themselves (loader/transform/dimension_cache.py `pack`), kept for the newest
+    # version and for those unfinished runs recorded: a replay enriches from them wherever it runs.
+    Column("prepared", LargeBinary, nullable=True),
 )
 
 # v5: facts a sink lacks because it was enabled after incremental runs had committed them: per sink and

@@ -9,7 +9,7 @@ functions at the top of this module.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -693,11 +693,14 @@ class StateStore:
 
     # ------------------------------------------------------------ lookup versions
 
-    def has_lookup_version(self, pipeline: str, fingerprint: str) -> bool:
+    def has_lookup_version(self, pipeline: str, fingerprint: str, *, prepared: bool = False) -> bool:
+        """Whether the version's regions are kept (with `prepared`: its prepared lookups too)."""
         table = lookup_versions_t
+        where = [table.c.pipeline == pipeline, table.c.fingerprint == fingerprint]
+        if prepared:
+            where.append(table.c.prepared.is_not(None))
         with self._read() as conn:
-            return conn.execute(select(table.c.fingerprint).where(
-                table.c.pipeline == pipeline, table.c.fingerprint == fingerprint)).first() is not None
+            return conn.execute(select(table.c.fingerprint).where(*where)).first() is not None
 
     def lookup_version(self, pipeline: str, fingerprint: str) -> bytes | None:
         """The region lookups recorded for a version of the dimension files (opaque bytes), or None."""
@@ -707,15 +710,37 @@ class StateStore:
                 table.c.pipeline == pipeline, table.c.fingerprint == fingerprint)).first()
         return None if row is None else bytes(row.regions)
 
-    def record_lookup_version(self, pipeline: str, fingerprint: str, regions: bytes) -> None:
-        """Keep the region lookups of a version of the dimension files (a second call changes nothing)."""
+    def prepared_lookups(self, pipeline: str, fingerprint: str) -> bytes | None:
+        """The prepared lookups kept for a version (opaque bytes), or None when not (or no longer) kept."""
         table = lookup_versions_t
-        with self._write() as conn:
-            found = conn.execute(select(table.c.fingerprint).where(
+        with self._read() as conn:
+            row = conn.execute(select(table.c.prepared).where(
                 table.c.pipeline == pipeline, table.c.fingerprint == fingerprint)).first()
+        return None if row is None or row.prepared is None else bytes(row.prepared)
+
+    def record_lookup_version(self, pipeline: str, fingerprint: str, regions: bytes,
+                              prepared: bytes | None = None) -> None:
+        """Keep the region lookups of a version of the dimension files, and its prepared lookups when
+        given (a second call adds what the first lacked, changes nothing else)."""
+        table = lookup_versions_t
+        key = [table.c.pipeline == pipeline, table.c.fingerprint == fingerprint]
+        with self._write() as conn:
+            found = conn.execute(select(table.c.fingerprint, table.c.prepared).where(*key)).first()
             if found is None:
                 conn.execute(insert(table).values(pipeline=pipeline, fingerprint=fingerprint,
-                                                  created_at=to_iso(self._now()), regions=regions))
+                                                  created_at=to_iso(self._now()), regions=regions, prepared=prepared))
+            elif prepared is not None and found.prepared is None:
+                conn.execute(update(table).where(*key).values(prepared=prepared))
+
+    def drop_prepared_lookups(self, pipeline: str, *, keep: Collection[str]) -> int:
+        """Forget the prepared lookups of every version but those in `keep` (their regions stay);
+        how many were dropped."""
+        table = lookup_versions_t
+        with self._write() as conn:
+            done = conn.execute(update(table).where(
+                table.c.pipeline == pipeline, table.c.prepared.is_not(None),
+                table.c.fingerprint.not_in(list(keep))).values(prepared=None))
+        return int(done.rowcount or 0)
 
 
 # ---------------------------------------------------------------- helpers

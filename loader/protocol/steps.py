@@ -192,7 +192,8 @@ class BatchExecutor:
     def prepare(self, largest: RunPlan) -> None:
         """Choose executor and engine for batches like `largest`, and load the dimensions, once: their
         region lookups are kept in the state store (once per version of the files) before any batch
-        records that version, so `loader verify` can place each row as its batch did."""
+        records that version, so `loader verify` can place each row as its batch did, and so are the
+        prepared lookups, so a replay enriches from the same lookups wherever it runs."""
         with self._lock:
             if self._prepared is not None:
                 return
@@ -204,8 +205,9 @@ class BatchExecutor:
             log.info("executor %s (%s); transforms on the %s (%s)", choice.executor, choice.reason,
                      engine.engine.upper(), engine.reason)
             with self.timer.stage("execute"):
-                dims, version = load_dimensions(self.config, keep=self._unfinished_versions())
-                self._keep_lookup_version(version, dims)
+                unfinished = self._unfinished_versions()
+                dims, version = load_dimensions(self.config, keep=unfinished)
+                self._keep_lookup_version(version, dims, unfinished)
             self._prepared = (choice, engine, dims)
             self.dimension_version = version
 
@@ -220,33 +222,41 @@ class BatchExecutor:
         runs = [self.store.unfinished_run(self.config.pipeline, mode=m) for m in ("incremental", "backfill")]
         return {version for run in runs if run is not None and (version := (run.inputs or {}).get("dimensions"))}
 
-    def _keep_lookup_version(self, version: str, dims: Any) -> None:
-        if not self.store.has_lookup_version(self.config.pipeline, version):
-            from loader.transform.dimension_cache import lookup_regions
+    def _keep_lookup_version(self, version: str, dims: Any, keep: set[str]) -> None:
+        """The version's regions (for verify, for good) and prepared lookups (for a replay anywhere) in
+        the state store, once; the prepared lookups of versions no unfinished run recorded are dropped:
+        only the newest version's and those replays need are kept."""
+        pipeline = self.config.pipeline
+        if not self.store.has_lookup_version(pipeline, version, prepared=True):
+            from loader.transform.dimension_cache import lookup_regions, pack
 
-            regions = lookup_regions(dims)
+            regions, prepared = lookup_regions(dims), pack(dims)
             call_with_retries("recording the dimension version", self.config.state.retry,
-                              lambda: self.store.record_lookup_version(self.config.pipeline, version, regions))
+                              lambda: self.store.record_lookup_version(pipeline, version, regions, prepared))
+            self.store.drop_prepared_lookups(pipeline, keep={version, *keep})
 
     def _dimensions_of(self, record: RunRecord) -> Any:
         """The prepared dimensions `record` was enriched from: this run's, or for a replay of a batch
-        that recorded another version of the dimension files, that version's kept lookups."""
+        that recorded another version of the dimension files, that version's kept lookups (the local
+        cache's, else the state store's)."""
         assert self._prepared is not None
         version = (record.inputs or {}).get("dimensions")
         if version is None or version == self.dimension_version:
             return self._prepared[2]
         from loader.errors import BadSourceData
-        from loader.transform.dimension_cache import cache_folder, load_version
+        from loader.transform.dimension_cache import load_version, unpack
 
         dims = load_version(self.config, version)
+        if dims is None:
+            raw = self.store.prepared_lookups(self.config.pipeline, version)
+            dims = None if raw is None else unpack(raw)
         if dims is None:
             raise BadSourceData(
                 f"run {record.run_number} enriched its rows from the dimension files as they were when it was "
                 f"planned (version {version[:12]}); they changed since, and the lookups prepared from them are "
-                f"not kept in {cache_folder(self.config)} (run.dimension_cache off, another machine or another "
-                "cache folder). A replay from today's files would enrich the rows some sinks already hold "
-                "differently in the others: restore the dimension files as they were, or run where that cache "
-                "folder is (run.cache_dir), then run again"
+                "kept neither in the dimension cache nor in the state store (a run recorded by an older loader). "
+                "A replay from today's files would enrich the rows some sinks already hold differently in the "
+                "others: restore the dimension files as they were and run again"
             )
         log.info("run %d: replayed with the dimension version it recorded (%s), not today's files",
                  record.run_number, version[:12])
@@ -269,6 +279,10 @@ class BatchExecutor:
         except Exception as error:
             self.store.fail_run(self.config.pipeline, record.run_number, error=f"{type(error).__name__}: {error}")
             raise
+        if (record.inputs or {}).get("dimensions") not in (None, self.dimension_version):
+            # A replay of another version committed: its prepared lookups are no longer needed.
+            self.store.drop_prepared_lookups(self.config.pipeline,
+                                             keep={self.dimension_version, *self._unfinished_versions()})
         outcome.seconds = time.perf_counter() - started
         return outcome
 

@@ -177,21 +177,28 @@ def lookup_regions(dims: Dimensions) -> bytes:
     return out.getvalue().to_pybytes()
 
 
-def regions_only(raw: bytes) -> Dimensions:
-    """Dimensions that place fact rows by `lookup_regions`' bytes: the keys and their regions, the
-    enrichment columns null (verify's chains stop at the region lookup)."""
-    whole = pa.ipc.open_stream(pa.py_buffer(raw)).read_all()
-    part = whole["part"].to_numpy()
+def pack(dims: Dimensions) -> bytes:
+    """The prepared lookups as bytes for the state store: each part an Arrow IPC stream (zstd), each
+    preceded by its length (8 bytes, big-endian), in the order of `PARTS`."""
+    out = bytearray()
+    for part in PARTS:
+        table: pa.Table = getattr(dims, part)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+            writer.write_table(table)
+        raw = sink.getvalue().to_pybytes()
+        out += len(raw).to_bytes(8, "big") + raw
+    return bytes(out)
 
-    def rows(code: int, key: str, nulls: tuple[str, ...]) -> pa.Table:
-        picked = whole.filter(pa.array(part == code))
-        columns = {key: picked["key"], **{name: pa.nulls(picked.num_rows, pa.string()) for name in nulls},
-                   "region": picked["region"].cast(pa.string())}
-        return pa.table(columns).combine_chunks()
 
-    return Dimensions(customers=rows(0, "c_custkey", ("c_name", "c_phone", "customer_segment", "nation")),
-                      suppliers=rows(1, "s_suppkey", ("nation",)),
-                      nations=Dimensions.empty().nations)
+def unpack(raw: bytes) -> Dimensions:
+    """`pack`'s bytes back as the prepared lookups."""
+    parts, at = {}, 0
+    for part in PARTS:
+        size = int.from_bytes(raw[at:at + 8], "big")
+        parts[part] = pa.ipc.open_stream(pa.py_buffer(raw[at + 8:at + 8 + size])).read_all()
+        at += 8 + size
+    return Dimensions(**parts)
 
 
 def _safe(name: str) -> str:

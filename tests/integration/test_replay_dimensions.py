@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -77,10 +78,36 @@ def test_a_replay_after_customers_changed_lands_the_same_rows_in_every_sink(conf
     assert "moved" not in verified.stderr and "(all)" not in verified.stdout
 
 
+def test_a_replay_after_the_cache_was_wiped_enriches_from_the_state_store(
+        config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept lookups gone from the dimension cache (another machine, a new container): the state
+    store keeps the version's prepared lookups until no replay needs them, and the replay uses those."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LOADER_CACHE_DIR", str(cache))
+    warehouse, cursor = _loaded_once(config_path)
+    _crash_between_sinks(config_path, tmp_path / "never-opened")
+    run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "0", "--updates", "0", "--late", "0",
+            "--customer-changes", "500")
+    shutil.rmtree(cache)
+    replay = run_json(config_path, "run", "--incremental")
+    assert replay["replayed"] is True
+    delta = _by_version(delta_rows(warehouse, "orders"), cursor)
+    parquet = _by_version(parquet_versions(warehouse, "orders"), cursor)
+    both = [version for version in parquet if version in delta]
+    differing = sum(1 for v in both if delta[v]["c_phone"] != parquet[v]["c_phone"] or delta[v]["region"] != parquet[v]["region"])
+    assert len(both) >= 300 and differing == 0
+    assert run_json(config_path, "verify")["ok"] is True
+    # Once no run needs it, only the newest version's prepared lookups stay in the state store.
+    with sqlite3.connect(config_path.parent / "state" / "loader.db") as db:
+        kept = db.execute("SELECT COUNT(*), COUNT(prepared) FROM lookup_versions").fetchone()
+    assert kept == (2, 1)
+
+
 def test_a_replay_whose_dimension_version_is_gone_stops_and_writes_nothing(
         config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The kept lookups removed (another machine, a wiped cache) and the files changed: no replay from
-    today's files (it would enrich differently from Delta's rows); the error says what to do."""
+    """The version's lookups neither cached nor in the state store (as a run recorded by an older
+    loader) and the files changed: no replay from today's files (it would enrich differently from
+    Delta's rows); the error says what to do."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("LOADER_CACHE_DIR", str(cache))
     warehouse, _ = _loaded_once(config_path)
@@ -88,11 +115,13 @@ def test_a_replay_whose_dimension_version_is_gone_stops_and_writes_nothing(
     run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "0", "--updates", "0", "--late", "0",
             "--customer-changes", "50")
     shutil.rmtree(cache)
+    with sqlite3.connect(config_path.parent / "state" / "loader.db") as db:
+        db.execute("UPDATE lookup_versions SET prepared = NULL")
     before = sorted(p.relative_to(warehouse) for p in (warehouse / "parquet" / "orders").rglob("*.parquet"))
 
     failed = run_cli(config_path, "run", "--incremental", check=False)
     assert failed.returncode == 1, failed.stderr
     assert "enriched its rows from the dimension files as they were" in failed.stderr
-    assert "restore the dimension files" in failed.stderr and "run.cache_dir" in failed.stderr
+    assert "restore the dimension files" in failed.stderr
     after = sorted(p.relative_to(warehouse) for p in (warehouse / "parquet" / "orders").rglob("*.parquet"))
     assert after == before

@@ -492,3 +492,20 @@ def test_fact_gaps_are_recorded_replaced_and_forgotten(store: StateStore) -> Non
         "parquet", "orders", T0, T0 + timedelta(days=2), 1, 4)
     store.forget_fact_gap("p", sink="parquet", source="orders")
     assert store.fact_gaps("p") == [] and len(store.fact_gaps("other")) == 1
+
+
+def test_lookup_versions_keep_regions_for_good_and_prepared_lookups_while_kept(store: StateStore) -> None:
+    """A version's regions, once recorded, stay; its prepared lookups are added once and dropped with
+    every version's but those kept (per pipeline)."""
+    store.record_lookup_version("p", "v1", b"regions-1", b"prepared-1")
+    store.record_lookup_version("p", "v1", b"other", b"other")  # a second call changes nothing recorded
+    store.record_lookup_version("p", "v2", b"regions-2")
+    store.record_lookup_version("q", "v1", b"regions-q", b"prepared-q")
+    assert store.lookup_version("p", "v1") == b"regions-1" and store.prepared_lookups("p", "v1") == b"prepared-1"
+    assert store.has_lookup_version("p", "v2") and not store.has_lookup_version("p", "v2", prepared=True)
+    store.record_lookup_version("p", "v2", b"ignored", b"prepared-2")  # what the first call lacked is added
+    assert store.lookup_version("p", "v2") == b"regions-2" and store.prepared_lookups("p", "v2") == b"prepared-2"
+    assert store.drop_prepared_lookups("p", keep={"v2"}) == 1
+    assert store.prepared_lookups("p", "v1") is None and store.lookup_version("p", "v1") == b"regions-1"
+    assert store.prepared_lookups("p", "v2") == b"prepared-2" and store.prepared_lookups("q", "v1") == b"prepared-q"
+    assert store.lookup_version("p", "v3") is None and not store.has_lookup_version("p", "v3")

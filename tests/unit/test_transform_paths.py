@@ -144,3 +144,19 @@ def test_labels_of_null_and_negative_values() -> None:
     table = orders([None, "-0.01", "0.00", "49999.99"], o_orderdate=pa.array([dt.date(2024, 1, 1)] * 4, pa.date32()))
     out = on_table(enrich_orders, table)
     assert out.column("revenue_tier").to_pylist() == [None, None, "Small", "Small"]
+
+
+def test_prepared_dimensions_pack_into_bytes_and_back_unchanged() -> None:
+    """What the state store keeps of a dimension version for replays elsewhere (dimension_cache.pack)."""
+    from loader.transform.dimension_cache import lookup_regions, pack, unpack
+
+    dims = Dimensions.from_tables(
+        pa.table({"c_custkey": [2, 1], "c_name": ["b", "a"], "c_phone": ["2", "1"],
+                  "c_acctbal": pa.array(["1.50", "20000.00"]).cast(pa.decimal128(15, 2)), "c_nationkey": [1, 0]}),
+        pa.table({"s_suppkey": [5], "s_nationkey": [1]}),
+        pa.table({"n_nationkey": [0, 1], "n_name": ["X", "Y"], "n_regionkey": [0, 1]}),
+        pa.table({"r_regionkey": [0, 1], "r_name": ["AFRICA", "ASIA"]}))
+    back = unpack(pack(dims))
+    for part in ("customers", "suppliers", "nations"):
+        assert getattr(back, part).equals(getattr(dims, part)), part
+    assert len(lookup_regions(dims)) < 2_000
