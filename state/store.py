@@ -432,6 +432,16 @@ class StateStore:
             )
         return replace(run, attempts=run.attempts + 1)
 
+    def mark_run_writing(self, pipeline: str, run_number: int) -> None:
+        """Remember (in the run's metrics, `writing`) that a planned run began writing to its sinks: a
+        replay whose recorded input is gone since must not mix its rows with what was written."""
+        with self._write() as conn:
+            run = _locked_run(conn, pipeline, run_number)
+            _require_planned(run)
+            if not run.metrics.get("writing"):
+                conn.execute(update(runs_t).where(*_run_key(pipeline, run_number)).values(
+                    metrics=_metrics_json({**run.metrics, "writing": True})))
+
     def commit_run(
         self,
         pipeline: str,

@@ -166,7 +166,8 @@ def _replay(config: LoaderConfig, store: StateStore, batches: BatchExecutor, tim
 def _replay_plan(config: LoaderConfig, store: StateStore, record: RunRecord) -> RunPlan:
     if record.inputs is not None:
         return call_with_retries("checking the replayed input", config.source_retry,
-                                 lambda: plan_from_input(config, record.run_number, record.windows, record.inputs or {}))
+                                 lambda: plan_from_input(config, record.run_number, record.windows, record.inputs or {},
+                                                         began_writing=bool(record.metrics.get("writing"))))
     # Recorded before the ledger kept inputs (state schema 1): plan the same windows again.
     return call_with_retries("planning", config.source_retry,
                              lambda: plan_run(config, store.checkpoints(config.pipeline), windows=record.windows))

@@ -37,9 +37,13 @@ class FilePlan:
     rows: int  # rows in those row groups: an upper bound of what the window selects
     size: int | None = None  # bytes when planned: a replay refuses a file that changed since
     stats: tuple[GroupStats, ...] = ()  # of the planned row groups (empty for a replayed input)
+    #: The modification time when listed (ISO; S3's LastModified): with the size, the file's identity
+    #: (a rewrite of the same size changes it).
+    mtime: str | None = None
 
     def to_input(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "row_groups": list(self.row_groups), "rows": self.rows}
+        return {"path": self.path, "size": self.size, "mtime": self.mtime, "row_groups": list(self.row_groups),
+                "rows": self.rows}
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,8 @@ class SourcePlan:
         for file in self.files:
             stats = tuple(g for g in file.stats if in_window(window, g[2], g[3]))
             if stats:
-                files.append(FilePlan(file.path, tuple(g[0] for g in stats), sum(g[1] for g in stats), file.size, stats))
+                files.append(FilePlan(file.path, tuple(g[0] for g in stats), sum(g[1] for g in stats), file.size, stats,
+                                      file.mtime))
         return SourcePlan(self.source, self.location, window, tuple(files), self.files_seen, self.base_run)
 
 
@@ -235,6 +240,7 @@ def plan_source(
     since = lower.date() if lower is not None else None
     infos, seen = list_file_infos(location, partition_column=source.partition_column, since=since)
     sizes = {info.path: info.size for info in infos}
+    mtimes = {info.path: modified(info) for info in infos}
     with ThreadPoolExecutor(max_workers=8) as pool:
         footers = list(pool.map(lambda info: read_footer(location, info.path, source.cursor, name,
                                                          source.deletes.column if source.deletes else None), infos))
@@ -256,7 +262,7 @@ def plan_source(
         stats = tuple(g for g in footer.groups if g[1] > 0 and in_window(window, g[2], g[3]))
         if stats:
             chosen.append(FilePlan(footer.path, tuple(g[0] for g in stats), sum(g[1] for g in stats),
-                                   sizes.get(footer.path), stats))
+                                   sizes.get(footer.path), stats, mtimes.get(footer.path)))
     return SourcePlan(name, location, window, tuple(chosen), seen, base_run)
 
 
@@ -318,19 +324,30 @@ def plan_run(
     return RunPlan(plans, planned_at=listed_at)
 
 
+def modified(info: pafs.FileInfo) -> str | None:
+    """A listed file's modification time as recorded in a run's input (ISO, UTC)."""
+    if info.mtime is None:
+        return None
+    moment = info.mtime if info.mtime.tzinfo else info.mtime.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
+
+
 def plan_from_input(config: LoaderConfig, run_number: int, windows: dict[str, Window],
-                    recorded: dict[str, Any]) -> RunPlan:
+                    recorded: dict[str, Any], *, began_writing: bool = False) -> RunPlan:
     """The plan a run recorded before writing (`RunPlan.to_input`), for its replay: the same files and
     row groups, and no file landed since (a late file inside the window is the next run's to read, in
-    every sink alike). A recorded file removed since (the usual fix of a file that failed the run) is
-    left out, and one rewritten since (another size) is planned again by the window; both with a
-    warning, since a sink that committed this run before holds what it read from the old file."""
+    every sink alike). A recorded file removed or rewritten since (another size or modification time)
+    is the usual fix of a file that failed the run before it wrote anything: then the replay leaves it
+    out, or plans it again by the window, with a warning. A run that `began_writing` must replay exactly
+    what it read: a changed file then stops the replay (BadSourceData naming it), since a sink that
+    wrote part of the run holds what it read from the old file and the others would get the new one."""
     planned_at = recorded.get("planned_at")
     plans = {}
     for name, window in windows.items():
         location = locate(config.source_path(name))
         entries = recorded["sources"].get(name, {}).get("files", [])
-        files = [FilePlan(e["path"], tuple(e["row_groups"]), int(e["rows"]), e.get("size")) for e in entries]
+        files = [FilePlan(e["path"], tuple(e["row_groups"]), int(e["rows"]), e.get("size"), (), e.get("mtime"))
+                 for e in entries]
         if files:
             try:
                 infos = location.filesystem.get_file_info([f.path for f in files])
@@ -338,23 +355,33 @@ def plan_from_input(config: LoaderConfig, run_number: int, windows: dict[str, Wi
                 raise storage_error(error, location.uri, side="source", doing="checking the replayed files in") from error
             kept, changed = [], False  # changed: a file gone or rewritten since the run recorded it
             for file, info in zip(files, infos, strict=True):
-                changed = changed or info.type != pafs.FileType.File or (file.size is not None and info.size != file.size)
-                if info.type != pafs.FileType.File:
-                    log.warning("file %s of source %r, read by run %d before it was interrupted, is gone: the replay "
-                                "reads the other recorded files (a sink that committed run %d before keeps what it "
-                                "read from it; `loader verify` shows any difference)", file.path, name, run_number,
-                                run_number)
-                elif file.size is not None and info.size != file.size:
-                    log.warning("file %s of source %r changed size since run %d read it (%s -> %s bytes): the replay "
-                                "reads it as it is now, within the run's window", file.path, name, run_number,
-                                f"{file.size:,}", f"{info.size:,}")
+                gone = info.type != pafs.FileType.File
+                rewritten = not gone and ((file.size is not None and info.size != file.size)
+                                          or (file.mtime is not None and modified(info) != file.mtime))
+                if (gone or rewritten) and began_writing:
+                    raise BadSourceData(
+                        f"file {file.path} of source {name!r}, read by run {run_number} before it was interrupted "
+                        f"while writing to the sinks, is {'gone' if gone else 'rewritten'} since: a replay reading "
+                        "it as it is now would mix its rows with those the run already wrote from the old file. "
+                        f"Put the file back as it was and run again; or abandon the run (`loader runs abandon "
+                        f"{run_number}`: what it wrote stays) and run `loader verify` to see what differs"
+                    )
+                changed = changed or gone or rewritten
+                if gone:
+                    log.warning("file %s of source %r, read by run %d before it failed, is gone: the replay reads "
+                                "the other recorded files", file.path, name, run_number)
+                elif rewritten:
+                    log.warning("file %s of source %r changed since run %d read it (size %s -> %s bytes, modified "
+                                "%s -> %s): the replay reads it as it is now, within the run's window", file.path,
+                                name, run_number, f"{file.size:,}" if file.size is not None else "?",
+                                f"{info.size:,}", file.mtime or "?", modified(info))
                     deletes = config.sources[name].deletes
                     footer = read_footer(location, file.path, config.sources[name].cursor, name,
                                          deletes.column if deletes else None)
                     groups = tuple(g for g in footer.groups if g[1] > 0 and in_window(window, g[2], g[3]))
                     if groups:
                         kept.append(FilePlan(file.path, tuple(g[0] for g in groups), sum(g[1] for g in groups),
-                                             info.size, groups))
+                                             info.size, groups, modified(info)))
                 else:
                     kept.append(file)
             if changed:

@@ -302,6 +302,7 @@ class BatchExecutor:
         timer.timings["plan"] = planning_s
         sinks = enabled_sinks(self.config, only=self.only_sinks)
         tables = execute(self.config, plan, choice.executor, dims, engine.engine)
+        writing = bool(record.metrics.get("writing"))
         for name in [n for n, p in plan.sources.items() if not p.is_empty]:  # the executors' order
             progress.step(f"{name}: read and transform")
             with timer.stage("execute"):
@@ -318,6 +319,10 @@ class BatchExecutor:
                             ", ".join(f"{n:,} {r}" for r, n in sorted(quarantined.items())),
                             quarantine.location(self.config, item.name).uri)
             progress.step(f"{item.name}: write to {', '.join(s.name for s in sinks)}")
+            if not writing:  # from here a sink may hold rows of this run: its replay must read the same input
+                call_with_retries("marking the run as writing", self.config.state.retry,
+                                  lambda: self.store.mark_run_writing(self.config.pipeline, record.run_number))
+                writing = True
             with timer.stage("sinks"):
                 batch = TableBatch(
                     pipeline=self.config.pipeline, table=item.name, run_number=record.run_number,

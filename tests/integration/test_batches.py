@@ -544,7 +544,7 @@ def rewritten(loaded: Loaded, tmp_path_factory: pytest.TempPathFactory) -> Rewri
 
 def test_a_replay_reads_a_recorded_file_rewritten_since_as_it_is_now(rewritten: Rewritten) -> None:
     assert rewritten.replay["replayed"] is True and rewritten.replay["run_numbers"][0] == rewritten.number
-    warned = [line for line in rewritten.stderr.splitlines() if "changed size" in line]
+    warned = [line for line in rewritten.stderr.splitlines() if "changed since run" in line]
     assert len(warned) == 1 and str(rewritten.file) in warned[0], rewritten.stderr
     assert_warehouse_exact(_warehouse(rewritten.config), _landing(rewritten.config))
 

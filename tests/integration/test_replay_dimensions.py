@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.support.cli import run_cli, run_json, write_config
@@ -125,3 +126,34 @@ def test_a_replay_whose_dimension_version_is_gone_stops_and_writes_nothing(
     assert "restore the dimension files" in failed.stderr
     after = sorted(p.relative_to(warehouse) for p in (warehouse / "parquet" / "orders").rglob("*.parquet"))
     assert after == before
+
+
+def test_a_run_that_began_writing_replays_only_the_input_it_read(config_path: Path, tmp_path: Path) -> None:
+    """Delta committed the run's orders from a fact file that is then rewritten (the same rows, another
+    encoding: another size and modification time): a replay reading it as it is now would mix two
+    inputs, so it stops before writing, naming the file; with the file put back as it was (bytes and
+    modification time) the replay lands, every sink alike."""
+    warehouse, cursor = _loaded_once(config_path)
+    _crash_between_sinks(config_path, tmp_path / "never-opened")
+    with sqlite3.connect(config_path.parent / "state" / "loader.db") as db:
+        (inputs,) = db.execute("SELECT inputs FROM runs WHERE status = 'planned'").fetchone()
+    newest = Path(max(entry["path"] for entry in json.loads(inputs)["sources"]["orders"]["files"]))
+    saved = tmp_path / "saved.parquet"
+    shutil.copy2(newest, saved)
+    pq.write_table(pq.read_table(newest), newest, compression="none")
+    before = sorted(p.relative_to(warehouse) for p in (warehouse / "parquet" / "orders").rglob("*.parquet"))
+
+    stopped = run_cli(config_path, "run", "--incremental", check=False)
+    assert stopped.returncode == 1, stopped.stderr
+    assert str(newest) in stopped.stderr and "rewritten since" in stopped.stderr, stopped.stderr
+    assert "loader runs abandon" in stopped.stderr
+    assert sorted(p.relative_to(warehouse) for p in (warehouse / "parquet" / "orders").rglob("*.parquet")) == before
+
+    shutil.copy2(saved, newest)
+    assert run_json(config_path, "run", "--incremental")["replayed"] is True
+    assert run_json(config_path, "verify")["ok"] is True
+    delta = _by_version(delta_rows(warehouse, "orders"), cursor)
+    parquet = _by_version(parquet_versions(warehouse, "orders"), cursor)
+    assert set(delta) <= set(parquet)
+    columns = [c for c in delta[next(iter(delta))] if c in parquet[next(iter(delta))]]
+    assert not [v for v in delta if any(delta[v][c] != parquet[v][c] for c in columns)]

@@ -25,7 +25,7 @@ def _source(name: str, groups: list[tuple[int, datetime | None, datetime | None]
         chunk = groups[start:start + per_file]
         stats = tuple((i, rows, low, high) for i, (rows, low, high) in enumerate(chunk))
         files.append(FilePlan(f"{name}/part-{start}.parquet", tuple(s[0] for s in stats), sum(s[1] for s in stats),
-                              1000, stats))
+                              1000, stats, "2024-01-01T00:00:00+00:00"))
     top = upper or max(g[2] for g in groups if g[2] is not None)
     return SourcePlan(name, locate("/tmp"), Window(lower=lower, upper=top), tuple(files), len(files), None)
 
@@ -124,9 +124,10 @@ def test_an_empty_plan_has_no_batches() -> None:
     assert cut_into_batches(RunPlan({"orders": source}), max_rows=10).batches == []
 
 
-def test_the_recorded_input_names_files_sizes_and_row_groups() -> None:
+def test_the_recorded_input_names_files_sizes_mtimes_and_row_groups() -> None:
     plan = RunPlan({"orders": _source("orders", _hours(5, 10))}, planned_at=T0)
     recorded = plan.to_input()
     assert recorded["planned_at"] == T0.isoformat()
     assert recorded["sources"]["orders"]["files"][0] == {
-        "path": "orders/part-0.parquet", "size": 1000, "row_groups": [0, 1, 2, 3], "rows": 40}
+        "path": "orders/part-0.parquet", "size": 1000, "mtime": "2024-01-01T00:00:00+00:00",
+        "row_groups": [0, 1, 2, 3], "rows": 40}

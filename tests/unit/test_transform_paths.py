@@ -150,13 +150,13 @@ def test_prepared_dimensions_pack_into_bytes_and_back_unchanged() -> None:
     """What the state store keeps of a dimension version for replays elsewhere (dimension_cache.pack)."""
     from loader.transform.dimension_cache import lookup_regions, pack, unpack
 
-    dims = Dimensions.from_tables(
+    prepared = Dimensions.from_tables(
         pa.table({"c_custkey": [2, 1], "c_name": ["b", "a"], "c_phone": ["2", "1"],
                   "c_acctbal": pa.array(["1.50", "20000.00"]).cast(pa.decimal128(15, 2)), "c_nationkey": [1, 0]}),
         pa.table({"s_suppkey": [5], "s_nationkey": [1]}),
         pa.table({"n_nationkey": [0, 1], "n_name": ["X", "Y"], "n_regionkey": [0, 1]}),
         pa.table({"r_regionkey": [0, 1], "r_name": ["AFRICA", "ASIA"]}))
-    back = unpack(pack(dims))
+    back = unpack(pack(prepared))
     for part in ("customers", "suppliers", "nations"):
-        assert getattr(back, part).equals(getattr(dims, part)), part
-    assert len(lookup_regions(dims)) < 2_000
+        assert getattr(back, part).equals(getattr(prepared, part)), part
+    assert len(lookup_regions(prepared)) < 2_000
