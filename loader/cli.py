@@ -438,9 +438,16 @@ def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int
 @click.option("--table", "tables", multiple=True, help="Verify only this table (repeatable; default: every source).")
 @click.pass_obj
 def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...]) -> None:
-    """Reconcile every enabled sink with the landing zone over the committed windows (rows, checksums,
-    duplicates per table, region and sink), and each loaded dimension table's current rows with its
-    files (region "-"). Exit 1 on any mismatch."""
+    """Reconcile every enabled sink with the landing zone over the committed windows: per table, region
+    and sink, each row's key, cursor and delete mark (checksums), no duplicate, every row under the
+    region its own batch gave it (by the dimension version the batch recorded) and, for Parquet, in that
+    region's folder; and each loaded dimension table's current rows with its files (region "-"). Exit 1
+    on any mismatch, each named on stderr.
+
+    
+    Example:
+      loader verify                      # every table, a table of checks; mismatches on stderr
+      loader verify --table orders --json"""
     config = obj.config()
     from loader.observe.verify import print_verification, verify
 

@@ -186,6 +186,8 @@ class StageChain:
             for field in schema
         ], schema=schema)
         both = pa.concat_tables([live.cast(schema), dead])
+        if self.upto == "region":  # verify's chain: it compares order-independent checksums
+            return both
         key = list(self.source.primary_key)
         return both.take(pc.sort_indices(both.select(key), sort_keys=[(k, "ascending") for k in key]))
 
