@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
+from loader.transform.dimension_cache import REGION_PARTS, read_regions
 from loader.transform.kinds import fact_kind
 from loader.transform.tables import UNKNOWN_REGION, dedupe_latest
 from state import StateStore, Window
@@ -29,7 +30,6 @@ FILE = "__file"
 #: The column carrying each landing row's placed region through the stage chain.
 PLACED = "__placed_region"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_PARTS = {"customers": 0, "suppliers": 1}  # as loader/transform/dimension_cache.py lookup_regions writes them
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class RunRead:
     """A committed run's part in one source: its window, the files it read, its dimension version."""
 
     run_number: int
+    mode: str  # incremental | backfill
     window: Window
     files: frozenset[str]
     version: str | None  # None: recorded before dimension versions were kept
@@ -59,11 +60,17 @@ class Placement:
             version = inputs.get("dimensions")
             for source, window in run.windows.items():
                 files = frozenset(f["path"] for f in inputs.get("sources", {}).get(source, {}).get("files", []))
-                placement.reads.setdefault(source, []).append(RunRead(run.run_number, window, files, version))
+                placement.reads.setdefault(source, []).append(RunRead(run.run_number, run.mode, window, files,
+                                                                    version))
             if version and version not in placement.lookups:
                 raw = store.lookup_version(pipeline, version)
-                placement.lookups[version] = None if raw is None else pa.ipc.open_stream(pa.py_buffer(raw)).read_all()
+                placement.lookups[version] = None if raw is None else read_regions(raw)
         return placement
+
+    def read_by_incremental_runs(self, source: str) -> frozenset[str]:
+        """The files committed incremental runs recorded as their input of `source`."""
+        return frozenset(path for read in self.reads.get(source, []) if read.mode == "incremental"
+                         for path in read.files)
 
     def regions(self, rows: pa.Table, paths: Sequence[str], *, source: str, kind: str,
                 cursor: str) -> tuple[pa.Array, int]:
@@ -79,7 +86,8 @@ class Placement:
             for code, version in enumerate(versions):
                 chosen = np.flatnonzero(codes == code)
                 if len(chosen):
-                    placed[chosen] = _lookup(self.lookups[version], _PARTS[lookup.dimension], wanted[chosen], names)
+                    placed[chosen] = _lookup(self.lookups[version], REGION_PARTS[lookup.dimension][1], wanted[chosen],
+                                            names)
         unexplained = int(np.count_nonzero(placed < 0))
         region = pa.DictionaryArray.from_arrays(pa.array(placed, mask=placed < 0), pa.array(names, pa.string()))
         return region.cast(pa.string()), unexplained
@@ -165,9 +173,9 @@ def place(out: pa.Table, landing: pa.Table, key: Sequence[str], cursor: str) -> 
         numbered = out.select(columns).append_column("__row", pa.array(np.arange(out.num_rows, dtype=np.int64)))
         found = dedupe_latest(landing.select([*columns, PLACED]), key=columns, cursor=cursor)
         joined = numbered.join(found.rename_columns([*columns, "__found"]), keys=columns, join_type="inner")
-        extra = np.full(out.num_rows, None, dtype=object)
-        extra[joined["__row"].to_numpy()] = np.asarray(joined["__found"].to_pylist(), dtype=object)
-        placed = pc.coalesce(placed, pa.array(extra, pa.string()))
+        at = np.full(out.num_rows, -1, dtype=np.int64)  # per row of `out`: its row in `joined`, or none
+        at[joined["__row"].to_numpy()] = np.arange(joined.num_rows)
+        placed = pc.coalesce(placed, joined["__found"].take(pa.array(at, mask=at < 0)))
     region = pc.coalesce(placed, out["region"].cast(pa.string()))
     out = out.set_column(out.schema.get_field_index("region"), pa.field("region", pa.string()), region)
     return out.drop_columns([PLACED])

@@ -389,16 +389,6 @@ def _quiet_checkpoints(store: StateStore, pipeline: str) -> dict[str, Checkpoint
     return store.checkpoints(pipeline)
 
 
-def _read_by_runs(store: StateStore, pipeline: str) -> dict[str, frozenset[str]]:
-    """Per source, the files committed incremental runs recorded as their input (the ledger read once)."""
-    read: dict[str, set[str]] = {}
-    for run in store.runs(pipeline, limit=None, mode="incremental"):
-        if run.status == "committed":
-            for source, recorded in (run.inputs or {}).get("sources", {}).items():
-                read.setdefault(source, set()).update(entry["path"] for entry in recorded.get("files", []))
-    return {source: frozenset(paths) for source, paths in read.items()}
-
-
 def _seen_at(store: StateStore, pipeline: str, checkpoint: Checkpoint) -> datetime | None:
     """When the checkpoint's run listed the landing zone: the moment its plan recorded (the batches of a
     run share it, and a replay reads exactly that input); for runs recorded before inputs were kept,
@@ -429,15 +419,14 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = ()) -> Verification:
         dims, _ = load_dimensions(config)
         checks: list[Check] = []
         notes = []
-        read = _read_by_runs(store, pipeline)
-        placement = Placement.from_ledger(store, pipeline)
+        placement = Placement.from_ledger(store, pipeline)  # the ledger, read once
         for name in names:
             checkpoint = checkpoints.get(name)
             if checkpoint is None:
                 notes.append(f"{name}: never loaded, nothing to verify")
                 continue
             checks += _verify_table(config, name, checkpoint, _seen_at(store, pipeline, checkpoint), dims,
-                                    read.get(name, frozenset()), notes, placement)
+                                    placement.read_by_incremental_runs(name), notes, placement)
         if not tables:
             dimension_checks, dimension_notes = _verify_dimensions(config, store)
             checks += dimension_checks

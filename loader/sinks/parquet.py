@@ -162,7 +162,7 @@ class ParquetSink:
                 with where.filesystem.open_input_file(path) as handle:
                     rows = pq.read_table(handle, columns=wanted)
                 folder = _folder_region(path[len(where.path):])
-                return rows.append_column(PARTITION_REGION, pa.array([folder] * rows.num_rows, pa.string()))
+                return rows.append_column(PARTITION_REGION, pa.repeat(pa.scalar(folder, pa.string()), rows.num_rows))
             except (OSError, pa.ArrowInvalid, KeyError) as error:
                 raise SinkRejected(f"cannot read columns {wanted} of {path} (Parquet sink of {table}): "
                                    f"{short_error(error)}. Fix or remove the file") from error

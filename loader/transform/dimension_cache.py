@@ -158,23 +158,28 @@ def _store(folder: Path, entry: Path, dims: Dimensions, *, keep: Collection[str]
     log.debug("dimensions: prepared lookups cached in %s", entry)
 
 
+#: The parts `lookup_regions` keeps, by their code in its `part` column.
+REGION_PARTS = {"customers": ("c_custkey", 0), "suppliers": ("s_suppkey", 1)}
+
+
 def lookup_regions(dims: Dimensions) -> bytes:
     """What `loader verify` keeps of a version of the dimensions: each customer's and supplier's region
-    (an Arrow IPC stream, zstd: about a byte a key), to place every fact row as the batch that loaded it
-    placed it."""
+    (an Arrow IPC stream, zstd: about a byte a key; columns part, key, region), to place every fact row
+    as the batch that loaded it placed it."""
     parts = []
-    for code, (part, key) in enumerate((("customers", "c_custkey"), ("suppliers", "s_suppkey"))):
+    for part, (key, code) in REGION_PARTS.items():
         table: pa.Table = getattr(dims, part)
         parts.append(pa.table({
             "part": pa.array(np.full(table.num_rows, code, dtype=np.int8)),
             "key": table[key].cast(pa.int64()),
             "region": table["region"].cast(pa.string()).dictionary_encode(),
         }).unify_dictionaries())
-    whole = pa.concat_tables(parts).unify_dictionaries().combine_chunks()
-    out = pa.BufferOutputStream()
-    with pa.ipc.new_stream(out, whole.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
-        writer.write_table(whole)
-    return out.getvalue().to_pybytes()
+    return _ipc(pa.concat_tables(parts).unify_dictionaries().combine_chunks())
+
+
+def read_regions(raw: bytes) -> pa.Table:
+    """`lookup_regions`' bytes back as the table (part, key, region)."""
+    return _from_ipc(raw)
 
 
 def pack(dims: Dimensions) -> bytes:
@@ -182,11 +187,7 @@ def pack(dims: Dimensions) -> bytes:
     preceded by its length (8 bytes, big-endian), in the order of `PARTS`."""
     out = bytearray()
     for part in PARTS:
-        table: pa.Table = getattr(dims, part)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
-            writer.write_table(table)
-        raw = sink.getvalue().to_pybytes()
+        raw = _ipc(getattr(dims, part))
         out += len(raw).to_bytes(8, "big") + raw
     return bytes(out)
 
@@ -196,9 +197,21 @@ def unpack(raw: bytes) -> Dimensions:
     parts, at = {}, 0
     for part in PARTS:
         size = int.from_bytes(raw[at:at + 8], "big")
-        parts[part] = pa.ipc.open_stream(pa.py_buffer(raw[at + 8:at + 8 + size])).read_all()
+        parts[part] = _from_ipc(raw[at + 8:at + 8 + size])
         at += 8 + size
     return Dimensions(**parts)
+
+
+def _ipc(table: pa.Table) -> bytes:
+    """One table as an Arrow IPC stream, zstd-compressed."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _from_ipc(raw: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(raw)).read_all()
 
 
 def _safe(name: str) -> str:

@@ -31,6 +31,7 @@ LEASE_TTL_S = 3  # the killed run's lease expires by itself this soon
 def config_path(tmp_path: Path) -> Path:
     return write_config(tmp_path / "project", state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
 
+
 def _crash_between_sinks(config: Path, gate: Path) -> None:
     """A run that dies once Delta committed orders, before the Parquet sink finished them."""
     env = {"LOADER_FAILPOINTS": f"parquet.write@orders=wait:{gate},delta.commit@orders=crash"}
@@ -41,6 +42,38 @@ def _crash_between_sinks(config: Path, gate: Path) -> None:
 
 def _by_version(table: pa.Table, cursor: str) -> dict[tuple[int, object], dict[str, object]]:
     return {(row["o_orderkey"], row[cursor]): row for row in table.to_pylist()}
+
+
+def _sinks_compared(warehouse: Path, cursor: str) -> tuple[list[tuple[int, object]], list[str], dict[str, int]]:
+    """The orders versions Delta and Parquet both hold, the columns both store, and per column how many
+    of those versions differ in it between the two."""
+    delta = _by_version(delta_rows(warehouse, "orders"), cursor)
+    parquet = _by_version(parquet_versions(warehouse, "orders"), cursor)
+    both = [version for version in parquet if version in delta]
+    columns = [c for c in delta[both[0]] if c in parquet[both[0]]] if both else []
+    return both, columns, {c: sum(1 for v in both if delta[v][c] != parquet[v][c]) for c in columns}
+
+
+def _customers_change(config: Path, count: int) -> str:
+    """An append that only changes `count` customers (a new customer snapshot)."""
+    return run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "0", "--late", "0",
+                   "--customer-changes", str(count)).stdout
+
+
+def _parquet_orders_files(warehouse: Path) -> list[Path]:
+    return sorted(p.relative_to(warehouse) for p in (warehouse / "parquet" / "orders").rglob("*.parquet"))
+
+
+def _crashed_then_changed(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changes: int) -> tuple[Path, str]:
+    """Loaded once; a run crashed between its sinks; `changes` customers changed; the dimension cache
+    (a folder of the test's own) wiped, as on another machine."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LOADER_CACHE_DIR", str(cache))
+    warehouse, cursor = _loaded_once(config)
+    _crash_between_sinks(config, tmp_path / "never-opened")
+    _customers_change(config, changes)
+    shutil.rmtree(cache)
+    return warehouse, cursor
 
 
 def _loaded_once(config: Path) -> tuple[Path, str]:
@@ -55,20 +88,15 @@ def _loaded_once(config: Path) -> tuple[Path, str]:
 def test_a_replay_after_customers_changed_lands_the_same_rows_in_every_sink(config_path: Path, tmp_path: Path) -> None:
     warehouse, cursor = _loaded_once(config_path)
     _crash_between_sinks(config_path, tmp_path / "never-opened")
-    changed = run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "0",
-                      "--updates", "0", "--late", "0", "--customer-changes", "1000").stdout
+    changed = _customers_change(config_path, 1000)
     assert "1,000 customers changed" in changed, changed
 
     replay = run_json(config_path, "run", "--incremental")
     assert replay["replayed"] is True
 
-    delta = _by_version(delta_rows(warehouse, "orders"), cursor)
-    parquet_by = _by_version(parquet_versions(warehouse, "orders"), cursor)
-    replayed = [version for version in parquet_by if version in delta]
+    replayed, columns, differing = _sinks_compared(warehouse, cursor)
     assert len(replayed) >= 300
-    columns = [c for c in delta[replayed[0]] if c in parquet_by[replayed[0]]]
     assert {"region", "nation", "c_phone", "currency", "amount_local"} <= set(columns)
-    differing = {c: sum(1 for v in replayed if delta[v][c] != parquet_by[v][c]) for c in columns}
     assert not any(differing.values()), differing
 
     verified = run_cli(config_path, "verify", "--json")
@@ -83,20 +111,11 @@ def test_a_replay_after_the_cache_was_wiped_enriches_from_the_state_store(
         config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The kept lookups gone from the dimension cache (another machine, a new container): the state
     store keeps the version's prepared lookups until no replay needs them, and the replay uses those."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("LOADER_CACHE_DIR", str(cache))
-    warehouse, cursor = _loaded_once(config_path)
-    _crash_between_sinks(config_path, tmp_path / "never-opened")
-    run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "0", "--updates", "0", "--late", "0",
-            "--customer-changes", "500")
-    shutil.rmtree(cache)
+    warehouse, cursor = _crashed_then_changed(config_path, tmp_path, monkeypatch, 500)
     replay = run_json(config_path, "run", "--incremental")
     assert replay["replayed"] is True
-    delta = _by_version(delta_rows(warehouse, "orders"), cursor)
-    parquet = _by_version(parquet_versions(warehouse, "orders"), cursor)
-    both = [version for version in parquet if version in delta]
-    differing = sum(1 for v in both if delta[v]["c_phone"] != parquet[v]["c_phone"] or delta[v]["region"] != parquet[v]["region"])
-    assert len(both) >= 300 and differing == 0
+    both, _, differing = _sinks_compared(warehouse, cursor)
+    assert len(both) >= 300 and differing["c_phone"] == 0 and differing["region"] == 0
     assert run_json(config_path, "verify")["ok"] is True
     # Once no run needs it, only the newest version's prepared lookups stay in the state store.
     with sqlite3.connect(config_path.parent / "state" / "loader.db") as db:
@@ -109,23 +128,16 @@ def test_a_replay_whose_dimension_version_is_gone_stops_and_writes_nothing(
     """The version's lookups neither cached nor in the state store (as a run recorded by an older
     loader) and the files changed: no replay from today's files (it would enrich differently from
     Delta's rows); the error says what to do."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("LOADER_CACHE_DIR", str(cache))
-    warehouse, _ = _loaded_once(config_path)
-    _crash_between_sinks(config_path, tmp_path / "never-opened")
-    run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "0", "--updates", "0", "--late", "0",
-            "--customer-changes", "50")
-    shutil.rmtree(cache)
+    warehouse, _ = _crashed_then_changed(config_path, tmp_path, monkeypatch, 50)
     with sqlite3.connect(config_path.parent / "state" / "loader.db") as db:
         db.execute("UPDATE lookup_versions SET prepared = NULL")
-    before = sorted(p.relative_to(warehouse) for p in (warehouse / "parquet" / "orders").rglob("*.parquet"))
+    before = _parquet_orders_files(warehouse)
 
     failed = run_cli(config_path, "run", "--incremental", check=False)
     assert failed.returncode == 1, failed.stderr
     assert "enriched its rows from the dimension files as they were" in failed.stderr
     assert "restore the dimension files" in failed.stderr
-    after = sorted(p.relative_to(warehouse) for p in (warehouse / "parquet" / "orders").rglob("*.parquet"))
-    assert after == before
+    assert _parquet_orders_files(warehouse) == before
 
 
 def test_a_run_that_began_writing_replays_only_the_input_it_read(config_path: Path, tmp_path: Path) -> None:
@@ -141,19 +153,17 @@ def test_a_run_that_began_writing_replays_only_the_input_it_read(config_path: Pa
     saved = tmp_path / "saved.parquet"
     shutil.copy2(newest, saved)
     pq.write_table(pq.read_table(newest), newest, compression="none")
-    before = sorted(p.relative_to(warehouse) for p in (warehouse / "parquet" / "orders").rglob("*.parquet"))
+    before = _parquet_orders_files(warehouse)
 
     stopped = run_cli(config_path, "run", "--incremental", check=False)
     assert stopped.returncode == 1, stopped.stderr
     assert str(newest) in stopped.stderr and "rewritten since" in stopped.stderr, stopped.stderr
     assert "loader runs abandon" in stopped.stderr
-    assert sorted(p.relative_to(warehouse) for p in (warehouse / "parquet" / "orders").rglob("*.parquet")) == before
+    assert _parquet_orders_files(warehouse) == before
 
     shutil.copy2(saved, newest)
     assert run_json(config_path, "run", "--incremental")["replayed"] is True
     assert run_json(config_path, "verify")["ok"] is True
-    delta = _by_version(delta_rows(warehouse, "orders"), cursor)
-    parquet = _by_version(parquet_versions(warehouse, "orders"), cursor)
-    assert set(delta) <= set(parquet)
-    columns = [c for c in delta[next(iter(delta))] if c in parquet[next(iter(delta))]]
-    assert not [v for v in delta if any(delta[v][c] != parquet[v][c] for c in columns)]
+    both, _, differing = _sinks_compared(warehouse, cursor)
+    assert set(both) == set(_by_version(delta_rows(warehouse, "orders"), cursor))  # Parquet holds every Delta row
+    assert not any(differing.values()), differing
