@@ -133,8 +133,21 @@ def _v5_per_sink(conn: Connection) -> None:
     ).create(conn)
 
 
+def _v6_lookup_deltas(conn: Connection) -> None:
+    """Each dimension version's prepared lookups as changes from a base version (`loader verify --deep`).
+    Versions recorded before keep what they had: the one whose prepared lookups are still kept becomes
+    the first base; the others' rows are left unchecked by --deep (it says how many)."""
+    conn.execute(text("ALTER TABLE lookup_versions ADD COLUMN base VARCHAR(128)"))
+    conn.execute(text(f"ALTER TABLE lookup_versions ADD COLUMN delta {_blob(conn)}"))
+
+
+def _blob(conn: Connection) -> str:
+    return "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"
+
+
 MIGRATIONS: dict[int, Step] = {
     1: _v1_initial, 2: _v2_run_inputs, 3: _v3_dimension_loads, 4: _v4_lookup_versions, 5: _v5_per_sink,
+    6: _v6_lookup_deltas,
 }
 
 

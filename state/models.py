@@ -145,3 +145,14 @@ class FactGap:
     first_run: int
     last_run: int
     detected_at: datetime
+
+
+@dataclass(frozen=True)
+class LookupVersion:
+    """A kept version of the dimension files' prepared lookups: whether they are kept whole, and the
+    version whose lookups its changes start from (None: no changes kept)."""
+
+    fingerprint: str
+    created_at: datetime
+    whole: bool
+    base: str | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, Text
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 TIMESTAMP = String(40)
 
@@ -89,6 +89,11 @@ lookup_versions = Table(
     # The prepared lookups themselves (loader/transform/dimension_cache.py `pack`), kept for the newest
     # version and for those unfinished runs recorded: a replay enriches from them wherever it runs.
     Column("prepared", LargeBinary, nullable=True),
+    # v6: every version's prepared lookups stay recoverable (`loader verify --deep` enriches each fact row
+    # as its batch did) as the changes (`delta`, loader/transform/dimension_versions.py) from the version
+    # `base`, whose own lookups are recoverable likewise; a version without a base keeps `prepared` for good.
+    Column("base", String(128), nullable=True),
+    Column("delta", LargeBinary, nullable=True),
 )
 
 # v5: facts a sink lacks because it was enabled after incremental runs had committed them: per sink and

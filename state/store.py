@@ -36,6 +36,7 @@ from state.models import (
     DimensionLoad,
     FactGap,
     LeaseInfo,
+    LookupVersion,
     RunMode,
     RunRecord,
     Window,
@@ -729,26 +730,56 @@ class StateStore:
         return None if row is None or row.prepared is None else bytes(row.prepared)
 
     def record_lookup_version(self, pipeline: str, fingerprint: str, regions: bytes,
-                              prepared: bytes | None = None) -> None:
-        """Keep the region lookups of a version of the dimension files, and its prepared lookups when
-        given (a second call adds what the first lacked, changes nothing else)."""
+                              prepared: bytes | None = None, *, base: str | None = None,
+                              delta: bytes | None = None) -> None:
+        """Keep the region lookups of a version of the dimension files, its prepared lookups when given,
+        and the changes (`delta`) that make them from those of version `base` (a second call adds what
+        the first lacked, changes nothing else)."""
         table = lookup_versions_t
         key = [table.c.pipeline == pipeline, table.c.fingerprint == fingerprint]
         with self._write() as conn:
-            found = conn.execute(select(table.c.fingerprint, table.c.prepared).where(*key)).first()
+            found = conn.execute(select(table.c.fingerprint, table.c.prepared, table.c.delta).where(*key)).first()
             if found is None:
                 conn.execute(insert(table).values(pipeline=pipeline, fingerprint=fingerprint,
-                                                  created_at=to_iso(self._now()), regions=regions, prepared=prepared))
-            elif prepared is not None and found.prepared is None:
-                conn.execute(update(table).where(*key).values(prepared=prepared))
+                                                  created_at=to_iso(self._now()), regions=regions, prepared=prepared,
+                                                  base=base if delta is not None else None, delta=delta))
+                return
+            values: dict[str, Any] = {}
+            if prepared is not None and found.prepared is None:
+                values["prepared"] = prepared
+            if delta is not None and found.delta is None and found.prepared is None:
+                values.update(base=base, delta=delta)
+            if values:
+                conn.execute(update(table).where(*key).values(**values))
+
+    def lookup_chain(self, pipeline: str) -> list[LookupVersion]:
+        """Every kept dimension version of the pipeline, oldest first: whether its prepared lookups are
+        kept whole, and the version its changes (`lookup_delta`) start from."""
+        table = lookup_versions_t
+        with self._read() as conn:
+            rows = conn.execute(select(
+                table.c.fingerprint, table.c.created_at, table.c.base, table.c.prepared.is_not(None).label("whole"),
+                table.c.delta.is_not(None).label("has_delta"),
+            ).where(table.c.pipeline == pipeline).order_by(table.c.created_at, table.c.fingerprint)).all()
+        return [LookupVersion(r.fingerprint, from_iso(r.created_at), bool(r.whole),
+                              r.base if r.has_delta else None) for r in rows]
+
+    def lookup_delta(self, pipeline: str, fingerprint: str) -> bytes | None:
+        """The changes that make a version's prepared lookups from its base's (opaque bytes), or None."""
+        table = lookup_versions_t
+        with self._read() as conn:
+            row = conn.execute(select(table.c.delta).where(
+                table.c.pipeline == pipeline, table.c.fingerprint == fingerprint)).first()
+        return None if row is None or row.delta is None else bytes(row.delta)
 
     def drop_prepared_lookups(self, pipeline: str, *, keep: Collection[str]) -> int:
-        """Forget the prepared lookups of every version but those in `keep` (their regions stay);
-        how many were dropped."""
+        """Forget the whole prepared lookups of every version but those in `keep` and those without a
+        delta (a base no other version's changes can rebuild); their regions and deltas stay. How many
+        were dropped."""
         table = lookup_versions_t
         with self._write() as conn:
             done = conn.execute(update(table).where(
-                table.c.pipeline == pipeline, table.c.prepared.is_not(None),
+                table.c.pipeline == pipeline, table.c.prepared.is_not(None), table.c.delta.is_not(None),
                 table.c.fingerprint.not_in(list(keep))).values(prepared=None))
         return int(done.rowcount or 0)
 

@@ -223,17 +223,36 @@ class BatchExecutor:
         return {version for run in runs if run is not None and (version := (run.inputs or {}).get("dimensions"))}
 
     def _keep_lookup_version(self, version: str, dims: Any, keep: set[str]) -> None:
-        """The version's regions (for verify, for good) and prepared lookups (for a replay anywhere) in
-        the state store, once; the prepared lookups of versions no unfinished run recorded are dropped:
-        only the newest version's and those replays need are kept."""
+        """The version's regions (for verify, for good), its prepared lookups (whole while it is the
+        newest or an unfinished run's: a replay enriches from them anywhere) and the changes that make
+        them from the newest version kept whole (for good: `loader verify --deep` enriches every row as
+        its batch did), in the state store, once."""
         pipeline = self.config.pipeline
         if not self.store.has_lookup_version(pipeline, version, prepared=True):
             from loader.transform.dimension_cache import lookup_regions, pack
 
+            base, delta = self._delta_from_newest(version, dims)
             regions, prepared = lookup_regions(dims), pack(dims)
             call_with_retries("recording the dimension version", self.config.state.retry,
-                              lambda: self.store.record_lookup_version(pipeline, version, regions, prepared))
+                              lambda: self.store.record_lookup_version(pipeline, version, regions, prepared,
+                                                                       base=base, delta=delta))
             self.store.drop_prepared_lookups(pipeline, keep={version, *keep})
+
+    def _delta_from_newest(self, version: str, dims: Any) -> tuple[str | None, bytes | None]:
+        """(the newest other version kept whole, the changes from its lookups to `dims`), or (None, None)
+        when there is none (the first version: kept whole for good)."""
+        from loader.transform.dimension_cache import load_version, unpack
+        from loader.transform.dimension_versions import diff
+
+        whole = [v for v in self.store.lookup_chain(self.config.pipeline) if v.whole and v.fingerprint != version]
+        if not whole:
+            return None, None
+        base = whole[-1].fingerprint
+        before = load_version(self.config, base)
+        if before is None:
+            raw = self.store.prepared_lookups(self.config.pipeline, base)
+            before = None if raw is None else unpack(raw)
+        return (None, None) if before is None else (base, diff(before, dims))
 
     def _dimensions_of(self, record: RunRecord) -> Any:
         """The prepared dimensions `record` was enriched from: this run's, or for a replay of a batch
@@ -244,12 +263,13 @@ class BatchExecutor:
         if version is None or version == self.dimension_version:
             return self._prepared[2]
         from loader.errors import BadSourceData
-        from loader.transform.dimension_cache import load_version, unpack
+        from loader.transform.dimension_cache import load_version
+        from loader.transform.dimension_versions import VersionLookups
 
         dims = load_version(self.config, version)
-        if dims is None:
-            raw = self.store.prepared_lookups(self.config.pipeline, version)
-            dims = None if raw is None else unpack(raw)
+        if dims is None:  # the state store's: kept whole, or rebuilt through the kept changes
+            dims = VersionLookups(self.store, self.config.pipeline,
+                                  local=lambda v: load_version(self.config, v)).get(version)
         if dims is None:
             raise BadSourceData(
                 f"run {record.run_number} enriched its rows from the dimension files as they were when it was "

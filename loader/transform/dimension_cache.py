@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -183,23 +183,33 @@ def read_regions(raw: bytes) -> pa.Table:
 
 
 def pack(dims: Dimensions) -> bytes:
-    """The prepared lookups as bytes for the state store: each part an Arrow IPC stream (zstd), each
-    preceded by its length (8 bytes, big-endian), in the order of `PARTS`."""
-    out = bytearray()
-    for part in PARTS:
-        raw = _ipc(getattr(dims, part))
-        out += len(raw).to_bytes(8, "big") + raw
-    return bytes(out)
+    """The prepared lookups as bytes for the state store (`pack_tables` of the parts, in `PARTS` order)."""
+    return pack_tables([getattr(dims, part) for part in PARTS])
 
 
 def unpack(raw: bytes) -> Dimensions:
     """`pack`'s bytes back as the prepared lookups."""
-    parts, at = {}, 0
-    for part in PARTS:
+    return Dimensions(**dict(zip(PARTS, unpack_tables(raw), strict=True)))
+
+
+def pack_tables(tables: Sequence[pa.Table]) -> bytes:
+    """Tables as one byte string: each an Arrow IPC stream (zstd) preceded by its length (8 bytes,
+    big-endian)."""
+    out = bytearray()
+    for table in tables:
+        raw = _ipc(table)
+        out += len(raw).to_bytes(8, "big") + raw
+    return bytes(out)
+
+
+def unpack_tables(raw: bytes) -> list[pa.Table]:
+    """`pack_tables`' bytes back as the tables, in order."""
+    tables, at = [], 0
+    while at < len(raw):
         size = int.from_bytes(raw[at:at + 8], "big")
-        parts[part] = _from_ipc(raw[at + 8:at + 8 + size])
+        tables.append(_from_ipc(raw[at + 8:at + 8 + size]))
         at += 8 + size
-    return Dimensions(**parts)
+    return tables
 
 
 def _ipc(table: pa.Table) -> bytes:

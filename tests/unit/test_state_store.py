@@ -470,7 +470,7 @@ def test_version_4_dimension_loads_migrate_to_every_sink_of_the_time(
     engine.dispose()
     with StateStore.open(url) as store:
         with store.engine.connect() as conn:
-            assert current_version(conn) == SCHEMA_VERSION == 5
+            assert current_version(conn) == SCHEMA_VERSION == 6
         legacy = store.dimension_sink_loads("p")["customer"][ALL_SINKS]
         assert (legacy.fingerprint, legacy.cursor, legacy.loaded_at) == ("f1", T0, T0)
         assert legacy.changes == changes
@@ -479,6 +479,30 @@ def test_version_4_dimension_loads_migrate_to_every_sink_of_the_time(
                                     changes={})
         assert sorted(store.dimension_sink_loads("p")["customer"]) == [ALL_SINKS, "parquet"]
         assert store.fact_gaps("p") == []  # v5's table is there, empty
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def test_version_5_lookup_versions_migrate_with_the_kept_one_as_the_first_base(
+        request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
+    """Versions recorded before deltas (v6) have none: the one whose prepared lookups are still kept
+    stays whole for good (the base of the next version's delta); the others cannot be rebuilt."""
+    url = url_of(tmp_path / "state.db") if backend == "sqlite" else \
+        pg_database(request.getfixturevalue("pg_url"))
+    engine = create_engine(url)
+    migrate(engine, target=5)
+    with engine.begin() as conn:
+        for name, prepared in (("old", None), ("newest", b"prepared")):
+            conn.execute(text("INSERT INTO lookup_versions (pipeline, fingerprint, created_at, regions, prepared) "
+                              "VALUES ('p', :name, :at, :regions, :prepared)"),
+                         {"name": name, "at": to_iso(T0 if name == "old" else T0 + timedelta(hours=1)),
+                          "regions": b"r", "prepared": prepared})
+    engine.dispose()
+    with StateStore.open(url) as store:
+        assert [(v.fingerprint, v.whole, v.base) for v in store.lookup_chain("p")] == [
+            ("old", False, None), ("newest", True, None)]
+        store.record_lookup_version("p", "next", b"r2", b"prepared-2", base="newest", delta=b"d")
+        assert store.drop_prepared_lookups("p", keep={"next"}) == 0  # "newest" has no delta: kept whole
+        assert store.prepared_lookups("p", "newest") == b"prepared" and store.lookup_delta("p", "next") == b"d"
 
 
 def test_fact_gaps_are_recorded_replaced_and_forgotten(store: StateStore) -> None:
@@ -494,18 +518,25 @@ def test_fact_gaps_are_recorded_replaced_and_forgotten(store: StateStore) -> Non
     assert store.fact_gaps("p") == [] and len(store.fact_gaps("other")) == 1
 
 
-def test_lookup_versions_keep_regions_for_good_and_prepared_lookups_while_kept(store: StateStore) -> None:
-    """A version's regions, once recorded, stay; its prepared lookups are added once and dropped with
-    every version's but those kept (per pipeline)."""
+def test_lookup_versions_keep_regions_and_deltas_for_good_and_whole_lookups_while_kept(store: StateStore) -> None:
+    """A version's regions and its delta from a base, once recorded, stay; its whole prepared lookups
+    are added once and dropped with every version's but those kept and those no delta rebuilds (the
+    first version: the base of the others), per pipeline."""
     store.record_lookup_version("p", "v1", b"regions-1", b"prepared-1")
-    store.record_lookup_version("p", "v1", b"other", b"other")  # a second call changes nothing recorded
-    store.record_lookup_version("p", "v2", b"regions-2")
+    store.record_lookup_version("p", "v1", b"other", b"other", base="v0", delta=b"x")  # changes nothing recorded
+    store.record_lookup_version("p", "v2", b"regions-2", base="v1", delta=b"delta-2")
     store.record_lookup_version("q", "v1", b"regions-q", b"prepared-q")
     assert store.lookup_version("p", "v1") == b"regions-1" and store.prepared_lookups("p", "v1") == b"prepared-1"
+    assert store.lookup_delta("p", "v1") is None and store.lookup_delta("p", "v2") == b"delta-2"
     assert store.has_lookup_version("p", "v2") and not store.has_lookup_version("p", "v2", prepared=True)
     store.record_lookup_version("p", "v2", b"ignored", b"prepared-2")  # what the first call lacked is added
     assert store.lookup_version("p", "v2") == b"regions-2" and store.prepared_lookups("p", "v2") == b"prepared-2"
-    assert store.drop_prepared_lookups("p", keep={"v2"}) == 1
-    assert store.prepared_lookups("p", "v1") is None and store.lookup_version("p", "v1") == b"regions-1"
-    assert store.prepared_lookups("p", "v2") == b"prepared-2" and store.prepared_lookups("q", "v1") == b"prepared-q"
-    assert store.lookup_version("p", "v3") is None and not store.has_lookup_version("p", "v3")
+    store.record_lookup_version("p", "v3", b"regions-3", b"prepared-3", base="v2", delta=b"delta-3")
+    assert [(v.fingerprint, v.whole, v.base) for v in store.lookup_chain("p")] == [
+        ("v1", True, None), ("v2", True, "v1"), ("v3", True, "v2")]
+    assert store.drop_prepared_lookups("p", keep={"v3"}) == 1  # v2's; v1 has no delta: kept
+    assert store.prepared_lookups("p", "v2") is None and store.lookup_version("p", "v2") == b"regions-2"
+    assert store.prepared_lookups("p", "v1") == b"prepared-1" and store.lookup_delta("p", "v2") == b"delta-2"
+    assert store.prepared_lookups("p", "v3") == b"prepared-3" and store.prepared_lookups("q", "v1") == b"prepared-q"
+    assert [(v.fingerprint, v.whole) for v in store.lookup_chain("p")] == [("v1", True), ("v2", False), ("v3", True)]
+    assert store.lookup_version("p", "v4") is None and not store.has_lookup_version("p", "v4")
