@@ -436,22 +436,28 @@ def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int
 @cli.command("verify", epilog=EXIT_CODES_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one object {ok, checks} on stdout.")
 @click.option("--table", "tables", multiple=True, help="Verify only this table (repeatable; default: every source).")
+@click.option("--deep", is_flag=True,
+              help="Also recompute every column of every row (enrichment, currency, amounts, masking) through the "
+                   "stage chain, with the dimension version its batch recorded, and compare per region and sink. "
+                   "Costs about a load's transform; memory stays bounded (a landing file, a sink piece at a time).")
 @click.pass_obj
-def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...]) -> None:
+def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...], deep: bool) -> None:
     """Reconcile every enabled sink with the landing zone over the committed windows: per table, region
     and sink, each row's key, cursor and delete mark (checksums), no duplicate, every row under the
     region its own batch gave it (by the dimension version the batch recorded) and, for Parquet, in that
-    region's folder; and each loaded dimension table's current rows with its files (region "-"). Exit 1
-    on any mismatch, each named on stderr.
+    region's folder; and each loaded dimension table's current rows with its files (region "-"). With
+    --deep, every column of those rows as well ("values" checks). Exit 1 on any mismatch, each named on
+    stderr.
 
     
     Example:
       loader verify                      # every table, a table of checks; mismatches on stderr
-      loader verify --table orders --json"""
+      loader verify --table orders --json
+      loader verify --deep               # and every value, recomputed as each batch computed it"""
     config = obj.config()
     from loader.observe.verify import print_verification, verify
 
-    result = verify(config, tables=tables)
+    result = verify(config, tables=tables, deep=deep)
     for note in result.notes:
         click.echo(note, err=True)
     if as_json:

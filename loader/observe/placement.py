@@ -72,13 +72,13 @@ class Placement:
         return frozenset(path for read in self.reads.get(source, []) if read.mode == "incremental"
                          for path in read.files)
 
-    def regions(self, rows: pa.Table, paths: Sequence[str], *, source: str, kind: str,
-                cursor: str) -> tuple[pa.Array, int]:
+    def regions(self, rows: pa.Table, paths: Sequence[str], *, source: str, kind: str, cursor: str,
+                known: tuple[list[str], np.ndarray] | None = None) -> tuple[pa.Array, int]:
         """Per landing row of `rows` (with `FILE`): the region its batch's dimension version gives it
         (null where no recorded version explains the row), and how many rows are so left to today's
-        dimensions."""
+        dimensions. `known`: `versions`' answer for these rows, when the caller has it."""
         lookup = fact_kind(kind).lookup
-        versions, codes = self._versions(rows, paths, source, cursor)
+        versions, codes = known or self.versions(rows, paths, source, cursor)
         names: list[str] = [UNKNOWN_REGION]
         placed = np.full(rows.num_rows, -1, dtype=np.int32)
         if lookup.fact_key in rows.column_names:
@@ -92,7 +92,7 @@ class Placement:
         region = pa.DictionaryArray.from_arrays(pa.array(placed, mask=placed < 0), pa.array(names, pa.string()))
         return region.cast(pa.string()), unexplained
 
-    def _versions(self, rows: pa.Table, paths: Sequence[str], source: str, cursor: str) -> tuple[list[str], np.ndarray]:
+    def versions(self, rows: pa.Table, paths: Sequence[str], source: str, cursor: str) -> tuple[list[str], np.ndarray]:
         """The dimension versions with kept lookups, and per row the index of the version of the first
         committed run that read it (-1: none did, it recorded no version, or its lookups are not kept)."""
         versions = [v for v, table in self.lookups.items() if table is not None]

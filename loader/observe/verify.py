@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,17 +43,19 @@ import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig, SourceConfig
 from loader.errors import BadSourceData, ConfigError, LeaseHeld, StateError
+from loader.observe.checksums import Digest, digest, duplicates
+from loader.observe.deep import ROW, VERSION
 from loader.observe.placement import FILE, PLACED, Placement, place
 from loader.protocol.planning import list_files
 from loader.sinks import Sink, enabled_sinks, sink_class
 from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, region_counts
 from loader.storage import Location, locate
+from loader.transform.dimension_versions import VersionLookups
 from loader.transform.dimensions import Dimensions
 from loader.transform.kinds import fact_kind
 from loader.transform.tables import dedupe_latest
 from state import Checkpoint, StateStore, Window
 
-Digest = dict[str, tuple[int, int]]  # region -> (rows, checksum)
 #: The region of a dimension table's checks (a dimension table is not split by region).
 DIMENSION_REGION = "-"
 
@@ -70,6 +72,9 @@ class Check:
     duplicates: int
     #: Rows whose region folder names another region than their `region` column (Parquet).
     misfiled: int = 0
+    #: What the checksum covers: "keys" (key, cursor, delete mark; a dimension's values) or "values"
+    #: (--deep: every column, recomputed through the stage chain).
+    compared: str = "keys"
 
     @property
     def ok(self) -> bool:
@@ -87,8 +92,13 @@ class Check:
         if self.expected_checksum != self.actual_checksum:
             same_count = self.expected_rows == self.actual_rows
             dimension = self.region == DIMENSION_REGION  # compared on (key, row_hash): the values
-            parts.append(f"checksum of (key, {'values' if dimension else 'cursor, delete mark'}) differs"
-                         + (": wrong or stale versions" if same_count else ""))
+            if self.compared == "values":
+                parts.append("checksum of every column differs from the stage chain's recomputation"
+                             + (": a wrong value (enrichment, currency, amount, masking, a pass-through column)"
+                                if same_count else ""))
+            else:
+                parts.append(f"checksum of (key, {'values' if dimension else 'cursor, delete mark'}) differs"
+                             + (": wrong or stale versions" if same_count else ""))
         if self.duplicates:
             what = "(key, cursor) version(s)" if sink_class(self.sink).capabilities.holds == "versions" else "key(s)"
             what = "current key(s)" if self.region == DIMENSION_REGION else what
@@ -112,81 +122,13 @@ class Verification:
         return {"ok": self.ok, "checks": [check.to_json() for check in self.checks]}
 
 
-# ------------------------------------------------------------------------------- checksums
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: every input bit reaches every output bit (uint64 arithmetic wraps)."""
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def _as_uint64(column: pa.ChunkedArray) -> np.ndarray:
-    kind = column.type
-    if pa.types.is_timestamp(kind):  # the same instant hashes the same whatever the unit
-        column = column.cast(pa.timestamp("us", tz=kind.tz), safe=False)
-    elif pa.types.is_date(kind):
-        column = column.cast(pa.date32()).cast(pa.int32())
-    elif pa.types.is_boolean(kind):
-        column = column.cast(pa.int8())
-    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind):
-        # null (a live row's `_deleted_at`) as the least int64: no real value is that
-        return np.asarray(column.cast(pa.int64()).fill_null(-(2**63)).to_numpy()).view(np.uint64)
-    import pandas as pd
-
-    # Each distinct value hashed once (a region column holds five), then taken by its dictionary index.
-    encoded = column.cast(pa.string()).combine_chunks().dictionary_encode()
-    distinct = np.asarray(encoded.dictionary.to_pylist() + [None], dtype=object)
-    hashed = np.asarray(pd.util.hash_array(distinct), dtype=np.uint64)
-    index = np.asarray(encoded.indices.fill_null(len(distinct) - 1).to_numpy(zero_copy_only=False), dtype=np.int64)
-    return hashed[index]
-
-
-def row_hashes(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
-    hashes = np.zeros(table.num_rows, dtype=np.uint64)
-    for name in columns:
-        hashes = _mix(hashes ^ _as_uint64(table[name]))
-    return hashes
-
-
-def digest(table: pa.Table | None, columns: Sequence[str]) -> Digest:
-    """Per region: row count and checksum (see the module docstring) of `columns`."""
-    if table is None or table.num_rows == 0:
-        return {}
-    regions = table["region"].cast(pa.string()).combine_chunks().dictionary_encode()
-    codes = np.asarray(regions.indices.to_numpy(zero_copy_only=False), dtype=np.intp)
-    sums = np.zeros(len(regions.dictionary), dtype=np.uint64)
-    np.add.at(sums, codes, row_hashes(table, columns))
-    counts = np.bincount(codes, minlength=len(regions.dictionary))
-    return {str(name): (int(counts[i]), int(sums[i])) for i, name in enumerate(regions.dictionary.to_pylist())}
-
-
-def duplicates(table: pa.Table | None, columns: Sequence[str]) -> dict[str, int]:
-    """Per region: rows beyond the first of each distinct `columns` value. Found by the rows' 64-bit
-    hashes (a sort, not a group-by of every row), then confirmed exactly on the few rows whose hash
-    repeats: a hash collision never counts."""
-    if table is None or table.num_rows == 0:
-        return {}
-    narrow = table.select(["region", *columns])
-    hashes = row_hashes(narrow, ["region", *columns])
-    ordered = np.sort(hashes)
-    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-    found = {region: 0 for region in region_counts(narrow.select(["region"]))}
-    if len(repeated):
-        suspects = narrow.filter(pa.array(np.isin(hashes, repeated)))
-        distinct = region_counts(suspects.group_by(["region", *columns]).aggregate([]))
-        for region, rows in region_counts(suspects).items():
-            found[region] = rows - distinct.get(region, 0)
-    return found
-
-
 # ------------------------------------------------------------------------------- reading
 
 
-def _read_files(location: Location, paths: Sequence[str], columns: list[str], what: str) -> pa.Table | None:
-    """`columns` of every file, and `FILE`: the index in `paths` of the file each row came from."""
+def _read_files(location: Location, paths: Sequence[str], columns: list[str], what: str, *,
+                numbered: bool = False) -> pa.Table | None:
+    """`columns` of every file, and `FILE`: the index in `paths` of the file each row came from (and,
+    `numbered`, `ROW`: its row in the file)."""
     def read(index: int) -> pa.Table:
         path = paths[index]
         try:
@@ -194,7 +136,8 @@ def _read_files(location: Location, paths: Sequence[str], columns: list[str], wh
                 rows = pq.read_table(handle, columns=columns)
         except (OSError, pa.ArrowInvalid, KeyError) as error:
             raise BadSourceData(f"cannot read columns {columns} of {path} ({what}): {error}. Fix or remove the file") from error
-        return rows.append_column(FILE, pa.array(np.full(rows.num_rows, index, dtype=np.int32)))
+        rows = rows.append_column(FILE, pa.array(np.full(rows.num_rows, index, dtype=np.int32)))
+        return rows.append_column(ROW, pa.array(np.arange(rows.num_rows, dtype=np.int32))) if numbered else rows
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         parts = list(pool.map(read, range(len(paths))))
@@ -232,15 +175,19 @@ def marker_of(source: SourceConfig, holds: str) -> str | None:
 @dataclass
 class Expected:
     """What the committed windows loaded, per kind of sink (`Capabilities.holds`), and the rows no
-    recorded dimension version placed (see loader/observe/placement.py)."""
+    recorded dimension version placed (see loader/observe/placement.py). For --deep, per kind the live
+    rows' landing positions and versions (`winners`), the files read and the versions named."""
 
     tables: dict[str, pa.Table | None]
     unexplained: int = 0
+    winners: dict[str, pa.Table | None] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
 
 
 def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_at: datetime | None,
                   dims: Dimensions, read: frozenset[str] = frozenset(),
-                  placement: Placement | None = None) -> Expected:
+                  placement: Placement | None = None, *, deep: bool = False) -> Expected:
     """What the committed windows loaded: key, cursor, region and delete mark of each key's latest
     version, per kind of sink (`Capabilities.holds`). The region is the one the dimension version the
     row's batch recorded gives it (`placement`), today's dimensions' only where no version is recorded.
@@ -259,32 +206,45 @@ def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
     columns = list(dict.fromkeys([*key, cursor, fact_kind(source.kind).lookup.fact_key,
                                   *([source.deletes.column] if source.deletes else [])]))
     paths = _landed_before(location, source.partition_column, seen_at, read)
-    rows = _read_files(location, paths, columns, f"source {name}")
+    rows = _read_files(location, paths, columns, f"source {name}", numbered=deep)
     if rows is None:
         return Expected({"versions": None, "latest": None})
-    placed, unexplained = (placement or Placement()).regions(rows, paths, source=name, kind=source.kind,
-                                                             cursor=cursor)
-    rows = rows.drop_columns([FILE]).append_column(PLACED, placed)
+    placement = placement or Placement()
+    versions, codes = placement.versions(rows, paths, name, cursor)
+    placed, unexplained = placement.regions(rows, paths, source=name, kind=source.kind, cursor=cursor,
+                                            known=(versions, codes))
+    rows = rows.append_column(PLACED, placed)
+    rows = rows.append_column(VERSION, pa.array(codes)) if deep else rows.drop_columns([FILE])
     dead = chain.tombstone_mask(rows)
     landing_tombs = rows.slice(0, 0) if dead is None else rows.filter(pa.array(dead)).select([*key, cursor, PLACED])
     wanted = [*key, cursor, "region"]
     out, _ = chain.run(rows, dims)
     out = place(out, landing_tombs, key, cursor)
+    found = Expected({}, unexplained, paths=paths, versions=versions)
+    positions = [FILE, ROW, VERSION, *key, cursor]
     if source.deletes is None:
-        return Expected({"versions": out.select(wanted), "latest": out.select(wanted)}, unexplained)
+        found.tables = {"versions": out.select(wanted), "latest": out.select(wanted)}
+        if deep:
+            found.winners = {"versions": out.select(positions), "latest": out.select(positions)}
+        return found
     import pyarrow.compute as pc
 
-    versions = out.select([*wanted, DELETED])
+    live_out = out.filter(pc.invert(out[DELETED]))
+    found.tables = {"versions": out.select([*wanted, DELETED]), "latest": live_out.select(wanted)}
+    if deep:
+        found.winners = {"versions": live_out.select(positions), "latest": live_out.select(positions)}
     if source.deletes.mode == "hard":
-        return Expected({"versions": versions, "latest": out.filter(pc.invert(out[DELETED])).select(wanted)},
-                        unexplained)
+        return found
     # soft: tombstones mark the stored version, which keeps its cursor
     live = rows if dead is None else rows.filter(pa.array(~dead))
     latest, _ = replace(chain, source=source.model_copy(update={"deletes": None})).run(live, dims)
-    latest = place(latest, landing_tombs.slice(0, 0), key, cursor).select(wanted)
+    latest = place(latest, landing_tombs.slice(0, 0), key, cursor)
+    if deep:
+        found.winners["latest"] = latest.select(positions)
     tombs = out.filter(out[DELETED]).select([*key, cursor]).rename_columns([*key, DELETED_AT])
-    latest = latest.join(tombs, keys=key, join_type="left outer")
-    return Expected({"versions": versions, "latest": latest.select([*wanted, DELETED_AT])}, unexplained)
+    latest = latest.select(wanted).join(tombs, keys=key, join_type="left outer")
+    found.tables["latest"] = latest.select([*wanted, DELETED_AT])
+    return found
 
 
 def held_rows(sink: Sink[Any], name: str, key: Sequence[str], cursor: str,
@@ -340,33 +300,63 @@ def _misfiled(rows: pa.Table | None) -> dict[str, int]:
 
 
 def _compare(table: str, sink: str, want: Digest, got: Digest, dups: dict[str, int],
-             misfiled: dict[str, int] | None = None) -> list[Check]:
+             misfiled: dict[str, int] | None = None, compared: str = "keys") -> list[Check]:
     misfiled = misfiled or {}
     checks = []
     for region in sorted(set(want) | set(got) | set(dups) | set(misfiled)):
         (e_rows, e_sum), (a_rows, a_sum) = want.get(region, (0, 0)), got.get(region, (0, 0))
         checks.append(Check(table, region, sink, e_rows, a_rows, f"{e_sum:016x}", f"{a_sum:016x}", dups.get(region, 0),
-                            misfiled.get(region, 0)))
+                            misfiled.get(region, 0), compared))
     return checks
 
 
 def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_at: datetime | None,
                   dims: Dimensions, read: frozenset[str] = frozenset(), notes: list[str] | None = None,
-                  placement: Placement | None = None) -> list[Check]:
+                  placement: Placement | None = None, lookups: VersionLookups | None = None) -> list[Check]:
     """Per region and sink: each row's key, cursor, region (as its batch placed it) and delete mark,
-    no duplicate, and no row in another region's folder."""
+    no duplicate, and no row in another region's folder; with `lookups` (--deep) every column too."""
     source = config.sources[name]
-    expected = expected_rows(config, name, checkpoint, seen_at, dims, read, placement)
-    if expected.unexplained and notes is not None:
+    notes = [] if notes is None else notes
+    expected = expected_rows(config, name, checkpoint, seen_at, dims, read, placement, deep=lookups is not None)
+    if expected.unexplained:
         notes.append(f"{name}: {expected.unexplained:,} row(s) read by no run that recorded its dimension version "
                      "(loaded before versions were kept): placed by today's dimension files")
     checks = []
-    for sink in enabled_sinks(config):
+    sinks = enabled_sinks(config)
+    for sink in sinks:
         marker = marker_of(source, sink.capabilities.holds)
         columns = [*source.primary_key, source.cursor, *([marker] if marker else [])]
         want = digest(expected.tables[sink.capabilities.holds], columns)
         got, dups, misfiled = held_rows(sink, name, source.primary_key, source.cursor, marker)
         checks += _compare(name, sink.name, want, got, dups, misfiled)
+    if lookups is not None:
+        checks += _deep_checks(config, name, checkpoint, expected, sinks, lookups, notes)
+    return checks
+
+
+def _deep_checks(config: LoaderConfig, name: str, checkpoint: Checkpoint, expected: Expected, sinks: list[Sink[Any]],
+                 lookups: VersionLookups, notes: list[str]) -> list[Check]:
+    """--deep: per region and sink, every column of the rows each sink must hold against the stage
+    chain's recomputation from their landing rows and their batches' dimension versions."""
+    from loader.execute.stages import StageChain
+    from loader.observe.deep import expected_values, held_values
+
+    chain = StageChain.for_source(config, name, Window(lower=None, upper=checkpoint.cursor))
+    location = locate(config.source_path(name))
+    checks: list[Check] = []
+    computed: dict[str, Any] = {}
+    for sink in sinks:
+        holds = sink.capabilities.holds
+        if holds not in computed:
+            computed[holds] = expected_values(chain, location, expected.paths, expected.winners[holds],
+                                              expected.versions, lookups)
+            if len(computed[holds].left_out):
+                notes.append(f"{name}: --deep left {len(computed[holds].left_out):,} row(s) of the sinks holding "
+                             f"{holds} unchecked: their batches' dimension lookups were not kept (loaded by an "
+                             "older loader); their keys, cursors, regions and marks are checked")
+        values = computed[holds]
+        checks += _compare(name, sink.name, values.digest, held_values(sink, name, config.sources[name], values), {},
+                           compared="values")
     return checks
 
 
@@ -402,7 +392,7 @@ def _seen_at(store: StateStore, pipeline: str, checkpoint: Checkpoint) -> dateti
     return run.started_at if run.attempts == 1 else run.finished_at
 
 
-def verify(config: LoaderConfig, *, tables: Sequence[str] = ()) -> Verification:
+def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = False) -> Verification:
     unknown = [t for t in tables if t not in config.sources]
     if unknown:
         raise ConfigError(f"unknown table(s) {', '.join(unknown)}: pass --table with one of {', '.join(config.sources)}")
@@ -420,13 +410,18 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = ()) -> Verification:
         checks: list[Check] = []
         notes = []
         placement = Placement.from_ledger(store, pipeline)  # the ledger, read once
+        lookups = None
+        if deep:
+            from loader.transform.dimension_cache import load_version
+
+            lookups = VersionLookups(store, pipeline, local=lambda version: load_version(config, version))
         for name in names:
             checkpoint = checkpoints.get(name)
             if checkpoint is None:
                 notes.append(f"{name}: never loaded, nothing to verify")
                 continue
             checks += _verify_table(config, name, checkpoint, _seen_at(store, pipeline, checkpoint), dims,
-                                    placement.read_by_incremental_runs(name), notes, placement)
+                                    placement.read_by_incremental_runs(name), notes, placement, lookups)
         if not tables:
             dimension_checks, dimension_notes = _verify_dimensions(config, store)
             checks += dimension_checks
@@ -486,11 +481,11 @@ def print_verification(result: Verification) -> None:
     from rich.table import Table
 
     table = Table(title=f"{result.pipeline}: sinks against the landing zone over the committed windows")
-    for column in ("table", "region", "sink", "expected rows", "actual rows", "checksum ok", "status"):
+    for column in ("table", "region", "sink", "compared", "expected rows", "actual rows", "checksum ok", "status"):
         table.add_column(column)
     for c in result.checks:
         status = "ok" if c.ok else "[red]MISMATCH[/]" + (f" ({c.duplicates:,} duplicates)" if c.duplicates else "") \
             + (f" ({c.misfiled:,} in another region's folder)" if c.misfiled else "")
-        table.add_row(c.table, c.region, c.sink, f"{c.expected_rows:,}", f"{c.actual_rows:,}",
+        table.add_row(c.table, c.region, c.sink, c.compared, f"{c.expected_rows:,}", f"{c.actual_rows:,}",
                       "yes" if c.expected_checksum == c.actual_checksum else "[red]no[/]", status)
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200).print(table)

@@ -23,7 +23,7 @@ versions (Parquet) holds both versions and its readers take the tombstone (`dedu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
@@ -150,6 +150,11 @@ class Sink(Protocol[Begun]):
         held (the current rows where it holds the latest, every version where it holds versions), or
         None if the table does not exist here. Integers as integers, timestamps as timestamps. A sink
         whose files sit in region folders adds `PARTITION_REGION`, the region the folder names."""
+        ...
+
+    def scan(self, table: str, columns: list[str]) -> Iterator[pa.Table]:
+        """`read_back`'s rows in pieces (a file, a batch of the dataset or of the fetch), for readers
+        that keep memory bounded (`loader verify --deep`); nothing where the table does not exist."""
         ...
 
     def probe(self) -> str | None:

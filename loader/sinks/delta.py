@@ -386,12 +386,29 @@ class DeltaSink:
 
     def read_back(self, table: str, columns: list[str]) -> pa.Table | None:
         """The table's current rows."""
+        parts = list(self.scan(table, columns))
+        return pa.concat_tables(parts) if parts else None
+
+    def scan(self, table: str, columns: list[str]) -> Iterator[pa.Table]:
+        """`read_back`'s rows in pieces of the dataset's batches (a million rows at most; one empty piece
+        for a table without rows, none where there is no table)."""
         from deltalake.exceptions import DeltaError
 
         uri = self.table_uri(table)
         try:
             opened = self._open(uri)
-            return None if opened is None else opened.to_pyarrow_dataset().to_table(columns=[*columns, "region"])
+            if opened is None:
+                return
+            dataset = opened.to_pyarrow_dataset()
+            wanted = [*columns, "region"]
+            pieces = dataset.to_batches(columns=wanted, batch_size=1 << 20)
+            yielded = False
+            for piece in pieces:
+                if piece.num_rows:
+                    yielded = True
+                    yield pa.Table.from_batches([piece])
+            if not yielded:
+                yield dataset.schema.empty_table().select(wanted)
         except (DeltaError, OSError) as error:
             raise SinkUnavailable(f"reading the Delta table {uri} failed: {short_error(error)}. Check the warehouse "
                                   "path, then verify again") from error

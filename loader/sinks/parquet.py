@@ -16,7 +16,7 @@ on a tie (`dedupe_latest` with its `tombstones` mask; in SQL `ORDER BY cursor DE
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -143,6 +143,24 @@ class ParquetSink:
     def read_back(self, table: str, columns: list[str]) -> pa.Table | None:
         """Every version row of the log (hidden in-flight files skipped, as readers skip them), with the
         region its folder names (`PARTITION_REGION`: a reader of the hive folders goes by that)."""
+        found = self._data_files(table)
+        if found is None:
+            return None
+        where, paths = found
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            parts = list(pool.map(lambda path: self._read_file(table, where, path, [*columns, "region"]), paths))
+        return pa.concat_tables(parts, promote_options="permissive") if parts else None
+
+    def scan(self, table: str, columns: list[str]) -> Iterator[pa.Table]:
+        """`read_back`'s rows a file at a time."""
+        found = self._data_files(table)
+        if found is not None:
+            where, paths = found
+            for path in paths:
+                yield self._read_file(table, where, path, [*columns, "region"])
+
+    def _data_files(self, table: str) -> tuple[Location, list[str]] | None:
+        """The table's location and its visible data files, or None where it does not exist."""
         where = self.table_location(table)
         try:
             if where.filesystem.get_file_info(where.path).type == pafs.FileType.NotFound:
@@ -151,25 +169,21 @@ class ParquetSink:
         except OSError as error:
             raise SinkUnavailable(f"listing {where.uri} failed: {short_error(error)}. Check the warehouse path, "
                                   "then verify again") from error
-        paths = sorted(
+        return where, sorted(
             i.path for i in infos
             if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_"))
         )
-        wanted = [*columns, "region"]
 
-        def read(path: str) -> pa.Table:
-            try:
-                with where.filesystem.open_input_file(path) as handle:
-                    rows = pq.read_table(handle, columns=wanted)
-                folder = _folder_region(path[len(where.path):])
-                return rows.append_column(PARTITION_REGION, pa.repeat(pa.scalar(folder, pa.string()), rows.num_rows))
-            except (OSError, pa.ArrowInvalid, KeyError) as error:
-                raise SinkRejected(f"cannot read columns {wanted} of {path} (Parquet sink of {table}): "
-                                   f"{short_error(error)}. Fix or remove the file") from error
-
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            parts = list(pool.map(read, paths))
-        return pa.concat_tables(parts, promote_options="permissive") if parts else None
+    @staticmethod
+    def _read_file(table: str, where: Location, path: str, wanted: list[str]) -> pa.Table:
+        try:
+            with where.filesystem.open_input_file(path) as handle:
+                rows = pq.read_table(handle, columns=wanted)
+            folder = _folder_region(path[len(where.path):])
+            return rows.append_column(PARTITION_REGION, pa.repeat(pa.scalar(folder, pa.string()), rows.num_rows))
+        except (OSError, pa.ArrowInvalid, KeyError) as error:
+            raise SinkRejected(f"cannot read columns {wanted} of {path} (Parquet sink of {table}): "
+                               f"{short_error(error)}. Fix or remove the file") from error
 
     def probe(self) -> str | None:
         return folder_problem(self.name, self.root_uri)

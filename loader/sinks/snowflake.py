@@ -233,6 +233,11 @@ class SnowflakeSink:
 
     def read_back(self, table: str, columns: list[str]) -> pa.Table | None:
         """The target table's current rows; names lower-cased (as the source's), whole numbers as int64."""
+        parts = list(self.scan(table, columns))
+        return pa.concat_tables(parts) if parts else None
+
+    def scan(self, table: str, columns: list[str]) -> Iterator[pa.Table]:
+        """`read_back`'s rows in the pieces the connector fetches (none where there is no table, or no row)."""
         import snowflake.connector.errors as sf_errors
 
         s = self.settings
@@ -243,24 +248,22 @@ class SnowflakeSink:
             cur.execute("SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
                         (s.schema_.upper(), table.upper()))
             if not cur.fetchone()[0]:
-                return None
+                return
             # The delete mark's NULLs read with IS NULL too (the emulator returns a NULL TIMESTAMP_TZ as the epoch)
             marks = [c for c in selected if c == DELETED_AT]
             cur.execute(f"SELECT {', '.join([*(ident(c) for c in selected), *(f'{ident(c)} IS NULL' for c in marks)])} "
                         f"FROM {ident(table)}")
-            data = cur.fetch_arrow_all()
+            for data in cur.fetch_arrow_batches():
+                if marks:
+                    data = data.set_column(selected.index(DELETED_AT), DELETED_AT, pc.if_else(
+                        data.column(len(selected)), pa.scalar(None, data.schema.field(selected.index(DELETED_AT)).type),
+                        data.column(selected.index(DELETED_AT))))
+                    data = data.select(list(range(len(selected))))
+                yield _as_source_types(data.rename_columns(selected))
         except sf_errors.Error as error:
             raise self._convert(error, doing=f"reading {table} back from") from error
         finally:
             session.discard()
-        if data is None:  # the connector's answer to no rows
-            return None
-        if marks:
-            data = data.set_column(selected.index(DELETED_AT), DELETED_AT, pc.if_else(
-                data.column(len(selected)), pa.scalar(None, data.schema.field(selected.index(DELETED_AT)).type),
-                data.column(selected.index(DELETED_AT))))
-            data = data.select(list(range(len(selected))))
-        return _as_source_types(data.rename_columns(selected))
 
     def probe(self) -> str | None:
         """Logs in and runs SELECT 1 (a closed port fails in seconds, before the connector's own waits)."""

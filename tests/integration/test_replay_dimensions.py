@@ -117,10 +117,12 @@ def test_a_replay_after_the_cache_was_wiped_enriches_from_the_state_store(
     both, _, differing = _sinks_compared(warehouse, cursor)
     assert len(both) >= 300 and differing["c_phone"] == 0 and differing["region"] == 0
     assert run_json(config_path, "verify")["ok"] is True
-    # Once no run needs it, only the newest version's prepared lookups stay in the state store.
+    # The state store keeps the first version whole (the base of the others' changes) and the newest
+    # whole; the newest also as its changes from the first (kept once it is not the newest).
     with sqlite3.connect(config_path.parent / "state" / "loader.db") as db:
-        kept = db.execute("SELECT COUNT(*), COUNT(prepared) FROM lookup_versions").fetchone()
-    assert kept == (2, 1)
+        kept = db.execute("SELECT COUNT(*), COUNT(prepared), COUNT(delta), MAX(LENGTH(delta)) < MAX(LENGTH(prepared)) "
+                          "FROM lookup_versions").fetchone()
+    assert kept == (2, 2, 1, 1)
 
 
 def test_a_replay_whose_dimension_version_is_gone_stops_and_writes_nothing(

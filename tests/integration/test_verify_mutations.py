@@ -1,7 +1,8 @@
 """The proof that `loader verify` proves something: one corruption at a time, applied by hand (pyarrow,
 deltalake) to a loaded warehouse, each must make verify exit 1 naming exactly the table, the regions and
 the sink it touched; the same warehouse untouched exits 0 (issue #26's mutation suite, Parquet and Delta;
-Snowflake's is in test_verify_snowflake.py).
+Snowflake's is in test_verify_snowflake.py). A changed value that keeps key, cursor, region and mark
+passes the default verify and fails `verify --deep`, which recomputes every column.
 
 The warehouse: the demo zone loaded, then an append with updates, upstream deletes and customers that
 moved nation (so a region check that assumed today's dimensions would fail an honest warehouse), loaded
@@ -88,8 +89,8 @@ def _copy(config: Path, _into: Path) -> Path:
     return config
 
 
-def _failures(config: Path) -> tuple[Names, list[dict[str, Any]], str]:
-    result = run_cli(config, "verify", "--json", check=False)
+def _failures(config: Path, *flags: str) -> tuple[Names, list[dict[str, Any]], str]:
+    result = run_cli(config, "verify", "--json", *flags, check=False)
     assert result.returncode == 1, f"verify passed a corrupted warehouse:\n{result.stdout}\n{result.stderr}"
     bad = [c for c in json.loads(result.stdout)["checks"] if not c["ok"]]
     for check in bad:  # each named on stderr, table, region and sink
@@ -344,3 +345,77 @@ def test_dimension_version_extra(hard: Path, tmp_path: Path) -> None:
     write_deltalake(str(config.parent / "warehouse" / "delta" / "customer"), current.slice(1, 1), mode="append")
     names, bad, _ = _failures(config)
     assert names == {("customer", "-", "delta")} and bad[0]["duplicates"] == 1
+
+
+# ----------------------------------------------------------------------------- --deep: every value
+
+
+def test_deep_passes_the_untouched_warehouse_enriching_each_row_from_its_own_version(hard: Path, soft: Path) -> None:
+    """400 customers moved between the two loads: the first load's rows must be recomputed with the first
+    version's lookups (rebuilt from the state store's changes), the second's with the second's."""
+    for config in (hard, soft):
+        result = run_cli(config, "verify", "--deep", "--json")
+        checks = json.loads(result.stdout)["checks"]
+        values = {(c["table"], c["region"], c["sink"]) for c in checks if c["compared"] == "values"}
+        assert values == {(t, r, s) for t in ("orders", "lineitem") for s in ("parquet", "delta")
+                          for r in ("AFRICA", "AMERICA", "ASIA", "EUROPE", "MIDDLE EAST")}
+        assert all(c["ok"] and c["expected_rows"] > 0 for c in checks if c["compared"] == "values")
+        assert "unchecked" not in result.stderr
+
+
+def _first_version_forgotten(config: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(config.parent / "state" / "loader.db") as db:
+        (first,) = db.execute("SELECT fingerprint FROM lookup_versions ORDER BY created_at LIMIT 1").fetchone()
+        db.execute("UPDATE lookup_versions SET prepared = NULL, delta = NULL WHERE fingerprint = ?", (first,))
+
+
+def test_deep_leaves_out_rows_whose_version_was_not_kept(hard: Path, tmp_path: Path) -> None:
+    """The first version's lookups gone (as a pipeline loaded by an older loader): its rows are left out of
+    --deep on both sides and a note counts them; the second load's rows are still checked, and pass."""
+    config = _copy(hard, tmp_path)
+    _first_version_forgotten(config)
+    result = run_cli(config, "verify", "--deep", "--json")
+    assert "row(s) of the sinks holding latest unchecked" in result.stderr, result.stderr
+    values = [c for c in json.loads(result.stdout)["checks"] if c["compared"] == "values"]
+    assert values and all(c["ok"] for c in values) and sum(c["expected_rows"] for c in values) > 0
+
+
+def test_deep_delta_changed_enrichment_value(hard: Path, tmp_path: Path) -> None:
+    """A customer's phone on one ASIA order (key, cursor, region kept): the default verify cannot see it;
+    --deep names exactly the table, region and sink."""
+    config = _copy(hard, tmp_path)
+    victim = _pick(_delta_rows(config, "orders"), "ASIA")["o_orderkey"][0].as_py()
+    _delta(config, "orders").update(updates={"c_phone": "'00-000-000-0000'"}, predicate=f"o_orderkey = {victim}")
+    assert run_cli(config, "verify", "--json").returncode == 0
+    names, bad, stderr = _failures(config, "--deep")
+    assert names == {("orders", "ASIA", "delta")} and bad[0]["compared"] == "values"
+    assert bad[0]["actual_rows"] == bad[0]["expected_rows"] and "a wrong value" in stderr
+
+
+def test_deep_parquet_changed_amount_in_the_newest_version_only(hard: Path, tmp_path: Path) -> None:
+    """An amount changed in the newest version of a key fails --deep; the same change in a superseded
+    version (which no reader of the latest rows sees) does not."""
+    config = _copy(hard, tmp_path)
+    path, index = _latest_parquet_row(config, "EUROPE")
+    _rewrite(path, lambda rows: _set(rows, "amount_local", index, None))
+    names, bad, _ = _failures(config, "--deep")
+    assert names == {("orders", "EUROPE", "parquet")} and bad[0]["compared"] == "values"
+
+
+def test_deep_ignores_a_changed_superseded_parquet_version(hard: Path, tmp_path: Path) -> None:
+    config = _copy(hard, tmp_path)
+    for path in _parquet_log(config):
+        rows = pq.read_table(path)
+        every = pa.concat_tables([pq.read_table(p, columns=["o_orderkey", "o_updated_at"]) for p in _parquet_log(config)])
+        newest = every.group_by("o_orderkey").aggregate([("o_updated_at", "max")])
+        newer = dict(zip(newest["o_orderkey"].to_pylist(), newest["o_updated_at_max"].to_pylist(), strict=True))
+        old = [i for i, (k, t) in enumerate(zip(rows["o_orderkey"].to_pylist(), rows["o_updated_at"].to_pylist(),
+                                                 strict=True)) if newer[k] > t]
+        if old:
+            _rewrite(path, lambda r, i=old[0]: _set(r, "amount_local", i, None))
+            break
+    else:
+        raise AssertionError("no superseded version in the Parquet log")
+    assert run_cli(config, "verify", "--deep", "--json").returncode == 0

@@ -86,9 +86,9 @@ def _loaded_snowflake(tmp_path: Path, server: dict[str, Any], mode: str) -> tupl
     return config, database, env
 
 
-def _verify_names(config: Path, env: dict[str, str]) -> set[tuple[str, str, str]]:
+def _verify_names(config: Path, env: dict[str, str], *flags: str) -> set[tuple[str, str, str]]:
     """The (table, region, sink) verify fails, each named on stderr; empty when it passes (exit 0)."""
-    result = run_cli(config, "verify", "--json", check=False, env=env)
+    result = run_cli(config, "verify", "--json", *flags, check=False, env=env)
     bad = [c for c in json.loads(result.stdout)["checks"] if not c["ok"]]
     assert result.returncode == (1 if bad else 0), result.stderr
     for c in bad:
@@ -157,9 +157,20 @@ def test_each_corruption_of_snowflake_fails_verify_naming_it(tmp_path: Path, sno
         assert _verify_names(config, env) == set(), f"{what}: undone, verify should pass again"
 
 
-def test_a_cleared_soft_delete_mark_in_snowflake_fails_verify(tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
+def test_a_cleared_soft_delete_mark_or_a_changed_value_in_snowflake_fails_verify(
+        tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
+    """A changed currency (key, cursor, region, mark kept) passes the default verify and fails --deep,
+    which reads every column back through the connector; a cleared soft-delete mark fails both."""
     config, database, env = _loaded_snowflake(tmp_path, snowflake_server, "soft")
     assert _verify_names(config, env) == set()
+    assert _verify_names(config, env, "--deep") == set()
+    (asia,) = _first(snowflake_server, database, 'SELECT MIN("O_ORDERKEY") FROM "ORDERS" WHERE "REGION" = \'ASIA\' '
+                                                 'AND "_DELETED_AT" IS NULL')
+    query(snowflake_server, database, f'UPDATE "ORDERS" SET "CURRENCY" = \'XXX\' WHERE "O_ORDERKEY" = {int(asia)}')
+    assert _verify_names(config, env) == set()
+    assert _verify_names(config, env, "--deep") == {("orders", "ASIA", "snowflake")}
+    query(snowflake_server, database, f'UPDATE "ORDERS" SET "CURRENCY" = \'JPY\' WHERE "O_ORDERKEY" = {int(asia)}')
+    assert _verify_names(config, env, "--deep") == set()
     key, region = _first(snowflake_server, database, 'SELECT "O_ORDERKEY", "REGION" FROM "ORDERS" '
                                                      'WHERE "_DELETED_AT" IS NOT NULL ORDER BY "O_ORDERKEY" LIMIT 1')
     query(snowflake_server, database, f'UPDATE "ORDERS" SET "_DELETED_AT" = NULL WHERE "O_ORDERKEY" = {int(key)}')

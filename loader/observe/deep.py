@@ -1,0 +1,156 @@
+"""`loader verify --deep`: every column of every row, recomputed as its batch computed it.
+
+The default verify settles which version of each key every sink must hold, and where. `--deep` then
+recomputes those rows' columns (enrichment, currency, amounts, masking: the whole stage chain, on the
+CPU) from the landing rows and the dimension version their batch recorded (its prepared lookups,
+rebuilt from the state store, loader/transform/dimension_versions.py), and compares, per table, region
+and sink, the count and an order-independent checksum of every column (loader/observe/checksums.py)
+with what the sink holds. A differing value anywhere fails its region's check.
+
+Memory stays bounded: the landing side goes one dimension version at a time, one landing file at a
+time (only the rows that won there); the sink side streams (`Sink.scan`), keeping per row only what
+picks it (a 64-bit hash of its key and cursor). Rows whose batch recorded no dimension version, or
+whose version's lookups were not kept (loaded by an older loader), are left out on both sides, and
+counted in a note: their keys, cursors, regions and marks are still checked by the default verify.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from loader.config import SourceConfig
+from loader.errors import BadSourceData
+from loader.observe.checksums import Digest, digest, row_hashes
+from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION
+from loader.storage import Location
+from loader.transform.dimension_versions import VersionLookups
+
+#: Columns verify carries through its stage chain for --deep: each landing row's position (its file,
+#: as an index into the paths read, and its row in that file) and its dimension version (an index
+#: into the versions placement knows; -1: none).
+ROW = "__row"
+VERSION = "__version"
+#: Loader bookkeeping the default verify compares already (delete marks), never hashed as values.
+_MARKS = (DELETED, DELETED_AT)
+
+
+@dataclass
+class Values:
+    """What `--deep` expects of one table in the sinks of one kind (`Capabilities.holds`)."""
+
+    digest: Digest = field(default_factory=dict)
+    #: The value columns hashed, in order (the stage chain's output, marks and bookkeeping left out).
+    columns: list[str] = field(default_factory=list)
+    #: Sorted hashes of (key, cursor) of the rows compared (a log of versions holds older ones too).
+    compared: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    #: Sorted hashes of (key, cursor) of the rows left out (no kept dimension version).
+    left_out: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+
+
+def expected_values(chain: Any, location: Location, paths: Sequence[str], winners: pa.Table | None,
+                    versions: Sequence[str], lookups: VersionLookups) -> Values:
+    """`winners` (the rows the sinks must hold: `FILE`, `ROW`, `VERSION` and the key and cursor)
+    recomputed through `chain` (a whole `StageChain`) with their versions' lookups, a version at a
+    time, oldest first (each rebuilt from the one before), a landing file at a time."""
+    from loader.observe.placement import FILE
+
+    values = Values()
+    if winners is None or winners.num_rows == 0:
+        return values
+    source: SourceConfig = chain.source
+    key_cursor = [*source.primary_key, source.cursor]
+    keys = row_hashes(winners, key_cursor)
+    files = np.asarray(winners[FILE].to_numpy(), dtype=np.int64)
+    rows = np.asarray(winners[ROW].to_numpy(), dtype=np.int64)
+    codes = np.asarray(winners[VERSION].to_numpy(), dtype=np.int64)
+    left_out = codes < 0
+    values.columns = _value_columns(chain, location, [paths[i] for i in np.unique(files)])
+    by_version = {versions[code]: int(code) for code in np.unique(codes[codes >= 0])}
+    for version in lookups.order(list(by_version)):
+        chosen = np.flatnonzero(codes == by_version[version])
+        dims = lookups.get(version)
+        if dims is None:
+            left_out[chosen] = True
+            continue
+        chosen = chosen[np.argsort(files[chosen], kind="stable")]
+        starts = np.flatnonzero(np.r_[True, files[chosen][1:] != files[chosen][:-1]])
+        for at, end in zip(starts, [*starts[1:], len(chosen)], strict=True):
+            picked = chosen[at:end]
+            landing = _read_rows(location, paths[files[picked[0]]], rows[picked], chain.name)
+            out, _ = chain.split_region(chain.transform(chain.live_columns(landing), dims))
+            _add(values.digest, digest(_with_columns(out, values.columns), values.columns))
+    values.compared = np.unique(keys[~left_out])
+    values.left_out = np.unique(keys[left_out])
+    return values
+
+
+def held_values(sink: Any, name: str, source: SourceConfig, values: Values) -> Digest:
+    """What `sink` holds of the rows `values` compares, per region: count and checksum of the same
+    columns, read a piece at a time. A log of versions (Parquet) is narrowed to the live versions
+    `values` compares; rows `values` left out are left out here too."""
+    key_cursor = [*source.primary_key, source.cursor]
+    versions = sink.capabilities.holds == "versions"
+    marked = versions and source.deletes is not None
+    wanted = [c for c in dict.fromkeys([*key_cursor, *values.columns]) if c != "region"]
+    held: Digest = {}
+    for piece in sink.scan(name, [*wanted, *([DELETED] if marked else [])]):
+        if marked:
+            piece = piece.filter(pc.invert(pc.fill_null(piece[DELETED], False)))
+        keys = row_hashes(piece, key_cursor)
+        keep = _member(keys, values.compared) if versions else np.ones(len(keys), dtype=bool)
+        if len(values.left_out):
+            keep &= ~_member(keys, values.left_out)
+        if PARTITION_REGION in piece.column_names:
+            piece = piece.drop_columns([PARTITION_REGION])
+        _add(held, digest(piece.filter(pa.array(keep)), values.columns))
+    return held
+
+
+def _value_columns(chain: Any, location: Location, paths: Iterable[str]) -> list[str]:
+    """The columns the chain gives rows of these files (their schemas unified), bookkeeping left out."""
+    from loader.transform.facts import output_schema
+
+    schemas = []
+    for path in paths:
+        with location.filesystem.open_input_file(path) as handle:
+            schemas.append(pq.read_schema(handle))
+    landing = chain.live_columns(pa.unify_schemas(schemas, promote_options="permissive").empty_table())
+    out = output_schema(chain.source.kind, landing.schema)
+    return [name for name in out.names if name not in _MARKS and not name.startswith("__")]
+
+
+def _read_rows(location: Location, path: str, rows: np.ndarray, source: str) -> pa.Table:
+    try:
+        with location.filesystem.open_input_file(path) as handle:
+            return pq.read_table(handle).take(pa.array(rows))
+    except (OSError, pa.ArrowInvalid, IndexError) as error:
+        raise BadSourceData(f"cannot read {path} (source {source}) again for verify --deep: {error}. It changed "
+                            "while verify read it: run verify again") from error
+
+
+def _with_columns(table: pa.Table, columns: Sequence[str]) -> pa.Table:
+    """`table` with every one of `columns` (nulls where a landing file had none) and its `region`."""
+    for name in columns:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows))
+    return table
+
+
+def _member(hashes: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    if not len(sorted_set):
+        return np.zeros(len(hashes), dtype=bool)
+    slot = np.clip(np.searchsorted(sorted_set, hashes), 0, len(sorted_set) - 1)
+    return sorted_set[slot] == hashes
+
+
+def _add(total: Digest, part: Digest) -> None:
+    for region, (rows, checksum) in part.items():
+        before_rows, before_sum = total.get(region, (0, 0))
+        total[region] = (before_rows + rows, (before_sum + checksum) % (1 << 64))
