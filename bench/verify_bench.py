@@ -3,7 +3,8 @@
     .venv/bin/python bench/verify_bench.py [--scale 1] [--repeat 3] [--profile] [--out bench/out/verify]
 
 Target (issue #26): the default `loader verify` over the demo zone (orders + lineitem, Parquet + Delta)
-within 2.5 GB and within 1.5x the time of reading both tables once.
+within 2.5 GB and within 1.5x the time of reading both tables once; `verify --deep` within 1.5x a full
+load's time.
 
 Set-up, cached by its recipe in <out>/sf<S>/ (the folder is a project: loader.yaml, copied from
 configs/local.yaml with landing_zone, warehouse and the SQLite state relative to it; default sinks
@@ -12,9 +13,12 @@ Parquet + Delta, orders + lineitem, the dimension tables loaded): `demo-data ini
 changes (customers moving between nations, so regions move) and a second run. A recipe that differs
 (scale, days, the batch) builds the folder again.
 
-Measured, --repeat times, alternating which side goes first, each a fresh subprocess after one
-unmeasured warm-up of each (the page cache then holds both sides' files alike):
+Measured, --repeat times, the order of the sides reversed every other round, each a fresh subprocess
+after one unmeasured warm-up of each (the page cache then holds both sides' files alike):
   verify  `loader --config C verify --json` (must exit 0 with "ok": true)
+  deep    `loader --config C verify --deep --json` (the same, every column recomputed)
+  load    a full load of the same landing zone from nothing (`run --incremental` in a project beside,
+          its warehouse and state emptied first): what --deep's target (1.5x) is measured against
   floor   `python bench/read_once.py`: in one process, pyarrow with threads, the landing files' key,
           cursor, lookup key and op, and both sinks' key, cursor, region and delete mark (no dedupe,
           no lookup, no checksum, no dimension tables: the I/O verify cannot avoid)
@@ -59,7 +63,7 @@ from run_bench import (  # noqa: E402  (bench/ is not a package)
 )
 
 READ_ONCE = ROOT / "bench" / "read_once.py"
-SIDES = ("verify", "floor")
+SIDES = ("verify", "floor", "deep", "load")
 
 _PROFILED = """
 import cProfile, sys
@@ -106,6 +110,7 @@ def _loader(config: Path, *args: str, env: dict[str, str], timeout: float, log: 
 def prepare(args: argparse.Namespace, env: dict[str, str], events: list[str]) -> tuple[Path, dict[str, Any]]:
     """The loaded project for the recipe, made unless <out>/sf<S>/ already holds it."""
     recipe = {
+        "format": 2,  # 2: state schema 6 (every dimension version's lookups kept as changes)
         "scale": args.scale,
         "days": args.days,
         "orders": args.orders,
@@ -168,10 +173,37 @@ def prepare(args: argparse.Namespace, env: dict[str, str], events: list[str]) ->
     return config, state
 
 
+def load_project(config: Path) -> Path:
+    """A project beside the bench's that loads the same landing zone from nothing: `load` empties its
+    warehouse and state before each run."""
+    raw = yaml.safe_load(config.read_text())
+    raw["landing_zone"] = str(config.parent / "landing")
+    work = config.parent.with_name(config.parent.name + "-load")
+    work.mkdir(exist_ok=True)
+    path = work / "loader.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+_FULL_LOAD = """
+import shutil, subprocess, sys
+from pathlib import Path
+loader, config = sys.argv[1], Path(sys.argv[2])
+for folder in ("warehouse", "state", "cache"):
+    shutil.rmtree(config.parent / folder, ignore_errors=True)
+(config.parent / "state").mkdir()
+sys.exit(subprocess.run([loader, "--config", str(config), "run", "--incremental", "--json"]).returncode)
+"""
+
+
 def commands(config: Path) -> dict[str, list[str]]:
     work = config.parent
     return {
         "verify": [str(LOADER), "--config", str(config), "verify", "--json"],
+        "deep": [str(LOADER), "--config", str(config), "verify", "--deep", "--json"],
+        # a full load of the same zone from nothing (the emptying is inside the measured process: a
+        # few milliseconds against the load's seconds)
+        "load": [str(PYTHON), "-c", _FULL_LOAD, str(LOADER), str(load_project(config))],
         "floor": [
             str(PYTHON),
             str(READ_ONCE),
@@ -184,6 +216,8 @@ def commands(config: Path) -> dict[str, list[str]]:
 
 
 def good(side: str, m: Measured) -> bool:
+    if side == "load":
+        return m.returncode == 0 and not m.timed_out and bool(m.output) and m.output.get("status") == "committed"
     return m.returncode == 0 and not m.timed_out and bool(m.output) and m.output.get("ok") is True
 
 
@@ -241,7 +275,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"verify / floor: {s['ratio']:.2f} (target <= 1.5); verify peak {s['verify']['peak_mib']:,.0f} MiB "
-        f"(target <= 2.5 GB = {2.5e9 / 2**20:,.0f} MiB)",
+        f"(target <= 2.5 GB = {2.5e9 / 2**20:,.0f} MiB); verify --deep / full load: {s['deep_ratio']:.2f} "
+        f"(target <= 1.5), deep peak {s['deep']['peak_mib']:,.0f} MiB",
     ]
     prof = results.get("profile")
     if prof and prof.get("top"):
@@ -275,6 +310,7 @@ def summarise(
             "cpu_s_median": statistics.median(m.cpu_s for m in runs[side]),
         }
     out["ratio"] = out["verify"]["median_s"] / out["floor"]["median_s"]
+    out["deep_ratio"] = out["deep"]["median_s"] / out["load"]["median_s"]
     loaded = setup.get("first_run_rows") or {}
     out["rows"] = ", ".join(f"{t} {r:,} rows loaded first" for t, r in loaded.items() if r is not None) + (
         f"; the floor reads {floor_rows:,} rows" if floor_rows else ""
@@ -304,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-warmup", action="store_true", help="skip the unmeasured warm-up run of each side"
     )
     parser.add_argument("--profile", action="store_true", help="also one verify run under cProfile")
+    parser.add_argument("--prepare-only", action="store_true", help="build the loaded project, measure nothing")
     parser.add_argument("--top", type=int, default=10, help="profile entries under loader/ to report")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before one subprocess is killed")
     parser.add_argument(
@@ -318,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     env["LOADER_LOG_FORMAT"] = "text"
 
     config, state = prepare(args, env, events)
+    if args.prepare_only:
+        return 0
     cmds = commands(config)
     logs = args.out / "logs"
     if not args.no_warmup:

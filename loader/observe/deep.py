@@ -7,16 +7,19 @@ rebuilt from the state store, loader/transform/dimension_versions.py), and compa
 and sink, the count and an order-independent checksum of every column (loader/observe/checksums.py)
 with what the sink holds. A differing value anywhere fails its region's check.
 
-Memory stays bounded: the landing side goes one dimension version at a time, one landing file at a
-time (only the rows that won there); the sink side streams (`Sink.scan`), keeping per row only what
-picks it (a 64-bit hash of its key and cursor). Rows whose batch recorded no dimension version, or
+Memory stays bounded: the landing side goes one dimension version at a time, a landing file per thread
+(only the rows that won there); the sink side streams (`Sink.scan`), a few pieces at once, keeping per
+row only what picks it (a 64-bit hash of its key and cursor). Rows whose batch recorded no dimension version, or
 whose version's lookups were not kept (loaded by an older loader), are left out on both sides, and
 counted in a note: their keys, cursors, regions and marks are still checked by the default verify.
 """
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +40,8 @@ from loader.transform.dimension_versions import VersionLookups
 #: into the versions placement knows; -1: none).
 ROW = "__row"
 VERSION = "__version"
+#: Threads recomputing landing files or hashing sink pieces (the stages release the GIL in Arrow and numpy).
+_WORKERS = min(4, os.cpu_count() or 2)
 #: Loader bookkeeping the default verify compares already (delete marks), never hashed as values.
 _MARKS = (DELETED, DELETED_AT)
 
@@ -71,8 +76,8 @@ def expected_values(chain: Any, location: Location, paths: Sequence[str], winner
     rows = np.asarray(winners[ROW].to_numpy(), dtype=np.int64)
     codes = np.asarray(winners[VERSION].to_numpy(), dtype=np.int64)
     left_out = codes < 0
-    values.columns = _value_columns(chain, location, [paths[i] for i in np.unique(files)])
-    by_version = {versions[code]: int(code) for code in np.unique(codes[codes >= 0])}
+    values.columns = _value_columns(chain, location, [paths[int(i)] for i in np.flatnonzero(np.bincount(files))])
+    by_version = {versions[int(code)]: int(code) for code in np.flatnonzero(np.bincount(codes[codes >= 0]))}
     for version in lookups.order(list(by_version)):
         chosen = np.flatnonzero(codes == by_version[version])
         dims = lookups.get(version)
@@ -81,13 +86,17 @@ def expected_values(chain: Any, location: Location, paths: Sequence[str], winner
             continue
         chosen = chosen[np.argsort(files[chosen], kind="stable")]
         starts = np.flatnonzero(np.r_[True, files[chosen][1:] != files[chosen][:-1]])
-        for at, end in zip(starts, [*starts[1:], len(chosen)], strict=True):
-            picked = chosen[at:end]
+
+        def recomputed(picked: np.ndarray, dims: Any = dims) -> Digest:
             landing = _read_rows(location, paths[files[picked[0]]], rows[picked], chain.name)
             out, _ = chain.split_region(chain.transform(chain.live_columns(landing), dims))
-            _add(values.digest, digest(_with_columns(out, values.columns), values.columns))
-    values.compared = np.unique(keys[~left_out])
-    values.left_out = np.unique(keys[left_out])
+            return digest(_with_columns(out, values.columns), values.columns)
+
+        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:  # a file per thread (as a load's transform)
+            for part in pool.map(recomputed, np.split(chosen, starts[1:])):
+                _add(values.digest, part)
+    values.compared = _sorted_set(keys[~left_out])
+    values.left_out = _sorted_set(keys[left_out])
     return values
 
 
@@ -99,8 +108,7 @@ def held_values(sink: Any, name: str, source: SourceConfig, values: Values) -> D
     versions = sink.capabilities.holds == "versions"
     marked = versions and source.deletes is not None
     wanted = [c for c in dict.fromkeys([*key_cursor, *values.columns]) if c != "region"]
-    held: Digest = {}
-    for piece in sink.scan(name, [*wanted, *([DELETED] if marked else [])]):
+    def hashed(piece: pa.Table) -> Digest:
         if marked:
             piece = piece.filter(pc.invert(pc.fill_null(piece[DELETED], False)))
         keys = row_hashes(piece, key_cursor)
@@ -109,7 +117,17 @@ def held_values(sink: Any, name: str, source: SourceConfig, values: Values) -> D
             keep &= ~_member(keys, values.left_out)
         if PARTITION_REGION in piece.column_names:
             piece = piece.drop_columns([PARTITION_REGION])
-        _add(held, digest(piece.filter(pa.array(keep)), values.columns))
+        return digest(piece.filter(pa.array(keep)), values.columns)
+
+    held: Digest = {}
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:  # the sink read in order, pieces hashed beside
+        pending: deque[Future[Digest]] = deque()
+        for piece in sink.scan(name, [*wanted, *([DELETED] if marked else [])]):
+            pending.append(pool.submit(hashed, piece))
+            while len(pending) > _WORKERS:  # at most a few pieces held at once
+                _add(held, pending.popleft().result())
+        for future in pending:
+            _add(held, future.result())
     return held
 
 
@@ -143,11 +161,23 @@ def _with_columns(table: pa.Table, columns: Sequence[str]) -> pa.Table:
     return table
 
 
+def _sorted_set(hashes: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted (a sort and a comparison of neighbours: numpy's `unique` hashes,
+    many times slower on millions of 64-bit values)."""
+    ordered = np.sort(hashes)
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if len(ordered) else ordered
+
+
 def _member(hashes: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    if not len(sorted_set):
+    """Whether each of `hashes` is in `sorted_set`: looked up in sorted order (neighbouring searches
+    touch neighbouring memory), answered in the original order."""
+    if not len(sorted_set) or not len(hashes):
         return np.zeros(len(hashes), dtype=bool)
-    slot = np.clip(np.searchsorted(sorted_set, hashes), 0, len(sorted_set) - 1)
-    return sorted_set[slot] == hashes
+    order = np.argsort(hashes)
+    slot = np.clip(np.searchsorted(sorted_set, hashes[order]), 0, len(sorted_set) - 1)
+    found = np.empty(len(hashes), dtype=bool)
+    found[order] = sorted_set[slot] == hashes[order]
+    return found
 
 
 def _add(total: Digest, part: Digest) -> None:
