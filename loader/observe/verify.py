@@ -353,10 +353,11 @@ def _deep_checks(config: LoaderConfig, name: str, checkpoint: Checkpoint, expect
         elif holds not in computed:
             computed[holds] = expected_values(chain, location, expected.paths, expected.winners[holds],
                                               expected.versions, lookups)
-            if len(computed[holds].left_out):
-                notes.append(f"{name}: --deep left {len(computed[holds].left_out):,} row(s) of the sinks holding "
-                             f"{holds} unchecked: their batches' dimension lookups were not kept (loaded by an "
-                             "older loader); their keys, cursors, regions and marks are checked")
+            note = (f"{name}: --deep left {len(computed[holds].left_out):,} row(s) unchecked: their batches' "
+                    "dimension lookups were not kept (loaded by an older loader); their keys, cursors, regions and "
+                    "marks are checked")
+            if len(computed[holds].left_out) and note not in notes:
+                notes.append(note)
         values = computed[holds]
         checks += _compare(name, sink.name, values.digest, held_values(sink, name, config.sources[name], values), {},
                            compared="values")

@@ -141,6 +141,22 @@ def test_replaying_a_landed_run_changes_nothing(sut: SinkUnderTest) -> None:
     assert_state(sut, state_after(FIRST, SECOND))
 
 
+def test_scan_gives_read_backs_rows_in_pieces(sut: SinkUnderTest) -> None:
+    """`scan` (verify --deep's bounded read) holds exactly `read_back`'s rows, values and types; a
+    table that does not exist yields nothing."""
+    assert list(sut.sink.scan(TABLE, [*KEY, CURSOR])) == [] and sut.sink.read_back(TABLE, [*KEY, CURSOR]) is None
+    sut.write(batch_of(1, rows_of(FIRST)))
+    sut.write(batch_of(2, rows_of(SECOND)))
+    columns = [*KEY, CURSOR, "amount", "note"]
+    whole = sut.sink.read_back(TABLE, columns)
+    pieces = list(sut.sink.scan(TABLE, columns))
+    assert whole is not None and pieces
+    scanned = pa.concat_tables(pieces)
+    assert scanned.schema == whole.schema
+    order = [(name, "ascending") for name in (*KEY, CURSOR)]
+    assert scanned.sort_by(order).equals(whole.sort_by(order))
+
+
 def test_later_run_newest_version_wins(sut: SinkUnderTest) -> None:
     sut.write(batch_of(1, rows_of(FIRST)))
     data = rows_of(SECOND)
