@@ -440,8 +440,11 @@ def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int
               help="Also recompute every column of every row (enrichment, currency, amounts, masking) through the "
                    "stage chain, with the dimension version its batch recorded, and compare per region and sink. "
                    "Costs about a load's transform; memory stays bounded (a landing file, a sink piece at a time).")
+@click.option("--parts", type=click.IntRange(min=1), default=None,
+              help="Verify each table in this many key-hash parts, one at a time: memory follows a part, each part "
+                   "reads the table again. Default: one part per 7 million landing rows.")
 @click.pass_obj
-def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...], deep: bool) -> None:
+def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...], deep: bool, parts: int | None) -> None:
     """Reconcile every enabled sink with the landing zone over the committed windows: per table, region
     and sink, each row's key, cursor and delete mark (checksums), no duplicate, every row under the
     region its own batch gave it (by the dimension version the batch recorded) and, for Parquet, in that
@@ -457,7 +460,7 @@ def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...], deep: 
     config = obj.config()
     from loader.observe.verify import print_verification, verify
 
-    result = verify(config, tables=tables, deep=deep)
+    result = verify(config, tables=tables, deep=deep, parts=parts)
     for note in result.notes:
         click.echo(note, err=True)
     if as_json:

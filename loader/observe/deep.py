@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,30 +94,33 @@ def expected_values(chain: Any, location: Location, paths: Sequence[str], winner
 
         with ThreadPoolExecutor(max_workers=_WORKERS) as pool:  # a file per thread (as a load's transform)
             for part in pool.map(recomputed, np.split(chosen, starts[1:])):
-                _add(values.digest, part)
+                add_digest(values.digest, part)
     values.compared = _sorted_set(keys[~left_out])
     values.left_out = _sorted_set(keys[left_out])
     return values
 
 
-def held_values(sink: Any, name: str, source: SourceConfig, values: Values) -> Digest:
+def held_values(sink: Any, name: str, source: SourceConfig, values: Values,
+                keep: Callable[[pa.Table], pa.Table] = lambda piece: piece) -> Digest:
     """What `sink` holds of the rows `values` compares, per region: count and checksum of the same
-    columns, read a piece at a time. A log of versions (Parquet) is narrowed to the live versions
-    `values` compares; rows `values` left out are left out here too."""
+    columns, read a piece at a time (each narrowed by `keep`: verify's key part). A log of versions
+    (Parquet) is narrowed to the live versions `values` compares; rows `values` left out are left out
+    here too."""
     key_cursor = [*source.primary_key, source.cursor]
     versions = sink.capabilities.holds == "versions"
     marked = versions and source.deletes is not None
     wanted = [c for c in dict.fromkeys([*key_cursor, *values.columns]) if c != "region"]
     def hashed(piece: pa.Table) -> Digest:
+        piece = keep(piece)
         if marked:
             piece = piece.filter(pc.invert(pc.fill_null(piece[DELETED], False)))
         keys = row_hashes(piece, key_cursor)
-        keep = _member(keys, values.compared) if versions else np.ones(len(keys), dtype=bool)
+        kept = _member(keys, values.compared) if versions else np.ones(len(keys), dtype=bool)
         if len(values.left_out):
-            keep &= ~_member(keys, values.left_out)
+            kept &= ~_member(keys, values.left_out)
         if PARTITION_REGION in piece.column_names:
             piece = piece.drop_columns([PARTITION_REGION])
-        return digest(piece.filter(pa.array(keep)), values.columns)
+        return digest(piece.filter(pa.array(kept)), values.columns)
 
     held: Digest = {}
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:  # the sink read in order, pieces hashed beside
@@ -125,9 +128,9 @@ def held_values(sink: Any, name: str, source: SourceConfig, values: Values) -> D
         for piece in sink.scan(name, [*wanted, *([DELETED] if marked else [])]):
             pending.append(pool.submit(hashed, piece))
             while len(pending) > _WORKERS:  # at most a few pieces held at once
-                _add(held, pending.popleft().result())
+                add_digest(held, pending.popleft().result())
         for future in pending:
-            _add(held, future.result())
+            add_digest(held, future.result())
     return held
 
 
@@ -180,7 +183,8 @@ def _member(hashes: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     return found
 
 
-def _add(total: Digest, part: Digest) -> None:
+def add_digest(total: Digest, part: Digest) -> None:
+    """`part`'s counts and checksums added to `total`'s, per region."""
     for region, (rows, checksum) in part.items():
         before_rows, before_sum = total.get(region, (0, 0))
         total[region] = (before_rows + rows, (before_sum + checksum) % (1 << 64))

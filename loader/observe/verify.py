@@ -30,6 +30,7 @@ checkpoints that moved while reading make verify fail and ask to run it again.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -42,8 +43,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig, SourceConfig
-from loader.errors import BadSourceData, ConfigError, LeaseHeld, StateError
-from loader.observe.checksums import Digest, digest, duplicates
+from loader.errors import BadSourceData, ConfigError, LeaseHeld, SinkRejected, SinkUnavailable, StateError
+from loader.observe.checksums import Digest, digest, duplicates, row_hashes
 from loader.observe.deep import ROW, VERSION
 from loader.observe.placement import FILE, PLACED, Placement, place
 from loader.protocol.planning import list_files
@@ -56,6 +57,7 @@ from loader.transform.kinds import fact_kind
 from loader.transform.tables import dedupe_latest
 from state import Checkpoint, StateStore, Window
 
+log = logging.getLogger(__name__)
 #: The region of a dimension table's checks (a dimension table is not split by region).
 DIMENSION_REGION = "-"
 
@@ -125,10 +127,42 @@ class Verification:
 # ------------------------------------------------------------------------------- reading
 
 
+#: Landing rows of one table verify holds at once, at most (about 250 bytes each with two sinks' rows:
+#: SF1's 6M lineitems peak at 1.9 GB). A larger table is verified in key-hash parts, one at a time.
+ROWS_PER_PART = 7_000_000
+
+
+@dataclass(frozen=True)
+class Part:
+    """The keys whose hash falls in part `index` of `count` (every row of a key lands in one part, so
+    dedupe, placement and duplicates work within it; checksums add up across parts)."""
+
+    index: int = 0
+    count: int = 1
+
+    def of(self, rows: pa.Table, key: Sequence[str]) -> pa.Table:
+        if self.count == 1 or rows.num_rows == 0:
+            return rows
+        return rows.filter(pa.array(row_hashes(rows, key) % np.uint64(self.count) == np.uint64(self.index)))
+
+
+def parts_for(location: Location, paths: Sequence[str], wanted: int | None = None) -> int:
+    """How many key-hash parts a table of these landing files is verified in: `wanted`, else enough
+    for `ROWS_PER_PART` rows each (counted from the files' footers)."""
+    if wanted:
+        return wanted
+    def rows_in(path: str) -> int:
+        with location.filesystem.open_input_file(path) as handle:
+            return int(pq.ParquetFile(handle).metadata.num_rows)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        total = sum(pool.map(rows_in, paths))
+    return max(1, -(-total // ROWS_PER_PART))
+
+
 def _read_files(location: Location, paths: Sequence[str], columns: list[str], what: str, *,
-                numbered: bool = False) -> pa.Table | None:
+                numbered: bool = False, part: Part = Part(), key: Sequence[str] = ()) -> pa.Table | None:
     """`columns` of every file, and `FILE`: the index in `paths` of the file each row came from (and,
-    `numbered`, `ROW`: its row in the file)."""
+    `numbered`, `ROW`: its row in the file); only the rows of `part` of the keys."""
     def read(index: int) -> pa.Table:
         path = paths[index]
         try:
@@ -137,7 +171,8 @@ def _read_files(location: Location, paths: Sequence[str], columns: list[str], wh
         except (OSError, pa.ArrowInvalid, KeyError) as error:
             raise BadSourceData(f"cannot read columns {columns} of {path} ({what}): {error}. Fix or remove the file") from error
         rows = rows.append_column(FILE, pa.array(np.full(rows.num_rows, index, dtype=np.int32)))
-        return rows.append_column(ROW, pa.array(np.arange(rows.num_rows, dtype=np.int32))) if numbered else rows
+        rows = rows.append_column(ROW, pa.array(np.arange(rows.num_rows, dtype=np.int32))) if numbered else rows
+        return part.of(rows, key)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         parts = list(pool.map(read, range(len(paths))))
@@ -187,7 +222,8 @@ class Expected:
 
 def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_at: datetime | None,
                   dims: Dimensions, read: frozenset[str] = frozenset(),
-                  placement: Placement | None = None, *, deep: bool = False) -> Expected:
+                  placement: Placement | None = None, *, deep: bool = False, part: Part = Part(),
+                  paths: Sequence[str] | None = None) -> Expected:
     """What the committed windows loaded: key, cursor, region and delete mark of each key's latest
     version, per kind of sink (`Capabilities.holds`). The region is the one the dimension version the
     row's batch recorded gives it (`placement`), today's dimensions' only where no version is recorded.
@@ -205,8 +241,8 @@ def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
     location = locate(config.source_path(name))
     columns = list(dict.fromkeys([*key, cursor, fact_kind(source.kind).lookup.fact_key,
                                   *([source.deletes.column] if source.deletes else [])]))
-    paths = _landed_before(location, source.partition_column, seen_at, read)
-    rows = _read_files(location, paths, columns, f"source {name}", numbered=deep)
+    paths = list(_landed_before(location, source.partition_column, seen_at, read) if paths is None else paths)
+    rows = _read_files(location, paths, columns, f"source {name}", numbered=deep, part=part, key=key)
     if rows is None:
         return Expected({"versions": None, "latest": None})
     placement = placement or Placement()
@@ -248,13 +284,13 @@ def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
 
 
 def held_rows(sink: Sink[Any], name: str, key: Sequence[str], cursor: str,
-              marker: str | None = None) -> tuple[Digest, dict[str, int], dict[str, int]]:
-    """What `sink` holds of table `name` (its `read_back`): the digest of each key's newest version
-    (with its delete `marker`), per region the duplicates (a key twice where it holds the latest, a
-    (key, cursor, mark) version twice where it holds a log of versions), and per region the rows its
-    region folder places elsewhere."""
+              marker: str | None = None, part: Part = Part()) -> tuple[Digest, dict[str, int], dict[str, int]]:
+    """What `sink` holds of table `name` (its `read_back`; of the keys in `part`): the digest of each
+    key's newest version (with its delete `marker`), per region the duplicates (a key twice where it
+    holds the latest, a (key, cursor, mark) version twice where it holds a log of versions), and per
+    region the rows its region folder places elsewhere."""
     columns = [*key, cursor, *([marker] if marker else [])]
-    rows = _read_back(sink, name, columns, marker)
+    rows = _read_back(sink, name, columns, marker, part, key)
     misfiled = _misfiled(rows)
     if rows is not None and PARTITION_REGION in rows.column_names:
         rows = rows.drop_columns([PARTITION_REGION])
@@ -265,15 +301,23 @@ def held_rows(sink: Sink[Any], name: str, key: Sequence[str], cursor: str,
     return digest(rows, columns), duplicates(rows, list(key)), misfiled
 
 
-def _read_back(sink: Sink[Any], name: str, columns: list[str], marker: str | None) -> pa.Table | None:
-    """`read_back`, the delete mark as its kind has it: a table that never stored one (no tombstone
-    came yet) reads as null marks; `_deleted` null (a version written before deletes) as false."""
+def _read_back(sink: Sink[Any], name: str, columns: list[str], marker: str | None, part: Part = Part(),
+               key: Sequence[str] = ()) -> pa.Table | None:
+    """`read_back` (of the keys in `part`: read a piece at a time, the others' rows dropped as they
+    come), the delete mark as its kind has it: a table that never stored one (no tombstone came yet)
+    reads as null marks; `_deleted` null (a version written before deletes) as false."""
+    def read(wanted: list[str]) -> pa.Table | None:
+        if part.count == 1:
+            return sink.read_back(name, wanted)
+        pieces = [part.of(piece, key) for piece in sink.scan(name, wanted)]
+        return pa.concat_tables(pieces) if pieces else None
+
     try:
-        rows = sink.read_back(name, columns)
-    except Exception:
+        rows = read(columns)
+    except (SinkRejected, SinkUnavailable, KeyError, pa.ArrowInvalid, *_snowflake_errors()):
         if marker is None:
             raise
-        rows = sink.read_back(name, columns[:-1])
+        rows = read(columns[:-1])  # a table without the mark column: no delete reached it yet
         if rows is None:
             return None
         kind = pa.bool_() if marker == DELETED else rows.schema.field(columns[-2]).type
@@ -283,6 +327,15 @@ def _read_back(sink: Sink[Any], name: str, columns: list[str], marker: str | Non
 
         rows = rows.set_column(rows.schema.get_field_index(DELETED), DELETED, pc.fill_null(rows[DELETED], False))
     return rows
+
+
+def _snowflake_errors() -> tuple[type[Exception], ...]:
+    """The connector's error class, where it is installed (a missing column is its ProgrammingError)."""
+    try:
+        from snowflake.connector.errors import Error
+    except ImportError:
+        return ()
+    return (Error,)
 
 
 def _misfiled(rows: pa.Table | None) -> dict[str, int]:
@@ -312,38 +365,73 @@ def _compare(table: str, sink: str, want: Digest, got: Digest, dups: dict[str, i
 
 def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_at: datetime | None,
                   dims: Dimensions, read: frozenset[str] = frozenset(), notes: list[str] | None = None,
-                  placement: Placement | None = None, lookups: VersionLookups | None = None) -> list[Check]:
+                  placement: Placement | None = None, lookups: VersionLookups | None = None,
+                  parts: int | None = None) -> list[Check]:
     """Per region and sink: each row's key, cursor, region (as its batch placed it) and delete mark,
-    no duplicate, and no row in another region's folder; with `lookups` (--deep) every column too."""
+    no duplicate, and no row in another region's folder; with `lookups` (--deep) every column too.
+    A large table goes in key-hash parts (`parts`, else `parts_for`), one at a time: memory follows a
+    part, and the counts and checksums add up."""
     source = config.sources[name]
     notes = [] if notes is None else notes
-    expected = expected_rows(config, name, checkpoint, seen_at, dims, read, placement, deep=lookups is not None)
-    if expected.unexplained:
-        notes.append(f"{name}: {expected.unexplained:,} row(s) read by no run that recorded its dimension version "
+    location = locate(config.source_path(name))
+    paths = _landed_before(location, source.partition_column, seen_at, read)
+    count = parts_for(location, paths, parts)
+    sinks = enabled_sinks(config)
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (sink, compared) -> [want, got, dups, misfiled]
+    unexplained = 0
+    for index in range(count):
+        part = Part(index, count)
+        if count > 1:
+            log.info("verify %s: key part %d of %d", name, index + 1, count)
+        expected = expected_rows(config, name, checkpoint, seen_at, dims, read, placement, deep=lookups is not None,
+                                 part=part, paths=paths)
+        unexplained += expected.unexplained
+        for sink in sinks:
+            marker = marker_of(source, sink.capabilities.holds)
+            columns = [*source.primary_key, source.cursor, *([marker] if marker else [])]
+            want = digest(expected.tables[sink.capabilities.holds], columns)
+            _gather(found, (sink.name, "keys"), want, *held_rows(sink, name, source.primary_key, source.cursor,
+                                                                 marker, part))
+        if lookups is not None:
+            for sink_name, want, got in _deep_digests(config, name, checkpoint, expected, sinks, lookups, notes, part):
+                _gather(found, (sink_name, "values"), want, got)
+        del expected
+    if unexplained:
+        notes.append(f"{name}: {unexplained:,} row(s) read by no run that recorded its dimension version "
                      "(loaded before versions were kept): placed by today's dimension files")
     checks = []
-    sinks = enabled_sinks(config)
-    for sink in sinks:
-        marker = marker_of(source, sink.capabilities.holds)
-        columns = [*source.primary_key, source.cursor, *([marker] if marker else [])]
-        want = digest(expected.tables[sink.capabilities.holds], columns)
-        got, dups, misfiled = held_rows(sink, name, source.primary_key, source.cursor, marker)
-        checks += _compare(name, sink.name, want, got, dups, misfiled)
-    if lookups is not None:
-        checks += _deep_checks(config, name, checkpoint, expected, sinks, lookups, notes)
+    for compared in ("keys", "values"):
+        for sink in sinks:
+            if (sink.name, compared) in found:
+                want, got, dups, misfiled = found[(sink.name, compared)]
+                checks += _compare(name, sink.name, want, got, dups, misfiled, compared=compared)
     return checks
 
 
-def _deep_checks(config: LoaderConfig, name: str, checkpoint: Checkpoint, expected: Expected, sinks: list[Sink[Any]],
-                 lookups: VersionLookups, notes: list[str]) -> list[Check]:
-    """--deep: per region and sink, every column of the rows each sink must hold against the stage
-    chain's recomputation from their landing rows and their batches' dimension versions."""
+def _gather(found: dict[tuple[str, str], list[dict[str, Any]]], where: tuple[str, str], *counts: dict[str, Any]) -> None:
+    """Add one part's digests (and duplicate and misfiled counts) to the table's."""
+    from loader.observe.deep import add_digest
+
+    totals = found.setdefault(where, [{}, {}, {}, {}])
+    for at, count in enumerate(counts):
+        if at < 2:
+            add_digest(totals[at], count)
+        else:
+            for region, n in count.items():
+                totals[at][region] = totals[at].get(region, 0) + n
+
+
+def _deep_digests(config: LoaderConfig, name: str, checkpoint: Checkpoint, expected: Expected, sinks: list[Sink[Any]],
+                  lookups: VersionLookups, notes: list[str], part: Part) -> list[tuple[str, Digest, Digest]]:
+    """--deep, for the keys of `part`: per sink, (its name, the stage chain's recomputation of every
+    column of the rows it must hold, from their landing rows and their batches' dimension versions,
+    what it holds of them)."""
     from loader.execute.stages import StageChain
     from loader.observe.deep import expected_values, held_values
 
     chain = StageChain.for_source(config, name, Window(lower=None, upper=checkpoint.cursor))
     location = locate(config.source_path(name))
-    checks: list[Check] = []
+    out = []
     computed: dict[str, Any] = {}
     for sink in sinks:
         holds = sink.capabilities.holds
@@ -359,9 +447,9 @@ def _deep_checks(config: LoaderConfig, name: str, checkpoint: Checkpoint, expect
             if len(computed[holds].left_out) and note not in notes:
                 notes.append(note)
         values = computed[holds]
-        checks += _compare(name, sink.name, values.digest, held_values(sink, name, config.sources[name], values), {},
-                           compared="values")
-    return checks
+        out.append((sink.name, values.digest, held_values(sink, name, config.sources[name], values,
+                                                          keep=lambda piece: part.of(piece, config.sources[name].primary_key))))
+    return out
 
 
 def _quiet_checkpoints(store: StateStore, pipeline: str) -> dict[str, Checkpoint]:
@@ -396,7 +484,8 @@ def _seen_at(store: StateStore, pipeline: str, checkpoint: Checkpoint) -> dateti
     return run.started_at if run.attempts == 1 else run.finished_at
 
 
-def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = False) -> Verification:
+def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = False,
+           parts: int | None = None) -> Verification:
     unknown = [t for t in tables if t not in config.sources]
     if unknown:
         raise ConfigError(f"unknown table(s) {', '.join(unknown)}: pass --table with one of {', '.join(config.sources)}")
@@ -425,7 +514,7 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = Fal
                 notes.append(f"{name}: never loaded, nothing to verify")
                 continue
             checks += _verify_table(config, name, checkpoint, _seen_at(store, pipeline, checkpoint), dims,
-                                    placement.read_by_incremental_runs(name), notes, placement, lookups)
+                                    placement.read_by_incremental_runs(name), notes, placement, lookups, parts)
         if not tables:
             dimension_checks, dimension_notes = _verify_dimensions(config, store)
             checks += dimension_checks
