@@ -715,19 +715,18 @@ class StateStore:
 
     def lookup_version(self, pipeline: str, fingerprint: str) -> bytes | None:
         """The region lookups recorded for a version of the dimension files (opaque bytes), or None."""
-        table = lookup_versions_t
-        with self._read() as conn:
-            row = conn.execute(select(table.c.regions).where(
-                table.c.pipeline == pipeline, table.c.fingerprint == fingerprint)).first()
-        return None if row is None else bytes(row.regions)
+        return self._lookup_blob(pipeline, fingerprint, "regions")
 
     def prepared_lookups(self, pipeline: str, fingerprint: str) -> bytes | None:
         """The prepared lookups kept for a version (opaque bytes), or None when not (or no longer) kept."""
+        return self._lookup_blob(pipeline, fingerprint, "prepared")
+
+    def _lookup_blob(self, pipeline: str, fingerprint: str, column: str) -> bytes | None:
         table = lookup_versions_t
         with self._read() as conn:
-            row = conn.execute(select(table.c.prepared).where(
-                table.c.pipeline == pipeline, table.c.fingerprint == fingerprint)).first()
-        return None if row is None or row.prepared is None else bytes(row.prepared)
+            value = conn.execute(select(table.c[column]).where(
+                table.c.pipeline == pipeline, table.c.fingerprint == fingerprint)).scalar()
+        return None if value is None else bytes(value)
 
     def record_lookup_version(self, pipeline: str, fingerprint: str, regions: bytes,
                               prepared: bytes | None = None, *, base: str | None = None,
@@ -766,11 +765,7 @@ class StateStore:
 
     def lookup_delta(self, pipeline: str, fingerprint: str) -> bytes | None:
         """The changes that make a version's prepared lookups from its base's (opaque bytes), or None."""
-        table = lookup_versions_t
-        with self._read() as conn:
-            row = conn.execute(select(table.c.delta).where(
-                table.c.pipeline == pipeline, table.c.fingerprint == fingerprint)).first()
-        return None if row is None or row.delta is None else bytes(row.delta)
+        return self._lookup_blob(pipeline, fingerprint, "delta")
 
     def drop_prepared_lookups(self, pipeline: str, *, keep: Collection[str]) -> int:
         """Forget the whole prepared lookups of every version but those in `keep` and those without a

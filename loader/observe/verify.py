@@ -10,19 +10,18 @@ region. Each row's region is then the one its batch gave it: the recorded dimens
 committed run that read it (loader/observe/placement.py), today's dimensions only where none is
 recorded. Only the key, cursor, lookup and deletes columns are read.
 
-Compared per (table, region, sink): the row count and an order-independent checksum of (key, cursor,
-delete mark), where the mark is the `_deleted` flag of a log of versions, the `_deleted_at` time of a
-soft-deleting table of latest rows, and nothing for hard deletes (the row is gone):
+Compared per (table, region, sink): the row count and an order-independent checksum
+(loader/observe/checksums.py) of (key, cursor, delete mark), where the mark is the `_deleted` flag of a
+log of versions, the `_deleted_at` time of a soft-deleting table of latest rows, and nothing for hard
+deletes (the row is gone). Every enabled sink (the registry, loader/sinks) is read back through its own
+`read_back`: a sink holding the latest version of each key (Delta, Snowflake) must hold those rows and
+no key twice; a log of versions (Parquet) must have them as each key's newest version, and no version
+twice; where a sink's files sit in `region=` folders, every row must sit in its own region's. With
+--deep, every column of those rows too (loader/observe/deep.py).
 
-    h(row)   = fold of the row's values v over (key columns..., cursor, mark): h = splitmix64(h XOR v), h0 = 0
-    checksum = sum of h(row) over the rows, mod 2**64, shown as 16 hex digits
-
-where v is the value as int64 (the cursor as microseconds since the epoch, UTC; a date as days; a
-boolean as 0/1; null as the least int64); other types use pandas' stable `hash_array`. Every enabled
-sink (the registry, loader/sinks) is read back through its own `read_back`: a sink holding the latest
-version of each key (Delta, Snowflake) must hold those rows and no key twice; a log of versions
-(Parquet) must have them as each key's newest version, and no version twice; where a sink's files sit
-in `region=` folders, every row must sit in its own region's.
+A table of more landing rows than `ROWS_PER_PART` goes in key-hash parts, one at a time (`Part`): a
+key's rows all fall in one part, so dedupe, placement and duplicates work within it, and the counts and
+checksums add up; memory follows a part, and each part reads the landing files and the sinks again.
 
 Sinks are read while no run may change them: a live lease or an unfinished run is refused up front, and
 checkpoints that moved while reading make verify fail and ask to run it again.

@@ -45,6 +45,7 @@ from loader.sinks.base import (
     summed_regions,
     tombstones,
 )
+from loader.sinks.names import partition_folder, partition_value
 from loader.sinks.schema_check import refuse_type_changes
 from loader.storage import Location, locate, short_error, storage_error
 from loader.transform.history import DimensionChanges, DimensionSpec
@@ -55,13 +56,12 @@ TOMBSTONE = "__tombstone"
 
 
 def _folder_region(relative: str) -> str | None:
-    """The value of the `region=` folder in a file's path under the table (percent-decoded, as hive
-    readers decode it), or None if it lies in none."""
-    from urllib.parse import unquote
-
+    """The value of the `region=` folder in a file's path under the table (decoded, as hive readers
+    decode it), or None if it lies in none."""
     for part in relative.split("/"):
-        if part.startswith("region="):
-            return unquote(part[len("region="):])
+        value = partition_value(part, "region")
+        if value is not None:
+            return value
     return None
 
 
@@ -320,7 +320,7 @@ class ParquetSink:
             begin, end = bound
             rows = data.take(order.slice(begin, end - begin))
             region, day = keys["region"][begin].as_py(), keys[DATE_COLUMN][begin].as_py().isoformat()
-            folder = f"{where.path}/region={region}/date={day}"
+            folder = f"{where.path}/{partition_folder('region', region)}/date={day}"  # the value escaped
             name = f"{run_prefix(run_number)}{part}.parquet"
             where.filesystem.create_dir(folder, recursive=True)
             hidden = f"{folder}/.{name}"

@@ -86,6 +86,7 @@ from loader.sinks.base import (
     summed_regions,
     tombstones,
 )
+from loader.sinks.names import file_part
 from loader.sinks.snowflake_schema import ColumnType, columns_to_add, create_table_sql, ident
 from loader.storage import short_error
 from loader.transform.history import IS_CURRENT, TIME, VALID_FROM, VALID_TO, DimensionChanges, DimensionSpec
@@ -792,16 +793,14 @@ def _region_files(batch: TableBatch, folder: Path, part: int) -> list[Path]:
     data = batch.data
     regions = sorted(data["region"].unique().to_pylist(), key=str)
 
-    def write(numbered: tuple[int, Any]) -> Path:
-        number, region = numbered
+    def write(region: Any) -> Path:
         rows = data.filter(pc.is_null(data["region"]) if region is None else pc.equal(data["region"], region))
-        safe = re.sub(r"[^A-Za-z0-9_-]", "_", str(region)) or str(number)
-        path = folder / f"run-{batch.run_number}-{part}-{safe}.parquet"
+        path = folder / f"run-{batch.run_number}-{part}-{file_part(region)}.parquet"  # one name a region
         pq.write_table(rows, path)
         return path
 
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(regions)))) as pool:
-        return list(pool.map(write, enumerate(regions)))
+        return list(pool.map(write, regions))
 
 
 if TYPE_CHECKING:  # mypy checks the class against the whole contract, with its own token
