@@ -191,6 +191,19 @@ class StageChain:
         key = list(self.source.primary_key)
         return both.take(pc.sort_indices(both.select(key), sort_keys=[(k, "ascending") for k in key]))
 
+    def output_schema(self, landing: pa.Schema) -> pa.Schema:
+        """The schema of the rows this chain gives the sinks for landing files of schema `landing` (the
+        transform's, the deletes column dropped, `_deleted` last where the source has deletes)."""
+        from loader.transform.facts import output_schema
+
+        live = self.live_columns(landing.empty_table()).schema
+        out = output_schema(self.source.kind, live)
+        if self.source.deletes is None:
+            return out
+        if DELETED in out.names:
+            out = out.remove(out.get_field_index(DELETED))
+        return out.append(pa.field(DELETED, pa.bool_()))
+
     def run(self, rows: pa.Table, dims: Dimensions) -> tuple[pa.Table, pa.Table | None]:
         """Every stage on `rows` (all versions of their keys): (the final rows, the rows that failed a
         check or found no region, or None)."""

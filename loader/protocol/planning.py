@@ -230,6 +230,21 @@ def read_footer(location: Location, path: str, cursor: str, source: str, deletes
     return _Footer(path, tuple(groups))
 
 
+def landing_schema(plan: SourcePlan) -> pa.Schema | None:
+    """The planned files' columns as the reader combines them (footers read again, in parallel), or
+    None where they cannot be combined (the read then says why)."""
+    def schema_of(path: str) -> pa.Schema:
+        with plan.location.filesystem.open_input_file(path) as handle:
+            return pq.read_schema(handle)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        schemas = list(pool.map(schema_of, [f.path for f in plan.files]))
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive") if schemas else None
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+
+
 def plan_source(
     name: str, source: SourceConfig, location: Location, *, checkpoint: Checkpoint | None,
     now: datetime, fixed_window: Window | None = None, future_tolerance: timedelta = timedelta(hours=1),

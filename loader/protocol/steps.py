@@ -306,6 +306,23 @@ class BatchExecutor:
         outcome.seconds = time.perf_counter() - started
         return outcome
 
+    def _check_sinks_take(self, sinks: list[Any], plan: RunPlan) -> None:
+        """Every table's columns (from the planned files' footers, through the stage chain's schema)
+        against every enabled sink, before any sink writes: a column one sink cannot take stops the
+        batch with nothing written anywhere (SinkRejected names the column, the sink and the fix)."""
+        from loader.execute.stages import StageChain
+        from loader.protocol.planning import landing_schema
+
+        for name, source_plan in plan.sources.items():
+            if source_plan.is_empty:
+                continue
+            landing = landing_schema(source_plan)
+            if landing is None:
+                continue
+            schema = StageChain.for_source(self.config, name, source_plan.window).output_schema(landing)
+            for sink in sinks:
+                sink.check_columns(name, schema)
+
     def _execute(self, record: RunRecord, plan: RunPlan, outcome: BatchOutcome, metrics: dict[str, Any],
                  planning_s: float) -> None:
         from loader.execute.choice import execute
@@ -321,6 +338,8 @@ class BatchExecutor:
         timer = Timer()  # this batch's own seconds; added to the run's at the end (planning is the run's already)
         timer.timings["plan"] = planning_s
         sinks = enabled_sinks(self.config, only=self.only_sinks)
+        with timer.stage("sinks"):
+            self._check_sinks_take(sinks, plan)
         tables = execute(self.config, plan, choice.executor, dims, engine.engine)
         writing = bool(record.metrics.get("writing"))
         for name in [n for n, p in plan.sources.items() if not p.is_empty]:  # the executors' order

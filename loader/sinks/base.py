@@ -126,6 +126,12 @@ class Sink(Protocol[Begun]):
         """Where `table` is written, for people (a URI, or Snowflake's account/database.schema.TABLE)."""
         ...
 
+    def check_columns(self, table: str, schema: pa.Schema) -> None:
+        """Refuse (SinkRejected, naming the column and the fix) a schema this sink cannot take: a name it
+        cannot hold, two names it would take as one, a type its stored column cannot hold. Called for
+        every table of a batch and every enabled sink before any sink writes; writes nothing."""
+        ...
+
     def begin(self, batch: TableBatch) -> Begun | None:
         """Prepare the table for this run; None if the run already landed here (skip it)."""
         ...

@@ -79,10 +79,11 @@ from loader.sinks.base import (
     summed_regions,
     tombstones,
 )
-from loader.sinks.schema_check import refuse_type_changes
+from loader.sinks.schema_check import refuse_case_clashes, refuse_type_changes
 from loader.storage import locate, short_error, storage_error
 from loader.transform.history import DimensionChanges, DimensionSpec
 
+_TYPE_FIX = "Cast the column in the transform back to the stored type, or move the table away to let the loader recreate it"
 log = logging.getLogger(__name__)
 
 
@@ -286,6 +287,17 @@ class DeltaSink:
         """The side table remembering a hard-deleting table's tombstones (inside the table's folder)."""
         return locate(self.root).child(table, TOMBSTONES).uri
 
+    def check_columns(self, table: str, schema: pa.Schema) -> None:
+        """A column name equal to another's but for case (Delta's names ignore case), or a changed type."""
+        uri = self.table_uri(table)
+        with self._errors(uri):
+            opened = self._open(uri)
+        stored = None if opened is None else pa.schema(opened.schema().to_arrow())
+        refuse_case_clashes(f"Delta table {uri}", schema, [] if stored is None else stored.names,
+                            "Delta takes as one column")
+        if stored is not None:
+            refuse_type_changes(f"Delta table {uri}", stored, schema, _TYPE_FIX)
+
     def begin(self, batch: TableBatch) -> DeltaBegun | None:
         """None if the run's app transaction is in the table already; else whether the table exists,
         after refusing a changed column type."""
@@ -299,8 +311,7 @@ class DeltaSink:
                 return None
             self._loaded[uri] = (table, generation)
             refuse_type_changes(f"Delta table {uri}", pa.schema(table.schema().to_arrow()), batch.data.schema,
-                                "Cast the column in the transform back to the stored type, or move the table "
-                                "away to let the loader recreate it")
+                                _TYPE_FIX)
             return DeltaBegun(exists=True)
 
     def write_part(self, batch: TableBatch, begun: DeltaBegun, *, part: int, last: bool) -> PartWrite:

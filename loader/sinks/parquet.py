@@ -65,6 +65,9 @@ def _folder_region(relative: str) -> str | None:
     return None
 
 
+_TYPE_FIX = "Cast the column in the transform back to the stored type, or move the table's folder away to start a new version log"
+
+
 def run_prefix(run_number: int) -> str:
     return f"run-{run_number:08d}-"
 
@@ -96,6 +99,16 @@ class ParquetSink:
     def location(self, table: str) -> str:
         return self.table_location(table).uri
 
+    def check_columns(self, table: str, schema: pa.Schema) -> None:
+        """A changed column type is refused (Parquet holds any column name, in any case)."""
+        where = self.table_location(table)
+        try:
+            stored = self._stored_schema(where, self._region_folders(where))
+        except OSError as error:
+            raise storage_error(error, where.uri, side="sink", doing="reading the schema of") from error
+        if stored is not None:
+            refuse_type_changes(f"Parquet table {where.uri}", stored, schema, _TYPE_FIX)
+
     def begin(self, batch: TableBatch) -> ParquetBegun:
         """Remove what an earlier attempt of the run wrote, refuse a changed column type. Returns the
         table's region folders (the parts' version check lists days inside them)."""
@@ -108,9 +121,7 @@ class ParquetSink:
         except OSError as error:  # refused credentials or a missing bucket: terminal; the rest: transient
             raise storage_error(error, where.uri, side="sink", doing="writing Parquet under") from error
         if stored is not None:
-            refuse_type_changes(f"Parquet table {where.uri}", stored, batch.data.schema,
-                                "Cast the column in the transform back to the stored type, or move the "
-                                "table's folder away to start a new version log")
+            refuse_type_changes(f"Parquet table {where.uri}", stored, batch.data.schema, _TYPE_FIX)
         return ParquetBegun(tuple(regions))
 
     def write_part(self, batch: TableBatch, begun: ParquetBegun, *, part: int, last: bool) -> PartWrite:

@@ -1,7 +1,11 @@
 """A run's columns against what a sink already stores: a column whose type changed is refused before
-anything is written (terminal, naming the columns and the fix), never silently cast or rounded."""
+anything is written (terminal, naming the columns and the fix), never silently cast or rounded; so is a
+column whose name differs from another only in case, for sinks whose names ignore case. Each sink's
+`check_columns` runs these for every table of a batch before any sink writes (loader/protocol/steps.py)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import pyarrow as pa
 
@@ -39,4 +43,21 @@ def refuse_type_changes(where: str, stored: pa.Schema, incoming: pa.Schema, fix:
         )
 
 
-__all__ = ["refuse_type_changes", "type_conflicts"]
+def refuse_case_clashes(where: str, incoming: pa.Schema, stored: Iterable[str], why: str) -> None:
+    """Refuse a column of this run whose name equals another's of the run, or a stored column's, but for
+    case (where the sink's names ignore case: the two would be one column, or a crash)."""
+    seen: dict[str, str] = {name.lower(): name for name in stored}
+    clashes = []
+    for name in incoming.names:
+        other = seen.get(name.lower())
+        if other is not None and other != name:
+            clashes.append(f"{name!r} and {other!r}")
+        seen.setdefault(name.lower(), name)
+    if clashes:
+        raise SinkRejected(
+            f"{where}: column names that differ only in case ({'; '.join(clashes)}), which {why}. Rename the "
+            "landing column (or drop it from the files), then run again: nothing was written"
+        )
+
+
+__all__ = ["refuse_case_clashes", "refuse_type_changes", "type_conflicts"]

@@ -87,6 +87,7 @@ from loader.sinks.base import (
     tombstones,
 )
 from loader.sinks.names import file_part
+from loader.sinks.schema_check import refuse_case_clashes
 from loader.sinks.snowflake_schema import ColumnType, columns_to_add, create_table_sql, ident
 from loader.storage import short_error
 from loader.transform.history import IS_CURRENT, TIME, VALID_FROM, VALID_TO, DimensionChanges, DimensionSpec
@@ -169,6 +170,24 @@ class SnowflakeSink:
 
     def location(self, table: str) -> str:
         return f"{self.where}.{table.upper()}"
+
+    def check_columns(self, table: str, schema: pa.Schema) -> None:
+        """Every column a plain identifier, none equal to another but for case (Snowflake upper-cases
+        them), and none whose stored type cannot hold this run's values."""
+        import snowflake.connector.errors as sf_errors
+
+        for name in schema.names:
+            ident(name)
+        refuse_case_clashes(f"Snowflake table {self._schema_name}.{table.upper()}", schema, [],
+                            "Snowflake upper-cases into one column")
+        session = _Session(self)
+        try:
+            existing = self._columns(session.cursor(), table)
+        except sf_errors.Error as error:
+            raise self._convert(error, doing=f"reading the columns of {table} in") from error
+        finally:
+            session.discard()
+        columns_to_add(table, schema, existing, self._schema_name)  # raises on a type its column cannot hold
 
     def begin(self, batch: TableBatch) -> SnowflakeBegun | None:
         """Step 1 (prepare). None if the run landed here already; else the stage folder of this attempt:

@@ -17,7 +17,7 @@ _TIMESTAMP_SCALE = {"s": 0, "ms": 3, "us": 6, "ns": 9}
 
 def ident(name: str) -> str:
     """`name` upper-cased and quoted, after checking it is a plain identifier (never SQL)."""
-    if not _IDENTIFIER.match(name):
+    if not _IDENTIFIER.fullmatch(name):  # not `match`: `$` would let a trailing newline through
         raise SinkRejected(
             f"Snowflake: {name!r} is not a plain identifier (letters, digits, _ and $): rename the column "
             f"or the configured object"

@@ -65,3 +65,74 @@ def test_region_names_that_are_paths_or_collide_load_inside_every_sink_and_verif
     assert {(r, s) for r in (ESCAPE, "MIDDLE_EAST", "MIDDLE EAST") for s in ("parquet", "delta", "snowflake")} <= regions
     assert run_json(config, "run", "--incremental", env=env)["status"] in ("committed", "nothing_new")
     assert run_json(config, "verify", env=env)["ok"] is True
+
+
+# ----------------------------------------------------------------------------- hostile column names
+
+
+@pytest.fixture(scope="module")
+def three_sinks(tmp_path_factory: pytest.TempPathFactory, snowflake_server: dict[str, Any]) -> tuple[Path, dict[str, str], str]:
+    """The demo zone loaded once into Parquet, Delta and Snowflake; each test appends and corrupts its copy."""
+    database = new_database()
+    sinks = {"parquet": {"enabled": True, "path": "parquet"}, "delta": {"enabled": True, "path": "delta"},
+             "snowflake": sink_settings(snowflake_server, database)}
+    config = write_config(tmp_path_factory.mktemp("columns") / "project", sinks=sinks)
+    env = password_env(snowflake_server)
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1), env=env)
+    run_json(config, "run", "--incremental", env=env)
+    return config, env, database
+
+
+def _warehouse_state(config: Path, server: dict[str, Any], database: str) -> tuple[Any, ...]:
+    """What each sink holds of orders: Parquet's files, Delta's version and columns, Snowflake's rows and
+    columns."""
+    from deltalake import DeltaTable
+
+    delta = DeltaTable(str(config.parent / "warehouse" / "delta" / "orders"))
+    files = sorted(str(p) for p in (config.parent / "warehouse" / "parquet" / "orders").rglob("*.parquet"))
+    rows = query(server, database, 'SELECT COUNT(*) FROM "ORDERS"')[0][0]
+    columns = [r[0] for r in query(server, database, "SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS "
+                                                     "WHERE TABLE_NAME = 'ORDERS' ORDER BY ORDINAL_POSITION")]
+    return files, delta.version(), delta.schema().to_arrow().names, rows, columns
+
+
+def _append_with_column(config: Path, env: dict[str, str], name: str) -> None:
+    """One appended batch of orders whose new file carries an extra column `name`."""
+    from tests.support.demo_clock import append_args
+
+    before = set((config.parent / "landing" / "orders").rglob("*.parquet"))
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "20", env=env)
+    (new,) = set((config.parent / "landing" / "orders").rglob("*.parquet")) - before
+    table = pq.read_table(new)
+    pq.write_table(table.append_column(name, pa.array(["x"] * table.num_rows)), new)
+
+
+@pytest.mark.parametrize(("column", "sink", "words"), [
+    ('x"; DROP TABLE ORDERS; --', "Snowflake", "is not a plain identifier"),
+    ("ümlaut", "Snowflake", "is not a plain identifier"),
+    ("o_new\n", "Snowflake", "is not a plain identifier"),
+    ("O_COMMENT", "Delta", "differ only in case"),
+])
+def test_a_column_one_sink_cannot_take_is_refused_before_any_sink_writes(
+        three_sinks: tuple[Path, dict[str, str], str], snowflake_server: dict[str, Any],
+        column: str, sink: str, words: str) -> None:
+    """The run stops with the column and the sink named, and no sink holds anything of it: Parquet wrote
+    no file, Delta made no commit (no new column), Snowflake loaded no row and added no column."""
+    config, env, database = three_sinks
+    before = _warehouse_state(config, snowflake_server, database)
+    _append_with_column(config, env, column)
+    try:
+        failed = run_cli(config, "run", "--incremental", check=False, env=env)
+        assert failed.returncode == 1, failed.stderr
+        assert sink in failed.stderr and words in failed.stderr and repr(column) in failed.stderr, failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert _warehouse_state(config, snowflake_server, database) == before
+    finally:  # the batch abandoned and its file removed: the next case starts from the loaded warehouse
+        import sqlite3
+
+        with sqlite3.connect(config.parent / "state" / "loader.db") as db:
+            (run,) = db.execute("SELECT MAX(run_number) FROM runs WHERE status = 'planned'").fetchone()
+        if run is not None:
+            run_cli(config, "runs", "abandon", str(run), env=env)
+        newest = max((config.parent / "landing" / "orders").rglob("*.parquet"), key=lambda p: p.stat().st_mtime)
+        newest.unlink()
