@@ -337,9 +337,13 @@ def report_command(obj: _Context, out: Path, limit: int) -> None:
 @cli.command("validate-config")
 @click.pass_obj
 def validate_config_command(obj: _Context) -> None:
-    """Check the config file and report every problem at once, each with its key path."""
+    """Check the config file and report every problem at once, each with its key path. Folders the
+    loader reads outside landing_zone (an absolute path, `..`, a symbolic link) are named on stderr."""
     config = obj.config()
     click.echo(f"{config.config_path}: OK (pipeline {config.pipeline}, sources: {', '.join(config.sources)})")
+    for key, where in config.paths_outside_landing():
+        click.echo(f"note: {key} reads {where}, outside landing_zone {config.landing_zone}: the loader loads what "
+                   "lies there; make sure that is meant", err=True)
 
 
 @cli.group("demo-data")

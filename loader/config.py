@@ -409,6 +409,14 @@ class LoaderConfig(_Frozen):
     def dimension_path(self, table: str) -> str:
         return _join(self.landing_zone, self.dimensions.named(table).path)
 
+    def paths_outside_landing(self) -> list[tuple[str, str]]:
+        """(config key, where it leads) of every source and dimension folder outside `landing_zone`
+        (an absolute path, `..`, a symbolic link, another bucket): allowed, but `validate-config` names
+        them, since the loader reads what lies there."""
+        found = [(f"sources.{name}.path", self.source_path(name)) for name in self.sources]
+        found += [(f"dimensions.{table}.path", self.dimension_path(table)) for table in DIMENSION_KEYS]
+        return [(key, where) for key, where in found if not _inside(self.landing_zone, where)]
+
     def secrets(self) -> list[str]:
         """Values no log line may show: the Snowflake credentials and the state URL's password."""
         from urllib.parse import urlsplit
@@ -423,6 +431,13 @@ class LoaderConfig(_Frozen):
 
     def sink_path(self, relative: str) -> str:
         return _join(self.warehouse, relative)
+
+
+def _inside(root: str, path: str) -> bool:
+    if is_remote(root) or is_remote(path):
+        return path.rstrip("/").startswith(root.rstrip("/") + "/")
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
 
 
 def _join(root: str, path: str) -> str:

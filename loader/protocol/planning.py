@@ -10,6 +10,7 @@ Planning reads only footers: no Ray, no row data.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -157,10 +158,28 @@ def list_file_infos(location: Location, *, partition_column: str, since: date | 
          and not any(part.startswith(("_", ".")) for part in f.path[len(location.path):].split("/"))),
         key=lambda f: f.path,
     )
+    _refuse_links_out(location, files)
     if since is None:
         return files, len(files)
     kept = [f for f in files if not _older_partition(f.path, partition_column, since)]
     return kept, len(files)
+
+
+def _refuse_links_out(location: Location, files: list[pafs.FileInfo]) -> None:
+    """On a local disk, a file reached through a symbolic link (to it, or to a folder above it) that
+    leaves the source's folder is refused: the landing zone is written by others, and a link would let
+    them make the loader read, and load into the warehouse, any file it can read."""
+    if not isinstance(location.filesystem, pafs.LocalFileSystem):
+        return  # object stores have no links
+    root = os.path.realpath(location.path)
+    for info in files:
+        real = os.path.realpath(info.path)
+        if real != info.path and os.path.commonpath([root, real]) != root:
+            raise BadSourceData(
+                f"{info.path} in the landing zone is a symbolic link (or lies in a linked folder) to {real}, outside "
+                f"{location.uri}: the loader reads only files inside the landing zone. Copy the file in (or point "
+                "the source's path at its real folder) and remove the link, then run again; nothing was loaded"
+            )
 
 
 def _older_partition(path: str, partition_column: str, since: date) -> bool:

@@ -136,3 +136,50 @@ def test_a_column_one_sink_cannot_take_is_refused_before_any_sink_writes(
             run_cli(config, "runs", "abandon", str(run), env=env)
         newest = max((config.parent / "landing" / "orders").rglob("*.parquet"), key=lambda p: p.stat().st_mtime)
         newest.unlink()
+
+
+# ----------------------------------------------------------------------------- links out of the landing zone
+
+
+@pytest.mark.parametrize("link", ["file", "folder"])
+def test_a_landing_file_reached_through_a_link_out_of_the_zone_is_refused(tmp_path: Path, link: str) -> None:
+    """A symbolic link in the orders folder (to a file, or to a folder of files) whose target lies outside
+    the landing zone: the run stops naming the link and its target, nothing is written; once the link
+    is gone the run loads."""
+    config = write_config(tmp_path / "project")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1))
+    orders = config.parent / "landing" / "orders"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    source = next(orders.rglob("*.parquet"))
+    (outside / "secret.parquet").write_bytes(source.read_bytes())
+    planted = orders / "ingest_date=2000-01-01"
+    if link == "file":
+        planted.mkdir()
+        (planted / "part.parquet").symlink_to(outside / "secret.parquet")
+    else:
+        planted.symlink_to(outside, target_is_directory=True)
+
+    failed = run_cli(config, "run", "--incremental", check=False)
+    assert failed.returncode == 1, failed.stderr
+    assert "symbolic link" in failed.stderr and str(outside) in failed.stderr, failed.stderr
+    assert not (config.parent / "warehouse" / "parquet" / "orders").exists()
+    assert not (config.parent / "warehouse" / "delta" / "orders").exists()
+
+    (planted / "part.parquet").unlink() if link == "file" else planted.unlink()
+    assert run_json(config, "run", "--incremental")["status"] == "committed"
+
+
+def test_validate_config_names_folders_read_outside_the_landing_zone(tmp_path: Path) -> None:
+    import yaml
+
+    config = write_config(tmp_path / "project")
+    raw = yaml.safe_load(config.read_text())
+    raw["sources"]["orders"]["path"] = "../elsewhere/orders"
+    raw["dimensions"]["region"] = {"path": str(tmp_path / "regions"), "mode": "replace"}
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    result = run_cli(config, "validate-config")
+    assert "OK" in result.stdout
+    assert "note: sources.orders.path reads" in result.stderr and "outside landing_zone" in result.stderr
+    assert "note: dimensions.region.path reads" in result.stderr
+    assert "lineitem" not in result.stderr and "customer" not in result.stderr
