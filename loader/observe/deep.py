@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from loader.config import SourceConfig
 from loader.errors import BadSourceData
 from loader.observe.checksums import Digest, digest, row_hashes
-from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION
+from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, deleted_flags
 from loader.storage import Location
 from loader.transform.dimension_versions import VersionLookups
 
@@ -113,7 +113,7 @@ def held_values(sink: Any, name: str, source: SourceConfig, values: Values,
     def hashed(piece: pa.Table) -> Digest:
         piece = keep(piece)
         if marked:
-            piece = piece.filter(pc.invert(pc.fill_null(piece[DELETED], False)))
+            piece = piece.filter(pc.invert(deleted_flags(piece[DELETED])))
         keys = row_hashes(piece, key_cursor)
         kept = _member(keys, values.compared) if versions else np.ones(len(keys), dtype=bool)
         if len(values.left_out):

@@ -48,7 +48,7 @@ from loader.observe.deep import ROW, VERSION
 from loader.observe.placement import FILE, PLACED, Placement, place
 from loader.protocol.planning import list_files
 from loader.sinks import Sink, enabled_sinks, sink_class
-from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, region_counts
+from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, deleted_flags, region_counts
 from loader.storage import Location, locate
 from loader.transform.dimension_versions import VersionLookups
 from loader.transform.dimensions import Dimensions
@@ -322,9 +322,8 @@ def _read_back(sink: Sink[Any], name: str, columns: list[str], marker: str | Non
         kind = pa.bool_() if marker == DELETED else rows.schema.field(columns[-2]).type
         rows = rows.append_column(marker, pa.nulls(rows.num_rows, kind))
     if rows is not None and marker == DELETED:
-        import pyarrow.compute as pc
 
-        rows = rows.set_column(rows.schema.get_field_index(DELETED), DELETED, pc.fill_null(rows[DELETED], False))
+        rows = rows.set_column(rows.schema.get_field_index(DELETED), DELETED, deleted_flags(rows[DELETED]))
     return rows
 
 

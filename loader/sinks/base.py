@@ -39,6 +39,14 @@ DELETED = "_deleted"
 #: The nullable timestamp column of a soft-deleting table: when the key was deleted upstream (the
 #: tombstone's cursor), null while the key is live.
 DELETED_AT = "_deleted_at"
+def deleted_flags(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """`_deleted` as read back, as booleans: null (a version written before the source had deletes, or
+    a file without the column at all) as false."""
+    if pa.types.is_null(column.type):
+        column = column.cast(pa.bool_())
+    return pc.fill_null(column, False)
+
+
 #: The column `read_back` adds where a row's place says its region apart from its `region` column
 #: (Parquet's `region=` folders): `loader verify` checks that both agree.
 PARTITION_REGION = "_partition_region"

@@ -189,7 +189,13 @@ class ParquetSink:
     def _read_file(table: str, where: Location, path: str, wanted: list[str]) -> pa.Table:
         try:
             with where.filesystem.open_input_file(path) as handle:
-                rows = pq.read_table(handle, columns=wanted)
+                file = pq.ParquetFile(handle)
+                held = set(file.schema_arrow.names)
+                rows = file.read(columns=[c for c in wanted if c in held])
+            for name in wanted:  # a column added after this file was written: null here, as readers see it
+                if name not in held:
+                    rows = rows.append_column(name, pa.nulls(rows.num_rows))
+            rows = rows.select(wanted)
             folder = _folder_region(path[len(where.path):])
             return rows.append_column(PARTITION_REGION, pa.repeat(pa.scalar(folder, pa.string()), rows.num_rows))
         except (OSError, pa.ArrowInvalid, KeyError) as error:

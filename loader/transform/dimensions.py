@@ -117,6 +117,12 @@ class Dimensions:
         supplier = _sorted_unique(supplier, "s_suppkey", "supplier")
         nation = _sorted_unique(nation, "n_nationkey", "nation")
         region = _sorted_unique(region, "r_regionkey", "region")
+        empty = pc.sum(pc.equal(region.column("r_name"), "")).as_py() or 0
+        if empty:  # a region names folders and partitions: Delta would store "" as null, Parquet as a bare `region=`
+            raise BadSourceData(
+                f"region has {empty} row(s) with an empty r_name: a region needs a name (it names partitions "
+                "and folders in the sinks). Fix the region table in the landing zone; nothing was written"
+            )
 
         region_index = _lookup(nation.column("n_regionkey"), region.column("r_regionkey"))
         nations = pa.table(

@@ -80,11 +80,13 @@ def test_a_temp_folder_too_long_for_rays_sockets_is_refused_with_the_longest_tha
 
 
 def test_a_folder_of_a_live_process_is_kept_and_a_dead_ones_removed() -> None:
+    """Folders a loader process made (each with its marker): the live process's stays, the exited one's goes."""
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     root = Path(tempfile.mkdtemp(prefix="lr-"))
     try:
-        (root / "1").mkdir()  # pid 1 is alive
-        (root / gone.stdout.strip()).mkdir()  # that process has exited
+        for name in ("1", gone.stdout.strip()):  # pid 1 is alive; that process has exited
+            (root / name).mkdir()
+            (root / name / scratch.MARKER).write_text(f"{name} ")
         claimed = ray_folders.claim(str(root), None)
         assert sorted(p.name for p in root.iterdir()) == sorted(["1", claimed.temp.name])
         ray_folders.release_all()
