@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import gc
+import io
 import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from datetime import UTC, datetime
@@ -18,6 +20,7 @@ import click
 
 from loader import scratch
 from loader.errors import EXIT_FAILED, EXIT_LEASE_HELD, EXIT_OK, EXIT_USAGE, EXPECTED_ERRORS, exit_code_of
+from loader.redaction import redact, redact_data
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,7 +50,9 @@ class _Context:
 
 
 def _emit(payload: Any) -> None:
-    click.echo(json.dumps(payload, indent=2, default=str))
+    """--json output: secrets masked in every string before the JSON is made (a secret JSON-escaped in
+    the text would no longer match)."""
+    click.echo(json.dumps(redact_data(payload), indent=2, default=lambda value: redact(str(value))))
 
 
 @contextmanager
@@ -245,7 +250,7 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
     else:
         from loader.observe.report import print_backfill
 
-        print_backfill(summary.to_json())
+        print_backfill(redact_data(summary.to_json()))
 
 
 @cli.command("doctor", epilog=EXIT_CODES_HELP)
@@ -258,7 +263,7 @@ def doctor_command(obj: _Context, as_json: bool) -> None:
     config = obj.config()
     from loader.observe.doctor import run_checks
 
-    checks = run_checks(config)
+    checks = run_checks(config)  # each detail already redacted
     failed = [c for c in checks if c.status == "failed"]
     if as_json:
         _emit({"pipeline": config.pipeline, "ok": not failed, "checks": [c.to_json() for c in checks]})
@@ -282,7 +287,7 @@ def plan_command(obj: _Context, max_batch_rows: int | None, as_json: bool) -> No
     from loader.protocol.incremental import preview_next_run
 
     next_run = preview_next_run(config, max_batch_rows=max_batch_rows)
-    payload = plan_payload(next_run.plan, replay_of=next_run.replay_of, cutting=next_run.cutting)
+    payload = redact_data(plan_payload(next_run.plan, replay_of=next_run.replay_of, cutting=next_run.cutting))
     _emit(payload) if as_json else print_plan(payload)
 
 
@@ -294,7 +299,7 @@ def status_command(obj: _Context, as_json: bool) -> None:
     config = obj.config()
     from loader.observe.report import print_status, status_payload
 
-    payload = status_payload(config)
+    payload = status_payload(config)  # secrets masked
     _emit(payload) if as_json else print_status(payload)
 
 
@@ -308,7 +313,7 @@ def history_command(obj: _Context, limit: int, as_json: bool) -> None:
     config = obj.config()
     from loader.observe.history import read_history
 
-    entries = read_history(config.state.url, config.pipeline, limit=limit)
+    entries = redact_data(read_history(config.state.url, config.pipeline, limit=limit))
     if as_json:
         _emit(entries)
     else:
@@ -329,7 +334,7 @@ def report_command(obj: _Context, out: Path, limit: int) -> None:
     from loader.observe.history import read_history
     from loader.observe.html_report import write_report
 
-    entries = read_history(config.state.url, config.pipeline, limit=limit)
+    entries = redact_data(read_history(config.state.url, config.pipeline, limit=limit))
     write_report(out, config.pipeline, entries)
     click.echo(f"wrote {out} ({len(entries)} run(s) of pipeline {config.pipeline})")
 
@@ -466,14 +471,14 @@ def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...], deep: 
 
     result = verify(config, tables=tables, deep=deep, parts=parts)
     for note in result.notes:
-        click.echo(note, err=True)
+        click.echo(redact(note), err=True)
     if as_json:
         _emit(result.to_json())
     elif result.checks:
         print_verification(result)
     for check in result.checks:
         if not check.ok:
-            click.echo(f"mismatch: {check.problem()}", err=True)
+            click.echo(redact(f"mismatch: {check.problem()}"), err=True)
     if not result.ok:
         sys.exit(EXIT_FAILED)
 
@@ -499,23 +504,28 @@ def runs_abandon(obj: _Context, run_number: int, reason: str) -> None:
 
 def main() -> None:
     code: int = EXIT_OK
-    scratch.claim()  # this process's temp files, its libraries' included, in a folder removed at exit
     try:
+        scratch.claim()  # this process's temp files, its libraries' included, in a folder removed at exit
         cli(standalone_mode=False)
     except click.exceptions.Abort:
         code = EXIT_FAILED
     except click.ClickException as error:
-        error.show()
+        shown = io.StringIO()
+        error.show(file=shown)
+        click.echo(redact(shown.getvalue()), err=True, nl=False)
         code = EXIT_USAGE
     except click.exceptions.Exit as done:
         code = done.exit_code
     except EXPECTED_ERRORS as error:  # the one mapping of every command's errors: the message and its exit code
-        click.echo(f"error: {error}", err=True)
+        click.echo(redact(f"error: {error}"), err=True)
         code = exit_code_of(error)
     except SystemExit as stop:  # commands that exit with a code
         code = stop.code if isinstance(stop.code, int) else (EXIT_OK if stop.code is None else EXIT_FAILED)
         if isinstance(stop.code, str):
-            click.echo(stop.code, err=True)
+            click.echo(redact(stop.code), err=True)
+    except Exception:  # a bug: the traceback, as Python would print it, but with the secrets masked
+        click.echo(redact(traceback.format_exc()).rstrip("\n"), err=True)
+        code = EXIT_FAILED
     _leave(code)
 
 

@@ -1,7 +1,9 @@
 """Configuration: YAML parsed once at the CLI edge into frozen, typed objects.
 
 - `${ENV_VAR}` (or `${ENV_VAR:-default}`) is replaced from the environment before parsing, so secrets
-  never have to sit in the file.
+  never have to sit in the file. What a secret-named variable gives, the secret-named keys and the
+  passwords of URLs are registered with loader/redaction.py before anything is checked: no message
+  shows them, and a YAML syntax error names the line and column, never the line's text.
 - Relative paths resolve against the config file's folder: a config copied into an empty folder keeps
   its landing zone, state and warehouse beside it.
 - Every problem is reported at once, each with its key path (`sources.orders.cursor: ...`).
@@ -29,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from loader import redaction
 from loader.errors import ConfigError
 from loader.transform.kinds import fact_kind
 
@@ -418,16 +421,10 @@ class LoaderConfig(_Frozen):
         return [(key, where) for key, where in found if not _inside(self.landing_zone, where)]
 
     def secrets(self) -> list[str]:
-        """Values no log line may show: the Snowflake credentials and the state URL's password."""
-        from urllib.parse import urlsplit
-
-        snowflake = self.sinks.snowflake
-        try:
-            state_password = urlsplit(self.state.url).password
-        except ValueError:
-            state_password = None
-        return [v for v in (snowflake.password, snowflake.private_key, snowflake.private_key_passphrase,
-                            state_password) if v]
+        """Values no output may show: the secret fields (the Snowflake password, private key and
+        passphrase) and the passwords in every URL (the state URL's user info or query, the
+        Pushgateway's, the Ray address's)."""
+        return redaction.config_secrets(self.model_dump(by_alias=True))
 
     def sink_path(self, relative: str) -> str:
         return _join(self.warehouse, relative)
@@ -453,6 +450,8 @@ def _interpolate(value: Any, source: str) -> Any:
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in os.environ:
+            if redaction.is_secret_env(name):
+                redaction.add_secrets([os.environ[name]])
             return os.environ[name]
         if default is not None:
             return default
@@ -505,6 +504,7 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path, source: str = "<config>
     """Validate a config mapping, resolving relative paths against `base_dir`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys, see configs/local.yaml")
+    redaction.register_config(raw)  # before any check: no message may show them
     data = dict(raw)
     for key in ("landing_zone", "warehouse"):
         if isinstance(data.get(key), str):
@@ -525,6 +525,23 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path, source: str = "<config>
         raise ConfigError(_format_errors(source, error)) from None
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """Where the YAML is broken and what is wrong, without the text of the line (PyYAML quotes it, and
+    it may hold a password): `line 4, column 27: mapping values are not allowed here`."""
+    if isinstance(error, yaml.reader.ReaderError):
+        return f"character {error.position + 1}: {error.reason}"
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return "the file cannot be parsed as YAML"
+    mark = error.problem_mark or error.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = error.problem or "the file cannot be parsed as YAML"
+    if error.context:
+        began = error.context_mark
+        problem += f" ({error.context}" + (f" begun at line {began.line + 1}, column {began.column + 1})"
+                                           if began is not None and began is not mark else ")")
+    return where + redaction.redact(problem)
+
+
 def load_config(path: str | Path | None = None) -> LoaderConfig:
     """Read the config named by `path`, else $LOADER_CONFIG, else configs/local.yaml."""
     chosen = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
@@ -536,6 +553,6 @@ def load_config(path: str | Path | None = None) -> LoaderConfig:
     try:
         raw = yaml.safe_load(chosen.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{chosen}: not valid YAML: {error}") from None
+        raise ConfigError(f"{chosen}: not valid YAML: {_yaml_problem(error)}") from None
     raw = _interpolate(raw, str(chosen))
     return parse_config(raw, base_dir=chosen.resolve().parent, source=str(chosen))

@@ -221,11 +221,14 @@ def _row_to_lease(row: Row[Any]) -> LeaseInfo:
 def _normalize_url(url: str) -> URL:
     try:
         parsed = make_url(url)
-    except ArgumentError as err:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        # The URL is quoted whole (a typo is easier to see): the loader masks its password in every
+        # output (loader/redaction.py), and SQLAlchemy's own message, which may quote it too, is dropped.
         raise StateUrlInvalid(
             f"state store URL {url!r} is not a database URL; use sqlite:///path/to/state.db or "
-            "postgresql+psycopg://user@host/db"
-        ) from err
+            "postgresql+psycopg://user@host:port/db (special characters in the user or password "
+            "percent-encoded, e.g. @ as %40)"
+        ) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver we ship
     return parsed

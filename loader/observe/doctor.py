@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loader.config import LoaderConfig
+from loader.redaction import redact
 
 
 @dataclass
@@ -35,7 +36,7 @@ def _timed(name: str, probe: Callable[[], tuple[str, str]]) -> Check:
         status, detail = probe()
     except Exception as error:  # a probe's own failure is a failed check, with the reason
         status, detail = "failed", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    return Check(name, status, detail, time.perf_counter() - started)
+    return Check(name, status, redact(detail), time.perf_counter() - started)  # text and --json alike
 
 
 def check_ray(config: LoaderConfig) -> tuple[str, str]:
@@ -119,7 +120,6 @@ def check_sink(config: LoaderConfig, name: str) -> tuple[str, str]:
 
 
 def check_state(config: LoaderConfig) -> tuple[str, str]:
-    from loader.observe.report import _mask_url
     from state import StateStore
 
     store = StateStore.open(config.state.url)
@@ -129,7 +129,7 @@ def check_state(config: LoaderConfig) -> tuple[str, str]:
     finally:
         store.close()
     held = f"; lease held by {lease.holder}" if lease is not None else ""
-    return "ok", f"{_mask_url(config.state.url)}: {len(checkpoints)} checkpoint(s) for {config.pipeline}{held}"
+    return "ok", f"{redact(config.state.url)}: {len(checkpoints)} checkpoint(s) for {config.pipeline}{held}"
 
 
 def _sink_probe(config: LoaderConfig, name: str) -> Callable[[], tuple[str, str]]:

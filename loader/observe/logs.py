@@ -8,9 +8,9 @@
 Every line carries the pipeline (one per process) and the run number (`run` is null before the run is
 recorded, e.g. planning, or when nothing was new). The run lives in a context variable, set by the
 runner (a backfill runs chunks side by side, each its own run) and copied into the threads it starts
-(`in_context`). Secrets (the config's passwords and keys, the state URL's
-password, AWS secret keys from the environment) are replaced by `***` in every line, whichever
-library logs them.
+(`in_context`). Secrets (the config's passwords and keys, the passwords of its URLs, AWS secret keys
+from the environment) are replaced by `***` in every line, whichever library logs them: the one
+redaction of loader/redaction.py.
 """
 
 from __future__ import annotations
@@ -20,10 +20,16 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
+
+from loader import redaction
+from loader.redaction import MIN_SECRET_LENGTH, add_secrets, redact
+
+__all__ = ["MIN_SECRET_LENGTH", "add_secrets", "configure", "in_context", "redact", "run_context", "set_pipeline",
+           "set_run"]
 
 LogFormat = Literal["auto", "text", "json"]
 FORMAT_ENV = "LOADER_LOG_FORMAT"
@@ -31,8 +37,7 @@ T = TypeVar("T")
 
 _pipeline: str | None = None  # one per process: every thread's lines carry it, library threads' too
 _run: contextvars.ContextVar[int | None] = contextvars.ContextVar("loader_run", default=None)
-_SECRETS: set[str] = set()
-_ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "SNOWFLAKE_PASSWORD", "PGPASSWORD")
+_SECRETS = redaction._REGISTERED  # the one registry of secret values (loader/redaction.py)
 
 
 def set_pipeline(name: str | None) -> None:
@@ -61,30 +66,19 @@ def in_context(func: Callable[..., T]) -> Callable[..., T]:
     return lambda *args, **kwargs: context.copy().run(func, *args, **kwargs)
 
 
-MIN_SECRET_LENGTH = 6
-
-
-def add_secrets(values: Iterable[str | None]) -> None:
-    """Values never to be written in a log line. Shorter than MIN_SECRET_LENGTH characters they are not
-    masked: "snow" would cut every "snowflake" out of the log (and such a password is no secret anyway)."""
-    _SECRETS.update(v for v in values if v and len(v) >= MIN_SECRET_LENGTH)
-
-
-def redact(text: str) -> str:
-    for secret in sorted(_SECRETS, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
 class _Context(logging.Filter):
     """Adds the pipeline and run to every record and cuts secrets out of its message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.pipeline = _pipeline
         record.run = _run.get()
-        if _SECRETS:
-            message = redact(record.getMessage())
-            record.msg, record.args = message, None
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the format: the handler reports it when it formats
+            return True
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
         return True
 
 
@@ -111,7 +105,7 @@ class TextFormatter(logging.Formatter):
         pipeline, run = getattr(record, "pipeline", None), getattr(record, "run", None)
         record.where = f" [{pipeline}{f' run {run}' if run is not None else ''}]" if pipeline else ""
         text = super().format(record)
-        return redact(text) if record.exc_info and _SECRETS else text
+        return redact(text) if record.exc_info else text
 
 
 def resolve_format(requested: str | None, stream: Any = None) -> Literal["text", "json"]:
@@ -147,5 +141,5 @@ def configure(level: str, log_format: str | None = None, stream: Any = None) -> 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    add_secrets(os.environ.get(name) for name in _ENV_SECRETS)
+    redaction.add_environment_secrets()
     return chosen

@@ -22,6 +22,7 @@ from typing import Any
 
 from loader.config import LoaderConfig
 from loader.observe.history import deleted_totals, history, quarantined_totals, rows_loaded_totals
+from loader.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -89,5 +90,6 @@ def publish(config: LoaderConfig, store: Any) -> None:
             push_to_gateway(settings.pushgateway, job="loader", grouping_key={"pipeline": config.pipeline},
                             registry=registry, timeout=settings.push_timeout.total_seconds())
     except Exception as error:
-        where = " and ".join(filter(None, (settings.textfile, settings.pushgateway)))
-        log.warning("could not publish the metrics to %s: %s (the run itself is not affected)", where, error)
+        where = redact(" and ".join(filter(None, (settings.textfile, settings.pushgateway))))
+        log.warning("could not publish the metrics to %s: %s (the run itself is not affected)", where,
+                    redact(str(error)))

@@ -14,6 +14,7 @@ from loader.observe.history import table_deleted
 from loader.protocol.batches import Cutting
 from loader.protocol.incremental import RunSummary
 from loader.protocol.planning import RunPlan
+from loader.redaction import redact, redact_data
 
 
 class _Stdout:
@@ -83,9 +84,9 @@ def print_run_summary(summary: RunSummary) -> None:
             if deletes:
                 applied = "-" if write["skipped"] else f"{write.get('deleted', 0):,}"
                 table.add_row(name, window, f"{info['rows']:,}", f"{info.get('deleted', 0):,}", sink, written,
-                              applied, write["location"])
+                              applied, redact(write["location"]))
             else:
-                table.add_row(name, window, f"{info['rows']:,}", sink, written, write["location"])
+                table.add_row(name, window, f"{info['rows']:,}", sink, written, redact(write["location"]))
             name, window = "", ""
     _out.print(table)
     _print_dimensions(summary.dimensions)
@@ -195,9 +196,9 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
             "last_run_quarantined": quarantined,
             "last_run_deleted": deleted,
         }
-    return {
+    return redact_data({  # the state URL's password (user info or query), a secret in the last error
         "pipeline": config.pipeline,
-        "state": _mask_url(config.state.url),
+        "state": config.state.url,
         "sources": sources,
         "last_run": None if last is None else {
             "run_number": last.run_number, "mode": last.mode, "finished_at": _iso(last.finished_at),
@@ -215,7 +216,7 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
         "dimensions": {name: _dimension_status(loads) for name, loads in sorted(dimension_loads.items())},
         # facts sinks enabled later lack, with the `loader backfill` that fills them (protocol/fact_gaps.py)
         "fact_gaps": fact_gaps,
-    }
+    })
 
 
 def _dimension_status(per_sink: dict[str, Any]) -> dict[str, Any]:
@@ -382,16 +383,6 @@ def _human_seconds(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f}{unit}"
     return f"{seconds:.0f}s"
-
-
-def _mask_url(url: str) -> str:
-    """Never show a password from the state URL."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
 
 
 def print_doctor(pipeline: str, checks: list[Any]) -> None:

@@ -183,3 +183,22 @@ def test_validate_config_names_folders_read_outside_the_landing_zone(tmp_path: P
     assert "note: sources.orders.path reads" in result.stderr and "outside landing_zone" in result.stderr
     assert "note: dimensions.region.path reads" in result.stderr
     assert "lineitem" not in result.stderr and "customer" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- a planted scratch root
+
+
+def test_a_scratch_root_planted_as_a_link_stops_the_command_and_deletes_nothing(tmp_path: Path) -> None:
+    """Another user of the host links `<tmp>/loader-<uid>` to a folder of numbered subfolders: any command
+    stops (exit 2) naming the link and the fix, and the folder it points at keeps every file."""
+    config = write_config(tmp_path / "project")
+    target, temp = tmp_path / "victim", tmp_path / "tmp"
+    (target / "123").mkdir(parents=True)
+    (target / "123" / "keep.txt").write_text("mine")
+    temp.mkdir()
+    (temp / f"loader-{os.getuid()}").symlink_to(target, target_is_directory=True)
+    result = run_cli(config, "history", check=False, env={"TMPDIR": str(temp)})
+    assert result.returncode == 2, result.stderr
+    assert "is a symbolic link" in result.stderr and f"rm {temp / f'loader-{os.getuid()}'}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (target / "123" / "keep.txt").read_text() == "mine"
