@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +40,7 @@ from loader.transform.dimension_versions import VersionLookups
 #: into the versions placement knows; -1: none).
 ROW = "__row"
 VERSION = "__version"
+KEYS = "__keys"
 #: Threads recomputing landing files or hashing sink pieces (the stages release the GIL in Arrow and numpy).
 _WORKERS = min(4, os.cpu_count() or 2)
 #: Loader bookkeeping the default verify compares already (delete marks), never hashed as values.
@@ -59,19 +60,26 @@ class Values:
     left_out: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
 
 
+def compact(winners: pa.Table, source: SourceConfig) -> pa.Table:
+    """The winners as `expected_values` takes them, 20 bytes a row: `FILE`, `ROW`, `VERSION` and
+    `KEYS`, the hash of each row's key and cursor (what picks it out of a sink)."""
+    from loader.observe.placement import FILE
+
+    keys = row_hashes(winners, [*source.primary_key, source.cursor])
+    return winners.select([FILE, ROW, VERSION]).append_column(KEYS, pa.array(keys))
+
+
 def expected_values(chain: Any, location: Location, paths: Sequence[str], winners: pa.Table | None,
                     versions: Sequence[str], lookups: VersionLookups) -> Values:
-    """`winners` (the rows the sinks must hold: `FILE`, `ROW`, `VERSION` and the key and cursor)
-    recomputed through `chain` (a whole `StageChain`) with their versions' lookups, a version at a
-    time, oldest first (each rebuilt from the one before), a landing file at a time."""
+    """`winners` (the rows the sinks must hold, `compact`ed) recomputed through `chain` (a whole
+    `StageChain`) with their versions' lookups, a version at a time, oldest first (each rebuilt from
+    the one before), a landing file at a time."""
     from loader.observe.placement import FILE
 
     values = Values()
     if winners is None or winners.num_rows == 0:
         return values
-    source: SourceConfig = chain.source
-    key_cursor = [*source.primary_key, source.cursor]
-    keys = row_hashes(winners, key_cursor)
+    keys = np.asarray(winners[KEYS].to_numpy(), dtype=np.uint64)
     files = np.asarray(winners[FILE].to_numpy(), dtype=np.int64)
     rows = np.asarray(winners[ROW].to_numpy(), dtype=np.int64)
     codes = np.asarray(winners[VERSION].to_numpy(), dtype=np.int64)
@@ -100,18 +108,15 @@ def expected_values(chain: Any, location: Location, paths: Sequence[str], winner
     return values
 
 
-def held_values(sink: Any, name: str, source: SourceConfig, values: Values,
-                keep: Callable[[pa.Table], pa.Table] = lambda piece: piece) -> Digest:
+def held_values(sink: Any, name: str, source: SourceConfig, values: Values) -> Digest:
     """What `sink` holds of the rows `values` compares, per region: count and checksum of the same
-    columns, read a piece at a time (each narrowed by `keep`: verify's key part). A log of versions
-    (Parquet) is narrowed to the live versions `values` compares; rows `values` left out are left out
-    here too."""
+    columns, read a piece at a time. A log of versions (Parquet) is narrowed to the live versions
+    `values` compares; rows `values` left out are left out here too."""
     key_cursor = [*source.primary_key, source.cursor]
     versions = sink.capabilities.holds == "versions"
     marked = versions and source.deletes is not None
     wanted = [c for c in dict.fromkeys([*key_cursor, *values.columns]) if c != "region"]
     def hashed(piece: pa.Table) -> Digest:
-        piece = keep(piece)
         if marked:
             piece = piece.filter(pc.invert(deleted_flags(piece[DELETED])))
         keys = row_hashes(piece, key_cursor)

@@ -377,6 +377,8 @@ def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
     sinks = enabled_sinks(config)
     found: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (sink, compared) -> [want, got, dups, misfiled]
     unexplained = 0
+    winners: dict[str, list[pa.Table]] = {}  # --deep: per kind of sink, each part's winners, compacted
+    versions: list[str] = []
     for index in range(count):
         part = Part(index, count)
         if count > 1:
@@ -390,10 +392,21 @@ def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
             want = digest(expected.tables[sink.capabilities.holds], columns)
             _gather(found, (sink.name, "keys"), want, *held_rows(sink, name, source.primary_key, source.cursor,
                                                                  marker, part))
-        if lookups is not None:
-            for sink_name, want, got in _deep_digests(config, name, checkpoint, expected, sinks, lookups, notes, part):
-                _gather(found, (sink_name, "values"), want, got)
+        if lookups is not None:  # kept small (20 bytes a row), recomputed once all parts are done
+            from loader.observe.deep import compact
+
+            versions = expected.versions
+            shared = expected.winners.get("versions") is expected.winners.get("latest")  # no soft deletes
+            for holds, table in expected.winners.items():
+                if shared and holds == "latest":
+                    winners["latest"] = winners["versions"]  # one list: recomputed once
+                elif table is not None:
+                    winners.setdefault(holds, []).append(compact(table, source))
         del expected
+    if lookups is not None:
+        for sink_name, want, got in _deep_digests(config, name, checkpoint, paths, versions, winners, sinks, lookups,
+                                                  notes):
+            _gather(found, (sink_name, "values"), want, got)
     if unexplained:
         notes.append(f"{name}: {unexplained:,} row(s) read by no run that recorded its dimension version "
                      "(loaded before versions were kept): placed by today's dimension files")
@@ -419,11 +432,12 @@ def _gather(found: dict[tuple[str, str], list[dict[str, Any]]], where: tuple[str
                 totals[at][region] = totals[at].get(region, 0) + n
 
 
-def _deep_digests(config: LoaderConfig, name: str, checkpoint: Checkpoint, expected: Expected, sinks: list[Sink[Any]],
-                  lookups: VersionLookups, notes: list[str], part: Part) -> list[tuple[str, Digest, Digest]]:
-    """--deep, for the keys of `part`: per sink, (its name, the stage chain's recomputation of every
-    column of the rows it must hold, from their landing rows and their batches' dimension versions,
-    what it holds of them)."""
+def _deep_digests(config: LoaderConfig, name: str, checkpoint: Checkpoint, paths: Sequence[str], versions: list[str],
+                  winners: dict[str, list[pa.Table]], sinks: list[Sink[Any]], lookups: VersionLookups,
+                  notes: list[str]) -> list[tuple[str, Digest, Digest]]:
+    """--deep: per sink, (its name, the stage chain's recomputation of every column of the rows it must
+    hold, from their landing rows and their batches' dimension versions, what it holds of them). Once
+    per table, after every key part: each landing file and each sink read once."""
     from loader.execute.stages import StageChain
     from loader.observe.deep import expected_values, held_values
 
@@ -431,22 +445,21 @@ def _deep_digests(config: LoaderConfig, name: str, checkpoint: Checkpoint, expec
     location = locate(config.source_path(name))
     out = []
     computed: dict[str, Any] = {}
+    whole = {holds: pa.concat_tables(parts) if parts else None for holds, parts in winners.items()}
     for sink in sinks:
         holds = sink.capabilities.holds
-        same = next((k for k in computed if expected.winners[k] is expected.winners[holds]), None)
+        same = next((k for k in computed if winners.get(k) is winners.get(holds)), None)
         if same is not None:  # the same rows (no soft deletes): recomputed once
             computed[holds] = computed[same]
         elif holds not in computed:
-            computed[holds] = expected_values(chain, location, expected.paths, expected.winners[holds],
-                                              expected.versions, lookups)
+            computed[holds] = expected_values(chain, location, paths, whole.get(holds), versions, lookups)
             note = (f"{name}: --deep left {len(computed[holds].left_out):,} row(s) unchecked: their batches' "
                     "dimension lookups were not kept (loaded by an older loader); their keys, cursors, regions and "
                     "marks are checked")
             if len(computed[holds].left_out) and note not in notes:
                 notes.append(note)
         values = computed[holds]
-        out.append((sink.name, values.digest, held_values(sink, name, config.sources[name], values,
-                                                          keep=lambda piece: part.of(piece, config.sources[name].primary_key))))
+        out.append((sink.name, values.digest, held_values(sink, name, config.sources[name], values)))
     return out
 
 
