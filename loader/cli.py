@@ -451,7 +451,7 @@ def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int
                    "Costs about a load's transform; memory stays bounded (a landing file, a sink piece at a time).")
 @click.option("--parts", type=click.IntRange(min=1), default=None,
               help="Verify each table in this many key-hash parts, one at a time: memory follows a part, each part "
-                   "reads the table again. Default: one part per 7 million landing rows.")
+                   "reads the table again. Default: one part per 6.5 million landing rows.")
 @click.pass_obj
 def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...], deep: bool, parts: int | None) -> None:
     """Reconcile every enabled sink with the landing zone over the committed windows: per table, region
