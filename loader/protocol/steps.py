@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from loader import failpoints
@@ -320,8 +321,9 @@ class BatchExecutor:
             if landing is None:
                 continue
             schema = StageChain.for_source(self.config, name, source_plan.window).output_schema(landing)
-            for sink in sinks:
-                sink.check_columns(name, schema)
+            for sink in sinks:  # a dropped connection or a busy store is retried as the writes are
+                call_with_retries(f"checking {name}'s columns against {sink.name}", sink.retry,
+                                  partial(sink.check_columns, name, schema))
 
     def _execute(self, record: RunRecord, plan: RunPlan, outcome: BatchOutcome, metrics: dict[str, Any],
                  planning_s: float) -> None:

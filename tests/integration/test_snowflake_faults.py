@@ -61,7 +61,8 @@ def test_fault_inside_the_transaction_rolls_back_and_is_retried(tmp_path: Path, 
 
 def test_dropped_connections_are_retried(tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
     """A proxy between the connector and the emulator resets new connections: the connector's own
-    retries and the sink's step retries carry the run through; the data lands exactly once."""
+    retries and the loader's carry the run through (the first connections are the column check's, made
+    before any sink writes; the sink's own step retries are shown above); the data lands exactly once."""
     database = new_database()
     with TcpProxy(snowflake_server["port"], mode="reset") as proxy:
         config = _loaded_once(tmp_path, snowflake_server, database, port=proxy.port,
@@ -70,8 +71,9 @@ def test_dropped_connections_are_retried(tmp_path: Path, snowflake_server: dict[
         proxy.arm(12)
         result = run_cli(config, "run", "--incremental", "--json", env=password_env(snowflake_server))
         assert proxy.dropped == 12 and proxy.forwarded > 0
-    # The connector's own retries gave up at least once, and the sink's step retry carried on.
-    assert re.search(r"orders -> snowflake \w+: attempt \d of 8 failed", result.stderr), result.stderr[-3000:]
+    # The connector's own retries gave up at least once, and the loader's retry carried on.
+    assert re.search(r"checking orders's columns against snowflake: attempt \d of 8 failed", result.stderr), \
+        result.stderr[-3000:]
     assert yaml.safe_load(result.stdout)["status"] == "committed"
     assert_snowflake_exact(snowflake_server, database, tmp_path / "p" / "landing")
 

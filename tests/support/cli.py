@@ -34,6 +34,19 @@ def write_config(folder: Path, **overrides: Any) -> Path:
     return path
 
 
+def local_raw() -> dict[str, Any]:
+    """configs/local.yaml as parsed YAML, to change before `write_raw`."""
+    return dict(yaml.safe_load(LOCAL_CONFIG.read_text()))
+
+
+def write_raw(tmp_path: Path, raw: dict[str, Any]) -> Path:
+    """`raw` as `<tmp_path>/cfg/loader.yaml`."""
+    path = tmp_path / "cfg" / "loader.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def run_cli(config: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
             timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """The real command line in a child process."""

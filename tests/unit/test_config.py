@@ -6,23 +6,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from loader.config import load_config, parse_duration
 from loader.errors import ConfigError
-from tests.support.cli import LOCAL_CONFIG
-
-
-def _write(tmp_path: Path, raw: dict) -> Path:
-    path = tmp_path / "cfg" / "loader.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def _local() -> dict:
-    return yaml.safe_load(LOCAL_CONFIG.read_text())
+from tests.support.cli import LOCAL_CONFIG, local_raw, write_raw
 
 
 def test_embedded_default_parses() -> None:
@@ -33,7 +21,7 @@ def test_embedded_default_parses() -> None:
 
 
 def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
-    config = load_config(_write(tmp_path, {**_local(), "landing_zone": "lz"}))
+    config = load_config(write_raw(tmp_path, {**local_raw(), "landing_zone": "lz"}))
     assert config.landing_zone == str(tmp_path / "cfg" / "lz")
     assert config.state.url == f"sqlite:///{(tmp_path / 'data' / 'state' / 'loader.db').resolve()}"
     assert config.source_path("orders") == str(tmp_path / "cfg" / "lz" / "orders")
@@ -41,24 +29,24 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
 
 def test_env_interpolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LZ_ROOT", "/srv/lz")
-    raw = {**_local(), "landing_zone": "${LZ_ROOT}", "warehouse": "${WH_ROOT:-/srv/wh}"}
-    config = load_config(_write(tmp_path, raw))
+    raw = {**local_raw(), "landing_zone": "${LZ_ROOT}", "warehouse": "${WH_ROOT:-/srv/wh}"}
+    config = load_config(write_raw(tmp_path, raw))
     assert (config.landing_zone, config.warehouse) == ("/srv/lz", "/srv/wh")
 
 
 def test_missing_env_var_is_named(tmp_path: Path) -> None:
-    raw = {**_local(), "landing_zone": "${SURELY_NOT_SET_VAR}"}
+    raw = {**local_raw(), "landing_zone": "${SURELY_NOT_SET_VAR}"}
     with pytest.raises(ConfigError, match="SURELY_NOT_SET_VAR not set"):
-        load_config(_write(tmp_path, raw))
+        load_config(write_raw(tmp_path, raw))
 
 
 def test_all_problems_reported_with_key_paths(tmp_path: Path) -> None:
-    raw = _local()
+    raw = local_raw()
     raw["sources"]["orders"]["lookback"] = "soon"
     raw["sources"]["lineitem"]["kind"] = "parts"
     raw["sinks"]["parquet"]["compresion"] = "zstd"
     with pytest.raises(ConfigError) as caught:
-        load_config(_write(tmp_path, raw))
+        load_config(write_raw(tmp_path, raw))
     message = caught.value.message
     assert "3 problem(s)" in message
     assert "sources.orders.lookback" in message and "not a duration" in message
@@ -85,19 +73,19 @@ def test_durations(text: object, seconds: float) -> None:
 @pytest.mark.parametrize("bad", [0, -5, 2.5, "many", None])
 def test_max_batch_rows_must_be_a_positive_integer(tmp_path: Path, bad: object) -> None:
     with pytest.raises(ConfigError, match=r"run\.max_batch_rows") as info:
-        load_config(_write(tmp_path, {**_local(), "run": {"max_batch_rows": bad}}))
+        load_config(write_raw(tmp_path, {**local_raw(), "run": {"max_batch_rows": bad}}))
     assert "run.max_batch_rows" in str(info.value)
 
 
 def test_max_batch_rows_default_and_override(tmp_path: Path) -> None:
     assert load_config(LOCAL_CONFIG).run.max_batch_rows == 1_000_000
-    assert load_config(_write(tmp_path, {**_local(), "run": {"max_batch_rows": 5000}})).run.max_batch_rows == 5000
+    assert load_config(write_raw(tmp_path, {**local_raw(), "run": {"max_batch_rows": 5000}})).run.max_batch_rows == 5000
 
 
 def test_dimensions_plain_paths_take_each_tables_default_mode(tmp_path: Path) -> None:
-    raw = _local()
+    raw = local_raw()
     raw["dimensions"] = {"customer": "cust", "nation": "nat"}
-    config = load_config(_write(tmp_path, raw))
+    config = load_config(write_raw(tmp_path, raw))
     customer, supplier, nation = (config.dimensions.named(t) for t in ("customer", "supplier", "nation"))
     assert (customer.path, customer.mode, customer.load, customer.missing) == ("cust", "scd2", True, "close")
     assert (supplier.path, supplier.mode) == ("supplier", "scd2")
@@ -107,10 +95,10 @@ def test_dimensions_plain_paths_take_each_tables_default_mode(tmp_path: Path) ->
 
 
 def test_dimension_blocks_keep_the_defaults_they_do_not_set(tmp_path: Path) -> None:
-    raw = _local()
+    raw = local_raw()
     raw["dimensions"] = {"region": {"load": False}, "customer": {"cursor": "c_updated_at", "track": "c_phone",
                                                                   "key": "c_custkey", "missing": "keep"}}
-    config = load_config(_write(tmp_path, raw))
+    config = load_config(write_raw(tmp_path, raw))
     region, customer = config.dimensions.region, config.dimensions.customer
     assert (region.path, region.mode, region.load) == ("region", "replace", False)
     assert (customer.cursor, customer.track, customer.key, customer.missing) == ("c_updated_at", ("c_phone",),
@@ -124,7 +112,7 @@ def test_dimension_blocks_keep_the_defaults_they_do_not_set(tmp_path: Path) -> N
     ({"missing": "drop"}, "dimensions.customer.missing"),
 ])
 def test_bad_dimension_blocks_are_named(tmp_path: Path, block: dict, message: str) -> None:
-    raw = _local()
+    raw = local_raw()
     raw["dimensions"] = {"customer": {**block, **({"key": "c_custkey"} if "cursor" in block else {})}}
     with pytest.raises(ConfigError, match=message):
-        load_config(_write(tmp_path, raw))
+        load_config(write_raw(tmp_path, raw))

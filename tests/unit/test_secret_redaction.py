@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from loader import redaction
 from loader.config import load_config, parse_config
 from loader.errors import ConfigError
 from loader.observe import logs
-from tests.support.cli import LOCAL_CONFIG
+from tests.support.cli import local_raw, write_raw
 
 SECRET = "s3cr3t-PW-41"
 
@@ -29,15 +28,6 @@ def empty_registry() -> Iterator[None]:
     redaction.clear()
 
 
-def _local() -> dict:
-    return yaml.safe_load(LOCAL_CONFIG.read_text())
-
-
-def _write(tmp_path: Path, raw: dict) -> Path:
-    path = tmp_path / "cfg" / "loader.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def test_user_info_password_is_masked_without_being_registered() -> None:
@@ -96,16 +86,16 @@ def test_values_substituted_from_secret_environment_variables_are_registered(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOADER_TEST_DB_PASSWORD", SECRET)
     monkeypatch.setenv("LOADER_TEST_HOST", "dbhost-public-name")
-    raw = {**_local(), "state": {"url": "postgresql+psycopg://loader@${LOADER_TEST_HOST}/db?sslmode=require&"
+    raw = {**local_raw(), "state": {"url": "postgresql+psycopg://loader@${LOADER_TEST_HOST}/db?sslmode=require&"
                                         "application_name=${LOADER_TEST_DB_PASSWORD}"}}
-    config = load_config(_write(tmp_path, raw))
+    config = load_config(write_raw(tmp_path, raw))
     assert SECRET in config.state.url  # the config holds it; no output may show it
     assert redaction.redact(f"x {SECRET} y") == "x *** y"
     assert redaction.redact("dbhost-public-name") == "dbhost-public-name"  # not a secret-named variable
 
 
 def test_config_secret_fields_and_urls_are_registered_before_validation(tmp_path: Path) -> None:
-    raw = _local()
+    raw = local_raw()
     raw["sinks"]["snowflake"] = {"enabled": False, "password": f"{SECRET}-sf", "private_key": f"{SECRET}-pem",
                                  "private_key_passphrase": f"{SECRET}-pp", "private_key_file": "/run/key.p8"}
     raw["metrics"] = {"pushgateway": f"http://loader:{SECRET}-pg@gateway:9091"}
