@@ -187,3 +187,10 @@ def duplicates(table: pa.Table | None, columns: Sequence[str]) -> dict[str, int]
         for region, rows in region_counts(suspects).items():
             found[region] = rows - distinct.get(region, 0)
     return found
+
+
+def add_digest(total: Digest, part: Digest) -> None:
+    """`part`'s counts and checksums added to `total`'s, per region (the sum streams)."""
+    for region, (rows, checksum) in part.items():
+        before_rows, before_sum = total.get(region, (0, 0))
+        total[region] = (before_rows + rows, (before_sum + checksum) % (1 << 64))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from loader.config import SourceConfig
 from loader.errors import BadSourceData
-from loader.observe.checksums import Digest, digest, row_hashes
+from loader.observe.checksums import Digest, add_digest, digest, row_hashes
 from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, deleted_flags
 from loader.storage import Location
 from loader.transform.dimension_versions import VersionLookups
@@ -141,17 +141,15 @@ def held_values(sink: Any, name: str, source: SourceConfig, values: Values) -> D
     return held
 
 
-def _value_columns(chain: Any, location: Location, paths: Iterable[str]) -> list[str]:
-    """The columns the chain gives rows of these files (their schemas unified), bookkeeping left out."""
-    from loader.transform.facts import output_schema
+def _value_columns(chain: Any, location: Location, paths: Sequence[str]) -> list[str]:
+    """The columns the chain gives rows of these files (what the sinks got), marks left out."""
+    from loader.protocol.planning import files_schema
 
-    schemas = []
-    for path in paths:
-        with location.filesystem.open_input_file(path) as handle:
-            schemas.append(pq.read_schema(handle))
-    landing = chain.live_columns(pa.unify_schemas(schemas, promote_options="permissive").empty_table())
-    out = output_schema(chain.source.kind, landing.schema)
-    return [name for name in out.names if name not in _MARKS and not name.startswith("__")]
+    landing = files_schema(location, paths)
+    if landing is None:
+        raise BadSourceData(f"the landing files of source {chain.name} disagree on column types: run verify without "
+                            "--deep to see which rows the sinks hold, and fix the files")
+    return [name for name in chain.output_schema(landing).names if name not in _MARKS]
 
 
 def _read_rows(location: Location, path: str, rows: np.ndarray, source: str) -> pa.Table:
@@ -188,10 +186,3 @@ def _member(hashes: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     found = np.empty(len(hashes), dtype=bool)
     found[order] = sorted_set[slot] == hashes[order]
     return found
-
-
-def add_digest(total: Digest, part: Digest) -> None:
-    """`part`'s counts and checksums added to `total`'s, per region."""
-    for region, (rows, checksum) in part.items():
-        before_rows, before_sum = total.get(region, (0, 0))
-        total[region] = (before_rows + rows, (before_sum + checksum) % (1 << 64))

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig, SourceConfig
 from loader.errors import BadSourceData, ConfigError, LeaseHeld, SinkRejected, SinkUnavailable, StateError
-from loader.observe.checksums import Digest, digest, duplicates, row_hashes
+from loader.observe.checksums import Digest, add_digest, digest, duplicates, row_hashes
 from loader.observe.deep import ROW, VERSION
 from loader.observe.placement import FILE, PLACED, Placement, place
 from loader.protocol.planning import list_files
@@ -127,7 +127,8 @@ class Verification:
 
 
 #: Landing rows of one table verify holds at once, at most (about 300 bytes each with two sinks' rows:
-#: SF1's 6M lineitems peak at 1.9 GB; SF10's 60M in ten parts at about 2.2 GB). A larger table is verified in key-hash parts, one at a time.
+#: SF1's 6M lineitems peak at 1.9 GB; SF10's 60M in ten parts at about 2.3 GB). A larger table is
+#: verified in key-hash parts, one at a time.
 ROWS_PER_PART = 6_500_000
 
 
@@ -322,7 +323,6 @@ def _read_back(sink: Sink[Any], name: str, columns: list[str], marker: str | Non
         kind = pa.bool_() if marker == DELETED else rows.schema.field(columns[-2]).type
         rows = rows.append_column(marker, pa.nulls(rows.num_rows, kind))
     if rows is not None and marker == DELETED:
-
         rows = rows.set_column(rows.schema.get_field_index(DELETED), DELETED, deleted_flags(rows[DELETED]))
     return rows
 
@@ -421,8 +421,6 @@ def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
 
 def _gather(found: dict[tuple[str, str], list[dict[str, Any]]], where: tuple[str, str], *counts: dict[str, Any]) -> None:
     """Add one part's digests (and duplicate and misfiled counts) to the table's."""
-    from loader.observe.deep import add_digest
-
     totals = found.setdefault(where, [{}, {}, {}, {}])
     for at, count in enumerate(counts):
         if at < 2:

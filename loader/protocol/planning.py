@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -41,6 +42,8 @@ class FilePlan:
     #: The modification time when listed (ISO; S3's LastModified): with the size, the file's identity
     #: (a rewrite of the same size changes it).
     mtime: str | None = None
+    #: The file's columns, from the footer planning read (None for a replayed input: read when needed).
+    schema: pa.Schema | None = field(default=None, compare=False)
 
     def to_input(self) -> dict[str, Any]:
         return {"path": self.path, "size": self.size, "mtime": self.mtime, "row_groups": list(self.row_groups),
@@ -75,7 +78,7 @@ class SourcePlan:
             stats = tuple(g for g in file.stats if in_window(window, g[2], g[3]))
             if stats:
                 files.append(FilePlan(file.path, tuple(g[0] for g in stats), sum(g[1] for g in stats), file.size, stats,
-                                      file.mtime))
+                                      file.mtime, file.schema))
         return SourcePlan(self.source, self.location, window, tuple(files), self.files_seen, self.base_run)
 
 
@@ -107,6 +110,7 @@ class RunPlan:
 class _Footer:
     path: str
     groups: tuple[tuple[int, int, datetime | None, datetime | None], ...]  # (index, rows, min, max)
+    schema: pa.Schema | None = None
 
 
 _PARTITION = re.compile(r"^([A-Za-z0-9_]+)=(\d{4}-\d{2}-\d{2})$")
@@ -236,7 +240,8 @@ def read_footer(location: Location, path: str, cursor: str, source: str, deletes
     if deletes is not None and deletes not in names:
         raise missing_deletes_column(path, source, deletes)
     column = names.index(cursor)
-    cursor_type = metadata.schema.to_arrow_schema().field(cursor).type
+    schema = metadata.schema.to_arrow_schema()
+    cursor_type = schema.field(cursor).type
     unit = cursor_type.unit if pa.types.is_timestamp(cursor_type) else None
     groups = []
     for index in range(metadata.num_row_groups):
@@ -246,18 +251,29 @@ def read_footer(location: Location, path: str, cursor: str, source: str, deletes
         if stats is not None and stats.has_min_max:
             low, high = _stat_to_datetime(stats.min_raw, unit), _stat_to_datetime(stats.max_raw, unit)
         groups.append((index, group.num_rows, low, high))
-    return _Footer(path, tuple(groups))
+    return _Footer(path, tuple(groups), schema)
 
 
 def landing_schema(plan: SourcePlan) -> pa.Schema | None:
-    """The planned files' columns as the reader combines them (footers read again, in parallel), or
-    None where they cannot be combined (the read then says why)."""
+    """The planned files' columns as the reader combines them (from the footers planning read; a
+    replay's are read again), or None where they cannot be combined (the read then says why)."""
+    known = {f.path: f.schema for f in plan.files if f.schema is not None}
+    return files_schema(plan.location, [f.path for f in plan.files], known)
+
+
+def files_schema(location: Location, paths: Sequence[str], known: dict[str, pa.Schema] | None = None) -> pa.Schema | None:
+    """The columns of these files as the reader combines them (footers not in `known` read, in
+    parallel), or None where there are none or they cannot be combined."""
+    known = known or {}
+
     def schema_of(path: str) -> pa.Schema:
-        with plan.location.filesystem.open_input_file(path) as handle:
+        if path in known:
+            return known[path]
+        with location.filesystem.open_input_file(path) as handle:
             return pq.read_schema(handle)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        schemas = list(pool.map(schema_of, [f.path for f in plan.files]))
+        schemas = list(pool.map(schema_of, paths))
     try:
         return pa.unify_schemas(schemas, promote_options="permissive") if schemas else None
     except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -296,7 +312,7 @@ def plan_source(
         stats = tuple(g for g in footer.groups if g[1] > 0 and in_window(window, g[2], g[3]))
         if stats:
             chosen.append(FilePlan(footer.path, tuple(g[0] for g in stats), sum(g[1] for g in stats),
-                                   sizes.get(footer.path), stats, mtimes.get(footer.path)))
+                                   sizes.get(footer.path), stats, mtimes.get(footer.path), footer.schema))
     return SourcePlan(name, location, window, tuple(chosen), seen, base_run)
 
 
@@ -415,7 +431,7 @@ def plan_from_input(config: LoaderConfig, run_number: int, windows: dict[str, Wi
                     groups = tuple(g for g in footer.groups if g[1] > 0 and in_window(window, g[2], g[3]))
                     if groups:
                         kept.append(FilePlan(file.path, tuple(g[0] for g in groups), sum(g[1] for g in groups),
-                                             info.size, groups, modified(info)))
+                                             info.size, groups, modified(info), footer.schema))
                 else:
                     kept.append(file)
             if changed:

@@ -242,18 +242,19 @@ class BatchExecutor:
     def _delta_from_newest(self, version: str, dims: Any) -> tuple[str | None, bytes | None]:
         """(the newest other version kept whole, the changes from its lookups to `dims`), or (None, None)
         when there is none (the first version: kept whole for good)."""
-        from loader.transform.dimension_cache import load_version, unpack
         from loader.transform.dimension_versions import diff
 
-        whole = [v for v in self.store.lookup_chain(self.config.pipeline) if v.whole and v.fingerprint != version]
-        if not whole:
-            return None, None
-        base = whole[-1].fingerprint
-        before = load_version(self.config, base)
-        if before is None:
-            raw = self.store.prepared_lookups(self.config.pipeline, base)
-            before = None if raw is None else unpack(raw)
-        return (None, None) if before is None else (base, diff(before, dims))
+        versions = self._kept_versions()
+        whole = [v for v in versions.chain.values() if v.whole and v.fingerprint != version]
+        before = versions.get(whole[-1].fingerprint) if whole else None
+        return (None, None) if before is None else (whole[-1].fingerprint, diff(before, dims))
+
+    def _kept_versions(self) -> Any:
+        """The dimension versions the state store keeps (`VersionLookups`), this machine's cache first."""
+        from loader.transform.dimension_cache import load_version
+        from loader.transform.dimension_versions import VersionLookups
+
+        return VersionLookups(self.store, self.config.pipeline, local=lambda v: load_version(self.config, v))
 
     def _dimensions_of(self, record: RunRecord) -> Any:
         """The prepared dimensions `record` was enriched from: this run's, or for a replay of a batch
@@ -265,12 +266,10 @@ class BatchExecutor:
             return self._prepared[2]
         from loader.errors import BadSourceData
         from loader.transform.dimension_cache import load_version
-        from loader.transform.dimension_versions import VersionLookups
 
         dims = load_version(self.config, version)
         if dims is None:  # the state store's: kept whole, or rebuilt through the kept changes
-            dims = VersionLookups(self.store, self.config.pipeline,
-                                  local=lambda v: load_version(self.config, v)).get(version)
+            dims = self._kept_versions().get(version)
         if dims is None:
             raise BadSourceData(
                 f"run {record.run_number} enriched its rows from the dimension files as they were when it was "

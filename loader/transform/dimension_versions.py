@@ -110,13 +110,11 @@ class VersionLookups:
 
     def get(self, version: str) -> Dimensions | None:
         """The version's prepared lookups, or None when they cannot be had."""
-        if self._last is not None and self._last[0] == version:
-            return self._last[1]
-        path: list[str] = []  # from `version` back to one held or kept whole
+        path: list[str] = []  # from `version` back to the one held or one kept whole
         start: Dimensions | None = None
         at: str | None = version
         while at is not None and at not in path:
-            if self._last is not None and self._last[0] == at and path:
+            if self._last is not None and self._last[0] == at:
                 start = self._last[1]
                 break
             found = self.chain.get(at)
