@@ -79,7 +79,7 @@ from loader.sinks.base import (
     summed_regions,
     tombstones,
 )
-from loader.sinks.schema_check import refuse_case_clashes, refuse_type_changes
+from loader.sinks.schema_check import refuse_case_clashes, refuse_type_changes, refuse_unwritable_names
 from loader.storage import locate, short_error, storage_error
 from loader.transform.history import DimensionChanges, DimensionSpec
 
@@ -288,11 +288,13 @@ class DeltaSink:
         return locate(self.root).child(table, TOMBSTONES).uri
 
     def check_columns(self, table: str, schema: pa.Schema) -> None:
-        """A column name equal to another's but for case (Delta's names ignore case), or a changed type."""
+        """A column name Delta cannot store as it is, one equal to another's but for case (Delta's names
+        ignore case), or a changed type."""
         uri = self.table_uri(table)
         with self._errors(uri):
             opened = self._open(uri)
         stored = None if opened is None else pa.schema(opened.schema().to_arrow())
+        refuse_unwritable_names(f"Delta table {uri}", schema)
         refuse_case_clashes(f"Delta table {uri}", schema, [] if stored is None else stored.names,
                             "Delta takes as one column")
         if stored is not None:

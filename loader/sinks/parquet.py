@@ -46,7 +46,7 @@ from loader.sinks.base import (
     tombstones,
 )
 from loader.sinks.names import partition_folder, partition_value
-from loader.sinks.schema_check import refuse_type_changes
+from loader.sinks.schema_check import refuse_type_changes, refuse_unwritable_names
 from loader.storage import Location, locate, short_error, storage_error
 from loader.transform.history import DimensionChanges, DimensionSpec
 
@@ -100,8 +100,10 @@ class ParquetSink:
         return self.table_location(table).uri
 
     def check_columns(self, table: str, schema: pa.Schema) -> None:
-        """A changed column type is refused (Parquet holds any column name, in any case)."""
+        """A column name Parquet cannot store as it is, or a changed column type (names differing only in
+        case are two columns here)."""
         where = self.table_location(table)
+        refuse_unwritable_names(f"Parquet table {where.uri}", schema)
         try:
             stored = self._stored_schema(where, self._region_folders(where))
         except OSError as error:

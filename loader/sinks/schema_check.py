@@ -60,4 +60,16 @@ def refuse_case_clashes(where: str, incoming: pa.Schema, stored: Iterable[str], 
         )
 
 
-__all__ = ["refuse_case_clashes", "refuse_type_changes", "type_conflicts"]
+def refuse_unwritable_names(where: str, incoming: pa.Schema) -> None:
+    """Refuse an empty column name, or one holding a control character (a NUL cuts a name short in
+    Parquet's and Delta's native code: the column would be stored under another name)."""
+    bad = [name for name in incoming.names if not name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)]
+    if bad:
+        raise SinkRejected(
+            f"{where}: column name(s) {', '.join(repr(n) for n in bad)} empty or holding control characters, which "
+            "it cannot store as they are. Rename the landing column (or drop it from the files), then run again: "
+            "nothing was written"
+        )
+
+
+__all__ = ["refuse_case_clashes", "refuse_type_changes", "refuse_unwritable_names", "type_conflicts"]

@@ -110,7 +110,8 @@ def _append_with_column(config: Path, env: dict[str, str], name: str) -> None:
 @pytest.mark.parametrize(("column", "sink", "words"), [
     ('x"; DROP TABLE ORDERS; --', "Snowflake", "is not a plain identifier"),
     ("ümlaut", "Snowflake", "is not a plain identifier"),
-    ("o_new\n", "Snowflake", "is not a plain identifier"),
+    ("o_new\n", "Parquet", "holding control characters"),  # the first sink checked; Snowflake's own check:
+    # test_hostile_properties.py (an identifier is matched whole, a trailing newline no longer passes)
     ("O_COMMENT", "Delta", "differ only in case"),
 ])
 def test_a_column_one_sink_cannot_take_is_refused_before_any_sink_writes(
