@@ -20,6 +20,7 @@ import click
 
 from loader import scratch
 from loader.errors import EXIT_FAILED, EXIT_LEASE_HELD, EXIT_OK, EXIT_USAGE, EXPECTED_ERRORS, exit_code_of
+from loader.memory import cap_malloc_arenas
 from loader.redaction import redact, redact_data
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -505,6 +506,7 @@ def runs_abandon(obj: _Context, run_number: int, reason: str) -> None:
 def main() -> None:
     code: int = EXIT_OK
     try:
+        cap_malloc_arenas()  # before any thread allocates (loader/memory.py)
         scratch.claim()  # this process's temp files, its libraries' included, in a folder removed at exit
         cli(standalone_mode=False)
     except click.exceptions.Abort:

@@ -306,9 +306,12 @@ class SinksConfig(_Frozen):
 class RunConfig(_Frozen):
     """How a run is cut: in cursor order into batches of about `max_batch_rows` rows (all sources
     together, estimated from row-group statistics), each read, written and committed before the next.
-    A batch is the unit of memory (in-process, about 1 KB a row at peak), of commit and of resume."""
+    A batch is the unit of memory (in-process, about 1 KB a row at peak), of commit and of resume.
+    `read_ahead`: while one source's rows are written, the next source (of the batch, or of the next
+    batch) is read and transformed (loader/execute/read_ahead.py): two sources' rows in flight at most."""
 
     max_batch_rows: StrictInt = Field(default=1_000_000, gt=0)
+    read_ahead: StrictBool = True
     # Prepared dimension lookups kept between runs, keyed by the dimension files' fingerprints (a run
     # whose dimensions did not change does not read them). A local folder; None: $LOADER_CACHE_DIR, else
     # beside a SQLite state file, else `loader-cache` in the system temp folder. `dimension_cache: false`

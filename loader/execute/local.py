@@ -55,8 +55,10 @@ def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Eng
             del rows, order
             transformed = list(run(partial(chain.transform, dims=dims), pieces))
         del pieces
-        table, no_region = chain.split_region(transformed[0] if parts == 1 else pa.concat_tables(transformed))
-        del transformed
+        # One chunk: the sinks take rows by position (Parquet's files), which gathers every chunk each time.
+        whole = transformed[0] if parts == 1 else pa.concat_tables(transformed).combine_chunks()
+        table, no_region = chain.split_region(whole)
+        del transformed, whole
         table = chain.join(table, dead)
         yield SourceRows(name, table.schema, [table], table.num_rows, [], read=read,
                          quarantined=merge_bad([bad, no_region]), tombstones=0 if dead is None else dead.num_rows)

@@ -1,4 +1,4 @@
-"""The Ray executor: Ray Data reads the planned files in parallel tasks into the cluster's object store;
+"""The Ray executor: tasks read the planned row groups of each file into the cluster's object store;
 a task per block cuts it into key-range parts and a task per part runs the stage chain
 (loader/execute/stages.py) on it whole. The parts stay where they are: the sinks write them from Ray
 tasks (loader/sinks/table_writes.py), and the driver never holds a table's rows, only references,
@@ -21,11 +21,12 @@ from loader.config import LoaderConfig
 from loader.execute import ray_folders
 from loader.execute.stages import SourceRows, StageChain, log_read
 from loader.landing.quarantine import merge_bad
-from loader.landing.sources import Checks
+from loader.landing.sources import Checks, window_mask
 from loader.protocol.planning import RunPlan, SourcePlan
 from loader.sinks.base import DELETED
 from loader.transform.dimensions import Dimensions
 from loader.transform.frames import EngineName, GpuStatus
+from loader.transform.tables import normalize_strings
 from state import Window
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def part_count(config: LoaderConfig, engine: EngineName, rows: int, cpus: int) -
 
 
 def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: EngineName) -> Iterator[SourceRows]:
-    """Each source's window stays in the cluster: Ray Data reads it in parallel tasks into the object
+    """Each source's window stays in the cluster: tasks read its planned row groups into the object
     store (on the nodes); a task per read block splits it into key-range parts; a task per part gathers
     its pieces (every version of its keys) and runs the stage chain on them; the parts go to the sinks
     as object references. The driver fetches only counts, the key's range and node ids.
@@ -129,20 +130,18 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Engin
     import ray
 
     init_ray(config)
-    dims_ref = ray.put(dims)
+    dims_ref = _in_object_store(dims)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     for name, source_plan in plan.sources.items():
         if source_plan.is_empty:
             continue
         chain = StageChain.for_source(config, name, source_plan.window, engine=engine)
         first = chain.source.primary_key[0]
-        dataset = ray.data.read_parquet(
-            _ray_paths(source_plan), filesystem=source_plan.location.filesystem, partitioning=None,
-        ).filter(expr=_window_expression(chain.source.cursor, chain.window, chain.checks))
-        # Ray packs small files into few read tasks: cut the rows into at least a block per CPU (per
-        # planned file when there are more) so the reads, and what follows, spread over the nodes.
-        raw = dataset.repartition(max(len(source_plan.files), cpus)).materialize()
-        blocks = _block_refs(raw)
+        # A task per planned file (per share of its row groups when the files are fewer than the CPUs)
+        # reads only the row groups the batch recorded, filtered to the window, into the object store.
+        reader: Any = ray.remote(_read_row_groups)
+        blocks = [reader.remote(source_plan.location, path, groups, chain.source.cursor, chain.window, chain.checks)
+                  for path, groups in _read_tasks(source_plan, cpus)]
         read, low, high = _key_range(ray.get([ray.remote(_block_stats).remote(b, first) for b in blocks]))
         parts = part_count(config, engine, read, cpus)
         split: Any = ray.remote(_split_block).options(num_returns=parts)
@@ -150,7 +149,7 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Engin
         pieces = [p if isinstance(p, list) else [p] for p in pieces]  # num_returns=1 gives a bare ref
         stage: Any = ray.remote(_stage_part).options(num_returns=5, **_stage_resources(engine))
         staged = [stage.remote(chain, dims_ref, *(p[i] for p in pieces)) for i in range(parts)] if pieces else []
-        del raw, blocks, pieces  # the raw rows leave the object store once the stage tasks have them
+        del blocks, pieces  # the raw rows leave the object store once the stage tasks have them
         counts = ray.get([rows for _, rows, _, _, _ in staged])
         tombstones = sum(ray.get([dead for _, _, _, _, dead in staged]))
         nodes = sorted(set(ray.get([node for _, _, node, _, _ in staged])))
@@ -166,14 +165,52 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Engin
             yield SourceRows(name, empty.schema, [empty], 0, nodes, read=read, quarantined=quarantined)
 
 
-def _ray_paths(source_plan: SourcePlan) -> list[str]:
-    return [f.path for f in source_plan.files]
+_DIMS_PUT: dict[str, tuple[Dimensions, Any]] = {}  # Ray job id -> the lookups put last, their reference
 
 
-def _block_refs(dataset: Any) -> list[Any]:
-    """The object references of a materialized dataset's non-empty blocks (nothing is fetched)."""
-    return [ref for bundle in dataset.iter_internal_ref_bundles()
-            for ref, meta in zip(bundle.block_refs, bundle.metadata, strict=True) if meta.num_rows]
+def _in_object_store(dims: Dimensions) -> Any:
+    """`dims` in the object store once per run (the batches of a run share one version), not once
+    per batch; put again for another version or another Ray session."""
+    import ray
+
+    job = ray.get_runtime_context().get_job_id()
+    held = _DIMS_PUT.get(job)
+    if held is None or held[0] is not dims:
+        _DIMS_PUT.clear()
+        held = _DIMS_PUT[job] = (dims, ray.put(dims))
+    return held[1]
+
+
+def _read_tasks(source_plan: SourcePlan, cpus: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(file, row groups) per read task: a task per planned file, a file's row groups shared among
+    several tasks while the tasks are fewer than the CPUs (so the reads, and what follows, spread)."""
+    files = [(f.path, tuple(f.row_groups)) for f in source_plan.files]
+    while len(files) < cpus:
+        widest = max(range(len(files)), key=lambda i: len(files[i][1]), default=None)
+        if widest is None or len(files[widest][1]) < 2:
+            break
+        path, groups = files.pop(widest)
+        half = len(groups) // 2
+        files += [(path, groups[:half]), (path, groups[half:])]
+    return files
+
+
+def _read_row_groups(location: Any, path: str, groups: tuple[int, ...], cursor: str, window: Window,
+                     checks: Checks) -> pa.Table:
+    """The row groups `groups` of one landing file, only the rows the stage can take: inside the window,
+    and those the stage's checks quarantine (a null cursor, one in the future)."""
+    import pyarrow.parquet as pq
+
+    with location.filesystem.open_input_file(path) as handle:
+        rows = pq.ParquetFile(handle).read_row_groups(list(groups))
+    rows = normalize_strings(rows)
+    if cursor not in rows.column_names:
+        return rows  # the stage names the missing column
+    values = rows[cursor]
+    keep = pc.or_kleene(pc.is_null(values), window_mask(rows, cursor, window))
+    future = datetime.fromtimestamp(checks.now.timestamp() + checks.tolerance_s, UTC)
+    keep = pc.or_kleene(keep, pc.greater(values, pa.scalar(future, type=values.type)))
+    return rows if pc.all(keep).as_py() else rows.filter(keep)
 
 
 def _block_stats(block: pa.Table, key: str) -> tuple[int, Any, Any]:
@@ -230,18 +267,6 @@ def part_numbers(column: pa.ChunkedArray | pa.Array, *, parts: int, low: Any, hi
     if column.null_count:
         numbers[column.is_null().to_numpy(zero_copy_only=False)] = 0
     return pa.array(numbers, type=pa.int32())
-
-
-def _window_expression(cursor: str, window: Window, checks: Checks) -> Any:
-    """Pushed into Ray's Parquet scan. Null cursors and cursors in the future pass: the stage
-    quarantines them (as the in-process reader does)."""
-    from ray.data.expressions import col, lit
-
-    inside = col(cursor) <= lit(window.upper)
-    if window.lower is not None:
-        inside = inside & (col(cursor) > lit(window.lower))
-    future = datetime.fromtimestamp(checks.now.timestamp() + checks.tolerance_s, UTC)
-    return col(cursor).is_null() | inside | (col(cursor) > lit(future))
 
 
 def _empty_input(source_plan: SourcePlan) -> pa.Table:

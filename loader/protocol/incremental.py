@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from loader import failpoints
@@ -124,22 +125,33 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, executor: str | 
     batches.prepare(max((b.plan for b in cutting.batches), key=lambda p: p.estimated_rows))
     series = uuid.uuid4().hex[:12]  # names this run's batches in the ledger (status: batch i of n)
     planning_s = timer.timings.get("plan", 0.0)  # the first batch carries the run's planning
-    for batch in cutting.batches:
-        info = {"batch": {"series": series, "index": batch.number, "of": total,
-                          "estimated_rows": batch.estimated_rows, "planned_rows": summary.planned_rows}}
-        started = time.perf_counter()
-        with timer.stage("plan"):
-            base = {name: (cp.run_number if (cp := store.checkpoints(pipeline).get(name)) else None)
-                    for name in batch.plan.sources}
-            record = store.begin_run(pipeline, mode="incremental", windows=batch.plan.windows(),
-                                     base_checkpoints=base, inputs=batches.inputs(batch.plan), metrics=info)
-        failpoints.hit("plan.recorded")
-        logs.set_run(record.run_number)
-        progress.batch(batch.number, total)
-        outcome = batches.run(record, batch.plan, metrics=info, planning_s=planning_s + time.perf_counter() - started)
-        planning_s = 0.0
-        summary.add(outcome)
-        _log_batch(outcome, batch.number, total)
+    # The next sources are read and transformed while the current ones are written (run.read_ahead).
+    ahead = batches.read_ahead([b.plan for b in cutting.batches]) if config.run.read_ahead else None
+    try:
+        for index, batch in enumerate(cutting.batches):
+            info = {"batch": {"series": series, "index": batch.number, "of": total,
+                              "estimated_rows": batch.estimated_rows, "planned_rows": summary.planned_rows}}
+            started = time.perf_counter()
+            with timer.stage("plan"):
+                base = {name: (cp.run_number if (cp := store.checkpoints(pipeline).get(name)) else None)
+                        for name in batch.plan.sources}
+                record = store.begin_run(pipeline, mode="incremental", windows=batch.plan.windows(),
+                                         base_checkpoints=base, inputs=batches.inputs(batch.plan), metrics=info)
+            failpoints.hit("plan.recorded")
+            logs.set_run(record.run_number)
+            progress.batch(batch.number, total)
+            computed = None if ahead is None else (ahead.items(index), partial(ahead.seconds.__getitem__, index))
+            outcome = batches.run(record, batch.plan, metrics=info, computed=computed,
+                                  planning_s=planning_s + time.perf_counter() - started)
+            if computed is not None:
+                computed[0].close()  # the batch's last source is written: its slot goes to the next one's
+            planning_s = 0.0
+            summary.add(outcome)
+            _log_batch(outcome, batch.number, total)
+    finally:
+        if ahead is not None:
+            ahead.close()
+        batches.close()
     summary.timings = timer.timings
     return summary
 

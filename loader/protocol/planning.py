@@ -56,7 +56,7 @@ class SourcePlan:
     location: Location
     window: Window
     files: tuple[FilePlan, ...]
-    files_seen: int  # files listed before pruning
+    files_seen: int  # files listed (in the folders that can hold rows of the window), before row-group pruning
     base_run: int | None  # run number of the checkpoint this plan starts from
 
     @property
@@ -145,7 +145,7 @@ def list_files(location: Location, *, partition_column: str, since: date | None)
 
 
 def list_file_infos(location: Location, *, partition_column: str, since: date | None) -> tuple[list[pafs.FileInfo], int]:
-    """As `list_files`, with each file's size."""
+    """As `list_files`, with each file's size and modification time."""
     try:
         info = location.filesystem.get_file_info(location.path)
     except OSError as error:  # refused credentials, missing bucket: terminal; network: transient
@@ -155,18 +155,38 @@ def list_file_infos(location: Location, *, partition_column: str, since: date | 
             f"landing folder {location.uri} does not exist: create the landing zone "
             f"(`loader demo-data init`) or fix the source's `path` in the config"
         )
-    selector = pafs.FileSelector(location.path, recursive=True)
+    if since is None or not partition_column:
+        listed = location.filesystem.get_file_info(pafs.FileSelector(location.path, recursive=True))
+    else:
+        listed = _listed_since(location, partition_column, since)
     files = sorted(
-        (f for f in location.filesystem.get_file_info(selector)
+        (f for f in listed
          if f.type == pafs.FileType.File and f.path.endswith(".parquet")
          and not any(part.startswith(("_", ".")) for part in f.path[len(location.path):].split("/"))),
         key=lambda f: f.path,
     )
     _refuse_links_out(location, files)
-    if since is None:
-        return files, len(files)
-    kept = [f for f in files if not _older_partition(f.path, partition_column, since)]
-    return kept, len(files)
+    return files, len(files)
+
+
+def _listed_since(location: Location, partition_column: str, since: date) -> list[pafs.FileInfo]:
+    """The entries under the source's folder, folder by folder, not descending into a
+    `<partition_column>=<date>` folder older than `since` (nor into hidden ones): a run lists what can
+    hold rows of its window, so its cost does not grow with the zone's history (a year of daily folders
+    is 365 names at one level, not their files; on S3 each level is one listing call)."""
+    found: list[pafs.FileInfo] = []
+    folders = [location.path]
+    while folders:
+        below = []
+        for folder in folders:
+            for info in location.filesystem.get_file_info(pafs.FileSelector(folder)):
+                if info.type != pafs.FileType.Directory:
+                    found.append(info)
+                elif not info.base_name.startswith(("_", ".")) and not _older_partition(info.base_name,
+                                                                                        partition_column, since):
+                    below.append(info.path)
+        folders = below
+    return found
 
 
 def _refuse_links_out(location: Location, files: list[pafs.FileInfo]) -> None:

@@ -189,6 +189,24 @@ class BatchExecutor:
         self._lock = threading.Lock()
         self._prepared: tuple[Any, Any, Any] | None = None
         self.dimension_version = ""  # the fingerprint of the dimension files this run's batches read
+        self._sinks: list[Any] | None = None
+
+    @property
+    def sinks(self) -> list[Any]:
+        """The run's sinks, made once: what they open (a Delta table's log, a Snowflake connection) is
+        kept for the run's next batches instead of opened again for each. `close()` lets go of it."""
+        with self._lock:
+            if self._sinks is None:
+                from loader.sinks import enabled_sinks
+
+                self._sinks = enabled_sinks(self.config, only=self.only_sinks)
+            return self._sinks
+
+    def close(self) -> None:
+        """Let go of what the run's sinks hold open (connections)."""
+        for sink in self._sinks or []:
+            sink.close()
+        self._sinks = None
 
     def prepare(self, largest: RunPlan) -> None:
         """Choose executor and engine for batches like `largest`, and load the dimensions, once: their
@@ -282,17 +300,29 @@ class BatchExecutor:
                  record.run_number, version[:12])
         return dims
 
+    def read_ahead(self, plans: list[RunPlan]) -> Any:
+        """A `ReadAhead` computing the sources of `plans` (fresh batches of this run, enriched from this
+        run's dimensions) ahead of their writes."""
+        from loader.execute.choice import execute
+        from loader.execute.read_ahead import ReadAhead
+
+        assert self._prepared is not None
+        choice, engine, dims = self._prepared
+        return ReadAhead(lambda plan: execute(self.config, plan, choice.executor, dims, engine.engine), plans)
+
     def run(self, record: RunRecord, plan: RunPlan, *, metrics: dict[str, Any] | None = None,
-            planning_s: float = 0.0) -> BatchOutcome:
+            planning_s: float = 0.0, computed: tuple[Iterator[Any], Callable[[], float]] | None = None) -> BatchOutcome:
         """Execute the recorded batch and commit it; on any error the run stays `planned` (replayed
         later) with the error kept in the ledger, and the error goes on. `planning_s`: the batch's
-        share of planning (recorded with its stage timings)."""
+        share of planning (recorded with its stage timings). `computed`: the batch's sources as a
+        `ReadAhead` hands them out, and the seconds computing them took (read once the batch is written),
+        instead of computing them here."""
         self.prepare(plan)
         started = time.perf_counter()
         outcome = BatchOutcome(record.run_number, replayed=record.attempts > 1)
         try:
             with logs.run_context(record.run_number):
-                self._execute(record, plan, outcome, dict(metrics or {}), planning_s)
+                self._execute(record, plan, outcome, dict(metrics or {}), planning_s, computed)
         except EXPECTED_ERRORS as error:
             self.store.fail_run(self.config.pipeline, record.run_number, error=str(error))
             raise
@@ -304,6 +334,11 @@ class BatchExecutor:
             self.store.drop_prepared_lookups(self.config.pipeline,
                                              keep={self.dimension_version, *self._unfinished_versions()})
         outcome.seconds = time.perf_counter() - started
+        # The batch's rows are gone: hand the freed pages of Arrow's allocator back to the system, so the
+        # next batch starts from the run's base, not from this one's high-water mark.
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
         return outcome
 
     def _check_sinks_take(self, sinks: list[Any], plan: RunPlan) -> None:
@@ -325,10 +360,10 @@ class BatchExecutor:
                                   partial(sink.check_columns, name, schema))
 
     def _execute(self, record: RunRecord, plan: RunPlan, outcome: BatchOutcome, metrics: dict[str, Any],
-                 planning_s: float) -> None:
+                 planning_s: float, computed: tuple[Iterator[Any], Callable[[], float]] | None) -> None:
         from loader.execute.choice import execute
         from loader.landing import quarantine
-        from loader.sinks import TableBatch, enabled_sinks
+        from loader.sinks import TableBatch
         from loader.sinks.table_writes import write_table
 
         assert self._prepared is not None
@@ -338,14 +373,17 @@ class BatchExecutor:
         outcome.engine, outcome.engine_reason = engine.engine, engine.reason
         timer = Timer()  # this batch's own seconds; added to the run's at the end (planning is the run's already)
         timer.timings["plan"] = planning_s
-        sinks = enabled_sinks(self.config, only=self.only_sinks)
+        sinks = self.sinks
         with timer.stage("sinks"):
             self._check_sinks_take(sinks, plan)
-        tables = execute(self.config, plan, choice.executor, dims, engine.engine)
+        # Computed ahead (on the read-ahead thread) or here, source by source; "execute" counts the
+        # computing either way, "execute_wait" the time the writes waited for it when computed ahead.
+        tables = execute(self.config, plan, choice.executor, dims, engine.engine) if computed is None else computed[0]
+        waited = "execute" if computed is None else "execute_wait"
         writing = bool(record.metrics.get("writing"))
         for name in [n for n, p in plan.sources.items() if not p.is_empty]:  # the executors' order
             progress.step(f"{name}: read and transform")
-            with timer.stage("execute"):
+            with timer.stage(waited):
                 item = next(tables, None)
             if item is None:
                 break
@@ -386,6 +424,8 @@ class BatchExecutor:
                 }
             progress.advance(plan.sources[item.name].estimated_rows)
             del item, batch  # free this source's rows before the next one is computed
+        if computed is not None:
+            timer.add({"execute": computed[1]()})
         progress.step("commit")
         with timer.stage("commit"):
             self.commit(record, plan, {**metrics, "tables": outcome.tables, "executor": outcome.executor,

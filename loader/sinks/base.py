@@ -153,6 +153,10 @@ class Sink(Protocol[Begun]):
         """Commit the run once every part is written; a second call changes nothing."""
         ...
 
+    def close(self) -> None:
+        """Let go of what the sink kept open between batches (connections, open tables): the run ended.
+        The sink may be used again after (it opens what it needs afresh)."""
+        ...
 
     def discard_run(self, table: str, run_number: int) -> None:
         """Remove what a run that will never be replayed (a cut backfill chunk, loaded again under a
@@ -215,6 +219,8 @@ def live_rows(batch: TableBatch, data: pa.Table) -> pa.Table:
     mask = tombstones(batch, data)
     if mask is None:
         return data
+    if not pc.any(mask).as_py():  # no tombstone (a first load's usual case): no copy of the rows
+        return data.drop_columns([DELETED])
     return data.filter(pc.invert(mask)).drop_columns([DELETED])
 
 

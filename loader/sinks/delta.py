@@ -79,6 +79,7 @@ from loader.sinks.base import (
     summed_regions,
     tombstones,
 )
+from loader.sinks.encoding import dictionary_columns
 from loader.sinks.schema_check import refuse_case_clashes, refuse_type_changes, refuse_unwritable_names
 from loader.storage import locate, short_error, storage_error
 from loader.transform.history import DimensionChanges, DimensionSpec
@@ -233,23 +234,16 @@ class DeltaBegun:
 # of commits tells a writer whether the snapshot `begin` took is still the newest this process made.
 _WRITERS_GUARD = threading.Lock()
 _WRITERS: dict[str, threading.Lock] = {}
-_COMMITS: dict[str, int] = {}
-
-
-def _commits_made(uri: str) -> int:
-    return _COMMITS.get(uri, 0)
 
 
 @contextmanager
-def _one_writer(uri: str) -> Iterator[int]:
-    """Holds the table's writer lock; yields the commits made so far, and counts this writer's."""
+def _one_writer(uri: str) -> Iterator[None]:
+    """Holds the table's lock in this process: one writer at a time (a parallel backfill's chunks of
+    one table), and the sink's open handle of the table used by one thread at a time."""
     with _WRITERS_GUARD:
         lock = _WRITERS.setdefault(uri, threading.Lock())
     with lock:
-        try:
-            yield _commits_made(uri)
-        finally:
-            _COMMITS[uri] = _commits_made(uri) + 1
+        yield
 
 
 class DeltaSink:
@@ -266,12 +260,32 @@ class DeltaSink:
         self.retry = config.sinks.delta.retry
         # Bounded files clustered by key (rows arrive sorted by key): a scoped merge rewrites few of them.
         self.target_file_size = int(config.sinks.delta.target_file_mb * 1024 * 1024)
-        # The table `begin` loaded, handed to the batch's first part write: one log replay per table per
-        # batch, not per step. Taken once (a retried or later part loads the table afresh); per process.
-        self._loaded: dict[str, tuple[Any, int]] = {}  # uri -> begin's snapshot, _commits_made then
+        # Each table opened once per sink (the run's sinks live as long as the run) and brought up to
+        # date before each use by reading only the commits made since: the log is replayed once per run,
+        # not per batch or step. Used under the table's lock (`_one_writer`); per process.
+        self._tables: dict[str, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_loaded": {}}
+        return {**self.__dict__, "_tables": {}}
+
+    def _current(self, uri: str) -> Any:
+        """The table as it is now (None where there is none yet); call under `_one_writer(uri)`."""
+        table = self._tables.get(uri)
+        if table is None:
+            table = self._open(uri)
+            if table is not None:
+                self._tables[uri] = table
+        else:
+            try:
+                table.update_incremental()
+            except Exception:  # a table removed or replaced under us: open it afresh
+                self._tables.pop(uri, None)
+                return self._current(uri)
+        return table
+
+    def close(self) -> None:
+        """Forget the open tables (a later use opens them afresh)."""
+        self._tables.clear()
 
     def discard_run(self, table: str, run_number: int) -> None:
         """Nothing to do: a run's commits are merges where the newest version wins, visible only whole."""
@@ -291,9 +305,9 @@ class DeltaSink:
         """A column name Delta cannot store as it is, one equal to another's but for case (Delta's names
         ignore case), or a changed type."""
         uri = self.table_uri(table)
-        with self._errors(uri):
-            opened = self._open(uri)
-        stored = None if opened is None else pa.schema(opened.schema().to_arrow())
+        with _one_writer(uri), self._errors(uri):
+            opened = self._current(uri)
+            stored = None if opened is None else pa.schema(opened.schema().to_arrow())
         refuse_unwritable_names(f"Delta table {uri}", schema)
         refuse_case_clashes(f"Delta table {uri}", schema, [] if stored is None else stored.names,
                             "Delta takes as one column")
@@ -304,14 +318,12 @@ class DeltaSink:
         """None if the run's app transaction is in the table already; else whether the table exists,
         after refusing a changed column type."""
         uri = self.table_uri(batch.table)
-        generation = _commits_made(uri)  # before opening: a commit in between makes the snapshot look old
-        with self._errors(uri):
-            table = self._open(uri)
+        with _one_writer(uri), self._errors(uri):
+            table = self._current(uri)
             if table is None:
                 return DeltaBegun(exists=False)
             if (table.transaction_version(self._app(batch)) or 0) >= batch.run_number:
                 return None
-            self._loaded[uri] = (table, generation)
             refuse_type_changes(f"Delta table {uri}", pa.schema(table.schema().to_arrow()), batch.data.schema,
                                 _TYPE_FIX)
             return DeltaBegun(exists=True)
@@ -326,9 +338,8 @@ class DeltaSink:
         final = CommitProperties(app_transactions=[Transaction(self._app(batch), batch.run_number)]) if last else None
         data = _with_deleted_at(batch)
         deleted = 0
-        with _one_writer(uri) as generation, self._errors(uri):
-            loaded = self._loaded.pop(uri, None)  # begin's snapshot, unless this process committed since
-            table = loaded[0] if loaded is not None and loaded[1] == generation else self._open(uri)
+        with _one_writer(uri), self._errors(uri):
+            table = self._current(uri)
             if batch.deletes == "hard":  # before any commit to the table (its own, idempotent commit)
                 data = self._remember_tombstones(batch, data)
             if table is None:  # the first part of the table's first run creates it
@@ -338,6 +349,7 @@ class DeltaSink:
                 write_deltalake(
                     uri, data, partition_by=["region"], mode="append", commit_properties=final,
                     storage_options=self.storage_options, target_file_size=self.target_file_size,
+                    writer_properties=_writer_properties(data),
                     configuration={"delta.targetFileSize": str(self.target_file_size)},
                 )
                 return PartWrite(data.num_rows, region_counts(data))
@@ -384,6 +396,7 @@ class DeltaSink:
                 write_deltalake(
                     table, new_rows, mode="append", commit_properties=final, schema_mode="merge",
                     storage_options=self.storage_options, target_file_size=self.target_file_size,
+                    writer_properties=_writer_properties(new_rows),
                 )
         merged = live_rows(batch, old_rows)  # what the counts report: live rows written
         regions = region_counts(new_rows)
@@ -660,6 +673,10 @@ class DeltaSink:
         if not ranges.known:
             return data.slice(0, 0), data
         _, inside = _interval_of(data[first_key].to_numpy(zero_copy_only=False), *ranges.intervals())
+        if not inside.any():  # all new (a load in key order): the rows as they are, no copy
+            return data, data.slice(0, 0)
+        if inside.all():
+            return data.slice(0, 0), data
         mask = pa.array(inside)
         return data.filter(pc.invert(mask)), data.filter(mask)
 
@@ -668,6 +685,17 @@ if TYPE_CHECKING:  # mypy checks the class against the whole contract, with its 
     from loader.sinks.base import Sink
 
     _CONFORMS: type[Sink[DeltaBegun]] = DeltaSink
+
+
+def _writer_properties(data: pa.Table) -> Any:
+    """delta-rs's Parquet settings for `data`: a dictionary only for the columns that repeat their
+    values (loader/sinks/encoding.py), and snappy, the codec delta-rs uses without settings (a
+    `WriterProperties` without a codec writes uncompressed files)."""
+    from deltalake import ColumnProperties, WriterProperties
+
+    dictionary = set(dictionary_columns(data))
+    return WriterProperties(compression="SNAPPY", column_properties={
+        name: ColumnProperties(dictionary_enabled=name in dictionary) for name in data.column_names})
 
 
 def _merged_intervals(lows: np.ndarray, highs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -45,6 +45,7 @@ from loader.sinks.base import (
     summed_regions,
     tombstones,
 )
+from loader.sinks.encoding import dictionary_columns
 from loader.sinks.names import partition_folder, partition_value
 from loader.sinks.schema_check import refuse_type_changes, refuse_unwritable_names
 from loader.storage import Location, locate, short_error, storage_error
@@ -64,6 +65,9 @@ def _folder_region(relative: str) -> str | None:
             return value
     return None
 
+
+#: Files written at once: writing is compression and encoding, which release the GIL, one per core.
+_WRITERS = max(2, pa.cpu_count())
 
 _TYPE_FIX = "Cast the column in the transform back to the stored type, or move the table's folder away to start a new version log"
 
@@ -143,6 +147,9 @@ class ParquetSink:
         failpoints.hit("parquet.commit", batch.table)
         return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.location(batch.table),
                          regions=summed_regions(parts), deleted=sum(p.deleted for p in parts))
+
+    def close(self) -> None:
+        """Nothing is kept open between batches."""
 
     def discard_run(self, table: str, run_number: int) -> None:
         """Delete the run's files, half-written ones included: its versions are written again by the
@@ -322,8 +329,9 @@ class ParquetSink:
 
     def _write_partitions(self, where: Location, run_number: int, data: pa.Table, cursor: str, table: str, *,
                           part: int) -> None:
-        """One file per (region, date), written in parallel. Only the sort indices and the two partition
-        columns are materialised; each file takes its own rows, so no full copy of the table is made."""
+        """One file per (region, date), written in parallel, each taking its rows (in key order: the
+        sort is stable) from the table. A take from a table of several chunks gathers every chunk again
+        each time, so such a table is made one chunk first (the executors hand over one chunk: no copy)."""
         unit = data[cursor].type.unit if pa.types.is_timestamp(data[cursor].type) else "us"
         days = pc.cast(pc.cast(data[cursor], pa.timestamp(unit)), pa.date32())  # the cursor's UTC day
         keys = pa.table({"region": data["region"], DATE_COLUMN: days})
@@ -334,6 +342,9 @@ class ParquetSink:
         changes = np.flatnonzero((regions[1:] != regions[:-1]) | (day_numbers[1:] != day_numbers[:-1])) + 1
         starts = [0, *changes.tolist()]
         bounds = list(zip(starts, [*starts[1:], data.num_rows], strict=True))
+        if any(column.num_chunks > 1 for column in data.columns):
+            data = data.combine_chunks()
+        dictionary = dictionary_columns(data)
 
         def write_one(bound: tuple[int, int]) -> None:
             begin, end = bound
@@ -344,11 +355,11 @@ class ParquetSink:
             where.filesystem.create_dir(folder, recursive=True)
             hidden = f"{folder}/.{name}"
             with where.filesystem.open_output_stream(hidden) as stream:
-                pq.write_table(rows, stream, compression=self.compression)
+                pq.write_table(rows, stream, compression=self.compression, use_dictionary=dictionary)
             where.filesystem.move(hidden, f"{folder}/{name}")
 
         half = max(1, len(bounds) // 2)
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=_WRITERS) as pool:
             list(pool.map(write_one, bounds[:half]))
             failpoints.hit("parquet.write", table)  # some partitions written, not all
             list(pool.map(write_one, bounds[half:]))

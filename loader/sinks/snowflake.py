@@ -55,6 +55,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import uuid
@@ -119,8 +120,8 @@ def stage_prefix(stage: str, batch: TableBatch) -> str:
 
 
 class _Session:
-    """One connector session, opened lazily and dropped after an error so the retry reconnects
-    (a lost or expired session is one of the transient faults)."""
+    """One connector session, opened lazily (or taken from the sink's idle ones) and dropped after an
+    error so the retry reconnects (a lost or expired session is one of the transient faults)."""
 
     def __init__(self, sink: SnowflakeSink) -> None:
         self.sink = sink
@@ -128,7 +129,7 @@ class _Session:
 
     def cursor(self) -> Any:
         if self.conn is None:
-            self.conn = self.sink.connect()
+            self.conn = self.sink.take_connection()
         return self.conn.cursor()
 
     def discard(self) -> None:
@@ -136,6 +137,25 @@ class _Session:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def done(self) -> None:
+        """The work ended: the connection goes back to the sink for the next step (one login per run,
+        not per step), unless an error is on its way out (then it is closed: it may be broken)."""
+        if sys.exc_info()[0] is not None:
+            self.discard()
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.sink.give_back(conn)
+
+
+def _drop_unless_refused(session: _Session, error: Exception) -> None:
+    """After a failed statement: a statement Snowflake refused (a ProgrammingError: SQL it did not take)
+    leaves the connection good for the next step; any other error may have broken it: closed."""
+    from snowflake.connector.errors import ProgrammingError
+
+    if not isinstance(error, ProgrammingError):
+        session.discard()
 
 
 @dataclass(frozen=True)
@@ -158,6 +178,39 @@ class SnowflakeSink:
         # Checked up front (the config pattern already did): a bad pipeline name must not reach a path.
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", config.pipeline):
             raise SinkRejected(f"Snowflake: pipeline name {config.pipeline!r} cannot name a stage folder")
+        # Connections logged in and idle, reused by the next step (`_Session`): one login per run.
+        self._idle: list[Any] = []
+        self._idle_lock = threading.Lock()
+
+    def take_connection(self) -> Any:
+        """An idle connection of this sink's (logged in already), else a new one."""
+        with self._idle_lock:
+            if self._idle:
+                return self._idle.pop()
+        return self.connect()
+
+    def give_back(self, conn: Any) -> None:
+        """Keep `conn` for the next step (a step that succeeded left no transaction open)."""
+        with self._idle_lock:
+            self._idle.append(conn)
+
+    def close(self) -> None:
+        """Log out of the idle connections."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def __del__(self) -> None:  # a sink dropped without close() (a check, a dimension load) logs out too
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __getstate__(self) -> dict[str, Any]:  # to a Ray worker: without connections or the lock
+        return {**self.__dict__, "_idle": [], "_idle_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _idle_lock=threading.Lock())
 
     def discard_run(self, table: str, run_number: int) -> None:
         """Nothing to do: a run is visible only once its transaction committed, and the staging table and
@@ -186,7 +239,7 @@ class SnowflakeSink:
         except sf_errors.Error as error:
             raise self._convert(error, doing=f"reading the columns of {table} in") from error
         finally:
-            session.discard()
+            session.done()
         columns_to_add(table, schema, existing, self._schema_name)  # raises on a type its column cannot hold
 
     def begin(self, batch: TableBatch) -> SnowflakeBegun | None:
@@ -197,7 +250,7 @@ class SnowflakeSink:
             if self._step(batch.table, "prepare", session, lambda cur: self._prepare(cur, batch)):
                 return None
         finally:
-            session.discard()
+            session.done()
         return SnowflakeBegun(f"{stage_prefix(self.settings.stage, batch)}{uuid.uuid4().hex[:12]}/")
 
     def write_part(self, batch: TableBatch, begun: SnowflakeBegun, *, part: int, last: bool) -> PartWrite:
@@ -215,7 +268,7 @@ class SnowflakeSink:
             live = live_rows(batch, batch.data)
             return PartWrite(batch.data.num_rows - staged, region_counts(live), deleted=staged)
         finally:
-            session.discard()
+            session.done()
             shutil.rmtree(folder, ignore_errors=True)
 
     def finish(self, batch: TableBatch, begun: SnowflakeBegun, parts: list[PartWrite]) -> SinkWrite:
@@ -239,7 +292,7 @@ class SnowflakeSink:
                 return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.location(batch.table),
                                  regions=summed_regions(parts), deleted=deleted)
             finally:
-                session.discard()
+                session.done()
 
     def _cleanup(self, session: _Session, batch: TableBatch, stage_folder: str) -> None:
         """Landed already: a failure here is logged (the next load replaces the staging table; staged
@@ -249,7 +302,7 @@ class SnowflakeSink:
                 session.cursor().execute(statement)
             except Exception as error:
                 log.info("%s -> snowflake: %s failed (%s)", batch.table, statement.split(" ")[0], short_error(error))
-                session.discard()
+                _drop_unless_refused(session, error)
 
     def read_back(self, table: str, columns: list[str]) -> pa.Table | None:
         """The target table's current rows; names lower-cased (as the source's), whole numbers as int64."""
@@ -283,7 +336,7 @@ class SnowflakeSink:
         except sf_errors.Error as error:
             raise self._convert(error, doing=f"reading {table} back from") from error
         finally:
-            session.discard()
+            session.done()
 
     def probe(self) -> str | None:
         """Logs in and runs SELECT 1 (a closed port fails in seconds, before the connector's own waits)."""
@@ -317,7 +370,7 @@ class SnowflakeSink:
         try:
             return self._step(spec.table, "read", session, lambda cur: self._dimension_rows(cur, spec, columns))
         finally:
-            session.discard()
+            session.done()
 
     def apply_dimension(self, spec: DimensionSpec, changes: DimensionChanges) -> None:
         """Prepare (stage and table), PUT and COPY the opens and closes, apply them in one transaction,
@@ -354,7 +407,7 @@ class SnowflakeSink:
                        lambda cur: self._apply_dimension(cur, session.conn, spec, list(schema.names), set(staged)))
             self._cleanup_dimension(session, spec, prefix if staged else None)
         finally:
-            session.discard()
+            session.done()
             shutil.rmtree(folder, ignore_errors=True)
 
     def _step(self, table: str, step: str, session: _Session, work: Callable[[Any], T]) -> T:
@@ -539,7 +592,7 @@ class SnowflakeSink:
                 session.cursor().execute(statement)
             except Exception as error:
                 log.info("%s -> snowflake: %s failed (%s)", spec.table, statement.split(" ")[0], short_error(error))
-                session.discard()
+                _drop_unless_refused(session, error)
 
     def connect(self) -> Any:
         import snowflake.connector

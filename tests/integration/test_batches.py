@@ -583,6 +583,41 @@ def test_a_run_killed_after_its_third_batch_resumes_at_the_fourth(zone: Path, lo
     _verify_ok(config)
 
 
+def test_a_batch_that_cannot_be_read_ahead_leaves_the_batches_before_it_committed(
+    zone: Path, loaded: Loaded, tmp_path: Path
+) -> None:
+    """Batch k's orders are read while batch k-1's lineitems are written (run.read_ahead). A page of an
+    orders file that only later batches read is corrupt (its footer intact, so planning passes): the
+    batches before the first that reads it commit; that one is recorded, fails before any write, and
+    holds the error; once the file is fixed, the next run replays it (it wrote nothing, so the fixed file
+    is read) and loads the rest exactly."""
+    reference = _ledger(loaded.config)
+    numbers = sorted(reference)
+    last = _input_files(reference[numbers[-1]]["inputs"])["orders"][-1]
+    first_reader = min(n for n in numbers if last in _input_files(reference[n]["inputs"]).get("orders", []))
+    assert first_reader >= 3, "the file must be read by a later batch, after some have committed"
+    config = _fresh(zone, tmp_path / "p")
+    broken = _landing(config) / Path(last).relative_to(_landing(loaded.config))
+    good = broken.read_bytes()
+    broken.write_bytes(good[:4] + b"\xff" * 600 + good[604:])  # the first data page, not the footer
+
+    failed = run_cli(config, "run", "--incremental", "--max-batch-rows", str(BUDGET), check=False)
+    assert failed.returncode != 0 and broken.name in failed.stderr, failed.stderr[-2000:]
+    ledger = _ledger(config)
+    assert {n: ledger[n]["status"] for n in ledger} == {
+        **{n: "committed" for n in range(1, first_reader)}, first_reader: "planned"}
+    committed_upper = {t: _at(w["upper"]) for t, w in ledger[first_reader - 1]["windows"].items()}
+    assert {t: c for t, (c, _) in _checkpoints(config).items()} == committed_upper
+
+    broken.write_bytes(good)
+    time.sleep(LEASE_TTL_S + 0.5)
+    resumed = _run(config, BUDGET)
+    assert resumed["replayed"] and resumed["run_numbers"][0] == first_reader
+    assert_warehouse_exact(_warehouse(config), zone)
+    _assert_parquet_versions_once(_warehouse(config))
+    _verify_ok(config)
+
+
 # ------------------------------------------------------------------------------------------- 8. backfill
 
 

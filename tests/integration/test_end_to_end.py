@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -20,6 +21,27 @@ pytestmark = pytest.mark.integration
 
 def _paths(config: Path) -> tuple[Path, Path]:
     return config.parent / "landing", config.parent / "warehouse"
+
+
+def _encodings(path: Path) -> tuple[set[str], dict[str, bool]]:
+    """The codecs of a Parquet file's column chunks, and per column whether it is dictionary-encoded."""
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    chunks = [meta.column(i) for i in range(meta.num_columns)]
+    return ({c.compression for c in chunks},
+            {c.path_in_schema: any("DICTIONARY" in e for e in c.encodings) for c in chunks})
+
+
+def _assert_file_settings(warehouse: Path) -> None:
+    """Both sinks compress (Parquet: zstd as configured; Delta: snappy, delta-rs's codec) and give a
+    dictionary to a column that repeats its values (the order priority: 5 values), not to one that
+    does not (the order key)."""
+    for sink, codec in (("parquet", "ZSTD"), ("delta", "SNAPPY")):
+        table = warehouse / sink / "orders"
+        files = sorted(p for p in table.rglob("*.parquet")
+                       if not any(part.startswith((".", "_")) for part in p.relative_to(table).parts))
+        codecs, dictionary = _encodings(files[0])
+        assert codecs == {codec}, (sink, codecs)
+        assert dictionary["o_orderpriority"] and not dictionary["o_orderkey"], (sink, dictionary)
 
 
 @pytest.mark.parametrize("state_store", ["sqlite", "postgres"])
@@ -38,12 +60,15 @@ def test_incremental_lifecycle(tmp_path: Path, request: pytest.FixtureRequest, s
     assert first["tables"]["orders"]["rows"] == 15000
     assert first["tables"]["orders"]["sinks"]["delta"]["rows"] == 15000
     assert_warehouse_exact(warehouse, landing)
+    if state_store == "sqlite":
+        _assert_file_settings(warehouse)
 
     run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "300", "--updates", "100", "--late", "10")
     plan = run_json(config_path, "plan")
     orders_plan = plan["sources"]["orders"]
-    # Only the new day's folder (and the lookback's) is read, not the history.
-    assert orders_plan["files"] < orders_plan["files_listed"]
+    # Only the new day's folder (and the lookback's) is listed and read, not the history's folders.
+    on_disk = len(list((landing / "orders").rglob("*.parquet")))
+    assert orders_plan["files"] <= orders_plan["files_listed"] < on_disk
     second = run_json(config_path, "run", "--incremental")
     assert second["run_number"] == 2
     # 300 new + 100 updates + 10 late orders, plus the lookback's re-read of the newest old rows.

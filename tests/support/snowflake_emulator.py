@@ -34,6 +34,32 @@ def emulator() -> Iterator[dict[str, Any]]:
         shutil.rmtree(stage.LOCAL_BUCKET_PATH, ignore_errors=True)
 
 
+class _CountedSessions(dict):  # type: ignore[type-arg]
+    """fakesnow's session table, counting the sessions opened (a login each)."""
+
+    logins = 0
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.logins += 1
+        super().__setitem__(key, value)
+
+
+@contextlib.contextmanager
+def counted_logins() -> Iterator[_CountedSessions]:
+    """While inside, the emulator's logins are counted (`.logins`); the sessions open stay open."""
+    import fakesnow.server
+
+    before = fakesnow.server.sessions
+    counted = _CountedSessions(before)
+    fakesnow.server.sessions = counted
+    try:
+        yield counted
+    finally:
+        before.clear()
+        before.update(counted)
+        fakesnow.server.sessions = before
+
+
 def new_database() -> str:
     """A fresh database name: each test gets its own, so tests sharing one server never see each other."""
     return f"DB_{uuid.uuid4().hex[:8].upper()}"

@@ -73,11 +73,33 @@ def test_plan_prunes_old_folders_and_row_groups(tmp_path: Path) -> None:
     _write_day(root, "2024-01-02", [day2 + timedelta(hours=h) for h in (1, 2, 10, 11)])
     checkpoint = Checkpoint(source="orders", cursor=day2 + timedelta(hours=5), run_number=3, updated_at=T0)
     plan = plan_source("orders", SOURCE, locate(str(root)), checkpoint=checkpoint, now=day2 + timedelta(days=1))
-    assert plan.files_seen == 2
+    assert plan.files_seen == 1  # the 2024-01-01 folder is older than the window: not even listed
     assert [f.path.split("/")[-2] for f in plan.files] == ["ingest_date=2024-01-02"]
     assert plan.files[0].row_groups == (1,)  # hours 1-2 are below checkpoint - lookback
     assert plan.window == Window(lower=day2 + timedelta(hours=4), upper=day2 + timedelta(hours=11))
     assert plan.base_run == 3 and plan.estimated_rows == 2
+
+
+def test_planning_does_not_descend_into_partition_folders_older_than_the_window(tmp_path: Path) -> None:
+    """A run lists only what can hold rows of its window: an old `ingest_date=` folder is skipped by
+    its name, whatever it holds (here a file and a link out of the zone that listing it would refuse),
+    at any depth; a folder that is not a date partition is still descended."""
+    root = tmp_path / "orders"
+    outside = tmp_path / "secret.parquet"
+    pq.write_table(pa.table({"k": [1]}), outside)
+    for old in (root / "ingest_date=2024-01-01", root / "region=x" / "ingest_date=2024-01-01"):
+        old.mkdir(parents=True)
+        (old / "link.parquet").symlink_to(outside)
+    day2 = T0 + timedelta(days=1)
+    _write_day(root, "2024-01-02", [day2 + timedelta(hours=h) for h in (1, 2, 10, 11)])
+    _write_day(root / "region=x", "2024-01-02", [day2 + timedelta(hours=12)])
+    checkpoint = Checkpoint(source="orders", cursor=day2 + timedelta(hours=5), run_number=3, updated_at=T0)
+    plan = plan_source("orders", SOURCE, locate(str(root)), checkpoint=checkpoint, now=day2 + timedelta(days=1))
+    assert sorted(f.path[len(str(root)):] for f in plan.files) == [
+        "/ingest_date=2024-01-02/part.parquet", "/region=x/ingest_date=2024-01-02/part.parquet"]
+    assert plan.files_seen == 2
+    with pytest.raises(BadSourceData, match="symbolic link"):  # the first run lists everything
+        plan_source("orders", SOURCE, locate(str(root)), checkpoint=None, now=day2 + timedelta(days=1))
 
 
 def test_plan_with_nothing_new_is_empty(tmp_path: Path) -> None:
