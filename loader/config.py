@@ -308,7 +308,8 @@ class RunConfig(_Frozen):
     together, estimated from row-group statistics), each read, written and committed before the next.
     A batch is the unit of memory (in-process, about 1 KB a row at peak), of commit and of resume.
     `read_ahead`: while one source's rows are written, the next source (of the batch, or of the next
-    batch) is read and transformed (loader/execute/read_ahead.py): two sources' rows in flight at most."""
+    batch) is read and transformed (loader/execute/read_ahead.py), as long as both together stay within
+    `max_batch_rows`: the budget covers everything in flight."""
 
     max_batch_rows: StrictInt = Field(default=1_000_000, gt=0)
     read_ahead: StrictBool = True

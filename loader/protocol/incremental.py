@@ -126,7 +126,7 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, executor: str | 
     series = uuid.uuid4().hex[:12]  # names this run's batches in the ledger (status: batch i of n)
     planning_s = timer.timings.get("plan", 0.0)  # the first batch carries the run's planning
     # The next sources are read and transformed while the current ones are written (run.read_ahead).
-    ahead = batches.read_ahead([b.plan for b in cutting.batches]) if config.run.read_ahead else None
+    ahead = batches.read_ahead([b.plan for b in cutting.batches], budget=cutting.budget) if config.run.read_ahead else None
     try:
         for index, batch in enumerate(cutting.batches):
             info = {"batch": {"series": series, "index": batch.number, "of": total,

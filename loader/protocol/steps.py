@@ -300,15 +300,16 @@ class BatchExecutor:
                  record.run_number, version[:12])
         return dims
 
-    def read_ahead(self, plans: list[RunPlan]) -> Any:
+    def read_ahead(self, plans: list[RunPlan], *, budget: int) -> Any:
         """A `ReadAhead` computing the sources of `plans` (fresh batches of this run, enriched from this
-        run's dimensions) ahead of their writes."""
+        run's dimensions) ahead of their writes, within `budget` rows in flight."""
         from loader.execute.choice import execute
-        from loader.execute.read_ahead import ReadAhead
+        from loader.execute.read_ahead import ReadAhead, source_rows
 
         assert self._prepared is not None
         choice, engine, dims = self._prepared
-        return ReadAhead(lambda plan: execute(self.config, plan, choice.executor, dims, engine.engine), plans)
+        return ReadAhead(lambda plan: execute(self.config, plan, choice.executor, dims, engine.engine), plans,
+                         weights=[source_rows(plan) for plan in plans], budget=budget)
 
     def run(self, record: RunRecord, plan: RunPlan, *, metrics: dict[str, Any] | None = None,
             planning_s: float = 0.0, computed: tuple[Iterator[Any], Callable[[], float]] | None = None) -> BatchOutcome:
