@@ -12,7 +12,7 @@ import yaml
 from loader.config import load_config
 from loader.execute import local
 from loader.execute.choice import load_dimensions
-from loader.execute.stages import read_checks, region_rules
+from loader.execute.stages import StageChain, read_checks, region_rules
 from loader.landing.quarantine import split_no_region
 from loader.landing.sources import read_source
 from loader.protocol.planning import plan_run
@@ -52,8 +52,17 @@ def test_parts_on_threads_give_the_rows_of_one_piece(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(local, "_ROWS_PER_THREAD", 1)
     monkeypatch.setattr(pa, "cpu_count", lambda: 3)  # uneven parts
+    pieces: dict[str, int] = {}  # the pieces each source's transform ran on
+    transform = StageChain.transform
+
+    def counted(chain: StageChain, rows: pa.Table, dims: object) -> pa.Table:
+        pieces[chain.source.kind] = pieces.get(chain.source.kind, 0) + 1
+        return transform(chain, rows, dims)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StageChain, "transform", counted)
     got = {item.name: item.parts[0] for item in local.run_local(config, plan, dims, "cpu")}
     assert got.keys() == expected.keys()
     for name, table in got.items():
-        assert table.column(0).num_chunks >= 3, name  # it did run in parts
+        assert pieces[config.sources[name].kind] == 3, name  # it did run in parts
+        assert table.column(0).num_chunks == 1, name  # joined in one chunk: the sinks take rows by position
         assert table.equals(expected[name]), name
