@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+from exit_now import exit_now
 
 #: table -> (primary key, cursor, region lookup key, delete column): configs/local.yaml's sources.
 TABLES = {
@@ -93,9 +92,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # As the loader's CLI does: leave without the interpreter's teardown, where delta-rs' runtime threads
-    # sometimes abort the process ("terminate called without an active exception") after the work is done.
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(main())

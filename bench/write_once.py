@@ -43,7 +43,6 @@ import json
 import os
 import resource
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,6 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake import ColumnProperties, WriterProperties, write_deltalake
+from exit_now import exit_now
 
 from loader.sinks.encoding import dictionary_columns
 
@@ -251,9 +251,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # As bench/read_once.py: leave without the interpreter's teardown, where delta-rs' runtime threads
-    # sometimes abort the process ("terminate called without an active exception") after the work is done.
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(main())

@@ -165,7 +165,7 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Engin
             yield SourceRows(name, empty.schema, [empty], 0, nodes, read=read, quarantined=quarantined)
 
 
-_DIMS_PUT: dict[str, tuple[Dimensions, Any]] = {}  # Ray job id -> the lookups put last, their reference
+_DIMS_PUT: list[tuple[str, Dimensions, Any]] = []  # the lookups put last: (Ray job id, lookups, reference)
 
 
 def _in_object_store(dims: Dimensions) -> Any:
@@ -174,11 +174,9 @@ def _in_object_store(dims: Dimensions) -> Any:
     import ray
 
     job = ray.get_runtime_context().get_job_id()
-    held = _DIMS_PUT.get(job)
-    if held is None or held[0] is not dims:
-        _DIMS_PUT.clear()
-        held = _DIMS_PUT[job] = (dims, ray.put(dims))
-    return held[1]
+    if not _DIMS_PUT or _DIMS_PUT[0][0] != job or _DIMS_PUT[0][1] is not dims:
+        _DIMS_PUT[:] = [(job, dims, ray.put(dims))]
+    return _DIMS_PUT[0][2]
 
 
 def _read_tasks(source_plan: SourcePlan, cpus: int) -> list[tuple[str, tuple[int, ...]]]:

@@ -18,7 +18,7 @@ def files_fingerprint(config: LoaderConfig, table: str) -> tuple[str, list[pafs.
     """A hash of one dimension's files (path, size, mtime, Parquet footer: any change to a file
     changes it), and the files."""
     location = locate(config.dimension_path(table))
-    infos, _ = list_file_infos(location, partition_column="", since=None)
+    infos = list_file_infos(location, partition_column="", since=None)
     digest = hashlib.sha256(f"{len(infos)}".encode())
     for info in infos:
         digest.update(f"\0{info.path}\0{info.size}\0{info.mtime_ns}".encode())

@@ -135,7 +135,7 @@ def read_dimension(config: LoaderConfig, table: str, columns: tuple[str, ...] | 
     """A dimension table, only `columns` of it when given (those the files have: a missing one is
     reported by the caller, naming the table)."""
     location = locate(config.dimension_path(table))
-    files, _ = list_files(location, partition_column="", since=None)
+    files = list_files(location, partition_column="", since=None)
     if not files:
         raise BadSourceData(f"dimension {table!r} has no Parquet files at {location.uri}: fix dimensions.{table} in the config")
     parts = []

@@ -183,7 +183,7 @@ def _landed_before(location: Location, partition_column: str, moment: datetime |
                    read: frozenset[str] = frozenset()) -> list[str]:
     """The source's files (planning's rules) that were there at `moment`, and those a committed run
     recorded as read (a replay reads a file rewritten since as it is now, whatever its mtime)."""
-    paths = set(list_files(location, partition_column=partition_column, since=None)[0])
+    paths = set(list_files(location, partition_column=partition_column, since=None))
     infos = location.filesystem.get_file_info(pafs.FileSelector(location.path, recursive=True))
     return sorted(
         info.path for info in infos

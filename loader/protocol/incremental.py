@@ -15,7 +15,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from loader import failpoints
@@ -140,11 +139,8 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, executor: str | 
             failpoints.hit("plan.recorded")
             logs.set_run(record.run_number)
             progress.batch(batch.number, total)
-            computed = None if ahead is None else (ahead.items(index), partial(ahead.seconds.__getitem__, index))
-            outcome = batches.run(record, batch.plan, metrics=info, computed=computed,
+            outcome = batches.run(record, batch.plan, metrics=info, ahead=ahead, index=index,
                                   planning_s=planning_s + time.perf_counter() - started)
-            if computed is not None:
-                computed[0].close()  # the batch's last source is written: its slot goes to the next one's
             planning_s = 0.0
             summary.add(outcome)
             _log_batch(outcome, batch.number, total)

@@ -138,13 +138,12 @@ def in_window(window: Window, low: datetime | None, high: datetime | None) -> bo
     return above_lower and low <= window.upper
 
 
-def list_files(location: Location, *, partition_column: str, since: date | None) -> tuple[list[str], int]:
-    """Parquet files under the source, skipping `partition_column=` folders older than `since`."""
-    infos, seen = list_file_infos(location, partition_column=partition_column, since=since)
-    return [info.path for info in infos], seen
+def list_files(location: Location, *, partition_column: str, since: date | None) -> list[str]:
+    """Parquet files under the source, not listing `partition_column=` folders older than `since`."""
+    return [info.path for info in list_file_infos(location, partition_column=partition_column, since=since)]
 
 
-def list_file_infos(location: Location, *, partition_column: str, since: date | None) -> tuple[list[pafs.FileInfo], int]:
+def list_file_infos(location: Location, *, partition_column: str, since: date | None) -> list[pafs.FileInfo]:
     """As `list_files`, with each file's size and modification time."""
     try:
         info = location.filesystem.get_file_info(location.path)
@@ -166,7 +165,7 @@ def list_file_infos(location: Location, *, partition_column: str, since: date | 
         key=lambda f: f.path,
     )
     _refuse_links_out(location, files)
-    return files, len(files)
+    return files
 
 
 def _listed_since(location: Location, partition_column: str, since: date) -> list[pafs.FileInfo]:
@@ -308,7 +307,7 @@ def plan_source(
     Cursors later than now + `future_tolerance` are quarantined, so they do not count as present."""
     lower = fixed_window.lower if fixed_window else (checkpoint.cursor - source.lookback if checkpoint else None)
     since = lower.date() if lower is not None else None
-    infos, seen = list_file_infos(location, partition_column=source.partition_column, since=since)
+    infos = list_file_infos(location, partition_column=source.partition_column, since=since)
     sizes = {info.path: info.size for info in infos}
     mtimes = {info.path: modified(info) for info in infos}
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -326,14 +325,14 @@ def plan_source(
         )
         if window is None:
             upper = checkpoint.cursor if checkpoint else now
-            return SourcePlan(name, location, Window(lower=upper, upper=upper), (), seen, base_run)
+            return SourcePlan(name, location, Window(lower=upper, upper=upper), (), len(infos), base_run)
     chosen = []
     for footer in footers:
         stats = tuple(g for g in footer.groups if g[1] > 0 and in_window(window, g[2], g[3]))
         if stats:
             chosen.append(FilePlan(footer.path, tuple(g[0] for g in stats), sum(g[1] for g in stats),
                                    sizes.get(footer.path), stats, mtimes.get(footer.path), footer.schema))
-    return SourcePlan(name, location, window, tuple(chosen), seen, base_run)
+    return SourcePlan(name, location, window, tuple(chosen), len(infos), base_run)
 
 
 def _present_highs(location: Location, footers: list[_Footer], cursor: str, limit: datetime) -> list[datetime]:

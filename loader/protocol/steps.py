@@ -312,18 +312,17 @@ class BatchExecutor:
                          weights=[source_rows(plan) for plan in plans], budget=budget)
 
     def run(self, record: RunRecord, plan: RunPlan, *, metrics: dict[str, Any] | None = None,
-            planning_s: float = 0.0, computed: tuple[Iterator[Any], Callable[[], float]] | None = None) -> BatchOutcome:
+            planning_s: float = 0.0, ahead: Any = None, index: int = 0) -> BatchOutcome:
         """Execute the recorded batch and commit it; on any error the run stays `planned` (replayed
         later) with the error kept in the ledger, and the error goes on. `planning_s`: the batch's
-        share of planning (recorded with its stage timings). `computed`: the batch's sources as a
-        `ReadAhead` hands them out, and the seconds computing them took (read once the batch is written),
-        instead of computing them here."""
+        share of planning (recorded with its stage timings). `ahead`: the run's `ReadAhead`, which
+        computed the sources of the run's `index`-th batch, instead of computing them here."""
         self.prepare(plan)
         started = time.perf_counter()
         outcome = BatchOutcome(record.run_number, replayed=record.attempts > 1)
         try:
             with logs.run_context(record.run_number):
-                self._execute(record, plan, outcome, dict(metrics or {}), planning_s, computed)
+                self._execute(record, plan, outcome, dict(metrics or {}), planning_s, ahead, index)
         except EXPECTED_ERRORS as error:
             self.store.fail_run(self.config.pipeline, record.run_number, error=str(error))
             raise
@@ -361,7 +360,7 @@ class BatchExecutor:
                                   partial(sink.check_columns, name, schema))
 
     def _execute(self, record: RunRecord, plan: RunPlan, outcome: BatchOutcome, metrics: dict[str, Any],
-                 planning_s: float, computed: tuple[Iterator[Any], Callable[[], float]] | None) -> None:
+                 planning_s: float, ahead: Any, index: int) -> None:
         from loader.execute.choice import execute
         from loader.landing import quarantine
         from loader.sinks import TableBatch
@@ -379,7 +378,8 @@ class BatchExecutor:
             self._check_sinks_take(sinks, plan)
         # Computed ahead (on the read-ahead thread) or here, source by source; "execute" counts the
         # computing either way, "execute_wait" the time the writes waited for it when computed ahead.
-        tables = execute(self.config, plan, choice.executor, dims, engine.engine) if computed is None else computed[0]
+        computed = None if ahead is None else ahead.items(index)
+        tables = execute(self.config, plan, choice.executor, dims, engine.engine) if computed is None else computed
         waited = "execute" if computed is None else "execute_wait"
         writing = bool(record.metrics.get("writing"))
         for name in [n for n, p in plan.sources.items() if not p.is_empty]:  # the executors' order
@@ -426,7 +426,8 @@ class BatchExecutor:
             progress.advance(plan.sources[item.name].estimated_rows)
             del item, batch  # free this source's rows before the next one is computed
         if computed is not None:
-            timer.add({"execute": computed[1]()})
+            computed.close()  # the last source is written: its rows leave what the read-ahead counts in flight
+            timer.add({"execute": ahead.seconds[index]})
         progress.step("commit")
         with timer.stage("commit"):
             self.commit(record, plan, {**metrics, "tables": outcome.tables, "executor": outcome.executor,

@@ -230,8 +230,8 @@ class DeltaBegun:
 
 # Writers of one table in this process, one at a time from reading what is stored to the commit: a
 # parallel backfill's chunks are threads, and two chunks holding versions of one key must not both find
-# it absent and both append it (Delta appends never conflict: the key would be stored twice). The count
-# of commits tells a writer whether the snapshot `begin` took is still the newest this process made.
+# it absent and both append it (Delta appends never conflict: the key would be stored twice). The lock
+# also keeps the sink's open handle of a table (`DeltaSink._current`) to one thread at a time.
 _WRITERS_GUARD = threading.Lock()
 _WRITERS: dict[str, threading.Lock] = {}
 
@@ -565,7 +565,7 @@ class DeltaSink:
             return data
         keys, cursor = list(batch.key), batch.cursor
         side_uri = self.tombstones_uri(batch.table)
-        side = self._open(side_uri)
+        side = self._current(side_uri)  # only this table's writer (under its lock) touches the side table
         fields = [data.schema.field(k) for k in keys] + [data.schema.field(cursor)]
         slim = data.select([*keys, cursor]).append_column(DELETED, mask).append_column(
             "__row", pa.array(np.arange(data.num_rows, dtype=np.int64)))

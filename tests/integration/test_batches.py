@@ -583,6 +583,33 @@ def test_a_run_killed_after_its_third_batch_resumes_at_the_fourth(zone: Path, lo
     _verify_ok(config)
 
 
+def test_each_delta_table_is_opened_once_per_run_however_many_batches(
+    zone: Path, loaded: Loaded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's sinks live as long as the run: a Delta table's log is replayed once, and each later
+    batch reads only the commits made since (`update_incremental`), not the whole log again."""
+    import deltalake
+
+    from loader.config import load_config
+    from loader.protocol.incremental import run_incremental
+
+    opened: dict[str, int] = {}
+
+    class Counted(deltalake.DeltaTable):
+        def __init__(self, uri: str, *args: Any, **kwargs: Any) -> None:
+            super().__init__(uri, *args, **kwargs)  # a table not there yet raises: not an open
+            opened[Path(str(uri)).name] = opened.get(Path(str(uri)).name, 0) + 1
+
+    config = _fresh(zone, tmp_path / "p")
+    monkeypatch.chdir(config.parent)
+    monkeypatch.setattr(deltalake, "DeltaTable", Counted)
+    summary = run_incremental(load_config(config), max_batch_rows=BUDGET)
+    assert len(summary.batches) == len(loaded.summary["batches"]) >= 5
+    # The first batch creates each table (nothing to open); the second opens it; the rest update it.
+    assert {t: opened.get(t, 0) for t in FACTS} == dict.fromkeys(FACTS, 1), opened
+    assert_warehouse_exact(_warehouse(config), zone)
+
+
 def test_a_batch_that_cannot_be_read_ahead_leaves_the_batches_before_it_committed(
     zone: Path, loaded: Loaded, tmp_path: Path
 ) -> None:
