@@ -1,6 +1,8 @@
 """A fingerprint of a landing folder's files: path, size, modification time and Parquet footer (row
 groups, offsets, statistics) of each, so any change to a file changes it, whatever the clocks say. Two
-small reads per file, no data read: what lets a run skip dimension files that did not change."""
+small reads per file, no data read: what lets a run skip dimension files that did not change. Paths
+count from the folder: the same files in a zone copied or moved elsewhere keep their fingerprint (and
+their prepared lookups)."""
 
 from __future__ import annotations
 
@@ -11,17 +13,23 @@ import pyarrow.fs as pafs
 
 from loader.config import LoaderConfig
 from loader.protocol.planning import list_file_infos
-from loader.storage import locate, storage_error
+from loader.storage import Location, locate, storage_error
 
 
 def files_fingerprint(config: LoaderConfig, table: str) -> tuple[str, list[pafs.FileInfo]]:
     """A hash of one dimension's files (path, size, mtime, Parquet footer: any change to a file
     changes it), and the files."""
-    location = locate(config.dimension_path(table))
+    return folder_fingerprint(locate(config.dimension_path(table)))
+
+
+def folder_fingerprint(location: Location) -> tuple[str, list[pafs.FileInfo]]:
+    """`files_fingerprint` of the files under `location`, their paths taken from it."""
     infos = list_file_infos(location, partition_column="", since=None)
+    root = location.path.rstrip("/") + "/"
     digest = hashlib.sha256(f"{len(infos)}".encode())
     for info in infos:
-        digest.update(f"\0{info.path}\0{info.size}\0{info.mtime_ns}".encode())
+        relative = info.path[len(root):] if info.path.startswith(root) else info.path
+        digest.update(f"\0{relative}\0{info.size}\0{info.mtime_ns}".encode())
         digest.update(_footer(location.filesystem, info.path, info.size, location.uri))
     return digest.hexdigest(), infos
 

@@ -1,7 +1,8 @@
 """The Ray executor keeps a table's rows in the cluster: the driver holds references, and everything
 it fetches with ray.get (its own calls and Ray Data's) is small: counts, key ranges, node ids, a schema,
 what each part write did. A run in this process with every ray.get recorded; before the change that
-added this test the executor fetched every transformed part and concatenated them on the driver."""
+added this test the executor fetched every transformed part and concatenated them on the driver. The
+run is cut into several batches, which share one copy of the dimension lookups in the object store."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from loader.config import load_config
 from loader.execute import ray_folders
 from loader.protocol.incremental import run_incremental
+from loader.transform.dimensions import Dimensions
 from tests.support.cli import run_cli, write_config
 from tests.support.demo_clock import init_args
 from tests.support.warehouse import assert_warehouse_exact
@@ -59,11 +61,21 @@ def test_driver_fetches_no_rows_of_the_tables_it_loads(tmp_path: Path, monkeypat
     import ray
 
     project = tmp_path / "project"
-    config_path = write_config(project, ray={"mode": "ray", "num_cpus": 2})
+    config_path = write_config(project, ray={"mode": "ray", "num_cpus": 2}, run={"max_batch_rows": 15_000})
     run_cli(config_path, "demo-data", "init", "--scale", "0.005", *init_args(2))
     monkeypatch.chdir(project)  # the config's relative paths
+    real_put, lookups_put = ray.put, []
+
+    def observed_put(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(value, Dimensions):
+            lookups_put.append(value)
+        return real_put(value, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "put", observed_put)
     summary = run_incremental(load_config(config_path))
     assert summary.executor == "ray" and summary.status == "committed", summary
+    assert len(summary.batches) >= 2, summary.batches
+    assert len(lookups_put) == 1, f"the lookups went to the object store {len(lookups_put)} times in one run"
     tables = summary.tables
     assert tables["lineitem"]["rows"] > 10_000 and all(t["parts"] >= 2 for t in tables.values()), tables
     assert fetched, "no ray.get was observed: the check below would pass vacuously"
