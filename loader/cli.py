@@ -170,7 +170,7 @@ def run_command(obj: _Context, incremental: bool, executor: str | None, engine: 
     if as_json:
         _emit(summary.to_json())
     else:
-        from loader.observe.report import print_run_summary
+        from loader.audit.report import print_run_summary
 
         print_run_summary(summary)
 
@@ -241,7 +241,7 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
     if dry_run:
         summary = backfill.dry_run(config, request, max_batch_rows=max_batch_rows)
     else:
-        from loader.observe.report import backfill_progress
+        from loader.audit.report import backfill_progress
 
         with backfill_progress(quiet=as_json) as on_chunk, _stdout_kept_for_json(as_json):
             summary = backfill.run_backfill(config, request, executor=executor, engine=engine, parallel=parallel,
@@ -249,7 +249,7 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
     if as_json:
         _emit(summary.to_json())
     else:
-        from loader.observe.report import print_backfill
+        from loader.audit.report import print_backfill
 
         print_backfill(redact_data(summary.to_json()))
 
@@ -262,14 +262,14 @@ def doctor_command(obj: _Context, as_json: bool) -> None:
     the landing zone, the dimension cache, every enabled sink, the state store. Writes nothing; exit 1 if a check failed
     (an optional part that is absent, like the GPU, is 'unavailable', not a failure)."""
     config = obj.config()
-    from loader.observe.doctor import run_checks
+    from loader.audit.doctor import run_checks
 
     checks = run_checks(config)  # each detail already redacted
     failed = [c for c in checks if c.status == "failed"]
     if as_json:
         _emit({"pipeline": config.pipeline, "ok": not failed, "checks": [c.to_json() for c in checks]})
     else:
-        from loader.observe.report import print_doctor
+        from loader.audit.report import print_doctor
 
         print_doctor(config.pipeline, checks)
     if failed:
@@ -284,7 +284,7 @@ def plan_command(obj: _Context, max_batch_rows: int | None, as_json: bool) -> No
     """Show what the next incremental run would read (windows, files, row groups, rows) and the batches
     it would cut that into. An unfinished run is shown as the replay of its windows. Starts no Ray."""
     config = obj.config()
-    from loader.observe.report import plan_payload, print_plan
+    from loader.audit.report import plan_payload, print_plan
     from loader.protocol.incremental import preview_next_run
 
     next_run = preview_next_run(config, max_batch_rows=max_batch_rows)
@@ -298,7 +298,7 @@ def plan_command(obj: _Context, max_batch_rows: int | None, as_json: bool) -> No
 def status_command(obj: _Context, as_json: bool) -> None:
     """Per source: checkpoint, lag, last run and its rows; plus any unfinished run and the lease."""
     config = obj.config()
-    from loader.observe.report import print_status, status_payload
+    from loader.audit.report import print_status, status_payload
 
     payload = status_payload(config)  # secrets masked
     _emit(payload) if as_json else print_status(payload)
@@ -318,7 +318,7 @@ def history_command(obj: _Context, limit: int, as_json: bool) -> None:
     if as_json:
         _emit(entries)
     else:
-        from loader.observe.report import print_history
+        from loader.audit.report import print_history
 
         print_history(config.pipeline, entries)
 
@@ -332,8 +332,8 @@ def report_command(obj: _Context, out: Path, limit: int) -> None:
     """An HTML report of the recent runs: rows per run per table, seconds per stage, lag per source over
     time, and the latest run's rows per table, region and sink."""
     config = obj.config()
+    from loader.audit.html_report import write_report
     from loader.observe.history import read_history
-    from loader.observe.html_report import write_report
 
     entries = redact_data(read_history(config.state.url, config.pipeline, limit=limit))
     write_report(out, config.pipeline, entries)
@@ -468,7 +468,7 @@ def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...], deep: 
       loader verify --table orders --json
       loader verify --deep               # and every value, recomputed as each batch computed it"""
     config = obj.config()
-    from loader.observe.verify import print_verification, verify
+    from loader.audit.verify import print_verification, verify
 
     result = verify(config, tables=tables, deep=deep, parts=parts)
     for note in result.notes:

@@ -33,7 +33,7 @@ from pydantic import (
 
 from loader import redaction
 from loader.errors import ConfigError
-from loader.transform.kinds import fact_kind
+from loader.kinds import fact_kind
 
 CONFIG_ENV = "LOADER_CONFIG"
 DEFAULT_CONFIG = Path("configs/local.yaml")
@@ -90,7 +90,7 @@ class DeletesConfig(_Frozen):
 class SourceConfig(_Frozen):
     """One incremental fact source of the landing zone."""
 
-    kind: str  # a name in loader.transform.kinds.FACT_KINDS
+    kind: str  # a name in loader.kinds.FACT_KINDS
     path: str
     format: Literal["parquet"] = "parquet"
     cursor: str

@@ -94,7 +94,7 @@ class RunRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     attempts: int = 1
-    # The exact input recorded before any write (see loader/protocol/planning.py, RunPlan.to_input); None for
+    # The exact input recorded before any write (see loader/landing/plans.py, RunPlan.to_input); None for
     # runs recorded before the state schema's version 2, which replay by their windows.
     inputs: dict[str, Any] | None = None
 

@@ -22,8 +22,8 @@ import pyarrow as pa
 from loader.config import LoaderConfig
 from loader.execute.ray_cluster import cluster_address, cluster_gpu_status, init_ray, ray_address_problem
 from loader.execute.stages import SourceRows
+from loader.landing.plans import RunPlan
 from loader.landing.sources import read_dimension
-from loader.protocol.planning import RunPlan
 from loader.transform.dimensions import Dimensions
 from loader.transform.frames import EngineChoice, EngineName, choose_transform_engine, gpu_status
 

@@ -15,13 +15,12 @@ import pyarrow as pa
 
 from loader.config import LoaderConfig
 from loader.execute.stages import SourceRows, StageChain, log_read
+from loader.landing.plans import RunPlan
 from loader.landing.quarantine import merge_bad
-from loader.landing.sources import read_source
-from loader.protocol.planning import RunPlan
+from loader.landing.sources import normalize_strings, read_source
 from loader.retry import call_with_retries
 from loader.transform.dimensions import Dimensions
 from loader.transform.frames import EngineName
-from loader.transform.tables import normalize_strings
 
 #: Fewest rows a transform thread takes: below that, thread overhead outweighs the second core.
 _ROWS_PER_THREAD = 200_000

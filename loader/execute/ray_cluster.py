@@ -20,13 +20,12 @@ import pyarrow.compute as pc
 from loader.config import LoaderConfig
 from loader.execute import ray_folders
 from loader.execute.stages import SourceRows, StageChain, log_read
+from loader.landing.plans import RunPlan, SourcePlan
 from loader.landing.quarantine import merge_bad
-from loader.landing.sources import Checks, window_mask
-from loader.protocol.planning import RunPlan, SourcePlan
+from loader.landing.sources import Checks, normalize_strings, window_mask
 from loader.sinks.base import DELETED
 from loader.transform.dimensions import Dimensions
 from loader.transform.frames import EngineName, GpuStatus
-from loader.transform.tables import normalize_strings
 from state import Window
 
 log = logging.getLogger(__name__)

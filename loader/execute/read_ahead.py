@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from loader.execute.stages import SourceRows
+from loader.landing.plans import RunPlan
 from loader.observe import logs
 from loader.observe.logs import in_context
-from loader.protocol.planning import RunPlan
 
 _ITEM, _END, _ERROR = "item", "end", "error"
 

@@ -23,7 +23,7 @@ lack. The deletes column itself never reaches a sink: it is landing-zone bookkee
 Both executors and verify run a `StageChain`: the Ray executor (loader/execute/ray_cluster.py) calls
 `run` on each key-range part whole; the in-process one (loader/execute/local.py) calls the stages in
 turn, the transform on row-contiguous pieces of the deduplicated rows on threads; verify
-(loader/observe/verify.py) calls `run` on a chain up to the region lookup. The stages are row-local and
+(loader/audit/verify.py) calls `run` on a chain up to the region lookup. The stages are row-local and
 dedupe keeps exactly one deterministic row per key, so any split of a window gives the same rows.
 """
 
@@ -41,16 +41,16 @@ import pyarrow.compute as pc
 
 from loader.config import DeletesConfig, LoaderConfig, SourceConfig
 from loader.errors import BadSourceData
+from loader.kinds import UNKNOWN_REGION, fact_kind
+from loader.landing.plans import SourcePlan
 from loader.landing.quarantine import merge_bad, split_no_region
 from loader.landing.sources import Checks, screen
-from loader.protocol.planning import SourcePlan
 from loader.sinks.base import DELETED
 from loader.transform.dimensions import Dimensions
 from loader.transform.facts import attach_region, transform_fact
 from loader.transform.frames import EngineName, frames_for, on_table
-from loader.transform.kinds import fact_kind
 from loader.transform.region_rules import RegionRule
-from loader.transform.tables import UNKNOWN_REGION, dedupe_latest, latest_rows
+from loader.transform.tables import dedupe_latest, latest_rows
 from state import Window
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from loader.config import LoaderConfig
-from loader.protocol.planning import list_file_infos
+from loader.landing.files import list_file_infos
 from loader.storage import Location, locate, storage_error
 
 

@@ -30,9 +30,9 @@ import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig
 from loader.errors import BadSourceData
+from loader.kinds import UNKNOWN_REGION
 from loader.retry import call_with_retries
 from loader.storage import Location, locate, storage_error
-from loader.transform.tables import UNKNOWN_REGION
 
 REASON = "__loader_quarantine_reason"
 SCHEMA = pa.schema([

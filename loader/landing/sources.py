@@ -14,11 +14,29 @@ import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig
 from loader.errors import BadSourceData
+from loader.landing.files import list_files, missing_deletes_column
+from loader.landing.plans import FilePlan, SourcePlan
 from loader.landing.quarantine import merge_bad, split_bad_rows
-from loader.protocol.planning import FilePlan, SourcePlan, list_files, missing_deletes_column
 from loader.storage import locate, storage_error
-from loader.transform.tables import normalize_strings
 from state import Window
+
+_STRINGISH = (pa.types.is_large_string, pa.types.is_string_view)
+
+
+def normalize_strings(table: pa.Table) -> pa.Table:
+    """Cast top-level string_view and large_string columns to plain string.
+
+    tpchgen and some readers produce string_view, which several pyarrow kernels (take, filter on
+    tables) and cuDF's Arrow import reject; one string type also keeps batch schemas identical for
+    concatenation and sinks. Returns the same table object when nothing needs casting.
+    """
+    fields = [
+        f.with_type(pa.string()) if any(check(f.type) for check in _STRINGISH) else f for f in table.schema
+    ]
+    schema = pa.schema(fields, metadata=table.schema.metadata)
+    if schema.equals(table.schema):
+        return table
+    return table.cast(schema)
 
 
 def window_mask(table: pa.Table | pa.RecordBatch, cursor: str, window: Window) -> pa.Array:

@@ -30,9 +30,10 @@ from typing import Any
 
 from loader.config import LoaderConfig
 from loader.errors import ConfigError, LoaderError, Terminal
+from loader.landing.plans import RunPlan
 from loader.observe.logs import in_context
 from loader.protocol.batches import BatchPlan, cut_into_batches
-from loader.protocol.planning import RunPlan, plan_run
+from loader.protocol.planning import plan_run
 from loader.protocol.steps import BatchExecutor, Timer, add_tables, commit_backfill, pipeline_session
 from loader.retry import call_with_retries
 from state import RunRecord, StateStore, Window

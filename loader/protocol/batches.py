@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from loader.protocol.planning import RunPlan, SourcePlan
+from loader.landing.plans import RunPlan, SourcePlan
 from state import Window
 
 log = logging.getLogger(__name__)

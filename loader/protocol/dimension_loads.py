@@ -259,8 +259,8 @@ def _read_files(config: LoaderConfig, table: str, paths: Sequence[str]) -> tuple
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from loader.landing.sources import normalize_strings
     from loader.storage import locate, storage_error
-    from loader.transform.tables import normalize_strings
 
     location = locate(config.dimension_path(table))
     if not paths:

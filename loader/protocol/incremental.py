@@ -19,11 +19,12 @@ from typing import Any
 
 from loader import failpoints
 from loader.config import LoaderConfig
+from loader.landing.plans import RunPlan
 from loader.observe import logs, progress
 from loader.protocol.batches import cut_into_batches
 from loader.protocol.dimension_loads import load_dimension_tables
 from loader.protocol.fact_gaps import check_fact_history
-from loader.protocol.planning import RunPlan, plan_from_input, plan_run
+from loader.protocol.planning import plan_from_input, plan_run
 from loader.protocol.steps import (
     BatchExecutor,
     BatchOutcome,

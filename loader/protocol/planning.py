@@ -4,18 +4,14 @@ Window = (checkpoint - lookback, upper], upper = the largest cursor value actual
 now - safety_lag. Pruning uses two facts of the landing-zone layout: a record's cursor is never later
 than the end of its `ingest_date=` folder's day (so older folders cannot hold rows above the lower
 bound), and Parquet row-group statistics of the cursor column. A run reads O(new data), not O(history).
-Planning reads only footers: no Ray, no row data.
+Planning reads only footers (loader/landing/files.py): no Ray, no row data.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -24,96 +20,12 @@ import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig, SourceConfig
 from loader.errors import BadSourceData
+from loader.landing.files import Footer, list_file_infos, modified, read_footer
+from loader.landing.plans import FilePlan, RunPlan, SourcePlan, in_window
 from loader.storage import Location, locate, storage_error
 from state import Checkpoint, Window
 
 log = logging.getLogger(__name__)
-
-GroupStats = tuple[int, int, datetime | None, datetime | None]  # (index, rows, least cursor, greatest cursor)
-
-
-@dataclass(frozen=True)
-class FilePlan:
-    path: str  # inside the source's filesystem
-    row_groups: tuple[int, ...]
-    rows: int  # rows in those row groups: an upper bound of what the window selects
-    size: int | None = None  # bytes when planned: a replay refuses a file that changed since
-    stats: tuple[GroupStats, ...] = ()  # of the planned row groups (empty for a replayed input)
-    #: The modification time when listed (ISO; S3's LastModified): with the size, the file's identity
-    #: (a rewrite of the same size changes it).
-    mtime: str | None = None
-    #: The file's columns, from the footer planning read (None for a replayed input: read when needed).
-    schema: pa.Schema | None = field(default=None, compare=False)
-
-    def to_input(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "mtime": self.mtime, "row_groups": list(self.row_groups),
-                "rows": self.rows}
-
-
-@dataclass(frozen=True)
-class SourcePlan:
-    source: str
-    location: Location
-    window: Window
-    files: tuple[FilePlan, ...]
-    files_seen: int  # files listed (in the folders that can hold rows of the window), before row-group pruning
-    base_run: int | None  # run number of the checkpoint this plan starts from
-
-    @property
-    def estimated_rows(self) -> int:
-        return sum(f.rows for f in self.files)
-
-    @property
-    def row_groups(self) -> int:
-        return sum(len(f.row_groups) for f in self.files)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.files
-
-    def restrict(self, window: Window) -> SourcePlan:
-        """This plan cut down to `window` (inside its own): the row groups that can hold rows of it."""
-        files = []
-        for file in self.files:
-            stats = tuple(g for g in file.stats if in_window(window, g[2], g[3]))
-            if stats:
-                files.append(FilePlan(file.path, tuple(g[0] for g in stats), sum(g[1] for g in stats), file.size, stats,
-                                      file.mtime, file.schema))
-        return SourcePlan(self.source, self.location, window, tuple(files), self.files_seen, self.base_run)
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    sources: dict[str, SourcePlan]
-    planned_at: datetime | None = None  # when the files were listed (`loader verify` counts files landed by then)
-
-    def to_input(self) -> dict[str, Any]:
-        """The exact input, recorded in the ledger before any write: a replay reads this and nothing else."""
-        return {
-            "planned_at": None if self.planned_at is None else self.planned_at.isoformat(),
-            "sources": {name: {"files": [f.to_input() for f in p.files]} for name, p in self.sources.items()},
-        }
-
-    @property
-    def is_empty(self) -> bool:
-        return all(p.is_empty for p in self.sources.values())
-
-    @property
-    def estimated_rows(self) -> int:
-        return sum(p.estimated_rows for p in self.sources.values())
-
-    def windows(self) -> dict[str, Window]:
-        return {name: p.window for name, p in self.sources.items()}
-
-
-@dataclass(frozen=True)
-class _Footer:
-    path: str
-    groups: tuple[tuple[int, int, datetime | None, datetime | None], ...]  # (index, rows, min, max)
-    schema: pa.Schema | None = None
-
-
-_PARTITION = re.compile(r"^([A-Za-z0-9_]+)=(\d{4}-\d{2}-\d{2})$")
 
 
 def compute_window(
@@ -128,175 +40,6 @@ def compute_window(
         return None
     lower = None if checkpoint is None else checkpoint - lookback
     return Window(lower=lower, upper=upper)
-
-
-def in_window(window: Window, low: datetime | None, high: datetime | None) -> bool:
-    """Can a row group whose cursor spans [low, high] hold a row of the window? Unknown stats: yes."""
-    if low is None or high is None:
-        return True
-    above_lower = window.lower is None or high > window.lower
-    return above_lower and low <= window.upper
-
-
-def list_files(location: Location, *, partition_column: str, since: date | None) -> list[str]:
-    """Parquet files under the source, not listing `partition_column=` folders older than `since`."""
-    return [info.path for info in list_file_infos(location, partition_column=partition_column, since=since)]
-
-
-def list_file_infos(location: Location, *, partition_column: str, since: date | None) -> list[pafs.FileInfo]:
-    """As `list_files`, with each file's size and modification time."""
-    try:
-        info = location.filesystem.get_file_info(location.path)
-    except OSError as error:  # refused credentials, missing bucket: terminal; network: transient
-        raise storage_error(error, location.uri, side="source", doing="listing the landing zone at") from error
-    if info.type == pafs.FileType.NotFound:
-        raise BadSourceData(
-            f"landing folder {location.uri} does not exist: create the landing zone "
-            f"(`loader demo-data init`) or fix the source's `path` in the config"
-        )
-    if since is None or not partition_column:
-        listed = location.filesystem.get_file_info(pafs.FileSelector(location.path, recursive=True))
-    else:
-        listed = _listed_since(location, partition_column, since)
-    files = sorted(
-        (f for f in listed
-         if f.type == pafs.FileType.File and f.path.endswith(".parquet")
-         and not any(part.startswith(("_", ".")) for part in f.path[len(location.path):].split("/"))),
-        key=lambda f: f.path,
-    )
-    _refuse_links_out(location, files)
-    return files
-
-
-def _listed_since(location: Location, partition_column: str, since: date) -> list[pafs.FileInfo]:
-    """The entries under the source's folder, folder by folder, not descending into a
-    `<partition_column>=<date>` folder older than `since` (nor into hidden ones): a run lists what can
-    hold rows of its window, so its cost does not grow with the zone's history (a year of daily folders
-    is 365 names at one level, not their files; on S3 each level is one listing call)."""
-    found: list[pafs.FileInfo] = []
-    folders = [location.path]
-    while folders:
-        below = []
-        for folder in folders:
-            for info in location.filesystem.get_file_info(pafs.FileSelector(folder)):
-                if info.type != pafs.FileType.Directory:
-                    found.append(info)
-                elif not info.base_name.startswith(("_", ".")) and not _older_partition(info.base_name,
-                                                                                        partition_column, since):
-                    below.append(info.path)
-        folders = below
-    return found
-
-
-def _refuse_links_out(location: Location, files: list[pafs.FileInfo]) -> None:
-    """On a local disk, a file reached through a symbolic link (to it, or to a folder above it) that
-    leaves the source's folder is refused: the landing zone is written by others, and a link would let
-    them make the loader read, and load into the warehouse, any file it can read."""
-    if not isinstance(location.filesystem, pafs.LocalFileSystem):
-        return  # object stores have no links
-    root = os.path.realpath(location.path)
-    for info in files:
-        real = os.path.realpath(info.path)
-        if real != info.path and os.path.commonpath([root, real]) != root:
-            raise BadSourceData(
-                f"{info.path} in the landing zone is a symbolic link (or lies in a linked folder) to {real}, outside "
-                f"{location.uri}: the loader reads only files inside the landing zone. Copy the file in (or point "
-                "the source's path at its real folder) and remove the link, then run again; nothing was loaded"
-            )
-
-
-def _older_partition(path: str, partition_column: str, since: date) -> bool:
-    for part in path.split("/"):
-        match = _PARTITION.match(part)
-        if match and match.group(1) == partition_column:
-            return date.fromisoformat(match.group(2)) < since
-    return False
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROS_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
-
-
-def _stat_to_datetime(raw: object, unit: str | None) -> datetime | None:
-    """A timestamp statistic from its raw integer (`stats.min` would import pandas: 0.3 s per run)."""
-    if isinstance(raw, datetime):
-        return raw if raw.tzinfo else raw.replace(tzinfo=UTC)
-    if unit is None or not isinstance(raw, int):
-        return None
-    scale = _MICROS_PER_UNIT[unit]
-    micros = raw // 1000 if unit == "ns" else raw * int(scale)
-    return _EPOCH + timedelta(microseconds=micros)
-
-
-def missing_deletes_column(path: str, source: str, column: str) -> BadSourceData:
-    """The error for a landing file without the column that marks upstream deletes."""
-    return BadSourceData(
-        f"file {path} of source {source!r} has no column {column!r}, which sources.{source}.deletes.column "
-        f"names as the one marking deletes: add the column to the file (null or a live value for live rows), "
-        f"or fix sources.{source}.deletes in the config (remove the block if the source sends no deletes)"
-    )
-
-
-def read_footer(location: Location, path: str, cursor: str, source: str, deletes: str | None = None) -> _Footer:
-    """A file's row groups with their rows and cursor range. `deletes`: the column marking upstream
-    deletes (sources.<name>.deletes.column), which every file of the source must have."""
-    try:
-        with location.filesystem.open_input_file(path) as handle:
-            metadata = pq.ParquetFile(handle).metadata
-    except pa.ArrowInvalid as error:
-        raise BadSourceData(
-            f"unreadable Parquet file {path} in source {source!r}: {error}. "
-            f"Replace or remove the file (nothing was loaded from this run)"
-        ) from error
-    except OSError as error:  # the store, not the file: may pass when tried again
-        raise storage_error(error, location.uri, side="source", doing=f"reading the footer of {path} in") from error
-    names = metadata.schema.names
-    if cursor not in names:
-        raise BadSourceData(
-            f"file {path} of source {source!r} has no cursor column {cursor!r} (columns: {', '.join(names)}). "
-            f"Fix sources.{source}.cursor in the config or the file"
-        )
-    if deletes is not None and deletes not in names:
-        raise missing_deletes_column(path, source, deletes)
-    column = names.index(cursor)
-    schema = metadata.schema.to_arrow_schema()
-    cursor_type = schema.field(cursor).type
-    unit = cursor_type.unit if pa.types.is_timestamp(cursor_type) else None
-    groups = []
-    for index in range(metadata.num_row_groups):
-        group = metadata.row_group(index)
-        stats = group.column(column).statistics
-        low = high = None
-        if stats is not None and stats.has_min_max:
-            low, high = _stat_to_datetime(stats.min_raw, unit), _stat_to_datetime(stats.max_raw, unit)
-        groups.append((index, group.num_rows, low, high))
-    return _Footer(path, tuple(groups), schema)
-
-
-def landing_schema(plan: SourcePlan) -> pa.Schema | None:
-    """The planned files' columns as the reader combines them (from the footers planning read; a
-    replay's are read again), or None where they cannot be combined (the read then says why)."""
-    known = {f.path: f.schema for f in plan.files if f.schema is not None}
-    return files_schema(plan.location, [f.path for f in plan.files], known)
-
-
-def files_schema(location: Location, paths: Sequence[str], known: dict[str, pa.Schema] | None = None) -> pa.Schema | None:
-    """The columns of these files as the reader combines them (footers not in `known` read, in
-    parallel), or None where there are none or they cannot be combined."""
-    known = known or {}
-
-    def schema_of(path: str) -> pa.Schema:
-        if path in known:
-            return known[path]
-        with location.filesystem.open_input_file(path) as handle:
-            return pq.read_schema(handle)
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        schemas = list(pool.map(schema_of, paths))
-    try:
-        return pa.unify_schemas(schemas, promote_options="permissive") if schemas else None
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return None
 
 
 def plan_source(
@@ -335,7 +78,7 @@ def plan_source(
     return SourcePlan(name, location, window, tuple(chosen), len(infos), base_run)
 
 
-def _present_highs(location: Location, footers: list[_Footer], cursor: str, limit: datetime) -> list[datetime]:
+def _present_highs(location: Location, footers: list[Footer], cursor: str, limit: datetime) -> list[datetime]:
     """Each row group's greatest cursor, from its statistics; where that lies beyond `limit` (a cursor
     in the future, to be quarantined), the greatest value not beyond it, read from the column (rare)."""
     highs = []
@@ -356,7 +99,7 @@ def _present_highs(location: Location, footers: list[_Footer], cursor: str, limi
 
 
 def _check_not_ahead(
-    name: str, location: Location, checkpoint: Checkpoint, footers: list[_Footer], newest: datetime | None
+    name: str, location: Location, checkpoint: Checkpoint, footers: list[Footer], newest: datetime | None
 ) -> None:
     """The checkpoint was the newest cursor present when it was set; data older than it now means the
     landing zone lost files or the config points elsewhere. Loading on would silently skip data."""
@@ -391,14 +134,6 @@ def plan_run(
             now=moment, fixed_window=fixed, future_tolerance=config.quarantine.future_tolerance,
         )
     return RunPlan(plans, planned_at=listed_at)
-
-
-def modified(info: pafs.FileInfo) -> str | None:
-    """A listed file's modification time as recorded in a run's input (ISO, UTC)."""
-    if info.mtime is None:
-        return None
-    moment = info.mtime if info.mtime.tzinfo else info.mtime.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat()
 
 
 def plan_from_input(config: LoaderConfig, run_number: int, windows: dict[str, Window],

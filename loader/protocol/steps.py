@@ -29,8 +29,8 @@ from typing import Any
 from loader import failpoints
 from loader.config import LoaderConfig
 from loader.errors import EXPECTED_ERRORS
+from loader.landing.plans import RunPlan
 from loader.observe import logs, progress
-from loader.protocol.planning import RunPlan
 from loader.retry import call_with_retries
 from state import RunRecord, StateStore
 
@@ -346,7 +346,7 @@ class BatchExecutor:
         against every enabled sink, before any sink writes: a column one sink cannot take stops the
         batch with nothing written anywhere (SinkRejected names the column, the sink and the fix)."""
         from loader.execute.stages import StageChain
-        from loader.protocol.planning import landing_schema
+        from loader.landing.plans import landing_schema
 
         for name, source_plan in plan.sources.items():
             if source_plan.is_empty:

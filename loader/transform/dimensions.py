@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loader.errors import BadSourceData
+from loader.kinds import fact_kind
+from loader.landing.sources import normalize_strings
 from loader.transform.frames import Frames, PandasFrames, on_table
-from loader.transform.kinds import fact_kind
 from loader.transform.labels import customer_segment
-from loader.transform.tables import MONEY, normalize_strings, require_columns
+from loader.transform.tables import MONEY, require_columns
 
 #: The columns of each dimension table the lookups use: only these are read (customer at SF10 is 1.5M
 #: rows; read whole, its other columns cost about 700 MB of resident memory the allocator keeps).

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from loader.errors import BadSourceData, ConfigError
+from loader.kinds import FACT_KINDS, UNKNOWN_REGION, fact_kind
+from loader.landing.sources import normalize_strings
 from loader.transform.frames import Frame, Frames, PandasFrames, Series, frames_for, on_table
-from loader.transform.kinds import FACT_KINDS, fact_kind
 from loader.transform.labels import customer_segment, decimal_type, labels
 from loader.transform.region_rules import FX_RATE, VAT_RATE, RegionRule
-from loader.transform.tables import MONEY, UNKNOWN_REGION, normalize_strings, require_columns
+from loader.transform.tables import MONEY, require_columns
 
 if TYPE_CHECKING:
     from loader.transform.dimensions import Dimensions
@@ -380,7 +381,7 @@ def _region_and_rules(df: Frame, b: Frames, *, kind: str, dims: Dimensions, rule
 # running on Arrow tables
 
 
-#: Each kind's enrichment: the transform its declaration (loader/transform/kinds.py) names.
+#: Each kind's enrichment: the transform its declaration (loader/kinds.py) names.
 _ENRICH: dict[str, Callable[[Frame, Frames], Frame]] = {
     kind.name: globals()[kind.enrich] for kind in FACT_KINDS.values()
 }

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from loader.errors import BadSourceData, ConfigError
-from loader.transform.tables import normalize_strings
+from loader.landing.sources import normalize_strings
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""Whole-table operations on pyarrow Tables, outside the per-row transforms: one string type, the
-latest row per key, and the fan-out per region. Both transform engines (CPU and GPU) share them: they
+"""Whole-table operations on pyarrow Tables, outside the per-row transforms: the latest row per key
+and the fan-out per region. Both transform engines (CPU and GPU) share them: they
 run where the rows are Arrow anyway (after reading, before the sinks)."""
 
 from __future__ import annotations
@@ -12,16 +12,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loader.errors import BadSourceData
-
-#: Region of a row whose customer / supplier / nation is not in the dimensions. Such rows are kept.
-UNKNOWN_REGION = "UNKNOWN"
+from loader.kinds import UNKNOWN_REGION
+from loader.landing.sources import normalize_strings
 
 #: TPC-H's declared money type (the landing zone's amounts; the transforms cast inputs to it, checked,
 #: so that products never exceed 38 digits).
 MONEY = pa.decimal128(15, 2)
-
-_STRINGISH = (pa.types.is_large_string, pa.types.is_string_view)
-
 
 def require_columns(columns: Sequence[str], present: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in present]
@@ -30,22 +26,6 @@ def require_columns(columns: Sequence[str], present: Sequence[str], what: str) -
             f"{what} is missing column(s) {missing} (it has {list(present)}); the landing zone's "
             "files must carry the TPC-H columns: fix the files or the source's path in the config"
         )
-
-
-def normalize_strings(table: pa.Table) -> pa.Table:
-    """Cast top-level string_view and large_string columns to plain string.
-
-    tpchgen and some readers produce string_view, which several pyarrow kernels (take, filter on
-    tables) and cuDF's Arrow import reject; one string type also keeps batch schemas identical for
-    concatenation and sinks. Returns the same table object when nothing needs casting.
-    """
-    fields = [
-        f.with_type(pa.string()) if any(check(f.type) for check in _STRINGISH) else f for f in table.schema
-    ]
-    schema = pa.schema(fields, metadata=table.schema.metadata)
-    if schema.equals(table.schema):
-        return table
-    return table.cast(schema)
 
 
 #: A per-row mask of tombstones (upstream deletes): true for a tombstone, false or null for a live row.

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from loader.landing.plans import FilePlan, RunPlan, SourcePlan
 from loader.protocol.batches import cut_into_batches
-from loader.protocol.planning import FilePlan, RunPlan, SourcePlan
 from loader.storage import locate
 from state import Window
 

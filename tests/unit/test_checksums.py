@@ -1,4 +1,4 @@
-"""Verify's checksums (loader/observe/checksums.py): the same values hash the same however the sinks
+"""Verify's checksums (loader/audit/checksums.py): the same values hash the same however the sinks
 hand them over (chunks, slices, dictionary columns, a decimal's declared scale), and different values
 differ."""
 
@@ -9,7 +9,7 @@ from decimal import Decimal
 import numpy as np
 import pyarrow as pa
 
-from loader.observe.checksums import digest, row_hashes
+from loader.audit.checksums import digest, row_hashes
 
 
 def hashes(values: pa.Array | pa.ChunkedArray) -> list[int]:
@@ -29,7 +29,7 @@ def test_text_hashes_ignore_how_the_column_is_laid_out() -> None:
 
 def test_text_hashes_span_many_pieces_exactly() -> None:
     """More bytes than one vectorised pass takes, and values longer than one: no seam, no difference."""
-    from loader.observe import checksums
+    from loader.audit import checksums
 
     words = [f"{i:08d}" for i in range(50_000)] + ["x" * 2_500, "x" * 2_499 + "y"]
     whole = hashes(pa.array(words))

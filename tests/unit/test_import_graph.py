@@ -4,7 +4,9 @@ statement counts, also those inside functions, which is how heavy drivers are im
 - no import cycles among the modules of `loader` and `state`;
 - `state` depends on nothing in `loader` (the state store sits below the loader);
 - nothing imports the command line (`loader.cli` parses, calls one function, prints);
-- the demo landing zone is used by the command line only.
+- the demo landing zone is used by the command line only;
+- the layers (`LAYERS`, bottom first) import only their own and lower ones: a module that needs a
+  higher layer's code is in the wrong place, or that code is.
 """
 
 from __future__ import annotations
@@ -81,6 +83,48 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if node not in index:
             visit(node)
     return found
+
+
+#: The layers, bottom first: each folder of `loader` (or module at its top) and the state store. A
+#: module imports only modules of its own layer or of lower ones.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("state", "loader.redaction", "loader.memory", "loader.net"),
+    ("loader.errors",),
+    ("loader.kinds", "loader.config", "loader.failpoints", "loader.scratch"),
+    ("loader.retry", "loader.storage"),
+    ("loader.observe",),  # logs, progress, metrics, the run history: what the protocol reports as it runs
+    ("loader.landing",),  # the landing zone's files, footers, plans and reads
+    ("loader.transform",),
+    ("loader.sinks",),
+    ("loader.execute",),
+    ("loader.protocol",),
+    ("loader.audit", "loader.demo"),  # verify, reports, doctor: they read what runs wrote
+    ("loader.cli",),
+)
+
+
+def layer_of(module: str) -> int:
+    """The index in `LAYERS` of the longest layer name that is `module` or a package above it."""
+    found = [(len(name), rank) for rank, names in enumerate(LAYERS) for name in names
+             if module == name or module.startswith(name + ".")]
+    assert found, f"{module} is in no layer: add it to LAYERS"
+    return max(found)[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{name} -> {target}" for name, targets in graph.items() for target in targets
+                  if layer_of(target) > layer_of(name))
+
+
+def test_every_module_is_in_a_layer_and_imports_only_lower_or_its_own() -> None:
+    graph = import_graph()
+    assert all(layer_of(name) >= 0 for name in graph if name != "loader")  # the package's own __init__: empty
+    assert upward_imports(graph) == []
+
+
+def test_an_import_into_a_higher_layer_is_found() -> None:
+    graph = {"loader.landing.sources": {"loader.protocol.planning"}, "loader.protocol.planning": {"loader.landing"}}
+    assert upward_imports(graph) == ["loader.landing.sources -> loader.protocol.planning"]
 
 
 def test_the_graph_is_read_from_the_whole_tree() -> None:

@@ -1,12 +1,12 @@
-"""The fact kinds are declared once (loader/transform/kinds.py): every declaration names what exists."""
+"""The fact kinds are declared once (loader/kinds.py): every declaration names what exists."""
 
 from __future__ import annotations
 
 import pytest
 
+from loader.kinds import FACT_KINDS, fact_kind
 from loader.transform import facts
 from loader.transform.dimensions import Dimensions
-from loader.transform.kinds import FACT_KINDS, fact_kind
 
 
 def test_every_kind_names_an_enrichment_and_a_lookup_the_dimensions_have() -> None:

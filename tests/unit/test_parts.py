@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 
 from loader.config import load_config
 from loader.execute.ray_cluster import _read_row_groups, _read_tasks, part_count, part_numbers
+from loader.landing.plans import FilePlan, SourcePlan
 from loader.landing.sources import Checks
-from loader.protocol.planning import FilePlan, SourcePlan
 from loader.storage import locate
 from state import Window
 from tests.support.cli import write_config

@@ -11,7 +11,8 @@ import pytest
 
 from loader.config import SourceConfig
 from loader.errors import BadSourceData
-from loader.protocol.planning import compute_window, in_window, plan_source
+from loader.landing.plans import in_window
+from loader.protocol.planning import compute_window, plan_source
 from loader.storage import locate
 from state import Checkpoint, Window
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from loader.errors import BadSourceData, ConfigError
+from loader.landing.sources import normalize_strings
 from loader.transform.dimensions import Dimensions
 from loader.transform.facts import (
     apply_region_rules,
@@ -23,7 +24,7 @@ from loader.transform.facts import (
 )
 from loader.transform.frames import PandasFrames
 from loader.transform.region_rules import DEFAULT_REGION_RULES, RegionRule
-from loader.transform.tables import dedupe_latest, normalize_strings, split_by_region
+from loader.transform.tables import dedupe_latest, split_by_region
 
 MONEY = pa.decimal128(15, 2)
 TS = pa.timestamp("us", tz="UTC")

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loader.config import LoaderConfig
+from loader.landing.plans import RunPlan
 from loader.observe.history import table_deleted
 from loader.protocol.batches import Cutting
 from loader.protocol.incremental import RunSummary
-from loader.protocol.planning import RunPlan
 from loader.redaction import redact, redact_data
 
 

@@ -7,17 +7,17 @@ but no committed run could have read it (so a landing zone copied without its mt
 Those rows go through a run's own stage chain (loader/execute/stages.py) up to the region lookup:
 quarantine checks, window, dedupe on the primary key (latest cursor wins; a tombstone wins a tie),
 region. Each row's region is then the one its batch gave it: the recorded dimension version of the first
-committed run that read it (loader/observe/placement.py), today's dimensions only where none is
+committed run that read it (loader/audit/placement.py), today's dimensions only where none is
 recorded. Only the key, cursor, lookup and deletes columns are read.
 
 Compared per (table, region, sink): the row count and an order-independent checksum
-(loader/observe/checksums.py) of (key, cursor, delete mark), where the mark is the `_deleted` flag of a
+(loader/audit/checksums.py) of (key, cursor, delete mark), where the mark is the `_deleted` flag of a
 log of versions, the `_deleted_at` time of a soft-deleting table of latest rows, and nothing for hard
 deletes (the row is gone). Every enabled sink (the registry, loader/sinks) is read back through its own
 `read_back`: a sink holding the latest version of each key (Delta, Snowflake) must hold those rows and
 no key twice; a log of versions (Parquet) must have them as each key's newest version, and no version
 twice; where a sink's files sit in `region=` folders, every row must sit in its own region's. With
---deep, every column of those rows too (loader/observe/deep.py).
+--deep, every column of those rows too (loader/audit/deep.py).
 
 A table of more landing rows than `ROWS_PER_PART` goes in key-hash parts, one at a time (`Part`): a
 key's rows all fall in one part, so dedupe, placement and duplicates work within it, and the counts and
@@ -41,18 +41,18 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from loader.audit.checksums import Digest, add_digest, digest, duplicates, row_hashes
+from loader.audit.deep import ROW, VERSION
+from loader.audit.placement import FILE, PLACED, Placement, place
 from loader.config import LoaderConfig, SourceConfig
 from loader.errors import BadSourceData, ConfigError, LeaseHeld, SinkRejected, SinkUnavailable, StateError
-from loader.observe.checksums import Digest, add_digest, digest, duplicates, row_hashes
-from loader.observe.deep import ROW, VERSION
-from loader.observe.placement import FILE, PLACED, Placement, place
-from loader.protocol.planning import list_files
+from loader.kinds import fact_kind
+from loader.landing.files import list_files
 from loader.sinks import Sink, enabled_sinks, sink_class
 from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, deleted_flags, region_counts
 from loader.storage import Location, locate
 from loader.transform.dimension_versions import VersionLookups
 from loader.transform.dimensions import Dimensions
-from loader.transform.kinds import fact_kind
 from loader.transform.tables import dedupe_latest
 from state import Checkpoint, StateStore, Window
 
@@ -210,7 +210,7 @@ def marker_of(source: SourceConfig, holds: str) -> str | None:
 @dataclass
 class Expected:
     """What the committed windows loaded, per kind of sink (`Capabilities.holds`), and the rows no
-    recorded dimension version placed (see loader/observe/placement.py). For --deep, per kind the live
+    recorded dimension version placed (see loader/audit/placement.py). For --deep, per kind the live
     rows' landing positions and versions (`winners`), the files read and the versions named."""
 
     tables: dict[str, pa.Table | None]
@@ -393,7 +393,7 @@ def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
             _gather(found, (sink.name, "keys"), want, *held_rows(sink, name, source.primary_key, source.cursor,
                                                                  marker, part))
         if lookups is not None:  # kept small (20 bytes a row), recomputed once all parts are done
-            from loader.observe.deep import compact
+            from loader.audit.deep import compact
 
             versions = expected.versions
             shared = expected.winners.get("versions") is expected.winners.get("latest")  # no soft deletes
@@ -436,8 +436,8 @@ def _deep_digests(config: LoaderConfig, name: str, checkpoint: Checkpoint, paths
     """--deep: per sink, (its name, the stage chain's recomputation of every column of the rows it must
     hold, from their landing rows and their batches' dimension versions, what it holds of them). Once
     per table, after every key part: each landing file and each sink read once."""
+    from loader.audit.deep import expected_values, held_values
     from loader.execute.stages import StageChain
-    from loader.observe.deep import expected_values, held_values
 
     chain = StageChain.for_source(config, name, Window(lower=None, upper=checkpoint.cursor))
     location = locate(config.source_path(name))

@@ -4,7 +4,7 @@ The default verify settles which version of each key every sink must hold, and w
 recomputes those rows' columns (enrichment, currency, amounts, masking: the whole stage chain, on the
 CPU) from the landing rows and the dimension version their batch recorded (its prepared lookups,
 rebuilt from the state store, loader/transform/dimension_versions.py), and compares, per table, region
-and sink, the count and an order-independent checksum of every column (loader/observe/checksums.py)
+and sink, the count and an order-independent checksum of every column (loader/audit/checksums.py)
 with what the sink holds. A differing value anywhere fails its region's check.
 
 Memory stays bounded: the landing side goes one dimension version at a time, a landing file per thread
@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from loader.audit.checksums import Digest, add_digest, digest, row_hashes
 from loader.config import SourceConfig
 from loader.errors import BadSourceData
-from loader.observe.checksums import Digest, add_digest, digest, row_hashes
 from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, deleted_flags
 from loader.storage import Location
 from loader.transform.dimension_versions import VersionLookups
@@ -63,7 +63,7 @@ class Values:
 def compact(winners: pa.Table, source: SourceConfig) -> pa.Table:
     """The winners as `expected_values` takes them, 20 bytes a row: `FILE`, `ROW`, `VERSION` and
     `KEYS`, the hash of each row's key and cursor (what picks it out of a sink)."""
-    from loader.observe.placement import FILE
+    from loader.audit.placement import FILE
 
     keys = row_hashes(winners, [*source.primary_key, source.cursor])
     return winners.select([FILE, ROW, VERSION]).append_column(KEYS, pa.array(keys))
@@ -74,7 +74,7 @@ def expected_values(chain: Any, location: Location, paths: Sequence[str], winner
     """`winners` (the rows the sinks must hold, `compact`ed) recomputed through `chain` (a whole
     `StageChain`) with their versions' lookups, a version at a time, oldest first (each rebuilt from
     the one before), a landing file at a time."""
-    from loader.observe.placement import FILE
+    from loader.audit.placement import FILE
 
     values = Values()
     if winners is None or winners.num_rows == 0:
@@ -143,7 +143,7 @@ def held_values(sink: Any, name: str, source: SourceConfig, values: Values) -> D
 
 def _value_columns(chain: Any, location: Location, paths: Sequence[str]) -> list[str]:
     """The columns the chain gives rows of these files (what the sinks got), marks left out."""
-    from loader.protocol.planning import files_schema
+    from loader.landing.files import files_schema
 
     landing = files_schema(location, paths)
     if landing is None:

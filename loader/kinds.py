@@ -2,7 +2,7 @@
 amount the region's exchange rate converts. Everything kind-specific elsewhere is derived from here:
 the config's `sources.<name>.kind` (validated against `FACT_KINDS`), the dimension lookups
 (loader/transform/dimensions.py), the enrichment and the rules' amount (loader/transform/facts.py), and
-the column verify reads to find a row's region (loader/observe/verify.py).
+the column verify reads to find a row's region (loader/audit/verify.py).
 
 Plain data, no pyarrow: the config imports it, and `loader --help` must not pay for the data stack.
 """
@@ -10,6 +10,9 @@ Plain data, no pyarrow: the config imports it, and `loader --help` must not pay 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+#: Region of a row whose customer / supplier / nation is not in the dimensions. Such rows are kept.
+UNKNOWN_REGION = "UNKNOWN"
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
+from loader.kinds import UNKNOWN_REGION, fact_kind
 from loader.transform.dimension_cache import REGION_PARTS, read_regions
-from loader.transform.kinds import fact_kind
-from loader.transform.tables import UNKNOWN_REGION, dedupe_latest
+from loader.transform.tables import dedupe_latest
 from state import StateStore, Window
 
 #: The column of the landing rows naming the file each came from (an index into the paths read).
