@@ -40,11 +40,14 @@ class _Context:
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
 
-    def config(self) -> Any:
+    def config(self, *, executor: str | None = None, engine: str | None = None,
+               max_batch_rows: int | None = None) -> Any:
+        """The config file's settings with this command's overrides folded in: settled here, once."""
         from loader.config import load_config
         from loader.observe import logs
 
-        config = load_config(self.config_path)
+        config = load_config(self.config_path).overridden(executor=executor, engine=engine,
+                                                          max_batch_rows=max_batch_rows)
         logs.set_pipeline(config.pipeline)
         logs.add_secrets(config.secrets())
         return config
@@ -161,12 +164,12 @@ def run_command(obj: _Context, incremental: bool, executor: str | None, engine: 
     one log line per batch. `loader status` shows a run in progress or interrupted (batch i of n).
     """
     with _start_up():
-        config = obj.config()
+        config = obj.config(executor=executor, engine=engine, max_batch_rows=max_batch_rows)
         from loader.observe.progress import bar_in_terminal
         from loader.protocol.incremental import run_incremental
 
     with bar_in_terminal(quiet=as_json), _stdout_kept_for_json(as_json):
-        summary = run_incremental(config, executor=executor, engine=engine, max_batch_rows=max_batch_rows)
+        summary = run_incremental(config)
     if as_json:
         _emit(summary.to_json())
     else:
@@ -230,7 +233,7 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
         chunk_size: timedelta = parse_duration(chunk)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--chunk") from None
-    config = obj.config()
+    config = obj.config(executor=executor, engine=engine, max_batch_rows=max_batch_rows)
     from loader.protocol import backfill
     if resume_id is not None:
         request = backfill.find_request(config, resume_id)
@@ -239,13 +242,12 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
         request = backfill.build_request(config, start=_instant(start, "--start"), end=_instant(end, "--end"),
                                          chunk=chunk_size, sources=sources, sinks=sinks)
     if dry_run:
-        summary = backfill.dry_run(config, request, max_batch_rows=max_batch_rows)
+        summary = backfill.dry_run(config, request)
     else:
         from loader.audit.report import backfill_progress
 
         with backfill_progress(quiet=as_json) as on_chunk, _stdout_kept_for_json(as_json):
-            summary = backfill.run_backfill(config, request, executor=executor, engine=engine, parallel=parallel,
-                                            max_batch_rows=max_batch_rows, on_chunk=on_chunk)
+            summary = backfill.run_backfill(config, request, parallel=parallel, on_chunk=on_chunk)
     if as_json:
         _emit(summary.to_json())
     else:
@@ -283,11 +285,11 @@ def doctor_command(obj: _Context, as_json: bool) -> None:
 def plan_command(obj: _Context, max_batch_rows: int | None, as_json: bool) -> None:
     """Show what the next incremental run would read (windows, files, row groups, rows) and the batches
     it would cut that into. An unfinished run is shown as the replay of its windows. Starts no Ray."""
-    config = obj.config()
+    config = obj.config(max_batch_rows=max_batch_rows)
     from loader.audit.report import plan_payload, print_plan
     from loader.protocol.incremental import preview_next_run
 
-    next_run = preview_next_run(config, max_batch_rows=max_batch_rows)
+    next_run = preview_next_run(config)
     payload = redact_data(plan_payload(next_run.plan, replay_of=next_run.replay_of, cutting=next_run.cutting))
     _emit(payload) if as_json else print_plan(payload)
 

@@ -433,6 +433,24 @@ class LoaderConfig(_Frozen):
     def sink_path(self, relative: str) -> str:
         return _join(self.warehouse, relative)
 
+    def overridden(self, *, executor: str | None = None, engine: str | None = None,
+                   max_batch_rows: int | None = None) -> LoaderConfig:
+        """This config with the command line's overrides folded in (`--executor` is `ray.mode`,
+        `--engine` `transform.engine`, `--max-batch-rows` `run.max_batch_rows`), each part validated as
+        the file's is: below the command line, code reads the config only."""
+        changes: dict[str, Any] = {}
+        try:
+            if executor is not None:
+                changes["ray"] = type(self.ray).model_validate({**self.ray.model_dump(), "mode": executor})
+            if engine is not None:
+                changes["transform"] = type(self.transform).model_validate({**self.transform.model_dump(),
+                                                                            "engine": engine})
+            if max_batch_rows is not None:
+                changes["run"] = type(self.run).model_validate({**self.run.model_dump(),
+                                                                "max_batch_rows": max_batch_rows})
+        except ValidationError as error:
+            raise ConfigError(_format_errors("the command line's options", error)) from None
+        return self.model_copy(update=changes) if changes else self
 
 def _inside(root: str, path: str) -> bool:
     if is_remote(root) or is_remote(path):
@@ -523,6 +541,10 @@ def parse_config(raw: dict[str, Any], *, base_dir: Path, source: str = "<config>
     if isinstance(metrics, dict) and isinstance(metrics.get("textfile"), str):
         data["metrics"] = {**metrics, "textfile": _resolve(base_dir, metrics["textfile"])}
     data["config_path"] = source
+    ray = data.get("ray")
+    if os.environ.get("RAY_ADDRESS") and not (isinstance(ray, dict) and ray.get("address")):
+        # Ray's own variable, settled here: below the config nobody reads the environment.
+        data["ray"] = {**(ray if isinstance(ray, dict) else {}), "address": os.environ["RAY_ADDRESS"]}
     try:
         return LoaderConfig.model_validate(data)
     except ValidationError as error:

@@ -44,7 +44,7 @@ def check_ray(config: LoaderConfig) -> tuple[str, str]:
         return "failed", "ray is not installed: pip install -e . (ray[data] is a dependency)"
     from importlib.metadata import version
 
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    address = config.ray.address
     if not address or address == "auto" or address.startswith("local"):
         where = "a local Ray instance is started by a run that needs it" if not address else f"address {address!r}"
         return "ok", f"Ray {version('ray')} installed, {os.cpu_count()} CPUs here; {where}"

@@ -20,7 +20,7 @@ from typing import Literal
 import pyarrow as pa
 
 from loader.config import LoaderConfig
-from loader.execute.ray_cluster import cluster_address, cluster_gpu_status, init_ray, ray_address_problem
+from loader.execute.ray_cluster import cluster_gpu_status, init_ray, ray_address_problem
 from loader.execute.stages import SourceRows
 from loader.landing.plans import RunPlan
 from loader.landing.sources import read_dimension
@@ -36,12 +36,12 @@ class ExecutorChoice:
     reason: str
 
 
-def choose_executor(config: LoaderConfig, plan: RunPlan, override: str | None = None) -> ExecutorChoice:
-    mode = override or config.ray.mode
+def choose_executor(config: LoaderConfig, plan: RunPlan) -> ExecutorChoice:
+    mode = config.ray.mode
     if mode in ("local", "ray"):
-        return ExecutorChoice(mode, f"executor {mode!r} requested")  # type: ignore[arg-type]
+        return ExecutorChoice(mode, f"executor {mode!r} requested")
     rows = plan.estimated_rows
-    if cluster_address(config):
+    if config.ray.address:
         return ExecutorChoice("ray", "a Ray cluster address is configured")
     if rows > config.ray.local_max_rows:
         return ExecutorChoice("ray", f"a batch of {rows:,} estimated rows > ray.local_max_rows={config.ray.local_max_rows:,}")
@@ -50,11 +50,11 @@ def choose_executor(config: LoaderConfig, plan: RunPlan, override: str | None = 
                                    "Ray start-up would cost more than it saves")
 
 
-def preflight(config: LoaderConfig, engine: str | None) -> None:
+def preflight(config: LoaderConfig) -> None:
     """Checks that fail a run in seconds, before any state is touched: `gpu` requested without a usable
     GPU, a Ray cluster address nobody answers at (ray.init would retry for a minute or more)."""
-    preflight_engine(config, engine)
-    address = cluster_address(config)
+    preflight_engine(config)
+    address = config.ray.address
     problem = address and ray_address_problem(address)
     if problem:
         from loader.errors import SourceUnavailable
@@ -63,16 +63,16 @@ def preflight(config: LoaderConfig, engine: str | None) -> None:
                                 "RAY_ADDRESS and that the head node is up; nothing was read or written")
 
 
-def preflight_engine(config: LoaderConfig, override: str | None) -> None:
+def preflight_engine(config: LoaderConfig) -> None:
     """`gpu` requested on a machine without a usable GPU fails here, before any state is touched.
     With a Ray cluster address the GPUs are the cluster's: checked once Ray is up (`choose_run_engine`)."""
-    if (override or config.transform.engine) == "gpu" and not cluster_address(config):
+    if config.transform.engine == "gpu" and not config.ray.address:
         choose_transform_engine("gpu")
 
 
-def choose_run_engine(config: LoaderConfig, executor: Executor, override: str | None) -> EngineChoice:
+def choose_run_engine(config: LoaderConfig, executor: Executor) -> EngineChoice:
     """cpu or gpu for this run: on the Ray executor by the cluster's GPUs, in-process by this machine's."""
-    requested = override or config.transform.engine
+    requested = config.transform.engine
     if requested == "cpu":
         return choose_transform_engine("cpu")
     if executor == "ray":

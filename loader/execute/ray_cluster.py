@@ -31,10 +31,6 @@ from state import Window
 log = logging.getLogger(__name__)
 
 
-def cluster_address(config: LoaderConfig) -> str | None:
-    return config.ray.address or os.environ.get("RAY_ADDRESS")
-
-
 def ray_address_problem(address: str) -> str | None:
     """Why the Ray cluster at `address` cannot be reached over TCP within seconds, or None. "auto" and
     "local" (a cluster on this machine, found or started by Ray itself) are not probed."""
@@ -75,7 +71,7 @@ def init_ray(config: LoaderConfig) -> None:
 
     if ray.is_initialized():
         return
-    address = cluster_address(config)
+    address = config.ray.address  # RAY_ADDRESS is settled into it with the config
     kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if address:
         kwargs["address"] = address

@@ -179,13 +179,13 @@ def _chunk_done(runs: list[RunRecord], request: BackfillRequest, index: int, win
     return bool(mine) and len({m.get("part", 1) for m in mine}) >= int(mine[0].get("parts", 1))
 
 
-def dry_run(config: LoaderConfig, request: BackfillRequest, *, max_batch_rows: int | None = None) -> BackfillSummary:
+def dry_run(config: LoaderConfig, request: BackfillRequest) -> BackfillSummary:
     """The chunks with the files, rows and batches each would read; nothing is written, no lease taken."""
     summary = BackfillSummary(config.pipeline, request, dry_run=True)
     require_data(config, request)
     for index, window in enumerate(request.chunks()):
         plan = _plan(config, request, window)
-        cutting = cut_into_batches(plan, max_rows=max_batch_rows or config.run.max_batch_rows)
+        cutting = cut_into_batches(plan, max_rows=config.run.max_batch_rows)
         summary.chunks.append(ChunkResult(index, window, "dry_run", files=sum(len(p.files) for p in plan.sources.values()),
                                           estimated_rows=plan.estimated_rows, batches=len(cutting.batches)))
     return summary
@@ -196,14 +196,13 @@ def _plan(config: LoaderConfig, request: BackfillRequest, window: Window) -> Run
     return call_with_retries("planning", config.source_retry, lambda: plan_run(config, {}, windows=windows))
 
 
-def run_backfill(config: LoaderConfig, request: BackfillRequest, *, executor: str | None = None,
-                 engine: str | None = None, parallel: int = 1, max_batch_rows: int | None = None,
+def run_backfill(config: LoaderConfig, request: BackfillRequest, *, parallel: int = 1,
                  on_chunk: Callable[[ChunkResult, int], None] | None = None) -> BackfillSummary:
     """Load every chunk not yet loaded, `parallel` at a time (threads of this process, one lease),
-    each chunk in batches of about `max_batch_rows` rows through the shared run protocol."""
+    each chunk in batches of about `run.max_batch_rows` rows through the shared run protocol."""
     pipeline = config.pipeline
     summary = BackfillSummary(pipeline, request)
-    with pipeline_session(config, engine) as store:
+    with pipeline_session(config) as store:
         pending = store.unfinished_run(pipeline, mode="incremental")
         if pending is not None:
             raise BackfillRefused(
@@ -215,9 +214,9 @@ def run_backfill(config: LoaderConfig, request: BackfillRequest, *, executor: st
         history = store.runs(pipeline, limit=None, mode="backfill")
         chunks = request.chunks()
         lock = threading.Lock()
-        batches = BatchExecutor(config, store, commit=commit_backfill(config, store), executor=executor,
-                                engine=engine, timer=Timer(), only_sinks=request.sinks)
-        budget = max_batch_rows or config.run.max_batch_rows
+        batches = BatchExecutor(config, store, commit=commit_backfill(config, store), timer=Timer(),
+                                only_sinks=request.sinks)
+        budget = config.run.max_batch_rows
 
         def load(index: int) -> ChunkResult:
             result = _load_chunk(config, store, batches, request, history, index, chunks[index], len(chunks), budget)

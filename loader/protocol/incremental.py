@@ -83,20 +83,18 @@ class RunSummary:
         }
 
 
-def run_incremental(config: LoaderConfig, *, executor: str | None = None, engine: str | None = None,
-                    now: datetime | None = None, max_batch_rows: int | None = None) -> RunSummary:
-    with pipeline_session(config, engine) as store:
-        return _run_with_lease(config, store, executor=executor, engine=engine, now=now,
-                               max_batch_rows=max_batch_rows or config.run.max_batch_rows)
+def run_incremental(config: LoaderConfig, *, now: datetime | None = None) -> RunSummary:
+    """One run over what is new (the command line's overrides are in `config`: `LoaderConfig.overridden`)."""
+    with pipeline_session(config) as store:
+        return _run_with_lease(config, store, now=now)
 
 
-def _run_with_lease(config: LoaderConfig, store: StateStore, *, executor: str | None, engine: str | None,
-                    now: datetime | None, max_batch_rows: int) -> RunSummary:
+def _run_with_lease(config: LoaderConfig, store: StateStore, *, now: datetime | None) -> RunSummary:
     timer = Timer()
     pipeline = config.pipeline
+    max_batch_rows = config.run.max_batch_rows
     summary = RunSummary(pipeline=pipeline, status="nothing_new", max_batch_rows=max_batch_rows)
-    batches = BatchExecutor(config, store, commit=commit_incremental(config, store), executor=executor,
-                            engine=engine, timer=timer)
+    batches = BatchExecutor(config, store, commit=commit_incremental(config, store), timer=timer)
     check_fact_history(config, store)  # before a replay writes to a sink enabled since (fact_gaps.py)
     unfinished = store.unfinished_run(pipeline)
     if unfinished is not None:
@@ -198,7 +196,7 @@ class NextRun:
     replay_of: int | None  # the unfinished run it would replay first, if any
 
 
-def preview_next_run(config: LoaderConfig, *, max_batch_rows: int | None = None) -> NextRun:
+def preview_next_run(config: LoaderConfig) -> NextRun:
     """Plan the next run without a lease, without Ray and without writing: an unfinished run is shown
     as the replay of its recorded windows."""
     store = StateStore.open(config.state.url)
@@ -208,7 +206,7 @@ def preview_next_run(config: LoaderConfig, *, max_batch_rows: int | None = None)
         plan = plan_run(config, store.checkpoints(config.pipeline), windows=windows)
     finally:
         store.close()
-    cutting = cut_into_batches(plan, max_rows=max_batch_rows or config.run.max_batch_rows)
+    cutting = cut_into_batches(plan, max_rows=config.run.max_batch_rows)
     return NextRun(plan, cutting, unfinished.run_number if unfinished else None)
 
 

@@ -67,13 +67,13 @@ def held_lease(store: StateStore, pipeline: str, ttl_seconds: float) -> Iterator
 
 
 @contextmanager
-def pipeline_session(config: LoaderConfig, engine: str | None) -> Iterator[StateStore]:
+def pipeline_session(config: LoaderConfig) -> Iterator[StateStore]:
     """Preflight (fails in seconds, before any state), the state store and the pipeline's lease;
     the metrics are published at the end whatever happened (the lag and the outcome change either way)."""
-    if _preflight_has_work(config, engine):
+    if _preflight_has_work(config):
         from loader.execute.choice import preflight
 
-        preflight(config, engine)
+        preflight(config)
     store = StateStore.open(config.state.url)
     try:
         with held_lease(store, config.pipeline, config.state.lease_ttl.total_seconds()):
@@ -88,11 +88,11 @@ def pipeline_session(config: LoaderConfig, engine: str | None) -> Iterator[State
         store.close()
 
 
-def _preflight_has_work(config: LoaderConfig, engine: str | None) -> bool:
+def _preflight_has_work(config: LoaderConfig) -> bool:
     """Whether `loader.execute.choice.preflight` has anything to check: `gpu` requested, or a Ray cluster
     address (its two checks). Otherwise it is skipped, and so is importing loader.execute (pyarrow.compute,
     the transforms): a run with nothing new to load never needs them."""
-    return (engine or config.transform.engine) == "gpu" or bool(config.ray.address or os.environ.get("RAY_ADDRESS"))
+    return config.transform.engine == "gpu" or bool(config.ray.address)
 
 
 class Timer:
@@ -181,10 +181,9 @@ class BatchExecutor:
     does not change between the batches of a run is decided and loaded once: the executor and the
     engine (by the largest batch), the dimension tables."""
 
-    def __init__(self, config: LoaderConfig, store: StateStore, *, commit: Commit, executor: str | None,
-                 engine: str | None, timer: Timer, only_sinks: tuple[str, ...] | None = None) -> None:
+    def __init__(self, config: LoaderConfig, store: StateStore, *, commit: Commit, timer: Timer,
+                 only_sinks: tuple[str, ...] | None = None) -> None:
         self.config, self.store, self.commit = config, store, commit
-        self.executor_override, self.engine_override = executor, engine
         self.timer, self.only_sinks = timer, only_sinks
         self._lock = threading.Lock()
         self._prepared: tuple[Any, Any, Any] | None = None
@@ -219,8 +218,8 @@ class BatchExecutor:
             # Imported here: a run with nothing new never pays for transforms, sinks or their drivers.
             from loader.execute.choice import choose_executor, choose_run_engine, load_dimensions
 
-            choice = choose_executor(self.config, largest, self.executor_override)
-            engine = choose_run_engine(self.config, choice.executor, self.engine_override)
+            choice = choose_executor(self.config, largest)
+            engine = choose_run_engine(self.config, choice.executor)
             log.info("executor %s (%s); transforms on the %s (%s)", choice.executor, choice.reason,
                      engine.engine.upper(), engine.reason)
             with self.timer.stage("execute"):

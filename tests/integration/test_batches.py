@@ -603,7 +603,7 @@ def test_each_delta_table_is_opened_once_per_run_however_many_batches(
     config = _fresh(zone, tmp_path / "p")
     monkeypatch.chdir(config.parent)
     monkeypatch.setattr(deltalake, "DeltaTable", Counted)
-    summary = run_incremental(load_config(config), max_batch_rows=BUDGET)
+    summary = run_incremental(load_config(config).overridden(max_batch_rows=BUDGET))
     assert len(summary.batches) == len(loaded.summary["batches"]) >= 5
     # The first batch creates each table (nothing to open); the second opens it; the rest update it.
     assert {t: opened.get(t, 0) for t in FACTS} == dict.fromkeys(FACTS, 1), opened

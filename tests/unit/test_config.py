@@ -116,3 +116,27 @@ def test_bad_dimension_blocks_are_named(tmp_path: Path, block: dict, message: st
     raw["dimensions"] = {"customer": {**block, **({"key": "c_custkey"} if "cursor" in block else {})}}
     with pytest.raises(ConfigError, match=message):
         load_config(write_raw(tmp_path, raw))
+
+
+def test_the_command_line_overrides_fold_into_the_config_and_are_validated(tmp_path: Path) -> None:
+    config = load_config(write_raw(tmp_path, local_raw()))
+    overridden = config.overridden(executor="ray", engine="cpu", max_batch_rows=5_000)
+    assert (overridden.ray.mode, overridden.transform.engine, overridden.run.max_batch_rows) == ("ray", "cpu", 5_000)
+    assert (config.ray.mode, config.run.max_batch_rows) == ("auto", 1_000_000)  # the loaded one is unchanged
+    assert overridden.ray.local_max_rows == config.ray.local_max_rows and overridden.sources == config.sources
+    assert config.overridden() is config
+    with pytest.raises(ConfigError, match="max_batch_rows"):
+        config.overridden(max_batch_rows=0)
+    with pytest.raises(ConfigError, match="mode"):
+        config.overridden(executor="spark")
+
+
+def test_ray_address_from_the_environment_is_settled_into_the_config(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    assert load_config(write_raw(tmp_path / "a", local_raw())).ray.address == "ray://head:10001"
+    raw = local_raw()
+    raw["ray"] = {**raw.get("ray", {}), "address": "ray://configured:10001"}
+    assert load_config(write_raw(tmp_path / "b", raw)).ray.address == "ray://configured:10001"  # the file wins
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert load_config(write_raw(tmp_path / "c", local_raw())).ray.address is None
