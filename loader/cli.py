@@ -314,7 +314,7 @@ def history_command(obj: _Context, limit: int, as_json: bool) -> None:
     """Past runs, newest first: mode, outcome, windows, rows per table (and per region and sink with
     --json), seconds per stage, the error of a failed run."""
     config = obj.config()
-    from loader.observe.history import read_history
+    from loader.observe.run_history import read_history
 
     entries = redact_data(read_history(config.state.url, config.pipeline, limit=limit))
     if as_json:
@@ -335,7 +335,7 @@ def report_command(obj: _Context, out: Path, limit: int) -> None:
     time, and the latest run's rows per table, region and sink."""
     config = obj.config()
     from loader.audit.html_report import write_report
-    from loader.observe.history import read_history
+    from loader.observe.run_history import read_history
 
     entries = redact_data(read_history(config.state.url, config.pipeline, limit=limit))
     write_report(out, config.pipeline, entries)

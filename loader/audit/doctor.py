@@ -20,7 +20,7 @@ from loader.redaction import redact
 
 
 @dataclass
-class Check:
+class DoctorCheck:
     name: str
     status: str  # ok | unavailable (optional, not here) | failed
     detail: str
@@ -30,13 +30,13 @@ class Check:
         return {"name": self.name, "status": self.status, "detail": self.detail, "seconds": round(self.seconds, 3)}
 
 
-def _timed(name: str, probe: Callable[[], tuple[str, str]]) -> Check:
+def _timed(name: str, probe: Callable[[], tuple[str, str]]) -> DoctorCheck:
     started = time.perf_counter()
     try:
         status, detail = probe()
     except Exception as error:  # a probe's own failure is a failed check, with the reason
         status, detail = "failed", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    return Check(name, status, redact(detail), time.perf_counter() - started)  # text and --json alike
+    return DoctorCheck(name, status, redact(detail), time.perf_counter() - started)  # text and --json alike
 
 
 def check_ray(config: LoaderConfig) -> tuple[str, str]:
@@ -136,7 +136,7 @@ def _sink_probe(config: LoaderConfig, name: str) -> Callable[[], tuple[str, str]
     return lambda: check_sink(config, name)
 
 
-def run_checks(config: LoaderConfig) -> list[Check]:
+def run_checks(config: LoaderConfig) -> list[DoctorCheck]:
     checks = [
         _timed("ray", lambda: check_ray(config)),
         _timed("gpu", lambda: check_gpu(config)),
@@ -150,4 +150,4 @@ def run_checks(config: LoaderConfig) -> list[Check]:
     return checks
 
 
-__all__ = ["Check", "run_checks"]
+__all__ = ["DoctorCheck", "run_checks"]

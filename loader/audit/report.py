@@ -11,7 +11,7 @@ from typing import Any
 
 from loader.config import LoaderConfig
 from loader.landing.plans import RunPlan
-from loader.observe.history import table_deleted
+from loader.observe.run_history import table_deleted
 from loader.protocol.batches import Cutting
 from loader.protocol.incremental import RunSummary
 from loader.redaction import redact, redact_data

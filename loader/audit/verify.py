@@ -62,7 +62,7 @@ DIMENSION_REGION = "-"
 
 
 @dataclass(frozen=True)
-class Check:
+class SinkCheck:
     table: str
     region: str
     sink: str
@@ -112,7 +112,7 @@ class Check:
 @dataclass(frozen=True)
 class Verification:
     pipeline: str
-    checks: tuple[Check, ...]
+    checks: tuple[SinkCheck, ...]
     notes: tuple[str, ...] = ()
 
     @property
@@ -351,12 +351,12 @@ def _misfiled(rows: pa.Table | None) -> dict[str, int]:
 
 
 def _compare(table: str, sink: str, want: Digest, got: Digest, dups: dict[str, int],
-             misfiled: dict[str, int] | None = None, compared: str = "keys") -> list[Check]:
+             misfiled: dict[str, int] | None = None, compared: str = "keys") -> list[SinkCheck]:
     misfiled = misfiled or {}
     checks = []
     for region in sorted(set(want) | set(got) | set(dups) | set(misfiled)):
         (e_rows, e_sum), (a_rows, a_sum) = want.get(region, (0, 0)), got.get(region, (0, 0))
-        checks.append(Check(table, region, sink, e_rows, a_rows, f"{e_sum:016x}", f"{a_sum:016x}", dups.get(region, 0),
+        checks.append(SinkCheck(table, region, sink, e_rows, a_rows, f"{e_sum:016x}", f"{a_sum:016x}", dups.get(region, 0),
                             misfiled.get(region, 0), compared))
     return checks
 
@@ -364,7 +364,7 @@ def _compare(table: str, sink: str, want: Digest, got: Digest, dups: dict[str, i
 def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_at: datetime | None,
                   dims: Dimensions, read: frozenset[str] = frozenset(), notes: list[str] | None = None,
                   placement: Placement | None = None, lookups: VersionLookups | None = None,
-                  parts: int | None = None) -> list[Check]:
+                  parts: int | None = None) -> list[SinkCheck]:
     """Per region and sink: each row's key, cursor, region (as its batch placed it) and delete mark,
     no duplicate, and no row in another region's folder; with `lookups` (--deep) every column too.
     A large table goes in key-hash parts (`parts`, else `parts_for`), one at a time: memory follows a
@@ -509,7 +509,7 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = Fal
         from loader.execute.choice import load_dimensions
 
         dims, _ = load_dimensions(config)
-        checks: list[Check] = []
+        checks: list[SinkCheck] = []
         notes = []
         placement = Placement.from_ledger(store, pipeline)  # the ledger, read once
         lookups = None
@@ -539,16 +539,16 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = Fal
     return Verification(pipeline, tuple(checks), tuple(notes))
 
 
-def _verify_dimensions(config: LoaderConfig, store: StateStore) -> tuple[list[Check], list[str]]:
+def _verify_dimensions(config: LoaderConfig, store: StateStore) -> tuple[list[SinkCheck], list[str]]:
     """Each loaded dimension's current rows in every sink against its files as they are: the same keys
     with the same values (their `row_hash`), no key current twice. Region "-": a dimension table is not
     split by region. A dimension whose files changed since its last load is left to the next run."""
     from loader.landing.fingerprint import files_fingerprint
     from loader.protocol.dimension_loads import fingerprint_of, read_incoming
-    from loader.transform.history import ROW_HASH, DimensionSpec, compared_columns
+    from loader.transform.dimension_changes import ROW_HASH, DimensionSpec, compared_columns
 
     loads = store.dimension_loads(config.pipeline)
-    checks: list[Check] = []
+    checks: list[SinkCheck] = []
     notes: list[str] = []
     for name, load in loads.items():
         dim = config.dimensions.named(name)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from loader.config import LoaderConfig
-from loader.observe.history import deleted_totals, history, quarantined_totals, rows_loaded_totals
+from loader.observe.run_history import deleted_totals, history, quarantined_totals, rows_loaded_totals
 from loader.redaction import redact
 
 log = logging.getLogger(__name__)

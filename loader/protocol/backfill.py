@@ -34,7 +34,7 @@ from loader.landing.plans import RunPlan
 from loader.observe.logs import in_context
 from loader.protocol.batches import BatchPlan, cut_into_batches
 from loader.protocol.planning import plan_run
-from loader.protocol.steps import BatchExecutor, Timer, add_tables, commit_backfill, pipeline_session
+from loader.protocol.steps import BatchRunner, Timer, add_tables, commit_backfill, pipeline_session
 from loader.retry import call_with_retries
 from state import RunRecord, StateStore, Window
 
@@ -214,7 +214,7 @@ def run_backfill(config: LoaderConfig, request: BackfillRequest, *, parallel: in
         history = store.runs(pipeline, limit=None, mode="backfill")
         chunks = request.chunks()
         lock = threading.Lock()
-        batches = BatchExecutor(config, store, commit=commit_backfill(config, store), timer=Timer(),
+        batches = BatchRunner(config, store, commit=commit_backfill(config, store), timer=Timer(),
                                 only_sinks=request.sinks)
         budget = config.run.max_batch_rows
 
@@ -244,7 +244,7 @@ def run_backfill(config: LoaderConfig, request: BackfillRequest, *, parallel: in
     return summary
 
 
-def _load_chunk(config: LoaderConfig, store: StateStore, batches: BatchExecutor, request: BackfillRequest,
+def _load_chunk(config: LoaderConfig, store: StateStore, batches: BatchRunner, request: BackfillRequest,
                 history: list[RunRecord], index: int, window: Window, total: int, budget: int) -> ChunkResult:
     pipeline = config.pipeline
     windows = {name: window for name in request.sources}

@@ -9,7 +9,7 @@ files read whole and checked (a null key, or a key twice in one snapshot, fails 
 and the file), masked like the facts (the region rules' columns, by the row's region through nation),
 hashed on the tracked columns; every changed dimension is read and checked before the first write, so
 bad input in one writes none. Then each sink behind compares them with what it holds itself
-(loader/transform/history.py) and applies the difference in one step, and its load is recorded.
+(loader/transform/dimension_changes.py) and applies the difference in one step, and its load is recorded.
 Exactly once without a ledger: the comparison is the idempotence (a replay, or a sink that already
 applied the load before a crash, finds nothing to do); change times come from the files (the
 snapshot's newest file time, or each row's cursor), so every sink and every replay stamps the same
@@ -152,7 +152,7 @@ def _last_load(config: LoaderConfig, sink: Any, table: str,
     legacy = loads.get(ALL_SINKS)
     if legacy is None:
         return None
-    from loader.transform.history import DimensionSpec
+    from loader.transform.dimension_changes import DimensionSpec
 
     key = config.dimensions.key_of(table)
     held = sink.dimension_rows(DimensionSpec(config.pipeline, table, key, "replace"), list(key))
@@ -193,7 +193,7 @@ def fingerprint_of(config: LoaderConfig, table: str, files: str) -> str:
 def _refuse_mode_change(config: LoaderConfig, sink: Any, table: str, previous: str | None) -> None:
     """A dimension table keeps the mode it was made with (scd2's version columns, merge's one row per
     key): a changed `mode` with the table still in a sink fails before anything is written."""
-    from loader.transform.history import DimensionSpec
+    from loader.transform.dimension_changes import DimensionSpec
 
     mode = config.dimensions.named(table).mode
     if previous is None or previous == mode:
@@ -211,7 +211,7 @@ def _load_into(config: LoaderConfig, sink: Any, table: str, dim: DimensionConfig
                snapshot_time: datetime) -> dict[str, int]:
     """Compare with what `sink` holds and apply the difference, retried as the sink's writes are (by the
     sink itself, step by step, where it declares `retries_own_steps`)."""
-    from loader.transform.history import DimensionSpec, compared_columns, diff
+    from loader.transform.dimension_changes import DimensionSpec, compared_columns, diff
 
     spec = DimensionSpec(config.pipeline, table, config.dimensions.key_of(table), dim.mode)
 
@@ -235,7 +235,7 @@ def read_incoming(config: LoaderConfig, table: str, paths: Sequence[str], *,
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from loader.transform.history import tracked_columns, with_hash
+    from loader.transform.dimension_changes import tracked_columns, with_hash
 
     dim = config.dimensions.named(table)
     key = list(config.dimensions.key_of(table))

@@ -26,8 +26,8 @@ from loader.protocol.dimension_loads import load_dimension_tables
 from loader.protocol.fact_gaps import check_fact_history
 from loader.protocol.planning import plan_from_input, plan_run
 from loader.protocol.steps import (
-    BatchExecutor,
     BatchOutcome,
+    BatchRunner,
     Timer,
     add_tables,
     commit_incremental,
@@ -94,7 +94,7 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, now: datetime | 
     pipeline = config.pipeline
     max_batch_rows = config.run.max_batch_rows
     summary = RunSummary(pipeline=pipeline, status="nothing_new", max_batch_rows=max_batch_rows)
-    batches = BatchExecutor(config, store, commit=commit_incremental(config, store), timer=timer)
+    batches = BatchRunner(config, store, commit=commit_incremental(config, store), timer=timer)
     check_fact_history(config, store)  # before a replay writes to a sink enabled since (fact_gaps.py)
     unfinished = store.unfinished_run(pipeline)
     if unfinished is not None:
@@ -151,7 +151,7 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, now: datetime | 
     return summary
 
 
-def _replay(config: LoaderConfig, store: StateStore, batches: BatchExecutor, timer: Timer,
+def _replay(config: LoaderConfig, store: StateStore, batches: BatchRunner, timer: Timer,
             unfinished: RunRecord) -> BatchOutcome:
     """The interrupted batch again: same run number, same windows, the very input it recorded (a
     late file landed in its window since is left to the next run's lookback, in every sink alike)."""

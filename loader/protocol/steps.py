@@ -6,7 +6,7 @@
         chunk's run committed)
 
 `pipeline_session` holds the pipeline (preflight, state store, lease, metrics at the end);
-`BatchExecutor.run` carries one recorded batch through execution and its commit. The drivers
+`BatchRunner.run` carries one recorded batch through execution and its commit. The drivers
 (loader/protocol/incremental.py for `run --incremental`, loader/protocol/backfill.py for `backfill`) only decide which
 batches to run. A crash loses at most the batch in flight: its ledger row stays `planned`, the next
 run replays exactly its recorded input, and the sinks skip what already landed.
@@ -176,7 +176,7 @@ def commit_backfill(config: LoaderConfig, store: StateStore) -> Commit:
     return commit
 
 
-class BatchExecutor:
+class BatchRunner:
     """Runs recorded batches one after another (or from the threads of a parallel backfill). What
     does not change between the batches of a run is decided and loaded once: the executor and the
     engine (by the largest batch), the dimension tables."""

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loader.config import RetryConfig
-from loader.transform.history import DimensionChanges, DimensionSpec
+from loader.transform.dimension_changes import DimensionChanges, DimensionSpec
 from state import Window
 
 #: The boolean column marking a tombstone (an upstream delete) in a batch whose source has `deletes`.
@@ -180,7 +180,7 @@ class Sink(Protocol[Begun]):
         wrong and what to fix. Quick and bounded in time; writes nothing."""
         ...
 
-    # Dimension tables (loader/protocol/dimension_loads.py; the changes: loader/transform/history.py)
+    # Dimension tables (loader/protocol/dimension_loads.py; the changes: loader/transform/dimension_changes.py)
 
     def dimension_rows(self, spec: DimensionSpec, columns: Sequence[str] | None = None) -> pa.Table | None:
         """The rows of dimension `spec.table` the next load compares with: scd2, the current versions

@@ -82,7 +82,7 @@ from loader.sinks.base import (
 from loader.sinks.encoding import dictionary_columns
 from loader.sinks.schema_check import refuse_case_clashes, refuse_type_changes, refuse_unwritable_names
 from loader.storage import locate, short_error, storage_error
-from loader.transform.history import DimensionChanges, DimensionSpec
+from loader.transform.dimension_changes import DimensionChanges, DimensionSpec
 
 _TYPE_FIX = "Cast the column in the transform back to the stored type, or move the table away to let the loader recreate it"
 log = logging.getLogger(__name__)

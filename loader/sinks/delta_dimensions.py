@@ -18,7 +18,13 @@ import numpy as np
 import pyarrow as pa
 
 from loader import failpoints
-from loader.transform.history import IS_CURRENT, VALID_FROM, VALID_TO, DimensionChanges, DimensionSpec
+from loader.transform.dimension_changes import (
+    IS_CURRENT,
+    VALID_FROM,
+    VALID_TO,
+    DimensionChanges,
+    DimensionSpec,
+)
 
 ACTION = "_action"
 

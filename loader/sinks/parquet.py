@@ -49,7 +49,7 @@ from loader.sinks.encoding import dictionary_columns
 from loader.sinks.names import partition_folder, partition_value
 from loader.sinks.schema_check import refuse_type_changes, refuse_unwritable_names
 from loader.storage import Location, locate, short_error, storage_error
-from loader.transform.history import DimensionChanges, DimensionSpec
+from loader.transform.dimension_changes import DimensionChanges, DimensionSpec
 
 DATE_COLUMN = "__date"
 #: The version check's tombstone flag (`_deleted`, nulls as false), apart from the stored column's name.

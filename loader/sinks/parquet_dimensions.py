@@ -27,7 +27,13 @@ from loader import failpoints
 from loader.errors import SinkRejected
 from loader.sinks.base import DELETED
 from loader.storage import Location, short_error
-from loader.transform.history import IS_CURRENT, VALID_FROM, VALID_TO, DimensionChanges, DimensionSpec
+from loader.transform.dimension_changes import (
+    IS_CURRENT,
+    VALID_FROM,
+    VALID_TO,
+    DimensionChanges,
+    DimensionSpec,
+)
 
 LOADED_AT = "_loaded_at"
 

@@ -30,7 +30,7 @@ version no newer than its key's remembered tombstone (a late version must not in
 the newest version decides), then the staged tombstones are remembered and keys a newer live version
 revives are forgotten (DELETE, UPDATE, INSERT joined on the staged keys only); a rollback undoes all.
 
-Dimension tables (`apply_dimension`; the changes come from loader/transform/history.py): one table per
+Dimension tables (`apply_dimension`; the changes come from loader/transform/dimension_changes.py): one table per
 dimension, `<TABLE>` in the same database and schema, created from the changes' Arrow schema (no
 CLUSTER BY; scd2: primary key the key and `valid_from`). Its opens and closes are PUT as Parquet to a
 fresh folder `@<stage>/<pipeline>/dimensions/<table>/<attempt>/` and COPied into transient tables
@@ -91,7 +91,14 @@ from loader.sinks.names import file_part
 from loader.sinks.schema_check import refuse_case_clashes
 from loader.sinks.snowflake_schema import ColumnType, columns_to_add, create_table_sql, ident
 from loader.storage import short_error
-from loader.transform.history import IS_CURRENT, TIME, VALID_FROM, VALID_TO, DimensionChanges, DimensionSpec
+from loader.transform.dimension_changes import (
+    IS_CURRENT,
+    TIME,
+    VALID_FROM,
+    VALID_TO,
+    DimensionChanges,
+    DimensionSpec,
+)
 
 log = logging.getLogger(__name__)
 

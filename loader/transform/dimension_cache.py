@@ -31,8 +31,8 @@ import pyarrow as pa
 
 from loader.config import DIMENSION_KEYS, LoaderConfig
 from loader.landing.fingerprint import files_fingerprint
+from loader.transform.decimal_rules import SEGMENTS
 from loader.transform.dimensions import COLUMNS, Dimensions
-from loader.transform.labels import SEGMENTS
 
 log = logging.getLogger(__name__)
 

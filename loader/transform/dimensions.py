@@ -13,8 +13,8 @@ import pyarrow.compute as pc
 from loader.errors import BadSourceData
 from loader.kinds import fact_kind
 from loader.landing.sources import normalize_strings
+from loader.transform.decimal_rules import customer_segment
 from loader.transform.frames import Frames, PandasFrames, on_table
-from loader.transform.labels import customer_segment
 from loader.transform.tables import MONEY, require_columns
 
 #: The columns of each dimension table the lookups use: only these are read (customer at SF10 is 1.5M

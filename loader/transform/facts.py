@@ -29,8 +29,8 @@ import pyarrow as pa
 from loader.errors import BadSourceData, ConfigError
 from loader.kinds import FACT_KINDS, UNKNOWN_REGION, fact_kind
 from loader.landing.sources import normalize_strings
+from loader.transform.decimal_rules import customer_segment, decimal_type, labels
 from loader.transform.frames import Frame, Frames, PandasFrames, Series, frames_for, on_table
-from loader.transform.labels import customer_segment, decimal_type, labels
 from loader.transform.region_rules import FX_RATE, VAT_RATE, RegionRule
 from loader.transform.tables import MONEY, require_columns
 

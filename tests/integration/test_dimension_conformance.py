@@ -4,7 +4,7 @@ connector) by independent readers of the whole table (tests/support/readers.py: 
 the connector; none of the loader's sink code).
 
 A load is what the runner does: the sink's current rows, the pure diff against them
-(loader/transform/history.py), and the changes applied when there are any. Each step's result is
+(loader/transform/dimension_changes.py), and the changes applied when there are any. Each step's result is
 compared, version by version, with a history computed here by hand, and each key's versions must form
 an unbroken chain (each valid_to the next valid_from, only the last one current)."""
 
@@ -22,7 +22,7 @@ import pytest
 
 from loader.config import load_config
 from loader.sinks import Sink
-from loader.transform.history import (
+from loader.transform.dimension_changes import (
     IS_CURRENT,
     ROW_HASH,
     VALID_FROM,

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pyarrow as pa
 
-from loader.transform.history import TIME, tracked_columns, with_hash
+from loader.transform.dimension_changes import TIME, tracked_columns, with_hash
 
 KEY = ("id",)
 CURSOR = "updated_at"

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from loader.config import parse_config
-from loader.observe.history import deleted_totals, table_deleted
 from loader.observe.metrics import registry_for
+from loader.observe.run_history import deleted_totals, table_deleted
 
 
 def _entry(outcome: str, sinks: dict[str, int]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The pure dimension diff (loader/transform/history.py), exact against expectations computed by hand:
+"""The pure dimension diff (loader/transform/dimension_changes.py), exact against expectations computed by hand:
 SCD2 from full snapshots and from change files (a cursor column), merge, replace, and the row hash."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from loader.transform.history import (
+from loader.transform.dimension_changes import (
     IS_CURRENT,
     ROW_HASH,
     VALID_FROM,
