@@ -316,9 +316,9 @@ def history_command(obj: _Context, limit: int, as_json: bool) -> None:
     config = obj.config()
     from loader.observe.run_history import read_history
 
-    entries = redact_data(read_history(config.state.url, config.pipeline, limit=limit))
+    entries = read_history(config.state.url, config.pipeline, limit=limit)
     if as_json:
-        _emit(entries)
+        _emit(redact_data([entry.to_json() for entry in entries]))
     else:
         from loader.audit.report import print_history
 
@@ -337,7 +337,7 @@ def report_command(obj: _Context, out: Path, limit: int) -> None:
     from loader.audit.html_report import write_report
     from loader.observe.run_history import read_history
 
-    entries = redact_data(read_history(config.state.url, config.pipeline, limit=limit))
+    entries = read_history(config.state.url, config.pipeline, limit=limit)
     write_report(out, config.pipeline, entries)
     click.echo(f"wrote {out} ({len(entries)} run(s) of pipeline {config.pipeline})")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
 from loader.errors import ConfigError
+from loader.observe.results import TableResult
+from loader.observe.run_history import RunEntry
+from loader.redaction import redact_data
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html"
 STAGES = ("plan", "execute", "sinks")  # the run's order; any other stage a ledger holds comes after
@@ -38,68 +42,72 @@ EMPTY = {"rows": "No committed run yet", "stages": "No committed run yet", "lag"
 ZEROS_MEAN_EMPTY = ("quarantined", "deleted")
 
 
-def report_data(pipeline: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The charts' series from history entries (newest first, as `history` returns them)."""
-    runs = [e for e in reversed(entries) if e["outcome"] == "committed"]
-    tables = sorted({t for e in runs for t in e["tables"]})
-    found = {s for e in runs for s in e["timings_s"]}
+def report_data(pipeline: str, entries: list[RunEntry]) -> dict[str, Any]:
+    """The charts' series from history entries (newest first, as `history` returns them), masked
+    like every output (loader/redaction.py)."""
+    runs = [e for e in reversed(entries) if e.outcome == "committed"]
+    tables = sorted({t for e in runs for t in e.tables})
+    found = {s for e in runs for s in e.timings_s}
     stages = [s for s in STAGES if s in found] + sorted(found - set(STAGES))
-    incremental = [e for e in runs if e["mode"] == "incremental"]
-    sources = sorted({s for e in incremental for s in e["lag_seconds"]})
+    incremental = [e for e in runs if e.mode == "incremental"]
+    sources = sorted({s for e in incremental for s in e.lag_seconds})
     latest = runs[-1] if runs else None
 
-    def per_table(value: Any) -> dict[str, list[list[Any]]]:
-        return {t: [[e["run_number"], value(e["tables"][t])] for e in runs if t in e["tables"]] for t in tables}
+    def per_table(value: Callable[[TableResult], int]) -> dict[str, list[list[Any]]]:
+        return {t: [[e.run_number, value(e.tables[t])] for e in runs if t in e.tables] for t in tables}
 
-    return {
+    def iso(moment: datetime | None) -> str | None:
+        return None if moment is None else moment.isoformat()
+
+    return redact_data({
         "pipeline": pipeline,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "runs": [{"run": e["run_number"], "mode": e["mode"], "outcome": e["outcome"], "started_at": e["started_at"],
-                  "duration_s": e["duration_s"], "batch": e.get("batch"), "label": run_label(e)}
+        "runs": [{"run": e.run_number, "mode": e.mode, "outcome": e.outcome, "started_at": iso(e.started_at),
+                  "duration_s": e.duration_s, "batch": e.batch, "label": run_label(e)}
                  for e in reversed(entries)],
         "charts": {
             "rows": {"title": "Rows loaded per run", "x": "run", "y": "rows",
-                     "series": per_table(lambda info: info["rows"] or 0)},
+                     "series": per_table(lambda t: t.rows)},
             "stages": {"title": "Seconds per stage per run", "x": "run", "y": "seconds", "series": {
-                s: [[e["run_number"], round(e["timings_s"][s], 3)] for e in runs if s in e["timings_s"]] for s in stages}},
+                s: [[e.run_number, round(e.timings_s[s], 3)] for e in runs if s in e.timings_s] for s in stages}},
             "lag": {"title": "Lag per source at the end of each incremental run", "x": "time", "y": "seconds",
-                    "series": {s: [[e["finished_at"], e["lag_seconds"][s]] for e in incremental if s in e["lag_seconds"]]
+                    "series": {s: [[iso(e.finished_at), e.lag_seconds[s]] for e in incremental if s in e.lag_seconds]
                                for s in sources}},
             "quarantined": {"title": "Rows quarantined per run", "x": "run", "y": "rows",
-                            "series": per_table(lambda info: sum((info.get("quarantined") or {}).values()))},
+                            "series": per_table(lambda t: sum(t.quarantined.values()))},
             "deleted": {"title": "Keys deleted upstream per run (tombstones)", "x": "run", "y": "keys",
-                        "series": per_table(lambda info: int(info.get("deleted") or 0))},
+                        "series": per_table(lambda t: t.deletes_applied)},
         },
         "latest": None if latest is None else {
-            "run": latest["run_number"], "finished_at": latest["finished_at"],
+            "run": latest.run_number, "finished_at": iso(latest.finished_at),
             "rows": [{"table": t, "sink": sink, "region": region, "rows": count}
-                     for t, info in sorted(latest["tables"].items())
-                     for sink, written in sorted(info["sinks"].items())
-                     for region, count in sorted((written.get("regions") or {}).items())],
-            "batches": [{"run": e["run_number"], "batch": e.get("batch"), "finished_at": e["finished_at"],
-                         "duration_s": e["duration_s"], "rows": {t: info["rows"] for t, info in sorted(e["tables"].items())}}
+                     for t, result in sorted(latest.tables.items())
+                     for sink, written in sorted(result.sinks.items())
+                     for region, count in sorted(written.regions.items())],
+            "batches": [{"run": e.run_number, "batch": e.batch, "finished_at": iso(e.finished_at),
+                         "duration_s": e.duration_s, "rows": {t: result.rows for t, result in sorted(e.tables.items())}}
                         for e in runs if _series(e) == _series(latest)],
         },
-    }
+    })
 
 
-def run_label(entry: dict[str, Any]) -> str:
+def run_label(entry: RunEntry) -> str:
     """`run 7 · incremental · batch 2 of 3`: what the hover says about a run."""
-    batch = entry.get("batch")
-    return f"run {entry['run_number']} · {entry['mode']}" + (
+    batch = entry.batch
+    return f"run {entry.run_number} · {entry.mode}" + (
         f" · batch {batch['index']} of {batch['of']}" if batch and batch.get("of") else "")
 
 
-def _series(entry: dict[str, Any]) -> tuple[Any, ...]:
+def _series(entry: RunEntry) -> tuple[Any, ...]:
     """What names the run a ledger run was a batch of: its `series` (recorded with each batch), else
     (ledgers from before series were shown) the first batch's run number, as batches took consecutive
     numbers: batch i of n of the run whose first batch was run f is run f + i - 1."""
-    batch = entry.get("batch") or {}
+    batch = entry.batch or {}
     if batch.get("series"):
-        return (entry["mode"], batch["series"])
+        return (entry.mode, batch["series"])
     if not batch.get("index"):
-        return (entry["mode"], entry["run_number"], 1)
-    return (entry["mode"], entry["run_number"] - int(batch["index"]) + 1, batch.get("of"))
+        return (entry.mode, entry.run_number, 1)
+    return (entry.mode, entry.run_number - int(batch["index"]) + 1, batch.get("of"))
 
 
 def lag_unit(seconds: float) -> tuple[str, str, int]:
@@ -226,7 +234,7 @@ def _latest_html(latest: dict[str, Any] | None) -> str:
                       *[f"{b['rows'][t]:,}" if b["rows"].get(t) is not None else "-" for t in names]] for b in batches]))
 
 
-def write_report(path: Path, pipeline: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+def write_report(path: Path, pipeline: str, entries: list[RunEntry]) -> dict[str, Any]:
     """Write the report atomically (a hidden file renamed into place); an unwritable path is a usage error."""
     data = report_data(pipeline, entries)
     try:

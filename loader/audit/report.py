@@ -11,7 +11,8 @@ from typing import Any
 
 from loader.config import LoaderConfig
 from loader.landing.plans import RunPlan
-from loader.observe.run_history import table_deleted
+from loader.observe.results import tables_from_json
+from loader.observe.run_history import RunEntry
 from loader.protocol.batches import Cutting
 from loader.protocol.incremental import RunSummary
 from loader.redaction import redact, redact_data
@@ -71,22 +72,22 @@ def print_run_summary(summary: RunSummary) -> None:
     table = Table(title=title)
     # Upstream deletes: the tombstones a table's rows carried, and what each sink did with them
     # (removed or marked keys; tombstone versions written to the Parquet log). Shown when there were any.
-    deletes = any(info.get("deleted") or any(w.get("deleted") for w in info["sinks"].values())
-                  for info in summary.tables.values())
+    deletes = any(t.deleted or any(w.deleted for w in t.sinks.values()) for t in summary.tables.values())
     columns = ("table", "window", "rows", *(("deleted",) if deletes else ()), "sink", "rows written",
                *(("deletes applied",) if deletes else ()), "location")
     for column in columns:
         table.add_column(column)
-    for name, info in summary.tables.items():
-        window = f"({info['window']['lower'] or '-inf'}, {info['window']['upper']}]"
-        for sink, write in info["sinks"].items():
-            written = "already landed" if write["skipped"] else f"{write['rows']:,}"
+    for name, result in summary.tables.items():
+        bounds = result.window.to_json() if result.window else {"lower": None, "upper": "?"}
+        window = f"({bounds['lower'] or '-inf'}, {bounds['upper']}]"
+        for sink, write in result.sinks.items():
+            written = "already landed" if write.skipped else f"{write.rows:,}"
             if deletes:
-                applied = "-" if write["skipped"] else f"{write.get('deleted', 0):,}"
-                table.add_row(name, window, f"{info['rows']:,}", f"{info.get('deleted', 0):,}", sink, written,
-                              applied, redact(write["location"]))
+                applied = "-" if write.skipped else f"{write.deleted:,}"
+                table.add_row(name, window, f"{result.rows:,}", f"{result.deleted:,}", sink, written,
+                              applied, redact(write.location))
             else:
-                table.add_row(name, window, f"{info['rows']:,}", sink, written, redact(write["location"]))
+                table.add_row(name, window, f"{result.rows:,}", sink, written, redact(write.location))
             name, window = "", ""
     _out.print(table)
     _print_dimensions(summary.dimensions)
@@ -184,10 +185,11 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
     for name in config.sources:
         cp = checkpoints.get(name)
         rows = quarantined = deleted = None
+        result = None if last is None else tables_from_json(last.metrics.get("tables")).get(name)
         if last is not None:
-            info = last.metrics.get("tables", {}).get(name, {})
-            rows, quarantined = info.get("rows"), sum((info.get("quarantined") or {}).values())
-            deleted = table_deleted(info)
+            rows = None if result is None else result.rows
+            quarantined = 0 if result is None else sum(result.quarantined.values())
+            deleted = 0 if result is None else result.deletes_applied
         sources[name] = {
             "checkpoint": cp.cursor.isoformat() if cp else None,
             "checkpoint_run": cp.run_number if cp else None,
@@ -202,7 +204,7 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
         "sources": sources,
         "last_run": None if last is None else {
             "run_number": last.run_number, "mode": last.mode, "finished_at": _iso(last.finished_at),
-            "tables": {t: info.get("rows") for t, info in last.metrics.get("tables", {}).items()},
+            "tables": {t: result.rows for t, result in tables_from_json(last.metrics.get("tables")).items()},
         },
         "unfinished_run": None if unfinished is None else {
             "run_number": unfinished.run_number, "attempts": unfinished.attempts, "error": unfinished.error,
@@ -302,7 +304,7 @@ def print_status(payload: dict[str, Any]) -> None:
                    + ("" if b["state"] != "interrupted" else f"; `loader backfill --resume {r.get('id')}` continues it"))
 
 
-def print_history(pipeline: str, entries: list[dict[str, Any]]) -> None:
+def print_history(pipeline: str, entries: list[RunEntry]) -> None:
     if not entries:
         _out.print(f"{pipeline}: no runs yet (`loader run --incremental` starts one)")
         return
@@ -313,15 +315,14 @@ def print_history(pipeline: str, entries: list[dict[str, Any]]) -> None:
                    "seconds per stage"):
         table.add_column(column)
     for e in entries:
-        rows = ", ".join(f"{name} {info['rows']:,}" for name, info in e["tables"].items() if info["rows"] is not None)
-        stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in e["timings_s"].items())
-        outcome = e["outcome"] if e["outcome"] != "failed" else f"[red]failed[/]: {escape(str(e['error'] or ''))[:120]}"
-        took = "-" if e["duration_s"] is None else _human_seconds(e["duration_s"])
-        bad = ", ".join(f"{name} {sum(info['quarantined'].values()):,}" for name, info in e["tables"].items()
-                        if info.get("quarantined"))
-        deleted = ", ".join(f"{name} {info['deleted']:,}" for name, info in e["tables"].items() if info.get("deleted"))
-        mode = e["mode"] + (f" {e['batch']['index']}/{e['batch']['of']}" if e.get("batch") else "")
-        table.add_row(str(e["run_number"]), mode, outcome, e["started_at"][:19].replace("T", " "), took,
+        rows = ", ".join(f"{name} {t.rows:,}" for name, t in e.tables.items())
+        stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in e.timings_s.items())
+        outcome = e.outcome if e.outcome != "failed" else f"[red]failed[/]: {escape(redact(str(e.error or '')))[:120]}"
+        took = "-" if e.duration_s is None else _human_seconds(e.duration_s)
+        bad = ", ".join(f"{name} {sum(t.quarantined.values()):,}" for name, t in e.tables.items() if t.quarantined)
+        deleted = ", ".join(f"{name} {t.deletes_applied:,}" for name, t in e.tables.items() if t.deletes_applied)
+        mode = e.mode + (f" {e.batch['index']}/{e.batch['of']}" if e.batch else "")
+        table.add_row(str(e.run_number), mode, outcome, e.started_at.isoformat()[:19].replace("T", " "), took,
                       rows or "-", bad or "-", deleted or "-", stages or "-")
     _out.print(table)
 
@@ -334,7 +335,7 @@ def backfill_progress(*, quiet: bool) -> Iterator[Callable[[Any, int], None]]:
     log = logging.getLogger("loader.protocol.backfill")
     if quiet or not sys.stderr.isatty():
         def line(chunk: Any, total: int) -> None:
-            rows = sum(t.get("rows", 0) for t in chunk.tables.values())
+            rows = sum(t.rows for t in chunk.tables.values())
             window = f"({chunk.window.lower.isoformat()}, {chunk.window.upper.isoformat()}]"
             log.info("backfill chunk %d/%d %s: %s%s in %.1fs", chunk.index + 1, total, window,
                      chunk.status.replace("_", " "), f", run {chunk.run_number}, {rows:,} rows" if chunk.run_number else "",

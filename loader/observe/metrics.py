@@ -21,13 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from loader.config import LoaderConfig
-from loader.observe.run_history import deleted_totals, history, quarantined_totals, rows_loaded_totals
+from loader.observe.run_history import (
+    RunEntry,
+    deleted_totals,
+    history,
+    quarantined_totals,
+    rows_loaded_totals,
+)
 from loader.redaction import redact
 
 log = logging.getLogger(__name__)
 
 
-def registry_for(config: LoaderConfig, entries: list[dict[str, Any]], checkpoints: dict[str, datetime],
+def registry_for(config: LoaderConfig, entries: list[RunEntry], checkpoints: dict[str, datetime],
                  now: datetime) -> Any:
     from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -39,7 +45,7 @@ def registry_for(config: LoaderConfig, entries: list[dict[str, Any]], checkpoint
         rows.labels(pipeline, table, region, sink).inc(count)
     quarantined = Counter("loader_rows_quarantined", "Rows quarantined by committed runs, per table and reason",
                           ["pipeline", "table", "reason"], registry=registry)
-    for (table, reason), count in sorted(quarantined_totals([e for e in entries if e["outcome"] == "committed"]).items()):
+    for (table, reason), count in sorted(quarantined_totals([e for e in entries if e.outcome == "committed"]).items()):
         quarantined.labels(pipeline, table, reason).inc(count)
     deleted = Counter("loader_keys_deleted", "Keys deleted upstream and applied by committed runs (removed, or "
                       "marked deleted in soft mode), per table and sink", ["pipeline", "table", "sink"], registry=registry)
@@ -48,23 +54,23 @@ def registry_for(config: LoaderConfig, entries: list[dict[str, Any]], checkpoint
     runs = Counter("loader_runs", "Runs in the ledger, by mode and outcome", ["pipeline", "mode", "outcome"],
                    registry=registry)
     for entry in entries:
-        runs.labels(pipeline, entry["mode"], entry["outcome"]).inc()
-    committed = [e for e in entries if e["outcome"] == "committed"]
+        runs.labels(pipeline, entry.mode, entry.outcome).inc()
+    committed = [e for e in entries if e.outcome == "committed"]
     if committed:  # newest first
         latest = committed[0]
         duration = Gauge("loader_run_duration_seconds", "Seconds the latest committed run took, per stage "
                          "(stage=total: start to finish)", ["pipeline", "mode", "stage"], registry=registry)
-        duration.labels(pipeline, latest["mode"], "total").set(latest["duration_s"] or 0)
-        for stage, seconds in latest["timings_s"].items():
-            duration.labels(pipeline, latest["mode"], stage).set(seconds)
-    ended = [e for e in entries if e["outcome"] in ("committed", "failed")]
+        duration.labels(pipeline, latest.mode, "total").set(latest.duration_s or 0)
+        for stage, seconds in latest.timings_s.items():
+            duration.labels(pipeline, latest.mode, stage).set(seconds)
+    ended = [e for e in entries if e.outcome in ("committed", "failed")]
     if ended:
         last = ended[0]
         Gauge("loader_last_run_success", "1 if the latest run committed, 0 if it failed", ["pipeline"],
-              registry=registry).labels(pipeline).set(1 if last["outcome"] == "committed" else 0)
+              registry=registry).labels(pipeline).set(1 if last.outcome == "committed" else 0)
         Gauge("loader_last_run_timestamp_seconds", "When the latest run ended (a failed one: when it began)",
               ["pipeline"], registry=registry).labels(pipeline).set(
-            datetime.fromisoformat(last["finished_at"] or last["started_at"]).timestamp())
+            (last.finished_at or last.started_at).timestamp())
     lag = Gauge("loader_source_lag_seconds", "Now minus the source's checkpoint cursor", ["pipeline", "source"],
                 registry=registry)
     for source, cursor in checkpoints.items():

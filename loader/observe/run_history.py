@@ -5,50 +5,64 @@ checkpoints, so the history is exactly what landed."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from state import RunRecord, StateStore
+from loader.observe.results import TableResult, tables_from_json
+from state import RunRecord, StateStore, Window
 
 
-def run_entry(run: RunRecord) -> dict[str, Any]:
-    """One run as `loader history --json` shows it."""
-    metrics = run.metrics or {}
-    tables = {
-        name: {
-            "rows": info.get("rows"),
-            "parts": info.get("parts"),
-            "quarantined": info.get("quarantined", {}),
-            "deleted": table_deleted(info),
-            "sinks": {sink: {"rows": s.get("rows"), "skipped": s.get("skipped", False), "regions": s.get("regions", {}),
-                             "deleted": s.get("deleted", 0)}
-                      for sink, s in info.get("sinks", {}).items()},
+@dataclass(frozen=True)
+class RunEntry:
+    """One run of the ledger as the history shows it: `to_json` is `loader history --json`'s shape."""
+
+    run_number: int
+    mode: str
+    outcome: str  # committed | failed | unfinished | abandoned (see `outcome`)
+    attempts: int
+    started_at: datetime
+    finished_at: datetime | None
+    windows: dict[str, Window]
+    lag_seconds: dict[str, float]  # per source, committed incremental runs only
+    tables: dict[str, TableResult]
+    timings_s: dict[str, float]
+    executor: str | None
+    engine: str | None
+    error: str | None
+    batch: dict[str, Any] | None  # {index, of, series}: which batch of its run (see `batch_of`)
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.finished_at is None else round((self.finished_at - self.started_at).total_seconds(), 3)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_number": self.run_number, "mode": self.mode, "outcome": self.outcome, "attempts": self.attempts,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "duration_s": self.duration_s,
+            "windows": {name: w.to_json() for name, w in self.windows.items()},
+            "lag_seconds": self.lag_seconds,
+            "tables": {name: {"rows": t.rows, "parts": t.parts, "quarantined": dict(t.quarantined),
+                              "deleted": t.deletes_applied,
+                              "sinks": {sink: {"rows": w.rows, "skipped": w.skipped, "regions": dict(w.regions),
+                                               "deleted": w.deleted} for sink, w in t.sinks.items()}}
+                       for name, t in self.tables.items()},
+            "timings_s": self.timings_s, "executor": self.executor, "engine": self.engine, "error": self.error,
+            "batch": self.batch,
         }
-        for name, info in metrics.get("tables", {}).items()
-    }
-    duration = (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
-    return {
-        "run_number": run.run_number,
-        "mode": run.mode,
-        "outcome": outcome(run),
-        "attempts": run.attempts,
-        "started_at": run.started_at.isoformat(),
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "duration_s": None if duration is None else round(duration, 3),
-        "windows": {name: w.to_json() for name, w in run.windows.items()},
-        "lag_seconds": _lag_at_finish(run),
-        "tables": tables,
-        "timings_s": metrics.get("timings_s", {}),
-        "executor": metrics.get("executor"),
-        "engine": metrics.get("engine"),
-        "error": run.error,
-        "batch": batch_of(run),
-    }
 
 
-def table_deleted(info: dict[str, Any]) -> int:
-    """Keys a run deleted (hard) or marked deleted (soft) in a table: the most any sink applied (the
-    sinks apply the same tombstones; one that found the run already landed applied none)."""
-    return max((int(s.get("deleted", 0) or 0) for s in (info.get("sinks") or {}).values()), default=0)
+def run_entry(run: RunRecord) -> RunEntry:
+    metrics = run.metrics or {}
+    return RunEntry(
+        run_number=run.run_number, mode=run.mode, outcome=outcome(run), attempts=run.attempts,
+        started_at=run.started_at, finished_at=run.finished_at, windows=dict(run.windows),
+        lag_seconds=_lag_at_finish(run), tables=tables_from_json(metrics.get("tables")),
+        timings_s=dict(metrics.get("timings_s") or {}), executor=metrics.get("executor"),
+        engine=metrics.get("engine"), error=run.error, batch=batch_of(run),
+    )
 
 
 def batch_of(run: RunRecord) -> dict[str, Any] | None:
@@ -83,12 +97,12 @@ def _lag_at_finish(run: RunRecord) -> dict[str, float]:
     return {name: round((run.finished_at - w.upper).total_seconds(), 1) for name, w in run.windows.items()}
 
 
-def history(store: StateStore, pipeline: str, *, limit: int | None) -> list[dict[str, Any]]:
+def history(store: StateStore, pipeline: str, *, limit: int | None) -> list[RunEntry]:
     """Newest first."""
     return [run_entry(run) for run in store.runs(pipeline, limit=limit)]
 
 
-def read_history(state_url: str, pipeline: str, *, limit: int | None) -> list[dict[str, Any]]:
+def read_history(state_url: str, pipeline: str, *, limit: int | None) -> list[RunEntry]:
     """`history` from a store opened (and closed) for it."""
     store = StateStore.open(state_url)
     try:
@@ -97,38 +111,38 @@ def read_history(state_url: str, pipeline: str, *, limit: int | None) -> list[di
         store.close()
 
 
-def quarantined_totals(entries: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+def quarantined_totals(entries: list[RunEntry]) -> dict[tuple[str, str], int]:
     """Rows quarantined by runs that committed or failed (a failed run's file stays), per (table, reason)."""
     totals: dict[tuple[str, str], int] = {}
     for entry in entries:
-        for table, info in entry["tables"].items():
-            for reason, rows in (info.get("quarantined") or {}).items():
-                totals[(table, reason)] = totals.get((table, reason), 0) + int(rows)
+        for table, result in entry.tables.items():
+            for reason, rows in result.quarantined.items():
+                totals[(table, reason)] = totals.get((table, reason), 0) + rows
     return totals
 
 
-def rows_loaded_totals(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str], int]:
+def rows_loaded_totals(entries: list[RunEntry]) -> dict[tuple[str, str, str], int]:
     """Rows loaded by committed runs, per (table, region, sink): the counter Prometheus scrapes."""
     totals: dict[tuple[str, str, str], int] = {}
     for entry in entries:
-        if entry["outcome"] != "committed":
+        if entry.outcome != "committed":
             continue
-        for table, info in entry["tables"].items():
-            for sink, written in info["sinks"].items():
-                for region, rows in (written.get("regions") or {}).items():
-                    key = (table, str(region), sink)
-                    totals[key] = totals.get(key, 0) + int(rows)
+        for table, result in entry.tables.items():
+            for sink, written in result.sinks.items():
+                for region, rows in written.regions.items():
+                    key = (table, region, sink)
+                    totals[key] = totals.get(key, 0) + rows
     return totals
 
 
-def deleted_totals(entries: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+def deleted_totals(entries: list[RunEntry]) -> dict[tuple[str, str], int]:
     """Keys deleted (or marked deleted) by committed runs, per (table, sink): the counter Prometheus scrapes."""
     totals: dict[tuple[str, str], int] = {}
     for entry in entries:
-        if entry["outcome"] != "committed":
+        if entry.outcome != "committed":
             continue
-        for table, info in entry["tables"].items():
-            for sink, written in info["sinks"].items():
-                if written.get("deleted"):
-                    totals[(table, sink)] = totals.get((table, sink), 0) + int(written["deleted"])
+        for table, result in entry.tables.items():
+            for sink, written in result.sinks.items():
+                if written.deleted:
+                    totals[(table, sink)] = totals.get((table, sink), 0) + written.deleted
     return totals

@@ -32,9 +32,10 @@ from loader.config import LoaderConfig
 from loader.errors import ConfigError, LoaderError, Terminal
 from loader.landing.plans import RunPlan
 from loader.observe.logs import in_context
+from loader.observe.results import TableResult, fold_tables
 from loader.protocol.batches import BatchPlan, cut_into_batches
 from loader.protocol.planning import plan_run
-from loader.protocol.steps import BatchRunner, Timer, add_tables, commit_backfill, pipeline_session
+from loader.protocol.steps import BatchRunner, Timer, commit_backfill, pipeline_session
 from loader.retry import call_with_retries
 from state import RunRecord, StateStore, Window
 
@@ -114,7 +115,7 @@ class ChunkResult:
     run_number: int | None = None  # the chunk's last batch
     run_numbers: list[int] = field(default_factory=list)  # every batch the chunk was loaded in
     replaced_run: int | None = None  # the cut-short run this chunk's load took over from
-    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tables: dict[str, TableResult] = field(default_factory=dict)
     files: int = 0
     estimated_rows: int = 0
     batches: int = 0
@@ -123,7 +124,8 @@ class ChunkResult:
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "window": self.window.to_json(), "status": self.status, "run_number": self.run_number,
                 "run_numbers": self.run_numbers, "replaced_run": self.replaced_run, "files": self.files,
-                "estimated_rows": self.estimated_rows, "batches": self.batches, "tables": self.tables,
+                "estimated_rows": self.estimated_rows, "batches": self.batches,
+                "tables": {name: t.to_json() for name, t in self.tables.items()},
                 "seconds": round(self.seconds, 3)}
 
 
@@ -282,7 +284,7 @@ def _load_chunk(config: LoaderConfig, store: StateStore, batches: BatchRunner, r
         outcome = batches.run(record, batch.plan, metrics=metrics)
         result.run_numbers.append(outcome.run_number)
         result.run_number = outcome.run_number
-        add_tables(result.tables, outcome.tables)
+        fold_tables(result.tables, outcome.tables)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from loader.config import LoaderConfig
+from loader.observe.results import tables_from_json
 from loader.retry import call_with_retries
 from state import FactGap, RunRecord, StateStore, Window
 
@@ -48,8 +49,8 @@ def check_fact_history(config: LoaderConfig, store: StateStore) -> list[FactGap]
         last = _last_with_facts(store.runs(pipeline, limit=_RECENT, mode="incremental"))
     lacking: list[str] = []
     if last is not None:
-        tables = last.metrics["tables"]
-        lacking = [s for s in names if any(s not in (info.get("sinks") or {}) for info in tables.values())]
+        tables = tables_from_json(last.metrics["tables"])
+        lacking = [s for s in names if any(s not in result.sinks for result in tables.values())]
         new = [s for s in lacking if not any(g.sink == s and g.last_run >= last.run_number for g in recorded)]
         if new:
             history = store.runs(pipeline, limit=None, mode="incremental")
@@ -97,9 +98,9 @@ def find_gaps(config: LoaderConfig, history: Sequence[RunRecord], sink: str) -> 
     for run in history:
         if run.status != "committed":
             continue
-        for source, info in (run.metrics.get("tables") or {}).items():
+        for source, result in tables_from_json(run.metrics.get("tables")).items():
             window = run.windows.get(source)
-            if window is None or sink in (info.get("sinks") or {}):
+            if window is None or sink in result.sinks:
                 continue
             if source not in found:
                 found[source] = (window.lower, window.upper, run.run_number, run.run_number)

@@ -21,6 +21,7 @@ from loader import failpoints
 from loader.config import LoaderConfig
 from loader.landing.plans import RunPlan
 from loader.observe import logs, progress
+from loader.observe.results import TableResult, fold_tables
 from loader.protocol.batches import cut_into_batches
 from loader.protocol.dimension_loads import load_dimension_tables
 from loader.protocol.fact_gaps import check_fact_history
@@ -29,7 +30,6 @@ from loader.protocol.steps import (
     BatchOutcome,
     BatchRunner,
     Timer,
-    add_tables,
     commit_incremental,
     pipeline_session,
 )
@@ -49,7 +49,7 @@ class RunSummary:
     executor_reason: str | None = None
     engine: str | None = None  # cpu | gpu: where the transforms ran
     engine_reason: str | None = None
-    tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # totals over the batches
+    tables: dict[str, TableResult] = field(default_factory=dict)  # totals over the batches
     timings: dict[str, float] = field(default_factory=dict)
     batches: list[BatchOutcome] = field(default_factory=list)
     planned_rows: int = 0  # estimated from row-group statistics when the run was planned
@@ -64,7 +64,7 @@ class RunSummary:
         self.run_number = self.batches[0].run_number
         self.executor, self.executor_reason = outcome.executor, outcome.executor_reason
         self.engine, self.engine_reason = outcome.engine, outcome.engine_reason
-        add_tables(self.tables, outcome.tables)
+        fold_tables(self.tables, outcome.tables)
 
     @property
     def rows(self) -> int:
@@ -77,7 +77,7 @@ class RunSummary:
             "replayed": self.replayed, "executor": self.executor, "executor_reason": self.executor_reason,
             "engine": self.engine, "engine_reason": self.engine_reason, "rows": self.rows,
             "planned_rows": self.planned_rows, "max_batch_rows": self.max_batch_rows,
-            "tables": self.tables, "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "tables": {name: t.to_json() for name, t in self.tables.items()}, "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "batches": [b.to_json() for b in self.batches],
             "dimensions": self.dimensions,
         }
@@ -181,7 +181,7 @@ def _replay_plan(config: LoaderConfig, store: StateStore, record: RunRecord) -> 
 
 
 def _log_batch(outcome: BatchOutcome, number: int, total: int) -> None:
-    uppers = ", ".join(f"{name} {info['window']['upper']}" for name, info in outcome.tables.items())
+    uppers = ", ".join(f"{name} {t.window.to_json()['upper']}" for name, t in outcome.tables.items() if t.window)
     log.info("batch %d of %d (run %d%s) committed: %s rows in %.1fs; checkpoints now %s", number, total,
              outcome.run_number, ", replayed" if outcome.replayed else "", f"{outcome.rows:,}", outcome.seconds,
              uppers or "unchanged")

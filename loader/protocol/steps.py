@@ -31,6 +31,7 @@ from loader.config import LoaderConfig
 from loader.errors import EXPECTED_ERRORS
 from loader.landing.plans import RunPlan
 from loader.observe import logs, progress
+from loader.observe.results import SinkResult, TableResult
 from loader.retry import call_with_retries
 from state import RunRecord, StateStore
 
@@ -123,7 +124,7 @@ class BatchOutcome:
 
     run_number: int
     replayed: bool
-    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tables: dict[str, TableResult] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     executor: str | None = None
@@ -133,13 +134,13 @@ class BatchOutcome:
 
     @property
     def rows(self) -> int:
-        return sum(int(t["rows"]) for t in self.tables.values())
+        return sum(t.rows for t in self.tables.values())
 
     def to_json(self) -> dict[str, Any]:
         return {"run_number": self.run_number, "replayed": self.replayed, "rows": self.rows,
                 "seconds": round(self.seconds, 3),
-                "windows": {name: t["window"] for name, t in self.tables.items()},
-                "tables": {name: t["rows"] for name, t in self.tables.items()}}
+                "windows": {name: t.window.to_json() if t.window else None for name, t in self.tables.items()},
+                "tables": {name: t.rows for name, t in self.tables.items()}}
 
 
 Commit = Callable[[RunRecord, RunPlan, dict[str, Any]], None]
@@ -409,19 +410,18 @@ class BatchRunner:
                     deletes=source.deletes.mode if source.deletes else None,
                 )
                 writes = write_table(sinks, batch, item.parts)
-                outcome.tables[item.name] = {
-                    # rows: the live rows loaded; deleted: the tombstones (keys deleted upstream) beside them
-                    "rows": item.rows - item.tombstones,
-                    "deleted": item.tombstones,
-                    "window": plan.sources[item.name].window.to_json(),
-                    "files_read": len(plan.sources[item.name].files),
-                    "parts": len(item.parts),
-                    "ray_nodes": len(item.nodes),
-                    "ray_write_nodes": len({node for _, nodes in writes for node in nodes}),
-                    "quarantined": quarantined,
-                    "sinks": {w.sink: {"rows": w.rows, "deleted": w.deleted, "location": w.location,
-                                       "skipped": w.skipped, "regions": w.regions} for w, _ in writes},
-                }
+                outcome.tables[item.name] = TableResult(
+                    rows=item.rows - item.tombstones,  # the live rows loaded; the tombstones beside them:
+                    deleted=item.tombstones,
+                    window=plan.sources[item.name].window,
+                    files_read=len(plan.sources[item.name].files),
+                    parts=len(item.parts),
+                    ray_nodes=len(item.nodes),
+                    ray_write_nodes=len({node for _, nodes in writes for node in nodes}),
+                    quarantined=dict(quarantined or {}),
+                    sinks={w.sink: SinkResult(rows=w.rows, deleted=w.deleted, location=w.location, skipped=w.skipped,
+                                              regions=dict(w.regions or {})) for w, _ in writes},
+                )
             progress.advance(plan.sources[item.name].estimated_rows)
             del item, batch  # free this source's rows before the next one is computed
         if computed is not None:
@@ -429,37 +429,8 @@ class BatchRunner:
             timer.add({"execute": ahead.seconds[index]})
         progress.step("commit")
         with timer.stage("commit"):
-            self.commit(record, plan, {**metrics, "tables": outcome.tables, "executor": outcome.executor,
+            self.commit(record, plan, {**metrics, "tables": {n: t.to_json() for n, t in outcome.tables.items()},
+                                       "executor": outcome.executor,
                                        "engine": outcome.engine, "timings_s": dict(timer.timings)})
         outcome.timings = timer.timings
         self.timer.add({stage: seconds for stage, seconds in timer.timings.items() if stage != "plan"})
-
-
-def add_tables(total: dict[str, dict[str, Any]], batch: dict[str, dict[str, Any]]) -> None:
-    """Fold one batch's per-table results into a run's totals: rows, tombstones (`deleted`), files,
-    parts and sink rows and deletes summed (regions too), the window from the first batch's lower to the last one's upper bound, a
-    sink `skipped` only if every batch found it landed."""
-    for name, info in batch.items():
-        if name not in total:
-            total[name] = {**info, "window": dict(info["window"]), "quarantined": dict(info["quarantined"] or {}),
-                           "sinks": {s: {**w, "regions": dict(w["regions"] or {})} for s, w in info["sinks"].items()}}
-            continue
-        into = total[name]
-        into["window"]["upper"] = info["window"]["upper"]
-        for key in ("rows", "files_read", "parts"):
-            into[key] += info[key]
-        into["deleted"] = into.get("deleted", 0) + info.get("deleted", 0)
-        for key in ("ray_nodes", "ray_write_nodes"):
-            into[key] = max(into[key], info[key])
-        for reason, count in (info["quarantined"] or {}).items():
-            into["quarantined"][reason] = into["quarantined"].get(reason, 0) + count
-        for sink, write in info["sinks"].items():
-            if sink not in into["sinks"]:
-                into["sinks"][sink] = {**write, "regions": dict(write["regions"] or {})}
-                continue
-            held = into["sinks"][sink]
-            held["rows"] += write["rows"]
-            held["deleted"] = held.get("deleted", 0) + write.get("deleted", 0)
-            held["skipped"] = held["skipped"] and write["skipped"]
-            for region, count in (write["regions"] or {}).items():
-                held["regions"][region] = held["regions"].get(region, 0) + count

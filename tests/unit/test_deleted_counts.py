@@ -5,25 +5,31 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from loader.config import parse_config
 from loader.observe.metrics import registry_for
-from loader.observe.run_history import deleted_totals, table_deleted
+from loader.observe.results import TableResult
+from loader.observe.run_history import RunEntry, deleted_totals
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _entry(outcome: str, sinks: dict[str, int]) -> dict[str, Any]:
-    info = {"rows": 10, "quarantined": {}, "sinks": {s: {"rows": 10, "regions": {}, "deleted": n} for s, n in sinks.items()}}
-    return {"outcome": outcome, "mode": "incremental", "tables": {"orders": {**info, "deleted": table_deleted(info)}},
-            "duration_s": 1.0, "timings_s": {}, "finished_at": "2026-01-01T00:00:00+00:00",
-            "started_at": "2026-01-01T00:00:00+00:00"}
+def _entry(outcome: str, sinks: dict[str, int]) -> RunEntry:
+    stored = {"rows": 10, "quarantined": {}, "sinks": {s: {"rows": 10, "regions": {}, "deleted": n} for s, n in sinks.items()}}
+    return RunEntry(run_number=1, mode="incremental", outcome=outcome, attempts=1, started_at=T0, finished_at=T0,
+                    windows={}, lag_seconds={}, tables={"orders": TableResult.from_json(stored)}, timings_s={},
+                    executor=None, engine=None, error=None, batch=None)
 
 
 def test_a_table_counts_what_the_sinks_applied_and_old_ledger_rows_count_zero() -> None:
-    assert table_deleted({"sinks": {"parquet": {"deleted": 3}, "delta": {"deleted": 3}, "snowflake": {}}}) == 3
-    assert table_deleted({"sinks": {"delta": {"deleted": 0}, "snowflake": {"deleted": 2}}}) == 2  # delta skipped it
-    assert table_deleted({"sinks": {"delta": {"rows": 5}}}) == 0  # a run recorded before deletes existed
-    assert table_deleted({}) == 0
+    def applied(stored: dict) -> int:
+        return TableResult.from_json(stored).deletes_applied
+
+    assert applied({"sinks": {"parquet": {"deleted": 3}, "delta": {"deleted": 3}, "snowflake": {}}}) == 3
+    assert applied({"sinks": {"delta": {"deleted": 0}, "snowflake": {"deleted": 2}}}) == 2  # delta skipped it
+    assert applied({"sinks": {"delta": {"rows": 5}}}) == 0  # a run recorded before deletes existed
+    assert applied({}) == 0
+    assert _entry("committed", {"delta": 4}).to_json()["tables"]["orders"]["deleted"] == 4  # history --json
 
 
 def test_committed_runs_only_reach_the_counter(tmp_path: Path) -> None:
