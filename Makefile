@@ -12,7 +12,7 @@ INSTALLER := pip==26.3
 INSTALLER_LOCK := deploy/installer.lock
 NETWORK_HINT := it downloads from PyPI: check the network (or PIP_INDEX_URL / a proxy) and run make again
 
-.PHONY: run test test-fast soak lint bench clean-data chromium airflow-env lock python-check
+.PHONY: run test test-fast soak lint docs bench clean-data chromium airflow-env lock python-check
 
 # Python 3.11 is what the locks were made for; anything else stops here with the way out.
 python-check:
@@ -81,6 +81,12 @@ soak: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	@# the docs build without a warning (--strict), into a temp folder removed after
+	@site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $$site; status=$$?; rm -rf $$site; exit $$status
+
+# The documentation site (docs/, mkdocs.yml) in site/: open site/index.html, or `$(BIN)/mkdocs serve`.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py

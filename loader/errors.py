@@ -27,7 +27,7 @@ __all__ = [  # the state store's errors, re-exported: callers name every error f
     "Terminal", "Transient",
 ]
 
-# Process exit codes, documented in the README and `loader --help`.
+# Process exit codes, documented in docs/commands.md and `loader --help`.
 EXIT_OK = 0
 EXIT_FAILED = 1  # the run failed; the checkpoint did not move
 EXIT_USAGE = 2  # bad command line or configuration; nothing ran
@@ -77,7 +77,7 @@ _STATE_EXIT_CODES: dict[type[StateError], int] = {LeaseHeld: EXIT_LEASE_HELD, St
 
 
 def exit_code_of(error: BaseException) -> int:
-    """The process exit code for an expected error (README: "Exit codes")."""
+    """The process exit code for an expected error (docs/commands.md: "Exit codes")."""
     if isinstance(error, LoaderError):
         return error.exit_code
     return next((code for kind, code in _STATE_EXIT_CODES.items() if isinstance(error, kind)), EXIT_FAILED)

@@ -644,7 +644,7 @@ class SnowflakeSink:
             )
         return SinkRejected(
             f"{doing} {where} failed: {detail}. Check that the role may use the database, schema and "
-            f"warehouse and create stages and tables there (see README, Snowflake), and that the table's "
+            f"warehouse and create stages and tables there (see docs/sinks.md, Snowflake), and that the table's "
             f"columns match the source, then run again: the run replays"
         )
 

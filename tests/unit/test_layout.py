@@ -1,4 +1,4 @@
-"""The README's layout section ("Development") matches the tree: every module of loader/ and state/
+"""The layout section of docs/development.md matches the tree: every module of loader/ and state/
 is named under its folder's entry, and every module named there exists."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def layout_entries() -> dict[str, str]:
     """Entry path -> its text (the first line and its indented continuation lines)."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Development"):]
+    page = (ROOT / "docs" / "development.md").read_text()
+    section = page[page.index("# Development"):]
     block = section[section.index("```\n") + 4:]
     block = block[:block.index("```")]
     entries: dict[str, str] = {}
@@ -35,7 +35,7 @@ def test_every_package_folder_has_an_entry_naming_exactly_its_modules() -> None:
     folders = [ROOT / "loader", ROOT / "state", *(p for p in (ROOT / "loader").iterdir() if (p / "__init__.py").is_file())]
     for folder in folders:
         entry = f"{folder.relative_to(ROOT)}/"
-        assert entry in entries, f"README layout has no entry for {entry}"
+        assert entry in entries, f"docs/development.md's layout has no entry for {entry}"
         modules = {p.name for p in folder.glob("*.py")} - {"__init__.py"}
         if folder == ROOT / "loader":
             modules -= {"cli.py"}  # its own entry
@@ -48,4 +48,4 @@ def test_every_named_path_exists() -> None:
         folder = ROOT / entry
         if folder.is_dir():
             for module in named_modules(text):
-                assert (folder / module).is_file(), f"{entry}{module} named in the README is not there"
+                assert (folder / module).is_file(), f"{entry}{module} named in docs/development.md is not there"
