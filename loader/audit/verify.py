@@ -45,9 +45,10 @@ from loader.audit.checksums import Digest, add_digest, digest, duplicates, row_h
 from loader.audit.deep import ROW, VERSION
 from loader.audit.placement import FILE, PLACED, Placement, place
 from loader.config import LoaderConfig, SourceConfig
-from loader.errors import BadSourceData, ConfigError, LeaseHeld, SinkRejected, SinkUnavailable, StateError
+from loader.errors import ConfigError, LeaseHeld, SinkRejected, SinkUnavailable, StateError
 from loader.kinds import fact_kind
 from loader.landing.files import list_files
+from loader.landing.sources import read_parquet
 from loader.sinks import Sink, enabled_sinks, sink_class
 from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, deleted_flags, region_counts
 from loader.storage import Location, locate
@@ -164,12 +165,7 @@ def _read_files(location: Location, paths: Sequence[str], columns: list[str], wh
     """`columns` of every file, and `FILE`: the index in `paths` of the file each row came from (and,
     `numbered`, `ROW`: its row in the file); only the rows of `part` of the keys."""
     def read(index: int) -> pa.Table:
-        path = paths[index]
-        try:
-            with location.filesystem.open_input_file(path) as handle:
-                rows = pq.read_table(handle, columns=columns)
-        except (OSError, pa.ArrowInvalid, KeyError) as error:
-            raise BadSourceData(f"cannot read columns {columns} of {path} ({what}): {error}. Fix or remove the file") from error
+        rows = read_parquet(location, paths[index], what=what, columns=columns)
         rows = rows.append_column(FILE, pa.array(np.full(rows.num_rows, index, dtype=np.int32)))
         rows = rows.append_column(ROW, pa.array(np.arange(rows.num_rows, dtype=np.int32))) if numbered else rows
         return part.of(rows, key)

@@ -22,7 +22,7 @@ from loader.execute import ray_folders
 from loader.execute.stages import SourceRows, StageChain, log_read
 from loader.landing.plans import RunPlan, SourcePlan
 from loader.landing.quarantine import merge_bad
-from loader.landing.sources import Checks, normalize_strings, window_mask
+from loader.landing.sources import Checks, read_parquet, window_mask
 from loader.sinks.base import DELETED
 from loader.transform.dimensions import Dimensions
 from loader.transform.frames import EngineName, GpuStatus
@@ -135,7 +135,8 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Engin
         # A task per planned file (per share of its row groups when the files are fewer than the CPUs)
         # reads only the row groups the batch recorded, filtered to the window, into the object store.
         reader: Any = ray.remote(_read_row_groups)
-        blocks = [reader.remote(source_plan.location, path, groups, chain.source.cursor, chain.window, chain.checks)
+        blocks = [reader.remote(source_plan.location, path, groups, chain.source.cursor, chain.window, chain.checks,
+                                name)
                   for path, groups in _read_tasks(source_plan, cpus)]
         read, low, high = _key_range(ray.get([ray.remote(_block_stats).remote(b, first) for b in blocks]))
         parts = part_count(config, engine, read, cpus)
@@ -189,14 +190,10 @@ def _read_tasks(source_plan: SourcePlan, cpus: int) -> list[tuple[str, tuple[int
 
 
 def _read_row_groups(location: Any, path: str, groups: tuple[int, ...], cursor: str, window: Window,
-                     checks: Checks) -> pa.Table:
+                     checks: Checks, source: str = "") -> pa.Table:
     """The row groups `groups` of one landing file, only the rows the stage can take: inside the window,
     and those the stage's checks quarantine (a null cursor, one in the future)."""
-    import pyarrow.parquet as pq
-
-    with location.filesystem.open_input_file(path) as handle:
-        rows = pq.ParquetFile(handle).read_row_groups(list(groups))
-    rows = normalize_strings(rows)
+    rows = read_parquet(location, path, what=f"source {source!r}", row_groups=groups)
     if cursor not in rows.column_names:
         return rows  # the stage names the missing column
     values = rows[cursor]

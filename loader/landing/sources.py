@@ -4,6 +4,7 @@ same planned files and screens them in its stage tasks (the same `screen`, throu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,7 @@ from loader.errors import BadSourceData
 from loader.landing.files import list_files, missing_deletes_column
 from loader.landing.plans import FilePlan, SourcePlan
 from loader.landing.quarantine import merge_bad, split_bad_rows
-from loader.storage import locate, storage_error
+from loader.storage import Location, locate, storage_error
 from state import Window
 
 _STRINGISH = (pa.types.is_large_string, pa.types.is_string_view)
@@ -149,6 +150,28 @@ def type_changes(plan: SourcePlan, parts: list[pa.Table]) -> str:
     )
 
 
+def read_parquet(location: Location, path: str, *, what: str, columns: Sequence[str] | None = None,
+                 row_groups: Sequence[int] | None = None, present_only: bool = False) -> pa.Table:
+    """One landing file, or its `row_groups`, with `columns` (those the file has, `present_only`), its
+    strings made plain: how every part of the loader reads whole files of the landing zone (the
+    runs' sources, read and screened a row group at a time, are `read_source`'s). An unreadable file is
+    BadSourceData naming it and `what` it belongs to; a failing store a storage error (retried)."""
+    try:
+        with location.filesystem.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            wanted = None if columns is None else list(columns)
+            if wanted is not None and present_only:
+                held = set(parquet.schema_arrow.names)
+                wanted = [c for c in wanted if c in held]
+            rows = (parquet.read(columns=wanted) if row_groups is None
+                    else parquet.read_row_groups(list(row_groups), columns=wanted))
+    except (pa.ArrowInvalid, KeyError) as error:
+        raise BadSourceData(f"unreadable Parquet file {path} ({what}): {error}. Replace or remove it") from error
+    except OSError as error:
+        raise storage_error(error, location.uri, side="source", doing=f"reading {path} in") from error
+    return normalize_strings(rows)
+
+
 def read_dimension(config: LoaderConfig, table: str, columns: tuple[str, ...] | None = None) -> pa.Table:
     """A dimension table, only `columns` of it when given (those the files have: a missing one is
     reported by the caller, naming the table)."""
@@ -156,15 +179,6 @@ def read_dimension(config: LoaderConfig, table: str, columns: tuple[str, ...] | 
     files = list_files(location, partition_column="", since=None)
     if not files:
         raise BadSourceData(f"dimension {table!r} has no Parquet files at {location.uri}: fix dimensions.{table} in the config")
-    parts = []
-    for path in files:
-        try:
-            with location.filesystem.open_input_file(path) as handle:
-                parquet = pq.ParquetFile(handle)
-                wanted = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
-                parts.append(normalize_strings(parquet.read(columns=wanted)))
-        except pa.ArrowInvalid as error:
-            raise BadSourceData(f"unreadable dimension file {path}: {error}. Replace it") from error
-        except OSError as error:
-            raise storage_error(error, location.uri, side="source", doing=f"reading {path} in") from error
+    parts = [read_parquet(location, path, what=f"dimension {table}", columns=columns, present_only=True)
+             for path in files]
     return pa.concat_tables(parts, promote_options="permissive")

@@ -257,10 +257,9 @@ def _read_files(config: LoaderConfig, table: str, paths: Sequence[str]) -> tuple
     """All rows of the files, and for each the index of its file (to name it in errors)."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from loader.landing.sources import normalize_strings
-    from loader.storage import locate, storage_error
+    from loader.landing.sources import read_parquet
+    from loader.storage import locate
 
     location = locate(config.dimension_path(table))
     if not paths:
@@ -268,13 +267,7 @@ def _read_files(config: LoaderConfig, table: str, paths: Sequence[str]) -> tuple
                             "in the config")
     parts, origin = [], []
     for number, path in enumerate(paths):
-        try:
-            with location.filesystem.open_input_file(path) as handle:
-                part = normalize_strings(pq.read_table(handle))
-        except pa.ArrowInvalid as error:
-            raise BadSourceData(f"unreadable dimension file {path}: {error}. Replace it") from error
-        except OSError as error:
-            raise storage_error(error, location.uri, side="source", doing=f"reading {path} in") from error
+        part = read_parquet(location, path, what=f"dimension {table}")
         parts.append(part)
         origin.append(np.full(part.num_rows, number, dtype=np.int32))
     return pa.concat_tables(parts, promote_options="permissive"), np.concatenate(origin)

@@ -77,7 +77,7 @@ def test_driver_fetches_no_rows_of_the_tables_it_loads(tmp_path: Path, monkeypat
     assert len(summary.batches) >= 2, summary.batches
     assert len(lookups_put) == 1, f"the lookups went to the object store {len(lookups_put)} times in one run"
     tables = summary.tables
-    assert tables["lineitem"]["rows"] > 10_000 and all(t["parts"] >= 2 for t in tables.values()), tables
+    assert tables["lineitem"].rows > 10_000 and all(t.parts >= 2 for t in tables.values()), tables
     assert fetched, "no ray.get was observed: the check below would pass vacuously"
     assert sum(fetched) == 0, f"the driver fetched {sum(fetched):,} rows of Arrow data ({fetched})"
     assert_warehouse_exact(project / "warehouse", project / "landing")
