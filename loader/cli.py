@@ -120,7 +120,8 @@ def cli(ctx: click.Context, config_path: str | None, log_level: str, log_format:
 
 
 def _executor_option(help_text: str) -> Callable[[F], F]:
-    return click.option("--executor", type=click.Choice(["auto", "local", "ray"]), default=None, help=help_text)
+    return click.option("--executor", type=click.Choice(["auto", "local", "ray"]), default=None,
+                        help=help_text)
 
 
 def _engine_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -138,18 +139,21 @@ _max_batch_rows_option = click.option(
 
 
 def _engine_option(help_text: str) -> Callable[[F], F]:
-    return click.option("--engine", metavar="[auto|cpu|gpu]", default=None, callback=_engine_value, help=help_text)
+    return click.option("--engine", metavar="[auto|cpu|gpu]", default=None, callback=_engine_value,
+                        help=help_text)
 
 
 @cli.command("run", epilog=EXIT_CODES_HELP)
 @click.option("--incremental", is_flag=True, required=True,
-              help="Load only what is new since the last committed run (the only mode of `run`; see `backfill`).")
-@_executor_option("Override ray.mode: local runs in this process, ray uses Ray Data, auto runs in-process unless a "
-                  "Ray cluster address is set (ray.address, RAY_ADDRESS).")
-@_engine_option("Override transform.engine: where the transforms run. auto: the GPU (cuDF) when one is usable, "
-                "else the CPU; gpu: fail at start without one; cpu: never import cuDF.")
+              help="Load only what is new since the last committed run (the only mode of `run`; "
+                   "see `backfill`).")
+@_executor_option("Override ray.mode: local runs in this process, ray uses Ray Data, auto runs in-process "
+                  "unless a Ray cluster address is set (ray.address, RAY_ADDRESS).")
+@_engine_option("Override transform.engine: where the transforms run. auto: the GPU (cuDF) when one is "
+                "usable, else the CPU; gpu: fail at start without one; cpu: never import cuDF.")
 @_max_batch_rows_option
-@click.option("--json", "as_json", is_flag=True, help="Print one summary object on stdout (totals and a `batches` list).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one summary object on stdout (totals and a `batches` list).")
 @click.pass_obj
 def run_command(obj: _Context, incremental: bool, executor: str | None, engine: str | None,
                 max_batch_rows: int | None, as_json: bool) -> None:
@@ -192,15 +196,18 @@ def _instant(value: str, option: str) -> datetime:
 @click.option("--start", help="Window start, exclusive: ISO date or time (UTC if no zone).")
 @click.option("--end", help="Window end, inclusive: ISO date or time (UTC if no zone).")
 @click.option("--source", "sources", multiple=True, help="Only this source (repeat for more; default: all).")
-@click.option("--sinks", "sinks", multiple=True, help="Only this sink (repeat for more; default: all enabled).")
+@click.option("--sinks", "sinks", multiple=True,
+              help="Only this sink (repeat for more; default: all enabled).")
 @click.option("--chunk", default="1d", show_default=True, help="Chunk length: 90s, 30m, 6h, 1d, 1w.")
 @click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Chunks loaded at once (threads of this process; memory grows with it).")
-@click.option("--resume", "resume_id", help="Resume backfill ID (shown by `loader status`) with its recorded options.")
+@click.option("--resume", "resume_id",
+              help="Resume backfill ID (shown by `loader status`) with its recorded options.")
 @_executor_option("As for `run`.")
 @_engine_option("As for `run`.")
 @_max_batch_rows_option
-@click.option("--dry-run", is_flag=True, help="Print the chunks, files, estimated rows and batches; write nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the chunks, files, estimated rows and batches; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object on stdout.")
 @click.pass_obj
 def backfill_command(obj: _Context, start: str | None, end: str | None, sources: tuple[str, ...],
@@ -228,7 +235,8 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
     if resume_id is None and (start is None or end is None):
         raise click.UsageError("give --start and --end (or --resume ID to continue an earlier backfill)")
     if resume_id is not None and (start or end or sources or sinks):
-        raise click.UsageError("--resume takes the recorded window, sources and sinks: drop --start/--end/--source/--sinks")
+        raise click.UsageError("--resume takes the recorded window, sources and sinks: "
+                               "drop --start/--end/--source/--sinks")
     try:
         chunk_size: timedelta = parse_duration(chunk)
     except ValueError as error:
@@ -261,8 +269,8 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
 @click.pass_obj
 def doctor_command(obj: _Context, as_json: bool) -> None:
     """Check what this machine and config can use: Ray (local or the cluster address), GPU and cuDF,
-    the landing zone, the dimension cache, every enabled sink, the state store. Writes nothing; exit 1 if a check failed
-    (an optional part that is absent, like the GPU, is 'unavailable', not a failure)."""
+    the landing zone, the dimension cache, every enabled sink, the state store. Writes nothing; exit 1
+    if a check failed (an optional part that is absent, like the GPU, is 'unavailable', not a failure)."""
     config = obj.config()
     from loader.audit.doctor import run_checks
 
@@ -308,7 +316,8 @@ def status_command(obj: _Context, as_json: bool) -> None:
 
 @cli.command("history")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="The newest N runs.")
-@click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list on stdout (newest first).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the runs as a JSON list on stdout (newest first).")
 @click.pass_obj
 def history_command(obj: _Context, limit: int, as_json: bool) -> None:
     """Past runs, newest first: mode, outcome, windows, rows per table (and per region and sink with
@@ -350,8 +359,8 @@ def validate_config_command(obj: _Context) -> None:
     config = obj.config()
     click.echo(f"{config.config_path}: OK (pipeline {config.pipeline}, sources: {', '.join(config.sources)})")
     for key, where in config.paths_outside_landing():
-        click.echo(f"note: {key} reads {where}, outside landing_zone {config.landing_zone}: the loader loads what "
-                   "lies there; make sure that is meant", err=True)
+        click.echo(f"note: {key} reads {where}, outside landing_zone {config.landing_zone}: "
+                   "the loader loads what lies there; make sure that is meant", err=True)
 
 
 @cli.group("demo-data")
@@ -366,9 +375,11 @@ def _demo_now(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 date-time, e.g. 2024-01-31T00:00:00Z") from None
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 date-time, "
+                                 "e.g. 2024-01-31T00:00:00Z") from None
     if moment.tzinfo is None:
-        raise click.BadParameter(f"{value!r} has no UTC offset: add one, e.g. {moment.isoformat()}Z") from None
+        raise click.BadParameter(f"{value!r} has no UTC offset: "
+                                 f"add one, e.g. {moment.isoformat()}Z") from None
     return moment.astimezone(UTC)
 
 
@@ -379,14 +390,16 @@ _demo_now_option = click.option(
 
 
 @demo_data.command("init")
-@click.option("--scale", type=click.FloatRange(min=0.001), default=0.1, show_default=True, help="TPC-H scale factor (1 = 1.5M orders).")
+@click.option("--scale", type=click.FloatRange(min=0.001), default=0.1, show_default=True,
+              help="TPC-H scale factor (1 = 1.5M orders).")
 @click.option("--seed", type=int, default=42, show_default=True, help="Same seed and --now, same data.")
 @click.option("--days", type=click.IntRange(min=1), default=30, show_default=True,
               help="Ingest days the history is spread over: the days x 24 hours before now.")
 @click.option("--if-missing", is_flag=True, help="Do nothing (exit 0) when a landing zone is already there.")
 @_demo_now_option
 @click.pass_obj
-def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: bool, now: datetime | None) -> None:
+def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: bool,
+              now: datetime | None) -> None:
     """Generate the landing zone: orders and lineitem by ingest day, and the dimensions. The history ends
     at now: its newest cursor is moments old."""
     config = obj.config()
@@ -406,16 +419,21 @@ def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: boo
 
 
 @demo_data.command("append")
-@click.option("--orders", type=click.IntRange(min=0), default=1000, show_default=True, help="New orders (with their lineitems).")
-@click.option("--updates", type=click.IntRange(min=0), default=200, show_default=True, help="Re-sent existing orders with a new status and price.")
-@click.option("--late", type=click.IntRange(min=0), default=20, show_default=True, help="New orders whose cursor is older than the newest landed (inside the lookback).")
-@click.option("--recent", type=click.IntRange(min=1), default=100_000, show_default=True, help="Updates pick among this many newest (or oldest) orders.")
-@click.option("--update-from", type=click.Choice(["newest", "oldest", "any"]), default="newest", show_default=True,
-              help="Which orders updates hit: the --recent newest (an order book), the --recent oldest (corrections "
-                   "to old history: the warehouse's oldest files) or any order.")
+@click.option("--orders", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="New orders (with their lineitems).")
+@click.option("--updates", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Re-sent existing orders with a new status and price.")
+@click.option("--late", type=click.IntRange(min=0), default=20, show_default=True,
+              help="New orders whose cursor is older than the newest landed (inside the lookback).")
+@click.option("--recent", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Updates pick among this many newest (or oldest) orders.")
+@click.option("--update-from", type=click.Choice(["newest", "oldest", "any"]), default="newest",
+              show_default=True,
+              help="Which orders updates hit: the --recent newest (an order book), the --recent oldest "
+                   "(corrections to old history: the warehouse's oldest files) or any order.")
 @click.option("--deletes", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Existing orders deleted upstream: tombstones (op = 'D', a new cursor, the order's full row) "
-                   "for them and their lineitems.")
+              help="Existing orders deleted upstream: tombstones (op = 'D', a new cursor, the order's full "
+                   "row) for them and their lineitems.")
 @click.option("--customer-changes", type=click.IntRange(min=0), default=0, show_default=True,
               help="Existing customers whose segment (c_mktsegment), phone (c_phone) or nation (c_nationkey, "
                    "another key 0..24) change, one or more of the three each; drawn from the seed and the "
@@ -431,14 +449,15 @@ def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int
     from loader.demo import generator, landing_zone
 
     try:
-        summary = landing_zone.append(config.landing_zone, orders=orders, updates=updates, late=late, recent=recent,
-                                      update_from=update_from, deletes=deletes, customer_changes=customer_changes,
-                                      now=now)
+        summary = landing_zone.append(config.landing_zone, orders=orders, updates=updates, late=late,
+                                      recent=recent, update_from=update_from, deletes=deletes,
+                                      customer_changes=customer_changes, now=now)
     except generator.TooManyCustomerChanges as error:
         raise click.BadParameter(str(error), param_hint="'--customer-changes'") from None
     click.echo(
-        f"appended batch {summary.batch} in ingest_date={summary.ingest_date}: {summary.new_orders:,} new orders, "
-        f"{summary.updated_orders:,} updated, {summary.late_orders:,} late, {summary.deleted_orders:,} deleted "
+        f"appended batch {summary.batch} in ingest_date={summary.ingest_date}: "
+        f"{summary.new_orders:,} new orders, {summary.updated_orders:,} updated, "
+        f"{summary.late_orders:,} late, {summary.deleted_orders:,} deleted "
         f"(with {summary.deleted_lineitems:,} lineitems), {summary.lineitems:,} lineitems, "
         f"{summary.changed_customers:,} customers changed; "
         f"newest cursor {summary.max_cursor.isoformat()}"
@@ -447,16 +466,19 @@ def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int
 
 @cli.command("verify", epilog=EXIT_CODES_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one object {ok, checks} on stdout.")
-@click.option("--table", "tables", multiple=True, help="Verify only this table (repeatable; default: every source).")
+@click.option("--table", "tables", multiple=True,
+              help="Verify only this table (repeatable; default: every source).")
 @click.option("--deep", is_flag=True,
-              help="Also recompute every column of every row (enrichment, currency, amounts, masking) through the "
-                   "stage chain, with the dimension version its batch recorded, and compare per region and sink. "
-                   "Costs about a load's transform; memory stays bounded (a landing file, a sink piece at a time).")
+              help="Also recompute every column of every row (enrichment, currency, amounts, masking) "
+                   "through the stage chain, with the dimension version its batch recorded, and compare per "
+                   "region and sink. Costs about a load's transform; memory stays bounded (a landing file, "
+                   "a sink piece at a time).")
 @click.option("--parts", type=click.IntRange(min=1), default=None,
-              help="Verify each table in this many key-hash parts, one at a time: memory follows a part, each part "
-                   "reads the table again. Default: one part per 6.5 million landing rows.")
+              help="Verify each table in this many key-hash parts, one at a time: memory follows a part, "
+                   "each part reads the table again. Default: one part per 6.5 million landing rows.")
 @click.pass_obj
-def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...], deep: bool, parts: int | None) -> None:
+def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...], deep: bool,
+                   parts: int | None) -> None:
     """Reconcile every enabled sink with the landing zone over the committed windows: per table, region
     and sink, each row's key, cursor and delete mark (checksums), no duplicate, every row under the
     region its own batch gave it (by the dimension version the batch recorded) and, for Parquet, in that
@@ -502,7 +524,8 @@ def runs_abandon(obj: _Context, run_number: int, reason: str) -> None:
     from loader.protocol.incremental import abandon_run
 
     abandon_run(config, run_number, reason=reason)
-    click.echo(f"run {run_number} of pipeline {config.pipeline} abandoned; the next run plans from the checkpoints")
+    click.echo(f"run {run_number} of pipeline {config.pipeline} abandoned; "
+               "the next run plans from the checkpoints")
 
 
 def main() -> None:
@@ -520,7 +543,8 @@ def main() -> None:
         code = EXIT_USAGE
     except click.exceptions.Exit as done:
         code = done.exit_code
-    except EXPECTED_ERRORS as error:  # the one mapping of every command's errors: the message and its exit code
+    except EXPECTED_ERRORS as error:
+        # the one mapping of every command's errors: the message and its exit code
         click.echo(redact(f"error: {error}"), err=True)
         code = exit_code_of(error)
     except SystemExit as stop:  # commands that exit with a code

@@ -135,7 +135,8 @@ class SourceConfig(_Frozen):
 
 #: Each dimension's primary key (TPC-H); the keys are the dimension tables, in the order they load.
 DIMENSION_KEYS: dict[str, tuple[str, ...]] = {
-    "customer": ("c_custkey",), "supplier": ("s_suppkey",), "nation": ("n_nationkey",), "region": ("r_regionkey",),
+    "customer": ("c_custkey",), "supplier": ("s_suppkey",), "nation": ("n_nationkey",),
+    "region": ("r_regionkey",),
 }
 #: Each dimension's default mode: history for the entities, the snapshot for the small lookup tables.
 DEFAULT_MODES = {"customer": "scd2", "supplier": "scd2", "nation": "replace", "region": "replace"}
@@ -285,7 +286,8 @@ class SnowflakeSinkConfig(_Frozen):
             given = [n for n in ("password", "private_key_file", "private_key") if getattr(self, n)]
             if len(given) != 1:
                 raise ValueError(
-                    "set exactly one of password (as ${SNOWFLAKE_PASSWORD}), private_key_file, or private_key "
+                    "set exactly one of password (as ${SNOWFLAKE_PASSWORD}), private_key_file, "
+                    "or private_key "
                     f"(as ${{SNOWFLAKE_PRIVATE_KEY}}); given: {', '.join(given) or 'none'}"
                 )
         return self
@@ -492,7 +494,8 @@ def _interpolate(value: Any, source: str) -> Any:
     result = walk(value)
     if missing:
         names = ", ".join(sorted(set(missing)))
-        raise ConfigError(f"{source}: environment variable(s) {names} not set: export them or give a default as ${{NAME:-value}}")
+        raise ConfigError(f"{source}: environment variable(s) {names} not set: "
+                          f"export them or give a default as ${{NAME:-value}}")
     return result
 
 

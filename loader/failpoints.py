@@ -12,7 +12,8 @@ environment variable LOADER_FAILPOINTS, a comma-separated list of `point=action`
                                                       needs (no race with a sleep on a busy machine)
 
 A point may be narrowed to one table: `delta.write@lineitem=crash`. An action may be limited to the
-first N hits: `parquet.write=transient*2`, or start after N hits: `delta.write=crash+2` (the third hit). The points, in run order:
+first N hits: `parquet.write=transient*2`, or start after N hits: `delta.write=crash+2` (the third hit).
+The points, in run order:
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ WAIT_LIMIT_S = 600.0  # a `wait:FILE` nobody releases fails the run then, rather
 _ACTION = re.compile(r"(?P<action>.+?)(?:\+(?P<skip>\d+))?(?:\*(?P<times>\d+))?")
 
 POINTS = {
-    "parquet.dimension": "inside a dimension load: the Parquet log's new file written, not yet renamed into place",
+    "parquet.dimension": "inside a dimension load: the Parquet log's new file written, "
+                         "not yet renamed into place",
     "delta.dimension": "inside a dimension load: the Delta table's merge or overwrite not yet committed",
     "snowflake.dimension": "inside a dimension load: inside the Snowflake transaction, before its COMMIT",
     "dimensions.before_record": "a dimension load applied by every sink; its fingerprint not yet recorded",
@@ -46,7 +48,8 @@ POINTS = {
     "snowflake.commit": "after the Snowflake transaction (rows and ledger row) committed",
     "checkpoint.before": "every sink done; the checkpoint transaction not yet begun",
     "checkpoint.inside": "inside the checkpoint transaction, before it commits",
-    "checkpoint.acknowledged": "the checkpoint transaction committed, its acknowledgement not yet seen (retried)",
+    "checkpoint.acknowledged": "the checkpoint transaction committed, "
+                               "its acknowledgement not yet seen (retried)",
     "checkpoint.after": "the checkpoint transaction committed; the lease not yet released",
 }
 __doc__ = (__doc__ or "") + "\n".join(f"    {name:<20} {what}" for name, what in POINTS.items()) + "\n"

@@ -39,7 +39,8 @@ class FactKind:
 
 ORDERS = FactKind(
     name="orders",
-    lookup=RegionLookup("customers", "c_custkey", "o_custkey", ("c_name", "c_phone", "customer_segment", "nation")),
+    lookup=RegionLookup("customers", "c_custkey", "o_custkey",
+                        ("c_name", "c_phone", "customer_segment", "nation")),
     enrich="enrich_orders",
     amount_column="o_totalprice",
 )

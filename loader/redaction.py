@@ -31,8 +31,9 @@ MASK = "***"
 #: such a password is no secret anyway).
 MIN_SECRET_LENGTH = 6
 #: Environment variables read from the environment by the loader's libraries (never through the config).
-ENVIRONMENT_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "SNOWFLAKE_PASSWORD",
-                       "SNOWFLAKE_PRIVATE_KEY", "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE", "PGPASSWORD")
+ENVIRONMENT_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                       "SNOWFLAKE_PASSWORD", "SNOWFLAKE_PRIVATE_KEY", "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE",
+                       "PGPASSWORD")
 
 _REGISTERED: set[str] = set()
 
@@ -51,8 +52,8 @@ _NAMED_VALUE = re.compile(rf"(?<![A-Za-z0-9_.-])(?P<name>{_NAME_WORDS})=(?!\*\*\
                           r"(?P<value>'[^']*'|\"[^\"]*\"|[^&#\s'\"]*[^&#\s'\".,:;)\]>])", re.IGNORECASE)
 # `user:password@` after `//` (a URL, also one with a broken scheme) or at the start of a word (a URL
 # without its scheme). The password runs to the last `@` before the host: one holding `@` is masked whole.
-_USER_INFO = re.compile(r"(?:(?<=//)|(?<=^)|(?<=[\s'\"(<\[=,]))(?P<user>[^\s'\"/?#:@]*):(?P<password>[^\s'\"/?#]+)@",
-                        re.MULTILINE)
+_USER_INFO = re.compile(r"(?:(?<=//)|(?<=^)|(?<=[\s'\"(<\[=,]))(?P<user>[^\s'\"/?#:@]*):"
+                        r"(?P<password>[^\s'\"/?#]+)@", re.MULTILINE)
 
 
 def is_secret_env(name: str) -> bool:
@@ -95,7 +96,8 @@ def url_secrets(url: str) -> list[str]:
     try:
         parts = urlsplit(url)
         found.append(parts.password or "")
-        found += [value for name, value in parse_qsl(parts.query, keep_blank_values=True) if is_secret_name(name)]
+        found += [value for name, value in parse_qsl(parts.query, keep_blank_values=True)
+                  if is_secret_name(name)]
     except ValueError:  # not a URL: the patterns above found what there is
         pass
     return [value for value in found if value]

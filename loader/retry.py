@@ -36,7 +36,8 @@ def call_with_retries(step: str, policy: RetryConfig, func: Callable[[], T]) -> 
     retrying = Retrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.total.total_seconds()),
-        wait=wait_exponential_jitter(initial=policy.initial_wait.total_seconds(), max=policy.max_wait.total_seconds()),
+        wait=wait_exponential_jitter(initial=policy.initial_wait.total_seconds(),
+                                     max=policy.max_wait.total_seconds()),
         before_sleep=before_sleep,
         reraise=True,
     )

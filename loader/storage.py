@@ -83,13 +83,15 @@ Fault = Literal["denied", "no_bucket", "transient"]
 # pyarrow: "AWS Error ACCESS_DENIED during HeadObject operation"; deltalake (object_store): "The operation
 # lacked the necessary privileges" / "403 Forbidden" / "<Code>SignatureDoesNotMatch</Code>".
 _DENIED = re.compile(
-    r"ACCESS_DENIED|SIGNATURE_DOES_NOT_MATCH|INVALID_ACCESS_KEY_ID|INVALID_CLIENT_TOKEN_ID|UNRECOGNIZED_CLIENT"
+    r"ACCESS_DENIED|SIGNATURE_DOES_NOT_MATCH|INVALID_ACCESS_KEY_ID|INVALID_CLIENT_TOKEN_ID"
+    r"|UNRECOGNIZED_CLIENT"
     r"|MISSING_AUTHENTICATION_TOKEN|EXPIRED_TOKEN|AccessDenied|SignatureDoesNotMatch|InvalidAccessKeyId"
     r"|InvalidToken|ExpiredToken|lacked the necessary privileges|lacked valid authentication|403 Forbidden"
 )
 # pyarrow: "AWS Error NO_SUCH_BUCKET", or "Bucket 'b' not found" when creating a folder; object_store:
 # "<Code>NoSuchBucket</Code>".
-_NO_BUCKET = re.compile(r"NO_SUCH_BUCKET|NoSuchBucket|Bucket '[^']*' not found|RESOURCE_NOT_FOUND during HeadBucket")
+_NO_BUCKET = re.compile(r"NO_SUCH_BUCKET|NoSuchBucket|Bucket '[^']*' not found"
+                        r"|RESOURCE_NOT_FOUND during HeadBucket")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -122,7 +124,8 @@ def short_error(error: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def storage_error(error: BaseException, uri: str, *, side: Literal["source", "sink"], doing: str) -> LoaderError:
+def storage_error(error: BaseException, uri: str, *, side: Literal["source", "sink"],
+                  doing: str) -> LoaderError:
     """The loader error for a failed object-store call on `uri` (the original stays the cause).
 
     `doing` says what was attempted ("writing Parquet under"), `side` which phase's error it becomes:
@@ -139,9 +142,9 @@ def storage_error(error: BaseException, uri: str, *, side: Literal["source", "si
         return SinkRejected(message) if side == "sink" else BadSourceData(message)
     if fault == "denied":
         message = (
-            f"{doing} {where} failed: access to bucket '{bucket}' was denied ({detail}). Check the credentials "
-            f"(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the role) and that they may read "
-            f"and write s3://{bucket}, then run again: the run replays"
+            f"{doing} {where} failed: access to bucket '{bucket}' was denied ({detail}). Check the "
+            f"credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the role) and that "
+            f"they may read and write s3://{bucket}, then run again: the run replays"
         )
         return SinkRejected(message) if side == "sink" else BadSourceData(message)
     message = (

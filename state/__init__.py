@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 _HOME = {
     "migrate": "state.migrations",
     "ALL_SINKS": "state.models", "FactGap": "state.models",
-    "Checkpoint": "state.models", "DimensionLoad": "state.models", "LeaseInfo": "state.models", "LookupVersion": "state.models", "RunMode": "state.models",
+    "Checkpoint": "state.models", "DimensionLoad": "state.models", "LeaseInfo": "state.models",
+    "LookupVersion": "state.models", "RunMode": "state.models",
     "RunRecord": "state.models", "RunStatus": "state.models", "Window": "state.models",
     "SCHEMA_VERSION": "state.schema",
     "StateStore": "state.store", "cas_conflicts": "state.store", "create_state_engine": "state.store",
@@ -38,8 +39,8 @@ _HOME = {
 }
 
 __all__ = [
-    "ALL_SINKS", "SCHEMA_VERSION", "Checkpoint", "DimensionLoad", "FactGap", "LeaseInfo", "LookupVersion", "RunMode",
-    "RunRecord", "RunStatus", "StateStore", "Window",
+    "ALL_SINKS", "SCHEMA_VERSION", "Checkpoint", "DimensionLoad", "FactGap", "LeaseInfo", "LookupVersion",
+    "RunMode", "RunRecord", "RunStatus", "StateStore", "Window",
     "cas_conflicts", "create_state_engine", "migrate", "next_cursor",
 ]
 

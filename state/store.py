@@ -95,9 +95,9 @@ def _conflict_message(pipeline: str, run_number: int, conflicts: list[CasConflic
 def _lease_held_message(lease: LeaseInfo) -> str:
     expires = to_iso(lease.expires_at)
     return (
-        f"pipeline {lease.pipeline!r} is being run by {lease.holder} (lease taken {to_iso(lease.acquired_at)}, "
-        f"expires {expires}). Wait for that run to finish. If that process is dead, the lease expires by "
-        f"itself at {expires} and the next run takes over."
+        f"pipeline {lease.pipeline!r} is being run by {lease.holder} (lease taken "
+        f"{to_iso(lease.acquired_at)}, expires {expires}). Wait for that run to finish. If that process is "
+        f"dead, the lease expires by itself at {expires} and the next run takes over."
     )
 
 
@@ -465,7 +465,8 @@ class StateStore:
                 if run.mode != "incremental":
                     raise ValueError(f"run {run_number} is a {run.mode} run; use commit_backfill_run")
                 if run.status == "committed":
-                    current = {c.source: c.run_number for c in _locked_checkpoints(conn, pipeline, list(checkpoints))}
+                    current = {c.source: c.run_number
+                               for c in _locked_checkpoints(conn, pipeline, list(checkpoints))}
                     if all(current.get(source) == run_number for source in checkpoints):
                         return  # an earlier try of this commit landed and its acknowledgement was lost
                 _require_planned(run)
@@ -546,13 +547,15 @@ class StateStore:
                 raise StateError(f"pipeline {pipeline!r} has no run {run_number}; see `loader runs`.")
             if row.status == "committed":
                 raise StateError(
-                    f"run {run_number} of pipeline {pipeline!r} is committed; only unfinished runs can be abandoned."
+                    f"run {run_number} of pipeline {pipeline!r} is committed; "
+                    "only unfinished runs can be abandoned."
                 )
             values: dict[str, Any] = {"status": "failed", "finished_at": to_iso(now), "error": reason}
             broken = _broken_fields(row)
             broken.pop("status", None)
             if broken:
-                repairs = {"mode": "backfill", "windows": "{}", "base_checkpoints": "{}", "metrics": "{}", "inputs": None}
+                repairs = {"mode": "backfill", "windows": "{}", "base_checkpoints": "{}", "metrics": "{}",
+                           "inputs": None}
                 repairs |= {"started_at": to_iso(now), "finished_at": to_iso(now)}
                 values |= {name: repairs[name] for name in broken}
                 original = "; ".join(f"{name}={getattr(row, name)!r}" for name in broken)
@@ -740,10 +743,12 @@ class StateStore:
         table = lookup_versions_t
         key = [table.c.pipeline == pipeline, table.c.fingerprint == fingerprint]
         with self._write() as conn:
-            found = conn.execute(select(table.c.fingerprint, table.c.prepared, table.c.delta).where(*key)).first()
+            found = conn.execute(
+                select(table.c.fingerprint, table.c.prepared, table.c.delta).where(*key)).first()
             if found is None:
                 conn.execute(insert(table).values(pipeline=pipeline, fingerprint=fingerprint,
-                                                  created_at=to_iso(self._now()), regions=regions, prepared=prepared,
+                                                  created_at=to_iso(self._now()), regions=regions,
+                                                  prepared=prepared,
                                                   base=base if delta is not None else None, delta=delta))
                 return
             values: dict[str, Any] = {}
@@ -760,7 +765,8 @@ class StateStore:
         table = lookup_versions_t
         with self._read() as conn:
             rows = conn.execute(select(
-                table.c.fingerprint, table.c.created_at, table.c.base, table.c.prepared.is_not(None).label("whole"),
+                table.c.fingerprint, table.c.created_at, table.c.base,
+                table.c.prepared.is_not(None).label("whole"),
                 table.c.delta.is_not(None).label("has_delta"),
             ).where(table.c.pipeline == pipeline).order_by(table.c.created_at, table.c.fingerprint)).all()
         return [LookupVersion(r.fingerprint, from_iso(r.created_at), bool(r.whole),
@@ -821,6 +827,6 @@ def _require_planned(run: RunRecord) -> None:
         )
     if run.status != "planned":
         raise StateError(
-            f"run {run.run_number} of pipeline {run.pipeline!r} was abandoned (status {run.status!r}); it can "
-            "no longer be finished. Start a new run."
+            f"run {run.run_number} of pipeline {run.pipeline!r} was abandoned (status {run.status!r}); "
+            "it can no longer be finished. Start a new run."
         )

@@ -9,9 +9,10 @@ the PythonOperator for a KubernetesPodOperator on the loader image).
     exit 3  another run holds the pipeline's lease           -> skipped: that run is doing the work
 
 The mapping (`outcome`) imports nothing from Airflow, so it is tested without it
-(tests/unit/test_deploy.py checks it against the loader's own exit codes); tests/integration/test_airflow_dag.py
-loads this file with Airflow's own DagBag (Airflow 3, from tests/airflow_env/requirements.txt) and runs the task's
-callable against a stand-in loader for each exit code.
+(tests/unit/test_deploy.py checks it against the loader's own exit codes);
+tests/integration/test_airflow_dag.py loads this file with Airflow's own DagBag (Airflow 3, from
+tests/airflow_env/requirements.txt) and runs the task's callable against a stand-in loader for each
+exit code.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def run_loader(*args: str) -> None:
     if decision == "fail":
         raise AirflowFailException(f"loader exit 2: configuration error, not retried\n{done.stderr[-2000:]}")
     if decision == "retry":
-        raise AirflowException(f"loader exit {done.returncode}: failed, will be retried\n{done.stderr[-2000:]}")
+        raise AirflowException(
+            f"loader exit {done.returncode}: failed, will be retried\n{done.stderr[-2000:]}")
 
 
 # Only a missing Airflow is tolerated (the unit tests import this file for `outcome`): any other import error

@@ -44,7 +44,8 @@ def _as_uint64(column: pa.ChunkedArray) -> np.ndarray:
         bits[np.isnan(values)] = np.uint64(0x7FF8000000000000)
         bits[np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = np.uint64(2**63)
         return bits
-    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+    if (pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_integer(kind)
+            or pa.types.is_boolean(kind)):
         # null (a live row's `_deleted_at`) as the least int64: no real value is that
         return np.asarray(column.cast(pa.int64()).fill_null(-(2**63)).to_numpy()).view(np.uint64)
     if pa.types.is_decimal(kind) and isinstance(kind, pa.Decimal128Type):
@@ -92,14 +93,16 @@ def _text_hashes(column: pa.ChunkedArray) -> np.ndarray:
         chunk = chunk.cast(pa.large_binary())
         if len(chunk) == 0:
             continue
-        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+        offsets = np.frombuffer(chunk.buffers()[1],
+                                dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
         data = chunk.buffers()[2]
         data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
         lengths = np.diff(offsets)
         hashes = np.zeros(len(chunk), dtype=np.uint64)
         first = 0
         while first < len(chunk):  # the rows whose bytes fit in one go (a longer value goes alone, in steps)
-            last = min(len(chunk), max(first + 1, int(np.searchsorted(offsets, offsets[first] + _BYTES_AT_ONCE,
+            last = min(len(chunk), max(first + 1, int(np.searchsorted(offsets,
+                                                                      offsets[first] + _BYTES_AT_ONCE,
                                                                       "right")) - 1))
             if offsets[last] - offsets[first] > _BYTES_AT_ONCE:  # one value longer than a go
                 hashes[first] = _long_text(data[offsets[first]:offsets[first + 1]], up, down)
@@ -137,7 +140,8 @@ def _decimal_words(column: pa.ChunkedArray) -> np.ndarray:
     for chunk in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]):
         if len(chunk) == 0:
             continue
-        words = np.frombuffer(chunk.buffers()[1], dtype=np.uint64)[2 * chunk.offset:2 * (chunk.offset + len(chunk))]
+        words = np.frombuffer(chunk.buffers()[1],
+                              dtype=np.uint64)[2 * chunk.offset:2 * (chunk.offset + len(chunk))]
         hashes = _mix(words[0::2]) ^ words[1::2]
         if chunk.null_count:
             hashes[np.asarray(chunk.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = np.uint64(_NULL)
@@ -167,7 +171,8 @@ def digest(table: pa.Table | None, columns: Sequence[str]) -> Digest:
     sums = np.zeros(len(regions.dictionary), dtype=np.uint64)
     np.add.at(sums, codes, row_hashes(table, columns))
     counts = np.bincount(codes, minlength=len(regions.dictionary))
-    return {str(name): (int(counts[i]), int(sums[i])) for i, name in enumerate(regions.dictionary.to_pylist())}
+    return {str(name): (int(counts[i]), int(sums[i]))
+            for i, name in enumerate(regions.dictionary.to_pylist())}
 
 
 def duplicates(table: pa.Table | None, columns: Sequence[str]) -> dict[str, int]:

@@ -9,8 +9,8 @@ with what the sink holds. A differing value anywhere fails its region's check.
 
 Memory stays bounded: the landing side goes one dimension version at a time, a landing file per thread
 (only the rows that won there); the sink side streams (`Sink.scan`), a few pieces at once, keeping per
-row only what picks it (a 64-bit hash of its key and cursor). Rows whose batch recorded no dimension version, or
-whose version's lookups were not kept (loaded by an older loader), are left out on both sides, and
+row only what picks it (a 64-bit hash of its key and cursor). Rows whose batch recorded no dimension version,
+or whose version's lookups were not kept (loaded by an older loader), are left out on both sides, and
 counted in a note: their keys, cursors, regions and marks are still checked by the default verify.
 """
 
@@ -83,7 +83,8 @@ def expected_values(chain: Any, location: Location, paths: Sequence[str], winner
     files = np.asarray(winners[FILE].to_numpy(), dtype=np.int32)
     rows = np.asarray(winners[ROW].to_numpy(), dtype=np.int32)
     codes = np.asarray(winners[VERSION].to_numpy(), dtype=np.int32)
-    values.columns = _value_columns(chain, location, [paths[int(i)] for i in np.flatnonzero(np.bincount(files))])
+    values.columns = _value_columns(chain, location,
+                                    [paths[int(i)] for i in np.flatnonzero(np.bincount(files))])
     by_version = {versions[int(code)]: int(code) for code in np.flatnonzero(np.bincount(codes[codes >= 0]))}
     lost = [code for version, code in by_version.items() if not lookups.recoverable(version)]
     left_out = (codes < 0) | np.isin(codes, lost)
@@ -94,8 +95,8 @@ def expected_values(chain: Any, location: Location, paths: Sequence[str], winner
         chosen = np.flatnonzero(codes == by_version[version])
         dims = lookups.get(version)
         if dims is None:
-            raise BadSourceData(f"the dimension lookups of version {version[:12]} could not be rebuilt from the state "
-                                "store: run verify without --deep, and report this")
+            raise BadSourceData(f"the dimension lookups of version {version[:12]} could not be rebuilt "
+                                "from the state store: run verify without --deep, and report this")
         chosen = chosen[np.argsort(files[chosen], kind="stable")]
         starts = np.flatnonzero(np.r_[True, files[chosen][1:] != files[chosen][:-1]])
 
@@ -147,8 +148,8 @@ def _value_columns(chain: Any, location: Location, paths: Sequence[str]) -> list
 
     landing = files_schema(location, paths)
     if landing is None:
-        raise BadSourceData(f"the landing files of source {chain.name} disagree on column types: run verify without "
-                            "--deep to see which rows the sinks hold, and fix the files")
+        raise BadSourceData(f"the landing files of source {chain.name} disagree on column types: run verify "
+                            "without --deep to see which rows the sinks hold, and fix the files")
     return [name for name in chain.output_schema(landing).names if name not in _MARKS]
 
 
@@ -157,8 +158,8 @@ def _read_rows(location: Location, path: str, rows: np.ndarray, source: str) -> 
         with location.filesystem.open_input_file(path) as handle:
             return pq.read_table(handle).take(pa.array(rows))
     except (OSError, pa.ArrowInvalid, IndexError) as error:
-        raise BadSourceData(f"cannot read {path} (source {source}) again for verify --deep: {error}. It changed "
-                            "while verify read it: run verify again") from error
+        raise BadSourceData(f"cannot read {path} (source {source}) again for verify --deep: {error}. "
+                            "It changed while verify read it: run verify again") from error
 
 
 def _with_columns(table: pa.Table, columns: Sequence[str]) -> pa.Table:

@@ -27,7 +27,8 @@ class DoctorCheck:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "detail": self.detail, "seconds": round(self.seconds, 3)}
+        return {"name": self.name, "status": self.status, "detail": self.detail,
+                "seconds": round(self.seconds, 3)}
 
 
 def _timed(name: str, probe: Callable[[], tuple[str, str]]) -> DoctorCheck:
@@ -35,7 +36,8 @@ def _timed(name: str, probe: Callable[[], tuple[str, str]]) -> DoctorCheck:
     try:
         status, detail = probe()
     except Exception as error:  # a probe's own failure is a failed check, with the reason
-        status, detail = "failed", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        status, detail = "failed", (f"{type(error).__name__}: "
+                                    f"{str(error).splitlines()[0] if str(error) else ''}")
     return DoctorCheck(name, status, redact(detail), time.perf_counter() - started)  # text and --json alike
 
 
@@ -46,13 +48,15 @@ def check_ray(config: LoaderConfig) -> tuple[str, str]:
 
     address = config.ray.address
     if not address or address == "auto" or address.startswith("local"):
-        where = "a local Ray instance is started by a run that needs it" if not address else f"address {address!r}"
+        where = ("a local Ray instance is started by a run that needs it" if not address
+                 else f"address {address!r}")
         return "ok", f"Ray {version('ray')} installed, {os.cpu_count()} CPUs here; {where}"
     from loader.execute.ray_cluster import ray_address_problem
 
     problem = ray_address_problem(address)
     if problem:
-        return "failed", f"Ray cluster {address}: {problem}. Check ray.address / RAY_ADDRESS and that the head is up"
+        return "failed", (f"Ray cluster {address}: {problem}. Check ray.address / RAY_ADDRESS and that the "
+                          "head is up")
     return "ok", f"Ray {version('ray')}; cluster {address} accepts connections"
 
 
@@ -66,7 +70,8 @@ def check_gpu(config: LoaderConfig) -> tuple[str, str]:
         chosen = "cpu (as configured)" if requested == "cpu" else "gpu"
         return "ok", f"{status.detail}; transform.engine {requested} -> {chosen}"
     if requested == "gpu":
-        return "failed", f"{status.detail}; transform.engine is gpu, so runs fail: install the GPU stack or set it to auto"
+        return "failed", (f"{status.detail}; transform.engine is gpu, so runs fail: install the GPU stack or "
+                          "set it to auto")
     return "unavailable", f"{status.detail}; transforms run on the CPU (transform.engine {requested})"
 
 
@@ -80,14 +85,15 @@ def check_landing_zone(config: LoaderConfig) -> tuple[str, str]:
         location = locate(config.source_path(name))
         info = location.filesystem.get_file_info(location.path)
         if info.type == pafs.FileType.NotFound:
-            return "failed", (f"source {name}: {location.uri} does not exist. Fix sources.{name}.path or landing_zone, "
-                              f"or make demo data: loader demo-data init")
+            return "failed", (f"source {name}: {location.uri} does not exist. Fix sources.{name}.path or "
+                              f"landing_zone, or make demo data: loader demo-data init")
         found.append(f"{name} at {location.uri}")
     return "ok", "; ".join(found)
 
 
 def check_dimension_cache(config: LoaderConfig) -> tuple[str, str]:
-    """Whether the prepared dimensions can be kept, and whether the next run finds them (reads footers only)."""
+    """Whether the prepared dimensions can be kept, and whether the next run finds them (reads footers
+    only)."""
     from loader.errors import LoaderError
     from loader.storage import unwritable
     from loader.transform.dimension_cache import cache_folder, current_entry
@@ -102,10 +108,12 @@ def check_dimension_cache(config: LoaderConfig) -> tuple[str, str]:
     try:
         entry = current_entry(config)
     except LoaderError as error:  # the landing zone's own check names the problem
-        return "ok", f"dimension cache: {folder} (the dimension files cannot be read here: {str(error).splitlines()[0]})"
+        return "ok", (f"dimension cache: {folder} (the dimension files cannot be read here: "
+                      f"{str(error).splitlines()[0]})")
     if entry.is_dir():
         return "ok", f"dimension cache: {entry} matches the dimension files: the next run maps it"
-    return "ok", f"dimension cache: {folder} (no entry for the dimension files as they are: the next run prepares one)"
+    return "ok", (f"dimension cache: {folder} (no entry for the dimension files as they are: the next run "
+                  "prepares one)")
 
 
 def check_sink(config: LoaderConfig, name: str) -> tuple[str, str]:

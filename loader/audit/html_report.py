@@ -37,8 +37,10 @@ STAGES = ("plan", "execute", "sinks")  # the run's order; any other stage a ledg
 # The largest unit the biggest lag reaches twice: the axis reads "2.6 days", not 89,292,635 seconds.
 LAG_UNITS = (("days", "d", 86400), ("hours", "h", 3600), ("minutes", "min", 60), ("seconds", "s", 1))
 # What a chart with nothing to draw says instead (quarantined and deleted: when every run had none).
-EMPTY = {"rows": "No committed run yet", "stages": "No committed run yet", "lag": "No committed incremental run yet",
-         "quarantined": "No rows were quarantined in these runs", "deleted": "No keys were deleted upstream in these runs"}
+EMPTY = {"rows": "No committed run yet", "stages": "No committed run yet",
+         "lag": "No committed incremental run yet",
+         "quarantined": "No rows were quarantined in these runs",
+         "deleted": "No keys were deleted upstream in these runs"}
 ZEROS_MEAN_EMPTY = ("quarantined", "deleted")
 
 
@@ -69,9 +71,11 @@ def report_data(pipeline: str, entries: list[RunEntry]) -> dict[str, Any]:
             "rows": {"title": "Rows loaded per run", "x": "run", "y": "rows",
                      "series": per_table(lambda t: t.rows)},
             "stages": {"title": "Seconds per stage per run", "x": "run", "y": "seconds", "series": {
-                s: [[e.run_number, round(e.timings_s[s], 3)] for e in runs if s in e.timings_s] for s in stages}},
+                s: [[e.run_number, round(e.timings_s[s], 3)] for e in runs if s in e.timings_s]
+                for s in stages}},
             "lag": {"title": "Lag per source at the end of each incremental run", "x": "time", "y": "seconds",
-                    "series": {s: [[iso(e.finished_at), e.lag_seconds[s]] for e in incremental if s in e.lag_seconds]
+                    "series": {s: [[iso(e.finished_at), e.lag_seconds[s]] for e in incremental
+                                   if s in e.lag_seconds]
                                for s in sources}},
             "quarantined": {"title": "Rows quarantined per run", "x": "run", "y": "rows",
                             "series": per_table(lambda t: sum(t.quarantined.values()))},
@@ -85,7 +89,8 @@ def report_data(pipeline: str, entries: list[RunEntry]) -> dict[str, Any]:
                      for sink, written in sorted(result.sinks.items())
                      for region, count in sorted(written.regions.items())],
             "batches": [{"run": e.run_number, "batch": e.batch, "finished_at": iso(e.finished_at),
-                         "duration_s": e.duration_s, "rows": {t: result.rows for t, result in sorted(e.tables.items())}}
+                         "duration_s": e.duration_s,
+                         "rows": {t: result.rows for t, result in sorted(e.tables.items())}}
                         for e in runs if _series(e) == _series(latest)],
         },
     })
@@ -128,7 +133,8 @@ def figures(data: dict[str, Any]) -> dict[str, go.Figure]:
 
     def per_run(name: str, unit: str, fmt: str, *, stack: bool = False) -> None:
         chart = charts[name]
-        if not any(y or name not in ZEROS_MEAN_EMPTY for points in chart["series"].values() for _, y in points):
+        if not any(y or name not in ZEROS_MEAN_EMPTY
+                   for points in chart["series"].values() for _, y in points):
             return  # no committed run; for quarantined and deleted, none with any: a line of text says so
         traces = [go.Bar(name=series, x=[x for x, _ in points], y=[y for _, y in points],
                          customdata=[labels.get(x, f"run {x}") for x, _ in points],
@@ -141,7 +147,8 @@ def figures(data: dict[str, Any]) -> dict[str, go.Figure]:
                             y_title=chart["y"], barmode="stack" if stack else "group",
                             xaxis={"type": "category", "categoryorder": "array", "categoryarray": runs,
                                    "tickmode": "array", "tickvals": runs,
-                                   "ticktext": [f"{x} ({batches[x]})" if batches.get(x) else str(x) for x in runs]})
+                                   "ticktext": [f"{x} ({batches[x]})" if batches.get(x) else str(x)
+                                                for x in runs]})
         top = max((y for points in chart["series"].values() for _, y in points), default=0)
         if unit != "s" and top < 5:
             out[name].update_yaxes(dtick=1)  # a count: no ticks at 0.2 of a row
@@ -156,8 +163,8 @@ def figures(data: dict[str, Any]) -> dict[str, go.Figure]:
                                          y=[round(y / size, 2) for _, y in points],
                                          customdata=[human_seconds(y) for _, y in points],
                                          hovertemplate=f"{source}: %{{customdata}}<extra></extra>")
-                              for source, points in lag.items()], x_title="run finished (UTC)", y_title=f"lag ({unit})",
-                             hovermode="x unified")
+                              for source, points in lag.items()], x_title="run finished (UTC)",
+                             y_title=f"lag ({unit})", hovermode="x unified")
     per_run("quarantined", "rows", ",")
     per_run("deleted", "keys", ",")
     latest = data["latest"]
@@ -165,9 +172,11 @@ def figures(data: dict[str, Any]) -> dict[str, go.Figure]:
         by_pair: dict[str, list[dict[str, Any]]] = {}
         for r in latest["rows"]:
             by_pair.setdefault(f"{r['table']} → {r['sink']}", []).append(r)
-        out["regions"] = _figure([go.Bar(name=pair, x=[r["region"] for r in rows], y=[r["rows"] for r in rows],
+        out["regions"] = _figure([go.Bar(name=pair, x=[r["region"] for r in rows],
+                                         y=[r["rows"] for r in rows],
                                          hovertemplate=f"{pair}<br>%{{x}}: %{{y:,}} rows<extra></extra>")
-                                  for pair, rows in by_pair.items()], x_title="region", y_title="rows", barmode="group")
+                                  for pair, rows in by_pair.items()],
+                                 x_title="region", y_title="rows", barmode="group")
     return out
 
 
@@ -197,7 +206,8 @@ def render(data: dict[str, Any]) -> str:
     themes = {"light": pio.templates["plotly_white"], "dark": pio.templates["plotly_dark"]}
     values = {
         "title": html.escape(f"loader report: {data['pipeline']}"),
-        "summary": html.escape(f"{len(data['runs'])} run(s), {committed} committed (only committed runs are drawn); "
+        "summary": html.escape(f"{len(data['runs'])} run(s), {committed} committed "
+                               "(only committed runs are drawn); "
                                f"generated {data['generated_at']}"),
         "charts": "\n".join(sections),
         "latest": _latest_html(data["latest"]),
@@ -225,13 +235,16 @@ def _latest_html(latest: dict[str, Any] | None) -> str:
     of = (batches[-1]["batch"] or {}).get("of") or 1
     names = sorted({t for b in batches for t in b["rows"]})
     finished = str(latest["finished_at"])[:19].replace("T", " ")
-    return (table("latest-table", f"run {latest['run']}, finished {finished} UTC", ["table", "sink", "region", "rows"],
+    return (table("latest-table", f"run {latest['run']}, finished {finished} UTC",
+                  ["table", "sink", "region", "rows"],
                   [[r["table"], r["sink"], r["region"], f"{r['rows']:,}"] for r in latest["rows"]])
-            + table("batches-table", f"{len(batches)} of {of} batch(es) committed", ["batch", "ledger run", "finished (UTC)",
-                                                                                    "seconds", *[f"{t} rows" for t in names]],
-                    [[f"{(b['batch'] or {}).get('index', 1)} of {of}", str(b["run"]), str(b["finished_at"])[11:19],
+            + table("batches-table", f"{len(batches)} of {of} batch(es) committed",
+                    ["batch", "ledger run", "finished (UTC)", "seconds", *[f"{t} rows" for t in names]],
+                    [[f"{(b['batch'] or {}).get('index', 1)} of {of}", str(b["run"]),
+                      str(b["finished_at"])[11:19],
                       "-" if b["duration_s"] is None else f"{b['duration_s']:.2f}",
-                      *[f"{b['rows'][t]:,}" if b["rows"].get(t) is not None else "-" for t in names]] for b in batches]))
+                      *[f"{b['rows'][t]:,}" if b["rows"].get(t) is not None else "-" for t in names]]
+                     for b in batches]))
 
 
 def write_report(path: Path, pipeline: str, entries: list[RunEntry]) -> dict[str, Any]:

@@ -59,7 +59,8 @@ class Placement:
             inputs = run.inputs or {}
             version = inputs.get("dimensions")
             for source, window in run.windows.items():
-                files = frozenset(f["path"] for f in inputs.get("sources", {}).get(source, {}).get("files", []))
+                files = frozenset(f["path"]
+                                  for f in inputs.get("sources", {}).get(source, {}).get("files", []))
                 placement.reads.setdefault(source, []).append(RunRead(run.run_number, run.mode, window, files,
                                                                     version))
             if version and version not in placement.lookups:
@@ -82,17 +83,20 @@ class Placement:
         names: list[str] = [UNKNOWN_REGION]
         placed = np.full(rows.num_rows, -1, dtype=np.int32)
         if lookup.fact_key in rows.column_names:
-            wanted = np.asarray(rows[lookup.fact_key].cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False))
+            wanted = np.asarray(
+                rows[lookup.fact_key].cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False))
             for code, version in enumerate(versions):
                 chosen = np.flatnonzero(codes == code)
                 if len(chosen):
-                    placed[chosen] = _lookup(self.lookups[version], REGION_PARTS[lookup.dimension][1], wanted[chosen],
-                                            names)
+                    placed[chosen] = _lookup(self.lookups[version], REGION_PARTS[lookup.dimension][1],
+                                             wanted[chosen], names)
         unexplained = int(np.count_nonzero(placed < 0))
-        region = pa.DictionaryArray.from_arrays(pa.array(placed, mask=placed < 0), pa.array(names, pa.string()))
+        region = pa.DictionaryArray.from_arrays(pa.array(placed, mask=placed < 0),
+                                                pa.array(names, pa.string()))
         return region.cast(pa.string()), unexplained
 
-    def versions(self, rows: pa.Table, paths: Sequence[str], source: str, cursor: str) -> tuple[list[str], np.ndarray]:
+    def versions(self, rows: pa.Table, paths: Sequence[str], source: str,
+                 cursor: str) -> tuple[list[str], np.ndarray]:
         """The dimension versions with kept lookups, and per row the index of the version of the first
         committed run that read it (-1: none did, it recorded no version, or its lookups are not kept)."""
         versions = [v for v, table in self.lookups.items() if table is not None]
@@ -126,7 +130,8 @@ def _lookup(table: pa.Table, part: int, wanted: np.ndarray, names: list[str]) ->
     column = picked["region"].combine_chunks()
     if not isinstance(column, pa.DictionaryArray):
         column = column.dictionary_encode()
-    remap = np.array([_name_index(names, name or UNKNOWN_REGION) for name in column.dictionary.to_pylist()] or [0])
+    remap = np.array([_name_index(names, name or UNKNOWN_REGION)
+                      for name in column.dictionary.to_pylist()] or [0])
     codes = remap[np.asarray(column.indices.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)] \
         if len(known) else np.zeros(0, dtype=np.int64)
     out = np.zeros(len(wanted), dtype=np.int32)
@@ -170,7 +175,8 @@ def place(out: pa.Table, landing: pa.Table, key: Sequence[str], cursor: str) -> 
     placed = out[PLACED]
     if landing.num_rows and out.num_rows:
         columns = list(dict.fromkeys([*key, cursor]))
-        numbered = out.select(columns).append_column("__row", pa.array(np.arange(out.num_rows, dtype=np.int64)))
+        numbered = out.select(columns).append_column("__row",
+                                                     pa.array(np.arange(out.num_rows, dtype=np.int64)))
         found = dedupe_latest(landing.select([*columns, PLACED]), key=columns, cursor=cursor)
         joined = numbered.join(found.rename_columns([*columns, "__found"]), keys=columns, join_type="inner")
         at = np.full(out.num_rows, -1, dtype=np.int64)  # per row of `out`: its row in `joined`, or none

@@ -58,7 +58,8 @@ def _plain_stdout() -> bool:
 def print_run_summary(summary: RunSummary) -> None:
     if summary.status == "nothing_new":
         facts = "no new facts" if summary.dimensions else "nothing new to load"
-        if _plain_stdout() and not summary.dimensions:  # cron, CI, pipes: the frequent case, without importing rich
+        # cron, CI, pipes: the frequent case, without importing rich
+        if _plain_stdout() and not summary.dimensions:
             print(f"{summary.pipeline}: {facts} (no run recorded, checkpoints unchanged)")
             return
         _out.print(f"[bold]{summary.pipeline}[/]: {facts} (no run recorded, checkpoints unchanged)")
@@ -67,8 +68,10 @@ def print_run_summary(summary: RunSummary) -> None:
     from rich.table import Table
 
     numbers = [b.run_number for b in summary.batches]
-    runs = f"run {numbers[0]}" if len(numbers) == 1 else f"runs {numbers[0]}-{numbers[-1]} ({len(numbers)} batches)"
-    title = f"{summary.pipeline}: {runs} committed" + (f" (run {numbers[0]} replayed)" if summary.replayed else "")
+    runs = (f"run {numbers[0]}" if len(numbers) == 1
+            else f"runs {numbers[0]}-{numbers[-1]} ({len(numbers)} batches)")
+    title = f"{summary.pipeline}: {runs} committed" + (f" (run {numbers[0]} replayed)"
+                                                       if summary.replayed else "")
     table = Table(title=title)
     # Upstream deletes: the tombstones a table's rows carried, and what each sink did with them
     # (removed or marked keys; tombstone versions written to the Parquet log). Shown when there were any.
@@ -93,11 +96,12 @@ def print_run_summary(summary: RunSummary) -> None:
     _print_dimensions(summary.dimensions)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in summary.timings.items())
     if len(summary.batches) > 1:
-        rows = ", ".join(f"{b.rows:,}" for b in summary.batches[:12]) + (", ..." if len(summary.batches) > 12 else "")
+        rows = (", ".join(f"{b.rows:,}" for b in summary.batches[:12])
+                + (", ..." if len(summary.batches) > 12 else ""))
         _out.print(f"batches of about {summary.max_batch_rows:,} rows (run.max_batch_rows): {rows} rows")
     # escaped: reasons quote commands such as pip install -e '.[gpu]', which rich would read as markup
-    _out.print(escape(f"executor: {summary.executor} ({summary.executor_reason}); transforms: {summary.engine} "
-                      f"({summary.engine_reason}); {timings}"))
+    _out.print(escape(f"executor: {summary.executor} ({summary.executor_reason}); transforms: "
+                      f"{summary.engine} ({summary.engine_reason}); {timings}"))
 
 
 def _print_dimensions(dimensions: dict[str, dict[str, Any]]) -> None:
@@ -147,8 +151,10 @@ def print_plan(payload: dict[str, Any]) -> None:
     for column in ("source", "window", "files (of listed)", "row groups", "est. rows"):
         table.add_column(column)
     for name, s in payload["sources"].items():
-        window = "nothing new" if s["window"] is None else f"({s['window']['lower'] or '-inf'}, {s['window']['upper']}]"
-        table.add_row(name, window, f"{s['files']} of {s['files_listed']}", str(s["row_groups"]), f"{s['estimated_rows']:,}")
+        window = ("nothing new" if s["window"] is None
+                  else f"({s['window']['lower'] or '-inf'}, {s['window']['upper']}]")
+        table.add_row(name, window, f"{s['files']} of {s['files_listed']}", str(s["row_groups"]),
+                      f"{s['estimated_rows']:,}")
     _out.print(table)
     cut = payload.get("batches")
     if cut and cut["batches"]:
@@ -262,18 +268,22 @@ def print_status(payload: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{payload['pipeline']} ({payload['state']})")
-    for column in ("source", "checkpoint", "run", "lag", "rows last run", "quarantined last run", "deleted last run"):
+    for column in ("source", "checkpoint", "run", "lag", "rows last run", "quarantined last run",
+                   "deleted last run"):
         table.add_column(column)
     for name, s in payload["sources"].items():
         lag = "-" if s["lag_seconds"] is None else _human_seconds(s["lag_seconds"])
         rows = "-" if s["last_run_rows"] is None else f"{s['last_run_rows']:,}"
         bad = "-" if s.get("last_run_quarantined") is None else f"{s['last_run_quarantined']:,}"
         deleted = "-" if s.get("last_run_deleted") is None else f"{s['last_run_deleted']:,}"
-        table.add_row(name, s["checkpoint"] or "never loaded", str(s["checkpoint_run"] or "-"), lag, rows, bad, deleted)
+        table.add_row(name, s["checkpoint"] or "never loaded", str(s["checkpoint_run"] or "-"), lag, rows,
+                      bad, deleted)
     _out.print(table)
     for name, d in payload.get("dimensions", {}).items():
-        changes = ", ".join(f"{sink} {c['opened']:,} opened / {c['closed']:,} closed" for sink, c in d["sinks"].items())
-        _out.print(f"dimension {name} ({d['mode']}, {d['rows']:,} rows): last loaded {d['loaded_at']}: {changes}")
+        changes = ", ".join(f"{sink} {c['opened']:,} opened / {c['closed']:,} closed"
+                            for sink, c in d["sinks"].items())
+        _out.print(f"dimension {name} ({d['mode']}, {d['rows']:,} rows): last loaded {d['loaded_at']}: "
+                   f"{changes}")
     for gap in payload.get("fact_gaps", []):
         _out.print(f"[yellow]{escape(gap['message'])}[/]")
     if payload["last_run"]:
@@ -289,19 +299,22 @@ def print_status(payload: dict[str, Any]) -> None:
                        f"{b['rows_done']:,}{planned} rows{doing}")
         else:
             _out.print(f"[yellow]run interrupted after {b['batches_done']} of {b['batches_total']} batches "
-                       f"({b['rows_done']:,}{planned} rows committed){doing}: the next `loader run --incremental` "
-                       f"replays the batch in flight, then loads the rest[/]")
+                       f"({b['rows_done']:,}{planned} rows committed){doing}: the next "
+                       f"`loader run --incremental` replays the batch in flight, then loads the rest[/]")
     if payload["unfinished_run"]:
         u = payload["unfinished_run"]
-        _out.print(f"[yellow]run {u['run_number']} did not finish ({u['attempts']} attempt(s)); the next run replays it. Last error: {escape(str(u['error']))}[/]")
+        _out.print(f"[yellow]run {u['run_number']} did not finish ({u['attempts']} attempt(s)); the next run "
+                   f"replays it. Last error: {escape(str(u['error']))}[/]")
     if payload["lease"]:
         _out.print(f"lease held by {payload['lease']['holder']} until {payload['lease']['expires_at']}")
     if payload.get("backfill"):
         b = payload["backfill"]
         r = b["request"]
         _out.print(f"backfill {r.get('id', '')} ({r['start']}, {r['end']}] of {', '.join(r['sources'])} into "
-                   f"{', '.join(r['sinks'])}: {b['chunks_done']}/{b['chunks_total']} chunks done, {b['state']}"
-                   + ("" if b["state"] != "interrupted" else f"; `loader backfill --resume {r.get('id')}` continues it"))
+                   f"{', '.join(r['sinks'])}: {b['chunks_done']}/{b['chunks_total']} chunks done, "
+                   f"{b['state']}"
+                   + ("" if b["state"] != "interrupted"
+                      else f"; `loader backfill --resume {r.get('id')}` continues it"))
 
 
 def print_history(pipeline: str, entries: list[RunEntry]) -> None:
@@ -311,16 +324,19 @@ def print_history(pipeline: str, entries: list[RunEntry]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{pipeline}: the newest {len(entries)} run(s)")
-    for column in ("run", "mode (batch)", "outcome", "started (UTC)", "took", "rows per table", "quarantined", "deleted",
-                   "seconds per stage"):
+    for column in ("run", "mode (batch)", "outcome", "started (UTC)", "took", "rows per table", "quarantined",
+                   "deleted", "seconds per stage"):
         table.add_column(column)
     for e in entries:
         rows = ", ".join(f"{name} {t.rows:,}" for name, t in e.tables.items())
         stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in e.timings_s.items())
-        outcome = e.outcome if e.outcome != "failed" else f"[red]failed[/]: {escape(redact(str(e.error or '')))[:120]}"
+        outcome = (e.outcome if e.outcome != "failed"
+                   else f"[red]failed[/]: {escape(redact(str(e.error or '')))[:120]}")
         took = "-" if e.duration_s is None else _human_seconds(e.duration_s)
-        bad = ", ".join(f"{name} {sum(t.quarantined.values()):,}" for name, t in e.tables.items() if t.quarantined)
-        deleted = ", ".join(f"{name} {t.deletes_applied:,}" for name, t in e.tables.items() if t.deletes_applied)
+        bad = ", ".join(f"{name} {sum(t.quarantined.values()):,}" for name, t in e.tables.items()
+                        if t.quarantined)
+        deleted = ", ".join(f"{name} {t.deletes_applied:,}" for name, t in e.tables.items()
+                            if t.deletes_applied)
         mode = e.mode + (f" {e.batch['index']}/{e.batch['of']}" if e.batch else "")
         table.add_row(str(e.run_number), mode, outcome, e.started_at.isoformat()[:19].replace("T", " "), took,
                       rows or "-", bad or "-", deleted or "-", stages or "-")
@@ -338,7 +354,8 @@ def backfill_progress(*, quiet: bool) -> Iterator[Callable[[Any, int], None]]:
             rows = sum(t.rows for t in chunk.tables.values())
             window = f"({chunk.window.lower.isoformat()}, {chunk.window.upper.isoformat()}]"
             log.info("backfill chunk %d/%d %s: %s%s in %.1fs", chunk.index + 1, total, window,
-                     chunk.status.replace("_", " "), f", run {chunk.run_number}, {rows:,} rows" if chunk.run_number else "",
+                     chunk.status.replace("_", " "),
+                     f", run {chunk.run_number}, {rows:,} rows" if chunk.run_number else "",
                      chunk.seconds)
         yield line
         return
@@ -350,7 +367,8 @@ def backfill_progress(*, quiet: bool) -> Iterator[Callable[[Any, int], None]]:
         task = progress.add_task("", total=None)
 
         def advance(chunk: Any, total: int) -> None:
-            progress.update(task, total=total, advance=1, description=f"chunk {chunk.index + 1}: {chunk.status.replace('_', ' ')}")
+            progress.update(task, total=total, advance=1,
+                            description=f"chunk {chunk.index + 1}: {chunk.status.replace('_', ' ')}")
         yield advance
 
 
@@ -359,20 +377,23 @@ def print_backfill(payload: dict[str, Any]) -> None:
 
     r = payload["request"]
     if payload["dry_run"]:
-        _out.print(f"dry run: {payload['chunks_total']} chunk(s) would be loaded into {', '.join(r['sinks'])}; nothing "
-                   f"was written (rows are estimates from row-group statistics)")
-    table = Table(title=f"{payload['pipeline']}: backfill ({r['start']}, {r['end']}] {'(dry run)' if payload['dry_run'] else ''}")
+        _out.print(f"dry run: {payload['chunks_total']} chunk(s) would be loaded into "
+                   f"{', '.join(r['sinks'])}; nothing was written (rows are estimates from row-group "
+                   f"statistics)")
+    table = Table(title=f"{payload['pipeline']}: backfill ({r['start']}, {r['end']}] "
+                        f"{'(dry run)' if payload['dry_run'] else ''}")
     for column in ("chunk", "window", "status", "run", "files", "rows"):
         table.add_column(column)
     for c in payload["chunks"]:
         rows = sum(t.get("rows", 0) for t in c["tables"].values()) if c["tables"] else c["estimated_rows"]
-        table.add_row(str(c["index"] + 1), f"({c['window']['lower']}, {c['window']['upper']}]", c["status"].replace("_", " "),
+        table.add_row(str(c["index"] + 1), f"({c['window']['lower']}, {c['window']['upper']}]",
+                      c["status"].replace("_", " "),
                       str(c["run_number"] or "-"), str(c["files"]), f"{rows:,}")
     _out.print(table)
     if payload["dry_run"]:
         return
-    _out.print(f"{payload['chunks_loaded']} chunk(s) loaded, {payload['chunks_already_loaded']} already loaded; "
-               f"sinks {', '.join(r['sinks'])}; incremental checkpoints unchanged")
+    _out.print(f"{payload['chunks_loaded']} chunk(s) loaded, {payload['chunks_already_loaded']} already "
+               f"loaded; sinks {', '.join(r['sinks'])}; incremental checkpoints unchanged")
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -96,17 +96,20 @@ class SinkCheck:
             dimension = self.region == DIMENSION_REGION  # compared on (key, row_hash): the values
             if self.compared == "values":
                 parts.append("checksum of every column differs from the stage chain's recomputation"
-                             + (": a wrong value (enrichment, currency, amount, masking, a pass-through column)"
+                             + (": a wrong value (enrichment, currency, amount, masking, "
+                                "a pass-through column)"
                                 if same_count else ""))
             else:
                 parts.append(f"checksum of (key, {'values' if dimension else 'cursor, delete mark'}) differs"
                              + (": wrong or stale versions" if same_count else ""))
         if self.duplicates:
-            what = "(key, cursor) version(s)" if sink_class(self.sink).capabilities.holds == "versions" else "key(s)"
+            what = ("(key, cursor) version(s)" if sink_class(self.sink).capabilities.holds == "versions"
+                    else "key(s)")
             what = "current key(s)" if self.region == DIMENSION_REGION else what
             parts.append(f"{self.duplicates:,} duplicated {what}")
         if self.misfiled:
-            parts.append(f"{self.misfiled:,} row(s) in a region= folder of another region than their region column")
+            parts.append(f"{self.misfiled:,} row(s) in a region= folder of another region "
+                         "than their region column")
         return f"table {self.table}, region {self.region}, sink {self.sink}: " + "; ".join(parts)
 
 
@@ -167,7 +170,8 @@ def _read_files(location: Location, paths: Sequence[str], columns: list[str], wh
     def read(index: int) -> pa.Table:
         rows = read_parquet(location, paths[index], what=what, columns=columns)
         rows = rows.append_column(FILE, pa.array(np.full(rows.num_rows, index, dtype=np.int32)))
-        rows = rows.append_column(ROW, pa.array(np.arange(rows.num_rows, dtype=np.int32))) if numbered else rows
+        rows = (rows.append_column(ROW, pa.array(np.arange(rows.num_rows, dtype=np.int32))) if numbered
+                else rows)
         return part.of(rows, key)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -248,7 +252,8 @@ def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
     rows = rows.append_column(PLACED, placed)
     rows = rows.append_column(VERSION, pa.array(codes)) if deep else rows.drop_columns([FILE])
     dead = chain.tombstone_mask(rows)
-    landing_tombs = rows.slice(0, 0) if dead is None else rows.filter(pa.array(dead)).select([*key, cursor, PLACED])
+    landing_tombs = (rows.slice(0, 0) if dead is None
+                     else rows.filter(pa.array(dead)).select([*key, cursor, PLACED]))
     wanted = [*key, cursor, "region"]
     out, _ = chain.run(rows, dims)
     out = place(out, landing_tombs, key, cursor)
@@ -280,7 +285,8 @@ def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
 
 
 def held_rows(sink: Sink[Any], name: str, key: Sequence[str], cursor: str,
-              marker: str | None = None, part: Part = Part()) -> tuple[Digest, dict[str, int], dict[str, int]]:
+              marker: str | None = None,
+              part: Part = Part()) -> tuple[Digest, dict[str, int], dict[str, int]]:
     """What `sink` holds of table `name` (its `read_back`; of the keys in `part`): the digest of each
     key's newest version (with its delete `marker`), per region the duplicates (a key twice where it
     holds the latest, a (key, cursor, mark) version twice where it holds a log of versions), and per
@@ -352,8 +358,8 @@ def _compare(table: str, sink: str, want: Digest, got: Digest, dups: dict[str, i
     checks = []
     for region in sorted(set(want) | set(got) | set(dups) | set(misfiled)):
         (e_rows, e_sum), (a_rows, a_sum) = want.get(region, (0, 0)), got.get(region, (0, 0))
-        checks.append(SinkCheck(table, region, sink, e_rows, a_rows, f"{e_sum:016x}", f"{a_sum:016x}", dups.get(region, 0),
-                            misfiled.get(region, 0), compared))
+        checks.append(SinkCheck(table, region, sink, e_rows, a_rows, f"{e_sum:016x}", f"{a_sum:016x}",
+                            dups.get(region, 0), misfiled.get(region, 0), compared))
     return checks
 
 
@@ -379,15 +385,15 @@ def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
         part = Part(index, count)
         if count > 1:
             log.info("verify %s: key part %d of %d", name, index + 1, count)
-        expected = expected_rows(config, name, checkpoint, seen_at, dims, read, placement, deep=lookups is not None,
-                                 part=part, paths=paths)
+        expected = expected_rows(config, name, checkpoint, seen_at, dims, read, placement,
+                                 deep=lookups is not None, part=part, paths=paths)
         unexplained += expected.unexplained
         for sink in sinks:
             marker = marker_of(source, sink.capabilities.holds)
             columns = [*source.primary_key, source.cursor, *([marker] if marker else [])]
             want = digest(expected.tables[sink.capabilities.holds], columns)
-            _gather(found, (sink.name, "keys"), want, *held_rows(sink, name, source.primary_key, source.cursor,
-                                                                 marker, part))
+            _gather(found, (sink.name, "keys"), want,
+                    *held_rows(sink, name, source.primary_key, source.cursor, marker, part))
         if lookups is not None:  # kept small (20 bytes a row), recomputed once all parts are done
             from loader.audit.deep import compact
 
@@ -400,8 +406,8 @@ def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
                     winners.setdefault(holds, []).append(compact(table, source))
         del expected
     if lookups is not None:
-        for sink_name, want, got in _deep_digests(config, name, checkpoint, paths, versions, winners, sinks, lookups,
-                                                  notes):
+        for sink_name, want, got in _deep_digests(config, name, checkpoint, paths, versions, winners, sinks,
+                                                  lookups, notes):
             _gather(found, (sink_name, "values"), want, got)
     if unexplained:
         notes.append(f"{name}: {unexplained:,} row(s) read by no run that recorded its dimension version "
@@ -415,7 +421,8 @@ def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_
     return checks
 
 
-def _gather(found: dict[tuple[str, str], list[dict[str, Any]]], where: tuple[str, str], *counts: dict[str, Any]) -> None:
+def _gather(found: dict[tuple[str, str], list[dict[str, Any]]], where: tuple[str, str],
+            *counts: dict[str, Any]) -> None:
     """Add one part's digests (and duplicate and misfiled counts) to the table's."""
     totals = found.setdefault(where, [{}, {}, {}, {}])
     for at, count in enumerate(counts):
@@ -426,9 +433,9 @@ def _gather(found: dict[tuple[str, str], list[dict[str, Any]]], where: tuple[str
                 totals[at][region] = totals[at].get(region, 0) + n
 
 
-def _deep_digests(config: LoaderConfig, name: str, checkpoint: Checkpoint, paths: Sequence[str], versions: list[str],
-                  winners: dict[str, list[pa.Table]], sinks: list[Sink[Any]], lookups: VersionLookups,
-                  notes: list[str]) -> list[tuple[str, Digest, Digest]]:
+def _deep_digests(config: LoaderConfig, name: str, checkpoint: Checkpoint, paths: Sequence[str],
+                  versions: list[str], winners: dict[str, list[pa.Table]], sinks: list[Sink[Any]],
+                  lookups: VersionLookups, notes: list[str]) -> list[tuple[str, Digest, Digest]]:
     """--deep: per sink, (its name, the stage chain's recomputation of every column of the rows it must
     hold, from their landing rows and their batches' dimension versions, what it holds of them). Once
     per table, after every key part: each landing file and each sink read once."""
@@ -447,9 +454,9 @@ def _deep_digests(config: LoaderConfig, name: str, checkpoint: Checkpoint, paths
             computed[holds] = computed[same]
         elif holds not in computed:
             computed[holds] = expected_values(chain, location, paths, whole.get(holds), versions, lookups)
-            note = (f"{name}: --deep left {len(computed[holds].left_out):,} row(s) unchecked: their batches' "
-                    "dimension lookups were not kept (loaded by an older loader); their keys, cursors, regions and "
-                    "marks are checked")
+            note = (f"{name}: --deep left {len(computed[holds].left_out):,} row(s) unchecked: "
+                    "their batches' dimension lookups were not kept (loaded by an older loader); their keys, "
+                    "cursors, regions and marks are checked")
             if len(computed[holds].left_out) and note not in notes:
                 notes.append(note)
         values = computed[holds]
@@ -462,16 +469,17 @@ def _quiet_checkpoints(store: StateStore, pipeline: str) -> dict[str, Checkpoint
     lease = store.lease(pipeline)
     if lease is not None and not lease.expired(datetime.now(UTC)):
         raise LeaseHeld(
-            f"a run of pipeline {pipeline!r} is in progress ({lease.holder}, lease until {lease.expires_at:%Y-%m-%d %H:%M:%S} UTC) "
+            f"a run of pipeline {pipeline!r} is in progress ({lease.holder}, "
+            f"lease until {lease.expires_at:%Y-%m-%d %H:%M:%S} UTC) "
             "and the sinks may hold rows it has not committed: run `loader verify` again when it has finished"
         )
     for mode in ("incremental", "backfill"):
         unfinished = store.unfinished_run(pipeline, mode=mode)
         if unfinished is not None:
             raise StateError(
-                f"{mode} run {unfinished.run_number} of pipeline {pipeline!r} did not finish, so the sinks may hold "
-                "rows past the checkpoints: let it finish (`loader run --incremental` replays an incremental run), "
-                "then run `loader verify` again"
+                f"{mode} run {unfinished.run_number} of pipeline {pipeline!r} did not finish, "
+                "so the sinks may hold rows past the checkpoints: let it finish "
+                "(`loader run --incremental` replays an incremental run), then run `loader verify` again"
             )
     return store.checkpoints(pipeline)
 
@@ -493,14 +501,16 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = Fal
            parts: int | None = None) -> Verification:
     unknown = [t for t in tables if t not in config.sources]
     if unknown:
-        raise ConfigError(f"unknown table(s) {', '.join(unknown)}: pass --table with one of {', '.join(config.sources)}")
+        raise ConfigError(f"unknown table(s) {', '.join(unknown)}: "
+                          f"pass --table with one of {', '.join(config.sources)}")
     names = list(dict.fromkeys(tables)) or list(config.sources)
     pipeline = config.pipeline
     store = StateStore.open(config.state.url)
     try:
         checkpoints = _quiet_checkpoints(store, pipeline)
         if not checkpoints:
-            note = f"pipeline {pipeline!r} was never loaded: nothing to verify (run `loader run --incremental` first)"
+            note = (f"pipeline {pipeline!r} was never loaded: nothing to verify "
+                    "(run `loader run --incremental` first)")
             return Verification(pipeline, (), (note,))
         from loader.execute.choice import load_dimensions
 
@@ -519,17 +529,20 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = Fal
                 notes.append(f"{name}: never loaded, nothing to verify")
                 continue
             checks += _verify_table(config, name, checkpoint, _seen_at(store, pipeline, checkpoint), dims,
-                                    placement.read_by_incremental_runs(name), notes, placement, lookups, parts)
+                                    placement.read_by_incremental_runs(name), notes, placement, lookups,
+                                    parts)
         if not tables:
             dimension_checks, dimension_notes = _verify_dimensions(config, store)
             checks += dimension_checks
             notes += dimension_notes
         from loader.protocol.fact_gaps import by_sink, gap_message, open_fact_gaps
 
-        for sink, gaps in by_sink(open_fact_gaps(config, store)).items():  # a sink enabled later: what fills it
+        # a sink enabled later: what fills it
+        for sink, gaps in by_sink(open_fact_gaps(config, store)).items():
             notes.append(gap_message(config, sink, gaps))
         if _quiet_checkpoints(store, pipeline) != checkpoints:
-            raise StateError(f"a run of pipeline {pipeline!r} committed while verify was reading: run `loader verify` again")
+            raise StateError(f"a run of pipeline {pipeline!r} committed while verify was reading: "
+                             "run `loader verify` again")
     finally:
         store.close()
     return Verification(pipeline, tuple(checks), tuple(notes))
@@ -579,10 +592,12 @@ def print_verification(result: Verification) -> None:
     from rich.table import Table
 
     table = Table(title=f"{result.pipeline}: sinks against the landing zone over the committed windows")
-    for column in ("table", "region", "sink", "compared", "expected rows", "actual rows", "checksum ok", "status"):
+    for column in ("table", "region", "sink", "compared", "expected rows", "actual rows", "checksum ok",
+                   "status"):
         table.add_column(column)
     for c in result.checks:
-        status = "ok" if c.ok else "[red]MISMATCH[/]" + (f" ({c.duplicates:,} duplicates)" if c.duplicates else "") \
+        status = "ok" if c.ok else "[red]MISMATCH[/]" \
+            + (f" ({c.duplicates:,} duplicates)" if c.duplicates else "") \
             + (f" ({c.misfiled:,} in another region's folder)" if c.misfiled else "")
         table.add_row(c.table, c.region, c.sink, c.compared, f"{c.expected_rows:,}", f"{c.actual_rows:,}",
                       "yes" if c.expected_checksum == c.actual_checksum else "[red]no[/]", status)

@@ -7,7 +7,8 @@ with the same seed and the same `now` give byte-identical files.
 Landing-zone layout (a contract: sources, planner and tests rely on it)::
 
     <root>/orders/ingest_date=YYYY-MM-DD/part-<batch:05d>.parquet     TPC-H orders columns + o_updated_at + op
-    <root>/lineitem/ingest_date=YYYY-MM-DD/part-<batch:05d>.parquet   TPC-H lineitem columns + l_updated_at + op
+    <root>/lineitem/ingest_date=YYYY-MM-DD/part-<batch:05d>.parquet   TPC-H lineitem columns + l_updated_at
+                                                                      + op
     <root>/customer/customer.parquet
     <root>/supplier/supplier.parquet
     <root>/nation/nation.parquet
@@ -354,7 +355,8 @@ class TooManyCustomerChanges(ConfigError):
 
 def append_batch(
     root: Path, *, now: datetime, orders: int = 1000, updates: int = 200, late: int = 20,
-    recent: int = RECENT_ORDERS, update_from: UpdatePick = "newest", deletes: int = 0, customer_changes: int = 0,
+    recent: int = RECENT_ORDERS, update_from: UpdatePick = "newest", deletes: int = 0,
+    customer_changes: int = 0,
 ) -> AppendSummary:
     """Add one batch (new, updated, late and deleted orders) arriving at `now` (timezone-aware, later
     than the newest cursor), its cursors after the newest one and before `now`, in the folder of
@@ -385,9 +387,9 @@ def append_batch(
     state = read_demo_state(root)
     if state.version < STATE_VERSION:
         raise ConfigError(
-            f"{root} was made by an older loader (demo state version {state.version}, without the `{OP_COLUMN}` "
-            f"column the configuration's sources.*.deletes names): recreate it with `loader demo-data init` "
-            f"in a new folder"
+            f"{root} was made by an older loader (demo state version {state.version}, without the "
+            f"`{OP_COLUMN}` column the configuration's sources.*.deletes names): recreate it with "
+            f"`loader demo-data init` in a new folder"
         )
     # The batch's cursors: [lo, now), after the newest cursor, at most the 24 hours before now.
     lo = max(state.max_cursor + timedelta(microseconds=1), now - timedelta(days=1))
@@ -430,7 +432,8 @@ def read_demo_state(root: Path) -> DemoState:
         ) from exc
     if state.version > STATE_VERSION:
         raise BadSourceData(
-            f"{path} has state version {state.version}, newer than this loader's {STATE_VERSION}: upgrade the loader"
+            f"{path} has state version {state.version}, newer than this loader's {STATE_VERSION}: "
+            "upgrade the loader"
         )
     return state
 
@@ -450,8 +453,8 @@ def find_tpchgen_cli() -> Path:
     if found:
         return Path(found)
     raise ConfigError(
-        f"tpchgen-cli not found (looked in {beside.parent} and on PATH): install it with `pip install tpchgen-cli` "
-        "in the loader's environment"
+        f"tpchgen-cli not found (looked in {beside.parent} and on PATH): install it with "
+        "`pip install tpchgen-cli` in the loader's environment"
     )
 
 
@@ -501,7 +504,8 @@ def _run_tpchgen(exe: Path, *, scale: float, out: Path) -> None:
         ) from exc
     if done.returncode != 0:
         raise SourceUnavailable(
-            f"tpchgen-cli failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}; check free space and the scale"
+            f"tpchgen-cli failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}; "
+            "check free space and the scale"
         )
 
 
@@ -681,7 +685,8 @@ def _append(
         )
     if updates + deletes > n_latest:
         raise ConfigError(
-            f"updates={updates} and deletes={deletes} but the landing zone holds only {n_latest} orders: ask for fewer"
+            f"updates={updates} and deletes={deletes} but the landing zone holds only {n_latest} orders: "
+            "ask for fewer"
         )
     if n_latest == 0 and orders + late > 0:
         raise BadSourceData(f"{root} holds no orders to clone: recreate it with `loader demo-data init`")
@@ -705,7 +710,8 @@ def _append(
             f"customers: ask for at most {len(custkeys)}"
         )
     new_custkeys = rng.choice(custkeys, size=n_clone) if n_clone else np.empty(0, np.int64)
-    lo, now = span  # cursors in [lo, now) (int64 us); `lo + integers(0, width)`: a 24-hour span draws as before
+    # cursors in [lo, now) (int64 us); `lo + integers(0, width)`: a 24-hour span draws as before
+    lo, now = span
     new_cursor = lo + rng.integers(0, now - lo, orders, dtype=np.int64)
     update_cursor = lo + rng.integers(0, now - lo, updates, dtype=np.int64)
     prev_max = _to_us(state.max_cursor)
@@ -718,7 +724,10 @@ def _append(
 
     # Deletes: drawn last (a batch without deletes draws as before), among the live orders not updated here.
     spared = np.setdiff1d(np.arange(n_latest, dtype=np.int64), update_idx, assume_unique=True)
-    delete_idx = np.sort(rng.choice(spared, size=deletes, replace=False)) if deletes else np.empty(0, np.int64)
+    delete_idx = (
+        np.sort(rng.choice(spared, size=deletes, replace=False))
+        if deletes else np.empty(0, np.int64)
+    )
     delete_cursor = lo + rng.integers(0, now - lo, deletes, dtype=np.int64)
 
     # Customer changes: drawn after everything else (a batch without them draws as before).
@@ -771,7 +780,8 @@ def _append(
         _write_parquet(customers, customer_path)
         files.append(customer_path)
 
-    max_cursor = max([prev_max, *(int(c.max()) for c in (new_cursor, update_cursor, delete_cursor) if len(c))])
+    max_cursor = max([prev_max,
+                      *(int(c.max()) for c in (new_cursor, update_cursor, delete_cursor) if len(c))])
     new_state = DemoState(
         seed=state.seed,
         scale=state.scale,
@@ -832,10 +842,13 @@ def _lineitem_tombstones(root: Path, batch: int, order_keys: np.ndarray, cursor:
     files = _fact_files(root, "lineitem", before_batch=batch)
     items = _read_keys(files, "lineitem", np.unique(order_keys))
     # the latest version of each lineitem, by key
-    items = items.take(np.lexsort((_np(pc.cast(items["l_updated_at"], pa.int64())), _np(items["l_linenumber"]),
-                                   _np(items["l_orderkey"]))))
+    items = items.take(np.lexsort((_np(pc.cast(items["l_updated_at"], pa.int64())),
+                                   _np(items["l_linenumber"]), _np(items["l_orderkey"]))))
     okeys, lines = _np(items["l_orderkey"]), _np(items["l_linenumber"])
-    last = np.append((okeys[1:] != okeys[:-1]) | (lines[1:] != lines[:-1]), True) if len(okeys) else np.empty(0, bool)
+    last = (
+        np.append((okeys[1:] != okeys[:-1]) | (lines[1:] != lines[:-1]), True)
+        if len(okeys) else np.empty(0, bool)
+    )
     items = items.filter(pa.array(last))
     by_order = np.argsort(order_keys)
     slot = by_order[np.searchsorted(order_keys[by_order], _np(items["l_orderkey"]))]
@@ -868,7 +881,9 @@ def _change_customers(customers: pa.Table, count: int, rng: np.random.Generator)
         if old in MARKET_SEGMENTS else MARKET_SEGMENTS[int(step)]
         for old, step in zip(old_segment, segment_step, strict=True)
     ]
-    segment = [new if change else old for new, old, change in zip(segment, old_segment, change_segment, strict=True)]
+    segment = [
+        new if change else old for new, old, change in zip(segment, old_segment, change_segment, strict=True)
+    ]
     # Another valid key (0..24): a step of 1..24 around the ring of nation keys never lands on the old one.
     nation = np.where(change_nation, (old_nation + nation_step) % NATION_KEYS, old_nation)
     phone = []
@@ -907,7 +922,8 @@ def _read_tpch(path: Path, schema: pa.Schema) -> pa.Table:
     return _conform(pq.read_table(path, columns=[f.name for f in fields]), fields, path)
 
 
-def _iter_tpch(path: Path, schema: pa.Schema, *, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+def _iter_tpch(path: Path, schema: pa.Schema, *,
+               columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """A tpchgen file in our schema (as `_read_tpch`), batch by batch; `columns` picks some fields only."""
     fields = [f for f in _tpch_fields(path, schema) if columns is None or f.name in columns]
     for raw in _open(path).iter_batches(batch_size=_READ_BATCH_ROWS, columns=[f.name for f in fields]):
@@ -916,7 +932,8 @@ def _iter_tpch(path: Path, schema: pa.Schema, *, columns: list[str] | None = Non
 
 
 def _tpch_fields(path: Path, schema: pa.Schema) -> list[pa.Field]:
-    """The fields of `schema` a tpchgen file holds (all but the cursor and `op`); a clear error if one is missing."""
+    """The fields of `schema` a tpchgen file holds (all but the cursor and `op`); a clear error if one is
+    missing."""
     fields = [f for f in schema if f.name not in (*CURSOR_COLUMNS.values(), OP_COLUMN)]
     missing = sorted({f.name for f in fields} - set(pq.read_schema(path).names))
     if missing:
@@ -992,7 +1009,8 @@ def _scan_key_cursor(files: list[Path], key: str,
     for i, path in enumerate(files):
         data = pq.read_table(path, columns=[key, cursor, OP_COLUMN], pre_buffer=False)
         rows = np.arange(data.num_rows, dtype=np.int64)
-        dead = np.asarray(pc.fill_null(pc.equal(data[OP_COLUMN], DELETE), False).to_numpy(zero_copy_only=False), bool)
+        dead = np.asarray(
+            pc.fill_null(pc.equal(data[OP_COLUMN], DELETE), False).to_numpy(zero_copy_only=False), bool)
         parts.append((_np(data[key]), _np(pc.cast(data[cursor], pa.int64())), _place(i, rows), dead))
     keys, cursors, places, dead = (np.concatenate(column) for column in zip(*parts, strict=True))
     return keys, cursors, places, dead
@@ -1014,7 +1032,8 @@ def _take_rows(files: list[Path], table: str, places: np.ndarray) -> pa.Table:
     for f in np.unique(unique >> 32):
         rows = unique[(unique >> 32) == f] & 0xFFFF_FFFF
         reader = _open(files[int(f)])
-        starts = np.cumsum([0] + [reader.metadata.row_group(g).num_rows for g in range(reader.num_row_groups)])
+        starts = np.cumsum([0] + [reader.metadata.row_group(g).num_rows
+                                  for g in range(reader.num_row_groups)])
         group = np.searchsorted(starts, rows, side="right") - 1
         for g in np.unique(group):
             data = reader.read_row_group(int(g), columns=schema.names)

@@ -38,7 +38,8 @@ def _now(now: datetime | None) -> datetime:
     return datetime.now(UTC) if now is None else now
 
 
-def init(root: str, *, scale: float, seed: int, days: int, now: datetime | None = None) -> generator.InitSummary:
+def init(root: str, *, scale: float, seed: int, days: int,
+         now: datetime | None = None) -> generator.InitSummary:
     """A new landing zone at `root` whose history ends at `now` (default: the current time)."""
     at = _now(now)
     return _on_landing_zone(
@@ -53,6 +54,6 @@ def append(root: str, *, orders: int, updates: int, late: int, recent: int,
     pick = cast(generator.UpdatePick, update_from)  # one of the CLI's choices
     at = _now(now)
     return _on_landing_zone(root, lambda path: generator.append_batch(
-        path, now=at, orders=orders, updates=updates, late=late, recent=recent, update_from=pick, deletes=deletes,
-        customer_changes=customer_changes),
+        path, now=at, orders=orders, updates=updates, late=late, recent=recent, update_from=pick,
+        deletes=deletes, customer_changes=customer_changes),
         download=True)

@@ -36,7 +36,8 @@ def _remote_files(location: Location) -> dict[str, int]:
 
 
 def _local_files(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if p.is_file()}
 
 
 def on_local_copy(uri: str, work: Callable[[Path], T], *, download: bool) -> T:
@@ -60,7 +61,8 @@ def on_local_copy(uri: str, work: Callable[[Path], T], *, download: bool) -> T:
             after = _local_files(root)
             for name in sorted(set(before) - set(after)):
                 location.filesystem.delete_file(f"{location.path}/{name}")
-            changed = sorted((n for n in after if before.get(n) != after[n]), key=lambda n: n.endswith(STATE_FILE))
+            changed = sorted((n for n in after if before.get(n) != after[n]),
+                             key=lambda n: n.endswith(STATE_FILE))
             for name in changed:  # the state file last
                 pafs.copy_files(str(root / name), f"{location.path}/{name}",
                                 source_filesystem=local, destination_filesystem=location.filesystem)

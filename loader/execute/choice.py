@@ -44,10 +44,11 @@ def choose_executor(config: LoaderConfig, plan: RunPlan) -> ExecutorChoice:
     if config.ray.address:
         return ExecutorChoice("ray", "a Ray cluster address is configured")
     if rows > config.ray.local_max_rows:
-        return ExecutorChoice("ray", f"a batch of {rows:,} estimated rows > ray.local_max_rows={config.ray.local_max_rows:,}")
+        return ExecutorChoice("ray", f"a batch of {rows:,} estimated rows > ray.local_max_rows="
+                                     f"{config.ray.local_max_rows:,}")
     return ExecutorChoice("local", f"batches of at most {rows:,} estimated rows <= ray.local_max_rows="
-                                   f"{config.ray.local_max_rows:,}: one machine, one batch in memory at a time; "
-                                   "Ray start-up would cost more than it saves")
+                                   f"{config.ray.local_max_rows:,}: one machine, one batch in memory at a "
+                                   "time; Ray start-up would cost more than it saves")
 
 
 def preflight(config: LoaderConfig) -> None:
@@ -59,8 +60,9 @@ def preflight(config: LoaderConfig) -> None:
     if problem:
         from loader.errors import SourceUnavailable
 
-        raise SourceUnavailable(f"the Ray cluster at {address} is not reachable: {problem}. Check ray.address / "
-                                "RAY_ADDRESS and that the head node is up; nothing was read or written")
+        raise SourceUnavailable(f"the Ray cluster at {address} is not reachable: {problem}. Check "
+                                "ray.address / RAY_ADDRESS and that the head node is up; nothing was read "
+                                "or written")
 
 
 def preflight_engine(config: LoaderConfig) -> None:

@@ -26,7 +26,8 @@ from loader.transform.frames import EngineName
 _ROWS_PER_THREAD = 200_000
 
 
-def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: EngineName) -> Iterator[SourceRows]:
+def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions,
+              engine: EngineName) -> Iterator[SourceRows]:
     for name, source_plan in plan.sources.items():
         if source_plan.is_empty:
             continue
@@ -60,10 +61,12 @@ def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Eng
         del transformed, whole
         table = chain.join(table, dead)
         yield SourceRows(name, table.schema, [table], table.num_rows, [], read=read,
-                         quarantined=merge_bad([bad, no_region]), tombstones=0 if dead is None else dead.num_rows)
+                         quarantined=merge_bad([bad, no_region]),
+                         tombstones=0 if dead is None else dead.num_rows)
 
 
-def _latest_pieces(rows: pa.Table, order: Any, parts: int, run: Callable[..., Iterator[pa.Table]]) -> list[pa.Table]:
+def _latest_pieces(rows: pa.Table, order: Any, parts: int,
+                   run: Callable[..., Iterator[pa.Table]]) -> list[pa.Table]:
     """The deduplicated rows (`rows` taken at `order`, in key order; `rows` itself when None) in `parts`
     row-contiguous pieces, taken by `run` (a pool's map: in parallel)."""
     count = rows.num_rows if order is None else len(order)

@@ -56,7 +56,8 @@ def cluster_gpu_status() -> GpuStatus:
     if importlib.util.find_spec("cudf") is None:
         return GpuStatus(False, "cuDF is not installed (pip install -e '.[gpu]' in the loader's image)")
     if gpus < 1:
-        return GpuStatus(False, "the Ray cluster reports no GPU (start GPU workers with `ray start --num-gpus N`)")
+        return GpuStatus(False, "the Ray cluster reports no GPU "
+                                "(start GPU workers with `ray start --num-gpus N`)")
     return GpuStatus(True, f"the Ray cluster has {gpus} GPU(s), cuDF installed", gpus)
 
 
@@ -72,7 +73,8 @@ def init_ray(config: LoaderConfig) -> None:
     if ray.is_initialized():
         return
     address = config.ray.address  # RAY_ADDRESS is settled into it with the config
-    kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": False,
+                                 "logging_level": logging.WARNING}
     if address:
         kwargs["address"] = address
         # Workers started by the cluster do not have this process's environment: hand them the S3
@@ -114,7 +116,8 @@ def part_count(config: LoaderConfig, engine: EngineName, rows: int, cpus: int) -
     return max(1, min(rows, max(cpus, math.ceil(rows / largest))))
 
 
-def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: EngineName) -> Iterator[SourceRows]:
+def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions,
+            engine: EngineName) -> Iterator[SourceRows]:
     """Each source's window stays in the cluster: tasks read its planned row groups into the object
     store (on the nodes); a task per read block splits it into key-range parts; a task per part gathers
     its pieces (every version of its keys) and runs the stage chain on them; the parts go to the sinks
@@ -135,8 +138,8 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Engin
         # A task per planned file (per share of its row groups when the files are fewer than the CPUs)
         # reads only the row groups the batch recorded, filtered to the window, into the object store.
         reader: Any = ray.remote(_read_row_groups)
-        blocks = [reader.remote(source_plan.location, path, groups, chain.source.cursor, chain.window, chain.checks,
-                                name)
+        blocks = [reader.remote(source_plan.location, path, groups, chain.source.cursor, chain.window,
+                                chain.checks, name)
                   for path, groups in _read_tasks(source_plan, cpus)]
         read, low, high = _key_range(ray.get([ray.remote(_block_stats).remote(b, first) for b in blocks]))
         parts = part_count(config, engine, read, cpus)
@@ -144,7 +147,8 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions, engine: Engin
         pieces = [split.remote(block, first, parts, low, high) for block in blocks]
         pieces = [p if isinstance(p, list) else [p] for p in pieces]  # num_returns=1 gives a bare ref
         stage: Any = ray.remote(_stage_part).options(num_returns=5, **_stage_resources(engine))
-        staged = [stage.remote(chain, dims_ref, *(p[i] for p in pieces)) for i in range(parts)] if pieces else []
+        staged = ([stage.remote(chain, dims_ref, *(p[i] for p in pieces)) for i in range(parts)] if pieces
+                  else [])
         del blocks, pieces  # the raw rows leave the object store once the stage tasks have them
         counts = ray.get([rows for _, rows, _, _, _ in staged])
         tombstones = sum(ray.get([dead for _, _, _, _, dead in staged]))

@@ -62,9 +62,9 @@ def claim(temp_dir: str | None, spill_dir: str | None) -> RayFolders:
     longest = SOCKET_PATH_MAX - _SESSION_TAIL - _PID_DIGITS - 1
     if len(os.fsencode(temp_root)) > longest:
         raise ConfigError(
-            f"ray.temp_dir {str(temp_root)!r} is {len(os.fsencode(temp_root))} bytes long: Ray's socket paths under it "
-            f"would pass the {SOCKET_PATH_MAX}-byte limit of a Unix socket. Choose a folder of at most {longest} "
-            "bytes (spilled objects can go to a longer path: ray.spill_dir)")
+            f"ray.temp_dir {str(temp_root)!r} is {len(os.fsencode(temp_root))} bytes long: Ray's socket "
+            f"paths under it would pass the {SOCKET_PATH_MAX}-byte limit of a Unix socket. Choose a folder "
+            f"of at most {longest} bytes (spilled objects can go to a longer path: ray.spill_dir)")
     claimed = RayFolders(temp=_process_folder(temp_root, "ray.temp_dir"),
                          spill=_process_folder(Path(spill_dir).expanduser().absolute(), "ray.spill_dir")
                          if spill_dir else None)

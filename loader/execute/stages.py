@@ -61,7 +61,8 @@ Upto = Literal["rules", "region"]
 
 def region_rules(config: LoaderConfig) -> dict[str, RegionRule]:
     return {
-        name: RegionRule(currency=r.currency, fx_rate=r.fx_rate, vat_rate=r.vat_rate, mask_columns=tuple(r.mask))
+        name: RegionRule(currency=r.currency, fx_rate=r.fx_rate, vat_rate=r.vat_rate,
+                         mask_columns=tuple(r.mask))
         for name, r in config.regions.items()
     }
 
@@ -94,7 +95,8 @@ class StageChain:
 
     def screen(self, rows: pa.Table) -> tuple[pa.Table, pa.Table]:
         """(rows passing the read checks, inside the window; rows failing a check, with their reason)."""
-        return screen(rows, source=self.name, cursor=self.source.cursor, window=self.window, checks=self.checks)
+        return screen(rows, source=self.name, cursor=self.source.cursor, window=self.window,
+                      checks=self.checks)
 
     def latest(self, rows: pa.Table) -> np.ndarray | None:
         """The dedupe as row positions: each key's latest row, in key order (None: `rows` as they are);
@@ -127,14 +129,16 @@ class StageChain:
             return None
         if deletes.column not in rows.column_names:
             raise BadSourceData(
-                f"rows of source {self.name!r} have no column {deletes.column!r} (sources.{self.name}.deletes."
-                f"column): add it to the landing files, or fix or remove the deletes block in the config"
+                f"rows of source {self.name!r} have no column {deletes.column!r} "
+                f"(sources.{self.name}.deletes.column): add it to the landing files, or fix or remove the "
+                f"deletes block in the config"
             )
         column = rows[deletes.column]
         found = pc.is_in(column, value_set=_value_set(deletes, column.type, self.name))
         return np.asarray(pc.fill_null(found, False).to_numpy(zero_copy_only=False), dtype=bool)
 
-    def split_latest(self, rows: pa.Table, order: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def split_latest(self, rows: pa.Table,
+                     order: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The dedupe's row positions (`order`, as `latest` gives them) split into (the live rows', the
         tombstones'), both in key order; (order, None) when the source has no deletes or no row of
         `rows` is a tombstone."""
@@ -174,10 +178,12 @@ class StageChain:
         live = self.live_columns(live)
         if DELETED in live.column_names:  # a landing column of that name is replaced by the loader's
             live = live.drop_columns([DELETED])
-        live = live.append_column(pa.field(DELETED, pa.bool_()), pa.array(np.zeros(live.num_rows, dtype=bool)))
+        live = live.append_column(pa.field(DELETED, pa.bool_()),
+                                  pa.array(np.zeros(live.num_rows, dtype=bool)))
         if tombstones is None or tombstones.num_rows == 0:
             return live
-        schema = pa.schema([field.with_nullable(True) for field in live.schema], metadata=live.schema.metadata)
+        schema = pa.schema([field.with_nullable(True) for field in live.schema],
+                           metadata=live.schema.metadata)
         count = tombstones.num_rows
         dead = pa.Table.from_arrays([
             pa.array(np.ones(count, dtype=bool)) if field.name == DELETED
@@ -243,8 +249,8 @@ def _value_set(deletes: DeletesConfig, kind: pa.DataType, source: str) -> pa.Arr
             values.append(pa.scalar(value).cast(kind))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
             raise BadSourceData(
-                f"sources.{source}.deletes.values: {value!r} is no value of column {deletes.column!r}, which is "
-                f"{kind} in the landing files: fix the values in the config ({error})"
+                f"sources.{source}.deletes.values: {value!r} is no value of column {deletes.column!r}, "
+                f"which is {kind} in the landing files: fix the values in the config ({error})"
             ) from error
     return pa.array([v.as_py() for v in values], kind)
 

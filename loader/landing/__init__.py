@@ -1,1 +1,2 @@
-"""Reading the landing zone: the planned row groups of each source, its checks and the quarantine of bad rows."""
+"""Reading the landing zone: the planned row groups of each source, its checks and the quarantine of bad
+rows."""

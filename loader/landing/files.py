@@ -43,7 +43,8 @@ def list_file_infos(location: Location, *, partition_column: str, since: date | 
     try:
         info = location.filesystem.get_file_info(location.path)
     except OSError as error:  # refused credentials, missing bucket: terminal; network: transient
-        raise storage_error(error, location.uri, side="source", doing="listing the landing zone at") from error
+        raise storage_error(error, location.uri, side="source",
+                            doing="listing the landing zone at") from error
     if info.type == pafs.FileType.NotFound:
         raise BadSourceData(
             f"landing folder {location.uri} does not exist: create the landing zone "
@@ -76,8 +77,8 @@ def _listed_since(location: Location, partition_column: str, since: date) -> lis
             for info in location.filesystem.get_file_info(pafs.FileSelector(folder)):
                 if info.type != pafs.FileType.Directory:
                     found.append(info)
-                elif not info.base_name.startswith(("_", ".")) and not _older_partition(info.base_name,
-                                                                                        partition_column, since):
+                elif (not info.base_name.startswith(("_", "."))
+                      and not _older_partition(info.base_name, partition_column, since)):
                     below.append(info.path)
         folders = below
     return found
@@ -94,9 +95,10 @@ def _refuse_links_out(location: Location, files: list[pafs.FileInfo]) -> None:
         real = os.path.realpath(info.path)
         if real != info.path and os.path.commonpath([root, real]) != root:
             raise BadSourceData(
-                f"{info.path} in the landing zone is a symbolic link (or lies in a linked folder) to {real}, outside "
-                f"{location.uri}: the loader reads only files inside the landing zone. Copy the file in (or point "
-                "the source's path at its real folder) and remove the link, then run again; nothing was loaded"
+                f"{info.path} in the landing zone is a symbolic link (or lies in a linked folder) to {real}, "
+                f"outside {location.uri}: the loader reads only files inside the landing zone. Copy the file "
+                "in (or point the source's path at its real folder) and remove the link, then run again; "
+                "nothing was loaded"
             )
 
 
@@ -132,7 +134,8 @@ def missing_deletes_column(path: str, source: str, column: str) -> BadSourceData
     )
 
 
-def read_footer(location: Location, path: str, cursor: str, source: str, deletes: str | None = None) -> Footer:
+def read_footer(location: Location, path: str, cursor: str, source: str,
+                deletes: str | None = None) -> Footer:
     """A file's row groups with their rows and cursor range. `deletes`: the column marking upstream
     deletes (sources.<name>.deletes.column), which every file of the source must have."""
     try:
@@ -144,11 +147,13 @@ def read_footer(location: Location, path: str, cursor: str, source: str, deletes
             f"Replace or remove the file (nothing was loaded from this run)"
         ) from error
     except OSError as error:  # the store, not the file: may pass when tried again
-        raise storage_error(error, location.uri, side="source", doing=f"reading the footer of {path} in") from error
+        raise storage_error(error, location.uri, side="source",
+                            doing=f"reading the footer of {path} in") from error
     names = metadata.schema.names
     if cursor not in names:
         raise BadSourceData(
-            f"file {path} of source {source!r} has no cursor column {cursor!r} (columns: {', '.join(names)}). "
+            f"file {path} of source {source!r} has no cursor column {cursor!r} "
+            f"(columns: {', '.join(names)}). "
             f"Fix sources.{source}.cursor in the config or the file"
         )
     if deletes is not None and deletes not in names:
@@ -168,7 +173,8 @@ def read_footer(location: Location, path: str, cursor: str, source: str, deletes
     return Footer(path, tuple(groups), schema)
 
 
-def files_schema(location: Location, paths: Sequence[str], known: dict[str, pa.Schema] | None = None) -> pa.Schema | None:
+def files_schema(location: Location, paths: Sequence[str],
+                 known: dict[str, pa.Schema] | None = None) -> pa.Schema | None:
     """The columns of these files as the reader combines them (footers not in `known` read, in
     parallel), or None where there are none or they cannot be combined."""
     known = known or {}

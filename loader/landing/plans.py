@@ -28,8 +28,8 @@ class FilePlan:
     schema: pa.Schema | None = field(default=None, compare=False)
 
     def to_input(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "mtime": self.mtime, "row_groups": list(self.row_groups),
-                "rows": self.rows}
+        return {"path": self.path, "size": self.size, "mtime": self.mtime,
+                "row_groups": list(self.row_groups), "rows": self.rows}
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class SourcePlan:
     location: Location
     window: Window
     files: tuple[FilePlan, ...]
-    files_seen: int  # files listed (in the folders that can hold rows of the window), before row-group pruning
+    # files listed (in the folders that can hold rows of the window), before row-group pruning
+    files_seen: int
     base_run: int | None  # run number of the checkpoint this plan starts from
 
     @property
@@ -59,15 +60,16 @@ class SourcePlan:
         for file in self.files:
             stats = tuple(g for g in file.stats if in_window(window, g[2], g[3]))
             if stats:
-                files.append(FilePlan(file.path, tuple(g[0] for g in stats), sum(g[1] for g in stats), file.size, stats,
-                                      file.mtime, file.schema))
+                files.append(FilePlan(file.path, tuple(g[0] for g in stats), sum(g[1] for g in stats),
+                                      file.size, stats, file.mtime, file.schema))
         return SourcePlan(self.source, self.location, window, tuple(files), self.files_seen, self.base_run)
 
 
 @dataclass(frozen=True)
 class RunPlan:
     sources: dict[str, SourcePlan]
-    planned_at: datetime | None = None  # when the files were listed (`loader verify` counts files landed by then)
+    # when the files were listed (`loader verify` counts files landed by then)
+    planned_at: datetime | None = None
 
     def to_input(self) -> dict[str, Any]:
         """The exact input, recorded in the ledger before any write: a replay reads this and nothing else."""

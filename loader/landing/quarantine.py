@@ -45,13 +45,15 @@ SCHEMA = pa.schema([
 def split_bad_rows(table: pa.Table, *, key: tuple[str, ...], cursor: str, now: datetime,
                    tolerance_s: float) -> tuple[pa.Table, pa.Table]:
     """(rows passing the checks, failing rows with a REASON column)."""
-    reasons: list[tuple[str, pa.Array]] = [(f"null key {k}", pc.is_null(table[k])) for k in key if k in table.column_names]
+    reasons: list[tuple[str, pa.Array]] = [(f"null key {k}", pc.is_null(table[k])) for k in key
+                                           if k in table.column_names]
     if cursor in table.column_names:
         values = table[cursor]
         reasons.append((f"null cursor {cursor}", pc.is_null(values)))
         if pa.types.is_timestamp(values.type):
             latest = now + timedelta(seconds=tolerance_s)  # naive cursors are UTC, as everywhere here
-            limit = pa.scalar(latest if values.type.tz else latest.astimezone(UTC).replace(tzinfo=None), values.type)
+            limit = pa.scalar(latest if values.type.tz else latest.astimezone(UTC).replace(tzinfo=None),
+                              values.type)
             reasons.append(("cursor in the future", pc.fill_null(pc.greater(values, limit), False)))
     return _split(table, reasons)
 
@@ -108,7 +110,8 @@ def _entries(bad: pa.Table, *, source: str, run_number: int) -> pa.Table:
 
 def _earlier_hashes(where: Location, run_number: int) -> set[str]:
     own = f"run-{run_number:08d}"
-    files = [f.path for f in where.filesystem.get_file_info(pafs.FileSelector(where.path, allow_not_found=True))
+    files = [f.path
+             for f in where.filesystem.get_file_info(pafs.FileSelector(where.path, allow_not_found=True))
              if f.base_name.endswith(".parquet") and not f.base_name.startswith((own, "."))]
     hashes: set[str] = set()
     for path in files:
@@ -135,7 +138,8 @@ def _write(config: LoaderConfig, name: str, run_number: int, bad: pa.Table | Non
     where = location(config, name)
     path = f"{where.path}/run-{run_number:08d}.parquet"
     try:
-        entries = _entries(bad, source=name, run_number=run_number) if bad is not None else SCHEMA.empty_table()
+        entries = (_entries(bad, source=name, run_number=run_number) if bad is not None
+                   else SCHEMA.empty_table())
         if entries.num_rows:
             seen = _earlier_hashes(where, run_number)
             entries = entries.filter(pa.array([h not in seen for h in entries["row_hash"].to_pylist()]))
@@ -152,7 +156,8 @@ def _write(config: LoaderConfig, name: str, run_number: int, bad: pa.Table | Non
     return entries
 
 
-def _enforce(config: LoaderConfig, name: str, quarantined: int, rows_read: int, found: dict[str, int], uri: str) -> None:
+def _enforce(config: LoaderConfig, name: str, quarantined: int, rows_read: int, found: dict[str, int],
+             uri: str) -> None:
     settings = config.quarantine
     over_count = settings.max_rows is not None and quarantined > settings.max_rows
     over_fraction = rows_read > 0 and quarantined / rows_read > settings.max_fraction
@@ -161,7 +166,7 @@ def _enforce(config: LoaderConfig, name: str, quarantined: int, rows_read: int, 
                  else f"quarantine.max_fraction={settings.max_fraction:g} of {rows_read:,} rows read")
         detail = ", ".join(f"{n:,} {reason}" for reason, n in sorted(found.items()))
         raise BadSourceData(
-            f"source {name!r}: {quarantined:,} row(s) failed the checks ({detail}), more than {limit}: the run "
-            f"stops and the checkpoint stays. The rows are in {uri} (column `row`, with `reason`): fix them in "
-            f"the landing zone, or raise the threshold, then run again (the run replays)"
+            f"source {name!r}: {quarantined:,} row(s) failed the checks ({detail}), more than {limit}: the "
+            f"run stops and the checkpoint stays. The rows are in {uri} (column `row`, with `reason`): fix "
+            "them in the landing zone, or raise the threshold, then run again (the run replays)"
         )

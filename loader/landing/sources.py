@@ -1,6 +1,7 @@
 """Reading the landing zone: the planned row groups of a source, screened (read checks, window filter)
 as they are read, and the dimension tables. Used by the in-process executor; the Ray executor reads the
-same planned files and screens them in its stage tasks (the same `screen`, through loader/execute/stages.py)."""
+same planned files and screens them in its stage tasks (the same `screen`, through
+loader/execute/stages.py)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def rows_in_window(table: pa.Table, *, source: str, cursor: str, window: Window)
     """The rows inside the window; a null cursor fails the run (a filter would drop it silently).
     Strings become plain strings first: pyarrow's filter has no kernel for string_view."""
     if cursor not in table.column_names:
-        raise BadSourceData(f"a file of source {source!r} has no cursor column {cursor!r}: fix the file or the config")
+        raise BadSourceData(f"a file of source {source!r} has no cursor column {cursor!r}: "
+                            "fix the file or the config")
     nulls = table[cursor].null_count
     if nulls:
         raise BadSourceData(
@@ -83,19 +85,22 @@ def _read_file(plan: SourcePlan, file: FilePlan, cursor: str, checks: Checks,
                 if cursor not in table.column_names:
                     raise BadSourceData(f"{file.path}: a file of source {plan.source!r} has no cursor column "
                                         f"{cursor!r}: fix the file or the config")
-                good, bad = screen(table, source=plan.source, cursor=cursor, window=plan.window, checks=checks)
+                good, bad = screen(table, source=plan.source, cursor=cursor, window=plan.window,
+                                   checks=checks)
                 del table
                 goods.append(good)
                 bads.append(bad)
     except OSError as error:
-        raise storage_error(error, plan.location.uri, side="source", doing=f"reading {file.path} in") from error
+        raise storage_error(error, plan.location.uri, side="source",
+                            doing=f"reading {file.path} in") from error
     except pa.ArrowInvalid as error:
-        raise BadSourceData(f"unreadable Parquet file {file.path} in source {plan.source!r}: {error}. Replace or remove it") from error
+        raise BadSourceData(f"unreadable Parquet file {file.path} in source {plan.source!r}: {error}. "
+                            "Replace or remove it") from error
     try:
         return pa.concat_tables(goods, promote_options="permissive"), merge_bad(bads)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-        raise BadSourceData(f"row groups of {file.path} in source {plan.source!r} disagree on column types: {error}. "
-                            f"Rewrite the file") from error
+        raise BadSourceData(f"row groups of {file.path} in source {plan.source!r} disagree on column types: "
+                            f"{error}. Rewrite the file") from error
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,8 @@ class Checks:
     tolerance_s: float
 
 
-def screen(rows: pa.Table, *, source: str, cursor: str, window: Window, checks: Checks) -> tuple[pa.Table, pa.Table]:
+def screen(rows: pa.Table, *, source: str, cursor: str, window: Window,
+           checks: Checks) -> tuple[pa.Table, pa.Table]:
     """The first stage of the chain (loader/execute/stages.py): the quarantine's read checks, then the
     window filter. Returns (the rows inside the window, the rows that failed a check with their reason)."""
     good, bad = split_bad_rows(normalize_strings(rows), key=checks.key, cursor=cursor, now=checks.now,
@@ -132,9 +138,9 @@ def read_source(plan: SourcePlan, *, cursor: str, checks: Checks,
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         changed = type_changes(plan, parts)
         raise BadSourceData(
-            f"files of source {plan.source!r} disagree on column types: {changed or error}. A type that cannot "
-            f"widen safely is refused; nothing was written and the checkpoint stays. Rewrite the files with the "
-            f"old type, or move them away"
+            f"files of source {plan.source!r} disagree on column types: {changed or error}. A type that "
+            "cannot widen safely is refused; nothing was written and the checkpoint stays. Rewrite the files "
+            "with the old type, or move them away"
         ) from error
 
 
@@ -166,7 +172,8 @@ def read_parquet(location: Location, path: str, *, what: str, columns: Sequence[
             rows = (parquet.read(columns=wanted) if row_groups is None
                     else parquet.read_row_groups(list(row_groups), columns=wanted))
     except (pa.ArrowInvalid, KeyError) as error:
-        raise BadSourceData(f"unreadable Parquet file {path} ({what}): {error}. Replace or remove it") from error
+        raise BadSourceData(f"unreadable Parquet file {path} ({what}): {error}. "
+                            "Replace or remove it") from error
     except OSError as error:
         raise storage_error(error, location.uri, side="source", doing=f"reading {path} in") from error
     return normalize_strings(rows)
@@ -178,7 +185,8 @@ def read_dimension(config: LoaderConfig, table: str, columns: tuple[str, ...] | 
     location = locate(config.dimension_path(table))
     files = list_files(location, partition_column="", since=None)
     if not files:
-        raise BadSourceData(f"dimension {table!r} has no Parquet files at {location.uri}: fix dimensions.{table} in the config")
+        raise BadSourceData(f"dimension {table!r} has no Parquet files at {location.uri}: "
+                            f"fix dimensions.{table} in the config")
     parts = [read_parquet(location, path, what=f"dimension {table}", columns=columns, present_only=True)
              for path in files]
     return pa.concat_tables(parts, promote_options="permissive")

@@ -28,8 +28,8 @@ from typing import Any, Literal, TypeVar
 from loader import redaction
 from loader.redaction import MIN_SECRET_LENGTH, add_secrets, redact
 
-__all__ = ["MIN_SECRET_LENGTH", "add_secrets", "configure", "in_context", "redact", "run_context", "set_pipeline",
-           "set_run"]
+__all__ = ["MIN_SECRET_LENGTH", "add_secrets", "configure", "in_context", "redact", "run_context",
+           "set_pipeline", "set_run"]
 
 LogFormat = Literal["auto", "text", "json"]
 FORMAT_ENV = "LOADER_LOG_FORMAT"

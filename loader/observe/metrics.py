@@ -2,8 +2,9 @@
 
     loader_rows_loaded_total{pipeline,table,region,sink}   rows loaded by committed runs (counter)
     loader_rows_quarantined_total{pipeline,table,reason}    rows quarantined by committed runs (counter)
-    loader_keys_deleted_total{pipeline,table,sink}          keys deleted upstream and applied by committed runs
-                                                            (removed, or marked deleted in soft mode) (counter)
+    loader_keys_deleted_total{pipeline,table,sink}          keys deleted upstream and applied by committed
+                                                            runs (removed, or marked deleted in soft mode)
+                                                            (counter)
     loader_runs_total{pipeline,mode,outcome}                runs in the ledger by outcome (counter)
     loader_run_duration_seconds{pipeline,mode,stage}        the latest committed run: per stage, and total
     loader_last_run_success{pipeline}                       1 if the latest run committed, 0 if it failed
@@ -43,12 +44,15 @@ def registry_for(config: LoaderConfig, entries: list[RunEntry], checkpoints: dic
                    ["pipeline", "table", "region", "sink"], registry=registry)
     for (table, region, sink), count in sorted(rows_loaded_totals(entries).items()):
         rows.labels(pipeline, table, region, sink).inc(count)
-    quarantined = Counter("loader_rows_quarantined", "Rows quarantined by committed runs, per table and reason",
+    quarantined = Counter("loader_rows_quarantined",
+                          "Rows quarantined by committed runs, per table and reason",
                           ["pipeline", "table", "reason"], registry=registry)
-    for (table, reason), count in sorted(quarantined_totals([e for e in entries if e.outcome == "committed"]).items()):
+    for (table, reason), count in sorted(
+            quarantined_totals([e for e in entries if e.outcome == "committed"]).items()):
         quarantined.labels(pipeline, table, reason).inc(count)
-    deleted = Counter("loader_keys_deleted", "Keys deleted upstream and applied by committed runs (removed, or "
-                      "marked deleted in soft mode), per table and sink", ["pipeline", "table", "sink"], registry=registry)
+    deleted = Counter("loader_keys_deleted", "Keys deleted upstream and applied by committed runs (removed, "
+                      "or marked deleted in soft mode), per table and sink", ["pipeline", "table", "sink"],
+                      registry=registry)
     for (table, sink), count in sorted(deleted_totals(entries).items()):
         deleted.labels(pipeline, table, sink).inc(count)
     runs = Counter("loader_runs", "Runs in the ledger, by mode and outcome", ["pipeline", "mode", "outcome"],
@@ -71,8 +75,8 @@ def registry_for(config: LoaderConfig, entries: list[RunEntry], checkpoints: dic
         Gauge("loader_last_run_timestamp_seconds", "When the latest run ended (a failed one: when it began)",
               ["pipeline"], registry=registry).labels(pipeline).set(
             (last.finished_at or last.started_at).timestamp())
-    lag = Gauge("loader_source_lag_seconds", "Now minus the source's checkpoint cursor", ["pipeline", "source"],
-                registry=registry)
+    lag = Gauge("loader_source_lag_seconds", "Now minus the source's checkpoint cursor",
+                ["pipeline", "source"], registry=registry)
     for source, cursor in checkpoints.items():
         lag.labels(pipeline, source).set(round((now - cursor).total_seconds(), 3))
     return registry

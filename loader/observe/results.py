@@ -39,8 +39,8 @@ class SinkResult:
         _summed(self.regions, later.regions)
 
     def to_json(self) -> dict[str, Any]:
-        return {"rows": self.rows, "deleted": self.deleted, "location": self.location, "skipped": self.skipped,
-                "regions": dict(self.regions)}
+        return {"rows": self.rows, "deleted": self.deleted, "location": self.location,
+                "skipped": self.skipped, "regions": dict(self.regions)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SinkResult:
@@ -106,7 +106,8 @@ class TableResult:
             files_read=int(data.get("files_read") or 0), parts=int(data.get("parts") or 0),
             ray_nodes=int(data.get("ray_nodes") or 0), ray_write_nodes=int(data.get("ray_write_nodes") or 0),
             quarantined=_counts(data.get("quarantined")),
-            sinks={name: SinkResult.from_json(write or {}) for name, write in (data.get("sinks") or {}).items()},
+            sinks={name: SinkResult.from_json(write or {})
+                   for name, write in (data.get("sinks") or {}).items()},
         )
 
 

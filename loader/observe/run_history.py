@@ -34,11 +34,13 @@ class RunEntry:
 
     @property
     def duration_s(self) -> float | None:
-        return None if self.finished_at is None else round((self.finished_at - self.started_at).total_seconds(), 3)
+        return (None if self.finished_at is None
+                else round((self.finished_at - self.started_at).total_seconds(), 3))
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "run_number": self.run_number, "mode": self.mode, "outcome": self.outcome, "attempts": self.attempts,
+            "run_number": self.run_number, "mode": self.mode, "outcome": self.outcome,
+            "attempts": self.attempts,
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "duration_s": self.duration_s,
@@ -46,10 +48,12 @@ class RunEntry:
             "lag_seconds": self.lag_seconds,
             "tables": {name: {"rows": t.rows, "parts": t.parts, "quarantined": dict(t.quarantined),
                               "deleted": t.deletes_applied,
-                              "sinks": {sink: {"rows": w.rows, "skipped": w.skipped, "regions": dict(w.regions),
+                              "sinks": {sink: {"rows": w.rows, "skipped": w.skipped,
+                                               "regions": dict(w.regions),
                                                "deleted": w.deleted} for sink, w in t.sinks.items()}}
                        for name, t in self.tables.items()},
-            "timings_s": self.timings_s, "executor": self.executor, "engine": self.engine, "error": self.error,
+            "timings_s": self.timings_s, "executor": self.executor, "engine": self.engine,
+            "error": self.error,
             "batch": self.batch,
         }
 
@@ -75,7 +79,8 @@ def batch_of(run: RunRecord) -> dict[str, Any] | None:
         return {"index": info.get("index"), "of": info.get("of"), "series": info.get("series")}
     chunk = (run.metrics or {}).get("backfill")
     if chunk and chunk.get("parts"):
-        return {"index": chunk.get("part"), "of": chunk.get("parts"), "series": f"{chunk.get('id')}/{chunk.get('chunk')}"}
+        return {"index": chunk.get("part"), "of": chunk.get("parts"),
+                "series": f"{chunk.get('id')}/{chunk.get('chunk')}"}
     return None
 
 
@@ -136,7 +141,8 @@ def rows_loaded_totals(entries: list[RunEntry]) -> dict[tuple[str, str, str], in
 
 
 def deleted_totals(entries: list[RunEntry]) -> dict[tuple[str, str], int]:
-    """Keys deleted (or marked deleted) by committed runs, per (table, sink): the counter Prometheus scrapes."""
+    """Keys deleted (or marked deleted) by committed runs, per (table, sink): the counter Prometheus
+    scrapes."""
     totals: dict[tuple[str, str], int] = {}
     for entry in entries:
         if entry.outcome != "committed":

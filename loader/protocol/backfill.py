@@ -71,8 +71,9 @@ class BackfillRequest:
         return "bf-" + hashlib.sha1(text.encode()).hexdigest()[:8]
 
     def _fields(self) -> dict[str, Any]:
-        return {"start": self.start.isoformat(), "end": self.end.isoformat(), "chunk_s": self.chunk.total_seconds(),
-                "sources": list(self.sources), "sinks": list(self.sinks)}
+        return {"start": self.start.isoformat(), "end": self.end.isoformat(),
+                "chunk_s": self.chunk.total_seconds(), "sources": list(self.sources),
+                "sinks": list(self.sinks)}
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, **self._fields()}
@@ -81,29 +82,35 @@ class BackfillRequest:
     def from_json(cls, info: dict[str, Any]) -> BackfillRequest:
         """The request a chunk run recorded in its metrics (`to_json`)."""
         return cls(start=datetime.fromisoformat(info["start"]), end=datetime.fromisoformat(info["end"]),
-                   chunk=timedelta(seconds=info["chunk_s"]), sources=tuple(info["sources"]), sinks=tuple(info["sinks"]))
+                   chunk=timedelta(seconds=info["chunk_s"]), sources=tuple(info["sources"]),
+                   sinks=tuple(info["sinks"]))
 
 
 def build_request(config: LoaderConfig, *, start: datetime, end: datetime, chunk: timedelta,
                   sources: tuple[str, ...], sinks: tuple[str, ...]) -> BackfillRequest:
     """Check everything that can be checked before a byte is read; the error says what to type."""
     if end <= start:
-        raise ConfigError(f"--end {end.isoformat()} is not after --start {start.isoformat()}: the window is (start, end]")
+        raise ConfigError(f"--end {end.isoformat()} is not after --start {start.isoformat()}: the window is "
+                          "(start, end]")
     if chunk <= timedelta(0):
         raise ConfigError(f"--chunk must be positive, not {chunk}")
     unknown = [s for s in sources if s not in config.sources]
     if unknown:
-        raise ConfigError(f"unknown source(s) {', '.join(unknown)}: this pipeline has {', '.join(config.sources)}")
+        raise ConfigError(f"unknown source(s) {', '.join(unknown)}: this pipeline has "
+                          f"{', '.join(config.sources)}")
     from loader.sinks import enabled_names
 
     enabled = enabled_names(config)
     bad = [s for s in sinks if s not in enabled]
     if bad:
-        raise ConfigError(f"sink(s) {', '.join(bad)} not enabled in the config: enabled are {', '.join(enabled)}")
-    request = BackfillRequest(start, end, chunk, tuple(sources) or tuple(config.sources), tuple(sinks) or tuple(enabled))
+        raise ConfigError(f"sink(s) {', '.join(bad)} not enabled in the config: enabled are "
+                          f"{', '.join(enabled)}")
+    request = BackfillRequest(start, end, chunk, tuple(sources) or tuple(config.sources),
+                              tuple(sinks) or tuple(enabled))
     count = math.ceil((end - start) / chunk)
     if count > MAX_CHUNKS:
-        raise ConfigError(f"(start, end] in chunks of {chunk} makes {count:,} chunks (at most {MAX_CHUNKS:,}): use a larger --chunk")
+        raise ConfigError(f"(start, end] in chunks of {chunk} makes {count:,} chunks "
+                          f"(at most {MAX_CHUNKS:,}): use a larger --chunk")
     return request
 
 
@@ -122,7 +129,8 @@ class ChunkResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "window": self.window.to_json(), "status": self.status, "run_number": self.run_number,
+        return {"index": self.index, "window": self.window.to_json(), "status": self.status,
+                "run_number": self.run_number,
                 "run_numbers": self.run_numbers, "replaced_run": self.replaced_run, "files": self.files,
                 "estimated_rows": self.estimated_rows, "batches": self.batches,
                 "tables": {name: t.to_json() for name, t in self.tables.items()},
@@ -152,13 +160,14 @@ def require_data(config: LoaderConfig, request: BackfillRequest) -> RunPlan:
     if not any(p.files for p in plan.sources.values()):
         raise ConfigError(
             f"no row of {', '.join(request.sources)} has a cursor in ({request.start.isoformat()}, "
-            f"{request.end.isoformat()}]: check --start and --end against the landing zone (`loader status` shows "
-            f"how far the incremental runs got). Nothing was written"
+            f"{request.end.isoformat()}]: check --start and --end against the landing zone (`loader status` "
+            f"shows how far the incremental runs got). Nothing was written"
         )
     return plan
 
 
-def _chunk_metrics(request: BackfillRequest, index: int, total: int, part: int = 1, parts: int = 1) -> dict[str, Any]:
+def _chunk_metrics(request: BackfillRequest, index: int, total: int, part: int = 1,
+                   parts: int = 1) -> dict[str, Any]:
     """What a chunk's batch records in the ledger: the request, which chunk, which of its batches."""
     return {"backfill": {**request.to_json(), "chunk": index + 1, "of": total, "part": part, "parts": parts}}
 
@@ -173,7 +182,8 @@ def _of_chunk(run: RunRecord, request: BackfillRequest, index: int) -> bool:
     return info.get("id") == request.id and info.get("chunk") == index + 1
 
 
-def _chunk_done(runs: list[RunRecord], request: BackfillRequest, index: int, windows: dict[str, Window]) -> bool:
+def _chunk_done(runs: list[RunRecord], request: BackfillRequest, index: int,
+                windows: dict[str, Window]) -> bool:
     """Every batch of the chunk committed (by this request), or the whole chunk by an earlier one."""
     if any(r.status == "committed" and _covers(r, windows, request.sinks) for r in runs):
         return True
@@ -188,7 +198,8 @@ def dry_run(config: LoaderConfig, request: BackfillRequest) -> BackfillSummary:
     for index, window in enumerate(request.chunks()):
         plan = _plan(config, request, window)
         cutting = cut_into_batches(plan, max_rows=config.run.max_batch_rows)
-        summary.chunks.append(ChunkResult(index, window, "dry_run", files=sum(len(p.files) for p in plan.sources.values()),
+        summary.chunks.append(ChunkResult(index, window, "dry_run",
+                                          files=sum(len(p.files) for p in plan.sources.values()),
                                           estimated_rows=plan.estimated_rows, batches=len(cutting.batches)))
     return summary
 
@@ -221,7 +232,8 @@ def run_backfill(config: LoaderConfig, request: BackfillRequest, *, parallel: in
         budget = config.run.max_batch_rows
 
         def load(index: int) -> ChunkResult:
-            result = _load_chunk(config, store, batches, request, history, index, chunks[index], len(chunks), budget)
+            result = _load_chunk(config, store, batches, request, history, index, chunks[index], len(chunks),
+                                 budget)
             with lock:
                 summary.chunks.append(result)
                 if on_chunk is not None:
@@ -254,7 +266,8 @@ def _load_chunk(config: LoaderConfig, store: StateStore, batches: BatchRunner, r
     if _chunk_done(history, request, index, windows):
         return ChunkResult(index, window, "already_loaded", seconds=time.perf_counter() - started)
     # A batch of this chunk cut short: what it wrote is removed, its run abandoned, its rows loaded again.
-    cut = [r for r in history if r.status == "planned" and (_of_chunk(r, request, index) or r.windows == windows)]
+    cut = [r for r in history
+           if r.status == "planned" and (_of_chunk(r, request, index) or r.windows == windows)]
     if cut:
         from loader.sinks import enabled_sinks
 
@@ -263,20 +276,22 @@ def _load_chunk(config: LoaderConfig, store: StateStore, batches: BatchRunner, r
             for sink in sinks:
                 for table in run.windows:
                     sink.discard_run(table, run.run_number)
-            store.abandon_run(pipeline, run.run_number, reason="backfill chunk cut short; loaded again as a new run")
+            store.abandon_run(pipeline, run.run_number,
+                              reason="backfill chunk cut short; loaded again as a new run")
     plan = _plan(config, request, window)
     cutting = cut_into_batches(plan, max_rows=budget)
     for warning in cutting.warnings:
         log.warning("backfill chunk %d: %s", index + 1, warning)
     result = ChunkResult(index, window, "loaded", replaced_run=cut[-1].run_number if cut else None,
-                         files=sum(len(p.files) for p in plan.sources.values()), estimated_rows=plan.estimated_rows,
-                         batches=len(cutting.batches))
+                         files=sum(len(p.files) for p in plan.sources.values()),
+                         estimated_rows=plan.estimated_rows, batches=len(cutting.batches))
     # A chunk without rows is still a run of its own: a resumed backfill finds it done.
     chunk_batches = cutting.batches or [BatchPlan(1, plan, 0)]
     parts = len(chunk_batches)
     for batch in chunk_batches:
         batch_windows = batch.plan.windows()
-        if parts > 1 and any(r.status == "committed" and _covers(r, batch_windows, request.sinks) for r in history):
+        if parts > 1 and any(r.status == "committed" and _covers(r, batch_windows, request.sinks)
+                             for r in history):
             continue  # this batch of the chunk landed before the backfill was interrupted
         metrics = _chunk_metrics(request, index, total, batch.number, parts)
         record = store.begin_run(pipeline, mode="backfill", windows=batch_windows, base_checkpoints={},
@@ -323,5 +338,5 @@ def backfill_status(store: StateStore, pipeline: str, *, lease_held: bool = Fals
             "unfinished_runs": planned}
 
 
-__all__ = ["BackfillRefused", "BackfillRequest", "BackfillSummary", "backfill_status", "build_request", "dry_run",
-           "find_request", "run_backfill"]
+__all__ = ["BackfillRefused", "BackfillRequest", "BackfillSummary", "backfill_status", "build_request",
+           "dry_run", "find_request", "run_backfill"]

@@ -83,11 +83,13 @@ def _spans(plan: SourcePlan) -> list[_Span]:
     return spans
 
 
-def _cuts(spans: list[_Span], *, budget: int, end: int) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+def _cuts(spans: list[_Span], *, budget: int,
+          end: int) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """Greedy cut points (micros, estimated rows up to it since the previous cut) so that no batch
     exceeds `budget`, the last cut at `end`; and the single cursor values heavier than the budget."""
     mass: dict[int, float] = defaultdict(float)  # point masses
-    slope_change: dict[int, float] = defaultdict(float)  # rows per micro starting (+) or ending (-) at a point
+    # rows per micro starting (+) or ending (-) at a point
+    slope_change: dict[int, float] = defaultdict(float)
     for span in spans:
         if span.high == span.low:
             mass[span.low] += span.rows
@@ -150,16 +152,17 @@ def cut_into_batches(plan: RunPlan, *, max_rows: int) -> Cutting:
     if largest > max_rows:
         budget = largest
         warnings.append(
-            f"run.max_batch_rows={max_rows:,} is smaller than a row group of the landing zone ({largest:,} rows): "
-            f"a batch reads whole row groups, so batches are cut at about {largest:,} rows. Write the landing "
-            f"files with smaller row groups, or raise run.max_batch_rows"
+            f"run.max_batch_rows={max_rows:,} is smaller than a row group of the landing zone "
+            f"({largest:,} rows): a batch reads whole row groups, so batches are cut at about {largest:,} "
+            f"rows. Write the landing files with smaller row groups, or raise run.max_batch_rows"
         )
     end = max(_us(p.window.upper) for p in active.values())
     cuts, heavy = _cuts(spans, budget=budget, end=end)
     for value, rows in heavy:
         warnings.append(
-            f"cursor value {_moment(value).isoformat()} holds about {rows:,.0f} rows, more than the batch budget "
-            f"({budget:,}): rows with one cursor value cannot be split by cursor, so they load as one batch"
+            f"cursor value {_moment(value).isoformat()} holds about {rows:,.0f} rows, more than the batch "
+            f"budget ({budget:,}): rows with one cursor value cannot be split by cursor, so they load as "
+            f"one batch"
         )
     batches: list[BatchPlan] = []
     done = {name: p.window.lower for name, p in active.items()}  # each source's window so far
@@ -176,7 +179,8 @@ def cut_into_batches(plan: RunPlan, *, max_rows: int) -> Cutting:
             sources[name] = part
             done[name] = upper
         if sources:
-            batches.append(BatchPlan(len(batches) + 1, RunPlan(sources, planned_at=plan.planned_at), round(rows)))
+            batches.append(BatchPlan(len(batches) + 1, RunPlan(sources, planned_at=plan.planned_at),
+                                     round(rows)))
     # Every source ends at its own upper bound (its checkpoint after the run), even past its last rows.
     for name, source in active.items():
         if done[name] != source.window.upper:
@@ -185,5 +189,6 @@ def cut_into_batches(plan: RunPlan, *, max_rows: int) -> Cutting:
             previous = sources.get(name)
             lower = previous.window.lower if previous else done[name]
             sources[name] = source.restrict(Window(lower=lower, upper=source.window.upper))
-            batches[-1] = BatchPlan(last.number, RunPlan(sources, planned_at=plan.planned_at), last.estimated_rows)
+            batches[-1] = BatchPlan(last.number, RunPlan(sources, planned_at=plan.planned_at),
+                                    last.estimated_rows)
     return Cutting(batches, budget, warnings)

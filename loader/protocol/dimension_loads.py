@@ -202,9 +202,9 @@ def _refuse_mode_change(config: LoaderConfig, sink: Any, table: str, previous: s
     if sink.dimension_rows(DimensionSpec(config.pipeline, table, key, "replace"), list(key)) is None:
         return  # moved away: made afresh in the new mode
     raise ConfigError(
-        f"dimensions.{table}.mode is {mode}, but {sink.location(table)} ({sink.name}) was loaded as {previous}: a "
-        f"dimension table keeps its mode. Set the mode back to {previous}, or move the table away in every sink "
-        f"(the next run loads it afresh as {mode}); nothing was written")
+        f"dimensions.{table}.mode is {mode}, but {sink.location(table)} ({sink.name}) was loaded as "
+        f"{previous}: a dimension table keeps its mode. Set the mode back to {previous}, or move the table "
+        f"away in every sink (the next run loads it afresh as {mode}); nothing was written")
 
 
 def _load_into(config: LoaderConfig, sink: Any, table: str, dim: DimensionConfig, incoming: pa.Table,
@@ -217,7 +217,8 @@ def _load_into(config: LoaderConfig, sink: Any, table: str, dim: DimensionConfig
 
     def attempt() -> dict[str, int]:
         current = sink.dimension_rows(spec, compared_columns(spec, dim.cursor))
-        changes = diff(incoming, current, spec, cursor=dim.cursor, snapshot_time=snapshot_time, missing=dim.missing)
+        changes = diff(incoming, current, spec, cursor=dim.cursor, snapshot_time=snapshot_time,
+                       missing=dim.missing)
         if not changes.empty:
             sink.apply_dimension(spec, changes)
         return {"opened": changes.opens.num_rows, "closed": changes.closes.num_rows, "stale": changes.stale}
@@ -240,7 +241,8 @@ def read_incoming(config: LoaderConfig, table: str, paths: Sequence[str], *,
     dim = config.dimensions.named(table)
     key = list(config.dimensions.key_of(table))
     rows, origin = _read_files(config, table, paths)
-    missing = [c for c in [*key, *([dim.cursor] if dim.cursor else []), *(dim.track or ())] if c not in rows.column_names]
+    missing = [c for c in [*key, *([dim.cursor] if dim.cursor else []), *(dim.track or ())]
+               if c not in rows.column_names]
     if missing:
         raise BadSourceData(f"dimension {table}: column(s) {missing} not in its files ({paths[0]} ...): fix "
                             f"dimensions.{table} (key, cursor, track) in the config or the files")
@@ -263,8 +265,8 @@ def _read_files(config: LoaderConfig, table: str, paths: Sequence[str]) -> tuple
 
     location = locate(config.dimension_path(table))
     if not paths:
-        raise BadSourceData(f"dimension {table!r} has no Parquet files at {location.uri}: fix dimensions.{table} "
-                            "in the config")
+        raise BadSourceData(f"dimension {table!r} has no Parquet files at {location.uri}: fix "
+                            f"dimensions.{table} in the config")
     parts, origin = [], []
     for number, path in enumerate(paths):
         part = read_parquet(location, path, what=f"dimension {table}")
@@ -294,9 +296,9 @@ def _check_keys(table: str, rows: pa.Table, origin: np.ndarray, paths: Sequence[
         where = sorted({paths[i] for i in origin[same]})
         what = "version (key and cursor)" if cursor else "key"
         raise BadSourceData(
-            f"dimension {table}: {int(repeated.sum()):,} rows share a {what} with another row, e.g. {value} in "
-            f"{', '.join(where)}: a snapshot holds each key once (remove the duplicates, or the older snapshot's "
-            "files); nothing was written")
+            f"dimension {table}: {int(repeated.sum()):,} rows share a {what} with another row, e.g. {value} "
+            f"in {', '.join(where)}: a snapshot holds each key once (remove the duplicates, or the older "
+            "snapshot's files); nothing was written")
 
 
 def _masked(config: LoaderConfig, table: str, rows: pa.Table) -> pa.Table:
@@ -311,6 +313,8 @@ def _masked(config: LoaderConfig, table: str, rows: pa.Table) -> pa.Table:
 
     nation = read_dimension(config, "nation", ("n_nationkey", "n_regionkey"))
     region = read_dimension(config, "region", ("r_regionkey", "r_name"))
-    names = pc.take(region["r_name"], pc.index_in(nation["n_regionkey"], value_set=region["r_regionkey"].combine_chunks()))
-    of_row = pc.take(names, pc.index_in(rows[NATION_KEY[table]], value_set=nation["n_nationkey"].combine_chunks()))
+    names = pc.take(region["r_name"],
+                    pc.index_in(nation["n_regionkey"], value_set=region["r_regionkey"].combine_chunks()))
+    of_row = pc.take(names,
+                     pc.index_in(rows[NATION_KEY[table]], value_set=nation["n_nationkey"].combine_chunks()))
     return mask_rows(rows, of_row, region_rules(config))

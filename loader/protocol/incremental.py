@@ -77,7 +77,8 @@ class RunSummary:
             "replayed": self.replayed, "executor": self.executor, "executor_reason": self.executor_reason,
             "engine": self.engine, "engine_reason": self.engine_reason, "rows": self.rows,
             "planned_rows": self.planned_rows, "max_batch_rows": self.max_batch_rows,
-            "tables": {name: t.to_json() for name, t in self.tables.items()}, "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "tables": {name: t.to_json() for name, t in self.tables.items()},
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "batches": [b.to_json() for b in self.batches],
             "dimensions": self.dimensions,
         }
@@ -106,7 +107,8 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, now: datetime | 
     with timer.stage("plan"):
         checkpoints = store.checkpoints(pipeline)
         moment = now or datetime.now(UTC)
-        plan = call_with_retries("planning", config.source_retry, lambda: plan_run(config, checkpoints, now=moment))
+        plan = call_with_retries("planning", config.source_retry,
+                                 lambda: plan_run(config, checkpoints, now=moment))
         cutting = cut_into_batches(plan, max_rows=max_batch_rows)
     if not cutting.batches:
         summary.timings = timer.timings
@@ -117,14 +119,15 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, now: datetime | 
         log.warning("%s", warning)
     total = len(cutting.batches)
     summary.planned_rows = sum(b.estimated_rows for b in cutting.batches)
-    log.info("%s rows planned (estimated) in %d batch(es) of at most about %s rows", f"{summary.planned_rows:,}",
-             total, f"{cutting.budget:,}")
+    log.info("%s rows planned (estimated) in %d batch(es) of at most about %s rows",
+             f"{summary.planned_rows:,}", total, f"{cutting.budget:,}")
     progress.begin(summary.planned_rows, batches=total)
     batches.prepare(max((b.plan for b in cutting.batches), key=lambda p: p.estimated_rows))
     series = uuid.uuid4().hex[:12]  # names this run's batches in the ledger (status: batch i of n)
     planning_s = timer.timings.get("plan", 0.0)  # the first batch carries the run's planning
     # The next sources are read and transformed while the current ones are written (run.read_ahead).
-    ahead = batches.read_ahead([b.plan for b in cutting.batches], budget=cutting.budget) if config.run.read_ahead else None
+    ahead = (batches.read_ahead([b.plan for b in cutting.batches], budget=cutting.budget)
+             if config.run.read_ahead else None)
     try:
         for index, batch in enumerate(cutting.batches):
             info = {"batch": {"series": series, "index": batch.number, "of": total,
@@ -134,7 +137,8 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, now: datetime | 
                 base = {name: (cp.run_number if (cp := store.checkpoints(pipeline).get(name)) else None)
                         for name in batch.plan.sources}
                 record = store.begin_run(pipeline, mode="incremental", windows=batch.plan.windows(),
-                                         base_checkpoints=base, inputs=batches.inputs(batch.plan), metrics=info)
+                                         base_checkpoints=base, inputs=batches.inputs(batch.plan),
+                                         metrics=info)
             failpoints.hit("plan.recorded")
             logs.set_run(record.run_number)
             progress.batch(batch.number, total)
@@ -173,18 +177,21 @@ def _replay(config: LoaderConfig, store: StateStore, batches: BatchRunner, timer
 def _replay_plan(config: LoaderConfig, store: StateStore, record: RunRecord) -> RunPlan:
     if record.inputs is not None:
         return call_with_retries("checking the replayed input", config.source_retry,
-                                 lambda: plan_from_input(config, record.run_number, record.windows, record.inputs or {},
+                                 lambda: plan_from_input(config, record.run_number, record.windows,
+                                                         record.inputs or {},
                                                          began_writing=bool(record.metrics.get("writing"))))
     # Recorded before the ledger kept inputs (state schema 1): plan the same windows again.
     return call_with_retries("planning", config.source_retry,
-                             lambda: plan_run(config, store.checkpoints(config.pipeline), windows=record.windows))
+                             lambda: plan_run(config, store.checkpoints(config.pipeline),
+                                              windows=record.windows))
 
 
 def _log_batch(outcome: BatchOutcome, number: int, total: int) -> None:
-    uppers = ", ".join(f"{name} {t.window.to_json()['upper']}" for name, t in outcome.tables.items() if t.window)
+    uppers = ", ".join(f"{name} {t.window.to_json()['upper']}" for name, t in outcome.tables.items()
+                       if t.window)
     log.info("batch %d of %d (run %d%s) committed: %s rows in %.1fs; checkpoints now %s", number, total,
-             outcome.run_number, ", replayed" if outcome.replayed else "", f"{outcome.rows:,}", outcome.seconds,
-             uppers or "unchanged")
+             outcome.run_number, ", replayed" if outcome.replayed else "", f"{outcome.rows:,}",
+             outcome.seconds, uppers or "unchanged")
 
 
 @dataclass(frozen=True)

@@ -48,14 +48,16 @@ def plan_source(
 ) -> SourcePlan:
     """Plan one source. `fixed_window` (a replay or a backfill chunk) skips the window arithmetic.
     Cursors later than now + `future_tolerance` are quarantined, so they do not count as present."""
-    lower = fixed_window.lower if fixed_window else (checkpoint.cursor - source.lookback if checkpoint else None)
+    lower = (fixed_window.lower if fixed_window
+             else (checkpoint.cursor - source.lookback if checkpoint else None))
     since = lower.date() if lower is not None else None
     infos = list_file_infos(location, partition_column=source.partition_column, since=since)
     sizes = {info.path: info.size for info in infos}
     mtimes = {info.path: modified(info) for info in infos}
     with ThreadPoolExecutor(max_workers=8) as pool:
         footers = list(pool.map(lambda info: read_footer(location, info.path, source.cursor, name,
-                                                         source.deletes.column if source.deletes else None), infos))
+                                                         source.deletes.column if source.deletes else None),
+                                infos))
     base_run = checkpoint.run_number if checkpoint else None
     window = fixed_window
     if window is None:
@@ -108,10 +110,11 @@ def _check_not_ahead(
         return
     found = "no files at all" if not footers else f"data only up to {newest.isoformat() if newest else '?'}"
     raise BadSourceData(
-        f"the checkpoint of source {name!r} ({checkpoint.cursor.isoformat()}, run {checkpoint.run_number}) is "
-        f"ahead of the landing zone at {location.uri}: it holds {found} since the lookback. The landing zone "
-        f"lost files or the config points at another one. Point sources.{name}.path back at the loaded data; "
-        f"if the landing zone was rebuilt on purpose, load it under a new `pipeline` name. Nothing was written"
+        f"the checkpoint of source {name!r} ({checkpoint.cursor.isoformat()}, run {checkpoint.run_number}) "
+        f"is ahead of the landing zone at {location.uri}: it holds {found} since the lookback. The landing "
+        f"zone lost files or the config points at another one. Point sources.{name}.path back at the loaded "
+        f"data; if the landing zone was rebuilt on purpose, load it under a new `pipeline` name. Nothing was "
+        f"written"
     )
 
 
@@ -150,13 +153,15 @@ def plan_from_input(config: LoaderConfig, run_number: int, windows: dict[str, Wi
     for name, window in windows.items():
         location = locate(config.source_path(name))
         entries = recorded["sources"].get(name, {}).get("files", [])
-        files = [FilePlan(e["path"], tuple(e["row_groups"]), int(e["rows"]), e.get("size"), (), e.get("mtime"))
+        files = [FilePlan(e["path"], tuple(e["row_groups"]), int(e["rows"]), e.get("size"), (),
+                          e.get("mtime"))
                  for e in entries]
         if files:
             try:
                 infos = location.filesystem.get_file_info([f.path for f in files])
             except OSError as error:
-                raise storage_error(error, location.uri, side="source", doing="checking the replayed files in") from error
+                raise storage_error(error, location.uri, side="source",
+                                    doing="checking the replayed files in") from error
             kept, changed = [], False  # changed: a file gone or rewritten since the run recorded it
             for file, info in zip(files, infos, strict=True):
                 gone = info.type != pafs.FileType.File
@@ -164,19 +169,21 @@ def plan_from_input(config: LoaderConfig, run_number: int, windows: dict[str, Wi
                                           or (file.mtime is not None and modified(info) != file.mtime))
                 if (gone or rewritten) and began_writing:
                     raise BadSourceData(
-                        f"file {file.path} of source {name!r}, read by run {run_number} before it was interrupted "
-                        f"while writing to the sinks, is {'gone' if gone else 'rewritten'} since: a replay reading "
-                        "it as it is now would mix its rows with those the run already wrote from the old file. "
-                        f"Put the file back as it was and run again; or abandon the run (`loader runs abandon "
-                        f"{run_number}`: what it wrote stays) and run `loader verify` to see what differs"
+                        f"file {file.path} of source {name!r}, read by run {run_number} before it was "
+                        f"interrupted while writing to the sinks, is {'gone' if gone else 'rewritten'} "
+                        "since: a replay reading it as it is now would mix its rows with those the run "
+                        "already wrote from the old file. Put the file back as it was and run again; or "
+                        f"abandon the run (`loader runs abandon {run_number}`: what it wrote stays) and run "
+                        f"`loader verify` to see what differs"
                     )
                 changed = changed or gone or rewritten
                 if gone:
-                    log.warning("file %s of source %r, read by run %d before it failed, is gone: the replay reads "
-                                "the other recorded files", file.path, name, run_number)
+                    log.warning("file %s of source %r, read by run %d before it failed, is gone: the replay "
+                                "reads the other recorded files", file.path, name, run_number)
                 elif rewritten:
-                    log.warning("file %s of source %r changed since run %d read it (size %s -> %s bytes, modified "
-                                "%s -> %s): the replay reads it as it is now, within the run's window", file.path,
+                    log.warning("file %s of source %r changed since run %d read it (size %s -> %s bytes, "
+                                "modified %s -> %s): the replay reads it as it is now, within the run's "
+                                "window", file.path,
                                 name, run_number, f"{file.size:,}" if file.size is not None else "?",
                                 f"{info.size:,}", file.mtime or "?", modified(info))
                     deletes = config.sources[name].deletes
@@ -184,7 +191,8 @@ def plan_from_input(config: LoaderConfig, run_number: int, windows: dict[str, Wi
                                          deletes.column if deletes else None)
                     groups = tuple(g for g in footer.groups if g[1] > 0 and in_window(window, g[2], g[3]))
                     if groups:
-                        kept.append(FilePlan(file.path, tuple(g[0] for g in groups), sum(g[1] for g in groups),
+                        kept.append(FilePlan(file.path, tuple(g[0] for g in groups),
+                                             sum(g[1] for g in groups),
                                              info.size, groups, modified(info), footer.schema))
                 else:
                     kept.append(file)
@@ -202,7 +210,8 @@ def _window_of_what_is_left(location: Location, cursor: str, name: str, window: 
     highs = []
     for file in files:
         groups = file.stats or read_footer(location, file.path, cursor, name).groups
-        highs += [g[3] for g in groups if g[0] in file.row_groups and g[3] is not None and g[3] <= window.upper]
+        highs += [g[3] for g in groups
+                  if g[0] in file.row_groups and g[3] is not None and g[3] <= window.upper]
     if not highs:
         return window if window.lower is None else Window(lower=window.lower, upper=window.lower)
     return Window(lower=window.lower, upper=max(max(highs), window.lower) if window.lower else max(highs))

@@ -7,9 +7,9 @@
 
 `pipeline_session` holds the pipeline (preflight, state store, lease, metrics at the end);
 `BatchRunner.run` carries one recorded batch through execution and its commit. The drivers
-(loader/protocol/incremental.py for `run --incremental`, loader/protocol/backfill.py for `backfill`) only decide which
-batches to run. A crash loses at most the batch in flight: its ledger row stays `planned`, the next
-run replays exactly its recorded input, and the sinks skip what already landed.
+(loader/protocol/incremental.py for `run --incremental`, loader/protocol/backfill.py for `backfill`) only
+decide which batches to run. A crash loses at most the batch in flight: its ledger row stays `planned`, the
+next run replays exactly its recorded input, and the sinks skip what already landed.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def held_lease(store: StateStore, pipeline: str, ttl_seconds: float) -> Iterator
         while not stop.wait(ttl_seconds / 3):
             try:
                 if not store.renew_lease(pipeline, holder=holder, ttl_seconds=ttl_seconds):
-                    log.error("lost the lease of pipeline %s (it expired); this run will not commit", pipeline)
+                    log.error("lost the lease of pipeline %s (it expired); this run will not commit",
+                              pipeline)
                     return
             except Exception as error:  # keep beating: a transient state error must not kill the run
                 log.warning("lease renewal failed: %s", error)
@@ -139,7 +140,8 @@ class BatchOutcome:
     def to_json(self) -> dict[str, Any]:
         return {"run_number": self.run_number, "replayed": self.replayed, "rows": self.rows,
                 "seconds": round(self.seconds, 3),
-                "windows": {name: t.window.to_json() if t.window else None for name, t in self.tables.items()},
+                "windows": {name: t.window.to_json() if t.window else None
+                            for name, t in self.tables.items()},
                 "tables": {name: t.rows for name, t in self.tables.items()}}
 
 
@@ -172,7 +174,8 @@ def commit_backfill(config: LoaderConfig, store: StateStore) -> Commit:
 
     def commit(record: RunRecord, _plan: RunPlan, metrics: dict[str, Any]) -> None:
         call_with_retries("backfill chunk commit", config.state.retry,
-                          lambda: store.commit_backfill_run(config.pipeline, record.run_number, metrics=metrics))
+                          lambda: store.commit_backfill_run(config.pipeline, record.run_number,
+                                                            metrics=metrics))
 
     return commit
 
@@ -239,7 +242,8 @@ class BatchRunner:
     def _unfinished_versions(self) -> set[str]:
         """The dimension versions unfinished runs recorded: their prepared lookups stay cached."""
         runs = [self.store.unfinished_run(self.config.pipeline, mode=m) for m in ("incremental", "backfill")]
-        return {version for run in runs if run is not None and (version := (run.inputs or {}).get("dimensions"))}
+        return {version for run in runs
+                if run is not None and (version := (run.inputs or {}).get("dimensions"))}
 
     def _keep_lookup_version(self, version: str, dims: Any, keep: set[str]) -> None:
         """The version's regions (for verify, for good), its prepared lookups (whole while it is the
@@ -290,11 +294,11 @@ class BatchRunner:
             dims = self._kept_versions().get(version)
         if dims is None:
             raise BadSourceData(
-                f"run {record.run_number} enriched its rows from the dimension files as they were when it was "
-                f"planned (version {version[:12]}); they changed since, and the lookups prepared from them are "
-                "kept neither in the dimension cache nor in the state store (a run recorded by an older loader). "
-                "A replay from today's files would enrich the rows some sinks already hold differently in the "
-                "others: restore the dimension files as they were and run again"
+                f"run {record.run_number} enriched its rows from the dimension files as they were when it "
+                f"was planned (version {version[:12]}); they changed since, and the lookups prepared from "
+                "them are kept neither in the dimension cache nor in the state store (a run recorded by "
+                "an older loader). A replay from today's files would enrich the rows some sinks already "
+                "hold differently in the others: restore the dimension files as they were and run again"
             )
         log.info("run %d: replayed with the dimension version it recorded (%s), not today's files",
                  record.run_number, version[:12])
@@ -327,7 +331,8 @@ class BatchRunner:
             self.store.fail_run(self.config.pipeline, record.run_number, error=str(error))
             raise
         except Exception as error:
-            self.store.fail_run(self.config.pipeline, record.run_number, error=f"{type(error).__name__}: {error}")
+            self.store.fail_run(self.config.pipeline, record.run_number,
+                                error=f"{type(error).__name__}: {error}")
             raise
         if (record.inputs or {}).get("dimensions") not in (None, self.dimension_version):
             # A replay of another version committed: its prepared lookups are no longer needed.
@@ -371,7 +376,8 @@ class BatchRunner:
         dims = self._dimensions_of(record)
         outcome.executor, outcome.executor_reason = choice.executor, choice.reason
         outcome.engine, outcome.engine_reason = engine.engine, engine.reason
-        timer = Timer()  # this batch's own seconds; added to the run's at the end (planning is the run's already)
+        # this batch's own seconds; added to the run's at the end (planning is the run's already)
+        timer = Timer()
         timer.timings["plan"] = planning_s
         sinks = self.sinks
         with timer.stage("sinks"):
@@ -379,7 +385,8 @@ class BatchRunner:
         # Computed ahead (on the read-ahead thread) or here, source by source; "execute" counts the
         # computing either way, "execute_wait" the time the writes waited for it when computed ahead.
         computed = None if ahead is None else ahead.items(index)
-        tables = execute(self.config, plan, choice.executor, dims, engine.engine) if computed is None else computed
+        tables = (execute(self.config, plan, choice.executor, dims, engine.engine) if computed is None
+                  else computed)
         waited = "execute" if computed is None else "execute_wait"
         writing = bool(record.metrics.get("writing"))
         for name in [n for n, p in plan.sources.items() if not p.is_empty]:  # the executors' order
@@ -391,7 +398,8 @@ class BatchRunner:
             source = self.config.sources[item.name]
             with timer.stage("execute"):  # before any sink writes: too many bad rows stop the run here
                 quarantined = quarantine.record(self.config, item.name, run_number=record.run_number,
-                                                bad=item.quarantined, rows_read=item.read, replay=record.attempts > 1)
+                                                bad=item.quarantined, rows_read=item.read,
+                                                replay=record.attempts > 1)
             if quarantined:
                 log.warning("run %d: %s: %s row(s) quarantined (%s) in %s", record.run_number, item.name,
                             f"{sum(quarantined.values()):,}",
@@ -400,7 +408,8 @@ class BatchRunner:
             progress.step(f"{item.name}: write to {', '.join(s.name for s in sinks)}")
             if not writing:  # from here a sink may hold rows of this run: its replay must read the same input
                 call_with_retries("marking the run as writing", self.config.state.retry,
-                                  lambda: self.store.mark_run_writing(self.config.pipeline, record.run_number))
+                                  lambda: self.store.mark_run_writing(self.config.pipeline,
+                                                                      record.run_number))
                 writing = True
             with timer.stage("sinks"):
                 batch = TableBatch(
@@ -419,17 +428,20 @@ class BatchRunner:
                     ray_nodes=len(item.nodes),
                     ray_write_nodes=len({node for _, nodes in writes for node in nodes}),
                     quarantined=dict(quarantined or {}),
-                    sinks={w.sink: SinkResult(rows=w.rows, deleted=w.deleted, location=w.location, skipped=w.skipped,
+                    sinks={w.sink: SinkResult(rows=w.rows, deleted=w.deleted, location=w.location,
+                                              skipped=w.skipped,
                                               regions=dict(w.regions or {})) for w, _ in writes},
                 )
             progress.advance(plan.sources[item.name].estimated_rows)
             del item, batch  # free this source's rows before the next one is computed
         if computed is not None:
-            computed.close()  # the last source is written: its rows leave what the read-ahead counts in flight
+            # the last source is written: its rows leave what the read-ahead counts in flight
+            computed.close()
             timer.add({"execute": ahead.seconds[index]})
         progress.step("commit")
         with timer.stage("commit"):
-            self.commit(record, plan, {**metrics, "tables": {n: t.to_json() for n, t in outcome.tables.items()},
+            self.commit(record, plan, {**metrics,
+                                       "tables": {n: t.to_json() for n, t in outcome.tables.items()},
                                        "executor": outcome.executor,
                                        "engine": outcome.engine, "timings_s": dict(timer.timings)})
         outcome.timings = timer.timings

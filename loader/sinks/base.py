@@ -180,7 +180,8 @@ class Sink(Protocol[Begun]):
         wrong and what to fix. Quick and bounded in time; writes nothing."""
         ...
 
-    # Dimension tables (loader/protocol/dimension_loads.py; the changes: loader/transform/dimension_changes.py)
+    # Dimension tables (loader/protocol/dimension_loads.py; the changes:
+    # loader/transform/dimension_changes.py)
 
     def dimension_rows(self, spec: DimensionSpec, columns: Sequence[str] | None = None) -> pa.Table | None:
         """The rows of dimension `spec.table` the next load compares with: scd2, the current versions
@@ -256,7 +257,8 @@ def folder_problem(name: str, root: str) -> str | None:
     location = locate(root)
     if not is_remote(root):
         blocked = unwritable(Path(location.path))
-        return None if blocked is None else f"cannot write under {blocked}: fix the permissions or the warehouse path"
+        return (None if blocked is None
+                else f"cannot write under {blocked}: fix the permissions or the warehouse path")
     bucket = location.path.split("/", 1)[0]
     try:
         info = location.filesystem.get_file_info(bucket)

@@ -84,7 +84,8 @@ from loader.sinks.schema_check import refuse_case_clashes, refuse_type_changes, 
 from loader.storage import locate, short_error, storage_error
 from loader.transform.dimension_changes import DimensionChanges, DimensionSpec
 
-_TYPE_FIX = "Cast the column in the transform back to the stored type, or move the table away to let the loader recreate it"
+_TYPE_FIX = ("Cast the column in the transform back to the stored type, or move the table away to let the "
+             "loader recreate it")
 log = logging.getLogger(__name__)
 
 
@@ -178,10 +179,11 @@ def merge_predicate(data: pa.Table, key: tuple[str, ...], ranges: KeyRanges) -> 
             # Keys are sorted, so each interval's keys are one contiguous run.
             keys, slot = keys[inside], slot[inside]
             cut = np.flatnonzero(np.diff(slot)) + 1
-            groups = list(zip(keys[np.r_[0, cut]], keys[np.r_[cut, len(keys)] - 1], strict=True)) if len(keys) else []
+            groups = (list(zip(keys[np.r_[0, cut]], keys[np.r_[cut, len(keys)] - 1], strict=True))
+                      if len(keys) else [])
         for low, high in groups:
-            scopes.append(f"(t.region = {_literal(region)} AND t.{_quote(first)} BETWEEN {_literal(_py(low))} "
-                          f"AND {_literal(_py(high))})")
+            scopes.append(f"(t.region = {_literal(region)} AND t.{_quote(first)} BETWEEN "
+                          f"{_literal(_py(low))} AND {_literal(_py(high))})")
     return f"{join} AND ({' OR '.join(scopes) or 'FALSE'})"
 
 
@@ -212,7 +214,9 @@ def _merge_clauses(merger: Any, batch: TableBatch) -> Any:
         unmarked = f"({marked} IS NULL OR {marked} < s.{cursor})"
         merger = merger.when_matched_update(
             updates={_quote(DELETED_AT): f"s.{cursor}"}, predicate=f"{tombstone} AND {unmarked}"
-        ).when_matched_update_all(predicate=f"{newer} AND {unmarked}", except_cols=[DELETED]).when_matched_update_all(
+        ).when_matched_update_all(
+            predicate=f"{newer} AND {unmarked}", except_cols=[DELETED]
+        ).when_matched_update_all(
             predicate=newer, except_cols=[DELETED, DELETED_AT])
     return merger.when_not_matched_insert_all(predicate=live, except_cols=[DELETED])
 
@@ -335,7 +339,8 @@ class DeltaSink:
         from deltalake import CommitProperties, Transaction, write_deltalake
 
         uri = self.table_uri(batch.table)
-        final = CommitProperties(app_transactions=[Transaction(self._app(batch), batch.run_number)]) if last else None
+        final = (CommitProperties(app_transactions=[Transaction(self._app(batch), batch.run_number)])
+                 if last else None)
         data = _with_deleted_at(batch)
         deleted = 0
         with _one_writer(uri), self._errors(uri):
@@ -368,7 +373,8 @@ class DeltaSink:
                 if last and not new_rows.num_rows:  # the merge is the run's last commit
                     failpoints.hit("delta.write", batch.table)
                 merger = table.merge(
-                    old_rows, predicate=merge_predicate(old_rows, batch.key, ranges), source_alias="s", target_alias="t",
+                    old_rows, predicate=merge_predicate(old_rows, batch.key, ranges), source_alias="s",
+                    target_alias="t",
                     commit_properties=None if new_rows.num_rows else final, merge_schema=True,
                 )
                 if batch.deletes is None:
@@ -384,13 +390,16 @@ class DeltaSink:
                                else count_true(marked))
                 # What the merge cost: files it read and rewrote (a wide scope shows here first).
                 removed = int(metrics.get("num_target_rows_deleted", 0) or 0)
-                log.info("%s -> delta: merged %s updated row(s)%s, %s file(s) read, %s skipped by statistics, "
-                         "%s rewritten, %s row(s) copied, in %.2fs", batch.table,
+                log.info("%s -> delta: merged %s updated row(s)%s, %s file(s) read, %s skipped by "
+                         "statistics, %s rewritten, %s row(s) copied, in %.2fs", batch.table,
                          f"{metrics.get('num_target_rows_updated', 0):,}",
                          f", {removed:,} deleted" if removed else "", metrics.get("num_target_files_scanned"),
-                         metrics.get("num_target_files_skipped_during_scan"), metrics.get("num_target_files_removed"),
-                         f"{metrics.get('num_target_rows_copied', 0):,}", metrics.get("execution_time_ms", 0) / 1000)
-            if new_rows.num_rows or (last and not old_rows.num_rows):  # an empty last part still commits the run
+                         metrics.get("num_target_files_skipped_during_scan"),
+                         metrics.get("num_target_files_removed"),
+                         f"{metrics.get('num_target_rows_copied', 0):,}",
+                         metrics.get("execution_time_ms", 0) / 1000)
+            # an empty last part still commits the run
+            if new_rows.num_rows or (last and not old_rows.num_rows):
                 if last:
                     failpoints.hit("delta.write", batch.table)  # after the merge, before the last commit
                 write_deltalake(
@@ -436,8 +445,8 @@ class DeltaSink:
             if not yielded:
                 yield dataset.schema.empty_table().select(wanted)
         except (DeltaError, OSError) as error:
-            raise SinkUnavailable(f"reading the Delta table {uri} failed: {short_error(error)}. Check the warehouse "
-                                  "path, then verify again") from error
+            raise SinkUnavailable(f"reading the Delta table {uri} failed: {short_error(error)}. Check the "
+                                  "warehouse path, then verify again") from error
 
     def probe(self) -> str | None:
         return folder_problem(self.name, self.root)
@@ -454,7 +463,8 @@ class DeltaSink:
 
     @staticmethod
     def _app(batch: TableBatch) -> str:
-        return app_id(batch.pipeline, batch.table, backfill_run=batch.run_number if batch.mode == "backfill" else None)
+        return app_id(batch.pipeline, batch.table,
+                      backfill_run=batch.run_number if batch.mode == "backfill" else None)
 
     def _open(self, uri: str) -> Any:
         from deltalake import DeltaTable
@@ -480,7 +490,8 @@ class DeltaSink:
                 f"source (or move the table away to recreate it), then run again: the run replays"
             ) from error
         except DeltaError as error:  # commit conflicts with a concurrent writer
-            raise SinkUnavailable(f"Delta commit to {uri} failed: {short_error(error)}. Run again: the run replays safely") from error
+            raise SinkUnavailable(f"Delta commit to {uri} failed: {short_error(error)}. Run again: the run "
+                                  "replays safely") from error
         except OSError as error:  # object store: refused credentials and missing buckets are terminal
             raise storage_error(error, uri, side="sink", doing="Delta write to") from error
 
@@ -504,7 +515,8 @@ class DeltaSink:
         merge's region scope finds the row whatever region the tombstone carried; the others change
         nothing: dropped (those of keys not stored are returned in `absent`, where the caller drops
         them). A tombstone never counts as a key that moved."""
-        empty = pa.table({**{k: rows[k].slice(0, 0) for k in batch.key}, "region": rows["region"].slice(0, 0)})
+        empty = pa.table({**{k: rows[k].slice(0, 0) for k in batch.key},
+                          "region": rows["region"].slice(0, 0)})
         if rows.num_rows == 0:
             return rows, rows, empty
         first_name = batch.key[0]
@@ -513,7 +525,8 @@ class DeltaSink:
         wanted = {name for name, hit in zip(ranges.names, ranges.touched(keys), strict=True) if hit}
         dataset = table.to_pyarrow_dataset()
         # Soft deletes: when the stored row is marked deleted (never read otherwise).
-        marks = [DELETED_AT] if deleted is not None and batch.deletes == "soft" and DELETED_AT in dataset.schema.names else []
+        marks = [DELETED_AT] if (deleted is not None and batch.deletes == "soft"
+                                 and DELETED_AT in dataset.schema.names) else []
         fragments = [f for f in dataset.get_fragments() if f.path.rsplit("/", 1)[-1] in wanted]
         landed = ds.FileSystemDataset(
             fragments, schema=dataset.schema, format=dataset.format, filesystem=dataset.filesystem
@@ -521,14 +534,18 @@ class DeltaSink:
                    filter=pc.field(first_name).isin(pa.array(keys, rows.schema.field(first_name).type)))
         if landed.num_rows == 0:
             return rows, rows.slice(0, 0), empty
-        landed = landed.rename_columns([*batch.key, "__region", "__landed", *("__marked" for _ in marks)]).cast(pa.schema(
+        landed = landed.rename_columns(
+            [*batch.key, "__region", "__landed", *("__marked" for _ in marks)]
+        ).cast(pa.schema(
             [rows.schema.field(k) for k in batch.key]
             + [pa.field("__region", rows["region"].type), pa.field("__landed", rows[batch.cursor].type)]
             + [pa.field("__marked", rows[batch.cursor].type) for _ in marks]
         ))
         # Joined on the key columns and a row number only; the whole rows are taken once, in key order
         # (a join of whole rows, then filters and sorts, held several copies of the batch at once).
-        slim = rows.select([*batch.key, batch.cursor, "region", *([DELETED] if deleted is not None else [])]).append_column(
+        slim = rows.select(
+            [*batch.key, batch.cursor, "region", *([DELETED] if deleted is not None else [])]
+        ).append_column(
             "__row", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
         joined = slim.join(landed, keys=list(batch.key), join_type="left outer").sort_by(
             [(k, "ascending") for k in batch.key])
@@ -539,14 +556,16 @@ class DeltaSink:
             tomb = pc.fill_null(joined[DELETED], False)
             applies = pc.and_kleene(stored, pc.less_equal(joined["__landed"], joined[batch.cursor]))
             if marks:  # soft: and the row is not marked deleted at the tombstone's cursor or later already
-                applies = pc.and_kleene(applies, pc.or_kleene(pc.is_null(joined["__marked"]),
-                                                              pc.less(joined["__marked"], joined[batch.cursor])))
+                applies = pc.and_kleene(applies,
+                                        pc.or_kleene(pc.is_null(joined["__marked"]),
+                                                     pc.less(joined["__marked"], joined[batch.cursor])))
             newer = pc.if_else(tomb, applies, newer)
             moving = pc.and_kleene(newer, pc.invert(tomb))
         moved = joined.filter(pc.and_kleene(moving, pc.not_equal(joined["__region"], joined["region"])))
         moved = moved.select([*batch.key, "__region"]).rename_columns([*batch.key, "region"])
         none_stored = not pc.any(stored).as_py()
-        absent = rows if none_stored else rows.take(joined.filter(pc.invert(stored))["__row"])  # no copy if all
+        absent = (rows if none_stored  # no copy if all
+                  else rows.take(joined.filter(pc.invert(stored))["__row"]))
         chosen = joined.filter(newer)
         kept = rows.take(chosen["__row"])
         if deleted is not None and kept.num_rows:  # tombstones take the stored row's region
@@ -570,11 +589,13 @@ class DeltaSink:
         slim = data.select([*keys, cursor]).append_column(DELETED, mask).append_column(
             "__row", pa.array(np.arange(data.num_rows, dtype=np.int64)))
         if side is None:
-            remembered = pa.table({**{k: data[k].slice(0, 0) for k in keys}, "__tomb": data[cursor].slice(0, 0)})
+            remembered = pa.table({**{k: data[k].slice(0, 0) for k in keys},
+                                   "__tomb": data[cursor].slice(0, 0)})
         else:
             first = keys[0]
             wanted = pa.array(_sorted_keys(data[first]), data.schema.field(first).type)
-            remembered = side.to_pyarrow_dataset().to_table(columns=[*keys, cursor], filter=pc.field(first).isin(wanted))
+            remembered = side.to_pyarrow_dataset().to_table(columns=[*keys, cursor],
+                                                            filter=pc.field(first).isin(wanted))
             remembered = remembered.rename_columns([*keys, "__tomb"]).cast(
                 pa.schema([*fields[:-1], pa.field("__tomb", fields[-1].type)]))
         joined = slim.join(remembered, keys=keys, join_type="left outer")
@@ -589,8 +610,8 @@ class DeltaSink:
             changes = changes.select([*keys, cursor, DELETED])
             if not pc.any(pc.or_kleene(revived, pc.and_kleene(remember, known))).as_py():
                 # only keys not remembered yet: appended, no side file read
-                write_deltalake(side_uri, changes.drop_columns([DELETED]).cast(pa.schema(fields)), mode="append",
-                                storage_options=self.storage_options)
+                write_deltalake(side_uri, changes.drop_columns([DELETED]).cast(pa.schema(fields)),
+                                mode="append", storage_options=self.storage_options)
             else:
                 self._merge_tombstones(side, changes, batch)
             log.info("%s -> delta: %s tombstone(s) remembered, %s revived key(s) forgotten", batch.table,
@@ -599,7 +620,8 @@ class DeltaSink:
         dropped = count_true(late)
         if not dropped:
             return data
-        log.info("%s -> delta: %s live row(s) no newer than their key's delete dropped", batch.table, f"{dropped:,}")
+        log.info("%s -> delta: %s live row(s) no newer than their key's delete dropped", batch.table,
+                 f"{dropped:,}")
         keep = np.ones(data.num_rows, dtype=bool)
         keep[joined.filter(late)["__row"].to_numpy()] = False
         return data.filter(pa.array(keep))
@@ -637,7 +659,9 @@ class DeltaSink:
         inserted = {_quote(c): f"s.{_quote(c)}" for c in [*keys, batch.cursor]}
         side.merge(changes, predicate=predicate, source_alias="s", target_alias="t").when_matched_delete(
             predicate=f"NOT {flag} AND {newer}"
-        ).when_matched_update(updates={cursor: f"s.{cursor}"}, predicate=f"{flag} AND {newer}").when_not_matched_insert(
+        ).when_matched_update(
+            updates={cursor: f"s.{cursor}"}, predicate=f"{flag} AND {newer}"
+        ).when_not_matched_insert(
             updates=inserted, predicate=flag
         ).execute()
 
@@ -659,7 +683,8 @@ class DeltaSink:
         clauses = []
         for region in moved["region"].unique().to_pylist():
             keys = moved.filter(pc.equal(moved["region"], region)).select(list(key)).to_pylist()
-            match = " OR ".join("(" + " AND ".join(f"{_quote(k)} = {_literal(v[k])}" for k in key) + ")" for v in keys)
+            match = " OR ".join("(" + " AND ".join(f"{_quote(k)} = {_literal(v[k])}" for k in key) + ")"
+                                for v in keys)
             clauses.append(f"(region = {_literal(region)} AND ({match}))")
         table.delete(" OR ".join(clauses))
 

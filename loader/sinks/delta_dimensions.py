@@ -62,19 +62,22 @@ def apply(table: Any, uri: str, spec: DimensionSpec, changes: DimensionChanges,
     columns = changes.opens.column_names if changes.opens.num_rows else changes.closes.column_names
     every = {_quote(c): f"s.{_quote(c)}" for c in columns}
     if spec.mode == "merge":
-        source = pa.concat_tables([_with_action(changes.opens, "upsert"), _with_action(changes.closes, "delete")],
+        source = pa.concat_tables([_with_action(changes.opens, "upsert"),
+                                   _with_action(changes.closes, "delete")],
                                   promote_options="default")  # closes: the compared columns only
         merger = table.merge(source, predicate=on, source_alias="s", target_alias="t").when_matched_delete(
             predicate=f"s.{ACTION} = 'delete'").when_matched_update(
             updates=every, predicate=f"s.{ACTION} = 'upsert'").when_not_matched_insert(
             updates=every, predicate=f"s.{ACTION} = 'upsert'")
     else:
-        source = pa.concat_tables([_with_action(changes.opens, "open"), _with_action(changes.closes, "close")],
+        source = pa.concat_tables([_with_action(changes.opens, "open"),
+                                   _with_action(changes.closes, "close")],
                                   promote_options="default")  # closes: the compared columns only
         close = (f"{on} AND t.{_quote(VALID_FROM)} = s.{_quote(VALID_FROM)} AND t.{_quote(IS_CURRENT)} "
                  f"AND s.{ACTION} = 'close'")
         merger = table.merge(source, predicate=close, source_alias="s", target_alias="t").when_matched_update(
-            updates={_quote(VALID_TO): f"s.{_quote(VALID_TO)}", _quote(IS_CURRENT): "false"}).when_not_matched_insert(
+            updates={_quote(VALID_TO): f"s.{_quote(VALID_TO)}",
+                     _quote(IS_CURRENT): "false"}).when_not_matched_insert(
             updates=every, predicate=f"s.{ACTION} = 'open'")
     failpoints.hit("delta.dimension", spec.table)
     merger.execute()

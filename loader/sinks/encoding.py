@@ -23,7 +23,8 @@ def dictionary_columns(table: pa.Table) -> list[str]:
     rows = table.num_rows
     if rows == 0:
         return []
-    sample = table if rows <= SAMPLE_ROWS else table.take(pa.array(np.linspace(0, rows - 1, SAMPLE_ROWS, dtype=np.int64)))
+    sample = table if rows <= SAMPLE_ROWS else table.take(
+        pa.array(np.linspace(0, rows - 1, SAMPLE_ROWS, dtype=np.int64)))
     chosen = []
     for field in sample.schema:
         if pa.types.is_dictionary(field.type):

@@ -1,4 +1,5 @@
-"""Partitioned Parquet: an append-only log of record versions, `<table>/region=R/date=D/run-<n>-<part>.parquet`.
+"""Partitioned Parquet: an append-only log of record versions,
+`<table>/region=R/date=D/run-<n>-<part>.parquet`.
 
 `date` is the UTC day of the record's cursor, so the newest version of a key is the one with the
 greatest cursor across files (the Delta table holds only the latest). Idempotence:
@@ -69,7 +70,8 @@ def _folder_region(relative: str) -> str | None:
 #: Files written at once: writing is compression and encoding, which release the GIL, one per core.
 _WRITERS = max(2, pa.cpu_count())
 
-_TYPE_FIX = "Cast the column in the transform back to the stored type, or move the table's folder away to start a new version log"
+_TYPE_FIX = ("Cast the column in the transform back to the stored type, or move the table's folder away to "
+             "start a new version log")
 
 
 def run_prefix(run_number: int) -> str:
@@ -143,7 +145,8 @@ class ParquetSink:
         return PartWrite(data.num_rows, region_counts(data), deleted=count_true(tombstones(batch, data)))
 
     def finish(self, batch: TableBatch, begun: ParquetBegun, parts: list[PartWrite]) -> SinkWrite:
-        """Nothing to commit: each file appeared whole (renamed into place); the checkpoint publishes the run."""
+        """Nothing to commit: each file appeared whole (renamed into place); the checkpoint publishes the
+        run."""
         failpoints.hit("parquet.commit", batch.table)
         return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.location(batch.table),
                          regions=summed_regions(parts), deleted=sum(p.deleted for p in parts))
@@ -158,7 +161,8 @@ class ParquetSink:
         try:
             self._remove_run(where, run_number)
         except OSError as error:
-            raise storage_error(error, where.uri, side="sink", doing="removing a cut run's files under") from error
+            raise storage_error(error, where.uri, side="sink",
+                                doing="removing a cut run's files under") from error
 
     def read_back(self, table: str, columns: list[str]) -> pa.Table | None:
         """Every version row of the log (hidden in-flight files skipped, as readers skip them), with the
@@ -168,7 +172,8 @@ class ParquetSink:
             return None
         where, paths = found
         with ThreadPoolExecutor(max_workers=4) as pool:
-            parts = list(pool.map(lambda path: self._read_file(table, where, path, [*columns, "region"]), paths))
+            parts = list(pool.map(lambda path: self._read_file(table, where, path, [*columns, "region"]),
+                                  paths))
         return pa.concat_tables(parts, promote_options="permissive") if parts else None
 
     def scan(self, table: str, columns: list[str]) -> Iterator[pa.Table]:
@@ -187,11 +192,12 @@ class ParquetSink:
                 return None
             infos = where.filesystem.get_file_info(pafs.FileSelector(where.path, recursive=True))
         except OSError as error:
-            raise SinkUnavailable(f"listing {where.uri} failed: {short_error(error)}. Check the warehouse path, "
-                                  "then verify again") from error
+            raise SinkUnavailable(f"listing {where.uri} failed: {short_error(error)}. Check the warehouse "
+                                  "path, then verify again") from error
         return where, sorted(
             i.path for i in infos
-            if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_"))
+            if (i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                    and not i.base_name.startswith((".", "_")))
         )
 
     @staticmethod
@@ -206,7 +212,8 @@ class ParquetSink:
                     rows = rows.append_column(name, pa.nulls(rows.num_rows))
             rows = rows.select(wanted)
             folder = _folder_region(path[len(where.path):])
-            return rows.append_column(PARTITION_REGION, pa.repeat(pa.scalar(folder, pa.string()), rows.num_rows))
+            return rows.append_column(PARTITION_REGION,
+                                      pa.repeat(pa.scalar(folder, pa.string()), rows.num_rows))
         except (OSError, pa.ArrowInvalid, KeyError) as error:
             raise SinkRejected(f"cannot read columns {wanted} of {path} (Parquet sink of {table}): "
                                f"{short_error(error)}. Fix or remove the file") from error
@@ -233,7 +240,8 @@ class ParquetSink:
         """The table's `region=` folders (listed once per write: the schema check and the version
         anti-join both need them)."""
         return [
-            f.path for f in where.filesystem.get_file_info(pafs.FileSelector(where.path, allow_not_found=True))
+            f.path for f in where.filesystem.get_file_info(
+                pafs.FileSelector(where.path, allow_not_found=True))
             if f.type == pafs.FileType.Directory and f.base_name.startswith("region=")
         ]
 
@@ -243,7 +251,8 @@ class ParquetSink:
         None for a new table: every file of the log has the same column types, this keeps it so."""
         fs = where.filesystem
         for region in regions:
-            days = sorted((d for d in fs.get_file_info(pafs.FileSelector(region)) if d.type == pafs.FileType.Directory),
+            days = sorted((d for d in fs.get_file_info(pafs.FileSelector(region))
+                           if d.type == pafs.FileType.Directory),
                           key=lambda d: d.base_name, reverse=True)
             for day in days:
                 for file in fs.get_file_info(pafs.FileSelector(day.path)):
@@ -275,7 +284,8 @@ class ParquetSink:
         mask = tombstones(batch, data)
         if mask is not None:  # `_existing_versions` read the stored flag as TOMBSTONE
             versions, columns = versions.append_column(TOMBSTONE, mask), [*columns, TOMBSTONE]
-        marked = existing.select(columns).append_column("__seen", pa.array(np.ones(existing.num_rows, dtype=bool)))
+        marked = existing.select(columns).append_column("__seen",
+                                                        pa.array(np.ones(existing.num_rows, dtype=bool)))
         # Joined on the version's columns and a row number only; the new rows are taken once, in key order.
         slim = versions.append_column("__row", pa.array(np.arange(data.num_rows, dtype=np.int64)))
         joined = slim.join(marked, keys=columns, join_type="left outer")
@@ -291,7 +301,8 @@ class ParquetSink:
         deletes, also whether each is a tombstone (column TOMBSTONE; false in files written before the
         source had deletes, which have no `_deleted` column)."""
         columns = [*batch.key, batch.cursor]
-        days = [(low + timedelta(days=i)).date().isoformat() for i in range((high.date() - low.date()).days + 1)]
+        days = [(low + timedelta(days=i)).date().isoformat()
+                for i in range((high.date() - low.date()).days + 1)]
         own = run_prefix(batch.run_number)
         paths = []
         for region in regions:

@@ -43,7 +43,8 @@ def files(where: Location) -> list[str]:
     selector = pafs.FileSelector(where.path, allow_not_found=True)
     return sorted(
         f.path for f in where.filesystem.get_file_info(selector)
-        if f.type == pafs.FileType.File and f.base_name.startswith("load-") and f.base_name.endswith(".parquet")
+        if (f.type == pafs.FileType.File and f.base_name.startswith("load-")
+                and f.base_name.endswith(".parquet"))
     )
 
 
@@ -84,7 +85,8 @@ def table_rows(log: pa.Table, spec: DimensionSpec) -> pa.Table:
     return rows.drop_columns([LOADED_AT])
 
 
-def current_rows(where: Location, spec: DimensionSpec, columns: Sequence[str] | None = None) -> pa.Table | None:
+def current_rows(where: Location, spec: DimensionSpec,
+                 columns: Sequence[str] | None = None) -> pa.Table | None:
     """`columns` (all when None) of the rows a load compares with (scd2: the current versions)."""
     log = read_log(where, spec, columns)
     if log is None:
@@ -104,7 +106,8 @@ def _whole_closes(where: Location, spec: DimensionSpec, closes: pa.Table) -> pa.
     match = [*spec.key, VALID_FROM]
     whole = held.join(closes.select([*match, VALID_TO, IS_CURRENT]), keys=match, join_type="inner")
     return whole.select(held.schema.names[: held.schema.get_field_index(VALID_FROM) + 1]
-                        + [VALID_TO, IS_CURRENT] + held.schema.names[held.schema.get_field_index(VALID_FROM) + 1:])
+                        + [VALID_TO, IS_CURRENT]
+                        + held.schema.names[held.schema.get_field_index(VALID_FROM) + 1:])
 
 
 def append(where: Location, spec: DimensionSpec, changes: DimensionChanges, compression: str | None) -> None:
@@ -114,11 +117,13 @@ def append(where: Location, spec: DimensionSpec, changes: DimensionChanges, comp
     if spec.mode == "replace":
         rows = changes.opens
     elif spec.mode == "merge":
-        # a deletion record (`_deleted`: the key left a newer snapshot) holds the compared columns, the rest null
+        # a deletion record (`_deleted`: the key left a newer snapshot) holds the compared columns,
+        # the rest null
         rows = pa.concat_tables([_flagged(changes.opens, False), _flagged(changes.closes, True)],
                                 promote_options="default")
     else:
-        closes = _whole_closes(where, spec, changes.closes) if changes.closes.num_rows else changes.opens.slice(0, 0)
+        closes = (_whole_closes(where, spec, changes.closes) if changes.closes.num_rows
+                  else changes.opens.slice(0, 0))
         rows = pa.concat_tables([closes.cast(changes.opens.schema), changes.opens])
     loaded_at = time.time_ns() // 1000
     if older:  # a later name than every file there, whatever this machine's clock says

@@ -38,8 +38,8 @@ def refuse_type_changes(where: str, stored: pa.Schema, incoming: pa.Schema, fix:
     conflicts = type_conflicts(stored, incoming)
     if conflicts:
         raise SinkRejected(
-            f"{where}: its schema has other column types than this run's ({'; '.join(conflicts)}); the loader "
-            f"never casts a stored column. {fix}, then run again: the run replays"
+            f"{where}: its schema has other column types than this run's ({'; '.join(conflicts)}); "
+            f"the loader never casts a stored column. {fix}, then run again: the run replays"
         )
 
 
@@ -66,9 +66,9 @@ def refuse_unwritable_names(where: str, incoming: pa.Schema) -> None:
     bad = [name for name in incoming.names if not name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)]
     if bad:
         raise SinkRejected(
-            f"{where}: column name(s) {', '.join(repr(n) for n in bad)} empty or holding control characters, which "
-            "it cannot store as they are. Rename the landing column (or drop it from the files), then run again: "
-            "nothing was written"
+            f"{where}: column name(s) {', '.join(repr(n) for n in bad)} empty or holding control characters, "
+            "which it cannot store as they are. Rename the landing column (or drop it from the files), then "
+            "run again: nothing was written"
         )
 
 

@@ -30,8 +30,8 @@ version no newer than its key's remembered tombstone (a late version must not in
 the newest version decides), then the staged tombstones are remembered and keys a newer live version
 revives are forgotten (DELETE, UPDATE, INSERT joined on the staged keys only); a rollback undoes all.
 
-Dimension tables (`apply_dimension`; the changes come from loader/transform/dimension_changes.py): one table per
-dimension, `<TABLE>` in the same database and schema, created from the changes' Arrow schema (no
+Dimension tables (`apply_dimension`; the changes come from loader/transform/dimension_changes.py): one table
+per dimension, `<TABLE>` in the same database and schema, created from the changes' Arrow schema (no
 CLUSTER BY; scd2: primary key the key and `valid_from`). Its opens and closes are PUT as Parquet to a
 fresh folder `@<stage>/<pipeline>/dimensions/<table>/<attempt>/` and COPied into transient tables
 `<TABLE>_LOADER_OPENS` / `_LOADER_CLOSES`; then ONE transaction applies them: scd2 closes the matching
@@ -296,8 +296,8 @@ class SnowflakeSink:
                 failpoints.hit("snowflake.commit", batch.table)
                 if rows:
                     self._cleanup(session, batch, begun.stage_folder)
-                return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.location(batch.table),
-                                 regions=summed_regions(parts), deleted=deleted)
+                return SinkWrite(self.name, batch.table, sum(p.rows for p in parts),
+                                 self.location(batch.table), regions=summed_regions(parts), deleted=deleted)
             finally:
                 session.done()
 
@@ -308,7 +308,8 @@ class SnowflakeSink:
             try:
                 session.cursor().execute(statement)
             except Exception as error:
-                log.info("%s -> snowflake: %s failed (%s)", batch.table, statement.split(" ")[0], short_error(error))
+                log.info("%s -> snowflake: %s failed (%s)", batch.table, statement.split(" ")[0],
+                         short_error(error))
                 _drop_unless_refused(session, error)
 
     def read_back(self, table: str, columns: list[str]) -> pa.Table | None:
@@ -317,7 +318,8 @@ class SnowflakeSink:
         return pa.concat_tables(parts) if parts else None
 
     def scan(self, table: str, columns: list[str]) -> Iterator[pa.Table]:
-        """`read_back`'s rows in the pieces the connector fetches (none where there is no table, or no row)."""
+        """`read_back`'s rows in the pieces the connector fetches (none where there is no table, or no
+        row)."""
         import snowflake.connector.errors as sf_errors
 
         s = self.settings
@@ -325,18 +327,23 @@ class SnowflakeSink:
         session = _Session(self)
         try:
             cur = session.cursor()
-            cur.execute("SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            cur.execute("SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = %s "
+                        "AND TABLE_NAME = %s",
                         (s.schema_.upper(), table.upper()))
             if not cur.fetchone()[0]:
                 return
-            # The delete mark's NULLs read with IS NULL too (the emulator returns a NULL TIMESTAMP_TZ as the epoch)
+            # The delete mark's NULLs read with IS NULL too (the emulator returns a NULL TIMESTAMP_TZ as the
+            # epoch)
             marks = [c for c in selected if c == DELETED_AT]
-            cur.execute(f"SELECT {', '.join([*(ident(c) for c in selected), *(f'{ident(c)} IS NULL' for c in marks)])} "
-                        f"FROM {ident(table)}")
+            cur.execute(
+                "SELECT "
+                f"{', '.join([*(ident(c) for c in selected), *(f'{ident(c)} IS NULL' for c in marks)])} "
+                f"FROM {ident(table)}")
             for data in cur.fetch_arrow_batches():
                 if marks:
                     data = data.set_column(selected.index(DELETED_AT), DELETED_AT, pc.if_else(
-                        data.column(len(selected)), pa.scalar(None, data.schema.field(selected.index(DELETED_AT)).type),
+                        data.column(len(selected)),
+                        pa.scalar(None, data.schema.field(selected.index(DELETED_AT)).type),
                         data.column(selected.index(DELETED_AT))))
                     data = data.select(list(range(len(selected))))
                 yield _as_source_types(data.rename_columns(selected))
@@ -375,7 +382,8 @@ class SnowflakeSink:
         None if there is no table."""
         session = _Session(self)
         try:
-            return self._step(spec.table, "read", session, lambda cur: self._dimension_rows(cur, spec, columns))
+            return self._step(spec.table, "read", session,
+                              lambda cur: self._dimension_rows(cur, spec, columns))
         finally:
             session.done()
 
@@ -409,9 +417,11 @@ class SnowflakeSink:
 
             self._step(spec.table, "stage", session, put)
             counts = {side: rows.num_rows for side, rows in staged.items()}
-            self._step(spec.table, "copy", session, lambda cur: self._copy_dimension(cur, spec, prefix, counts))
+            self._step(spec.table, "copy", session,
+                       lambda cur: self._copy_dimension(cur, spec, prefix, counts))
             self._step(spec.table, "apply", session,
-                       lambda cur: self._apply_dimension(cur, session.conn, spec, list(schema.names), set(staged)))
+                       lambda cur: self._apply_dimension(cur, session.conn, spec, list(schema.names),
+                                                         set(staged)))
             self._cleanup_dimension(session, spec, prefix if staged else None)
         finally:
             session.done()
@@ -453,13 +463,15 @@ class SnowflakeSink:
         target = _target_schema(batch)
         cur.execute(create_table_sql(batch.table, target, batch.key, cluster_by=cluster))
         if batch.deletes == "hard":
-            cur.execute(create_table_sql(_tombstones_table(batch), _tombstones_schema(batch), batch.key, cluster_by=None))
+            cur.execute(create_table_sql(_tombstones_table(batch), _tombstones_schema(batch), batch.key,
+                                         cluster_by=None))
         cur.execute(
             "SELECT COLUMN_NAME, DATA_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE FROM INFORMATION_SCHEMA.COLUMNS "
             "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
             (s.schema_.upper(), batch.table.upper()),
         )
-        existing = {name: ColumnType(kind, precision, scale) for name, kind, precision, scale in cur.fetchall()}
+        existing = {name: ColumnType(kind, precision, scale)
+                    for name, kind, precision, scale in cur.fetchall()}
         for statement in columns_to_add(batch.table, target, existing, self._schema_name):
             log.info("%s -> snowflake: new source column: %s", batch.table, statement)
             cur.execute(statement)
@@ -499,7 +511,8 @@ class SnowflakeSink:
         staged = cur.fetchone()[0]
         if staged != rows:
             raise SinkUnavailable(
-                f"Snowflake: {staging} holds {staged:,} rows after COPY, the run's parts staged {rows:,}: copying again"
+                f"Snowflake: {staging} holds {staged:,} rows after COPY, the run's parts staged {rows:,}: "
+                "copying again"
             )
 
     def _merge(self, cur: Any, conn: Any, batch: TableBatch, rows: int) -> int:
@@ -522,8 +535,8 @@ class SnowflakeSink:
                         cur.execute(statement)
             failpoints.hit("snowflake.merge", batch.table)
             cur.execute(
-                f"INSERT INTO {ident(self.settings.ledger_table)} (PIPELINE, TABLE_NAME, RUN_NUMBER, LOADED_AT, "
-                f"ROWS_LOADED) SELECT %s, %s, %s, CURRENT_TIMESTAMP(), %s",
+                f"INSERT INTO {ident(self.settings.ledger_table)} (PIPELINE, TABLE_NAME, RUN_NUMBER, "
+                f"LOADED_AT, ROWS_LOADED) SELECT %s, %s, %s, CURRENT_TIMESTAMP(), %s",
                 (batch.pipeline, batch.table, batch.run_number, rows),
             )
             conn.commit()
@@ -544,8 +557,10 @@ class SnowflakeSink:
             return None
         if wanted is not None:
             columns = {name: kind for name, kind in columns.items() if name.lower() in set(wanted)}
-        schema = pa.schema([pa.field(name.lower(), _arrow_type(spec.table, name, kind)) for name, kind in columns.items()])
-        # NULL timestamps read with IS NULL too: the emulator returns a NULL TIMESTAMP_TZ over Arrow as the epoch
+        schema = pa.schema([pa.field(name.lower(), _arrow_type(spec.table, name, kind))
+                            for name, kind in columns.items()])
+        # NULL timestamps read with IS NULL too: the emulator returns a NULL TIMESTAMP_TZ over Arrow as the
+        # epoch
         times = [i for i, f in enumerate(schema) if pa.types.is_timestamp(f.type)]
         names = list(columns)
         selected = [ident(n) for n in names] + [f"{ident(names[i])} IS NULL" for i in times]
@@ -563,7 +578,8 @@ class SnowflakeSink:
         cur.execute(f"CREATE STAGE IF NOT EXISTS {ident(self.settings.stage)}")
         key = (*spec.key, VALID_FROM) if spec.mode == "scd2" else spec.key  # scd2: versions per key
         cur.execute(create_table_sql(spec.table, schema, key, cluster_by=None))
-        for statement in columns_to_add(spec.table, schema, self._columns(cur, spec.table), self._schema_name):
+        for statement in columns_to_add(spec.table, schema, self._columns(cur, spec.table),
+                                        self._schema_name):
             log.info("%s -> snowflake: new dimension column: %s", spec.table, statement)
             cur.execute(statement)
 
@@ -578,10 +594,12 @@ class SnowflakeSink:
             staged = cur.fetchone()[0]
             if staged != rows:
                 raise SinkUnavailable(
-                    f"Snowflake: {staging} holds {staged:,} rows after COPY, {rows:,} were staged: copying again")
+                    f"Snowflake: {staging} holds {staged:,} rows after COPY, {rows:,} were staged: "
+                    "copying again")
 
     @staticmethod
-    def _apply_dimension(cur: Any, conn: Any, spec: DimensionSpec, columns: list[str], staged: set[str]) -> None:
+    def _apply_dimension(cur: Any, conn: Any, spec: DimensionSpec, columns: list[str],
+                         staged: set[str]) -> None:
         """The changes in one transaction: all of them or none (a retry repeats the whole of it)."""
         with _transaction(conn):
             for statement in _dimension_sql(spec, columns, staged):
@@ -593,12 +611,14 @@ class SnowflakeSink:
     def _cleanup_dimension(session: _Session, spec: DimensionSpec, prefix: str | None) -> None:
         """Applied already: a failure here is logged (the next load replaces the staging tables; staged
         files left behind cost storage only)."""
-        statements = [f"DROP TABLE IF EXISTS {_dimension_staging(spec, side)}" for side in ("opens", "closes")]
+        statements = [f"DROP TABLE IF EXISTS {_dimension_staging(spec, side)}"
+                      for side in ("opens", "closes")]
         for statement in [*statements, *([f"REMOVE {prefix}"] if prefix else [])]:
             try:
                 session.cursor().execute(statement)
             except Exception as error:
-                log.info("%s -> snowflake: %s failed (%s)", spec.table, statement.split(" ")[0], short_error(error))
+                log.info("%s -> snowflake: %s failed (%s)", spec.table, statement.split(" ")[0],
+                         short_error(error))
                 _drop_unless_refused(session, error)
 
     def connect(self) -> Any:
@@ -607,7 +627,8 @@ class SnowflakeSink:
         s = self.settings
         options: dict[str, Any] = {
             "account": s.account, "user": s.user, "database": s.database, "schema": s.schema_,
-            "login_timeout": s.login_timeout.total_seconds(), "network_timeout": s.network_timeout.total_seconds(),
+            "login_timeout": s.login_timeout.total_seconds(),
+            "network_timeout": s.network_timeout.total_seconds(),
             "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
         }
         for name in ("role", "warehouse", "host", "port", "protocol"):
@@ -624,19 +645,22 @@ class SnowflakeSink:
         from snowflake.connector import errors as e
 
         detail = short_error(error)
-        for secret in (self.settings.password, self.settings.private_key_passphrase, self.settings.private_key):
+        for secret in (self.settings.password, self.settings.private_key_passphrase,
+                       self.settings.private_key):
             if secret:
                 detail = detail.replace(secret, "***")
         where = self.where
         text = detail.lower()
         session_lost = getattr(error, "errno", None) in _SESSION_LOST
-        if isinstance(error, e.DatabaseError) and not session_lost and any(word in text for word in _AUTH_WORDS):
+        if (isinstance(error, e.DatabaseError) and not session_lost
+                and any(word in text for word in _AUTH_WORDS)):
             return SinkRejected(
                 f"{doing} {where} failed: authentication refused ({detail}). Check sinks.snowflake.user, "
                 f"account and SNOWFLAKE_PASSWORD (or the private key), then run again: the run replays"
             )
         transient = (e.OperationalError, e.InterfaceError, e.InternalServerError, e.ServiceUnavailableError,
-                     e.GatewayTimeoutError, e.BadGatewayError, e.OtherHTTPRetryableError, e.RequestTimeoutError)
+                     e.GatewayTimeoutError, e.BadGatewayError, e.OtherHTTPRetryableError,
+                     e.RequestTimeoutError)
         if session_lost or (isinstance(error, transient) and not isinstance(error, e.ProgrammingError)):
             return SinkUnavailable(
                 f"{doing} {where} failed: {detail}. Snowflake was unreachable or busy: check sinks.snowflake "
@@ -644,8 +668,8 @@ class SnowflakeSink:
             )
         return SinkRejected(
             f"{doing} {where} failed: {detail}. Check that the role may use the database, schema and "
-            f"warehouse and create stages and tables there (see docs/sinks.md, Snowflake), and that the table's "
-            f"columns match the source, then run again: the run replays"
+            f"warehouse and create stages and tables there (see docs/sinks.md, Snowflake), and that the "
+            f"table's columns match the source, then run again: the run replays"
         )
 
 
@@ -654,8 +678,8 @@ def private_key_der(settings: SnowflakeSinkConfig) -> bytes:
     DER bytes the connector takes; a clear terminal error if it cannot be read."""
     from cryptography.hazmat.primitives import serialization
 
-    where = f"sinks.snowflake.private_key_file {settings.private_key_file}" if settings.private_key_file else (
-        "sinks.snowflake.private_key")
+    where = (f"sinks.snowflake.private_key_file {settings.private_key_file}" if settings.private_key_file
+             else "sinks.snowflake.private_key")
     try:
         inline = (settings.private_key or "").strip()
         if "\n" not in inline:  # a secret store that kept the PEM on one line, newlines as \n
@@ -669,8 +693,8 @@ def private_key_der(settings: SnowflakeSinkConfig) -> bytes:
     except (ValueError, TypeError) as error:
         reason = str(error).split("\n")[0]
         raise SinkRejected(
-            f"Snowflake: {where} is not a PEM private key this passphrase opens ({reason}): check the key and "
-            f"sinks.snowflake.private_key_passphrase (needed only for an encrypted key)"
+            f"Snowflake: {where} is not a PEM private key this passphrase opens ({reason}): check the "
+            f"key and sinks.snowflake.private_key_passphrase (needed only for an encrypted key)"
         ) from None
     return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
@@ -692,8 +716,9 @@ def _arrow_type(table: str, column: str, kind: ColumnType) -> pa.DataType:
     simple = {"TEXT": pa.string(), "FLOAT": pa.float64(), "BOOLEAN": pa.bool_(), "DATE": pa.date32(),
               "TIMESTAMP_TZ": TIME, "TIMESTAMP_LTZ": TIME, "TIMESTAMP_NTZ": pa.timestamp("us")}
     if kind.family not in simple:
-        raise SinkRejected(f"Snowflake: dimension column {table.upper()}.{column} is {kind}, which the loader never "
-                           f"creates: drop the table to let the loader recreate it, then run again")
+        raise SinkRejected(f"Snowflake: dimension column {table.upper()}.{column} is {kind}, which the "
+                           f"loader never creates: drop the table to let the loader recreate it, then "
+                           f"run again")
     return simple[kind.family]
 
 
@@ -728,10 +753,12 @@ def _dimension_sql(spec: DimensionSpec, columns: list[str], staged: set[str]) ->
     if spec.mode == "scd2":
         version = " AND ".join(f"t.{k} = {{s}}.{k}" for k in [*key, ident(VALID_FROM)])
         if "closes" in staged:
-            statements.append(f"UPDATE {table} t SET {ident(VALID_TO)} = c.{ident(VALID_TO)}, {ident(IS_CURRENT)} = FALSE "
+            statements.append(f"UPDATE {table} t SET {ident(VALID_TO)} = c.{ident(VALID_TO)}, "
+                              f"{ident(IS_CURRENT)} = FALSE "
                               f"FROM {closes} c WHERE {version.format(s='c')} AND t.{ident(IS_CURRENT)}")
         if "opens" in staged:  # versions stored already (a COMMIT whose acknowledgement was lost): not again
-            statements.append(f"{insert} WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {version.format(s='o')})")
+            statements.append(f"{insert} WHERE NOT EXISTS "
+                              f"(SELECT 1 FROM {table} t WHERE {version.format(s='o')})")
         return statements
     if spec.mode == "replace":
         return [f"DELETE FROM {table}", *([insert] if "opens" in staged else [])]
@@ -787,9 +814,10 @@ def _remember_tombstones_sql(batch: TableBatch) -> list[str]:
     newer = f"s.{cursor} > t.{cursor}"
     return [
         f"DELETE FROM {table} t USING ({latest}) s WHERE {match} AND NOT s.{flag} AND {newer}",
-        f"UPDATE {table} t SET {cursor} = s.{cursor} FROM ({latest}) s WHERE {match} AND s.{flag} AND {newer}",
-        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join('s.' + c for c in columns)} FROM ({latest}) s "
-        f"WHERE s.{flag} AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})",
+        f"UPDATE {table} t SET {cursor} = s.{cursor} FROM ({latest}) s "
+        f"WHERE {match} AND s.{flag} AND {newer}",
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join('s.' + c for c in columns)} "
+        f"FROM ({latest}) s WHERE s.{flag} AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})",
     ]
 
 
@@ -814,7 +842,8 @@ def _merge_sql(batch: TableBatch) -> str:
     latest = _latest_sql(batch, columns)
     updates = ", ".join(f"{c} = s.{c}" for c in columns if c not in key)
     return (
-        f"MERGE INTO {ident(batch.table)} t USING ({latest}) s ON {' AND '.join(f't.{k} = s.{k}' for k in key)} "
+        f"MERGE INTO {ident(batch.table)} t USING ({latest}) s "
+        f"ON {' AND '.join(f't.{k} = s.{k}' for k in key)} "
         f"WHEN MATCHED AND s.{cursor} > t.{cursor} THEN UPDATE SET {updates} "
         f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) VALUES ({', '.join('s.' + c for c in columns)})"
     )
@@ -834,8 +863,10 @@ def _merge_with_deletes_sql(batch: TableBatch) -> str:
         join = " AND ".join(f"d.{k} = l.{k}" for k in key)
         latest = (f"SELECT l.* FROM ({latest}) l LEFT JOIN {ident(_tombstones_table(batch))} d ON {join} "
                   f"WHERE l.{flag} OR d.{cursor} IS NULL OR l.{cursor} > d.{cursor}")
-    merge = f"MERGE INTO {ident(batch.table)} t USING ({latest}) s ON {' AND '.join(f't.{k} = s.{k}' for k in key)} "
-    insert = f"WHEN NOT MATCHED AND {live} THEN INSERT ({', '.join(stored)}) VALUES ({', '.join('s.' + c for c in stored)})"
+    merge = (f"MERGE INTO {ident(batch.table)} t USING ({latest}) s "
+             f"ON {' AND '.join(f't.{k} = s.{k}' for k in key)} ")
+    insert = (f"WHEN NOT MATCHED AND {live} THEN INSERT ({', '.join(stored)}) "
+              f"VALUES ({', '.join('s.' + c for c in stored)})")
     if batch.deletes == "hard":
         return (f"{merge}WHEN MATCHED AND {tombstone} THEN DELETE "
                 f"WHEN MATCHED AND {live} AND s.{cursor} > t.{cursor} THEN UPDATE SET {updates} {insert}")
@@ -851,7 +882,8 @@ def _merge_with_deletes_sql(batch: TableBatch) -> str:
 def _marked_sql(batch: TableBatch) -> str:
     """How many stored rows the soft MERGE's tombstones will mark (run inside its transaction, first)."""
     stored = [ident(f.name) for f in _target_schema(batch) if f.name != DELETED_AT]
-    key, cursor, flag, marked = [ident(k) for k in batch.key], ident(batch.cursor), ident(DELETED), ident(DELETED_AT)
+    key, cursor, flag, marked = ([ident(k) for k in batch.key], ident(batch.cursor), ident(DELETED),
+                                 ident(DELETED_AT))
     return (
         f"SELECT COUNT(*) FROM ({_latest_sql(batch, [*stored, flag])}) s JOIN {ident(batch.table)} t "
         f"ON {' AND '.join(f't.{k} = s.{k}' for k in key)} WHERE s.{flag} AND t.{cursor} <= s.{cursor} "

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 B = TypeVar("B")
 
 
-def write_table(sinks: list[Sink[Any]], batch: TableBatch, parts: list[Any]) -> list[tuple[SinkWrite, list[str]]]:
+def write_table(sinks: list[Sink[Any]], batch: TableBatch,
+                parts: list[Any]) -> list[tuple[SinkWrite, list[str]]]:
     """Every sink writes `parts` (tables, or Ray object references to tables) of `batch` (whose data
     gives only the schema) and commits. Returns each sink's result and the Ray nodes that wrote parts.
     Each sink's commit is idempotent, so one failing leaves the others safe to replay."""
@@ -41,9 +42,11 @@ def write_table(sinks: list[Sink[Any]], batch: TableBatch, parts: list[Any]) -> 
         if sink.capabilities.retries_own_steps:
             result, nodes = write_once(sink)
         else:
-            result, nodes = call_with_retries(f"{batch.table} -> {sink.name}", sink.retry, lambda: write_once(sink))
+            result, nodes = call_with_retries(f"{batch.table} -> {sink.name}", sink.retry,
+                                              lambda: write_once(sink))
         log.info("run %d: %s -> %s: %s in %.2fs", batch.run_number, batch.table, sink.name,
-                 "already landed" if result.skipped else f"{result.rows:,} rows", time.perf_counter() - started)
+                 "already landed" if result.skipped else f"{result.rows:,} rows",
+                 time.perf_counter() - started)
         return result, nodes
 
     with ThreadPoolExecutor(max_workers=max(1, len(sinks))) as pool:
@@ -64,7 +67,8 @@ def _write_with(sink: Sink[B], head: TableBatch, parts: list[Any]) -> tuple[Sink
 def _write_parts(sink: Sink[B], head: TableBatch, begun: B, parts: list[Any]) -> list[PartWrite]:
     last = len(parts) - 1
     if all(isinstance(part, pa.Table) for part in parts):
-        return [sink.write_part(replace(head, data=part), begun, part=i, last=i == last) for i, part in enumerate(parts)]
+        return [sink.write_part(replace(head, data=part), begun, part=i, last=i == last)
+                for i, part in enumerate(parts)]
     import ray
 
     task: Any = ray.remote(_write_part_on_node)
@@ -73,7 +77,8 @@ def _write_parts(sink: Sink[B], head: TableBatch, begun: B, parts: list[Any]) ->
     return _fetch([task.remote(sink, head, begun, part, i, i == last) for i, part in enumerate(parts)])
 
 
-def _write_part_on_node(sink: Sink[B], head: TableBatch, begun: B, part: pa.Table, number: int, last: bool) -> PartWrite:
+def _write_part_on_node(sink: Sink[B], head: TableBatch, begun: B, part: pa.Table, number: int,
+                        last: bool) -> PartWrite:
     import ray
 
     written = sink.write_part(replace(head, data=part), begun, part=number, last=last)

@@ -1,7 +1,7 @@
 """Exact decimal rules shared by the fact transforms (loader/transform/facts.py) and the customer dimension
-(loader/transform/dimensions.py): money must be decimal, and values are labelled by decimal thresholds. Written
-against the DataFrame API pandas and cuDF share, like the transforms. A module of its own so that the
-dimensions need not import the transforms, which import the dimensions."""
+(loader/transform/dimensions.py): money must be decimal, and values are labelled by decimal thresholds.
+Written against the DataFrame API pandas and cuDF share, like the transforms. A module of its own so that
+the dimensions need not import the transforms, which import the dimensions."""
 
 from __future__ import annotations
 
@@ -15,16 +15,19 @@ from loader.transform.frames import Frame, Frames, Series
 SEGMENTS = (("standard", "premium", "enterprise"), ("5000", "10000"))
 
 
-def decimal_type(values: Series, b: Frames, name: str, where: str = "the landing zone's schema") -> pa.Decimal128Type:
+def decimal_type(values: Series, b: Frames, name: str,
+                 where: str = "the landing zone's schema") -> pa.Decimal128Type:
     arrow_type = b.arrow_type(values)
     if not pa.types.is_decimal(arrow_type):
         raise BadSourceData(
-            f"column {name} is {arrow_type}, but money must be decimal (never float): fix {where} for that column"
+            f"column {name} is {arrow_type}, but money must be decimal (never float): "
+            f"fix {where} for that column"
         )
     return arrow_type
 
 
-def labels(values: Series, spec: tuple[tuple[str, ...], tuple[str, ...]], b: Frames, *, strict: bool = False) -> Series:
+def labels(values: Series, spec: tuple[tuple[str, ...], tuple[str, ...]], b: Frames, *,
+           strict: bool = False) -> Series:
     """Label each value by the thresholds it reaches: labels[0] below thresholds[0], labels[i] from
     thresholds[i-1] on (`strict`: above it). Compared exactly in decimal; a null value has a null label,
     and so (unless `strict`) has a negative one.
@@ -56,7 +59,8 @@ _LABEL_LOOKUPS: dict[tuple[tuple[str, ...], str], Series] = {}
 def _label_lookup(names: tuple[str, ...], b: Frames) -> Series:
     """The labels indexed by number, made once per engine (on the GPU: copied to the device once)."""
     if (names, b.name) not in _LABEL_LOOKUPS:
-        table = pa.table({"number": pa.array(range(len(names)), pa.int8()), "label": pa.array(names, pa.string())})
+        table = pa.table({"number": pa.array(range(len(names)), pa.int8()),
+                          "label": pa.array(names, pa.string())})
         _LABEL_LOOKUPS[(names, b.name)] = b.frame(table).set_index("number")["label"]
     return _LABEL_LOOKUPS[(names, b.name)]
 

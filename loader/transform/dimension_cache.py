@@ -93,13 +93,13 @@ def load_versioned(config: LoaderConfig, build: Callable[[], Dimensions], *,
             try:
                 _store(folder, _entry(config, key), dims, keep=keep)
             except OSError as error:
-                log.warning("could not cache the prepared dimensions in %s (%s): the next run reads them again. "
-                            "Set run.cache_dir to a writable folder", folder, error)
+                log.warning("could not cache the prepared dimensions in %s (%s): the next run reads them "
+                            "again. Set run.cache_dir to a writable folder", folder, error)
         return dims, key
     from loader.errors import SourceUnavailable
 
-    raise SourceUnavailable(f"the dimension files changed during each of {STABLE_READ_ATTEMPTS} reads: run again "
-                            "once whatever writes them has finished; nothing was written")
+    raise SourceUnavailable(f"the dimension files changed during each of {STABLE_READ_ATTEMPTS} reads: run "
+                            "again once whatever writes them has finished; nothing was written")
 
 
 def load_version(config: LoaderConfig, key: str) -> Dimensions | None:
@@ -141,7 +141,8 @@ def _store(folder: Path, entry: Path, dims: Dimensions, *, keep: Collection[str]
     try:
         for part in PARTS:
             table: pa.Table = getattr(dims, part)
-            with pa.OSFile(str(staging / f"{part}.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            with (pa.OSFile(str(staging / f"{part}.arrow"), "wb") as sink,
+                  pa.ipc.new_file(sink, table.schema) as writer):
                 writer.write_table(table)
         try:
             os.rename(staging, entry)

@@ -89,7 +89,8 @@ def row_hashes(table: pa.Table, columns: Sequence[str]) -> pa.Array:
     hash (a changed hash would make every row look changed)."""
     if table.num_rows == 0:
         return pa.array([], pa.string())
-    parts = [table[c] if pa.types.is_string(table[c].type) else pc.cast(table[c], pa.string()) for c in columns]
+    parts = [table[c] if pa.types.is_string(table[c].type) else pc.cast(table[c], pa.string())
+             for c in columns]
     if not parts:
         parts = [pa.array([""] * table.num_rows)]
     joined = pc.binary_join_element_wise(*parts, "\x1f", null_handling="replace", null_replacement="\x00")
@@ -190,7 +191,8 @@ def _from_snapshot(incoming: pa.Table, current: pa.Table, spec: DimensionSpec, a
     return DimensionChanges(opens, _closed(current.take(closed), close_at))
 
 
-def _from_changes(incoming: pa.Table, current: pa.Table, spec: DimensionSpec, cursor: str) -> DimensionChanges:
+def _from_changes(incoming: pa.Table, current: pa.Table, spec: DimensionSpec,
+                  cursor: str) -> DimensionChanges:
     key = list(spec.key)
     inc = _key_frame(incoming, key, [ROW_HASH, cursor], "_i")
     stored_time = VALID_FROM if spec.mode == "scd2" else cursor

@@ -72,7 +72,8 @@ def _part_changes(before: pa.Table, after: pa.Table, key: str) -> tuple[pa.Table
         for name in after.column_names:
             a, b = was[name], now[name]
             both_null = pc.and_(pc.is_null(a), pc.is_null(b))
-            equal &= np.asarray(pc.or_(pc.fill_null(pc.equal(a, b), False), both_null).to_numpy(zero_copy_only=False))
+            equal &= np.asarray(pc.or_(pc.fill_null(pc.equal(a, b), False), both_null)
+                                .to_numpy(zero_copy_only=False))
         same[rows] = equal
     removed = old[~np.isin(old, new)] if len(old) else old
     return after.filter(pa.array(~same)), pa.table({key: pa.array(removed, before.schema.field(key).type)})

@@ -79,7 +79,8 @@ class Dimensions:
     nations:   n_nationkey, n_name, r_name
     `nation`/`region` are null here when the nation or region is missing; `attach_region` turns a
     null region into UNKNOWN. Plain Arrow tables, so the object pickles (Ray broadcasts it), sorted
-    by key (see `lookups`). Equality is identity (tables are not hashable); compare the tables to compare contents.
+    by key (see `lookups`). Equality is identity (tables are not hashable); compare the tables to compare
+    contents.
     """
 
     customers: pa.Table
@@ -119,7 +120,8 @@ class Dimensions:
         nation = _sorted_unique(nation, "n_nationkey", "nation")
         region = _sorted_unique(region, "r_regionkey", "region")
         empty = pc.sum(pc.equal(region.column("r_name"), "")).as_py() or 0
-        if empty:  # a region names folders and partitions: Delta would store "" as null, Parquet as a bare `region=`
+        # a region names folders and partitions: Delta would store "" as null, Parquet as a bare `region=`
+        if empty:
             raise BadSourceData(
                 f"region has {empty} row(s) with an empty r_name: a region needs a name (it names partitions "
                 "and folders in the sinks). Fix the region table in the landing zone; nothing was written"

@@ -178,7 +178,8 @@ def attach_region(df: Frame, b: Frames, *, kind: str, dims: Dimensions) -> Frame
     return df
 
 
-def _attach(df: Frame, b: Frames, *, kind: str, dims: Dimensions, prepare: Callable[[Frame], Frame] | None = None,
+def _attach(df: Frame, b: Frames, *, kind: str, dims: Dimensions,
+            prepare: Callable[[Frame], Frame] | None = None,
             extra: Sequence[str] = ()) -> tuple[Frame, dict[str, Series]]:
     """attach_region; with `prepare`, the lookup frame goes through it first (it may add columns, or
     rewrite the added ones: they are what the rows get). Also returns the looked-up `extra` columns."""
@@ -259,7 +260,9 @@ def _amount_local(amount: Series, amount_type: pa.Decimal128Type, fx_narrow: Ser
     if amount_type.precision + narrow.precision + 1 <= _MAX_DECIMAL128_PRECISION:
         product = amount * fx_narrow
     else:
-        product = amount.astype(b.dtype(pa.decimal256(amount_type.precision, amount_type.scale))) * fx_narrow.astype(
+        product = amount.astype(
+            b.dtype(pa.decimal256(amount_type.precision, amount_type.scale))
+        ) * fx_narrow.astype(
             b.dtype(pa.decimal256(narrow.precision, narrow.scale))
         )
     return _fit(product.round(AMOUNT_LOCAL.scale), AMOUNT_LOCAL, "amount_local", b, rounded=True)
@@ -288,7 +291,8 @@ def _mask_columns(df: Frame, region: Series, b: Frames, masked_by: Mapping[str, 
     return df
 
 
-def mask_rows(table: pa.Table, region: pa.Array | pa.ChunkedArray, rules: Mapping[str, RegionRule]) -> pa.Table:
+def mask_rows(table: pa.Table, region: pa.Array | pa.ChunkedArray,
+              rules: Mapping[str, RegionRule]) -> pa.Table:
     """`table` (a dimension's rows) with the columns its rows' regions mask masked as the facts' are, so
     a dimension table in the warehouse shows no more than its facts do. On the CPU engine."""
     masked_by = {c: r for c, r in _masked_by(rules).items() if c in table.column_names}
@@ -387,7 +391,8 @@ _ENRICH: dict[str, Callable[[Frame, Frames], Frame]] = {
 }
 
 
-def fact_chain(df: Frame, b: Frames, *, kind: str, dims: Dimensions, rules: Mapping[str, RegionRule]) -> Frame:
+def fact_chain(df: Frame, b: Frames, *, kind: str, dims: Dimensions,
+               rules: Mapping[str, RegionRule]) -> Frame:
     """enrich_<kind> -> attach_region -> apply_region_rules, on one frame. Row-local."""
     amount_column = fact_kind(kind).amount_column
     df = _ENRICH[kind](df, b)
@@ -401,7 +406,8 @@ def fact_chain(df: Frame, b: Frames, *, kind: str, dims: Dimensions, rules: Mapp
 
 
 def transform_fact(
-    table: pa.Table, *, kind: str, dims: Dimensions, rules: Mapping[str, RegionRule], frames: Frames | None = None
+    table: pa.Table, *, kind: str, dims: Dimensions, rules: Mapping[str, RegionRule],
+    frames: Frames | None = None
 ) -> pa.Table:
     """The row-local chain on a pyarrow Table, on `frames` (the CPU engine by default)."""
     frames = frames or frames_for("cpu")

@@ -150,21 +150,26 @@ def gpu_status() -> GpuStatus:
     """Whether cuDF imports and a CUDA device is visible. Never raises; says what is missing. Probed
     once per process (importing cuDF takes seconds; the start-up check and the run both ask)."""
     if importlib.util.find_spec("cudf") is None:
-        return GpuStatus(False, "cuDF is not installed (pip install -e '.[gpu]' on a machine with an NVIDIA GPU)")
+        return GpuStatus(False, "cuDF is not installed "
+                                "(pip install -e '.[gpu]' on a machine with an NVIDIA GPU)")
     try:
         import cupy  # installed with cudf-cu12; counting devices does not need cuDF itself
 
         devices = int(cupy.cuda.runtime.getDeviceCount())
     except Exception as error:  # no driver, no runtime, CUDA_VISIBLE_DEVICES="" ...: all mean "no GPU"
-        return GpuStatus(False, f"cuDF is installed but no CUDA device is usable ({type(error).__name__}: {error})")
+        return GpuStatus(False, "cuDF is installed but no CUDA device is usable "
+                                f"({type(error).__name__}: {error})")
     if devices == 0:
-        return GpuStatus(False, "cuDF is installed but no CUDA device is visible (check CUDA_VISIBLE_DEVICES)")
+        return GpuStatus(False, "cuDF is installed but no CUDA device is visible "
+                                "(check CUDA_VISIBLE_DEVICES)")
     try:
         cudf = importlib.import_module("cudf")
     except Exception as error:
-        return GpuStatus(False, f"{devices} CUDA device(s) visible but cuDF does not import ({type(error).__name__}: {error})",
+        return GpuStatus(False, f"{devices} CUDA device(s) visible but cuDF does not import "
+                                f"({type(error).__name__}: {error})",
                          devices)
-    return GpuStatus(True, f"cuDF {cudf.__version__}, {devices} CUDA device(s)", devices, str(cudf.__version__))
+    return GpuStatus(True, f"cuDF {cudf.__version__}, {devices} CUDA device(s)", devices,
+                     str(cudf.__version__))
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,8 @@ def choose_transform_engine(requested: str, status: GpuStatus | None = None) -> 
     if requested == "cpu":
         return EngineChoice("cpu", "transform engine 'cpu' requested")
     if requested not in ("auto", "gpu"):
-        raise ConfigError(f"transform engine {requested!r} is not one of auto, cpu, gpu: fix transform.engine or --engine")
+        raise ConfigError(f"transform engine {requested!r} is not one of auto, cpu, gpu: "
+                          "fix transform.engine or --engine")
     status = status or gpu_status()
     if status.usable:
         return EngineChoice("gpu", f"{status.detail} ({requested})")
@@ -201,7 +207,8 @@ def frames_for(engine: EngineName) -> Frames:
     return _BACKENDS[engine]
 
 
-def on_table(transform: Callable[..., Frame], table: pa.Table, frames: Frames | None = None, **options: Any) -> pa.Table:
+def on_table(transform: Callable[..., Frame], table: pa.Table, frames: Frames | None = None,
+             **options: Any) -> pa.Table:
     """`transform` applied to a pyarrow Table on `frames` (the CPU engine by default).
 
     On the GPU the result is cast, safely, to the schema the CPU engine gives for the same input (cuDF

@@ -79,7 +79,8 @@ def latest_rows(table: pa.Table, *, key: Sequence[str], cursor: str,
         return None
     dead = _tombstone_flags(tombstones, rows)
     packed = _packed_key(table, key)
-    if packed is None:  # keys that do not pack into one int64 (strings, dates, wide ranges): Arrow's stable sort
+    if packed is None:
+        # keys that do not pack into one int64 (strings, dates, wide ranges): Arrow's stable sort
         names = list(dict.fromkeys([*key, cursor]))
         by = table.select(names).rename_columns([f"c{i}" for i in range(len(names))])
         sort_keys = [(f"c{names.index(name)}", "ascending") for name in [*key, cursor]]
