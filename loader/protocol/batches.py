@@ -10,7 +10,7 @@ same batch, and every source's checkpoint advances to its batch's upper bound in
 A batch reads whole row groups (then filters to its window), so a budget smaller than the largest row
 group is raised to it, with a warning: a row group becomes the unit. A single cursor value holding more
 rows than the budget cannot be cut by cursor: it becomes a batch of its own, with a warning naming it.
-Pure: unit-tested on plans made by hand (tests/unit/test_batches.py).
+Pure: unit-tested on plans made by hand (tests/unit/protocol/test_batches.py).
 """
 
 from __future__ import annotations

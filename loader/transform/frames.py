@@ -82,7 +82,7 @@ class CudfFrames:
     cuDF has no date32 (dates arrive as datetime64[s] and leave as timestamp[s]), exports an empty or
     all-null string column as Arrow's null type and decimals unchecked, so the way back casts, safely,
     to the schema the CPU engine declares for the same input: both engines hand the sinks identical
-    types (tests/unit/test_transform_parity.py). Values are range-checked before every decimal cast
+    types (tests/unit/transform/test_transform_parity.py). Values are range-checked before every decimal cast
     (transforms._fit): cuDF's casts neither check precision nor round."""
 
     name: EngineName = "gpu"

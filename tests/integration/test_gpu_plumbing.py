@@ -3,7 +3,7 @@ Arrow boundary on pandas) and Ray told it has GPUs, the loader picks the GPU eng
 Ray stage runs in a task holding exactly one GPU, every batch goes Arrow -> frame -> Arrow through the
 GPU backend, and the sinks end up exact.
 
-What this cannot show is cuDF's own arithmetic: tests/unit/test_transform_parity.py compares the real
+What this cannot show is cuDF's own arithmetic: tests/unit/transform/test_transform_parity.py compares the real
 cuDF with the CPU engine where a GPU exists (here it runs against the stand-in, below).
 """
 
@@ -39,7 +39,7 @@ def test_parity_suite_passes_against_the_standin(tmp_path: Path) -> None:
     (from_arrow, dtype names, the cast back to the CPU's schema) gives the CPU's rows and types."""
     env = {**os.environ, **_standin_env(tmp_path / "log", 1)}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                           "tests/unit/test_transform_parity.py", "-rs", f"--basetemp={tmp_path / 'pytest'}"],
+                           "tests/unit/transform/test_transform_parity.py", "-rs", f"--basetemp={tmp_path / 'pytest'}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:]
     assert "15 passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.integration]
 
 def test_parts_on_threads_give_the_rows_of_one_piece(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Without the demo's `deletes` blocks: the expected rows below are the plain chain's (tombstones and
-    # their `_deleted` column are tests/unit/test_deletes.py's and tests/integration/test_deletes.py's).
+    # their `_deleted` column are tests/unit/execute/test_deletes.py's and tests/integration/test_deletes.py's).
     sources = yaml.safe_load(LOCAL_CONFIG.read_text())["sources"]
     for source in sources.values():
         source.pop("deletes", None)

@@ -49,3 +49,15 @@ def test_every_named_path_exists() -> None:
         if folder.is_dir():
             for module in named_modules(text):
                 assert (folder / module).is_file(), f"{entry}{module} named in docs/development.md is not there"
+
+
+def test_unit_tests_mirror_the_package() -> None:
+    """A module's own unit tests sit under tests/unit/<its package>/ (the project-wide ones, and those of
+    the modules at loader/'s top, at tests/unit/ itself): each folder there names a package."""
+    unit = ROOT / "tests" / "unit"
+    folders = sorted(p.name for p in unit.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert folders, "no package folders under tests/unit"
+    for name in folders:
+        package = ROOT / "state" if name == "state" else ROOT / "loader" / name
+        assert (package / "__init__.py").is_file(), f"tests/unit/{name}/ mirrors no package of loader/ or state/"
+        assert (unit / name / "__init__.py").is_file(), f"tests/unit/{name}/ has no __init__.py"

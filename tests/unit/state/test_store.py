@@ -21,7 +21,7 @@ from state.models import from_iso, to_iso
 from tests.support.postgres import pg_database
 
 T0 = datetime(2024, 1, 3, 10, 0, 0, 123456, tzinfo=UTC)
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class FakeClock:

@@ -19,7 +19,7 @@ from loader.landing.quarantine import REASON
 from loader.sinks.base import DELETED
 from loader.transform.dimensions import Dimensions
 from tests.support.cli import LOCAL_CONFIG
-from tests.unit.test_transforms import dims, orders  # noqa: F401  (dims: a fixture)
+from tests.unit.transform.test_transforms import dims, orders  # noqa: F401  (dims: a fixture)
 
 TS = pa.timestamp("us", tz="UTC")
 FAR = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)

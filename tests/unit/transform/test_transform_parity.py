@@ -1,6 +1,6 @@
 """Every transform on both engines over the same fixture: the GPU (cuDF) must give exactly what the CPU
 (pandas over Arrow) gives, values and types. Runs where cuDF and a CUDA device are usable; elsewhere the
-parity cases are skipped with the reason, and the CPU engine is tested by tests/unit/test_transforms.py.
+parity cases are skipped with the reason, and the CPU engine is tested by tests/unit/transform/test_transforms.py.
 """
 
 from __future__ import annotations

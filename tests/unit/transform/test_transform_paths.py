@@ -22,7 +22,7 @@ from loader.transform.facts import (
 from loader.transform.frames import PandasFrames
 from loader.transform.region_rules import DEFAULT_REGION_RULES, RegionRule
 from loader.transform.tables import dedupe_latest, latest_rows
-from tests.unit.test_transforms import dims, lineitem, orders  # noqa: F401 - dims is a fixture
+from tests.unit.transform.test_transforms import dims, lineitem, orders  # noqa: F401 - dims is a fixture
 
 # ------------------------------------------------------------------------------------------- dedupe
 
