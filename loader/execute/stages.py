@@ -21,18 +21,21 @@ rows, in key order, with a bool `_deleted` column (false for live rows) and null
 lack. The deletes column itself never reaches a sink: it is landing-zone bookkeeping.
 
 Both executors and verify run a `StageChain`: the Ray executor (loader/execute/ray_cluster.py) calls
-`run` on each key-range part whole; the in-process one (loader/execute/local.py) calls the stages in
-turn, the transform on row-contiguous pieces of the deduplicated rows on threads; verify
-(loader/audit/verify.py) calls `run` on a chain up to the region lookup. The stages are row-local and
+`run` on each key-range part whole; the in-process one (loader/execute/local.py) screens as it reads,
+then calls `after_screen` (the one place that spells out the order), with the transform on
+row-contiguous pieces of the deduplicated rows on threads; verify (loader/audit/verify.py) calls `run`
+on a chain up to the region lookup. The stages are row-local and
 dedupe keeps exactly one deterministic row per key, so any split of a window gives the same rows.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -50,7 +53,7 @@ from loader.transform.dimensions import Dimensions
 from loader.transform.facts import attach_region, transform_fact
 from loader.transform.frames import EngineName, frames_for, on_table
 from loader.transform.region_rules import RegionRule
-from loader.transform.tables import dedupe_latest, latest_rows
+from loader.transform.tables import latest_rows
 from state import Window
 
 log = logging.getLogger(__name__)
@@ -103,10 +106,6 @@ class StageChain:
         a tombstone wins a tie with a live version at its cursor (the delete rule, loader/sinks/base.py)."""
         return latest_rows(rows, key=self.source.primary_key, cursor=self.source.cursor,
                            tombstones=self.tombstone_mask(rows))
-
-    def dedupe(self, rows: pa.Table) -> pa.Table:
-        return dedupe_latest(rows, key=self.source.primary_key, cursor=self.source.cursor,
-                             tombstones=self.tombstone_mask(rows))
 
     def transform(self, rows: pa.Table, dims: Dimensions) -> pa.Table:
         """The row-local transforms, on the chain's engine (up to the region lookup when so declared)."""
@@ -213,16 +212,67 @@ class StageChain:
     def run(self, rows: pa.Table, dims: Dimensions) -> tuple[pa.Table, pa.Table | None]:
         """Every stage on `rows` (all versions of their keys): (the final rows, the rows that failed a
         check or found no region, or None)."""
-        rows, bad = self.screen(rows)
-        if self.source.deletes is None:
-            out, no_region = self.split_region(self.transform(self.dedupe(rows), dims))
-            return out, merge_bad([bad, no_region])
-        live_order, dead_order = self.split_latest(rows, self.latest(rows))
-        dead = None if dead_order is None else self.tombstones(rows.take(pa.array(dead_order)), dims)
-        live = self.live_columns(rows)
-        live = live if live_order is None else live.take(pa.array(live_order, pa.int64()))
-        out, no_region = self.split_region(self.transform(live, dims))
-        return self.join(out, dead), merge_bad([bad, no_region])
+        screened, bad = self.screen(rows)
+        del rows
+        box = [screened]
+        del screened  # the box holds the only reference: `after_screen` frees the rows when it may
+        staged = self.after_screen(box, dims)
+        return staged.rows, merge_bad([bad, staged.no_region])
+
+    def after_screen(self, box: list[pa.Table], dims: Dimensions, *, threads: int = 1,
+                     rows_per_thread: int = 200_000) -> Staged:
+        """Every stage after `screen`, in the chain's order (the one place that spells it out). `box`
+        holds the screened rows and is emptied: the landing rows are let go of once the deduplicated
+        ones are taken, so one full copy of the window is held at a time. On the CPU the transform runs
+        on up to `threads` row-contiguous pieces (at least `rows_per_thread` rows each) on threads:
+        pyarrow's kernels release the GIL, and the pieces go back together in key order."""
+        landing = box.pop()
+        # Upstream deletes: the keys whose newest version is a tombstone leave the transforms here and
+        # join the transformed rows at the end.
+        order, dead_order = self.split_latest(landing, self.latest(landing))
+        dead = None if dead_order is None else self.tombstones(landing.take(pa.array(dead_order)), dims)
+        live = self.live_columns(landing)
+        del landing
+        count = live.num_rows if order is None else len(order)
+        parts = 1 if self.engine != "cpu" else max(1, min(threads, count // rows_per_thread))
+        with ThreadPoolExecutor(max_workers=parts) as pool:
+            run = pool.map if parts > 1 else map  # one part (and the GPU): on this thread
+            pieces = latest_pieces(live, order, parts, run)
+            del live, order
+            transformed = list(run(partial(self.transform, dims=dims), pieces))
+        del pieces
+        # One chunk: the sinks take rows by position (Parquet's files), which gathers every chunk each time.
+        whole = transformed[0] if parts == 1 else pa.concat_tables(transformed).combine_chunks()
+        del transformed
+        out, no_region = self.split_region(whole)
+        del whole
+        tombstones = 0 if dead is None else dead.num_rows
+        return Staged(self.join(out, dead), no_region, kept=count + tombstones, tombstones=tombstones)
+
+
+@dataclass
+class Staged:
+    """What the stages after `screen` made of a source's rows: the rows for the sinks, the rows the
+    region lookup found no region for (or None), the rows kept by the dedupe, the tombstones among them."""
+
+    rows: pa.Table
+    no_region: pa.Table | None
+    kept: int
+    tombstones: int
+
+
+def latest_pieces(rows: pa.Table, order: Any, parts: int,
+                  run: Callable[..., Iterator[pa.Table]]) -> list[pa.Table]:
+    """The deduplicated rows (`rows` taken at `order`, in key order; `rows` itself when None) in `parts`
+    row-contiguous pieces, taken by `run` (a pool's map: in parallel)."""
+    count = rows.num_rows if order is None else len(order)
+    bounds = [count * i // parts for i in range(parts + 1)]
+
+    def piece(i: int) -> pa.Table:
+        low, high = bounds[i], bounds[i + 1]
+        return rows.slice(low, high - low) if order is None else rows.take(pa.array(order[low:high]))
+
+    return list(run(piece, range(parts)))
 
 
 @dataclass
