@@ -1,31 +1,6 @@
 """`loader verify`: reconcile each enabled sink with the landing zone over the committed windows.
 
-Expected, per fact source: the landing rows with cursor <= the source's checkpoint, from the files that
-existed when the checkpoint's run planned (file mtime <= the plan's time, recorded with the run's input).
-Files that landed later are pending, not committed: a late record in them may lie below the checkpoint
-but no committed run could have read it (so a landing zone copied without its mtimes looks all new).
-Those rows go through a run's own stage chain (loader/execute/stages.py) up to the region lookup:
-quarantine checks, window, dedupe on the primary key (latest cursor wins; a tombstone wins a tie),
-region. Each row's region is then the one its batch gave it: the recorded dimension version of the first
-committed run that read it (loader/audit/placement.py), today's dimensions only where none is
-recorded. Only the key, cursor, lookup and deletes columns are read.
-
-Compared per (table, region, sink): the row count and an order-independent checksum
-(loader/audit/checksums.py) of (key, cursor, delete mark), where the mark is the `_deleted` flag of a
-log of versions, the `_deleted_at` time of a soft-deleting table of latest rows, and nothing for hard
-deletes (the row is gone). Every enabled sink (the registry, loader/sinks) is read back through its own
-`read_back`: a sink holding the latest version of each key (Delta, Snowflake) must hold those rows and
-no key twice; a log of versions (Parquet) must have them as each key's newest version, and no version
-twice; where a sink's files sit in `region=` folders, every row must sit in its own region's. With
---deep, every column of those rows too (loader/audit/deep.py).
-
-A table of more landing rows than `ROWS_PER_PART` goes in key-hash parts, one at a time (`Part`): a
-key's rows all fall in one part, so dedupe, placement and duplicates work within it, and the counts and
-checksums add up; memory follows a part, and each part reads the landing files and the sinks again.
-
-Sinks are read while no run may change them: a live lease or an unfinished run is refused up front, and
-checkpoints that moved while reading make verify fail and ask to run it again.
-"""
+How it works, and why: docs/design.md, "What verify compares"."""
 
 from __future__ import annotations
 

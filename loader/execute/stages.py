@@ -1,32 +1,8 @@
 """The stage chain, assembled once: what becomes of a source's landing rows on their way to the sinks.
 
-    screen -> dedupe -> (tombstones apart) -> transform -> region split -> (tombstones back)
+screen -> dedupe -> (tombstones apart) -> transform -> region split -> (tombstones back)
 
-1. `screen`: the quarantine's read checks (null key, null cursor, cursor in the future), then the
-   window filter (loader/landing/sources.py `screen`; the in-process reader applies it to each row group
-   as it reads, so a window taking a sliver of a large row group holds the sliver);
-2. `dedupe`: one row per primary key, the latest cursor's (loader/transform/tables.py);
-3. `transform`: enrich_<kind> -> region lookup -> regional rules (loader/transform/facts.py) on the
-   run's engine; a chain declared `upto="region"` stops after the region lookup (verify: it reads only
-   the key, the cursor and the lookup column, and compares regions);
-4. `split_region`: rows the region lookup found no region for leave for the quarantine.
-
-A source with `deletes` (upstream deletes: a landing row whose `deletes.column` holds one of
-`deletes.values` is a tombstone) has two steps more: after the dedupe (which keeps tombstones like any
-version: per key the newest cursor decides) `split_latest` sets apart the keys whose newest version is
-a tombstone; `tombstones` gives them their region (the region lookup from their own lookup column when
-they carry it, as CDC tools' before-images do; else UNKNOWN; never quarantined for no region) and
-keeps the key columns, the cursor and the region; `join` puts them back beside the transformed live
-rows, in key order, with a bool `_deleted` column (false for live rows) and nulls in the columns they
-lack. The deletes column itself never reaches a sink: it is landing-zone bookkeeping.
-
-Both executors and verify run a `StageChain`: the Ray executor (loader/execute/ray_cluster.py) calls
-`run` on each key-range part whole; the in-process one (loader/execute/local.py) screens as it reads,
-then calls `after_screen` (the one place that spells out the order), with the transform on
-row-contiguous pieces of the deduplicated rows on threads; verify (loader/audit/verify.py) calls `run`
-on a chain up to the region lookup. The stages are row-local and
-dedupe keeps exactly one deterministic row per key, so any split of a window gives the same rows.
-"""
+How it works, and why: docs/design.md, "The stage chain"."""
 
 from __future__ import annotations
 

@@ -1,51 +1,6 @@
 """Delta Lake: one table per source, partitioned by region, holding the latest version of each key.
 
-Idempotence: the run's last commit carries Transaction(app_id=<pipeline>/<table>, version=<run>);
-before writing, `transaction_version(app_id) >= run` means the run already landed and the sink skips.
-Incremental runs land in run-number order (one at a time, under the lease); backfill chunks may not
-(`--parallel`), so each chunk has an app id of its own, `<pipeline>/<table>/backfill-<run>`.
-Every commit before the last is itself idempotent (a merge where the newer cursor wins), so a crash
-between two commits is repaired by simply running the same steps again. The same holds for a run
-written in parts (the Ray executor's key-disjoint parts, written one after another where they are):
-only the last part's last commit carries the app transaction.
-
-Cost: rows whose first key column is outside every file's key range are new keys and are appended
-(no target file is read). The rest are merged with a predicate scoped to each region's key range, so
-delta-rs rewrites only the files whose statistics overlap those ranges, not the whole table. A key
-whose region changed (its customer moved) has its old row deleted first, in its own commit.
-
-Upstream deletes (`batch.deletes`): tombstones go through the same steps and the same merge. One for a
-key stored nowhere (outside every file's range, or absent from the files read) changes nothing and is
-dropped; one older than the stored version is dropped with the landed versions. The rest take the
-stored row's region (a tombstone's own may be "UNKNOWN"), so the merge's per-region key-range scope
-holds them, and the merge removes the row (hard: `when_matched_delete`) or sets its `_deleted_at` to
-the tombstone's cursor (soft), where t.cursor <= s.cursor (a tie deletes: the rule of every sink,
-loader/sinks/base.py; a live version at a tombstone's cursor never revives the key). `_deleted` is
-never stored; a soft table has a nullable `_deleted_at` (null while the key lives), added to an
-existing table when needed.
-
-Hard deletes forget the row, so a late live version older than the tombstone, arriving in a later run,
-would find the key stored nowhere and insert it again. The table therefore remembers the tombstones it
-was given in a side Delta table, `<table>/_tombstones` (key columns and the tombstone's cursor, the
-newest per key; hidden from the main table, which only lists its log's files). Each part, before any
-commit to the main table: reads the side rows of the part's keys only (filtered on the first key
-column); drops live rows no newer than their key's remembered tombstone (never inserted: the newest
-version decides); then commits, in one side commit, the part's tombstones (inserted, or moved to a
-newer cursor) and removes the entries of keys a newer live version revives. That commit is idempotent
-(newest cursor wins; a revived key's entry is gone), so a crash between it and the main table's commit
-is repaired by the replay: the live rows it dropped are dropped again, the revived keys are no longer
-remembered and their rows are written. Soft tables keep the mark in the row itself: no side table.
-Every side commit adds a file; once the side table's folder holds more than TOMBSTONE_FILES data files
-it is compacted (delta-rs optimize: the same rows in fewer files) and the files replaced are deleted
-(vacuum, lite: only files the log itself removed, never a concurrent writer's uncommitted ones). All
-of it happens inside the table's writer lock (`_one_writer`, from reading what is stored to the main
-commit), so two writers of one process (a parallel backfill's chunks) never interleave side commits.
-
-On S3 every commit is a conditional put (put-if-absent on the log entry, deltalake's default): of two
-writers committing the same version one wins, the other retries on the next version or, where the
-winner changed what it read, fails with a commit conflict that the run retries whole (it replays
-safely). MinIO and R2 need `AWS_CONDITIONAL_PUT=etag` (passed on as `aws_conditional_put`).
-"""
+How it works, and why: docs/design.md, "The Delta Lake sink"."""
 
 from __future__ import annotations
 

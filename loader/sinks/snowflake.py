@@ -1,52 +1,9 @@
 """Snowflake: one table per source holding the latest version of each key, plus a ledger of landed runs.
 
-Per table and run, in steps each retried on its own (tenacity, the sink's `retry` policy; the sink
-declares `retries_own_steps`, so the runner does not retry the whole write on top) and each
-idempotent, so a retry or a replay after a crash repeats a step without harm:
+Per table and run: prepare, stage, merge (one transaction with the ledger insert), clean up; each step
+retried on its own and idempotent, so a retry or a replay after a crash repeats a step without harm.
 
-1. prepare: create the stage, the ledger and the target (from the Arrow schema, CLUSTER BY region) if
-   absent; add the source's new columns (nullable); refuse a column whose type conflicts. If the ledger
-   already holds (pipeline, table, run), the run landed here before: skip.
-2. stage (per part, where the part is: a Ray worker or this process): one Parquet file per region,
-   named by run, part and region, PUT with OVERWRITE (a retry re-uploads the same names) to this
-   attempt's folder `@<stage>/<pipeline>/<table>/run=<n>/<attempt>/` (an interrupted attempt's files are
-   never loaded). Then, once, COPY of the folder into a transient staging table created afresh; the
-   staged row count must equal the parts', or the step is retried.
-3. merge: ONE transaction (AUTOCOMMIT off) re-checks the ledger (a lost COMMIT acknowledgement), MERGEs
-   the staging table (deduplicated per key, latest cursor wins) into the target on the primary key
-   (a stored version newer than the staged one is kept), inserts (pipeline, table, run) into the ledger,
-   COMMITs. A failure rolls back both.
-4. cleanup: drop the staging table and REMOVE the staged files (a failure here is logged: the next load
-   replaces the table, files left behind cost storage only).
-
-Upstream deletes (`batch.deletes`): tombstones are staged with the live rows, the staging table has
-the `_DELETED` flag (the target never does), and the same MERGE, in the same transaction as the
-ledger row, removes (hard) or marks (soft: `_DELETED_AT` = the tombstone's cursor) a stored row whose
-version is no newer than the tombstone (a tie deletes, the rule of loader/sinks/base.py; so does the
-staged rows' dedupe, `_latest_sql`); tombstones are never inserted. Hard deletes forget the row,
-so the table `<TABLE>__TOMBSTONES` (key columns and cursor, the newest tombstone per key) remembers
-them, maintained in the same transaction: the target's MERGE skips a staged live
-version no newer than its key's remembered tombstone (a late version must not insert the key again:
-the newest version decides), then the staged tombstones are remembered and keys a newer live version
-revives are forgotten (DELETE, UPDATE, INSERT joined on the staged keys only); a rollback undoes all.
-
-Dimension tables (`apply_dimension`; the changes come from loader/transform/dimension_changes.py): one table
-per dimension, `<TABLE>` in the same database and schema, created from the changes' Arrow schema (no
-CLUSTER BY; scd2: primary key the key and `valid_from`). Its opens and closes are PUT as Parquet to a
-fresh folder `@<stage>/<pipeline>/dimensions/<table>/<attempt>/` and COPied into transient tables
-`<TABLE>_LOADER_OPENS` / `_LOADER_CLOSES`; then ONE transaction applies them: scd2 closes the matching
-current versions (UPDATE `valid_to`, `is_current` = FALSE on key and `valid_from`) and inserts the new
-versions (those not stored yet, so a retry after a lost COMMIT acknowledgement adds nothing); merge
-deletes the closed keys and upserts the opens (DELETE of their keys, then INSERT: plain DML, see
-`_remember_tombstones_sql`); replace deletes every row and inserts the opens. The staging tables and
-files are removed afterwards (best effort). `dimension_rows` reads the table back (scd2: `is_current`
-rows) in its stored order, with the Arrow types history.stored_schema gives.
-
-A client killed inside step 3 leaves a detached transaction: Snowflake aborts it once it blocks another
-transaction and has been idle 5 minutes, so the replay's MERGE waits at most that long.
-Identifiers come from the validated config or the batch's column names (checked by `ident`) and are
-always quoted; values go in as bound parameters.
-"""
+How it works, and why: docs/design.md, "The Snowflake sink"."""
 
 from __future__ import annotations
 
