@@ -53,9 +53,9 @@ def _read(folder: Path) -> Any:
 def child(landing: Path, engine: str, digest_to: Path | None) -> dict[str, Any]:
     """Time transform_fact per table on `engine` with whatever `loader` is first on sys.path."""
     try:  # this revision (the transform/ subpackage)
-        from loader.transform.dimensions import Dimensions
         from loader.transform.facts import transform_fact
         from loader.transform.frames import frames_for
+        from loader.transform.lookups import Lookups
         from loader.transform.region_rules import DEFAULT_REGION_RULES
 
         options: dict[str, Any] = {"frames": frames_for(engine)}  # type: ignore[arg-type]
@@ -65,14 +65,14 @@ def child(landing: Path, engine: str, digest_to: Path | None) -> dict[str, Any]:
         old_transforms = importlib.import_module("loader.transforms")
         transform_fact = old_transforms.transform_fact
         try:
-            Dimensions = importlib.import_module("loader.dimensions").Dimensions
+            Lookups = importlib.import_module("loader.dimensions").Lookups
             DEFAULT_REGION_RULES = importlib.import_module("loader.region_rules").DEFAULT_REGION_RULES
             options = {"frames": importlib.import_module("loader.frames").frames_for(engine)}
         except ImportError:  # pyarrow compute, CPU only
-            Dimensions, DEFAULT_REGION_RULES = old_transforms.Dimensions, old_transforms.DEFAULT_REGION_RULES
+            Lookups, DEFAULT_REGION_RULES = old_transforms.Dimensions, old_transforms.DEFAULT_REGION_RULES
             options = {}
 
-    dims = Dimensions.from_tables(*(_read(landing / name) for name in ("customer", "supplier", "nation", "region")))
+    dims = Lookups.from_tables(*(_read(landing / name) for name in ("customer", "supplier", "nation", "region")))
     result: dict[str, Any] = {}
     for kind in TABLES:
         table = _read(landing / kind)

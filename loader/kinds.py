@@ -1,7 +1,7 @@
 """The fact kinds, each declared once: how its rows find their region, how they are enriched, which
 amount the region's exchange rate converts. Everything kind-specific elsewhere is derived from here:
 the config's `sources.<name>.kind` (validated against `FACT_KINDS`), the dimension lookups
-(loader/transform/dimensions.py), the enrichment and the rules' amount (loader/transform/facts.py), and
+(loader/transform/lookups.py), the enrichment and the rules' amount (loader/transform/facts.py), and
 the column verify reads to find a row's region (loader/audit/verify.py).
 
 Plain data, no pyarrow: the config imports it, and `loader --help` must not pay for the data stack.
@@ -18,7 +18,7 @@ UNKNOWN_REGION = "UNKNOWN"
 @dataclass(frozen=True)
 class RegionLookup:
     """The path from a fact row to its region: the fact's `fact_key` column points at the `key` of the
-    dimension table `dimension` (an attribute of `Dimensions`: the TPC-H table pre-joined to nation and
+    dimension table `dimension` (an attribute of `Lookups`: the TPC-H table pre-joined to nation and
     region), which adds `columns` (and `region`) to the row."""
 
     dimension: str

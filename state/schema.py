@@ -86,11 +86,11 @@ lookup_versions = Table(
     Column("fingerprint", String(128), primary_key=True),
     Column("created_at", TIMESTAMP, nullable=False),
     Column("regions", LargeBinary, nullable=False),
-    # The prepared lookups themselves (loader/transform/dimension_cache.py `pack`), kept for the newest
+    # The prepared lookups themselves (loader/transform/lookup_cache.py `pack`), kept for the newest
     # version and for those unfinished runs recorded: a replay enriches from them wherever it runs.
     Column("prepared", LargeBinary, nullable=True),
     # v6: every version's prepared lookups stay recoverable (`loader verify --deep` enriches each fact row
-    # as its batch did) as the changes (`delta`, loader/transform/dimension_versions.py) from the version
+    # as its batch did) as the changes (`delta`, loader/transform/lookup_versions.py) from the version
     # `base`, whose own lookups are recoverable likewise; a version without a base keeps `prepared` for good.
     Column("base", String(128), nullable=True),
     Column("delta", LargeBinary, nullable=True),

@@ -3,7 +3,7 @@
 The default verify settles which version of each key every sink must hold, and where. `--deep` then
 recomputes those rows' columns (enrichment, currency, amounts, masking: the whole stage chain, on the
 CPU) from the landing rows and the dimension version their batch recorded (its prepared lookups,
-rebuilt from the state store, loader/transform/dimension_versions.py), and compares, per table, region
+rebuilt from the state store, loader/transform/lookup_versions.py), and compares, per table, region
 and sink, the count and an order-independent checksum of every column (loader/audit/checksums.py)
 with what the sink holds. A differing value anywhere fails its region's check.
 
@@ -33,7 +33,7 @@ from loader.config import SourceConfig
 from loader.errors import BadSourceData
 from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, deleted_flags
 from loader.storage import Location
-from loader.transform.dimension_versions import VersionLookups
+from loader.transform.lookup_versions import VersionLookups
 
 #: Columns verify carries through its stage chain for --deep: each landing row's position (its file,
 #: as an index into the paths read, and its row in that file) and its dimension version (an index

@@ -96,7 +96,7 @@ def check_dimension_cache(config: LoaderConfig) -> tuple[str, str]:
     only)."""
     from loader.errors import LoaderError
     from loader.storage import unwritable
-    from loader.transform.dimension_cache import cache_folder, current_entry
+    from loader.transform.lookup_cache import cache_folder, current_entry
 
     if not config.run.dimension_cache:
         return "ok", "dimension cache: off (run.dimension_cache: false): every run reads the dimension tables"

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from loader.kinds import UNKNOWN_REGION, fact_kind
-from loader.transform.dimension_cache import REGION_PARTS, read_regions
+from loader.transform.lookup_cache import REGION_PARTS, read_regions
 from loader.transform.tables import dedupe_latest
 from state import StateStore, Window
 

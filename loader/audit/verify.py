@@ -27,8 +27,8 @@ from loader.landing.sources import read_parquet
 from loader.sinks import Sink, enabled_sinks, sink_class
 from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, deleted_flags, region_counts
 from loader.storage import Location, locate
-from loader.transform.dimension_versions import VersionLookups
-from loader.transform.dimensions import Dimensions
+from loader.transform.lookup_versions import VersionLookups
+from loader.transform.lookups import Lookups
 from loader.transform.tables import dedupe_latest
 from state import Checkpoint, StateStore, Window
 
@@ -196,7 +196,7 @@ class Expected:
 
 
 def expected_rows(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_at: datetime | None,
-                  dims: Dimensions, read: frozenset[str] = frozenset(),
+                  dims: Lookups, read: frozenset[str] = frozenset(),
                   placement: Placement | None = None, *, deep: bool = False, part: Part = Part(),
                   paths: Sequence[str] | None = None) -> Expected:
     """What the committed windows loaded: key, cursor, region and delete mark of each key's latest
@@ -339,7 +339,7 @@ def _compare(table: str, sink: str, want: Digest, got: Digest, dups: dict[str, i
 
 
 def _verify_table(config: LoaderConfig, name: str, checkpoint: Checkpoint, seen_at: datetime | None,
-                  dims: Dimensions, read: frozenset[str] = frozenset(), notes: list[str] | None = None,
+                  dims: Lookups, read: frozenset[str] = frozenset(), notes: list[str] | None = None,
                   placement: Placement | None = None, lookups: VersionLookups | None = None,
                   parts: int | None = None) -> list[SinkCheck]:
     """Per region and sink: each row's key, cursor, region (as its batch placed it) and delete mark,
@@ -487,15 +487,15 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = Fal
             note = (f"pipeline {pipeline!r} was never loaded: nothing to verify "
                     "(run `loader run --incremental` first)")
             return Verification(pipeline, (), (note,))
-        from loader.execute.choice import load_dimensions
+        from loader.execute.choice import load_lookups
 
-        dims, _ = load_dimensions(config)
+        dims, _ = load_lookups(config)
         checks: list[SinkCheck] = []
         notes = []
         placement = Placement.from_ledger(store, pipeline)  # the ledger, read once
         lookups = None
         if deep:
-            from loader.transform.dimension_cache import load_version
+            from loader.transform.lookup_cache import load_version
 
             lookups = VersionLookups(store, pipeline, local=lambda version: load_version(config, version))
         for name in names:

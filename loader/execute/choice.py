@@ -24,8 +24,8 @@ from loader.execute.ray_cluster import cluster_gpu_status, init_ray, ray_address
 from loader.execute.stages import SourceRows
 from loader.landing.plans import RunPlan
 from loader.landing.sources import read_dimension
-from loader.transform.dimensions import Dimensions
 from loader.transform.frames import EngineChoice, EngineName, choose_transform_engine, gpu_status
+from loader.transform.lookups import Lookups
 
 Executor = Literal["local", "ray"]
 
@@ -83,14 +83,14 @@ def choose_run_engine(config: LoaderConfig, executor: Executor) -> EngineChoice:
     return choose_transform_engine(requested, gpu_status())
 
 
-def load_dimensions(config: LoaderConfig, *, keep: Collection[str] = ()) -> tuple[Dimensions, str]:
+def load_lookups(config: LoaderConfig, *, keep: Collection[str] = ()) -> tuple[Lookups, str]:
     """The prepared lookups, from the cache when the dimension files are unchanged since it was made,
     and the fingerprint of the files they were made from (`keep`: fingerprints whose cached entries
-    stay, see loader/transform/dimension_cache.py)."""
-    from loader.transform.dimension_cache import TABLES, load_versioned
-    from loader.transform.dimensions import COLUMNS
+    stay, see loader/transform/lookup_cache.py)."""
+    from loader.transform.lookup_cache import TABLES, load_versioned
+    from loader.transform.lookups import COLUMNS
 
-    return load_versioned(config, lambda: Dimensions.from_tables(
+    return load_versioned(config, lambda: Lookups.from_tables(
         **{name: _current_rows(config, name, COLUMNS[name]) for name in TABLES}), keep=keep)
 
 
@@ -106,7 +106,7 @@ def _current_rows(config: LoaderConfig, name: str, columns: tuple[str, ...]) -> 
     return dedupe_latest(rows, key=config.dimensions.key_of(name), cursor=cursor).drop_columns([cursor])
 
 
-def execute(config: LoaderConfig, plan: RunPlan, executor: Executor, dims: Dimensions,
+def execute(config: LoaderConfig, plan: RunPlan, executor: Executor, dims: Lookups,
             engine: EngineName) -> Iterator[SourceRows]:
     """Each source's final rows in turn: the caller writes one source before the next is computed,
     so only one source's window is held (in this process, or in the Ray cluster) at a time."""

@@ -17,14 +17,14 @@ from loader.landing.plans import RunPlan
 from loader.landing.quarantine import merge_bad
 from loader.landing.sources import normalize_strings, read_source
 from loader.retry import call_with_retries
-from loader.transform.dimensions import Dimensions
 from loader.transform.frames import EngineName
+from loader.transform.lookups import Lookups
 
 #: Fewest rows a transform thread takes: below that, thread overhead outweighs the second core.
 _ROWS_PER_THREAD = 200_000
 
 
-def run_local(config: LoaderConfig, plan: RunPlan, dims: Dimensions,
+def run_local(config: LoaderConfig, plan: RunPlan, dims: Lookups,
               engine: EngineName) -> Iterator[SourceRows]:
     for name, source_plan in plan.sources.items():
         if source_plan.is_empty:

@@ -24,8 +24,8 @@ from loader.landing.plans import RunPlan, SourcePlan
 from loader.landing.quarantine import merge_bad
 from loader.landing.sources import Checks, read_parquet, window_mask
 from loader.sinks.base import DELETED
-from loader.transform.dimensions import Dimensions
 from loader.transform.frames import EngineName, GpuStatus
+from loader.transform.lookups import Lookups
 from state import Window
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def part_count(config: LoaderConfig, engine: EngineName, rows: int, cpus: int) -
     return max(1, min(rows, max(cpus, math.ceil(rows / largest))))
 
 
-def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions,
+def run_ray(config: LoaderConfig, plan: RunPlan, dims: Lookups,
             engine: EngineName) -> Iterator[SourceRows]:
     """Each source's window stays in the cluster: tasks read its planned row groups into the object
     store (on the nodes); a task per read block splits it into key-range parts; a task per part gathers
@@ -165,10 +165,10 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Dimensions,
             yield SourceRows(name, empty.schema, [empty], 0, nodes, read=read, quarantined=quarantined)
 
 
-_DIMS_PUT: list[tuple[str, Dimensions, Any]] = []  # the lookups put last: (Ray job id, lookups, reference)
+_DIMS_PUT: list[tuple[str, Lookups, Any]] = []  # the lookups put last: (Ray job id, lookups, reference)
 
 
-def _in_object_store(dims: Dimensions) -> Any:
+def _in_object_store(dims: Lookups) -> Any:
     """`dims` in the object store once per run (the batches of a run share one version), not once
     per batch; put again for another version or another Ray session."""
     import ray
@@ -226,7 +226,7 @@ def _split_block(block: pa.Table, key: str, parts: int, low: Any, high: Any) -> 
     return pieces if parts > 1 else pieces[0]
 
 
-def _stage_part(chain: StageChain, dims: Dimensions,
+def _stage_part(chain: StageChain, dims: Lookups,
                 *pieces: pa.Table) -> tuple[pa.Table, int, str, pa.Table | None, int]:
     """One part, whole (every version of its keys), through the stage chain; on the GPU straight from
     Arrow to cuDF and back. Returns the rows, their count, this node, the rows that failed a check, and

@@ -25,9 +25,9 @@ from loader.landing.plans import SourcePlan
 from loader.landing.quarantine import merge_bad, split_no_region
 from loader.landing.sources import Checks, screen
 from loader.sinks.base import DELETED
-from loader.transform.dimensions import Dimensions
 from loader.transform.facts import attach_region, transform_fact
 from loader.transform.frames import EngineName, frames_for, on_table
+from loader.transform.lookups import Lookups
 from loader.transform.region_rules import RegionRule
 from loader.transform.tables import latest_rows
 from state import Window
@@ -83,7 +83,7 @@ class StageChain:
         return latest_rows(rows, key=self.source.primary_key, cursor=self.source.cursor,
                            tombstones=self.tombstone_mask(rows))
 
-    def transform(self, rows: pa.Table, dims: Dimensions) -> pa.Table:
+    def transform(self, rows: pa.Table, dims: Lookups) -> pa.Table:
         """The row-local transforms, on the chain's engine (up to the region lookup when so declared)."""
         frames = frames_for(self.engine)
         if self.upto == "region":
@@ -131,7 +131,7 @@ class StageChain:
             return rows
         return rows.drop_columns([deletes.column])
 
-    def tombstones(self, rows: pa.Table, dims: Dimensions) -> pa.Table:
+    def tombstones(self, rows: pa.Table, dims: Lookups) -> pa.Table:
         """Tombstone rows as the sinks get them: the key columns, the cursor and `region`, found by the
         region lookup from the tombstone's own lookup column when it has one (CDC tools send the
         before-image), else UNKNOWN. No enrichment and no rules; never quarantined for no region."""
@@ -185,7 +185,7 @@ class StageChain:
             out = out.remove(out.get_field_index(DELETED))
         return out.append(pa.field(DELETED, pa.bool_()))
 
-    def run(self, rows: pa.Table, dims: Dimensions) -> tuple[pa.Table, pa.Table | None]:
+    def run(self, rows: pa.Table, dims: Lookups) -> tuple[pa.Table, pa.Table | None]:
         """Every stage on `rows` (all versions of their keys): (the final rows, the rows that failed a
         check or found no region, or None)."""
         screened, bad = self.screen(rows)
@@ -195,7 +195,7 @@ class StageChain:
         staged = self.after_screen(box, dims)
         return staged.rows, merge_bad([bad, staged.no_region])
 
-    def after_screen(self, box: list[pa.Table], dims: Dimensions, *, threads: int = 1,
+    def after_screen(self, box: list[pa.Table], dims: Lookups, *, threads: int = 1,
                      rows_per_thread: int = 200_000) -> Staged:
         """Every stage after `screen`, in the chain's order (the one place that spells it out). `box`
         holds the screened rows and is emptied: the landing rows are let go of once the deduplicated

@@ -220,7 +220,7 @@ class BatchRunner:
             if self._prepared is not None:
                 return
             # Imported here: a run with nothing new never pays for transforms, sinks or their drivers.
-            from loader.execute.choice import choose_executor, choose_run_engine, load_dimensions
+            from loader.execute.choice import choose_executor, choose_run_engine, load_lookups
 
             choice = choose_executor(self.config, largest)
             engine = choose_run_engine(self.config, choice.executor)
@@ -228,7 +228,7 @@ class BatchRunner:
                      engine.engine.upper(), engine.reason)
             with self.timer.stage("execute"):
                 unfinished = self._unfinished_versions()
-                dims, version = load_dimensions(self.config, keep=unfinished)
+                dims, version = load_lookups(self.config, keep=unfinished)
                 self._keep_lookup_version(version, dims, unfinished)
             self._prepared = (choice, engine, dims)
             self.dimension_version = version
@@ -252,7 +252,7 @@ class BatchRunner:
         its batch did), in the state store, once."""
         pipeline = self.config.pipeline
         if not self.store.has_lookup_version(pipeline, version, prepared=True):
-            from loader.transform.dimension_cache import lookup_regions, pack
+            from loader.transform.lookup_cache import lookup_regions, pack
 
             base, delta = self._delta_from_newest(version, dims)
             regions, prepared = lookup_regions(dims), pack(dims)
@@ -264,7 +264,7 @@ class BatchRunner:
     def _delta_from_newest(self, version: str, dims: Any) -> tuple[str | None, bytes | None]:
         """(the newest other version kept whole, the changes from its lookups to `dims`), or (None, None)
         when there is none (the first version: kept whole for good)."""
-        from loader.transform.dimension_versions import diff
+        from loader.transform.lookup_versions import diff
 
         versions = self._kept_versions()
         whole = [v for v in versions.chain.values() if v.whole and v.fingerprint != version]
@@ -273,8 +273,8 @@ class BatchRunner:
 
     def _kept_versions(self) -> Any:
         """The dimension versions the state store keeps (`VersionLookups`), this machine's cache first."""
-        from loader.transform.dimension_cache import load_version
-        from loader.transform.dimension_versions import VersionLookups
+        from loader.transform.lookup_cache import load_version
+        from loader.transform.lookup_versions import VersionLookups
 
         return VersionLookups(self.store, self.config.pipeline, local=lambda v: load_version(self.config, v))
 
@@ -287,7 +287,7 @@ class BatchRunner:
         if version is None or version == self.dimension_version:
             return self._prepared[2]
         from loader.errors import BadSourceData
-        from loader.transform.dimension_cache import load_version
+        from loader.transform.lookup_cache import load_version
 
         dims = load_version(self.config, version)
         if dims is None:  # the state store's: kept whole, or rebuilt through the kept changes

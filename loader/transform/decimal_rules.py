@@ -1,5 +1,5 @@
 """Exact decimal rules shared by the fact transforms (loader/transform/facts.py) and the customer dimension
-(loader/transform/dimensions.py): money must be decimal, and values are labelled by decimal thresholds.
+(loader/transform/lookups.py): money must be decimal, and values are labelled by decimal thresholds.
 Written against the DataFrame API pandas and cuDF share, like the transforms. A module of its own so that
 the dimensions need not import the transforms, which import the dimensions."""
 

@@ -35,7 +35,7 @@ from loader.transform.region_rules import FX_RATE, VAT_RATE, RegionRule
 from loader.transform.tables import MONEY, require_columns
 
 if TYPE_CHECKING:
-    from loader.transform.dimensions import Dimensions
+    from loader.transform.lookups import Lookups
 
 __all__ = [
     "apply_region_rules",
@@ -165,7 +165,7 @@ def enrich_lineitem(df: Frame, b: Frames) -> Frame:
 # region lookup
 
 
-def attach_region(df: Frame, b: Frames, *, kind: str, dims: Dimensions) -> Frame:
+def attach_region(df: Frame, b: Frames, *, kind: str, dims: Lookups) -> Frame:
     """Add the customer / geography columns by key lookup (the dimension indexed by its key, keys
     found once for all columns: `Frames.gather`): input row order is kept.
 
@@ -178,7 +178,7 @@ def attach_region(df: Frame, b: Frames, *, kind: str, dims: Dimensions) -> Frame
     return df
 
 
-def _attach(df: Frame, b: Frames, *, kind: str, dims: Dimensions,
+def _attach(df: Frame, b: Frames, *, kind: str, dims: Lookups,
             prepare: Callable[[Frame], Frame] | None = None,
             extra: Sequence[str] = ()) -> tuple[Frame, dict[str, Series]]:
     """attach_region; with `prepare`, the lookup frame goes through it first (it may add columns, or
@@ -349,7 +349,7 @@ def apply_region_rules(
     return df
 
 
-def _region_and_rules(df: Frame, b: Frames, *, kind: str, dims: Dimensions, rules: Mapping[str, RegionRule],
+def _region_and_rules(df: Frame, b: Frames, *, kind: str, dims: Lookups, rules: Mapping[str, RegionRule],
                       amount_column: str) -> Frame:
     """attach_region then apply_region_rules, with what depends on the region alone (the rule's
     columns, and masking the looked-up columns) worked out once per dimension row instead of once per
@@ -391,7 +391,7 @@ _ENRICH: dict[str, Callable[[Frame, Frames], Frame]] = {
 }
 
 
-def fact_chain(df: Frame, b: Frames, *, kind: str, dims: Dimensions,
+def fact_chain(df: Frame, b: Frames, *, kind: str, dims: Lookups,
                rules: Mapping[str, RegionRule]) -> Frame:
     """enrich_<kind> -> attach_region -> apply_region_rules, on one frame. Row-local."""
     amount_column = fact_kind(kind).amount_column
@@ -406,7 +406,7 @@ def fact_chain(df: Frame, b: Frames, *, kind: str, dims: Dimensions,
 
 
 def transform_fact(
-    table: pa.Table, *, kind: str, dims: Dimensions, rules: Mapping[str, RegionRule],
+    table: pa.Table, *, kind: str, dims: Lookups, rules: Mapping[str, RegionRule],
     frames: Frames | None = None
 ) -> pa.Table:
     """The row-local chain on a pyarrow Table, on `frames` (the CPU engine by default)."""
@@ -422,6 +422,6 @@ def output_schema(kind: str, input_schema: pa.Schema) -> pa.Schema:
     """The schema `transform_fact` gives for batches of `input_schema` (for sinks that create tables
     up front, and the GPU's way back). Derived by running the chain on an empty table on the CPU:
     types depend on neither dims nor rules."""
-    from loader.transform.dimensions import Dimensions
+    from loader.transform.lookups import Lookups
 
-    return transform_fact(input_schema.empty_table(), kind=kind, dims=Dimensions.empty(), rules={}).schema
+    return transform_fact(input_schema.empty_table(), kind=kind, dims=Lookups.empty(), rules={}).schema

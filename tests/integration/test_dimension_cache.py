@@ -1,4 +1,4 @@
-"""The prepared dimension lookups kept between runs (loader/transform/dimension_cache.py) are never stale: a
+"""The prepared dimension lookups kept between runs (loader/transform/lookup_cache.py) are never stale: a
 dimension file changed between runs (even keeping its size and modification time) is seen by the next
 run, an entry made from another landing zone's files is never used, and a torn entry is rebuilt."""
 

@@ -42,7 +42,7 @@ _record_and_exit(0)
 NOT_ON_THE_EMPTY_PATH = (
     "pandas", "pyarrow.compute", "pyarrow.dataset", "deltalake", "ray", "duckdb", "snowflake", "cudf",
     "rich", "prometheus_client", "sqlalchemy.orm",
-    "loader.execute", "loader.transform.facts", "loader.transform.dimensions", "loader.transform.frames", "loader.landing.sources",
+    "loader.execute", "loader.transform.facts", "loader.transform.lookups", "loader.transform.frames", "loader.landing.sources",
     "loader.sinks", "loader.sinks.table_writes", "loader.landing.quarantine", "loader.observe.metrics",
 )
 

@@ -20,7 +20,7 @@ from tests.support.conformance import CURSOR, KEY, SCHEMA, TABLE, batch_of, make
 
 pytestmark = pytest.mark.integration
 
-# Not empty: the region table refuses an empty r_name (Dimensions.from_tables: Delta would store it as null).
+# Not empty: the region table refuses an empty r_name (Lookups.from_tables: Delta would store it as null).
 REGION_TEXT = st.text(min_size=1, max_size=40) | st.sampled_from(["X/../../../../ESCAPED", "..", "a\\b", "%2F", "\n"])
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from loader.config import load_config
 from loader.execute import local
-from loader.execute.choice import load_dimensions
+from loader.execute.choice import load_lookups
 from loader.execute.stages import StageChain, read_checks, region_rules
 from loader.landing.quarantine import split_no_region
 from loader.landing.sources import read_source
@@ -37,7 +37,7 @@ def test_parts_on_threads_give_the_rows_of_one_piece(tmp_path: Path, monkeypatch
     run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "50", "--updates", "40", "--late", "5")
     config = load_config(config_path)
     plan = plan_run(config, {})
-    dims, _ = load_dimensions(config)
+    dims, _ = load_lookups(config)
     rules = region_rules(config)
 
     expected = {}

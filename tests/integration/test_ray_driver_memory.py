@@ -16,7 +16,7 @@ import pytest
 from loader.config import load_config
 from loader.execute import ray_folders
 from loader.protocol.incremental import run_incremental
-from loader.transform.dimensions import Dimensions
+from loader.transform.lookups import Lookups
 from tests.support.cli import run_cli, write_config
 from tests.support.demo_clock import init_args
 from tests.support.warehouse import assert_warehouse_exact
@@ -67,7 +67,7 @@ def test_driver_fetches_no_rows_of_the_tables_it_loads(tmp_path: Path, monkeypat
     real_put, lookups_put = ray.put, []
 
     def observed_put(value: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(value, Dimensions):
+        if isinstance(value, Lookups):
             lookups_put.append(value)
         return real_put(value, *args, **kwargs)
 

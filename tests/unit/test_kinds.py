@@ -6,11 +6,11 @@ import pytest
 
 from loader.kinds import FACT_KINDS, fact_kind
 from loader.transform import facts
-from loader.transform.dimensions import Dimensions
+from loader.transform.lookups import Lookups
 
 
 def test_every_kind_names_an_enrichment_and_a_lookup_the_dimensions_have() -> None:
-    dims = Dimensions.empty()
+    dims = Lookups.empty()
     for name, kind in FACT_KINDS.items():
         assert kind.name == name
         assert callable(getattr(facts, kind.enrich)), kind.enrich

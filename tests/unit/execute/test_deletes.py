@@ -17,7 +17,7 @@ from loader.errors import BadSourceData, ConfigError
 from loader.execute.stages import StageChain
 from loader.landing.quarantine import REASON
 from loader.sinks.base import DELETED
-from loader.transform.dimensions import Dimensions
+from loader.transform.lookups import Lookups
 from tests.support.cli import LOCAL_CONFIG
 from tests.unit.transform.test_transforms import dims, orders  # noqa: F401  (dims: a fixture)
 
@@ -118,7 +118,7 @@ def _by_key(table: pa.Table) -> dict[int, dict[str, Any]]:
     return {row["o_orderkey"]: row for row in table.to_pylist()}
 
 
-def test_the_newest_version_decides_tombstones_included(config: LoaderConfig, dims: Dimensions) -> None:  # noqa: F811
+def test_the_newest_version_decides_tombstones_included(config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
     rows = _versions(
         (1, 1, 1, "I"), (1, 2, 1, "D"),               # tombstone newest: deleted
         (2, 1, 2, "D"), (2, 2, 2, "U"),               # an older tombstone loses: live
@@ -146,7 +146,7 @@ def test_the_newest_version_decides_tombstones_included(config: LoaderConfig, di
 
 
 def test_a_tombstone_wins_a_tie_with_a_live_version_in_one_batch(
-        config: LoaderConfig, dims: Dimensions) -> None:  # noqa: F811
+        config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
     """The delete rule of every sink (loader/sinks/base.py): a tombstone at a live version's cursor is
     the newer, whichever comes first in the batch's rows (key 1: the tombstone first, key 2: last)."""
     first = [(1, 2, 1, "D"), (1, 2, 1, "U"), (2, 3, 2, "I"), (2, 3, 2, "D"), (3, 1, 1, "I")]
@@ -155,7 +155,7 @@ def test_a_tombstone_wins_a_tie_with_a_live_version_in_one_batch(
         assert {r["o_orderkey"]: r[DELETED] for r in out.to_pylist()} == {1: True, 2: True, 3: False}
 
 
-def test_the_live_rows_are_what_a_source_without_deletes_gives(config: LoaderConfig, dims: Dimensions) -> None:  # noqa: F811
+def test_the_live_rows_are_what_a_source_without_deletes_gives(config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
     rows = _versions((1, 1, 1, "I"), (2, 1, 2, "U"), (2, 2, 2, "D"), (3, 4, 1, "U"))
     out, _ = _chain(config).run(rows, dims)
     chain = _chain(config)
@@ -170,7 +170,7 @@ def test_the_live_rows_are_what_a_source_without_deletes_gives(config: LoaderCon
 
 
 def test_a_tombstone_without_its_lookup_column_is_unknown_and_never_quarantined(
-    config: LoaderConfig, dims: Dimensions  # noqa: F811
+    config: LoaderConfig, dims: Lookups  # noqa: F811
 ) -> None:
     # a null customer (a CDC tool sending only the key) and an unknown customer (99): UNKNOWN, kept
     rows = _versions((1, 1, 1, "I"), (1, 2, None, "D"), (2, 2, 99, "D"), (3, 2, 99, "I"))
@@ -188,7 +188,7 @@ def test_a_tombstone_without_its_lookup_column_is_unknown_and_never_quarantined(
     assert placed["region"].to_pylist() == ["UNKNOWN", "UNKNOWN"]
 
 
-def test_only_tombstones_give_the_live_rows_schema(config: LoaderConfig, dims: Dimensions) -> None:  # noqa: F811
+def test_only_tombstones_give_the_live_rows_schema(config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
     out, _ = _chain(config).run(_versions((5, 1, 2, "D"), (6, 1, 1, "D")), dims)
     live, _ = _chain(config).run(_versions((5, 1, 2, "I")), dims)
     assert out.column_names == live.column_names
@@ -198,13 +198,13 @@ def test_only_tombstones_give_the_live_rows_schema(config: LoaderConfig, dims: D
     assert empty.column_names == live.column_names and empty.num_rows == 0
 
 
-def test_a_tombstone_with_a_null_key_is_quarantined(config: LoaderConfig, dims: Dimensions) -> None:  # noqa: F811
+def test_a_tombstone_with_a_null_key_is_quarantined(config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
     out, bad = _chain(config).run(_versions((None, 1, 1, "D"), (1, 1, 1, "I")), dims)
     assert out["o_orderkey"].to_pylist() == [1] and out[DELETED].to_pylist() == [False]
     assert bad is not None and bad[REASON].to_pylist() == ["null key o_orderkey"]
 
 
-def test_boolean_and_integer_delete_markers(config: LoaderConfig, dims: Dimensions) -> None:  # noqa: F811
+def test_boolean_and_integer_delete_markers(config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
     rows = _versions((1, 1, 1, None), (2, 1, 1, None)).drop_columns(["op"])
     flagged = rows.append_column("is_gone", pa.array([True, None], pa.bool_()))
     out, _ = _chain(config, column="is_gone", values=(True,)).run(flagged, dims)
@@ -216,12 +216,12 @@ def test_boolean_and_integer_delete_markers(config: LoaderConfig, dims: Dimensio
         _chain(config, column="is_gone", values=("D",)).run(flagged, dims)
 
 
-def test_rows_without_the_deletes_column_are_refused(config: LoaderConfig, dims: Dimensions) -> None:  # noqa: F811
+def test_rows_without_the_deletes_column_are_refused(config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
     with pytest.raises(BadSourceData, match=r"source 'orders' have no column 'op'.*deletes"):
         _chain(config).run(_versions((1, 1, 1, "I")).drop_columns(["op"]), dims)
 
 
-def test_a_source_without_deletes_gets_no_deleted_column(config: LoaderConfig, dims: Dimensions) -> None:  # noqa: F811
+def test_a_source_without_deletes_gets_no_deleted_column(config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
     source = config.sources["orders"].model_copy(update={"deletes": None})
     chain = StageChain("orders", source, _window(), _chain(config).checks, _chain(config).rules)
     out, _ = chain.run(_versions((1, 1, 1, "I"), (1, 2, 1, "D")), dims)

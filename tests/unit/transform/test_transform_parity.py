@@ -14,7 +14,6 @@ import pyarrow as pa
 import pytest
 
 from loader.transform import facts as transforms
-from loader.transform.dimensions import Dimensions
 from loader.transform.facts import (
     apply_region_rules,
     attach_region,
@@ -25,6 +24,7 @@ from loader.transform.facts import (
     transform_fact,
 )
 from loader.transform.frames import frames_for, gpu_status
+from loader.transform.lookups import Lookups
 from loader.transform.region_rules import DEFAULT_REGION_RULES
 
 GPU = gpu_status()
@@ -87,8 +87,8 @@ def _customers() -> pa.Table:
     })
 
 
-def _dims() -> Dimensions:
-    return Dimensions.from_tables(
+def _dims() -> Lookups:
+    return Lookups.from_tables(
         _customers(),
         pa.table({"s_suppkey": pa.array([1, 2, 3], pa.int64()), "s_nationkey": pa.array([7, 1, 5], pa.int64())}),
         pa.table({"n_nationkey": pa.array([1, 7, 5], pa.int64()), "n_name": ["ARGENTINA", "GERMANY", "ATLANTIS"],

@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from loader.transform.dimensions import Dimensions
 from loader.transform.facts import (
     apply_region_rules,
     attach_region,
@@ -20,6 +19,7 @@ from loader.transform.facts import (
     on_table,
 )
 from loader.transform.frames import PandasFrames
+from loader.transform.lookups import Lookups
 from loader.transform.region_rules import DEFAULT_REGION_RULES, RegionRule
 from loader.transform.tables import dedupe_latest, latest_rows
 from tests.unit.transform.test_transforms import dims, lineitem, orders  # noqa: F401 - dims is a fixture
@@ -113,7 +113,7 @@ RULES = {
 
 @pytest.mark.parametrize("rules", [RULES, DEFAULT_REGION_RULES, {}])
 def test_region_and_rules_together_equal_the_two_transforms_in_turn(rules: dict[str, RegionRule],
-                                                                    dims: Dimensions) -> None:  # noqa: F811
+                                                                    dims: Lookups) -> None:  # noqa: F811
     b = PandasFrames()
     cases = [("orders", orders([f"{i * 37000}.{i:02d}" for i in range(12)]), enrich_orders, "o_totalprice"),
              ("lineitem", lineitem(12), enrich_lineitem, "charge")]
@@ -132,7 +132,7 @@ def test_region_and_rules_together_equal_the_two_transforms_in_turn(rules: dict[
             assert clerks and all(c == "***********0001" for c in clerks), clerks
 
 
-def test_a_rule_for_unknown_applies_to_rows_without_a_dimension_row(dims: Dimensions) -> None:  # noqa: F811
+def test_a_rule_for_unknown_applies_to_rows_without_a_dimension_row(dims: Lookups) -> None:  # noqa: F811
     rules = {**DEFAULT_REGION_RULES, "UNKNOWN": RegionRule("XXX", D("2"), D("0"), ("c_name",))}
     out = on_table(lambda df, b: fact_chain(df, b, kind="orders", dims=dims, rules=rules), orders())
     assert out.column("region").to_pylist() == ["EUROPE", "AMERICA", "UNKNOWN", "UNKNOWN"]
@@ -147,10 +147,10 @@ def test_labels_of_null_and_negative_values() -> None:
 
 
 def test_prepared_dimensions_pack_into_bytes_and_back_unchanged() -> None:
-    """What the state store keeps of a dimension version for replays elsewhere (dimension_cache.pack)."""
-    from loader.transform.dimension_cache import lookup_regions, pack, unpack
+    """What the state store keeps of a dimension version for replays elsewhere (lookup_cache.pack)."""
+    from loader.transform.lookup_cache import lookup_regions, pack, unpack
 
-    prepared = Dimensions.from_tables(
+    prepared = Lookups.from_tables(
         pa.table({"c_custkey": [2, 1], "c_name": ["b", "a"], "c_phone": ["2", "1"],
                   "c_acctbal": pa.array(["1.50", "20000.00"]).cast(pa.decimal128(15, 2)), "c_nationkey": [1, 0]}),
         pa.table({"s_suppkey": [5], "s_nationkey": [1]}),

@@ -12,7 +12,6 @@ import pytest
 
 from loader.errors import BadSourceData, ConfigError
 from loader.landing.sources import normalize_strings
-from loader.transform.dimensions import Dimensions
 from loader.transform.facts import (
     apply_region_rules,
     attach_region,
@@ -23,6 +22,7 @@ from loader.transform.facts import (
     transform_fact,
 )
 from loader.transform.frames import PandasFrames
+from loader.transform.lookups import Lookups
 from loader.transform.region_rules import DEFAULT_REGION_RULES, RegionRule
 from loader.transform.tables import dedupe_latest, split_by_region
 
@@ -83,7 +83,7 @@ def lineitem(n: int = 4, **overrides: object) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def dims() -> Dimensions:
+def dims() -> Lookups:
     """customer 1 in GERMANY/EUROPE, 2 in ARGENTINA/AMERICA, 3 in nation 42 (not in nation); 99 absent.
     supplier 1 in EUROPE, 2 in AMERICA, 3 in ATLANTIS (region 9 absent); 99 absent."""
     customer = pa.table(
@@ -112,7 +112,7 @@ def dims() -> Dimensions:
             "r_name": pa.array(["AFRICA", "AMERICA", "EUROPE"], pa.string_view()),
         }
     )
-    return Dimensions.from_tables(customer, supplier, nation, region)
+    return Lookups.from_tables(customer, supplier, nation, region)
 
 
 # ------------------------------------------------------------------------------------------- strings
@@ -353,7 +353,7 @@ def test_dedupe_latest_empty_and_single() -> None:
 # --------------------------------------------------------------------------------------- dimensions
 
 
-def test_dimensions_segment_and_pickle(dims: Dimensions) -> None:
+def test_dimensions_segment_and_pickle(dims: Lookups) -> None:
     assert dims.customers.column("customer_segment").to_pylist() == ["standard", "premium", "enterprise"]
     assert dims.customers.schema.field("c_name").type == pa.string()
     copy = pickle.loads(pickle.dumps(dims))
@@ -372,8 +372,8 @@ def test_dimensions_segment_boundaries() -> None:
             "c_nationkey": pa.array([0] * 6, pa.int64()),
         }
     )
-    empty = Dimensions.empty()
-    dims = Dimensions.from_tables(
+    empty = Lookups.empty()
+    dims = Lookups.from_tables(
         customer,
         empty.suppliers.select(["s_suppkey", "s_nationkey"]),
         pa.table(
@@ -395,30 +395,30 @@ def test_dimensions_segment_boundaries() -> None:
     ]
 
 
-def test_dimensions_duplicate_key_is_bad_source_data(dims: Dimensions) -> None:
+def test_dimensions_duplicate_key_is_bad_source_data(dims: Lookups) -> None:
     supplier = pa.table(
         {"s_suppkey": pa.array([1, 1], pa.int64()), "s_nationkey": pa.array([1, 7], pa.int64())}
     )
     nation = pa.table({"n_nationkey": [1], "n_name": ["X"], "n_regionkey": [1]})
     region = pa.table({"r_regionkey": [1], "r_name": ["AMERICA"]})
     with pytest.raises(BadSourceData, match="supplier has 1 duplicate s_suppkey"):
-        Dimensions.from_tables(dims.customers, supplier, nation, region)
+        Lookups.from_tables(dims.customers, supplier, nation, region)
 
 
-def test_dimensions_unsorted_input_is_sorted_and_duplicates_found_anywhere(dims: Dimensions) -> None:
+def test_dimensions_unsorted_input_is_sorted_and_duplicates_found_anywhere(dims: Lookups) -> None:
     """A batch finds its keys by binary search, so the prepared tables are sorted by key whatever the
     file's order; a repeated key far apart in an unsorted file is still refused."""
     nation = pa.table({"n_nationkey": [1], "n_name": ["X"], "n_regionkey": [1]})
     region = pa.table({"r_regionkey": [1], "r_name": ["AMERICA"]})
     supplier = pa.table({"s_suppkey": pa.array([30, 10, 20], pa.int64()), "s_nationkey": pa.array([1, 1, 1], pa.int64())})
-    prepared = Dimensions.from_tables(dims.customers, supplier, nation, region)
+    prepared = Lookups.from_tables(dims.customers, supplier, nation, region)
     assert prepared.suppliers.column("s_suppkey").to_pylist() == [10, 20, 30]
     repeated = pa.table({"s_suppkey": pa.array([30, 10, 20, 10], pa.int64()), "s_nationkey": pa.array([1] * 4, pa.int64())})
     with pytest.raises(BadSourceData, match="supplier has 1 duplicate s_suppkey"):
-        Dimensions.from_tables(dims.customers, repeated, nation, region)
+        Lookups.from_tables(dims.customers, repeated, nation, region)
 
 
-def test_dimensions_lookup_of_a_batch_holds_only_its_keys(dims: Dimensions) -> None:
+def test_dimensions_lookup_of_a_batch_holds_only_its_keys(dims: Lookups) -> None:
     """The lookup a batch builds holds the rows its keys reference (nulls, misses and repeats aside),
     and maps every key as the whole table's lookup does."""
     frames = PandasFrames()
@@ -432,7 +432,7 @@ def test_dimensions_lookup_of_a_batch_holds_only_its_keys(dims: Dimensions) -> N
     assert dims.lookups(frames, "orders", pa.array([], pa.int64())).empty
 
 
-def test_attach_region_orders_keeps_order_and_unknown_rows(dims: Dimensions) -> None:
+def test_attach_region_orders_keeps_order_and_unknown_rows(dims: Lookups) -> None:
     table = orders(
         ["1.00"] * 6, o_custkey=pa.array([3, 2, 99, 1, None, 2], pa.int64()), o_orderkey=pa.array(range(6))
     )
@@ -466,7 +466,7 @@ def test_attach_region_orders_keeps_order_and_unknown_rows(dims: Dimensions) -> 
     ]
 
 
-def test_attach_region_lineitem_via_supplier(dims: Dimensions) -> None:
+def test_attach_region_lineitem_via_supplier(dims: Lookups) -> None:
     out = on_table(attach_region, normalize_strings(lineitem(4)), kind="lineitem", dims=dims)
     # suppliers 1, 2, 3 (nation whose region is missing), 99 (absent)
     assert out.column("nation").to_pylist() == ["GERMANY", "ARGENTINA", "ATLANTIS", None]
@@ -604,7 +604,7 @@ def test_split_by_region() -> None:
     assert split_by_region(table.slice(0, 0)) == {}
 
 
-def test_transform_fact_orders_end_to_end(dims: Dimensions) -> None:
+def test_transform_fact_orders_end_to_end(dims: Lookups) -> None:
     out = transform_fact(
         orders(["49999.99", "50000.00", "200000.01", "300000.00"]),
         kind="orders",
@@ -652,7 +652,7 @@ def test_transform_fact_orders_end_to_end(dims: Dimensions) -> None:
     ]
 
 
-def test_transform_fact_lineitem_end_to_end(dims: Dimensions) -> None:
+def test_transform_fact_lineitem_end_to_end(dims: Lookups) -> None:
     table = lineitem(
         2,
         l_extendedprice=money("1000.10", "1000.10"),
@@ -669,7 +669,7 @@ def test_transform_fact_lineitem_end_to_end(dims: Dimensions) -> None:
 
 
 @pytest.mark.parametrize("kind", ["orders", "lineitem"])
-def test_transform_fact_is_row_local(kind: str, dims: Dimensions) -> None:
+def test_transform_fact_is_row_local(kind: str, dims: Lookups) -> None:
     table = orders([f"{i * 37000}.{i:02d}" for i in range(12)]) if kind == "orders" else lineitem(12)
     whole = transform_fact(table, kind=kind, dims=dims, rules=DEFAULT_REGION_RULES)  # type: ignore[arg-type]
     halves = [
@@ -681,7 +681,7 @@ def test_transform_fact_is_row_local(kind: str, dims: Dimensions) -> None:
 
 @pytest.mark.parametrize("kind", ["orders", "lineitem"])
 @pytest.mark.parametrize("zero_chunks", [False, True])
-def test_empty_tables_keep_the_output_schema(kind: str, zero_chunks: bool, dims: Dimensions) -> None:
+def test_empty_tables_keep_the_output_schema(kind: str, zero_chunks: bool, dims: Lookups) -> None:
     source = orders() if kind == "orders" else lineitem()
     empty = source.schema.empty_table() if zero_chunks else source.slice(0, 0)
     expected = output_schema(kind, source.schema)  # type: ignore[arg-type]

@@ -17,15 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loader.transform.dimension_cache import PARTS, pack_tables, unpack, unpack_tables
-from loader.transform.dimensions import Dimensions
+from loader.transform.lookup_cache import PARTS, pack_tables, unpack, unpack_tables
+from loader.transform.lookups import Lookups
 from state import StateStore
 
-#: The key of each part of `Dimensions` (each part is sorted by it, keys unique).
+#: The key of each part of `Lookups` (each part is sorted by it, keys unique).
 PART_KEYS = {"customers": "c_custkey", "suppliers": "s_suppkey", "nations": "n_nationkey"}
 
 
-def diff(base: Dimensions, new: Dimensions) -> bytes:
+def diff(base: Lookups, new: Lookups) -> bytes:
     """The changes that make `new` from `base`: per part (in `PARTS` order) the rows of `new` that
     `base` lacks or holds otherwise (compared exactly, column by column, null equal to null), then the
     keys of `base` that `new` lacks."""
@@ -41,7 +41,7 @@ def diff(base: Dimensions, new: Dimensions) -> bytes:
     return pack_tables(tables)
 
 
-def apply(base: Dimensions, delta: bytes) -> Dimensions:
+def apply(base: Lookups, delta: bytes) -> Lookups:
     """`diff`'s changes applied to `base`: the version they were taken of, sorted by key as prepared."""
     tables = unpack_tables(delta)
     parts = {}
@@ -52,7 +52,7 @@ def apply(base: Dimensions, delta: bytes) -> Dimensions:
         kept = before.filter(pa.array(~np.isin(_keys(before, key), gone))) if len(gone) else before
         both = pa.concat_tables([kept, changed.cast(kept.schema)]) if changed.num_rows else kept
         parts[part] = both.take(pc.sort_indices(both[key])).combine_chunks() if changed.num_rows else both
-    return Dimensions(**parts)
+    return Lookups(**parts)
 
 
 def _keys(table: pa.Table, key: str) -> np.ndarray:
@@ -84,10 +84,10 @@ class VersionLookups:
     last rebuilt version only (a caller walking the versions oldest first applies one delta a step)."""
 
     def __init__(self, store: StateStore, pipeline: str,
-                 local: Callable[[str], Dimensions | None] = lambda _version: None) -> None:
+                 local: Callable[[str], Lookups | None] = lambda _version: None) -> None:
         self.store, self.pipeline, self.local = store, pipeline, local
         self.chain = {v.fingerprint: v for v in store.lookup_chain(pipeline)}
-        self._last: tuple[str, Dimensions] | None = None
+        self._last: tuple[str, Lookups] | None = None
 
     def order(self, versions: Sequence[str]) -> list[str]:
         """`versions`, oldest first (the order that rebuilds each from the one before)."""
@@ -109,10 +109,10 @@ class VersionLookups:
             version = found.base
         return False
 
-    def get(self, version: str) -> Dimensions | None:
+    def get(self, version: str) -> Lookups | None:
         """The version's prepared lookups, or None when they cannot be had."""
         path: list[str] = []  # from `version` back to the one held or one kept whole
-        start: Dimensions | None = None
+        start: Lookups | None = None
         at: str | None = version
         while at is not None and at not in path:
             if self._last is not None and self._last[0] == at:

@@ -73,7 +73,7 @@ def _referenced(table: pa.Table, key: str, keys: Any) -> pa.Table:
 
 
 @dataclass(frozen=True, eq=False)
-class Dimensions:
+class Lookups:
     """customers: c_custkey, c_name, c_phone, c_acctbal, c_nationkey, customer_segment, nation, region
     suppliers: s_suppkey, s_nationkey, nation, region
     nations:   n_nationkey, n_name, r_name
@@ -89,7 +89,7 @@ class Dimensions:
 
     def __repr__(self) -> str:
         return (
-            f"Dimensions(customers={self.customers.num_rows} rows, suppliers={self.suppliers.num_rows} rows, "
+            f"Lookups(customers={self.customers.num_rows} rows, suppliers={self.suppliers.num_rows} rows, "
             f"nations={self.nations.num_rows} rows)"
         )
 
@@ -105,7 +105,7 @@ class Dimensions:
     @classmethod
     def from_tables(
         cls, customer: pa.Table, supplier: pa.Table, nation: pa.Table, region: pa.Table
-    ) -> Dimensions:
+    ) -> Lookups:
         """Build from whole TPC-H dimension tables (extra columns are ignored).
 
         Raises BadSourceData on missing columns, null keys or duplicate keys (an ambiguous lookup).
@@ -150,7 +150,7 @@ class Dimensions:
         )
 
     @classmethod
-    def empty(cls) -> Dimensions:
+    def empty(cls) -> Lookups:
         """No rows, TPC-H types: every lookup misses (region UNKNOWN). Used to derive output schemas."""
         return cls.from_tables(
             pa.schema(

@@ -1,4 +1,4 @@
-"""Every version of the prepared dimension lookups, kept as changes (loader/transform/dimension_versions.py)."""
+"""Every version of the prepared dimension lookups, kept as changes (loader/transform/lookup_versions.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from loader.transform.dimension_cache import pack
-from loader.transform.dimension_versions import VersionLookups, apply, diff
-from loader.transform.dimensions import Dimensions
+from loader.transform.lookup_cache import pack
+from loader.transform.lookup_versions import VersionLookups, apply, diff
+from loader.transform.lookups import Lookups
 from state import StateStore
 
 
-def prepared(customers: dict[int, tuple[str, str | None, int]], suppliers: dict[int, int]) -> Dimensions:
+def prepared(customers: dict[int, tuple[str, str | None, int]], suppliers: dict[int, int]) -> Lookups:
     """customers: key -> (name, phone, nation key); suppliers: key -> nation key."""
     keys = list(customers)
-    return Dimensions.from_tables(
+    return Lookups.from_tables(
         pa.table({"c_custkey": keys, "c_name": [customers[k][0] for k in keys],
                   "c_phone": pa.array([customers[k][1] for k in keys], pa.string()),
                   "c_acctbal": pa.array(["1.50"] * len(keys)).cast(pa.decimal128(15, 2)),
@@ -25,7 +25,7 @@ def prepared(customers: dict[int, tuple[str, str | None, int]], suppliers: dict[
         pa.table({"r_regionkey": [0, 1], "r_name": ["AFRICA", "ASIA"]}))
 
 
-def same(a: Dimensions, b: Dimensions) -> bool:
+def same(a: Lookups, b: Lookups) -> bool:
     return all(getattr(a, part).equals(getattr(b, part)) for part in ("customers", "suppliers", "nations"))
 
 
@@ -39,7 +39,7 @@ def test_a_delta_holds_only_what_changed_and_rebuilds_the_version_exactly() -> N
     assert same(apply(V1, diff(V1, V2)), V2) and same(apply(V2, diff(V2, V1)), V1)
     assert same(apply(V2, diff(V2, V3)), V3)
     assert same(apply(V1, diff(V1, V1)), V1)
-    from loader.transform.dimension_cache import unpack_tables
+    from loader.transform.lookup_cache import unpack_tables
 
     changed_customers, removed_customers, changed_suppliers, removed_suppliers, *_ = unpack_tables(diff(V1, V2))
     assert changed_customers["c_custkey"].to_pylist() == [1, 2, 4]  # moved, null -> value, new

@@ -32,14 +32,14 @@ import pyarrow as pa
 from loader.config import DIMENSION_KEYS, LoaderConfig
 from loader.landing.fingerprint import files_fingerprint
 from loader.transform.decimal_rules import SEGMENTS
-from loader.transform.dimensions import COLUMNS, Dimensions
+from loader.transform.lookups import COLUMNS, Lookups
 
 log = logging.getLogger(__name__)
 
-#: Bump when what `Dimensions.from_tables` prepares changes: older entries then miss.
+#: Bump when what `Lookups.from_tables` prepares changes: older entries then miss.
 FORMAT = 2
 TABLES = tuple(DIMENSION_KEYS)  # customer, supplier, nation, region
-PARTS = tuple(f.name for f in fields(Dimensions))  # customers, suppliers, nations: one Arrow file each
+PARTS = tuple(f.name for f in fields(Lookups))  # customers, suppliers, nations: one Arrow file each
 ENV_DIR = "LOADER_CACHE_DIR"
 
 
@@ -68,13 +68,13 @@ def fingerprint(config: LoaderConfig) -> str:
 STABLE_READ_ATTEMPTS = 3
 
 
-def load_cached(config: LoaderConfig, build: Callable[[], Dimensions]) -> Dimensions:
+def load_cached(config: LoaderConfig, build: Callable[[], Lookups]) -> Lookups:
     """The prepared dimensions: from the cache when the files match an entry, else built and stored."""
     return load_versioned(config, build)[0]
 
 
-def load_versioned(config: LoaderConfig, build: Callable[[], Dimensions], *,
-                   keep: Collection[str] = ()) -> tuple[Dimensions, str]:
+def load_versioned(config: LoaderConfig, build: Callable[[], Lookups], *,
+                   keep: Collection[str] = ()) -> tuple[Lookups, str]:
     """The prepared dimensions and the fingerprint of exactly the files they were made from (a batch
     records it: its replay enriches from the same version). Files that change while they are read
     are read again. Entries of the fingerprints in `keep` (unfinished runs') are never evicted."""
@@ -102,7 +102,7 @@ def load_versioned(config: LoaderConfig, build: Callable[[], Dimensions], *,
                             "again once whatever writes them has finished; nothing was written")
 
 
-def load_version(config: LoaderConfig, key: str) -> Dimensions | None:
+def load_version(config: LoaderConfig, key: str) -> Lookups | None:
     """The prepared dimensions kept for the files of fingerprint `key`, or None (not kept, the cache
     off, or an unreadable entry, which is removed)."""
     if not config.run.dimension_cache:
@@ -111,7 +111,7 @@ def load_version(config: LoaderConfig, key: str) -> Dimensions | None:
     if not entry.is_dir():
         return None
     try:
-        return Dimensions(**{part: _read(entry / f"{part}.arrow") for part in PARTS})
+        return Lookups(**{part: _read(entry / f"{part}.arrow") for part in PARTS})
     except (OSError, pa.ArrowInvalid) as error:  # a torn or evicted entry: read the files instead
         log.warning("dimension cache entry %s unreadable (%s): reading the dimension files", entry, error)
         shutil.rmtree(entry, ignore_errors=True)
@@ -132,7 +132,7 @@ def _read(path: Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
-def _store(folder: Path, entry: Path, dims: Dimensions, *, keep: Collection[str] = ()) -> None:
+def _store(folder: Path, entry: Path, dims: Lookups, *, keep: Collection[str] = ()) -> None:
     """Written in a temp folder, renamed into place (atomic); the pipeline's other entries removed,
     but for those of the fingerprints in `keep` (an unfinished run replays from its own)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def _store(folder: Path, entry: Path, dims: Dimensions, *, keep: Collection[str]
 REGION_PARTS = {"customers": ("c_custkey", 0), "suppliers": ("s_suppkey", 1)}
 
 
-def lookup_regions(dims: Dimensions) -> bytes:
+def lookup_regions(dims: Lookups) -> bytes:
     """What `loader verify` keeps of a version of the dimensions: each customer's and supplier's region
     (an Arrow IPC stream, zstd: about a byte a key; columns part, key, region), to place every fact row
     as the batch that loaded it placed it."""
@@ -183,14 +183,14 @@ def read_regions(raw: bytes) -> pa.Table:
     return _from_ipc(raw)
 
 
-def pack(dims: Dimensions) -> bytes:
+def pack(dims: Lookups) -> bytes:
     """The prepared lookups as bytes for the state store (`pack_tables` of the parts, in `PARTS` order)."""
     return pack_tables([getattr(dims, part) for part in PARTS])
 
 
-def unpack(raw: bytes) -> Dimensions:
+def unpack(raw: bytes) -> Lookups:
     """`pack`'s bytes back as the prepared lookups."""
-    return Dimensions(**dict(zip(PARTS, unpack_tables(raw), strict=True)))
+    return Lookups(**dict(zip(PARTS, unpack_tables(raw), strict=True)))
 
 
 def pack_tables(tables: Sequence[pa.Table]) -> bytes:
