@@ -538,7 +538,7 @@ def _verify_dimensions(config: LoaderConfig, store: StateStore) -> tuple[list[Si
         dim = config.dimensions.named(name)
         if not dim.load:
             continue
-        files, infos = files_fingerprint(config, name)
+        files, infos = files_fingerprint(config.dimension_path(name))
         if fingerprint_of(config, name, files) != load.fingerprint:
             notes.append(f"dimension {name}: its files changed since its last load: the next run loads them")
             continue

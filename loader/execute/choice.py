@@ -101,8 +101,8 @@ def _current_rows(config: LoaderConfig, name: str, columns: tuple[str, ...]) -> 
 
     cursor = config.dimensions.named(name).cursor
     if cursor is None:
-        return read_dimension(config, name, columns)
-    rows = read_dimension(config, name, (*columns, cursor))
+        return read_dimension(config.dimension_path(name), name, columns)
+    rows = read_dimension(config.dimension_path(name), name, (*columns, cursor))
     return dedupe_latest(rows, key=config.dimensions.key_of(name), cursor=cursor).drop_columns([cursor])
 
 

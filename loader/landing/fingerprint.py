@@ -11,15 +11,14 @@ import hashlib
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from loader.config import LoaderConfig
 from loader.landing.files import list_file_infos
 from loader.storage import Location, locate, storage_error
 
 
-def files_fingerprint(config: LoaderConfig, table: str) -> tuple[str, list[pafs.FileInfo]]:
-    """A hash of one dimension's files (path, size, mtime, Parquet footer: any change to a file
-    changes it), and the files."""
-    return folder_fingerprint(locate(config.dimension_path(table)))
+def files_fingerprint(uri: str) -> tuple[str, list[pafs.FileInfo]]:
+    """A hash of the files of one dimension's folder (`uri`: path, size, mtime, Parquet footer: any
+    change to a file changes it), and the files."""
+    return folder_fingerprint(locate(uri))
 
 
 def folder_fingerprint(location: Location) -> tuple[str, list[pafs.FileInfo]]:

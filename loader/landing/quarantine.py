@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from loader.config import LoaderConfig
+from loader.config import QuarantineConfig, RetryConfig
 from loader.errors import BadSourceData
 from loader.kinds import UNKNOWN_REGION
 from loader.retry import call_with_retries
@@ -86,8 +87,31 @@ def merge_bad(parts: list[pa.Table | None]) -> pa.Table | None:
     return pa.concat_tables(found, promote_options="permissive") if found else None
 
 
-def location(config: LoaderConfig, source: str) -> Location:
-    return locate(config.sink_path("quarantine")).child(source)
+@dataclass(frozen=True)
+class QuarantineStore:
+    """Where a pipeline's quarantined rows go (`<root>/<source>/run-<n>.parquet`; root: the warehouse's
+    `quarantine` folder), the retry policy of their writes, and the limits past which a run stops."""
+
+    root: str
+    retry: RetryConfig
+    limits: QuarantineConfig
+
+    def location(self, source: str) -> Location:
+        return locate(self.root).child(source)
+
+    def record(self, name: str, *, run_number: int, bad: pa.Table | None, rows_read: int,
+               replay: bool = True) -> dict[str, int]:
+        """Write the run's newly quarantined rows of `name` (a replay rewrites the same file), enforce
+        the limits, and return the counts per reason. Storage faults are retried; with nothing to
+        quarantine and no earlier attempt (`replay` False) the storage is not touched."""
+        if (bad is None or bad.num_rows == 0) and not replay:
+            return {}
+        where = self.location(name)
+        entries = call_with_retries(f"{name} -> quarantine", self.retry,
+                                    lambda: _write(where, name, run_number, bad))
+        found = {str(k): int(v) for k, v in Counter(entries["reason"].to_pylist()).items()}
+        _enforce(self.limits, name, sum(found.values()), rows_read, found, where.uri)
+        return found
 
 
 def _entries(bad: pa.Table, *, source: str, run_number: int) -> pa.Table:
@@ -120,22 +144,7 @@ def _earlier_hashes(where: Location, run_number: int) -> set[str]:
     return hashes
 
 
-def record(config: LoaderConfig, name: str, *, run_number: int, bad: pa.Table | None,
-           rows_read: int, replay: bool = True) -> dict[str, int]:
-    """Write the run's newly quarantined rows of `name` (a replay rewrites the same file), enforce the
-    threshold, and return the counts per reason. Storage faults are retried (the sinks' Parquet policy);
-    with nothing to quarantine and no earlier attempt (`replay` False) the storage is not touched."""
-    if (bad is None or bad.num_rows == 0) and not replay:
-        return {}
-    entries = call_with_retries(f"{name} -> quarantine", config.sinks.parquet.retry,
-                                lambda: _write(config, name, run_number, bad))
-    found = {str(k): int(v) for k, v in Counter(entries["reason"].to_pylist()).items()}
-    _enforce(config, name, sum(found.values()), rows_read, found, location(config, name).uri)
-    return found
-
-
-def _write(config: LoaderConfig, name: str, run_number: int, bad: pa.Table | None) -> pa.Table:
-    where = location(config, name)
+def _write(where: Location, name: str, run_number: int, bad: pa.Table | None) -> pa.Table:
     path = f"{where.path}/run-{run_number:08d}.parquet"
     try:
         entries = (_entries(bad, source=name, run_number=run_number) if bad is not None
@@ -156,9 +165,8 @@ def _write(config: LoaderConfig, name: str, run_number: int, bad: pa.Table | Non
     return entries
 
 
-def _enforce(config: LoaderConfig, name: str, quarantined: int, rows_read: int, found: dict[str, int],
+def _enforce(settings: QuarantineConfig, name: str, quarantined: int, rows_read: int, found: dict[str, int],
              uri: str) -> None:
-    settings = config.quarantine
     over_count = settings.max_rows is not None and quarantined > settings.max_rows
     over_fraction = rows_read > 0 and quarantined / rows_read > settings.max_fraction
     if quarantined and (over_count or over_fraction):

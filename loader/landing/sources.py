@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from loader.config import LoaderConfig
 from loader.errors import BadSourceData
 from loader.landing.files import list_files, missing_deletes_column
 from loader.landing.plans import FilePlan, SourcePlan
@@ -179,10 +178,10 @@ def read_parquet(location: Location, path: str, *, what: str, columns: Sequence[
     return normalize_strings(rows)
 
 
-def read_dimension(config: LoaderConfig, table: str, columns: tuple[str, ...] | None = None) -> pa.Table:
+def read_dimension(uri: str, table: str, columns: tuple[str, ...] | None = None) -> pa.Table:
     """A dimension table, only `columns` of it when given (those the files have: a missing one is
     reported by the caller, naming the table)."""
-    location = locate(config.dimension_path(table))
+    location = locate(uri)
     files = list_files(location, partition_column="", since=None)
     if not files:
         raise BadSourceData(f"dimension {table!r} has no Parquet files at {location.uri}: "

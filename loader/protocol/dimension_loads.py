@@ -88,7 +88,7 @@ def load_dimension_tables(config: LoaderConfig, store: StateStore) -> dict[str, 
     pending: list[_Pending] = []
     for table in wanted:
         files, infos = call_with_retries(f"listing dimension {table}", config.source_retry,
-                                         lambda t=table: files_fingerprint(config, t))  # type: ignore[misc]
+                                         lambda t=table: files_fingerprint(config.dimension_path(t)))  # type: ignore[misc]
         mark = fingerprint_of(config, table, files)
         loads = recorded.get(table, {})
         if all(n in loads and loads[n].fingerprint == mark for n in names):
@@ -311,8 +311,8 @@ def _masked(config: LoaderConfig, table: str, rows: pa.Table) -> pa.Table:
     from loader.landing.sources import read_dimension
     from loader.transform.facts import mask_rows
 
-    nation = read_dimension(config, "nation", ("n_nationkey", "n_regionkey"))
-    region = read_dimension(config, "region", ("r_regionkey", "r_name"))
+    nation = read_dimension(config.dimension_path("nation"), "nation", ("n_nationkey", "n_regionkey"))
+    region = read_dimension(config.dimension_path("region"), "region", ("r_regionkey", "r_name"))
     names = pc.take(region["r_name"],
                     pc.index_in(nation["n_regionkey"], value_set=region["r_regionkey"].combine_chunks()))
     of_row = pc.take(names,

@@ -367,11 +367,14 @@ class BatchRunner:
     def _execute(self, record: RunRecord, plan: RunPlan, outcome: BatchOutcome, metrics: dict[str, Any],
                  planning_s: float, ahead: Any, index: int) -> None:
         from loader.execute.choice import execute
-        from loader.landing import quarantine
+        from loader.landing.quarantine import QuarantineStore
         from loader.sinks import TableBatch
         from loader.sinks.table_writes import write_table
 
         assert self._prepared is not None
+        # Bad rows are kept beside the warehouse, written with the Parquet sink's retry policy.
+        kept_apart = QuarantineStore(self.config.sink_path("quarantine"), self.config.sinks.parquet.retry,
+                                     self.config.quarantine)
         choice, engine, _ = self._prepared
         dims = self._dimensions_of(record)
         outcome.executor, outcome.executor_reason = choice.executor, choice.reason
@@ -397,14 +400,14 @@ class BatchRunner:
                 break
             source = self.config.sources[item.name]
             with timer.stage("execute"):  # before any sink writes: too many bad rows stop the run here
-                quarantined = quarantine.record(self.config, item.name, run_number=record.run_number,
+                quarantined = kept_apart.record(item.name, run_number=record.run_number,
                                                 bad=item.quarantined, rows_read=item.read,
                                                 replay=record.attempts > 1)
             if quarantined:
                 log.warning("run %d: %s: %s row(s) quarantined (%s) in %s", record.run_number, item.name,
                             f"{sum(quarantined.values()):,}",
                             ", ".join(f"{n:,} {r}" for r, n in sorted(quarantined.items())),
-                            quarantine.location(self.config, item.name).uri)
+                            kept_apart.location(item.name).uri)
             progress.step(f"{item.name}: write to {', '.join(s.name for s in sinks)}")
             if not writing:  # from here a sink may hold rows of this run: its replay must read the same input
                 call_with_retries("marking the run as writing", self.config.state.retry,

@@ -60,7 +60,7 @@ def fingerprint(config: LoaderConfig) -> str:
     """A hash of every dimension file (path, size, mtime, footer) and of the preparation's format."""
     digest = hashlib.sha256(repr((FORMAT, COLUMNS, SEGMENTS)).encode())
     for table in TABLES:
-        digest.update(f"\0{table}\0{files_fingerprint(config, table)[0]}".encode())
+        digest.update(f"\0{table}\0{files_fingerprint(config.dimension_path(table))[0]}".encode())
     return digest.hexdigest()
 
 

@@ -167,3 +167,14 @@ def test_the_state_packages_lazy_names_all_resolve() -> None:
     assert sorted(state.__all__) == sorted(state._HOME)
     for name, module in state._HOME.items():
         assert getattr(state, name) is getattr(importlib.import_module(module), name)
+
+
+def test_the_landing_layer_takes_the_parts_of_the_config_it_uses() -> None:
+    """loader/landing/ gets paths, retry policies and limits, never the whole `LoaderConfig`: what it
+    depends on shows in its signatures, and a test builds it without a config file."""
+    found = []
+    for path in sorted((ROOT / "loader" / "landing").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module == "loader.config":
+                found += [f"{path.name}: {a.name}" for a in node.names if a.name == "LoaderConfig"]
+    assert found == []
