@@ -96,17 +96,18 @@ def check_dimension_cache(config: LoaderConfig) -> tuple[str, str]:
     only)."""
     from loader.errors import LoaderError
     from loader.storage import unwritable
-    from loader.transform.lookup_cache import cache_folder, current_entry
+    from loader.transform.lookup_cache import LookupCache, current_entry
 
     if not config.run.dimension_cache:
         return "ok", "dimension cache: off (run.dimension_cache: false): every run reads the dimension tables"
-    folder = cache_folder(config)
+    cache = LookupCache.of(config)
+    folder = cache.folder
     blocked = unwritable(folder)
     if blocked is not None:
         return "failed", (f"dimension cache: cannot write under {blocked}: set run.cache_dir to a "
                           "writable local folder (or run.dimension_cache: false)")
     try:
-        entry = current_entry(config)
+        entry = current_entry(cache)
     except LoaderError as error:  # the landing zone's own check names the problem
         return "ok", (f"dimension cache: {folder} (the dimension files cannot be read here: "
                       f"{str(error).splitlines()[0]})")

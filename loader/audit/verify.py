@@ -495,9 +495,10 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = Fal
         placement = Placement.from_ledger(store, pipeline)  # the ledger, read once
         lookups = None
         if deep:
-            from loader.transform.lookup_cache import load_version
+            from loader.transform.lookup_cache import LookupCache, load_version
 
-            lookups = VersionLookups(store, pipeline, local=lambda version: load_version(config, version))
+            cache = LookupCache.of(config)
+            lookups = VersionLookups(store, pipeline, local=lambda version: load_version(cache, version))
         for name in names:
             checkpoint = checkpoints.get(name)
             if checkpoint is None:

@@ -87,10 +87,10 @@ def load_lookups(config: LoaderConfig, *, keep: Collection[str] = ()) -> tuple[L
     """The prepared lookups, from the cache when the dimension files are unchanged since it was made,
     and the fingerprint of the files they were made from (`keep`: fingerprints whose cached entries
     stay, see loader/transform/lookup_cache.py)."""
-    from loader.transform.lookup_cache import TABLES, load_versioned
+    from loader.transform.lookup_cache import TABLES, LookupCache, load_versioned
     from loader.transform.lookups import COLUMNS
 
-    return load_versioned(config, lambda: Lookups.from_tables(
+    return load_versioned(LookupCache.of(config), lambda: Lookups.from_tables(
         **{name: _current_rows(config, name, COLUMNS[name]) for name in TABLES}), keep=keep)
 
 

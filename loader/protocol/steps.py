@@ -273,10 +273,11 @@ class BatchRunner:
 
     def _kept_versions(self) -> Any:
         """The dimension versions the state store keeps (`VersionLookups`), this machine's cache first."""
-        from loader.transform.lookup_cache import load_version
+        from loader.transform.lookup_cache import LookupCache, load_version
         from loader.transform.lookup_versions import VersionLookups
 
-        return VersionLookups(self.store, self.config.pipeline, local=lambda v: load_version(self.config, v))
+        cache = LookupCache.of(self.config)
+        return VersionLookups(self.store, self.config.pipeline, local=lambda v: load_version(cache, v))
 
     def _dimensions_of(self, record: RunRecord) -> Any:
         """The prepared dimensions `record` was enriched from: this run's, or for a replay of a batch
@@ -287,9 +288,9 @@ class BatchRunner:
         if version is None or version == self.dimension_version:
             return self._prepared[2]
         from loader.errors import BadSourceData
-        from loader.transform.lookup_cache import load_version
+        from loader.transform.lookup_cache import LookupCache, load_version
 
-        dims = load_version(self.config, version)
+        dims = load_version(LookupCache.of(self.config), version)
         if dims is None:  # the state store's: kept whole, or rebuilt through the kept changes
             dims = self._kept_versions().get(version)
         if dims is None:

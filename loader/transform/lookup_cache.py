@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,22 @@ PARTS = tuple(f.name for f in fields(Lookups))  # customers, suppliers, nations:
 ENV_DIR = "LOADER_CACHE_DIR"
 
 
+@dataclass(frozen=True)
+class LookupCache:
+    """What the cache needs of the config: its folder, the pipeline (entries are per pipeline), the
+    dimension folders the lookups are made from, and whether it is on (`run.dimension_cache`)."""
+
+    folder: Path
+    pipeline: str
+    dimension_uris: tuple[tuple[str, str], ...]  # (table, folder URI), in `TABLES` order
+    enabled: bool = True
+
+    @classmethod
+    def of(cls, config: LoaderConfig) -> LookupCache:
+        uris = tuple((table, config.dimension_path(table)) for table in TABLES)
+        return cls(cache_folder(config), config.pipeline, uris, config.run.dimension_cache)
+
+
 def cache_folder(config: LoaderConfig) -> Path:
     """`run.cache_dir`, else $LOADER_CACHE_DIR, else `cache/` beside a SQLite state file, else
     `loader-cache` in the system temp folder."""
@@ -56,11 +72,11 @@ def cache_folder(config: LoaderConfig) -> Path:
     return Path(tempfile.gettempdir()) / "loader-cache"
 
 
-def fingerprint(config: LoaderConfig) -> str:
+def fingerprint(cache: LookupCache) -> str:
     """A hash of every dimension file (path, size, mtime, footer) and of the preparation's format."""
     digest = hashlib.sha256(repr((FORMAT, COLUMNS, SEGMENTS)).encode())
-    for table in TABLES:
-        digest.update(f"\0{table}\0{files_fingerprint(config.dimension_path(table))[0]}".encode())
+    for table, uri in cache.dimension_uris:
+        digest.update(f"\0{table}\0{files_fingerprint(uri)[0]}".encode())
     return digest.hexdigest()
 
 
@@ -68,30 +84,30 @@ def fingerprint(config: LoaderConfig) -> str:
 STABLE_READ_ATTEMPTS = 3
 
 
-def load_cached(config: LoaderConfig, build: Callable[[], Lookups]) -> Lookups:
+def load_cached(cache: LookupCache, build: Callable[[], Lookups]) -> Lookups:
     """The prepared dimensions: from the cache when the files match an entry, else built and stored."""
-    return load_versioned(config, build)[0]
+    return load_versioned(cache, build)[0]
 
 
-def load_versioned(config: LoaderConfig, build: Callable[[], Lookups], *,
+def load_versioned(cache: LookupCache, build: Callable[[], Lookups], *,
                    keep: Collection[str] = ()) -> tuple[Lookups, str]:
     """The prepared dimensions and the fingerprint of exactly the files they were made from (a batch
     records it: its replay enriches from the same version). Files that change while they are read
     are read again. Entries of the fingerprints in `keep` (unfinished runs') are never evicted."""
     for _ in range(STABLE_READ_ATTEMPTS):
-        key = fingerprint(config)
-        cached = load_version(config, key)
+        key = fingerprint(cache)
+        cached = load_version(cache, key)
         if cached is not None:
             log.debug("dimensions: prepared lookups from the cache (files unchanged)")
             return cached, key
         dims = build()
-        if fingerprint(config) != key:
+        if fingerprint(cache) != key:
             log.info("dimension files changed while they were read: reading them again")
             continue
-        if config.run.dimension_cache:
-            folder = cache_folder(config)
+        if cache.enabled:
+            folder = cache.folder
             try:
-                _store(folder, _entry(config, key), dims, keep=keep)
+                _store(folder, _entry(cache, key), dims, keep=keep)
             except OSError as error:
                 log.warning("could not cache the prepared dimensions in %s (%s): the next run reads them "
                             "again. Set run.cache_dir to a writable folder", folder, error)
@@ -102,12 +118,12 @@ def load_versioned(config: LoaderConfig, build: Callable[[], Lookups], *,
                             "again once whatever writes them has finished; nothing was written")
 
 
-def load_version(config: LoaderConfig, key: str) -> Lookups | None:
+def load_version(cache: LookupCache, key: str) -> Lookups | None:
     """The prepared dimensions kept for the files of fingerprint `key`, or None (not kept, the cache
     off, or an unreadable entry, which is removed)."""
-    if not config.run.dimension_cache:
+    if not cache.enabled:
         return None
-    entry = _entry(config, key)
+    entry = _entry(cache, key)
     if not entry.is_dir():
         return None
     try:
@@ -118,13 +134,13 @@ def load_version(config: LoaderConfig, key: str) -> Lookups | None:
         return None
 
 
-def _entry(config: LoaderConfig, key: str) -> Path:
-    return cache_folder(config) / f"{_safe(config.pipeline)}-dimensions-{key[:24]}"
+def _entry(cache: LookupCache, key: str) -> Path:
+    return cache.folder / f"{_safe(cache.pipeline)}-dimensions-{key[:24]}"
 
 
-def current_entry(config: LoaderConfig) -> Path:
+def current_entry(cache: LookupCache) -> Path:
     """Where the entry for the dimension files as they are now is (or would be) kept."""
-    return _entry(config, fingerprint(config))
+    return _entry(cache, fingerprint(cache))
 
 
 def _read(path: Path) -> pa.Table:
