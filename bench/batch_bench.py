@@ -1,8 +1,8 @@
 """Benchmark: first loads in bounded batches (memory and throughput against the scale) and resuming a
 killed first load.
 
-    .venv/bin/python bench/batch_bench.py [--scales 1,10] [--max-batch-rows N] [--landing 10=PATH] [--repeat 1]
-                                          [--single-batch] [--kill-after 3] [--out bench/out]
+    .venv/bin/python bench/batch_bench.py [--scales 1,10] [--max-batch-rows N] [--landing 10=PATH]
+                                          [--repeat 1] [--single-batch] [--kill-after 3] [--out bench/out]
 
 Scenarios (orders + lineitem, Parquet + Delta sinks, SQLite state, `--executor local`, every run a fresh
 subprocess, one after the other, never two at once):
@@ -73,7 +73,8 @@ HEAVY_VALUE_WARNING = "cannot be split by cursor"
 # ------------------------------------------------------------------------------------------ set-up
 
 
-def landing_zone(args: argparse.Namespace, scale: float, env: dict[str, str], log: list[str]) -> tuple[Path, dict[str, Any]]:
+def landing_zone(args: argparse.Namespace, scale: float, env: dict[str, str],
+                 log: list[str]) -> tuple[Path, dict[str, Any]]:
     """The landing zone of `scale`: the one given with --landing, else generated once into the cache."""
     given = args.landing.get(scale)
     if given is not None:
@@ -83,11 +84,12 @@ def landing_zone(args: argparse.Namespace, scale: float, env: dict[str, str], lo
     made: dict[str, Any] = {"given": False}
     if not (base / "_demo_state.json").exists():  # written last by `demo-data init`: its absence = incomplete
         reset(base)
-        config = write_config(root / f"{base.name}.yaml", landing=base, warehouse=root / "_unused", state=root / "_unused")
+        config = write_config(root / f"{base.name}.yaml", landing=base, warehouse=root / "_unused",
+                              state=root / "_unused")
         say(log, f"SF{scale_tag(scale)}: generating the landing zone ({args.days} days) ...")
-        made["init_s"] = run_plain([str(LOADER), "--config", str(config), "demo-data", "init", "--scale", str(scale),
-                                    "--days", str(args.days)], env=env, cwd=args.out, timeout=args.timeout,
-                                   what="demo-data init")
+        made["init_s"] = run_plain([str(LOADER), "--config", str(config), "demo-data", "init",
+                                    "--scale", str(scale), "--days", str(args.days)],
+                                   env=env, cwd=args.out, timeout=args.timeout, what="demo-data init")
         say(log, f"  init took {made['init_s']:.1f}s")
         reset(root / "_unused")
     return base, made
@@ -196,9 +198,11 @@ class Load:
         return {
             "name": self.name, "side": self.side, "scale": self.scale, "landing": self.landing,
             "requested_max_batch_rows": self.requested_budget, "max_batch_rows": self.budget(),
-            "wall_median_s": self.wall(), "peak_tree_mib": self.peak(), "rows": self.rows(), "rows_per_s": self.rate(),
+            "wall_median_s": self.wall(), "peak_tree_mib": self.peak(), "rows": self.rows(),
+            "rows_per_s": self.rate(),
             "batches": len(batches) if self.side != "floor" else None,
-            "batch_rows": [b.get("rows") for b in batches], "batch_seconds": [b.get("seconds") for b in batches],
+            "batch_rows": [b.get("rows") for b in batches],
+            "batch_seconds": [b.get("seconds") for b in batches],
             "timings_median_s": self.timings(), "notes": self.notes, "peak_halves_mib": self.halves(),
             "runs": [{**asdict(m), "output": _trim(m.output), "rss_timeline_mib": timeline}
                      for m, timeline in zip(self.runs, self.timelines, strict=True)],
@@ -226,15 +230,16 @@ class Bench:
         self.loads: list[Load] = []
         self.events: list[str] = []
         self.extra: dict[str, Any] = {"landing": {}, "gave_up": {}, "checks": {}, "resume": None}
-        self.env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "LOADER_FAILPOINTS", "LOADER_CONFIG")}
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("RAY_ADDRESS", "LOADER_FAILPOINTS", "LOADER_CONFIG")}
         self.started = datetime.now(UTC)
         self.failed = False  # a run that should have succeeded did not, or a correctness check failed
 
     # commands ---------------------------------------------------------------------------------------
 
     def loader_cmd(self, config: Path, budget: int | None) -> list[str]:
-        return [str(LOADER), "--config", str(config), "--log-level", self.args.log_level, "run", "--incremental",
-                "--json", "--executor", "local", "--engine", self.args.engine,
+        return [str(LOADER), "--config", str(config), "--log-level", self.args.log_level, "run",
+                "--incremental", "--json", "--executor", "local", "--engine", self.args.engine,
                 *(["--max-batch-rows", str(budget)] if budget is not None else [])]
 
     def floor_cmd(self, landing: Path, warehouse: Path) -> list[str]:
@@ -245,7 +250,8 @@ class Bench:
                  expect_kill: bool = False) -> tuple[Measured, list[tuple[float, int]]]:
         """measure() the command, and beside it a timeline of its tree's RSS every 0.5 s (this process's
         descendants: the only one while it runs is the measured command)."""
-        # No dot in the name: measure() derives .stdout/.stderr with with_suffix, which would cut "SF0.05" at its dot.
+        # No dot in the name: measure() derives .stdout/.stderr with with_suffix, which would cut "SF0.05" at
+        # its dot.
         slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in what.replace(".", "p"))
         log = self.args.out / "logs" / f"batch-{slug}"
         timeline: list[tuple[float, int]] = []
@@ -282,15 +288,18 @@ class Bench:
             more = f", {out.get('rows', 0):,} rows in {len(out['batches'])} batch(es)"
         say(self.events, f"  {what}: {m.brief()}{more} [{status}]")
         if (m.returncode and not expect_kill) or m.timed_out:
-            say(self.events, "    " + Path(log.with_suffix(".stderr")).read_text()[-1500:].replace("\n", "\n    "))
+            say(self.events,
+                "    " + Path(log.with_suffix(".stderr")).read_text()[-1500:].replace("\n", "\n    "))
         if m.leftovers:
             say(self.events, f"    {m.leftovers} descendant process(es) outlived it and were killed")
         return m, timeline
 
     def cli_json(self, config: Path, *command: str, cwd: Path) -> tuple[int, Any, str]:
         """A quick loader command (history, verify) with --json: (exit code, parsed stdout, stderr)."""
-        done = subprocess.run([str(LOADER), "--config", str(config), "--log-level", "WARNING", *command, "--json"],
-                              cwd=cwd, env=self.env, capture_output=True, text=True, timeout=self.args.timeout)
+        done = subprocess.run([str(LOADER), "--config", str(config), "--log-level", "WARNING", *command,
+                               "--json"],
+                              cwd=cwd, env=self.env, capture_output=True, text=True,
+                              timeout=self.args.timeout)
         try:
             payload = json.loads(done.stdout) if done.stdout.strip() else None
         except json.JSONDecodeError:
@@ -309,9 +318,11 @@ class Bench:
         return notes
 
     def save(self) -> None:
-        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items() if k != "landing"}
+        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()
+                   if k != "landing"}
         results = {
-            **results_header(self.started, options | {"landing": {str(k): str(v) for k, v in self.args.landing.items()}}),
+            **results_header(self.started,
+                             options | {"landing": {str(k): str(v) for k, v in self.args.landing.items()}}),
             "targets": self.targets(), "loads": [load.to_json() for load in self.loads], **self.extra,
             "events": self.events,
         }
@@ -388,27 +399,31 @@ class Bench:
         config = loader_config(work / "loader.yaml", landing=landing, work=work, lease_ttl=args.lease_ttl)
         full_batches = uninterrupted.batches()
         result: dict[str, Any] = {"scale": scale, "kill_after": k, "lease_ttl": args.lease_ttl,
-                                  "uninterrupted": {"rows": uninterrupted.rows(), "batches": len(full_batches),
+                                  "uninterrupted": {"rows": uninterrupted.rows(),
+                                                    "batches": len(full_batches),
                                                     "batch_rows": [b["rows"] for b in full_batches]}}
         self.extra["resume"] = result
         if len(full_batches) <= k:
-            result["problem"] = (f"the uninterrupted load ran {len(full_batches)} batch(es): killing after batch {k} "
-                                 f"leaves nothing to resume; lower --max-batch-rows")
+            result["problem"] = (f"the uninterrupted load ran {len(full_batches)} batch(es): killing after "
+                                 f"batch {k} leaves nothing to resume; lower --max-batch-rows")
             say(self.events, f"  resume {tag}: skipped, {result['problem']}")
             self.failed = True
             self.save()
             return
 
         env = {**self.env, "LOADER_FAILPOINTS": f"checkpoint.after=crash+{k - 1}"}
-        killed, killed_timeline = self.measured(f"resume {tag} killed after batch {k}", self.loader_cmd(config, args.max_batch_rows),
-                               cwd=work, env=env, expect_kill=True)
+        killed, killed_timeline = self.measured(f"resume {tag} killed after batch {k}",
+                                                self.loader_cmd(config, args.max_batch_rows),
+                                                cwd=work, env=env, expect_kill=True)
         sigkill = killed.returncode == -signal.SIGKILL
         code, history, err = self.cli_json(config, "history", "--limit", "100000", cwd=work)
         history = history if isinstance(history, list) else []
-        committed = sorted((e for e in history if e.get("outcome") == "committed"), key=lambda e: e["run_number"])
+        committed = sorted((e for e in history if e.get("outcome") == "committed"),
+                           key=lambda e: e["run_number"])
         others = [{"run_number": e["run_number"], "outcome": e.get("outcome")} for e in history
                   if e.get("outcome") != "committed"]
-        committed_rows = sum(int(t.get("rows") or 0) for e in committed for t in (e.get("tables") or {}).values())
+        committed_rows = sum(int(t.get("rows") or 0)
+                             for e in committed for t in (e.get("tables") or {}).values())
         result["killed"] = {
             "returncode": killed.returncode, "sigkill": sigkill, "wall_s": killed.wall_s,
             "peak_tree_mib": killed.peak_tree_mib, "history_exit": code, "history_stderr": err[-1500:],
@@ -418,12 +433,14 @@ class Bench:
             "committed_rows": committed_rows, "not_committed": others, "log": killed.log,
             "rss_timeline_mib": killed_timeline,
         }
-        say(self.events, f"    history: {len(committed)} committed run(s) {result['killed']['committed_runs']}, "
+        say(self.events, f"    history: {len(committed)} committed run(s) "
+                         f"{result['killed']['committed_runs']}, "
                          f"{committed_rows:,} rows; not committed: {others or 'none'}")
         self.save()
 
         time.sleep(ttl_seconds(args.lease_ttl) + 0.5)  # the killed run's lease expires
-        rerun, rerun_timeline = self.measured(f"resume {tag} rerun", self.loader_cmd(config, args.max_batch_rows), cwd=work)
+        rerun, rerun_timeline = self.measured(f"resume {tag} rerun",
+                                              self.loader_cmd(config, args.max_batch_rows), cwd=work)
         out = rerun.output or {}
         rerun_rows = int(out.get("rows", 0)) if rerun.returncode == 0 else None
         rerun_batches = out.get("batches") or []
@@ -435,7 +452,8 @@ class Bench:
         }
         vcode, vout, verr = self.cli_json(config, "verify", cwd=work)
         result["verify"] = {"exit": vcode, "ok": (vout or {}).get("ok") if isinstance(vout, dict) else None,
-                            "checks": len((vout or {}).get("checks") or []) if isinstance(vout, dict) else None,
+                            "checks": (len((vout or {}).get("checks") or []) if isinstance(vout, dict)
+                                       else None),
                             "stderr": verr[-1500:]}
         say(self.events, f"    verify: exit {vcode}" + (f"\n    {verr[-800:]}" if vcode else ""))
 
@@ -451,11 +469,13 @@ class Bench:
             f"{k} batches committed before the kill": len(committed) == k,
             f"committed rows = the uninterrupted load's first {k} batches": committed_rows == first_k,
             "rerun exit 0": rerun.returncode == 0,
-            "rerun rows <= total - committed + largest batch": None if rerun_rows is None else rerun_rows <= bound,
+            "rerun rows <= total - committed + largest batch": None if rerun_rows is None else
+                rerun_rows <= bound,
             "rerun batches <= uninterrupted - k + 1": None if rerun.returncode else
                 len(rerun_batches) <= len(full_batches) - k + 1,
             "verify exit 0": vcode == 0,
-            "warehouse equal to the uninterrupted load's": None if stats is None or reference is None else stats == reference,
+            "warehouse equal to the uninterrupted load's": None if stats is None or reference is None else
+                stats == reference,
         }
         result.update({"total_rows": total, "largest_batch_rows": largest, "first_k_rows": first_k,
                        "remaining_rows": total - committed_rows, "bound_rows": bound,
@@ -489,17 +509,19 @@ class Bench:
                                "peak_ratio": _ratio(a.peak(), fl.peak())}
         singles = self.by_side("single")
         if batched and singles:
-            out["single_batch"] = {"batched_peak_mib": batched[0].peak(), "single_peak_mib": singles[0].peak(),
+            out["single_batch"] = {"batched_peak_mib": batched[0].peak(),
+                                   "single_peak_mib": singles[0].peak(),
                                    "saved_mib": (singles[0].peak() or 0) - (batched[0].peak() or 0),
                                    "time_ratio": _ratio(batched[0].wall(), singles[0].wall())}
         return out
 
     def markdown(self) -> str:
         lines = [
-            "First loads (orders + lineitem, Parquet + Delta, SQLite state, `--executor local`); wall: median of n, "
-            "peak: largest of n:",
+            "First loads (orders + lineitem, Parquet + Delta, SQLite state, `--executor local`); wall: "
+            "median of n, peak: largest of n:",
             "",
-            "| run | budget rows | n | wall s | peak MiB | peak MiB 1st / 2nd half | rows | rows/s | batches | "
+            "| run | budget rows | n | wall s | peak MiB | peak MiB 1st / 2nd half | rows | rows/s | "
+            "batches | "
             "rows per batch min / median / max | s per batch (median) | vs floor: time | vs floor: peak |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -515,20 +537,24 @@ class Bench:
                       else _f(load.budget() if load.ok() else load.requested_budget, "{:,}"))
             halves = load.halves()
             lines.append(
-                f"| {load.name} | {budget} | {len(load.ok())}/{len(load.runs)} | {_f(load.wall())} | {_f(load.peak(), '{:,.0f}')} | "
+                f"| {load.name} | {budget} | {len(load.ok())}/{len(load.runs)} | {_f(load.wall())} | "
+                f"{_f(load.peak(), '{:,.0f}')} | "
                 f"{f'{halves[0]:,} / {halves[1]:,}' if halves else '-'} | "
                 f"{_f(load.rows(), '{:,}')} | {_f(load.rate(), '{:,.0f}')} | "
                 f"{len(batches) if load.side != 'floor' and load.ok() else '-'} | {spread} | "
                 f"{_f(statistics.median(secs) if secs else None)} | "
-                f"{_f(_ratio(load.wall(), vs.wall()) if vs else None)} | {_f(_ratio(load.peak(), vs.peak()) if vs else None)} |"
+                f"{_f(_ratio(load.wall(), vs.wall()) if vs else None)} | "
+                f"{_f(_ratio(load.peak(), vs.peak()) if vs else None)} |"
             )
         targets = self.targets()
         lines.append("")
         if "memory" in targets:
             mem, rate = targets["memory"], targets["throughput"]
             lines += [
-                f"- peak memory {mem['to']} / {mem['from']}: {_f(mem['ratio'])} (target <= 1.2: {_verdict(mem['met'])})",
-                f"- rows/s {rate['to']} / {rate['from']}: {_f(rate['ratio'])} (target >= 1.0: {_verdict(rate['met'])})",
+                f"- peak memory {mem['to']} / {mem['from']}: {_f(mem['ratio'])} "
+                f"(target <= 1.2: {_verdict(mem['met'])})",
+                f"- rows/s {rate['to']} / {rate['from']}: {_f(rate['ratio'])} "
+                f"(target >= 1.0: {_verdict(rate['met'])})",
             ]
         if "vs_floor" in targets:
             vf = targets["vs_floor"]
@@ -536,11 +562,13 @@ class Bench:
                          f"peak {_f(vf['peak_ratio'])}")
         if "single_batch" in targets:
             sb = targets["single_batch"]
-            lines.append(f"- one batch instead of batches: peak {_f(sb['single_peak_mib'], '{:,.0f}')} MiB against "
-                         f"{_f(sb['batched_peak_mib'], '{:,.0f}')} MiB (batches save {_f(sb['saved_mib'], '{:,.0f}')} MiB); "
+            lines.append(f"- one batch instead of batches: peak {_f(sb['single_peak_mib'], '{:,.0f}')} "
+                         f"MiB against {_f(sb['batched_peak_mib'], '{:,.0f}')} MiB (batches save "
+                         f"{_f(sb['saved_mib'], '{:,.0f}')} MiB); "
                          f"batched time / one-batch time {_f(sb['time_ratio'])}")
         for name, check in self.extra["checks"].items():
-            lines.append(f"- {name}: {'yes' if check['ok'] else 'NO'} (Delta rows and sum(amount_local), Parquet version rows)")
+            lines.append(f"- {name}: {'yes' if check['ok'] else 'NO'} "
+                         "(Delta rows and sum(amount_local), Parquet version rows)")
         for load in self.loads:
             for note in load.notes:
                 lines.append(f"- {load.name}: {note}")
@@ -549,17 +577,22 @@ class Bench:
 
         stages = [load for load in self.loads if load.side != "floor" and load.ok()]
         if stages:
-            lines += ["", "Loader stages (median of `timings_s`, summed over batches) against process wall time:", "",
-                      "| run | plan | execute | sinks | commit | in-run total | process wall |", "|---|---|---|---|---|---|---|"]
+            lines += ["", "Loader stages (median of `timings_s`, summed over batches) against process wall "
+                          "time:", "",
+                      "| run | plan | execute | sinks | commit | in-run total | process wall |",
+                      "|---|---|---|---|---|---|---|"]
             for load in stages:
                 t = load.timings()
-                lines.append(f"| {load.name} | {_f(t.get('plan'))} | {_f(t.get('execute'))} | {_f(t.get('sinks'))} | "
-                             f"{_f(t.get('commit'))} | {_f(sum(t.values()) if t else None)} | {_f(load.wall())} |")
+                lines.append(f"| {load.name} | {_f(t.get('plan'))} | {_f(t.get('execute'))} | "
+                             f"{_f(t.get('sinks'))} | "
+                             f"{_f(t.get('commit'))} | {_f(sum(t.values()) if t else None)} | "
+                             f"{_f(load.wall())} |")
 
         r = self.extra.get("resume")
         if r:
             k = r["kill_after"]
-            lines += ["", f"Resume at SF{scale_tag(r['scale'])}: a first load killed right after its batch {k} committed "
+            lines += ["", f"Resume at SF{scale_tag(r['scale'])}: a first load killed right after its batch "
+                          f"{k} committed "
                           f"(`LOADER_FAILPOINTS=checkpoint.after=crash+{k - 1}`), then the rerun:", ""]
             if "problem" in r:
                 lines.append(f"Not run: {r['problem']}.")
@@ -568,22 +601,30 @@ class Bench:
                 lines += ["| run | exit | wall s | peak MiB | rows | batches | run numbers | replayed |",
                           "|---|---|---|---|---|---|---|---|",
                           f"| uninterrupted (the first load above) | 0 | {_f(uninterrupted_wall(self))} | "
-                          f"{_f(uninterrupted_peak(self), '{:,.0f}')} | {_f(un['rows'], '{:,}')} | {un['batches']} | - | - |"]
+                          f"{_f(uninterrupted_peak(self), '{:,.0f}')} | {_f(un['rows'], '{:,}')} | "
+                          f"{un['batches']} | - | - |"]
                 if kd:
                     code = kd["returncode"]
-                    lines.append(f"| killed after batch {k} | {code}{' (SIGKILL)' if kd['sigkill'] else ''} | {_f(kd['wall_s'])} | "
-                                 f"{_f(kd['peak_tree_mib'], '{:,.0f}')} | {kd['committed_rows']:,} committed | "
-                                 f"{len(kd['committed_runs'])} committed | {', '.join(map(str, kd['committed_runs'])) or '-'} | - |")
+                    lines.append(f"| killed after batch {k} | "
+                                 f"{code}{' (SIGKILL)' if kd['sigkill'] else ''} | {_f(kd['wall_s'])} | "
+                                 f"{_f(kd['peak_tree_mib'], '{:,.0f}')} | {kd['committed_rows']:,} "
+                                 "committed | "
+                                 f"{len(kd['committed_runs'])} committed | "
+                                 f"{', '.join(map(str, kd['committed_runs'])) or '-'} | - |")
                 if re_:
-                    lines.append(f"| rerun | {re_['returncode']} | {_f(re_['wall_s'])} | {_f(re_['peak_tree_mib'], '{:,.0f}')} | "
+                    lines.append(f"| rerun | {re_['returncode']} | {_f(re_['wall_s'])} | "
+                                 f"{_f(re_['peak_tree_mib'], '{:,.0f}')} | "
                                  f"{_f(re_['rows'], '{:,}')} | {re_['batches']} | "
-                                 f"{', '.join(map(str, re_.get('run_numbers') or [])) or '-'} | {re_.get('replayed')} |")
+                                 f"{', '.join(map(str, re_.get('run_numbers') or [])) or '-'} | "
+                                 f"{re_.get('replayed')} |")
                 if "checks" in r:
                     lines += ["", f"Rows: uninterrupted total {r['total_rows']:,}; committed before the kill "
-                                  f"{kd.get('committed_rows', 0):,} (the uninterrupted load's first {k} batches: "
-                                  f"{r['first_k_rows']:,}); remaining {r['remaining_rows']:,}; the rerun read "
-                                  f"{_f(re_.get('rows'), '{:,}')} ({_f(r['extra_rows'], '{:+,}')} beyond the remaining: "
-                                  f"the 1 h lookback's re-read, and a replayed batch if any); bound = remaining + largest batch "
+                                  f"{kd.get('committed_rows', 0):,} (the uninterrupted load's first {k} "
+                                  f"batches: {r['first_k_rows']:,}); remaining {r['remaining_rows']:,}; "
+                                  f"the rerun read {_f(re_.get('rows'), '{:,}')} "
+                                  f"({_f(r['extra_rows'], '{:+,}')} beyond the remaining: "
+                                  "the 1 h lookback's re-read, and a replayed batch if any); "
+                                  "bound = remaining + largest batch "
                                   f"({r['largest_batch_rows']:,}) = {r['bound_rows']:,}.", ""]
                     for name, ok in r["checks"].items():
                         lines.append(f"- {name}: {'-' if ok is None else ('yes' if ok else 'NO')}")
@@ -615,23 +656,31 @@ def parse_landing(items: list[str]) -> dict[float, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scales", default="1,10", help="TPC-H scale factors a,b (smallest first; default 1,10)")
+    parser.add_argument("--scales", default="1,10",
+                        help="TPC-H scale factors a,b (smallest first; default 1,10)")
     parser.add_argument("--max-batch-rows", type=int, default=None,
-                        help="the loader's --max-batch-rows for every batched run (default: the config's run.max_batch_rows)")
+                        help="the loader's --max-batch-rows for every batched run "
+                             "(default: the config's run.max_batch_rows)")
     parser.add_argument("--landing", action="append", default=[], metavar="SCALE=PATH",
-                        help="use this existing landing zone for SCALE instead of generating one (repeatable; read only)")
+                        help="use this existing landing zone for SCALE instead of generating one "
+                             "(repeatable; read only)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per side at the first scale, order alternating (larger scales run once)")
     parser.add_argument("--single-batch", action="store_true",
-                        help="also load the first scale in one batch (a budget above the window) to show what batches save")
-    parser.add_argument("--kill-after", type=int, default=3, help="resume scenario: kill the first load after this batch")
-    parser.add_argument("--lease-ttl", default="2s", help="resume scenario: the state's lease_ttl (waited for after the kill)")
+                        help="also load the first scale in one batch (a budget above the window) "
+                             "to show what batches save")
+    parser.add_argument("--kill-after", type=int, default=3,
+                        help="resume scenario: kill the first load after this batch")
+    parser.add_argument("--lease-ttl", default="2s",
+                        help="resume scenario: the state's lease_ttl (waited for after the kill)")
     parser.add_argument("--no-resume", action="store_true", help="skip the resume scenario")
-    parser.add_argument("--engine", choices=["auto", "cpu", "gpu"], default="auto", help="the loader's --engine")
+    parser.add_argument("--engine", choices=["auto", "cpu", "gpu"], default="auto",
+                        help="the loader's --engine")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="the loader's --log-level (its stderr goes to <out>/logs/)")
     parser.add_argument("--days", type=int, default=30, help="ingest days of generated landing zones")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="landing zones, warehouses, logs, results")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out",
+                        help="landing zones, warehouses, logs, results")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before one run is killed")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()

@@ -1,6 +1,7 @@
 """Benchmark: the dimension tables' load (loader/protocol/dimension_loads.py), the first step of a run.
 
-    .venv/bin/python bench/dimension_bench.py [--scale 1] [--changes 1000] [--repeat 3] [--sinks parquet,delta]
+    .venv/bin/python bench/dimension_bench.py [--scale 1] [--changes 1000] [--repeat 3]
+                                              [--sinks parquet,delta]
 
 On the dimension files of the cached demo landing zone (<out>/landing/sf<scale>-d30, made by
 run_bench.py; customer is 150,000 rows at SF1, 1.5M at SF10), copied to a temporary landing zone:
@@ -47,7 +48,8 @@ print(json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSA
 
 
 def _step(config: Path) -> dict:
-    out = subprocess.run([str(PYTHON), "-c", _CHILD, str(config)], capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run([str(PYTHON), "-c", _CHILD, str(config)], capture_output=True, text=True, check=True,
+                         cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -69,7 +71,8 @@ def _change_customers(landing: Path, changes: int, seed: int) -> None:
 
     path = landing / "customer" / "customer.parquet"
     table = pq.read_table(path)
-    picked = np.random.default_rng(seed).choice(table.num_rows, size=min(changes, table.num_rows), replace=False)
+    picked = np.random.default_rng(seed).choice(table.num_rows, size=min(changes, table.num_rows),
+                                                replace=False)
     segments = table["c_mktsegment"].to_pylist()
     for row in picked:
         segments[row] = "MACHINERY" if segments[row] != "MACHINERY" else "BUILDING"
@@ -80,16 +83,19 @@ def _change_customers(landing: Path, changes: int, seed: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="1", help="the cached landing zone's scale factor (default 1)")
-    parser.add_argument("--changes", type=int, default=1000, help="customers changed in the `changes` scenario")
+    parser.add_argument("--changes", type=int, default=1000,
+                        help="customers changed in the `changes` scenario")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sinks", default="parquet,delta")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args(argv)
     source = args.out / "landing" / f"sf{args.scale}-d30"
     if not (source / "customer").is_dir():
-        print(f"no cached landing zone at {source}: run bench/run_bench.py --scales {args.scale} first", file=sys.stderr)
+        print(f"no cached landing zone at {source}: run bench/run_bench.py --scales {args.scale} first",
+              file=sys.stderr)
         return 2
     results: dict[str, list[dict]] = {"first": [], "unchanged": [], "changes": []}
     for attempt in range(args.repeat):
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             _change_customers(landing, args.changes, seed=attempt)
             results["changes"].append(_step(config))
     rows = results["first"][0]["loaded"]["customer"]["rows"]
-    print(f"| SF{args.scale} (customer {rows:,} rows), sinks {args.sinks} | seconds (median of {args.repeat}) | peak RSS MB |")
+    print(f"| SF{args.scale} (customer {rows:,} rows), sinks {args.sinks} "
+          f"| seconds (median of {args.repeat}) | peak RSS MB |")
     print("|---|---|---|")
     for scenario, runs in results.items():
         label = f"{scenario} ({args.changes:,} customers)" if scenario == "changes" else scenario

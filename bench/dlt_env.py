@@ -39,7 +39,8 @@ def ensure(path: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--venv", type=Path, default=HERE / "out" / "dlt-venv", help="where the venv goes")
     args = parser.parse_args()
     print(ensure(args.venv.absolute()))

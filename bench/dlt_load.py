@@ -59,7 +59,8 @@ def latest_per_key(table: pa.Table, key: list[str], cursor: str) -> pa.Table:
 def fact(landing: Path, name: str, full_scan: bool):
     cursor, key = TABLES[name]
 
-    @dlt.resource(name=name, primary_key=key, write_disposition={"disposition": "merge", "strategy": "upsert"})
+    @dlt.resource(name=name, primary_key=key,
+                  write_disposition={"disposition": "merge", "strategy": "upsert"})
     def rows(updated=dlt.sources.incremental(cursor)):  # noqa: B008 (dlt binds its state to this default)
         dataset = ds.dataset(landing / name, format="parquet")
         since = None if full_scan or updated.start_value is None else ds.field(cursor) >= updated.start_value
@@ -71,7 +72,8 @@ def fact(landing: Path, name: str, full_scan: bool):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--landing", type=Path, required=True)
     parser.add_argument("--warehouse", type=Path, required=True)
     parser.add_argument("--tables", default="orders,lineitem")

@@ -76,7 +76,8 @@ def _lit(value: str) -> str:
 
 def rules_sql(rules: dict[str, tuple[str, str, str, tuple[str, ...]]]) -> str:
     return " UNION ALL ".join(
-        f"SELECT {_lit(r)} AS rule_region, {_lit(cur)} AS currency, CAST({Decimal(fx)} AS DECIMAL(18,6)) AS fx_rate, "
+        f"SELECT {_lit(r)} AS rule_region, {_lit(cur)} AS currency, "
+        f"CAST({Decimal(fx)} AS DECIMAL(18,6)) AS fx_rate, "
         f"CAST({Decimal(vat)} AS DECIMAL(6,4)) AS vat_rate"
         for r, (cur, fx, vat, _) in rules.items()
     )
@@ -87,15 +88,17 @@ def mask_sql(column: str, rules: dict[str, tuple[str, str, str, tuple[str, ...]]
     if not regions:
         return column
     listed = ", ".join(_lit(r) for r in regions)
-    return (f"CASE WHEN region IN ({listed}) THEN repeat('*', greatest(length({column}) - 4, 0)) || right({column}, 4) "
+    return (f"CASE WHEN region IN ({listed}) THEN repeat('*', greatest(length({column}) - 4, 0)) "
+            f"|| right({column}, 4) "
             f"ELSE {column} END")
 
 
 def transform_sql(table: str, landing: Path, rules: dict[str, tuple[str, str, str, tuple[str, ...]]]) -> str:
     """DuckDB SQL over the registered Arrow table `src`: dedupe, enrich, region, rules, __date."""
-    dims = {name: f"read_parquet('{landing / name}/*.parquet')" for name in ("customer", "supplier", "nation", "region")}
+    dims = {name: f"read_parquet('{landing / name}/*.parquet')"
+            for name in ("customer", "supplier", "nation", "region")}
     if table == "orders":
-        return f"""
+        return (f"""
         WITH latest AS (
           SELECT * FROM src QUALIFY row_number() OVER (PARTITION BY o_orderkey ORDER BY o_updated_at DESC) = 1
         ), placed AS (
@@ -116,13 +119,14 @@ def transform_sql(table: str, landing: Path, rules: dict[str, tuple[str, str, st
           LEFT JOIN {dims['nation']} n ON c.c_nationkey = n.n_nationkey
           LEFT JOIN {dims['region']} r ON n.n_regionkey = r.r_regionkey
         )
-        SELECT * EXCLUDE (c_name, c_phone, nation, region, customer_segment, rule_region, currency, fx_rate, vat_rate),
+        SELECT * EXCLUDE (c_name, c_phone, nation, region, customer_segment, rule_region, currency, """
+                f"""fx_rate, vat_rate),
           {mask_sql('c_name', rules)} AS c_name, {mask_sql('c_phone', rules)} AS c_phone, customer_segment,
           nation, region, currency, fx_rate, vat_rate,
           CAST(round_even(o_totalprice * CAST(fx_rate AS DECIMAL(12,6)), 2) AS DECIMAL(24,2)) AS amount_local,
           strftime(o_updated_at, '%Y-%m-%d') AS date
         FROM placed LEFT JOIN ({rules_sql(rules)}) rules ON rules.rule_region = placed.region
-        """
+        """)
     return f"""
     WITH latest AS (
       SELECT * FROM src
@@ -163,7 +167,8 @@ def already_written(con: duckdb.DuckDBPyConnection, out: pa.Table, folder: Path,
                     lowest: datetime, checkpoint: datetime) -> pa.Table:
     """Drop the versions (key, cursor) at or below the old checkpoint that the Parquet log already holds."""
     spec = TABLES[table]
-    days = {(lowest + timedelta(days=i)).date().isoformat() for i in range((checkpoint.date() - lowest.date()).days + 1)}
+    days = {(lowest + timedelta(days=i)).date().isoformat()
+            for i in range((checkpoint.date() - lowest.date()).days + 1)}
     files = sorted(str(p) for day in days for p in folder.glob(f"region=*/date={day}/*.parquet"))
     if not files:
         return out
@@ -171,7 +176,8 @@ def already_written(con: duckdb.DuckDBPyConnection, out: pa.Table, folder: Path,
     con.register("fresh", out)
     listed = ", ".join(_lit(f) for f in files)
     kept = con.sql(
-        f"SELECT f.* FROM fresh f ANTI JOIN (SELECT {cols} FROM read_parquet([{listed}], hive_partitioning = false)) o "
+        "SELECT f.* FROM fresh f ANTI JOIN "
+        f"(SELECT {cols} FROM read_parquet([{listed}], hive_partitioning = false)) o "
         f"USING ({cols})"
     ).to_arrow_table()
     con.unregister("fresh")
@@ -195,7 +201,8 @@ def load_table(con: duckdb.DuckDBPyConnection, table: str, *, landing: Path, war
     src = dataset.to_table(filter=filt)
     timings["scan"] = time.perf_counter() - started
     upper = pc.max(src[cursor]).as_py() if src.num_rows else None
-    if upper is None or (checkpoint is not None and upper <= checkpoint):  # only the lookback's rows: nothing new
+    # only the lookback's rows: nothing new
+    if upper is None or (checkpoint is not None and upper <= checkpoint):
         return {"rows": 0, "upper": checkpoint.isoformat() if checkpoint else None, "timings_s": timings}
 
     started = time.perf_counter()
@@ -219,13 +226,15 @@ def load_table(con: duckdb.DuckDBPyConnection, table: str, *, landing: Path, war
     if "parquet" in sinks:
         ds.write_dataset(
             versions, str(parquet_dir), format="parquet",
-            partitioning=ds.partitioning(pa.schema([("region", pa.string()), ("date", pa.string())]), flavor="hive"),
+            partitioning=ds.partitioning(pa.schema([("region", pa.string()), ("date", pa.string())]),
+                                         flavor="hive"),
             basename_template=f"run-{run:08d}-{{i}}.parquet", existing_data_behavior="overwrite_or_ignore",
             file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
         )
     timings["parquet"] = time.perf_counter() - started
     if "delta" not in sinks:
-        return {"rows": out.num_rows, "parquet_rows": versions.num_rows, "upper": upper.isoformat(), "timings_s": timings}
+        return {"rows": out.num_rows, "parquet_rows": versions.num_rows, "upper": upper.isoformat(),
+                "timings_s": timings}
 
     started = time.perf_counter()
     data = out.drop_columns(["date"])
@@ -237,19 +246,26 @@ def load_table(con: duckdb.DuckDBPyConnection, table: str, *, landing: Path, war
     else:
         write_deltalake(uri, data, partition_by=["region"])
     timings["delta"] = time.perf_counter() - started
-    return {"rows": out.num_rows, "parquet_rows": versions.num_rows, "upper": upper.isoformat(), "timings_s": timings}
+    return {"rows": out.num_rows, "parquet_rows": versions.num_rows, "upper": upper.isoformat(),
+            "timings_s": timings}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--landing", type=Path, required=True, help="landing zone (orders/, lineitem/, dimensions)")
-    parser.add_argument("--warehouse", type=Path, required=True, help="output folder (parquet/, delta/, state file)")
-    parser.add_argument("--since", help="cursor lower bound (ISO timestamp), instead of the state's checkpoint - 1h")
+    parser.add_argument("--landing", type=Path, required=True,
+                        help="landing zone (orders/, lineitem/, dimensions)")
+    parser.add_argument("--warehouse", type=Path, required=True,
+                        help="output folder (parquet/, delta/, state file)")
+    parser.add_argument("--since",
+                        help="cursor lower bound (ISO timestamp), instead of the state's checkpoint - 1h")
     parser.add_argument("--until", help="cursor upper bound (ISO timestamp): load history in several runs")
     parser.add_argument("--config", type=Path, help="take the regional rules from this loader config")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON (default: one line per table)")
-    parser.add_argument("--tables", default=",".join(TABLES), help="fact tables to load, comma-separated (default: both)")
-    parser.add_argument("--sinks", default="parquet,delta", help="sinks to write, comma-separated (default: parquet,delta)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as JSON (default: one line per table)")
+    parser.add_argument("--tables", default=",".join(TABLES),
+                        help="fact tables to load, comma-separated (default: both)")
+    parser.add_argument("--sinks", default="parquet,delta",
+                        help="sinks to write, comma-separated (default: parquet,delta)")
     args = parser.parse_args(argv)
     tables = [t for t in args.tables.split(",") if t]
     sinks = tuple(s for s in args.sinks.split(",") if s)
@@ -284,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2, default=str))
     else:
         for table, r in results.items():
-            print(f"{table}: {r['rows']} rows, upper {r['upper']}, " + ", ".join(f"{k} {v:.2f}s" for k, v in r["timings_s"].items()))
+            print(f"{table}: {r['rows']} rows, upper {r['upper']}, "
+                  + ", ".join(f"{k} {v:.2f}s" for k, v in r["timings_s"].items()))
     return 0
 
 

@@ -101,8 +101,8 @@ def demo_zone(out: Path) -> Path:
     if (landing / "_demo_state.json").exists():
         return landing
     shutil.rmtree(out / "demo", ignore_errors=True)
-    config = write_config(out / "demo" / "loader.yaml", base=ROOT / "configs" / "local.yaml", landing=str(landing),
-                          work=out / "demo")
+    config = write_config(out / "demo" / "loader.yaml", base=ROOT / "configs" / "local.yaml",
+                          landing=str(landing), work=out / "demo")
     print(f"generating the demo zone (SF{DEMO_SCALE:g}, {DEMO_DAYS} days) in {landing} ...", flush=True)
     subprocess.run([str(LOADER), "--config", str(config), "demo-data", "init", "--scale", str(DEMO_SCALE),
                     "--days", str(DEMO_DAYS), "--now", DEMO_NOW], check=True, cwd=out / "demo",
@@ -129,7 +129,8 @@ def old_tree(out: Path, demo: Path, cursors: dict[str, str], folders: int, per_f
         existing = day_folders(demo / table)
         extra = folders - len(existing)
         if extra < 0:
-            raise SystemExit(f"--folders {folders}: the demo zone already has {len(existing)} folders of {table}")
+            raise SystemExit(f"--folders {folders}: the demo zone already has {len(existing)} folders of "
+                             f"{table}")
         oldest = date.fromisoformat(existing[0].name.split("=", 1)[1])
         sample = pq.read_table(sorted(existing[0].glob("*.parquet"))[0])
         index = sample.schema.get_field_index(cursor)
@@ -140,8 +141,10 @@ def old_tree(out: Path, demo: Path, cursors: dict[str, str], folders: int, per_f
             folder.mkdir(parents=True)
             for k in range(per_folder):
                 rows = sample.slice((k * OLD_ROWS) % max(1, sample.num_rows - OLD_ROWS), OLD_ROWS)
-                moved = pa.array([v - shift for v in rows.column(index).to_pylist()], type=rows.schema.field(index).type)
-                pq.write_table(rows.set_column(index, rows.schema.field(index), moved), folder / f"part-{k:05d}.parquet")
+                moved = pa.array([v - shift for v in rows.column(index).to_pylist()],
+                                 type=rows.schema.field(index).type)
+                pq.write_table(rows.set_column(index, rows.schema.field(index), moved),
+                               folder / f"part-{k:05d}.parquet")
     (tree / "_done").write_text("")
     print(f"generated the old folders in {tree} ({time.perf_counter() - started:.0f}s)", flush=True)
     return tree
@@ -194,7 +197,8 @@ def s3_client(env: dict[str, str]) -> Any:
     import boto3
 
     return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
-                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
 
 
 def upload(env: dict[str, str], source: Path, prefix: str) -> int:
@@ -203,7 +207,8 @@ def upload(env: dict[str, str], source: Path, prefix: str) -> int:
     files = [p for p in source.rglob("*") if p.is_file() and p.name != "_done"]
 
     def put(path: Path) -> None:
-        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{path.relative_to(source).as_posix()}", Body=path.read_bytes())
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{path.relative_to(source).as_posix()}",
+                          Body=path.read_bytes())
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(put, files))
@@ -226,12 +231,14 @@ def s3_counts(env: dict[str, str], prefix: str, tables: list[str]) -> dict[str, 
 # ------------------------------------------------------------------------------------------ running
 
 
-def run_loader(side: dict[str, Any], config: Path, env: dict[str, str], *, timeout: float = 600) -> tuple[float, dict[str, Any]]:
+def run_loader(side: dict[str, Any], config: Path, env: dict[str, str], *,
+               timeout: float = 600) -> tuple[float, dict[str, Any]]:
     """`run --incremental --json` as a process of its own: (wall seconds, its JSON)."""
     cmd = [str(PYTHON), "-m", "loader.cli", "--config", str(config), "run", "--incremental", "--json"]
     full_env = {**os.environ, "PYTHONPATH": str(side["path"]), **env}
     started = time.perf_counter()
-    done = subprocess.run(cmd, cwd=side["path"], env=full_env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(cmd, cwd=side["path"], env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{side['name']}: {config} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -246,8 +253,8 @@ def empty_run(side: dict[str, Any], config: Path, env: dict[str, str]) -> tuple[
     """One empty run: (wall seconds, the run's own plan seconds); anything but nothing_new fails."""
     wall, output = run_loader(side, config, env, timeout=300)
     if output.get("status") != "nothing_new":
-        raise RuntimeError(f"{side['name']}: {config}: expected status nothing_new, got {output.get('status')!r} "
-                           f"({output.get('rows')} rows)")
+        raise RuntimeError(f"{side['name']}: {config}: expected status nothing_new, got "
+                           f"{output.get('status')!r} ({output.get('rows')} rows)")
     return wall, (output.get("timings_s") or {}).get("plan")
 
 
@@ -256,12 +263,13 @@ def empty_run(side: dict[str, Any], config: Path, env: dict[str, str]) -> tuple[
 
 def markdown(results: dict[str, Any]) -> str:
     big = str(results["options"]["folders"])
-    lines = [f"Empty run (`run --incremental --json`, nothing new), wall time of the whole process, median of "
-             f"{results['options']['runs']}; folders and files per fact table (orders and lineitem alike). "
-             f"Target: {big} folders within {TARGET}x of 30.", ""]
+    lines = [f"Empty run (`run --incremental --json`, nothing new), wall time of the whole process, "
+             f"median of {results['options']['runs']}; folders and files per fact table "
+             f"(orders and lineitem alike). Target: {big} folders within {TARGET}x of 30.", ""]
     for side, cases in results["sides"].items():
         lines += [f"### {side}", "",
-                  "| zone | where | folders | files | empty run median s | ratio to 30 folders | plan median s |",
+                  "| zone | where | folders | files | empty run median s | ratio to 30 folders | "
+                  "plan median s |",
                   "|---|---|---|---|---|---|---|"]
         ratios = []
         for where in results["wheres"]:
@@ -270,7 +278,8 @@ def markdown(results: dict[str, Any]) -> str:
                 case = cases[f"{where}/{zone}"]
                 counts = results["zones"][f"{where}/{zone}"]["orders"]
                 plan = case["plan_median_s"]
-                lines.append(f"| {zone} | {where} | {counts['folders']:,} | {counts['files']:,} | {case['median_s']:.3f} | "
+                lines.append(f"| {zone} | {where} | {counts['folders']:,} | {counts['files']:,} | "
+                             f"{case['median_s']:.3f} | "
                              f"{case['median_s'] / base:.2f} | {'-' if plan is None else f'{plan:.3f}'} |")
             ratio = cases[f"{where}/{big}"]["median_s"] / base
             ratios.append(f"{where} {ratio:.2f}x ({'within' if ratio <= TARGET else 'OVER'} {TARGET}x)")
@@ -282,10 +291,13 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="timed empty runs per zone, where and side")
-    parser.add_argument("--folders", type=int, default=1000, help="partition folders per fact table in the big zone")
-    parser.add_argument("--files-per-folder", type=int, default=10, help="Parquet files in each added old folder")
+    parser.add_argument("--folders", type=int, default=1000,
+                        help="partition folders per fact table in the big zone")
+    parser.add_argument("--files-per-folder", type=int, default=10,
+                        help="Parquet files in each added old folder")
     parser.add_argument("--skip-s3", action="store_true", help="local zones only")
     parser.add_argument("--reference", help="also time this git revision (a temporary worktree), e.g. HEAD")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "listing")
@@ -317,7 +329,8 @@ def main() -> int:
         if "s3" in wheres:
             started = time.perf_counter()
             sent = sum(upload(s3_env, demo, f"zone{z}") for z in zones)
-            print(f"uploaded {sent} files of the 30-day zones to s3://{BUCKET} ({time.perf_counter() - started:.1f}s)",
+            print(f"uploaded {sent} files of the 30-day zones to s3://{BUCKET} "
+                  f"({time.perf_counter() - started:.1f}s)",
                   flush=True)
             landings |= {("s3", z): f"s3://{BUCKET}/zone{z}" for z in zones}
 
@@ -332,7 +345,8 @@ def main() -> int:
                     wall, output = run_loader(side, configs[(side["name"], where, zone)], envs[where])
                     if output.get("status") != "committed":
                         raise RuntimeError(f"first load: status {output.get('status')!r}")
-                    print(f"{side['name']}: {where} zone {zone}: first load, {output.get('rows'):,} rows, {wall:.1f}s",
+                    print(f"{side['name']}: {where} zone {zone}: first load, {output.get('rows'):,} rows, "
+                          f"{wall:.1f}s",
                           flush=True)
 
         started = time.perf_counter()
@@ -342,7 +356,8 @@ def main() -> int:
         if "s3" in wheres:
             started = time.perf_counter()
             sent = upload(s3_env, old, f"zone{big}")
-            print(f"uploaded {sent:,} old files to s3://{BUCKET}/zone{big} ({time.perf_counter() - started:.1f}s)",
+            print(f"uploaded {sent:,} old files to s3://{BUCKET}/zone{big} "
+                  f"({time.perf_counter() - started:.1f}s)",
                   flush=True)
             counts |= {f"s3/{z}": s3_counts(s3_env, f"zone{z}", tables) for z in zones}
         for key, per_table in counts.items():
@@ -370,14 +385,17 @@ def main() -> int:
                 f"{n} {w} {z} {times[(n, w, z)][-1]:.2f}s" for (n, w, z) in configs), flush=True)
 
     results: dict[str, Any] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"), "command": sys.argv, "machine": platform.node(),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"), "command": sys.argv,
+        "machine": platform.node(),
         "cpus": os.cpu_count(), "options": {"runs": args.runs, "folders": args.folders,
-                                            "files_per_folder": args.files_per_folder, "reference": args.reference},
+                                            "files_per_folder": args.files_per_folder,
+                                            "reference": args.reference},
         "wheres": wheres, "zones": counts,
         "sides": {s["name"]: {f"{w}/{z}": {
             "runs_s": times[(s["name"], w, z)], "median_s": statistics.median(times[(s["name"], w, z)]),
             "plan_s": plans[(s["name"], w, z)],
-            "plan_median_s": statistics.median(plans[(s["name"], w, z)]) if plans[(s["name"], w, z)] else None,
+            "plan_median_s": (statistics.median(plans[(s["name"], w, z)]) if plans[(s["name"], w, z)]
+                              else None),
         } for w in wheres for z in zones} for s in sides},
     }
     for side in results["sides"].values():

@@ -1,6 +1,7 @@
 """Benchmark: what a run on the Ray executor costs the driver, against another revision side by side.
 
-    .venv/bin/python bench/ray_driver_bench.py [--scale 0.2] [--days 4] [--repeat 3] [--reference REV] [--out bench/out]
+    .venv/bin/python bench/ray_driver_bench.py [--scale 0.2] [--days 4] [--repeat 3] [--reference REV]
+                                               [--out bench/out]
 
 Each run is a fresh subprocess (`python -m loader.cli run --incremental --executor ray --json`) loading the
 whole landing zone into empty warehouses (Parquet + Delta). Measured: wall time around the subprocess
@@ -48,8 +49,9 @@ def _landing(out: Path, scale: float, days: int) -> Path:
     if not (landing / "_demo_state.json").exists():
         with tempfile.TemporaryDirectory(prefix="ray-driver-bench-") as tmp:
             print(f"generating the SF{scale:g} landing zone ({days} days) in {landing} ...", flush=True)
-            subprocess.run([str(PYTHON), "-m", "loader.cli", "--config", str(_config(Path(tmp), landing)), "demo-data",
-                            "init", "--scale", str(scale), "--days", str(days)], check=True, cwd=ROOT)
+            subprocess.run([str(PYTHON), "-m", "loader.cli", "--config", str(_config(Path(tmp), landing)),
+                            "demo-data", "init", "--scale", str(scale), "--days", str(days)],
+                           check=True, cwd=ROOT)
     return landing
 
 
@@ -58,9 +60,9 @@ def _measure(code: Path, landing: Path) -> dict[str, Any]:
         config = _config(Path(tmp), landing, code)
         env = {**os.environ, "PYTHONPATH": str(code)}
         started = time.perf_counter()
-        process = subprocess.Popen([str(PYTHON), "-m", "loader.cli", "--config", str(config), "run", "--incremental",
-                                    "--executor", "ray", "--json"], cwd=code, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen([str(PYTHON), "-m", "loader.cli", "--config", str(config), "run",
+                                    "--incremental", "--executor", "ray", "--json"], cwd=code, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         peak = [0]
 
         def poll() -> None:
@@ -82,12 +84,15 @@ def _measure(code: Path, landing: Path) -> dict[str, Any]:
         summary = json.loads(stdout)
         from deltalake import DeltaTable
 
-        rows = {t: DeltaTable(f"{tmp}/warehouse/delta/{t}").to_pyarrow_dataset().count_rows() for t in summary["tables"]}
-    return {"seconds": seconds, "driver_peak_mb": peak[0] / 2**20, "delta_rows": rows, "timings_s": summary["timings_s"]}
+        rows = {t: DeltaTable(f"{tmp}/warehouse/delta/{t}").to_pyarrow_dataset().count_rows()
+                for t in summary["tables"]}
+    return {"seconds": seconds, "driver_peak_mb": peak[0] / 2**20, "delta_rows": rows,
+            "timings_s": summary["timings_s"]}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=0.2)
     parser.add_argument("--days", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
@@ -115,7 +120,8 @@ def main() -> int:
         rows = results[0]["delta_rows"]
         print(f"| {name} | {statistics.median(r['seconds'] for r in results):.1f} | "
               f"{statistics.median(r['driver_peak_mb'] for r in results):.0f} | "
-              f"{', '.join(f'{t} {n:,}' for t, n in rows.items())} | {'yes' if rows == runs[base][0]['delta_rows'] else 'NO'} |")
+              f"{', '.join(f'{t} {n:,}' for t, n in rows.items())} | "
+              f"{'yes' if rows == runs[base][0]['delta_rows'] else 'NO'} |")
     return 0
 
 

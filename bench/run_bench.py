@@ -1,6 +1,7 @@
 """Benchmark: the loader against the hand-written floor (bench/floor.py), side by side in one run.
 
-    .venv/bin/python bench/run_bench.py [--scales 1,3] [--repeat 3] [--skip-full] [--executor auto] [--engine auto] [--out bench/out]
+    .venv/bin/python bench/run_bench.py [--scales 1,3] [--repeat 3] [--skip-full] [--executor auto]
+        [--engine auto] [--out bench/out]
 
 For each scale (TPC-H scale factor of the landing zone, --days ingest days of history):
   full SF<s>       first load of the whole landing zone into empty warehouses (measured --repeat times at
@@ -9,9 +10,9 @@ For each scale (TPC-H scale factor of the landing zone, --days ingest days of hi
                    post-full-load state; each repeat restores a copy of that state first
   empty SF<s>      a run with nothing new (after the increment)
 Each run is a fresh subprocess: the loader as `.venv/bin/loader --config C run --incremental --json
---executor X --engine E`, the floor as `python bench/floor.py ...`. Wall time is measured around the subprocess; peak
-memory is the largest sum of RSS over the process and all its descendants (Ray's GCS, raylet and
-workers included), polled every 50 ms. Repeats alternate which side goes first. After each scenario the
+--executor X --engine E`, the floor as `python bench/floor.py ...`. Wall time is measured around the
+subprocess; peak memory is the largest sum of RSS over the process and all its descendants (Ray's GCS, raylet
+and workers included), polled every 50 ms. Repeats alternate which side goes first. After each scenario the
 two warehouses are compared (Delta rows and sum(amount_local) per table, Parquet version rows), so the
 times are of equal work.
 
@@ -72,7 +73,8 @@ class Measured:
     log: str = ""
 
     def brief(self) -> str:
-        return (f"{self.wall_s:.2f}s, peak RSS {self.peak_tree_mib:.0f} MiB / PSS {self.peak_tree_pss_mib:.0f} MiB "
+        return (f"{self.wall_s:.2f}s, peak RSS {self.peak_tree_mib:.0f} MiB "
+                f"/ PSS {self.peak_tree_pss_mib:.0f} MiB "
                 f"({self.max_procs} procs), cpu {self.cpu_s:.1f}s")
 
 
@@ -196,7 +198,9 @@ def run_plain(cmd: list[str], *, env: dict[str, str], cwd: Path, timeout: float,
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{what} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return time.perf_counter() - started
 
 
@@ -210,10 +214,12 @@ def landing_zones(args: argparse.Namespace, scale: float, env: dict[str, str], t
     made: dict[str, float] = {}
     if not (base / "_demo_state.json").exists():
         shutil.rmtree(base, ignore_errors=True)
-        config = write_config(root / f"{tag}.yaml", landing=base, warehouse=root / "_unused", state=root / "_unused")
+        config = write_config(root / f"{tag}.yaml", landing=base, warehouse=root / "_unused",
+                              state=root / "_unused")
         say(log, f"SF{scale_tag(scale)}: generating the landing zone ({args.days} days) ...")
-        made["init_s"] = run_plain([str(LOADER), "--config", str(config), "demo-data", "init", "--scale", str(scale),
-                                    "--days", str(args.days)], env=env, cwd=args.out, timeout=timeout, what="demo-data init")
+        made["init_s"] = run_plain([str(LOADER), "--config", str(config), "demo-data", "init",
+                                    "--scale", str(scale), "--days", str(args.days)],
+                                   env=env, cwd=args.out, timeout=timeout, what="demo-data init")
         say(log, f"  init took {made['init_s']:.1f}s")
     if not (inc / "_bench_ready").exists():
         shutil.rmtree(inc, ignore_errors=True)
@@ -221,9 +227,11 @@ def landing_zones(args: argparse.Namespace, scale: float, env: dict[str, str], t
         shutil.copytree(base, inc, copy_function=os.link)
         (inc / "_demo_state.json").unlink()
         shutil.copy2(base / "_demo_state.json", inc / "_demo_state.json")
-        config = write_config(root / f"{inc.name}.yaml", landing=inc, warehouse=root / "_unused", state=root / "_unused")
-        made["append_s"] = run_plain([str(LOADER), "--config", str(config), "demo-data", "append", "--orders",
-                                      str(args.orders), "--updates", str(args.updates), "--late", str(args.late),
+        config = write_config(root / f"{inc.name}.yaml", landing=inc, warehouse=root / "_unused",
+                              state=root / "_unused")
+        made["append_s"] = run_plain([str(LOADER), "--config", str(config), "demo-data", "append",
+                                      "--orders", str(args.orders), "--updates", str(args.updates),
+                                      "--late", str(args.late),
                                       "--update-from", args.update_from, "--recent", str(args.recent)],
                                      env=env, cwd=args.out, timeout=timeout, what="demo-data append")
         (inc / "_bench_ready").write_text("complete\n")
@@ -269,11 +277,13 @@ def dlt_rows(warehouse: Path, tables: tuple[str, ...]) -> dict[str, int]:
     """Rows of the Delta tables dlt wrote (raw rows, one per key: compared by count only)."""
     from deltalake import DeltaTable
 
-    return {t: DeltaTable(str(warehouse / "dlt" / "tpch" / t)).to_pyarrow_dataset().count_rows() for t in tables}
+    return {
+        t: DeltaTable(str(warehouse / "dlt" / "tpch" / t)).to_pyarrow_dataset().count_rows() for t in tables
+    }
 
 
-def compare(loader_wh: Path, floor_wh: Path, tables: tuple[str, ...] = TABLES, sinks: tuple[str, ...] = ("parquet", "delta"),
-            dlt_wh: Path | None = None) -> dict[str, Any]:
+def compare(loader_wh: Path, floor_wh: Path, tables: tuple[str, ...] = TABLES,
+            sinks: tuple[str, ...] = ("parquet", "delta"), dlt_wh: Path | None = None) -> dict[str, Any]:
     a, b = warehouse_stats(loader_wh, tables, sinks), warehouse_stats(floor_wh, tables, sinks)
     check: dict[str, Any] = {"match": a == b, "loader": a, "floor": b}
     if dlt_wh is not None and "delta" in sinks:
@@ -345,7 +355,8 @@ class Scenario:
             "name": self.name, "scale": self.scale, "kind": self.kind, "note": self.note,
             "loader_median_s": self.median("loader"), "floor_median_s": self.median("floor"),
             "ratio": _ratio(self.median("loader"), self.median("floor")),
-            "dlt_median_s": self.median("dlt"), "ratio_dlt": _ratio(self.median("loader"), self.median("dlt")),
+            "dlt_median_s": self.median("dlt"),
+            "ratio_dlt": _ratio(self.median("loader"), self.median("dlt")),
             "dlt_peak_mib": self.peak("dlt"), "dlt_runs": runs("dlt"),
             "loader_peak_mib": self.peak("loader"), "floor_peak_mib": self.peak("floor"),
             "rows": self.rows("loader"), "floor_rows": self.rows("floor"), "executor": self.executor(),
@@ -423,34 +434,40 @@ class Bench:
     # one measured subprocess -----------------------------------------------------------------------
 
     def loader_cmd(self, config: Path) -> list[str]:
-        return [str(LOADER), "--config", str(config), "--log-level", "WARNING", "run", "--incremental", "--json",
-                "--executor", self.args.executor, "--engine", self.args.engine]
+        return [str(LOADER), "--config", str(config), "--log-level", "WARNING", "run", "--incremental",
+                "--json", "--executor", self.args.executor, "--engine", self.args.engine]
 
     def floor_cmd(self, landing: Path, warehouse: Path, until: datetime | None = None) -> list[str]:
         return [str(PYTHON), str(FLOOR), "--landing", str(landing), "--warehouse", str(warehouse),
-                "--config", str(BASE_CONFIG), "--json", "--tables", ",".join(self.tables), "--sinks", ",".join(self.sinks),
+                "--config", str(BASE_CONFIG), "--json", "--tables", ",".join(self.tables),
+                "--sinks", ",".join(self.sinks),
                 *(["--until", until.isoformat()] if until else [])]
 
     def dlt_cmd(self, landing: Path, warehouse: Path) -> list[str]:
         return [str(self.dlt_python), str(DLT_LOAD), "--landing", str(landing), "--warehouse", str(warehouse),
-                "--tables", ",".join(self.tables), "--json", *(["--full-scan"] if self.args.dlt_full_scan else [])]
+                "--tables", ",".join(self.tables), "--json",
+                *(["--full-scan"] if self.args.dlt_full_scan else [])]
 
-    def run_side(self, scenario: Scenario, side: str, cmd: list[str], *, cwd: Path, timeout: float, index: int) -> Measured:
+    def run_side(self, scenario: Scenario, side: str, cmd: list[str], *, cwd: Path, timeout: float,
+                 index: int) -> Measured:
         log = self.args.out / "logs" / f"{scenario.name.replace(' ', '_')}-{side}-{index}"
         m = measure(cmd, cwd=cwd, env=self.env, timeout=timeout, log=log)
         getattr(scenario, side).append(m)
         status = "TIMED OUT" if m.timed_out else (f"exit {m.returncode}" if m.returncode else "ok")
-        extra = f", executor {m.output.get('executor')}, transforms on {m.output.get('engine')}" if side == "loader" and m.output else ""
+        extra = (f", executor {m.output.get('executor')}, transforms on {m.output.get('engine')}"
+                 if side == "loader" and m.output else "")
         say(self.events, f"  {scenario.name} {side} #{index + 1}: {m.brief()}{extra} [{status}]")
         if m.returncode and not m.timed_out:
-            say(self.events, "    " + Path(log.with_suffix(".stderr")).read_text()[-1500:].replace("\n", "\n    "))
+            say(self.events,
+                "    " + Path(log.with_suffix(".stderr")).read_text()[-1500:].replace("\n", "\n    "))
         if m.leftovers:
             say(self.events, f"    {m.leftovers} descendant process(es) outlived {side} and were killed")
         return m
 
     def save(self) -> None:
         results = {
-            **results_header(self.started, {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()}),
+            **results_header(self.started,
+                             {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()}),
             "scenarios": [s.to_json() for s in self.scenarios], "growth": self.growth(), **self.extra,
             "events": self.events,
         }
@@ -477,14 +494,17 @@ class Bench:
         lw, lf, ld = work / "loader", work / "floor", work / "dlt"
         for folder in (lw, lf, ld):
             folder.mkdir(parents=True)
-        full_cfg = self.config(lw / "full.yaml", landing=base, warehouse=lw / "warehouse", state=lw / "sqlite-state")
-        inc_cfg = self.config(lw / "increment.yaml", landing=inc, warehouse=lw / "warehouse", state=lw / "sqlite-state")
+        full_cfg = self.config(lw / "full.yaml", landing=base, warehouse=lw / "warehouse",
+                               state=lw / "sqlite-state")
+        inc_cfg = self.config(lw / "increment.yaml", landing=inc, warehouse=lw / "warehouse",
+                              state=lw / "sqlite-state")
         floor_wh = lf / "warehouse"
 
         # (a) full initial load ----------------------------------------------------------------------
         chunks = max(1, -(-scale // args.max_full_scale)) if args.max_full_scale else 1
         if chunks > 1:
-            if not self.chunked_initial_load(scale, tag, int(chunks), base, lw, lf, full_cfg, floor_wh, limit):
+            if not self.chunked_initial_load(scale, tag, int(chunks), base, lw, lf, full_cfg, floor_wh,
+                                             limit):
                 return
         else:
             if not self.full_load(scale, tag, first, base, lw, lf, ld, full_cfg, limit):
@@ -504,8 +524,10 @@ class Bench:
         days = (datetime.fromisoformat(demo["last_ingest_date"]).date() - start.date()).days + 1
         cuts = [start + timedelta(days=round(k * days / chunks)) for k in range(1, chunks)]
         full = Scenario(f"full {tag}", scale, "full",
-                        note=f"initial load in {chunks} runs per side (upper capped at {', '.join(c.date().isoformat() for c in cuts)}, "
-                             f"then all): wall and cpu summed, peak the largest; one full run does not fit in memory")
+                        note=f"initial load in {chunks} runs per side "
+                             f"(upper capped at {', '.join(c.date().isoformat() for c in cuts)}, "
+                             "then all): wall and cpu summed, peak the largest; "
+                             "one full run does not fit in memory")
         self.scenarios.append(full)
         reset(lw / "warehouse", lw / "sqlite-state", floor_wh)
         parts: dict[str, list[Measured]] = {"loader": [], "floor": []}
@@ -513,14 +535,16 @@ class Bench:
             for side in ("loader", "floor"):
                 if side == "loader":
                     cfg = full_cfg if cut is None else self.config(
-                        lw / f"chunk{k}.yaml", landing=base, warehouse=lw / "warehouse", state=lw / "sqlite-state",
-                        safety_lag=(datetime.now(UTC) - cut).total_seconds())
+                        lw / f"chunk{k}.yaml", landing=base, warehouse=lw / "warehouse",
+                        state=lw / "sqlite-state", safety_lag=(datetime.now(UTC) - cut).total_seconds())
                     m = self.run_side(full, "loader", self.loader_cmd(cfg), cwd=lw, timeout=limit, index=k)
                 else:
-                    m = self.run_side(full, "floor", self.floor_cmd(base, floor_wh, cut), cwd=lf, timeout=limit, index=k)
+                    m = self.run_side(full, "floor", self.floor_cmd(base, floor_wh, cut), cwd=lf,
+                                      timeout=limit, index=k)
                 parts[side].append(m)
                 if m.timed_out or m.returncode:
-                    why = f"{side} initial load, part {k + 1}/{chunks}, {'timed out' if m.timed_out else 'failed'}"
+                    why = (f"{side} initial load, part {k + 1}/{chunks}, "
+                           f"{'timed out' if m.timed_out else 'failed'}")
                     self.extra["gave_up"][tag] = why
                     say(self.events, f"{tag}: giving up, {why}")
                     self.save()
@@ -533,23 +557,25 @@ class Bench:
             engines = sorted({(m.output or {}).get("executor") or "" for m in runs} - {""})
             setattr(full, side, [Measured(
                 wall_s=sum(m.wall_s for m in runs), peak_tree_mib=max(m.peak_tree_mib for m in runs),
-                peak_main_mib=max(m.peak_main_mib for m in runs), peak_tree_pss_mib=max(m.peak_tree_pss_mib for m in runs),
+                peak_main_mib=max(m.peak_main_mib for m in runs),
+                peak_tree_pss_mib=max(m.peak_tree_pss_mib for m in runs),
                 cpu_s=sum(m.cpu_s for m in runs), max_procs=max(m.max_procs for m in runs), returncode=0,
-                output={"tables": tables, "executor": ",".join(engines) or None, "parts": [_trim(m.output) for m in runs],
+                output={"tables": tables, "executor": ",".join(engines) or None,
+                        "parts": [_trim(m.output) for m in runs],
                         "part_wall_s": [round(m.wall_s, 3) for m in runs]},
             )])
         if self.args.dlt:  # dlt bounds its own memory: its whole first load in one run
             reset(lw.parent / "dlt" / "warehouse")
-            self.run_side(full, "dlt", self.dlt_cmd(base, lw.parent / "dlt" / "warehouse"), cwd=lw.parent / "dlt",
-                          timeout=limit, index=0)
+            self.run_side(full, "dlt", self.dlt_cmd(base, lw.parent / "dlt" / "warehouse"),
+                          cwd=lw.parent / "dlt", timeout=limit, index=0)
             full.note += "; dlt: one run"
         full.check = self.check(lw, lf, lw.parent / "dlt")
         self._report_check(full)
         self.save()
         return True
 
-    def full_load(self, scale: float, tag: str, first: bool, base: Path, lw: Path, lf: Path, ld: Path, full_cfg: Path,
-                  limit: float) -> bool:
+    def full_load(self, scale: float, tag: str, first: bool, base: Path, lw: Path, lf: Path, ld: Path,
+                  full_cfg: Path, limit: float) -> bool:
         args = self.args
         full = Scenario(f"full {tag}", scale, "full")
         repeats = 1 if args.skip_full else (args.repeat if first or args.repeat_full else 1)
@@ -562,15 +588,19 @@ class Bench:
             for side in self.order(i):
                 if side == "loader":
                     reset(lw / "warehouse", lw / "sqlite-state")
-                    m = self.run_side(full, "loader", self.loader_cmd(full_cfg), cwd=lw, timeout=limit, index=i)
+                    m = self.run_side(full, "loader", self.loader_cmd(full_cfg), cwd=lw, timeout=limit,
+                                      index=i)
                 elif side == "floor":
                     reset(lf / "warehouse")
-                    m = self.run_side(full, "floor", self.floor_cmd(base, lf / "warehouse"), cwd=lf, timeout=limit, index=i)
+                    m = self.run_side(full, "floor", self.floor_cmd(base, lf / "warehouse"), cwd=lf,
+                                      timeout=limit, index=i)
                 else:
                     reset(ld / "warehouse")
-                    m = self.run_side(full, "dlt", self.dlt_cmd(base, ld / "warehouse"), cwd=ld, timeout=limit, index=i)
+                    m = self.run_side(full, "dlt", self.dlt_cmd(base, ld / "warehouse"), cwd=ld,
+                                      timeout=limit, index=i)
                 if m.timed_out or m.returncode:
-                    why = f"{side} full load {'exceeded ' + str(round(limit)) + 's' if m.timed_out else 'failed'}"
+                    why = (f"{side} full load "
+                           f"{'exceeded ' + str(round(limit)) + 's' if m.timed_out else 'failed'}")
                     self.extra["gave_up"][tag] = why
                     say(self.events, f"{tag}: giving up, {why}")
                     self.save()
@@ -598,19 +628,23 @@ class Bench:
                 if fresh:
                     restore(snap / "loader-warehouse", lw / "warehouse")
                     restore(snap / "loader-state", lw / "sqlite-state")
-                self.run_side(scenario, "loader", self.loader_cmd(inc_cfg), cwd=lw, timeout=args.timeout, index=i)
+                self.run_side(scenario, "loader", self.loader_cmd(inc_cfg), cwd=lw, timeout=args.timeout,
+                              index=i)
             elif side == "floor":
                 if fresh:
                     restore(snap / "floor-warehouse", lf / "warehouse")
-                self.run_side(scenario, "floor", self.floor_cmd(inc, lf / "warehouse"), cwd=lf, timeout=args.timeout, index=i)
+                self.run_side(scenario, "floor", self.floor_cmd(inc, lf / "warehouse"), cwd=lf,
+                              timeout=args.timeout, index=i)
             else:
                 if fresh:
                     restore(snap / "dlt-warehouse", ld / "warehouse")
-                self.run_side(scenario, "dlt", self.dlt_cmd(inc, ld / "warehouse"), cwd=ld, timeout=args.timeout, index=i)
+                self.run_side(scenario, "dlt", self.dlt_cmd(inc, ld / "warehouse"), cwd=ld,
+                              timeout=args.timeout, index=i)
 
         # (b)/(c) incremental run over the history ----------------------------------------------------
         increment = Scenario(f"increment {tag}", scale, "increment",
-                             note=f"append --orders {args.orders} --updates {args.updates} --late {args.late} "
+                             note=f"append --orders {args.orders} --updates {args.updates} "
+                                  f"--late {args.late} "
                                   f"--update-from {args.update_from} --recent {args.recent}")
         self.scenarios.append(increment)
         for i in range(args.repeat):
@@ -634,13 +668,16 @@ class Bench:
     def _report_check(self, scenario: Scenario) -> None:
         check = scenario.check or {}
         if "dlt" in check:
-            say(self.events, f"  {scenario.name}: dlt's Delta rows {check['dlt']} "
-                             f"{'equal the loader' if check.get('dlt_match') else 'DIFFER from the loader'}'s")
+            say(self.events,
+                f"  {scenario.name}: dlt's Delta rows {check['dlt']} "
+                f"{'equal the loader' if check.get('dlt_match') else 'DIFFER from the loader'}'s")
         if check.get("match"):
             rows = {t: v.get("delta_rows", v.get("parquet_version_rows")) for t, v in check["loader"].items()}
-            say(self.events, f"  {scenario.name}: warehouses match (rows {rows}, sums and Parquet versions equal)")
+            say(self.events,
+                f"  {scenario.name}: warehouses match (rows {rows}, sums and Parquet versions equal)")
         else:
-            say(self.events, f"  {scenario.name}: WAREHOUSES DIFFER: loader {check.get('loader')} floor {check.get('floor')}")
+            say(self.events, f"  {scenario.name}: WAREHOUSES DIFFER: "
+                             f"loader {check.get('loader')} floor {check.get('floor')}")
 
     # reporting -------------------------------------------------------------------------------------------
 
@@ -663,7 +700,8 @@ class Bench:
             return "-" if v is None else fmt.format(v)
 
         lines = [
-            "| scenario | n | loader median s | floor median s | ratio | loader peak MiB | floor peak MiB | rows | loader rows/s | floor rows/s | executor | equal |"
+            "| scenario | n | loader median s | floor median s | ratio | loader peak MiB | floor peak MiB "
+            "| rows | loader rows/s | floor rows/s | executor | equal |"
             + (" dlt median s | loader/dlt | dlt peak MiB |" if self.args.dlt else ""),
             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if self.args.dlt else ""),
         ]
@@ -676,19 +714,26 @@ class Bench:
 
             equal = "-" if s.check is None else ("yes" if s.check.get("match") else "NO")
             lines.append(
-                f"| {s.name} | {len(s.ok('loader'))}/{len(s.ok('floor'))} | {f(lm)} | {f(fm)} | {f(_ratio(lm, fm))} | "
-                f"{f(s.peak('loader'), '{:,.0f}')} | {f(s.peak('floor'), '{:,.0f}')} | {f(rows, '{:,}')} | "
+                f"| {s.name} | {len(s.ok('loader'))}/{len(s.ok('floor'))} | {f(lm)} | {f(fm)} | "
+                f"{f(_ratio(lm, fm))} | "
+                f"{f(s.peak('loader'), '{:,.0f}')} | {f(s.peak('floor'), '{:,.0f}')} | "
+                f"{f(rows, '{:,}')} | "
                 f"{rate(lm)} | {rate(fm)} | {s.executor() or '-'} | {equal} |"
-                + (f" {f(s.median('dlt'))} | {f(_ratio(lm, s.median('dlt')))} | {f(s.peak('dlt'), '{:,.0f}')} |"
+                + (f" {f(s.median('dlt'))} | {f(_ratio(lm, s.median('dlt')))} | "
+                   f"{f(s.peak('dlt'), '{:,.0f}')} |"
                    if self.args.dlt else "")
             )
         growth = self.growth()
         if growth:
             lines += ["", f"Growth of the increment from {growth['from']} to {growth['to']} "
-                          f"(history x{growth['scale_ratio']:g}): loader x{f(growth['loader'])}, floor x{f(growth['floor'])}"
+                          f"(history x{growth['scale_ratio']:g}): loader x{f(growth['loader'])}, "
+                          f"floor x{f(growth['floor'])}"
                           + (f", dlt x{f(growth['dlt'])}" if self.args.dlt else "") + "."]
-        lines += ["", "Loader stages (median of its --json timings_s) against process wall time; floor stages summed over both tables:", "",
-                  "| scenario | loader plan | execute | sinks | commit | in-run total | process wall | outside run (start-up, imports, exit) | floor scan | transform | parquet | delta |",
+        lines += ["",
+                  "Loader stages (median of its --json timings_s) against process wall time; "
+                  "floor stages summed over both tables:", "",
+                  "| scenario | loader plan | execute | sinks | commit | in-run total | process wall "
+                  "| outside run (start-up, imports, exit) | floor scan | transform | parquet | delta |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in self.scenarios:
             if s.note.startswith("not measured"):
@@ -696,9 +741,12 @@ class Bench:
             t, ft, wall = s.loader_timings(), s.floor_timings(), s.median("loader")
             inside = sum(t.values()) if t else None
             lines.append(
-                f"| {s.name} | {f(t.get('plan'))} | {f(t.get('execute'))} | {f(t.get('sinks'))} | {f(t.get('commit'))} | "
-                f"{f(inside)} | {f(wall)} | {f(wall - inside if wall is not None and inside is not None else None)} | "
-                f"{f(ft.get('scan'))} | {f(ft.get('transform'))} | {f(ft.get('parquet'))} | {f(ft.get('delta'))} |"
+                f"| {s.name} | {f(t.get('plan'))} | {f(t.get('execute'))} | {f(t.get('sinks'))} | "
+                f"{f(t.get('commit'))} | "
+                f"{f(inside)} | {f(wall)} | "
+                f"{f(wall - inside if wall is not None and inside is not None else None)} | "
+                f"{f(ft.get('scan'))} | {f(ft.get('transform'))} | {f(ft.get('parquet'))} | "
+                f"{f(ft.get('delta'))} |"
             )
         for tag, why in self.extra["gave_up"].items():
             lines.append(f"\nGave up on {tag}: {why}.")
@@ -711,32 +759,44 @@ class Bench:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scales", default="1,3", help="TPC-H scale factors, smallest first (default 1,3)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measured scenario; the median is reported")
-    parser.add_argument("--skip-full", action="store_true", help="do not report the full load (it still runs once)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per measured scenario; the median is reported")
+    parser.add_argument("--skip-full", action="store_true",
+                        help="do not report the full load (it still runs once)")
     parser.add_argument("--repeat-full", action="store_true",
-                        help="repeat every scale's full load --repeat times (default: the first scale's only)")
-    parser.add_argument("--executor", choices=["auto", "local", "ray"], default="auto", help="the loader's --executor")
-    parser.add_argument("--engine", choices=["auto", "cpu", "gpu"], default="auto", help="the loader's --engine")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="landing zones, warehouses, logs, results")
+                        help="repeat every scale's full load --repeat times "
+                             "(default: the first scale's only)")
+    parser.add_argument("--executor", choices=["auto", "local", "ray"], default="auto",
+                        help="the loader's --executor")
+    parser.add_argument("--engine", choices=["auto", "cpu", "gpu"], default="auto",
+                        help="the loader's --engine")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out",
+                        help="landing zones, warehouses, logs, results")
     parser.add_argument("--days", type=int, default=30, help="ingest days of history (demo-data init --days)")
     parser.add_argument("--orders", type=int, default=12000, help="new orders in the increment")
     parser.add_argument("--updates", type=int, default=3000, help="updated orders in the increment")
-    parser.add_argument("--late", type=int, default=100, help="late orders in the increment (dlt drops late rows: use 0 with --dlt)")
+    parser.add_argument("--late", type=int, default=100,
+                        help="late orders in the increment (dlt drops late rows: use 0 with --dlt)")
     parser.add_argument("--update-from", choices=["newest", "oldest", "any"], default="newest",
                         help="which orders the increment's updates hit (demo-data append --update-from)")
-    parser.add_argument("--recent", type=int, default=100_000, help="updates pick among this many newest/oldest orders")
-    parser.add_argument("--tables", default=",".join(TABLES), help="fact tables to load, comma-separated (default both)")
-    parser.add_argument("--sinks", default="parquet,delta", help="sinks, comma-separated: parquet, delta (default both)")
+    parser.add_argument("--recent", type=int, default=100_000,
+                        help="updates pick among this many newest/oldest orders")
+    parser.add_argument("--tables", default=",".join(TABLES),
+                        help="fact tables to load, comma-separated (default both)")
+    parser.add_argument("--sinks", default="parquet,delta",
+                        help="sinks, comma-separated: parquet, delta (default both)")
     parser.add_argument("--dlt", action="store_true",
                         help="also run dlt (bench/dlt_load.py) from its own venv, made by bench/dlt_env.py")
     parser.add_argument("--dlt-full-scan", action="store_true",
-                        help="dlt without the cursor pushdown a careful user adds: its incremental filters after "
-                             "reading every landing file (dlt_load.py --full-scan)")
+                        help="dlt without the cursor pushdown a careful user adds: its incremental filters "
+                             "after reading every landing file (dlt_load.py --full-scan)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before one run is killed")
     parser.add_argument("--max-full-scale", type=float, default=1.0,
-                        help="a larger scale loads its history in ceil(scale / this) runs per side (0: always one run)")
+                        help="a larger scale loads its history in ceil(scale / this) runs per side "
+                             "(0: always one run)")
     parser.add_argument("--give-up", type=float, default=1500,
-                        help="beyond the first scale: give the scale up when its generation or full load exceeds this")
+                        help="beyond the first scale: give the scale up when its generation or full load "
+                             "exceeds this")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -744,7 +804,8 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = Bench(args)
     try:
-        say(bench.events, f"loader vs floor: scales {scales}, repeat {args.repeat}, executor {args.executor}, engine {args.engine}, out {args.out}")
+        say(bench.events, f"loader vs floor: scales {scales}, repeat {args.repeat}, "
+                          f"executor {args.executor}, engine {args.engine}, out {args.out}")
         for i, scale in enumerate(scales):
             bench.run_scale(scale, first=i == 0)
             bench.save()

@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/snowflake_bench.py [--scale 1] [--repeat 3] [--out bench/out]
 
-1. fakesnow's server is started in THIS process (a thread, as tests/support/snowflake_emulator.py does); the loader
-   runs as a subprocess and talks to it over HTTP on loopback with the real snowflake-connector-python.
-   Every request the emulator serves is timed (an ASGI wrapper), by route and by statement kind.
+1. fakesnow's server is started in THIS process (a thread, as tests/support/snowflake_emulator.py does); the
+   loader runs as a subprocess and talks to it over HTTP on loopback with the real
+   snowflake-connector-python. Every request the emulator serves is timed (an ASGI wrapper), by route and by
+   statement kind.
 2. The landing zone SF<scale> (`demo-data init --days 30`) and its copy with one `demo-data append
    --orders 12000 --updates 3000 --late 100` batch come from bench/run_bench.py's cache in <out>/landing/.
 3. Seed: the full history is loaded with parquet + delta + snowflake into the database SF_BASE
@@ -131,7 +132,8 @@ class RequestTimer:
             slot = out.setdefault(kind, {"n": 0, "s": 0.0})
             slot["n"] += 1
             slot["s"] += seconds
-        return {k: {"n": int(v["n"]), "s": round(v["s"], 3)} for k, v in sorted(out.items(), key=lambda kv: -kv[1]["s"])}
+        return {k: {"n": int(v["n"]), "s": round(v["s"], 3)}
+                for k, v in sorted(out.items(), key=lambda kv: -kv[1]["s"])}
 
 
 @contextlib.contextmanager
@@ -195,8 +197,10 @@ def clone_database(server: dict[str, Any], source: str, target: str) -> dict[str
         # the stage (metadata only: its files are purged by each COPY)
         with contextlib.suppress(Exception):
             cur.execute(
-                "INSERT INTO _fs_global._fs_information_schema._fs_stages SELECT * REPLACE (? AS database_name) "
-                "FROM _fs_global._fs_information_schema._fs_stages WHERE database_name = ? AND schema_name = ?",
+                "INSERT INTO _fs_global._fs_information_schema._fs_stages "
+                "SELECT * REPLACE (? AS database_name) "
+                "FROM _fs_global._fs_information_schema._fs_stages "
+                "WHERE database_name = ? AND schema_name = ?",
                 [target, source, SCHEMA],
             )
     finally:
@@ -235,7 +239,8 @@ def delta_stats(warehouse: Path) -> dict[str, Any]:
 
     out = {}
     for table in TABLES:
-        data = DeltaTable(str(warehouse / "delta" / table)).to_pyarrow_dataset().to_table(columns=["amount_local"])
+        data = DeltaTable(str(warehouse / "delta" / table)).to_pyarrow_dataset().to_table(
+            columns=["amount_local"])
         out[table] = {"rows": data.num_rows, "sum_amount_local": str(pc.sum(data["amount_local"]).as_py())}
     return out
 
@@ -274,13 +279,17 @@ def write_config(path: Path, *, landing: Path, warehouse: Path, state: Path, par
 
 
 def sink_block(server: dict[str, Any], database: str, args: argparse.Namespace) -> dict[str, Any]:
-    """`sinks.snowflake` for the emulator, as tests/support/snowflake_emulator.py's sink_settings() builds it, but
-    with a network timeout long enough for a full load's COPY (fakesnow answers a query only when done)."""
+    """`sinks.snowflake` for the emulator, as tests/support/snowflake_emulator.py's sink_settings() builds it,
+    but with a network timeout long enough for a full load's COPY (fakesnow answers a query only when
+    done)."""
     return {
-        "enabled": True, "account": server["account"], "user": server["user"], "password": "${SNOWFLAKE_PASSWORD}",
+        "enabled": True, "account": server["account"], "user": server["user"],
+        "password": "${SNOWFLAKE_PASSWORD}",
         "database": database, "schema": SCHEMA, "host": server["host"], "port": server["port"],
-        "protocol": server["protocol"], "login_timeout": "30s", "network_timeout": f"{args.network_timeout:.0f}s",
-        "retry": {"attempts": 3, "initial_wait": "0.5s", "total": f"{max(args.network_timeout * 3, 60):.0f}s"},
+        "protocol": server["protocol"], "login_timeout": "30s",
+        "network_timeout": f"{args.network_timeout:.0f}s",
+        "retry": {"attempts": 3, "initial_wait": "0.5s",
+                  "total": f"{max(args.network_timeout * 3, 60):.0f}s"},
     }
 
 
@@ -357,7 +366,8 @@ class Bench:
         record = {
             "name": name, "wall_s": round(m.wall_s, 3), "cpu_s": round(m.cpu_s, 2),
             "peak_rss_mib": round(m.peak_tree_mib), "returncode": m.returncode, "timed_out": m.timed_out,
-            "emulator_cpu_s": round((cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system), 2),
+            "emulator_cpu_s": round((cpu_after.user + cpu_after.system)
+                                    - (cpu_before.user + cpu_before.system), 2),
             "rows": sum(int(t.get("rows", 0)) for t in ((m.output or {}).get("tables") or {}).values()),
             "snowflake_rows": sink_rows(m.output, "snowflake"),
             "sink_seconds": sinks,
@@ -371,7 +381,8 @@ class Bench:
         status = "TIMED OUT" if m.timed_out else (f"exit {m.returncode}" if m.returncode else "ok")
         sf = record["snowflake_s"]
         self.say(f"  {name}: {m.wall_s:.2f}s wall, {record['rows']:,} rows"
-                 + (f", snowflake {record['snowflake_rows']:,} rows in {sf:.2f}s" if sf is not None and record["snowflake_rows"] else "")
+                 + (f", snowflake {record['snowflake_rows']:,} rows in {sf:.2f}s"
+                    if sf is not None and record["snowflake_rows"] else "")
                  + (f", {len(retries)} retry line(s)" if retries else "") + f" [{status}]")
         if m.returncode or m.timed_out:
             self.say("    " + stderr[-2500:].replace("\n", "\n    "))
@@ -407,27 +418,34 @@ class Bench:
         seed: dict[str, Any] = {"mode": mode, "database": database}
         self.result["seed"] = seed
         if mode == "full":
-            cfg = write_config(lw / "full.yaml", landing=base, warehouse=lw / "warehouse", state=lw / "sqlite-state",
+            cfg = write_config(lw / "full.yaml", landing=base, warehouse=lw / "warehouse",
+                               state=lw / "sqlite-state",
                                parquet=True, delta=True, snowflake=sink_block(self.server, database, args))
-            self.say(f"seed: full history SF{scale_tag(args.scale)} with parquet + delta + snowflake into {database}")
+            self.say(f"seed: full history SF{scale_tag(args.scale)} with parquet + delta + snowflake "
+                     f"into {database}")
             record = self.run(f"seed-full-sf{scale_tag(args.scale)}", cfg, lw, args.timeout)
             seed["run"] = record
             self.check_ok(record, "the full load with Snowflake")
             how = f"full SF{scale_tag(args.scale)} history loaded through the loader with all three sinks"
         else:
-            cfg = write_config(lw / "full.yaml", landing=base, warehouse=lw / "warehouse", state=lw / "sqlite-state",
+            cfg = write_config(lw / "full.yaml", landing=base, warehouse=lw / "warehouse",
+                               state=lw / "sqlite-state",
                                parquet=True, delta=True, snowflake=None)
-            self.say(f"seed: full history SF{scale_tag(args.scale)} with parquet + delta (Snowflake seeded separately)")
+            self.say(f"seed: full history SF{scale_tag(args.scale)} with parquet + delta "
+                     "(Snowflake seeded separately)")
             record = self.run(f"seed-full-sf{scale_tag(args.scale)}", cfg, lw, args.timeout)
             seed["run"] = record
             self.check_ok(record, "the full load")
             small = args.seed_scale
-            sbase, _sinc, _made = landing_zones(self.landing_args(), small, self.env, args.timeout, self.events)
+            sbase, _sinc, _made = landing_zones(self.landing_args(), small, self.env, args.timeout,
+                                                self.events)
             sw = lw.parent / "seed-small"
             reset(sw)
-            scfg = write_config(sw / "seed.yaml", landing=sbase, warehouse=sw / "warehouse", state=sw / "sqlite-state",
+            scfg = write_config(sw / "seed.yaml", landing=sbase, warehouse=sw / "warehouse",
+                                state=sw / "sqlite-state",
                                 parquet=False, delta=False, snowflake=sink_block(self.server, database, args))
-            self.say(f"seed: Snowflake tables from the SF{scale_tag(small)} history (Snowflake only) into {database}")
+            self.say(f"seed: Snowflake tables from the SF{scale_tag(small)} history (Snowflake only) "
+                     f"into {database}")
             srecord = self.run(f"seed-snowflake-sf{scale_tag(small)}", scfg, sw, args.timeout)
             seed["snowflake_run"] = srecord
             self.check_ok(srecord, "the Snowflake seed")
@@ -447,13 +465,16 @@ class Bench:
         args = self.args
         if args.scale <= args.probe_scale:
             return "full"
-        pbase, _pinc, _made = landing_zones(self.landing_args(), args.probe_scale, self.env, args.timeout, self.events)
+        pbase, _pinc, _made = landing_zones(self.landing_args(), args.probe_scale, self.env, args.timeout,
+                                            self.events)
         pw = args.out / "work" / "snowflake-probe"
         reset(pw)
         database = f"SF_PROBE_{uuid.uuid4().hex[:6].upper()}"
-        cfg = write_config(pw / "probe.yaml", landing=pbase, warehouse=pw / "warehouse", state=pw / "sqlite-state",
+        cfg = write_config(pw / "probe.yaml", landing=pbase, warehouse=pw / "warehouse",
+                           state=pw / "sqlite-state",
                            parquet=True, delta=True, snowflake=sink_block(self.server, database, args))
-        self.say(f"probe: full SF{scale_tag(args.probe_scale)} load with Snowflake, to extrapolate to SF{scale_tag(args.scale)}")
+        self.say(f"probe: full SF{scale_tag(args.probe_scale)} load with Snowflake, "
+                 f"to extrapolate to SF{scale_tag(args.scale)}")
         record = self.run(f"probe-full-sf{scale_tag(args.probe_scale)}", cfg, pw, args.timeout)
         drop_database(database)
         reset(pw)
@@ -461,7 +482,8 @@ class Bench:
         estimate = record["wall_s"] * factor if self.ok(record) else float("inf")
         self.result["probe"] = {**record, "scale": args.probe_scale, "estimate_full_s": round(estimate, 1),
                                 "max_seed_s": args.max_seed_s}
-        self.say(f"  probe: {record['wall_s']:.1f}s at SF{scale_tag(args.probe_scale)} -> about {estimate:.0f}s at "
+        self.say(f"  probe: {record['wall_s']:.1f}s at SF{scale_tag(args.probe_scale)} "
+                 f"-> about {estimate:.0f}s at "
                  f"SF{scale_tag(args.scale)} (limit {args.max_seed_s:.0f}s)")
         return "full" if estimate <= args.max_seed_s else "small"
 
@@ -479,7 +501,8 @@ class Bench:
     def main(self) -> None:
         args = self.args
         tag = f"SF{scale_tag(args.scale)}"
-        self.say(f"snowflake sink bench: {tag}, repeat {args.repeat}, executor {args.executor}, engine {args.engine}, out {args.out}; "
+        self.say(f"snowflake sink bench: {tag}, repeat {args.repeat}, executor {args.executor}, "
+                 f"engine {args.engine}, out {args.out}; "
                  f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
         base, inc, made = landing_zones(self.landing_args(), args.scale, self.env, args.timeout, self.events)
         self.result["landing"] = {"history": str(base), "with_batch": str(inc), **made}
@@ -507,7 +530,8 @@ class Bench:
                 restore(snap / "sqlite-state", lw / "sqlite-state")
                 if side == "snowflake":
                     rep["clone"] = clone_database(self.server, base_db, db)
-                    self.say(f"repeat {i + 1}: {db} cloned from {base_db} in {rep['clone']['seconds']:.1f}s {rep['clone']['tables']}")
+                    self.say(f"repeat {i + 1}: {db} cloned from {base_db} in "
+                             f"{rep['clone']['seconds']:.1f}s {rep['clone']['tables']}")
                     cfg = write_config(work / f"inc-{i + 1}.yaml", landing=inc, warehouse=lw / "warehouse",
                                        state=lw / "sqlite-state", parquet=True, delta=True,
                                        snowflake=sink_block(self.server, db, args))
@@ -515,13 +539,16 @@ class Bench:
                     if self.ok(rep["snowflake"]):
                         sf, dl = snowflake_stats(db), delta_stats(lw / "warehouse")
                         full_seed = self.result["seed"].get("mode") == "full"
-                        equal = same_numbers(sf, dl) if full_seed else None  # a smaller seed differs by design
+                        # a smaller seed differs by design
+                        equal = same_numbers(sf, dl) if full_seed else None
                         rep["check"] = {"snowflake": sf, "delta": dl, "equal": equal}
-                        verdict = "equal" if equal else ("DIFFERENT" if full_seed else "not comparable (smaller seed)")
+                        verdict = ("equal" if equal
+                                   else ("DIFFERENT" if full_seed else "not comparable (smaller seed)"))
                         self.say(f"  check: Snowflake {sf} vs Delta {dl}: {verdict}")
                     drop_database(db)
                 else:
-                    cfg = write_config(work / f"control-{i + 1}.yaml", landing=inc, warehouse=lw / "warehouse",
+                    cfg = write_config(work / f"control-{i + 1}.yaml", landing=inc,
+                                       warehouse=lw / "warehouse",
                                        state=lw / "sqlite-state", parquet=True, delta=True, snowflake=None)
                     rep["control"] = self.run(f"control-{tag}-{i + 1}", cfg, lw, args.timeout)
             self.save()
@@ -532,7 +559,8 @@ class Bench:
     # -------------------------------------------------------------------------------------------- report
 
     def summary(self) -> dict[str, Any]:
-        runs = [r["snowflake"] for r in self.result["repeats"] if "snowflake" in r and self.ok(r["snowflake"])]
+        runs = [r["snowflake"] for r in self.result["repeats"]
+                if "snowflake" in r and self.ok(r["snowflake"])]
         controls = [r["control"] for r in self.result["repeats"] if "control" in r and self.ok(r["control"])]
         if not runs:
             return {}
@@ -543,11 +571,13 @@ class Bench:
 
         rows = runs[0]["snowflake_rows"]
         sf = med([r["snowflake_s"] for r in runs])
-        per_table = {t: med([(r["sink_seconds"].get("snowflake") or {}).get(t) for r in runs]) for t in TABLES}
+        per_table = {t: med([(r["sink_seconds"].get("snowflake") or {}).get(t) for r in runs])
+                     for t in TABLES}
         others = {s: med([total_of(r["sink_seconds"].get(s)) for r in runs]) for s in ("parquet", "delta")}
         kinds = sorted({k for r in runs for k in r["emulator_requests"]})
         server = {k: {"n": med([r["emulator_requests"].get(k, {}).get("n", 0) for r in runs]),
-                      "s": med([r["emulator_requests"].get(k, {}).get("s", 0.0) for r in runs])} for k in kinds}
+                      "s": med([r["emulator_requests"].get(k, {}).get("s", 0.0) for r in runs])}
+                  for k in kinds}
         server = dict(sorted(server.items(), key=lambda kv: -(kv[1]["s"] or 0)))
         server_total = med([sum(v["s"] for v in r["emulator_requests"].values()) for r in runs])
         checks = [r["check"]["equal"] for r in self.result["repeats"]
@@ -558,12 +588,14 @@ class Bench:
             "snowflake_sink_s_median": sf, "snowflake_sink_s_runs": [r["snowflake_s"] for r in runs],
             "snowflake_rows_per_s": round(rows / sf) if rows and sf else None,
             "snowflake_sink_s_per_table_median": per_table,
-            "sink_seconds_source": sorted({(r["sink_seconds"].get("snowflake") or {}).get("_source", "-") for r in runs}),
+            "sink_seconds_source": sorted({(r["sink_seconds"].get("snowflake") or {}).get("_source", "-")
+                                           for r in runs}),
             "other_sinks_s_median": others,
             "run_wall_s_median": med([r["wall_s"] for r in runs]),
             "run_sinks_stage_s_median": med([(r["timings_s"] or {}).get("sinks") for r in runs]),
             "control_wall_s_median": med([c["wall_s"] for c in controls]) if controls else None,
-            "control_sinks_stage_s_median": med([(c["timings_s"] or {}).get("sinks") for c in controls]) if controls else None,
+            "control_sinks_stage_s_median": (med([(c["timings_s"] or {}).get("sinks") for c in controls])
+                                             if controls else None),
             "control_other_sinks_s_median": {s: med([total_of(c["sink_seconds"].get(s)) for c in controls])
                                              for s in ("parquet", "delta")} if controls else {},
             "emulator_server_s_median": server_total,
@@ -588,7 +620,8 @@ class Bench:
         per = s["snowflake_sink_s_per_table_median"]
         kinds = s["emulator_requests_median"]
         upsert = ("MERGE (staging deduplicated per key) in a transaction with the ledger row, COMMIT"
-                  if "MERGE" in kinds else "DELETE ... USING + INSERT ... WHERE NOT EXISTS and the ledger row in "
+                  if "MERGE" in kinds
+                  else "DELETE ... USING + INSERT ... WHERE NOT EXISTS and the ledger row in "
                   "one transaction, COMMIT")
         seed_rows = []
         run = seed.get("run") or {}
@@ -596,49 +629,67 @@ class Bench:
             rate = run["snowflake_rows"] / run["snowflake_s"] if run.get("snowflake_rows") else None
             sp = run["sink_seconds"].get("snowflake") or {}
             seed_rows.append(
-                f"| full load {tag} (seed, once) | {f(run['snowflake_rows'], '{:,}')} | {f(run['snowflake_s'])} | "
-                f"{f(rate, '{:,.0f}')} | {f(sp.get('orders'))} | {f(sp.get('lineitem'))} | {f(run['wall_s'])} | - | "
-                f"{f(total_of(run['sink_seconds'].get('parquet')))} | {f(total_of(run['sink_seconds'].get('delta')))} | "
+                f"| full load {tag} (seed, once) | {f(run['snowflake_rows'], '{:,}')} | "
+                f"{f(run['snowflake_s'])} | "
+                f"{f(rate, '{:,.0f}')} | {f(sp.get('orders'))} | {f(sp.get('lineitem'))} | "
+                f"{f(run['wall_s'])} | - | "
+                f"{f(total_of(run['sink_seconds'].get('parquet')))} | "
+                f"{f(total_of(run['sink_seconds'].get('delta')))} | "
                 f"{f(sum(v['s'] for v in run['emulator_requests'].values()))} | - |")
         lines = [
             f"Snowflake sink into fakesnow (in-process emulator, DuckDB in memory), increment {tag} "
             f"(`demo-data append --orders {a.orders} --updates {a.updates} --late {a.late}`), "
             f"median of {s['repeats_ok']}/{s['repeats']}:",
             "",
-            "| scenario | rows into Snowflake | Snowflake sink s | rows/s | orders s | lineitem s | run wall s (P+D+S) | run wall s (P+D only) | parquet s | delta s | emulator server s | Snowflake = Delta |",
+            "| scenario | rows into Snowflake | Snowflake sink s | rows/s | orders s | lineitem s "
+            "| run wall s (P+D+S) | run wall s (P+D only) | parquet s | delta s | emulator server s "
+            "| Snowflake = Delta |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
             f"| increment {tag} | {f(s['snowflake_rows'], '{:,}')} | {f(s['snowflake_sink_s_median'])} | "
             f"{f(s['snowflake_rows_per_s'], '{:,}')} | {f(per.get('orders'))} | {f(per.get('lineitem'))} | "
-            f"{f(s['run_wall_s_median'])} | {f(s['control_wall_s_median'])} | {f(s['other_sinks_s_median'].get('parquet'))} | "
+            f"{f(s['run_wall_s_median'])} | {f(s['control_wall_s_median'])} | "
+            f"{f(s['other_sinks_s_median'].get('parquet'))} | "
             f"{f(s['other_sinks_s_median'].get('delta'))} | {f(s['emulator_server_s_median'])} | "
-            f"{'-' if s['snowflake_equals_delta'] is None else ('yes' if s['snowflake_equals_delta'] else 'NO')} |",
+            f"""{'-' if s['snowflake_equals_delta'] is None
+                 else ('yes' if s['snowflake_equals_delta'] else 'NO')} |""",
             *seed_rows,
             "",
             "Emulator server time by request (median per run, both tables):",
             "",
             "| request | n | s |",
             "|---|---|---|",
-            *[f"| {k} | {f(v['n'], '{:g}')} | {f(v['s'])} |" for k, v in s["emulator_requests_median"].items()],
+            *[f"| {k} | {f(v['n'], '{:g}')} | {f(v['s'])} |"
+              for k, v in s["emulator_requests_median"].items()],
             "",
-            f"- Snowflake sink s: the sink's write per table as the loader logs it ({', '.join(s['sink_seconds_source'])}), "
-            f"summed over orders and lineitem: connect + login, CREATE STAGE/TABLE IF NOT EXISTS, the ledger check, "
-            f"one Parquet file per region written and PUT (uploaded over HTTP), CREATE staging LIKE, COPY INTO staging "
-            f"and its row count, the upsert: {upsert}; DROP staging; any retries. It runs in a thread beside the "
+            f"- Snowflake sink s: the sink's write per table as the loader logs it "
+            f"({', '.join(s['sink_seconds_source'])}), "
+            f"summed over orders and lineitem: connect + login, CREATE STAGE/TABLE IF NOT EXISTS, "
+            f"the ledger check, "
+            f"one Parquet file per region written and PUT (uploaded over HTTP), CREATE staging LIKE, "
+            f"COPY INTO staging "
+            f"and its row count, the upsert: {upsert}; DROP staging; any retries. "
+            f"It runs in a thread beside the "
             f"parquet and delta sinks (sharing 2 cores with them and with the emulator). Per run: "
-            f"{', '.join(f(v) for v in s['snowflake_sink_s_runs'])} s. The emulator's server side is {f(s['emulator_server_s_median'])} s of it; "
+            f"{', '.join(f(v) for v in s['snowflake_sink_s_runs'])} s. "
+            f"The emulator's server side is {f(s['emulator_server_s_median'])} s of it; "
             f"the rest is the client: Parquet encoding, the connector, HTTP on loopback.",
-            f"- run wall s: the `loader run` subprocess (start-up included) with parquet + delta + snowflake, and "
+            f"- run wall s: the `loader run` subprocess (start-up included) "
+            f"with parquet + delta + snowflake, and "
             f"the same increment with parquet + delta only (P+D only: parquet "
             f"{f(s['control_other_sinks_s_median'].get('parquet'))} s, delta "
             f"{f(s['control_other_sinks_s_median'].get('delta'))} s; the sinks write at once, in threads, so "
-            f"Snowflake also slows the other two down on 2 cores). The sinks stage lasts as long as its slowest sink "
-            f"({f(s['run_sinks_stage_s_median'])} s with Snowflake, {f(s['control_sinks_stage_s_median'])} s without).",
+            f"Snowflake also slows the other two down on 2 cores). "
+            f"The sinks stage lasts as long as its slowest sink "
+            f"({f(s['run_sinks_stage_s_median'])} s with Snowflake, "
+            f"{f(s['control_sinks_stage_s_median'])} s without).",
             f"- seed: {seed.get('how', '-')}.",
-            f"- runs per repeat start from a restored copy of the post-seed state, warehouse and Snowflake database "
+            f"- runs per repeat start from a restored copy of the post-seed state, warehouse and "
+            f"Snowflake database "
             f"(clone {f(s['clone_s_median'])} s, not measured); retry log lines: {s['retry_lines']}.",
             f"- machine: {os.cpu_count()} cores shared with another engineer's test runs (load average "
             f"{', '.join(f'{x:.2f}' for x in self.result.get('loadavg_at_start') or [])} at the start, "
-            f"{', '.join(f'{x:.2f}' for x in (self.result.get('machine') or {}).get('loadavg_at_save') or os.getloadavg())} "
+            f"""{', '.join(f'{x:.2f}' for x in (self.result.get('machine') or {}).get('loadavg_at_save')
+                           or os.getloadavg())} """
             f"at the end); the emulator runs in the bench process "
             f"(its CPU per run, median {f(s['emulator_cpu_s_median'])} s, competes with the loader's).",
         ]
@@ -657,22 +708,30 @@ def versions() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="TPC-H scale factor of the history (default 1)")
-    parser.add_argument("--repeat", type=int, default=3, help="increment runs; medians are reported (default 3)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="landing zones, work, logs, results")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="TPC-H scale factor of the history (default 1)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="increment runs; medians are reported (default 3)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out",
+                        help="landing zones, work, logs, results")
     parser.add_argument("--days", type=int, default=30, help="ingest days of history (demo-data init --days)")
     parser.add_argument("--orders", type=int, default=12000)
     parser.add_argument("--updates", type=int, default=3000)
     parser.add_argument("--late", type=int, default=100)
-    parser.add_argument("--executor", choices=["auto", "local", "ray"], default="auto", help="the loader's --executor")
-    parser.add_argument("--engine", choices=["auto", "cpu", "gpu"], default="auto", help="the loader's --engine")
+    parser.add_argument("--executor", choices=["auto", "local", "ray"], default="auto",
+                        help="the loader's --executor")
+    parser.add_argument("--engine", choices=["auto", "cpu", "gpu"], default="auto",
+                        help="the loader's --engine")
     parser.add_argument("--seed", choices=["auto", "full", "small"], default="auto",
                         help="full: load the whole history with Snowflake on; small: Snowflake seeded from "
                              "--seed-scale; auto: full unless the probe estimates more than --max-seed-s")
     parser.add_argument("--probe-scale", type=float, default=0.1, help="scale of the probe full load (auto)")
-    parser.add_argument("--max-seed-s", type=float, default=600, help="auto: largest estimated full load with Snowflake")
-    parser.add_argument("--seed-scale", type=float, default=0.1, help="small: history scale seeding Snowflake")
-    parser.add_argument("--network-timeout", type=float, default=900, help="sinks.snowflake.network_timeout, seconds")
+    parser.add_argument("--max-seed-s", type=float, default=600,
+                        help="auto: largest estimated full load with Snowflake")
+    parser.add_argument("--seed-scale", type=float, default=0.1,
+                        help="small: history scale seeding Snowflake")
+    parser.add_argument("--network-timeout", type=float, default=900,
+                        help="sinks.snowflake.network_timeout, seconds")
     parser.add_argument("--no-control", dest="control", action="store_false",
                         help="skip the parquet + delta only run of each repeat")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before one loader run is killed")
@@ -689,7 +748,8 @@ def main(argv: list[str] | None = None) -> int:
         # uvicorn configures its loggers when it starts: quiet them (and fakesnow's) afterwards
         for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "fakesnow", "fakesnow.server"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        logging.getLogger("sqlglot").setLevel(logging.ERROR)  # "Unsupported property clusterproperty" per CREATE
+        # "Unsupported property clusterproperty" per CREATE
+        logging.getLogger("sqlglot").setLevel(logging.ERROR)
         bench = Bench(args, server, timer)
         try:
             bench.main()

@@ -47,7 +47,8 @@ def _read(folder: Path) -> Any:
     import pyarrow.parquet as pq
 
     files = sorted(folder.rglob("*.parquet"))
-    return pa.concat_tables([pq.read_table(f, partitioning=None) for f in files], promote_options="permissive")
+    return pa.concat_tables([pq.read_table(f, partitioning=None) for f in files],
+                            promote_options="permissive")
 
 
 def child(landing: Path, engine: str, digest_to: Path | None) -> dict[str, Any]:
@@ -72,11 +73,13 @@ def child(landing: Path, engine: str, digest_to: Path | None) -> dict[str, Any]:
             Lookups, DEFAULT_REGION_RULES = old_transforms.Dimensions, old_transforms.DEFAULT_REGION_RULES
             options = {}
 
-    dims = Lookups.from_tables(*(_read(landing / name) for name in ("customer", "supplier", "nation", "region")))
+    dims = Lookups.from_tables(*(_read(landing / name)
+                                 for name in ("customer", "supplier", "nation", "region")))
     result: dict[str, Any] = {}
     for kind in TABLES:
         table = _read(landing / kind)
-        transform_fact(table.slice(0, 1000), kind=kind, dims=dims, rules=DEFAULT_REGION_RULES, **options)  # warm-up
+        # warm-up
+        transform_fact(table.slice(0, 1000), kind=kind, dims=dims, rules=DEFAULT_REGION_RULES, **options)
         started = time.perf_counter()
         out = transform_fact(table, kind=kind, dims=dims, rules=DEFAULT_REGION_RULES, **options)
         result[kind] = {"rows": out.num_rows, "seconds": time.perf_counter() - started}
@@ -110,8 +113,8 @@ def _landing(out: Path, scale: float, days: int) -> Path:
 
 def _measure(side: dict[str, Any], landing: Path, digest: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(side["path"])}
-    cmd = [str(PYTHON), str(Path(__file__).resolve()), "--child", "--landing", str(landing), "--engine", side["engine"],
-           "--digest", str(digest)]
+    cmd = [str(PYTHON), str(Path(__file__).resolve()), "--child", "--landing", str(landing),
+           "--engine", side["engine"], "--digest", str(digest)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=side["path"])
     if done.returncode != 0:
         raise RuntimeError(f"{side['name']} failed:\n{done.stderr[-3000:]}")
@@ -125,7 +128,8 @@ def _same_output(a: Path, b: Path) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=5)
@@ -172,17 +176,20 @@ def main() -> int:
                       for t in TABLES} for name, r in runs.items()}
     base = summary[sides[0]["name"]]
     lines = [f"transform stage, SF{args.scale:g}, median of {args.repeat} (fresh process each):", "",
-             "| engine | " + " | ".join(f"{t} s | {t} rows/s" for t in TABLES) + " | ratio to cpu | same output |",
+             "| engine | " + " | ".join(f"{t} s | {t} rows/s" for t in TABLES)
+             + " | ratio to cpu | same output |",
              "|---|" + "---|---|" * len(TABLES) + "---|---|"]
     for name, tables in summary.items():
-        total, base_total = sum(v["median_s"] for v in tables.values()), sum(v["median_s"] for v in base.values())
+        total, base_total = (sum(v["median_s"] for v in tables.values()),
+                             sum(v["median_s"] for v in base.values()))
         cells = " | ".join(f"{v['median_s']:.2f} | {v['rows'] / v['median_s']:,.0f}" for v in tables.values())
         lines.append(f"| {name} | {cells} | {total / base_total:.2f} | {'yes' if equal[name] else 'NO'} |")
     if not status.usable:
         lines.append(f"\ngpu: not measured here ({status.detail})")
     print("\n".join(lines))
-    (args.out / "transforms.json").write_text(json.dumps({"scale": args.scale, "repeat": args.repeat, "runs": runs,
-                                                          "summary": summary, "same_output": equal}, indent=2))
+    (args.out / "transforms.json").write_text(json.dumps({"scale": args.scale, "repeat": args.repeat,
+                                                          "runs": runs, "summary": summary,
+                                                          "same_output": equal}, indent=2))
     return 0 if all(equal.values()) else 1
 
 

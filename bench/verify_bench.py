@@ -217,7 +217,8 @@ def commands(config: Path) -> dict[str, list[str]]:
 
 def good(side: str, m: Measured) -> bool:
     if side == "load":
-        return m.returncode == 0 and not m.timed_out and bool(m.output) and m.output.get("status") == "committed"
+        return (m.returncode == 0 and not m.timed_out and bool(m.output)
+                and m.output.get("status") == "committed")
     return m.returncode == 0 and not m.timed_out and bool(m.output) and m.output.get("ok") is True
 
 
@@ -342,9 +343,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-warmup", action="store_true", help="skip the unmeasured warm-up run of each side"
     )
     parser.add_argument("--profile", action="store_true", help="also one verify run under cProfile")
-    parser.add_argument("--prepare-only", action="store_true", help="build the loaded project, measure nothing")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="build the loaded project, measure nothing")
     parser.add_argument("--sides", default=",".join(SIDES),
-                        help=f"the sides to measure, comma-separated (verify and floor always; default {','.join(SIDES)})")
+                        help="the sides to measure, comma-separated (verify and floor always; "
+                             f"default {','.join(SIDES)})")
     parser.add_argument("--top", type=int, default=10, help="profile entries under loader/ to report")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before one subprocess is killed")
     parser.add_argument(

@@ -87,7 +87,8 @@ class Reader:
             file, group = self.queue.pop(0)
             wanted.setdefault(file, []).append(group)
             have += self.files[file].metadata.row_group(group).num_rows
-        parts += [self.files[file].read_row_groups(groups, use_threads=True) for file, groups in wanted.items()]
+        parts += [self.files[file].read_row_groups(groups, use_threads=True)
+                  for file, groups in wanted.items()]
         rows = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
         self.rest = rows.slice(n) if rows.num_rows > n else None
         return _plain(rows.slice(0, n))
@@ -105,7 +106,8 @@ def _plain(table: pa.Table) -> pa.Table:
     return table if schema == table.schema else table.cast(schema)
 
 
-def prepare(table: pa.Table, cursor: str, lookup: str) -> tuple[pa.Table, list[tuple[int, int, str, str]], list[str]]:
+def prepare(table: pa.Table, cursor: str,
+            lookup: str) -> tuple[pa.Table, list[tuple[int, int, str, str]], list[str]]:
     """The rows with `region`, sorted by (region, day); each (region, day)'s slice; the dictionary columns."""
     region = REGIONS.take(pc.modulo(table[lookup], 5))
     unit = table[cursor].type.unit if pa.types.is_timestamp(table[cursor].type) else "us"
@@ -143,8 +145,10 @@ def write_delta(uri: Path, rows: pa.Table, dictionary: list[str], compression: s
     chosen = set(dictionary)
     properties = WriterProperties(compression=compression, column_properties={
         name: ColumnProperties(dictionary_enabled=name in chosen) for name in rows.column_names})
-    write_deltalake(str(uri), rows, partition_by=["region"], mode="append", target_file_size=TARGET_FILE_SIZE,
-                    configuration={"delta.targetFileSize": str(TARGET_FILE_SIZE)}, writer_properties=properties)
+    write_deltalake(str(uri), rows, partition_by=["region"], mode="append",
+                    target_file_size=TARGET_FILE_SIZE,
+                    configuration={"delta.targetFileSize": str(TARGET_FILE_SIZE)},
+                    writer_properties=properties)
 
 
 def _timed(work: Any, *args: Any) -> tuple[Any, float]:
@@ -157,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--landing", type=Path, required=True, help="landing zone (orders/, lineitem/)")
     parser.add_argument("--out", type=Path, help="output folder (parquet/, delta/); not with --read-only")
-    parser.add_argument("--tables", default=",".join(TABLES), help="fact tables, comma-separated (default: both)")
-    parser.add_argument("--sinks", default="parquet,delta", help="sinks, comma-separated (default: parquet,delta)")
-    parser.add_argument("--batch-rows", type=int, default=1_000_000, help="rows per batch, all tables together")
+    parser.add_argument("--tables", default=",".join(TABLES),
+                        help="fact tables, comma-separated (default: both)")
+    parser.add_argument("--sinks", default="parquet,delta",
+                        help="sinks, comma-separated (default: parquet,delta)")
+    parser.add_argument("--batch-rows", type=int, default=1_000_000,
+                        help="rows per batch, all tables together")
     parser.add_argument("--delta-compression", choices=["snappy", "zstd", "none"], default="snappy",
                         help="the Delta codec (default snappy, as the loader)")
     parser.add_argument("--read-only", action="store_true", help="only read every planned row once")
@@ -208,11 +215,13 @@ def main(argv: list[str] | None = None) -> int:
                 writing = time.perf_counter()
                 jobs = {}
                 if "parquet" in sinks:
-                    jobs["parquet"] = pair.submit(_timed, write_parquet, args.out / "parquet" / table, batch + 1,
-                                                  ordered, slices, dictionary)
+                    jobs["parquet"] = pair.submit(_timed, write_parquet, args.out / "parquet" / table,
+                                                  batch + 1, ordered, slices, dictionary)
                 if "delta" in sinks:
-                    jobs["delta"] = pair.submit(_timed, write_delta, args.out / "delta" / table, ordered, dictionary,
-                                               None if args.delta_compression == "none" else args.delta_compression)
+                    jobs["delta"] = pair.submit(_timed, write_delta, args.out / "delta" / table, ordered,
+                                                dictionary,
+                                                None if args.delta_compression == "none"
+                                                else args.delta_compression)
                 for sink, job in jobs.items():
                     result, took = job.result()
                     spent[sink] += took
@@ -233,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": {t: p["rows"] for t, p in per_table.items()},
         "seconds": {k: round(v, 3) for k, v in seconds.items() if sinks or k in ("plan", "read", "total")},
         "per_table": {
-            t: {k: round(v, 3) for k, v in p["seconds"].items() if sinks or k == "read"} for t, p in per_table.items()
+            t: {k: round(v, 3) for k, v in p["seconds"].items() if sinks or k == "read"}
+            for t, p in per_table.items()
         },
         "parquet_files": files["parquet"] if "parquet" in sinks else None,
         "delta_compression": args.delta_compression if "delta" in sinks else None,
@@ -246,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         s = summary["seconds"]
         print(f"{summary['mode']}: {sum(summary['rows'].values()):,} rows in {batches} batch(es), "
-              + ", ".join(f"{k} {v:.2f}s" for k, v in s.items()) + f", peak RSS {summary['peak_rss_mib']} MiB")
+              + ", ".join(f"{k} {v:.2f}s" for k, v in s.items())
+              + f", peak RSS {summary['peak_rss_mib']} MiB")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import getpass
 import os
 import shutil
@@ -19,7 +20,8 @@ SYSTEM_TEMP = Path(tempfile.gettempdir())  # the machine's, before the suite poi
 _SYSTEM_BEFORE = pytest.StashKey[set[str]]()
 _TEMP_ROOT = pytest.StashKey[str]()
 _SKIPS: list[tuple[str, str, bool]] = []  # (test, reason, declared): the controller's are the session's
-_SESSION_ENV = "LOADER_TESTS_TEMP_ROOT"  # set by the outermost session: a test's own pytest run checks nothing
+# set by the outermost session: a test's own pytest run checks nothing
+_SESSION_ENV = "LOADER_TESTS_TEMP_ROOT"
 # What the suite's own temp folder holds by design: pytest's tmp_path folders and the runtime folder.
 _OURS_BY_DESIGN = {f"pytest-of-{getpass.getuser()}", "runtime"}
 
@@ -34,14 +36,17 @@ def pytest_configure(config: pytest.Config) -> None:
     the loader's scratch root, Ray's session folders, the services'), pytest's tmp_path folders, the
     runtime folder that libraries (platformdirs) otherwise make in /tmp. xdist's workers and every CLI run
     inherit it. So the check at the end judges only what the suite made, whatever else uses /tmp."""
-    config.addinivalue_line("markers", "may_skip: the test may skip for a fact of the machine (no GPU), not for a "
-                            "missing environment: other skips fail the suite under CI (CI=true)")
+    config.addinivalue_line("markers", "may_skip: the test may skip for a fact of the machine (no GPU), "
+                            "not for a missing environment: other skips fail the suite under CI (CI=true)")
     if not _controller(config) or _SESSION_ENV in os.environ:
         return
     config.stash[_SYSTEM_BEFORE] = set(os.listdir(SYSTEM_TEMP))
     # short: Ray's socket paths under it (loader-<uid>/ray/<pid>/session_.../sockets/...) hold 107 bytes
     root = tempfile.mkdtemp(prefix="lt", dir=SYSTEM_TEMP)
     config.stash[_TEMP_ROOT] = os.environ[_SESSION_ENV] = root
+    # Removed again at exit, after every library's own exit handler (registered later, so run earlier):
+    # pgserver's writes a lock file under XDG_RUNTIME_DIR after the session's check removed the folder.
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     os.environ["TMPDIR"] = root
     tempfile.tempdir = root
     if not config.option.basetemp and "PYTEST_DEBUG_TEMPROOT" not in os.environ:
@@ -87,7 +92,8 @@ def _debris(config: pytest.Config) -> list[str]:
     left = [f"{root}/{p.name}" for p in sorted(root.iterdir()) if p.name not in _OURS_BY_DESIGN]
     left += [f"{SYSTEM_TEMP}/{name}" for name in _escaped_loader_names(config.stash[_SYSTEM_BEFORE])]
     shutil.rmtree(root, ignore_errors=True)
-    return [f"the test session left {len(left)} entries behind:", *(f"  {name}" for name in left)] if left else []
+    return ([f"the test session left {len(left)} entries behind:", *(f"  {name}" for name in left)]
+            if left else [])
 
 
 def _skip_lines() -> tuple[list[str], bool]:
@@ -95,17 +101,20 @@ def _skip_lines() -> tuple[list[str], bool]:
     `may_skip` (a missing environment: Chromium, .venv-airflow) fails the session."""
     skips = _SKIPS
     unexpected = [(test, reason) for test, reason, expected in skips if not expected]
-    lines = [f"skipped {len(skips)}, {len(unexpected)} of them not declared by the test (marker may_skip):"] if skips else []
+    lines = ([f"skipped {len(skips)}, {len(unexpected)} of them not declared by the test (marker may_skip):"]
+             if skips else [])
     groups: dict[tuple[bool, str], list[str]] = {}
     for test, reason, declared in skips:
         groups.setdefault((declared, reason), []).append(test)
     for (declared, reason), tests in groups.items():
         lines.append(f"  {'declared' if declared else 'UNDECLARED'} x{len(tests)}: {reason}")
         shown = tests if not declared else tests[:2]
-        lines += [f"      {test}" for test in shown] + ([f"      and {len(tests) - len(shown)} more"] if tests[len(shown):] else [])
+        lines += [f"      {test}" for test in shown] + ([f"      and {len(tests) - len(shown)} more"]
+                                                        if tests[len(shown):] else [])
     failing = bool(unexpected) and _under_ci()
     if failing:
-        lines.append("under CI an undeclared skip fails the suite: build what it names (`make test` does) and run again")
+        lines.append("under CI an undeclared skip fails the suite: build what it names (`make test` does) "
+                     "and run again")
     return lines, failing
 
 

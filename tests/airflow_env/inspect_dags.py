@@ -36,9 +36,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def _outcome_of_callable(task: Any, stub_args: str) -> dict[str, Any]:
-    """Call the task's python_callable once per loader exit code and classify what it raises the way Airflow 3's
-    task runner does (airflow.sdk.execution_time.task_runner catches the Task SDK's exceptions in this order:
-    skipped, failed without retry, anything else up for retry)."""
+    """Call the task's python_callable once per loader exit code and classify what it raises the way
+    Airflow 3's task runner does (airflow.sdk.execution_time.task_runner catches the Task SDK's exceptions in
+    this order: skipped, failed without retry, anything else up for retry)."""
     from airflow.sdk import exceptions as sdk
 
     results: dict[str, Any] = {}
@@ -117,7 +117,8 @@ def main(dag_folder: str, stub: str, out: str) -> None:
         report["dags"][dag_id] = {
             "fileloc": os.path.relpath(dag.fileloc, dag_folder),
             "schedule": _jsonable(_seconds(dag.schedule) or dag.schedule),
-            "timetable": as_json["dag"]["timetable"],  # e.g. {"__type": "...DeltaTriggerTimetable", "__var": {"delta": 900.0}}
+            # e.g. {"__type": "...DeltaTriggerTimetable", "__var": {"delta": 900.0}}
+            "timetable": as_json["dag"]["timetable"],
             "timetable_summary": serialized.timetable.summary,
             "catchup": serialized.catchup,
             "max_active_runs": serialized.max_active_runs,

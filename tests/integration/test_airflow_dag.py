@@ -1,10 +1,11 @@
 """deploy/airflow/loader_dag.py imported by Airflow itself, not only parsed: Airflow 3's DagBag loads the DAG
-folder in .venv-airflow (its own virtual environment, pinned with hashes in tests/airflow_env/requirements.txt,
-built by tests/airflow_env/build.sh), and tests/airflow_env/inspect_dags.py reports, as JSON, what Airflow
-sees: the DAGs, their tasks, operators, dependencies, schedule and retry options (after Airflow's serializer,
-as the scheduler sees them), and what the task's callable raises for each loader exit code, against a
-stand-in loader. One subprocess for everything (importing Airflow takes a second or two); every assertion is
-made here. AIRFLOW_HOME, HOME and TMPDIR point into the test's tmp_path: nothing goes to ~/airflow or /tmp.
+folder in .venv-airflow (its own virtual environment, pinned with hashes in
+tests/airflow_env/requirements.txt, built by tests/airflow_env/build.sh), and
+tests/airflow_env/inspect_dags.py reports, as JSON, what Airflow sees: the DAGs, their tasks, operators,
+dependencies, schedule and retry options (after Airflow's serializer, as the scheduler sees them), and what
+the task's callable raises for each loader exit code, against a stand-in loader. One subprocess for everything
+(importing Airflow takes a second or two); every assertion is made here. AIRFLOW_HOME, HOME and TMPDIR point
+into the test's tmp_path: nothing goes to ~/airflow or /tmp.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def _parse_loader_command(argv: list[str]) -> tuple[str, dict[str, Any]]:
     unknown subcommand or option, or a missing required one, raises click.UsageError."""
     with cli.make_context("loader", list(argv)) as ctx:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # Click 8.2+: protected_args folds into args in 9.0
+            # Click 8.2+: protected_args folds into args in 9.0
+            warnings.simplefilter("ignore", DeprecationWarning)
             tokens = [*getattr(ctx, "protected_args", []), *ctx.args]
         name, command, rest = cli.resolve_command(ctx, tokens)
         assert name is not None and command is not None
@@ -126,7 +128,8 @@ def test_airflow_imports_the_dag_folder_without_errors_or_warnings(report: dict[
     assert report["airflow_version"].startswith("3."), report["airflow_version"]
     assert report["import_errors"] == {}
     assert report["files"] == ["loader_dag.py"]
-    assert report["warnings"] == []  # e.g. an import Airflow 3 deprecated: it breaks in the next major version
+    # e.g. an import Airflow 3 deprecated: it breaks in the next major version
+    assert report["warnings"] == []
     assert list(report["dags"]) == [DAG_ID]
 
 

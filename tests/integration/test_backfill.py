@@ -44,7 +44,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = _project(folder)
     run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(3))
     run_json(config, "run", "--incremental")
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "60", "--late", "5")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "60",
+            "--late", "5")
     run_json(config, "run", "--incremental")
     return config
 
@@ -78,9 +79,12 @@ def test_backfill_gives_what_incremental_runs_gave_without_a_checkpoint(loaded: 
     assert status["backfill"]["state"] == "finished"
 
 
-def test_backfill_over_loaded_data_duplicates_nothing_and_keeps_the_checkpoint(loaded: Path, tmp_path: Path) -> None:
+def test_backfill_over_loaded_data_duplicates_nothing_and_keeps_the_checkpoint(
+    loaded: Path, tmp_path: Path
+) -> None:
     config = _copy(loaded, tmp_path / "p", warehouse=True)
-    checkpoints = lambda: {n: (s["checkpoint"], s["checkpoint_run"]) for n, s in run_json(config, "status")["sources"].items()}  # noqa: E731
+    checkpoints = lambda: {n: (s["checkpoint"], s["checkpoint_run"])  # noqa: E731
+                           for n, s in run_json(config, "status")["sources"].items()}
     before = checkpoints()
     result = run_json(config, "backfill", *WINDOW, "--source", "orders")
     assert result["chunks_loaded"] == 4 and result["request"]["sources"] == ["orders"]
@@ -97,7 +101,8 @@ def test_killed_backfill_resumes_at_the_cut_chunk(loaded: Path, tmp_path: Path) 
     config = _copy(loaded, tmp_path / "fresh", warehouse=False)
     end = run_json(loaded, "status")["sources"]["orders"]["checkpoint"]  # everything the landing zone holds
     window = ["--start", "2024-01-01", "--end", end, "--chunk", "18h"]
-    killed = run_cli(config, "backfill", *window, check=False, env={"LOADER_FAILPOINTS": "delta.write@lineitem=crash+2"})
+    killed = run_cli(config, "backfill", *window, check=False,
+                     env={"LOADER_FAILPOINTS": "delta.write@lineitem=crash+2"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     time.sleep(LEASE_TTL_S + 0.5)  # the killed backfill's lease expires by itself
     status = run_json(config, "status")["backfill"]
@@ -116,7 +121,8 @@ def test_killed_backfill_resumes_at_the_cut_chunk(loaded: Path, tmp_path: Path) 
 def test_parallel_chunks_land_exactly(loaded: Path, tmp_path: Path) -> None:
     config = _copy(loaded, tmp_path / "fresh", warehouse=False)
     end = run_json(loaded, "status")["sources"]["orders"]["checkpoint"]
-    done = run_cli(config, "backfill", "--start", "2024-01-01", "--end", end, "--chunk", "12h", "--parallel", "3", "--json")
+    done = run_cli(config, "backfill", "--start", "2024-01-01", "--end", end, "--chunk", "12h",
+                   "--parallel", "3", "--json")
     result = json.loads(done.stdout)
     assert result["chunks_loaded"] == result["chunks_total"] >= 6
     progress = [line for line in done.stderr.splitlines() if "backfill chunk " in line]  # one line per chunk
@@ -129,12 +135,15 @@ def test_backfill_into_snowflake_too(loaded: Path, tmp_path: Path, snowflake_ser
     """All three sinks; a crash inside a chunk's Snowflake transaction, then the same command again."""
     database = new_database()
     shutil.copytree(loaded.parent / "landing", tmp_path / "p" / "landing")
-    sinks = {"parquet": {"enabled": True}, "delta": {"enabled": True}, "snowflake": sink_settings(snowflake_server, database)}
-    config = write_config(tmp_path / "p", sinks=sinks, state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
+    sinks = {"parquet": {"enabled": True}, "delta": {"enabled": True},
+             "snowflake": sink_settings(snowflake_server, database)}
+    config = write_config(tmp_path / "p", sinks=sinks,
+                          state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
     env = password_env(snowflake_server)
     end = run_json(loaded, "status")["sources"]["orders"]["checkpoint"]
     window = ["--start", "2024-01-01", "--end", end, "--chunk", "1d"]
-    killed = run_cli(config, "backfill", *window, check=False, env={**env, "LOADER_FAILPOINTS": "snowflake.merge@lineitem=crash+1"})
+    killed = run_cli(config, "backfill", *window, check=False,
+                     env={**env, "LOADER_FAILPOINTS": "snowflake.merge@lineitem=crash+1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert abort_detached_transactions() == 1  # as Snowflake does to a dead client's transaction
     time.sleep(LEASE_TTL_S + 0.5)
@@ -151,7 +160,8 @@ def test_unknown_resume_id_names_the_known_ones(loaded: Path, tmp_path: Path) ->
     known = run_json(config, "status")["backfill"]["request"]["id"]
     result = run_cli(config, "backfill", "--resume", "bf-00000000", check=False)
     assert result.returncode == 2 and known in result.stderr
-    assert run_cli(config, "backfill", "--resume", known, "--start", "2024-01-01", check=False).returncode == 2
+    assert run_cli(config, "backfill", "--resume", known, "--start", "2024-01-01",
+                   check=False).returncode == 2
 
 
 @pytest.mark.parametrize("first", ["backfill", "incremental"])
@@ -159,7 +169,8 @@ def test_backfill_and_incremental_never_run_together(loaded: Path, tmp_path: Pat
     """The first command holds the lease, waiting at its first Delta write, while the other is refused.
     A lease that outlives any heartbeat stall of a busy machine: the refusal is the lease's, not luck."""
     config = _copy(loaded, tmp_path / "p", warehouse=True, lease_ttl="120s")
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "10", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "10",
+            "--late", "0")
     backfill = ["backfill", *WINDOW]
     incremental = ["run", "--incremental"]
     gate = Gate(tmp_path)
@@ -181,8 +192,10 @@ def test_backfill_and_incremental_never_run_together(loaded: Path, tmp_path: Pat
 
 def test_backfill_waits_for_an_unfinished_incremental_run(loaded: Path, tmp_path: Path) -> None:
     config = _copy(loaded, tmp_path / "p", warehouse=True)
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "10", "--late", "0")
-    crashed = run_cli(config, "run", "--incremental", check=False, env={"LOADER_FAILPOINTS": "delta.write=crash"})
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "10",
+            "--late", "0")
+    crashed = run_cli(config, "run", "--incremental", check=False,
+                      env={"LOADER_FAILPOINTS": "delta.write=crash"})
     assert crashed.returncode == -signal.SIGKILL
     time.sleep(LEASE_TTL_S + 0.5)
     refused = run_cli(config, "backfill", *WINDOW, check=False)
@@ -210,7 +223,9 @@ def test_dry_run_lists_chunks_and_writes_nothing(loaded: Path, tmp_path: Path) -
     (["--start", "yesterday", "--end", "2024-01-02"], "not an ISO 8601 date"),
     (["--start", "2030-01-01", "--end", "2030-02-01"], "has a cursor in"),
 ], ids=["end-before-start", "unknown-source", "sink-not-enabled", "bad-chunk", "bad-date", "beyond-the-data"])
-def test_bad_requests_fail_before_anything_runs(loaded: Path, tmp_path: Path, args: list[str], says: str) -> None:
+def test_bad_requests_fail_before_anything_runs(
+    loaded: Path, tmp_path: Path, args: list[str], says: str
+) -> None:
     config = _copy(loaded, tmp_path / "fresh", warehouse=False)
     result = run_cli(config, "backfill", *args, check=False)
     assert result.returncode == 2, result.stderr

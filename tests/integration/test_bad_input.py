@@ -43,7 +43,8 @@ def _bad_orders_file(landing: Path, **nulls: bool) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("column", "engine"), [("o_updated_at", "local"), ("o_orderkey", "local"), ("o_updated_at", "ray")])
+@pytest.mark.parametrize(("column", "engine"),
+                         [("o_updated_at", "local"), ("o_orderkey", "local"), ("o_updated_at", "ray")])
 def test_null_cursor_or_key_over_the_quarantine_threshold_fails_without_moving_checkpoint(
     config_path: Path, column: str, engine: str
 ) -> None:
@@ -69,7 +70,8 @@ def test_null_cursor_or_key_over_the_quarantine_threshold_fails_without_moving_c
     fixed = run_json(config_path, "run", "--incremental")
     assert fixed["replayed"] is True and fixed["run_number"] == first["run_number"] + 1
     assert fixed["tables"]["orders"]["quarantined"] == {}
-    assert not list((warehouse / "quarantine" / "orders").glob("*.parquet"))  # the replay removed the run's file
+    # the replay removed the run's file
+    assert not list((warehouse / "quarantine" / "orders").glob("*.parquet"))
     assert_warehouse_exact(warehouse, landing)
 
 
@@ -94,7 +96,8 @@ def test_sink_failure_keeps_checkpoint_and_replays_exactly(config_path: Path) ->
     assert status["unfinished_run"]["run_number"] == 1
 
     blocker.unlink()
-    run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "50", "--updates", "10", "--late", "2")
+    run_cli(config_path, "demo-data", "append", *append_args(config_path),
+            "--orders", "50", "--updates", "10", "--late", "2")
     replay = run_json(config_path, "run", "--incremental")
     # The replay of run 1 (its recorded input: the append is not in it), then the append as run 2.
     assert replay["run_number"] == 1 and replay["replayed"] is True and replay["run_numbers"] == [1, 2]
@@ -144,7 +147,8 @@ def test_corrupt_ledger_row_is_named_and_can_be_abandoned(config_path: Path) -> 
     """A ledger row that does not parse: a clear error with the fix; after `loader runs abandon`, the
     next run plans afresh and the warehouse ends exact."""
     run_cli(config_path, "demo-data", "init", "--scale", "0.01", *init_args(1))
-    run_cli(config_path, "run", "--incremental", check=False, env={"LOADER_FAILPOINTS": "delta.write=terminal"})
+    run_cli(config_path, "run", "--incremental", check=False,
+            env={"LOADER_FAILPOINTS": "delta.write=terminal"})
     _tamper_state(config_path, "UPDATE runs SET windows = '{not json' WHERE run_number = 1")
     broken = run_cli(config_path, "run", "--incremental", check=False)
     assert broken.returncode == 1
@@ -158,7 +162,8 @@ def test_corrupt_ledger_row_is_named_and_can_be_abandoned(config_path: Path) -> 
 def test_state_from_a_newer_loader_is_refused(config_path: Path) -> None:
     run_cli(config_path, "demo-data", "init", "--scale", "0.01", *init_args(1))
     run_json(config_path, "status")  # creates the state database
-    _tamper_state(config_path, "UPDATE schema_version SET version = 999 WHERE version = (SELECT max(version) FROM schema_version)")
+    _tamper_state(config_path, "UPDATE schema_version SET version = 999 "
+                               "WHERE version = (SELECT max(version) FROM schema_version)")
     result = run_cli(config_path, "run", "--incremental", check=False)
     assert result.returncode == 1
     assert "999" in result.stderr and "Upgrade the loader" in result.stderr

@@ -37,7 +37,8 @@ from tests.support.warehouse import assert_snowflake_exact, assert_warehouse_exa
 pytestmark = pytest.mark.integration
 
 LEASE_TTL_S = 1
-SCALE, DAYS = "0.005", "8"  # 7,500 orders, 30,201 lineitems: a day's files are ~940 and ~3,800 rows, one row group each
+# 7,500 orders, 30,201 lineitems: a day's files are ~940 and ~3,800 rows, one row group each
+SCALE, DAYS = "0.005", "8"
 BUDGET = 7_000  # above every row group: the first load cuts into 6 batches of about this many rows
 ONE_BATCH = 10**9
 LOOKBACK = timedelta(hours=1)
@@ -47,7 +48,8 @@ KEYS = {"orders": "o_orderkey", "lineitem": "l_orderkey, l_linenumber"}
 
 
 def _project(folder: Path, **overrides: Any) -> Path:
-    return write_config(folder, state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"}, **overrides)
+    return write_config(folder, state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"},
+                        **overrides)
 
 
 def _run(config: Path, budget: int, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -99,25 +101,29 @@ def _warehouse(config: Path) -> Path:
 
 def _verify_ok(config: Path, env: dict[str, str] | None = None) -> None:
     result = run_cli(config, "verify", check=False, env=env)
-    assert result.returncode == 0, f"loader verify exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (f"loader verify exited {result.returncode}\n"
+                                    f"{result.stdout}\n{result.stderr}")
 
 
 def _max_cursor(landing: Path, table: str, *, skip: tuple[Path, ...] = ()) -> datetime:
     files = _files(landing, table, skip=skip)
-    return duckdb.sql(f"SELECT max({CURSOR[table]}) FROM read_parquet({files})").fetchall()[0][0].astimezone(UTC)
+    return (duckdb.sql(f"SELECT max({CURSOR[table]}) FROM read_parquet({files})").fetchall()[0][0]
+            .astimezone(UTC))
 
 
 def _files(landing: Path, table: str, *, skip: tuple[Path, ...] = ()) -> list[str]:
     return sorted(str(p) for p in (landing / table).rglob("*.parquet") if p not in skip)
 
 
-def _keys_in_window(landing: Path, table: str, window: dict[str, str | None], *, skip: tuple[Path, ...] = ()) -> int:
+def _keys_in_window(landing: Path, table: str, window: dict[str, str | None], *,
+                    skip: tuple[Path, ...] = ()) -> int:
     """Distinct keys with a version in the window (what a batch reading it loads, after its dedupe),
     from the landing files, `skip` left out."""
     where = f"{CURSOR[table]} <= TIMESTAMPTZ '{window['upper']}'"
     if window["lower"] is not None:
         where += f" AND {CURSOR[table]} > TIMESTAMPTZ '{window['lower']}'"
-    sql = f"SELECT count(*) FROM (SELECT DISTINCT {KEYS[table]} FROM read_parquet({_files(landing, table, skip=skip)}) WHERE {where})"
+    sql = (f"SELECT count(*) FROM (SELECT DISTINCT {KEYS[table]} "
+           f"FROM read_parquet({_files(landing, table, skip=skip)}) WHERE {where})")
     return duckdb.sql(sql).fetchall()[0][0]
 
 
@@ -125,13 +131,15 @@ def _at(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def _assert_batches_chain(summary: dict[str, Any], *, start: dict[str, datetime | None] | None = None) -> None:
+def _assert_batches_chain(summary: dict[str, Any], *,
+                          start: dict[str, datetime | None] | None = None) -> None:
     """Consecutive run numbers; per source, each batch's window continues the previous one's."""
     batches = summary["batches"]
     assert summary["run_numbers"] == [b["run_number"] for b in batches]
     first = batches[0]["run_number"]
     assert summary["run_numbers"] == list(range(first, first + len(batches)))
-    assert summary["rows"] == sum(b["rows"] for b in batches) == sum(t["rows"] for t in summary["tables"].values())
+    assert (summary["rows"] == sum(b["rows"] for b in batches)
+            == sum(t["rows"] for t in summary["tables"].values()))
     for table in FACTS:
         windows = [b["windows"][table] for b in batches if table in b["windows"]]
         if start is not None:
@@ -139,7 +147,8 @@ def _assert_batches_chain(summary: dict[str, Any], *, start: dict[str, datetime 
         for before, after in zip(windows, windows[1:], strict=False):
             assert after["lower"] == before["upper"], f"{table}: windows {before} then {after}"
             assert _at(after["upper"]) > _at(after["lower"])
-        assert summary["tables"][table]["window"] == {"lower": windows[0]["lower"], "upper": windows[-1]["upper"]}
+        assert summary["tables"][table]["window"] == {"lower": windows[0]["lower"],
+                                                      "upper": windows[-1]["upper"]}
 
 
 def _checkpoints(config: Path, env: dict[str, str] | None = None) -> dict[str, tuple[datetime, int]]:
@@ -151,12 +160,14 @@ def _ledger(config: Path) -> dict[int, dict[str, Any]]:
     """The state store's run ledger, read with plain sqlite3: run number -> status, windows, inputs."""
     with sqlite3.connect(config.parent / "state" / "loader.db") as conn:
         rows = conn.execute("SELECT run_number, status, windows, inputs, attempts FROM runs").fetchall()
-    return {n: {"status": s, "windows": json.loads(w), "inputs": None if i is None else json.loads(i), "attempts": a}
+    return {n: {"status": s, "windows": json.loads(w), "inputs": None if i is None else json.loads(i),
+                "attempts": a}
             for n, s, w, i, a in rows}
 
 
 def _input_files(inputs: dict[str, Any]) -> dict[str, list[str]]:
-    return {name: [Path(f["path"]).as_posix() for f in info["files"]] for name, info in inputs["sources"].items()}
+    return {name: [Path(f["path"]).as_posix() for f in info["files"]]
+            for name, info in inputs["sources"].items()}
 
 
 def _sorted(table: pa.Table, name: str) -> pa.Table:
@@ -170,7 +181,8 @@ def _assert_same_tables(a: Path, b: Path) -> None:
         left, right = delta_rows(a, table), delta_rows(b, table)
         assert left.num_rows > 0 and left.equals(right.select(left.column_names)), f"delta/{table} differs"
         left, right = parquet_latest(a, table), parquet_latest(b, table)
-        assert _sorted(left, table).equals(_sorted(right.select(left.column_names), table)), f"parquet/{table} differs"
+        assert _sorted(left, table).equals(
+            _sorted(right.select(left.column_names), table)), f"parquet/{table} differs"
 
 
 def _assert_parquet_versions_once(warehouse: Path) -> None:
@@ -179,7 +191,8 @@ def _assert_parquet_versions_once(warehouse: Path) -> None:
         versions = parquet_versions(warehouse, table).select(keys)
         grouped = versions.group_by(keys).aggregate([([], "count_all")])
         twice = grouped.filter(pc.greater(grouped["count_all"], 1))
-        assert twice.num_rows == 0, f"parquet/{table}: {twice.num_rows} (key, cursor) version(s) written twice"
+        assert twice.num_rows == 0, (f"parquet/{table}: {twice.num_rows} (key, cursor) version(s) "
+                                     "written twice")
 
 
 # ------------------------------------------------------------------------------ 1. first load in batches
@@ -200,18 +213,20 @@ def test_first_load_in_batches_equals_one_batch_in_every_sink(
     many, one = summaries["many"], summaries["one"]
     assert many["status"] == one["status"] == "committed"
     assert len(many["batches"]) >= 5 and len(one["batches"]) == 1, [b["rows"] for b in many["batches"]]
-    assert many["run_numbers"][0] == many["run_number"] == 1  # the first batch's run; every one in run_numbers
+    # the first batch's run; every one in run_numbers
+    assert many["run_numbers"][0] == many["run_number"] == 1
     assert not many["replayed"] and not any(b["replayed"] for b in many["batches"])
     _assert_batches_chain(many, start={"orders": None, "lineitem": None})
     # A first load reads every row once: the batches' rows add up to the landing zone's rows.
     landing_rows = {t: pq.ParquetDataset(_files(zone, t)).read(columns=[CURSOR[t]]).num_rows for t in FACTS}
-    assert {t: many["tables"][t]["rows"] for t in FACTS} == {t: one["tables"][t]["rows"] for t in FACTS} == landing_rows
+    assert ({t: many["tables"][t]["rows"] for t in FACTS} == {t: one["tables"][t]["rows"] for t in FACTS}
+            == landing_rows)
     assert all(b["rows"] <= 1.5 * BUDGET for b in many["batches"]), [b["rows"] for b in many["batches"]]
     for name, summary in summaries.items():
         for table in FACTS:
             sinks = summary["tables"][table]["sinks"]
-            assert {s: w["rows"] for s, w in sinks.items()} == dict.fromkeys(("parquet", "delta", "snowflake"),
-                                                                               landing_rows[table]), (name, table)
+            assert {s: w["rows"] for s, w in sinks.items()} == dict.fromkeys(
+                ("parquet", "delta", "snowflake"), landing_rows[table]), (name, table)
 
     top = {t: _max_cursor(zone, t) for t in FACTS}
     for name, config in configs.items():
@@ -223,14 +238,16 @@ def test_first_load_in_batches_equals_one_batch_in_every_sink(
         assert_snowflake_exact(snowflake_server, database, zone)
     for table in FACTS:
         assert parquet_versions(_warehouse(configs["many"]), table).num_rows == landing_rows[table]
-        held = {name: snowflake_rows(snowflake_server, database, table, zone) for name, database in databases.items()}
+        held = {name: snowflake_rows(snowflake_server, database, table, zone)
+                for name, database in databases.items()}
         assert held["many"].equals(held["one"]), f"snowflake/{table} differs between one batch and many"
     # `loader history` shows each batch as the run it is, with its place in the run.
     history = run_json(configs["many"], "history", "--limit", "100", env=env)
     total = len(many["batches"])
     assert sorted((e["run_number"], e["batch"]["index"], e["batch"]["of"]) for e in history) == [
         (number, index, total) for index, number in enumerate(many["run_numbers"], start=1)]
-    assert len({e["batch"]["series"] for e in history}) == 1 and history[0]["batch"]["series"]  # one run's batches
+    # one run's batches
+    assert len({e["batch"]["series"] for e in history}) == 1 and history[0]["batch"]["series"]
     assert _run(configs["many"], BUDGET, env=env)["status"] == "nothing_new"
 
 
@@ -242,8 +259,10 @@ def test_keys_updated_across_batch_boundaries_end_newest(loaded: Loaded, tmp_pat
     landing = _landing(config)
     # Updates pick among every order here (fewer than 100,000): the second batch of updates re-sends
     # many keys the first one re-sent, or created, a day earlier.
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "500", "--updates", "2500", "--late", "0")
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "500", "--updates", "2500", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "500", "--updates", "2500", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "500", "--updates", "2500", "--late", "0")
     summary = _run(config, 2_000)
     assert summary["status"] == "committed" and len(summary["batches"]) >= 3, summary["batches"]
     _assert_batches_chain(summary)
@@ -273,10 +292,12 @@ def test_late_records_between_runs_load_in_batches(loaded: Loaded, tmp_path: Pat
     for orders, updates, late in ((1000, 250, 400), (750, 150, 200)):
         checkpoints = {t: cursor for t, (cursor, _run_number) in _checkpoints(config).items()}
         checkpoint = checkpoints["orders"]
-        run_cli(config, "demo-data", "append", *append_args(config), "--orders", str(orders), "--updates", str(updates), "--late", str(late))
+        run_cli(config, "demo-data", "append", *append_args(config),
+                "--orders", str(orders), "--updates", str(updates), "--late", str(late))
         newest = sorted((landing / "orders").glob("ingest_date=*"))[-1]
         file = pq.read_table(newest)
-        late_keys = set(file.filter(pc.less(file["o_updated_at"], pa.scalar(checkpoint, file["o_updated_at"].type)))
+        late_keys = set(file.filter(pc.less(file["o_updated_at"],
+                                            pa.scalar(checkpoint, file["o_updated_at"].type)))
                         ["o_orderkey"].to_pylist())
         assert len(late_keys) == late  # the late records are older than the checkpoint, inside the lookback
         summary = _run(config, 2_000)
@@ -301,7 +322,8 @@ def _order(template: pa.Table, key: int | None, cursor: datetime, custkey: int |
     row = row.set_column(row.schema.get_field_index("o_updated_at"), "o_updated_at",
                          pa.array([cursor], row["o_updated_at"].type))
     if custkey is not None:
-        row = row.set_column(row.schema.get_field_index("o_custkey"), "o_custkey", pa.array([custkey], pa.int64()))
+        row = row.set_column(row.schema.get_field_index("o_custkey"), "o_custkey",
+                             pa.array([custkey], pa.int64()))
     return row
 
 
@@ -313,7 +335,8 @@ def _new_day(landing: Path, back: int = 1) -> tuple[Path, datetime, pa.Table]:
 
 
 def _quarantined(warehouse: Path) -> pa.Table:
-    return pa.concat_tables([pq.read_table(f) for f in sorted((warehouse / "quarantine" / "orders").glob("*.parquet"))])
+    return pa.concat_tables([pq.read_table(f)
+                             for f in sorted((warehouse / "quarantine" / "orders").glob("*.parquet"))])
 
 
 def _batch_of(summary: dict[str, Any], cursor: datetime) -> int:
@@ -325,7 +348,8 @@ def test_quarantined_rows_in_a_multi_batch_run(loaded: Loaded, tmp_path: Path) -
     config = _copy(loaded, tmp_path / "p")
     landing, warehouse = _landing(config), _warehouse(config)
     for _ in range(2):
-        run_cli(config, "demo-data", "append", *append_args(config), "--orders", "1000", "--updates", "1000", "--late", "0")
+        run_cli(config, "demo-data", "append", *append_args(config),
+                "--orders", "1000", "--updates", "1000", "--late", "0")
     folder, day, template = _new_day(landing, back=2)  # the first of the two new days
     # A null key and a future cursor in a file whose one row group spans the batches from the first
     # new day's 20:00 on (all of them re-read it); an order of no known customer early that day, in a
@@ -351,7 +375,8 @@ def test_quarantined_rows_in_a_multi_batch_run(loaded: Loaded, tmp_path: Path) -
     stored = _quarantined(warehouse)
     assert sorted(stored["reason"].to_pylist()) == sorted(want)  # each bad row once, in all the batches
     assert set(stored["run_number"].to_pylist()) <= set(summary["run_numbers"])
-    assert _checkpoints(config)["orders"][0] == _max_cursor(landing, "orders", skip=(odd,))  # not dragged to 2099
+    # not dragged to 2099
+    assert _checkpoints(config)["orders"][0] == _max_cursor(landing, "orders", skip=(odd,))
 
     # The sinks hold the landing zone without the bad rows (the valid row of the odd file included).
     clean = tmp_path / "clean"
@@ -361,7 +386,8 @@ def test_quarantined_rows_in_a_multi_batch_run(loaded: Loaded, tmp_path: Path) -
     _verify_ok(config)
 
     # The next run reads the odd file again (lookback, same row group): nothing quarantined twice.
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "100", "--updates", "10", "--late", "5")
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "100", "--updates", "10", "--late", "5")
     again = _run(config, 2_000)
     assert again["tables"]["orders"]["quarantined"] == {}
     assert _quarantined(warehouse).num_rows == 3
@@ -370,7 +396,8 @@ def test_quarantined_rows_in_a_multi_batch_run(loaded: Loaded, tmp_path: Path) -
 def test_a_bad_row_re_read_beside_a_no_region_row_is_quarantined_once(loaded: Loaded, tmp_path: Path) -> None:
     config = _copy(loaded, tmp_path / "p")
     landing, warehouse = _landing(config), _warehouse(config)
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "1000", "--updates", "1000", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "1000", "--updates", "1000", "--late", "0")
     folder, day, template = _new_day(landing)
     early, late = day + timedelta(hours=1), day + timedelta(hours=23)
     pq.write_table(pa.concat_tables([  # one row group: every batch from the early row on reads both rows
@@ -391,7 +418,8 @@ def test_a_bad_row_re_read_beside_a_no_region_row_is_quarantined_once(loaded: Lo
 def test_a_cursor_value_heavier_than_the_budget_loads_whole(loaded: Loaded, tmp_path: Path) -> None:
     config = _copy(loaded, tmp_path / "p")
     landing, warehouse = _landing(config), _warehouse(config)
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "750", "--updates", "150", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "750", "--updates", "150", "--late", "0")
     folder = sorted((landing / "orders").glob("ingest_date=*"))[-1]
     day = datetime.combine(datetime.fromisoformat(folder.name.split("=")[1]).date(), datetime.min.time(), UTC)
     heavy_at = day + timedelta(hours=12, microseconds=123)  # in the middle of the new day's rows
@@ -411,10 +439,13 @@ def test_a_cursor_value_heavier_than_the_budget_loads_whole(loaded: Loaded, tmp_
     summary = json.loads(done.stdout)
     assert summary["status"] == "committed"
     assert "smaller than a row group" in done.stderr and "run.max_batch_rows=500" in done.stderr
-    warned = [line for line in done.stderr.splitlines() if "cursor value" in line and "more than the batch budget" in line]
-    assert len(warned) == 1 and heavy_at.isoformat() in warned[0] and "4,500 rows" in warned[0], warned or done.stderr
+    warned = [line for line in done.stderr.splitlines()
+              if "cursor value" in line and "more than the batch budget" in line]
+    assert len(warned) == 1 and heavy_at.isoformat() in warned[0] and "4,500 rows" in warned[0], (
+        warned or done.stderr)
     # The heavy value is a batch of its own, loaded whole, between batches before and after it.
-    at = [i for i, b in enumerate(summary["batches"]) if b["windows"].get("orders", {}).get("upper") == heavy_at.isoformat()]
+    at = [i for i, b in enumerate(summary["batches"])
+          if b["windows"].get("orders", {}).get("upper") == heavy_at.isoformat()]
     assert len(at) == 1 and 0 < at[0] < len(summary["batches"]) - 1, summary["batches"]
     assert summary["batches"][at[0]]["tables"]["orders"] >= 4_500
     _assert_batches_chain(summary)
@@ -428,7 +459,8 @@ def test_a_cursor_value_heavier_than_the_budget_loads_whole(loaded: Loaded, tmp_
 def _kill_an_increment(config: Path) -> tuple[int, dict[str, Any]]:
     """Land a batch of new, updated and late orders; kill its run (one batch) after Delta committed
     orders. The killed run's number and its ledger row."""
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "60", "--late", "5")
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "200", "--updates", "60", "--late", "5")
     killed = run_cli(config, "run", "--incremental", "--max-batch-rows", str(ONE_BATCH), check=False,
                      env={"LOADER_FAILPOINTS": "delta.commit@orders=crash"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -449,7 +481,8 @@ def test_a_replay_reads_exactly_its_recorded_input(loaded: Loaded, tmp_path: Pat
 
     # Late records land inside the killed run's window, in a file its plan never saw.
     before = set(landing.rglob("*.parquet"))
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "0", "--late", "20")
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "0", "--updates", "0", "--late", "20")
     late_files = tuple(sorted(set(landing.rglob("*.parquet")) - before))
     assert {p.parent.parent.name for p in late_files} == set(FACTS)
     late = pq.read_table(next(p for p in late_files if p.parent.parent.name == "orders"))
@@ -457,7 +490,8 @@ def test_a_replay_reads_exactly_its_recorded_input(loaded: Loaded, tmp_path: Pat
     for table in FACTS:
         window = row["windows"][table]
         cursors = pq.read_table(next(p for p in late_files if p.parent.parent.name == table))[CURSOR[table]]
-        assert _at(window["lower"]) < pc.min(cursors).as_py() and pc.max(cursors).as_py() <= _at(window["upper"])
+        assert (_at(window["lower"]) < pc.min(cursors).as_py()
+                and pc.max(cursors).as_py() <= _at(window["upper"]))
 
     replay = _run(config, ONE_BATCH, "--executor", executor)
     assert replay["replayed"] is True and replay["executor"] == executor
@@ -466,23 +500,28 @@ def test_a_replay_reads_exactly_its_recorded_input(loaded: Loaded, tmp_path: Pat
     batch = replay["batches"][0]
     assert batch["windows"] == row["windows"]
     for table in FACTS:  # the rows of the recorded files, none of the late file's
-        assert batch["tables"][table] == _keys_in_window(landing, table, row["windows"][table], skip=late_files), table
-    assert _input_files(_ledger(config)[number]["inputs"]) == recorded  # the ledger still names the same input
+        assert batch["tables"][table] == _keys_in_window(landing, table, row["windows"][table],
+                                                         skip=late_files), table
+    # the ledger still names the same input
+    assert _input_files(_ledger(config)[number]["inputs"]) == recorded
     assert _ledger(config)[number]["status"] == "committed"
     # Right after the replay every sink holds the landing zone as the run saw it, without the late file.
     _verify_ok(config)
     seen = tmp_path / "seen"
-    shutil.copytree(landing, seen, ignore=lambda folder, names: [n for n in names if Path(folder, n) in late_files])
+    shutil.copytree(landing, seen,
+                    ignore=lambda folder, names: [n for n in names if Path(folder, n) in late_files])
     assert_warehouse_exact(warehouse, seen)
     held = set(delta_rows(warehouse, "orders")["o_orderkey"].to_pylist())
     assert not held & set(late["o_orderkey"].to_pylist())
 
     # Newer data arrives: the next run's lookback reads the late file.
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "0", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "50", "--updates", "0", "--late", "0")
     after = _run(config, ONE_BATCH)
     assert after["replayed"] is False and after["run_numbers"] == [number + 1]
     assert _at(after["tables"]["orders"]["window"]["lower"]) < pc.min(late["o_updated_at"]).as_py()
-    assert set(late["o_orderkey"].to_pylist()) <= set(delta_rows(warehouse, "orders")["o_orderkey"].to_pylist())
+    assert set(late["o_orderkey"].to_pylist()) <= set(
+        delta_rows(warehouse, "orders")["o_orderkey"].to_pylist())
     assert_warehouse_exact(warehouse, landing)
     _verify_ok(config)
 
@@ -490,7 +529,8 @@ def test_a_replay_reads_exactly_its_recorded_input(loaded: Loaded, tmp_path: Pat
 def _kill_before_writing(config: Path) -> tuple[int, dict[str, Any], Path]:
     """Land a batch of new orders and updates and kill its run once recorded, before any write: the
     killed run's number, its ledger row and the new orders file its input names."""
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "60", "--late", "5")
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "200", "--updates", "60", "--late", "5")
     killed = run_cli(config, "run", "--incremental", "--max-batch-rows", str(ONE_BATCH), check=False,
                      env={"LOADER_FAILPOINTS": "plan.recorded=crash"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -556,7 +596,9 @@ def test_verify_agrees_with_a_replay_that_read_a_rewritten_file(rewritten: Rewri
 # --------------------------------------------------------------------------------------------- 7. resume
 
 
-def test_a_run_killed_after_its_third_batch_resumes_at_the_fourth(zone: Path, loaded: Loaded, tmp_path: Path) -> None:
+def test_a_run_killed_after_its_third_batch_resumes_at_the_fourth(
+    zone: Path, loaded: Loaded, tmp_path: Path
+) -> None:
     reference = loaded.summary["batches"]  # the same landing zone and budget: the same cut
     assert len(reference) >= 5
     config = _fresh(zone, tmp_path / "p")
@@ -654,7 +696,8 @@ def test_backfill_chunks_are_cut_into_batches(zone: Path, loaded: Loaded, tmp_pa
     result = run_json(config, "backfill", "--start", "2023-12-31", "--end", end, "--chunk", "2d",
                       "--max-batch-rows", "3000")
     chunks = result["chunks"]
-    assert result["chunks_total"] == result["chunks_loaded"] == len(chunks) == 5 and result["checkpoints_moved"] is False
+    assert (result["chunks_total"] == result["chunks_loaded"] == len(chunks) == 5
+            and result["checkpoints_moved"] is False)
     for chunk in chunks:
         assert chunk["status"] == "loaded" and len(chunk["run_numbers"]) == chunk["batches"] >= 1
         assert chunk["run_number"] == chunk["run_numbers"][-1]
@@ -671,7 +714,9 @@ def test_backfill_chunks_are_cut_into_batches(zone: Path, loaded: Loaded, tmp_pa
     assert all(ledger[n]["status"] == "committed" and ledger[n]["inputs"] for n in runs)
 
 
-def test_status_shows_a_run_in_progress_and_the_batch_in_flight(zone: Path, loaded: Loaded, tmp_path: Path) -> None:
+def test_status_shows_a_run_in_progress_and_the_batch_in_flight(
+    zone: Path, loaded: Loaded, tmp_path: Path
+) -> None:
     """While a run waits after its second batch, `loader status` says it is running, with 2 of n
     batches and their rows; killed with its third batch recorded, the batch in flight is named."""
     reference = loaded.summary["batches"]
@@ -688,8 +733,9 @@ def test_status_shows_a_run_in_progress_and_the_batch_in_flight(zone: Path, load
     finally:
         waiting.kill()  # never let go: it dies at the gate, its lease left to expire
     time.sleep(LEASE_TTL_S + 0.5)
+    # the next batch recorded, nothing written
     killed = run_cli(config, "run", "--incremental", "--max-batch-rows", str(BUDGET), check=False,
-                     env={"LOADER_FAILPOINTS": "plan.recorded=crash"})  # the next batch recorded, nothing written
+                     env={"LOADER_FAILPOINTS": "plan.recorded=crash"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     time.sleep(LEASE_TTL_S + 0.5)
     status = run_json(config, "status")

@@ -19,7 +19,9 @@ COMMANDS = [
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
-def test_a_config_error_is_one_line_and_exit_2_for_every_command(tmp_path: Path, command: tuple[str, ...]) -> None:
+def test_a_config_error_is_one_line_and_exit_2_for_every_command(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
     config = write_config(tmp_path / "p", run={"max_batch_rows": 0})  # not a positive integer
     result = run_cli(config, *command, check=False, cwd=tmp_path)
     assert result.returncode == 2, (result.stdout, result.stderr)

@@ -23,7 +23,8 @@ def test_commit_conflict_with_concurrent_writer_is_retried(tmp_path: Path) -> No
     config = write_config(tmp_path / "p", sinks=sinks)
     run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
     run_json(config, "run", "--incremental")
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "30", "--late", "0", "--recent", "1500")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "30",
+            "--late", "0", "--recent", "1500")
 
     # The run waits just before its merge (its only Delta commit for orders) ...
     gate = Gate(tmp_path)

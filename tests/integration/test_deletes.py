@@ -55,7 +55,8 @@ def test_deletes_through_both_executors(tmp_path: Path) -> None:
     assert run_json(local, "run", "--incremental", "--executor", "local")["tables"]["orders"]["deleted"] == 0
     run_json(ray, "run", "--incremental", "--executor", "ray", cwd=ray.parent)
 
-    orders, lineitems = _appended(local, "--orders", "200", "--updates", "50", "--late", "5", "--deletes", "40")
+    orders, lineitems = _appended(local, "--orders", "200", "--updates", "50", "--late", "5",
+                                  "--deletes", "40")
     assert orders == 40 and lineitems > orders  # TPC-H orders have 1-7 lineitems each
     first = run_json(local, "run", "--incremental", "--executor", "local")
     assert first["executor"] == "local"
@@ -73,13 +74,16 @@ def test_deletes_through_both_executors(tmp_path: Path) -> None:
     assert re.search(rf"\borders\b.*\b{orders}\b.*\bparquet\b.*\b{orders}\b", text), text
 
     # More deletes, and orders deleted before are never deleted (or updated) again.
-    orders2, lineitems2 = _appended(local, "--orders", "20", "--updates", "30", "--late", "0", "--deletes", "25")
+    orders2, lineitems2 = _appended(local, "--orders", "20", "--updates", "30", "--late", "0",
+                                    "--deletes", "25")
     assert orders2 == 25
     ran = run_cli(local, "run", "--incremental", "--executor", "local", "--json")
     second = json.loads(ran.stdout)
     # the Delta merge's log line names the rows it deleted beside those it updated
-    merged = [json.loads(line)["message"] for line in ran.stderr.splitlines() if "orders -> delta: merged" in line]
-    assert merged and all(re.search(r"merged [\d,]+ updated row\(s\), [\d,]+ deleted,", m) for m in merged), merged
+    merged = [json.loads(line)["message"] for line in ran.stderr.splitlines()
+              if "orders -> delta: merged" in line]
+    assert merged and all(re.search(r"merged [\d,]+ updated row\(s\), [\d,]+ deleted,", m)
+                          for m in merged), merged
     assert sum(int(re.search(r"([\d,]+) deleted", m).group(1).replace(",", "")) for m in merged) == 25  # type: ignore[union-attr]
     assert second["tables"]["orders"]["sinks"]["delta"]["deleted"] == 25
     assert second["tables"]["lineitem"]["sinks"]["delta"]["deleted"] == lineitems2
@@ -93,7 +97,8 @@ def test_deletes_through_both_executors(tmp_path: Path) -> None:
         verified = run_json(tmp_path / project / "loader.yaml", "verify")
         assert verified["ok"], verified
     for table in ("orders", "lineitem"):
-        a, b = delta_rows(tmp_path / "local" / "warehouse", table), delta_rows(tmp_path / "ray" / "warehouse", table)
+        a, b = (delta_rows(tmp_path / "local" / "warehouse", table),
+                delta_rows(tmp_path / "ray" / "warehouse", table))
         assert a.equals(b.select(a.column_names)), f"delta/{table} differs between executors"
         a = parquet_versions(tmp_path / "local" / "warehouse", table)
         b = parquet_versions(tmp_path / "ray" / "warehouse", table)
@@ -146,14 +151,16 @@ def test_a_landing_file_without_the_deletes_column_fails_naming_it(tmp_path: Pat
     folder.mkdir()
     bad = folder / "part-no-op.parquet"
     row = template.drop_columns(["op"])
-    row = row.set_column(row.schema.get_field_index("o_orderkey"), "o_orderkey", pa.array([10**9], pa.int64()))
+    row = row.set_column(row.schema.get_field_index("o_orderkey"), "o_orderkey",
+                         pa.array([10**9], pa.int64()))
     row = row.set_column(row.schema.get_field_index("o_updated_at"), "o_updated_at",
                          pa.array([datetime(2024, 2, 1, tzinfo=UTC)], pa.timestamp("us", tz="UTC")))
     pq.write_table(row, bad)
     for executor in ("local", "ray"):
         failed = run_cli(config, "run", "--incremental", "--executor", executor, check=False)
         assert failed.returncode == 1, failed.stderr
-        assert str(bad) in failed.stderr and "'orders'" in failed.stderr and "'op'" in failed.stderr, failed.stderr
+        assert (str(bad) in failed.stderr and "'orders'" in failed.stderr
+                and "'op'" in failed.stderr), failed.stderr
         assert "sources.orders.deletes" in failed.stderr  # the fix: the file or the config
     assert run_json(config, "status")["sources"]["orders"]["checkpoint"] == before
     pq.write_table(row.append_column("op", pa.array(["I"], pa.string())), bad)  # fixed: it loads
@@ -180,8 +187,10 @@ def test_soft_deletes_mark_rows_and_verify_accounts_for_them(tmp_path: Path) -> 
     want = expected_tombstones("orders", landing)
     assert sorted(marked["o_orderkey"].to_pylist()) == sorted(want["o_orderkey"].to_pylist())
     by_key = dict(zip(want["o_orderkey"].to_pylist(), want["o_updated_at"].to_pylist(), strict=True))
-    assert all(row["_deleted_at"] == by_key[row["o_orderkey"]] for row in marked.select(["o_orderkey", "_deleted_at"]).to_pylist())
-    assert all(row["_deleted_at"] > row["o_updated_at"] for row in marked.select(["o_updated_at", "_deleted_at"]).to_pylist())
+    assert all(row["_deleted_at"] == by_key[row["o_orderkey"]]
+               for row in marked.select(["o_orderkey", "_deleted_at"]).to_pylist())
+    assert all(row["_deleted_at"] > row["o_updated_at"]
+               for row in marked.select(["o_updated_at", "_deleted_at"]).to_pylist())
     verified = run_json(config, "verify")
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
 
@@ -196,8 +205,10 @@ def test_tombstones_on_the_gpu_engine_with_the_standin(tmp_path: Path) -> None:
     run_cli(config, "demo-data", "init", "--scale", "0.005", *init_args(2))
     env = _standin_env(tmp_path / "batches.jsonl", 1)
     assert run_json(config, "run", "--incremental", "--engine", "gpu", env=env)["engine"] == "gpu"
-    orders, lineitems = _appended(config, "--orders", "30", "--updates", "10", "--late", "0", "--deletes", "12")
+    orders, lineitems = _appended(config, "--orders", "30", "--updates", "10", "--late", "0",
+                                  "--deletes", "12")
     summary = run_json(config, "run", "--incremental", "--engine", "gpu", env=env)
     assert summary["engine"] == "gpu"
-    assert (summary["tables"]["orders"]["deleted"], summary["tables"]["lineitem"]["deleted"]) == (orders, lineitems)
+    assert (summary["tables"]["orders"]["deleted"],
+            summary["tables"]["lineitem"]["deleted"]) == (orders, lineitems)
     _assert_sinks_exact(project / "warehouse", project / "landing")

@@ -46,7 +46,8 @@ def test_merge_rewrites_only_touched_files(tmp_path: Path) -> None:
     assert files_before >= 15  # small files for the test: several per region
 
     # Only new keys (and the lookback's re-read versions): appends, no merge, nothing rewritten.
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "100", "--updates", "0", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "100", "--updates", "0",
+            "--late", "0")
     run_json(config, "run", "--incremental")
     for table in (orders, lineitem):
         op = _last_operation(table)
@@ -55,7 +56,8 @@ def test_merge_rewrites_only_touched_files(tmp_path: Path) -> None:
         assert "MERGE" not in history[1], "the lookback's re-read versions caused a merge"
 
     # Updates of recent orders: one merge that rewrites a few files, never the whole table.
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "40", "--late", "0", "--recent", "1500")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "40",
+            "--late", "0", "--recent", "1500")
     run_json(config, "run", "--incremental")
     op = _last_operation(orders)
     assert op["operation"] == "MERGE"
@@ -86,16 +88,17 @@ def test_updates_across_history_read_only_the_files_they_touch(tmp_path: Path) -
     orders = warehouse / "delta" / "orders"
     files_before = _files(orders)
     checkpoint = pc.max(DeltaTable(str(orders)).to_pyarrow_table(columns=["o_updated_at"])["o_updated_at"])
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "15", "--late", "0",
-            "--update-from", "oldest", "--recent", "300")
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "15", "--late", "0",
-            "--update-from", "newest", "--recent", "300")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "15",
+            "--late", "0", "--update-from", "oldest", "--recent", "300")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "15",
+            "--late", "0", "--update-from", "newest", "--recent", "300")
     # every key the run reads: the updates and the lookback's hour before the checkpoint
     lower = pa.scalar(checkpoint.as_py() - timedelta(hours=1), checkpoint.type)
     window = ds.dataset(landing / "orders", format="parquet", partitioning="hive").to_table(
         columns=["o_orderkey"], filter=ds.field("o_updated_at") > lower)["o_orderkey"].to_pylist()
     gone, low, high = _middle_file(orders, "ASIA")
-    assert window and not any(low <= key <= high for key in window), "the test needs a file no key of the run touches"
+    assert window and not any(low <= key <= high for key in window), (
+        "the test needs a file no key of the run touches")
     saved = gone.read_bytes()
     gone.unlink()
 

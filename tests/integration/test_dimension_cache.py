@@ -45,8 +45,10 @@ def _names_of_new_orders(warehouse: Path, run: int, landing: Path) -> set[str]:
     """The c_name prefixes of the orders an append brought (outside EUROPE, which masks names)."""
     newest = sorted((landing / "orders").glob("ingest_date=*/*.parquet"))[-1]
     keys = pq.read_table(newest, columns=["o_orderkey"])["o_orderkey"]
-    rows = DeltaTable(str(warehouse / "delta" / "orders")).to_pyarrow_table(columns=["o_orderkey", "c_name", "region"])
-    rows = rows.filter(pc.and_(pc.is_in(rows["o_orderkey"], value_set=keys), pc.not_equal(rows["region"], "EUROPE")))
+    rows = DeltaTable(str(warehouse / "delta" / "orders")).to_pyarrow_table(
+        columns=["o_orderkey", "c_name", "region"])
+    rows = rows.filter(pc.and_(pc.is_in(rows["o_orderkey"], value_set=keys),
+                               pc.not_equal(rows["region"], "EUROPE")))
     assert rows.num_rows > 0, f"run {run} landed none of the appended orders outside EUROPE"
     return {name.split("#")[0] for name in rows["c_name"].to_pylist() if name is not None}
 
@@ -59,18 +61,21 @@ def test_a_changed_dimension_file_is_seen_by_the_next_run(tmp_path: Path) -> Non
     entries = sorted(p.name for p in cache.iterdir())
     assert len(entries) == 1, entries  # the first run prepared and kept the lookups
 
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "0", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "200", "--updates", "0", "--late", "0")
     run_json(config, "run", "--incremental")  # unchanged files: the entry is used
     assert sorted(p.name for p in cache.iterdir()) == entries
     assert _names_of_new_orders(warehouse, 2, landing) == {"Customer"}
 
     _rename_customers(landing, "Customer#", "Customer#", keep_stat=False)  # same rows, a plain file
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "0", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "200", "--updates", "0", "--late", "0")
     run_json(config, "run", "--incremental")
     assert _names_of_new_orders(warehouse, 3, landing) == {"Customer"}
     # Same size, same modification time: only the footer (and the content) tells the change.
     _rename_customers(landing, "Customer#", "Kustomer#", keep_stat=True)
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "0", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "200", "--updates", "0", "--late", "0")
     run_json(config, "run", "--incremental")
     assert _names_of_new_orders(warehouse, 4, landing) == {"Kustomer"}
     after = sorted(p.name for p in cache.iterdir())
@@ -83,10 +88,13 @@ def test_an_entry_from_other_files_is_never_used(tmp_path: Path) -> None:
     first = _project(tmp_path / "a", cache)
     second = _project(tmp_path / "b", cache)
     _rename_customers(tmp_path / "b" / "landing", "Customer#", "Kustomer#", keep_stat=False)
-    for config, folder, prefix in ((first, "a", "Customer"), (second, "b", "Kustomer"), (first, "a", "Customer")):
-        run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "0", "--late", "0")
+    for config, folder, prefix in ((first, "a", "Customer"), (second, "b", "Kustomer"),
+                                   (first, "a", "Customer")):
+        run_cli(config, "demo-data", "append", *append_args(config),
+                "--orders", "200", "--updates", "0", "--late", "0")
         run_json(config, "run", "--incremental")
-        assert _names_of_new_orders(tmp_path / folder / "warehouse", 0, tmp_path / folder / "landing") == {prefix}
+        assert _names_of_new_orders(tmp_path / folder / "warehouse", 0,
+                                    tmp_path / folder / "landing") == {prefix}
 
 
 def test_a_torn_entry_is_rebuilt_and_the_cache_can_be_off(tmp_path: Path) -> None:
@@ -96,13 +104,15 @@ def test_a_torn_entry_is_rebuilt_and_the_cache_can_be_off(tmp_path: Path) -> Non
     run_json(config, "run", "--incremental")
     (entry,) = cache.iterdir()
     (entry / "customers.arrow").write_bytes(b"torn")
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "0", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "200", "--updates", "0", "--late", "0")
     result = run_cli(config, "run", "--incremental")
     assert "unreadable" in result.stderr and "reading the dimension files" in result.stderr
     assert _names_of_new_orders(warehouse, 2, landing) == {"Customer"}
     assert pa.ipc.open_file(pa.memory_map(str(entry / "customers.arrow"))).read_all().num_rows > 0  # rebuilt
 
-    off = write_config(tmp_path / "project", run={"dimension_cache": False, "cache_dir": str(tmp_path / "unused")})
+    off = write_config(tmp_path / "project",
+                       run={"dimension_cache": False, "cache_dir": str(tmp_path / "unused")})
     run_cli(off, "demo-data", "append", *append_args(off), "--orders", "200", "--updates", "0", "--late", "0")
     run_json(off, "run", "--incremental")
     assert not (tmp_path / "unused").exists()

@@ -57,7 +57,8 @@ Values = tuple[str, str]  # (name, amount as text)
 # The snapshots of the scd2 story: a change of amount (2) and of name (1), a new key (4), a key that
 # disappears (3) and comes back with other values; the largest decimal(15,2), a negative one, quotes
 # and non-ASCII text.
-SNAP1: dict[int, Values] = {1: ("Ann O'Brien", "10.00"), 2: ("Bob \"ü\"", "20.50"), 3: ("Cid 東京", "9999999999999.99")}
+SNAP1: dict[int, Values] = {
+    1: ("Ann O'Brien", "10.00"), 2: ("Bob \"ü\"", "20.50"), 3: ("Cid 東京", "9999999999999.99")}
 SNAP2: dict[int, Values] = {1: SNAP1[1], 2: ("Bob \"ü\"", "21.00"), 4: ("Dee", "-5.25")}
 SNAP3: dict[int, Values] = {1: ("Ann B", "10.00"), 2: SNAP2[2], 3: ("Cid 東京", "1.00"), 4: SNAP2[4]}
 
@@ -129,7 +130,8 @@ def dimension_sink(name: str, folder: Path, snowflake: tuple[dict[str, Any], str
                          lambda s: delta_table_version(f"{base}/{s.table}"))
 
 
-def snowflake_of(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], str]:
+def snowflake_of(request: pytest.FixtureRequest,
+                 monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], str]:
     server: dict[str, Any] = request.getfixturevalue("snowflake_server")
     monkeypatch.setenv(PASSWORD_ENV, server["password"])  # read by the config's ${SNOWFLAKE_PASSWORD}
     return server, new_database()
@@ -143,9 +145,11 @@ def dim(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.fixture
-def every_sink(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[DimensionSink]:
+def every_sink(request: pytest.FixtureRequest, tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch) -> list[DimensionSink]:
     """The three sinks at once, each in its own config (Snowflake on a database of its own)."""
-    return [dimension_sink(name, tmp_path / name, snowflake_of(request, monkeypatch) if name == "snowflake" else None)
+    return [dimension_sink(name, tmp_path / name,
+                           snowflake_of(request, monkeypatch) if name == "snowflake" else None)
             for name in SINKS]
 
 
@@ -182,7 +186,8 @@ def stored_rows(ds: DimensionSink, spec: DimensionSpec, schema: pa.Schema) -> li
     if ds.name == "snowflake":
         assert sorted(data.column_names) == sorted(schema.names), f"snowflake: columns {data.column_names}"
     else:
-        assert data.column_names == schema.names, f"{ds.name}: columns {data.column_names}, expected {schema.names}"
+        assert data.column_names == schema.names, \
+            f"{ds.name}: columns {data.column_names}, expected {schema.names}"
         for field in schema:
             got = data.schema.field(field.name).type
             assert got == field.type or (pa.types.is_string(field.type) and _FAMILY[field.name](got)), (
@@ -205,16 +210,19 @@ def assert_history(ds: DimensionSink, spec: DimensionSpec, schema: pa.Schema, wa
     assert all(len(by_key[k]) == len(want[k]) for k in want), f"{ds.name}: versions {by_key}\nexpected {want}"
     for key, versions in by_key.items():
         starts = [v[VALID_FROM] for v in versions]
-        assert len(set(starts)) == len(starts), f"{ds.name}: key {key} has two versions from one time: {versions}"
+        assert len(set(starts)) == len(starts), \
+            f"{ds.name}: key {key} has two versions from one time: {versions}"
         # each valid_to is the next valid_from, except where the key was absent for a while (closed by a
         # snapshot without it, back in a later one): there the hand-written history has the same gap
         gaps = {i for i, (b, a) in enumerate(zip(want[key], want[key][1:], strict=False)) if b[3] != a[2]}
         for i, (before, after) in enumerate(zip(versions, versions[1:], strict=False)):
             assert before[VALID_TO] is not None, f"{ds.name}: key {key}: an older version is open: {before}"
             if i in gaps:
-                assert before[VALID_TO] < after[VALID_FROM], f"{ds.name}: key {key}: overlap {before} -> {after}"
+                assert before[VALID_TO] < after[VALID_FROM], \
+                    f"{ds.name}: key {key}: overlap {before} -> {after}"
             else:
-                assert before[VALID_TO] == after[VALID_FROM], f"{ds.name}: key {key}: broken chain {before} -> {after}"
+                assert before[VALID_TO] == after[VALID_FROM], \
+                    f"{ds.name}: key {key}: broken chain {before} -> {after}"
             assert before[IS_CURRENT] is False, f"{ds.name}: key {key}: an older version is current: {before}"
         last = versions[-1]
         if last[VALID_TO] is None:
@@ -233,7 +241,8 @@ def assert_table(ds: DimensionSink, spec: DimensionSpec, want: dict[int, Values]
     """A merge or replace table holds exactly `want`, one row per key, with the values' hashes."""
     schema = stored_schema(snapshot(want).schema, spec.mode)
     got = stored_rows(ds, spec, schema)
-    expected = [{"id": k, "name": n, "amount": Decimal(a), ROW_HASH: hash_of(n, a)} for k, (n, a) in sorted(want.items())]
+    expected = [{"id": k, "name": n, "amount": Decimal(a), ROW_HASH: hash_of(n, a)}
+                for k, (n, a) in sorted(want.items())]
     assert got == expected, f"{ds.name}: table\n got      {got}\n expected {expected}"
 
 
@@ -273,7 +282,8 @@ def test_scd2_history_across_snapshots(dim: DimensionSink) -> None:
 
 
 @pytest.mark.parametrize("ahead", SINKS)
-def test_scd2_crash_between_sinks_replay_makes_every_sink_identical(every_sink: list[DimensionSink], ahead: str) -> None:
+def test_scd2_crash_between_sinks_replay_makes_every_sink_identical(every_sink: list[DimensionSink],
+                                                                    ahead: str) -> None:
     """A load applied to one sink only (the run died before the others), then the load run over all:
     the sink that had it writes nothing, the others catch up, all end with the same history."""
     spec = spec_of("scd2")

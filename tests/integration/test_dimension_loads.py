@@ -57,14 +57,17 @@ def test_customer_changes_land_as_new_versions_in_every_sink(tmp_path: Path) -> 
     loaded = run_json(config, "run", "--incremental")["dimensions"]
     assert set(loaded) == {"customer", "supplier", "nation", "region"}
     customers = len(first.rows)
-    assert loaded["customer"]["sinks"] == {s: {"opened": customers, "closed": 0, "stale": 0} for s in ("parquet", "delta")}
+    assert loaded["customer"]["sinks"] == {
+        s: {"opened": customers, "closed": 0, "stale": 0} for s in ("parquet", "delta")}
     assert_customer_history(warehouse, landing, [first])
     # nation and region are replaced: the table is the snapshot (with its row hash)
     nation = read_delta(warehouse / "delta" / "nation")
-    assert nation is not None and sorted(nation.drop_columns(["row_hash"]).to_pylist(), key=lambda r: r["n_nationkey"]) == \
+    assert nation is not None and sorted(nation.drop_columns(["row_hash"]).to_pylist(),
+                                         key=lambda r: r["n_nationkey"]) == \
         sorted(pq.read_table(landing / "nation").to_pylist(), key=lambda r: r["n_nationkey"])
 
-    out = run_cli(config, "demo-data", "append", *append_args(config), "--orders", "30", "--updates", "5", "--customer-changes", "8").stdout
+    out = run_cli(config, "demo-data", "append", *append_args(config), "--orders", "30", "--updates", "5",
+                  "--customer-changes", "8").stdout
     assert "8 customers changed" in out, out
     second = snapshot_of(landing / "customer")
     summary = run_json(config, "run", "--incremental")
@@ -77,13 +80,15 @@ def test_customer_changes_land_as_new_versions_in_every_sink(tmp_path: Path) -> 
     assert_customer_history(warehouse, landing, [first, second])
 
     # Nothing changed: nothing read, nothing written (no new Delta version, no new Parquet file).
-    files, version = parquet_dimension_files(warehouse / "parquet" / "customer"), delta_table_version(warehouse / "delta" / "customer")
+    files, version = (parquet_dimension_files(warehouse / "parquet" / "customer"),
+                      delta_table_version(warehouse / "delta" / "customer"))
     again = run_json(config, "run", "--incremental")
     assert again["status"] == "nothing_new" and again["dimensions"] == {}
     assert parquet_dimension_files(warehouse / "parquet" / "customer") == files
     assert delta_table_version(warehouse / "delta" / "customer") == version
     status = run_json(config, "status")["dimensions"]["customer"]
-    assert status["mode"] == "scd2" and status["sinks"]["delta"] == {"opened": changed, "closed": changed, "stale": 0}
+    assert status["mode"] == "scd2" and status["sinks"]["delta"] == {
+        "opened": changed, "closed": changed, "stale": 0}
 
     # verify: every dimension checked in every sink (region "-"); orders of a customer who moved nation
     # keep the region they loaded with, and verify still checks each region on its own (the region of
@@ -93,7 +98,8 @@ def test_customer_changes_land_as_new_versions_in_every_sink(tmp_path: Path) -> 
     assert {(c["table"], c["sink"]) for c in checks if c["region"] == "-"} == {
         (d, s) for d in ("customer", "supplier", "nation", "region") for s in ("parquet", "delta")}
     assert all(c["ok"] for c in checks)
-    assert {c["region"] for c in checks if c["table"] == "orders"} == {"AFRICA", "AMERICA", "ASIA", "EUROPE", "MIDDLE EAST"}
+    assert {c["region"] for c in checks if c["table"] == "orders"} == {
+        "AFRICA", "AMERICA", "ASIA", "EUROPE", "MIDDLE EAST"}
     assert "today's dimension files" not in verified.stderr, verified.stderr
 
     # a current version removed behind the loader's back: verify names the dimension, region "-" and the sink
@@ -103,7 +109,8 @@ def test_customer_changes_land_as_new_versions_in_every_sink(tmp_path: Path) -> 
     DeltaTable(str(warehouse / "delta" / "customer")).delete(f"c_custkey = {victim} AND is_current")
     broken = run_cli(config, "verify", check=False)
     assert broken.returncode == 1
-    assert "mismatch: table customer, region -, sink delta: 1,499 rows, expected 1,500" in broken.stderr, broken.stderr
+    assert ("mismatch: table customer, region -, sink delta: 1,499 rows, expected 1,500"
+            in broken.stderr), broken.stderr
 
 
 def test_a_forgotten_fingerprint_compares_again_and_writes_nothing(tmp_path: Path) -> None:
@@ -117,7 +124,8 @@ def test_a_forgotten_fingerprint_compares_again_and_writes_nothing(tmp_path: Pat
     raw["state"]["url"] = "sqlite:///state/other.db"
     config.write_text(yaml.safe_dump(raw))
     loaded = run_json(config, "run", "--incremental")["dimensions"]
-    assert {s: c["opened"] + c["closed"] for d in loaded.values() for s, c in d["sinks"].items()} == {"parquet": 0, "delta": 0}
+    assert {s: c["opened"] + c["closed"] for d in loaded.values() for s, c in d["sinks"].items()} == {
+        "parquet": 0, "delta": 0}
     assert_customer_history(tmp_path / "warehouse", tmp_path / "landing", [first])
 
 
@@ -128,23 +136,27 @@ def _customer_rows(landing: Path) -> pa.Table:
 def test_change_files_chain_versions_by_their_cursor(tmp_path: Path) -> None:
     """customer as change files with `c_updated_at`: each row a version at its cursor; several versions
     of a key in one load chain; the region lookup takes each key's newest version."""
-    config = _project(tmp_path, customer={"path": "customer_changes", "mode": "scd2", "cursor": "c_updated_at"})
+    config = _project(tmp_path,
+                      customer={"path": "customer_changes", "mode": "scd2", "cursor": "c_updated_at"})
     landing = tmp_path / "landing"
     run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1))
     base = _customer_rows(landing)
     t1 = datetime(2024, 3, 1, tzinfo=UTC)
     folder = landing / "customer_changes"
     folder.mkdir()
-    stamp = lambda rows, at: rows.append_column("c_updated_at", pa.array([at] * rows.num_rows, pa.timestamp("us", tz="UTC")))  # noqa: E731
+    stamp = lambda rows, at: rows.append_column(  # noqa: E731
+        "c_updated_at", pa.array([at] * rows.num_rows, pa.timestamp("us", tz="UTC")))
     pq.write_table(stamp(base, t1), folder / "part-1.parquet")
     run_json(config, "run", "--incremental")
 
     rows = base.slice(0, 3).to_pylist()
     t2, t3 = t1 + timedelta(days=1), t1 + timedelta(days=2)
-    v2 = [{**r, "c_mktsegment": "MACHINERY" if r["c_mktsegment"] != "MACHINERY" else "BUILDING"} for r in rows]
+    v2 = [{**r, "c_mktsegment": "MACHINERY" if r["c_mktsegment"] != "MACHINERY" else "BUILDING"}
+          for r in rows]
     v3 = {**v2[0], "c_acctbal": v2[0]["c_acctbal"] + 1}
     same = {**rows[2]}  # key 3 sent again unchanged at t3: no new version
-    late = {**base.slice(3, 1).to_pylist()[0], "c_phone": "00-000-000-0000"}  # before the last load: never a version
+    # before the last load: never a version
+    late = {**base.slice(3, 1).to_pylist()[0], "c_phone": "00-000-000-0000"}
     changes = pa.Table.from_pylist([*v2[:2], v3, same, late], schema=base.schema)
     at = pa.array([t2, t2, t3, t3, t1 - timedelta(hours=1)], pa.timestamp("us", tz="UTC"))
     pq.write_table(changes.append_column("c_updated_at", at), folder / "part-2.parquet")
@@ -157,12 +169,14 @@ def test_change_files_chain_versions_by_their_cursor(tmp_path: Path) -> None:
     regions = customer_regions(landing)
     snap1 = Snapshot([{**r, "c_updated_at": t1} for r in base.to_pylist()], t1)
     expected = expected_history([snap1], regions)
-    for key, versions in ((rows[0]["c_custkey"], [(v2[0], t2), (v3, t3)]), (rows[1]["c_custkey"], [(v2[1], t2)])):
+    for key, versions in ((rows[0]["c_custkey"], [(v2[0], t2), (v3, t3)]),
+                          (rows[1]["c_custkey"], [(v2[1], t2)])):
         for values, at_ in versions:
             old = expected[key][-1]
             expected[key][-1] = (old[0], old[1], at_)
             expected[key].append((masked({**values, "c_updated_at": at_}, regions), at_, None))
-    for sink, table in (("parquet", parquet_dimension_versions(tmp_path / "warehouse" / "parquet" / "customer", ["c_custkey"], "scd2")),
+    for sink, table in (("parquet", parquet_dimension_versions(
+                            tmp_path / "warehouse" / "parquet" / "customer", ["c_custkey"], "scd2")),
                         ("delta", delta_dimension_versions(tmp_path / "warehouse" / "delta" / "customer"))):
         assert_history(table, expected, sink=sink)
 
@@ -185,15 +199,18 @@ def test_bad_dimension_input_fails_before_anything_is_written(tmp_path: Path, pr
     message = result.stderr
     if problem == "duplicate key":
         key = rows["c_custkey"][41].as_py()
-        assert re.search(rf"dimension customer: 2 rows share a key .* c_custkey={key} in .*customer\.parquet, .*late-copy\.parquet",
+        assert re.search(rf"dimension customer: 2 rows share a key .* c_custkey={key} "
+                         r"in .*customer\.parquet, .*late-copy\.parquet",
                          message), message
     elif problem == "null key":
-        assert "dimension customer: 1 row(s) with a null c_custkey (first in" in message and "broken.parquet" in message, message
+        assert ("dimension customer: 1 row(s) with a null c_custkey (first in" in message
+                and "broken.parquet" in message), message
     else:
         assert "dimension customer: column(s) ['c_loyalty'] not in its files" in message, message
     assert "nothing was written" in message or problem == "missing tracked column"
     warehouse = tmp_path / "warehouse"
-    assert not (warehouse / "delta").exists() and not (warehouse / "parquet").exists(), "something was written"
+    assert not (warehouse / "delta").exists() and not (warehouse / "parquet").exists(), \
+        "something was written"
     assert run_json(config, "status")["sources"]["orders"]["checkpoint"] is None
 
 
@@ -217,7 +234,8 @@ def test_a_changed_mode_is_refused_until_the_tables_are_moved_away(tmp_path: Pat
     version = delta_table_version(warehouse / "delta" / "customer")
     refused = run_cli(config, "run", "--incremental", check=False)
     assert refused.returncode == 2, refused.stderr
-    assert "dimensions.customer.mode is merge, but" in refused.stderr and "was loaded as scd2" in refused.stderr
+    assert ("dimensions.customer.mode is merge, but" in refused.stderr
+            and "was loaded as scd2" in refused.stderr)
     assert "move the table away in every sink" in refused.stderr and "nothing was written" in refused.stderr
     assert delta_table_version(warehouse / "delta" / "customer") == version
     for sink in ("parquet", "delta"):

@@ -36,7 +36,8 @@ def test_a_working_project_passes_every_check(tmp_path: Path, snowflake_server: 
     assert "the next run prepares one" in checks["dimension cache"]["detail"]
     assert payload["ok"] is True
     if importlib.util.find_spec("cudf") is None:
-        assert checks["gpu"]["status"] == "unavailable" and "transforms run on the CPU" in checks["gpu"]["detail"]
+        assert (checks["gpu"]["status"] == "unavailable"
+                and "transforms run on the CPU" in checks["gpu"]["detail"])
     assert env["SNOWFLAKE_PASSWORD"] not in str(payload)
     run_json(config, "run", "--incremental", env=env)  # prepares and keeps the dimensions
     cache = _checks(run_json(config, "doctor", env=env))["dimension cache"]
@@ -45,8 +46,8 @@ def test_a_working_project_passes_every_check(tmp_path: Path, snowflake_server: 
 
 def test_unreachable_things_fail_fast_and_are_named(tmp_path: Path) -> None:
     sinks = {"parquet": {"enabled": True}, "delta": {"enabled": False},
-             "snowflake": {"enabled": True, "account": "acct", "user": "u", "password": "pw-secret", "host": "127.0.0.1",
-                           "port": 1, "protocol": "http", "login_timeout": "2s"}}
+             "snowflake": {"enabled": True, "account": "acct", "user": "u", "password": "pw-secret",
+                           "host": "127.0.0.1", "port": 1, "protocol": "http", "login_timeout": "2s"}}
     config = write_config(tmp_path / "p", sinks=sinks, ray={"address": "ray://127.0.0.1:1"},
                           state={"url": "postgresql+psycopg://u:pw-secret@127.0.0.1:1/db"})
     started = time.monotonic()
@@ -55,9 +56,11 @@ def test_unreachable_things_fail_fast_and_are_named(tmp_path: Path) -> None:
     assert time.monotonic() - started < FAIL_FAST_S  # each probe has its own timeout of seconds
     checks = _checks(__import__("json").loads(result.stdout))
     assert checks["ray"]["status"] == "failed" and "127.0.0.1:1" in checks["ray"]["detail"]
-    assert checks["sink snowflake"]["status"] == "failed" and "127.0.0.1:1" in checks["sink snowflake"]["detail"]
+    assert (checks["sink snowflake"]["status"] == "failed"
+            and "127.0.0.1:1" in checks["sink snowflake"]["detail"])
     assert checks["state store"]["status"] == "failed"
-    assert checks["landing zone"]["status"] == "failed" and "demo-data init" in checks["landing zone"]["detail"]
+    assert (checks["landing zone"]["status"] == "failed"
+            and "demo-data init" in checks["landing zone"]["detail"])
     assert "pw-secret" not in result.stdout + result.stderr
 
 

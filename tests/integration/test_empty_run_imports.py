@@ -42,18 +42,21 @@ _record_and_exit(0)
 NOT_ON_THE_EMPTY_PATH = (
     "pandas", "pyarrow.compute", "pyarrow.dataset", "deltalake", "ray", "duckdb", "snowflake", "cudf",
     "rich", "prometheus_client", "sqlalchemy.orm",
-    "loader.execute", "loader.transform.facts", "loader.transform.lookups", "loader.transform.frames", "loader.landing.sources",
+    "loader.execute", "loader.transform.facts", "loader.transform.lookups", "loader.transform.frames",
+    "loader.landing.sources",
     "loader.sinks", "loader.sinks.table_writes", "loader.landing.quarantine", "loader.observe.metrics",
 )
 
 
-def _imported(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+def _imported(tmp_path: Path, *args: str,
+              env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     record = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}.json"
     result = subprocess.run(
         [sys.executable, "-c", _RECORDING_CLI, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
         env={**os.environ, **(env or {}), "LOADER_TEST_MODULES": str(record)},
     )
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 0, (f"exit {result.returncode}\nstdout:\n{result.stdout}\n"
+                                    f"stderr:\n{result.stderr}")
     return result, set(json.loads(record.read_text()))
 
 
@@ -71,7 +74,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("output", ["text", "json"])
-def test_a_run_with_nothing_new_imports_only_what_planning_needs(loaded: Path, tmp_path: Path, output: str) -> None:
+def test_a_run_with_nothing_new_imports_only_what_planning_needs(
+        loaded: Path, tmp_path: Path, output: str) -> None:
     args = ["--config", str(loaded), "run", "--incremental", *(["--json"] if output == "json" else [])]
     result, modules = _imported(tmp_path, *args)
     if output == "json":
@@ -86,7 +90,8 @@ def test_a_run_with_nothing_new_imports_only_what_planning_needs(loaded: Path, t
 
 def test_nothing_new_on_a_forced_terminal_still_goes_through_rich(loaded: Path, tmp_path: Path) -> None:
     """FORCE_COLOR makes rich style the line: the plain shortcut must not take that case."""
-    result, modules = _imported(tmp_path, "--config", str(loaded), "run", "--incremental", env={"FORCE_COLOR": "1"})
+    result, modules = _imported(tmp_path, "--config", str(loaded), "run", "--incremental",
+                                env={"FORCE_COLOR": "1"})
     assert "rich" in modules
     assert "\x1b[" in result.stdout and "nothing new to load" in result.stdout
 

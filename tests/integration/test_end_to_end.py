@@ -63,7 +63,8 @@ def test_incremental_lifecycle(tmp_path: Path, request: pytest.FixtureRequest, s
     if state_store == "sqlite":
         _assert_file_settings(warehouse)
 
-    run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "300", "--updates", "100", "--late", "10")
+    run_cli(config_path, "demo-data", "append", *append_args(config_path),
+            "--orders", "300", "--updates", "100", "--late", "10")
     plan = run_json(config_path, "plan")
     orders_plan = plan["sources"]["orders"]
     # Only the new day's folder (and the lookback's) is listed and read, not the history's folders.

@@ -26,15 +26,19 @@ def test_local_and_ray_engines_write_identical_sinks(tmp_path: Path) -> None:
     run_cli(local, "demo-data", "init", "--scale", "0.01", *init_args(3))
     for batch in range(2):
         if batch:
-            run_cli(local, "demo-data", "append", *append_args(local), "--orders", "200", "--updates", "50", "--late", "5")
+            run_cli(local, "demo-data", "append", *append_args(local), "--orders", "200", "--updates", "50",
+                    "--late", "5")
         assert run_json(local, "run", "--incremental", "--executor", "local")["executor"] == "local"
         # Run from the project folder, which holds a `state/` directory: Ray workers must still
         # import the loader's own `state` package.
         assert run_json(ray, "run", "--incremental", "--executor", "ray", cwd=ray.parent)["executor"] == "ray"
     for table in ("orders", "lineitem"):
-        a, b = delta_rows(tmp_path / "local" / "warehouse", table), delta_rows(tmp_path / "ray" / "warehouse", table)
+        a, b = (delta_rows(tmp_path / "local" / "warehouse", table),
+                delta_rows(tmp_path / "ray" / "warehouse", table))
         assert a.num_rows > 0
         assert a.equals(b.select(a.column_names)), f"delta/{table} differs between engines"
-        a, b = parquet_versions(tmp_path / "local" / "warehouse", table), parquet_versions(tmp_path / "ray" / "warehouse", table)
-        assert _sorted(a, a.column_names).equals(_sorted(b, a.column_names)), f"parquet/{table} differs between engines"
+        a, b = (parquet_versions(tmp_path / "local" / "warehouse", table),
+                parquet_versions(tmp_path / "ray" / "warehouse", table))
+        assert _sorted(a, a.column_names).equals(_sorted(b, a.column_names)), (
+            f"parquet/{table} differs between engines")
     assert_warehouse_exact(tmp_path / "ray" / "warehouse", landing)

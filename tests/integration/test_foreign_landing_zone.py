@@ -41,7 +41,8 @@ def test_tpchgen_files_with_naive_cursor_load_exactly(tmp_path: Path) -> None:
     orders = _with_cursor(orders, "o_updated_at", start)
     cursor_of = dict(zip(orders["o_orderkey"].to_pylist(), orders["o_updated_at"].to_pylist(), strict=True))
     lineitem = lineitem.append_column(
-        "l_updated_at", pa.array([cursor_of[k] for k in lineitem["l_orderkey"].to_pylist()], pa.timestamp("ms")))
+        "l_updated_at",
+        pa.array([cursor_of[k] for k in lineitem["l_orderkey"].to_pylist()], pa.timestamp("ms")))
     for name, table in (("orders", orders), ("lineitem", lineitem)):
         (landing / name).mkdir()
         half = table.num_rows // 2

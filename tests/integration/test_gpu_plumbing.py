@@ -3,8 +3,8 @@ Arrow boundary on pandas) and Ray told it has GPUs, the loader picks the GPU eng
 Ray stage runs in a task holding exactly one GPU, every batch goes Arrow -> frame -> Arrow through the
 GPU backend, and the sinks end up exact.
 
-What this cannot show is cuDF's own arithmetic: tests/unit/transform/test_transform_parity.py compares the real
-cuDF with the CPU engine where a GPU exists (here it runs against the stand-in, below).
+What this cannot show is cuDF's own arithmetic: tests/unit/transform/test_transform_parity.py compares the
+real cuDF with the CPU engine where a GPU exists (here it runs against the stand-in, below).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def test_parity_suite_passes_against_the_standin(tmp_path: Path) -> None:
     (from_arrow, dtype names, the cast back to the CPU's schema) gives the CPU's rows and types."""
     env = {**os.environ, **_standin_env(tmp_path / "log", 1)}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                           "tests/unit/transform/test_transform_parity.py", "-rs", f"--basetemp={tmp_path / 'pytest'}"],
+                           "tests/unit/transform/test_transform_parity.py", "-rs",
+                           f"--basetemp={tmp_path / 'pytest'}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:]
     assert "15 passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
@@ -68,10 +69,12 @@ def test_local_executor_auto_takes_the_gpu_when_one_is_visible(tmp_path: Path) -
     run_cli(config, "demo-data", "init", "--scale", "0.005", *init_args(2))
     log = tmp_path / "batches.jsonl"
     env = _standin_env(log, 1)
-    first = json.loads(run_cli(config, "run", "--incremental", "--executor", "local", "--json", env=env).stdout)
+    first = json.loads(run_cli(config, "run", "--incremental", "--executor", "local", "--json",
+                               env=env).stdout)
     assert first["engine"] == "gpu" and "cuDF 0.0-standin, 1 CUDA device(s) (auto)" in first["engine_reason"]
     assert len(_batches(log)) >= 2  # orders and lineitem went through the GPU backend
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "100", "--updates", "20", "--late", "2")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "100", "--updates", "20",
+            "--late", "2")
     second = json.loads(run_cli(config, "run", "--incremental", "--engine", "gpu", "--json", env=env).stdout)
     assert second["engine"] == "gpu" and second["status"] == "committed"
     assert_warehouse_exact(config.parent / "warehouse", config.parent / "landing")

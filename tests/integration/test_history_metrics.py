@@ -61,10 +61,13 @@ def test_history_and_metrics_follow_the_runs(tmp_path: Path, pushgateway: list[t
                           metrics={"textfile": "metrics/loader.prom", "pushgateway": url})
     run_cli(config, "demo-data", "init", "--scale", "0.002", *init_args(2))
     first = run_json(config, "run", "--incremental")
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "30", "--late", "2")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "30",
+            "--late", "2")
     second = run_json(config, "run", "--incremental")
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "0", "--late", "0")
-    failed = run_cli(config, "run", "--incremental", check=False, env={"LOADER_FAILPOINTS": "delta.write=terminal"})
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "0",
+            "--late", "0")
+    failed = run_cli(config, "run", "--incremental", check=False,
+                     env={"LOADER_FAILPOINTS": "delta.write=terminal"})
     assert failed.returncode == 1
 
     entries = run_json(config, "history")
@@ -72,7 +75,8 @@ def test_history_and_metrics_follow_the_runs(tmp_path: Path, pushgateway: list[t
         (3, "incremental", "failed"), (2, "incremental", "committed"), (1, "incremental", "committed")]
     assert "injected terminal fault" in entries[0]["error"]
     for entry, summary in ((entries[1], second), (entries[2], first)):
-        assert {t: i["rows"] for t, i in entry["tables"].items()} == {t: i["rows"] for t, i in summary["tables"].items()}
+        assert ({t: i["rows"] for t, i in entry["tables"].items()}
+                == {t: i["rows"] for t, i in summary["tables"].items()})
         for table, info in summary["tables"].items():
             for sink, written in info["sinks"].items():
                 assert entry["tables"][table]["sinks"][sink]["regions"] == written["regions"]
@@ -87,14 +91,18 @@ def test_history_and_metrics_follow_the_runs(tmp_path: Path, pushgateway: list[t
     samples = _samples(prom)
     for table in ("orders", "lineitem"):
         for sink in ("parquet", "delta"):
-            loaded = sum(_value(samples, "loader_rows_loaded_total", pipeline="watched", table=table, region=r, sink=sink)
+            loaded = sum(_value(samples, "loader_rows_loaded_total", pipeline="watched", table=table,
+                                region=r, sink=sink)
                          for r in ("AFRICA", "AMERICA", "ASIA", "EUROPE", "MIDDLE EAST"))
-            assert loaded == sum(s["tables"][table]["sinks"][sink]["rows"] for s in (first, second)), (table, sink)
+            assert loaded == sum(s["tables"][table]["sinks"][sink]["rows"]
+                                 for s in (first, second)), (table, sink)
     assert _value(samples, "loader_last_run_success", pipeline="watched") == 0
-    assert _value(samples, "loader_runs_total", pipeline="watched", mode="incremental", outcome="committed") == 2
+    assert _value(samples, "loader_runs_total", pipeline="watched", mode="incremental",
+                  outcome="committed") == 2
     assert _value(samples, "loader_runs_total", pipeline="watched", mode="incremental", outcome="failed") == 1
     assert _value(samples, "loader_source_lag_seconds", pipeline="watched", source="orders") > 0
-    assert _value(samples, "loader_run_duration_seconds", pipeline="watched", mode="incremental", stage="total") > 0
+    assert _value(samples, "loader_run_duration_seconds", pipeline="watched", mode="incremental",
+                  stage="total") > 0
 
     puts = [(method, path, body) for method, path, body in pushgateway if method == "PUT"]
     assert len(puts) == 3 and all(path == "/metrics/job/loader/pipeline/watched" for _, path, _ in puts)

@@ -55,14 +55,16 @@ def test_region_names_that_are_paths_or_collide_load_inside_every_sink_and_verif
     assert _files_outside(project, ("warehouse", "state", "cache")) == before
     assert not list(tmp_path.rglob("ESCAPED")) and not (tmp_path / "ESCAPED").exists()
     folders = {p.name for p in (project / "warehouse" / "parquet" / "orders").iterdir()}
-    assert {"region=X%2F..%2F..%2F..%2F..%2F..%2FESCAPED", "region=MIDDLE_EAST", "region=MIDDLE EAST"} <= folders
+    assert {"region=X%2F..%2F..%2F..%2F..%2F..%2FESCAPED", "region=MIDDLE_EAST",
+            "region=MIDDLE EAST"} <= folders
     held = {row[0] for row in query(snowflake_server, database, 'SELECT DISTINCT "REGION" FROM "ORDERS"')}
     assert {ESCAPE, "MIDDLE_EAST", "MIDDLE EAST"} <= held
 
     verified = run_json(config, "verify", "--deep", env=env)
     assert verified["ok"] is True
     regions = {(c["region"], c["sink"]) for c in verified["checks"] if c["table"] == "orders"}
-    assert {(r, s) for r in (ESCAPE, "MIDDLE_EAST", "MIDDLE EAST") for s in ("parquet", "delta", "snowflake")} <= regions
+    assert {(r, s) for r in (ESCAPE, "MIDDLE_EAST", "MIDDLE EAST")
+            for s in ("parquet", "delta", "snowflake")} <= regions
     assert run_json(config, "run", "--incremental", env=env)["status"] in ("committed", "nothing_new")
     assert run_json(config, "verify", env=env)["ok"] is True
 
@@ -71,8 +73,10 @@ def test_region_names_that_are_paths_or_collide_load_inside_every_sink_and_verif
 
 
 @pytest.fixture(scope="module")
-def three_sinks(tmp_path_factory: pytest.TempPathFactory, snowflake_server: dict[str, Any]) -> tuple[Path, dict[str, str], str]:
-    """The demo zone loaded once into Parquet, Delta and Snowflake; each test appends and corrupts its copy."""
+def three_sinks(tmp_path_factory: pytest.TempPathFactory,
+                snowflake_server: dict[str, Any]) -> tuple[Path, dict[str, str], str]:
+    """The demo zone loaded once into Parquet, Delta and Snowflake; each test appends and corrupts its
+    copy."""
     database = new_database()
     sinks = {"parquet": {"enabled": True, "path": "parquet"}, "delta": {"enabled": True, "path": "delta"},
              "snowflake": sink_settings(snowflake_server, database)}
@@ -125,7 +129,8 @@ def test_a_column_one_sink_cannot_take_is_refused_before_any_sink_writes(
     try:
         failed = run_cli(config, "run", "--incremental", check=False, env=env)
         assert failed.returncode == 1, failed.stderr
-        assert sink in failed.stderr and words in failed.stderr and repr(column) in failed.stderr, failed.stderr
+        assert (sink in failed.stderr and words in failed.stderr
+                and repr(column) in failed.stderr), failed.stderr
         assert "Traceback" not in failed.stderr
         assert _warehouse_state(config, snowflake_server, database) == before
     finally:  # the batch abandoned and its file removed: the next case starts from the loaded warehouse
@@ -135,7 +140,8 @@ def test_a_column_one_sink_cannot_take_is_refused_before_any_sink_writes(
             (run,) = db.execute("SELECT MAX(run_number) FROM runs WHERE status = 'planned'").fetchone()
         if run is not None:
             run_cli(config, "runs", "abandon", str(run), env=env)
-        newest = max((config.parent / "landing" / "orders").rglob("*.parquet"), key=lambda p: p.stat().st_mtime)
+        newest = max((config.parent / "landing" / "orders").rglob("*.parquet"),
+                     key=lambda p: p.stat().st_mtime)
         newest.unlink()
 
 

@@ -21,7 +21,8 @@ from tests.support.conformance import CURSOR, KEY, SCHEMA, TABLE, batch_of, make
 pytestmark = pytest.mark.integration
 
 # Not empty: the region table refuses an empty r_name (Lookups.from_tables: Delta would store it as null).
-REGION_TEXT = st.text(min_size=1, max_size=40) | st.sampled_from(["X/../../../../ESCAPED", "..", "a\\b", "%2F", "\n"])
+REGION_TEXT = st.text(min_size=1, max_size=40) | st.sampled_from(
+    ["X/../../../../ESCAPED", "..", "a\\b", "%2F", "\n"])
 
 
 def _everything_under(folder: Path) -> list[Path]:
@@ -31,7 +32,8 @@ def _everything_under(folder: Path) -> list[Path]:
 @pytest.mark.parametrize("sink_name", ["parquet", "delta"])
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(regions=st.lists(REGION_TEXT, min_size=1, max_size=4, unique=True), note=st.text(max_size=30))
-def test_any_region_and_value_lands_inside_the_sink_and_reads_back(sink_name: str, regions: list[str], note: str) -> None:
+def test_any_region_and_value_lands_inside_the_sink_and_reads_back(sink_name: str, regions: list[str],
+                                                                   note: str) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         sut = make_sink(sink_name, folder / "project")
@@ -44,7 +46,8 @@ def test_any_region_and_value_lands_inside_the_sink_and_reads_back(sink_name: st
         assert not any(p.name == "ESCAPED" for p in _everything_under(folder))
         back = sut.sink.read_back(TABLE, [*KEY, CURSOR, "note"])
         assert back is not None
-        got = sorted(zip(back["id"].to_pylist(), back["region"].to_pylist(), back["note"].to_pylist(), strict=True))
+        got = sorted(zip(back["id"].to_pylist(), back["region"].to_pylist(), back["note"].to_pylist(),
+                         strict=True))
         assert got == sorted((r["id"], r["region"], note) for r in rows)
         if sink_name == "parquet":  # each row in its own region's folder, decoded as hive readers decode it
             from loader.sinks.base import PARTITION_REGION
@@ -55,7 +58,8 @@ def test_any_region_and_value_lands_inside_the_sink_and_reads_back(sink_name: st
 @pytest.mark.parametrize("sink_name", ["parquet", "delta"])
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(column=st.text(min_size=1, max_size=20))
-def test_a_new_column_of_any_name_is_taken_whole_or_refused_before_writing(sink_name: str, column: str) -> None:
+def test_a_new_column_of_any_name_is_taken_whole_or_refused_before_writing(sink_name: str,
+                                                                           column: str) -> None:
     """Written after a first run: either `check_columns` refuses it (a control character, in any sink; a
     name equal to another but for case, in Delta) and the sink holds the first run only, or it is stored
     under exactly that name."""

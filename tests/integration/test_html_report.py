@@ -56,7 +56,8 @@ class _Page(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self.stack and self.stack[-1] == "report-drawn":
             self.drawn_text += data
-        elif self.stack and self.stack[-1] not in ("script", "style", "report-data", "report-figures", "report-themes"):
+        elif self.stack and self.stack[-1] not in ("script", "style", "report-data", "report-figures",
+                                                   "report-themes"):
             self.text.append(data)
             if self.table and self.stack[-1] == "td":
                 self.tables[self.table][-1].append(data)
@@ -101,14 +102,16 @@ def test_report_draws_the_ledger_with_plotly_in_chromium(tmp_path: Path) -> None
     run_cli(config, "report", "--out", str(early))
 
     _bad_row(config.parent / "landing")
-    run_cli(config, "demo-data", "append", "--orders", "120", "--updates", "10", "--late", "1", "--deletes", "5")
+    run_cli(config, "demo-data", "append", "--orders", "120", "--updates", "10", "--late", "1",
+            "--deletes", "5")
     summaries = [first, run_json(config, "run", "--incremental")]
     assert summaries[-1]["tables"]["orders"]["quarantined"] == {"null key o_orderkey": 1}
     run_cli(config, "demo-data", "append", "--orders", "80", "--updates", "10", "--late", "1")
     summaries.append(run_json(config, "run", "--incremental"))
     run_cli(config, "demo-data", "append", "--orders", "30", "--updates", "0", "--late", "0")
+    # not drawn: not committed
     assert run_cli(config, "run", "--incremental", check=False,
-                   env={"LOADER_FAILPOINTS": "parquet.write=terminal"}).returncode == 1  # not drawn: not committed
+                   env={"LOADER_FAILPOINTS": "parquet.write=terminal"}).returncode == 1
 
     out = tmp_path / "out" / "report.html"
     history = cast(list[dict[str, Any]], run_json(config, "history"))  # a list, newest first
@@ -123,7 +126,8 @@ def test_report_draws_the_ledger_with_plotly_in_chromium(tmp_path: Path) -> None
     library = get_plotlyjs()
     assert page.count(library[:500]) == 1
     own = page.replace(library, "")
-    assert not re.search(r"<script[^>]*\bsrc\s*=|<link\b|<img\b|https?://cdn", own, re.I), "the report loads another file"
+    assert not re.search(r"<script[^>]*\bsrc\s*=|<link\b|<img\b|https?://cdn", own, re.I), (
+        "the report loads another file")
     assert not re.search(r"\b(src|href)\s*=", own), "the report refers to another file or the network"
 
     drawn = _render(out)
@@ -131,10 +135,12 @@ def test_report_draws_the_ledger_with_plotly_in_chromium(tmp_path: Path) -> None
     tables = ("orders", "lineitem")
     for t in tables:
         runs = [e for e in committed if t in e["tables"]]
-        assert _traces(drawn, "rows")[t] == ([e["run_number"] for e in runs], [e["tables"][t]["rows"] for e in runs])
-        assert _traces(drawn, "quarantined")[t] == ([e["run_number"] for e in runs],
-                                                    [sum(e["tables"][t]["quarantined"].values()) for e in runs])
-        assert _traces(drawn, "deleted")[t] == ([e["run_number"] for e in runs], [e["tables"][t]["deleted"] for e in runs])
+        assert _traces(drawn, "rows")[t] == ([e["run_number"] for e in runs],
+                                             [e["tables"][t]["rows"] for e in runs])
+        assert _traces(drawn, "quarantined")[t] == (
+            [e["run_number"] for e in runs], [sum(e["tables"][t]["quarantined"].values()) for e in runs])
+        assert _traces(drawn, "deleted")[t] == ([e["run_number"] for e in runs],
+                                                [e["tables"][t]["deleted"] for e in runs])
     assert sum(sum(_traces(drawn, "deleted")[t][1]) for t in tables) > 0
     for stage in ("plan", "execute", "sinks"):
         assert _traces(drawn, "stages")[stage] == ([e["run_number"] for e in committed],
@@ -146,7 +152,8 @@ def test_report_draws_the_ledger_with_plotly_in_chromium(tmp_path: Path) -> None
     unit = next((u for u, size in UNITS.items() if biggest >= 2 * size), "seconds")
     assert unit == "days" and drawn.drawn["charts"]["lag"]["y_title"] == "lag (days)"
     for source, seconds in lags.items():
-        assert _traces(drawn, "lag")[source][1] == pytest.approx([s / UNITS[unit] for s in seconds], abs=0.006)
+        assert _traces(drawn, "lag")[source][1] == pytest.approx([s / UNITS[unit] for s in seconds],
+                                                                 abs=0.006)
     text = " ".join(drawn.text)
     assert f"{int(biggest):,}" not in text and str(int(biggest)) not in text
 
@@ -157,14 +164,16 @@ def test_report_draws_the_ledger_with_plotly_in_chromium(tmp_path: Path) -> None
     assert sorted(tuple(row) for row in drawn.cells("latest-table")) == want
     assert [row[:2] for row in drawn.cells("batches-table")] == [["1 of 1", str(summaries[-1]["run_number"])]]
     regions = _traces(drawn, "regions")
-    assert {(name, region, y) for name, (xs, ys) in regions.items() for region, y in zip(xs, ys, strict=True)} == {
+    assert {(name, region, y) for name, (xs, ys) in regions.items()
+            for region, y in zip(xs, ys, strict=True)} == {
         (f"{t} → {sink}", region, rows) for t, info in latest.items()
         for sink, written in info["sinks"].items() for region, rows in written["regions"].items()}
 
     embedded = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S)
     assert embedded is not None
     data = json.loads(embedded[1])
-    assert data["charts"]["rows"]["series"]["orders"] == [[e["run_number"], e["tables"]["orders"]["rows"]] for e in committed]
+    assert data["charts"]["rows"]["series"]["orders"] == [[e["run_number"], e["tables"]["orders"]["rows"]]
+                                                          for e in committed]
 
     # The first report: nothing quarantined or deleted yet, so a line of text instead of a chart; the
     # first run's batches named on the run axis and listed.
@@ -175,8 +184,8 @@ def test_report_draws_the_ledger_with_plotly_in_chromium(tmp_path: Path) -> None
     n = len(first["batches"])
     for i, run in enumerate(first["run_numbers"], start=1):
         assert f"{run} ({i}/{n})" in before.text
-    assert [row[:2] for row in before.cells("batches-table")] == [[f"{i} of {n}", str(run)]
-                                                                  for i, run in enumerate(first["run_numbers"], start=1)]
+    assert [row[:2] for row in before.cells("batches-table")] == [
+        [f"{i} of {n}", str(run)] for i, run in enumerate(first["run_numbers"], start=1)]
 
     # Dark: the page and every chart on a dark background, the same numbers drawn.
     dark = _render(out, "dark")
@@ -184,5 +193,6 @@ def test_report_draws_the_ledger_with_plotly_in_chromium(tmp_path: Path) -> None
     for name, chart in dark.drawn["charts"].items():
         assert chart["paper_bgcolor"] != drawn.drawn["charts"][name]["paper_bgcolor"], name
         assert chart["traces"] == drawn.drawn["charts"][name]["traces"], name
-    shots = [screenshot(out, tmp_path / f"report-{scheme}.png", scheme=scheme) for scheme in ("light", "dark")]
+    shots = [screenshot(out, tmp_path / f"report-{scheme}.png", scheme=scheme)
+             for scheme in ("light", "dark")]
     assert shots[0].read_bytes() != shots[1].read_bytes()

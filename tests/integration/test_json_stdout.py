@@ -45,14 +45,15 @@ def test_run_json_stdout_is_one_object_while_a_library_prints(tmp_path: Path) ->
 
 #: The keys `--json` has always given (scripts read them): a typed result that drops or renames one
 #: breaks them, so the shapes are pinned here, key for key.
-RUN_KEYS = {"pipeline", "status", "run_number", "run_numbers", "replayed", "executor", "executor_reason", "engine",
-            "engine_reason", "rows", "planned_rows", "max_batch_rows", "tables", "timings_s", "batches", "dimensions"}
-RUN_TABLE_KEYS = {"rows", "deleted", "window", "files_read", "parts", "ray_nodes", "ray_write_nodes", "quarantined",
-                  "sinks"}
+RUN_KEYS = {"pipeline", "status", "run_number", "run_numbers", "replayed", "executor", "executor_reason",
+            "engine", "engine_reason", "rows", "planned_rows", "max_batch_rows", "tables", "timings_s",
+            "batches", "dimensions"}
+RUN_TABLE_KEYS = {"rows", "deleted", "window", "files_read", "parts", "ray_nodes", "ray_write_nodes",
+                  "quarantined", "sinks"}
 RUN_SINK_KEYS = {"rows", "deleted", "location", "skipped", "regions"}
 BATCH_KEYS = {"run_number", "replayed", "rows", "seconds", "windows", "tables"}
-HISTORY_KEYS = {"run_number", "mode", "outcome", "attempts", "started_at", "finished_at", "duration_s", "windows",
-                "lag_seconds", "tables", "timings_s", "executor", "engine", "error", "batch"}
+HISTORY_KEYS = {"run_number", "mode", "outcome", "attempts", "started_at", "finished_at", "duration_s",
+                "windows", "lag_seconds", "tables", "timings_s", "executor", "engine", "error", "batch"}
 HISTORY_TABLE_KEYS = {"rows", "parts", "quarantined", "deleted", "sinks"}
 HISTORY_SINK_KEYS = {"rows", "skipped", "regions", "deleted"}
 

@@ -49,13 +49,14 @@ from tests.support.warehouse import assert_deletes_applied, assert_snowflake_exa
 pytestmark = pytest.mark.integration
 
 LEASE_TTL_S = 1
-LOCAL_POINTS = [*(p for p in POINTS if not p.startswith("snowflake.")), "parquet.write@lineitem", "delta.write@lineitem",
-                "delta.commit@lineitem"]
+LOCAL_POINTS = [*(p for p in POINTS if not p.startswith("snowflake.")), "parquet.write@lineitem",
+                "delta.write@lineitem", "delta.commit@lineitem"]
 SNOWFLAKE_POINTS = [p for p in POINTS if p.startswith("snowflake.")] + ["snowflake.merge@lineitem"]
 # On PostgreSQL, the points where the state store is at work (the sinks' points behave the same on both).
 STATE_POINTS = ["plan.recorded", "checkpoint.before", "checkpoint.inside", "checkpoint.after"]
 CASES = [("sqlite", p) for p in LOCAL_POINTS + SNOWFLAKE_POINTS] + [("postgres", p) for p in STATE_POINTS]
-FIRST_RUN_CASES = [("sqlite", p) for p in ("parquet.write", "delta.write", "snowflake.merge", "checkpoint.inside")] + [
+FIRST_RUN_CASES = [("sqlite", p)
+                   for p in ("parquet.write", "delta.write", "snowflake.merge", "checkpoint.inside")] + [
     ("postgres", "checkpoint.inside")]
 # The first run loaded the facts and the dimension tables: a fresh case's Snowflake starts from all of them.
 SNOWFLAKE_TABLES = ("ORDERS", "LINEITEM", "LOADER_LEDGER", "CUSTOMER", "SUPPLIER", "NATION", "REGION")
@@ -89,21 +90,24 @@ def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     server = None if postgres else request.getfixturevalue("snowflake_server")
     url, snowflake = {}, {}
     for stage in ("first", "fresh"):
-        url[stage] = pg_database(request.getfixturevalue("pg_url")) if postgres else "sqlite:///state/loader.db"
+        url[stage] = (pg_database(request.getfixturevalue("pg_url")) if postgres
+                      else "sqlite:///state/loader.db")
         snowflake[stage] = sink_settings(server, new_database()) if server else None
     env = password_env(server) if server else {}
     first = _project(folder / "first", url["first"], snowflake["first"])
     run_cli(first, "demo-data", "init", "--scale", "0.01", *init_args(2), env=env)
-    run_cli(first, "demo-data", "append", *append_args(first), "--orders", "20", "--updates", "10", "--late", "0",
-            "--deletes", str(FIRST_DELETES), env=env)
-    shutil.copytree(folder / "first" / "landing", folder / "fresh" / "landing")  # mtimes kept: the same snapshot
+    run_cli(first, "demo-data", "append", *append_args(first), "--orders", "20", "--updates", "10",
+            "--late", "0", "--deletes", str(FIRST_DELETES), env=env)
+    # mtimes kept: the same snapshot
+    shutil.copytree(folder / "first" / "landing", folder / "fresh" / "landing")
     loaded = snapshot_of(folder / "first" / "landing" / "customer")
     config = _project(folder / "fresh", url["fresh"], snowflake["fresh"])
     run_json(config, "run", "--incremental", env=env)
     # Run 1 loaded every fact file there under the first snapshot: kept before the append replaces it.
     earlier = keep_customers(folder / "fresh" / "landing", folder / EARLIER_CUSTOMER)
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "60", "--late", "5",
-            "--deletes", str(INCREMENT_DELETES), "--customer-changes", str(CUSTOMER_CHANGES), env=env)
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "200", "--updates", "60",
+            "--late", "5", "--deletes", str(INCREMENT_DELETES), "--customer-changes", str(CUSTOMER_CHANGES),
+            env=env)
     changed = snapshot_of(folder / "fresh" / "landing" / "customer")
     assert changed.time > loaded.time, "the append did not write a new customer snapshot"
     kept = {"first": ([loaded], []), "fresh": ([loaded, changed], [earlier])}
@@ -153,22 +157,26 @@ def _assert_exact(config: Path, customer: tuple[list[Snapshot], list[CustomerSna
     assert_warehouse_exact(folder / "warehouse", folder / "landing", customers=earlier)
     snowflake = yaml.safe_load(config.read_text())["sinks"].get("snowflake")
     if snowflake:
-        assert_snowflake_exact(_emulator(snowflake), snowflake["database"], folder / "landing", customers=earlier)
+        assert_snowflake_exact(_emulator(snowflake), snowflake["database"], folder / "landing",
+                               customers=earlier)
     assert_customer_history(folder / "warehouse", folder / "landing", snapshots,
                             snowflake=(_emulator(snowflake), snowflake["database"]) if snowflake else None)
     # The deletes happened: tombstoned keys in the landing zone, none of them left in Delta or Snowflake.
     deleted = assert_deletes_applied(folder / "warehouse", folder / "landing",
-                                     snowflake=(_emulator(snowflake), snowflake["database"]) if snowflake else None)
+                                     snowflake=((_emulator(snowflake), snowflake["database"])
+                                                if snowflake else None))
     assert deleted["orders"] >= FIRST_DELETES and deleted["lineitem"] > deleted["orders"], deleted
     return deleted
 
 
 def _kill_then_recover(config: Path, env: dict[str, str], point: str) -> dict:
-    killed = run_cli(config, "run", "--incremental", check=False, env={**env, "LOADER_FAILPOINTS": f"{point}=crash"})
+    killed = run_cli(config, "run", "--incremental", check=False,
+                     env={**env, "LOADER_FAILPOINTS": f"{point}=crash"})
     assert killed.returncode == -signal.SIGKILL, f"{point}: not killed\n{killed.stderr}"
     # Only a kill inside a Snowflake transaction (a fact merge, a dimension load) leaves one open;
     # Snowflake aborts it, the emulator is told.
-    assert abort_detached_transactions() == (1 if point.startswith(("snowflake.merge", "snowflake.dimension")) else 0)
+    assert abort_detached_transactions() == (1 if point.startswith(("snowflake.merge", "snowflake.dimension"))
+                                             else 0)
     time.sleep(LEASE_TTL_S + 0.5)  # the dead run's lease expires by itself
     return run_json(config, "run", "--incremental", env=env)
 
@@ -185,8 +193,10 @@ def _last_load(snapshots: list[Snapshot], landing: Path) -> dict[str, int]:
 def _customer_load_after(point: str, sinks: list[str], load: dict[str, int]) -> dict[str, dict[str, int]]:
     """Per sink, the versions the recovery's customer load opens and closes after a kill at `point`:
     the sinks before the killed one (registry order) had applied the load, so they find nothing to do."""
-    killed_at = {"parquet.dimension": "parquet", "delta.dimension": "delta", "snowflake.dimension": "snowflake"}
-    applied = sinks[:sinks.index(killed_at[point])] if point in killed_at else sinks  # dimensions.before_record: all
+    killed_at = {"parquet.dimension": "parquet", "delta.dimension": "delta",
+                 "snowflake.dimension": "snowflake"}
+    # dimensions.before_record: all
+    applied = sinks[:sinks.index(killed_at[point])] if point in killed_at else sinks
     return {s: {"opened": 0, "closed": 0} if s in applied else load for s in sinks}
 
 
@@ -211,7 +221,8 @@ def test_kill_during_incremental_run(template: Path, tmp_path: Path, point: str)
         # comparing with what it holds (dimensions.before_record: every sink had applied it).
         load = _last_load(snapshots, config.parent / "landing")
         assert 0 < load["opened"] == load["closed"] <= CUSTOMER_CHANGES, load
-        sinks = ["parquet", "delta", *(["snowflake"] if "snowflake" in yaml.safe_load(config.read_text())["sinks"] else [])]
+        sinks = ["parquet", "delta",
+                 *(["snowflake"] if "snowflake" in yaml.safe_load(config.read_text())["sinks"] else [])]
         loaded = recovered["dimensions"]["customer"]
         got = {s: {k: c[k] for k in ("opened", "closed")} for s, c in loaded["sinks"].items()}
         assert got == _customer_load_after(point, sinks, load), loaded
@@ -221,7 +232,8 @@ def test_kill_during_incremental_run(template: Path, tmp_path: Path, point: str)
     if point == "snowflake.commit":  # orders had landed in Snowflake: its ledger row makes the replay skip it
         assert recovered["tables"]["orders"]["sinks"]["snowflake"]["skipped"] is True
     elif point.startswith("snowflake."):
-        assert recovered["tables"]["orders"]["sinks"]["snowflake"]["skipped"] is (point == "snowflake.merge@lineitem")
+        assert (recovered["tables"]["orders"]["sinks"]["snowflake"]["skipped"]
+                is (point == "snowflake.merge@lineitem"))
     again = run_json(config, "run", "--incremental", env=env)
     assert again["status"] == "nothing_new" and again["dimensions"] == {}, again
     assert _assert_exact(config, customer)["orders"] == FIRST_DELETES + INCREMENT_DELETES
@@ -255,7 +267,8 @@ def test_transient_faults_are_retried(template: Path, tmp_path: Path) -> None:
 def test_terminal_fault_fails_at_once_and_keeps_checkpoint(template: Path, tmp_path: Path) -> None:
     config, env = _copy(template, "fresh", tmp_path / "p")
     before = run_json(config, "status", env=env)["sources"]["orders"]["checkpoint"]
-    result = run_cli(config, "run", "--incremental", check=False, env={**env, "LOADER_FAILPOINTS": "delta.write=terminal"})
+    result = run_cli(config, "run", "--incremental", check=False,
+                     env={**env, "LOADER_FAILPOINTS": "delta.write=terminal"})
     assert result.returncode == 1
     assert "injected terminal fault" in result.stderr and "retrying" not in result.stderr
     assert run_json(config, "status", env=env)["sources"]["orders"]["checkpoint"] == before
@@ -289,7 +302,8 @@ def test_kill_during_a_first_load_in_batches(template: Path, tmp_path: Path, poi
     recovered = run_json(config, "run", "--incremental", env=env)
     assert recovered["status"] == "committed"
     # It went on from the committed batches: no batch of the recovery starts from the beginning.
-    assert all(b["windows"]["orders"]["lower"] is not None for b in recovered["batches"] if "orders" in b["windows"])
+    assert all(b["windows"]["orders"]["lower"] is not None
+               for b in recovered["batches"] if "orders" in b["windows"])
     if not point.startswith("checkpoint.after"):
         assert recovered["replayed"] is True and recovered["batches"][0]["replayed"] is True
     assert run_json(config, "run", "--incremental", env=env)["status"] == "nothing_new"

@@ -26,8 +26,10 @@ def test_only_one_of_four_concurrent_runs_proceeds(config_path: Path, tmp_path: 
     # lease taken, however long each took to start on a busy machine.
     gate = Gate(tmp_path)
     env = {**os.environ, "LOADER_FAILPOINTS": gate.failpoint("plan.recorded")}
-    command = [sys.executable, "-m", "loader.cli", "--config", str(config_path), "run", "--incremental", "--json"]
-    processes = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "loader.cli", "--config", str(config_path), "run", "--incremental",
+               "--json"]
+    processes = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
                  for _ in range(4)]
     try:
         deadline = time.monotonic() + 300

@@ -27,14 +27,16 @@ pytestmark = [pytest.mark.integration]
 
 def test_parts_on_threads_give_the_rows_of_one_piece(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Without the demo's `deletes` blocks: the expected rows below are the plain chain's (tombstones and
-    # their `_deleted` column are tests/unit/execute/test_deletes.py's and tests/integration/test_deletes.py's).
+    # their `_deleted` column are tests/unit/execute/test_deletes.py's and
+    # tests/integration/test_deletes.py's).
     sources = yaml.safe_load(LOCAL_CONFIG.read_text())["sources"]
     for source in sources.values():
         source.pop("deletes", None)
     config_path = write_config(tmp_path / "project", sources=sources)
     run_cli(config_path, "demo-data", "init", "--scale", "0.002", *init_args(2))
     # updates and late rows: keys repeat inside the window, so the dedupe has versions to choose from
-    run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "50", "--updates", "40", "--late", "5")
+    run_cli(config_path, "demo-data", "append", *append_args(config_path),
+            "--orders", "50", "--updates", "40", "--late", "5")
     config = load_config(config_path)
     plan = plan_run(config, {})
     dims, _ = load_lookups(config)

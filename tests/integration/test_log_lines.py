@@ -30,14 +30,17 @@ def test_json_lines_by_default_off_a_terminal_with_pipeline_and_run(tmp_path: Pa
     ours = [line for line in lines if str(line["logger"]).startswith("loader.")]
     writes = [line for line in ours if "-> snowflake" in str(line["message"])]
     # the dimension tables load first, before the run is recorded (no run number); the facts' writes carry it
-    dimensions = [line for line in writes if str(line["message"]).startswith(("customer", "supplier", "nation", "region"))]
+    dimensions = [line for line in writes
+                  if str(line["message"]).startswith(("customer", "supplier", "nation", "region"))]
     facts = [line for line in writes if line not in dimensions]
     assert dimensions and all(line["run"] is None for line in dimensions), dimensions
     assert facts and all(line["run"] == 1 for line in facts), facts
     assert any(str(line["logger"]).startswith("snowflake.connector") for line in lines)  # DEBUG reached it
     assert SECRET not in done.stderr and SECRET not in done.stdout
 
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "5", "--late", "1", env=env)
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "5",
+            "--late", "1", env=env)
     text = run_cli(config, "--log-format", "text", "run", "--incremental", env=env).stderr
-    assert " INFO loader.sinks.table_writes [logged run 2]: run 2: orders -> snowflake: " in text, text[-2000:]
+    assert (" INFO loader.sinks.table_writes [logged run 2]: run 2: orders -> snowflake: "
+            in text), text[-2000:]
     assert SECRET not in text

@@ -25,7 +25,8 @@ BAR = "━"
 def _in_terminal(*args: str, timeout: float = 120) -> tuple[int, str]:
     """The CLI with stdin, stdout and stderr on a pseudo-terminal (isatty() is true, as for a person)."""
     master, slave = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if k != "LOADER_LOG_FORMAT"} | {"COLUMNS": "160", "TERM": "xterm"}
+    env = ({k: v for k, v in os.environ.items() if k != "LOADER_LOG_FORMAT"}
+           | {"COLUMNS": "160", "TERM": "xterm"})
     process = subprocess.Popen([sys.executable, "-m", "loader.cli", *args], stdin=slave, stdout=slave,
                                stderr=slave, close_fds=True, cwd=ROOT, env=env)
     os.close(slave)
@@ -54,16 +55,19 @@ def test_a_bar_in_a_terminal_and_nothing_drawn_under_cron(tmp_path: Path) -> Non
     assert BAR in screen, screen[-3000:]
     for shown in ("batch 1/3", "batch 3/3", "rows", "left"):  # the batch, rows done of the planned total, ETA
         assert shown in screen, f"{shown!r} never shown:\n{screen[-3000:]}"
-    for step in ("orders: read and transform", "orders: write to parquet, delta", "lineitem: read and transform",
-                 "commit"):
+    for step in ("orders: read and transform", "orders: write to parquet, delta",
+                 "lineitem: read and transform", "commit"):
         assert step in screen, f"step {step!r} never shown:\n{screen[-3000:]}"
-    assert "INFO loader.sinks.table_writes [watched run 1]: run 1: orders -> parquet" in screen  # text logs above it
+    # text logs above it
+    assert "INFO loader.sinks.table_writes [watched run 1]: run 1: orders -> parquet" in screen
     assert "watched: runs 1-3 (3 batches) committed" in screen  # the summary stays after the bar
 
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "40", "--updates", "5", "--late", "1")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "40", "--updates", "5",
+            "--late", "1")
     piped = run_cli(config, "run", "--incremental")  # stderr a pipe, as under cron
     assert BAR not in piped.stderr and "\x1b[" not in piped.stderr
     lines = [json.loads(line) for line in piped.stderr.splitlines()]
     assert all(line["pipeline"] == "watched" for line in lines)
-    assert [line["message"].split(" committed")[0] for line in lines if line["message"].startswith("batch ")] == [
+    assert [line["message"].split(" committed")[0] for line in lines
+            if line["message"].startswith("batch ")] == [
         "batch 1 of 1 (run 4)"]  # one line per batch under cron

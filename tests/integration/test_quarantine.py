@@ -24,16 +24,19 @@ VALID_KEY, NULL_KEY_ROW, FUTURE_KEY, NO_REGION_KEY = 10**9 + 1, 10**9 + 2, 10**9
 def _row(template: pa.Table, key: int | None, cursor: datetime, custkey: int | None = None) -> pa.Table:
     """The template's first order as a new one: `key`, `cursor` (and `custkey`) replaced."""
     row = template.slice(0, 1)
-    row = row.set_column(row.schema.get_field_index("o_orderkey"), "o_orderkey", pa.array([key], row["o_orderkey"].type))
+    row = row.set_column(row.schema.get_field_index("o_orderkey"), "o_orderkey",
+                         pa.array([key], row["o_orderkey"].type))
     row = row.set_column(row.schema.get_field_index("o_updated_at"), "o_updated_at",
                          pa.array([cursor], row["o_updated_at"].type))
     if custkey is not None:
-        row = row.set_column(row.schema.get_field_index("o_custkey"), "o_custkey", pa.array([custkey], row["o_custkey"].type))
+        row = row.set_column(row.schema.get_field_index("o_custkey"), "o_custkey",
+                             pa.array([custkey], row["o_custkey"].type))
     return row
 
 
 def test_bad_rows_are_quarantined_once_and_the_run_goes_on(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "project", pipeline="careful", metrics={"textfile": "metrics/loader.prom"})
+    config = write_config(tmp_path / "project", pipeline="careful",
+                          metrics={"textfile": "metrics/loader.prom"})
     landing, warehouse = config.parent / "landing", config.parent / "warehouse"
     run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
     run_json(config, "run", "--incremental")
@@ -52,7 +55,8 @@ def test_bad_rows_are_quarantined_once_and_the_run_goes_on(tmp_path: Path) -> No
     assert second["status"] == "committed"
     assert second["tables"]["orders"]["quarantined"] == {
         "null key o_orderkey": 1, "cursor in the future": 1, "no region": 1}
-    assert datetime.fromisoformat(second["tables"]["orders"]["window"]["upper"]) == VALID_CURSOR  # not dragged to now
+    # not dragged to now
+    assert datetime.fromisoformat(second["tables"]["orders"]["window"]["upper"]) == VALID_CURSOR
 
     files = list((warehouse / "quarantine" / "orders").glob("*.parquet"))
     stored = pa.concat_tables([pq.read_table(f) for f in files])
@@ -61,19 +65,23 @@ def test_bad_rows_are_quarantined_once_and_the_run_goes_on(tmp_path: Path) -> No
     assert rows["null key o_orderkey"]["o_orderkey"] is None
     assert rows["cursor in the future"]["o_orderkey"] == FUTURE_KEY
     assert rows["no region"]["o_orderkey"] == NO_REGION_KEY
-    keys = set(DeltaTable(str(warehouse / "delta" / "orders")).to_pyarrow_table(columns=["o_orderkey"])["o_orderkey"].to_pylist())
+    keys = set(DeltaTable(str(warehouse / "delta" / "orders")).to_pyarrow_table(
+        columns=["o_orderkey"])["o_orderkey"].to_pylist())
     assert VALID_KEY in keys and not keys & {FUTURE_KEY, NO_REGION_KEY} and None not in keys
 
     status = run_json(config, "status")["sources"]["orders"]
-    assert status["last_run_quarantined"] == 3 and datetime.fromisoformat(status["checkpoint"]) == VALID_CURSOR
+    assert (status["last_run_quarantined"] == 3
+            and datetime.fromisoformat(status["checkpoint"]) == VALID_CURSOR)
     assert run_json(config, "verify")["ok"]
 
     # The next run reads the same file again (inside the lookback): nothing is quarantined twice.
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "5", "--late", "1")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "5",
+            "--late", "1")
     third = run_json(config, "run", "--incremental")
     assert datetime.fromisoformat(third["tables"]["orders"]["window"]["lower"]) < VALID_CURSOR  # it read them
     assert third["tables"]["orders"]["quarantined"] == {}
-    again = pa.concat_tables([pq.read_table(f) for f in (warehouse / "quarantine" / "orders").glob("*.parquet")])
+    again = pa.concat_tables([pq.read_table(f)
+                              for f in (warehouse / "quarantine" / "orders").glob("*.parquet")])
     assert again.num_rows == 3
     history = {e["run_number"]: e for e in run_json(config, "history")}
     assert sum(history[second["run_number"]]["tables"]["orders"]["quarantined"].values()) == 3

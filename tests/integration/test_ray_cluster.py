@@ -1,7 +1,8 @@
 """The loader on a Ray cluster of two nodes (ray.cluster_utils.Cluster: a head and a worker node, each a
 raylet of its own on this machine), with the landing zone and warehouse on S3 (moto) and the state in
 PostgreSQL: the configured address selects the Ray executor, the transform stage and the sinks' part
-writes run on both nodes, and the sinks end up exact (verified by `loader verify` and against DuckDB). An unreachable cluster address fails in seconds with nothing written."""
+writes run on both nodes, and the sinks end up exact (verified by `loader verify` and against DuckDB). An
+unreachable cluster address fails in seconds with nothing written."""
 
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def two_nodes() -> Iterator[str]:
 
 
 def _copy_down(s3: S3, prefix: str, target: Path) -> Path:
-    pafs.copy_files(prefix, str(target), source_filesystem=s3.filesystem(), destination_filesystem=pafs.LocalFileSystem())
+    pafs.copy_files(prefix, str(target), source_filesystem=s3.filesystem(),
+                    destination_filesystem=pafs.LocalFileSystem())
     return target
 
 
@@ -70,9 +72,12 @@ def test_two_node_cluster_with_s3_and_postgres(two_nodes: str, s3: S3, pg_url: s
 
     first = run_json(config, "run", "--incremental", env=env)
     assert first["executor"] == "ray" and "cluster address" in first["executor_reason"], first
-    nodes = {name: (info["ray_nodes"], info["ray_write_nodes"], info["parts"]) for name, info in first["tables"].items()}
-    assert max(n for n, _, _ in nodes.values()) == 2, f"the transform stage ran on {nodes} node(s), not on both"
-    assert max(w for _, w, _ in nodes.values()) == 2, f"the sinks' part writes ran on {nodes} node(s), not on both"
+    nodes = {name: (info["ray_nodes"], info["ray_write_nodes"], info["parts"])
+             for name, info in first["tables"].items()}
+    assert max(n for n, _, _ in nodes.values()) == 2, \
+        f"the transform stage ran on {nodes} node(s), not on both"
+    assert max(w for _, w, _ in nodes.values()) == 2, \
+        f"the sinks' part writes ran on {nodes} node(s), not on both"
     assert min(p for _, _, p in nodes.values()) >= 4, nodes  # a part per CPU of the cluster at least
 
     # (append + a second run on S3 are in test_s3_end_to_end.py; here one run keeps the suite's budget)
@@ -92,7 +97,8 @@ def test_unreachable_ray_address_fails_in_seconds_and_writes_nothing(s3: S3, tmp
     failed = run_cli(config, "run", "--incremental", env={"RAY_ADDRESS": address}, check=False, timeout=120)
     assert time.monotonic() - started < FAIL_FAST_S
     # the loader's own TCP probe said so (its words), not ray.init after its minute of retries
-    assert failed.returncode == 1 and f"the Ray cluster at {address} is not reachable: {address} unreachable (" \
+    assert failed.returncode == 1 and (f"the Ray cluster at {address} is not reachable: "
+                                       f"{address} unreachable (") \
         in failed.stderr, failed.stderr
     assert not (config.parent / "warehouse").exists()
     assert run_json(config, "status")["last_run"] is None

@@ -29,7 +29,8 @@ LEASE_TTL_S = 3  # the killed run's lease expires by itself this soon
 
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
-    return write_config(tmp_path / "project", state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
+    return write_config(tmp_path / "project",
+                        state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
 
 
 def _crash_between_sinks(config: Path, gate: Path) -> None:
@@ -44,7 +45,8 @@ def _by_version(table: pa.Table, cursor: str) -> dict[tuple[int, object], dict[s
     return {(row["o_orderkey"], row[cursor]): row for row in table.to_pylist()}
 
 
-def _sinks_compared(warehouse: Path, cursor: str) -> tuple[list[tuple[int, object]], list[str], dict[str, int]]:
+def _sinks_compared(warehouse: Path,
+                    cursor: str) -> tuple[list[tuple[int, object]], list[str], dict[str, int]]:
     """The orders versions Delta and Parquet both hold, the columns both store, and per column how many
     of those versions differ in it between the two."""
     delta = _by_version(delta_rows(warehouse, "orders"), cursor)
@@ -56,15 +58,16 @@ def _sinks_compared(warehouse: Path, cursor: str) -> tuple[list[tuple[int, objec
 
 def _customers_change(config: Path, count: int) -> str:
     """An append that only changes `count` customers (a new customer snapshot)."""
-    return run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "0", "--late", "0",
-                   "--customer-changes", str(count)).stdout
+    return run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "0",
+                   "--late", "0", "--customer-changes", str(count)).stdout
 
 
 def _parquet_orders_files(warehouse: Path) -> list[Path]:
     return sorted(p.relative_to(warehouse) for p in (warehouse / "parquet" / "orders").rglob("*.parquet"))
 
 
-def _crashed_then_changed(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changes: int) -> tuple[Path, str]:
+def _crashed_then_changed(
+        config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changes: int) -> tuple[Path, str]:
     """Loaded once; a run crashed between its sinks; `changes` customers changed; the dimension cache
     (a folder of the test's own) wiped, as on another machine."""
     cache = tmp_path / "cache"
@@ -85,7 +88,8 @@ def _loaded_once(config: Path) -> tuple[Path, str]:
     return config.parent / "warehouse", "o_updated_at"
 
 
-def test_a_replay_after_customers_changed_lands_the_same_rows_in_every_sink(config_path: Path, tmp_path: Path) -> None:
+def test_a_replay_after_customers_changed_lands_the_same_rows_in_every_sink(
+        config_path: Path, tmp_path: Path) -> None:
     warehouse, cursor = _loaded_once(config_path)
     _crash_between_sinks(config_path, tmp_path / "never-opened")
     changed = _customers_change(config_path, 1000)
@@ -120,7 +124,8 @@ def test_a_replay_after_the_cache_was_wiped_enriches_from_the_state_store(
     # The state store keeps the first version whole (the base of the others' changes) and the newest
     # whole; the newest also as its changes from the first (kept once it is not the newest).
     with sqlite3.connect(config_path.parent / "state" / "loader.db") as db:
-        kept = db.execute("SELECT COUNT(*), COUNT(prepared), COUNT(delta), MAX(LENGTH(delta)) < MAX(LENGTH(prepared)) "
+        kept = db.execute("SELECT COUNT(*), COUNT(prepared), COUNT(delta), "
+                          "MAX(LENGTH(delta)) < MAX(LENGTH(prepared)) "
                           "FROM lookup_versions").fetchone()
     assert kept == (2, 2, 1, 1)
 
@@ -167,5 +172,6 @@ def test_a_run_that_began_writing_replays_only_the_input_it_read(config_path: Pa
     assert run_json(config_path, "run", "--incremental")["replayed"] is True
     assert run_json(config_path, "verify")["ok"] is True
     both, _, differing = _sinks_compared(warehouse, cursor)
-    assert set(both) == set(_by_version(delta_rows(warehouse, "orders"), cursor))  # Parquet holds every Delta row
+    # Parquet holds every Delta row
+    assert set(both) == set(_by_version(delta_rows(warehouse, "orders"), cursor))
     assert not any(differing.values()), differing

@@ -28,7 +28,8 @@ def s3() -> Iterator[S3]:
 
 
 def _copy_down(s3: S3, prefix: str, target: Path) -> Path:
-    pafs.copy_files(prefix, str(target), source_filesystem=s3.filesystem(), destination_filesystem=pafs.LocalFileSystem())
+    pafs.copy_files(prefix, str(target), source_filesystem=s3.filesystem(),
+                    destination_filesystem=pafs.LocalFileSystem())
     return target
 
 
@@ -44,9 +45,10 @@ def test_demo_data_run_append_run_verify_on_s3(s3: S3, tmp_path: Path) -> None:
     assert first["status"] == "committed" and first["tables"]["orders"]["rows"] == 15000
     assert first["tables"]["orders"]["sinks"]["delta"]["location"].startswith(f"s3://{prefix}/wh")
 
-    next_day = init_now(3) + timedelta(days=1)  # the append fills the day after the zone's last (S3: no append_args)
-    run_cli(config, "demo-data", "append", "--now", next_day.isoformat(), "--orders", "300", "--updates", "60", "--late", "5",
-            env=env)
+    # the append fills the day after the zone's last (S3: no append_args)
+    next_day = init_now(3) + timedelta(days=1)
+    run_cli(config, "demo-data", "append", "--now", next_day.isoformat(), "--orders", "300",
+            "--updates", "60", "--late", "5", env=env)
     second = run_json(config, "run", "--incremental", env=env)
     assert second["run_number"] == 2 and second["tables"]["orders"]["rows"] >= 300 + 60 + 5
     assert run_json(config, "run", "--incremental", env=env)["status"] == "nothing_new"
@@ -65,6 +67,7 @@ def test_demo_data_run_append_run_verify_on_s3(s3: S3, tmp_path: Path) -> None:
 
 
 def test_demo_data_on_a_missing_bucket_fails_and_names_it(s3: S3, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "project", landing_zone="s3://no-such-bucket/landing", warehouse=f"s3://{BUCKET}/x")
+    config = write_config(tmp_path / "project", landing_zone="s3://no-such-bucket/landing",
+                          warehouse=f"s3://{BUCKET}/x")
     failed = run_cli(config, "demo-data", "init", "--scale", "0.01", env=s3.env(), check=False, timeout=60)
     assert failed.returncode != 0 and "no-such-bucket" in failed.stderr, failed.stderr

@@ -108,7 +108,8 @@ def test_refused_credentials_fail_fast_and_keep_the_checkpoint(s3: S3, seed: Pat
     before = project.checkpoints(project.local_landing)
 
     started = time.monotonic()
-    failed = run_cli(project.local_landing, "run", "--incremental", check=False, env=s3.env(secret="wrong-secret"))
+    failed = run_cli(project.local_landing, "run", "--incremental", check=False,
+                     env=s3.env(secret="wrong-secret"))
     elapsed = time.monotonic() - started
     assert failed.returncode == 1, failed.stderr
     assert f"access to bucket '{BUCKET}' was denied" in failed.stderr, failed.stderr
@@ -128,17 +129,20 @@ def test_refused_credentials_fail_fast_and_keep_the_checkpoint(s3: S3, seed: Pat
 
 def test_missing_bucket_fails_fast_and_names_it(s3: S3, seed: Path, tmp_path: Path) -> None:
     project = Project(s3, seed, tmp_path, "nobucket")
-    config = write_config(tmp_path / "typo", landing_zone=str(tmp_path / "landing"), warehouse="s3://lake-typo/wh",
+    config = write_config(tmp_path / "typo", landing_zone=str(tmp_path / "landing"),
+                          warehouse="s3://lake-typo/wh",
                           state={"url": f"sqlite:///{tmp_path / 'state.db'}", "lease_ttl": "60s"})
     started = time.monotonic()
     failed = run_cli(config, "run", "--incremental", check=False, env=s3.env())
     elapsed = time.monotonic() - started
     assert failed.returncode == 1, failed.stderr
-    assert "bucket 'lake-typo' does not exist" in failed.stderr and "Create the bucket" in failed.stderr, failed.stderr
+    assert ("bucket 'lake-typo' does not exist" in failed.stderr
+            and "Create the bucket" in failed.stderr), failed.stderr
     assert "attempt" not in failed.stderr, "a missing bucket was retried"
     assert elapsed < FAIL_FAST_S, f"took {elapsed:.1f}s to fail"
     assert all(value is None for value in project.checkpoints(config).values())
-    assert s3.filesystem().get_file_info("lake-typo").type == pafs.FileType.NotFound, "the loader created a bucket"
+    assert s3.filesystem().get_file_info("lake-typo").type == pafs.FileType.NotFound, (
+        "the loader created a bucket")
 
     run_json(project.local_landing, "run", "--incremental", env=s3.env())  # same state, the right bucket
     project.assert_exact()
@@ -151,6 +155,7 @@ def test_unreachable_endpoint_fails_in_seconds(s3: S3, seed: Path, tmp_path: Pat
     failed = run_cli(project.on_s3, "run", "--incremental", check=False, env=s3.env(port=closed), timeout=60)
     elapsed = time.monotonic() - started
     assert failed.returncode == 1, failed.stderr
-    assert f"s3://{project.prefix}/landing" in failed.stderr and "NETWORK_CONNECTION" in failed.stderr, failed.stderr
+    assert (f"s3://{project.prefix}/landing" in failed.stderr
+            and "NETWORK_CONNECTION" in failed.stderr), failed.stderr
     assert elapsed < FAIL_FAST_S, f"took {elapsed:.1f}s to fail"
     assert all(value is None for value in project.checkpoints(project.on_s3).values())

@@ -31,8 +31,9 @@ def _rewrite(path: Path, change: Any) -> pa.Table:
     return table
 
 
-def test_new_column_reaches_every_sink_and_a_type_change_is_refused(tmp_path: Path,
-                                                                     snowflake_server: dict[str, Any]) -> None:
+def test_new_column_reaches_every_sink_and_a_type_change_is_refused(
+    tmp_path: Path, snowflake_server: dict[str, Any]
+) -> None:
     database = new_database()
     project = tmp_path / "project"
     config = write_config(project, sinks={"snowflake": sink_settings(snowflake_server, database)})
@@ -40,7 +41,8 @@ def test_new_column_reaches_every_sink_and_a_type_change_is_refused(tmp_path: Pa
     run_cli(config, "demo-data", "init", "--scale", "0.002", *init_args(2), env=env)
     run_json(config, "run", "--incremental", env=env)
 
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "40", "--updates", "10", "--late", "0", env=env)
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "40", "--updates", "10", "--late", "0", env=env)
     channel = lambda t: t.append_column("o_channel", pa.array(  # noqa: E731
         [f"web-{k}" for k in t["o_orderkey"].to_pylist()], pa.string()))
     sent = _rewrite(_newest_orders_file(project), channel)
@@ -51,7 +53,8 @@ def test_new_column_reaches_every_sink_and_a_type_change_is_refused(tmp_path: Pa
     assert delta.schema.field("o_channel").type == pa.string()
     with_value = delta.filter(pc.is_valid(delta["o_channel"]))
     assert sorted(with_value["o_orderkey"].to_pylist()) == sorted(sent["o_orderkey"].to_pylist())
-    assert all(v == f"web-{k}" for k, v in zip(with_value["o_orderkey"].to_pylist(), with_value["o_channel"].to_pylist(),
+    assert all(v == f"web-{k}" for k, v in zip(with_value["o_orderkey"].to_pylist(),
+                                               with_value["o_channel"].to_pylist(),
                                                strict=True))
     assert delta.num_rows > with_value.num_rows  # the older rows are there, with a null
     run2_files = [p for p in (project / "warehouse" / "parquet" / "orders").rglob("run-00000002-*.parquet")]
@@ -66,7 +69,8 @@ def test_new_column_reaches_every_sink_and_a_type_change_is_refused(tmp_path: Pa
     assert (total, valued) == (delta.num_rows, with_value.num_rows)
     assert run_json(config, "verify", env=env)["ok"]
 
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "30", "--updates", "0", "--late", "0", env=env)
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "30", "--updates", "0", "--late", "0", env=env)
     _rewrite(_newest_orders_file(project), lambda t: t.set_column(
         t.schema.get_field_index("o_comment"), "o_comment", pa.array(range(t.num_rows), pa.int64())))
     before = run_json(config, "status", env=env)["sources"]["orders"]
@@ -75,5 +79,5 @@ def test_new_column_reaches_every_sink_and_a_type_change_is_refused(tmp_path: Pa
     error = failed.stderr.splitlines()[-1]
     assert "o_comment" in error and "string" in error and "int64" in error, error
     after = run_json(config, "status", env=env)["sources"]["orders"]
-    assert (after["checkpoint"], after["checkpoint_run"]) == (before["checkpoint"], before["checkpoint_run"]) == (
-        second["tables"]["orders"]["window"]["upper"], 2)
+    assert ((after["checkpoint"], after["checkpoint_run"]) == (before["checkpoint"], before["checkpoint_run"])
+            == (second["tables"]["orders"]["window"]["upper"], 2))

@@ -53,22 +53,24 @@ def test_a_query_password_is_masked_when_postgres_is_unreachable(tmp_path: Path)
         result = _cli(config, *args)
         assert result.returncode == 1
         assert result.stdout == ""
-        assert result.stderr.startswith(f"error: the state database {MASKED_QUERY_URL} could not be used: "), \
-            result.stderr
+        assert result.stderr.startswith(
+            f"error: the state database {MASKED_QUERY_URL} could not be used: "), result.stderr
     doctor = _cli(config, "doctor", "--json")
     assert doctor.returncode == 1
     check = _doctor_state_check(doctor)
     assert check["status"] == "failed"
-    assert str(check["detail"]).startswith(f"StateUnavailable: the state database {MASKED_QUERY_URL} could not be "
-                                           "used: "), check
+    assert str(check["detail"]).startswith(f"StateUnavailable: the state database {MASKED_QUERY_URL} "
+                                           "could not be used: "), check
     text = _cli(config, "doctor")
     assert text.returncode == 1
     assert f"StateUnavailable: the state database {MASKED_QUERY_URL}" in text.stdout
 
 
 @pytest.mark.parametrize(("url", "shown"), [
-    (f"postgresql//loader:{SECRET}@db/loader", "postgresql//loader:***@db/loader"),  # no colon after the scheme
-    (f"postgresql://loader:{SECRET}@db:xx/loader", "postgresql://loader:***@db:xx/loader"),  # a port not a number
+    # no colon after the scheme
+    (f"postgresql//loader:{SECRET}@db/loader", "postgresql//loader:***@db/loader"),
+    # a port not a number
+    (f"postgresql://loader:{SECRET}@db:xx/loader", "postgresql://loader:***@db:xx/loader"),
 ])
 def test_an_unparseable_state_url_is_masked_in_the_error_line(tmp_path: Path, url: str, shown: str) -> None:
     config = write_config(tmp_path / "p", state={"url": url})
@@ -92,7 +94,8 @@ def test_a_pgpassword_holding_at_is_masked_whole(tmp_path: Path) -> None:
                                     "?connect_timeout=2 could not be used: "), status.stderr
     doctor = _cli(config, "doctor", "--json", env=env)
     assert str(_doctor_state_check(doctor)["detail"]).startswith(
-        "StateUnavailable: the state database postgresql+psycopg://loader:***@127.0.0.1:1/db?connect_timeout=2 ")
+        "StateUnavailable: the state database "
+        "postgresql+psycopg://loader:***@127.0.0.1:1/db?connect_timeout=2 ")
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
@@ -112,4 +115,5 @@ def test_a_yaml_syntax_error_never_echoes_the_line(tmp_path: Path) -> None:
     config.write_text(f"pipeline: p\nsinks:\n  snowflake:\n    password: {SECRET}: x\n")
     result = _cli(config, "validate-config")
     assert result.returncode == 2
-    assert result.stderr == f"error: {config}: not valid YAML: line 4, column 27: mapping values are not allowed here\n"
+    assert result.stderr == (f"error: {config}: not valid YAML: line 4, column 27: "
+                             "mapping values are not allowed here\n")

@@ -144,7 +144,8 @@ def test_replaying_a_landed_run_changes_nothing(sut: SinkUnderTest) -> None:
 def test_scan_gives_read_backs_rows_in_pieces(sut: SinkUnderTest) -> None:
     """`scan` (verify --deep's bounded read) holds exactly `read_back`'s rows, values and types; a
     table that does not exist yields nothing."""
-    assert list(sut.sink.scan(TABLE, [*KEY, CURSOR])) == [] and sut.sink.read_back(TABLE, [*KEY, CURSOR]) is None
+    assert (list(sut.sink.scan(TABLE, [*KEY, CURSOR])) == []
+            and sut.sink.read_back(TABLE, [*KEY, CURSOR]) is None)
     sut.write(batch_of(1, rows_of(FIRST)))
     sut.write(batch_of(2, rows_of(SECOND)))
     columns = [*KEY, CURSOR, "amount", "note"]
@@ -214,7 +215,8 @@ def test_type_conflict_is_refused_terminally(sut: SinkUnderTest, text: str) -> N
     with pytest.raises(LoaderError) as caught:
         result = sut.write(batch_of(2, table_of(rows, schema)))
         pytest.fail(f"{sut.name}: accepted `amount` as string: {result}")
-    assert not is_transient(caught.value), f"{sut.name}: a type conflict is reported as transient: {caught.value!r}"
+    assert not is_transient(caught.value), (f"{sut.name}: a type conflict is reported as transient: "
+                                            f"{caught.value!r}")
     assert isinstance(caught.value, SinkRejected), repr(caught.value)
     assert sut.stored().equals(stored), f"{sut.name}: the refused run changed what is stored"
 
@@ -238,14 +240,16 @@ def test_run_failing_mid_way_lands_exactly_when_replayed(
     The fault stays on until disarmed, so a sink that retries inside `write` still gives up."""
     sut.write(batch_of(1, rows_of(FIRST)))
     landed = [FIRST]
-    for run_number, (point, versions) in enumerate(zip(_MID_WRITE_POINTS[sut.name], (SECOND, THIRD), strict=False), 2):
+    for run_number, (point, versions) in enumerate(zip(_MID_WRITE_POINTS[sut.name], (SECOND, THIRD),
+                                                       strict=False), 2):
         failpoint(f"{point}=transient")
         with pytest.raises(SinkUnavailable) as caught:
             sut.write(batch_of(run_number, rows_of(versions)))
         assert is_transient(caught.value) and "injected" in str(caught.value), repr(caught.value)
         failpoint(None)
         retry = sut.write(batch_of(run_number, rows_of(versions), replay=True))
-        assert not retry.skipped, f"{sut.name}: the run interrupted at {point} was recorded as landed: {retry}"
+        assert not retry.skipped, (f"{sut.name}: the run interrupted at {point} was recorded as landed: "
+                                   f"{retry}")
         landed.append(versions)
         assert_state(sut, state_after(*landed))
 
@@ -271,7 +275,8 @@ def test_run_written_in_parts_lands_like_one_write(sut: SinkUnderTest) -> None:
     stored = sut.stored()
     [(again, _)] = write_table([sut.sink], batch_of(2, data.schema.empty_table(), replay=True), parts)
     assert_replay_of_landed(sut, again, result)
-    assert sut.stored().equals(stored), f"{sut.name}: replaying the run written in parts changed what is stored"
+    assert sut.stored().equals(stored), (f"{sut.name}: replaying the run written in parts changed what "
+                                         "is stored")
 
 
 def test_run_failing_between_parts_lands_exactly_when_replayed(
@@ -290,7 +295,8 @@ def test_run_failing_between_parts_lands_exactly_when_replayed(
     with pytest.raises(SinkUnavailable):
         write_table([sut.sink], batch_of(2, data.schema.empty_table()), _parts_of(data, 2))
     failpoint(None)
-    [(retry, _)] = write_table([sut.sink], batch_of(2, data.schema.empty_table(), replay=True), _parts_of(data, 4))
+    [(retry, _)] = write_table([sut.sink], batch_of(2, data.schema.empty_table(), replay=True),
+                               _parts_of(data, 4))
     assert not retry.skipped, retry
     if sut.sink.capabilities.replay_of_interrupted == "rest":  # the parts before the last one committed
         assert_write(retry, sut, _parts_of(data, 2)[-1])
@@ -351,7 +357,8 @@ def deleted_by(runs: list[Run], *, log: bool, deletes: Deletes) -> int:
     return sum(1 for r in last if r[DELETED] and was.get(r["id"]) != now.get(r["id"]))
 
 
-def write_run(sut: SinkUnderTest, run_number: int, run: Run, deletes: Deletes, *, replay: bool = False) -> SinkWrite:
+def write_run(sut: SinkUnderTest, run_number: int, run: Run, deletes: Deletes, *,
+              replay: bool = False) -> SinkWrite:
     return sut.write(batch_of(run_number, table_of(run, DELETES_SCHEMA), replay=replay, deletes=deletes))
 
 
@@ -366,7 +373,8 @@ def assert_deletes_state(sut: SinkUnderTest, runs: list[Run], deletes: Deletes) 
         assert len(versions) == len(set(versions)), f"{sut.name}: a (key, cursor, _deleted) version twice"
         got = latest_versions(got, KEY, CURSOR)
     elif got.num_rows:  # what the table holds: `_deleted` never, `_deleted_at` only when soft
-        assert sorted(got.column_names) == sorted(schema.names), f"{sut.name} ({deletes}): columns {got.column_names}"
+        assert sorted(got.column_names) == sorted(schema.names), (f"{sut.name} ({deletes}): "
+                                                                  f"columns {got.column_names}")
     if not sut.version_log and sut.name != "snowflake" and deletes == "soft":
         assert got.schema.field(DELETED_AT).type == SOFT_SCHEMA.field(DELETED_AT).type, got.schema
     got = sort_state(got.select(schema.names).cast(schema)) if got.num_rows else schema.empty_table()
@@ -379,7 +387,8 @@ def assert_deletes_state(sut: SinkUnderTest, runs: list[Run], deletes: Deletes) 
 
 def assert_deleted(result: SinkWrite, sut: SinkUnderTest, runs: list[Run], deletes: Deletes) -> None:
     want = deleted_by(runs, log=sut.version_log, deletes=deletes)
-    assert (result.skipped, result.deleted) == (False, want), f"{sut.name} ({deletes}): {result}, expected deleted={want}"
+    assert (result.skipped, result.deleted) == (False, want), (f"{sut.name} ({deletes}): {result}, "
+                                                               f"expected deleted={want}")
 
 
 FIRST_LIVE: Run = [live(k) for k in range(1, 7)]
@@ -419,7 +428,8 @@ def test_delete_then_reinsert_in_a_later_run(sut: SinkUnderTest, mode: Deletes) 
 def test_tombstone_for_an_unknown_key_changes_nothing(sut: SinkUnderTest, mode: Deletes) -> None:
     """Tombstones of keys never stored: in the table's first run (no table yet), inside the stored keys'
     range (key 4) and beyond it (key 20, region UNKNOWN). Nothing is inserted, nothing deleted."""
-    runs = [[live(k) for k in (1, 2, 3, 5, 6)] + [tombstone(9, 1)], [tombstone(4, 2), tombstone(20, 1, region=UNKNOWN)]]
+    runs = [[live(k) for k in (1, 2, 3, 5, 6)] + [tombstone(9, 1)],
+            [tombstone(4, 2), tombstone(20, 1, region=UNKNOWN)]]
     first = write_run(sut, 1, runs[0], mode)
     assert_deleted(first, sut, runs[:1], mode)
     result = write_run(sut, 2, runs[1], mode)
@@ -433,8 +443,8 @@ def test_tombstone_for_an_unknown_key_changes_nothing(sut: SinkUnderTest, mode: 
 # (2) and UNKNOWN (4, 9), a late tombstone older than the stored version (5) and one of an unknown key (30).
 MIXED_FIRST: Run = [live(k) for k in (1, 2, 3, 4, 6, 9, 10)] + [live(5, 3)]
 MIXED_SECOND: Run = [
-    live(1, 2), tombstone(2, 2), tombstone(4, 3, region=UNKNOWN), tombstone(5, 2), live(6, 2), live(7), live(8),
-    tombstone(9, 2, region=UNKNOWN), tombstone(30, 1),
+    live(1, 2), tombstone(2, 2), tombstone(4, 3, region=UNKNOWN), tombstone(5, 2), live(6, 2), live(7),
+    live(8), tombstone(9, 2, region=UNKNOWN), tombstone(30, 1),
 ]
 
 
@@ -548,7 +558,8 @@ LATE_RUNS: list[Run] = [
     [*FIRST_LIVE, tombstone(9, 3)],
     [tombstone(3, 3, region=UNKNOWN), tombstone(5, 3), tombstone(20, 3), live(6, 2)],
     [live(3, 2), live(5, 1), live(9, 2), live(20, 1), live(1, 2)],  # late: every deleted key stays deleted
-    [live(3, 4), live(9, 4), live(5, 3)],  # newer than 3's and 9's tombstones: back; 5 at its tombstone's cursor: not
+    # newer than 3's and 9's tombstones: back; 5 at its tombstone's cursor: not
+    [live(3, 4), live(9, 4), live(5, 3)],
 ]
 
 
@@ -658,9 +669,10 @@ def test_two_runs_with_hard_deletes_written_at_once_by_one_process(
     """The same with hard deletes, whose tombstones the sink remembers apart from the table (Delta: the
     `_tombstones` side table, committed inside the table's writer lock with the main commits, so the
     second chunk reads it only once the held one has committed both; Snowflake: its `__TOMBSTONES`
-    table, in the MERGE's transaction, one run of a table at a time in a process). The held chunk deletes key 3 and
-    a key no file stores (10); the other revives 3 with a newer version, brings 10 late (older than its
-    tombstone: it stays deleted) and deletes 4. The state is the newest version's, whatever the order."""
+    table, in the MERGE's transaction, one run of a table at a time in a process). The held chunk deletes
+    key 3 and a key no file stores (10); the other revives 3 with a newer version, brings 10 late (older
+    than its tombstone: it stays deleted) and deletes 4. The state is the newest version's, whatever the
+    order."""
     write_run(sut, 1, FIRST_LIVE, "hard")
     older: Run = [tombstone(3, 2), tombstone(10, 2), live(11, 1)]
     newer: Run = [live(3, 3), tombstone(4, 2, region=UNKNOWN), live(10, 1), live(11, 2)]

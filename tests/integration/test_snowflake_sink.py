@@ -1,7 +1,8 @@
 """The Snowflake sink through the real CLI against fakesnow's server (the real connector over HTTP on
 loopback): init -> run -> append -> run, and the password kept out of every output. The target tables
 are compared with the independent DuckDB computation. Kills before, inside and after the Snowflake
-transaction are in test_kill_matrix.py; faults, schema changes and key-pair auth in test_snowflake_faults.py."""
+transaction are in test_kill_matrix.py; faults, schema changes and key-pair auth in
+test_snowflake_faults.py."""
 
 from __future__ import annotations
 
@@ -35,12 +36,15 @@ LEASE_TTL_S = 2
 
 def _config(folder: Path, server: dict[str, Any], database: str) -> Path:
     """Parquet, Delta and Snowflake; each test gets its own database so they do not see each other."""
-    sinks = {"parquet": {"enabled": True}, "delta": {"enabled": True}, "snowflake": sink_settings(server, database)}
-    return write_config(folder, sinks=sinks, state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
+    sinks = {"parquet": {"enabled": True}, "delta": {"enabled": True},
+             "snowflake": sink_settings(server, database)}
+    return write_config(folder, sinks=sinks,
+                        state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"})
 
 
 def _ledger(server: dict[str, Any], database: str) -> list[tuple]:
-    return query(server, database, "SELECT PIPELINE, TABLE_NAME, RUN_NUMBER FROM LOADER_LEDGER ORDER BY RUN_NUMBER, TABLE_NAME")
+    return query(server, database,
+                 "SELECT PIPELINE, TABLE_NAME, RUN_NUMBER FROM LOADER_LEDGER ORDER BY RUN_NUMBER, TABLE_NAME")
 
 
 def test_incremental_runs_land_exactly(tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
@@ -63,7 +67,8 @@ def test_incremental_runs_land_exactly(tmp_path: Path, snowflake_server: dict[st
     assert not stale.exists() and live.is_dir()
     live.rmdir()
 
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "300", "--updates", "100", "--late", "10", env=env)
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "300", "--updates", "100",
+            "--late", "10", env=env)
     second = run_json(config, "run", "--incremental", env=env)
     assert second["status"] == "committed" and second["run_number"] == 2
     assert not second["tables"]["orders"]["sinks"]["snowflake"]["skipped"]
@@ -74,7 +79,8 @@ def test_incremental_runs_land_exactly(tmp_path: Path, snowflake_server: dict[st
     ]
 
 
-def test_a_run_logs_in_once_however_many_batches_it_has(tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
+def test_a_run_logs_in_once_however_many_batches_it_has(tmp_path: Path,
+                                                       snowflake_server: dict[str, Any]) -> None:
     """The run's sinks live as long as the run, and a Snowflake step hands its connection to the next:
     a run of several batches (each checking columns, preparing, staging, copying and merging two tables,
     twenty steps a batch) logs in once for them, and once for the dimension tables' loads."""
@@ -101,7 +107,8 @@ def test_password_never_printed(tmp_path: Path, snowflake_server: dict[str, Any]
     raw = yaml.safe_load(config.read_text())
     raw["sinks"]["snowflake"].update({"port": 1, "login_timeout": "2s", "retry": {"attempts": 1}})
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "10", "--updates", "0", "--late", "0", env=env)
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "10", "--updates", "0",
+            "--late", "0", env=env)
     failed = run_cli(config, "run", "--incremental", "--json", check=False, env={PASSWORD_ENV: secret})
     assert failed.returncode == 1
     assert "Snowflake" in failed.stderr + failed.stdout

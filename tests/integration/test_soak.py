@@ -1,5 +1,6 @@
 """Soak: `loader run` killed with SIGKILL at random moments, again and again, across several appended
-batches, each run cut into small batches (kills between and inside them); then every sink must hold every key exactly once with its latest version. On SQLite state the
+batches, each run cut into small batches (kills between and inside them); then every sink must hold every
+key exactly once with its latest version. On SQLite state the
 project also loads Snowflake (fakesnow's server, the real connector); on PostgreSQL, Parquet and Delta.
 Every appended batch carries upstream deletes (tombstones): at the end the tombstoned keys are gone
 from Delta (and Snowflake), their tombstone the newest version in Parquet. Every appended batch also
@@ -57,7 +58,9 @@ def _run_killed_after(config: Path, delay: float, env: dict[str, str]) -> int:
 
 
 @pytest.mark.parametrize("state_store", ["sqlite", "postgres"])
-def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path, request: pytest.FixtureRequest, state_store: str) -> None:
+def test_random_kills_lose_and_duplicate_nothing(
+    tmp_path: Path, request: pytest.FixtureRequest, state_store: str
+) -> None:
     wanted = int(os.environ.get("SOAK_KILLS", "6"))
     seed = int(os.environ.get("SOAK_SEED", "7"))
     rng = random.Random(seed)
@@ -84,7 +87,8 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path: Path, request: pytest
         if batches:  # every fact file there was loaded under the last snapshot, which this append replaces
             earlier.append(keep_customers(landing, tmp_path / f"customer-{batches}.parquet"))
         batches += 1
-        run_cli(config, "demo-data", "append", *append_args(config), "--orders", "150", "--updates", "40", "--late", "5",
+        run_cli(config, "demo-data", "append", *append_args(config),
+                "--orders", "150", "--updates", "40", "--late", "5",
                 "--deletes", str(DELETES), "--customer-changes", str(CUSTOMER_CHANGES), env=env)
         snapshots.append(snapshot_of(landing / "customer"))
         for _ in range(max(2, wanted // 3)):
@@ -133,10 +137,12 @@ def test_a_first_load_killed_again_and_again_makes_progress(tmp_path: Path) -> N
     every attempt commits at least one more batch than the one before (none starts over), the load
     completes, and the sinks are exact. The last day carries deletes (of orders of earlier days)."""
     rng = random.Random(int(os.environ.get("SOAK_SEED", "7")))
-    config = write_config(tmp_path / "p", state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"},
+    config = write_config(tmp_path / "p",
+                          state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"},
                           run={"max_batch_rows": 8_000})
     run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(10))  # 10 days of ~7,500 rows each
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "20", "--late", "0",
+    run_cli(config, "demo-data", "append", *append_args(config),
+            "--orders", "50", "--updates", "20", "--late", "0",
             "--deletes", str(DELETES * 2))
     planned = run_json(config, "plan")["batches"]["batches"]
     assert len(planned) >= 8
@@ -147,7 +153,8 @@ def test_a_first_load_killed_again_and_again_makes_progress(tmp_path: Path) -> N
         attempts += 1
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
-        while process.poll() is None and _committed_runs(state_db) <= committed and time.monotonic() < deadline:
+        while (process.poll() is None and _committed_runs(state_db) <= committed
+               and time.monotonic() < deadline):
             time.sleep(0.05)
         if process.poll() is None:
             time.sleep(rng.uniform(0, 0.3))  # a random moment of the next batch (or between batches)
@@ -157,7 +164,8 @@ def test_a_first_load_killed_again_and_again_makes_progress(tmp_path: Path) -> N
         if code == 0 and now == committed:  # the kill before it came after the last batch's commit
             assert run_json(config, "plan")["nothing_new"], f"attempt {attempts} ended with work left undone"
             break
-        assert now > committed, f"attempt {attempts} (exit {code}) committed no new batch: {now} after {committed}"
+        assert now > committed, (f"attempt {attempts} (exit {code}) committed no new batch: "
+                                 f"{now} after {committed}")
         committed = now
         if code == 0:
             break
@@ -167,4 +175,5 @@ def test_a_first_load_killed_again_and_again_makes_progress(tmp_path: Path) -> N
     assert run_json(config, "run", "--incremental")["status"] == "nothing_new"
     assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
     assert run_cli(config, "verify", check=False).returncode == 0
-    assert assert_deletes_applied(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")["orders"] == DELETES * 2
+    assert assert_deletes_applied(tmp_path / "p" / "warehouse",
+                                  tmp_path / "p" / "landing")["orders"] == DELETES * 2

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 _OUTER = ("LOADER_TESTS_TEMP_ROOT", "PYTEST_DEBUG_TEMPROOT", "XDG_RUNTIME_DIR", "PYTEST_XDIST_WORKER",
           "PYTEST_XDIST_WORKER_COUNT", "PYTEST_CURRENT_TEST", "CI")
 
-INNER = '''
+INNER = ('''
 import os, subprocess, sys
 from pathlib import Path
 import pytest
@@ -42,10 +42,12 @@ def test_killed_loader_run(tmp_path):
     if os.environ.get("KILL_A_RUN") != "1":
         return
     config = write_config(tmp_path / "project")
-    run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "1", "--now", "2024-01-02T00:00:00+00:00")
-    killed = run_cli(config, "run", "--incremental", check=False, env={{"LOADER_FAILPOINTS": "plan.recorded=crash"}})
+    run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "1", '''
+'''"--now", "2024-01-02T00:00:00+00:00")
+    killed = run_cli(config, "run", "--incremental", check=False, '''
+'''env={{"LOADER_FAILPOINTS": "plan.recorded=crash"}})
     assert killed.returncode == -9, killed.stderr
-'''
+''')
 
 
 def _inner_session(tmp_path: Path, **env: str) -> tuple[int, str]:
@@ -71,7 +73,8 @@ def test_other_processes_temp_files_do_not_fail_the_suite_and_every_skip_is_list
     assert "UNDECLARED x1: Chromium is not installed\n      test_inner.py::test_undeclared\n" in out, out
     assert "declared x1: no GPU here\n      test_inner.py::test_declared\n" in out, out
     assert "left" not in out, out
-    assert not [p for p in (tmp_path / "machine-tmp").iterdir() if p.name.startswith("lt")], "the session's folder stays"
+    assert not [p for p in (tmp_path / "machine-tmp").iterdir() if p.name.startswith("lt")], (
+        "the session's folder stays")
 
 
 def test_under_ci_an_undeclared_skip_fails_the_suite(tmp_path: Path) -> None:

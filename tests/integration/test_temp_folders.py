@@ -23,11 +23,14 @@ from tests.support.cli import run_cli, run_json, write_config
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
 
-def test_a_killed_runs_ray_session_stays_in_the_loaders_folder_and_the_next_run_removes_it(tmp_path: Path) -> None:
+def test_a_killed_runs_ray_session_stays_in_the_loaders_folder_and_the_next_run_removes_it(
+        tmp_path: Path) -> None:
     short = Path(tempfile.mkdtemp(prefix="lr-"))  # Ray's socket paths must stay short: not under tmp_path
     try:
-        temp_root, spill_root = short / "ray", tmp_path / "a" / "roomy" / "disk" / "for" / "spilled" / "objects"
-        config = write_config(tmp_path / "project", ray={"mode": "ray", "num_cpus": 2, "temp_dir": str(temp_root),
+        temp_root, spill_root = (short / "ray",
+                                 tmp_path / "a" / "roomy" / "disk" / "for" / "spilled" / "objects")
+        config = write_config(tmp_path / "project", ray={"mode": "ray", "num_cpus": 2,
+                                                         "temp_dir": str(temp_root),
                                                          "spill_dir": str(spill_root)},
                               state={"url": "sqlite:///state/loader.db", "lease_ttl": "1s"})
         run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "2")
@@ -55,7 +58,8 @@ def test_a_killed_processs_scratch_folder_is_removed_by_the_next_loader_process(
     try:
         env = {scratch.SYSTEM_TMPDIR_ENV: str(system)}
         root = system / f"loader-{os.getuid()}"
-        config = write_config(tmp_path / "project", state={"url": "sqlite:///state/loader.db", "lease_ttl": "1s"})
+        config = write_config(tmp_path / "project",
+                              state={"url": "sqlite:///state/loader.db", "lease_ttl": "1s"})
         run_cli(config, "demo-data", "init", "--scale", "0.002", "--days", "2", env=env)
         assert not root.exists()  # a finished command removes its folder
 
@@ -72,16 +76,20 @@ def test_a_killed_processs_scratch_folder_is_removed_by_the_next_loader_process(
         shutil.rmtree(system, ignore_errors=True)
 
 
-def test_a_temp_folder_too_long_for_rays_sockets_is_refused_with_the_longest_that_works(tmp_path: Path) -> None:
+def test_a_temp_folder_too_long_for_rays_sockets_is_refused_with_the_longest_that_works(
+        tmp_path: Path) -> None:
     too_long = "/" + "x" * 40
-    with pytest.raises(ConfigError, match=r"ray.temp_dir .* is 41 bytes long.*at most 35 bytes.*ray.spill_dir"):
+    with pytest.raises(ConfigError,
+                       match=r"ray.temp_dir .* is 41 bytes long.*at most 35 bytes.*ray.spill_dir"):
         ray_folders.claim(too_long, None)
     assert not Path(too_long).exists()
 
 
 def test_a_folder_of_a_live_process_is_kept_and_a_dead_ones_removed() -> None:
-    """Folders a loader process made (each with its marker): the live process's stays, the exited one's goes."""
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    """Folders a loader process made (each with its marker): the live process's stays, the exited one's
+    goes."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True)
     root = Path(tempfile.mkdtemp(prefix="lr-"))
     try:
         for name in ("1", gone.stdout.strip()):  # pid 1 is alive; that process has exited

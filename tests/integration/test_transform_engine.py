@@ -19,7 +19,8 @@ from tests.support.cli import run_cli, run_json, write_config
 from tests.support.demo_clock import append_args, init_args
 
 GPU = gpu_status()
-no_gpu = pytest.mark.skipif(GPU.usable, reason="this machine has a usable GPU: the fallback cannot be observed")
+no_gpu = pytest.mark.skipif(GPU.usable,
+                            reason="this machine has a usable GPU: the fallback cannot be observed")
 
 
 def _fake_gpu_stack(root: Path, *, devices: int | None, cudf_imports: bool) -> dict[str, str]:
@@ -27,7 +28,8 @@ def _fake_gpu_stack(root: Path, *, devices: int | None, cudf_imports: bool) -> d
     marker = root / "imported.txt"
     (root / "cudf").mkdir(parents=True)
     body = f"with open({str(marker)!r}, 'a') as f:\n    f.write('cudf\\n')\n"
-    body += "__version__ = '0.0-standin'\n" if cudf_imports else "raise ImportError('libcudf.so: cannot open shared object file')\n"
+    body += ("__version__ = '0.0-standin'\n" if cudf_imports
+             else "raise ImportError('libcudf.so: cannot open shared object file')\n")
     (root / "cudf" / "__init__.py").write_text(body)
     if devices is not None:
         (root / "cupy" / "cuda").mkdir(parents=True)
@@ -53,7 +55,8 @@ def test_auto_falls_back_to_cpu_and_says_why(tmp_path: Path) -> None:
     assert "cuDF is not installed" in summary["engine_reason"] and "pip install" in summary["engine_reason"]
     assert "transforms on the CPU" in result.stderr  # the log line says which, and why
     assert summary["tables"]["orders"]["rows"] > 0
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "20", "--updates", "2", "--late", "0")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "20", "--updates", "2",
+            "--late", "0")
     table = run_cli(config, "run", "--incremental").stdout  # the people's summary keeps the command intact
     assert "transforms: cpu (auto: cuDF is not installed (pip install -e '.[gpu]'" in " ".join(table.split())
 
@@ -69,7 +72,8 @@ def test_gpu_requested_without_one_fails_at_start_and_writes_nothing(tmp_path: P
     assert "gpu needs cuDF and a CUDA device" in failed.stderr and "--engine auto or cpu" in failed.stderr
     assert not (config.parent / "warehouse").exists()
     assert run_json(config, "status")["last_run"] is None  # no run recorded: the check came first
-    backfill = run_cli(config, "backfill", "--start", "2020-01-01", "--end", "2030-01-01", "--engine", "gpu", check=False)
+    backfill = run_cli(config, "backfill", "--start", "2020-01-01", "--end", "2030-01-01", "--engine", "gpu",
+                       check=False)
     assert backfill.returncode == 2 and "gpu needs cuDF" in backfill.stderr
 
 
@@ -86,7 +90,8 @@ def test_stand_in_gpu_stacks_fall_back_with_the_reason(tmp_path: Path) -> None:
         assert failed.returncode == 2 and reason in failed.stderr, (name, failed.stderr)
         summary = json.loads(run_cli(config, "run", "--incremental", "--json", env=env).stdout)
         assert summary["engine"] == "cpu" and reason in summary["engine_reason"], (name, summary)
-        run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "5", "--late", "0")
+        run_cli(config, "demo-data", "append", *append_args(config), "--orders", "50", "--updates", "5",
+                "--late", "0")
 
 
 def test_cpu_never_imports_cudf(tmp_path: Path) -> None:
@@ -112,7 +117,8 @@ def test_old_engine_values_point_to_executor(tmp_path: Path) -> None:
 
 
 def test_choose_transform_engine_rules() -> None:
-    usable, missing = GpuStatus(True, "cuDF 25.10, 2 CUDA device(s)", 2), GpuStatus(False, "no CUDA device is visible")
+    usable, missing = (GpuStatus(True, "cuDF 25.10, 2 CUDA device(s)", 2),
+                       GpuStatus(False, "no CUDA device is visible"))
     assert choose_transform_engine("auto", usable).engine == "gpu"
     assert choose_transform_engine("gpu", usable).engine == "gpu"
     fallback = choose_transform_engine("auto", missing)

@@ -22,7 +22,8 @@ def _load(config: Path) -> Path:
     """init -> run -> append -> run; returns the warehouse folder."""
     run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
     run_json(config, "run", "--incremental")
-    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "300", "--updates", "100", "--late", "10")
+    run_cli(config, "demo-data", "append", *append_args(config), "--orders", "300", "--updates", "100",
+            "--late", "10")
     run_json(config, "run", "--incremental")
     return config.parent / "warehouse"
 
@@ -38,11 +39,13 @@ def test_verify_passes_after_incremental_runs(config_path: Path) -> None:
     report = run_json(config_path, "verify")
     assert report["ok"] is True
     assert {(c["table"], c["sink"]) for c in report["checks"]} == {  # facts, and each dimension table
-        (t, s) for t in ("orders", "lineitem", "customer", "supplier", "nation", "region") for s in ("delta", "parquet")
+        (t, s) for t in ("orders", "lineitem", "customer", "supplier", "nation", "region")
+        for s in ("delta", "parquet")
     }
     orders = [c for c in report["checks"] if c["table"] == "orders" and c["sink"] == "delta"]
     assert sum(c["expected_rows"] for c in orders) == 15000 + 300 + 10
-    assert all(c["ok"] and c["duplicates"] == 0 and c["expected_checksum"] == c["actual_checksum"] for c in report["checks"])
+    assert all(c["ok"] and c["duplicates"] == 0 and c["expected_checksum"] == c["actual_checksum"]
+               for c in report["checks"])
     only = run_json(config_path, "verify", "--table", "lineitem")
     assert {c["table"] for c in only["checks"]} == {"lineitem"}
     table = run_cli(config_path, "verify")
@@ -52,7 +55,8 @@ def test_verify_passes_after_incremental_runs(config_path: Path) -> None:
 def test_appended_but_unloaded_data_does_not_fail(config_path: Path) -> None:
     _load(config_path)
     # Late records land below the checkpoint, yet no committed run has read them: still not a mismatch.
-    append = run_cli(config_path, "demo-data", "append", *append_args(config_path), "--orders", "200", "--updates", "50", "--late", "20")
+    append = run_cli(config_path, "demo-data", "append", *append_args(config_path),
+                     "--orders", "200", "--updates", "50", "--late", "20")
     assert "20 late" in append.stdout
     assert run_json(config_path, "verify")["ok"] is True
 

@@ -94,7 +94,8 @@ def _failures(config: Path, *flags: str) -> tuple[Names, list[dict[str, Any]], s
     assert result.returncode == 1, f"verify passed a corrupted warehouse:\n{result.stdout}\n{result.stderr}"
     bad = [c for c in json.loads(result.stdout)["checks"] if not c["ok"]]
     for check in bad:  # each named on stderr, table, region and sink
-        assert f"table {check['table']}, region {check['region']}, sink {check['sink']}" in result.stderr, result.stderr
+        assert (f"table {check['table']}, region {check['region']}, sink {check['sink']}"
+                in result.stderr), result.stderr
     return {(c["table"], c["region"], c["sink"]) for c in bad}, bad, result.stderr
 
 
@@ -121,7 +122,8 @@ def _keys_sql(keys: list[int]) -> str:
 
 
 def _parquet_files(config: Path, table: str, region: str) -> list[Path]:
-    return sorted((config.parent / "warehouse" / "parquet" / table / f"region={region}").rglob("run-*.parquet"))
+    return sorted(
+        (config.parent / "warehouse" / "parquet" / table / f"region={region}").rglob("run-*.parquet"))
 
 
 def _parquet_log(config: Path) -> list[Path]:
@@ -138,7 +140,8 @@ def _latest_parquet_row(config: Path, region: str) -> tuple[Path, int]:
     files = _parquet_files(config, "orders", region)
     every = pa.concat_tables([pq.read_table(f, columns=["o_orderkey"]) for f in files])
     counts = pc.value_counts(every["o_orderkey"])
-    once = {k for k, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+    once = {k for k, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
+                              strict=True)
             if n == 1}
     for path in files:
         rows = pq.read_table(path)
@@ -182,7 +185,8 @@ def test_delta_extra_row(hard: Path, tmp_path: Path) -> None:
     rows = _delta_rows(config, "orders")
     extra = _pick(rows, "EUROPE")
     extra = extra.set_column(extra.schema.get_field_index("o_orderkey"), extra.schema.field("o_orderkey"),
-                             pa.array([pc.max(rows["o_orderkey"]).as_py() + 1], extra.schema.field("o_orderkey").type))
+                             pa.array([pc.max(rows["o_orderkey"]).as_py() + 1],
+                                      extra.schema.field("o_orderkey").type))
     write_deltalake(str(config.parent / "warehouse" / "delta" / "orders"), extra, mode="append")
     names, bad, _ = _failures(config)
     assert names == {("orders", "EUROPE", "delta")} and bad[0]["actual_rows"] == bad[0]["expected_rows"] + 1
@@ -190,7 +194,8 @@ def test_delta_extra_row(hard: Path, tmp_path: Path) -> None:
 
 def test_delta_duplicate_key(hard: Path, tmp_path: Path) -> None:
     config = _copy(hard, tmp_path)
-    write_deltalake(str(config.parent / "warehouse" / "delta" / "orders"), _pick(_delta_rows(config, "orders"), "AMERICA"),
+    write_deltalake(str(config.parent / "warehouse" / "delta" / "orders"),
+                    _pick(_delta_rows(config, "orders"), "AMERICA"),
                     mode="append")
     names, bad, stderr = _failures(config)
     assert names == {("orders", "AMERICA", "delta")} and bad[0]["duplicates"] == 1
@@ -236,7 +241,8 @@ def test_delta_hard_deleted_key_back(hard: Path, tmp_path: Path) -> None:
     config = _copy(hard, tmp_path)
     parquet = pa.concat_tables(pq.read_table(path) for path in _parquet_log(config))
     dead = parquet.filter(parquet["_deleted"])["o_orderkey"].to_pylist()
-    live = parquet.filter(pc.and_(pc.is_in(parquet["o_orderkey"], pa.array(dead)), pc.invert(parquet["_deleted"])))
+    live = parquet.filter(pc.and_(pc.is_in(parquet["o_orderkey"], pa.array(dead)),
+                                  pc.invert(parquet["_deleted"])))
     back = live.sort_by("o_orderkey").slice(0, 1)
     schema = _delta(config, "orders").schema().to_arrow()
     names_in = [f.name for f in schema]
@@ -257,7 +263,8 @@ def test_parquet_missing_row(hard: Path, tmp_path: Path) -> None:
 def test_parquet_extra_row(hard: Path, tmp_path: Path) -> None:
     config = _copy(hard, tmp_path)
     path, index = _latest_parquet_row(config, "ASIA")
-    _rewrite(path, lambda rows: pa.concat_tables([rows, _set(rows, "o_orderkey", index, 10**9).slice(index, 1)]))
+    _rewrite(path, lambda rows: pa.concat_tables([rows,
+                                                  _set(rows, "o_orderkey", index, 10**9).slice(index, 1)]))
     names, bad, _ = _failures(config)
     assert names == {("orders", "ASIA", "parquet")} and bad[0]["actual_rows"] == bad[0]["expected_rows"] + 1
 
@@ -283,8 +290,9 @@ def test_parquet_rows_under_the_wrong_region_column(hard: Path, tmp_path: Path) 
     config = _copy(hard, tmp_path)
     path = _parquet_files(config, "orders", "AFRICA")[0]
     moved = pq.read_metadata(path).num_rows
-    _rewrite(path, lambda rows: rows.set_column(rows.schema.get_field_index("region"), rows.schema.field("region"),
-                                                pa.array(["ASIA"] * rows.num_rows, rows.schema.field("region").type)))
+    _rewrite(path, lambda rows: rows.set_column(
+        rows.schema.get_field_index("region"), rows.schema.field("region"),
+        pa.array(["ASIA"] * rows.num_rows, rows.schema.field("region").type)))
     names, bad, stderr = _failures(config)
     assert names == {("orders", "AFRICA", "parquet"), ("orders", "ASIA", "parquet")}
     asia = next(c for c in bad if c["region"] == "ASIA")
@@ -342,7 +350,8 @@ def test_dimension_version_extra(hard: Path, tmp_path: Path) -> None:
     config = _copy(hard, tmp_path)
     table = _delta(config, "customer")
     current = table.to_pyarrow_table(filters=[("is_current", "=", True)]).sort_by("c_custkey")
-    write_deltalake(str(config.parent / "warehouse" / "delta" / "customer"), current.slice(1, 1), mode="append")
+    write_deltalake(str(config.parent / "warehouse" / "delta" / "customer"), current.slice(1, 1),
+                    mode="append")
     names, bad, _ = _failures(config)
     assert names == {("customer", "-", "delta")} and bad[0]["duplicates"] == 1
 
@@ -350,7 +359,9 @@ def test_dimension_version_extra(hard: Path, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- --deep: every value
 
 
-def test_deep_passes_the_untouched_warehouse_enriching_each_row_from_its_own_version(hard: Path, soft: Path) -> None:
+def test_deep_passes_the_untouched_warehouse_enriching_each_row_from_its_own_version(
+    hard: Path, soft: Path
+) -> None:
     """400 customers moved between the two loads: the first load's rows must be recomputed with the first
     version's lookups (rebuilt from the state store's changes), the second's with the second's."""
     for config in (hard, soft):
@@ -367,7 +378,8 @@ def _first_version_forgotten(config: Path) -> None:
     import sqlite3
 
     with sqlite3.connect(config.parent / "state" / "loader.db") as db:
-        (first,) = db.execute("SELECT fingerprint FROM lookup_versions ORDER BY created_at LIMIT 1").fetchone()
+        (first,) = db.execute(
+            "SELECT fingerprint FROM lookup_versions ORDER BY created_at LIMIT 1").fetchone()
         db.execute("UPDATE lookup_versions SET prepared = NULL, delta = NULL WHERE fingerprint = ?", (first,))
 
 
@@ -387,7 +399,8 @@ def test_deep_delta_changed_enrichment_value(hard: Path, tmp_path: Path) -> None
     --deep names exactly the table, region and sink."""
     config = _copy(hard, tmp_path)
     victim = _pick(_delta_rows(config, "orders"), "ASIA")["o_orderkey"][0].as_py()
-    _delta(config, "orders").update(updates={"c_phone": "'00-000-000-0000'"}, predicate=f"o_orderkey = {victim}")
+    _delta(config, "orders").update(updates={"c_phone": "'00-000-000-0000'"},
+                                    predicate=f"o_orderkey = {victim}")
     assert run_cli(config, "verify", "--json").returncode == 0
     names, bad, stderr = _failures(config, "--deep")
     assert names == {("orders", "ASIA", "delta")} and bad[0]["compared"] == "values"
@@ -408,10 +421,13 @@ def test_deep_ignores_a_changed_superseded_parquet_version(hard: Path, tmp_path:
     config = _copy(hard, tmp_path)
     for path in _parquet_log(config):
         rows = pq.read_table(path)
-        every = pa.concat_tables([pq.read_table(p, columns=["o_orderkey", "o_updated_at"]) for p in _parquet_log(config)])
+        every = pa.concat_tables([pq.read_table(p, columns=["o_orderkey", "o_updated_at"])
+                                  for p in _parquet_log(config)])
         newest = every.group_by("o_orderkey").aggregate([("o_updated_at", "max")])
-        newer = dict(zip(newest["o_orderkey"].to_pylist(), newest["o_updated_at_max"].to_pylist(), strict=True))
-        old = [i for i, (k, t) in enumerate(zip(rows["o_orderkey"].to_pylist(), rows["o_updated_at"].to_pylist(),
+        newer = dict(zip(newest["o_orderkey"].to_pylist(), newest["o_updated_at_max"].to_pylist(),
+                         strict=True))
+        old = [i for i, (k, t) in enumerate(zip(rows["o_orderkey"].to_pylist(),
+                                                 rows["o_updated_at"].to_pylist(),
                                                  strict=True)) if newer[k] > t]
         if old:
             _rewrite(path, lambda r, i=old[0]: _set(r, "amount_local", i, None))
@@ -434,7 +450,8 @@ def test_verify_in_key_parts_gives_the_same_checks_and_catches_the_same_corrupti
         parted = json.loads(run_cli(config, "verify", "--deep", "--json", "--parts", "3").stdout)["checks"]
         assert parted == whole
     config = _copy(hard, tmp_path)
-    write_deltalake(str(config.parent / "warehouse" / "delta" / "orders"), _pick(_delta_rows(config, "orders"), "AMERICA"),
+    write_deltalake(str(config.parent / "warehouse" / "delta" / "orders"),
+                    _pick(_delta_rows(config, "orders"), "AMERICA"),
                     mode="append")
     names, bad, _ = _failures(config, "--parts", "3")
     assert names == {("orders", "AMERICA", "delta")} and bad[0]["duplicates"] == 1

@@ -33,7 +33,8 @@ def _delete_one_order(server: dict[str, Any], database: str) -> tuple[int, str]:
     return int(key), str(region)
 
 
-def test_verify_reads_snowflake_back_and_names_a_lost_row(tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
+def test_verify_reads_snowflake_back_and_names_a_lost_row(
+        tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
     database = new_database()
     sinks = {"parquet": {"enabled": True}, "delta": {"enabled": False},
              "snowflake": sink_settings(snowflake_server, database)}
@@ -45,7 +46,8 @@ def test_verify_reads_snowflake_back_and_names_a_lost_row(tmp_path: Path, snowfl
     report = run_json(config, "verify", env=env)
     assert report["ok"] is True, [c for c in report["checks"] if not c["ok"]]
     assert {(c["table"], c["sink"]) for c in report["checks"]} == {  # facts, and each dimension table
-        (t, s) for t in ("orders", "lineitem", "customer", "supplier", "nation", "region") for s in ("parquet", "snowflake")
+        (t, s) for t in ("orders", "lineitem", "customer", "supplier", "nation", "region")
+        for s in ("parquet", "snowflake")
     }
     held = [c for c in report["checks"] if c["table"] == "orders" and c["sink"] == "snowflake"]
     assert sum(c["actual_rows"] for c in held) == 15000 and all(c["duplicates"] == 0 for c in held)
@@ -55,7 +57,8 @@ def test_verify_reads_snowflake_back_and_names_a_lost_row(tmp_path: Path, snowfl
     result = run_cli(config, "verify", "--json", check=False, env=env)
     assert result.returncode == 1, result.stderr
     bad = [c for c in json.loads(result.stdout)["checks"] if not c["ok"]]
-    assert [(c["table"], c["region"], c["sink"]) for c in bad] == [("orders", region, "snowflake")], (key, bad)
+    assert ([(c["table"], c["region"], c["sink"]) for c in bad]
+            == [("orders", region, "snowflake")]), (key, bad)
     assert bad[0]["actual_rows"] == bad[0]["expected_rows"] - 1
     assert "orders" in result.stderr and region in result.stderr and "sink snowflake" in result.stderr
 
@@ -70,7 +73,8 @@ def test_verify_reads_snowflake_back_and_names_a_lost_row(tmp_path: Path, snowfl
 def _loaded_snowflake(tmp_path: Path, server: dict[str, Any], mode: str) -> tuple[Path, str, dict[str, str]]:
     """Snowflake alone, the demo zone loaded, then updates, upstream deletes and moved customers loaded."""
     database = new_database()
-    sinks = {"parquet": {"enabled": False}, "delta": {"enabled": False}, "snowflake": sink_settings(server, database)}
+    sinks = {"parquet": {"enabled": False}, "delta": {"enabled": False},
+             "snowflake": sink_settings(server, database)}
     config = write_config(tmp_path / mode, sinks=sinks)
     raw = yaml.safe_load(config.read_text())
     for source in raw["sources"].values():
@@ -102,16 +106,20 @@ def _first(server: dict[str, Any], database: str, sql: str) -> tuple:
     return rows[0]
 
 
-def _mutations(server: dict[str, Any], database: str) -> list[tuple[str, list[str], list[str], set[tuple[str, str, str]]]]:
+def _mutations(server: dict[str, Any],
+               database: str) -> list[tuple[str, list[str], list[str], set[tuple[str, str, str]]]]:
     """(what, corrupting SQL, SQL that undoes it, the checks verify must fail)."""
     def order_in(region: str) -> int:
-        return int(_first(server, database, f"SELECT MIN(\"O_ORDERKEY\") FROM \"ORDERS\" WHERE \"REGION\" = '{region}'")[0])
+        return int(_first(server, database,
+                          f"SELECT MIN(\"O_ORDERKEY\") FROM \"ORDERS\" WHERE \"REGION\" = '{region}'")[0])
 
     asia, europe, africa = (order_in(r) for r in ("ASIA", "EUROPE", "AFRICA"))
-    ten = [int(r[0]) for r in query(server, database, "SELECT \"O_ORDERKEY\" FROM \"ORDERS\" WHERE \"REGION\" = 'AFRICA' "
-                                                     "ORDER BY \"O_ORDERKEY\" LIMIT 10")]
+    ten = [int(r[0]) for r in query(server, database,
+                                    "SELECT \"O_ORDERKEY\" FROM \"ORDERS\" WHERE \"REGION\" = 'AFRICA' "
+                                    "ORDER BY \"O_ORDERKEY\" LIMIT 10")]
     tens = ", ".join(map(str, ten))
-    customer = int(_first(server, database, "SELECT MIN(\"C_CUSTKEY\") FROM \"CUSTOMER\" WHERE \"IS_CURRENT\"")[0])
+    customer = int(_first(server, database,
+                          "SELECT MIN(\"C_CUSTKEY\") FROM \"CUSTOMER\" WHERE \"IS_CURRENT\"")[0])
     keep = "CREATE OR REPLACE TABLE \"KEPT\" AS SELECT * FROM \"ORDERS\" WHERE \"O_ORDERKEY\" = {}"
     return [
         ("missing row", [keep.format(asia), f'DELETE FROM "ORDERS" WHERE "O_ORDERKEY" = {asia}'],
@@ -121,19 +129,23 @@ def _mutations(server: dict[str, Any], database: str) -> list[tuple[str, list[st
          ['DELETE FROM "ORDERS" WHERE "O_ORDERKEY" = 1000000000'], {("orders", "EUROPE", "snowflake")}),
         ("stale version", [f'UPDATE "ORDERS" SET "O_UPDATED_AT" = "O_UPDATED_AT" - INTERVAL \'1 day\' '
                            f'WHERE "O_ORDERKEY" = {africa}'],
-         [f'UPDATE "ORDERS" SET "O_UPDATED_AT" = "O_UPDATED_AT" + INTERVAL \'1 day\' WHERE "O_ORDERKEY" = {africa}'],
+         [f'UPDATE "ORDERS" SET "O_UPDATED_AT" = "O_UPDATED_AT" + INTERVAL \'1 day\' '
+          f'WHERE "O_ORDERKEY" = {africa}'],
          {("orders", "AFRICA", "snowflake")}),
-        ("rows under the wrong region", [f'UPDATE "ORDERS" SET "REGION" = \'ASIA\' WHERE "O_ORDERKEY" IN ({tens})'],
+        ("rows under the wrong region",
+         [f'UPDATE "ORDERS" SET "REGION" = \'ASIA\' WHERE "O_ORDERKEY" IN ({tens})'],
          [f'UPDATE "ORDERS" SET "REGION" = \'AFRICA\' WHERE "O_ORDERKEY" IN ({tens})'],
          {("orders", "AFRICA", "snowflake"), ("orders", "ASIA", "snowflake")}),
         ("dimension table missing", ['ALTER TABLE "SUPPLIER" RENAME TO "SUPPLIER_AWAY"'],
          ['ALTER TABLE "SUPPLIER_AWAY" RENAME TO "SUPPLIER"'], {("supplier", "-", "snowflake")}),
         ("dimension version missing",
-         [f'CREATE OR REPLACE TABLE "KEPT" AS SELECT * FROM "CUSTOMER" WHERE "C_CUSTKEY" = {customer} AND "IS_CURRENT"',
+         [f'CREATE OR REPLACE TABLE "KEPT" AS SELECT * FROM "CUSTOMER" '
+          f'WHERE "C_CUSTKEY" = {customer} AND "IS_CURRENT"',
           f'DELETE FROM "CUSTOMER" WHERE "C_CUSTKEY" = {customer} AND "IS_CURRENT"'],
          ['INSERT INTO "CUSTOMER" SELECT * FROM "KEPT"'], {("customer", "-", "snowflake")}),
         ("dimension version extra",  # a second current version of one customer
-         [f'CREATE OR REPLACE TABLE "KEPT" AS SELECT * FROM "CUSTOMER" WHERE "C_CUSTKEY" = {customer} AND "IS_CURRENT"',
+         [f'CREATE OR REPLACE TABLE "KEPT" AS SELECT * FROM "CUSTOMER" '
+          f'WHERE "C_CUSTKEY" = {customer} AND "IS_CURRENT"',
           'UPDATE "KEPT" SET "VALID_FROM" = "VALID_FROM" + INTERVAL \'1 second\'',
           'INSERT INTO "CUSTOMER" SELECT * FROM "KEPT"'],
          [f'DELETE FROM "CUSTOMER" WHERE "C_CUSTKEY" = {customer} AND "IS_CURRENT" AND "VALID_FROM" = '
@@ -141,7 +153,8 @@ def _mutations(server: dict[str, Any], database: str) -> list[tuple[str, list[st
     ]
 
 
-def test_each_corruption_of_snowflake_fails_verify_naming_it(tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
+def test_each_corruption_of_snowflake_fails_verify_naming_it(
+        tmp_path: Path, snowflake_server: dict[str, Any]) -> None:
     """One corruption at a time, made with the connector, undone after: verify fails naming exactly
     the corrupted table, regions and sink, and passes again once it is undone. (A key twice is not
     planted here: the emulator enforces the declared primary key, which Snowflake does not; verify's
@@ -164,14 +177,19 @@ def test_a_cleared_soft_delete_mark_or_a_changed_value_in_snowflake_fails_verify
     config, database, env = _loaded_snowflake(tmp_path, snowflake_server, "soft")
     assert _verify_names(config, env) == set()
     assert _verify_names(config, env, "--deep") == set()
-    (asia,) = _first(snowflake_server, database, 'SELECT MIN("O_ORDERKEY") FROM "ORDERS" WHERE "REGION" = \'ASIA\' '
-                                                 'AND "_DELETED_AT" IS NULL')
-    query(snowflake_server, database, f'UPDATE "ORDERS" SET "CURRENCY" = \'XXX\' WHERE "O_ORDERKEY" = {int(asia)}')
+    (asia,) = _first(snowflake_server, database,
+                     'SELECT MIN("O_ORDERKEY") FROM "ORDERS" WHERE "REGION" = \'ASIA\' '
+                     'AND "_DELETED_AT" IS NULL')
+    query(snowflake_server, database,
+          f'UPDATE "ORDERS" SET "CURRENCY" = \'XXX\' WHERE "O_ORDERKEY" = {int(asia)}')
     assert _verify_names(config, env) == set()
     assert _verify_names(config, env, "--deep") == {("orders", "ASIA", "snowflake")}
-    query(snowflake_server, database, f'UPDATE "ORDERS" SET "CURRENCY" = \'JPY\' WHERE "O_ORDERKEY" = {int(asia)}')
+    query(snowflake_server, database,
+          f'UPDATE "ORDERS" SET "CURRENCY" = \'JPY\' WHERE "O_ORDERKEY" = {int(asia)}')
     assert _verify_names(config, env, "--deep") == set()
-    key, region = _first(snowflake_server, database, 'SELECT "O_ORDERKEY", "REGION" FROM "ORDERS" '
-                                                     'WHERE "_DELETED_AT" IS NOT NULL ORDER BY "O_ORDERKEY" LIMIT 1')
-    query(snowflake_server, database, f'UPDATE "ORDERS" SET "_DELETED_AT" = NULL WHERE "O_ORDERKEY" = {int(key)}')
+    key, region = _first(snowflake_server, database,
+                         'SELECT "O_ORDERKEY", "REGION" FROM "ORDERS" '
+                         'WHERE "_DELETED_AT" IS NOT NULL ORDER BY "O_ORDERKEY" LIMIT 1')
+    query(snowflake_server, database,
+          f'UPDATE "ORDERS" SET "_DELETED_AT" = NULL WHERE "O_ORDERKEY" = {int(key)}')
     assert _verify_names(config, env) == {("orders", str(region), "snowflake")}

@@ -13,13 +13,15 @@ import pytest
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # prefers-color-scheme as the page sees it (Blink's PreferredColorScheme: 0 is dark, 1 is light).
-SCHEMES = {"light": "--blink-settings=preferredColorScheme=1", "dark": "--blink-settings=preferredColorScheme=0"}
+SCHEMES = {"light": "--blink-settings=preferredColorScheme=1",
+           "dark": "--blink-settings=preferredColorScheme=0"}
 
 
 def chromium() -> str:
     found = shutil.which("chromium")
     if found is None:
-        pytest.skip("Chromium is not installed: `make test` installs Debian's package (apt-get install chromium)")
+        pytest.skip("Chromium is not installed: `make test` installs Debian's package "
+                    "(apt-get install chromium)")
     return found
 
 

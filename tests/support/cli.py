@@ -56,7 +56,8 @@ def run_cli(config: Path, *args: str, check: bool = True, env: dict[str, str] | 
         capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"loader {' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        raise AssertionError(f"loader {' '.join(args)} exited {result.returncode}\n"
+                             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
 
 

@@ -138,7 +138,8 @@ def _check_types(sink: str, data: pa.Table) -> None:
     """Exact types (Parquet, Delta): a sink that changed a column's type must not pass unnoticed."""
     for field in SCHEMA:
         got = data.schema.field(field.name).type
-        same = got == field.type or (pa.types.is_string(field.type) and got in (pa.large_string(), pa.string_view()))
+        same = got == field.type or (pa.types.is_string(field.type)
+                                     and got in (pa.large_string(), pa.string_view()))
         assert same, f"{sink}: column {field.name} stored as {got}, expected {field.type}"
 
 
@@ -181,7 +182,8 @@ def snowflake_reader(server: dict[str, Any], database: str) -> Callable[[], pa.T
             return SCHEMA.empty_table()
         assert sorted(data.column_names) == sorted(SCHEMA.names), f"snowflake: columns {data.column_names}"
         for name, family in _SNOWFLAKE_FAMILY.items():
-            assert family(data.schema.field(name).type), f"snowflake: column {name} came back as {data.schema.field(name).type}"
+            assert family(data.schema.field(name).type), \
+                f"snowflake: column {name} came back as {data.schema.field(name).type}"
         return sort_state(data.select(SCHEMA.names).cast(SCHEMA))
 
     return stored
@@ -202,12 +204,15 @@ def make_sink(name: str, folder: Path, snowflake: tuple[dict[str, Any], str] | N
     sink = built[0]
     if name == "parquet":
         root = Path(config.sink_path(config.sinks.parquet.path))
-        return SinkUnderTest(name, sink, parquet_reader(root), version_log=True, stored_all=parquet_log_reader(root))
+        return SinkUnderTest(name, sink, parquet_reader(root), version_log=True,
+                             stored_all=parquet_log_reader(root))
     if name == "delta":
         uri = config.sink_path(config.sinks.delta.path) + "/" + TABLE
-        return SinkUnderTest(name, sink, delta_reader(uri), stored_all=lambda: sort_state(read_delta(uri) or SCHEMA.empty_table()))
+        return SinkUnderTest(name, sink, delta_reader(uri),
+                             stored_all=lambda: sort_state(read_delta(uri) or SCHEMA.empty_table()))
     assert snowflake is not None
-    return SinkUnderTest(name, sink, snowflake_reader(*snowflake), stored_all=snowflake_all_reader(*snowflake))
+    return SinkUnderTest(name, sink, snowflake_reader(*snowflake),
+                         stored_all=snowflake_all_reader(*snowflake))
 
 
 def parquet_log_reader(root: Path) -> Callable[[], pa.Table]:
@@ -215,7 +220,8 @@ def parquet_log_reader(root: Path) -> Callable[[], pa.Table]:
     def stored() -> pa.Table:
         def check(path: Path, data: pa.Table) -> None:
             _check_types(f"parquet file {path.relative_to(root)}", data)
-            assert data.schema.field(DELETED).type == pa.bool_(), f"parquet file {path}: {DELETED} is not boolean"
+            assert data.schema.field(DELETED).type == pa.bool_(), \
+                f"parquet file {path}: {DELETED} is not boolean"
 
         return sort_state(read_parquet_log(root / TABLE, schema=DELETES_SCHEMA, check=check))
 

@@ -35,7 +35,8 @@ def landing_of(config: Path) -> Path:
     """The local landing zone a config file names (relative to the file's folder, as the loader reads it)."""
     raw = yaml.safe_load(Path(config).read_text())["landing_zone"]
     if "://" in raw:
-        raise ValueError(f"{config} has a remote landing zone ({raw}): pass --now yourself (init_now(days) + k days)")
+        raise ValueError(f"{config} has a remote landing zone ({raw}): pass --now yourself "
+                         "(init_now(days) + k days)")
     return Path(config).parent / raw
 
 

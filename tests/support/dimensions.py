@@ -52,7 +52,8 @@ def _mask(text: str | None) -> str | None:
 def customer_regions(landing: Path) -> dict[int, str]:
     """nation key -> region name, from the landing zone's nation and region files."""
     regions = {r["r_regionkey"]: r["r_name"] for r in pq.read_table(landing / "region").to_pylist()}
-    return {n["n_nationkey"]: regions[n["n_regionkey"]] for n in pq.read_table(landing / "nation").to_pylist()}
+    return {n["n_nationkey"]: regions[n["n_regionkey"]]
+            for n in pq.read_table(landing / "nation").to_pylist()}
 
 
 def masked(row: dict[str, Any], region_of_nation: dict[int, str]) -> dict[str, Any]:
@@ -60,8 +61,9 @@ def masked(row: dict[str, Any], region_of_nation: dict[int, str]) -> dict[str, A
     return {c: (_mask(v) if c in columns else v) for c, v in row.items()}
 
 
-def expected_history(snapshots: Sequence[Snapshot], region_of_nation: dict[int, str],
-                     key: str = CUSTOMER_KEY) -> dict[Any, list[tuple[dict[str, Any], datetime, datetime | None]]]:
+def expected_history(
+    snapshots: Sequence[Snapshot], region_of_nation: dict[int, str], key: str = CUSTOMER_KEY
+) -> dict[Any, list[tuple[dict[str, Any], datetime, datetime | None]]]:
     """Per key, its versions (values, valid_from, valid_to) after loading `snapshots` in order: a changed
     row closes the current version at the snapshot's time and opens one; a key gone is closed."""
     history: dict[Any, list[list[Any]]] = {}
@@ -81,7 +83,9 @@ def expected_history(snapshots: Sequence[Snapshot], region_of_nation: dict[int, 
     return {k: [(v[0], v[1], v[2]) for v in versions] for k, versions in history.items()}
 
 
-def _as_versions(table: pa.Table, key: str) -> dict[Any, list[tuple[dict[str, Any], datetime, datetime | None]]]:
+def _as_versions(
+    table: pa.Table, key: str
+) -> dict[Any, list[tuple[dict[str, Any], datetime, datetime | None]]]:
     got: dict[Any, list[tuple[dict[str, Any], datetime, datetime | None]]] = {}
     for row in sorted(table.to_pylist(), key=lambda r: (r[key], r["valid_from"])):
         assert row["is_current"] == (row["valid_to"] is None), row
@@ -90,7 +94,8 @@ def _as_versions(table: pa.Table, key: str) -> dict[Any, list[tuple[dict[str, An
     return got
 
 
-def assert_history(table: pa.Table | None, expected: dict[Any, list[tuple[dict[str, Any], datetime, datetime | None]]],
+def assert_history(table: pa.Table | None,
+                   expected: dict[Any, list[tuple[dict[str, Any], datetime, datetime | None]]],
                    *, sink: str, key: str = CUSTOMER_KEY) -> None:
     """`table` (every version a sink holds) equals `expected`, key by key, version by version."""
     assert table is not None, f"{sink}: no dimension table"
@@ -98,10 +103,12 @@ def assert_history(table: pa.Table | None, expected: dict[Any, list[tuple[dict[s
     assert set(got) == set(expected), f"{sink}: keys differ: {sorted(set(got) ^ set(expected))[:10]}"
     for k, versions in expected.items():
         have = got[k]
-        assert len(have) == len(versions), f"{sink}: key {k}: {len(have)} versions, expected {len(versions)}\n{have}"
+        assert len(have) == len(versions), (f"{sink}: key {k}: {len(have)} versions, "
+                                            f"expected {len(versions)}\n{have}")
         for (g_values, g_from, g_to), (w_values, w_from, w_to) in zip(have, versions, strict=True):
             assert g_values == w_values, f"{sink}: key {k} values\n got      {g_values}\n expected {w_values}"
-            assert (g_from, g_to) == (w_from, w_to), f"{sink}: key {k} validity {g_from}..{g_to}, expected {w_from}..{w_to}"
+            assert (g_from, g_to) == (w_from, w_to), (f"{sink}: key {k} validity {g_from}..{g_to}, "
+                                                      f"expected {w_from}..{w_to}")
 
 
 def assert_customer_history(warehouse: Path, landing: Path, snapshots: Sequence[Snapshot], *,
@@ -114,4 +121,5 @@ def assert_customer_history(warehouse: Path, landing: Path, snapshots: Sequence[
     assert_history(delta_dimension_versions(warehouse / "delta" / "customer"), expected, sink="delta")
     if snowflake is not None:
         server, database = snowflake
-        assert_history(snowflake_dimension_versions(server, database, "customer", "scd2"), expected, sink="snowflake")
+        assert_history(snowflake_dimension_versions(server, database, "customer", "scd2"), expected,
+                       sink="snowflake")

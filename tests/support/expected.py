@@ -212,13 +212,15 @@ def expected_tombstones(table: str, landing: Path, customers: Sequence[CustomerS
         newest = _newest(con, landing, "orders", "o_orderkey", "o_updated_at", tombstones=True)
         join, columns = (f"({_customers(landing, customers)}) c "
                          f"ON d.o_custkey = c.c_custkey AND d.era = c.era "
-                         f"LEFT JOIN read_parquet('{landing}/nation/*.parquet') n ON c.c_nationkey = n.n_nationkey",
+                         f"LEFT JOIN read_parquet('{landing}/nation/*.parquet') n "
+                         f"ON c.c_nationkey = n.n_nationkey",
                          "o_orderkey, o_updated_at")
     else:
         newest = _newest(con, landing, "lineitem", "l_orderkey, l_linenumber", "l_updated_at",
                          tombstones=True)
         join, columns = (f"read_parquet('{landing}/supplier/*.parquet') s ON d.l_suppkey = s.s_suppkey "
-                         f"LEFT JOIN read_parquet('{landing}/nation/*.parquet') n ON s.s_nationkey = n.n_nationkey",
+                         f"LEFT JOIN read_parquet('{landing}/nation/*.parquet') n "
+                         f"ON s.s_nationkey = n.n_nationkey",
                          "l_orderkey, l_linenumber, l_updated_at")
     sql = f"""
     SELECT {columns}, coalesce(r.r_name, '{UNKNOWN}') AS region

@@ -33,10 +33,12 @@ class Gate:
 class HeldProcess:
     """A `loader` command started with failpoints; `held()` returns once it waits at its gate."""
 
-    def __init__(self, config: Path, *args: str, failpoints: str, stdout: int | None = subprocess.DEVNULL) -> None:
+    def __init__(self, config: Path, *args: str, failpoints: str,
+                 stdout: int | None = subprocess.DEVNULL) -> None:
         command = [sys.executable, "-m", "loader.cli", "--config", str(config), *args]
         env = {**os.environ, "LOADER_FAILPOINTS": failpoints}
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE,
+                                        text=True)
         self.stderr: list[str] = []
 
     def held(self) -> HeldProcess:
@@ -45,7 +47,8 @@ class HeldProcess:
             self.stderr.append(line)
             if ": waiting for " in line:
                 return self
-        raise AssertionError(f"the command ended (exit {self.process.wait()}) before its gate:\n{''.join(self.stderr)}")
+        raise AssertionError(f"the command ended (exit {self.process.wait()}) before its gate:\n"
+                             f"{''.join(self.stderr)}")
 
     def finish(self, timeout: float = 300) -> tuple[int, str, str]:
         """Its exit code, stdout and all of its stderr, once it ended."""

@@ -155,7 +155,8 @@ def read_snowflake(server: dict[str, Any], database: str, table: str, *,
     for column in nullable:
         flag = f"__NULL_{column.upper()}"
         index = data.schema.get_field_index(column.upper())
-        values = pc.if_else(data[flag], pa.nulls(data.num_rows, data[column.upper()].type), data[column.upper()])
+        values = pc.if_else(data[flag], pa.nulls(data.num_rows, data[column.upper()].type),
+                            data[column.upper()])
         data = data.set_column(index, data.schema.field(index), values).drop_columns([flag])
     return data.rename_columns([c.lower() for c in data.column_names])
 
@@ -221,7 +222,8 @@ def delta_table_version(uri: str | Path) -> int | None:
         return None
 
 
-def snowflake_dimension_versions(server: dict[str, Any], database: str, table: str, mode: str) -> pa.Table | None:
+def snowflake_dimension_versions(server: dict[str, Any], database: str, table: str,
+                                 mode: str) -> pa.Table | None:
     """SELECT * FROM <TABLE> over the connector, column names lower-cased (scd2: `valid_to`'s NULLs
     read with IS NULL, see `read_snowflake`)."""
     return read_snowflake(server, database, table, nullable=["valid_to"] if mode == "scd2" else [])

@@ -23,8 +23,8 @@ class S3:
     secret: str
 
     def filesystem(self) -> pafs.S3FileSystem:
-        return pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{self.port}", scheme="http", region="us-east-1",
-                                 access_key=self.key_id, secret_key=self.secret)
+        return pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{self.port}", scheme="http",
+                                 region="us-east-1", access_key=self.key_id, secret_key=self.secret)
 
     def env(self, *, port: int | None = None, secret: str | None = None) -> dict[str, str]:
         return {
@@ -65,10 +65,12 @@ def moto_s3(bucket: str) -> Iterator[S3]:
         iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
                            aws_access_key_id="setup", aws_secret_access_key="setup")
         iam.create_user(UserName="loader")
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        policy = {"Version": "2012-10-17",
+                  "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
         iam.put_user_policy(UserName="loader", PolicyName="s3", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName="loader")["AccessKey"]
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key["AccessKeyId"],
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                     aws_access_key_id=key["AccessKeyId"],
                      aws_secret_access_key=key["SecretAccessKey"]).create_bucket(Bucket=bucket)
         yield S3(port, key["AccessKeyId"], key["SecretAccessKey"])
     finally:

@@ -69,7 +69,8 @@ def sink_settings(server: dict[str, Any], database: str, **overrides: Any) -> di
     """`sinks.snowflake` of a loader config pointing at the emulator; the password comes from the
     environment (`password_env(server)`), as it must in a real config."""
     settings = {
-        "enabled": True, "account": server["account"], "user": server["user"], "password": "${SNOWFLAKE_PASSWORD}",
+        "enabled": True, "account": server["account"], "user": server["user"],
+        "password": "${SNOWFLAKE_PASSWORD}",
         "database": database, "schema": "S", "host": server["host"], "port": server["port"],
         "protocol": server["protocol"], "login_timeout": "10s", "network_timeout": "30s",
         "retry": {"attempts": 3, "initial_wait": "0.1s", "total": "20s"},

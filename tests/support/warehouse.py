@@ -154,8 +154,8 @@ def _assert_tombstones(latest: pa.Table, landing: Path, table: str, live: pa.Sch
     assert not filled, f"parquet/{table}: tombstones with values in {filled} (only key, cursor and region)"
 
 
-def assert_warehouse_exact(warehouse: Path, landing: Path, tables: tuple[str, ...] = ("orders", "lineitem"), *,
-                           customers: Sequence[CustomerSnapshot] = ()) -> None:
+def assert_warehouse_exact(warehouse: Path, landing: Path, tables: tuple[str, ...] = ("orders", "lineitem"),
+                           *, customers: Sequence[CustomerSnapshot] = ()) -> None:
     """Delta and Parquet hold exactly the latest live version of every key, every column; Parquet holds
     no version twice, each file in its region's and its cursor day's folder, and its newest version of
     each tombstoned key is that tombstone. `customers`: the kept earlier customer snapshots (see the
@@ -192,8 +192,8 @@ def assert_snowflake_exact(server: dict[str, Any], database: str, landing: Path,
                                 customers=customers)
 
 
-def assert_deletes_applied(warehouse: Path, landing: Path, *, snowflake: tuple[dict[str, Any], str] | None = None
-                           ) -> dict[str, int]:
+def assert_deletes_applied(warehouse: Path, landing: Path, *,
+                           snowflake: tuple[dict[str, Any], str] | None = None) -> dict[str, int]:
     """The deletes really happened: the landing zone holds keys of each fact table whose newest version
     is a tombstone, none of them is in Delta (nor in Snowflake: `(server, database)`), and the Parquet
     log's newest version of each is its tombstone. The tombstoned keys per table."""

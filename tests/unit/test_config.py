@@ -65,7 +65,8 @@ def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("30m", 1800), ("1h", 3600), ("1d", 86400), (15, 15), ("1.5h", 5400)])
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90), ("30m", 1800), ("1h", 3600), ("1d", 86400), (15, 15), ("1.5h", 5400)])
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds
 
@@ -79,7 +80,8 @@ def test_max_batch_rows_must_be_a_positive_integer(tmp_path: Path, bad: object) 
 
 def test_max_batch_rows_default_and_override(tmp_path: Path) -> None:
     assert load_config(LOCAL_CONFIG).run.max_batch_rows == 1_000_000
-    assert load_config(write_raw(tmp_path, {**local_raw(), "run": {"max_batch_rows": 5000}})).run.max_batch_rows == 5000
+    assert load_config(write_raw(tmp_path, {**local_raw(),
+                                            "run": {"max_batch_rows": 5000}})).run.max_batch_rows == 5000
 
 
 def test_dimensions_plain_paths_take_each_tables_default_mode(tmp_path: Path) -> None:
@@ -121,7 +123,8 @@ def test_bad_dimension_blocks_are_named(tmp_path: Path, block: dict, message: st
 def test_the_command_line_overrides_fold_into_the_config_and_are_validated(tmp_path: Path) -> None:
     config = load_config(write_raw(tmp_path, local_raw()))
     overridden = config.overridden(executor="ray", engine="cpu", max_batch_rows=5_000)
-    assert (overridden.ray.mode, overridden.transform.engine, overridden.run.max_batch_rows) == ("ray", "cpu", 5_000)
+    assert (overridden.ray.mode, overridden.transform.engine,
+            overridden.run.max_batch_rows) == ("ray", "cpu", 5_000)
     assert (config.ray.mode, config.run.max_batch_rows) == ("auto", 1_000_000)  # the loaded one is unchanged
     assert overridden.ray.local_max_rows == config.ray.local_max_rows and overridden.sources == config.sources
     assert config.overridden() is config
@@ -137,6 +140,7 @@ def test_ray_address_from_the_environment_is_settled_into_the_config(tmp_path: P
     assert load_config(write_raw(tmp_path / "a", local_raw())).ray.address == "ray://head:10001"
     raw = local_raw()
     raw["ray"] = {**raw.get("ray", {}), "address": "ray://configured:10001"}
-    assert load_config(write_raw(tmp_path / "b", raw)).ray.address == "ray://configured:10001"  # the file wins
+    # the file wins
+    assert load_config(write_raw(tmp_path / "b", raw)).ray.address == "ray://configured:10001"
     monkeypatch.delenv("RAY_ADDRESS")
     assert load_config(write_raw(tmp_path / "c", local_raw())).ray.address is None

@@ -88,7 +88,8 @@ def test_the_image_build_context_builds_the_package(tmp_path: Path) -> None:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(ROOT / source, target)
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path / "dist"), str(context)], capture_output=True, text=True, timeout=300)
+                           "-w", str(tmp_path / "dist"), str(context)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("loader-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -125,7 +126,8 @@ def test_compose_runs_postgres_minio_and_a_one_shot_loader() -> None:
     assert loader["restart"] == "no" and loader["command"] == ["run", "--incremental"]
     assert loader["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert loader["environment"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
-    assert "postgres" in services and "healthcheck" in services["postgres"] and "healthcheck" in services["minio"]
+    assert ("postgres" in services and "healthcheck" in services["postgres"]
+            and "healthcheck" in services["minio"])
     mounted = [v.split(":")[0] for v in loader["volumes"]]
     assert all((DEPLOY / m).is_file() for m in mounted)
     assert loader["build"]["dockerfile"] == "deploy/Dockerfile"
@@ -174,7 +176,8 @@ RAYJOB_SCHEMA: dict[str, Any] = {  # the fields of KubeRay's RayJob (ray.io/v1) 
             "type": "object",
             "required": ["entrypoint", "rayClusterSpec", "shutdownAfterJobFinishes"],
             "properties": {
-                "entrypoint": {"type": "string", "pattern": "^loader (run --incremental|backfill) .*--executor ray"},
+                "entrypoint": {"type": "string",
+                               "pattern": "^loader (run --incremental|backfill) .*--executor ray"},
                 "shutdownAfterJobFinishes": {"const": True},
                 "ttlSecondsAfterFinished": {"type": "integer", "minimum": 0},
                 "activeDeadlineSeconds": {"type": "integer", "minimum": 1},
@@ -184,8 +187,9 @@ RAYJOB_SCHEMA: dict[str, Any] = {  # the fields of KubeRay's RayJob (ray.io/v1) 
                     "properties": {
                         "headGroupSpec": {"type": "object", "required": ["rayStartParams", "template"]},
                         "workerGroupSpecs": {"type": "array", "minItems": 1, "items": {
-                            "type": "object", "required": ["groupName", "replicas", "minReplicas", "maxReplicas",
-                                                           "rayStartParams", "template"]}},
+                            "type": "object",
+                            "required": ["groupName", "replicas", "minReplicas", "maxReplicas",
+                                         "rayStartParams", "template"]}},
                     },
                 },
             },
@@ -202,7 +206,8 @@ def test_rayjob_manifest_has_the_fields_kuberay_needs_and_valid_pod_templates() 
     for template in templates:  # each group's pod template is a real PodTemplateSpec
         kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
                                       "template": template}, K8S_VERSION, strict=True)
-        assert all(c["image"] == templates[0]["spec"]["containers"][0]["image"] for c in template["spec"]["containers"])
+        assert all(c["image"] == templates[0]["spec"]["containers"][0]["image"]
+                   for c in template["spec"]["containers"])
     head = cluster["headGroupSpec"]["template"]["spec"]
     assert head["volumes"][0]["configMap"]["name"] == "loader-config"
 
@@ -234,7 +239,8 @@ def test_airflow_dag_retries_and_never_overlaps() -> None:
     assert ast.literal_eval(options["max_active_runs"]) == 1 and ast.literal_eval(options["catchup"]) is False
     default_args = options["default_args"]
     assert isinstance(default_args, ast.Dict)
-    defaults = {ast.literal_eval(k): v for k, v in zip(default_args.keys, default_args.values, strict=True)}  # type: ignore[arg-type]
+    defaults = {ast.literal_eval(k): v  # type: ignore[arg-type]
+                for k, v in zip(default_args.keys, default_args.values, strict=True)}
     assert ast.literal_eval(defaults["retries"]) >= 1
     operator = {k.arg: k.value for k in calls["PythonOperator"].keywords}
     assert json.loads(json.dumps(ast.literal_eval(operator["op_args"]))) == ["run", "--incremental"]

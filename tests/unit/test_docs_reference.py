@@ -38,7 +38,8 @@ def test_every_key_of_the_config_is_in_the_generated_reference() -> None:
     assert all(f"| `{name}` |" in sources for name in SourceConfig.model_fields)
     assert "| `lookback` | duration" in sources and "`1h`" in sources
     assert "### `sources.<name>.deletes`" in reference and "### `regions.<name>`" in reference
-    assert "| `schema` |" in _section(reference, "`sinks.snowflake`")  # the key users write, not the attribute
+    # the key users write, not the attribute
+    assert "| `schema` |" in _section(reference, "`sinks.snowflake`")
 
 
 def test_the_configuration_page_asks_for_the_reference() -> None:

@@ -123,7 +123,8 @@ def test_every_module_is_in_a_layer_and_imports_only_lower_or_its_own() -> None:
 
 
 def test_an_import_into_a_higher_layer_is_found() -> None:
-    graph = {"loader.landing.sources": {"loader.protocol.planning"}, "loader.protocol.planning": {"loader.landing"}}
+    graph = {"loader.landing.sources": {"loader.protocol.planning"},
+             "loader.protocol.planning": {"loader.landing"}}
     assert upward_imports(graph) == ["loader.landing.sources -> loader.protocol.planning"]
 
 

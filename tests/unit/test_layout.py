@@ -32,7 +32,8 @@ def named_modules(text: str) -> set[str]:
 
 def test_every_package_folder_has_an_entry_naming_exactly_its_modules() -> None:
     entries = layout_entries()
-    folders = [ROOT / "loader", ROOT / "state", *(p for p in (ROOT / "loader").iterdir() if (p / "__init__.py").is_file())]
+    folders = [ROOT / "loader", ROOT / "state",
+               *(p for p in (ROOT / "loader").iterdir() if (p / "__init__.py").is_file())]
     for folder in folders:
         entry = f"{folder.relative_to(ROOT)}/"
         assert entry in entries, f"docs/development.md's layout has no entry for {entry}"
@@ -48,7 +49,8 @@ def test_every_named_path_exists() -> None:
         folder = ROOT / entry
         if folder.is_dir():
             for module in named_modules(text):
-                assert (folder / module).is_file(), f"{entry}{module} named in docs/development.md is not there"
+                assert (folder / module).is_file(), (
+                    f"{entry}{module} named in docs/development.md is not there")
 
 
 def test_unit_tests_mirror_the_package() -> None:
@@ -59,5 +61,6 @@ def test_unit_tests_mirror_the_package() -> None:
     assert folders, "no package folders under tests/unit"
     for name in folders:
         package = ROOT / "state" if name == "state" else ROOT / "loader" / name
-        assert (package / "__init__.py").is_file(), f"tests/unit/{name}/ mirrors no package of loader/ or state/"
+        assert (package / "__init__.py").is_file(), (
+            f"tests/unit/{name}/ mirrors no package of loader/ or state/")
         assert (unit / name / "__init__.py").is_file(), f"tests/unit/{name}/ has no __init__.py"

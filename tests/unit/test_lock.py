@@ -40,16 +40,19 @@ def test_every_pin_is_exact_and_hashed() -> None:
     for lock in (LOCK, IMAGE_LOCK):
         pins = _pins(lock)
         assert len(pins) > 50, len(pins)
-        unhashed = [name for name, (_, _, hashes) in pins.items() if not hashes or not all(h.startswith("sha256:") for h in hashes)]
+        unhashed = [name for name, (_, _, hashes) in pins.items()
+                    if not hashes or not all(h.startswith("sha256:") for h in hashes)]
         assert not unhashed, f"{lock.name}: pins without sha256 hashes: {unhashed}"
 
 
 def _declared(extras: set[str]) -> list[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *(r for extra in sorted(extras) for r in project["optional-dependencies"][extra])]
+    return [*project["dependencies"],
+            *(r for extra in sorted(extras) for r in project["optional-dependencies"][extra])]
 
 
-def _uncovered(declared: list[str], pins: dict[str, tuple[str, Marker | None, list[str]]]) -> tuple[list[str], list[str]]:
+def _uncovered(declared: list[str],
+               pins: dict[str, tuple[str, Marker | None, list[str]]]) -> tuple[list[str], list[str]]:
     missing, outside = [], []
     for raw in declared:
         requirement = Requirement(raw)
@@ -64,16 +67,19 @@ def _uncovered(declared: list[str], pins: dict[str, tuple[str, Marker | None, li
 def test_the_lock_covers_every_dependency_pyproject_declares() -> None:
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     missing, outside = _uncovered(_declared(extras - {"gpu"}), _pins())  # cuDF: on GPU machines, by hand
-    assert not missing and not outside, f"run `make lock`: not locked {missing}; lock outside the range {outside}"
+    assert not missing and not outside, \
+        f"run `make lock`: not locked {missing}; lock outside the range {outside}"
 
 
 def test_the_image_lock_covers_the_images_extras_at_the_versions_the_suite_runs() -> None:
     image, tested = _pins(IMAGE_LOCK), _pins()
     missing, outside = _uncovered(_declared({"postgres", "snowflake"}), image)
-    assert not missing and not outside, f"run `make lock`: not locked {missing}; lock outside the range {outside}"
+    assert not missing and not outside, \
+        f"run `make lock`: not locked {missing}; lock outside the range {outside}"
     differ = {name: (pin[0], tested.get(name, ("absent",))[0]) for name, pin in image.items()
               if tested.get(name, ("absent",))[0] != pin[0]}
-    assert not differ, f"deploy/image.lock differs from requirements.lock (image, tested): {differ}; run `make lock`"
+    assert not differ, \
+        f"deploy/image.lock differs from requirements.lock (image, tested): {differ}; run `make lock`"
 
 
 def test_this_environment_is_the_lock() -> None:
@@ -88,28 +94,33 @@ def test_this_environment_is_the_lock() -> None:
             installed = None
         if installed != version:
             wrong.append(f"{name}: locked {version}, installed {installed}")
-    assert not wrong, "the suite runs in an environment that is not requirements.lock (`make test` installs it): " + \
-        "; ".join(wrong)
+    assert not wrong, ("the suite runs in an environment that is not requirements.lock "
+                       "(`make test` installs it): " + "; ".join(wrong))
 
 
-def test_make_installs_the_pinned_installer_then_the_lock_with_hashes_and_the_project_without_dependencies() -> None:
+def test_make_installs_the_pinned_installer_then_the_lock_with_hashes_and_the_project_without_dependencies(
+) -> None:
     makefile = (ROOT / "Makefile").read_text()
     installer = makefile.index("--require-hashes -r $(INSTALLER_LOCK)")
     assert installer < makefile.index("--require-hashes -r requirements.lock"), "the installer comes first"
     assert "--no-deps --no-build-isolation -e ." in makefile
-    assert re.search(r"^\$\(STAMP\): pyproject.toml requirements.lock \$\(INSTALLER_LOCK\)", makefile, re.M), \
+    assert re.search(r"^\$\(STAMP\): pyproject.toml requirements.lock "
+                     r"\$\(INSTALLER_LOCK\)", makefile, re.M), \
         "a new lock or installer reinstalls"
     build = (ROOT / "tests" / "airflow_env" / "build.sh").read_text()
-    assert build.index('-r "$INSTALLER"') < build.index('-r "$REQ"'), ".venv-airflow is built with the pinned installer"
+    assert build.index('-r "$INSTALLER"') < build.index('-r "$REQ"'), \
+        ".venv-airflow is built with the pinned installer"
 
 
 def test_the_installer_lock_pins_the_makefiles_installer_and_this_environment_runs_it() -> None:
     """Whatever pip the interpreter bundled, `make` replaced it with the pinned one: the outcome of an
     install does not depend on the machine's Python (.ci/fresh-envs builds with the bundled pip)."""
     pins = _pins(INSTALLER_LOCK)
-    assert list(pins) == ["pip"] and all(h.startswith("sha256:") for h in pins["pip"][2]) and pins["pip"][2], pins
+    assert (list(pins) == ["pip"] and all(h.startswith("sha256:") for h in pins["pip"][2])
+            and pins["pip"][2]), pins
     declared = re.search(r"^INSTALLER := pip==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
-    assert declared and declared.group(1) == pins["pip"][0], "run `make lock`: the installer lock is not INSTALLER"
+    assert declared and declared.group(1) == pins["pip"][0], \
+        "run `make lock`: the installer lock is not INSTALLER"
     assert metadata.version("pip") == pins["pip"][0], f"this environment's pip is {metadata.version('pip')}"
 
 

@@ -59,7 +59,8 @@ def _dead_loader_folder(root: Path, system: Path) -> Path:
 
 
 def _tree(folder: Path) -> list[tuple[str, str]]:
-    return sorted((str(p.relative_to(folder)), "link" if p.is_symlink() else p.read_text() if p.is_file() else "dir")
+    return sorted((str(p.relative_to(folder)),
+                   "link" if p.is_symlink() else p.read_text() if p.is_file() else "dir")
                   for p in folder.rglob("*"))
 
 
@@ -81,7 +82,8 @@ def test_a_link_planted_at_the_roots_name_is_refused_naming_it_and_its_target_is
     with pytest.raises(ConfigError) as refused:
         scratch.claim()
     assert str(refused.value) == (
-        f"the loader's scratch folder {root} is a symbolic link (to {victim}), not a private folder of this user "
+        f"the loader's scratch folder {root} is a symbolic link (to {victim}), not a private folder "
+        f"of this user "
         f"(mode 0700): remove it (rm {root}), or set TMPDIR to a folder only you can write to")
     with pytest.raises(ConfigError, match="is a symbolic link"):
         scratch.process_folder(root / "ray")  # Ray's default root, in it
@@ -99,7 +101,8 @@ def test_a_premade_root_open_to_other_users_is_refused(system: Path) -> None:
         scratch.claim()
     message = str(refused.value)
     assert f"scratch folder {root} is mode 0777" in message, message
-    assert f"remove it (rm -r {root};" in message and f"set {scratch.SYSTEM_TMPDIR_ENV} to a folder" in message
+    assert (f"remove it (rm -r {root};" in message
+            and f"set {scratch.SYSTEM_TMPDIR_ENV} to a folder" in message)
     assert _tree(root) == [("planted", "another user's")]
     assert stat.S_IMODE(os.lstat(root).st_mode) == 0o777
 

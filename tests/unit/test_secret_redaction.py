@@ -33,7 +33,8 @@ def empty_registry() -> Iterator[None]:
 def test_user_info_password_is_masked_without_being_registered() -> None:
     assert redaction.redact(f"postgresql+psycopg://loader:{SECRET}@db:5432/loader") == \
         "postgresql+psycopg://loader:***@db:5432/loader"
-    assert redaction.redact(f"http://user:{SECRET}@127.0.0.1:9091/: refused") == "http://user:***@127.0.0.1:9091/: refused"
+    assert redaction.redact(f"http://user:{SECRET}@127.0.0.1:9091/: refused") == \
+        "http://user:***@127.0.0.1:9091/: refused"
     # not user info: a port, a plain user, an S3 key holding @
     for text in ("postgresql://db:5432/loader", "postgresql://loader@db/loader", "s3://bucket/a@b/c",
                  "sqlite:///state/loader.db", "at 16:22:25 loader@db"):
@@ -43,11 +44,13 @@ def test_user_info_password_is_masked_without_being_registered() -> None:
 def test_secret_query_parameters_are_masked_without_being_registered() -> None:
     url = f"postgresql+psycopg:///loader?host=db&port=5432&password={SECRET}&connect_timeout=2"
     assert redaction.redact(url) == "postgresql+psycopg:///loader?host=db&port=5432&password=***&connect_timeout=2"
-    assert redaction.redact(f"x?sslpassword={SECRET}&Token={SECRET}&api_key={SECRET}&pwd={SECRET}&key={SECRET}") == \
+    assert redaction.redact(f"x?sslpassword={SECRET}&Token={SECRET}&api_key={SECRET}"
+                            f"&pwd={SECRET}&key={SECRET}") == \
         "x?sslpassword=***&Token=***&api_key=***&pwd=***&key=***"
     assert redaction.redact(f"connect(password='{SECRET}')") == "connect(password=***)"
     # the sentence's punctuation stays; a value masked already is left as it is
-    assert redaction.redact(f"(x?password={SECRET}). Next: x?password=***: 0") == "(x?password=***). Next: x?password=***: 0"
+    assert redaction.redact(f"(x?password={SECRET}). Next: x?password=***: 0") == \
+        "(x?password=***). Next: x?password=***: 0"
     kept = "x?primary_key=o_orderkey&sslkey=/etc/client.key&token_count=4&private_key_file=/run/key.p8"
     assert redaction.redact(kept) == kept
 
@@ -63,14 +66,16 @@ def test_url_secrets_finds_user_info_and_query_secrets() -> None:
     found = redaction.url_secrets(f"postgresql://u:{SECRET}1@db/x?host=h&password={SECRET}2&sslmode=require")
     assert set(found) == {f"{SECRET}1", f"{SECRET}2"}
     assert redaction.url_secrets("postgresql://u@db/x?host=h&sslmode=require") == []
-    assert redaction.url_secrets(f"postgresql//u:{SECRET}@db/x") == [SECRET]  # no scheme: the pattern finds it
+    # no scheme: the pattern finds it
+    assert redaction.url_secrets(f"postgresql//u:{SECRET}@db/x") == [SECRET]
 
 
 def test_a_password_holding_at_is_masked_whole_and_its_tail_alone() -> None:
     """SQLAlchemy cuts `u:ab@<secret>@host` at the first @: the tail shows up as the host."""
     redaction.add_secrets(redaction.url_secrets(f"postgresql+psycopg://u:ab@{SECRET}@127.0.0.1:1/db"))
     assert redaction.redact(f"ab@{SECRET}") == "***"
-    assert redaction.redact(f"failed to resolve host '{SECRET}@127.0.0.1'") == "failed to resolve host '***@127.0.0.1'"
+    assert redaction.redact(f"failed to resolve host '{SECRET}@127.0.0.1'") == \
+        "failed to resolve host '***@127.0.0.1'"
     # as SQLAlchemy renders it with hide_password: the user info runs to the last @ before the host
     assert redaction.redact(f"postgresql+psycopg://u:***@{SECRET}@127.0.0.1:1/db") == \
         "postgresql+psycopg://u:***@127.0.0.1:1/db"
@@ -117,13 +122,17 @@ def test_config_secret_fields_and_urls_are_registered_before_validation(tmp_path
     ("pipeline: p\nsinks:\n  snowflake:\n    password: s3cr3t-PW-41: x\n",
      "line 4, column 27: mapping values are not allowed here"),
     ("pipeline: p\nsinks:\n  snowflake:\n    password: \"s3cr3t-PW-41\n",
-     "line 5, column 1: found unexpected end of stream (while scanning a quoted scalar begun at line 4, column 15)"),
+     "line 5, column 1: found unexpected end of stream "
+     "(while scanning a quoted scalar begun at line 4, column 15)"),
     ("pipeline: p\n\tpassword: s3cr3t-PW-41\n",
-     "line 2, column 1: found character '\\t' that cannot start any token (while scanning for the next token)"),
+     "line 2, column 1: found character '\\t' that cannot start any token "
+     "(while scanning for the next token)"),
     ("state:\n  url: postgresql://u:s3cr3t-PW-41@db/x\n  bad: [open, s3cr3t-PW-41: 1\nother: 1\n",
-     "line 4, column 6: expected ',' or ']', but got ':' (while parsing a flow sequence begun at line 3, column 8)"),
+     "line 4, column 6: expected ',' or ']', but got ':' "
+     "(while parsing a flow sequence begun at line 3, column 8)"),
 ])
-def test_a_yaml_syntax_error_names_line_and_column_never_the_line(tmp_path: Path, text: str, message: str) -> None:
+def test_a_yaml_syntax_error_names_line_and_column_never_the_line(
+        tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "loader.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as caught:
@@ -134,7 +143,8 @@ def test_a_yaml_syntax_error_names_line_and_column_never_the_line(tmp_path: Path
 
 def test_redact_data_masks_every_string_of_a_payload() -> None:
     redaction.add_secrets([SECRET])
-    payload = {"state": f"postgresql://u:{SECRET}@db/x", "runs": [{"error": f"login failed: {SECRET}"}, 3, None],
+    payload = {"state": f"postgresql://u:{SECRET}@db/x",
+               "runs": [{"error": f"login failed: {SECRET}"}, 3, None],
                SECRET: True}
     assert redaction.redact_data(payload) == {"state": "postgresql://u:***@db/x",
                                               "runs": [{"error": "login failed: ***"}, 3, None], "***": True}
@@ -176,7 +186,8 @@ def test_log_lines_mask_urls_nobody_registered() -> None:
 
 
 @pytest.mark.parametrize(("name", "secret"), [
-    ("password", True), ("sslpassword", True), ("passwd", True), ("pwd", True), ("key", True), ("token", True),
+    ("password", True), ("sslpassword", True), ("passwd", True), ("pwd", True), ("key", True),
+    ("token", True),
     ("access_token", True), ("client_secret", True), ("api_key", True), ("private_key", True),
     ("private_key_passphrase", True), ("credentials", True),
     ("primary_key", False), ("private_key_file", False), ("keyword", False), ("host", False), ("user", False),
@@ -186,7 +197,8 @@ def test_secret_names(name: str, secret: bool) -> None:
 
 
 @pytest.mark.parametrize(("name", "secret"), [
-    ("PGPASSWORD", True), ("SNOWFLAKE_PRIVATE_KEY", True), ("AWS_SECRET_ACCESS_KEY", True), ("VAULT_TOKEN", True),
+    ("PGPASSWORD", True), ("SNOWFLAKE_PRIVATE_KEY", True), ("AWS_SECRET_ACCESS_KEY", True),
+    ("VAULT_TOKEN", True),
     ("DB_CREDENTIAL", True), ("KEY_PASSPHRASE", True), ("PGHOST", False), ("LOADER_CONFIG", False),
 ])
 def test_secret_environment_names(name: str, secret: bool) -> None:

@@ -208,7 +208,8 @@ def reference_init(tpch: Path, *, seed: int, days: int, start: datetime) -> dict
     ):
         cursor_name = dd.CURSOR_COLUMNS[table]
         data = data.append_column(dd.SCHEMAS[table].field(cursor_name), pa.array(row_cursor, dd.CURSOR_TYPE))
-        data = data.append_column(dd.SCHEMAS[table].field(dd.OP_COLUMN), pa.array(["I"] * data.num_rows, pa.string()))
+        data = data.append_column(dd.SCHEMAS[table].field(dd.OP_COLUMN),
+                                  pa.array(["I"] * data.num_rows, pa.string()))
         for d in np.unique(row_day):
             rel = f"{table}/ingest_date={(start + timedelta(days=int(d))).date()}/part-{d + 1:05d}.parquet"
             keys = [(cursor_name, "ascending")] + [(k, "ascending") for k in dd.PRIMARY_KEYS[table]]
@@ -425,7 +426,8 @@ def test_append_and_state_refuse_a_folder_that_is_not_a_landing_zone(tmp_path: P
     ],
 )
 def test_init_rejects_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
-    with pytest.raises(ConfigError, match="must be" if "now" not in kwargs else "now must be a timezone-aware"):
+    with pytest.raises(ConfigError,
+                       match="must be" if "now" not in kwargs else "now must be a timezone-aware"):
         dd.init_landing_zone(tmp_path / "lz", **{"now": init_now(), **kwargs})
     assert not (tmp_path / "lz").exists()
 
@@ -627,12 +629,13 @@ def test_cli_customer_changes_help_error_and_summary(zone: Path, tmp_path: Path)
     assert "--customer-changes" in helped and "c_mktsegment" in helped and "snapshot" in helped
 
     n = customers(zone).num_rows
-    failed = run_cli(config, "demo-data", "append", *append_args(config), "--customer-changes", str(n + 1), check=False)
+    failed = run_cli(config, "demo-data", "append", *append_args(config), "--customer-changes", str(n + 1),
+                     check=False)
     assert failed.returncode == EXIT_USAGE, failed.stderr
     assert "--customer-changes" in failed.stderr and f"holds only {n} customers" in failed.stderr
 
-    done = run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "0", "--late", "0",
-                   "--customer-changes", "3").stdout
+    done = run_cli(config, "demo-data", "append", *append_args(config), "--orders", "0", "--updates", "0",
+                   "--late", "0", "--customer-changes", "3").stdout
     assert "3 customers changed" in done
 
 
@@ -663,7 +666,8 @@ def test_init_with_the_real_clock_ends_within_the_last_day(tmp_path: Path) -> No
     summary = landing_zone.init(str(tmp_path / "lz"), scale=SMALL, seed=1, days=2)  # no now: the clock
     after = datetime.now(UTC)
     assert before - timedelta(days=1) < summary.max_cursor <= after
-    assert summary.last_ingest_date in {(before - timedelta(microseconds=1)).date(), (after - timedelta(microseconds=1)).date()}
+    assert summary.last_ingest_date in {(before - timedelta(microseconds=1)).date(),
+                                        (after - timedelta(microseconds=1)).date()}
     assert summary.first_ingest_date == summary.last_ingest_date - timedelta(days=1)
     assert_before_now_and_day_end(tmp_path / "lz", after)
     newest = max(pc.max(read_fact(tmp_path / "lz", t)[dd.CURSOR_COLUMNS[t]]).as_py() for t in dd.FACT_TABLES)
@@ -770,7 +774,8 @@ def test_a_crashed_append_on_a_shared_day_removes_only_its_own_files(zone: Path,
 def test_append_at_or_before_the_newest_cursor_is_refused(zone: Path, ahead: timedelta) -> None:
     state = dd.read_demo_state(zone)
     before = (zone / dd.STATE_FILE).read_text()
-    with pytest.raises(ConfigError, match=re.escape(f"newest cursor is {state.max_cursor.isoformat()}") + ".*--now. later"):
+    with pytest.raises(ConfigError, match=re.escape(f"newest cursor is {state.max_cursor.isoformat()}")
+                       + ".*--now. later"):
         dd.append_batch(zone, now=state.max_cursor + ahead, orders=10, updates=0, late=0)
     assert (zone / dd.STATE_FILE).read_text() == before
     with pytest.raises(ConfigError, match="timezone-aware"):
@@ -797,4 +802,5 @@ def test_cli_now_pins_the_clock_and_refuses_a_bad_one(zone: Path, tmp_path: Path
     early = run_cli(config, "demo-data", "append", "--now", newest.isoformat(), check=False)
     assert early.returncode == EXIT_USAGE and "--now" in early.stderr and newest.isoformat() in early.stderr
     done = run_cli(config, "demo-data", "append", "--now", "2024-01-07T06:00:00Z", "--orders", "5").stdout
-    assert "ingest_date=2024-01-07" in done and dd.read_demo_state(zone).max_cursor < datetime(2024, 1, 7, 6, tzinfo=UTC)
+    assert "ingest_date=2024-01-07" in done and (
+        dd.read_demo_state(zone).max_cursor < datetime(2024, 1, 7, 6, tzinfo=UTC))

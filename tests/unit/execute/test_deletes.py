@@ -118,7 +118,8 @@ def _by_key(table: pa.Table) -> dict[int, dict[str, Any]]:
     return {row["o_orderkey"]: row for row in table.to_pylist()}
 
 
-def test_the_newest_version_decides_tombstones_included(config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
+def test_the_newest_version_decides_tombstones_included(
+        config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
     rows = _versions(
         (1, 1, 1, "I"), (1, 2, 1, "D"),               # tombstone newest: deleted
         (2, 1, 2, "D"), (2, 2, 2, "U"),               # an older tombstone loses: live
@@ -140,9 +141,11 @@ def test_the_newest_version_decides_tombstones_included(config: LoaderConfig, di
     assert dead["o_totalprice"] is None and dead["revenue_tier"] is None and dead["c_name"] is None
     assert dead["amount_local"] is None and dead["nation"] is None
     # live rows as the transforms make them
-    assert got[2]["o_updated_at"] == dt.datetime(2024, 1, 1, 2, tzinfo=dt.UTC) and got[2]["region"] == "AMERICA"
+    assert (got[2]["o_updated_at"] == dt.datetime(2024, 1, 1, 2, tzinfo=dt.UTC)
+            and got[2]["region"] == "AMERICA")
     assert got[2]["revenue_tier"] == "Small" and got[2]["currency"] == "USD"
-    assert got[3]["o_updated_at"] == dt.datetime(2024, 1, 1, 3, tzinfo=dt.UTC) and got[3]["region"] == "AMERICA"
+    assert (got[3]["o_updated_at"] == dt.datetime(2024, 1, 1, 3, tzinfo=dt.UTC)
+            and got[3]["region"] == "AMERICA")
 
 
 def test_a_tombstone_wins_a_tie_with_a_live_version_in_one_batch(
@@ -155,12 +158,13 @@ def test_a_tombstone_wins_a_tie_with_a_live_version_in_one_batch(
         assert {r["o_orderkey"]: r[DELETED] for r in out.to_pylist()} == {1: True, 2: True, 3: False}
 
 
-def test_the_live_rows_are_what_a_source_without_deletes_gives(config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
+def test_the_live_rows_are_what_a_source_without_deletes_gives(
+        config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
     rows = _versions((1, 1, 1, "I"), (2, 1, 2, "U"), (2, 2, 2, "D"), (3, 4, 1, "U"))
     out, _ = _chain(config).run(rows, dims)
     chain = _chain(config)
-    plain = StageChain("orders", chain.source.model_copy(update={"deletes": None}), chain.window, chain.checks,
-                       chain.rules)
+    plain = StageChain("orders", chain.source.model_copy(update={"deletes": None}), chain.window,
+                       chain.checks, chain.rules)
     expected, _ = plain.run(rows.drop_columns(["op"]), dims)
     assert DELETED not in expected.column_names
     expected = expected.filter(pc.not_equal(expected["o_orderkey"], 2))  # the key deleted upstream
@@ -198,7 +202,8 @@ def test_only_tombstones_give_the_live_rows_schema(config: LoaderConfig, dims: L
     assert empty.column_names == live.column_names and empty.num_rows == 0
 
 
-def test_a_tombstone_with_a_null_key_is_quarantined(config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
+def test_a_tombstone_with_a_null_key_is_quarantined(
+        config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
     out, bad = _chain(config).run(_versions((None, 1, 1, "D"), (1, 1, 1, "I")), dims)
     assert out["o_orderkey"].to_pylist() == [1] and out[DELETED].to_pylist() == [False]
     assert bad is not None and bad[REASON].to_pylist() == ["null key o_orderkey"]
@@ -216,12 +221,14 @@ def test_boolean_and_integer_delete_markers(config: LoaderConfig, dims: Lookups)
         _chain(config, column="is_gone", values=("D",)).run(flagged, dims)
 
 
-def test_rows_without_the_deletes_column_are_refused(config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
+def test_rows_without_the_deletes_column_are_refused(
+        config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
     with pytest.raises(BadSourceData, match=r"source 'orders' have no column 'op'.*deletes"):
         _chain(config).run(_versions((1, 1, 1, "I")).drop_columns(["op"]), dims)
 
 
-def test_a_source_without_deletes_gets_no_deleted_column(config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
+def test_a_source_without_deletes_gets_no_deleted_column(
+        config: LoaderConfig, dims: Lookups) -> None:  # noqa: F811
     source = config.sources["orders"].model_copy(update={"deletes": None})
     chain = StageChain("orders", source, _window(), _chain(config).checks, _chain(config).rules)
     out, _ = chain.run(_versions((1, 1, 1, "I"), (1, 2, 1, "D")), dims)

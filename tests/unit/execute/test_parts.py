@@ -44,7 +44,8 @@ def test_string_keys_hash_stably_and_null_keys_go_to_part_zero() -> None:
 
 
 def test_part_count_gives_every_cpu_a_part_and_bounds_part_size(tmp_path: Path) -> None:
-    config = load_config(write_config(tmp_path, ray={"rows_per_part": 10_000}, transform={"gpu_batch_rows": 1000}))
+    config = load_config(write_config(tmp_path, ray={"rows_per_part": 10_000},
+                                      transform={"gpu_batch_rows": 1000}))
     assert part_count(config, "cpu", rows=5_000, cpus=4) == 4  # a part per CPU
     assert part_count(config, "cpu", rows=95_000, cpus=4) == 10  # none over rows_per_part
     assert part_count(config, "cpu", rows=3, cpus=8) == 3  # never more parts than rows
@@ -57,7 +58,8 @@ def test_part_count_gives_every_cpu_a_part_and_bounds_part_size(tmp_path: Path) 
 def test_ray_read_tasks_share_a_file_s_row_groups_until_there_is_a_task_per_cpu() -> None:
 
     files = (FilePlan("a.parquet", (0, 1, 2, 3, 4), 50), FilePlan("b.parquet", (7,), 10))
-    plan = SourcePlan("orders", locate("/nowhere"), Window(lower=None, upper=datetime(2024, 1, 2, tzinfo=UTC)),
+    plan = SourcePlan("orders", locate("/nowhere"),
+                      Window(lower=None, upper=datetime(2024, 1, 2, tzinfo=UTC)),
                       files, 2, None)
     assert sorted(_read_tasks(plan, 1)) == [("a.parquet", (0, 1, 2, 3, 4)), ("b.parquet", (7,))]
     tasks = _read_tasks(plan, 4)  # every recorded row group read once, by one task, and no other
@@ -76,6 +78,7 @@ def test_ray_reads_only_the_recorded_row_groups_and_keeps_what_the_stage_quarant
                    tmp_path / "f.parquet", row_group_size=2)
     window = Window(lower=at[0], upper=at[6])
     checks = Checks(key=("k",), now=datetime(2024, 1, 2, tzinfo=UTC), tolerance_s=3600)
-    rows = _read_row_groups(locate(str(tmp_path)), str(tmp_path / "f.parquet"), (0, 1, 2), "ts", window, checks)
+    rows = _read_row_groups(locate(str(tmp_path)), str(tmp_path / "f.parquet"), (0, 1, 2), "ts", window,
+                            checks)
     # row groups 0-2 only (keys 0-5); key 0 is at the window's lower bound (excluded)
     assert rows["k"].to_pylist() == [1, 2, 3, 4, 5]

@@ -56,7 +56,8 @@ def _plans(*batches: list[str]) -> list[dict[str, list[str]]]:
 
 
 def _ahead(*batches: list[str], budget: int = 1000) -> ReadAhead:
-    return ReadAhead(_produce, _plans(*batches), weights=[[WEIGHT[n] for n in b] for b in batches], budget=budget)
+    return ReadAhead(_produce, _plans(*batches), weights=[[WEIGHT[n] for n in b] for b in batches],
+                     budget=budget)
 
 
 def _write_all(ahead: ReadAhead, batches: int) -> list[tuple[str, str]]:
@@ -74,7 +75,8 @@ def test_sources_come_in_batch_order_within_the_budget_in_flight() -> None:
         seen = _write_all(ahead, 3)
     finally:
         ahead.close()
-    assert seen == [("b0", "orders"), ("b0", "lineitem"), ("b1", "orders"), ("b2", "orders"), ("b2", "lineitem")]
+    assert seen == [("b0", "orders"), ("b0", "lineitem"), ("b1", "orders"), ("b2", "orders"),
+                    ("b2", "lineitem")]
     assert Rows.most == 2  # the next source was computed while one was written ...
     assert Rows.most_rows == 1000  # ... as long as both fit the budget (lineitem and the next orders)
     assert ahead.seconds[0] > 0 and len(ahead.seconds) == 3

@@ -17,7 +17,8 @@ from loader.storage import locate
 def _zone(root: Path) -> Path:
     folder = root / "customer"
     (folder / "part=1").mkdir(parents=True)
-    pq.write_table(pa.table({"c_custkey": [1, 2, 3], "c_name": ["a", "b", "c"]}), folder / "part=1" / "one.parquet")
+    pq.write_table(pa.table({"c_custkey": [1, 2, 3], "c_name": ["a", "b", "c"]}),
+                   folder / "part=1" / "one.parquet")
     pq.write_table(pa.table({"c_custkey": [4], "c_name": ["d"]}), folder / "two.parquet")
     return folder
 

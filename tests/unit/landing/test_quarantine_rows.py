@@ -1,5 +1,5 @@
-"""The quarantine's checks and its table (loader/landing/quarantine.py): the first failing check names the row's
-reason; a row already quarantined by an earlier run is not written again; a replay rewrites its own
+"""The quarantine's checks and its table (loader/landing/quarantine.py): the first failing check names the
+row's reason; a row already quarantined by an earlier run is not written again; a replay rewrites its own
 run's file; over the threshold the run stops, naming counts, limit and where the rows are."""
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ NOW = datetime(2024, 6, 1, tzinfo=UTC)
 def _store(config: LoaderConfig) -> quarantine.QuarantineStore:
     """The store a run uses (loader/protocol/steps.py): the warehouse's quarantine folder, the Parquet
     sink's retry policy, the configured limits."""
-    return quarantine.QuarantineStore(config.sink_path("quarantine"), config.sinks.parquet.retry, config.quarantine)
+    return quarantine.QuarantineStore(config.sink_path("quarantine"), config.sinks.parquet.retry,
+                                      config.quarantine)
 
 
 def _rows() -> pa.Table:

@@ -15,9 +15,11 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _entry(outcome: str, sinks: dict[str, int]) -> RunEntry:
-    stored = {"rows": 10, "quarantined": {}, "sinks": {s: {"rows": 10, "regions": {}, "deleted": n} for s, n in sinks.items()}}
-    return RunEntry(run_number=1, mode="incremental", outcome=outcome, attempts=1, started_at=T0, finished_at=T0,
-                    windows={}, lag_seconds={}, tables={"orders": TableResult.from_json(stored)}, timings_s={},
+    stored = {"rows": 10, "quarantined": {},
+              "sinks": {s: {"rows": 10, "regions": {}, "deleted": n} for s, n in sinks.items()}}
+    return RunEntry(run_number=1, mode="incremental", outcome=outcome, attempts=1, started_at=T0,
+                    finished_at=T0, windows={}, lag_seconds={},
+                    tables={"orders": TableResult.from_json(stored)}, timings_s={},
                     executor=None, engine=None, error=None, batch=None)
 
 
@@ -36,10 +38,13 @@ def test_committed_runs_only_reach_the_counter(tmp_path: Path) -> None:
     entries = [_entry("committed", {"delta": 2, "parquet": 2}), _entry("failed", {"delta": 7}),
                _entry("committed", {"delta": 1, "parquet": 0})]
     assert deleted_totals(entries) == {("orders", "delta"): 3, ("orders", "parquet"): 2}
-    config = parse_config({"pipeline": "p", "landing_zone": "l", "warehouse": "w", "state": {"url": "sqlite:///s.db"},
-                           "sources": {"orders": {"kind": "orders", "path": "orders", "cursor": "c", "primary_key": ["k"]}},
+    config = parse_config({"pipeline": "p", "landing_zone": "l", "warehouse": "w",
+                           "state": {"url": "sqlite:///s.db"},
+                           "sources": {"orders": {"kind": "orders", "path": "orders", "cursor": "c",
+                                                  "primary_key": ["k"]}},
                            "sinks": {"parquet": {"enabled": True, "path": "w"}}}, base_dir=tmp_path)
     registry = registry_for(config, entries, {}, datetime.now(UTC))
-    assert registry.get_sample_value("loader_keys_deleted_total", {"pipeline": "p", "table": "orders", "sink": "delta"}) == 3
+    assert registry.get_sample_value("loader_keys_deleted_total",
+                                     {"pipeline": "p", "table": "orders", "sink": "delta"}) == 3
     assert registry.get_sample_value("loader_keys_deleted_total",
                                      {"pipeline": "p", "table": "orders", "sink": "parquet"}) == 2

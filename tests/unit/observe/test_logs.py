@@ -1,5 +1,6 @@
-"""Log lines (loader/observe/logs.py): JSON lines with pipeline and run, text for terminals, the run carried into
-threads started with in_context (the pipeline into every thread), secrets cut out of messages and tracebacks whichever logger writes them."""
+"""Log lines (loader/observe/logs.py): JSON lines with pipeline and run, text for terminals, the run carried
+into threads started with in_context (the pipeline into every thread), secrets cut out of messages and
+tracebacks whichever logger writes them."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def test_json_lines_carry_pipeline_and_run_also_from_threads(stream: io.StringIO
     with logs.run_context(7):
         logging.getLogger("loader.x").warning("inside")
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(logs.in_context(lambda i: logging.getLogger("loader.y").info("thread %d", i)), range(2)))
+            list(pool.map(logs.in_context(lambda i: logging.getLogger("loader.y").info("thread %d", i)),
+                          range(2)))
         with ThreadPoolExecutor(1) as pool:  # without in_context a thread starts with an empty context
             pool.submit(lambda: logging.getLogger("loader.y").info("bare thread")).result()
     lines = _lines(stream)
@@ -52,7 +54,8 @@ def test_json_lines_carry_pipeline_and_run_also_from_threads(stream: io.StringIO
         ("before the run 1", "p1", None), ("inside", "p1", 7), ("thread 0", "p1", 7), ("thread 1", "p1", 7),
         ("bare thread", "p1", None),
     ]
-    assert lines[1]["level"] == "WARNING" and lines[1]["logger"] == "loader.x" and str(lines[1]["ts"]).endswith("+00:00")
+    assert (lines[1]["level"] == "WARNING" and lines[1]["logger"] == "loader.x"
+            and str(lines[1]["ts"]).endswith("+00:00"))
 
 
 def test_text_format_names_pipeline_and_run(stream: io.StringIO) -> None:

@@ -14,8 +14,8 @@ T1, T2, T3 = (datetime(2026, 1, d, tzinfo=UTC) for d in (1, 2, 3))
 def _batch(lower: datetime, upper: datetime, rows: int, *, skipped: bool = False) -> TableResult:
     return TableResult(rows=rows, deleted=1, window=Window(lower=lower, upper=upper), files_read=2, parts=1,
                        ray_nodes=1, ray_write_nodes=1, quarantined={"null key": 1},
-                       sinks={"delta": SinkResult(rows=rows, deleted=1, location="/w/delta/orders", skipped=skipped,
-                                                  regions={"ASIA": rows})})
+                       sinks={"delta": SinkResult(rows=rows, deleted=1, location="/w/delta/orders",
+                                                  skipped=skipped, regions={"ASIA": rows})})
 
 
 def test_a_result_survives_the_ledger_unchanged() -> None:

@@ -27,13 +27,15 @@ def test_chunks_tile_the_window() -> None:
 def test_id_names_the_request() -> None:
     a = BackfillRequest(T0, T0 + timedelta(days=2), timedelta(days=1), ("orders",), ("delta",))
     assert a.id == BackfillRequest(T0, T0 + timedelta(days=2), timedelta(days=1), ("orders",), ("delta",)).id
-    assert a.id != BackfillRequest(T0, T0 + timedelta(days=2), timedelta(hours=12), ("orders",), ("delta",)).id
+    assert a.id != BackfillRequest(T0, T0 + timedelta(days=2), timedelta(hours=12), ("orders",),
+                                   ("delta",)).id
     assert a.id.startswith("bf-") and a.to_json()["id"] == a.id
 
 
 def test_defaults_are_every_source_and_every_enabled_sink(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path))
-    request = build_request(config, start=T0, end=T0 + timedelta(days=1), chunk=timedelta(days=1), sources=(), sinks=())
+    request = build_request(config, start=T0, end=T0 + timedelta(days=1), chunk=timedelta(days=1),
+                            sources=(), sinks=())
     assert request.sources == tuple(config.sources) and request.sinks == ("parquet", "delta")
 
 

@@ -24,15 +24,17 @@ def _source(name: str, groups: list[tuple[int, datetime | None, datetime | None]
     for start in range(0, len(groups), per_file):
         chunk = groups[start:start + per_file]
         stats = tuple((i, rows, low, high) for i, (rows, low, high) in enumerate(chunk))
-        files.append(FilePlan(f"{name}/part-{start}.parquet", tuple(s[0] for s in stats), sum(s[1] for s in stats),
-                              1000, stats, "2024-01-01T00:00:00+00:00"))
+        files.append(FilePlan(f"{name}/part-{start}.parquet", tuple(s[0] for s in stats),
+                              sum(s[1] for s in stats), 1000, stats, "2024-01-01T00:00:00+00:00"))
     top = upper or max(g[2] for g in groups if g[2] is not None)
     return SourcePlan(name, locate("/tmp"), Window(lower=lower, upper=top), tuple(files), len(files), None)
 
 
-def _hours(count: int, rows: int, *, start: datetime = T0) -> list[tuple[int, datetime | None, datetime | None]]:
+def _hours(count: int, rows: int, *,
+           start: datetime = T0) -> list[tuple[int, datetime | None, datetime | None]]:
     """`count` row groups of `rows` rows, each spanning one hour, in cursor order."""
-    return [(rows, start + i * HOUR, start + (i + 1) * HOUR - timedelta(microseconds=1)) for i in range(count)]
+    return [(rows, start + i * HOUR, start + (i + 1) * HOUR - timedelta(microseconds=1))
+            for i in range(count)]
 
 
 def _assert_contiguous(plan: RunPlan, batches: list) -> None:
@@ -72,7 +74,8 @@ def test_sources_share_boundaries_and_each_ends_at_its_own_upper_bound() -> None
     _assert_contiguous(plan, cutting.batches)
     assert all(b.estimated_rows <= 10_000 for b in cutting.batches)
     for batch in cutting.batches:
-        uppers = {p.window.upper for name, p in batch.plan.sources.items() if p.window.upper < lineitem.window.upper}
+        uppers = {p.window.upper for name, p in batch.plan.sources.items()
+                  if p.window.upper < lineitem.window.upper}
         assert len(uppers) <= 1  # before lineitem ends, both sources stop at the same cursor
     assert cutting.batches[-1].plan.sources["orders"].window.upper == orders.window.upper
 
@@ -88,10 +91,12 @@ def test_a_budget_below_a_row_group_is_raised_to_it_with_a_warning() -> None:
 
 def test_one_cursor_value_over_the_budget_is_a_batch_of_its_own_with_a_warning() -> None:
     heavy = T0 + 5 * HOUR
-    groups = [*_hours(5, 1000), (3000, heavy, heavy), (3000, heavy, heavy), *_hours(3, 1000, start=heavy + HOUR)]
+    groups = [*_hours(5, 1000), (3000, heavy, heavy), (3000, heavy, heavy),
+              *_hours(3, 1000, start=heavy + HOUR)]
     plan = RunPlan({"orders": _source("orders", groups)})
     cutting = cut_into_batches(plan, max_rows=4000)
-    assert any(heavy.isoformat() in w and "6,000" in w and "more than the batch budget" in w for w in cutting.warnings)
+    assert any(heavy.isoformat() in w and "6,000" in w and "more than the batch budget" in w
+               for w in cutting.warnings)
     alone = [b for b in cutting.batches if b.plan.sources["orders"].window.upper == heavy]
     assert len(alone) == 1 and alone[0].estimated_rows == 6000
     assert alone[0].plan.sources["orders"].window.lower == heavy - timedelta(microseconds=1)

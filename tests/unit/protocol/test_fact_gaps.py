@@ -19,7 +19,8 @@ def _backfill(lower: datetime, upper: datetime, *, sinks: list[str], status: str
 
 def test_a_gap_is_covered_by_committed_backfills_into_its_sink_only() -> None:
     gap = FactGap("parquet", "orders", T0, T0 + 2 * DAY, 1, 3, T0)
-    chunks = [_backfill(T0 + DAY, T0 + 2 * DAY, sinks=["parquet"]), _backfill(T0, T0 + DAY, sinks=["parquet"])]
+    chunks = [_backfill(T0 + DAY, T0 + 2 * DAY, sinks=["parquet"]),
+              _backfill(T0, T0 + DAY, sinks=["parquet"])]
     assert covered(gap, chunks)
     assert not covered(gap, chunks[:1])  # the first day is missing
     assert not covered(gap, [_backfill(T0, T0 + 2 * DAY, sinks=["delta"])])

@@ -21,7 +21,8 @@ HOUR = timedelta(hours=1)
 
 
 def test_first_window_starts_at_the_beginning() -> None:
-    window = compute_window(checkpoint=None, lookback=HOUR, max_present=T0, now=T0 + HOUR, safety_lag=timedelta(0))
+    window = compute_window(checkpoint=None, lookback=HOUR, max_present=T0, now=T0 + HOUR,
+                            safety_lag=timedelta(0))
     assert window == Window(lower=None, upper=T0)
 
 
@@ -73,7 +74,8 @@ def test_plan_prunes_old_folders_and_row_groups(tmp_path: Path) -> None:
     day2 = T0 + timedelta(days=1)
     _write_day(root, "2024-01-02", [day2 + timedelta(hours=h) for h in (1, 2, 10, 11)])
     checkpoint = Checkpoint(source="orders", cursor=day2 + timedelta(hours=5), run_number=3, updated_at=T0)
-    plan = plan_source("orders", SOURCE, locate(str(root)), checkpoint=checkpoint, now=day2 + timedelta(days=1))
+    plan = plan_source("orders", SOURCE, locate(str(root)), checkpoint=checkpoint,
+                       now=day2 + timedelta(days=1))
     assert plan.files_seen == 1  # the 2024-01-01 folder is older than the window: not even listed
     assert [f.path.split("/")[-2] for f in plan.files] == ["ingest_date=2024-01-02"]
     assert plan.files[0].row_groups == (1,)  # hours 1-2 are below checkpoint - lookback
@@ -95,7 +97,8 @@ def test_planning_does_not_descend_into_partition_folders_older_than_the_window(
     _write_day(root, "2024-01-02", [day2 + timedelta(hours=h) for h in (1, 2, 10, 11)])
     _write_day(root / "region=x", "2024-01-02", [day2 + timedelta(hours=12)])
     checkpoint = Checkpoint(source="orders", cursor=day2 + timedelta(hours=5), run_number=3, updated_at=T0)
-    plan = plan_source("orders", SOURCE, locate(str(root)), checkpoint=checkpoint, now=day2 + timedelta(days=1))
+    plan = plan_source("orders", SOURCE, locate(str(root)), checkpoint=checkpoint,
+                       now=day2 + timedelta(days=1))
     assert sorted(f.path[len(str(root)):] for f in plan.files) == [
         "/ingest_date=2024-01-02/part.parquet", "/region=x/ingest_date=2024-01-02/part.parquet"]
     assert plan.files_seen == 2
@@ -136,7 +139,8 @@ def test_checkpoint_ahead_of_the_data_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "orders"
     _write_day(root, "2024-01-01", [T0 + timedelta(hours=1)])
     checkpoint = Checkpoint(source="orders", cursor=T0 + timedelta(hours=5), run_number=4, updated_at=T0)
-    with pytest.raises(BadSourceData, match=r"checkpoint of source 'orders'.*ahead of the landing zone.*new `pipeline`"):
+    with pytest.raises(BadSourceData,
+                       match=r"checkpoint of source 'orders'.*ahead of the landing zone.*new `pipeline`"):
         plan_source("orders", SOURCE, locate(str(root)), checkpoint=checkpoint, now=T0 + timedelta(days=1))
 
 

@@ -46,7 +46,8 @@ def test_each_sink_declares_capabilities_and_the_whole_contract(name: str) -> No
     cls = sink_class(name)
     assert isinstance(cls.capabilities, Capabilities)
     assert cls.capabilities.holds in ("latest", "versions")
-    # what a replay does, asserted exactly by the conformance suite (tests/integration/test_sink_conformance.py)
+    # what a replay does, asserted exactly by the conformance suite
+    # (tests/integration/test_sink_conformance.py)
     assert cls.capabilities.replay_of_landed in ("skips", "rewrites")
     assert cls.capabilities.replay_of_interrupted in ("whole", "rest")
     missing = [m for m in CONTRACT if not callable(getattr(cls, m, None))]
@@ -54,7 +55,8 @@ def test_each_sink_declares_capabilities_and_the_whole_contract(name: str) -> No
 
 
 def test_enabled_sinks_follow_the_config_and_only(tmp_path: Path) -> None:
-    config = load_config(write_config(tmp_path, sinks={"parquet": {"enabled": True}, "delta": {"enabled": True}}))
+    config = load_config(write_config(tmp_path, sinks={"parquet": {"enabled": True},
+                                                       "delta": {"enabled": True}}))
     assert enabled_names(config) == ["parquet", "delta"]
     assert [s.name for s in enabled_sinks(config)] == ["parquet", "delta"]
     assert [s.name for s in enabled_sinks(config, only=("delta",))] == ["delta"]

@@ -21,7 +21,8 @@ SECRET = "hunter2-do-not-print"
 @pytest.fixture
 def sink(tmp_path: Path) -> SnowflakeSink:
     raw = yaml.safe_load(write_config(tmp_path).read_text())
-    raw["sinks"]["snowflake"] = {"enabled": True, "account": "myorg-acct", "user": "LOADER", "password": SECRET,
+    raw["sinks"]["snowflake"] = {"enabled": True, "account": "myorg-acct", "user": "LOADER",
+                                 "password": SECRET,
                                  "database": "ANALYTICS", "schema": "TPCH"}
     return SnowflakeSink(parse_config(raw, base_dir=tmp_path))
 
@@ -33,7 +34,8 @@ def sink(tmp_path: Path) -> SnowflakeSink:
     errors.InternalServerError(msg="HTTP 500: Internal Server Error"),
     errors.GatewayTimeoutError(msg="HTTP 504: Gateway Timeout"),
     errors.RequestTimeoutError(msg="HTTP 408: Request Timeout"),
-    errors.OperationalError(msg="Session no longer exists. New login required to access the service.", errno=390111),
+    errors.OperationalError(msg="Session no longer exists. New login required to access the service.",
+                            errno=390111),
 ], ids=lambda e: type(e).__name__)
 def test_network_and_server_faults_are_transient(sink: SnowflakeSink, error: Exception) -> None:
     converted = sink._convert(error, doing="stage of orders in")
@@ -42,9 +44,11 @@ def test_network_and_server_faults_are_transient(sink: SnowflakeSink, error: Exc
 
 
 @pytest.mark.parametrize(("error", "says"), [
-    (errors.ProgrammingError(msg="SQL compilation error: Object 'ANALYTICS.TPCH.ORDERS' does not exist or not authorized.",
+    (errors.ProgrammingError(msg="SQL compilation error: Object 'ANALYTICS.TPCH.ORDERS' "
+                                 "does not exist or not authorized.",
                              errno=2003, sqlstate="42S02"), "may use the database"),
-    (errors.ProgrammingError(msg="Insufficient privileges to operate on schema 'TPCH'", errno=3001, sqlstate="42501"),
+    (errors.ProgrammingError(msg="Insufficient privileges to operate on schema 'TPCH'", errno=3001,
+                             sqlstate="42501"),
      "may use the database"),
     (errors.DatabaseError(msg=f"Incorrect username or password was specified. ({SECRET})", errno=390100),
      "authentication refused"),
@@ -52,7 +56,8 @@ def test_network_and_server_faults_are_transient(sink: SnowflakeSink, error: Exc
     (errors.ProgrammingError(msg="No active warehouse selected in the current session.", errno=606),
      "may use the database, schema and warehouse"),
 ], ids=["missing-object", "privileges", "password", "key-pair", "warehouse"])
-def test_sql_permission_and_auth_errors_are_terminal(sink: SnowflakeSink, error: Exception, says: str) -> None:
+def test_sql_permission_and_auth_errors_are_terminal(
+        sink: SnowflakeSink, error: Exception, says: str) -> None:
     converted = sink._convert(error, doing="connecting to")
     assert isinstance(converted, SinkRejected) and not is_transient(converted)
     assert says in str(converted) and "Snowflake myorg-acct/ANALYTICS.TPCH" in str(converted)

@@ -44,17 +44,20 @@ SCHEMA = pa.schema([("id", pa.int64()), ("price", pa.decimal128(15, 2)), ("regio
 
 def test_create_table_clusters_by_region_when_asked() -> None:
     sql = create_table_sql("items", SCHEMA, ("id",), cluster_by="region")
-    assert sql == ('CREATE TABLE IF NOT EXISTS "ITEMS" ("ID" NUMBER(19,0), "PRICE" NUMBER(15,2), "REGION" VARCHAR, '
-                   'PRIMARY KEY ("ID")) CLUSTER BY ("REGION")')
+    assert sql == ('CREATE TABLE IF NOT EXISTS "ITEMS" ("ID" NUMBER(19,0), "PRICE" NUMBER(15,2), '
+                   '"REGION" VARCHAR, PRIMARY KEY ("ID")) CLUSTER BY ("REGION")')
     assert "CLUSTER BY" not in create_table_sql("items", SCHEMA, ("id",), cluster_by=None)
 
 
 def test_new_columns_are_added_and_compatible_ones_kept() -> None:
     existing = {"ID": ColumnType("NUMBER", 38, 0), "PRICE": ColumnType("NUMBER", 18, 2)}
-    assert columns_to_add("items", SCHEMA, existing, "DB.S") == ['ALTER TABLE "ITEMS" ADD COLUMN "REGION" VARCHAR']
+    assert (columns_to_add("items", SCHEMA, existing, "DB.S")
+            == ['ALTER TABLE "ITEMS" ADD COLUMN "REGION" VARCHAR'])
 
 
-@pytest.mark.parametrize("have", [ColumnType("TEXT"), ColumnType("NUMBER", 15, 4), ColumnType("NUMBER", 10, 2), ColumnType("FLOAT")])
+@pytest.mark.parametrize("have", [ColumnType("TEXT"), ColumnType("NUMBER", 15, 4),
+                                  ColumnType("NUMBER", 10, 2), ColumnType("FLOAT")])
 def test_conflicting_column_is_refused_naming_both_types(have: ColumnType) -> None:
-    with pytest.raises(SinkRejected, match=r"DB\.S\.ITEMS\.PRICE is .* but the source now sends NUMBER\(15,2\)"):
+    with pytest.raises(SinkRejected,
+                       match=r"DB\.S\.ITEMS\.PRICE is .* but the source now sends NUMBER\(15,2\)"):
         columns_to_add("items", SCHEMA, {"ID": ColumnType("NUMBER", 19, 0), "PRICE": have}, "DB.S")

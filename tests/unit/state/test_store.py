@@ -226,7 +226,8 @@ def test_committed_or_abandoned_run_cannot_be_committed(store: StateStore) -> No
     assert store.checkpoints("p")["orders"].run_number == run.run_number
     later = plan(store)
     store.commit_run("p", later.run_number, checkpoints={"orders": T0 + timedelta(hours=1)}, metrics={})
-    with pytest.raises(CheckpointConflict, match="already committed"):  # a later run moved the checkpoint since
+    # a later run moved the checkpoint since
+    with pytest.raises(CheckpointConflict, match="already committed"):
         store.commit_run("p", run.run_number, checkpoints={"orders": T0}, metrics={})
     assert store.checkpoints("p")["orders"].run_number == later.run_number
     with pytest.raises(StateError, match="committed"):
@@ -268,7 +269,8 @@ def test_corrupt_ledger_row_is_reported_and_abandon_repairs_it(
 ) -> None:
     run = plan(store)
     with store.engine.begin() as conn:
-        conn.execute(text(f"UPDATE runs SET {column} = :value WHERE run_number = :run"), {"value": value, "run": run.run_number})
+        conn.execute(text(f"UPDATE runs SET {column} = :value WHERE run_number = :run"),
+                     {"value": value, "run": run.run_number})
     for read in (lambda: store.runs("p"), lambda: store.run("p", 1), lambda: store.record_attempt("p", 1)):
         with pytest.raises(StateCorrupt) as info:
             read()
@@ -409,7 +411,8 @@ def test_a_version_1_ledger_migrates_and_keeps_its_runs(tmp_path: Path) -> None:
     window = Window(lower=None, upper=T0)
     with engine.begin() as conn:
         conn.execute(text(
-            "INSERT INTO runs (pipeline, run_number, mode, status, windows, base_checkpoints, started_at, metrics, attempts) "
+            "INSERT INTO runs (pipeline, run_number, mode, status, windows, base_checkpoints, started_at, "
+            "metrics, attempts) "
             "VALUES ('p', 1, 'incremental', 'planned', :windows, '{\"orders\": null}', :at, '{}', 1)"),
             {"windows": json.dumps({"orders": window.to_json()}), "at": to_iso(T0)})
     engine.dispose()
@@ -422,8 +425,8 @@ def test_a_version_1_ledger_migrates_and_keeps_its_runs(tmp_path: Path) -> None:
         recorded = {"planned_at": to_iso(T0), "sources": {"orders": {"files": [
             {"path": "a.parquet", "size": 10, "row_groups": [0, 2], "rows": 5}]}}}
         store.abandon_run("p", 1)
-        new = store.begin_run("p", mode="incremental", windows={"orders": window}, base_checkpoints={"orders": None},
-                              inputs=recorded)
+        new = store.begin_run("p", mode="incremental", windows={"orders": window},
+                              base_checkpoints={"orders": None}, inputs=recorded)
         assert store.run("p", new.run_number).inputs == recorded  # type: ignore[union-attr]
 
 
@@ -433,10 +436,12 @@ def test_dimension_loads_are_recorded_per_pipeline_and_sink_and_replaced(tmp_pat
     now = [T0]
     with StateStore.open(url_of(tmp_path / "state.db"), now=lambda: now[0]) as store:
         store.record_dimension_load("p", "customer", sink="delta", fingerprint="a", cursor=None,
-                                    changes={"mode": "scd2", "rows": 3, "sinks": {"delta": {"opened": 3, "closed": 0}}})
+                                    changes={"mode": "scd2", "rows": 3,
+                                             "sinks": {"delta": {"opened": 3, "closed": 0}}})
         now[0] = T0 + timedelta(seconds=1)
         store.record_dimension_load("p", "customer", sink="delta", fingerprint="b", cursor=T0,
-                                    changes={"mode": "scd2", "rows": 3, "sinks": {"delta": {"opened": 1, "closed": 1}}})
+                                    changes={"mode": "scd2", "rows": 3,
+                                             "sinks": {"delta": {"opened": 1, "closed": 1}}})
         store.record_dimension_load("other", "customer", sink="delta", fingerprint="c", cursor=None,
                                     changes={})
         loads = store.dimension_loads("p")
@@ -492,7 +497,8 @@ def test_version_5_lookup_versions_migrate_with_the_kept_one_as_the_first_base(
     migrate(engine, target=5)
     with engine.begin() as conn:
         for name, prepared in (("old", None), ("newest", b"prepared")):
-            conn.execute(text("INSERT INTO lookup_versions (pipeline, fingerprint, created_at, regions, prepared) "
+            conn.execute(text("INSERT INTO lookup_versions "
+                              "(pipeline, fingerprint, created_at, regions, prepared) "
                               "VALUES ('p', :name, :at, :regions, :prepared)"),
                          {"name": name, "at": to_iso(T0 if name == "old" else T0 + timedelta(hours=1)),
                           "regions": b"r", "prepared": prepared})
@@ -502,7 +508,8 @@ def test_version_5_lookup_versions_migrate_with_the_kept_one_as_the_first_base(
             ("old", False, None), ("newest", True, None)]
         store.record_lookup_version("p", "next", b"r2", b"prepared-2", base="newest", delta=b"d")
         assert store.drop_prepared_lookups("p", keep={"next"}) == 0  # "newest" has no delta: kept whole
-        assert store.prepared_lookups("p", "newest") == b"prepared" and store.lookup_delta("p", "next") == b"d"
+        assert (store.prepared_lookups("p", "newest") == b"prepared"
+                and store.lookup_delta("p", "next") == b"d")
 
 
 def test_fact_gaps_are_recorded_replaced_and_forgotten(store: StateStore) -> None:
@@ -518,25 +525,31 @@ def test_fact_gaps_are_recorded_replaced_and_forgotten(store: StateStore) -> Non
     assert store.fact_gaps("p") == [] and len(store.fact_gaps("other")) == 1
 
 
-def test_lookup_versions_keep_regions_and_deltas_for_good_and_whole_lookups_while_kept(store: StateStore) -> None:
+def test_lookup_versions_keep_regions_and_deltas_for_good_and_whole_lookups_while_kept(
+        store: StateStore) -> None:
     """A version's regions and its delta from a base, once recorded, stay; its whole prepared lookups
     are added once and dropped with every version's but those kept and those no delta rebuilds (the
     first version: the base of the others), per pipeline."""
     store.record_lookup_version("p", "v1", b"regions-1", b"prepared-1")
-    store.record_lookup_version("p", "v1", b"other", b"other", base="v0", delta=b"x")  # changes nothing recorded
+    # changes nothing recorded
+    store.record_lookup_version("p", "v1", b"other", b"other", base="v0", delta=b"x")
     store.record_lookup_version("p", "v2", b"regions-2", base="v1", delta=b"delta-2")
     store.record_lookup_version("q", "v1", b"regions-q", b"prepared-q")
-    assert store.lookup_version("p", "v1") == b"regions-1" and store.prepared_lookups("p", "v1") == b"prepared-1"
+    assert (store.lookup_version("p", "v1") == b"regions-1"
+            and store.prepared_lookups("p", "v1") == b"prepared-1")
     assert store.lookup_delta("p", "v1") is None and store.lookup_delta("p", "v2") == b"delta-2"
     assert store.has_lookup_version("p", "v2") and not store.has_lookup_version("p", "v2", prepared=True)
     store.record_lookup_version("p", "v2", b"ignored", b"prepared-2")  # what the first call lacked is added
-    assert store.lookup_version("p", "v2") == b"regions-2" and store.prepared_lookups("p", "v2") == b"prepared-2"
+    assert (store.lookup_version("p", "v2") == b"regions-2"
+            and store.prepared_lookups("p", "v2") == b"prepared-2")
     store.record_lookup_version("p", "v3", b"regions-3", b"prepared-3", base="v2", delta=b"delta-3")
     assert [(v.fingerprint, v.whole, v.base) for v in store.lookup_chain("p")] == [
         ("v1", True, None), ("v2", True, "v1"), ("v3", True, "v2")]
     assert store.drop_prepared_lookups("p", keep={"v3"}) == 1  # v2's; v1 has no delta: kept
     assert store.prepared_lookups("p", "v2") is None and store.lookup_version("p", "v2") == b"regions-2"
     assert store.prepared_lookups("p", "v1") == b"prepared-1" and store.lookup_delta("p", "v2") == b"delta-2"
-    assert store.prepared_lookups("p", "v3") == b"prepared-3" and store.prepared_lookups("q", "v1") == b"prepared-q"
-    assert [(v.fingerprint, v.whole) for v in store.lookup_chain("p")] == [("v1", True), ("v2", False), ("v3", True)]
+    assert (store.prepared_lookups("p", "v3") == b"prepared-3"
+            and store.prepared_lookups("q", "v1") == b"prepared-q")
+    assert [(v.fingerprint, v.whole) for v in store.lookup_chain("p")] == [
+        ("v1", True), ("v2", False), ("v3", True)]
     assert store.lookup_version("p", "v4") is None and not store.has_lookup_version("p", "v4")

@@ -1,5 +1,5 @@
-"""The pure dimension diff (loader/transform/dimension_changes.py), exact against expectations computed by hand:
-SCD2 from full snapshots and from change files (a cursor column), merge, replace, and the row hash."""
+"""The pure dimension diff (loader/transform/dimension_changes.py), exact against expectations computed by
+hand: SCD2 from full snapshots and from change files (a cursor column), merge, replace, and the row hash."""
 
 from __future__ import annotations
 
@@ -219,7 +219,8 @@ def test_scd2_changes_repeated_values_collapse() -> None:
     incoming = changes_of([(1, "X", "0.50", C1), (1, "A", "1.00", C2), (1, "A", "1.00", C3),
                            (2, "Q", "7.00", C1), (2, "Q", "7.00", C2)])
     changes = diff(incoming, current, SCD2, cursor=CURSOR, snapshot_time=None, missing="close")
-    assert rows(changes.opens) == [version(1, "A", "1.00", C2, None, C2), version(2, "Q", "7.00", C1, None, C1)]
+    assert rows(changes.opens) == [version(1, "A", "1.00", C2, None, C2),
+                                   version(2, "Q", "7.00", C1, None, C1)]
     assert rows(changes.closes) == [version(1, "X", "0.50", C0, C2, C0)]
     assert changes.stale == 0
     # only repeats of what is stored: nothing
@@ -289,7 +290,8 @@ def test_merge_first_load_unchanged_and_upsert_and_delete() -> None:
 def test_replace_unchanged_is_empty_and_a_change_rewrites_the_whole_table() -> None:
     first = diff(snapshot(FIRST), None, REPLACE, cursor=None, snapshot_time=T1, missing="close")
     assert rows(first.opens) == merge_rows(FIRST) and first.closes.num_rows == 0
-    current = pa.Table.from_pylist(list(reversed(merge_rows(FIRST))), schema=MERGE_SCHEMA)  # order is no change
+    # order is no change
+    current = pa.Table.from_pylist(list(reversed(merge_rows(FIRST))), schema=MERGE_SCHEMA)
     assert diff(snapshot(FIRST), current, REPLACE, cursor=None, snapshot_time=T2, missing="close").empty
 
     second = {**FIRST, 2: ("Bob", "21.00")}
@@ -310,7 +312,8 @@ def test_row_hash_is_a_known_stable_digest() -> None:
 
 
 def test_row_hash_tells_null_from_empty_text_and_depends_on_column_order() -> None:
-    data = pa.table({"a": pa.array([None, "", "x"], pa.string()), "b": pa.array(["x", "x", None], pa.string())})
+    data = pa.table({"a": pa.array([None, "", "x"], pa.string()),
+                     "b": pa.array(["x", "x", None], pa.string())})
     null, empty, swapped = row_hashes(data, ["a", "b"]).to_pylist()
     assert null != empty
     assert len({null, empty, swapped}) == 3

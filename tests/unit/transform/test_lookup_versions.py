@@ -41,7 +41,8 @@ def test_a_delta_holds_only_what_changed_and_rebuilds_the_version_exactly() -> N
     assert same(apply(V1, diff(V1, V1)), V1)
     from loader.transform.lookup_cache import unpack_tables
 
-    changed_customers, removed_customers, changed_suppliers, removed_suppliers, *_ = unpack_tables(diff(V1, V2))
+    changed_customers, removed_customers, changed_suppliers, removed_suppliers, *_ = unpack_tables(
+        diff(V1, V2))
     assert changed_customers["c_custkey"].to_pylist() == [1, 2, 4]  # moved, null -> value, new
     assert removed_customers["c_custkey"].to_pylist() == [3]
     assert changed_suppliers.num_rows == 0 and removed_suppliers["s_suppkey"].to_pylist() == [8]
@@ -59,7 +60,8 @@ def test_any_kept_version_is_rebuilt_from_the_state_store(tmp_path: Path) -> Non
         assert store.drop_prepared_lookups("p", keep=set()) == 2  # v2 and v3; v1 is the base of all
         versions = VersionLookups(store, "p")
         assert versions.order(["v3", "lost", "v1", "v2"]) == ["v1", "v2", "v3", "lost"]
-        assert [versions.recoverable(v) for v in ("v1", "v2", "v3", "lost", "never")] == [True, True, True, False, False]
+        assert [versions.recoverable(v) for v in ("v1", "v2", "v3", "lost", "never")] == [
+            True, True, True, False, False]
         for version, want in (("v3", V3), ("v1", V1), ("v2", V2), ("v3", V3), ("v3", V3)):
             got = versions.get(version)
             assert got is not None and same(got, want), version

@@ -1,6 +1,7 @@
 """Every transform on both engines over the same fixture: the GPU (cuDF) must give exactly what the CPU
 (pandas over Arrow) gives, values and types. Runs where cuDF and a CUDA device are usable; elsewhere the
-parity cases are skipped with the reason, and the CPU engine is tested by tests/unit/transform/test_transforms.py.
+parity cases are skipped with the reason, and the CPU engine is tested by
+tests/unit/transform/test_transforms.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from loader.transform.lookups import Lookups
 from loader.transform.region_rules import DEFAULT_REGION_RULES
 
 GPU = gpu_status()
-needs_gpu = pytest.mark.skipif(not GPU.usable, reason=f"GPU parity needs cuDF and a CUDA device: {GPU.detail}")
+needs_gpu = pytest.mark.skipif(not GPU.usable,
+                               reason=f"GPU parity needs cuDF and a CUDA device: {GPU.detail}")
 may_skip = pytest.mark.may_skip  # a machine without a GPU: not a missing environment
 
 MONEY = pa.decimal128(15, 2)
@@ -90,8 +92,10 @@ def _customers() -> pa.Table:
 def _dims() -> Lookups:
     return Lookups.from_tables(
         _customers(),
-        pa.table({"s_suppkey": pa.array([1, 2, 3], pa.int64()), "s_nationkey": pa.array([7, 1, 5], pa.int64())}),
-        pa.table({"n_nationkey": pa.array([1, 7, 5], pa.int64()), "n_name": ["ARGENTINA", "GERMANY", "ATLANTIS"],
+        pa.table({"s_suppkey": pa.array([1, 2, 3], pa.int64()),
+                  "s_nationkey": pa.array([7, 1, 5], pa.int64())}),
+        pa.table({"n_nationkey": pa.array([1, 7, 5], pa.int64()),
+                  "n_name": ["ARGENTINA", "GERMANY", "ATLANTIS"],
                   "n_regionkey": pa.array([1, 3, 9], pa.int64())}),
         pa.table({"r_regionkey": pa.array([0, 1, 3], pa.int64()), "r_name": ["AFRICA", "AMERICA", "EUROPE"]}),
     )
@@ -100,7 +104,8 @@ def _dims() -> Lookups:
 def _cases() -> dict[str, tuple[Callable[..., Any], Callable[[], pa.Table], dict[str, Any]]]:
     dims = _dims()
     orders_with_region = on_table(attach_region, on_table(enrich_orders, _orders()), kind="orders", dims=dims)
-    lineitem_with_region = on_table(attach_region, on_table(enrich_lineitem, _lineitem()), kind="lineitem", dims=dims)
+    lineitem_with_region = on_table(attach_region, on_table(enrich_lineitem, _lineitem()), kind="lineitem",
+                                    dims=dims)
     return {
         "enrich_orders": (enrich_orders, _orders, {}),
         "enrich_lineitem": (enrich_lineitem, _lineitem, {}),
@@ -108,9 +113,11 @@ def _cases() -> dict[str, tuple[Callable[..., Any], Callable[[], pa.Table], dict
         "attach_region orders": (attach_region, _orders, {"kind": "orders", "dims": dims}),
         "attach_region lineitem": (attach_region, _lineitem, {"kind": "lineitem", "dims": dims}),
         "apply_region_rules orders": (apply_region_rules, lambda: orders_with_region,
-                                      {"kind": "orders", "rules": DEFAULT_REGION_RULES, "amount_column": "o_totalprice"}),
+                                      {"kind": "orders", "rules": DEFAULT_REGION_RULES,
+                                       "amount_column": "o_totalprice"}),
         "apply_region_rules lineitem": (apply_region_rules, lambda: lineitem_with_region,
-                                        {"kind": "lineitem", "rules": DEFAULT_REGION_RULES, "amount_column": "charge"}),
+                                        {"kind": "lineitem", "rules": DEFAULT_REGION_RULES,
+                                         "amount_column": "charge"}),
     }
 
 
@@ -155,11 +162,13 @@ def test_cpu_fixture_values_are_the_documented_ones() -> None:
     assert orders.column("revenue_tier").to_pylist() == [
         "Small", "Medium", "Medium", "Large", "Large", "Large", "Enterprise", None, None, "Small"]
     assert orders.column("is_urgent").to_pylist() == [True, True, False, None, False] * 2
-    assert orders.column("region").to_pylist()[3] == "UNKNOWN" and orders.column("region").to_pylist()[6] == "UNKNOWN"
+    assert (orders.column("region").to_pylist()[3] == "UNKNOWN"
+            and orders.column("region").to_pylist()[6] == "UNKNOWN")
     assert orders.column("c_name").to_pylist()[0] == "**************0001"  # EUROPE masks c_name
     lineitem = transform_fact(_lineitem(), kind="lineitem", dims=dims, rules=DEFAULT_REGION_RULES)
     assert lineitem.column("ship_delay_days").to_pylist() == [-9, -1, 0, 1, 10, 21, 5, 2]
-    assert lineitem.column("volume_category").to_pylist() == ["Low", "Low", "Medium", "Medium", "High", "High", "Bulk", None]
+    assert lineitem.column("volume_category").to_pylist() == [
+        "Low", "Low", "Medium", "Medium", "High", "High", "Bulk", None]
     assert lineitem.column("charge").to_pylist()[1] == D("97199.990280")  # 99999.99 * 0.90 * 1.08
     segments = on_table(customer_segment, _customers()).column("customer_segment").to_pylist()
     assert segments == ["standard", "premium", "enterprise", None]

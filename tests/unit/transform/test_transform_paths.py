@@ -39,7 +39,8 @@ def _by_definition(table: pa.Table, key: list[str], cursor: str) -> pa.Table:
 def _versions(n: int, seed: int, key_type: pa.DataType) -> pa.Table:
     rng = np.random.default_rng(seed)
     first = rng.integers(-3, 40, n)
-    keys = pa.array([f"k{v:03d}" for v in first]) if pa.types.is_string(key_type) else pa.array(first).cast(key_type)
+    keys = (pa.array([f"k{v:03d}" for v in first]) if pa.types.is_string(key_type)
+            else pa.array(first).cast(key_type))
     return pa.table({
         "a": keys,
         "b": pa.array(rng.integers(1, 4, n), pa.int32()),
@@ -51,7 +52,9 @@ def _versions(n: int, seed: int, key_type: pa.DataType) -> pa.Table:
 @pytest.mark.parametrize("key_type", [pa.int64(), pa.int16(), pa.string()])
 @pytest.mark.parametrize("key", [["a"], ["a", "b"], ["b", "a"]])
 @pytest.mark.parametrize("seed", range(5))
-def test_dedupe_latest_is_the_stable_sort_definition(key_type: pa.DataType, key: list[str], seed: int) -> None:
+def test_dedupe_latest_is_the_stable_sort_definition(
+    key_type: pa.DataType, key: list[str], seed: int
+) -> None:
     table = _versions(300, seed, key_type)
     expected = _by_definition(table, key, "at")
     assert dedupe_latest(table, key=key, cursor="at").equals(expected)
@@ -87,7 +90,8 @@ def test_dedupe_latest_keys_too_wide_to_pack_together() -> None:
 
 
 def test_dedupe_latest_unsigned_keys_beyond_int64() -> None:
-    table = pa.table({"a": pa.array([2**64 - 1, 1, 2**64 - 1], pa.uint64()), "at": pa.array([1, 1, 2], pa.int64())})
+    table = pa.table({"a": pa.array([2**64 - 1, 1, 2**64 - 1], pa.uint64()),
+                      "at": pa.array([1, 1, 2], pa.int64())})
     out = dedupe_latest(table, key=["a"], cursor="at")
     assert out.to_pydict() == {"a": [1, 2**64 - 1], "at": [1, 2]}
 
@@ -141,7 +145,8 @@ def test_a_rule_for_unknown_applies_to_rows_without_a_dimension_row(dims: Lookup
 
 
 def test_labels_of_null_and_negative_values() -> None:
-    table = orders([None, "-0.01", "0.00", "49999.99"], o_orderdate=pa.array([dt.date(2024, 1, 1)] * 4, pa.date32()))
+    table = orders([None, "-0.01", "0.00", "49999.99"],
+                   o_orderdate=pa.array([dt.date(2024, 1, 1)] * 4, pa.date32()))
     out = on_table(enrich_orders, table)
     assert out.column("revenue_tier").to_pylist() == [None, None, "Small", "Small"]
 
@@ -152,7 +157,8 @@ def test_prepared_dimensions_pack_into_bytes_and_back_unchanged() -> None:
 
     prepared = Lookups.from_tables(
         pa.table({"c_custkey": [2, 1], "c_name": ["b", "a"], "c_phone": ["2", "1"],
-                  "c_acctbal": pa.array(["1.50", "20000.00"]).cast(pa.decimal128(15, 2)), "c_nationkey": [1, 0]}),
+                  "c_acctbal": pa.array(["1.50", "20000.00"]).cast(pa.decimal128(15, 2)),
+                  "c_nationkey": [1, 0]}),
         pa.table({"s_suppkey": [5], "s_nationkey": [1]}),
         pa.table({"n_nationkey": [0, 1], "n_name": ["X", "Y"], "n_regionkey": [0, 1]}),
         pa.table({"r_regionkey": [0, 1], "r_name": ["AFRICA", "ASIA"]}))

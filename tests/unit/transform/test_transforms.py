@@ -410,10 +410,12 @@ def test_dimensions_unsorted_input_is_sorted_and_duplicates_found_anywhere(dims:
     file's order; a repeated key far apart in an unsorted file is still refused."""
     nation = pa.table({"n_nationkey": [1], "n_name": ["X"], "n_regionkey": [1]})
     region = pa.table({"r_regionkey": [1], "r_name": ["AMERICA"]})
-    supplier = pa.table({"s_suppkey": pa.array([30, 10, 20], pa.int64()), "s_nationkey": pa.array([1, 1, 1], pa.int64())})
+    supplier = pa.table({"s_suppkey": pa.array([30, 10, 20], pa.int64()),
+                         "s_nationkey": pa.array([1, 1, 1], pa.int64())})
     prepared = Lookups.from_tables(dims.customers, supplier, nation, region)
     assert prepared.suppliers.column("s_suppkey").to_pylist() == [10, 20, 30]
-    repeated = pa.table({"s_suppkey": pa.array([30, 10, 20, 10], pa.int64()), "s_nationkey": pa.array([1] * 4, pa.int64())})
+    repeated = pa.table({"s_suppkey": pa.array([30, 10, 20, 10], pa.int64()),
+                         "s_nationkey": pa.array([1] * 4, pa.int64())})
     with pytest.raises(BadSourceData, match="supplier has 1 duplicate s_suppkey"):
         Lookups.from_tables(dims.customers, repeated, nation, region)
 
@@ -580,7 +582,8 @@ def test_apply_region_rules_without_rules_or_mask_columns() -> None:
         }
     ]
     # lineitem has no c_name/c_phone: the EUROPE mask is ignored, not an error
-    out = on_table(apply_region_rules, table, kind="lineitem", rules=DEFAULT_REGION_RULES, amount_column="charge")
+    out = on_table(apply_region_rules, table, kind="lineitem", rules=DEFAULT_REGION_RULES,
+                   amount_column="charge")
     assert out.column("amount_local").to_pylist() == [D("0.92")]
 
 

@@ -5,8 +5,8 @@ and the GPU ids Ray assigned it to the file named by $LOADER_STANDIN_LOG, so a t
 batches ran.
 
 It proves the GPU plumbing (engine choice, Ray's GPU actor pool, the Arrow round trip and the cast back
-to the CPU engine's schema), not cuDF's own kernels: tests/unit/transform/test_transform_parity.py does that on a
-machine with a GPU. Put tests/gpu_standin on PYTHONPATH to use it; never installed.
+to the CPU engine's schema), not cuDF's own kernels: tests/unit/transform/test_transform_parity.py does that
+on a machine with a GPU. Put tests/gpu_standin on PYTHONPATH to use it; never installed.
 """
 
 from __future__ import annotations
