@@ -18,7 +18,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from loader.execute.stages import SourceRows
@@ -89,7 +89,7 @@ class ReadAhead:
                 return
             self._queue.put((_END, index, None, 0))
 
-    def items(self, index: int) -> Iterator[SourceRows]:
+    def items(self, index: int) -> Generator[SourceRows, None, None]:
         """Batch `index`'s sources in order, as the executor would yield them; raises what computing
         them raised. A source is let go of when the caller asks for the next one or drops the iterator."""
         while True:

@@ -22,7 +22,7 @@ from loader.config import LoaderConfig
 from loader.landing.plans import RunPlan
 from loader.observe import logs, progress
 from loader.observe.results import TableResult, fold_tables
-from loader.protocol.batches import cut_into_batches
+from loader.protocol.batches import Cutting, cut_into_batches
 from loader.protocol.dimension_loads import load_dimension_tables
 from loader.protocol.fact_gaps import check_fact_history
 from loader.protocol.planning import plan_from_input, plan_run
@@ -199,7 +199,7 @@ class NextRun:
     """What the next incremental run would do (`loader plan`): its plan and the batches it would cut."""
 
     plan: RunPlan
-    cutting: Any  # loader.protocol.batches.Cutting
+    cutting: Cutting
     replay_of: int | None  # the unfinished run it would replay first, if any
 
 

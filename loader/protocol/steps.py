@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loader import failpoints
 from loader.config import LoaderConfig
@@ -34,6 +34,14 @@ from loader.observe import logs, progress
 from loader.observe.results import SinkResult, TableResult
 from loader.retry import call_with_retries
 from state import RunRecord, StateStore
+
+if TYPE_CHECKING:  # imported where used: a run with nothing new never loads executors, sinks or lookups
+    from loader.execute.choice import ExecutorChoice
+    from loader.execute.read_ahead import ReadAhead
+    from loader.sinks.base import Sink
+    from loader.transform.frames import EngineChoice
+    from loader.transform.lookup_versions import VersionLookups
+    from loader.transform.lookups import Lookups
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +198,12 @@ class BatchRunner:
         self.config, self.store, self.commit = config, store, commit
         self.timer, self.only_sinks = timer, only_sinks
         self._lock = threading.Lock()
-        self._prepared: tuple[Any, Any, Any] | None = None
+        self._prepared: tuple[ExecutorChoice, EngineChoice, Lookups] | None = None
         self.dimension_version = ""  # the fingerprint of the dimension files this run's batches read
-        self._sinks: list[Any] | None = None
+        self._sinks: list[Sink[Any]] | None = None
 
     @property
-    def sinks(self) -> list[Any]:
+    def sinks(self) -> list[Sink[Any]]:
         """The run's sinks, made once: what they open (a Delta table's log, a Snowflake connection) is
         kept for the run's next batches instead of opened again for each. `close()` lets go of it."""
         with self._lock:
@@ -245,7 +253,7 @@ class BatchRunner:
         return {version for run in runs
                 if run is not None and (version := (run.inputs or {}).get("dimensions"))}
 
-    def _keep_lookup_version(self, version: str, dims: Any, keep: set[str]) -> None:
+    def _keep_lookup_version(self, version: str, dims: Lookups, keep: set[str]) -> None:
         """The version's regions (for verify, for good), its prepared lookups (whole while it is the
         newest or an unfinished run's: a replay enriches from them anywhere) and the changes that make
         them from the newest version kept whole (for good: `loader verify --deep` enriches every row as
@@ -261,7 +269,7 @@ class BatchRunner:
                                                                        base=base, delta=delta))
             self.store.drop_prepared_lookups(pipeline, keep={version, *keep})
 
-    def _delta_from_newest(self, version: str, dims: Any) -> tuple[str | None, bytes | None]:
+    def _delta_from_newest(self, version: str, dims: Lookups) -> tuple[str | None, bytes | None]:
         """(the newest other version kept whole, the changes from its lookups to `dims`), or (None, None)
         when there is none (the first version: kept whole for good)."""
         from loader.transform.lookup_versions import diff
@@ -271,7 +279,7 @@ class BatchRunner:
         before = versions.get(whole[-1].fingerprint) if whole else None
         return (None, None) if before is None else (whole[-1].fingerprint, diff(before, dims))
 
-    def _kept_versions(self) -> Any:
+    def _kept_versions(self) -> VersionLookups:
         """The dimension versions the state store keeps (`VersionLookups`), this machine's cache first."""
         from loader.transform.lookup_cache import LookupCache, load_version
         from loader.transform.lookup_versions import VersionLookups
@@ -279,7 +287,7 @@ class BatchRunner:
         cache = LookupCache.of(self.config)
         return VersionLookups(self.store, self.config.pipeline, local=lambda v: load_version(cache, v))
 
-    def _dimensions_of(self, record: RunRecord) -> Any:
+    def _dimensions_of(self, record: RunRecord) -> Lookups:
         """The prepared dimensions `record` was enriched from: this run's, or for a replay of a batch
         that recorded another version of the dimension files, that version's kept lookups (the local
         cache's, else the state store's)."""
@@ -305,7 +313,7 @@ class BatchRunner:
                  record.run_number, version[:12])
         return dims
 
-    def read_ahead(self, plans: list[RunPlan], *, budget: int) -> Any:
+    def read_ahead(self, plans: list[RunPlan], *, budget: int) -> ReadAhead:
         """A `ReadAhead` computing the sources of `plans` (fresh batches of this run, enriched from this
         run's dimensions) ahead of their writes, within `budget` rows in flight."""
         from loader.execute.choice import execute
@@ -317,7 +325,7 @@ class BatchRunner:
                          weights=[source_rows(plan) for plan in plans], budget=budget)
 
     def run(self, record: RunRecord, plan: RunPlan, *, metrics: dict[str, Any] | None = None,
-            planning_s: float = 0.0, ahead: Any = None, index: int = 0) -> BatchOutcome:
+            planning_s: float = 0.0, ahead: ReadAhead | None = None, index: int = 0) -> BatchOutcome:
         """Execute the recorded batch and commit it; on any error the run stays `planned` (replayed
         later) with the error kept in the ledger, and the error goes on. `planning_s`: the batch's
         share of planning (recorded with its stage timings). `ahead`: the run's `ReadAhead`, which
@@ -347,7 +355,7 @@ class BatchRunner:
         pa.default_memory_pool().release_unused()
         return outcome
 
-    def _check_sinks_take(self, sinks: list[Any], plan: RunPlan) -> None:
+    def _check_sinks_take(self, sinks: list[Sink[Any]], plan: RunPlan) -> None:
         """Every table's columns (from the planned files' footers, through the stage chain's schema)
         against every enabled sink, before any sink writes: a column one sink cannot take stops the
         batch with nothing written anywhere (SinkRejected names the column, the sink and the fix)."""
@@ -366,7 +374,7 @@ class BatchRunner:
                                   partial(sink.check_columns, name, schema))
 
     def _execute(self, record: RunRecord, plan: RunPlan, outcome: BatchOutcome, metrics: dict[str, Any],
-                 planning_s: float, ahead: Any, index: int) -> None:
+                 planning_s: float, ahead: ReadAhead | None, index: int) -> None:
         from loader.execute.choice import execute
         from loader.landing.quarantine import QuarantineStore
         from loader.sinks import TableBatch
@@ -438,7 +446,7 @@ class BatchRunner:
                 )
             progress.advance(plan.sources[item.name].estimated_rows)
             del item, batch  # free this source's rows before the next one is computed
-        if computed is not None:
+        if computed is not None and ahead is not None:
             # the last source is written: its rows leave what the read-ahead counts in flight
             computed.close()
             timer.add({"execute": ahead.seconds[index]})
