@@ -194,7 +194,7 @@ def _read_tasks(source_plan: SourcePlan, cpus: int) -> list[tuple[str, tuple[int
 
 
 def _read_row_groups(location: Any, path: str, groups: tuple[int, ...], cursor: str, window: Window,
-                     checks: Checks, source: str = "") -> pa.Table:
+                     checks: Checks, source: str) -> pa.Table:
     """The row groups `groups` of one landing file, only the rows the stage can take: inside the window,
     and those the stage's checks quarantine (a null cursor, one in the future)."""
     rows = read_parquet(location, path, what=f"source {source!r}", row_groups=groups)

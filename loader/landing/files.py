@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -134,21 +135,27 @@ def missing_deletes_column(path: str, source: str, column: str) -> BadSourceData
     )
 
 
+@contextmanager
+def opened_parquet(location: Location, path: str, *, what: str) -> Iterator[pq.ParquetFile]:
+    """A landing file opened for reading, the errors of whatever reads it in the block told one way:
+    an unreadable file is BadSourceData naming it and `what` it belongs to (fix the file); a failing
+    store a storage error (transient ones are retried)."""
+    try:
+        with location.filesystem.open_input_file(path) as handle:
+            yield pq.ParquetFile(handle)
+    except pa.ArrowInvalid as error:
+        raise BadSourceData(f"unreadable Parquet file {path} ({what}): {error}. "
+                            "Replace or remove it") from error
+    except OSError as error:
+        raise storage_error(error, location.uri, side="source", doing=f"reading {path} in") from error
+
+
 def read_footer(location: Location, path: str, cursor: str, source: str,
                 deletes: str | None = None) -> Footer:
     """A file's row groups with their rows and cursor range. `deletes`: the column marking upstream
     deletes (sources.<name>.deletes.column), which every file of the source must have."""
-    try:
-        with location.filesystem.open_input_file(path) as handle:
-            metadata = pq.ParquetFile(handle).metadata
-    except pa.ArrowInvalid as error:
-        raise BadSourceData(
-            f"unreadable Parquet file {path} in source {source!r}: {error}. "
-            f"Replace or remove the file (nothing was loaded from this run)"
-        ) from error
-    except OSError as error:  # the store, not the file: may pass when tried again
-        raise storage_error(error, location.uri, side="source",
-                            doing=f"reading the footer of {path} in") from error
+    with opened_parquet(location, path, what=f"source {source!r}") as parquet:
+        metadata = parquet.metadata
     names = metadata.schema.names
     if cursor not in names:
         raise BadSourceData(

@@ -12,13 +12,12 @@ from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from loader.errors import BadSourceData
-from loader.landing.files import list_files, missing_deletes_column
+from loader.landing.files import list_files, missing_deletes_column, opened_parquet
 from loader.landing.plans import FilePlan, SourcePlan
 from loader.landing.quarantine import merge_bad, split_bad_rows
-from loader.storage import Location, locate, storage_error
+from loader.storage import Location, locate
 from state import Window
 
 _STRINGISH = (pa.types.is_large_string, pa.types.is_string_view)
@@ -72,29 +71,20 @@ def rows_in_window(table: pa.Table, *, source: str, cursor: str, window: Window)
 def _read_file(plan: SourcePlan, file: FilePlan, cursor: str, checks: Checks,
                deletes: str | None = None) -> tuple[pa.Table, pa.Table]:
     goods, bads = [], []
-    try:
-        with plan.location.filesystem.open_input_file(file.path) as handle:
-            parquet = pq.ParquetFile(handle)
-            if deletes is not None and deletes not in parquet.schema_arrow.names:
-                raise missing_deletes_column(file.path, plan.source, deletes)
-            # One row group at a time, filtered at once: a batch whose window takes a sliver of a large
-            # row group holds the sliver, not the row group.
-            for group in file.row_groups:
-                table = parquet.read_row_group(group)
-                if cursor not in table.column_names:
-                    raise BadSourceData(f"{file.path}: a file of source {plan.source!r} has no cursor column "
-                                        f"{cursor!r}: fix the file or the config")
-                good, bad = screen(table, source=plan.source, cursor=cursor, window=plan.window,
-                                   checks=checks)
-                del table
-                goods.append(good)
-                bads.append(bad)
-    except OSError as error:
-        raise storage_error(error, plan.location.uri, side="source",
-                            doing=f"reading {file.path} in") from error
-    except pa.ArrowInvalid as error:
-        raise BadSourceData(f"unreadable Parquet file {file.path} in source {plan.source!r}: {error}. "
-                            "Replace or remove it") from error
+    with opened_parquet(plan.location, file.path, what=f"source {plan.source!r}") as parquet:
+        if deletes is not None and deletes not in parquet.schema_arrow.names:
+            raise missing_deletes_column(file.path, plan.source, deletes)
+        # One row group at a time, filtered at once: a batch whose window takes a sliver of a large
+        # row group holds the sliver, not the row group.
+        for group in file.row_groups:
+            table = parquet.read_row_group(group)
+            if cursor not in table.column_names:
+                raise BadSourceData(f"{file.path}: a file of source {plan.source!r} has no cursor column "
+                                    f"{cursor!r}: fix the file or the config")
+            good, bad = screen(table, source=plan.source, cursor=cursor, window=plan.window, checks=checks)
+            del table
+            goods.append(good)
+            bads.append(bad)
     try:
         return pa.concat_tables(goods, promote_options="permissive"), merge_bad(bads)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
@@ -161,21 +151,20 @@ def read_parquet(location: Location, path: str, *, what: str, columns: Sequence[
     strings made plain: how every part of the loader reads whole files of the landing zone (the
     runs' sources, read and screened a row group at a time, are `read_source`'s). An unreadable file is
     BadSourceData naming it and `what` it belongs to; a failing store a storage error (retried)."""
-    try:
-        with location.filesystem.open_input_file(path) as handle:
-            parquet = pq.ParquetFile(handle)
-            wanted = None if columns is None else list(columns)
-            if wanted is not None and present_only:
-                held = set(parquet.schema_arrow.names)
-                wanted = [c for c in wanted if c in held]
+    with opened_parquet(location, path, what=what) as parquet:
+        wanted = None if columns is None else list(columns)
+        if wanted is not None and present_only:
+            held = set(parquet.schema_arrow.names)
+            wanted = [c for c in wanted if c in held]
+        try:
             rows = (parquet.read(columns=wanted) if row_groups is None
                     else parquet.read_row_groups(list(row_groups), columns=wanted))
-    except (pa.ArrowInvalid, KeyError) as error:
-        raise BadSourceData(f"unreadable Parquet file {path} ({what}): {error}. "
-                            "Replace or remove it") from error
-    except OSError as error:
-        raise storage_error(error, location.uri, side="source", doing=f"reading {path} in") from error
+        except KeyError as error:  # a column the file lacks
+            raise BadSourceData(f"unreadable Parquet file {path} ({what}): {error}. "
+                                "Replace or remove it") from error
     return normalize_strings(rows)
+
+
 
 
 def read_dimension(uri: str, table: str, columns: tuple[str, ...] | None = None) -> pa.Table:

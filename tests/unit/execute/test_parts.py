@@ -79,6 +79,6 @@ def test_ray_reads_only_the_recorded_row_groups_and_keeps_what_the_stage_quarant
     window = Window(lower=at[0], upper=at[6])
     checks = Checks(key=("k",), now=datetime(2024, 1, 2, tzinfo=UTC), tolerance_s=3600)
     rows = _read_row_groups(locate(str(tmp_path)), str(tmp_path / "f.parquet"), (0, 1, 2), "ts", window,
-                            checks)
+                            checks, "orders")
     # row groups 0-2 only (keys 0-5); key 0 is at the window's lower bound (excluded)
     assert rows["k"].to_pylist() == [1, 2, 3, 4, 5]
