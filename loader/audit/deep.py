@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from loader.audit.checksums import Digest, add_digest, digest, row_hashes
 from loader.config import SourceConfig
 from loader.errors import BadSourceData
+from loader.landing.files import files_schema
+from loader.landing.sources import read_parquet
 from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, deleted_flags
 from loader.storage import Location
 from loader.transform.lookup_versions import VersionLookups
@@ -144,8 +145,6 @@ def held_values(sink: Any, name: str, source: SourceConfig, values: Values) -> D
 
 def _value_columns(chain: Any, location: Location, paths: Sequence[str]) -> list[str]:
     """The columns the chain gives rows of these files (what the sinks got), marks left out."""
-    from loader.landing.files import files_schema
-
     landing = files_schema(location, paths)
     if landing is None:
         raise BadSourceData(f"the landing files of source {chain.name} disagree on column types: run verify "
@@ -155,9 +154,9 @@ def _value_columns(chain: Any, location: Location, paths: Sequence[str]) -> list
 
 def _read_rows(location: Location, path: str, rows: np.ndarray, source: str) -> pa.Table:
     try:
-        with location.filesystem.open_input_file(path) as handle:
-            return pq.read_table(handle).take(pa.array(rows))
-    except (OSError, pa.ArrowInvalid, IndexError) as error:
+        landing = read_parquet(location, path, what=f"source {source}, read again by verify --deep")
+        return landing.take(pa.array(rows))
+    except IndexError as error:
         raise BadSourceData(f"cannot read {path} (source {source}) again for verify --deep: {error}. "
                             "It changed while verify read it: run verify again") from error
 

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from loader.audit.checksums import Digest, add_digest, digest, duplicates, row_hashes
 from loader.audit.deep import ROW, VERSION
@@ -22,7 +21,7 @@ from loader.audit.placement import FILE, PLACED, Placement, place
 from loader.config import LoaderConfig, SourceConfig
 from loader.errors import ConfigError, LeaseHeld, SinkRejected, SinkUnavailable, StateError
 from loader.kinds import fact_kind
-from loader.landing.files import list_files
+from loader.landing.files import list_files, row_count
 from loader.landing.sources import read_parquet
 from loader.sinks import Sink, enabled_sinks, sink_class
 from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, deleted_flags, region_counts
@@ -130,11 +129,8 @@ def parts_for(location: Location, paths: Sequence[str], wanted: int | None = Non
     for `ROWS_PER_PART` rows each (counted from the files' footers)."""
     if wanted:
         return wanted
-    def rows_in(path: str) -> int:
-        with location.filesystem.open_input_file(path) as handle:
-            return int(pq.ParquetFile(handle).metadata.num_rows)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        total = sum(pool.map(rows_in, paths))
+        total = sum(pool.map(lambda path: row_count(location, path, what="verify"), paths))
     return max(1, -(-total // ROWS_PER_PART))
 
 

@@ -78,7 +78,7 @@ def choose_run_engine(config: LoaderConfig, executor: Executor) -> EngineChoice:
     if requested == "cpu":
         return choose_transform_engine("cpu")
     if executor == "ray":
-        init_ray(config)
+        init_ray(config.ray)
         return choose_transform_engine(requested, cluster_gpu_status())
     return choose_transform_engine(requested, gpu_status())
 

@@ -17,9 +17,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loader.config import LoaderConfig
+from loader.config import LoaderConfig, RayConfig
 from loader.execute import ray_folders
 from loader.execute.stages import SourceRows, StageChain, log_read
+from loader.landing.files import files_schema
 from loader.landing.plans import RunPlan, SourcePlan
 from loader.landing.quarantine import merge_bad
 from loader.landing.sources import Checks, read_parquet, window_mask
@@ -67,12 +68,12 @@ _FORWARDED_ENV = frozenset({
 })
 
 
-def init_ray(config: LoaderConfig) -> None:
+def init_ray(settings: RayConfig) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    address = config.ray.address  # RAY_ADDRESS is settled into it with the config
+    address = settings.address  # RAY_ADDRESS is settled into it with the config
     kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": False,
                                  "logging_level": logging.WARNING}
     if address:
@@ -87,14 +88,14 @@ def init_ray(config: LoaderConfig) -> None:
         # cluster), which plain ray.init() would do, running our tasks on someone else's workers.
         kwargs["address"] = "local"
         # Ray's session files and spill in folders of ours, removed at exit (not in /tmp/ray forever)
-        folders = ray_folders.claim(config.ray.temp_dir, config.ray.spill_dir)
+        folders = ray_folders.claim(settings.temp_dir, settings.spill_dir)
         kwargs["_temp_dir"] = str(folders.temp)
         if folders.spill is not None:
             kwargs["object_spilling_directory"] = str(folders.spill)
-        if config.ray.num_cpus:
-            kwargs["num_cpus"] = config.ray.num_cpus
-        if config.ray.num_gpus is not None:
-            kwargs["num_gpus"] = config.ray.num_gpus
+        if settings.num_cpus:
+            kwargs["num_cpus"] = settings.num_cpus
+        if settings.num_gpus is not None:
+            kwargs["num_gpus"] = settings.num_gpus
     ray.init(**kwargs)  # type: ignore[arg-type]
     ray.data.DataContext.get_current().enable_progress_bars = False
 
@@ -106,13 +107,13 @@ def _stage_resources(engine: EngineName) -> dict[str, Any]:
     return {"num_gpus": 1} if engine == "gpu" else {"num_cpus": 1}
 
 
-def part_count(config: LoaderConfig, engine: EngineName, rows: int, cpus: int) -> int:
+def part_count(settings: RayConfig, gpu_batch_rows: int, engine: EngineName, rows: int, cpus: int) -> int:
     """How many key-range parts a source's window is cut into: one per CPU at least (every core
     transforms and writes), none over ray.rows_per_part rows (a part is what one worker holds; on the
     GPU none over transform.gpu_batch_rows), never more than rows."""
-    largest = config.ray.rows_per_part
+    largest = settings.rows_per_part
     if engine == "gpu":
-        largest = min(largest, config.transform.gpu_batch_rows)
+        largest = min(largest, gpu_batch_rows)
     return max(1, min(rows, max(cpus, math.ceil(rows / largest))))
 
 
@@ -127,7 +128,7 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Lookups,
     source on 2 cores for 300k rows, measured; plain tasks reuse the pooled workers.)"""
     import ray
 
-    init_ray(config)
+    init_ray(config.ray)
     dims_ref = _in_object_store(dims)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     for name, source_plan in plan.sources.items():
@@ -142,7 +143,7 @@ def run_ray(config: LoaderConfig, plan: RunPlan, dims: Lookups,
                                 chain.checks, name)
                   for path, groups in _read_tasks(source_plan, cpus)]
         read, low, high = _key_range(ray.get([ray.remote(_block_stats).remote(b, first) for b in blocks]))
-        parts = part_count(config, engine, read, cpus)
+        parts = part_count(config.ray, config.transform.gpu_batch_rows, engine, read, cpus)
         split: Any = ray.remote(_split_block).options(num_returns=parts)
         pieces = [split.remote(block, first, parts, low, high) for block in blocks]
         pieces = [p if isinstance(p, list) else [p] for p in pieces]  # num_returns=1 gives a bare ref
@@ -264,8 +265,6 @@ def part_numbers(column: pa.ChunkedArray | pa.Array, *, parts: int, low: Any, hi
 
 
 def _empty_input(source_plan: SourcePlan) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    first = source_plan.files[0].path
-    with source_plan.location.filesystem.open_input_file(first) as handle:
-        return pq.ParquetFile(handle).schema_arrow.empty_table()
+    schema = files_schema(source_plan.location, [source_plan.files[0].path])
+    assert schema is not None  # one file's schema always combines
+    return schema.empty_table()

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ from loader.sinks.base import DELETED
 from loader.transform.facts import attach_region, transform_fact
 from loader.transform.frames import EngineName, frames_for, on_table
 from loader.transform.lookups import Lookups
-from loader.transform.region_rules import RegionRule
+from loader.transform.region_rules import RegionRule, rules_of
 from loader.transform.tables import latest_rows
 from state import Window
 
@@ -38,17 +38,9 @@ log = logging.getLogger(__name__)
 Upto = Literal["rules", "region"]
 
 
-def region_rules(config: LoaderConfig) -> dict[str, RegionRule]:
-    return {
-        name: RegionRule(currency=r.currency, fx_rate=r.fx_rate, vat_rate=r.vat_rate,
-                         mask_columns=tuple(r.mask))
-        for name, r in config.regions.items()
-    }
-
-
-def read_checks(config: LoaderConfig, source: SourceConfig) -> Checks:
-    return Checks(key=source.primary_key, now=datetime.now(UTC),
-                  tolerance_s=config.quarantine.future_tolerance.total_seconds())
+def read_checks(source: SourceConfig, future_tolerance: timedelta) -> Checks:
+    """The read checks of a source's rows, `now` taken once for the whole read."""
+    return Checks(key=source.primary_key, now=datetime.now(UTC), tolerance_s=future_tolerance.total_seconds())
 
 
 @dataclass(frozen=True)
@@ -68,7 +60,8 @@ class StageChain:
     def for_source(cls, config: LoaderConfig, name: str, window: Window, *, engine: EngineName = "cpu",
                    upto: Upto = "rules") -> StageChain:
         source = config.sources[name]
-        return cls(name, source, window, read_checks(config, source), region_rules(config), engine, upto)
+        return cls(name, source, window, read_checks(source, config.quarantine.future_tolerance),
+                   rules_of(config.regions), engine, upto)
 
     # ----------------------------------------------------------------------------------- the stages
 

@@ -189,8 +189,8 @@ def files_schema(location: Location, paths: Sequence[str],
     def schema_of(path: str) -> pa.Schema:
         if path in known:
             return known[path]
-        with location.filesystem.open_input_file(path) as handle:
-            return pq.read_schema(handle)
+        with opened_parquet(location, path, what="the landing zone") as parquet:
+            return parquet.schema_arrow
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         schemas = list(pool.map(schema_of, paths))
@@ -198,6 +198,12 @@ def files_schema(location: Location, paths: Sequence[str],
         return pa.unify_schemas(schemas, promote_options="permissive") if schemas else None
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
+
+
+def row_count(location: Location, path: str, *, what: str) -> int:
+    """A landing file's rows, from its footer."""
+    with opened_parquet(location, path, what=what) as parquet:
+        return int(parquet.metadata.num_rows)
 
 
 def modified(info: pafs.FileInfo) -> str | None:

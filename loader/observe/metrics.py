@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loader.config import LoaderConfig
+from loader.config import MetricsConfig
 from loader.observe.run_history import (
     RunEntry,
     deleted_totals,
@@ -34,11 +34,10 @@ from loader.redaction import redact
 log = logging.getLogger(__name__)
 
 
-def registry_for(config: LoaderConfig, entries: list[RunEntry], checkpoints: dict[str, datetime],
+def registry_for(pipeline: str, entries: list[RunEntry], checkpoints: dict[str, datetime],
                  now: datetime) -> Any:
     from prometheus_client import CollectorRegistry, Counter, Gauge
 
-    pipeline = config.pipeline
     registry = CollectorRegistry()
     rows = Counter("loader_rows_loaded", "Rows loaded by committed runs, per table, region and sink",
                    ["pipeline", "table", "region", "sink"], registry=registry)
@@ -82,22 +81,21 @@ def registry_for(config: LoaderConfig, entries: list[RunEntry], checkpoints: dic
     return registry
 
 
-def publish(config: LoaderConfig, store: Any) -> None:
+def publish(settings: MetricsConfig, pipeline: str, store: Any) -> None:
     """Write the textfile and/or push to the Pushgateway, as configured; never raises."""
-    settings = config.metrics
     if not (settings.textfile or settings.pushgateway):
         return
     try:
         from prometheus_client import push_to_gateway, write_to_textfile
 
-        entries = history(store, config.pipeline, limit=None)
-        checkpoints = {name: cp.cursor for name, cp in store.checkpoints(config.pipeline).items()}
-        registry = registry_for(config, entries, checkpoints, datetime.now(UTC))
+        entries = history(store, pipeline, limit=None)
+        checkpoints = {name: cp.cursor for name, cp in store.checkpoints(pipeline).items()}
+        registry = registry_for(pipeline, entries, checkpoints, datetime.now(UTC))
         if settings.textfile:
             Path(settings.textfile).parent.mkdir(parents=True, exist_ok=True)
             write_to_textfile(settings.textfile, registry)  # a temp file renamed into place
         if settings.pushgateway:
-            push_to_gateway(settings.pushgateway, job="loader", grouping_key={"pipeline": config.pipeline},
+            push_to_gateway(settings.pushgateway, job="loader", grouping_key={"pipeline": pipeline},
                             registry=registry, timeout=settings.push_timeout.total_seconds())
     except Exception as error:
         where = redact(" and ".join(filter(None, (settings.textfile, settings.pushgateway))))

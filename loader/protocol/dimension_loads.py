@@ -307,9 +307,9 @@ def _masked(config: LoaderConfig, table: str, rows: pa.Table) -> pa.Table:
         return rows
     import pyarrow.compute as pc
 
-    from loader.execute.stages import region_rules
     from loader.landing.sources import read_dimension
     from loader.transform.facts import mask_rows
+    from loader.transform.region_rules import rules_of
 
     nation = read_dimension(config.dimension_path("nation"), "nation", ("n_nationkey", "n_regionkey"))
     region = read_dimension(config.dimension_path("region"), "region", ("r_regionkey", "r_name"))
@@ -317,4 +317,4 @@ def _masked(config: LoaderConfig, table: str, rows: pa.Table) -> pa.Table:
                     pc.index_in(nation["n_regionkey"], value_set=region["r_regionkey"].combine_chunks()))
     of_row = pc.take(names,
                      pc.index_in(rows[NATION_KEY[table]], value_set=nation["n_nationkey"].combine_chunks()))
-    return mask_rows(rows, of_row, region_rules(config))
+    return mask_rows(rows, of_row, rules_of(config.regions))

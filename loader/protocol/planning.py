@@ -16,12 +16,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from loader.config import LoaderConfig, SourceConfig
 from loader.errors import BadSourceData
 from loader.landing.files import Footer, list_file_infos, modified, read_footer
 from loader.landing.plans import FilePlan, RunPlan, SourcePlan, in_window
+from loader.landing.sources import read_parquet
 from loader.storage import Location, locate, storage_error
 from state import Checkpoint, Window
 
@@ -61,7 +61,7 @@ def plan_source(
     base_run = checkpoint.run_number if checkpoint else None
     window = fixed_window
     if window is None:
-        highs = _present_highs(location, footers, source.cursor, now + future_tolerance)
+        highs = _present_highs(location, footers, name, source.cursor, now + future_tolerance)
         if checkpoint is not None:
             _check_not_ahead(name, location, checkpoint, footers, max(highs) if highs else None)
         window = compute_window(
@@ -80,7 +80,8 @@ def plan_source(
     return SourcePlan(name, location, window, tuple(chosen), len(infos), base_run)
 
 
-def _present_highs(location: Location, footers: list[Footer], cursor: str, limit: datetime) -> list[datetime]:
+def _present_highs(location: Location, footers: list[Footer], source: str, cursor: str,
+                   limit: datetime) -> list[datetime]:
     """Each row group's greatest cursor, from its statistics; where that lies beyond `limit` (a cursor
     in the future, to be quarantined), the greatest value not beyond it, read from the column (rare)."""
     highs = []
@@ -91,8 +92,8 @@ def _present_highs(location: Location, footers: list[Footer], cursor: str, limit
             if high > limit:
                 import pyarrow.compute as pc  # here: a run with nothing new never pays for it (~20 ms)
 
-                with location.filesystem.open_input_file(footer.path) as handle:
-                    values = pq.ParquetFile(handle).read_row_group(index, columns=[cursor])[cursor]
+                values = read_parquet(location, footer.path, what=f"source {source!r}", columns=[cursor],
+                                      row_groups=[index])[cursor]
                 kept = pc.filter(values, pc.less_equal(values, pa.scalar(limit, type=values.type)))
                 high = pc.max(kept).as_py() if len(kept) else None
             if high is not None:

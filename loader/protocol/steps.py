@@ -93,7 +93,7 @@ def pipeline_session(config: LoaderConfig) -> Iterator[StateStore]:
                 if config.metrics.textfile or config.metrics.pushgateway:  # else publish() has nothing to do
                     from loader.observe.metrics import publish
 
-                    publish(config, store)
+                    publish(config.metrics, config.pipeline, store)
     finally:
         store.close()
 

@@ -3,11 +3,13 @@ through float and every rate fits the declared decimal types the transforms comp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 import pyarrow as pa
 
+from loader.config import RegionRuleConfig
 from loader.errors import ConfigError
 
 FX_RATE = pa.decimal128(18, 6)
@@ -70,3 +72,10 @@ DEFAULT_REGION_RULES: dict[str, RegionRule] = {
     "EUROPE": RegionRule("EUR", Decimal("0.920000"), Decimal("0.2000"), ("c_name", "c_phone")),
     "MIDDLE EAST": RegionRule("AED", Decimal("3.672500"), Decimal("0.0500")),
 }
+
+
+def rules_of(regions: Mapping[str, RegionRuleConfig]) -> dict[str, RegionRule]:
+    """The configured `regions` block as the transforms' rules."""
+    return {name: RegionRule(currency=r.currency, fx_rate=r.fx_rate, vat_rate=r.vat_rate,
+                             mask_columns=tuple(r.mask))
+            for name, r in regions.items()}

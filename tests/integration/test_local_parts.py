@@ -12,12 +12,13 @@ import yaml
 from loader.config import load_config
 from loader.execute import local
 from loader.execute.choice import load_lookups
-from loader.execute.stages import StageChain, read_checks, region_rules
+from loader.execute.stages import StageChain, read_checks
 from loader.landing.quarantine import split_no_region
 from loader.landing.sources import read_source
 from loader.protocol.planning import plan_run
 from loader.transform.facts import transform_fact
 from loader.transform.frames import frames_for
+from loader.transform.region_rules import rules_of
 from loader.transform.tables import dedupe_latest
 from tests.support.cli import LOCAL_CONFIG, run_cli, write_config
 from tests.support.demo_clock import append_args, init_args
@@ -40,12 +41,13 @@ def test_parts_on_threads_give_the_rows_of_one_piece(tmp_path: Path, monkeypatch
     config = load_config(config_path)
     plan = plan_run(config, {})
     dims, _ = load_lookups(config)
-    rules = region_rules(config)
+    rules = rules_of(config.regions)
 
     expected = {}
     for name, source_plan in plan.sources.items():
         source = config.sources[name]
-        rows, _ = read_source(source_plan, cursor=source.cursor, checks=read_checks(config, source))
+        checks = read_checks(source, config.quarantine.future_tolerance)
+        rows, _ = read_source(source_plan, cursor=source.cursor, checks=checks)
         latest = dedupe_latest(rows, key=source.primary_key, cursor=source.cursor)
         if name == "orders":
             assert latest.num_rows < rows.num_rows  # versions were dropped

@@ -179,3 +179,38 @@ def test_the_landing_layer_takes_the_parts_of_the_config_it_uses() -> None:
             if isinstance(node, ast.ImportFrom) and node.module == "loader.config":
                 found += [f"{path.name}: {a.name}" for a in node.names if a.name == "LoaderConfig"]
     assert found == []
+
+
+#: Who may open Parquet files: the landing layer reads the zone, the sinks read back what they wrote,
+#: the demo writes the zone it generates. Anything else reads the landing zone through `landing/`.
+PARQUET_READERS = ("loader.landing", "loader.sinks", "loader.demo")
+
+
+def parquet_users(modules: dict[str, Path]) -> list[str]:
+    """Modules outside `PARQUET_READERS` that import pyarrow's Parquet or dataset readers."""
+    found = []
+    for name, path in sorted(modules.items()):
+        if any(name == owner or name.startswith(owner + ".") for owner in PARQUET_READERS):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            names += [f"{node.module}.{a.name}" for a in getattr(node, "names", [])
+                      if isinstance(node, ast.ImportFrom) and node.module == "pyarrow"]
+            found += [f"{name}: {n}" for n in names if n in ("pyarrow.parquet", "pyarrow.dataset")]
+    return found
+
+
+def test_only_the_landing_layer_reads_the_landing_zone() -> None:
+    """One reader of landing files (`landing/`) for runs, dimension loads, verify and the Ray
+    executor: an error in a file is told one way, and strings are made plain one way."""
+    assert parquet_users(module_files()) == []
+
+
+def test_a_parquet_reader_outside_the_landing_layer_is_found(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("import pyarrow.parquet as pq\n")
+    (tmp_path / "b.py").write_text("from pyarrow import dataset\n")
+    (tmp_path / "c.py").write_text("import pyarrow.parquet\n")
+    modules = {"loader.audit.a": tmp_path / "a.py", "loader.execute.b": tmp_path / "b.py",
+               "loader.sinks.c": tmp_path / "c.py"}
+    assert parquet_users(modules) == ["loader.audit.a: pyarrow.parquet", "loader.execute.b: pyarrow.dataset"]

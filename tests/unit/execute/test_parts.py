@@ -15,6 +15,7 @@ from loader.execute.ray_cluster import _read_row_groups, _read_tasks, part_count
 from loader.landing.plans import FilePlan, SourcePlan
 from loader.landing.sources import Checks
 from loader.storage import locate
+from loader.transform.frames import EngineName
 from state import Window
 from tests.support.cli import write_config
 
@@ -46,10 +47,14 @@ def test_string_keys_hash_stably_and_null_keys_go_to_part_zero() -> None:
 def test_part_count_gives_every_cpu_a_part_and_bounds_part_size(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, ray={"rows_per_part": 10_000},
                                       transform={"gpu_batch_rows": 1000}))
-    assert part_count(config, "cpu", rows=5_000, cpus=4) == 4  # a part per CPU
-    assert part_count(config, "cpu", rows=95_000, cpus=4) == 10  # none over rows_per_part
-    assert part_count(config, "cpu", rows=3, cpus=8) == 3  # never more parts than rows
-    assert part_count(config, "gpu", rows=5_000, cpus=2) == 5  # on the GPU none over gpu_batch_rows
+
+    def count(engine: EngineName, *, rows: int, cpus: int) -> int:
+        return part_count(config.ray, config.transform.gpu_batch_rows, engine, rows, cpus)
+
+    assert count("cpu", rows=5_000, cpus=4) == 4  # a part per CPU
+    assert count("cpu", rows=95_000, cpus=4) == 10  # none over rows_per_part
+    assert count("cpu", rows=3, cpus=8) == 3  # never more parts than rows
+    assert count("gpu", rows=5_000, cpus=2) == 5  # on the GPU none over gpu_batch_rows
 
 
 # ------------------------------------------------------------- the Ray executor's reads of the plan

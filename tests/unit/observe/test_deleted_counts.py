@@ -43,7 +43,7 @@ def test_committed_runs_only_reach_the_counter(tmp_path: Path) -> None:
                            "sources": {"orders": {"kind": "orders", "path": "orders", "cursor": "c",
                                                   "primary_key": ["k"]}},
                            "sinks": {"parquet": {"enabled": True, "path": "w"}}}, base_dir=tmp_path)
-    registry = registry_for(config, entries, {}, datetime.now(UTC))
+    registry = registry_for(config.pipeline, entries, {}, datetime.now(UTC))
     assert registry.get_sample_value("loader_keys_deleted_total",
                                      {"pipeline": "p", "table": "orders", "sink": "delta"}) == 3
     assert registry.get_sample_value("loader_keys_deleted_total",
