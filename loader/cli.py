@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,8 +37,10 @@ log = logging.getLogger("loader")
 
 
 class _Context:
-    def __init__(self, config_path: str | None) -> None:
+    def __init__(self, config_path: str | None, log_level: str, log_format: str) -> None:
         self.config_path = config_path
+        self.log_level = log_level
+        self.log_format = log_format
 
     def config(self, *, executor: str | None = None, engine: str | None = None,
                max_batch_rows: int | None = None) -> Any:
@@ -107,16 +109,42 @@ def cli(ctx: click.Context, config_path: str | None, log_level: str, log_format:
     Typical use:
       loader demo-data init          make a small TPC-H-style landing zone
       loader plan                    what the next run would read
-      loader run --incremental       load what is new, then advance checkpoints
+      loader run                     load what is new, then advance checkpoints
       loader status                  checkpoints, lag and the last run
-      loader backfill --start 2024-01-01 --end 2024-01-08
+      loader backfill --start -3d --end -2d
                                      reload a window in chunks; checkpoints stay
       loader doctor                  what this machine and config can reach
+    --config, --log-level and --log-format go before or after the command.
     Logs go to stderr (--log-format); --json output goes to stdout.
     """
     from loader.observe import logs
     logs.configure(log_level, log_format)
-    ctx.obj = _Context(config_path)
+    ctx.obj = _Context(config_path, log_level, log_format)
+
+
+def _global_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """`loader status --config F`: a global option given after the command overrides the one before."""
+    if value is None:
+        return
+    obj = ctx.find_object(_Context)
+    assert obj is not None and param.name is not None
+    setattr(obj, param.name, value)
+    if param.name in ("log_level", "log_format"):
+        from loader.observe import logs
+        logs.configure(obj.log_level, obj.log_format)
+
+
+def _add_global_options(group: click.Group) -> None:
+    """Give every command the group's --config, --log-level and --log-format, so they work after the
+    command too (as the README writes them); without a value there, the group's value holds."""
+    for command in group.commands.values():
+        for option in cli.params:
+            if isinstance(option, click.Option) and option.name in ("config_path", "log_level", "log_format"):
+                command.params.append(click.Option(
+                    [*option.opts, option.name], type=option.type, default=None, expose_value=False,
+                    callback=_global_option, help=option.help, metavar=option.metavar))
+        if isinstance(command, click.Group):
+            _add_global_options(command)
 
 
 def _executor_option(help_text: str) -> Callable[[F], F]:
@@ -144,9 +172,9 @@ def _engine_option(help_text: str) -> Callable[[F], F]:
 
 
 @cli.command("run", epilog=EXIT_CODES_HELP)
-@click.option("--incremental", is_flag=True, required=True,
-              help="Load only what is new since the last committed run (the only mode of `run`; "
-                   "see `backfill`).")
+@click.option("--incremental", is_flag=True,
+              help="Load only what is new since the last committed run: what `run` always does (the flag is "
+                   "accepted for cron lines that name it; to reload a window, see `backfill`).")
 @_executor_option("Override ray.mode: local runs in this process, ray uses Ray Data, auto runs in-process "
                   "unless a Ray cluster address is set (ray.address, RAY_ADDRESS).")
 @_engine_option("Override transform.engine: where the transforms run. auto: the GPU (cuDF) when one is "
@@ -182,22 +210,55 @@ def run_command(obj: _Context, incremental: bool, executor: str | None, engine: 
         print_run_summary(summary)
 
 
-def _instant(value: str, option: str) -> datetime:
-    """ISO 8601 date or date-time; without a zone it is UTC (the cursors are)."""
+def _instant(value: str, option: str, *, grain: timedelta | None = None,
+             now: datetime | None = None) -> datetime:
+    """ISO 8601 date or date-time (without a zone it is UTC, as the cursors are), or a time back from
+    now: `now`, `-7d`, `-36h`, `-90m`. A time back from now is rounded down to a whole `grain` (the
+    backfill's chunk), so the same command names the same window, and resumes it, all that chunk long."""
+    relative = _back_from_now(value, now or datetime.now(UTC))
+    if relative is not None:
+        if grain:
+            step = int(grain.total_seconds() * 1_000_000)
+            since_epoch = int((relative - _EPOCH).total_seconds() * 1_000_000)
+            relative = _EPOCH + timedelta(microseconds=since_epoch - since_epoch % step)
+        return relative
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 date or time, e.g. 2024-01-05 or "
-                                 f"2024-01-05T06:00:00Z", param_hint=option) from None
+        raise click.BadParameter(f"{value!r} is neither an ISO 8601 date or time (2024-01-05, "
+                                 f"2024-01-05T06:00:00Z) nor a time back from now (now, -7d, -36h, -90m)",
+                                 param_hint=option) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _back_from_now(value: str, now: datetime) -> datetime | None:
+    """`now` or `-<duration>` (loader.config.parse_duration's units) as an instant; None: neither."""
+    text = value.strip().lower()
+    if text == "now":
+        return now
+    if not text.startswith("-"):
+        return None
+    from loader.config import parse_duration
+
+    try:
+        return now - parse_duration(text[1:])
+    except ValueError:
+        return None
+
+
 @cli.command("backfill", epilog=EXIT_CODES_HELP)
-@click.option("--start", help="Window start, exclusive: ISO date or time (UTC if no zone).")
-@click.option("--end", help="Window end, inclusive: ISO date or time (UTC if no zone).")
-@click.option("--source", "sources", multiple=True, help="Only this source (repeat for more; default: all).")
-@click.option("--sinks", "sinks", multiple=True,
-              help="Only this sink (repeat for more; default: all enabled).")
+@click.option("--start", metavar="TIME",
+              help="Window start, exclusive: ISO date or time (UTC if no zone), or back from now: -7d, -36h.")
+@click.option("--end", metavar="TIME", help="Window end, inclusive: as --start, or now.")
+@click.option("--source", "sources", multiple=True, metavar="NAME",
+              help="Only this source; repeat the flag for more (--source orders --source lineitem). "
+                   "Default: all.")
+@click.option("--sinks", "sinks", multiple=True, metavar="NAME",
+              help="Only this sink; repeat the flag for more (--sinks delta --sinks parquet). "
+                   "Default: all enabled.")
 @click.option("--chunk", default="1d", show_default=True, help="Chunk length: 90s, 30m, 6h, 1d, 1w.")
 @click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Chunks loaded at once (threads of this process; memory grows with it).")
@@ -208,12 +269,15 @@ def _instant(value: str, option: str) -> datetime:
 @_max_batch_rows_option
 @click.option("--dry-run", is_flag=True,
               help="Print the chunks, files, estimated rows and batches; write nothing.")
+@click.option("--force", is_flag=True,
+              help="Load every chunk again, also those an earlier backfill of the same window loaded (after "
+                   "fixing landing files): a new backfill with an id of its own.")
 @click.option("--json", "as_json", is_flag=True, help="Print one summary object on stdout.")
 @click.pass_obj
 def backfill_command(obj: _Context, start: str | None, end: str | None, sources: tuple[str, ...],
                      sinks: tuple[str, ...], chunk: str, parallel: int, resume_id: str | None,
                      executor: str | None, engine: str | None, max_batch_rows: int | None, dry_run: bool,
-                     as_json: bool) -> None:
+                     force: bool, as_json: bool) -> None:
     """Reload the cursor window (START, END] in chunks without moving the incremental checkpoint.
 
     \b
@@ -223,20 +287,22 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
     again after a crash: committed chunks are skipped, the cut one is loaded again. A backfill and
     `loader run` share the pipeline's lease: whichever comes second exits 3.
 
-    \b
-      loader backfill --start 2024-01-01 --end 2024-01-08 --chunk 1d
-      loader backfill --start 2024-01-01 --end 2024-01-02 --source orders --sinks delta --dry-run
-      loader backfill --resume bf-1a2b3c4d
-    """
-    from datetime import timedelta
+    Times back from now (-3d, now) are rounded down to a whole chunk, so the same command names the
+    same window, and resumes it, for a whole chunk's length; --resume ID (printed by every backfill and
+    `loader status`) resumes one any time. A window loaded already is skipped: --force loads it again.
 
+    \b
+      loader backfill --start -3d --end -1d --chunk 1d
+      loader backfill --start -2d --end -1d --source orders --sinks delta --dry-run
+      loader backfill --start -3d --end -1d --force
+    """
     from loader.config import parse_duration
 
     if resume_id is None and (start is None or end is None):
         raise click.UsageError("give --start and --end (or --resume ID to continue an earlier backfill)")
-    if resume_id is not None and (start or end or sources or sinks):
+    if resume_id is not None and (start or end or sources or sinks or force):
         raise click.UsageError("--resume takes the recorded window, sources and sinks: "
-                               "drop --start/--end/--source/--sinks")
+                               "drop --start/--end/--source/--sinks/--force")
     try:
         chunk_size: timedelta = parse_duration(chunk)
     except ValueError as error:
@@ -247,8 +313,11 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
         request = backfill.find_request(config, resume_id)
     else:
         assert start is not None and end is not None
-        request = backfill.build_request(config, start=_instant(start, "--start"), end=_instant(end, "--end"),
-                                         chunk=chunk_size, sources=sources, sinks=sinks)
+        now = datetime.now(UTC)
+        request = backfill.build_request(
+            config, start=_instant(start, "--start", grain=chunk_size, now=now),
+            end=_instant(end, "--end", grain=chunk_size, now=now), chunk=chunk_size, sources=sources,
+            sinks=sinks, forced_at=now if force else None)
     if dry_run:
         summary = backfill.dry_run(config, request)
     else:
@@ -269,8 +338,10 @@ def backfill_command(obj: _Context, start: str | None, end: str | None, sources:
 @click.pass_obj
 def doctor_command(obj: _Context, as_json: bool) -> None:
     """Check what this machine and config can use: Ray (local or the cluster address), GPU and cuDF,
-    the landing zone, the dimension cache, every enabled sink, the state store. Writes nothing; exit 1
-    if a check failed (an optional part that is absent, like the GPU, is 'unavailable', not a failure)."""
+    the landing zone, the dimension cache, every enabled sink, the state store (read-only) and whether
+    the landing zone still holds the files the checkpoints were set from. Writes nothing, not even a
+    state file; exit 1 if a check failed (an optional part that is absent, like the GPU, is
+    'unavailable', not a failure)."""
     config = obj.config()
     from loader.audit.doctor import run_checks
 
@@ -335,17 +406,24 @@ def history_command(obj: _Context, limit: int, as_json: bool) -> None:
 
 
 @cli.command("report")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The HTML file to write (one self-contained file: open it anywhere, no network needed).")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML file to write (one self-contained file: open it anywhere, no network needed). "
+                   "Default: report.html beside the SQLite state file (data/state/ with configs/local.yaml).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="The newest N runs.")
 @click.pass_obj
-def report_command(obj: _Context, out: Path, limit: int) -> None:
+def report_command(obj: _Context, out: Path | None, limit: int) -> None:
     """An HTML report of the recent runs: rows per run per table, seconds per stage, lag per source over
     time, and the latest run's rows per table, region and sink."""
     config = obj.config()
     from loader.audit.html_report import write_report
     from loader.observe.run_history import read_history
 
+    if out is None:  # beside the state it is drawn from, in the folder the loader keeps its data in
+        state_file = config.state.url.removeprefix("sqlite:///")
+        if state_file in (config.state.url, ":memory:"):
+            raise click.UsageError("give --out FILE: the state store is not a local SQLite file, so there is "
+                                   "no data folder to put the report in")
+        out = Path(state_file).parent / "report.html"
     entries = read_history(config.state.url, config.pipeline, limit=limit)
     write_report(out, config.pipeline, entries)
     click.echo(f"wrote {out} ({len(entries)} run(s) of pipeline {config.pipeline})")
@@ -369,24 +447,15 @@ def demo_data() -> None:
 
 
 def _demo_now(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
-    """--now: an ISO 8601 date-time with a UTC offset (Z or +HH:MM), in UTC; None: the current time."""
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 date-time, "
-                                 "e.g. 2024-01-31T00:00:00Z") from None
-    if moment.tzinfo is None:
-        raise click.BadParameter(f"{value!r} has no UTC offset: "
-                                 f"add one, e.g. {moment.isoformat()}Z") from None
-    return moment.astimezone(UTC)
+    """--now: an ISO 8601 date or date-time, UTC when it names no zone (as backfill's times); None: the
+    current time."""
+    return None if value is None else _instant(value, "--now")
 
 
 _demo_now_option = click.option(
     "--now", "now", callback=_demo_now, metavar="ISO-8601",
-    help="Pin the clock, for reproducible zones; default: the current time. A date-time with a UTC offset, "
-         "e.g. 2024-01-31T00:00:00Z.")
+    help="Pin the clock, for reproducible zones; default: the current time. An ISO date or date-time, UTC "
+         "unless it names a zone: 2024-01-31, 2024-01-31T06:00:00Z.")
 
 
 @demo_data.command("init")
@@ -416,6 +485,16 @@ def demo_init(obj: _Context, scale: float, seed: int, days: int, if_missing: boo
         f"{summary.ingest_days} ingest days ({summary.first_ingest_date} to {summary.last_ingest_date}), "
         f"newest cursor {summary.max_cursor.isoformat()}"
     )
+    from loader.audit.doctor import stored_checkpoints
+
+    held = stored_checkpoints(config)  # read-only
+    if held:
+        click.echo(redact(
+            f"warning: the state store {config.state.url} already holds {held} checkpoint(s) of pipeline "
+            f"{config.pipeline}, set from an earlier landing zone: runs would take this one's rows up to "
+            "them as loaded, and `loader verify` would report mismatches. Start afresh: `make clean-data` "
+            "(removes data/: landing zone, state and warehouse of configs/local.yaml; with another config "
+            "remove its state store and warehouse), then `loader demo-data init` again"), err=True)
 
 
 @demo_data.command("append")
@@ -465,9 +544,10 @@ def demo_append(obj: _Context, orders: int, updates: int, late: int, recent: int
 
 
 @cli.command("verify", epilog=EXIT_CODES_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print one object {ok, checks} on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print one object {ok, checks, notes} on stdout.")
 @click.option("--table", "tables", multiple=True,
-              help="Verify only this table (repeatable; default: every source).")
+              metavar="NAME", help="Verify only this table, a fact source or a dimension (repeat the flag "
+                                   "for more: --table orders --table customer). Default: every table.")
 @click.option("--deep", is_flag=True,
               help="Also recompute every column of every row (enrichment, currency, amounts, masking) "
                    "through the stage chain, with the dimension version its batch recorded, and compare per "
@@ -508,24 +588,52 @@ def verify_command(obj: _Context, as_json: bool, tables: tuple[str, ...], deep: 
         sys.exit(EXIT_FAILED)
 
 
-@cli.group("runs")
-def runs_group() -> None:
-    """Look after the run ledger."""
+@cli.group("runs", invoke_without_command=True, epilog=EXIT_CODES_HELP)
+@click.pass_context
+def runs_group(ctx: click.Context) -> None:
+    """Look after the run ledger: `loader runs list` shows it (also `loader runs` alone), `loader runs
+    abandon N` stops replaying an unfinished run."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(runs_list)
 
 
-@runs_group.command("abandon")
+@runs_group.command("list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="The newest N runs.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the runs as a JSON list on stdout (newest first).")
+@click.pass_obj
+def runs_list(obj: _Context, limit: int = 20, as_json: bool = False) -> None:
+    """The run ledger, newest first: run number, mode, outcome (committed, failed or unfinished: the
+    next run replays it; abandoned), when it started, which batch of its run, its windows. Rows, stage
+    timings and errors in full: `loader history`."""
+    config = obj.config()
+    from loader.audit.report import print_runs, runs_payload
+    from loader.observe.run_history import read_history
+
+    entries = read_history(config.state.url, config.pipeline, limit=limit)
+    if as_json:
+        _emit(runs_payload(entries))
+    else:
+        print_runs(config.pipeline, entries)
+
+
+@runs_group.command("abandon", epilog=EXIT_CODES_HELP)
 @click.argument("run_number", type=int)
 @click.option("--reason", default="abandoned by the user", show_default=True, help="Stored in the ledger.")
 @click.pass_obj
 def runs_abandon(obj: _Context, run_number: int, reason: str) -> None:
     """Stop replaying an unfinished run (e.g. its ledger row is corrupt). The next run plans afresh from
-    the current checkpoints; what the abandoned run wrote is safe: sinks merge or skip those versions."""
+    the current checkpoints; what the abandoned run wrote is safe: sinks merge or skip those versions.
+    Refused (exit 3) while a live process holds the pipeline's lease: it may be running that very run."""
     config = obj.config()
     from loader.protocol.incremental import abandon_run
 
     abandon_run(config, run_number, reason=reason)
     click.echo(f"run {run_number} of pipeline {config.pipeline} abandoned; "
                "the next run plans from the checkpoints")
+
+
+_add_global_options(cli)  # after every command is defined
 
 
 def main() -> None:

@@ -512,16 +512,69 @@ def _resolve_state_url(base: Path, url: str) -> str:
     return url
 
 
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The config model whose keys are valid at `loc` (a mapping's key path from the top), or None
+    where the path leads elsewhere (a list, a plain value)."""
+    import types
+    import typing
+
+    current: Any = LoaderConfig
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = next((f for name, f in current.model_fields.items() if part in (name, f.alias)), None)
+            if field is None:
+                return None
+            current = field.annotation
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        else:
+            return None
+        if typing.get_origin(current) in (typing.Union, types.UnionType):  # `X | None`: the model in it
+            models = [a for a in typing.get_args(current) if isinstance(a, type) and issubclass(a, BaseModel)]
+            current = models[0] if len(models) == 1 else None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    """`unknown key; did you mean lookback?`, or the keys valid there when none is close."""
+    import difflib
+
+    model = _model_at(loc[:-1])
+    if model is None:
+        return "unknown key: remove it (configs/local.yaml lists every key)"
+    known = sorted(f.alias or name for name, f in model.model_fields.items()
+                   if model is not LoaderConfig or name != "config_path")
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    if close:
+        return f"unknown key; did you mean {close[0]}?"
+    return f"unknown key: the keys here are {', '.join(known)}"
+
+
+#: The prefixes pydantic puts before a validator's own message ("Value error, ...").
+_LIBRARY_PREFIX = re.compile(r"^(Value error|Assertion failed|Type error), ")
+
+
+def _problem(item: Any) -> str:
+    """One problem as one sentence, the fix included, with no library's wording in front."""
+    if item["type"] == "extra_forbidden":
+        return _unknown_key(tuple(item["loc"]))
+    if item["type"] == "missing":
+        return "required key is missing: add it (configs/local.yaml shows it)"
+    message = _LIBRARY_PREFIX.sub("", str(item["msg"]))
+    if item["type"].startswith(("value_error", "assertion_error")):
+        return message  # our validators' own sentences: they say what to write
+    message = re.sub(r"^Input should be", "should be", message)
+    found = item.get("input")
+    if isinstance(found, str | int | float | bool) and len(repr(found)) <= 40:
+        message += f" (found {found!r})"
+    return message
+
+
 def _format_errors(source: str, error: ValidationError) -> str:
     lines = [f"{source}: {error.error_count()} problem(s) in the configuration:"]
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key (a typo?): see configs/local.yaml for the keys"
-        elif item["type"] == "missing":
-            message = "required key is missing"
-        lines.append(f"  - {where}: {message}")
+        lines.append(f"  - {where}: {_problem(item)}")
     return "\n".join(lines)
 
 

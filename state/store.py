@@ -281,6 +281,39 @@ def create_state_engine(url: str) -> Engine:
     return create_engine(parsed, pool_pre_ping=True)
 
 
+def _read_only_engine(url: str) -> Engine | None:
+    """An engine that cannot write, and makes nothing by connecting: None for a SQLite file that does
+    not exist (no folder or file is created). SQLite opens the file read-only; while no `-wal` file lies
+    beside it (no process has it open: every change is in the file) as immutable, since a read-only
+    connection to a WAL database would leave `-wal` and `-shm` files behind. A writer starting meanwhile
+    only appends to a new `-wal` until it checkpoints, so a quick read still sees a consistent file."""
+    import sqlite3
+    from urllib.parse import quote
+
+    parsed = _normalize_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    database = parsed.database or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None  # nothing outlives the process that made it: there is nothing to read
+    path = Path(database)
+    if not path.is_file():
+        return None
+    immutable = "" if Path(f"{database}-wal").exists() else "&immutable=1"
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro{immutable}"
+    engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=30))
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # BEGIN below (a plain one: this engine only reads)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
 # ---------------------------------------------------------------- the store
 
 
@@ -306,6 +339,23 @@ class StateStore:
             engine.dispose()
             raise
         return store
+
+    @classmethod
+    def open_read_only(cls, url: str) -> StateStore | None:
+        """Connect to read, writing nothing anywhere (`loader doctor`): no folder, file or table made,
+        no migration (see `schema_version`). None where there is no state yet: a SQLite file not made.
+        Any write through this store fails."""
+        engine = _read_only_engine(url)
+        if engine is None:
+            return None
+        store = cls(engine)
+        store._url = _normalize_url(url).render_as_string(hide_password=True)  # not the engine's sqlite://
+        return store
+
+    def schema_version(self) -> int:
+        """The schema version of the database: 0 when it holds none of the store's tables yet, below
+        SCHEMA_VERSION when the next `open` migrates it, above when a newer loader has used it."""
+        return self._schema_version()
 
     def close(self) -> None:
         self._engine.dispose()
@@ -544,7 +594,7 @@ class StateStore:
                 select(runs_t).where(*_run_key(pipeline, run_number)).with_for_update()
             ).first()
             if row is None:
-                raise StateError(f"pipeline {pipeline!r} has no run {run_number}; see `loader runs`.")
+                raise StateError(f"pipeline {pipeline!r} has no run {run_number}; see `loader runs list`.")
             if row.status == "committed":
                 raise StateError(
                     f"run {run_number} of pipeline {pipeline!r} is committed; "

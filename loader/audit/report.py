@@ -11,11 +11,12 @@ from typing import Any
 
 from loader.config import LoaderConfig
 from loader.landing.plans import RunPlan
-from loader.observe.results import tables_from_json
+from loader.observe.results import TableResult, tables_from_json
 from loader.observe.run_history import RunEntry
 from loader.protocol.batches import Cutting
 from loader.protocol.incremental import RunSummary
 from loader.redaction import redact, redact_data
+from state import Window
 
 
 class _Stdout:
@@ -55,6 +56,54 @@ def _plain_stdout() -> bool:
         return True
 
 
+def _print_fitted(*objects: Any) -> None:
+    """Print for a person: hard-wrapped at the terminal's width, or at COLUMNS when set (rich heeds it only
+    in a terminal: _Stdout prints 200 wide to a pipe), so that no line runs past it. Piped without
+    COLUMNS (cron logs, CI), as wide as _Stdout makes it."""
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) > 0 else None
+    try:
+        terminal = sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    if width is None and not terminal:
+        _out.print(*objects)
+    else:
+        _out.print(*objects, width=width, soft_wrap=False)
+
+
+def _shown_location(location: str) -> str:
+    """A sink's location as people read it: a local path under the current folder relative to it (a
+    table of absolute paths overflows any terminal), anything else (a URL, a path elsewhere) as given."""
+    if "://" in location or not os.path.isabs(location):
+        return location
+    try:
+        relative = os.path.relpath(location)
+    except ValueError:  # another drive
+        return location
+    return location if relative == os.pardir or relative.startswith(os.pardir + os.sep) else relative
+
+
+def _shown_window(window: Any) -> str:
+    """A run's window of one table, (lower, upper], its instants complete (see `_shown_instant`)."""
+    bounds = window.to_json() if window else {"lower": None, "upper": "?"}
+    return f"({_shown_instant(bounds['lower'], empty='-inf')}, {_shown_instant(bounds['upper'])}]"
+
+
+def _shown_instant(moment: str | None, *, empty: str = "-") -> str:
+    """An ISO instant for a table cell, complete (a cursor to the microsecond) but in UTC without its
+    offset and with a space before the time, where a narrow column wraps it instead of cutting it."""
+    if not moment:
+        return empty
+    try:
+        instant = datetime.fromisoformat(moment)
+    except ValueError:
+        return moment
+    if instant.tzinfo is not None:
+        instant = instant.astimezone(UTC).replace(tzinfo=None)
+    return instant.isoformat(sep=" ")
+
+
 def print_run_summary(summary: RunSummary) -> None:
     if summary.status == "nothing_new":
         facts = "no new facts" if summary.dimensions else "nothing new to load"
@@ -72,35 +121,37 @@ def print_run_summary(summary: RunSummary) -> None:
             else f"runs {numbers[0]}-{numbers[-1]} ({len(numbers)} batches)")
     title = f"{summary.pipeline}: {runs} committed" + (f" (run {numbers[0]} replayed)"
                                                        if summary.replayed else "")
-    table = Table(title=title)
+    windows = {name: _shown_window(result.window) for name, result in summary.tables.items()}
+    # one window for every table (the usual case): said once under the table, which then fits 80 columns
+    shared = next(iter(windows.values())) if len(set(windows.values())) == 1 else None
+    table = Table(title=escape(title), caption=f"window (UTC): {shared}" if shared else "windows in UTC")
     # Upstream deletes: the tombstones a table's rows carried, and what each sink did with them
     # (removed or marked keys; tombstone versions written to the Parquet log). Shown when there were any.
     deletes = any(t.deleted or any(w.deleted for w in t.sinks.values()) for t in summary.tables.values())
-    columns = ("table", "window", "rows", *(("deleted",) if deletes else ()), "sink", "rows written",
-               *(("deletes applied",) if deletes else ()), "location")
+    columns = ("table", *(() if shared else ("window",)), "rows", *(("deleted",) if deletes else ()), "sink",
+               "rows written", *(("deletes applied",) if deletes else ()), "location")
     for column in columns:
-        table.add_column(column)
+        # a long window or path wraps (at its spaces, else anywhere) rather than being cut
+        table.add_column(column, overflow="fold" if column in ("window", "location") else "ellipsis")
     for name, result in summary.tables.items():
-        bounds = result.window.to_json() if result.window else {"lower": None, "upper": "?"}
-        window = f"({bounds['lower'] or '-inf'}, {bounds['upper']}]"
+        label, window = escape(name), windows[name]
         for sink, write in result.sinks.items():
             written = "already landed" if write.skipped else f"{write.rows:,}"
-            if deletes:
-                applied = "-" if write.skipped else f"{write.deleted:,}"
-                table.add_row(name, window, f"{result.rows:,}", f"{result.deleted:,}", sink, written,
-                              applied, redact(write.location))
-            else:
-                table.add_row(name, window, f"{result.rows:,}", sink, written, redact(write.location))
-            name, window = "", ""
-    _out.print(table)
+            cells = [label, *(() if shared else (window,)), f"{result.rows:,}"]
+            cells += [f"{result.deleted:,}"] if deletes else []
+            cells += [escape(sink), written]
+            cells += [("-" if write.skipped else f"{write.deleted:,}")] if deletes else []
+            table.add_row(*cells, escape(redact(_shown_location(write.location))))
+            label, window = "", ""
+    _print_fitted(table)
     _print_dimensions(summary.dimensions)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in summary.timings.items())
     if len(summary.batches) > 1:
         rows = (", ".join(f"{b.rows:,}" for b in summary.batches[:12])
                 + (", ..." if len(summary.batches) > 12 else ""))
-        _out.print(f"batches of about {summary.max_batch_rows:,} rows (run.max_batch_rows): {rows} rows")
+        _print_fitted(f"batches of about {summary.max_batch_rows:,} rows (run.max_batch_rows): {rows} rows")
     # escaped: reasons quote commands such as pip install -e '.[gpu]', which rich would read as markup
-    _out.print(escape(f"executor: {summary.executor} ({summary.executor_reason}); transforms: "
+    _print_fitted(escape(f"executor: {summary.executor} ({summary.executor_reason}); transforms: "
                       f"{summary.engine} ({summary.engine_reason}); {timings}"))
 
 
@@ -174,12 +225,17 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
         last = store.last_committed_run(config.pipeline, mode="incremental")
         unfinished = store.unfinished_run(config.pipeline)
         lease = store.lease(config.pipeline)
-        batches = batch_progress(store, config.pipeline,
-                                 lease_held=lease is not None and lease.expires_at >= datetime.now(UTC))
+        from loader.protocol.steps import holder_alive
+
+        live_lease = lease is not None and lease.expires_at >= datetime.now(UTC)
+        alive = None if lease is None else holder_alive(lease.holder)
+        # running: a live lease whose process is not known to be gone (killed on this host, its lease
+        # is left to expire: the run it held is interrupted, whatever the lease says)
+        running = live_lease and alive is not False
+        batches = batch_progress(store, config.pipeline, lease_held=running)
         from loader.protocol.backfill import backfill_status
 
-        backfill = backfill_status(store, config.pipeline,
-                                   lease_held=lease is not None and lease.expires_at >= datetime.now(UTC))
+        backfill = backfill_status(store, config.pipeline, lease_held=running)
         dimension_loads = store.dimension_sink_loads(config.pipeline)
         from loader.protocol.fact_gaps import gaps_payload, open_fact_gaps
 
@@ -212,11 +268,15 @@ def status_payload(config: LoaderConfig) -> dict[str, Any]:
             "run_number": last.run_number, "mode": last.mode, "finished_at": _iso(last.finished_at),
             "tables": {t: result.rows for t, result in tables_from_json(last.metrics.get("tables")).items()},
         },
+        # state: running (a live process holds the lease), failed (its error recorded) or interrupted
+        # (its process was killed): the next `loader run --incremental` replays the latter two
         "unfinished_run": None if unfinished is None else {
             "run_number": unfinished.run_number, "attempts": unfinished.attempts, "error": unfinished.error,
+            "state": "running" if running else "failed" if unfinished.error else "interrupted",
         },
-        "lease": None if lease is None or lease.expires_at < now else {
-            "holder": lease.holder, "expires_at": _iso(lease.expires_at),
+        # holder_alive: whether its process runs (known on its own host only, else null)
+        "lease": None if lease is None or not live_lease else {
+            "holder": lease.holder, "expires_at": _iso(lease.expires_at), "holder_alive": alive,
         },
         "backfill": backfill,
         "batches": batches,
@@ -265,82 +325,187 @@ def batch_progress(store: Any, pipeline: str, *, lease_held: bool) -> dict[str, 
 
 
 def print_status(payload: dict[str, Any]) -> None:
+    """Status for people: never a bare None (a missing value is "-" or said in words), and one wording
+    for a run that did not finish: in progress while a live process holds the lease, else unfinished,
+    with what `loader run --incremental` does next (replay it)."""
     from rich.table import Table
 
-    table = Table(title=f"{payload['pipeline']} ({payload['state']})")
-    for column in ("source", "checkpoint", "run", "lag", "rows last run", "quarantined last run",
-                   "deleted last run"):
-        table.add_column(column)
+    table = Table(title=escape(f"{payload['pipeline']} ({payload['state']})"),
+                  caption="checkpoints in UTC; rows, quarantined, deleted: of the last run")
+    for column in ("source", "checkpoint", "run", "lag", "rows", "quarantined", "deleted"):
+        # a narrow terminal wraps the checkpoint (at its space, else anywhere): never cut to the date
+        table.add_column(column, overflow="fold" if column == "checkpoint" else "ellipsis")
     for name, s in payload["sources"].items():
         lag = "-" if s["lag_seconds"] is None else _human_seconds(s["lag_seconds"])
-        rows = "-" if s["last_run_rows"] is None else f"{s['last_run_rows']:,}"
-        bad = "-" if s.get("last_run_quarantined") is None else f"{s['last_run_quarantined']:,}"
-        deleted = "-" if s.get("last_run_deleted") is None else f"{s['last_run_deleted']:,}"
-        table.add_row(name, s["checkpoint"] or "never loaded", str(s["checkpoint_run"] or "-"), lag, rows,
-                      bad, deleted)
-    _out.print(table)
+        rows = _count(s["last_run_rows"])
+        bad = _count(s.get("last_run_quarantined"))
+        deleted = _count(s.get("last_run_deleted"))
+        table.add_row(escape(name), _shown_instant(s["checkpoint"], empty="never loaded"),
+                      str(s["checkpoint_run"] or "-"), lag, rows, bad, deleted)
+    _print_fitted(table)
     for name, d in payload.get("dimensions", {}).items():
-        changes = ", ".join(f"{sink} {c['opened']:,} opened / {c['closed']:,} closed"
+        changes = ", ".join(f"{sink} {_count(c.get('opened'))} opened / {_count(c.get('closed'))} closed"
                             for sink, c in d["sinks"].items())
-        _out.print(f"dimension {name} ({d['mode']}, {d['rows']:,} rows): last loaded {d['loaded_at']}: "
-                   f"{changes}")
+        mode = d.get("mode") or "mode not recorded"
+        _print_fitted(escape(f"dimension {name} ({mode}, {_count(d.get('rows'))} rows): last loaded "
+                             f"{d.get('loaded_at') or '-'}: {changes or 'no sink changed'}"))
     for gap in payload.get("fact_gaps", []):
-        _out.print(f"[yellow]{escape(gap['message'])}[/]")
+        _print_fitted(f"[yellow]{escape(gap['message'])}[/]")
     if payload["last_run"]:
         last = payload["last_run"]
-        _out.print(f"last committed run: {last['run_number']} ({last['mode']}) at {last['finished_at']}")
-    if payload.get("batches"):
-        b = payload["batches"]
-        flight = b["batch_in_flight"]
-        doing = f"; batch {flight['index']} (run {flight['run_number']}) in flight" if flight else ""
-        planned = f" of about {b['rows_planned']:,}" if b.get("rows_planned") else ""
-        if b["state"] == "running":
-            _out.print(f"run in progress: {b['batches_done']} of {b['batches_total']} batches committed, "
-                       f"{b['rows_done']:,}{planned} rows{doing}")
-        else:
-            _out.print(f"[yellow]run interrupted after {b['batches_done']} of {b['batches_total']} batches "
-                       f"({b['rows_done']:,}{planned} rows committed){doing}: the next "
-                       f"`loader run --incremental` replays the batch in flight, then loads the rest[/]")
-    if payload["unfinished_run"]:
-        u = payload["unfinished_run"]
-        _out.print(f"[yellow]run {u['run_number']} did not finish ({u['attempts']} attempt(s)); the next run "
-                   f"replays it. Last error: {escape(str(u['error']))}[/]")
-    if payload["lease"]:
-        _out.print(f"lease held by {payload['lease']['holder']} until {payload['lease']['expires_at']}")
+        _print_fitted(f"last committed run: {last['run_number']} ({last['mode']}) at "
+                      f"{last.get('finished_at') or '-'}")
+    for line in _unfinished_lines(payload):
+        _print_fitted(line)
     if payload.get("backfill"):
         b = payload["backfill"]
         r = b["request"]
-        _out.print(f"backfill {r.get('id', '')} ({r['start']}, {r['end']}] of {', '.join(r['sources'])} into "
-                   f"{', '.join(r['sinks'])}: {b['chunks_done']}/{b['chunks_total']} chunks done, "
-                   f"{b['state']}"
-                   + ("" if b["state"] != "interrupted"
-                      else f"; `loader backfill --resume {r.get('id')}` continues it"))
+        resume = ("" if b["state"] != "interrupted"
+                  else f"; `loader backfill --resume {r.get('id')}` continues it")
+        _print_fitted(escape(
+            f"backfill {r.get('id') or '-'} ({r.get('start') or '-inf'}, {r.get('end') or '-'}] of "
+            f"{', '.join(r.get('sources') or [])} into {', '.join(r.get('sinks') or [])}: "
+            f"{b['chunks_done']}/{b['chunks_total']} chunks done, {b['state']}{resume}"))
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _unfinished_lines(payload: dict[str, Any]) -> list[str]:
+    """What status says of a run in progress or unfinished, and of the lease: one message per run."""
+    lines: list[str] = []
+    b, u, lease = payload.get("batches"), payload.get("unfinished_run"), payload.get("lease")
+    flight = (b or {}).get("batch_in_flight")
+    holder = "" if not lease else escape(str(lease["holder"]))
+    expires = "" if not lease else str(lease.get("expires_at") or "-")
+    replay, wait = "the next `loader run --incremental` replays it", ""
+    if lease and lease.get("holder_alive") is False:  # killed on this host: its lease outlives it
+        wait = f" (after the lease its gone process left expires at {expires}: until then it exits 3)"
+    if b:
+        index = None if not flight else flight.get("index")
+        doing = ("" if not flight
+                 else f"; batch {'?' if index is None else index} (run {flight['run_number']}) in flight")
+        planned = f" of about {b['rows_planned']:,}" if b.get("rows_planned") else ""
+        if b["state"] == "running":
+            lines.append(f"run in progress: {b['batches_done']} of {b['batches_total']} batches committed, "
+                         f"{b['rows_done']:,}{planned} rows{doing}")
+        else:
+            lines.append(f"[yellow]run unfinished after {b['batches_done']} of {b['batches_total']} batches "
+                         f"({b['rows_done']:,}{planned} rows committed){doing}: "
+                         + replay.replace("replays it", "replays the batch in flight, then loads the rest")
+                         + f"{wait}[/]")
+    # the batch in flight of a run cut in batches is this ledger run: said above, with the batches
+    if u and not (flight and flight.get("run_number") == u["run_number"] and u.get("state") != "failed"):
+        state = u.get("state") or ("failed" if u.get("error") else "interrupted")
+        attempts = f"{u['attempts']} attempt(s)"
+        if state == "running":
+            lines.append(f"run {u['run_number']} in progress ({attempts})")
+        elif state == "failed":
+            lines.append(f"[yellow]run {u['run_number']} unfinished: it failed ({attempts}; last error: "
+                         f"{escape(str(u['error']))}); {replay}{wait}[/]")
+        else:
+            lines.append(f"[yellow]run {u['run_number']} unfinished: its process stopped before it committed "
+                         f"({attempts}, no error recorded: killed?); {replay}{wait}[/]")
+    if lease:
+        gone = lease.get("holder_alive") is False
+        held = f"lease left by {holder} (its process is gone)" if gone else f"lease held by {holder}"
+        lines.append(f"{held} until {expires}")
+    return lines
+
+
+def runs_payload(entries: list[RunEntry]) -> list[dict[str, Any]]:
+    """`loader runs list --json`: the ledger's runs, newest first, without their rows and timings."""
+    return redact_data([{
+        "run_number": e.run_number, "mode": e.mode, "outcome": e.outcome, "attempts": e.attempts,
+        "started_at": e.started_at.isoformat(), "finished_at": _iso(e.finished_at), "batch": e.batch,
+        "windows": {name: w.to_json() for name, w in e.windows.items()}, "error": e.error,
+    } for e in entries])
+
+
+def print_runs(pipeline: str, entries: list[RunEntry]) -> None:
+    """`loader runs list`: the ledger, one short line per run, and what the next run does with an
+    unfinished one."""
+    if not entries:
+        _print_fitted(f"{escape(pipeline)}: no runs yet (`loader run --incremental` starts one)")
+        return
+    from rich.table import Table
+
+    table = Table(title=escape(f"{pipeline}: the newest {len(entries)} run(s)"), caption="times in UTC")
+    for column in ("run", "mode", "outcome", "started", "batch", "windows"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        batch = "-" if not e.batch else f"{e.batch.get('index')}/{e.batch.get('of')}"
+        started = _shown_instant(e.started_at.isoformat())[:19]
+        table.add_row(str(e.run_number), e.mode, e.outcome, started, batch, escape(_short_windows(e.windows)))
+    _print_fitted(table)
+    waiting = next((e for e in entries if e.mode == "incremental" and e.outcome in ("unfinished", "failed")),
+                   None)
+    if waiting is not None:
+        _print_fitted(f"run {waiting.run_number} is unfinished: the next `loader run --incremental` replays "
+                      f"it (`loader status` says whether a run is in progress; `loader runs abandon "
+                      f"{waiting.run_number}` stops the replay)")
+
+
+def _short_windows(windows: dict[str, Any]) -> str:
+    """The windows of a run to the second, one per line; sources sharing a window on one line."""
+    shown: dict[str, list[str]] = {}
+    for name, window in windows.items():
+        bounds = window.to_json()
+        text = (f"({_shown_instant(bounds['lower'], empty='-inf')[:19]}, "
+                f"{_shown_instant(bounds['upper'])[:19]}]")
+        shown.setdefault(text, []).append(name)
+    if len(shown) == 1:
+        return next(iter(shown)) if windows else "-"
+    return "\n".join(f"{', '.join(names)} {text}" for text, names in shown.items())
 
 
 def print_history(pipeline: str, entries: list[RunEntry]) -> None:
+    """The newest runs, a row each, narrow enough for 80 columns (cells wrap): the windows (one line when
+    the sources share it), rows per table with what was quarantined or deleted, and the lag each source
+    was left with. Seconds per stage are in --json and the report."""
     if not entries:
-        _out.print(f"{pipeline}: no runs yet (`loader run --incremental` starts one)")
+        _out.print(f"{pipeline}: no runs yet (`loader run` starts one)")
         return
     from rich.table import Table
 
     table = Table(title=f"{pipeline}: the newest {len(entries)} run(s)")
-    for column in ("run", "mode (batch)", "outcome", "started (UTC)", "took", "rows per table", "quarantined",
-                   "deleted", "seconds per stage"):
+    for column in ("run", "mode", "outcome", "started (UTC)", "took", "window (cursor, UTC)", "rows", "lag"):
         table.add_column(column)
     for e in entries:
-        rows = ", ".join(f"{name} {t.rows:,}" for name, t in e.tables.items())
-        stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in e.timings_s.items())
         outcome = (e.outcome if e.outcome != "failed"
                    else f"[red]failed[/]: {escape(redact(str(e.error or '')))[:120]}")
         took = "-" if e.duration_s is None else _human_seconds(e.duration_s)
-        bad = ", ".join(f"{name} {sum(t.quarantined.values()):,}" for name, t in e.tables.items()
-                        if t.quarantined)
-        deleted = ", ".join(f"{name} {t.deletes_applied:,}" for name, t in e.tables.items()
-                            if t.deletes_applied)
         mode = e.mode + (f" {e.batch['index']}/{e.batch['of']}" if e.batch else "")
-        table.add_row(str(e.run_number), mode, outcome, e.started_at.isoformat()[:19].replace("T", " "), took,
-                      rows or "-", bad or "-", deleted or "-", stages or "-")
+        lags = {name: _human_seconds(seconds) for name, seconds in e.lag_seconds.items()}
+        lag = next(iter(lags.values())) if len(set(lags.values())) == 1 else \
+            "\n".join(f"{name} {shown}" for name, shown in lags.items())
+        started = e.started_at.isoformat(sep=" ", timespec="seconds")[:19]
+        table.add_row(str(e.run_number), mode, outcome, started, took, _windows_cell(e.windows),
+                      _rows_cell(e.tables) or "-", lag or "-")
     _out.print(table)
+
+
+def _windows_cell(windows: dict[str, Window]) -> str:
+    """The run's cursor windows: one line when every source had the same, else a line per source."""
+    def shown(window: Window) -> str:
+        lower = None if window.lower is None else window.lower.isoformat()
+        return f"({_compact(lower)}, {_compact(window.upper.isoformat())}]"
+
+    if not windows:
+        return "-"
+    if len({(w.lower, w.upper) for w in windows.values()}) == 1:
+        return shown(next(iter(windows.values())))
+    return "\n".join(f"{name} {shown(w)}" for name, w in windows.items())
+
+
+def _rows_cell(tables: dict[str, TableResult]) -> str:
+    lines = []
+    for name, t in tables.items():
+        extra = [f"{sum(t.quarantined.values()):,} quarantined"] if t.quarantined else []
+        extra += [f"{t.deletes_applied:,} deleted"] if t.deletes_applied else []
+        lines.append(f"{name} {t.rows:,}" + (f" ({', '.join(extra)})" if extra else ""))
+    return "\n".join(lines)
 
 
 @contextmanager
@@ -373,27 +538,56 @@ def backfill_progress(*, quiet: bool) -> Iterator[Callable[[Any, int], None]]:
 
 
 def print_backfill(payload: dict[str, Any]) -> None:
+    """The chunks of a backfill: rows read (estimated in a dry run) and, per sink, rows written (a
+    version a sink held already is not written again); its id, for `--resume`."""
     from rich.table import Table
 
     r = payload["request"]
-    if payload["dry_run"]:
+    dry = payload["dry_run"]
+    if dry:
         _out.print(f"dry run: {payload['chunks_total']} chunk(s) would be loaded into "
                    f"{', '.join(r['sinks'])}; nothing was written (rows are estimates from row-group "
                    f"statistics)")
-    table = Table(title=f"{payload['pipeline']}: backfill ({r['start']}, {r['end']}] "
-                        f"{'(dry run)' if payload['dry_run'] else ''}")
-    for column in ("chunk", "window", "status", "run", "files", "rows"):
+    table = Table(title=f"{payload['pipeline']}: backfill {r['id']} ({r['start']}, {r['end']}]"
+                        f"{' (dry run)' if dry else ''}")
+    columns = ("chunk", "window", "status", "files", "rows (estimated)", "batches") if dry else \
+        ("chunk", "window", "status", "run", "rows read", "rows written")
+    for column in columns:
         table.add_column(column)
     for c in payload["chunks"]:
-        rows = sum(t.get("rows", 0) for t in c["tables"].values()) if c["tables"] else c["estimated_rows"]
-        table.add_row(str(c["index"] + 1), f"({c['window']['lower']}, {c['window']['upper']}]",
-                      c["status"].replace("_", " "),
-                      str(c["run_number"] or "-"), str(c["files"]), f"{rows:,}")
+        window = f"({_compact(c['window']['lower'])}, {_compact(c['window']['upper'])}]"
+        status = c["status"].replace("_", " ")
+        if dry:
+            table.add_row(str(c["index"] + 1), window, status, str(c["files"]), f"{c['estimated_rows']:,}",
+                          str(c["batches"]))
+            continue
+        read = sum(t.get("rows", 0) for t in c["tables"].values())
+        written: dict[str, int] = {}
+        for t in c["tables"].values():
+            for sink, result in t.get("sinks", {}).items():
+                written[sink] = written.get(sink, 0) + int(result.get("rows", 0))
+        runs = c.get("run_numbers") or ([c["run_number"]] if c["run_number"] else [])
+        table.add_row(str(c["index"] + 1), window, status, ", ".join(map(str, runs)) or "-",
+                      f"{read:,}" if c["tables"] else "-",
+                      ", ".join(f"{sink} {rows:,}" for sink, rows in written.items()) or "-")
     _out.print(table)
-    if payload["dry_run"]:
+    if dry:
         return
-    _out.print(f"{payload['chunks_loaded']} chunk(s) loaded, {payload['chunks_already_loaded']} already "
-               f"loaded; sinks {', '.join(r['sinks'])}; incremental checkpoints unchanged")
+    _out.print(f"backfill {r['id']}: {payload['chunks_loaded']} chunk(s) loaded, "
+               f"{payload['chunks_already_loaded']} already loaded; sinks {', '.join(r['sinks'])}; "
+               f"incremental checkpoints unchanged")
+    if payload["chunks_total"] and payload["chunks_already_loaded"] == payload["chunks_total"]:
+        _out.print("every chunk of this window was loaded before, so nothing was read: after fixing landing "
+                   "files, add --force to load the window again")
+
+
+def _compact(moment: str | None) -> str:
+    """An ISO instant of a table cell, in UTC, without the parts that say nothing: 2026-12-04 00:00."""
+    if not moment:
+        return "-inf"
+    instant = datetime.fromisoformat(moment).astimezone(UTC)
+    spec = "minutes" if instant.second == instant.microsecond == 0 else "auto"
+    return instant.replace(tzinfo=None).isoformat(sep=" ", timespec=spec)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 from loader.audit.checksums import Digest, add_digest, digest, duplicates, row_hashes
 from loader.audit.deep import ROW, VERSION
 from loader.audit.placement import FILE, PLACED, Placement, place
-from loader.config import LoaderConfig, SourceConfig
+from loader.config import DIMENSION_KEYS, LoaderConfig, SourceConfig
 from loader.errors import ConfigError, LeaseHeld, SinkRejected, SinkUnavailable, StateError
 from loader.kinds import fact_kind
 from loader.landing.files import list_files, row_count
@@ -98,7 +98,8 @@ class Verification:
         return all(check.ok for check in self.checks)
 
     def to_json(self) -> dict[str, object]:
-        return {"ok": self.ok, "checks": [check.to_json() for check in self.checks]}
+        return {"ok": self.ok, "checks": [check.to_json() for check in self.checks],
+                "notes": list(self.notes)}
 
 
 # ------------------------------------------------------------------------------- reading
@@ -470,18 +471,21 @@ def _seen_at(store: StateStore, pipeline: str, checkpoint: Checkpoint) -> dateti
 
 def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = False,
            parts: int | None = None) -> Verification:
-    unknown = [t for t in tables if t not in config.sources]
+    known = [*config.sources, *DIMENSION_KEYS]
+    unknown = [t for t in tables if t not in known]
     if unknown:
         raise ConfigError(f"unknown table(s) {', '.join(unknown)}: "
-                          f"pass --table with one of {', '.join(config.sources)}")
-    names = list(dict.fromkeys(tables)) or list(config.sources)
+                          f"pass --table with one of {', '.join(known)}")
+    # the fact sources asked for, and the dimensions (every one when no --table narrows it)
+    names = [t for t in dict.fromkeys(tables) if t in config.sources] if tables else list(config.sources)
+    dimensions = {t for t in tables if t in DIMENSION_KEYS} if tables else set(DIMENSION_KEYS)
     pipeline = config.pipeline
     store = StateStore.open(config.state.url)
     try:
         checkpoints = _quiet_checkpoints(store, pipeline)
         if not checkpoints:
             note = (f"pipeline {pipeline!r} was never loaded: nothing to verify "
-                    "(run `loader run --incremental` first)")
+                    "(run `loader run` first)")
             return Verification(pipeline, (), (note,))
         from loader.execute.choice import load_lookups
 
@@ -503,8 +507,8 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = Fal
             checks += _verify_table(config, name, checkpoint, _seen_at(store, pipeline, checkpoint), dims,
                                     placement.read_by_incremental_runs(name), notes, placement, lookups,
                                     parts)
-        if not tables:
-            dimension_checks, dimension_notes = _verify_dimensions(config, store)
+        if dimensions:
+            dimension_checks, dimension_notes = _verify_dimensions(config, store, dimensions)
             checks += dimension_checks
             notes += dimension_notes
         from loader.protocol.fact_gaps import by_sink, gap_message, open_fact_gaps
@@ -520,7 +524,8 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = Fal
     return Verification(pipeline, tuple(checks), tuple(notes))
 
 
-def _verify_dimensions(config: LoaderConfig, store: StateStore) -> tuple[list[SinkCheck], list[str]]:
+def _verify_dimensions(config: LoaderConfig, store: StateStore,
+                       only: set[str]) -> tuple[list[SinkCheck], list[str]]:
     """Each loaded dimension's current rows in every sink against its files as they are: the same keys
     with the same values (their `row_hash`), no key current twice. Region "-": a dimension table is not
     split by region. A dimension whose files changed since its last load is left to the next run."""
@@ -531,9 +536,11 @@ def _verify_dimensions(config: LoaderConfig, store: StateStore) -> tuple[list[Si
     loads = store.dimension_loads(config.pipeline)
     checks: list[SinkCheck] = []
     notes: list[str] = []
+    for name in sorted(only - set(loads)):
+        notes.append(f"dimension {name}: never loaded, nothing to verify")
     for name, load in loads.items():
         dim = config.dimensions.named(name)
-        if not dim.load:
+        if not dim.load or name not in only:
             continue
         files, infos = files_fingerprint(config.dimension_path(name))
         if fingerprint_of(config, name, files) != load.fingerprint:

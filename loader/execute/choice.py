@@ -36,11 +36,12 @@ class ExecutorChoice:
     reason: str
 
 
-def choose_executor(config: LoaderConfig, plan: RunPlan) -> ExecutorChoice:
+def choose_executor(config: LoaderConfig, plan: RunPlan, *, rows: int | None = None) -> ExecutorChoice:
+    """`rows`: the batch's estimate from the cut (what plan and the run's log show); else its row groups'."""
     mode = config.ray.mode
     if mode in ("local", "ray"):
         return ExecutorChoice(mode, f"executor {mode!r} requested")
-    rows = plan.estimated_rows
+    rows = plan.estimated_rows if rows is None else rows
     if config.ray.address:
         return ExecutorChoice("ray", "a Ray cluster address is configured")
     if rows > config.ray.local_max_rows:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from loader.config import LoaderConfig
@@ -34,7 +34,7 @@ from loader.landing.plans import RunPlan
 from loader.observe.logs import in_context
 from loader.observe.results import TableResult, fold_tables
 from loader.protocol.batches import BatchPlan, cut_into_batches
-from loader.protocol.planning import plan_run
+from loader.protocol.planning import cursor_reader, plan_run
 from loader.protocol.steps import BatchRunner, Timer, commit_backfill, pipeline_session
 from loader.retry import call_with_retries
 from state import RunRecord, StateStore, Window
@@ -54,6 +54,9 @@ class BackfillRequest:
     chunk: timedelta
     sources: tuple[str, ...]
     sinks: tuple[str, ...]
+    #: `--force`: when this request was made. A forced request has an id of its own and counts as
+    #: loaded only the chunks it loaded itself, so it loads a window loaded before once more.
+    forced_at: datetime | None = None
 
     def chunks(self) -> list[Window]:
         """(start, end] cut into consecutive half-open windows of `chunk` (the last one shorter)."""
@@ -71,9 +74,12 @@ class BackfillRequest:
         return "bf-" + hashlib.sha1(text.encode()).hexdigest()[:8]
 
     def _fields(self) -> dict[str, Any]:
-        return {"start": self.start.isoformat(), "end": self.end.isoformat(),
-                "chunk_s": self.chunk.total_seconds(), "sources": list(self.sources),
-                "sinks": list(self.sinks)}
+        fields = {"start": self.start.isoformat(), "end": self.end.isoformat(),
+                  "chunk_s": self.chunk.total_seconds(), "sources": list(self.sources),
+                  "sinks": list(self.sinks)}
+        if self.forced_at is not None:  # else left out: the ids of earlier requests stay what they were
+            fields["forced_at"] = self.forced_at.isoformat()
+        return fields
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, **self._fields()}
@@ -83,11 +89,13 @@ class BackfillRequest:
         """The request a chunk run recorded in its metrics (`to_json`)."""
         return cls(start=datetime.fromisoformat(info["start"]), end=datetime.fromisoformat(info["end"]),
                    chunk=timedelta(seconds=info["chunk_s"]), sources=tuple(info["sources"]),
-                   sinks=tuple(info["sinks"]))
+                   sinks=tuple(info["sinks"]),
+                   forced_at=datetime.fromisoformat(info["forced_at"]) if info.get("forced_at") else None)
 
 
 def build_request(config: LoaderConfig, *, start: datetime, end: datetime, chunk: timedelta,
-                  sources: tuple[str, ...], sinks: tuple[str, ...]) -> BackfillRequest:
+                  sources: tuple[str, ...], sinks: tuple[str, ...],
+                  forced_at: datetime | None = None) -> BackfillRequest:
     """Check everything that can be checked before a byte is read; the error says what to type."""
     if end <= start:
         raise ConfigError(f"--end {end.isoformat()} is not after --start {start.isoformat()}: the window is "
@@ -106,7 +114,7 @@ def build_request(config: LoaderConfig, *, start: datetime, end: datetime, chunk
         raise ConfigError(f"sink(s) {', '.join(bad)} not enabled in the config: enabled are "
                           f"{', '.join(enabled)}")
     request = BackfillRequest(start, end, chunk, tuple(sources) or tuple(config.sources),
-                              tuple(sinks) or tuple(enabled))
+                              tuple(sinks) or tuple(enabled), forced_at)
     count = math.ceil((end - start) / chunk)
     if count > MAX_CHUNKS:
         raise ConfigError(f"(start, end] in chunks of {chunk} makes {count:,} chunks "
@@ -160,10 +168,20 @@ def require_data(config: LoaderConfig, request: BackfillRequest) -> RunPlan:
     if not any(p.files for p in plan.sources.values()):
         raise ConfigError(
             f"no row of {', '.join(request.sources)} has a cursor in ({request.start.isoformat()}, "
-            f"{request.end.isoformat()}]: check --start and --end against the landing zone (`loader status` "
-            f"shows how far the incremental runs got). Nothing was written"
+            f"{request.end.isoformat()}]: {_cursor_range(config, request)}. Choose --start and --end "
+            f"within it (`loader status` shows how far the incremental runs got). Nothing was written"
         )
     return plan
+
+
+def _cursor_range(config: LoaderConfig, request: BackfillRequest) -> str:
+    """What the sources' files hold, from their footers: for an error that says which window would do."""
+    everything = _plan(config, request, Window(lower=None, upper=datetime(9999, 1, 1, tzinfo=UTC)))
+    lows = [g[2] for p in everything.sources.values() for f in p.files for g in f.stats if g[2] is not None]
+    highs = [g[3] for p in everything.sources.values() for f in p.files for g in f.stats if g[3] is not None]
+    if not lows or not highs:
+        return "the landing zone holds no rows of them"
+    return f"their cursors run from {min(lows).isoformat()} to {max(highs).isoformat()}"
 
 
 def _chunk_metrics(request: BackfillRequest, index: int, total: int, part: int = 1,
@@ -172,9 +190,13 @@ def _chunk_metrics(request: BackfillRequest, index: int, total: int, part: int =
     return {"backfill": {**request.to_json(), "chunk": index + 1, "of": total, "part": part, "parts": parts}}
 
 
-def _covers(run: RunRecord, windows: dict[str, Window], sinks: tuple[str, ...]) -> bool:
+def _covers(run: RunRecord, windows: dict[str, Window], request: BackfillRequest) -> bool:
+    """Whether a committed run loaded these windows into the request's sinks, as far as the request
+    counts it: any backfill's run, or for a forced request only its own."""
     info = run.metrics.get("backfill", {})
-    return run.windows == windows and set(sinks) <= set(info.get("sinks", []))
+    if request.forced_at is not None and info.get("id") != request.id:
+        return False
+    return run.windows == windows and set(request.sinks) <= set(info.get("sinks", []))
 
 
 def _of_chunk(run: RunRecord, request: BackfillRequest, index: int) -> bool:
@@ -185,7 +207,7 @@ def _of_chunk(run: RunRecord, request: BackfillRequest, index: int) -> bool:
 def _chunk_done(runs: list[RunRecord], request: BackfillRequest, index: int,
                 windows: dict[str, Window]) -> bool:
     """Every batch of the chunk committed (by this request), or the whole chunk by an earlier one."""
-    if any(r.status == "committed" and _covers(r, windows, request.sinks) for r in runs):
+    if any(r.status == "committed" and _covers(r, windows, request) for r in runs):
         return True
     mine = [r.metrics["backfill"] for r in runs if r.status == "committed" and _of_chunk(r, request, index)]
     return bool(mine) and len({m.get("part", 1) for m in mine}) >= int(mine[0].get("parts", 1))
@@ -197,7 +219,7 @@ def dry_run(config: LoaderConfig, request: BackfillRequest) -> BackfillSummary:
     require_data(config, request)
     for index, window in enumerate(request.chunks()):
         plan = _plan(config, request, window)
-        cutting = cut_into_batches(plan, max_rows=config.run.max_batch_rows)
+        cutting = cut_into_batches(plan, max_rows=config.run.max_batch_rows, cursors=cursor_reader(config))
         summary.chunks.append(ChunkResult(index, window, "dry_run",
                                           files=sum(len(p.files) for p in plan.sources.values()),
                                           estimated_rows=plan.estimated_rows, batches=len(cutting.batches)))
@@ -279,7 +301,7 @@ def _load_chunk(config: LoaderConfig, store: StateStore, batches: BatchRunner, r
             store.abandon_run(pipeline, run.run_number,
                               reason="backfill chunk cut short; loaded again as a new run")
     plan = _plan(config, request, window)
-    cutting = cut_into_batches(plan, max_rows=budget)
+    cutting = cut_into_batches(plan, max_rows=budget, cursors=cursor_reader(config))
     for warning in cutting.warnings:
         log.warning("backfill chunk %d: %s", index + 1, warning)
     result = ChunkResult(index, window, "loaded", replaced_run=cut[-1].run_number if cut else None,
@@ -290,7 +312,7 @@ def _load_chunk(config: LoaderConfig, store: StateStore, batches: BatchRunner, r
     parts = len(chunk_batches)
     for batch in chunk_batches:
         batch_windows = batch.plan.windows()
-        if parts > 1 and any(r.status == "committed" and _covers(r, batch_windows, request.sinks)
+        if parts > 1 and any(r.status == "committed" and _covers(r, batch_windows, request)
                              for r in history):
             continue  # this batch of the chunk landed before the backfill was interrupted
         metrics = _chunk_metrics(request, index, total, batch.number, parts)

@@ -19,22 +19,26 @@ from typing import Any
 
 from loader import failpoints
 from loader.config import LoaderConfig
+from loader.errors import LeaseHeld
 from loader.landing.plans import RunPlan
 from loader.observe import logs, progress
 from loader.observe.results import TableResult, fold_tables
 from loader.protocol.batches import Cutting, cut_into_batches
 from loader.protocol.dimension_loads import load_dimension_tables
 from loader.protocol.fact_gaps import check_fact_history
-from loader.protocol.planning import plan_from_input, plan_run
+from loader.protocol.planning import cursor_reader, plan_from_input, plan_run
 from loader.protocol.steps import (
     BatchOutcome,
     BatchRunner,
     Timer,
     commit_incremental,
+    holder_alive,
+    holder_process,
+    lease_holder,
     pipeline_session,
 )
 from loader.retry import call_with_retries
-from state import RunRecord, StateStore
+from state import LeaseInfo, RunRecord, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +113,7 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, now: datetime | 
         moment = now or datetime.now(UTC)
         plan = call_with_retries("planning", config.source_retry,
                                  lambda: plan_run(config, checkpoints, now=moment))
-        cutting = cut_into_batches(plan, max_rows=max_batch_rows)
+        cutting = cut_into_batches(plan, max_rows=max_batch_rows, cursors=cursor_reader(config))
     if not cutting.batches:
         summary.timings = timer.timings
         if not summary.batches:
@@ -122,7 +126,8 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, now: datetime | 
     log.info("%s rows planned (estimated) in %d batch(es) of at most about %s rows",
              f"{summary.planned_rows:,}", total, f"{cutting.budget:,}")
     progress.begin(summary.planned_rows, batches=total)
-    batches.prepare(max((b.plan for b in cutting.batches), key=lambda p: p.estimated_rows))
+    largest = max(cutting.batches, key=lambda b: b.estimated_rows)
+    batches.prepare(largest.plan, estimated_rows=largest.estimated_rows)  # the log says what plan says
     series = uuid.uuid4().hex[:12]  # names this run's batches in the ledger (status: batch i of n)
     planning_s = timer.timings.get("plan", 0.0)  # the first batch carries the run's planning
     # The next sources are read and transformed while the current ones are written (run.read_ahead).
@@ -144,6 +149,7 @@ def _run_with_lease(config: LoaderConfig, store: StateStore, *, now: datetime | 
             progress.batch(batch.number, total)
             outcome = batches.run(record, batch.plan, metrics=info, ahead=ahead, index=index,
                                   planning_s=planning_s + time.perf_counter() - started)
+            outcome.estimated_rows = batch.estimated_rows
             planning_s = 0.0
             summary.add(outcome)
             _log_batch(outcome, batch.number, total)
@@ -170,6 +176,7 @@ def _replay(config: LoaderConfig, store: StateStore, batches: BatchRunner, timer
     progress.batch(1, 1, replay=True)
     info = {key: record.metrics[key] for key in ("batch",) if key in record.metrics}
     outcome = batches.run(record, plan, metrics=info, planning_s=time.perf_counter() - started)
+    outcome.estimated_rows = info.get("batch", {}).get("estimated_rows")  # as its first attempt planned it
     _log_batch(outcome, 1, 1)
     return outcome
 
@@ -213,14 +220,41 @@ def preview_next_run(config: LoaderConfig) -> NextRun:
         plan = plan_run(config, store.checkpoints(config.pipeline), windows=windows)
     finally:
         store.close()
-    cutting = cut_into_batches(plan, max_rows=config.run.max_batch_rows)
+    cutting = cut_into_batches(plan, max_rows=config.run.max_batch_rows, cursors=cursor_reader(config))
     return NextRun(plan, cutting, unfinished.run_number if unfinished else None)
 
 
 def abandon_run(config: LoaderConfig, run_number: int, *, reason: str) -> None:
-    """Stop replaying an unfinished run: the next run plans afresh from the checkpoints."""
+    """Stop replaying an unfinished run: the next run plans afresh from the checkpoints. Done under the
+    pipeline's lease, like a run: while a live process holds it (it may be running that very run, and
+    would then fail at its commit) this refuses with LeaseHeld (exit 3), naming the holder."""
     store = StateStore.open(config.state.url)
     try:
-        store.abandon_run(config.pipeline, run_number, reason=reason)
+        holder, ttl = lease_holder(), config.state.lease_ttl.total_seconds()
+        try:
+            store.acquire_lease(config.pipeline, holder=holder, ttl_seconds=ttl)
+        except LeaseHeld:
+            lease = store.lease(config.pipeline)
+            if lease is None:  # released in between: let the user simply try again
+                raise
+            raise LeaseHeld(_abandon_refused(config.pipeline, run_number, lease)) from None
+        try:
+            store.abandon_run(config.pipeline, run_number, reason=reason)
+        finally:
+            store.release_lease(config.pipeline, holder=holder)
     finally:
         store.close()
+
+
+def _abandon_refused(pipeline: str, run_number: int, lease: LeaseInfo) -> str:
+    expires = lease.expires_at.isoformat(timespec="seconds")
+    process = holder_process(lease.holder)
+    who = (f"process {process[1]} on host {process[0]}" if process else "its holder")
+    gone = holder_alive(lease.holder) is False
+    return (f"cannot abandon run {run_number} of pipeline {pipeline!r}: its lease is held by {lease.holder} "
+            f"({who}{', which is gone' if gone else ''}) until {expires}, and run {run_number} may be the "
+            f"one it is loading. "
+            + (f"Its lease expires by itself at {expires}: run `loader runs abandon {run_number}` again then."
+               if gone else
+               f"Wait for it to finish (it commits or fails the run itself), or stop {who} and run "
+               f"`loader runs abandon {run_number}` again once its lease expires ({expires} at the latest)."))

@@ -10,10 +10,12 @@ Planning reads only footers (loader/landing/files.py): no Ray, no row data.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
@@ -21,7 +23,7 @@ from loader.config import LoaderConfig, SourceConfig
 from loader.errors import BadSourceData
 from loader.landing.files import Footer, list_file_infos, modified, read_footer
 from loader.landing.plans import FilePlan, RunPlan, SourcePlan, in_window
-from loader.landing.sources import read_parquet
+from loader.retry import call_with_retries
 from loader.storage import Location, locate, storage_error
 from state import Checkpoint, Window
 
@@ -91,6 +93,8 @@ def _present_highs(location: Location, footers: list[Footer], source: str, curso
                 continue
             if high > limit:
                 import pyarrow.compute as pc  # here: a run with nothing new never pays for it (~20 ms)
+
+                from loader.landing.sources import read_parquet  # here: a run with nothing new never needs it
 
                 values = read_parquet(location, footer.path, what=f"source {source!r}", columns=[cursor],
                                       row_groups=[index])[cursor]
@@ -216,3 +220,32 @@ def _window_of_what_is_left(location: Location, cursor: str, name: str, window: 
     if not highs:
         return window if window.lower is None else Window(lower=window.lower, upper=window.lower)
     return Window(lower=window.lower, upper=max(max(highs), window.lower) if window.lower else max(highs))
+
+
+def cursor_reader(config: LoaderConfig) -> Callable[[SourcePlan, FilePlan, int], np.ndarray | None]:
+    """Reads one planned row group's cursor column (one column: cheap), for the batch cut where the
+    statistics cannot place a row group's rows (loader/protocol/batches.py)."""
+
+    def read(plan: SourcePlan, file: FilePlan, group: int) -> np.ndarray | None:
+        from loader.landing.sources import read_parquet  # only when a cut needs it
+
+        column = config.sources[plan.source].cursor
+        values = call_with_retries(
+            "reading cursors", config.source_retry,
+            lambda: read_parquet(plan.location, file.path, what=f"source {plan.source!r}", columns=[column],
+                                 row_groups=[group])[column])
+        return cursor_micros(values)
+
+    return read
+
+
+def cursor_micros(values: pa.ChunkedArray) -> np.ndarray | None:
+    """Timestamps as int64 microseconds, nulls left out; None for another type. Nanoseconds round up,
+    so a value counts in (lower, upper] exactly as the read's filter counts it."""
+    kind = values.type
+    if not pa.types.is_timestamp(kind):
+        return None
+    raw = values.drop_null().cast(pa.int64()).to_numpy()
+    if kind.unit == "ns":
+        return -((-raw) // 1000)
+    return raw * {"s": 1_000_000, "ms": 1_000, "us": 1}[kind.unit]

@@ -50,6 +50,24 @@ def lease_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def holder_process(holder: str) -> tuple[str, int] | None:
+    """The host and process id a `lease_holder()` names; None for a holder of another shape."""
+    host, _, rest = holder.partition(":")
+    pid = rest.split(":", 1)[0]
+    return (host, int(pid)) if host and pid.isdigit() else None
+
+
+def holder_alive(holder: str) -> bool | None:
+    """Whether the lease holder's process still runs: known only on its own host (True, False), else None.
+    Only for what to tell people: a lease is honoured until it expires, whatever this says."""
+    from loader.scratch import alive
+
+    process = holder_process(holder)
+    if process is None or process[0] != socket.gethostname():
+        return None
+    return alive(process[1])
+
+
 @contextmanager
 def held_lease(store: StateStore, pipeline: str, ttl_seconds: float) -> Iterator[str]:
     """Hold the pipeline's lease, renewing it from a thread while this process lives."""
@@ -140,6 +158,7 @@ class BatchOutcome:
     executor_reason: str | None = None
     engine: str | None = None
     engine_reason: str | None = None
+    estimated_rows: int | None = None  # the cut's estimate, as `loader plan` showed it (None: a replay)
 
     @property
     def rows(self) -> int:
@@ -147,7 +166,7 @@ class BatchOutcome:
 
     def to_json(self) -> dict[str, Any]:
         return {"run_number": self.run_number, "replayed": self.replayed, "rows": self.rows,
-                "seconds": round(self.seconds, 3),
+                "estimated_rows": self.estimated_rows, "seconds": round(self.seconds, 3),
                 "windows": {name: t.window.to_json() if t.window else None
                             for name, t in self.tables.items()},
                 "tables": {name: t.rows for name, t in self.tables.items()}}
@@ -219,8 +238,9 @@ class BatchRunner:
             sink.close()
         self._sinks = None
 
-    def prepare(self, largest: RunPlan) -> None:
-        """Choose executor and engine for batches like `largest`, and load the dimensions, once: their
+    def prepare(self, largest: RunPlan, *, estimated_rows: int | None = None) -> None:
+        """Choose executor and engine for batches like `largest` (of `estimated_rows`, the cut's estimate,
+        when given; else its row groups' rows), and load the dimensions, once: their
         region lookups are kept in the state store (once per version of the files) before any batch
         records that version, so `loader verify` can place each row as its batch did, and so are the
         prepared lookups, so a replay enriches from the same lookups wherever it runs."""
@@ -230,7 +250,7 @@ class BatchRunner:
             # Imported here: a run with nothing new never pays for transforms, sinks or their drivers.
             from loader.execute.choice import choose_executor, choose_run_engine, load_lookups
 
-            choice = choose_executor(self.config, largest)
+            choice = choose_executor(self.config, largest, rows=estimated_rows)
             engine = choose_run_engine(self.config, choice.executor)
             log.info("executor %s (%s); transforms on the %s (%s)", choice.executor, choice.reason,
                      engine.engine.upper(), engine.reason)

@@ -97,6 +97,38 @@ def test_backfill_over_loaded_data_duplicates_nothing_and_keeps_the_checkpoint(
     assert again["chunks_loaded"] == 0 and again["chunks_already_loaded"] == 4
 
 
+def test_forced_backfill_repairs_a_sink_and_reports_the_rows_it_wrote(loaded: Path, tmp_path: Path) -> None:
+    """A window loaded before is skipped, saying how to load it again; --force does, as a backfill of
+    its own id, and each sink writes only what it lacks: rows lost from Parquet come back, Delta (which
+    lost nothing) writes none, and verify passes again."""
+    config = _copy(loaded, tmp_path / "p", warehouse=True)
+    first = run_json(config, "backfill", *WINDOW)
+    # the first run's files of a region: its rows all lie in WINDOW (the second run's mostly after it)
+    lost = sorted((tmp_path / "p" / "warehouse" / "parquet" / "orders").glob("region=ASIA/*/run-00000001-*"))
+    assert lost
+    for path in lost:
+        path.unlink()
+    broken = run_cli(config, "verify", check=False)
+    assert broken.returncode == 1 and "orders" in broken.stderr and "parquet" in broken.stderr
+
+    again = run_cli(config, "backfill", *WINDOW)
+    assert "0 chunk(s) loaded, 4 already loaded" in again.stdout
+    assert "add --force to load the window again" in again.stdout
+    assert first["request"]["id"] in again.stdout  # the id is printed, for --resume
+
+    forced = run_json(config, "backfill", *WINDOW, "--force", "--source", "orders")
+    assert forced["chunks_loaded"] == 4 and forced["request"]["id"] != first["request"]["id"]
+    written = {sink: sum(c["tables"]["orders"]["sinks"][sink]["rows"] for c in forced["chunks"])
+               for sink in ("parquet", "delta")}
+    asia = sum(c["tables"]["orders"]["sinks"]["parquet"]["regions"].get("ASIA", 0)
+               for c in forced["chunks"])
+    assert written["delta"] == 0 and written["parquet"] == asia > 0  # only what Parquet lacked
+    assert run_cli(config, "verify", check=False).returncode == 0
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+    text = run_cli(config, "backfill", *WINDOW, "--force", "--source", "orders").stdout
+    assert "rows written" in text and "parquet 0, delta 0" in text  # held versions are not written again
+
+
 def test_killed_backfill_resumes_at_the_cut_chunk(loaded: Path, tmp_path: Path) -> None:
     config = _copy(loaded, tmp_path / "fresh", warehouse=False)
     end = run_json(loaded, "status")["sources"]["orders"]["checkpoint"]  # everything the landing zone holds
@@ -220,8 +252,8 @@ def test_dry_run_lists_chunks_and_writes_nothing(loaded: Path, tmp_path: Path) -
     (["--start", "2024-01-01", "--end", "2024-01-02", "--source", "nation"], "unknown source(s) nation"),
     (["--start", "2024-01-01", "--end", "2024-01-02", "--sinks", "snowflake"], "not enabled in the config"),
     (["--start", "2024-01-01", "--end", "2024-01-02", "--chunk", "1 fortnight"], "is not a duration"),
-    (["--start", "yesterday", "--end", "2024-01-02"], "not an ISO 8601 date"),
-    (["--start", "2030-01-01", "--end", "2030-02-01"], "has a cursor in"),
+    (["--start", "yesterday", "--end", "2024-01-02"], "neither an ISO 8601 date"),
+    (["--start", "2030-01-01", "--end", "2030-02-01"], "their cursors run from 2024-01-01"),
 ], ids=["end-before-start", "unknown-source", "sink-not-enabled", "bad-chunk", "bad-date", "beyond-the-data"])
 def test_bad_requests_fail_before_anything_runs(
     loaded: Path, tmp_path: Path, args: list[str], says: str

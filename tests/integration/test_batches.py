@@ -613,7 +613,7 @@ def test_a_run_killed_after_its_third_batch_resumes_at_the_fourth(
     assert status == {"state": "interrupted", "batches_done": 3, "batches_total": len(reference),
                       "rows_done": sum(b["rows"] for b in reference[:3]),
                       "rows_planned": status["rows_planned"], "batch_in_flight": None}
-    assert "run interrupted after 3 of" in run_cli(config, "status").stdout
+    assert "run unfinished after 3 of" in run_cli(config, "status").stdout
 
     resumed = _run(config, BUDGET)
     assert resumed["replayed"] is False and resumed["run_numbers"][0] == 4  # batches 1..3 committed

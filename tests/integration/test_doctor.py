@@ -5,6 +5,7 @@ state store named with exit 1, each within seconds."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ def test_a_working_project_passes_every_check(tmp_path: Path, snowflake_server: 
     payload = run_json(config, "doctor", env=env)
     checks = _checks(payload)
     assert set(checks) == {"ray", "gpu", "landing zone", "dimension cache", "sink parquet", "sink delta",
-                           "sink snowflake", "state store"}
+                           "sink snowflake", "state store", "checkpoints"}
     assert all(c["status"] == "ok" for name, c in checks.items() if name != "gpu"), checks
     assert "the next run prepares one" in checks["dimension cache"]["detail"]
     assert payload["ok"] is True
@@ -73,3 +74,42 @@ def test_a_dimension_cache_folder_that_cannot_be_made_fails_naming_the_fix(tmp_p
     assert result.returncode == 1
     cache = _checks(__import__("json").loads(result.stdout))["dimension cache"]
     assert cache["status"] == "failed" and "run.cache_dir" in cache["detail"], cache
+
+
+def _tree(root: Path) -> dict[str, tuple[str, int, bytes]]:
+    """Every folder and file under `root`: kind, size and contents (what "writes nothing" compares)."""
+    return {str(p.relative_to(root)): ("dir", 0, b"") if p.is_dir()
+            else ("file", p.stat().st_size, p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+def test_doctor_writes_nothing_on_a_fresh_config(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "p")
+    before = _tree(tmp_path)
+    result = run_cli(config, "doctor", "--json", check=False)
+    assert _tree(tmp_path) == before  # no state file or folder, no cache, no warehouse folder
+    checks = _checks(__import__("json").loads(result.stdout))
+    assert checks["state store"]["status"] == "ok", checks["state store"]
+    assert "not created yet: the first run creates it" in checks["state store"]["detail"]
+    assert checks["checkpoints"]["status"] == "ok"
+    assert result.returncode == 1 and checks["landing zone"]["status"] == "failed"  # no demo data yet
+
+
+def test_doctor_fails_naming_the_fix_when_the_landing_zone_was_made_again_under_old_checkpoints(
+        tmp_path: Path) -> None:
+    config = write_config(tmp_path / "p")
+    run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(2))
+    run_json(config, "run", "--incremental")
+    before = _tree(tmp_path)
+    checks = _checks(run_json(config, "doctor"))  # exit 0
+    assert _tree(tmp_path) == before  # the state file read as it is: no -wal or -shm left beside it
+    assert checks["checkpoints"]["status"] == "ok" and "unchanged" in checks["checkpoints"]["detail"]
+
+    shutil.rmtree(tmp_path / "p" / "landing")  # the user's mistake: only the landing zone made again
+    again = run_cli(config, "demo-data", "init", "--scale", "0.01", "--days", "2")
+    assert "already holds 2 checkpoint(s) of pipeline" in again.stderr and "make clean-data" in again.stderr
+    result = run_cli(config, "doctor", "--json", check=False)
+    assert result.returncode == 1
+    stale = _checks(__import__("json").loads(result.stdout))["checkpoints"]
+    assert stale["status"] == "failed", stale
+    assert "source orders" in stale["detail"] and "gone or rewritten" in stale["detail"]
+    assert "make clean-data" in stale["detail"] and "remove the state store" in stale["detail"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,13 @@ def test_history_and_metrics_follow_the_runs(tmp_path: Path, pushgateway: list[t
         assert set(entry["timings_s"]) >= {"plan", "execute", "sinks"} and entry["duration_s"] > 0
         assert set(entry["lag_seconds"]) == {"orders", "lineitem"}
     assert len(run_json(config, "history", "--limit", "1")) == 1
-    text = run_cli(config, "history").stdout
+    text = run_cli(config, "history", env={"COLUMNS": "200"}).stdout
     assert "watched: the newest 3 run(s)" in text and "failed" in text
+    # the text has what --json has of each run: its window, rows per table, the lag it left
+    upper = datetime.fromisoformat(second["tables"]["orders"]["window"]["upper"]).astimezone(UTC)
+    assert upper.strftime("%Y-%m-%d %H:%M") in text and "window (cursor, UTC)" in text and "lag" in text
+    assert f"orders {second['tables']['orders']['rows']:,}" in text
+    assert "None" not in text
 
     prom = (config.parent / "metrics" / "loader.prom").read_text()
     samples = _samples(prom)

@@ -51,7 +51,7 @@ RUN_KEYS = {"pipeline", "status", "run_number", "run_numbers", "replayed", "exec
 RUN_TABLE_KEYS = {"rows", "deleted", "window", "files_read", "parts", "ray_nodes", "ray_write_nodes",
                   "quarantined", "sinks"}
 RUN_SINK_KEYS = {"rows", "deleted", "location", "skipped", "regions"}
-BATCH_KEYS = {"run_number", "replayed", "rows", "seconds", "windows", "tables"}
+BATCH_KEYS = {"run_number", "replayed", "rows", "estimated_rows", "seconds", "windows", "tables"}
 HISTORY_KEYS = {"run_number", "mode", "outcome", "attempts", "started_at", "finished_at", "duration_s",
                 "windows", "lag_seconds", "tables", "timings_s", "executor", "engine", "error", "batch"}
 HISTORY_TABLE_KEYS = {"rows", "parts", "quarantined", "deleted", "sinks"}

@@ -276,8 +276,8 @@ def test_terminal_fault_fails_at_once_and_keeps_checkpoint(template: Path, tmp_p
     _assert_exact(config, _snapshots(template, "fresh"))
 
 
-# A first load cut into 3 batches (2 ingest days of 7,500 orders and 30,000 lineitems, one row group
-# each: the budget is raised to 30,000; the small third day, with the deletes, joins the last batch),
+# A first load cut into batches of 30,000 rows (2 ingest days of 7,500 orders and 30,000 lineitems, one
+# row group each, cut inside the days; the small third day, with the deletes, joins the last batch),
 # killed between batches, inside a later batch's sinks, and with a later batch recorded but nothing
 # written. `point+N` passes the first N hits (loader/failpoints.py).
 BATCH_CASES = [("sqlite", p) for p in ("checkpoint.after+1", "delta.write+2", "parquet.write@lineitem+1",

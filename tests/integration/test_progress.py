@@ -50,7 +50,7 @@ def _in_terminal(*args: str, timeout: float = 120) -> tuple[int, str]:
 def test_a_bar_in_a_terminal_and_nothing_drawn_under_cron(tmp_path: Path) -> None:
     config = write_config(tmp_path / "project", pipeline="watched")
     run_cli(config, "demo-data", "init", "--scale", "0.002", *init_args(2))
-    code, screen = _in_terminal("--config", str(config), "run", "--incremental", "--max-batch-rows", "4000")
+    code, screen = _in_terminal("--config", str(config), "run", "--incremental", "--max-batch-rows", "5000")
     assert code == 0, screen[-3000:]
     assert BAR in screen, screen[-3000:]
     for shown in ("batch 1/3", "batch 3/3", "rows", "left"):  # the batch, rows done of the planned total, ETA

@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from deltalake import DeltaTable
 
 from tests.support.cli import run_cli, run_json
@@ -48,6 +49,11 @@ def test_verify_passes_after_incremental_runs(config_path: Path) -> None:
                for c in report["checks"])
     only = run_json(config_path, "verify", "--table", "lineitem")
     assert {c["table"] for c in only["checks"]} == {"lineitem"}
+    dimension = run_json(config_path, "verify", "--table", "customer", "--table", "orders")
+    assert {c["table"] for c in dimension["checks"]} == {"customer", "orders"}  # any table verify checks
+    unknown = run_cli(config_path, "verify", "--table", "custmer", check=False)
+    assert unknown.returncode == 2
+    assert "orders, lineitem, customer, supplier, nation, region" in unknown.stderr
     table = run_cli(config_path, "verify")
     assert "MISMATCH" not in table.stdout and "orders" in table.stdout
 
@@ -90,5 +96,10 @@ def test_duplicated_parquet_file_fails(config_path: Path) -> None:
 
 def test_never_loaded_pipeline_has_nothing_to_verify(config_path: Path) -> None:
     result = run_cli(config_path, "verify", "--json")
-    assert json.loads(result.stdout) == {"ok": True, "checks": []}
-    assert "never loaded" in result.stderr
+    note = f"pipeline {_pipeline(config_path)!r} was never loaded: nothing to verify (run `loader run` first)"
+    assert json.loads(result.stdout) == {"ok": True, "checks": [], "notes": [note]}  # notes in --json too
+    assert note in result.stderr
+
+
+def _pipeline(config: Path) -> str:
+    return str(yaml.safe_load(config.read_text())["pipeline"])

@@ -144,3 +144,28 @@ def test_ray_address_from_the_environment_is_settled_into_the_config(tmp_path: P
     assert load_config(write_raw(tmp_path / "b", raw)).ray.address == "ray://configured:10001"
     monkeypatch.delenv("RAY_ADDRESS")
     assert load_config(write_raw(tmp_path / "c", local_raw())).ray.address is None
+
+
+def test_problems_read_as_sentences_and_an_unknown_key_suggests_the_closest(tmp_path: Path) -> None:
+    raw = local_raw()
+    raw["sources"]["orders"]["lookbak"] = "1h"
+    raw["sources"]["orders"]["deletes"] = {"column": "op", "values": [], "mdoe": "hard"}
+    raw["sources"]["lineitem"]["kind"] = "parts"
+    raw["sinks"]["snowflake"] = {"shcema": "PUBLIC"}  # an alias (schema_ in the model)
+    raw["dimensions"]["custmer"] = "customer"
+    raw["ray"]["zzzz"] = 1
+    raw["run"]["max_batch_rows"] = 0
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_raw(tmp_path, raw))
+    message = caught.value.message
+    assert "Value error" not in message and "Input should" not in message, message
+    for line in ("sources.orders.lookbak: unknown key; did you mean lookback?",
+                 "sources.orders.deletes.mdoe: unknown key; did you mean mode?",
+                 "sources.orders.deletes.values: name at least one value",
+                 "sources.lineitem.kind: kind must be",
+                 "sinks.snowflake.shcema: unknown key; did you mean schema?",
+                 "dimensions.custmer: unknown key; did you mean customer?",
+                 "run.max_batch_rows: should be greater than 0 (found 0)"):
+        assert f"  - {line}" in message, (line, message)
+    # nothing close: the keys valid there
+    assert "ray.zzzz: unknown key: the keys here are address, " in message

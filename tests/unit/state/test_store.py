@@ -553,3 +553,34 @@ def test_lookup_versions_keep_regions_and_deltas_for_good_and_whole_lookups_whil
     assert [(v.fingerprint, v.whole) for v in store.lookup_chain("p")] == [
         ("v1", True), ("v2", False), ("v3", True)]
     assert store.lookup_version("p", "v4") is None and not store.has_lookup_version("p", "v4")
+
+
+def test_open_read_only_makes_nothing_and_cannot_write(tmp_path: Path) -> None:
+    """`loader doctor`'s way in: no folder or file made where there is no state yet, no -wal or -shm
+    left beside a WAL file, the store's reads as usual, and any write refused."""
+    path = tmp_path / "a" / "state.db"
+    assert StateStore.open_read_only(url_of(path)) is None
+    assert not (tmp_path / "a").exists()
+    with StateStore.open(url_of(path)) as writer:
+        writer.commit_run("p", plan(writer, "p", "orders").run_number, checkpoints={"orders": T0}, metrics={})
+    files = sorted(p.name for p in path.parent.iterdir())
+    assert files == ["state.db"]
+    reader = StateStore.open_read_only(url_of(path))
+    assert reader is not None
+    try:
+        assert reader.schema_version() == SCHEMA_VERSION
+        assert reader.checkpoints("p")["orders"].cursor == T0
+        with pytest.raises(StateError):
+            reader.acquire_lease("p", holder="doctor", ttl_seconds=60)
+    finally:
+        reader.close()
+    assert sorted(p.name for p in path.parent.iterdir()) == files
+    with StateStore.open(url_of(path)) as writer:  # a writer holds the file open: its -wal is read too
+        writer.commit_run("p", plan(writer, "p", "orders", upper=T0 + timedelta(hours=1)).run_number,
+                          checkpoints={"orders": T0 + timedelta(hours=1)}, metrics={})
+        reader = StateStore.open_read_only(url_of(path))
+        assert reader is not None
+        try:
+            assert reader.checkpoints("p")["orders"].cursor == T0 + timedelta(hours=1)
+        finally:
+            reader.close()
