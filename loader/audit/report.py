@@ -16,7 +16,6 @@ from loader.observe.run_history import RunEntry
 from loader.protocol.batches import Cutting
 from loader.protocol.incremental import RunSummary
 from loader.redaction import redact, redact_data
-from state import Window
 
 
 class _Stdout:
@@ -31,7 +30,7 @@ class _Stdout:
             from rich.console import Console
 
             # Wide when piped (cron logs, CI): a narrow default would cut paths.
-            self._console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+            self._console = Console(soft_wrap=True, width=200 if _plain_stdout() else None)
         self._console.print(*objects, **options)
 
 
@@ -57,19 +56,16 @@ def _plain_stdout() -> bool:
 
 
 def _print_fitted(*objects: Any) -> None:
-    """Print for a person: hard-wrapped at the terminal's width, or at COLUMNS when set (rich heeds it only
-    in a terminal: _Stdout prints 200 wide to a pipe), so that no line runs past it. Piped without
-    COLUMNS (cron logs, CI), as wide as _Stdout makes it."""
+    """Print for a person: in a terminal (or what rich is told is one, TTY_COMPATIBLE=1), hard-wrapped
+    at its width, or at COLUMNS when set, so that no line runs past it. Piped (cron logs, CI), as wide
+    as _Stdout makes it, whatever COLUMNS says: a shell or a test runner may export it, and a phrase
+    wrapped in a log is a phrase grep cannot find."""
+    if _plain_stdout():
+        _out.print(*objects)
+        return
     columns = os.environ.get("COLUMNS", "")
     width = int(columns) if columns.isdigit() and int(columns) > 0 else None
-    try:
-        terminal = sys.stdout.isatty()
-    except (AttributeError, ValueError):
-        terminal = False
-    if width is None and not terminal:
-        _out.print(*objects)
-    else:
-        _out.print(*objects, width=width, soft_wrap=False)
+    _out.print(*objects, width=width, soft_wrap=False)
 
 
 def _shown_location(location: str) -> str:
@@ -481,22 +477,9 @@ def print_history(pipeline: str, entries: list[RunEntry]) -> None:
         lag = next(iter(lags.values())) if len(set(lags.values())) == 1 else \
             "\n".join(f"{name} {shown}" for name, shown in lags.items())
         started = e.started_at.isoformat(sep=" ", timespec="seconds")[:19]
-        table.add_row(str(e.run_number), mode, outcome, started, took, _windows_cell(e.windows),
+        table.add_row(str(e.run_number), mode, outcome, started, took, _short_windows(e.windows),
                       _rows_cell(e.tables) or "-", lag or "-")
     _out.print(table)
-
-
-def _windows_cell(windows: dict[str, Window]) -> str:
-    """The run's cursor windows: one line when every source had the same, else a line per source."""
-    def shown(window: Window) -> str:
-        lower = None if window.lower is None else window.lower.isoformat()
-        return f"({_compact(lower)}, {_compact(window.upper.isoformat())}]"
-
-    if not windows:
-        return "-"
-    if len({(w.lower, w.upper) for w in windows.values()}) == 1:
-        return shown(next(iter(windows.values())))
-    return "\n".join(f"{name} {shown(w)}" for name, w in windows.items())
 
 
 def _rows_cell(tables: dict[str, TableResult]) -> str:
@@ -555,7 +538,8 @@ def print_backfill(payload: dict[str, Any]) -> None:
     for column in columns:
         table.add_column(column)
     for c in payload["chunks"]:
-        window = f"({_compact(c['window']['lower'])}, {_compact(c['window']['upper'])}]"
+        bounds = c["window"]
+        window = f"({_shown_instant(bounds['lower'], empty='-inf')}, {_shown_instant(bounds['upper'])}]"
         status = c["status"].replace("_", " ")
         if dry:
             table.add_row(str(c["index"] + 1), window, status, str(c["files"]), f"{c['estimated_rows']:,}",
@@ -579,15 +563,6 @@ def print_backfill(payload: dict[str, Any]) -> None:
     if payload["chunks_total"] and payload["chunks_already_loaded"] == payload["chunks_total"]:
         _out.print("every chunk of this window was loaded before, so nothing was read: after fixing landing "
                    "files, add --force to load the window again")
-
-
-def _compact(moment: str | None) -> str:
-    """An ISO instant of a table cell, in UTC, without the parts that say nothing: 2026-12-04 00:00."""
-    if not moment:
-        return "-inf"
-    instant = datetime.fromisoformat(moment).astimezone(UTC)
-    spec = "minutes" if instant.second == instant.microsecond == 0 else "auto"
-    return instant.replace(tzinfo=None).isoformat(sep=" ", timespec=spec)
 
 
 def _iso(value: datetime | None) -> str | None:

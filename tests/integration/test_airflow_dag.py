@@ -191,6 +191,6 @@ def test_each_exit_code_becomes_the_right_airflow_outcome(report: dict[str, Any]
 
 def test_the_loader_cli_parser_rejects_what_airflow_must_not_run() -> None:
     """The command check above is a real parse: it tells valid from invalid loader commands."""
-    for bad in (["run"], ["runs-incremental"], ["run", "--incremental", "--no-such-option"]):
+    for bad in (["run", "--limit", "3"], ["runs-incremental"], ["run", "--incremental", "--no-such-option"]):
         with pytest.raises(click.UsageError):
             _parse_loader_command(bad)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from datetime import UTC, datetime
@@ -134,9 +135,17 @@ def _widest(text: str) -> int:
     return max(len(line) for line in text.splitlines())
 
 
+def _terminal(project: Path, *args: str, columns: int, cwd: Path | None = None) -> str:
+    """What a terminal of `columns` would show (rich told it prints to one, TTY_COMPATIBLE=1), without
+    its styles: a pipe is printed wide whatever COLUMNS says."""
+    env = {"COLUMNS": str(columns), "TTY_COMPATIBLE": "1", "NO_COLOR": "1"}
+    shown = run_cli(project, *args, env=env, **({"cwd": cwd} if cwd else {})).stdout
+    return re.sub(r"\x1b\[[0-9;]*m", "", shown)
+
+
 def test_summary_status_and_runs_fit_80_columns(project: Path, tmp_path: Path) -> None:
     here = project.parent
-    summary = run_cli(project, "run", "--incremental", env={"COLUMNS": "80"}, cwd=here).stdout
+    summary = _terminal(project, "run", "--incremental", columns=80, cwd=here)
     assert _widest(summary) <= 80, summary
     assert str(here) not in summary and "window (UTC): (-inf, 2024-01-0" in summary, summary
 
@@ -146,10 +155,10 @@ def test_summary_status_and_runs_fit_80_columns(project: Path, tmp_path: Path) -
     assert "warehouse/parquet/orders" in wide and "warehouse/delta/lineitem" in wide, wide
     assert str(here) not in wide, wide
     run_cli(project, "demo-data", "append", "--now", "2024-01-06T00:00:00Z")
-    elsewhere = run_cli(project, "run", "--incremental", env={"COLUMNS": ""}, cwd=ROOT).stdout
-    assert f"{here / 'warehouse'}/" in elsewhere, elsewhere  # (a long path folds: its start)
+    elsewhere = _terminal(project, "run", "--incremental", columns=400, cwd=ROOT)
+    assert f"{here / 'warehouse' / 'parquet' / 'orders'}" in elsewhere, elsewhere
 
-    status = run_cli(project, "status", env={"COLUMNS": "80"}).stdout
+    status = _terminal(project, "status", columns=80)
     assert _widest(status) <= 80, status
     for source in run_json(project, "status")["sources"].values():
         checkpoint = datetime.fromisoformat(source["checkpoint"]).astimezone(UTC)
@@ -157,5 +166,5 @@ def test_summary_status_and_runs_fit_80_columns(project: Path, tmp_path: Path) -
         assert checkpoint.date().isoformat() in status and checkpoint.time().isoformat() in status, status
     assert "None" not in status
 
-    listed = run_cli(project, "runs", "list", env={"COLUMNS": "80"}).stdout
+    listed = _terminal(project, "runs", "list", columns=80)
     assert _widest(listed) <= 80, listed
