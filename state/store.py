@@ -352,6 +352,20 @@ class StateStore:
         store._url = _normalize_url(url).render_as_string(hide_password=True)  # not the engine's sqlite://
         return store
 
+    @classmethod
+    def open_to_read(cls, url: str) -> StateStore:
+        """For the commands that only read (status, history, plan, verify, report): where there is no
+        state yet, an empty store in memory, so that asking about a pipeline never run creates its
+        database file; a database at this loader's schema opened read-only; an older one migrated by
+        `open`, as any command would."""
+        store = cls.open_read_only(url)
+        if store is None:
+            return cls.open("sqlite:///:memory:")
+        if store.schema_version() == SCHEMA_VERSION:
+            return store
+        store.close()
+        return cls.open(url)
+
     def schema_version(self) -> int:
         """The schema version of the database: 0 when it holds none of the store's tables yet, below
         SCHEMA_VERSION when the next `open` migrates it, above when a newer loader has used it."""

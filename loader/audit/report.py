@@ -215,7 +215,7 @@ def print_plan(payload: dict[str, Any]) -> None:
 def status_payload(config: LoaderConfig) -> dict[str, Any]:
     from state import StateStore
 
-    store = StateStore.open(config.state.url)
+    store = StateStore.open_to_read(config.state.url)
     try:
         checkpoints = store.checkpoints(config.pipeline)
         last = store.last_committed_run(config.pipeline, mode="incremental")

@@ -480,7 +480,7 @@ def verify(config: LoaderConfig, *, tables: Sequence[str] = (), deep: bool = Fal
     names = [t for t in dict.fromkeys(tables) if t in config.sources] if tables else list(config.sources)
     dimensions = {t for t in tables if t in DIMENSION_KEYS} if tables else set(DIMENSION_KEYS)
     pipeline = config.pipeline
-    store = StateStore.open(config.state.url)
+    store = StateStore.open_to_read(config.state.url)
     try:
         checkpoints = _quiet_checkpoints(store, pipeline)
         if not checkpoints:

@@ -109,7 +109,7 @@ def history(store: StateStore, pipeline: str, *, limit: int | None) -> list[RunE
 
 def read_history(state_url: str, pipeline: str, *, limit: int | None) -> list[RunEntry]:
     """`history` from a store opened (and closed) for it."""
-    store = StateStore.open(state_url)
+    store = StateStore.open_to_read(state_url)
     try:
         return history(store, pipeline, limit=limit)
     finally:

@@ -213,7 +213,7 @@ class NextRun:
 def preview_next_run(config: LoaderConfig) -> NextRun:
     """Plan the next run without a lease, without Ray and without writing: an unfinished run is shown
     as the replay of its recorded windows."""
-    store = StateStore.open(config.state.url)
+    store = StateStore.open_to_read(config.state.url)
     try:
         unfinished = store.unfinished_run(config.pipeline)
         windows = unfinished.windows if unfinished else None

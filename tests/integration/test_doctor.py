@@ -5,6 +5,7 @@ state store named with exit 1, each within seconds."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import time
 from pathlib import Path
@@ -55,7 +56,7 @@ def test_unreachable_things_fail_fast_and_are_named(tmp_path: Path) -> None:
     result = run_cli(config, "doctor", "--json", check=False)
     assert result.returncode == 1
     assert time.monotonic() - started < FAIL_FAST_S  # each probe has its own timeout of seconds
-    checks = _checks(__import__("json").loads(result.stdout))
+    checks = _checks(json.loads(result.stdout))
     assert checks["ray"]["status"] == "failed" and "127.0.0.1:1" in checks["ray"]["detail"]
     assert (checks["sink snowflake"]["status"] == "failed"
             and "127.0.0.1:1" in checks["sink snowflake"]["detail"])
@@ -72,7 +73,7 @@ def test_a_dimension_cache_folder_that_cannot_be_made_fails_naming_the_fix(tmp_p
     run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(1))
     result = run_cli(config, "doctor", "--json", check=False)
     assert result.returncode == 1
-    cache = _checks(__import__("json").loads(result.stdout))["dimension cache"]
+    cache = _checks(json.loads(result.stdout))["dimension cache"]
     assert cache["status"] == "failed" and "run.cache_dir" in cache["detail"], cache
 
 
@@ -87,7 +88,7 @@ def test_doctor_writes_nothing_on_a_fresh_config(tmp_path: Path) -> None:
     before = _tree(tmp_path)
     result = run_cli(config, "doctor", "--json", check=False)
     assert _tree(tmp_path) == before  # no state file or folder, no cache, no warehouse folder
-    checks = _checks(__import__("json").loads(result.stdout))
+    checks = _checks(json.loads(result.stdout))
     assert checks["state store"]["status"] == "ok", checks["state store"]
     assert "not created yet: the first run creates it" in checks["state store"]["detail"]
     assert checks["checkpoints"]["status"] == "ok"
@@ -109,7 +110,29 @@ def test_doctor_fails_naming_the_fix_when_the_landing_zone_was_made_again_under_
     assert "already holds 2 checkpoint(s) of pipeline" in again.stderr and "make clean-data" in again.stderr
     result = run_cli(config, "doctor", "--json", check=False)
     assert result.returncode == 1
-    stale = _checks(__import__("json").loads(result.stdout))["checkpoints"]
+    stale = _checks(json.loads(result.stdout))["checkpoints"]
     assert stale["status"] == "failed", stale
     assert "source orders" in stale["detail"] and "gone or rewritten" in stale["detail"]
     assert "make clean-data" in stale["detail"] and "remove the state store" in stale["detail"]
+
+
+READING = (("status",), ("history",), ("plan",), ("verify",), ("runs", "list"))
+
+
+def test_the_commands_that_only_read_write_nothing_before_or_after_the_first_run(tmp_path: Path) -> None:
+    """status, history, plan, verify and runs list on a pipeline never run make no state file (an
+    empty store in memory answers), and after a run leave the state file as it was (no -wal, -shm)."""
+    config = write_config(tmp_path / "p")
+    run_cli(config, "demo-data", "init", "--scale", "0.002", *init_args(2))
+    before = _tree(tmp_path)
+    for command in READING:
+        run_cli(config, *command)
+    assert _tree(tmp_path) == before
+    assert not (tmp_path / "p" / "state").exists()
+    assert run_json(config, "status")["sources"]["orders"]["checkpoint"] is None
+
+    run_json(config, "run")
+    before = _tree(tmp_path)
+    for command in READING:
+        run_cli(config, *command)
+    assert _tree(tmp_path) == before
