@@ -82,7 +82,11 @@ def _shown_location(location: str) -> str:
 
 def _shown_window(window: Any) -> str:
     """A run's window of one table, (lower, upper], its instants complete (see `_shown_instant`)."""
-    bounds = window.to_json() if window else {"lower": None, "upper": "?"}
+    return _shown_bounds(window.to_json() if window else {"lower": None, "upper": "?"})
+
+
+def _shown_bounds(bounds: dict[str, Any]) -> str:
+    """A window as JSON gives it ({lower, upper}) for a table cell."""
     return f"({_shown_instant(bounds['lower'], empty='-inf')}, {_shown_instant(bounds['upper'])}]"
 
 
@@ -193,23 +197,22 @@ def print_plan(payload: dict[str, Any]) -> None:
     from rich.table import Table
 
     if payload["replay_of_run"]:
-        _out.print(f"run {payload['replay_of_run']} did not finish: the next run replays its windows")
-    table = Table(title="plan of the next incremental run")
+        _print_fitted(f"run {payload['replay_of_run']} is unfinished: the next run replays its windows")
+    table = Table(title="plan of the next incremental run", caption="windows in UTC")
     for column in ("source", "window", "files (of listed)", "row groups", "est. rows"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold" if column == "window" else "ellipsis")
     for name, s in payload["sources"].items():
-        window = ("nothing new" if s["window"] is None
-                  else f"({s['window']['lower'] or '-inf'}, {s['window']['upper']}]")
+        window = "nothing new" if s["window"] is None else _shown_bounds(s["window"])
         table.add_row(name, window, f"{s['files']} of {s['files_listed']}", str(s["row_groups"]),
                       f"{s['estimated_rows']:,}")
-    _out.print(table)
+    _print_fitted(table)
     cut = payload.get("batches")
     if cut and cut["batches"]:
         sizes = [b["estimated_rows"] for b in cut["batches"]]
-        _out.print(f"{len(sizes)} batch(es) of about {cut['budget']:,} rows at most (run.max_batch_rows), "
-                   f"largest {max(sizes):,} estimated rows; each commits before the next")
+        _print_fitted(f"{len(sizes)} batch(es) of about {cut['budget']:,} rows at most (run.max_batch_rows), "
+                      f"largest {max(sizes):,} estimated rows; each commits before the next")
         for warning in cut["warnings"]:
-            _out.print(f"[yellow]warning: {escape(warning)}[/]")
+            _print_fitted(f"[yellow]warning: {escape(warning)}[/]")
 
 
 def status_payload(config: LoaderConfig) -> dict[str, Any]:
@@ -538,8 +541,7 @@ def print_backfill(payload: dict[str, Any]) -> None:
     for column in columns:
         table.add_column(column)
     for c in payload["chunks"]:
-        bounds = c["window"]
-        window = f"({_shown_instant(bounds['lower'], empty='-inf')}, {_shown_instant(bounds['upper'])}]"
+        window = _shown_bounds(c["window"])
         status = c["status"].replace("_", " ")
         if dry:
             table.add_row(str(c["index"] + 1), window, status, str(c["files"]), f"{c['estimated_rows']:,}",
