@@ -71,10 +71,13 @@ class TableResult:
         return max((s.deleted for s in self.sinks.values()), default=0)
 
     def add(self, later: TableResult) -> None:
-        """Fold a later batch of the same run in: counts summed, the window from this one's lower bound
-        to the later one's upper, Ray nodes the most any batch used."""
+        """Fold a later batch of the same run in: counts summed, the window spanning both (a replayed
+        batch, then new batches whose lookback starts before it: not always in order), Ray nodes the most
+        any batch used."""
         if self.window is not None and later.window is not None:
-            self.window = Window(lower=self.window.lower, upper=later.window.upper)
+            lowers = (self.window.lower, later.window.lower)
+            lower = None if None in lowers else min(w for w in lowers if w is not None)
+            self.window = Window(lower=lower, upper=max(self.window.upper, later.window.upper))
         self.rows += later.rows
         self.deleted += later.deleted
         self.files_read += later.files_read

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from state import StateStore
 from tests.support.cli import run_cli, run_json, write_config
 from tests.support.demo_clock import append_args, init_args
 from tests.support.warehouse import assert_warehouse_exact
@@ -161,7 +162,8 @@ def test_corrupt_ledger_row_is_named_and_can_be_abandoned(config_path: Path) -> 
 
 def test_state_from_a_newer_loader_is_refused(config_path: Path) -> None:
     run_cli(config_path, "demo-data", "init", "--scale", "0.01", *init_args(1))
-    run_json(config_path, "status")  # creates the state database
+    # the state database as this loader makes it (status only reads: it makes none), before any run
+    StateStore.open(f"sqlite:///{config_path.parent / 'state' / 'loader.db'}").close()
     _tamper_state(config_path, "UPDATE schema_version SET version = 999 "
                                "WHERE version = (SELECT max(version) FROM schema_version)")
     result = run_cli(config_path, "run", "--incremental", check=False)

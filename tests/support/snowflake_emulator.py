@@ -108,7 +108,12 @@ def query(server: dict[str, Any], database: str, sql: str) -> list[tuple]:
 
 def abort_detached_transactions() -> int:
     """Roll back every emulator session's open transaction (call only when no loader is running);
-    how many there were."""
+    how many there were. Without an emulator started in this process there is none to look at, and
+    importing fakesnow would make its stage folder in the temp folder, which nothing then removes."""
+    import sys
+
+    if "fakesnow.server" not in sys.modules:
+        return 0
     import duckdb
     import fakesnow.server
 

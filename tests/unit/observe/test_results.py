@@ -38,6 +38,18 @@ def test_a_runs_batches_fold_into_its_totals_without_touching_the_batches() -> N
     assert first.rows == 5 and first.sinks["delta"].rows == 5 and first.window == Window(lower=T1, upper=T2)
 
 
+def test_the_folded_window_spans_batches_out_of_order() -> None:
+    """A replayed batch, then the new plan's first batch, whose lookback starts (and may end) before
+    the replay's window: the run's window spans both; a batch from the beginning makes it unbounded."""
+    replayed, looked_back = _batch(T2, T3, 1), _batch(T1, T2 - (T2 - T1) / 2, 1)
+    total: dict[str, TableResult] = {}
+    fold_tables(total, {"orders": replayed})
+    fold_tables(total, {"orders": looked_back})
+    assert total["orders"].window == Window(lower=T1, upper=T3)
+    fold_tables(total, {"orders": TableResult(rows=1, window=Window(lower=None, upper=T2))})
+    assert total["orders"].window == Window(lower=None, upper=T3)
+
+
 def test_an_older_ledger_entry_reads_as_zeros_not_errors() -> None:
     old = TableResult.from_json({"rows": 3, "quarantined": None, "sinks": {"parquet": {"rows": 3}}})
     assert (old.rows, old.deleted, old.window, old.quarantined) == (3, 0, None, {})
