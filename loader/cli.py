@@ -217,11 +217,7 @@ def _instant(value: str, option: str, *, grain: timedelta | None = None,
     backfill's chunk), so the same command names the same window, and resumes it, all that chunk long."""
     relative = _back_from_now(value, now or datetime.now(UTC))
     if relative is not None:
-        if grain:
-            step = int(grain.total_seconds() * 1_000_000)
-            since_epoch = int((relative - _EPOCH).total_seconds() * 1_000_000)
-            relative = _EPOCH + timedelta(microseconds=since_epoch - since_epoch % step)
-        return relative
+        return relative - (relative - _EPOCH) % grain if grain else relative
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -419,11 +415,11 @@ def report_command(obj: _Context, out: Path | None, limit: int) -> None:
     from loader.observe.run_history import read_history
 
     if out is None:  # beside the state it is drawn from, in the folder the loader keeps its data in
-        state_file = config.state.url.removeprefix("sqlite:///")
-        if state_file in (config.state.url, ":memory:"):
+        folder = config.state.sqlite_folder
+        if folder is None:
             raise click.UsageError("give --out FILE: the state store is not a local SQLite file, so there is "
                                    "no data folder to put the report in")
-        out = Path(state_file).parent / "report.html"
+        out = folder / "report.html"
     entries = read_history(config.state.url, config.pipeline, limit=limit)
     write_report(out, config.pipeline, entries)
     click.echo(f"wrote {out} ({len(entries)} run(s) of pipeline {config.pipeline})")

@@ -359,6 +359,14 @@ class StateConfig(_Frozen):
 
     _durations = field_validator("lease_ttl", mode="before")(parse_duration)
 
+    @property
+    def sqlite_folder(self) -> Path | None:
+        """The folder of a SQLite state file, where the loader keeps what it makes beside its state (the
+        lookup cache, the report); None for a database in memory or on a server."""
+        prefix = "sqlite:///"
+        database = self.url[len(prefix):].split("?", 1)[0] if self.url.startswith(prefix) else ""
+        return None if database in ("", ":memory:") else Path(database).parent
+
 
 class QuarantineConfig(_Frozen):
     """Rows failing a check (null key, null cursor, cursor beyond now + future_tolerance, no region
@@ -565,7 +573,9 @@ def _problem(item: Any) -> str:
         return message  # our validators' own sentences: they say what to write
     message = re.sub(r"^Input should be", "should be", message)
     found = item.get("input")
-    if isinstance(found, str | int | float | bool) and len(repr(found)) <= 40:
+    key = str(item["loc"][-1]) if item["loc"] else ""
+    if isinstance(found, str | int | float | bool) and len(repr(found)) <= 40 \
+            and not redaction.is_secret_name(key):  # a password of the wrong type is not echoed
         message += f" (found {found!r})"
     return message
 

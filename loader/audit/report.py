@@ -415,11 +415,9 @@ def _unfinished_lines(payload: dict[str, Any]) -> list[str]:
 
 def runs_payload(entries: list[RunEntry]) -> list[dict[str, Any]]:
     """`loader runs list --json`: the ledger's runs, newest first, without their rows and timings."""
-    return redact_data([{
-        "run_number": e.run_number, "mode": e.mode, "outcome": e.outcome, "attempts": e.attempts,
-        "started_at": e.started_at.isoformat(), "finished_at": _iso(e.finished_at), "batch": e.batch,
-        "windows": {name: w.to_json() for name, w in e.windows.items()}, "error": e.error,
-    } for e in entries])
+    keys = ("run_number", "mode", "outcome", "attempts", "started_at", "finished_at", "batch", "windows",
+            "error")  # of `loader history --json`'s one shape (RunEntry.to_json)
+    return redact_data([{key: entry[key] for key in keys} for entry in (e.to_json() for e in entries)])
 
 
 def print_runs(pipeline: str, entries: list[RunEntry]) -> None:

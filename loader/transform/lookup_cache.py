@@ -66,10 +66,8 @@ def cache_folder(config: LoaderConfig) -> Path:
         return Path(config.run.cache_dir)
     if os.environ.get(ENV_DIR):
         return Path(os.environ[ENV_DIR])
-    prefix = "sqlite:///"
-    if config.state.url.startswith(prefix) and config.state.url != prefix + ":memory:":
-        return Path(config.state.url[len(prefix):]).parent / "cache"
-    return Path(tempfile.gettempdir()) / "loader-cache"
+    folder = config.state.sqlite_folder
+    return folder / "cache" if folder else Path(tempfile.gettempdir()) / "loader-cache"
 
 
 def fingerprint(cache: LookupCache) -> str:

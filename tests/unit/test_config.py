@@ -169,3 +169,21 @@ def test_problems_read_as_sentences_and_an_unknown_key_suggests_the_closest(tmp_
         assert f"  - {line}" in message, (line, message)
     # nothing close: the keys valid there
     assert "ray.zzzz: unknown key: the keys here are address, " in message
+
+
+def test_a_secret_of_the_wrong_type_is_named_but_not_echoed(tmp_path: Path) -> None:
+    raw = local_raw()
+    raw["sinks"]["snowflake"] = {"password": 987654321}
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_raw(tmp_path, raw))
+    assert "  - sinks.snowflake.password: should be a valid string" in caught.value.message
+    assert "987654321" not in caught.value.message
+
+
+def test_the_state_folder_is_that_of_a_sqlite_file_only() -> None:
+    from loader.config import StateConfig
+
+    assert StateConfig(url="sqlite:////srv/data/state/loader.db?password=x").sqlite_folder == \
+        Path("/srv/data/state")
+    assert StateConfig(url="sqlite:///:memory:").sqlite_folder is None
+    assert StateConfig(url="postgresql+psycopg://u@db/loader").sqlite_folder is None
