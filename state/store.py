@@ -291,8 +291,8 @@ def _read_only_engine(url: str) -> Engine | None:
     from urllib.parse import quote
 
     parsed = _normalize_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
+    if parsed.get_backend_name() != "sqlite":  # a server: connecting makes nothing; its sessions read only
+        return create_engine(parsed, pool_pre_ping=True, execution_options={"postgresql_readonly": True})
     database = parsed.database or ""
     if not database or database == ":memory:" or database.startswith("file:"):
         return None  # nothing outlives the process that made it: there is nothing to read
@@ -344,7 +344,7 @@ class StateStore:
     def open_read_only(cls, url: str) -> StateStore | None:
         """Connect to read, writing nothing anywhere (`loader doctor`): no folder, file or table made,
         no migration (see `schema_version`). None where there is no state yet: a SQLite file not made.
-        Any write through this store fails."""
+        Any write through this store fails (SQLite: opened read-only; PostgreSQL: read-only sessions)."""
         engine = _read_only_engine(url)
         if engine is None:
             return None

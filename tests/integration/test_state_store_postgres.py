@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy.exc import InternalError
 
 from loader.errors import CheckpointConflict, LeaseHeld, StateCorrupt
 from state import SCHEMA_VERSION, StateStore, Window
@@ -109,3 +110,18 @@ def test_newer_schema_refused(pg_url: str, store: StateStore) -> None:
     finally:
         with store.engine.begin() as conn:
             conn.exec_driver_sql(f"DELETE FROM schema_version WHERE version = {SCHEMA_VERSION + 1}")
+
+
+def test_a_read_only_store_reads_and_cannot_write(store: StateStore, pg_url: str) -> None:
+    """The commands that only read open PostgreSQL read-only too: reads as usual, a write refused."""
+    record = plan(store, "ro")
+    store.commit_run("ro", record.run_number, checkpoints={"orders": T0}, metrics={})
+    reader = StateStore.open_read_only(pg_url)
+    assert reader is not None
+    try:
+        assert reader.checkpoints("ro")["orders"].cursor == T0
+        with pytest.raises(InternalError, match="read-only transaction"):  # no command writes through it
+            reader.acquire_lease("ro", holder="status", ttl_seconds=60)
+    finally:
+        reader.close()
+    assert store.lease("ro") is None
