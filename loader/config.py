@@ -16,51 +16,34 @@ import re
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from loader import redaction
+from loader.config_parts import Frozen, RetryConfig, SinkSettings, is_remote, join_path, parse_duration
 from loader.errors import ConfigError
 from loader.kinds import fact_kind
+from loader.sinks.registry import settings_classes
 
 CONFIG_ENV = "LOADER_CONFIG"
 DEFAULT_CONFIG = Path("configs/local.yaml")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
 
-def parse_duration(value: Any) -> timedelta:
-    """'90s', '30m', '1h', '1d', '1.5h' or a number of seconds -> timedelta."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=float(value))
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a duration: write e.g. 90s, 30m, 1h, 1d")
-    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+_Frozen = Frozen
 
 
 class DeletesConfig(_Frozen):
@@ -216,93 +199,32 @@ class RegionRuleConfig(_Frozen):
     mask: tuple[str, ...] = ()
 
 
-class RetryConfig(_Frozen):
-    """Retries of transient failures: exponential backoff with jitter, bounded in attempts and time."""
-
-    attempts: int = Field(default=5, ge=1)
-    initial_wait: timedelta = timedelta(seconds=0.5)
-    max_wait: timedelta = timedelta(seconds=10)
-    total: timedelta = timedelta(minutes=2)
-
-    _durations = field_validator("initial_wait", "max_wait", "total", mode="before")(parse_duration)
-
-
-class ParquetSinkConfig(_Frozen):
-    enabled: bool = True
-    retry: RetryConfig = RetryConfig()
-    path: str = "parquet"
-    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
-
-
-class DeltaSinkConfig(_Frozen):
-    enabled: bool = True
-    retry: RetryConfig = RetryConfig()
-    path: str = "delta"
-    # Size of the data files written: bounded files, clustered by key, keep scoped merges cheap.
-    target_file_mb: float = Field(default=8, gt=0)
-
-
-# A Snowflake identifier the sink may put in SQL (always quoted): letters, digits, _ and $.
-SNOWFLAKE_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$]*$"
-
-
-class SnowflakeSinkConfig(_Frozen):
-    """Snowflake: off by default. Secrets come from the environment (`${SNOWFLAKE_PASSWORD}`,
-    `${SNOWFLAKE_PRIVATE_KEY}`) and are never logged; `host`/`port`/`protocol` point the connector at an
-    emulator (fakesnow) instead."""
-
-    enabled: bool = False
-    # Each step (connect, PUT+COPY, the MERGE transaction) is retried on its own with this policy.
-    retry: RetryConfig = RetryConfig()
-    account: str = ""
-    user: str = ""
-    password: str | None = Field(default=None, repr=False)
-    # Key-pair authentication: a PEM private key from a file or inline (from an environment variable).
-    private_key_file: str | None = None
-    private_key: str | None = Field(default=None, repr=False)
-    private_key_passphrase: str | None = Field(default=None, repr=False)
-    role: str | None = Field(default=None, pattern=SNOWFLAKE_IDENTIFIER)
-    warehouse: str | None = Field(default=None, pattern=SNOWFLAKE_IDENTIFIER)
-    database: str = Field(default="LOADER", pattern=SNOWFLAKE_IDENTIFIER)
-    schema_: str = Field(default="PUBLIC", alias="schema", pattern=SNOWFLAKE_IDENTIFIER)
-    stage: str = Field(default="LOADER_STAGE", pattern=SNOWFLAKE_IDENTIFIER)
-    ledger_table: str = Field(default="LOADER_LEDGER", pattern=SNOWFLAKE_IDENTIFIER)
-    # New target tables get CLUSTER BY (REGION): queries filtering one region prune micro-partitions.
-    cluster_by_region: bool = True
-    host: str | None = None
-    port: int | None = Field(default=None, gt=0, lt=65536)
-    protocol: Literal["https", "http"] | None = None
-    login_timeout: timedelta = timedelta(seconds=30)
-    network_timeout: timedelta = timedelta(seconds=60)
-
-    _durations = field_validator("login_timeout", "network_timeout", mode="before")(parse_duration)
+class _SinksBlock(_Frozen):
+    """A block per sink of the registry (loader/sinks/registry.py), each defined in the sink's folder
+    (loader/sinks/<name>/config.py)."""
 
     @model_validator(mode="after")
-    def _credentials(self) -> SnowflakeSinkConfig:
-        if self.enabled:
-            missing = [name for name in ("account", "user") if not getattr(self, name)]
-            if missing:
-                raise ValueError(f"set {' and '.join(missing)} (or disable the sink)")
-            given = [n for n in ("password", "private_key_file", "private_key") if getattr(self, n)]
-            if len(given) != 1:
-                raise ValueError(
-                    "set exactly one of password (as ${SNOWFLAKE_PASSWORD}), private_key_file, "
-                    "or private_key "
-                    f"(as ${{SNOWFLAKE_PRIVATE_KEY}}); given: {', '.join(given) or 'none'}"
-                )
-        return self
-
-
-class SinksConfig(_Frozen):
-    parquet: ParquetSinkConfig = ParquetSinkConfig()
-    delta: DeltaSinkConfig = DeltaSinkConfig()
-    snowflake: SnowflakeSinkConfig = SnowflakeSinkConfig()
-
-    @model_validator(mode="after")
-    def _one_enabled(self) -> SinksConfig:
-        if not any(getattr(self, name).enabled for name in type(self).model_fields):
+    def _one_enabled(self) -> _SinksBlock:
+        if not any(self.block(name).enabled for name in type(self).model_fields):
             raise ValueError("enable at least one sink")
         return self
+
+    def block(self, name: str) -> SinkSettings:
+        """The config block of the sink called `name`."""
+        settings: SinkSettings = getattr(self, name)
+        return settings
+
+    if TYPE_CHECKING:  # the blocks are fields made from the registry below: typed by their own classes
+
+        def __getattr__(self, name: str) -> Any: ...
+
+
+if TYPE_CHECKING:
+    SinksConfig = _SinksBlock
+else:
+    SinksConfig = create_model(
+        "SinksConfig", __base__=_SinksBlock, __module__=__name__, __doc__=_SinksBlock.__doc__,
+        **{name: (cls, cls()) for name, cls in settings_classes().items()})
 
 
 class RunConfig(_Frozen):
@@ -421,10 +343,10 @@ class LoaderConfig(_Frozen):
         return value
 
     def source_path(self, name: str) -> str:
-        return _join(self.landing_zone, self.sources[name].path)
+        return join_path(self.landing_zone, self.sources[name].path)
 
     def dimension_path(self, table: str) -> str:
-        return _join(self.landing_zone, self.dimensions.named(table).path)
+        return join_path(self.landing_zone, self.dimensions.named(table).path)
 
     def paths_outside_landing(self) -> list[tuple[str, str]]:
         """(config key, where it leads) of every source and dimension folder outside `landing_zone`
@@ -441,7 +363,7 @@ class LoaderConfig(_Frozen):
         return redaction.config_secrets(self.model_dump(by_alias=True))
 
     def sink_path(self, relative: str) -> str:
-        return _join(self.warehouse, relative)
+        return join_path(self.warehouse, relative)
 
     def overridden(self, *, executor: str | None = None, engine: str | None = None,
                    max_batch_rows: int | None = None) -> LoaderConfig:
@@ -467,12 +389,6 @@ def _inside(root: str, path: str) -> bool:
         return path.rstrip("/").startswith(root.rstrip("/") + "/")
     real_root = os.path.realpath(root)
     return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
-
-
-def _join(root: str, path: str) -> str:
-    if is_remote(path) or os.path.isabs(path):
-        return path
-    return root.rstrip("/") + "/" + path
 
 
 def _interpolate(value: Any, source: str) -> Any:

@@ -397,7 +397,7 @@ class BatchRunner:
                  planning_s: float, ahead: ReadAhead | None, index: int) -> None:
         from loader.execute.choice import execute
         from loader.landing.quarantine import QuarantineStore
-        from loader.sinks import TableBatch
+        from loader.sinks.base import TableBatch
         from loader.sinks.table_writes import write_table
 
         assert self._prepared is not None

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loader.config import RetryConfig
+from loader.config_parts import RetryConfig, join_path
 from loader.transform.dimension_changes import DimensionChanges, DimensionSpec
 from state import Window
 
@@ -50,6 +50,18 @@ def deleted_flags(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Ar
 #: The column `read_back` adds where a row's place says its region apart from its `region` column
 #: (Parquet's `region=` folders): `loader verify` checks that both agree.
 PARTITION_REGION = "_partition_region"
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink is built from besides its own config block (`sinks.<name>`): every sink's class is
+    built as `Sink(settings, context)` (loader/sinks/__init__.py)."""
+
+    pipeline: str
+    warehouse: str  # the root its relative paths are under
+
+    def path(self, relative: str) -> str:
+        return join_path(self.warehouse, relative)
 
 
 @dataclass(frozen=True)
@@ -251,7 +263,7 @@ def folder_problem(name: str, root: str) -> str | None:
 
     from pyarrow import fs as pafs
 
-    from loader.config import is_remote
+    from loader.config_parts import is_remote
     from loader.storage import locate, short_error, unwritable
 
     location = locate(root)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 
 from loader.config import load_config
-from loader.sinks import Sink
+from loader.sinks.base import Sink
 from loader.transform.dimension_changes import (
     IS_CURRENT,
     ROW_HASH,

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loader.errors import SinkRejected
-from loader.sinks.snowflake_schema import ident
+from loader.sinks.snowflake.schema import ident
 from tests.support.conformance import CURSOR, KEY, SCHEMA, TABLE, batch_of, make_sink, row, table_of
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from deltalake import DeltaTable
 from loader.config import load_config
 from loader.errors import SinkUnavailable
 from loader.sinks import enabled_sinks
-from loader.sinks.delta import TOMBSTONE_FILES, DeltaSink, _storage_options, app_id
+from loader.sinks.delta.sink import TOMBSTONE_FILES, DeltaSink, _storage_options, app_id
 from tests.support.cli import ROOT, write_config
 from tests.support.conformance import (
     DELETES_SCHEMA,

@@ -18,7 +18,7 @@ import pytest
 
 from loader import failpoints
 from loader.errors import LoaderError, SinkRejected, SinkUnavailable, is_transient
-from loader.sinks import SinkWrite, TableBatch
+from loader.sinks.base import SinkWrite, TableBatch
 from loader.transform.tables import dedupe_latest
 from tests.support.conformance import (
     CURSOR,

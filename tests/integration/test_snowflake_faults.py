@@ -17,8 +17,8 @@ import yaml
 
 from loader.config import parse_config
 from loader.errors import SinkRejected
-from loader.sinks.base import TableBatch
-from loader.sinks.snowflake import SnowflakeSink
+from loader.sinks.base import SinkContext, TableBatch
+from loader.sinks.snowflake.sink import SnowflakeSink
 from state import Window
 from tests.support.cli import FAIL_FAST_S, run_cli, run_json, write_config
 from tests.support.conformance import write_whole
@@ -122,7 +122,8 @@ def _sink(
     raw["sinks"]["snowflake"]["password"] = (
         server["password"] if "private_key_file" not in snowflake and "private_key" not in snowflake
         else None)
-    return SnowflakeSink(parse_config(raw, base_dir=tmp_path))
+    config = parse_config(raw, base_dir=tmp_path)
+    return SnowflakeSink(config.sinks.snowflake, SinkContext(config.pipeline, config.warehouse))
 
 
 BASE = pa.schema([("id", pa.int64()), ("updated_at", pa.timestamp("us", tz="UTC")),

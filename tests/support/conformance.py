@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loader.config import load_config
-from loader.sinks import Sink, SinkWrite, TableBatch, enabled_sinks
-from loader.sinks.base import skipped
+from loader.sinks import enabled_sinks
+from loader.sinks.base import Sink, SinkWrite, TableBatch, skipped
 from state import Window
 from tests.support.cli import write_config
 from tests.support.readers import latest_versions, read_delta, read_parquet_log, read_snowflake

@@ -1,5 +1,6 @@
-"""The sink registry (loader/sinks/__init__.py) is the one list of sinks: it names every sink class in
-loader/sinks, each under its own name, and each declares its capabilities and the whole contract."""
+"""The sink registry (loader/sinks/registry.py) is the one list of sinks: it names every sink class in
+loader/sinks, each under its own name, each in a folder of the same shape, and each declares its
+capabilities and the whole contract."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 import loader.sinks
 from loader.config import load_config
-from loader.sinks import REGISTRY, Capabilities, Sink, enabled_names, enabled_sinks, sink_class
+from loader.sinks import REGISTRY, enabled_names, enabled_sinks, sink_class
+from loader.sinks.base import Capabilities, Sink
 from tests.support.cli import write_config
 
 # The contract's methods, as the Sink protocol declares them (loader/sinks/base.py).
@@ -27,8 +29,8 @@ def _sink_classes_in_package() -> set[type]:
     """Every class defined in a loader.sinks module that implements begin / write_part / finish (the
     `Sink` protocol itself aside)."""
     found: set[type] = set()
-    for module_info in pkgutil.iter_modules(loader.sinks.__path__):
-        module = importlib.import_module(f"loader.sinks.{module_info.name}")
+    for module_info in pkgutil.walk_packages(loader.sinks.__path__, prefix="loader.sinks."):
+        module = importlib.import_module(module_info.name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
             implements = all(callable(getattr(cls, m, None)) for m in ("begin", "write_part", "finish"))
             if cls.__module__ == module.__name__ and implements and not getattr(cls, "_is_protocol", False):
@@ -52,6 +54,31 @@ def test_each_sink_declares_capabilities_and_the_whole_contract(name: str) -> No
     assert cls.capabilities.replay_of_interrupted in ("whole", "rest")
     missing = [m for m in CONTRACT if not callable(getattr(cls, m, None))]
     assert missing == [], f"{name} lacks {missing}"
+
+
+#: What every sink's folder holds, each in a file of its own (loader/sinks/__init__.py).
+FOLDER_SHAPE = {"__init__.py", "config.py", "capabilities.py", "facts.py", "dimensions.py", "read_back.py",
+                "sink.py"}
+
+
+def test_each_sink_is_one_folder_of_the_same_shape() -> None:
+    root = Path(loader.sinks.__file__).parent
+    folders = {p.parent.name for p in root.glob("*/__init__.py")}
+    assert folders == set(REGISTRY), "every sink folder is in the registry, and every registered sink a folder"
+    for name, entry in REGISTRY.items():
+        assert entry.package == f"loader.sinks.{name}"
+        files = {p.name for p in (root / name).glob("*.py")}
+        assert FOLDER_SHAPE <= files, f"loader/sinks/{name}/ lacks {sorted(FOLDER_SHAPE - files)}"
+        assert sink_class(name).__module__ == f"loader.sinks.{name}.sink"
+        assert entry.settings_class().__module__ == f"loader.sinks.{name}.config"
+
+
+def test_the_config_has_a_block_per_registered_sink_and_nothing_else() -> None:
+    from loader.config import SinksConfig
+
+    assert list(SinksConfig.model_fields) == list(REGISTRY)
+    for name, entry in REGISTRY.items():
+        assert SinksConfig.model_fields[name].annotation is entry.settings_class()
 
 
 def test_enabled_sinks_follow_the_config_and_only(tmp_path: Path) -> None:

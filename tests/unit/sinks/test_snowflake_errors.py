@@ -11,7 +11,8 @@ import yaml
 
 from loader.config import parse_config
 from loader.errors import SinkRejected, SinkUnavailable, is_transient
-from loader.sinks.snowflake import SnowflakeSink
+from loader.sinks.base import SinkContext
+from loader.sinks.snowflake.sink import SnowflakeSink
 from tests.support.cli import write_config
 
 errors = pytest.importorskip("snowflake.connector.errors")
@@ -24,7 +25,8 @@ def sink(tmp_path: Path) -> SnowflakeSink:
     raw["sinks"]["snowflake"] = {"enabled": True, "account": "myorg-acct", "user": "LOADER",
                                  "password": SECRET,
                                  "database": "ANALYTICS", "schema": "TPCH"}
-    return SnowflakeSink(parse_config(raw, base_dir=tmp_path))
+    config = parse_config(raw, base_dir=tmp_path)
+    return SnowflakeSink(config.sinks.snowflake, SinkContext(config.pipeline, config.warehouse))
 
 
 @pytest.mark.parametrize("error", [

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from loader.errors import SinkRejected
-from loader.sinks.snowflake_schema import ColumnType, column_type, columns_to_add, create_table_sql, ident
+from loader.sinks.snowflake.schema import ColumnType, column_type, columns_to_add, create_table_sql, ident
 
 
 @pytest.mark.parametrize(("arrow", "ddl"), [

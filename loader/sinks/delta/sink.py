@@ -17,14 +17,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from loader import failpoints
-from loader.config import LoaderConfig
 from loader.errors import SinkRejected, SinkUnavailable
-from loader.sinks import delta_dimensions
 from loader.sinks.base import (
     DELETED,
     DELETED_AT,
     Capabilities,
     PartWrite,
+    SinkContext,
     SinkWrite,
     TableBatch,
     count_true,
@@ -34,6 +33,8 @@ from loader.sinks.base import (
     summed_regions,
     tombstones,
 )
+from loader.sinks.delta import dimensions as delta_dimensions
+from loader.sinks.delta.config import DeltaSinkConfig
 from loader.sinks.encoding import dictionary_columns
 from loader.sinks.schema_check import refuse_case_clashes, refuse_type_changes, refuse_unwritable_names
 from loader.storage import locate, short_error, storage_error
@@ -213,12 +214,12 @@ class DeltaSink:
                                                         holds="latest", replay_of_landed="skips",
                                                         replay_of_interrupted="rest")
 
-    def __init__(self, config: LoaderConfig) -> None:
-        self.root = config.sink_path(config.sinks.delta.path)
+    def __init__(self, settings: DeltaSinkConfig, context: SinkContext) -> None:
+        self.root = context.path(settings.path)
         self.storage_options = _storage_options(self.root)
-        self.retry = config.sinks.delta.retry
+        self.retry = settings.retry
         # Bounded files clustered by key (rows arrive sorted by key): a scoped merge rewrites few of them.
-        self.target_file_size = int(config.sinks.delta.target_file_mb * 1024 * 1024)
+        self.target_file_size = int(settings.target_file_mb * 1024 * 1024)
         # Each table opened once per sink (the run's sinks live as long as the run) and brought up to
         # date before each use by reading only the commits made since: the log is replayed once per run,
         # not per batch or step. Used under the table's lock (`_one_writer`); per process.

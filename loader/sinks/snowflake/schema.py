@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from loader.config import SNOWFLAKE_IDENTIFIER
 from loader.errors import SinkRejected
+from loader.sinks.snowflake.config import SNOWFLAKE_IDENTIFIER
 
 _IDENTIFIER = re.compile(SNOWFLAKE_IDENTIFIER)
 _TIMESTAMP_SCALE = {"s": 0, "ms": 3, "us": 6, "ns": 9}

@@ -27,7 +27,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loader import failpoints, scratch
-from loader.config import LoaderConfig, SnowflakeSinkConfig
 from loader.errors import LoaderError, SinkError, SinkRejected, SinkUnavailable
 from loader.net import unreachable
 from loader.retry import call_with_retries
@@ -36,6 +35,7 @@ from loader.sinks.base import (
     DELETED_AT,
     Capabilities,
     PartWrite,
+    SinkContext,
     SinkWrite,
     TableBatch,
     count_true,
@@ -46,7 +46,8 @@ from loader.sinks.base import (
 )
 from loader.sinks.names import file_part
 from loader.sinks.schema_check import refuse_case_clashes
-from loader.sinks.snowflake_schema import ColumnType, columns_to_add, create_table_sql, ident
+from loader.sinks.snowflake.config import SnowflakeSinkConfig
+from loader.sinks.snowflake.schema import ColumnType, columns_to_add, create_table_sql, ident
 from loader.storage import short_error
 from loader.transform.dimension_changes import (
     IS_CURRENT,
@@ -136,12 +137,12 @@ class SnowflakeSink:
                                                         holds="latest", replay_of_landed="skips",
                                                         replay_of_interrupted="whole")
 
-    def __init__(self, config: LoaderConfig) -> None:
-        self.settings: SnowflakeSinkConfig = config.sinks.snowflake
+    def __init__(self, settings: SnowflakeSinkConfig, context: SinkContext) -> None:
+        self.settings = settings
         self.retry = self.settings.retry  # of each step (capabilities.retries_own_steps)
         # Checked up front (the config pattern already did): a bad pipeline name must not reach a path.
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", config.pipeline):
-            raise SinkRejected(f"Snowflake: pipeline name {config.pipeline!r} cannot name a stage folder")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", context.pipeline):
+            raise SinkRejected(f"Snowflake: pipeline name {context.pipeline!r} cannot name a stage folder")
         # Connections logged in and idle, reused by the next step (`_Session`): one login per run.
         self._idle: list[Any] = []
         self._idle_lock = threading.Lock()

@@ -30,14 +30,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from loader import failpoints
-from loader.config import LoaderConfig
 from loader.errors import SinkRejected, SinkUnavailable
-from loader.sinks import parquet_dimensions
 from loader.sinks.base import (
     DELETED,
     PARTITION_REGION,
     Capabilities,
     PartWrite,
+    SinkContext,
     SinkWrite,
     TableBatch,
     count_true,
@@ -48,6 +47,8 @@ from loader.sinks.base import (
 )
 from loader.sinks.encoding import dictionary_columns
 from loader.sinks.names import partition_folder, partition_value
+from loader.sinks.parquet import dimensions as parquet_dimensions
+from loader.sinks.parquet.config import ParquetSinkConfig
 from loader.sinks.schema_check import refuse_type_changes, refuse_unwritable_names
 from loader.storage import Location, locate, short_error, storage_error
 from loader.transform.dimension_changes import DimensionChanges, DimensionSpec
@@ -92,11 +93,11 @@ class ParquetSink:
                                                         holds="versions", replay_of_landed="rewrites",
                                                         replay_of_interrupted="whole")
 
-    def __init__(self, config: LoaderConfig) -> None:
-        self.root_uri = config.sink_path(config.sinks.parquet.path)
+    def __init__(self, settings: ParquetSinkConfig, context: SinkContext) -> None:
+        self.root_uri = context.path(settings.path)
         self.root = locate(self.root_uri)
-        self.retry = config.sinks.parquet.retry
-        codec = config.sinks.parquet.compression
+        self.retry = settings.retry
+        codec = settings.compression
         self.compression = None if codec == "none" else codec
 
     def table_location(self, table: str) -> Location:
