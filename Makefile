@@ -47,7 +47,7 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes \
 		$(if $(UPGRADE),--upgrade) --custom-compile-command "make lock" --quiet -o requirements.lock
 	# the image's (deploy/Dockerfile): the loader with the extras a deployment needs, at the same versions
-	$(BIN)/uv pip compile pyproject.toml --extra postgres --extra snowflake --universal --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra postgres --extra snowflake --extra iceberg --universal --python-version 3.11 \
 		--generate-hashes -c requirements.lock --custom-compile-command "make lock" --quiet -o deploy/image.lock
 	# Airflow's, for the DAG's test (.venv-airflow: its dependencies do not mix with ours)
 	$(BIN)/uv pip compile tests/airflow_env/requirements.in --universal --python-version 3.11 --generate-hashes \

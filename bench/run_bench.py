@@ -173,8 +173,10 @@ def write_config(path: Path, *, landing: Path, warehouse: Path, state: Path, saf
                  tables: tuple[str, ...] = TABLES, sinks: tuple[str, ...] = ("parquet", "delta")) -> Path:
     raw = yaml.safe_load(BASE_CONFIG.read_text())
     raw["sources"] = {name: spec for name, spec in raw["sources"].items() if name in tables}
-    for name in ("parquet", "delta"):
-        raw["sinks"][name]["enabled"] = name in sinks
+    from loader.sinks.registry import REGISTRY
+
+    for name in REGISTRY:  # every sink the loader has: only those asked for are on
+        raw["sinks"].setdefault(name, {})["enabled"] = name in sinks
     if safety_lag is not None:  # caps the window's upper at now - safety_lag: loads history in parts
         for source in raw["sources"].values():
             source["safety_lag"] = f"{safety_lag:.0f}s"

@@ -61,7 +61,7 @@ from loader.sinks.encoding import dictionary_columns
 TABLES = {"orders": ("o_updated_at", "o_custkey"), "lineitem": ("l_updated_at", "l_suppkey")}
 REGIONS = pa.array(["AFRICA", "AMERICA", "ASIA", "EUROPE", "MIDDLE EAST"])
 DROPPED = ("op",)  # landing bookkeeping (the delete marker): no sink stores it
-WRITERS = max(2, pa.cpu_count())  # loader/sinks/parquet.py's _WRITERS
+WRITERS = max(2, pa.cpu_count())  # loader/sinks/parquet/facts.py's _WRITERS
 TARGET_FILE_SIZE = 8 * 1024 * 1024  # configs/local.yaml: sinks.delta.target_file_mb: 8
 COMPRESSION = "zstd"  # configs/local.yaml: sinks.parquet.compression
 

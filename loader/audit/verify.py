@@ -23,8 +23,8 @@ from loader.errors import ConfigError, LeaseHeld, SinkRejected, SinkUnavailable,
 from loader.kinds import fact_kind
 from loader.landing.files import list_files, row_count
 from loader.landing.sources import read_parquet
-from loader.sinks import Sink, enabled_sinks, sink_class
-from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, deleted_flags, region_counts
+from loader.sinks import enabled_sinks, sink_class
+from loader.sinks.base import DELETED, DELETED_AT, PARTITION_REGION, Sink, deleted_flags, region_counts
 from loader.storage import Location, locate
 from loader.transform.lookup_versions import VersionLookups
 from loader.transform.lookups import Lookups

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from loader.sinks.delta.sink import TOMBSTONE_FILES
+from loader.sinks.delta.facts import TOMBSTONE_FILES
 from tests.support.conformance import (
     DELETES_SCHEMA,
     batch_of,

@@ -21,7 +21,8 @@ from deltalake import DeltaTable
 from loader.config import load_config
 from loader.errors import SinkUnavailable
 from loader.sinks import enabled_sinks
-from loader.sinks.delta.sink import TOMBSTONE_FILES, DeltaSink, _storage_options, app_id
+from loader.sinks.delta.facts import TOMBSTONE_FILES, app_id
+from loader.sinks.delta.sink import DeltaSink, _storage_options
 from tests.support.cli import ROOT, write_config
 from tests.support.conformance import (
     DELETES_SCHEMA,

@@ -64,11 +64,11 @@ FOLDER_SHAPE = {"__init__.py", "config.py", "capabilities.py", "facts.py", "dime
 def test_each_sink_is_one_folder_of_the_same_shape() -> None:
     root = Path(loader.sinks.__file__).parent
     folders = {p.parent.name for p in root.glob("*/__init__.py")}
-    assert folders == set(REGISTRY), "every sink folder is in the registry, and every registered sink a folder"
+    assert folders == set(REGISTRY), "each sink folder is in the registry, and each registered sink a folder"
     for name, entry in REGISTRY.items():
         assert entry.package == f"loader.sinks.{name}"
         files = {p.name for p in (root / name).glob("*.py")}
-        assert FOLDER_SHAPE <= files, f"loader/sinks/{name}/ lacks {sorted(FOLDER_SHAPE - files)}"
+        assert files >= FOLDER_SHAPE, f"loader/sinks/{name}/ lacks {sorted(FOLDER_SHAPE - files)}"
         assert sink_class(name).__module__ == f"loader.sinks.{name}.sink"
         assert entry.settings_class().__module__ == f"loader.sinks.{name}.config"
 

@@ -12,6 +12,7 @@ import yaml
 from loader.config import parse_config
 from loader.errors import SinkRejected, SinkUnavailable, is_transient
 from loader.sinks.base import SinkContext
+from loader.sinks.snowflake.connection import convert
 from loader.sinks.snowflake.sink import SnowflakeSink
 from tests.support.cli import write_config
 
@@ -40,7 +41,7 @@ def sink(tmp_path: Path) -> SnowflakeSink:
                             errno=390111),
 ], ids=lambda e: type(e).__name__)
 def test_network_and_server_faults_are_transient(sink: SnowflakeSink, error: Exception) -> None:
-    converted = sink._convert(error, doing="stage of orders in")
+    converted = convert(sink.settings, error, doing="stage of orders in")
     assert isinstance(converted, SinkUnavailable) and is_transient(converted)
     assert "Snowflake myorg-acct/ANALYTICS.TPCH" in str(converted)
 
@@ -60,7 +61,7 @@ def test_network_and_server_faults_are_transient(sink: SnowflakeSink, error: Exc
 ], ids=["missing-object", "privileges", "password", "key-pair", "warehouse"])
 def test_sql_permission_and_auth_errors_are_terminal(
         sink: SnowflakeSink, error: Exception, says: str) -> None:
-    converted = sink._convert(error, doing="connecting to")
+    converted = convert(sink.settings, error, doing="connecting to")
     assert isinstance(converted, SinkRejected) and not is_transient(converted)
     assert says in str(converted) and "Snowflake myorg-acct/ANALYTICS.TPCH" in str(converted)
     assert SECRET not in str(converted)
