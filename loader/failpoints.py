@@ -37,6 +37,7 @@ POINTS = {
                          "not yet renamed into place",
     "delta.dimension": "inside a dimension load: the Delta table's merge or overwrite not yet committed",
     "snowflake.dimension": "inside a dimension load: inside the Snowflake transaction, before its COMMIT",
+    "iceberg.dimension": "inside a dimension load: the Iceberg table's new files written, not committed",
     "dimensions.before_record": "a dimension load applied by every sink; its fingerprint not yet recorded",
     "plan.recorded": "the run and its windows are in the ledger; nothing written yet",
     "parquet.write": "inside the Parquet sink: some partition files written, not all",
@@ -46,6 +47,8 @@ POINTS = {
     "snowflake.write": "inside the Snowflake sink: files staged and copied, its transaction not begun",
     "snowflake.merge": "inside the Snowflake transaction: target merged, ledger row not yet inserted",
     "snowflake.commit": "after the Snowflake transaction (rows and ledger row) committed",
+    "iceberg.write": "inside the Iceberg sink: the batch's files written, its one commit not yet made",
+    "iceberg.commit": "after the Iceberg sink's commit (the run's marker landed with it)",
     "checkpoint.before": "every sink done; the checkpoint transaction not yet begun",
     "checkpoint.inside": "inside the checkpoint transaction, before it commits",
     "checkpoint.acknowledged": "the checkpoint transaction committed, "

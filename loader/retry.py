@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def call_with_retries(step: str, policy: RetryConfig, func: Callable[[], T]) -> T:
-    """Run `func`; on a transient error wait and try again, up to the policy's limits."""
+def call_with_retries(step: str, policy: RetryConfig, func: Callable[[], T], *,
+                      retry_if: Callable[[BaseException], bool] = is_transient) -> T:
+    """Run `func`; on a transient error (or one `retry_if` picks among them, for a step that retries only
+    some of its faults itself) wait and try again, up to the policy's limits."""
 
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -34,7 +36,7 @@ def call_with_retries(step: str, policy: RetryConfig, func: Callable[[], T]) -> 
                     step, state.attempt_number, policy.attempts, error, wait)
 
     retrying = Retrying(
-        retry=retry_if_exception(is_transient),
+        retry=retry_if_exception(lambda error: is_transient(error) and retry_if(error)),
         stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.total.total_seconds()),
         wait=wait_exponential_jitter(initial=policy.initial_wait.total_seconds(),
                                      max=policy.max_wait.total_seconds()),

@@ -34,6 +34,7 @@ REGISTRY: dict[str, Entry] = {
     "parquet": Entry("loader.sinks.parquet", "ParquetSinkConfig", "ParquetSink"),
     "delta": Entry("loader.sinks.delta", "DeltaSinkConfig", "DeltaSink"),
     "snowflake": Entry("loader.sinks.snowflake", "SnowflakeSinkConfig", "SnowflakeSink"),
+    "iceberg": Entry("loader.sinks.iceberg", "IcebergSinkConfig", "IcebergSink"),
 }
 
 

@@ -34,13 +34,15 @@ from loader.transform.dimension_changes import (
     row_hashes,
     stored_schema,
 )
-from tests.support.conformance import PIPELINE, SINKS, make_sink
+from tests.support.conformance import ICEBERG_NAMESPACE, PIPELINE, SINKS, iceberg_location, make_sink
 from tests.support.dimension_rows import CURSOR, KEY, SCHEMA, changes_of, snapshot
 from tests.support.readers import (
     delta_dimension_versions,
     delta_table_version,
+    iceberg_snapshot_id,
     parquet_dimension_files,
     parquet_dimension_versions,
+    read_iceberg,
     snowflake_dimension_versions,
 )
 from tests.support.snowflake_emulator import PASSWORD_ENV, new_database
@@ -125,6 +127,11 @@ def dimension_sink(name: str, folder: Path, snowflake: tuple[dict[str, Any], str
         root = Path(config.sink_path(config.sinks.parquet.path))
         return DimensionSink(name, sink, lambda s: parquet_dimension_versions(root / s.table, s.key, s.mode),
                              lambda s: parquet_dimension_files(root / s.table))
+    if name == "iceberg":
+        catalog, warehouse = iceberg_location(config)
+        return DimensionSink(name, sink,
+                             lambda s: read_iceberg(catalog, warehouse, ICEBERG_NAMESPACE, s.table),
+                             lambda s: iceberg_snapshot_id(catalog, warehouse, ICEBERG_NAMESPACE, s.table))
     base = config.sink_path(config.sinks.delta.path)
     return DimensionSink(name, sink, lambda s: delta_dimension_versions(f"{base}/{s.table}"),
                          lambda s: delta_table_version(f"{base}/{s.table}"))
@@ -147,7 +154,7 @@ def dim(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.fixture
 def every_sink(request: pytest.FixtureRequest, tmp_path: Path,
                monkeypatch: pytest.MonkeyPatch) -> list[DimensionSink]:
-    """The three sinks at once, each in its own config (Snowflake on a database of its own)."""
+    """The sinks at once, each in its own config (Snowflake on a database of its own)."""
     return [dimension_sink(name, tmp_path / name,
                            snowflake_of(request, monkeypatch) if name == "snowflake" else None)
             for name in SINKS]
@@ -305,7 +312,7 @@ def test_scd2_crash_between_sinks_replay_makes_every_sink_identical(every_sink: 
     for ds in every_sink:
         assert_history(ds, spec, SCD2_SCHEMA, H2)
         tables[ds.name] = stored_rows(ds, spec, SCD2_SCHEMA)
-    assert tables["parquet"] == tables["delta"] == tables["snowflake"]
+    assert tables["parquet"] == tables["delta"] == tables["snowflake"] == tables["iceberg"]
 
 
 def test_scd2_change_files_chain_versions_of_one_load(dim: DimensionSink) -> None:

@@ -8,10 +8,12 @@ customers (a new customer snapshot), which the run loads first (its dimension st
 `*.dimension` and `dimensions.before_record` points are): after the recovery every sink's customer
 table holds the history of both snapshots, computed independently (tests/support/dimensions.py).
 
-On SQLite state the project loads Parquet, Delta and Snowflake (fakesnow's server, the real connector)
-and every failpoint is killed, Snowflake's included. On PostgreSQL state (Parquet and Delta), the
-points where the state store is at work: the run recorded, around and inside the checkpoint
-transaction; the sinks' own points do not touch the state store."""
+On SQLite state the project loads Parquet, Delta, Iceberg (the SQL catalog on SQLite) and Snowflake
+(fakesnow's server, the real connector) and every failpoint is killed, Snowflake's and Iceberg's
+included. Iceberg's metadata names its files by absolute path, so a case runs where the template's
+project was made (restored from a pristine copy), not in a copy elsewhere. On PostgreSQL state
+(Parquet and Delta), the points where the state store is at work: the run recorded, around and inside
+the checkpoint transaction; the sinks' own points do not touch the state store."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import pytest
 import yaml
 
 from loader.failpoints import POINTS
+from loader.sinks.registry import REGISTRY
 from tests.support.cli import run_cli, run_json, write_config
 from tests.support.demo_clock import append_args, init_args
 from tests.support.dimensions import (
@@ -50,13 +53,13 @@ pytestmark = pytest.mark.integration
 
 LEASE_TTL_S = 1
 LOCAL_POINTS = [*(p for p in POINTS if not p.startswith("snowflake.")), "parquet.write@lineitem",
-                "delta.write@lineitem", "delta.commit@lineitem"]
+                "delta.write@lineitem", "delta.commit@lineitem", "iceberg.write@lineitem"]
 SNOWFLAKE_POINTS = [p for p in POINTS if p.startswith("snowflake.")] + ["snowflake.merge@lineitem"]
 # On PostgreSQL, the points where the state store is at work (the sinks' points behave the same on both).
 STATE_POINTS = ["plan.recorded", "checkpoint.before", "checkpoint.inside", "checkpoint.after"]
 CASES = [("sqlite", p) for p in LOCAL_POINTS + SNOWFLAKE_POINTS] + [("postgres", p) for p in STATE_POINTS]
-FIRST_RUN_CASES = [("sqlite", p)
-                   for p in ("parquet.write", "delta.write", "snowflake.merge", "checkpoint.inside")] + [
+FIRST_RUN_CASES = [("sqlite", p) for p in ("parquet.write", "delta.write", "snowflake.merge", "iceberg.write",
+                                           "checkpoint.inside")] + [
     ("postgres", "checkpoint.inside")]
 # The first run loaded the facts and the dimension tables: a fresh case's Snowflake starts from all of them.
 SNOWFLAKE_TABLES = ("ORDERS", "LINEITEM", "LOADER_LEDGER", "CUSTOMER", "SUPPLIER", "NATION", "REGION")
@@ -67,17 +70,21 @@ FIRST_DELETES, INCREMENT_DELETES = 30, 40
 CUSTOMER_CHANGES = 25
 # The points inside the dimension step, which runs before the fact batches: a kill there comes before
 # the fact run is recorded.
-DIMENSION_POINTS = ("parquet.dimension", "delta.dimension", "snowflake.dimension", "dimensions.before_record")
+DIMENSION_POINTS = ("parquet.dimension", "delta.dimension", "snowflake.dimension", "iceberg.dimension",
+                    "dimensions.before_record")
 # The customer snapshots each stage's runs load, kept beside the stages (outside every landing zone).
 SNAPSHOTS = "customer-snapshots.pickle"
+# The suffix of a stage's untouched copy, from which each case restores the stage's project.
+PRISTINE = ".pristine"
 # The first snapshot's file: the fact files run 1 loaded are enriched from it (run 2 skips their versions).
 EARLIER_CUSTOMER = "customer-first.parquet"
 
 
 def _project(folder: Path, state_url: str, snowflake: dict[str, Any] | None) -> Path:
-    sinks = {"parquet": {"enabled": True}, "delta": {"enabled": True}}
-    if snowflake:
+    sinks: dict[str, Any] = {"parquet": {"enabled": True}, "delta": {"enabled": True}}
+    if snowflake:  # SQLite state: every sink
         sinks["snowflake"] = snowflake
+        sinks["iceberg"] = {"enabled": True}
     return write_config(folder, sinks=sinks, state={"url": state_url, "lease_ttl": f"{LEASE_TTL_S}s"})
 
 
@@ -112,6 +119,8 @@ def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     assert changed.time > loaded.time, "the append did not write a new customer snapshot"
     kept = {"first": ([loaded], []), "fresh": ([loaded, changed], [earlier])}
     (folder / SNAPSHOTS).write_bytes(pickle.dumps(kept))
+    for stage in ("first", "fresh"):  # each case restores its stage from these (`_copy`)
+        shutil.copytree(folder / stage, folder / f"{stage}{PRISTINE}")
     return folder
 
 
@@ -126,10 +135,14 @@ def _emulator(snowflake: dict[str, Any]) -> dict[str, Any]:
     return {k: snowflake[k] for k in ("account", "user", "host", "port", "protocol")} | {"password": "any"}
 
 
-def _copy(template: Path, stage: str, target: Path) -> tuple[Path, dict[str, str]]:
-    """A private copy of the project: its folder and, on PostgreSQL, its state database, on
-    Snowflake its tables (cloned into a new database). The config and the environment to run it."""
-    shutil.copytree(template / stage, target)
+def _copy(template: Path, stage: str) -> tuple[Path, dict[str, str]]:
+    """The stage's project as the template left it, for one case: its folder restored from the pristine
+    copy where it was made (Iceberg's metadata names absolute paths; a module's cases run one after
+    another on one worker) and, on PostgreSQL, its state database, on Snowflake its tables (cloned into
+    a new database), both private. The config and the environment to run it."""
+    target = template / stage
+    shutil.rmtree(target)
+    shutil.copytree(template / f"{stage}{PRISTINE}", target)
     config = target / "loader.yaml"
     raw = yaml.safe_load(config.read_text())
     if raw["state"]["url"].startswith("postgresql"):
@@ -154,15 +167,17 @@ def _assert_exact(config: Path, customer: tuple[list[Snapshot], list[CustomerSna
     sink's customer table the history of the snapshots; the tombstoned keys per table."""
     folder = config.parent
     snapshots, earlier = customer
-    assert_warehouse_exact(folder / "warehouse", folder / "landing", customers=earlier)
-    snowflake = yaml.safe_load(config.read_text())["sinks"].get("snowflake")
+    sinks = yaml.safe_load(config.read_text())["sinks"]
+    iceberg = "iceberg" in sinks
+    assert_warehouse_exact(folder / "warehouse", folder / "landing", customers=earlier, iceberg=iceberg)
+    snowflake = sinks.get("snowflake")
     if snowflake:
         assert_snowflake_exact(_emulator(snowflake), snowflake["database"], folder / "landing",
                                customers=earlier)
-    assert_customer_history(folder / "warehouse", folder / "landing", snapshots,
+    assert_customer_history(folder / "warehouse", folder / "landing", snapshots, iceberg=iceberg,
                             snowflake=(_emulator(snowflake), snowflake["database"]) if snowflake else None)
-    # The deletes happened: tombstoned keys in the landing zone, none of them left in Delta or Snowflake.
-    deleted = assert_deletes_applied(folder / "warehouse", folder / "landing",
+    # The deletes happened: tombstoned keys in the landing zone, none left in Delta, Iceberg or Snowflake.
+    deleted = assert_deletes_applied(folder / "warehouse", folder / "landing", iceberg=iceberg,
                                      snowflake=((_emulator(snowflake), snowflake["database"])
                                                 if snowflake else None))
     assert deleted["orders"] >= FIRST_DELETES and deleted["lineitem"] > deleted["orders"], deleted
@@ -194,15 +209,15 @@ def _customer_load_after(point: str, sinks: list[str], load: dict[str, int]) -> 
     """Per sink, the versions the recovery's customer load opens and closes after a kill at `point`:
     the sinks before the killed one (registry order) had applied the load, so they find nothing to do."""
     killed_at = {"parquet.dimension": "parquet", "delta.dimension": "delta",
-                 "snowflake.dimension": "snowflake"}
+                 "snowflake.dimension": "snowflake", "iceberg.dimension": "iceberg"}
     # dimensions.before_record: all
     applied = sinks[:sinks.index(killed_at[point])] if point in killed_at else sinks
     return {s: {"opened": 0, "closed": 0} if s in applied else load for s in sinks}
 
 
 @pytest.mark.parametrize(("template", "point"), CASES, indirect=["template"])
-def test_kill_during_incremental_run(template: Path, tmp_path: Path, point: str) -> None:
-    config, env = _copy(template, "fresh", tmp_path / "p")
+def test_kill_during_incremental_run(template: Path, point: str) -> None:
+    config, env = _copy(template, "fresh")
     customer = _snapshots(template, "fresh")
     snapshots = customer[0]
     recovered = _kill_then_recover(config, env, point)
@@ -221,8 +236,7 @@ def test_kill_during_incremental_run(template: Path, tmp_path: Path, point: str)
         # comparing with what it holds (dimensions.before_record: every sink had applied it).
         load = _last_load(snapshots, config.parent / "landing")
         assert 0 < load["opened"] == load["closed"] <= CUSTOMER_CHANGES, load
-        sinks = ["parquet", "delta",
-                 *(["snowflake"] if "snowflake" in yaml.safe_load(config.read_text())["sinks"] else [])]
+        sinks = [s for s in REGISTRY if s in yaml.safe_load(config.read_text())["sinks"]]  # registry order
         loaded = recovered["dimensions"]["customer"]
         got = {s: {k: c[k] for k in ("opened", "closed")} for s, c in loaded["sinks"].items()}
         assert got == _customer_load_after(point, sinks, load), loaded
@@ -240,8 +254,8 @@ def test_kill_during_incremental_run(template: Path, tmp_path: Path, point: str)
 
 
 @pytest.mark.parametrize(("template", "point"), FIRST_RUN_CASES, indirect=["template"])
-def test_kill_during_first_run(template: Path, tmp_path: Path, point: str) -> None:
-    config, env = _copy(template, "first", tmp_path / "p")
+def test_kill_during_first_run(template: Path, point: str) -> None:
+    config, env = _copy(template, "first")
     recovered = _kill_then_recover(config, env, point)
     assert recovered["run_number"] == 1 and recovered["replayed"] is True
     assert recovered["tables"]["orders"]["deleted"] == FIRST_DELETES
@@ -249,8 +263,8 @@ def test_kill_during_first_run(template: Path, tmp_path: Path, point: str) -> No
 
 
 @pytest.mark.parametrize("template", ["sqlite", "postgres"], indirect=True)
-def test_transient_faults_are_retried(template: Path, tmp_path: Path) -> None:
-    config, env = _copy(template, "fresh", tmp_path / "p")
+def test_transient_faults_are_retried(template: Path) -> None:
+    config, env = _copy(template, "fresh")
     faults = ("parquet.write=transient*2,delta.write@lineitem=transient*1,checkpoint.inside=transient*1,"
               "checkpoint.acknowledged=transient*1")
     result = run_cli(config, "run", "--incremental", env={**env, "LOADER_FAILPOINTS": faults})
@@ -264,8 +278,8 @@ def test_transient_faults_are_retried(template: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("template", ["sqlite", "postgres"], indirect=True)
-def test_terminal_fault_fails_at_once_and_keeps_checkpoint(template: Path, tmp_path: Path) -> None:
-    config, env = _copy(template, "fresh", tmp_path / "p")
+def test_terminal_fault_fails_at_once_and_keeps_checkpoint(template: Path) -> None:
+    config, env = _copy(template, "fresh")
     before = run_json(config, "status", env=env)["sources"]["orders"]["checkpoint"]
     result = run_cli(config, "run", "--incremental", check=False,
                      env={**env, "LOADER_FAILPOINTS": "delta.write=terminal"})
@@ -286,8 +300,8 @@ BATCH_CASES = [("sqlite", p) for p in ("checkpoint.after+1", "delta.write+2", "p
 
 
 @pytest.mark.parametrize(("template", "point"), BATCH_CASES, indirect=["template"])
-def test_kill_during_a_first_load_in_batches(template: Path, tmp_path: Path, point: str) -> None:
-    config, env = _copy(template, "first", tmp_path / "p")
+def test_kill_during_a_first_load_in_batches(template: Path, point: str) -> None:
+    config, env = _copy(template, "first")
     raw = yaml.safe_load(config.read_text())
     raw["run"] = {"max_batch_rows": 30_000}
     config.write_text(yaml.safe_dump(raw, sort_keys=False))

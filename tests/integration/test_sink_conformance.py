@@ -226,6 +226,7 @@ _MID_WRITE_POINTS: dict[str, list[str]] = {
     "parquet": ["parquet.write"],  # some partition files written, not all
     "delta": ["delta.write"],  # the merge committed, the append (the run's last commit) not
     "snowflake": [p for p in ("snowflake.write", "snowflake.merge") if p in failpoints.POINTS],
+    "iceberg": ["iceberg.write"],  # the batch's files written, its one commit not made
 }
 # Run 3 (after the failpoint test's second point): more updates, a key updated twice, new keys.
 THIRD = {1: 2, 3: 3, 4: 3, 7: 2, 10: 1, 11: 1}
@@ -663,7 +664,7 @@ def test_two_runs_written_at_once_by_one_process_store_each_key_once(
     assert_state(sut, state_after(FIRST, older, newer))
 
 
-@pytest.mark.parametrize("sut", ["parquet", "delta", "snowflake"], indirect=True)
+@pytest.mark.parametrize("sut", ["parquet", "delta", "snowflake", "iceberg"], indirect=True)
 def test_two_runs_with_hard_deletes_written_at_once_by_one_process(
         sut: SinkUnderTest, failpoint: Callable[[str | None], None], tmp_path: Path) -> None:
     """The same with hard deletes, whose tombstones the sink remembers apart from the table (Delta: the

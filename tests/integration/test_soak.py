@@ -1,7 +1,8 @@
 """Soak: `loader run` killed with SIGKILL at random moments, again and again, across several appended
 batches, each run cut into small batches (kills between and inside them); then every sink must hold every
 key exactly once with its latest version. On SQLite state the
-project also loads Snowflake (fakesnow's server, the real connector); on PostgreSQL, Parquet and Delta.
+project also loads Iceberg (the SQL catalog on SQLite) and Snowflake (fakesnow's server, the real
+connector); on PostgreSQL, Parquet and Delta.
 Every appended batch carries upstream deletes (tombstones): at the end the tombstoned keys are gone
 from Delta (and Snowflake), their tombstone the newest version in Parquet. Every appended batch also
 changes customers (a new customer snapshot, loaded by the dimension step that starts each run, where
@@ -73,6 +74,8 @@ def test_random_kills_lose_and_duplicate_nothing(
     else:
         server = request.getfixturevalue("snowflake_server")
         sinks["snowflake"], env = sink_settings(server, database), password_env(server)
+        sinks["iceberg"] = {"enabled": True}
+    iceberg = "iceberg" in sinks
     longest_s = 7.0 if server else 4.5  # a run loading Snowflake too takes longer: kill anywhere in it
     # A small batch budget: increments (new rows and the lookback's) run in 2-3 batches, so kills land
     # between batches as well as inside them; the first load (37,500 rows) in about 40, which the budget
@@ -110,15 +113,15 @@ def test_random_kills_lose_and_duplicate_nothing(
             raise AssertionError(f"three runs in a row after the kills still found work (seed {seed})")
     assert kills >= wanted, f"only {kills} of {batches * max(2, wanted // 3)} runs were killed (seed {seed})"
     # Every column; a fact enriched from the snapshot of the append it came in (tests/support/expected.py).
-    assert_warehouse_exact(tmp_path / "p" / "warehouse", landing, customers=earlier)
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", landing, customers=earlier, iceberg=iceberg)
     if server:
         assert_snowflake_exact(server, database, landing, customers=earlier)
     deleted = assert_deletes_applied(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing",
-                                     snowflake=(server, database) if server else None)
+                                     snowflake=(server, database) if server else None, iceberg=iceberg)
     assert deleted["orders"] == DELETES * batches and deleted["lineitem"] > deleted["orders"], deleted
     assert len({s.time for s in snapshots}) == batches, "an append did not write a new customer snapshot"
     assert_customer_history(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing", snapshots,
-                            snowflake=(server, database) if server else None)
+                            snowflake=(server, database) if server else None, iceberg=iceberg)
 
 
 def _committed_runs(state_db: Path) -> int:
@@ -136,9 +139,11 @@ def _committed_runs(state_db: Path) -> int:
 def test_a_first_load_killed_again_and_again_makes_progress(tmp_path: Path) -> None:
     """A first load in batches, SIGKILLed at a random moment after each attempt committed a batch:
     every attempt commits at least one more batch than the one before (none starts over), the load
-    completes, and the sinks are exact. The last day carries deletes (of orders of earlier days)."""
+    completes, and the sinks are exact (Iceberg's too). The last day carries deletes (of orders of
+    earlier days)."""
     rng = random.Random(int(os.environ.get("SOAK_SEED", "7")))
-    config = write_config(tmp_path / "p",
+    config = write_config(tmp_path / "p", sinks={"parquet": {"enabled": True}, "delta": {"enabled": True},
+                                                 "iceberg": {"enabled": True}},
                           state={"url": "sqlite:///state/loader.db", "lease_ttl": f"{LEASE_TTL_S}s"},
                           run={"max_batch_rows": 8_000})
     run_cli(config, "demo-data", "init", "--scale", "0.01", *init_args(10))  # 10 days of ~7,500 rows each
@@ -174,7 +179,7 @@ def test_a_first_load_killed_again_and_again_makes_progress(tmp_path: Path) -> N
         time.sleep(LEASE_TTL_S + 0.2)  # the dead run's lease expires
     assert attempts >= 3, f"the load finished after {attempts} attempt(s): too few kills to show progress"
     assert run_json(config, "run", "--incremental")["status"] == "nothing_new"
-    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing")
+    assert_warehouse_exact(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing", iceberg=True)
     assert run_cli(config, "verify", check=False).returncode == 0
-    assert assert_deletes_applied(tmp_path / "p" / "warehouse",
-                                  tmp_path / "p" / "landing")["orders"] == DELETES * 2
+    assert assert_deletes_applied(tmp_path / "p" / "warehouse", tmp_path / "p" / "landing",
+                                  iceberg=True)["orders"] == DELETES * 2

@@ -20,7 +20,7 @@ from loader.sinks import enabled_sinks
 from loader.sinks.base import Sink, SinkWrite, TableBatch, skipped
 from state import Window
 from tests.support.cli import write_config
-from tests.support.readers import latest_versions, read_delta, read_parquet_log, read_snowflake
+from tests.support.readers import latest_versions, read_delta, read_iceberg, read_parquet_log, read_snowflake
 
 PIPELINE = "conformance"
 TABLE = "events"
@@ -36,7 +36,7 @@ SCHEMA = pa.schema([
 ])
 REGIONS = ("AFRICA", "EUROPE", "MIDDLE EAST")
 BASE = datetime(2024, 3, 1, tzinfo=UTC)
-SINKS = ("parquet", "delta", "snowflake")
+SINKS = ("parquet", "delta", "snowflake", "iceberg")
 
 
 def row(key: int, version: int = 1) -> dict[str, Any]:
@@ -164,6 +164,28 @@ def delta_reader(uri: str) -> Callable[[], pa.Table]:
     return stored
 
 
+#: The Iceberg sink's namespace at its default (`sinks.iceberg.namespace`).
+ICEBERG_NAMESPACE = "loader"
+
+
+def iceberg_location(config: Any) -> tuple[str, str]:
+    """The catalog URL and warehouse folder of the Iceberg sink at its defaults: `catalog.db` in
+    `<warehouse>/iceberg` (what the sink's docs promise, computed here, not by the sink)."""
+    warehouse = config.sink_path(config.sinks.iceberg.warehouse)
+    return f"sqlite:///{warehouse}/catalog.db", warehouse
+
+
+def iceberg_reader(catalog: str, warehouse: str) -> Callable[[], pa.Table]:
+    def stored() -> pa.Table:
+        data = read_iceberg(catalog, warehouse, ICEBERG_NAMESPACE, TABLE)
+        if data is None:
+            return SCHEMA.empty_table()
+        _check_types("iceberg", data)
+        return sort_state(data.select(SCHEMA.names).cast(SCHEMA))
+
+    return stored
+
+
 # The type family Snowflake must return for each column: money as NUMBER (decimal), never FLOAT.
 _SNOWFLAKE_FAMILY: dict[str, Callable[[pa.DataType], bool]] = {
     "id": lambda t: pa.types.is_integer(t) or (pa.types.is_decimal(t) and t.scale == 0),
@@ -192,7 +214,8 @@ def snowflake_reader(server: dict[str, Any], database: str) -> Callable[[], pa.T
 def make_sink(name: str, folder: Path, snowflake: tuple[dict[str, Any], str] | None = None) -> SinkUnderTest:
     """A config with only sink `name` enabled, loaded by the loader's own config loader (so
     `${SNOWFLAKE_PASSWORD}` is read from the environment), and the sink `enabled_sinks` makes of it."""
-    sinks: dict[str, Any] = {"parquet": {"enabled": name == "parquet"}, "delta": {"enabled": name == "delta"}}
+    sinks: dict[str, Any] = {"parquet": {"enabled": name == "parquet"}, "delta": {"enabled": name == "delta"},
+                             "iceberg": {"enabled": name == "iceberg"}}
     if name == "snowflake":
         from tests.support.snowflake_emulator import sink_settings
 
@@ -210,6 +233,11 @@ def make_sink(name: str, folder: Path, snowflake: tuple[dict[str, Any], str] | N
         uri = config.sink_path(config.sinks.delta.path) + "/" + TABLE
         return SinkUnderTest(name, sink, delta_reader(uri),
                              stored_all=lambda: sort_state(read_delta(uri) or SCHEMA.empty_table()))
+    if name == "iceberg":
+        catalog, warehouse = iceberg_location(config)
+        return SinkUnderTest(name, sink, iceberg_reader(catalog, warehouse),
+                             stored_all=lambda: sort_state(read_iceberg(catalog, warehouse, ICEBERG_NAMESPACE,
+                                                                        TABLE) or SCHEMA.empty_table()))
     assert snowflake is not None
     return SinkUnderTest(name, sink, snowflake_reader(*snowflake),
                          stored_all=snowflake_all_reader(*snowflake))

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from tests.support.readers import (
     delta_dimension_versions,
     parquet_dimension_versions,
+    read_iceberg,
     snowflake_dimension_versions,
 )
 
@@ -112,13 +113,18 @@ def assert_history(table: pa.Table | None,
 
 
 def assert_customer_history(warehouse: Path, landing: Path, snapshots: Sequence[Snapshot], *,
-                            snowflake: tuple[dict[str, Any], str] | None = None) -> None:
-    """Every sink's customer table (Parquet, Delta, and Snowflake when given) holds exactly the history
-    of `snapshots`."""
+                            snowflake: tuple[dict[str, Any], str] | None = None,
+                            iceberg: bool = False) -> None:
+    """Every sink's customer table (Parquet, Delta, Snowflake when given, and Iceberg at its defaults
+    when `iceberg`) holds exactly the history of `snapshots`."""
     expected = expected_history(snapshots, customer_regions(landing))
     assert_history(parquet_dimension_versions(warehouse / "parquet" / "customer", [CUSTOMER_KEY], "scd2"),
                    expected, sink="parquet")
     assert_history(delta_dimension_versions(warehouse / "delta" / "customer"), expected, sink="delta")
+    if iceberg:
+        root = warehouse / "iceberg"
+        stored = read_iceberg(f"sqlite:///{root}/catalog.db", str(root), "loader", "customer")
+        assert_history(stored, expected, sink="iceberg")
     if snowflake is not None:
         server, database = snowflake
         assert_history(snowflake_dimension_versions(server, database, "customer", "scd2"), expected,

@@ -9,6 +9,8 @@ cannot hide itself.
 - Delta: `read_delta`, the table's current snapshot.
 - Snowflake (the emulator, over the real connector): `read_snowflake`, the table with its column
   names lower-cased.
+- Iceberg: `read_iceberg`, the table's current snapshot, scanned by pyiceberg through the SQL catalog
+  (the catalog file the sink was configured with).
 
 `parquet_versions`, `parquet_latest`, `delta_rows` and `snowflake_rows` read the warehouse tables
 (orders, lineitem) of a project, sorted by key."""
@@ -126,6 +128,61 @@ def delta_rows(warehouse: Path, table: str) -> pa.Table:
     data = read_delta(warehouse / "delta" / table)
     assert data is not None, f"delta/{table}: no Delta table"
     return _sorted_by(data, key_columns(table))
+
+
+# ---------------------------------------------------------------------------------------------- Iceberg
+
+#: The catalog name the sink registers its tables under (`sinks.iceberg.catalog_name`'s default).
+ICEBERG_CATALOG = "loader"
+
+
+def iceberg_catalog(catalog_uri: str, warehouse: str, **properties: str) -> Any:
+    """pyiceberg's SQL catalog on `catalog_uri` (a sqlite:/// URL), as the sink's is; None where its file
+    does not exist yet (the sink made no table)."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    path = catalog_uri[len("sqlite:///"):]
+    if catalog_uri.startswith("sqlite:///") and not Path(path).exists():
+        return None
+    location = warehouse if "://" in warehouse else f"file://{warehouse}"
+    return SqlCatalog(ICEBERG_CATALOG, uri=catalog_uri, warehouse=location, init_catalog_tables="false",
+                      **properties)
+
+
+def iceberg_table(catalog_uri: str, warehouse: str, namespace: str, table: str, **properties: str) -> Any:
+    """The pyiceberg table, or None where there is none."""
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+    catalog = iceberg_catalog(catalog_uri, warehouse, **properties)
+    if catalog is None:
+        return None
+    try:
+        return catalog.load_table((namespace, table))
+    except (NoSuchTableError, NoSuchNamespaceError):
+        return None
+
+
+def read_iceberg(catalog_uri: str, warehouse: str, namespace: str, table: str,
+                 **properties: str) -> pa.Table | None:
+    """The Iceberg table's current snapshot (every column, as pyiceberg reads it); None where there is no
+    table yet."""
+    opened = iceberg_table(catalog_uri, warehouse, namespace, table, **properties)
+    return None if opened is None else opened.scan().to_arrow()
+
+
+def iceberg_rows(warehouse: Path, table: str, namespace: str = "loader") -> pa.Table:
+    """A warehouse table of the Iceberg sink at its defaults (`<warehouse>/iceberg`, its catalog.db)."""
+    root = warehouse / "iceberg"
+    data = read_iceberg(f"sqlite:///{root}/catalog.db", str(root), namespace, table)
+    assert data is not None, f"iceberg/{table}: no Iceberg table"
+    return _sorted_by(data, key_columns(table))
+
+
+def iceberg_snapshot_id(catalog_uri: str, warehouse: str, namespace: str, table: str) -> int | None:
+    """The table's current snapshot id (a load that wrote nothing commits none)."""
+    opened = iceberg_table(catalog_uri, warehouse, namespace, table)
+    snapshot = None if opened is None else opened.current_snapshot()
+    return None if snapshot is None else int(snapshot.snapshot_id)
 
 
 # -------------------------------------------------------------------------------------------- Snowflake

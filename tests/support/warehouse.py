@@ -23,7 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tests.support.expected import CustomerSnapshot, expected, expected_tombstones, key_columns
-from tests.support.readers import CURSOR, delta_rows, latest_versions, read_parquet_log, read_snowflake
+from tests.support.readers import (
+    CURSOR,
+    delta_rows,
+    iceberg_rows,
+    latest_versions,
+    read_parquet_log,
+    read_snowflake,
+)
 
 DELETED = "_deleted"
 DATE = "date"
@@ -155,15 +162,17 @@ def _assert_tombstones(latest: pa.Table, landing: Path, table: str, live: pa.Sch
 
 
 def assert_warehouse_exact(warehouse: Path, landing: Path, tables: tuple[str, ...] = ("orders", "lineitem"),
-                           *, customers: Sequence[CustomerSnapshot] = ()) -> None:
-    """Delta and Parquet hold exactly the latest live version of every key, every column; Parquet holds
-    no version twice, each file in its region's and its cursor day's folder, and its newest version of
-    each tombstoned key is that tombstone. `customers`: the kept earlier customer snapshots (see the
-    module's doc)."""
+                           *, customers: Sequence[CustomerSnapshot] = (), iceberg: bool = False) -> None:
+    """Delta (and Iceberg, when `iceberg`: the sink at its defaults) and Parquet hold exactly the latest
+    live version of every key, every column; Parquet holds no version twice, each file in its region's and
+    its cursor day's folder, and its newest version of each tombstoned key is that tombstone. `customers`:
+    the kept earlier customer snapshots (see the module's doc)."""
     for table in tables:
         want = expected(table, landing, customers)
         keys = key_columns(table)
         assert_matches_expected(delta_rows(warehouse, table), landing, table, sink="delta", want=want)
+        if iceberg:
+            assert_matches_expected(iceberg_rows(warehouse, table), landing, table, sink="iceberg", want=want)
         log = warehouse / "parquet" / table
         versions = read_parquet_log(log, check=_partitions_agree(log, table))
         latest = latest_versions(versions.drop_columns([DATE]), keys, CURSOR[table])
@@ -193,10 +202,12 @@ def assert_snowflake_exact(server: dict[str, Any], database: str, landing: Path,
 
 
 def assert_deletes_applied(warehouse: Path, landing: Path, *,
-                           snowflake: tuple[dict[str, Any], str] | None = None) -> dict[str, int]:
+                           snowflake: tuple[dict[str, Any], str] | None = None,
+                           iceberg: bool = False) -> dict[str, int]:
     """The deletes really happened: the landing zone holds keys of each fact table whose newest version
-    is a tombstone, none of them is in Delta (nor in Snowflake: `(server, database)`), and the Parquet
-    log's newest version of each is its tombstone. The tombstoned keys per table."""
+    is a tombstone, none of them is in Delta (nor in Snowflake: `(server, database)`, nor in Iceberg when
+    `iceberg`), and the Parquet log's newest version of each is its tombstone. The tombstoned keys per
+    table."""
     counts = {}
     for table in ("orders", "lineitem"):
         keys = key_columns(table)
@@ -205,6 +216,8 @@ def assert_deletes_applied(warehouse: Path, landing: Path, *,
         held = {"delta": delta_rows(warehouse, table)}
         if snowflake:
             held["snowflake"] = snowflake_table(*snowflake, table)
+        if iceberg:
+            held["iceberg"] = iceberg_rows(warehouse, table)
         for sink, rows in held.items():
             assert not dead & set(_rows(rows, keys)), f"{sink}/{table}: a tombstoned key is still there"
         latest = latest_versions(read_parquet_log(warehouse / "parquet" / table).drop_columns([DATE]), keys,

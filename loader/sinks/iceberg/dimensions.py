@@ -1,0 +1,122 @@
+"""Dimension tables in the Iceberg sink: one unpartitioned table each, changed by one snapshot per load.
+
+Each load rewrites only the data files whose key range holds one of its keys (the facts' copy-on-write,
+loader/sinks/iceberg/facts.py):
+- scd2: the stored current versions the load closes (matched on key and valid_from) are written again
+  with their `valid_to` and `is_current` false, the new versions added, in one snapshot: readers see the
+  old versions or the new ones, never a key without its current version.
+- merge: the stored rows of the load's keys (upserted or deleted) leave their files, the upserted rows
+  are added.
+- replace: every data file removed and the snapshot's rows added (time travel keeps the old one).
+A crash before the commit leaves the table as it was; the replay compares again and writes the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loader import failpoints
+from loader.sinks.iceberg import facts
+from loader.sinks.iceberg.catalog import storable
+from loader.sinks.iceberg.read_back import plain_types
+from loader.transform.dimension_changes import (
+    IS_CURRENT,
+    VALID_FROM,
+    VALID_TO,
+    DimensionChanges,
+    DimensionSpec,
+)
+
+
+def current_rows(table: Any, spec: DimensionSpec, columns: Sequence[str] | None) -> pa.Table | None:
+    """`columns` of the rows a load compares with (scd2: the current versions, filtered in the scan)."""
+    if table is None:
+        return None
+    from pyiceberg import expressions
+
+    built: Any = expressions  # its predicates take a column name and a literal (typed more narrowly)
+    selected = ("*",) if columns is None else tuple(columns)
+    scan = (table.scan(selected_fields=selected, row_filter=built.EqualTo(IS_CURRENT, True))
+            if spec.mode == "scd2" else table.scan(selected_fields=selected))
+    rows = plain_types(scan.to_arrow())
+    return rows if columns is None else rows.select(list(columns))
+
+
+def closed_versions(stored: pa.Table, closes: pa.Table, key: tuple[str, ...]) -> tuple[np.ndarray, pa.Table]:
+    """scd2: per stored row, whether the load closes it (its key and valid_from among `closes`', and still
+    current), and those rows' new `valid_to` in stored order."""
+    removed = np.zeros(stored.num_rows, dtype=bool)
+    if stored.num_rows == 0 or closes.num_rows == 0:
+        return removed, pa.table({VALID_TO: pa.array([], stored.schema.field(VALID_TO).type)})
+    on = [*key, VALID_FROM]
+    index = stored.select(on).append_column("__s", pa.array(np.arange(stored.num_rows, dtype=np.int64)))
+    index = index.filter(pc.fill_null(stored[IS_CURRENT], False))
+    wanted = closes.select(on).append_column("__to", closes[VALID_TO]).cast(pa.schema(
+        [*(index.schema.field(c) for c in on), pa.field("__to", stored.schema.field(VALID_TO).type)]))
+    matched = index.join(wanted, keys=on, join_type="inner").sort_by("__s")
+    removed[matched["__s"].to_numpy()] = True
+    return removed, pa.table({VALID_TO: matched["__to"]})
+
+
+def changed_files(table: Any, spec: DimensionSpec, changes: DimensionChanges, schema: pa.Schema,
+                  target_bytes: int) -> facts.Rewrite:
+    """The files of one load: those it rewrites (key ranges holding its keys) and the new ones."""
+    opens = facts.conform(changes.opens, schema)
+    if spec.mode == "replace" or table.current_snapshot() is None:
+        ranges = facts.FileRanges.of(table, spec.key[0])
+        done = facts.Rewrite(deleted=[task.file for task in ranges.tasks] if spec.mode == "replace" else [])
+        if opens.num_rows:
+            done.written = facts.write_files(table, opens, schema, target_bytes, None)
+        return done
+    first = spec.key[0]
+    keys = facts.sorted_keys(pa.chunked_array([*changes.opens[first].chunks, *changes.closes[first].chunks],
+                                              type=changes.opens.schema.field(first).type))
+    ranges = facts.FileRanges.of(table, first)
+    touched = ranges.touched(keys)
+    stored = facts.read_touched(table, ranges, touched, schema)
+    if spec.mode == "merge":
+        gone = pa.concat_tables([changes.opens.select(list(spec.key)),
+                                 changes.closes.select(list(spec.key)).cast(changes.opens.select(
+                                     list(spec.key)).schema)])
+        removed = facts.removed_by_keys(stored, gone, spec.key)
+        additions = opens
+    else:
+        removed, ends = closed_versions(stored, changes.closes, spec.key)
+        closed = facts.conform(stored.filter(pa.array(removed)), schema)
+        closed = closed.set_column(schema.get_field_index(VALID_TO), schema.field(VALID_TO),
+                                   ends[VALID_TO].cast(schema.field(VALID_TO).type))
+        closed = closed.set_column(schema.get_field_index(IS_CURRENT), schema.field(IS_CURRENT),
+                                   pa.array(np.zeros(closed.num_rows, dtype=bool)))
+        additions = pa.concat_tables([closed, opens]).sort_by([(k, "ascending") for k in spec.key])
+    return facts.rewrite(table, ranges, touched, stored, removed, additions, first, schema, target_bytes,
+                         partitioned=False)
+
+
+def apply(table: Any, spec: DimensionSpec, changes: DimensionChanges, summary: dict[str, str],
+          target_bytes: int) -> Any:
+    """One load's changes in one transaction (new columns added first, nullable); returns the table."""
+    from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+    incoming = changes.opens.schema if changes.opens.num_rows or not changes.closes.num_rows else None
+    tx = table.transaction()
+    done = facts.Rewrite()
+    try:
+        if incoming is not None:
+            known = {column.name for column in table.schema().fields}
+            new = [f.with_nullable(True) for f in storable(incoming) if f.name not in known]
+            if new:
+                with tx.update_schema() as update:
+                    update.union_by_name(pa.schema(new))
+        schema = schema_to_pyarrow(tx.table_metadata.schema())
+        done = changed_files(table, spec, changes, schema, target_bytes)
+        failpoints.hit("iceberg.dimension", spec.table)
+        facts.commit(tx, table, done, summary, None)
+    except BaseException:
+        facts.delete_files(table, done.written)  # nothing committed: the new files are nobody's
+        raise
+    return tx.commit_transaction()
