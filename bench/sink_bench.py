@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--updates", type=int, default=5000)
     parser.add_argument("--late", type=int, default=0)
     parser.add_argument("--update-from", choices=["newest", "oldest", "any"], default="any")
-    parser.add_argument("--recent", type=int, default=0)
+    parser.add_argument("--recent", type=int, default=100_000,
+                        help="with --update-from newest|oldest: how many orders the updates pick from")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "sinks")
     args = parser.parse_args(argv)

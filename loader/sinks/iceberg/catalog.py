@@ -12,6 +12,8 @@
   pipeline, table and run in its snapshot summary. The property survives snapshot expiry (by the loader
   or by others), so `landed` can always tell a landed run; where it cannot (the property removed or
   lowered while snapshots of later runs remain), it refuses to guess.
+- `Tables`: what the sink's write functions (facts.py, tombstones.py, dimensions.py) are given of it.
+- `probe`: the catalog reachable, its file writable, for `loader doctor`.
 """
 
 from __future__ import annotations
@@ -19,15 +21,35 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
+from pyiceberg.exceptions import (
+    AuthorizationExpiredError,
+    BadRequestError,
+    CommitFailedException,
+    ForbiddenError,
+    NamespaceAlreadyExistsError,
+    NoSuchNamespaceError,
+    NoSuchTableError,
+    OAuthError,
+    RESTError,
+    ServerError,
+    ServiceUnavailableError,
+    TableAlreadyExistsError,
+    UnauthorizedError,
+    ValidationError,
+)
+from pyiceberg.io.pyarrow import schema_to_pyarrow
 
 from loader.config_parts import is_remote
-from loader.errors import LoaderError, SinkRejected, SinkUnavailable
+from loader.errors import ConfigError, LoaderError, SinkRejected, SinkUnavailable
+from loader.sinks.base import TableBatch
 from loader.sinks.iceberg.config import IcebergSinkConfig
-from loader.storage import short_error, storage_error
+from loader.storage import s3_endpoint, short_error, storage_error, unwritable
 
 #: The table property holding the key a fact table is merged on (comma-separated columns).
 KEY_PROPERTY = "loader.key"
@@ -40,12 +62,21 @@ SUMMARY_PIPELINE, SUMMARY_TABLE, SUMMARY_RUN, SUMMARY_MARKER = (
 #: number of them), and copy-on-write spelled out (the sink never writes delete files).
 TABLE_PROPERTIES = {"commit.manifest-merge.enabled": "true", "write.delete.mode": "copy-on-write",
                     "write.update.mode": "copy-on-write", "write.merge.mode": "copy-on-write"}
+#: The fix a changed column type's refusal names (loader/sinks/schema_check.py: `refuse_type_changes`).
+TYPE_FIX = ("Cast the column in the transform back to the stored type, or move the table away (drop or "
+            "rename it in the catalog) to let the loader recreate it")
 
 
 def marker_id(pipeline: str, table: str, *, backfill_run: int | None = None) -> str:
     """Whose runs a marker counts: an incremental table's runs land in order (one watermark), a backfill
     chunk out of order (a marker of its own), as Delta's app ids."""
     return f"{pipeline}/{table}" if backfill_run is None else f"{pipeline}/{table}/backfill-{backfill_run}"
+
+
+def batch_marker(batch: TableBatch) -> str:
+    """The marker a batch's run lands under (a backfill chunk's of its own)."""
+    return marker_id(batch.pipeline, batch.table,
+                     backfill_run=batch.run_number if batch.mode == "backfill" else None)
 
 
 def marker_property(marker: str) -> str:
@@ -101,8 +132,6 @@ class Catalogs:
             default = None if is_remote(root) else f"sqlite:///{root.rstrip('/')}/catalog.db"
             uri = settings.uri or default
             if uri is None:  # an s3:// warehouse reached through the loader's own (relative `warehouse`)
-                from loader.errors import ConfigError
-
                 raise ConfigError(
                     f"sinks.iceberg: the default catalog file would lie in {root}, which cannot hold a "
                     "SQLite file: set sinks.iceberg.uri to a local one "
@@ -173,20 +202,6 @@ class Catalogs:
     def errors(self, table: str | None = None) -> Iterator[None]:
         """pyiceberg's, the catalog's and the file system's errors -> loader errors naming the catalog (and
         the table) and the fix."""
-        from pyiceberg.exceptions import (
-            AuthorizationExpiredError,
-            BadRequestError,
-            CommitFailedException,
-            ForbiddenError,
-            NoSuchNamespaceError,
-            OAuthError,
-            RESTError,
-            ServerError,
-            ServiceUnavailableError,
-            UnauthorizedError,
-            ValidationError,
-        )
-
         where = f"Iceberg {self.name}" + (f", table {table}" if table else "")
         try:
             yield
@@ -242,8 +257,6 @@ def _is_database_error(error: BaseException) -> bool:
 
 def _s3_properties(given: dict[str, str]) -> dict[str, str]:
     """pyiceberg's S3 settings from the environment pyarrow uses (an endpoint for emulators), unless set."""
-    from loader.storage import s3_endpoint
-
     found: dict[str, str] = {}
     endpoint = s3_endpoint()
     if endpoint and "s3.endpoint" not in given:
@@ -256,8 +269,6 @@ def _s3_properties(given: dict[str, str]) -> dict[str, str]:
 
 def load(catalog: Any, namespace: str, table: str) -> Any:
     """The table, or None where it does not exist."""
-    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
-
     try:
         return catalog.load_table((namespace, table))
     except (NoSuchTableError, NoSuchNamespaceError):
@@ -268,8 +279,6 @@ def create(catalog: Any, namespace: str, table: str, schema: pa.Schema, *, parti
            key: tuple[str, ...] | None) -> Any:
     """Make the table (and its namespace): `schema`'s columns, all optional; partitioned by identity(region)
     where asked. A table made meanwhile by another writer is loaded instead."""
-    from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
-
     with suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(namespace)
     properties = dict(TABLE_PROPERTIES)
@@ -328,8 +337,6 @@ def storable(schema: pa.Schema) -> pa.Schema:
 
 def stored_arrow_schema(table: Any) -> pa.Schema:
     """The table's current schema as Arrow types (what its files are written with: field ids attached)."""
-    from pyiceberg.io.pyarrow import schema_to_pyarrow
-
     schema: pa.Schema = schema_to_pyarrow(table.schema())
     return schema
 
@@ -339,15 +346,46 @@ def summaries(table: Any) -> list[dict[str, str]]:
     return [dict(snapshot.summary.additional_properties) for snapshot in table.snapshots()]
 
 
-def expire_snapshots(table: Any, keep: int) -> int:
-    """Expire all but the newest `keep` snapshots (never the current one): an increment's planning then
-    reads a bounded history. The files only expired snapshots referenced stay (pyiceberg removes none).
-    Returns how many were expired."""
-    snapshots = sorted(table.snapshots(), key=lambda s: s.timestamp_ms)
-    current = table.current_snapshot()
-    protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
-    old = [s.snapshot_id for s in snapshots[:-keep]
-           if s.snapshot_id not in protected and (current is None or s.snapshot_id != current.snapshot_id)]
-    if old:
-        table.maintenance.expire_snapshots().by_ids(old).commit()
-    return len(old)
+
+@dataclass(frozen=True)
+class Tables:
+    """What the sink's write functions (facts.py, tombstones.py, dimensions.py) are given of it: its
+    catalog and namespace, the size of the data files it writes and the snapshots each table keeps."""
+
+    catalogs: Catalogs
+    namespace: str
+    target_bytes: int
+    keep_snapshots: int
+
+    def where(self, table: str) -> str:
+        """The table, for messages."""
+        return f"Iceberg table {self.namespace}.{table} ({self.catalogs.name})"
+
+    def load(self, table: str) -> Any:
+        return load(self.catalogs.get(), self.namespace, table)
+
+    def create(self, table: str, schema: pa.Schema, *, partitioned: bool, key: tuple[str, ...] | None) -> Any:
+        return create(self.catalogs.get(), self.namespace, table, schema, partitioned=partitioned, key=key)
+
+
+def probe(catalogs: Catalogs, namespace: str) -> str | None:
+    """The catalog reachable with its credentials and the namespace there or creatable (None), or what is
+    wrong. Writes nothing: a SQLite catalog file not made yet is only checked to be creatable."""
+    path = sqlite_file(catalogs.uri) if catalogs.settings.catalog == "sql" else None
+    if path is not None and not os.path.exists(path):
+        blocked = unwritable(Path(path).parent)
+        return (None if blocked is None else
+                f"cannot make the Iceberg catalog file {path} (under {blocked}): fix the permissions or "
+                "sinks.iceberg.uri")
+    if path is not None and not os.access(path, os.W_OK):
+        return f"cannot write the Iceberg catalog file {path}: fix its permissions or sinks.iceberg.uri"
+    try:
+        with catalogs.errors():
+            catalogs.get().namespace_exists(namespace)
+    except (SinkUnavailable, SinkRejected) as error:
+        return str(error)
+    except Exception as error:  # noqa: BLE001 - the probe reports, it never raises
+        return f"Iceberg {catalogs.name}: {short_error(error)}: check sinks.iceberg"
+    finally:
+        catalogs.forget()
+    return None

@@ -1,7 +1,7 @@
 """Dimension tables in the Iceberg sink: one unpartitioned table each, changed by one snapshot per load.
 
-Each load rewrites only the data files whose key range holds one of its keys (the facts' copy-on-write,
-loader/sinks/iceberg/facts.py):
+Each load rewrites only the data files whose key range holds one of its keys (the file-scoped
+copy-on-write of the facts, loader/sinks/iceberg/files.py):
 - scd2: the stored current versions the load closes (matched on key and valid_from) are written again
   with their `valid_to` and `is_current` false, the new versions added, in one snapshot: readers see the
   old versions or the new ones, never a key without its current version.
@@ -19,11 +19,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyiceberg import expressions
+from pyiceberg.io.pyarrow import schema_to_pyarrow
 
 from loader import failpoints
-from loader.sinks.iceberg import facts
-from loader.sinks.iceberg.catalog import storable
+from loader.sinks.iceberg import catalog as cat
+from loader.sinks.iceberg import files
 from loader.sinks.iceberg.read_back import plain_types
+from loader.sinks.schema_check import refuse_type_changes
 from loader.transform.dimension_changes import (
     IS_CURRENT,
     VALID_FROM,
@@ -37,8 +40,6 @@ def current_rows(table: Any, spec: DimensionSpec, columns: Sequence[str] | None)
     """`columns` of the rows a load compares with (scd2: the current versions, filtered in the scan)."""
     if table is None:
         return None
-    from pyiceberg import expressions
-
     built: Any = expressions  # its predicates take a column name and a literal (typed more narrowly)
     selected = ("*",) if columns is None else tuple(columns)
     scan = (table.scan(selected_fields=selected, row_filter=built.EqualTo(IS_CURRENT, True))
@@ -64,59 +65,75 @@ def closed_versions(stored: pa.Table, closes: pa.Table, key: tuple[str, ...]) ->
 
 
 def changed_files(table: Any, spec: DimensionSpec, changes: DimensionChanges, schema: pa.Schema,
-                  target_bytes: int) -> facts.Rewrite:
+                  target_bytes: int) -> files.Rewrite:
     """The files of one load: those it rewrites (key ranges holding its keys) and the new ones."""
-    opens = facts.conform(changes.opens, schema)
+    opens = files.conform(changes.opens, schema)
     if spec.mode == "replace" or table.current_snapshot() is None:
-        ranges = facts.FileRanges.of(table, spec.key[0])
-        done = facts.Rewrite(deleted=[task.file for task in ranges.tasks] if spec.mode == "replace" else [])
+        ranges = files.FileRanges.of(table, spec.key[0])
+        done = files.Rewrite(deleted=[task.file for task in ranges.tasks] if spec.mode == "replace" else [])
         if opens.num_rows:
-            done.written = facts.write_files(table, opens, schema, target_bytes, None)
+            done.written = files.write_files(table, opens, schema, target_bytes, None)
         return done
     first = spec.key[0]
-    keys = facts.sorted_keys(pa.chunked_array([*changes.opens[first].chunks, *changes.closes[first].chunks],
+    keys = files.sorted_keys(pa.chunked_array([*changes.opens[first].chunks, *changes.closes[first].chunks],
                                               type=changes.opens.schema.field(first).type))
-    ranges = facts.FileRanges.of(table, first)
+    ranges = files.FileRanges.of(table, first)
     touched = ranges.touched(keys)
-    stored = facts.read_touched(table, ranges, touched, schema)
+    stored = files.read_touched(table, ranges, touched, schema)
     if spec.mode == "merge":
         gone = pa.concat_tables([changes.opens.select(list(spec.key)),
                                  changes.closes.select(list(spec.key)).cast(changes.opens.select(
                                      list(spec.key)).schema)])
-        removed = facts.removed_by_keys(stored, gone, spec.key)
+        removed = files.removed_by_keys(stored, gone, spec.key)
         additions = opens
     else:
         removed, ends = closed_versions(stored, changes.closes, spec.key)
-        closed = facts.conform(stored.filter(pa.array(removed)), schema)
+        closed = files.conform(stored.filter(pa.array(removed)), schema)
         closed = closed.set_column(schema.get_field_index(VALID_TO), schema.field(VALID_TO),
                                    ends[VALID_TO].cast(schema.field(VALID_TO).type))
         closed = closed.set_column(schema.get_field_index(IS_CURRENT), schema.field(IS_CURRENT),
                                    pa.array(np.zeros(closed.num_rows, dtype=bool)))
         additions = pa.concat_tables([closed, opens]).sort_by([(k, "ascending") for k in spec.key])
-    return facts.rewrite(table, ranges, touched, stored, removed, additions, first, schema, target_bytes,
+    return files.rewrite(table, ranges, touched, stored, removed, additions, first, schema, target_bytes,
                          partitioned=False)
+
+
+def apply_load(tables: cat.Tables, spec: DimensionSpec, changes: DimensionChanges) -> None:
+    """One load's changes to dimension `spec.table` (made on first use, after refusing another layout or a
+    changed column type), then the snapshots it keeps."""
+    where = tables.where(spec.table)
+    table = tables.load(spec.table)
+    if table is None:
+        schema = changes.opens.schema if changes.opens.num_rows else changes.closes.schema
+        table = tables.create(spec.table, schema, partitioned=False, key=spec.key)
+    cat.refuse_other_layout(table, where, partitioned=False, key=spec.key)
+    if changes.opens.num_rows:
+        refuse_type_changes(where, cat.stored_arrow_schema(table), cat.storable(changes.opens.schema),
+                            cat.TYPE_FIX)
+    summary = {cat.SUMMARY_PIPELINE: spec.pipeline, cat.SUMMARY_TABLE: spec.table,
+               "loader.dimension": spec.mode}
+    committed = apply(table, spec, changes, summary, tables.target_bytes)
+    files.expire(committed, spec.table, tables.keep_snapshots)
 
 
 def apply(table: Any, spec: DimensionSpec, changes: DimensionChanges, summary: dict[str, str],
           target_bytes: int) -> Any:
     """One load's changes in one transaction (new columns added first, nullable); returns the table."""
-    from pyiceberg.io.pyarrow import schema_to_pyarrow
-
     incoming = changes.opens.schema if changes.opens.num_rows or not changes.closes.num_rows else None
     tx = table.transaction()
-    done = facts.Rewrite()
+    done = files.Rewrite()
     try:
         if incoming is not None:
             known = {column.name for column in table.schema().fields}
-            new = [f.with_nullable(True) for f in storable(incoming) if f.name not in known]
+            new = [f.with_nullable(True) for f in cat.storable(incoming) if f.name not in known]
             if new:
                 with tx.update_schema() as update:
                     update.union_by_name(pa.schema(new))
         schema = schema_to_pyarrow(tx.table_metadata.schema())
         done = changed_files(table, spec, changes, schema, target_bytes)
         failpoints.hit("iceberg.dimension", spec.table)
-        facts.commit(tx, table, done, summary, None)
+        files.commit(tx, table, done, summary, None)
     except BaseException:
-        facts.delete_files(table, done.written)  # nothing committed: the new files are nobody's
+        files.delete_files(table, done.written)  # nothing committed: the new files are nobody's
         raise
     return tx.commit_transaction()

@@ -22,106 +22,50 @@ Hard deletes remove the row, so the tombstone is remembered apart: the companion
 `<table>__tombstones` (key columns and cursor, the newest tombstone per key, unpartitioned) is updated
 first, in its own commit, idempotent by the same rule; a live version no newer than its key's remembered
 tombstone is dropped before the merge, and a newer one makes the table forget it (`remember_tombstones`).
+
+Here the merge's rule (`decide`), one try of a batch's commit (`merge`) and the batch's write around it
+(`write_batch`); the file-level steps are files.py's, the tombstones table tombstones.py's.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
-from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import quote
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyiceberg.exceptions import ValidationException
+from pyiceberg.io.pyarrow import schema_to_pyarrow
 
-from loader.sinks.base import DELETED, DELETED_AT, count_true
-from loader.sinks.encoding import dictionary_columns
+from loader import failpoints
+from loader.config_parts import RetryConfig
+from loader.sinks.base import DELETED, DELETED_AT, PartWrite, TableBatch, count_true, region_counts
+from loader.sinks.iceberg import catalog as cat
+from loader.sinks.iceberg.files import (
+    FILE_COLUMN,
+    ROW_COLUMN,
+    FileRanges,
+    Rewrite,
+    commit,
+    commit_transaction,
+    conflict_filter,
+    conform,
+    delete_files,
+    expire,
+    lost_race,
+    read_touched,
+    redone_on_conflict,
+    rewrite,
+    sorted_keys,
+)
+from loader.sinks.iceberg.tombstones import remember_tombstones
+from loader.sinks.schema_check import refuse_type_changes
 
 log = logging.getLogger(__name__)
 
-#: Suffix of the companion table remembering a hard-deleting table's tombstones.
-TOMBSTONES_SUFFIX = "__tombstones"
-#: The companion table is compacted into one file once it holds more data files than this.
-TOMBSTONE_FILES = 8
-_FILE, _ROW = "__file", "__row"
 
-
-# ------------------------------------------------------------------------------------------- key ranges
-
-
-@dataclass
-class FileRanges:
-    """Each live data file of a table: its scan task, its region (None: unpartitioned) and its [low, high]
-    of the first key column (None where the manifest has no bound: the file may hold any key)."""
-
-    tasks: list[Any] = field(default_factory=list)
-    regions: list[str | None] = field(default_factory=list)
-    lows: list[Any] = field(default_factory=list)
-    highs: list[Any] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, table: Any, first_key: str) -> FileRanges:
-        from pyiceberg.conversions import from_bytes
-
-        ranges = cls()
-        if table.current_snapshot() is None:
-            return ranges
-        column = table.schema().find_field(first_key)
-        partitioned = len(table.spec().fields) > 0
-        for task in table.scan().plan_files():
-            data_file = task.file
-            low = (data_file.lower_bounds or {}).get(column.field_id)
-            high = (data_file.upper_bounds or {}).get(column.field_id)
-            ranges.tasks.append(task)
-            ranges.regions.append(data_file.partition[0] if partitioned else None)
-            ranges.lows.append(None if low is None else from_bytes(column.field_type, low))
-            ranges.highs.append(None if high is None else from_bytes(column.field_type, high))
-        return ranges
-
-    def touched(self, keys: np.ndarray) -> list[int]:
-        """The files whose range holds a value of `keys` (sorted, unique)."""
-        return touched_files(self.lows, self.highs, keys)
-
-
-def touched_files(lows: list[Any], highs: list[Any], keys: np.ndarray) -> list[int]:
-    """Indexes of the [low, high] ranges holding a value of `keys` (sorted, unique); a range without
-    bounds (None) holds any key. O(files x log keys): one binary search per file."""
-    if len(keys) == 0:
-        return []
-    found = []
-    for index, (low, high) in enumerate(zip(lows, highs, strict=True)):
-        if low is None or high is None:
-            found.append(index)
-            continue
-        slot = int(np.searchsorted(keys, low, side="left"))
-        if slot < len(keys) and keys[slot] <= high:
-            found.append(index)
-    return found
-
-
-def sorted_keys(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return np.unique(column.to_numpy(zero_copy_only=False))
-
-
-def conflict_filter(first_key: str, keys: np.ndarray) -> Any:
-    """The commit's conflict filter: the batch's span of the first key (a concurrent writer's file that
-    may hold one of these keys is a conflict); None for no keys."""
-    from pyiceberg import expressions
-
-    if len(keys) == 0:
-        return None
-    built: Any = expressions  # its predicates take a column name and a literal (typed more narrowly)
-    return built.And(built.GreaterThanOrEqual(first_key, _py(keys[0])),
-                     built.LessThanOrEqual(first_key, _py(keys[-1])))
-
-
-def _py(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-# ------------------------------------------------------------------------------------------ the merge
+# -------------------------------------------------------------------------------------------- the rule
 
 
 @dataclass
@@ -133,32 +77,6 @@ class Decision:
     rows: int  # live versions written (inserted or replacing an older one)
     regions: dict[str, int]  # those per region
     deleted: int  # keys removed (hard) or marked (soft)
-
-
-def read_touched(table: Any, ranges: FileRanges, touched: list[int], schema: pa.Schema) -> pa.Table:
-    """The rows of the touched files, conformed to `schema`, with their file (index into `touched`) and
-    row number in it."""
-    from pyiceberg.expressions import AlwaysTrue
-    from pyiceberg.io.pyarrow import ArrowScan
-
-    scan = ArrowScan(table_metadata=table.metadata, io=table.io, projected_schema=table.schema(),
-                     row_filter=AlwaysTrue())
-    parts = []
-    for position, index in enumerate(touched):
-        rows = conform(scan.to_table([ranges.tasks[index]]), schema)
-        parts.append(rows.append_column(_FILE, pa.array(np.full(rows.num_rows, position, np.int32)))
-                     .append_column(_ROW, pa.array(np.arange(rows.num_rows, dtype=np.int64))))
-    if not parts:
-        return schema.empty_table().append_column(_FILE, pa.array([], pa.int32())).append_column(
-            _ROW, pa.array([], pa.int64()))
-    return pa.concat_tables(parts)
-
-
-def conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`rows` with exactly `schema`'s columns, in its order and types (a column it lacks: nulls)."""
-    columns = [rows[f.name].cast(f.type) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type)
-               for f in schema]
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def decide(batch_rows: pa.Table, stored: pa.Table, key: tuple[str, ...], cursor: str,
@@ -178,14 +96,15 @@ def decide(batch_rows: pa.Table, stored: pa.Table, key: tuple[str, ...], cursor:
     marks = deletes == "soft" and DELETED_AT in stored.column_names
     slim = batch_rows.select([*keys, cursor]).append_column("__tomb", flags).append_column(
         "__b", pa.array(np.arange(batch_rows.num_rows, dtype=np.int64)))
-    landed = stored.select([*keys, cursor, *([DELETED_AT] if marks else []), _FILE, _ROW])
-    landed = landed.rename_columns([*keys, "__landed", *(["__marked"] if marks else []), _FILE, _ROW])
+    landed = stored.select([*keys, cursor, *([DELETED_AT] if marks else []), FILE_COLUMN, ROW_COLUMN])
+    landed = landed.rename_columns([*keys, "__landed", *(["__marked"] if marks else []), FILE_COLUMN,
+                                    ROW_COLUMN])
     landed = landed.append_column("__s", pa.array(np.arange(stored.num_rows, dtype=np.int64)))
     at = slim.schema.field(cursor).type  # compared with the batch's cursor: its type
     landed = landed.cast(pa.schema([
         *(slim.schema.field(k) for k in keys), pa.field("__landed", at),
         *([pa.field("__marked", at)] if marks else []),
-        *(f for f in landed.schema if f.name in (_FILE, _ROW, "__s"))]))
+        *(f for f in landed.schema if f.name in (FILE_COLUMN, ROW_COLUMN, "__s"))]))
     joined = slim.join(landed, keys=keys, join_type="left outer").sort_by("__b")
     is_stored = pc.is_valid(joined["__landed"])
     tomb = joined["__tomb"]
@@ -217,192 +136,76 @@ def decide(batch_rows: pa.Table, stored: pa.Table, key: tuple[str, ...], cursor:
         additions.append(marked.set_column(schema.get_field_index(DELETED_AT), schema.field(DELETED_AT), at))
     result = pa.concat_tables(additions).sort_by([(k, "ascending") for k in keys])
     counted = batch_rows.take(joined.filter(written)["__b"])
-    return Decision(removed=removed, additions=result, rows=counted.num_rows, regions=_regions(counted),
-                    deleted=count_true(applies))
+    return Decision(removed=removed, additions=result, rows=counted.num_rows,
+                    regions=region_counts(counted), deleted=count_true(applies))
 
 
-def _regions(data: pa.Table) -> dict[str, int]:
-    if data.num_rows == 0:
-        return {}
-    counts = data.group_by("region").aggregate([("region", "count")])
-    return dict(zip(counts["region"].to_pylist(), counts["region_count"].to_pylist(), strict=True))
+# ------------------------------------------------------------------------------------------- the write
 
 
-# ---------------------------------------------------------------------------------------- the rewrite
+def write_batch(tables: cat.Tables, batch: TableBatch, data: pa.Table, retry: RetryConfig) -> PartWrite:
+    """The batch's rows (every part's, sorted by key) merged in one commit carrying the run's marker, tried
+    again on fresh metadata while it loses to a concurrent writer. Hard deletes update the tombstones
+    table first; soft deletes store `_deleted_at`."""
+    data = with_deleted_at(batch, data)
+    if batch.deletes == "hard" and data.num_rows:
+        data = remember_tombstones(tables, batch, data, retry)
+    return redone_on_conflict(f"{batch.table} -> iceberg commit", retry, lambda: merge(tables, batch, data))
 
 
-@dataclass
-class Rewrite:
-    """The files a commit removes (manifest DataFiles) and the new Parquet files it adds (paths)."""
-
-    deleted: list[Any] = field(default_factory=list)
-    written: list[str] = field(default_factory=list)
-
-
-def rewrite(table: Any, ranges: FileRanges, touched: list[int], stored: pa.Table, removed: np.ndarray,
-            additions: pa.Table, first_key: str, schema: pa.Schema, target_bytes: int,
-            partitioned: bool) -> Rewrite:
-    """Write the new files: each touched file that loses a row, rewritten with its other rows and the
-    additions of its region inside its key range; the remaining additions in new files per region."""
-    result = Rewrite()
-    assigned = np.zeros(additions.num_rows, dtype=bool)
-    add_keys = additions[first_key].to_numpy(zero_copy_only=False) if additions.num_rows else np.empty(0)
-    add_regions = (np.asarray(additions["region"].to_pylist(), dtype=object)
-                   if partitioned and additions.num_rows else None)
-    files = stored[_FILE].to_numpy() if stored.num_rows else np.empty(0, np.int32)
-    data_columns = [f.name for f in schema]
-    for position, index in enumerate(touched):
-        mine = files == position
-        if not removed[mine].any():
-            continue  # loses nothing: left as it is
-        survivors = stored.filter(pa.array(mine & ~removed)).select(data_columns)
-        low, high = ranges.lows[index], ranges.highs[index]
-        take = ~assigned
-        if low is not None and high is not None and len(add_keys):
-            take &= (add_keys >= low) & (add_keys <= high)
-        if add_regions is not None:
-            take &= add_regions == ranges.regions[index]
-        assigned |= take
-        rows = pa.concat_tables([survivors, additions.filter(pa.array(take))]) if take.any() else survivors
-        result.deleted.append(ranges.tasks[index].file)
-        if rows.num_rows:
-            result.written += write_files(table, rows.sort_by(first_key), schema, target_bytes,
-                                          ranges.regions[index])
-    rest = additions.filter(pa.array(~assigned)) if assigned.any() else additions
-    if rest.num_rows:
-        regions = sorted(set(rest["region"].to_pylist())) if partitioned else [None]
-        for region in regions:
-            rows = rest if region is None else rest.filter(pc.equal(rest["region"], region))
-            result.written += write_files(table, rows, schema, target_bytes, region)
-    return result
-
-
-def write_files(table: Any, rows: pa.Table, schema: pa.Schema, target_bytes: int,
-                region: str | None) -> list[str]:
-    """`rows` (of one region, sorted by key) as Parquet files of about `target_bytes` each (in memory),
-    with the table's field ids (`schema` is `schema_to_pyarrow` of its schema) and our encoding choices."""
-    import pyarrow.parquet as pq
-
-    per_row = max(1, rows.nbytes // max(1, rows.num_rows))
-    rows_per_file = max(1, target_bytes // per_row)
-    folder = f"{table.location().rstrip('/')}/data"
-    if region is not None:  # the partition's folder, as pyiceberg names it (the value URL-quoted)
-        folder += f"/region={quote(region, safe='')}"
-    paths = []
-    for start in range(0, rows.num_rows, rows_per_file):
-        piece = rows.slice(start, rows_per_file).cast(schema)
-        path = f"{folder}/{uuid.uuid4()}.parquet"
-        with table.io.new_output(path).create() as out:
-            pq.write_table(piece, out, compression="zstd", use_dictionary=dictionary_columns(piece) or False)
-        paths.append(path)
-    return paths
+def merge(tables: cat.Tables, batch: TableBatch, data: pa.Table) -> PartWrite:
+    """One try of the batch's commit, on the table's current metadata: the touched files found, read,
+    decided and rewritten, then one transaction (schema, marker, snapshot). A lost race raises
+    `CommitConflict` (its files removed); the retry computes it all again."""
+    where = tables.where(batch.table)
+    marker = cat.batch_marker(batch)
+    live = data.drop_columns([DELETED]) if DELETED in data.column_names else data
+    table = tables.load(batch.table)
+    if table is None:  # the first part of the table's first run creates it
+        table = tables.create(batch.table, live.schema, partitioned=True, key=batch.key)
+    cat.refuse_other_layout(table, where, partitioned=True, key=batch.key)
+    if cat.landed(table.properties, cat.summaries(table), marker, batch.run_number, replay=True,
+                  where=where):
+        return PartWrite(0)  # landed meanwhile (a concurrent attempt of this run won the race)
+    refuse_type_changes(where, cat.stored_arrow_schema(table), cat.storable(live.schema), cat.TYPE_FIX)
+    tx = table.transaction()
+    done = Rewrite()
+    try:
+        known = {column.name for column in table.schema().fields}
+        new = [f.with_nullable(True) for f in cat.storable(live.schema) if f.name not in known]
+        if new:  # new columns, nullable: the stored rows read them as null
+            with tx.update_schema() as update:
+                update.union_by_name(pa.schema(new))
+        schema = schema_to_pyarrow(tx.table_metadata.schema())
+        first = batch.key[0]
+        keys = sorted_keys(data[first])
+        ranges = FileRanges.of(table, first)
+        touched = ranges.touched(keys)
+        stored = read_touched(table, ranges, touched, schema)
+        decision = decide(data, stored, batch.key, batch.cursor, batch.deletes, schema)
+        done = rewrite(table, ranges, touched, stored, decision.removed, decision.additions, first, schema,
+                       tables.target_bytes, partitioned=True)
+        failpoints.hit("iceberg.write", batch.table)
+        tx.set_properties({cat.marker_property(marker): str(batch.run_number)})
+        summary = cat.summary_of(batch.pipeline, batch.table, batch.run_number, marker)
+        commit(tx, table, done, summary, conflict_filter(first, keys))
+    except ValidationException as error:
+        raise lost_race(table, done.written, where, error,
+                        "a concurrent commit touched this batch's keys") from error
+    except BaseException:
+        delete_files(table, done.written)  # nothing committed: the new files are nobody's
+        raise
+    committed = commit_transaction(tx, table, done.written, where)
+    log.info("%s -> iceberg: %s row(s) written, %s deleted, %s of %s file(s) read, %s rewritten, %s new "
+             "file(s)", batch.table, f"{decision.rows:,}", f"{decision.deleted:,}", len(touched),
+             len(ranges.tasks), len(done.deleted), len(done.written))
+    expire(committed, batch.table, tables.keep_snapshots)
+    return PartWrite(decision.rows, decision.regions, deleted=decision.deleted)
 
 
-def delete_files(table: Any, paths: list[str]) -> None:
-    """Remove files no commit references (those of a commit that failed): best effort."""
-    for path in paths:
-        try:
-            table.io.delete(path)
-        except Exception as error:  # noqa: BLE001 - an orphan file is harmless; the failure is logged
-            log.warning("could not remove the unreferenced file %s: %s", path, error)
-
-
-def commit(tx: Any, table: Any, done: Rewrite, summary: dict[str, str], conflict: Any) -> None:
-    """One snapshot in `tx`: the rewritten files removed, the new ones added; with `conflict` (the key
-    span) as the conflict filter. Appends only (nothing removed): a merge-append, whose manifests merge."""
-    from pyiceberg.io.pyarrow import parquet_file_to_data_file
-
-    if not done.deleted and not done.written:
-        return
-    update = tx.update_snapshot(snapshot_properties=summary)
-    producer = merging_overwrite(tx, table, summary) if done.deleted else update.merge_append()
-    if conflict is not None and done.deleted:
-        producer.delete_by_predicate(conflict)
-    for data_file in done.deleted:
-        producer.delete_data_file(data_file)
-    for path in done.written:
-        producer.append_data_file(parquet_file_to_data_file(table.io, tx.table_metadata, path))
-    producer.commit()
-
-
-def merging_overwrite(tx: Any, table: Any, summary: dict[str, str]) -> Any:
-    """An overwrite producer that merges small manifests as a merge-append does (pyiceberg's overwrite
-    only adds one per commit; Java's merges in both): planning then reads a bounded number of manifests
-    however many merges the table had."""
-    from pyiceberg.manifest import ManifestContent
-    from pyiceberg.table import TableProperties
-    from pyiceberg.table.refs import MAIN_BRANCH
-    from pyiceberg.table.snapshots import Operation
-    from pyiceberg.table.update.snapshot import _ManifestMergeManager, _OverwriteFiles
-    from pyiceberg.utils.properties import property_as_bool, property_as_int
-
-    class MergingOverwrite(_OverwriteFiles):
-        def _process_manifests(self, manifests: list[Any]) -> list[Any]:
-            props, known = tx.table_metadata.properties, TableProperties
-            manager: Any = _ManifestMergeManager(
-                target_size_bytes=int(property_as_int(props, known.MANIFEST_TARGET_SIZE_BYTES,
-                                                      known.MANIFEST_TARGET_SIZE_BYTES_DEFAULT) or 0),
-                min_count_to_merge=int(property_as_int(props, known.MANIFEST_MIN_MERGE_COUNT,
-                                                       known.MANIFEST_MIN_MERGE_COUNT_DEFAULT) or 0),
-                merge_enabled=property_as_bool(props, TableProperties.MANIFEST_MERGE_ENABLED,
-                                               TableProperties.MANIFEST_MERGE_ENABLED_DEFAULT),
-                snapshot_producer=self)
-            data = [m for m in manifests if m.content == ManifestContent.DATA]
-            deletes = [m for m in manifests if m.content == ManifestContent.DELETES]
-            merged: list[Any] = manager.merge_manifests(data)
-            return merged + deletes
-
-    return MergingOverwrite(operation=Operation.OVERWRITE, transaction=tx, io=table.io, branch=MAIN_BRANCH,
-                            snapshot_properties=summary)
-
-
-# ------------------------------------------------------------------------------------------ tombstones
-
-
-@dataclass
-class Remembered:
-    """What the tombstones table says of a batch: the rows to keep (late live versions dropped), and the
-    side table's changes (keys whose entry goes, entries to add)."""
-
-    kept: pa.Table
-    forget: pa.Table  # key columns of the entries removed (revived keys, and tombstones moved newer)
-    remember: pa.Table  # key columns and cursor of the entries added
-    dropped: int
-
-
-def sort_out_tombstones(data: pa.Table, remembered: pa.Table, key: tuple[str, ...],
-                        cursor: str) -> Remembered:
-    """Hard deletes, against the remembered tombstones (`remembered`: key columns and `__tomb`, the
-    remembered cursor): a live version no newer than its key's tombstone is dropped (the key stays
-    deleted); a newer one revives the key (its entry forgotten); a tombstone not remembered, or newer than
-    the remembered one, is remembered."""
-    keys = list(key)
-    mask = pc.fill_null(data[DELETED], False)
-    slim = data.select([*keys, cursor]).append_column(DELETED, mask).append_column(
-        "__row", pa.array(np.arange(data.num_rows, dtype=np.int64)))
-    remembered = remembered.cast(pa.schema([*(data.schema.field(k) for k in keys),
-                                            pa.field("__tomb", data.schema.field(cursor).type)]))
-    joined = slim.join(remembered, keys=keys, join_type="left outer").sort_by("__row")
-    known = pc.is_valid(joined["__tomb"])
-    is_tomb = joined[DELETED]
-    newer = pc.fill_null(pc.greater(joined[cursor], joined["__tomb"]), False)
-    late = pc.and_(pc.and_(pc.invert(is_tomb), known), pc.invert(newer))
-    revived = pc.and_(pc.invert(is_tomb), newer)
-    remember = pc.and_(is_tomb, pc.or_(pc.invert(known), newer))
-    forget = joined.filter(pc.or_(revived, pc.and_(remember, known))).select(keys)
-    entries = joined.filter(remember).select([*keys, cursor])
-    kept = data.filter(pc.invert(late)) if count_true(late) else data
-    return Remembered(kept=kept, forget=forget, remember=entries, dropped=count_true(late))
-
-
-def removed_by_keys(stored: pa.Table, keys_table: pa.Table, key: tuple[str, ...]) -> np.ndarray:
-    """Per stored row: whether its key is one of `keys_table`'s."""
-    removed = np.zeros(stored.num_rows, dtype=bool)
-    if stored.num_rows == 0 or keys_table.num_rows == 0:
-        return removed
-    keys = list(key)
-    index = stored.select(keys).append_column("__s", pa.array(np.arange(stored.num_rows, dtype=np.int64)))
-    wanted = keys_table.select(keys).cast(pa.schema([index.schema.field(k) for k in keys]))
-    matched = index.join(wanted, keys=keys, join_type="inner")
-    removed[matched["__s"].to_numpy()] = True
-    return removed
+def with_deleted_at(batch: TableBatch, data: pa.Table) -> pa.Table:
+    """Soft deletes: the rows with a null `_deleted_at` (of the cursor's type), what live rows store."""
+    if batch.deletes != "soft" or DELETED_AT in data.column_names:
+        return data
+    kind = data.schema.field(batch.cursor).type
+    return data.append_column(pa.field(DELETED_AT, kind, nullable=True), pa.nulls(data.num_rows, kind))

@@ -17,7 +17,9 @@ from loader.redaction import is_secret_name, redact
 from loader.sinks.base import SinkContext
 from loader.sinks.iceberg import catalog as cat
 from loader.sinks.iceberg.config import IcebergSinkConfig
-from loader.sinks.iceberg.facts import decide, removed_by_keys, sort_out_tombstones, touched_files
+from loader.sinks.iceberg.facts import decide
+from loader.sinks.iceberg.files import removed_by_keys, touched_files
+from loader.sinks.iceberg.tombstones import sort_out_tombstones
 from tests.support.cli import write_config
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
