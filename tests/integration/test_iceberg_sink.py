@@ -6,6 +6,7 @@ server) with a local SQLite catalog. Tables are read with pyiceberg (tests/suppo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import time
@@ -20,12 +21,14 @@ from loader.errors import SinkRejected
 from tests.support.cli import FAIL_FAST_S, run_cli, run_json, write_config
 from tests.support.conformance import (
     DELETES_SCHEMA,
+    REGIONS,
     SCHEMA,
     TABLE,
     batch_of,
     live,
     make_sink,
     row,
+    sort_state,
     table_of,
     tombstone,
     write_whole,
@@ -124,28 +127,42 @@ def test_replay_of_a_landed_run_skips_after_others_expired_its_snapshots(tmp_pat
     assert run_json(config, "verify")["ok"] is True
 
 
-@pytest.mark.parametrize("point", ["iceberg.write@orders", "iceberg.commit@lineitem",
-                                   "iceberg.dimension@customer"])
-def test_a_run_killed_inside_the_iceberg_sink_lands_exactly_when_replayed(tmp_path: Path, point: str) -> None:
-    """kill -9 with the batch's files written but not committed (orders), right after a commit (lineitem:
-    the replay finds its marker), or inside a dimension load (customer): the next run replays, every
-    table verifies, nothing twice."""
-    project = tmp_path / "p"
-    config = write_config(project, sinks=SINKS, state=STATE)
-    _load(config)
-    if point.startswith("iceberg.dimension"):
-        run_cli(config, "demo-data", "append", *append_args(config), "--orders", "10", "--updates", "0",
-                "--late", "0", "--customer-changes", "5")
-    killed = run_cli(config, "run", "--incremental", check=False,
-                     env={"LOADER_FAILPOINTS": f"{point}=crash"})
-    assert killed.returncode == -signal.SIGKILL, f"{point}: not killed\n{killed.stderr}"
-    time.sleep(LEASE_TTL_S + 0.5)
-    replay = run_json(config, "run", "--incremental")
-    if point == "iceberg.commit@lineitem":
-        assert replay["tables"]["lineitem"]["sinks"]["iceberg"]["skipped"] is True
-    assert run_json(config, "verify")["ok"] is True
-    keys = _orders(project).scan(selected_fields=("o_orderkey",)).to_arrow()["o_orderkey"].to_pylist()
-    assert len(keys) == len(set(keys))
+def test_a_merge_touching_most_files_reads_them_a_group_at_a_time_and_lands_exactly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny files (dozens) merged one file a group: a batch of updates spread over the whole key range, a
+    hard delete, a key moving region, a version already stored, new keys inside a gap of the stored
+    range and above it lands exactly by the rule, rewriting only the files that lose a row. (Kills inside
+    the sink are the kill matrix's, tests/integration/test_kill_matrix.py.)"""
+    from loader.sinks.iceberg import facts
+
+    monkeypatch.setattr(facts, "GROUP_MIN_ROWS", 1)  # every touched file a group of its own
+    sut = make_sink("iceberg", tmp_path / "p")
+    sink: Any = sut.sink
+    sink.tables = dataclasses.replace(sink.tables, target_bytes=1_000)  # about ten rows a file
+    state = {k: 1 for k in range(1, 301) if not 150 <= k < 160}
+    sut.write(batch_of(1, table_of([live(k, v) for k, v in state.items()], DELETES_SCHEMA), deletes="hard"))
+    table = iceberg_table(*_catalog_of(tmp_path / "p"), "loader", TABLE)
+    files_before = len(table.inspect.files())
+    assert files_before >= 20, files_before
+    other = next(r for r in REGIONS if r != row(80)["region"])
+    changes = [*(live(k, 2) for k in (5, 60, 120, 200, 299)), live(7, 1), tombstone(100, 2),
+               {**live(80, 2), "region": other}, *(live(k, 1) for k in (151, 152, 305, 306))]
+    batch = table_of(sorted(changes, key=lambda r: r["id"]), DELETES_SCHEMA)
+    result = write_whole(sut.sink, batch_of(2, batch, deletes="hard"))
+    state.update({k: 2 for k in (5, 60, 120, 200, 299, 80)} | {k: 1 for k in (151, 152, 305, 306)})
+    del state[100]
+    want = table_of([{**row(k, v), **({"region": other} if k == 80 else {})}
+                     for k, v in sorted(state.items())])
+    assert sort_state(sut.latest()).equals(sort_state(want))
+    assert (result.rows, result.deleted) == (10, 1)
+    summary = iceberg_table(*_catalog_of(tmp_path / "p"), "loader", TABLE).current_snapshot().summary
+    rewritten = int(summary["deleted-data-files"])
+    assert 3 <= rewritten < files_before // 2, (rewritten, files_before)  # the files that lost a row only
+
+
+def _catalog_of(project: Path) -> tuple[str, str]:
+    warehouse = project / "warehouse" / "iceberg"
+    return f"sqlite:///{warehouse}/catalog.db", str(warehouse)
 
 
 def test_a_changed_column_type_is_refused_naming_the_column_both_types_and_the_fix(tmp_path: Path) -> None:

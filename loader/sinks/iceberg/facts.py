@@ -30,7 +30,9 @@ Here the merge's rule (`decide`), one try of a batch's commit (`merge`) and the 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -58,11 +60,15 @@ from loader.sinks.iceberg.files import (
     redone_on_conflict,
     rewrite,
     sorted_keys,
+    write_new_files,
 )
 from loader.sinks.iceberg.tombstones import remember_tombstones
 from loader.sinks.schema_check import refuse_type_changes
 
 log = logging.getLogger(__name__)
+
+#: The fewest stored rows a merge reads in one group of files (more where the batch is larger).
+GROUP_MIN_ROWS = 250_000
 
 
 # -------------------------------------------------------------------------------------------- the rule
@@ -77,12 +83,15 @@ class Decision:
     rows: int  # live versions written (inserted or replacing an older one)
     regions: dict[str, int]  # those per region
     deleted: int  # keys removed (hard) or marked (soft)
+    found: np.ndarray  # per batch row: its key is among the stored rows
 
 
 def decide(batch_rows: pa.Table, stored: pa.Table, key: tuple[str, ...], cursor: str,
-           deletes: str | None, schema: pa.Schema) -> Decision:
+           deletes: str | None, schema: pa.Schema, *, inserts: bool = True) -> Decision:
     """The merge of `batch_rows` (one row per key; `_deleted` where the source has deletes) into the
-    `stored` rows of the touched files (with `__file`, `__row`), by the rule of loader/sinks/base.py:
+    `stored` rows of the touched files (with `__file`, `__row`), by the rule of loader/sinks/base.py
+    (without `inserts`, the keys stored nowhere among these rows are left out: the caller merges the
+    stored rows a group of files at a time and inserts what no group stored):
     - a live version newer than the stored one replaces it (soft: the row stays marked where it was
       deleted at this version's cursor or later, else it is revived); one no newer changes nothing;
     - a key not stored is inserted (a tombstone of it changes nothing);
@@ -120,7 +129,7 @@ def decide(batch_rows: pa.Table, stored: pa.Table, key: tuple[str, ...], cursor:
     leaving = pc.or_(replaced, applies)
     removed[joined.filter(leaving)["__s"].to_numpy()] = True
 
-    written = pc.or_(inserted, replaced)
+    written = pc.or_(inserted, replaced) if inserts else replaced
     taken = batch_rows.take(joined.filter(written)["__b"])
     versions = conform(taken, schema)
     if marks and count_true(replaced):  # soft: a replaced row keeps a mark at its cursor or later
@@ -134,10 +143,54 @@ def decide(batch_rows: pa.Table, stored: pa.Table, key: tuple[str, ...], cursor:
         marked = conform(stored.take(chosen["__s"]), schema)
         at = chosen[cursor].cast(schema.field(DELETED_AT).type)
         additions.append(marked.set_column(schema.get_field_index(DELETED_AT), schema.field(DELETED_AT), at))
-    result = pa.concat_tables(additions).sort_by([(k, "ascending") for k in keys])
-    counted = batch_rows.take(joined.filter(written)["__b"])
-    return Decision(removed=removed, additions=result, rows=counted.num_rows,
-                    regions=region_counts(counted), deleted=count_true(applies))
+    # In the batch's order (sorted by key) unless marked stored rows joined them.
+    result = (additions[0] if len(additions) == 1
+              else pa.concat_tables(additions).sort_by([(k, "ascending") for k in keys]))
+    return Decision(removed=removed, additions=result, rows=taken.num_rows, regions=region_counts(taken),
+                    deleted=count_true(applies), found=is_stored.to_numpy(zero_copy_only=False))
+
+
+def inserted(batch_rows: pa.Table, found: np.ndarray, schema: pa.Schema) -> pa.Table:
+    """The batch's live rows whose key no touched file stores: inserted as they are (a tombstone of a key
+    stored nowhere changes nothing). No join: a first load's or new keys' rows are only conformed."""
+    keep = ~found
+    if DELETED in batch_rows.column_names:
+        keep &= ~pc.fill_null(batch_rows[DELETED], False).to_numpy(zero_copy_only=False)
+    rows = batch_rows if keep.all() else batch_rows.filter(pa.array(keep))
+    return conform(rows, schema)
+
+
+def merge_files(table: Any, ranges: FileRanges, touched: list[int], data: pa.Table, batch: TableBatch,
+                schema: pa.Schema, target_bytes: int) -> tuple[Rewrite, Decision]:
+    """The batch merged into the files it touches a group at a time: each group's stored rows read,
+    decided against the batch's rows in its files' ranges, its files rewritten; the rows no group
+    stored are inserted last, in new files. One group's stored rows are in memory at a time (about as
+    many rows as the batch), never the table's, whatever share of it the batch touches."""
+    first = batch.key[0]
+    values = data[first].to_numpy(zero_copy_only=False)
+    found = np.zeros(data.num_rows, dtype=bool)
+    done, rest = Rewrite(), []
+    rows, deleted, regions = 0, 0, Counter[str]()
+    for group in ranges.groups(touched, max(data.num_rows, GROUP_MIN_ROWS)):
+        inside = ranges.holding(group, values)
+        part = data if inside.all() else data.filter(pa.array(inside))
+        stored = read_touched(table, ranges, group, schema)
+        decision = decide(part, stored, batch.key, batch.cursor, batch.deletes, schema, inserts=False)
+        found[np.flatnonzero(inside)[decision.found]] = True
+        group_done = rewrite(table, ranges, group, stored, decision.removed, decision.additions, first,
+                             schema, target_bytes, partitioned=True, place_rest=False)
+        done.add(group_done)
+        if group_done.rest is not None and group_done.rest.num_rows:
+            rest.append(group_done.rest)
+        rows, deleted = rows + decision.rows, deleted + decision.deleted
+        regions.update(decision.regions)
+        del stored, decision, group_done, part
+    new = inserted(data, found, schema)
+    regions.update(region_counts(new))
+    done.written += write_new_files(table, pa.concat_tables([*rest, new]) if rest else new, first, schema,
+                                    target_bytes, partitioned=True)
+    return done, Decision(removed=np.zeros(0, dtype=bool), additions=schema.empty_table(),
+                          rows=rows + new.num_rows, regions=dict(regions), deleted=deleted, found=found)
 
 
 # ------------------------------------------------------------------------------------------- the write
@@ -181,10 +234,7 @@ def merge(tables: cat.Tables, batch: TableBatch, data: pa.Table) -> PartWrite:
         keys = sorted_keys(data[first])
         ranges = FileRanges.of(table, first)
         touched = ranges.touched(keys)
-        stored = read_touched(table, ranges, touched, schema)
-        decision = decide(data, stored, batch.key, batch.cursor, batch.deletes, schema)
-        done = rewrite(table, ranges, touched, stored, decision.removed, decision.additions, first, schema,
-                       tables.target_bytes, partitioned=True)
+        done, decision = merge_files(table, ranges, touched, data, batch, schema, tables.target_bytes)
         failpoints.hit("iceberg.write", batch.table)
         tx.set_properties({cat.marker_property(marker): str(batch.run_number)})
         summary = cat.summary_of(batch.pipeline, batch.table, batch.run_number, marker)

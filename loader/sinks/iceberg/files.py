@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -28,8 +30,13 @@ from pyiceberg import expressions
 from pyiceberg.conversions import from_bytes
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysTrue
-from pyiceberg.io.pyarrow import ArrowScan, parquet_file_to_data_file
-from pyiceberg.manifest import ManifestContent
+from pyiceberg.io.pyarrow import (
+    ArrowScan,
+    compute_statistics_plan,
+    data_file_statistics_from_parquet_metadata,
+    parquet_path_to_id_mapping,
+)
+from pyiceberg.manifest import DataFile, DataFileContent, FileFormat, ManifestContent
 from pyiceberg.table import TableProperties
 from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation
@@ -90,6 +97,33 @@ class FileRanges:
         """The files whose range holds a value of `keys` (sorted, unique)."""
         return touched_files(self.lows, self.highs, keys)
 
+    def holding(self, files: list[int], values: np.ndarray) -> np.ndarray:
+        """Per value of `values` (a batch's first key column, in its order): whether one of `files`'
+        ranges holds it."""
+        found = np.zeros(len(values), dtype=bool)
+        for index in files:
+            low, high = self.lows[index], self.highs[index]
+            if low is None or high is None:
+                found[:] = True
+                break
+            found |= (values >= low) & (values <= high)
+        return found
+
+    def groups(self, files: list[int], max_rows: int) -> list[list[int]]:
+        """`files` in consecutive groups of at most `max_rows` rows (the manifests' counts; a larger file
+        alone): a merge holds one group's stored rows in memory at a time, never the table's."""
+        groups: list[list[int]] = []
+        rows = 0
+        for index in files:
+            count = int(self.tasks[index].file.record_count)
+            if groups and rows + count <= max_rows:
+                groups[-1].append(index)
+                rows += count
+            else:
+                groups.append([index])
+                rows = count
+        return groups
+
 
 def touched_files(lows: list[Any], highs: list[Any], keys: np.ndarray) -> list[int]:
     """Indexes of the [low, high] ranges holding a value of `keys` (sorted, unique); a range without
@@ -108,7 +142,18 @@ def touched_files(lows: list[Any], highs: list[Any], keys: np.ndarray) -> list[i
 
 
 def sorted_keys(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return np.unique(column.to_numpy(zero_copy_only=False))
+    """The column's distinct values, sorted. A batch arrives sorted by key: then one pass finds them
+    (numpy's unique hashes, several times slower on a million keys)."""
+    values = column.to_numpy(zero_copy_only=False)
+    if not is_sorted(values):
+        values = np.sort(values, kind="stable")
+    if len(values) < 2:
+        return values
+    return values[np.concatenate(([True], values[1:] != values[:-1]))]
+
+
+def is_sorted(values: np.ndarray) -> bool:
+    return len(values) < 2 or bool(np.all(values[1:] >= values[:-1]))
 
 
 def conflict_filter(first_key: str, keys: np.ndarray) -> Any:
@@ -172,20 +217,26 @@ class Rewrite:
     """The files a commit removes (manifest DataFiles) and the new Parquet files it adds (paths)."""
 
     deleted: list[Any] = field(default_factory=list)
-    written: list[str] = field(default_factory=list)
+    written: list[Written] = field(default_factory=list)
+    rest: pa.Table | None = None  # additions no rewritten file took, where the caller places them
+
+    def add(self, other: Rewrite) -> None:
+        self.deleted += other.deleted
+        self.written += other.written
 
 
 def rewrite(table: Any, ranges: FileRanges, touched: list[int], stored: pa.Table, removed: np.ndarray,
             additions: pa.Table, first_key: str, schema: pa.Schema, target_bytes: int,
-            partitioned: bool) -> Rewrite:
+            partitioned: bool, *, place_rest: bool = True) -> Rewrite:
     """Write the new files: each touched file that loses a row, rewritten with its other rows and the
-    additions of its region inside its key range; the remaining additions in new files per region."""
+    additions of its region inside its key range; the remaining additions in new files per region (or,
+    without `place_rest`, left in the result's `rest` for the caller to place)."""
     result = Rewrite()
     assigned = np.zeros(additions.num_rows, dtype=bool)
     add_keys = additions[first_key].to_numpy(zero_copy_only=False) if additions.num_rows else np.empty(0)
-    add_regions = (np.asarray(additions["region"].to_pylist(), dtype=object)
-                   if partitioned and additions.num_rows else None)
+    in_region: dict[str, np.ndarray] = {}  # per region: which additions are of it (computed when needed)
     files = stored[FILE_COLUMN].to_numpy() if stored.num_rows else np.empty(0, np.int32)
+    jobs: list[tuple[pa.Table, str | None]] = []
     data_columns = [f.name for f in schema]
     for position, index in enumerate(touched):
         mine = files == position
@@ -196,49 +247,122 @@ def rewrite(table: Any, ranges: FileRanges, touched: list[int], stored: pa.Table
         take = ~assigned
         if low is not None and high is not None and len(add_keys):
             take &= (add_keys >= low) & (add_keys <= high)
-        if add_regions is not None:
-            take &= add_regions == ranges.regions[index]
+        region = ranges.regions[index]
+        if partitioned and region is not None and additions.num_rows:
+            if region not in in_region:
+                in_region[region] = pc.fill_null(pc.equal(additions["region"], region), False).to_numpy(
+                    zero_copy_only=False)
+            take &= in_region[region]
         assigned |= take
         rows = pa.concat_tables([survivors, additions.filter(pa.array(take))]) if take.any() else survivors
         result.deleted.append(ranges.tasks[index].file)
         if rows.num_rows:
-            result.written += write_files(table, rows.sort_by(first_key), schema, target_bytes,
-                                          ranges.regions[index])
+            jobs.append((rows.sort_by(first_key), ranges.regions[index]))
+    result.written += write_many(table, jobs, schema, target_bytes)  # the rewritten files, at once
     rest = additions.filter(pa.array(~assigned)) if assigned.any() else additions
-    if rest.num_rows:
-        regions = sorted(set(rest["region"].to_pylist())) if partitioned else [None]
-        for region in regions:
-            rows = rest if region is None else rest.filter(pc.equal(rest["region"], region))
-            result.written += write_files(table, rows, schema, target_bytes, region)
+    if not place_rest:
+        result.rest = rest
+    else:
+        result.written += write_new_files(table, rest, first_key, schema, target_bytes, partitioned)
     return result
 
 
+def write_new_files(table: Any, rows: pa.Table, first_key: str, schema: pa.Schema, target_bytes: int,
+                    partitioned: bool) -> list[Written]:
+    """`rows` that belong to no rewritten file, as new files per region, sorted by the first key (narrow
+    key ranges: a later batch reads few of them)."""
+    if rows.num_rows == 0:
+        return []
+    if not is_sorted(rows[first_key].to_numpy(zero_copy_only=False)):
+        rows = rows.sort_by(first_key)
+    regions = sorted(pc.unique(rows["region"]).to_pylist()) if partitioned else [None]
+    jobs = [(rows if region is None or len(regions) == 1 else rows.filter(pc.equal(rows["region"], region)),
+             region) for region in regions]
+    return write_many(table, jobs, schema, target_bytes)
+
+
+#: Files written at once: pyarrow encodes a Parquet file on one thread and releases the GIL meanwhile.
+WRITERS = max(2, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Written:
+    """A data file written for a commit: its path, and the footer and size its manifest entry is made
+    from (no second read of the file)."""
+
+    path: str
+    footer: Any  # pyarrow.parquet.FileMetaData
+    size: int
+
+
 def write_files(table: Any, rows: pa.Table, schema: pa.Schema, target_bytes: int,
-                region: str | None) -> list[str]:
+                region: str | None) -> list[Written]:
     """`rows` (of one region, sorted by key) as Parquet files of about `target_bytes` each (in memory),
     with the table's field ids (`schema` is `schema_to_pyarrow` of its schema) and our encoding choices."""
-    per_row = max(1, rows.nbytes // max(1, rows.num_rows))
-    rows_per_file = max(1, target_bytes // per_row)
-    folder = f"{table.location().rstrip('/')}/data"
-    if region is not None:  # the partition's folder, as pyiceberg names it (the value URL-quoted)
-        folder += f"/region={quote(region, safe='')}"
-    paths = []
-    for start in range(0, rows.num_rows, rows_per_file):
-        piece = rows.slice(start, rows_per_file).cast(schema)
+    return write_many(table, [(rows, region)], schema, target_bytes)
+
+
+def write_many(table: Any, jobs: list[tuple[pa.Table, str | None]], schema: pa.Schema,
+               target_bytes: int) -> list[Written]:
+    """Each job's rows (of one region, sorted by key) as files of about `target_bytes` each, `WRITERS` at
+    a time. Where one fails, the others' files are removed before the error goes on."""
+    pieces = []
+    for rows, region in jobs:
+        if rows.num_rows == 0:
+            continue
+        per_row = max(1, rows.nbytes // rows.num_rows)
+        rows_per_file = max(1, target_bytes // per_row)
+        folder = f"{table.location().rstrip('/')}/data"
+        if region is not None:  # the partition's folder, as pyiceberg names it (the value URL-quoted)
+            folder += f"/region={quote(region, safe='')}"
+        dictionary = dictionary_columns(rows) or False  # judged once a job: sampling has a cost
+        pieces += [(rows.slice(start, rows_per_file), folder, dictionary)
+                   for start in range(0, rows.num_rows, rows_per_file)]
+
+    def write(piece: tuple[pa.Table, str, Any]) -> Written:
+        rows, folder, dictionary = piece
         path = f"{folder}/{uuid.uuid4()}.parquet"
         with table.io.new_output(path).create() as out:
-            pq.write_table(piece, out, compression="zstd", use_dictionary=dictionary_columns(piece) or False)
-        paths.append(path)
-    return paths
+            with pq.ParquetWriter(out, schema, compression="zstd", use_dictionary=dictionary) as writer:
+                writer.write_table(rows.cast(schema))
+            size = out.tell()
+        return Written(path, writer.writer.metadata, size)
+
+    if len(pieces) <= 1:
+        return [write(piece) for piece in pieces]
+    with ThreadPoolExecutor(min(WRITERS, len(pieces))) as pool:
+        futures = [pool.submit(write, piece) for piece in pieces]
+        wait(futures)
+    done = [f.result() for f in futures if f.exception() is None]
+    failed = next((f.exception() for f in futures if f.exception() is not None), None)
+    if failed is not None:
+        delete_files(table, done)
+        raise failed
+    return done
 
 
-def delete_files(table: Any, paths: list[str]) -> None:
+def delete_files(table: Any, written: list[Written]) -> None:
     """Remove files no commit references (those of a commit that failed): best effort."""
-    for path in paths:
+    for file in written:
         try:
-            table.io.delete(path)
+            table.io.delete(file.path)
         except Exception as error:  # noqa: BLE001 - an orphan file is harmless; the failure is logged
-            log.warning("could not remove the unreferenced file %s: %s", path, error)
+            log.warning("could not remove the unreferenced file %s: %s", file.path, error)
+
+
+def manifest_entry(metadata: Any, written: Written) -> Any:
+    """The manifest entry of a file the loader wrote, from its footer: its column bounds and counts
+    (what a later merge finds its key range by), and its partition (the region column's one value), as
+    `parquet_file_to_data_file` makes it, without reading the file again."""
+    schema = metadata.schema()
+    statistics = data_file_statistics_from_parquet_metadata(
+        parquet_metadata=written.footer, stats_columns=compute_statistics_plan(schema, metadata.properties),
+        parquet_column_mapping=parquet_path_to_id_mapping(schema))
+    return DataFile.from_args(
+        content=DataFileContent.DATA, file_path=written.path, file_format=FileFormat.PARQUET,
+        partition=statistics.partition(metadata.spec(), schema), file_size_in_bytes=written.size,
+        sort_order_id=None, spec_id=metadata.default_spec_id, equality_ids=None, key_metadata=None,
+        **statistics.to_serialized_dict())
 
 
 # ----------------------------------------------------------------------------------------- the commit
@@ -255,8 +379,8 @@ def commit(tx: Any, table: Any, done: Rewrite, summary: dict[str, str], conflict
         producer.delete_by_predicate(conflict)
     for data_file in done.deleted:
         producer.delete_data_file(data_file)
-    for path in done.written:
-        producer.append_data_file(parquet_file_to_data_file(table.io, tx.table_metadata, path))
+    for written in done.written:
+        producer.append_data_file(manifest_entry(tx.table_metadata, written))
     producer.commit()
 
 
@@ -289,7 +413,7 @@ def merging_overwrite(tx: Any, table: Any, summary: dict[str, str]) -> Any:
 LOST_RACE = (CommitFailedException, ValidationException)
 
 
-def lost_race(table: Any, written: list[str], where: str, error: Exception,
+def lost_race(table: Any, written: list[Written], where: str, error: Exception,
               what: str = "the commit lost to a concurrent writer") -> CommitConflict:
     """A commit that did not land (`error`, pyiceberg's) as the `CommitConflict` that has it redone; its
     new files (`written`), nobody's, removed."""
@@ -297,7 +421,7 @@ def lost_race(table: Any, written: list[str], where: str, error: Exception,
     return CommitConflict(f"{where}: {what}: {short_error(error)}. Redone on fresh metadata")
 
 
-def commit_transaction(tx: Any, table: Any, written: list[str], where: str) -> Any:
+def commit_transaction(tx: Any, table: Any, written: list[Written], where: str) -> Any:
     """`tx` committed: the table as it then is. One lost to a concurrent writer raises `CommitConflict`,
     its new files (`written`) removed."""
     try:
