@@ -3,8 +3,10 @@
     python bench/dlt_env.py [--venv PATH]        # any python3.11; default bench/out/dlt-venv (gitignored)
 
 Creates the venv if missing and pip-installs bench/dlt-requirements.txt into it. A marker file in the
-venv holds the requirements' hash, so a second call with the same requirements does nothing. Progress
-goes to stderr; the last line on stdout is the venv's python, for `$(python bench/dlt_env.py | tail -1)`.
+venv holds the requirements' hash, so a second call with the same requirements does nothing, and a call
+after they changed (e.g. the Iceberg pins: pyiceberg, pyiceberg-core, SQLAlchemy) installs them over the
+existing venv. Progress goes to stderr; the last line on stdout is the venv's python, for
+`$(python bench/dlt_env.py | tail -1)`.
 """
 
 from __future__ import annotations
