@@ -186,6 +186,37 @@ def test_a_changed_column_type_is_refused_naming_the_column_both_types_and_the_f
     assert got == {1: None, 2: "x"}
 
 
+def test_a_table_partitioned_or_keyed_otherwise_is_refused_naming_both(tmp_path: Path) -> None:
+    """A table of that name made by others: partitioned by another column, or merged on another key (its
+    `loader.key` property): the write is refused before anything lands, naming what the table has and
+    what the loader writes; the table is left as it was."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    sut = make_sink("iceberg", tmp_path / "p")
+    catalog_uri, warehouse = _catalog_of(tmp_path / "p")
+    Path(warehouse).mkdir(parents=True)
+    catalog = SqlCatalog("loader", uri=catalog_uri, warehouse=f"file://{warehouse}")
+    catalog.create_namespace("loader")
+    theirs = catalog.create_table(("loader", TABLE), schema=SCHEMA)
+    with theirs.update_spec() as spec:
+        spec.add_identity("note")
+    batch = batch_of(1, table_of([row(1), row(2)]))
+    with pytest.raises(SinkRejected) as refused:
+        sut.write(batch)
+    assert "partitioned by [identity(note)]" in str(refused.value)
+    assert "the loader writes it partitioned by [identity(region)]" in str(refused.value)
+    assert catalog.load_table(("loader", TABLE)).current_snapshot() is None  # nothing landed
+    catalog.drop_table(("loader", TABLE))
+    sut.write(batch)  # made by the loader: merged on id
+    table = catalog.load_table(("loader", TABLE))
+    with table.transaction() as tx:
+        tx.set_properties({"loader.key": "note"})
+    with pytest.raises(SinkRejected) as refused:
+        sut.write(batch_of(2, table_of([row(1, 2)])))
+    assert "merged on key (note), the config's key is (id)" in str(refused.value)
+    assert sort_state(sut.latest()).equals(sort_state(table_of([row(1), row(2)])))
+
+
 def test_a_commit_losing_to_another_writer_is_redone_on_fresh_metadata(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sink is held after it read the table and wrote its files; meanwhile another writer (pyiceberg,
