@@ -6,7 +6,6 @@ How it works, and why: docs/design.md, "The Delta Lake sink"."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from loader.sinks.delta.facts import (
     writer_properties,
 )
 from loader.sinks.schema_check import refuse_case_clashes, refuse_type_changes, refuse_unwritable_names
+from loader.sinks.table_locks import table_lock
 from loader.storage import locate, short_error, storage_error
 from loader.transform.dimension_changes import DimensionChanges, DimensionSpec
 
@@ -60,24 +60,10 @@ class DeltaBegun:
     exists: bool
 
 
-# Writers of one table in this process, one at a time from reading what is stored to the commit: a
-# parallel backfill's chunks are threads, and two chunks holding versions of one key must not both find
-# it absent and both append it (Delta appends never conflict: the key would be stored twice). The lock
-# also keeps the sink's open handle of a table (`DeltaSink._current`) to one thread at a time.
-_WRITERS_GUARD = threading.Lock()
-_WRITERS: dict[str, threading.Lock] = {}
-
-
-@contextmanager
-def _one_writer(uri: str) -> Iterator[None]:
-    """Holds the table's lock in this process: one writer at a time (a parallel backfill's chunks of
-    one table), and the sink's open handle of the table used by one thread at a time."""
-    with _WRITERS_GUARD:
-        lock = _WRITERS.setdefault(uri, threading.Lock())
-    with lock:
-        yield
-
-
+# The table's lock (loader/sinks/table_locks.py) is held from reading what is stored to the commit: two
+# chunks of a parallel backfill holding versions of one key must not both find it absent and both append
+# it (Delta appends never conflict: the key would be stored twice). It also keeps the sink's open handle
+# of a table (`DeltaSink._current`) to one thread at a time.
 class DeltaSink:
     name = "delta"
     capabilities: ClassVar[Capabilities] = CAPABILITIES
@@ -90,14 +76,14 @@ class DeltaSink:
         self.target_file_size = int(settings.target_file_mb * 1024 * 1024)
         # Each table opened once per sink (the run's sinks live as long as the run) and brought up to
         # date before each use by reading only the commits made since: the log is replayed once per run,
-        # not per batch or step. Used under the table's lock (`_one_writer`); per process.
+        # not per batch or step. Used under the table's lock (`table_lock`); per process.
         self._tables: dict[str, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_tables": {}}
 
     def _current(self, uri: str) -> Any:
-        """The table as it is now (None where there is none yet); call under `_one_writer(uri)`."""
+        """The table as it is now (None where there is none yet); call under `table_lock(uri)`."""
         table = self._tables.get(uri)
         if table is None:
             table = self._open(uri)
@@ -133,7 +119,7 @@ class DeltaSink:
         """A column name Delta cannot store as it is, one equal to another's but for case (Delta's names
         ignore case), or a changed type."""
         uri = self.table_uri(table)
-        with _one_writer(uri), self._errors(uri):
+        with table_lock(uri), self._errors(uri):
             opened = self._current(uri)
             stored = None if opened is None else pa.schema(opened.schema().to_arrow())
         refuse_unwritable_names(f"Delta table {uri}", schema)
@@ -146,7 +132,7 @@ class DeltaSink:
         """None if the run's app transaction is in the table already; else whether the table exists,
         after refusing a changed column type."""
         uri = self.table_uri(batch.table)
-        with _one_writer(uri), self._errors(uri):
+        with table_lock(uri), self._errors(uri):
             table = self._current(uri)
             if table is None:
                 return DeltaBegun(exists=False)
@@ -167,7 +153,7 @@ class DeltaSink:
                  if last else None)
         data = with_deleted_at(batch)
         deleted = 0
-        with _one_writer(uri), self._errors(uri):
+        with table_lock(uri), self._errors(uri):
             table = self._current(uri)
             if batch.deletes == "hard":  # before any commit to the table (its own, idempotent commit)
                 data = remember_tombstones(batch, data, side_uri=self.tombstones_uri(batch.table),

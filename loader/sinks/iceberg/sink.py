@@ -8,9 +8,7 @@ dimensions.py, read_back.py; here the writer lock and the order of a batch's ste
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -33,6 +31,7 @@ from loader.sinks.iceberg.capabilities import CAPABILITIES
 from loader.sinks.iceberg.config import IcebergSinkConfig
 from loader.sinks.iceberg.read_back import pieces
 from loader.sinks.schema_check import refuse_type_changes, refuse_unwritable_names
+from loader.sinks.table_locks import table_lock
 from loader.storage import locate
 from loader.transform.dimension_changes import DimensionChanges, DimensionSpec
 
@@ -44,21 +43,9 @@ class IcebergBegun:
     exists: bool
 
 
-# Writers of one table in this process, one at a time from reading what is stored to the commit: a
-# parallel backfill's chunks are threads; serialised here they never conflict (writers in other
-# processes do, and their commits are redone: `CommitConflict`).
-_WRITERS_GUARD = threading.Lock()
-_WRITERS: dict[str, threading.Lock] = {}
-
-
-@contextmanager
-def _one_writer(name: str) -> Iterator[None]:
-    with _WRITERS_GUARD:
-        lock = _WRITERS.setdefault(name, threading.Lock())
-    with lock:
-        yield
-
-
+# Each table's writers take turns (loader/sinks/table_locks.py) from reading what is stored to the commit:
+# serialised there, a parallel backfill's chunks never conflict (writers in other processes do, and
+# their commits are redone: `CommitConflict`).
 class IcebergSink:
     name = "iceberg"
     capabilities: ClassVar[Capabilities] = CAPABILITIES
@@ -103,7 +90,7 @@ class IcebergSink:
         partition spec or key, or a changed column type. A replay first removes what an earlier attempt
         staged."""
         where = self.tables.where(batch.table)
-        with _one_writer(self._lock_name(batch.table)), self.catalogs.errors(batch.table):
+        with table_lock(self._lock_name(batch.table)), self.catalogs.errors(batch.table):
             if batch.replay:
                 staging.drop(staging.folder(self.root, self.namespace, batch))
             table = self.tables.load(batch.table)
@@ -131,7 +118,7 @@ class IcebergSink:
                 staged = staging.staged(stage, part)
             data = pa.concat_tables([*staged, data], promote_options="default")
             data = data.sort_by([(k, "ascending") for k in batch.key])
-        with _one_writer(self._lock_name(batch.table)), self.catalogs.errors(batch.table):
+        with table_lock(self._lock_name(batch.table)), self.catalogs.errors(batch.table):
             written = facts.write_batch(self.tables, batch, data, self.retry)
             staging.drop(stage)
         return written
@@ -166,7 +153,7 @@ class IcebergSink:
             return iceberg_dimensions.current_rows(self.tables.load(spec.table), spec, columns)
 
     def apply_dimension(self, spec: DimensionSpec, changes: DimensionChanges) -> None:
-        with _one_writer(self._lock_name(spec.table)), self.catalogs.errors(spec.table):
+        with table_lock(self._lock_name(spec.table)), self.catalogs.errors(spec.table):
             iceberg_dimensions.apply_load(self.tables, spec, changes)
 
 

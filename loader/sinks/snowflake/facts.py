@@ -6,7 +6,6 @@ staging table, the one MERGE transaction with the ledger row, and the cleanup af
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,17 +35,6 @@ from loader.sinks.snowflake.sql import (
 from loader.storage import short_error
 
 log = logging.getLogger(__name__)
-
-#: One writer lock per target table in this process (see `SnowflakeSink.finish`).
-_WRITERS: dict[str, threading.Lock] = {}
-_WRITERS_GUARD = threading.Lock()
-
-
-def writer_lock(location: str) -> threading.Lock:
-    """The one writer lock of the target table at `location` in this process."""
-    with _WRITERS_GUARD:
-        return _WRITERS.setdefault(location, threading.Lock())
-
 
 def stored_columns(cur: Any, settings: SnowflakeSinkConfig, table: str) -> dict[str, ColumnType]:
     """`table`'s columns in their order (upper-case names); empty if there is no such table."""
@@ -175,5 +163,4 @@ def cleanup(session: Session, batch: TableBatch, stage_folder: str) -> None:
             drop_unless_refused(session, error)
 
 
-__all__ = ["cleanup", "copy", "landed", "merge", "prepare", "put", "region_files", "stored_columns",
-           "writer_lock"]
+__all__ = ["cleanup", "copy", "landed", "merge", "prepare", "put", "region_files", "stored_columns"]

@@ -50,6 +50,7 @@ from loader.sinks.snowflake.connection import (
 )
 from loader.sinks.snowflake.schema import columns_to_add, ident
 from loader.sinks.snowflake.sql import stage_prefix
+from loader.sinks.table_locks import table_lock
 from loader.transform.dimension_changes import DimensionChanges, DimensionSpec
 
 
@@ -139,7 +140,7 @@ class SnowflakeSink:
         one run of a table at a time in this process: the staging table is the table's, and a MERGE must
         see the tombstones the previous one remembered (parallel backfill chunks write from threads)."""
         rows = sum(p.rows + p.deleted for p in parts)  # staged: live rows and tombstones
-        with facts.writer_lock(self.location(batch.table)):
+        with table_lock(self.location(batch.table)):  # one writer of a target table at a time
             session = Session(self.pool)
             try:
                 if rows:
