@@ -135,6 +135,14 @@ class Capabilities:
 Begun = TypeVar("Begun")
 
 
+@dataclass(frozen=True)
+class TableBegun:
+    """`begin`'s token of a sink that only needs to know whether the table existed when the run began
+    (Delta, Iceberg)."""
+
+    exists: bool
+
+
 class Sink(Protocol[Begun]):
     name: str
     capabilities: ClassVar[Capabilities]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
@@ -21,6 +20,7 @@ from loader.sinks.base import (
     SinkContext,
     SinkWrite,
     TableBatch,
+    TableBegun,
     folder_problem,
     live_rows,
     region_counts,
@@ -51,13 +51,6 @@ from loader.transform.dimension_changes import DimensionChanges, DimensionSpec
 
 _TYPE_FIX = ("Cast the column in the transform back to the stored type, or move the table away to let the "
              "loader recreate it")
-
-
-@dataclass(frozen=True)
-class DeltaBegun:
-    """`begin`'s token: whether the table existed when the run began."""
-
-    exists: bool
 
 
 # The table's lock (loader/sinks/table_locks.py) is held from reading what is stored to the commit: two
@@ -128,21 +121,21 @@ class DeltaSink:
         if stored is not None:
             refuse_type_changes(f"Delta table {uri}", stored, schema, _TYPE_FIX)
 
-    def begin(self, batch: TableBatch) -> DeltaBegun | None:
+    def begin(self, batch: TableBatch) -> TableBegun | None:
         """None if the run's app transaction is in the table already; else whether the table exists,
         after refusing a changed column type."""
         uri = self.table_uri(batch.table)
         with table_lock(uri), self._errors(uri):
             table = self._current(uri)
             if table is None:
-                return DeltaBegun(exists=False)
+                return TableBegun(exists=False)
             if (table.transaction_version(run_app(batch)) or 0) >= batch.run_number:
                 return None
             refuse_type_changes(f"Delta table {uri}", pa.schema(table.schema().to_arrow()), batch.data.schema,
                                 _TYPE_FIX)
-            return DeltaBegun(exists=True)
+            return TableBegun(exists=True)
 
-    def write_part(self, batch: TableBatch, begun: DeltaBegun, *, part: int, last: bool) -> PartWrite:
+    def write_part(self, batch: TableBatch, begun: TableBegun, *, part: int, last: bool) -> PartWrite:
         """Merge the part's keys that may be stored, append the rest. Only the last part's last commit
         carries the run's app transaction; every earlier commit is a merge where the newer version wins
         (or an append of keys no file holds), so repeating it after a crash changes nothing."""
@@ -200,7 +193,7 @@ class DeltaSink:
             regions[region] = regions.get(region, 0) + count
         return PartWrite(new_rows.num_rows + merged.num_rows, regions, deleted=deleted)
 
-    def finish(self, batch: TableBatch, begun: DeltaBegun, parts: list[PartWrite]) -> SinkWrite:
+    def finish(self, batch: TableBatch, begun: TableBegun, parts: list[PartWrite]) -> SinkWrite:
         """The last part committed the run already."""
         failpoints.hit("delta.commit", batch.table)
         return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.table_uri(batch.table),
@@ -256,7 +249,7 @@ class DeltaSink:
 if TYPE_CHECKING:  # mypy checks the class against the whole contract, with its own token
     from loader.sinks.base import Sink
 
-    _CONFORMS: type[Sink[DeltaBegun]] = DeltaSink
+    _CONFORMS: type[Sink[TableBegun]] = DeltaSink
 
 
 def _storage_options(root: str) -> dict[str, str] | None:

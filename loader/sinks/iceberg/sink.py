@@ -9,7 +9,6 @@ dimensions.py, read_back.py; here the writer lock and the order of a batch's ste
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import pyarrow as pa
@@ -21,6 +20,7 @@ from loader.sinks.base import (
     SinkContext,
     SinkWrite,
     TableBatch,
+    TableBegun,
     folder_problem,
     summed_regions,
 )
@@ -34,13 +34,6 @@ from loader.sinks.schema_check import refuse_type_changes, refuse_unwritable_nam
 from loader.sinks.table_locks import table_lock
 from loader.storage import locate
 from loader.transform.dimension_changes import DimensionChanges, DimensionSpec
-
-
-@dataclass(frozen=True)
-class IcebergBegun:
-    """`begin`'s token: whether the table existed when the run began."""
-
-    exists: bool
 
 
 # Each table's writers take turns (loader/sinks/table_locks.py) from reading what is stored to the commit:
@@ -85,7 +78,7 @@ class IcebergSink:
                 refuse_type_changes(where, cat.stored_arrow_schema(opened), cat.storable(schema),
                                     cat.TYPE_FIX)
 
-    def begin(self, batch: TableBatch) -> IcebergBegun | None:
+    def begin(self, batch: TableBatch) -> TableBegun | None:
         """None if the run's marker is on the table; else whether the table exists, after refusing another
         partition spec or key, or a changed column type. A replay first removes what an earlier attempt
         staged."""
@@ -95,16 +88,16 @@ class IcebergSink:
                 staging.drop(staging.folder(self.root, self.namespace, batch))
             table = self.tables.load(batch.table)
             if table is None:
-                return IcebergBegun(exists=False)
+                return TableBegun(exists=False)
             cat.refuse_other_layout(table, where, partitioned=True, key=batch.key)
             if cat.landed(table.properties, cat.summaries(table), cat.batch_marker(batch), batch.run_number,
                           replay=batch.replay, where=where):
                 return None
             refuse_type_changes(where, cat.stored_arrow_schema(table), cat.storable(batch.data.schema),
                                 cat.TYPE_FIX)
-            return IcebergBegun(exists=True)
+            return TableBegun(exists=True)
 
-    def write_part(self, batch: TableBatch, begun: IcebergBegun, *, part: int, last: bool) -> PartWrite:
+    def write_part(self, batch: TableBatch, begun: TableBegun, *, part: int, last: bool) -> PartWrite:
         """A part before the last only stages its rows; the last part merges every staged part and its own
         in the batch's one commit, which carries the run's marker."""
         stage = staging.folder(self.root, self.namespace, batch)
@@ -123,7 +116,7 @@ class IcebergSink:
             staging.drop(stage)
         return written
 
-    def finish(self, batch: TableBatch, begun: IcebergBegun, parts: list[PartWrite]) -> SinkWrite:
+    def finish(self, batch: TableBatch, begun: TableBegun, parts: list[PartWrite]) -> SinkWrite:
         """The last part committed the run already."""
         failpoints.hit("iceberg.commit", batch.table)
         return SinkWrite(self.name, batch.table, sum(p.rows for p in parts), self.location(batch.table),
@@ -160,4 +153,4 @@ class IcebergSink:
 if TYPE_CHECKING:  # mypy checks the class against the whole contract, with its own token
     from loader.sinks.base import Sink
 
-    _CONFORMS: type[Sink[IcebergBegun]] = IcebergSink
+    _CONFORMS: type[Sink[TableBegun]] = IcebergSink
