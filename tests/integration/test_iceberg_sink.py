@@ -79,7 +79,6 @@ def test_run_then_verify_passes_and_a_row_removed_by_others_fails_naming_iceberg
     assert all(s.get("loader.pipeline") for s in summaries)  # every snapshot is a loader commit
     assert table.properties["loader.key"] == "o_orderkey"
     assert int(table.properties[f"loader.run.{report_pipeline(config)}/orders"]) >= 2
-    assert len(table.snapshots()) <= 10  # keep_snapshots: older ones expired
     assert [f"{f.transform}" for f in table.spec().fields] == ["identity"]
 
     victim = table.scan(selected_fields=("o_orderkey", "region")).to_arrow().slice(0, 1).to_pylist()[0]

@@ -33,8 +33,8 @@ class IcebergSinkConfig(SinkSettings):
     properties: dict[str, str] = Field(default_factory=dict, repr=False)
     namespace: str = Field(default="loader", pattern=ICEBERG_NAME)
     warehouse: str = "iceberg"
-    # Snapshots each table keeps (older ones are expired after each commit): an increment's cost then
-    # does not grow with the table's history. Run markers survive expiry (a table property).
+    # Snapshots each table keeps: once it holds twice as many, the older ones are expired, so an
+    # increment's cost does not grow with the table's history. Run markers survive expiry (a property).
     keep_snapshots: int = Field(default=10, ge=1)
     # Size of the data files written, in memory (files on disk are smaller): bounded files clustered by
     # key keep a merge's rewrite to the few files its keys fall in.

@@ -440,10 +440,13 @@ def redone_on_conflict(step: str, retry: RetryConfig, attempt: Callable[[], T]) 
 
 
 def expire_snapshots(table: Any, keep: int) -> int:
-    """Expire all but the newest `keep` snapshots (never the current one): an increment's planning then
-    reads a bounded history. The files only expired snapshots referenced stay (pyiceberg removes none).
-    Returns how many were expired."""
+    """Once the table holds more than twice `keep` snapshots, expire all but the newest `keep` (never
+    the current one): an increment's planning reads a bounded history, and the expiry, a catalog commit
+    of its own, comes once every `keep` commits rather than after each. The files only expired
+    snapshots referenced stay (pyiceberg removes none). Returns how many were expired."""
     snapshots = sorted(table.snapshots(), key=lambda s: s.timestamp_ms)
+    if len(snapshots) <= 2 * keep:
+        return 0
     current = table.current_snapshot()
     protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
     old = [s.snapshot_id for s in snapshots[:-keep]

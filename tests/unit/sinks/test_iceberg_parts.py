@@ -18,7 +18,7 @@ from loader.sinks.base import SinkContext
 from loader.sinks.iceberg import catalog as cat
 from loader.sinks.iceberg.config import IcebergSinkConfig
 from loader.sinks.iceberg.facts import decide
-from loader.sinks.iceberg.files import removed_by_keys, touched_files
+from loader.sinks.iceberg.files import expire_snapshots, removed_by_keys, touched_files
 from loader.sinks.iceberg.tombstones import sort_out_tombstones
 from tests.support.cli import write_config
 
@@ -205,3 +205,22 @@ def test_catalog_secrets_are_registered_and_never_echoed(tmp_path: Path,
     assert "set token or credential, not both" in str(caught.value)
     assert "tok-9f8e7d6c5b" not in str(caught.value) and "s3cr3t" not in str(caught.value)
     assert redact("token tok-9f8e7d6c5b and client:s3cr3t-vAlue") == "token *** and ***"
+
+
+def test_old_snapshots_are_expired_once_there_are_twice_as_many_as_kept(tmp_path: Path) -> None:
+    """One expiry commit per `keep` commits, not one after each: below twice `keep` nothing is expired;
+    past it, all but the newest `keep`, the current one among them."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    catalog = SqlCatalog("t", uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=f"file://{tmp_path}")
+    catalog.create_namespace("n")
+    table = catalog.create_table(("n", "t"), schema=pa.schema([pa.field("id", pa.int64())]))
+    for i in range(4):
+        table.append(pa.table({"id": pa.array([i], pa.int64())}))
+    assert expire_snapshots(table, keep=2) == 0 and len(table.snapshots()) == 4
+    table.append(pa.table({"id": pa.array([4], pa.int64())}))
+    current = table.current_snapshot().snapshot_id
+    assert expire_snapshots(table, keep=2) == 3
+    table = catalog.load_table(("n", "t"))
+    assert len(table.snapshots()) == 2 and table.current_snapshot().snapshot_id == current
+    assert sorted(table.scan().to_arrow()["id"].to_pylist()) == [0, 1, 2, 3, 4]  # no row lost
