@@ -341,6 +341,19 @@ def stored_arrow_schema(table: Any) -> pa.Schema:
     return schema
 
 
+def with_new_columns(tx: Any, table: Any, incoming: pa.Schema | None) -> pa.Schema:
+    """The columns of `incoming` the table lacks added in `tx`, nullable (the stored rows read them as
+    null); the Arrow schema the transaction's files are then written with (field ids attached)."""
+    if incoming is not None:
+        known = {column.name for column in table.schema().fields}
+        new = [f.with_nullable(True) for f in storable(incoming) if f.name not in known]
+        if new:
+            with tx.update_schema() as update:
+                update.union_by_name(pa.schema(new))
+    schema: pa.Schema = schema_to_pyarrow(tx.table_metadata.schema())
+    return schema
+
+
 def summaries(table: Any) -> list[dict[str, str]]:
     """The retained snapshots' summary properties (the loader's keys among them)."""
     return [dict(snapshot.summary.additional_properties) for snapshot in table.snapshots()]

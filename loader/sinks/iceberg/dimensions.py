@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg import expressions
-from pyiceberg.io.pyarrow import schema_to_pyarrow
 
 from loader import failpoints
 from loader.sinks.iceberg import catalog as cat
@@ -123,13 +122,7 @@ def apply(table: Any, spec: DimensionSpec, changes: DimensionChanges, summary: d
     tx = table.transaction()
     done = files.Rewrite()
     try:
-        if incoming is not None:
-            known = {column.name for column in table.schema().fields}
-            new = [f.with_nullable(True) for f in cat.storable(incoming) if f.name not in known]
-            if new:
-                with tx.update_schema() as update:
-                    update.union_by_name(pa.schema(new))
-        schema = schema_to_pyarrow(tx.table_metadata.schema())
+        schema = cat.with_new_columns(tx, table, incoming)
         done = changed_files(table, spec, changes, schema, target_bytes)
         failpoints.hit("iceberg.dimension", spec.table)
         files.commit(tx, table, done, summary, None)

@@ -38,7 +38,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.exceptions import ValidationException
-from pyiceberg.io.pyarrow import schema_to_pyarrow
 
 from loader import failpoints
 from loader.config_parts import RetryConfig
@@ -224,12 +223,7 @@ def merge(tables: cat.Tables, batch: TableBatch, data: pa.Table) -> PartWrite:
     tx = table.transaction()
     done = Rewrite()
     try:
-        known = {column.name for column in table.schema().fields}
-        new = [f.with_nullable(True) for f in cat.storable(live.schema) if f.name not in known]
-        if new:  # new columns, nullable: the stored rows read them as null
-            with tx.update_schema() as update:
-                update.union_by_name(pa.schema(new))
-        schema = schema_to_pyarrow(tx.table_metadata.schema())
+        schema = cat.with_new_columns(tx, table, live.schema)
         first = batch.key[0]
         keys = sorted_keys(data[first])
         ranges = FileRanges.of(table, first)

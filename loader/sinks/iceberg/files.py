@@ -101,12 +101,17 @@ class FileRanges:
         """Per value of `values` (a batch's first key column, in its order): whether one of `files`'
         ranges holds it."""
         found = np.zeros(len(values), dtype=bool)
+        ordered = is_sorted(values)  # a batch arrives sorted by key: a range is then one slice
         for index in files:
             low, high = self.lows[index], self.highs[index]
             if low is None or high is None:
                 found[:] = True
                 break
-            found |= (values >= low) & (values <= high)
+            if ordered:
+                start, end = np.searchsorted(values, low, "left"), np.searchsorted(values, high, "right")
+                found[start:end] = True
+            else:
+                found |= (values >= low) & (values <= high)
         return found
 
     def groups(self, files: list[int], max_rows: int) -> list[list[int]]:

@@ -224,3 +224,15 @@ def test_old_snapshots_are_expired_once_there_are_twice_as_many_as_kept(tmp_path
     table = catalog.load_table(("n", "t"))
     assert len(table.snapshots()) == 2 and table.current_snapshot().snapshot_id == current
     assert sorted(table.scan().to_arrow()["id"].to_pylist()) == [0, 1, 2, 3, 4]  # no row lost
+
+
+def test_the_batch_rows_a_group_of_files_holds_are_found_sorted_or_not() -> None:
+    from loader.sinks.iceberg.files import FileRanges
+
+    ranges = FileRanges(tasks=[None, None, None], regions=["A", "B", "A"], lows=[10, 40, 70],
+                        highs=[20, 50, 80])
+    ordered = np.array([5, 10, 15, 30, 45, 50, 75, 90])
+    assert ranges.holding([0, 1], ordered).tolist() == [False, True, True, False, True, True, False, False]
+    shuffled = np.array([90, 45, 5, 15, 75, 10, 30, 50])
+    assert ranges.holding([0, 1], shuffled).tolist() == [False, True, False, True, False, True, False, True]
+    assert ranges.holding([2], shuffled).tolist() == [False, False, False, False, True, False, False, False]
